@@ -1,0 +1,3 @@
+"""haproxy_py: a highly available WebSocket/HTTP proxy cluster."""
+
+__version__ = "0.1.0"
