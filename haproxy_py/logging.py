@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -16,7 +17,9 @@ import structlog
 _SECRET_KEYS = frozenset({"password", "key_pem", "private_key", "authorization", "cookie"})
 
 
-def _redact_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_secrets(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Secrets never reach a log line, whatever a caller passes."""
     for key in _SECRET_KEYS & event.keys():
         event[key] = "<redacted>"
@@ -27,9 +30,7 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     """Route structlog (and stdlib logging) to stderr, JSON unless on a TTY."""
     if json is None:
         json = not sys.stderr.isatty()
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

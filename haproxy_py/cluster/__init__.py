@@ -1,0 +1,31 @@
+"""The cluster model shared by the agent, the controller and hactl.
+
+Everything lives in etcd under `/haproxy-py/<cluster>/`; this package owns the
+key schema (`schema`), the typed records (`records`), config parsing for the
+cluster sections (`config`) and the one store adapter (`store`, the only
+module that imports aetcd).
+
+The VIP hand-over protocol (the part that must never split-brain):
+
+* `nodes/<node>` is written by that node's agent under the node's own lease
+  and carries the lease id. `vips/<vip>` is written by the controller bound to
+  the *owner's* lease, so a dead node's VIPs disappear with its lease.
+* An agent holds a VIP only while `vips/<vip>` names it with state `assigned`
+  and its own last keepalive succeeded; the kernel address lifetime it sets
+  runs out before the lease can, so a frozen or killed agent loses the address
+  before etcd can hand the VIP on (self-fencing, enforced by the kernel).
+* The controller creates `vips/<vip>` only when the key is absent
+  (create-if-absent transaction that also bumps `epoch` and appends
+  `events/<epoch>`). It never overwrites another owner.
+* Planned move: the controller sets `state = releasing` (compare on
+  mod_revision); the owner removes the address, then deletes the key
+  (compare: still owner, still releasing) as its acknowledgement; the
+  controller then assigns the new owner.
+* Unhealthy proxy: the agent removes the address and deletes its own
+  `vips/<vip>` at once, reporting `healthy = false` in `nodes/<node>`.
+* SIGTERM: the agent removes its addresses, deletes its keys and revokes its
+  lease, so the controller reassigns within milliseconds.
+* `config` holds what the active controller applies (mode, VIPs, failback,
+  paused, drained nodes); `requests/<id>` carry hactl's requests and get the
+  controller's result written back into the same key.
+"""
