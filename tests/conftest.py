@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+pytest_plugins = ["tests.support.fixtures"]
+
 
 def _lab_missing() -> str | None:
     if os.geteuid() != 0:

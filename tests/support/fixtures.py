@@ -1,0 +1,1 @@
+"""pytest fixtures shared by the whole suite (loaded from tests/conftest.py)."""
