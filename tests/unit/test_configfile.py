@@ -25,8 +25,8 @@ def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
 
 
 def test_unknown_section_is_a_typo(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"node\.toml: listeners: unknown section"):
-        load(write(tmp_path, "[listeners]\n"))
+    with pytest.raises(ConfigError, match=r"node\.toml: listners: unknown section"):
+        load(write(tmp_path, "[listners]\n"))
 
 
 def test_wrong_type_names_the_key_path(tmp_path: Path) -> None:
