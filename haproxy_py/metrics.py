@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[dict[str, str], float]
 
@@ -83,3 +85,18 @@ def _format_labels(labels: Labels) -> str:
 
 def _format_value(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+async def serve(registry: Registry, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve `/metrics` on host:port (0 picks a free port); returns the runner and bound port."""
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=registry.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, int(bound)

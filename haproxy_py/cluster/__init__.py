@@ -27,5 +27,9 @@ The VIP hand-over protocol (the part that must never split-brain):
   lease, so the controller reassigns within milliseconds.
 * `config` holds what the active controller applies (mode, VIPs, failback,
   paused, drained nodes); `requests/<id>` carry hactl's requests and get the
-  controller's result written back into the same key.
+  controller's result written back into the same key (`running` while a
+  planned move waits for its release, then `done`, `refused` or `failed`).
+* Every controller write compares the create revision of its own
+  `controller/leader` key, so a deposed leader's late writes fail; every
+  assignment bumps `epoch` and appends `events/<epoch>` in the same transaction.
 """

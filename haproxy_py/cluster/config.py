@@ -1,11 +1,19 @@
-"""Parsing the `[node]` section (the other cluster sections join this module)."""
+"""Parsing the cluster sections of the node config: `[node]`, `[cluster]`, `[etcd]`,
+`[controller]` and `[logging]` (the agent's `[agent]` lives in `agent_config`).
+
+Each parser returns a frozen dataclass and raises ConfigError naming the file
+and key path; timing invariants are checked here, at load, not at runtime.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
+from haproxy_py.cluster.records import MODES, Mode
 from haproxy_py.configfile import Table
 
 
@@ -36,4 +44,203 @@ def parse_node(doc: Table) -> NodeConfig:
         node.fail("priority", f"expected an integer from 0 to 255, got {priority}")
     return NodeConfig(
         name=name, address=address, interface=node.string("interface", "eth0"), priority=priority
+    )
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`[cluster]`: the cluster's name (the etcd key prefix), mode, VIPs and failback policy."""
+
+    name: str
+    mode: Mode
+    vips: tuple[str, ...]
+    failback: bool
+    failback_hold: float
+
+
+def parse_cluster(doc: Table) -> ClusterConfig:
+    cluster = doc.table("cluster", {})
+    cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold"})
+    name = cluster.string("name", "default")
+    if not name or "/" in name:
+        cluster.fail("name", f"expected a non-empty name without '/', got {name!r}")
+    mode = cluster.choice("mode", MODES, "active-standby")
+    vips = cluster.strings("vips", [])
+    seen: set[str] = set()
+    for i, vip in enumerate(vips):
+        where = Table({}, cluster.file, cluster.where("vips"))
+        try:
+            address = ipaddress.IPv4Address(vip)
+        except ValueError:
+            where.fail(i, f"expected an IPv4 address, got {vip!r}")
+        if str(address) in seen:
+            where.fail(i, f"{vip} is listed twice")
+        seen.add(str(address))
+    return ClusterConfig(
+        name=name,
+        mode=mode,
+        vips=tuple(str(ipaddress.IPv4Address(vip)) for vip in vips),
+        failback=cluster.boolean("failback", False),
+        failback_hold=cluster.number("failback_hold", 30.0, min=0),
+    )
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """`[etcd]`: where etcd is and how to reach it.
+
+    `endpoints` are `host:port`; TLS is on when `cacert` is set (then `cert` and
+    `key`, if given, are the client certificate). `timeout` bounds every call.
+    """
+
+    endpoints: tuple[str, ...]
+    timeout: float = 1.0
+    cacert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.cacert is not None
+
+
+def _endpoint(table: Table, index: int, raw: str, tls: bool) -> str:
+    where = Table({}, table.file, table.where("endpoints"))
+    text = raw
+    for scheme in ("https://", "http://"):
+        if text.startswith(scheme):
+            if (scheme == "https://") != tls:
+                hint = "set cacert for https" if not tls else "use https:// (cacert is set)"
+                where.fail(index, f"{raw!r}: scheme does not match the TLS settings; {hint}")
+            text = text[len(scheme) :]
+    host, sep, port = text.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        where.fail(
+            index, f'expected "host:port" (optionally with http:// or https://), got {raw!r}'
+        )
+    return f"{host}:{int(port)}"
+
+
+def _file(table: Table, key: str) -> Path | None:
+    value = table.string(key, None)
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        path = Path(table.file).parent / path
+    if not path.is_file():
+        table.fail(key, f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        table.fail(key, f"{path}: not readable by this user")
+    return path
+
+
+def parse_etcd(doc: Table) -> EtcdConfig:
+    etcd = doc.table("etcd", {})
+    etcd.reject_unknown({"endpoints", "timeout", "cacert", "cert", "key"})
+    cacert, cert, key = _file(etcd, "cacert"), _file(etcd, "cert"), _file(etcd, "key")
+    if (cert is None) != (key is None):
+        etcd.fail("cert" if cert is None else "key", "cert and key must be given together")
+    if cert is not None and cacert is None:
+        etcd.fail("cacert", "missing; a client certificate needs the CA that signed etcd's")
+    raw = etcd.strings("endpoints", ["127.0.0.1:2379"])
+    if not raw:
+        etcd.fail("endpoints", "expected at least one endpoint")
+    endpoints = tuple(_endpoint(etcd, i, item, cacert is not None) for i, item in enumerate(raw))
+    timeout = etcd.number("timeout", 1.0)
+    if not 0 < timeout <= 60:
+        etcd.fail("timeout", f"expected seconds > 0 and <= 60, got {timeout:g}")
+    return EtcdConfig(endpoints=endpoints, timeout=timeout, cacert=cacert, cert=cert, key=key)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """`[controller]`: election lease, timings and the metrics listener.
+
+    A standby takes over at most `lease_ttl` (+ etcd's ~0.5 s expiry check)
+    after the leader dies. `keepalive_interval + 2 * etcd.timeout <= lease_ttl`
+    so that two failed keepalives in a row still leave the lease alive.
+    """
+
+    id: str | None
+    lease_ttl: int
+    keepalive_interval: float
+    tick: float
+    release_timeout: float
+    event_history: int
+    request_history: int
+    metrics: tuple[str, int] | None
+
+
+def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
+    ctl = doc.table("controller", {})
+    ctl.reject_unknown(
+        {
+            "id",
+            "lease_ttl",
+            "keepalive_interval",
+            "tick",
+            "release_timeout",
+            "event_history",
+            "request_history",
+            "metrics",
+        }
+    )
+    ident = ctl.string("id", None)
+    if ident is not None and (not ident or "/" in ident):
+        ctl.fail("id", f"expected a non-empty id without '/', got {ident!r}")
+    ttl = ctl.integer("lease_ttl", 5, min=1)
+    keepalive = ctl.number("keepalive_interval", ttl / 3)
+    if keepalive <= 0:
+        ctl.fail("keepalive_interval", f"expected seconds > 0, got {keepalive:g}")
+    if keepalive + 2 * etcd.timeout > ttl:
+        ctl.fail(
+            "keepalive_interval",
+            f"keepalive_interval ({keepalive:g} s) + 2 x etcd.timeout ({etcd.timeout:g} s) "
+            f"must be <= lease_ttl ({ttl} s), or one slow keepalive loses leadership; "
+            "lower them or raise lease_ttl",
+        )
+    tick = ctl.number("tick", 1.0)
+    if not 0 < tick <= 60:
+        ctl.fail("tick", f"expected seconds > 0 and <= 60, got {tick:g}")
+    release_timeout = ctl.number("release_timeout", 5.0)
+    if release_timeout <= 0:
+        ctl.fail("release_timeout", f"expected seconds > 0, got {release_timeout:g}")
+    metrics_raw = ctl.string("metrics", "127.0.0.1:9733")
+    metrics: tuple[str, int] | None = None
+    if metrics_raw:
+        host, sep, port = metrics_raw.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            ctl.fail("metrics", f'expected "host:port" or "" to disable, got {metrics_raw!r}')
+        metrics = (host.strip("[]"), int(port))
+    return ControllerConfig(
+        id=ident,
+        lease_ttl=ttl,
+        keepalive_interval=keepalive,
+        tick=tick,
+        release_timeout=release_timeout,
+        event_history=ctl.integer("event_history", 200, min=10),
+        request_history=ctl.integer("request_history", 100, min=1),
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """`[logging]`: level and format (`auto` = JSON unless stderr is a terminal)."""
+
+    level: str
+    format: str
+
+    @property
+    def json(self) -> bool | None:
+        return None if self.format == "auto" else self.format == "json"
+
+
+def parse_logging(doc: Table) -> LoggingConfig:
+    section = doc.table("logging", {})
+    section.reject_unknown({"level", "format"})
+    return LoggingConfig(
+        level=section.choice("level", ("debug", "info", "warning", "error"), "info"),
+        format=section.choice("format", ("auto", "json", "console"), "auto"),
     )

@@ -1,0 +1,5 @@
+"""`python -m controller` is `ha-controller`."""
+
+from controller.cli import main
+
+main()

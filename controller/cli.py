@@ -1,0 +1,128 @@
+"""`ha-controller --config FILE`: the controller daemon's entry point.
+
+Reads `[cluster]`, `[etcd]`, `[controller]` and `[logging]` from the node
+config. Expected failures (bad config, unreadable TLS files, the metrics port
+taken) end with one line on stderr and a non-zero exit (2 for config, 1 for
+the rest), never a traceback. An unreachable etcd is not fatal: the controller
+logs it once and keeps trying, as a standby would. SIGTERM and SIGINT step
+down (delete the leader key, revoke the lease) and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from controller.loop import Controller
+from controller.metrics import ControllerMetrics
+from haproxy_py import __version__
+from haproxy_py import logging as hlogging
+from haproxy_py.cluster.config import (
+    ClusterConfig,
+    ControllerConfig,
+    EtcdConfig,
+    LoggingConfig,
+    parse_cluster,
+    parse_controller,
+    parse_etcd,
+    parse_logging,
+)
+from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.configfile import ConfigError, load
+from haproxy_py.metrics import serve
+
+
+class Fatal(Exception):
+    """An expected failure; the message is the whole story for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: ClusterConfig
+    etcd: EtcdConfig
+    controller: ControllerConfig
+    logging: LoggingConfig
+
+    @property
+    def identity(self) -> str:
+        return self.controller.id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_settings(path: Path) -> Settings:
+    doc = load(path)
+    cluster = parse_cluster(doc)
+    etcd = parse_etcd(doc)
+    controller = parse_controller(doc, etcd)
+    if not cluster.vips:
+        doc.table("cluster", {}).fail("vips", "missing; the controller needs at least one VIP")
+    return Settings(cluster, etcd, controller, parse_logging(doc))
+
+
+async def run(settings: Settings) -> None:
+    metrics = ControllerMetrics()
+    runner = None
+    metrics_url = None
+    if settings.controller.metrics is not None:
+        host, port = settings.controller.metrics
+        try:
+            runner, bound = await serve(metrics.registry, host, port)
+        except OSError as exc:
+            raise Fatal(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+        metrics_url = f"http://{host}:{bound}/metrics"
+    try:
+        store = Store(settings.etcd, settings.cluster.name)
+    except StoreError as exc:
+        raise Fatal(str(exc)) from None
+    controller = Controller(
+        store,
+        settings.cluster,
+        settings.controller,
+        settings.identity,
+        metrics=metrics,
+        metrics_url=metrics_url,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, controller.stop)
+    try:
+        await controller.run()
+    finally:
+        await store.close()
+        if runner is not None:
+            await runner.cleanup()
+
+
+@click.command()
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The TOML config file ([cluster], [etcd], [controller], [logging]).",
+)
+@click.option("--check-config", is_flag=True, help="Only validate the config file, then exit.")
+@click.version_option(__version__)
+def main(config: Path, check_config: bool) -> None:
+    """Elect one active controller and keep the cluster's VIPs on healthy nodes."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"ha-controller: {exc}", err=True)
+        sys.exit(2)
+    if check_config:
+        click.echo(f"{config}: ok")
+        return
+    hlogging.configure(settings.logging.level, settings.logging.json)
+    try:
+        asyncio.run(run(settings))
+    except Fatal as exc:
+        click.echo(f"ha-controller: {exc}", err=True)
+        sys.exit(1)

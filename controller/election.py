@@ -1,0 +1,154 @@
+"""Leader election through `controller/leader`, a key bound to this controller's lease.
+
+Campaign = create-if-absent of the leader key under our lease. We lead while
+that key (identified by its create revision) exists; it dies with our lease,
+so a crashed leader is replaced within the lease TTL. Every write the leader
+makes compares that create revision, so a deposed leader's late writes fail.
+Stepping down deletes the key and revokes the lease, so a standby takes over
+at once instead of waiting out the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from haproxy_py.cluster.records import ClusterView, ControllerLeader
+from haproxy_py.cluster.store import (
+    Compare,
+    Delete,
+    LeaseLost,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    created_at,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class Election:
+    """This controller's lease and leadership; `revision` is set while we lead."""
+
+    def __init__(
+        self,
+        store: Store,
+        identity: str,
+        ttl: int,
+        keepalive_interval: float,
+        metrics_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.ttl = ttl
+        self.keepalive_interval = keepalive_interval
+        self.metrics_url = metrics_url
+        self.clock = clock
+        self.lease: int | None = None
+        self.revision: int | None = None  # create revision of our leader key
+        self.deadline = 0.0  # monotonic time our lease surely lasts until
+        self.last_keepalive_latency = 0.0
+        self.on_change: Callable[[bool], None] = lambda leading: None
+
+    @property
+    def key(self) -> str:
+        return self.store.schema.leader
+
+    def leading(self, view: ClusterView) -> bool:
+        """Still leader per this view and per our own lease deadline."""
+        if self.revision is None and not self._adopt(view):
+            return False
+        mine = view.leader is not None and view.leader.create_revision == self.revision
+        if not mine or time.monotonic() >= self.deadline:
+            self._lose(
+                "the leader key is gone or not ours" if not mine else "lease deadline passed"
+            )
+            return False
+        return True
+
+    def _adopt(self, view: ClusterView) -> bool:
+        """Our leader key outlived a local loss (etcd came back before the lease ran out)."""
+        leader = view.leader
+        if leader is None or self.lease is None or leader.lease != self.lease:
+            return False
+        if time.monotonic() >= self.deadline:
+            return False
+        self.revision = leader.create_revision
+        log.info("leading again", controller=self.identity)
+        self.on_change(True)
+        return True
+
+    def fence(self) -> list[Compare]:
+        """The compare that makes a write valid only while we lead."""
+        assert self.revision is not None
+        return [created_at(self.key, self.revision)]
+
+    async def ensure_lease(self) -> int:
+        if self.lease is None:
+            sent = time.monotonic()
+            granted = await self.store.grant_lease(self.ttl)
+            self.lease = granted.id
+            self.deadline = sent + granted.ttl
+        return self.lease
+
+    async def campaign(self) -> bool:
+        """Try to become leader (only wins if the key is absent)."""
+        lease = await self.ensure_lease()
+        record = ControllerLeader(id=self.identity, since=self.clock(), metrics=self.metrics_url)
+        if not await self.store.create(self.key, record.to_json(), lease):
+            return False
+        kv = await self.store.get(self.key)
+        if kv is None or kv.lease != lease:
+            return False  # expired already; try again next cycle
+        self.revision = kv.create_revision
+        log.info("became leader", controller=self.identity, lease=f"{lease:x}")
+        self.on_change(True)
+        return True
+
+    def _lose(self, why: str) -> None:
+        if self.revision is not None:
+            self.revision = None
+            log.warning("lost leadership", controller=self.identity, reason=why)
+            self.on_change(False)
+
+    async def keep_alive(self, stopping: asyncio.Event) -> None:
+        """Refresh our lease every interval; a lost lease means a new lease and no leadership."""
+        while not stopping.is_set():
+            if self.lease is not None:
+                sent = time.monotonic()
+                try:
+                    ttl = await self.store.keepalive(self.lease)
+                    self.last_keepalive_latency = time.monotonic() - sent
+                    self.deadline = sent + ttl
+                except LeaseLost as exc:
+                    self.lease = None
+                    self._lose(str(exc))
+                except StoreUnavailable as exc:
+                    log.warning("lease keepalive failed", error=str(exc))
+                    if time.monotonic() >= self.deadline:
+                        self._lose("lease deadline passed without a keepalive")
+                except StoreError as exc:
+                    log.warning("lease keepalive failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.keepalive_interval)
+
+    def lease_remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic()) if self.lease is not None else 0.0
+
+    async def resign(self) -> None:
+        """Hand leadership over now: delete our leader key, revoke our lease."""
+        revision, lease = self.revision, self.lease
+        self._lose("stepping down")
+        self.lease = None
+        try:
+            if revision is not None:
+                await self.store.txn([created_at(self.key, revision)], [Delete(self.key)])
+            if lease is not None:
+                await self.store.revoke(lease)
+        except StoreError as exc:
+            log.warning("could not step down cleanly; the lease will expire", error=str(exc))

@@ -1,0 +1,207 @@
+"""The controller's I/O shell: observe etcd, decide, execute, log one line.
+
+A cycle runs whenever the watch sees a change under the cluster prefix (so a
+release acknowledgement is answered within milliseconds) and at least every
+`tick` seconds (so time-based rules and a silent watch still make progress).
+The controller keeps no state of its own that matters for correctness: the
+only thing it remembers between cycles is when it first saw each VIP unowned,
+which feeds the reported gap and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from controller.actions import Action, WriteSettings
+from controller.decide import Policy, decide
+from controller.election import Election
+from controller.execute import Executor
+from controller.metrics import ControllerMetrics
+from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
+from haproxy_py.cluster.records import ClusterSettings, ClusterView
+from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+def desired_settings(cluster: ClusterConfig, current: ClusterSettings | None) -> ClusterSettings:
+    """The config file's policy, keeping the pause and drain state stored in etcd."""
+    base = current or ClusterSettings()
+    return replace(
+        base,
+        mode=cluster.mode,
+        vips=cluster.vips,
+        failback=cluster.failback,
+        failback_hold=cluster.failback_hold,
+    )
+
+
+class Controller:
+    """One controller process: campaigns, and while leading keeps the cluster placed."""
+
+    def __init__(
+        self,
+        store: Store,
+        cluster: ClusterConfig,
+        config: ControllerConfig,
+        identity: str,
+        metrics: ControllerMetrics | None = None,
+        metrics_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.cluster = cluster
+        self.config = config
+        self.identity = identity
+        self.clock = clock
+        self.metrics = metrics or ControllerMetrics()
+        self.election = Election(
+            store, identity, config.lease_ttl, config.keepalive_interval, metrics_url, clock
+        )
+        self.election.on_change = self._leadership_changed
+        self.executor = Executor(store, self.election.fence, config.event_history, clock)
+        self.policy = Policy(
+            release_timeout=config.release_timeout,
+            request_history=config.request_history,
+            controller=identity,
+        )
+        self.stopping = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.unowned_since: dict[str, float] = {}
+        self.leading = False
+        self._last_reason: str | None = None
+        self._last_problems: tuple[str, ...] = ()
+        self._etcd_down = False
+        self.metrics.bind(self)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        self.leading = leading
+        self.metrics.transitions.inc()
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Until `stop()`: keep the lease, watch etcd, run cycles; then step down."""
+        tasks = [
+            asyncio.create_task(self.election.keep_alive(self.stopping), name="keepalive"),
+            asyncio.create_task(self._watch(), name="watch"),
+        ]
+        try:
+            while not self.stopping.is_set():
+                self.wake.clear()
+                await self.cycle()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.config.tick)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.election.resign()
+            log.info("controller stopped", controller=self.identity)
+
+    async def _watch(self) -> None:
+        revision = 0
+        while revision == 0 and not self.stopping.is_set():
+            try:
+                revision = (await self.store.read_view()).revision
+            except StoreError:
+                await asyncio.sleep(self.config.tick)
+        try:
+            async for _event in self.store.watch(self.store.schema.prefix, revision + 1):
+                self.wake.set()
+        except Exception:
+            # Without the watch the tick still drives every cycle, only slower.
+            log.exception("watch failed; continuing on the tick alone")
+
+    async def cycle(self) -> None:
+        """Read, (campaign,) decide, execute: one round. Never raises for etcd trouble."""
+        started = time.monotonic()
+        try:
+            await self._cycle()
+            self._reachable(True)
+        except StoreUnavailable as exc:
+            self._reachable(False, str(exc))
+        except StoreError as exc:
+            log.error("cycle failed", error=str(exc))
+            self.metrics.cycle_errors.inc()
+        except Exception:
+            # One bad cycle must not end the daemon; the next one starts from a fresh read.
+            log.exception("cycle crashed")
+            self.metrics.cycle_errors.inc()
+        finally:
+            self.metrics.cycle_seconds.set(time.monotonic() - started)
+
+    async def _cycle(self) -> None:
+        view = await self.store.read_view()
+        self._observe(view)
+        if view.problems != self._last_problems:
+            if view.problems:
+                log.warning("unreadable keys ignored", problems=list(view.problems))
+            self._last_problems = view.problems
+        if not self.election.leading(view):
+            if view.leader is not None or not await self.election.campaign():
+                return
+            view = await self.store.read_view()
+            if not self.election.leading(view):
+                return
+        wanted = desired_settings(self.cluster, view.settings)
+        if not wanted.same_content(view.settings):
+            mod = view.settings.mod_revision if view.settings else 0
+            await self._execute(view, [WriteSettings(wanted, mod)], "apply the configured policy")
+            return
+        decision = decide(view, self.clock(), self.policy)
+        if decision.actions:
+            await self._execute(view, decision.actions, decision.reason)
+        elif decision.reason != self._last_reason:
+            log.info("cycle", controller=self.identity, reason=decision.reason, actions=[])
+        self._last_reason = decision.reason
+
+    async def _execute(
+        self, view: ClusterView, actions: tuple[Action, ...] | list[Action], reason: str
+    ) -> None:
+        outcome = await self.executor.run(view, actions, self.unowned_since)
+        log.info(
+            "cycle",
+            controller=self.identity,
+            reason=reason,
+            actions=[type(a).__name__ for a in actions],
+            applied=outcome.applied,
+            conflict=outcome.conflict,
+        )
+        self.metrics.vip_transitions.inc(outcome.assignments)
+        self.wake.set()  # look again at once: the next step may already be possible
+
+    def _observe(self, view: ClusterView) -> None:
+        """Remember since when each configured VIP may be unheld (for the reported gap).
+
+        That is when its release was asked (the owner may drop the address from
+        then on), or else when its key was first seen gone.
+        """
+        now = self.clock()
+        configured = view.settings.vips if view.settings else self.cluster.vips
+        for vip in configured:
+            a = view.vips.get(vip)
+            if a is not None and a.state == "releasing":
+                self.unowned_since.setdefault(vip, a.releasing_since or now)
+            elif vip in view.occupied:
+                self.unowned_since.pop(vip, None)
+            else:
+                self.unowned_since.setdefault(vip, now)
+        self.metrics.unowned.set(float(sum(1 for v in configured if v not in view.occupied)))
+
+    def _reachable(self, up: bool, error: str | None = None) -> None:
+        self.metrics.etcd_reachable.set(1.0 if up else 0.0)
+        if up and self._etcd_down:
+            log.info("etcd reachable again", controller=self.identity)
+        elif not up and not self._etcd_down:
+            log.warning("etcd unreachable", controller=self.identity, error=error)
+        self._etcd_down = not up

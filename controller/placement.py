@@ -1,0 +1,66 @@
+"""Who may hold VIPs and in which order: pure helpers shared by the decision rules.
+
+A node is eligible when it is registered, its proxy is healthy and it is not
+drained. Preference order is highest priority first, then name, so every
+controller computes the same answer from the same view.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord
+
+
+def preference(node: NodeRecord) -> tuple[int, str]:
+    return (-node.priority, node.name)
+
+
+def eligible(view: ClusterView, settings: ClusterSettings) -> list[NodeRecord]:
+    """Registered, healthy, undrained nodes, best first."""
+    drained = set(settings.drained)
+    nodes = [n for n in view.nodes.values() if n.healthy and n.name not in drained]
+    return sorted(nodes, key=preference)
+
+
+def is_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> bool:
+    node = view.nodes.get(name)
+    return node is not None and node.healthy and name not in settings.drained
+
+
+def stable(node: NodeRecord, now: float, hold: float) -> bool:
+    """Healthy for at least `hold` seconds (the failback hold-down)."""
+    return node.healthy and node.healthy_since is not None and now - node.healthy_since >= hold
+
+
+def vip_order(vips: Iterable[str]) -> list[str]:
+    """VIPs in numeric address order (junk sorts last, by text)."""
+
+    def key(vip: str) -> tuple[int, int, str]:
+        try:
+            return (0, int(ipaddress.ip_address(vip)), vip)
+        except ValueError:
+            return (1, 0, vip)
+
+    return sorted(vips, key=key)
+
+
+def least_loaded(candidates: list[NodeRecord], counts: Mapping[str, int]) -> NodeRecord | None:
+    """The candidate holding the fewest VIPs; ties go to preference order."""
+    if not candidates:
+        return None
+    return min(candidates, key=lambda n: (counts.get(n.name, 0), preference(n)))
+
+
+def why_not_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> str | None:
+    """Why `name` cannot take a VIP, as a phrase; None when it can."""
+    node = view.nodes.get(name)
+    if node is None:
+        known = ", ".join(sorted(view.nodes)) or "none"
+        return f"unknown node {name} (registered: {known})"
+    if not node.healthy:
+        return f"target {name} is unhealthy"
+    if name in settings.drained:
+        return f"target {name} is drained (undrain it first)"
+    return None

@@ -1,0 +1,78 @@
+"""The etcd key schema: the only place where key strings are spelled.
+
+All keys of one cluster live under `/haproxy-py/<cluster>/`:
+
+    nodes/<node>        NodeRecord        under the node's lease (agent)
+    controller/leader   ControllerLeader  under the controller's lease
+    vips/<vip>          VipAssignment     under the owner node's lease (controller)
+    requests/<id>       Request (+ result) no lease (hactl writes, controller answers)
+    config              ClusterSettings   no lease (active controller)
+    events/<seq>        Event             no lease, bounded history (seq = epoch, zero-padded)
+    epoch               integer text      no lease, +1 on every ownership change
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "/haproxy-py/"
+EVENT_SEQ_DIGITS = 12  # zero-padded so that lexical order is numeric order
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Key builders for one cluster."""
+
+    cluster: str
+
+    def __post_init__(self) -> None:
+        if not self.cluster or "/" in self.cluster:
+            raise ValueError(f"cluster name must be non-empty without '/', got {self.cluster!r}")
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}{self.cluster}/"
+
+    @property
+    def nodes_prefix(self) -> str:
+        return f"{self.prefix}nodes/"
+
+    @property
+    def vips_prefix(self) -> str:
+        return f"{self.prefix}vips/"
+
+    @property
+    def requests_prefix(self) -> str:
+        return f"{self.prefix}requests/"
+
+    @property
+    def events_prefix(self) -> str:
+        return f"{self.prefix}events/"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}controller/leader"
+
+    @property
+    def config(self) -> str:
+        return f"{self.prefix}config"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
+
+    def node(self, name: str) -> str:
+        return f"{self.nodes_prefix}{name}"
+
+    def vip(self, address: str) -> str:
+        return f"{self.vips_prefix}{address}"
+
+    def request(self, request_id: str) -> str:
+        return f"{self.requests_prefix}{request_id}"
+
+    def event(self, seq: int) -> str:
+        return f"{self.events_prefix}{seq:0{EVENT_SEQ_DIGITS}d}"
+
+    def relative(self, key: str) -> str | None:
+        """The part after the cluster prefix, or None for a key of another cluster."""
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else None

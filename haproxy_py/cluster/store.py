@@ -1,0 +1,550 @@
+"""The etcd store adapter: the only module that imports aetcd.
+
+Every daemon and hactl talk to etcd through `Store`. It hides aetcd and gRPC
+behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and a small exception
+tree, translated here and nowhere else:
+
+    StoreError                 any store failure (message is for the operator)
+    ├── StoreUnavailable       no endpoint answered in time (names endpoints + timeout)
+    ├── LeaseLost              the lease is gone (expired, revoked, or TTL answered <= 0)
+    └── RequestTimeout         no final result for a request in the time given
+
+A failed compare in a transaction is not an exception: conditional writes
+return False, and the caller re-reads the view and decides again.
+
+Endpoints: calls go to one endpoint at a time. A connection refused moves on
+to the next endpoint within the same call; a deadline (a frozen or partitioned
+member) fails the call with StoreUnavailable after `timeout` and moves the
+next call, and any open watch, to the next endpoint. Every RPC carries the
+deadline (`Client(timeout=...)`): without it a call waits out a frozen etcd.
+
+Leases: `keepalive()` raises LeaseLost when etcd answers TTL <= 0, which is
+how an expired lease shows itself (no gRPC error). After an etcd restart every
+lease has a fresh full TTL again.
+
+Watch: `watch()` re-watches from the last seen revision + 1 after a disconnect
+or an endpoint change, so no event is lost while the stream was down; if that
+revision was compacted it yields one `WatchEvent(kind="resync")` and carries on
+from the current revision (callers then re-read the view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import aetcd
+import aetcd.exceptions as aetcd_errors
+import grpc
+import structlog
+from aetcd import rpc, watcher
+
+from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.records import ClusterView, KeyValue, Request
+from haproxy_py.cluster.schema import Schema
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """A store operation failed; the message is complete for the operator."""
+
+
+class StoreUnavailable(StoreError):
+    """No etcd endpoint answered within the timeout."""
+
+
+class LeaseLost(StoreError):
+    """The lease no longer exists: every key bound to it is gone."""
+
+
+class RequestTimeout(StoreError):
+    """A request got no final result in time; `last` is the request as last seen."""
+
+    def __init__(self, message: str, last: Request | None) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A granted lease: `ttl` is what etcd granted (it may round up)."""
+
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change under a watched prefix; `resync` means "re-read everything"."""
+
+    kind: Literal["put", "delete", "resync"]
+    key: str
+    value: bytes
+    mod_revision: int
+    lease: int = 0
+
+
+# Transaction building blocks: plain values, translated to aetcd in `txn()`.
+@dataclass(frozen=True)
+class Compare:
+    """`target` of `key` compared with `value`; etcd treats an absent key's revisions as 0."""
+
+    key: str
+    target: Literal["value", "mod", "create", "version"]
+    op: Literal["==", "!=", "<", ">"]
+    value: int | bytes
+
+
+def absent(key: str) -> Compare:
+    return Compare(key, "create", "==", 0)
+
+
+def mod_revision_is(key: str, revision: int) -> Compare:
+    return Compare(key, "mod", "==", revision)
+
+
+def created_at(key: str, revision: int) -> Compare:
+    return Compare(key, "create", "==", revision)
+
+
+def value_is(key: str, value: bytes) -> Compare:
+    return Compare(key, "value", "==", value)
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+Op = Put | Delete
+
+
+def new_request_id(now: float) -> str:
+    """Sortable by time, unique without coordination: `<ms since epoch>-<random hex>`."""
+    return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
+
+
+class _Client(aetcd.Client):
+    """aetcd's client on a channel we build: TLS with client certificates, any endpoint.
+
+    aetcd only builds plaintext channels; this replaces its `connect()` with one
+    that builds the channel from our credentials and sets the same stubs.
+    """
+
+    def __init__(
+        self, target: str, credentials: grpc.ChannelCredentials | None, timeout: float
+    ) -> None:
+        super().__init__(timeout=timeout)  # type: ignore[arg-type,unused-ignore]  # float deadlines work
+        self._target = target
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        options = [
+            ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+            # gRPC's default reconnect backoff grows to 120 s: a restarted etcd would be
+            # ignored for minutes. Retry at least every second instead.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        if self._credentials is None:
+            self.channel = rpc.insecure_channel(self._target, options=options)
+        else:
+            self.channel = rpc.secure_channel(self._target, self._credentials, options=options)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout)
+        self._connected.set()
+
+
+def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials | None:
+    if not config.tls:
+        return None
+    try:
+        root = config.cacert.read_bytes() if config.cacert else None
+        key = config.key.read_bytes() if config.key else None
+        cert = config.cert.read_bytes() if config.cert else None
+    except OSError as exc:
+        raise StoreError(f"cannot read etcd TLS file {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=cert
+    )
+
+
+def _kv(raw: Any) -> KeyValue:
+    return KeyValue(
+        key=raw.key.decode(errors="replace"),
+        value=bytes(raw.value),
+        create_revision=raw.create_revision,
+        mod_revision=raw.mod_revision,
+        lease=raw.lease,
+    )
+
+
+_COMPARE_TARGETS = {"value": "value", "mod": "mod", "create": "create", "version": "version"}
+
+
+class Store:
+    """One cluster's view of etcd. Use as `async with Store(config, cluster) as store:`."""
+
+    def __init__(self, config: EtcdConfig, cluster: str) -> None:
+        self.config = config
+        self.schema = Schema(cluster)
+        self._credentials = _credentials(config)
+        self._clients: dict[int, _Client] = {}
+        self._current = 0
+        self._rotated = asyncio.Event()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                await client.close()
+            except Exception as exc:  # closing must never mask the real outcome
+                log.debug("etcd client close failed", error=repr(exc))
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint the next call goes to."""
+        return self.config.endpoints[self._current]
+
+    def _client(self) -> _Client:
+        index = self._current
+        client = self._clients.get(index)
+        if client is None:
+            client = _Client(self.config.endpoints[index], self._credentials, self.config.timeout)
+            self._clients[index] = client
+        return client
+
+    def _rotate(self, reason: str) -> None:
+        if len(self.config.endpoints) == 1:
+            return
+        old = self.endpoint
+        self._current = (self._current + 1) % len(self.config.endpoints)
+        log.warning("etcd endpoint switched", old=old, new=self.endpoint, reason=reason)
+        self._rotated.set()
+        self._rotated = asyncio.Event()
+
+    def _unavailable(self, detail: str) -> StoreUnavailable:
+        endpoints = ", ".join(self.config.endpoints)
+        return StoreUnavailable(
+            f"etcd unreachable (endpoints {endpoints}; timeout {self.config.timeout:g} s): "
+            f"{detail}; check that etcd runs and that the [etcd] endpoints and TLS files are right"
+        )
+
+    async def _call(self, what: str, op: Callable[[_Client], Awaitable[T]]) -> T:
+        """Run `op` on the current endpoint, moving on when an endpoint refuses or stalls."""
+        last = "no endpoint tried"
+        for _ in range(len(self.config.endpoints)):
+            endpoint = self.endpoint
+            try:
+                return await op(self._client())
+            except aetcd_errors.ConnectionFailedError as exc:
+                last = f"{endpoint}: {_detail(exc)}"
+                self._rotate(f"{what}: {last}")
+            except (aetcd_errors.ConnectionTimeoutError, aetcd_errors.WatchTimeoutError):
+                self._rotate(f"{what}: {endpoint} timed out")
+                raise self._unavailable(f"{what} timed out at {endpoint}") from None
+            except aetcd_errors.UnauthenticatedError as exc:
+                raise StoreError(
+                    f"etcd at {endpoint} refused the client ({_detail(exc)}); "
+                    "check the [etcd] cert and key"
+                ) from None
+            except aetcd_errors.ClientError as exc:
+                detail = _detail(exc)
+                if "lease not found" in detail:
+                    raise LeaseLost(f"{what}: the lease is gone ({detail})") from None
+                raise StoreError(f"etcd {what} failed at {endpoint}: {detail}") from None
+        raise self._unavailable(last)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        async def op(client: _Client) -> KeyValue | None:
+            result = await client.get(key.encode())
+            return None if result is None else _kv(result)
+
+        return await self._call("get", op)
+
+    async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """All keys under `prefix` and the revision they were read at (one range request)."""
+
+        async def op(client: _Client) -> tuple[list[KeyValue], int]:
+            result = await client.get_prefix(prefix.encode())
+            return [_kv(kv) for kv in result], result.header.revision
+
+        return await self._call("get_prefix", op)
+
+    async def read_view(self) -> ClusterView:
+        """The whole cluster as one consistent snapshot (see `ClusterView`)."""
+        kvs, revision = await self.get_prefix(self.schema.prefix)
+        return ClusterView.from_kvs(self.schema.cluster, self.schema.prefix, kvs, revision)
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Unconditional write; returns the new revision. LeaseLost if `lease` is gone."""
+
+        async def op(client: _Client) -> int:
+            result = await client.put(key.encode(), value, lease=lease or None)
+            return int(result.header.revision)
+
+        return await self._call("put", op)
+
+    async def delete(self, key: str) -> bool:
+        """Unconditional delete; True if the key existed."""
+
+        async def op(client: _Client) -> bool:
+            return await client.delete(key.encode()) is not None
+
+        return await self._call("delete", op)
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> bool:
+        """One etcd transaction; True when every compare held (and `success` ran)."""
+
+        async def op(client: _Client) -> bool:
+            t = client.transactions
+            built = [_build_compare(t, compare) for compare in compares]
+            succeeded, _ = await client.transaction(
+                compare=built,
+                success=[_build_op(t, item) for item in success],
+                failure=[_build_op(t, item) for item in failure],
+            )
+            return bool(succeeded)
+
+        return await self._call("transaction", op)
+
+    async def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        """Write `key` only if it does not exist; False if it does."""
+        return await self.txn([absent(key)], [Put(key, value, lease)])
+
+    async def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
+        """Overwrite `key` only if nobody changed it since `mod_revision`."""
+        return await self.txn([mod_revision_is(key, mod_revision)], [Put(key, value, lease)])
+
+    async def delete_if(self, key: str, mod_revision: int) -> bool:
+        """Delete `key` only if nobody changed it since `mod_revision`."""
+        return await self.txn([mod_revision_is(key, mod_revision)], [Delete(key)])
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> Lease:
+        async def op(client: _Client) -> Lease:
+            lease = await client.lease(ttl)
+            return Lease(id=int(lease.id), ttl=int(lease.ttl))
+
+        return await self._call("lease grant", op)
+
+    async def keepalive(self, lease_id: int) -> int:
+        """Refresh the lease; returns the TTL etcd reset it to. LeaseLost when TTL <= 0."""
+
+        async def op(client: _Client) -> int:
+            reply = await client.refresh_lease(lease_id)
+            return int(reply.TTL) if reply is not None else 0
+
+        ttl = await self._call("lease keepalive", op)
+        if ttl <= 0:
+            raise LeaseLost(f"lease {lease_id:x} expired (keepalive answered TTL {ttl})")
+        return ttl
+
+    async def lease_remaining(self, lease_id: int) -> int:
+        """Seconds left on the lease as etcd sees it; -1 when it no longer exists."""
+
+        async def op(client: _Client) -> int:
+            info = await client.get_lease_info(lease_id, keys=False)
+            return int(info.TTL)
+
+        return await self._call("lease time-to-live", op)
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke the lease, deleting its keys at once; a lease already gone is fine."""
+
+        async def op(client: _Client) -> None:
+            await client.revoke_lease(lease_id)
+
+        with contextlib.suppress(LeaseLost):
+            await self._call("lease revoke", op)
+
+    # -- watch --------------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
+        """Every change under `prefix` from `start_revision` on, surviving disconnects.
+
+        Never ends by itself; cancel the consuming task (or break) to stop. While
+        no endpoint is reachable it retries with a capped backoff and logs once.
+        """
+        next_revision = start_revision
+        backoff = 0.05
+        down_logged = False
+        while True:
+            rotated = self._rotated
+            try:
+                stream = await self._call("watch", _watch_from(prefix, next_revision))
+            except StoreError as exc:
+                if isinstance(exc.__cause__, aetcd_errors.RevisionCompactedError) or (
+                    "compacted" in str(exc)
+                ):
+                    next_revision = 0
+                    yield WatchEvent("resync", prefix, b"", 0)
+                    continue
+                if not down_logged:
+                    log.warning("etcd watch down, retrying", prefix=prefix, error=str(exc))
+                    down_logged = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            if down_logged:
+                log.info("etcd watch restored", prefix=prefix, from_revision=next_revision)
+                down_logged = False
+            backoff = 0.05
+            try:
+                async for event in _until_rotated(stream, rotated):
+                    kv = _kv(event.kv)
+                    next_revision = kv.mod_revision + 1
+                    kind: Literal["put", "delete"] = "put" if event.kind == "PUT" else "delete"
+                    yield WatchEvent(kind, kv.key, kv.value, kv.mod_revision, kv.lease)
+            except aetcd_errors.RevisionCompactedError:
+                next_revision = 0
+                yield WatchEvent("resync", prefix, b"", 0)
+            except aetcd_errors.ClientError as exc:
+                log.info("etcd watch interrupted", prefix=prefix, error=_detail(exc))
+            finally:
+                await _cancel_quietly(stream)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Request:
+        """Store a new request (create-if-absent); returns it with its mod_revision."""
+        key = self.schema.request(request.id)
+        if not await self.create(key, request.to_json()):
+            raise StoreError(f"request {request.id} already exists")
+        stored = await self.get(key)
+        parsed = Request.parse(request.id, stored.value, stored.mod_revision) if stored else None
+        return parsed or request
+
+    async def wait_result(self, request_id: str, seconds: float) -> Request:
+        """Wait until the request has a final result; RequestTimeout after `seconds`."""
+        key = self.schema.request(request_id)
+        last: Request | None = None
+
+        async def follow() -> Request:
+            nonlocal last
+            kv = await self.get(key)
+            if kv is None:
+                raise StoreError(f"request {request_id} does not exist")
+            last = Request.parse(request_id, kv.value, kv.mod_revision)
+            if last is not None and not last.pending:
+                return last
+            async with contextlib.aclosing(self.watch(key, kv.mod_revision + 1)) as events:
+                async for event in events:
+                    if event.kind == "delete":
+                        raise StoreError(f"request {request_id} was deleted before it finished")
+                    if event.kind == "put" and event.key == key:
+                        last = Request.parse(request_id, event.value, event.mod_revision)
+                        if last is not None and not last.pending:
+                            return last
+            raise AssertionError("watch ended")  # pragma: no cover - watch never ends
+
+        try:
+            async with asyncio.timeout(seconds):
+                return await follow()
+        except TimeoutError:
+            status = last.result.status if last and last.result else "not picked up"
+            raise RequestTimeout(
+                f"request {request_id}: no final result after {seconds:g} s ({status}); "
+                "is a controller running?",
+                last,
+            ) from None
+
+
+def _watch_from(prefix: str, revision: int) -> Callable[[_Client], Awaitable[Any]]:
+    async def op(client: _Client) -> Any:
+        return await client.watch_prefix(prefix.encode(), start_revision=revision)
+
+    return op
+
+
+async def _until_rotated(stream: Any, rotated: asyncio.Event) -> AsyncIterator[Any]:
+    """The stream's events, ending early when the store switches endpoint."""
+    iterator = aiter(stream)
+    rotation = asyncio.ensure_future(rotated.wait())
+    item: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            item = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({item, rotation}, return_when=asyncio.FIRST_COMPLETED)
+            if item not in done:
+                return
+            try:
+                value = item.result()
+            except StopAsyncIteration:
+                return
+            item = None
+            yield value
+    finally:
+        rotation.cancel()
+        if item is not None and not item.done():
+            item.cancel()
+        if item is not None:
+            # Nobody awaits it any more: fetch its outcome so asyncio does not report it.
+            item.add_done_callback(_discard_outcome)
+
+
+def _discard_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _cancel_quietly(stream: Any) -> None:
+    try:
+        await stream.cancel()
+    except Exception as exc:  # the stream may already be dead; nothing to clean up then
+        log.debug("watch cancel failed", error=repr(exc))
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _build_compare(t: Any, compare: Compare) -> Any:
+    target = getattr(t, _COMPARE_TARGETS[compare.target])(compare.key.encode())
+    value = compare.value
+    if compare.op == "==":
+        return target == value
+    if compare.op == "!=":
+        return target != value
+    if compare.op == "<":
+        return target < value
+    return target > value
+
+
+def _build_op(t: Any, op: Op) -> Any:
+    if isinstance(op, Put):
+        return t.put(op.key.encode(), op.value, lease=op.lease or None)
+    return t.delete(op.key.encode())

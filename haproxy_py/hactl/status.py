@@ -1,0 +1,120 @@
+"""`hactl status` and `hactl history`: read-only views of the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import sys
+import time
+
+import click
+
+from haproxy_py.cluster.records import ClusterView
+from haproxy_py.cluster.store import Store
+from haproxy_py.hactl import view
+from haproxy_py.hactl.connection import Connection, connection_of
+from haproxy_py.hactl.session import lease_left, run
+
+_OUTPUT = click.Choice(["table", "json"])
+
+
+@click.command()
+@click.option("-o", "--output", type=_OUTPUT, default="table", show_default=True)
+@click.option(
+    "-w",
+    "--watch",
+    type=click.FloatRange(min=0.2),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (default 2) until Ctrl-C or --count.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --watch: stop after this many refreshes.",
+)
+@click.pass_context
+def status(ctx: click.Context, output: str, watch: float | None, count: int | None) -> None:
+    """Show the controller, nodes, VIPs and who holds them.
+
+    With -o json (one document; one per line with --watch) the keys are stable:
+    see docs/hactl.md.
+    """
+    connection = connection_of(ctx)
+    if watch is None:
+        count = 1
+
+    async def body(store: Store) -> None:
+        shown = 0
+        while True:
+            snapshot = await store.read_view()
+            leases = await lease_left(store, snapshot)
+            _show(connection, snapshot, view.status_view(snapshot, leases), output, watch)
+            shown += 1
+            if count is not None and shown >= count:
+                return
+            await asyncio.sleep(watch or 0)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch
+        run(connection, body)
+
+
+def _show(
+    connection: Connection,
+    snapshot: ClusterView,
+    status_view: view.StatusView,
+    output: str,
+    watch: float | None,
+) -> None:
+    now = time.time()
+    if output == "json":
+        doc = view.status_json(status_view)
+        click.echo(json.dumps(doc) if watch else json.dumps(doc, indent=2))
+        return
+    if watch:
+        if sys.stdout.isatty():
+            click.clear()
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"Every {watch:g}s: hactl status    {stamp}\n")
+    click.echo(view.status_table(status_view, now))
+    if watch and not sys.stdout.isatty():
+        click.echo("")
+    if _looks_empty(snapshot):
+        click.echo(
+            f"hactl: nothing stored for cluster {connection.cluster!r} at "
+            f"{', '.join(connection.etcd.endpoints)} (wrong --cluster, or nothing started yet?)",
+            err=True,
+        )
+
+
+def _looks_empty(snapshot: ClusterView) -> bool:
+    return (
+        not snapshot.nodes
+        and not snapshot.occupied
+        and snapshot.leader is None
+        and snapshot.settings is None
+        and not snapshot.events
+    )
+
+
+@click.command()
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("-o", "--output", type=_OUTPUT, default="table", show_default=True)
+@click.pass_context
+def history(ctx: click.Context, limit: int, output: str) -> None:
+    """Show the last N VIP ownership changes (time, from, to, cause, gap)."""
+    connection = connection_of(ctx)
+
+    async def body(store: Store) -> ClusterView:
+        return await store.read_view()
+
+    events = run(connection, body).events[-limit:]
+    if output == "json":
+        click.echo(json.dumps(view.history_json(events), indent=2))
+    else:
+        click.echo(view.history_table(events))

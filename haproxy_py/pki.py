@@ -1,0 +1,369 @@
+"""The cluster's certificates: one CA, and server/peer/client certificates signed by it.
+
+Layout of a certificate directory (predictable, so that configs and Ansible can
+name files without asking):
+
+    DIR/ca.crt  DIR/ca.key          the cluster CA (ECDSA P-256, 10 years)
+    DIR/<name>.crt  DIR/<name>.key  one certificate per etcd member, agent,
+                                    controller, hactl user or proxy listener
+
+Rules:
+
+* Keys are ECDSA P-256, written PKCS#8 PEM with mode 0600 (created that way,
+  never chmod-ed afterwards, so a key is never readable by others, not even
+  for an instant). Files are replaced atomically (write + rename).
+* A server certificate (the default) carries both serverAuth and clientAuth:
+  etcd members use one certificate as server and as peer client, and etcd
+  3.4's gateway dials itself with it. `client=True` gives clientAuth only
+  (hactl users, agents, controllers); its common name is the etcd user name.
+* Idempotent: an existing CA is kept unless `force`; an existing certificate
+  is kept when it was signed by this CA, has the same SANs and usage and is
+  valid for more than `RENEW_BEFORE`, otherwise it is re-issued.
+* Every expected failure is a `PkiError` whose message names the file and
+  the check that failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CA_DAYS = 3650
+LEAF_DAYS = 825
+RENEW_BEFORE = dt.timedelta(days=30)
+# Tolerate a little clock skew between the machine that issues and the ones that verify.
+BACKDATE = dt.timedelta(minutes=5)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_DNS_RE = re.compile(
+    r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+San = x509.DNSName | x509.IPAddress
+_Ext = TypeVar("_Ext", bound=x509.ExtensionType)
+
+
+class PkiError(Exception):
+    """A certificate or key is missing, unreadable, malformed or unfit; the message says which."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """Where a certificate and its key are, and whether this call wrote them."""
+
+    cert: Path
+    key: Path
+    created: bool
+
+
+def ca_paths(directory: Path) -> tuple[Path, Path]:
+    return directory / CA_CERT, directory / CA_KEY
+
+
+def parse_san(value: str) -> San:
+    """`198.18.0.10` or `::1` becomes an IP SAN, `node-a.example` a DNS SAN."""
+    value = value.strip()
+    try:
+        return x509.IPAddress(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _DNS_RE.match(value) or len(value) > 253:
+        raise PkiError(f"subject alternative name {value!r}: expected an IP address or a DNS name")
+    return x509.DNSName(value.lower())
+
+
+def init_ca(
+    directory: Path, *, common_name: str = "haproxy-py cluster CA", force: bool = False
+) -> Issued:
+    """Create the cluster CA in `directory`, or keep the one already there."""
+    cert_path, key_path = ca_paths(directory)
+    if not force and (cert_path.exists() or key_path.exists()):
+        # Keep it, but only if it is whole: half a CA would fail later and far away.
+        load_ca(directory)
+        return Issued(cert_path, key_path, created=False)
+    _make_dir(directory)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_pair(cert_path, key_path, cert, key)
+    return Issued(cert_path, key_path, created=True)
+
+
+def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and key from `directory`, checked to belong together."""
+    cert_path, key_path = ca_paths(directory)
+    if not cert_path.exists() and not key_path.exists():
+        raise PkiError(f"{directory}: no cluster CA here (make one: hactl certs init --out DIR)")
+    cert = load_cert(cert_path)
+    key = load_key(key_path)
+    _check_pair(cert, key, cert_path, key_path)
+    constraints = _extension(cert, x509.BasicConstraints)
+    if constraints is None or not constraints.ca:
+        raise PkiError(f"{cert_path}: not a CA certificate (basicConstraints CA:FALSE)")
+    return cert, key
+
+
+def issue(
+    ca_dir: Path,
+    name: str,
+    sans: Iterable[str] = (),
+    *,
+    client: bool = False,
+    out: Path | None = None,
+    force: bool = False,
+) -> Issued:
+    """Issue `<out>/<name>.crt` + `.key` signed by the CA in `ca_dir` (out defaults to ca_dir).
+
+    A server certificate without SANs gets `name` as its only DNS SAN.
+    """
+    if not _NAME_RE.match(name):
+        raise PkiError(
+            f"certificate name {name!r}: expected letters, digits, '.', '_' or '-' "
+            "(it becomes the file name and the common name)"
+        )
+    if name == "ca":
+        raise PkiError("certificate name 'ca' is reserved for the cluster CA")
+    san_list = _dedupe(parse_san(s) for s in sans)
+    if not san_list and not client:
+        san_list = [parse_san(name)]
+    ca_cert, ca_key = load_ca(ca_dir)
+    out = ca_dir if out is None else out
+    cert_path, key_path = out / f"{name}.crt", out / f"{name}.key"
+    usages = _usages(client)
+    if not force and _still_good(cert_path, key_path, ca_cert, san_list, usages):
+        return Issued(cert_path, key_path, created=False)
+    _make_dir(out)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    not_after = min(now + dt.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if san_list:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san_list), critical=False)
+    _write_pair(cert_path, key_path, builder.sign(ca_key, hashes.SHA256()), key)
+    return Issued(cert_path, key_path, created=True)
+
+
+def check_client_files(cacert: Path, cert: Path | None, key: Path | None) -> None:
+    """Check the files a TLS client will present, before dialling, so a mistake names its file.
+
+    The peer's own checks (is our certificate from the CA it trusts?) can only
+    happen in the handshake; everything that can be checked locally is here.
+    """
+    if (cert is None) != (key is None):
+        raise PkiError("a client certificate and its key go together: give both or neither")
+    ca = _load_bundle(cacert)
+    now = _now()
+    for ca_cert in ca:
+        _check_dates(ca_cert, cacert, now)
+    if cert is None or key is None:
+        return
+    leaf = load_cert(cert)
+    _check_pair(leaf, load_key(key), cert, key)
+    _check_dates(leaf, cert, now)
+    eku = _extension(leaf, x509.ExtendedKeyUsage)
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise PkiError(f"{cert}: not usable as a client certificate (no clientAuth extended usage)")
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    return _load_bundle(path)[0]
+
+
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    data = _read(path)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{path}: expected an ECDSA key, got {type(key).__name__}")
+    return key
+
+
+def _load_bundle(path: Path) -> list[x509.Certificate]:
+    data = _read(path)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise PkiError(f"{path}: not a PEM certificate") from None
+    return certs
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"{path}: no such file") from None
+    except PermissionError:
+        raise PkiError(f"{path}: permission denied (run as a user who may read it)") from None
+    except OSError as exc:
+        raise PkiError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _check_pair(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path
+) -> None:
+    if cert.public_key() != key.public_key():
+        raise PkiError(f"{key_path}: this key does not belong to the certificate {cert_path}")
+
+
+def _check_dates(cert: x509.Certificate, path: Path, now: dt.datetime) -> None:
+    if now < cert.not_valid_before_utc:
+        when = cert.not_valid_before_utc.isoformat()
+        raise PkiError(f"{path}: not valid yet (valid from {when}; check the clock)")
+    if now > cert.not_valid_after_utc:
+        when = cert.not_valid_after_utc.isoformat()
+        raise PkiError(f"{path}: expired on {when} (issue a new one with `hactl certs issue`)")
+
+
+def _still_good(
+    cert_path: Path,
+    key_path: Path,
+    ca_cert: x509.Certificate,
+    sans: Sequence[San],
+    usages: list[x509.ObjectIdentifier],
+) -> bool:
+    if not (cert_path.exists() and key_path.exists()):
+        return False
+    try:
+        cert = load_cert(cert_path)
+        _check_pair(cert, load_key(key_path), cert_path, key_path)
+        cert.verify_directly_issued_by(ca_cert)
+    except (PkiError, ValueError, TypeError, InvalidSignature):
+        return False
+    san_ext = _extension(cert, x509.SubjectAlternativeName)
+    have_sans = set(san_ext) if san_ext is not None else set()
+    eku = _extension(cert, x509.ExtendedKeyUsage)
+    have_usages = set(eku) if eku is not None else set()
+    fresh = cert.not_valid_after_utc - _now() > RENEW_BEFORE
+    return fresh and have_sans == set(sans) and have_usages == set(usages)
+
+
+def _usages(client: bool) -> list[x509.ObjectIdentifier]:
+    if client:
+        return [ExtendedKeyUsageOID.CLIENT_AUTH]
+    return [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def _extension(cert: x509.Certificate, kind: type[_Ext]) -> _Ext | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _dedupe(sans: Iterable[San]) -> list[San]:
+    seen: list[San] = []
+    for san in sans:
+        if san not in seen:
+            seen.append(san)
+    return seen
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _make_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PkiError(f"{directory}: cannot create directory: {exc.strerror}") from None
+
+
+def _write_pair(
+    cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Key first: a certificate without its key is useless, a key without a certificate harmless.
+    _write_atomic(key_path, key_pem, 0o600)
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PkiError(f"{path}: cannot write: {exc.strerror}") from None

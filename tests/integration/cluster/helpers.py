@@ -1,0 +1,72 @@
+"""Shared bits for the cluster integration tests: polling with a deadline, config builders."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from haproxy_py.cluster.config import ClusterConfig, ControllerConfig, EtcdConfig
+from haproxy_py.cluster.records import ClusterView
+from haproxy_py.cluster.store import Store
+
+T = TypeVar("T")
+VIP1, VIP2, VIP3 = "198.18.200.1", "198.18.200.2", "198.18.200.3"
+
+
+async def until(
+    check: Callable[[], Awaitable[T | None]], within: float = 20.0, every: float = 0.02
+) -> T:
+    """Poll `check` until it returns something truthy; fail with the last value after `within` s."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {within} s (last: {last!r})")
+
+
+async def view_where(
+    store: Store, predicate: Callable[[ClusterView], bool], within: float = 20.0
+) -> ClusterView:
+    async def check() -> ClusterView | None:
+        view = await store.read_view()
+        return view if predicate(view) else None
+
+    return await until(check, within)
+
+
+def etcd_config(endpoints: list[str], timeout: float = 1.0) -> EtcdConfig:
+    return EtcdConfig(endpoints=tuple(endpoints), timeout=timeout)
+
+
+def cluster_config(
+    name: str,
+    *vips: str,
+    mode: str = "active-standby",
+    failback: bool = False,
+    hold: float = 30.0,
+) -> ClusterConfig:
+    return ClusterConfig(
+        name=name,
+        mode=mode,  # type: ignore[arg-type]
+        vips=vips or (VIP1,),
+        failback=failback,
+        failback_hold=hold,
+    )
+
+
+def controller_config(ident: str, ttl: int = 2) -> ControllerConfig:
+    return ControllerConfig(
+        id=ident,
+        lease_ttl=ttl,
+        keepalive_interval=ttl / 4,
+        tick=0.2,
+        release_timeout=3.0,
+        event_history=50,
+        request_history=20,
+        metrics=None,
+    )

@@ -1,0 +1,120 @@
+"""A small in-test agent stand-in: registers a node under a lease and follows the protocol.
+
+It does what the hand-over protocol asks of an agent, minus the kernel: keep
+`nodes/<name>` alive under its lease, acknowledge a release by deleting the
+VIP key (compare on mod_revision), drop its VIP keys when its proxy turns
+unhealthy, revoke its lease on a clean stop. `crash()` just stops
+keepalives, so the lease expires as it would for a dead node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.records import NodeRecord, VipAssignment
+from haproxy_py.cluster.store import LeaseLost, Store, StoreError
+
+
+class StandInAgent:
+    def __init__(
+        self, etcd: EtcdConfig, cluster: str, name: str, priority: int = 100, ttl: int = 2
+    ) -> None:
+        self.store = Store(etcd, cluster)
+        self.name = name
+        self.priority = priority
+        self.ttl = ttl
+        self.lease = 0
+        self.healthy = True
+        self.healthy_since = time.time()
+        self.acks: list[tuple[str, float]] = []  # (vip, time.monotonic()) of each release acked
+        self.lease_lost = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def key(self) -> str:
+        return self.store.schema.node(self.name)
+
+    def record(self) -> NodeRecord:
+        return NodeRecord(
+            name=self.name,
+            address="198.18.0.1",
+            interface="hc0",
+            priority=self.priority,
+            version="test",
+            healthy=self.healthy,
+            healthy_since=self.healthy_since if self.healthy else None,
+            updated=time.time(),
+        )
+
+    async def start(self) -> StandInAgent:
+        self.lease = (await self.store.grant_lease(self.ttl)).id
+        await self.store.put(self.key, self.record().to_json(), self.lease)
+        self._tasks = [
+            asyncio.create_task(self._keepalive()),
+            asyncio.create_task(self._follow_releases()),
+        ]
+        return self
+
+    async def _keepalive(self) -> None:
+        while True:
+            try:
+                await self.store.keepalive(self.lease)
+            except LeaseLost:
+                self.lease_lost.set()
+                return
+            except StoreError:
+                pass  # keep trying until the lease runs out, like a real agent
+            await asyncio.sleep(self.ttl / 4)
+
+    async def _follow_releases(self) -> None:
+        prefix = self.store.schema.vips_prefix
+        kvs, revision = await self.store.get_prefix(prefix)
+        for kv in kvs:
+            await self._consider(kv.key, kv.value, kv.mod_revision)
+        async for event in self.store.watch(prefix, revision + 1):
+            if event.kind == "put":
+                await self._consider(event.key, event.value, event.mod_revision)
+
+    async def _consider(self, key: str, value: bytes, mod_revision: int) -> None:
+        vip = key.rsplit("/", 1)[-1]
+        record = VipAssignment.parse(vip, value)
+        if record and record.node == self.name and record.state == "releasing":
+            with contextlib.suppress(StoreError):
+                if await self.store.delete_if(key, mod_revision):
+                    self.acks.append((vip, time.monotonic()))
+
+    async def set_healthy(self, healthy: bool) -> None:
+        """Report proxy health; when it turns bad, drop our VIPs at once (as an agent must)."""
+        self.healthy = healthy
+        if healthy:
+            self.healthy_since = time.time()
+        await self.store.put(self.key, self.record().to_json(), self.lease)
+        if not healthy:
+            kvs, _ = await self.store.get_prefix(self.store.schema.vips_prefix)
+            for kv in kvs:
+                record = VipAssignment.parse(kv.key.rsplit("/", 1)[-1], kv.value)
+                if record and record.node == self.name:
+                    await self.store.delete_if(kv.key, kv.mod_revision)
+
+    async def _cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def crash(self) -> None:
+        """Stop everything without a word: the lease expires after its TTL."""
+        await self._cancel()
+
+    async def stop(self) -> None:
+        """Clean stop: revoke the lease so the VIPs move at once."""
+        await self._cancel()
+        with contextlib.suppress(StoreError):
+            await self.store.revoke(self.lease)
+
+    async def close(self) -> None:
+        await self._cancel()
+        await self.store.close()

@@ -1,0 +1,132 @@
+"""Requests are checked against a snapshot before they are written (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.records import (
+    ClusterSettings,
+    ClusterView,
+    ControllerLeader,
+    Move,
+    NodeRecord,
+    RequestResult,
+    VipAssignment,
+)
+from haproxy_py.hactl import intent
+from haproxy_py.hactl.errors import NoLeader, NotFound, Refused
+from haproxy_py.hactl.session import diagnose
+
+VIP = "198.18.0.100"
+
+
+def _snapshot(**overrides: object) -> ClusterView:
+    fields: dict[str, object] = {
+        "cluster": "lab",
+        "revision": 1,
+        "nodes": {
+            "node-a": NodeRecord("node-a", healthy=True),
+            "node-b": NodeRecord("node-b", healthy=True),
+            "node-c": NodeRecord("node-c", healthy=False),
+        },
+        "vips": {VIP: VipAssignment(VIP, "node-a", epoch=1, since=1.0)},
+        "occupied": frozenset({VIP}),
+        "leader": ControllerLeader("ctl-1", since=1.0),
+        "settings": ClusterSettings(vips=(VIP,), drained=("node-d",)),
+    }
+    fields.update(overrides)
+    return ClusterView(**fields)  # type: ignore[arg-type]
+
+
+class TestCheckFailover:
+    def test_good_request_passes(self) -> None:
+        intent.check_failover(_snapshot(), VIP, "node-b")
+        intent.check_failover(_snapshot(), None, None)
+
+    def test_no_leader(self) -> None:
+        with pytest.raises(NoLeader, match="no controller leader in cluster 'lab': failover"):
+            intent.check_failover(_snapshot(leader=None), VIP, "node-b")
+
+    def test_unknown_node_lists_the_known(self) -> None:
+        with pytest.raises(
+            NotFound, match=r"unknown node 'node-x' \(known: node-a, node-b, node-c\)"
+        ):
+            intent.check_failover(_snapshot(), VIP, "node-x")
+
+    def test_unknown_vip_lists_the_known(self) -> None:
+        with pytest.raises(NotFound, match=rf"unknown VIP '10.0.0.1' \(known: {VIP}\)"):
+            intent.check_failover(_snapshot(), "10.0.0.1", None)
+
+    def test_prompt_names_what_moves(self) -> None:
+        """In active-standby every VIP moves together, and the prompt says so."""
+        settings = ClusterSettings(vips=(VIP, "198.18.0.101"))
+        snapshot = _snapshot(settings=settings)
+        assert intent.failover_prompt(snapshot, VIP, "node-b") == (
+            f"Move {VIP} (now on node-a), 198.18.0.101 (now on nobody) to node-b?"
+        )
+        spread = _snapshot(settings=ClusterSettings(mode="active-active", vips=settings.vips))
+        assert intent.failover_prompt(spread, VIP, None) == (
+            f"Move {VIP} (now on node-a) to the best other healthy node?"
+        )
+
+
+class TestRequireNode:
+    def test_drained_node_is_known_to_undrain(self) -> None:
+        intent.require_node(_snapshot(), "node-d", include_drained=True)
+        with pytest.raises(NotFound):
+            intent.require_node(_snapshot(), "node-d")
+
+
+class TestDescribeResult:
+    def test_done_move_prints_from_to_and_time(self) -> None:
+        request = intent.new_request("move", 1.0, vip=VIP, target="node-b")
+        result = RequestResult(
+            "done", "moved", duration_ms=38.2, gap_ms=11.6, moves=(Move(VIP, "node-a", "node-b"),)
+        )
+        assert intent.describe_result(request, result) == [
+            f"{VIP}: node-a -> node-b in 38 ms (VIP unowned for 12 ms)"
+        ]
+
+    def test_refused_raises_with_the_reason(self) -> None:
+        request = intent.new_request("move", 1.0, vip=VIP, target="node-b")
+        with pytest.raises(
+            Refused, match="controller refused the move request: node-b is draining"
+        ):
+            intent.describe_result(request, RequestResult("refused", "node-b is draining"))
+
+    def test_ids_are_unique_and_time_ordered(self) -> None:
+        first = intent.new_request("pause", 1.0)
+        second = intent.new_request("pause", 2.0)
+        assert first.id < second.id
+        assert intent.new_request("pause", 1.0).id != first.id
+        assert first.by and "@" in first.by
+
+
+class TestDiagnose:
+    """gRPC's handshake failures become messages that name the failed check."""
+
+    TLS = EtcdConfig(("127.0.0.1:1",), 1.0, Path("/c/ca.crt"), Path("/c/me.crt"), Path("/c/me.key"))
+
+    def test_server_not_trusted(self) -> None:
+        text = diagnose("x: CERTIFICATE_VERIFY_FAILED: unable to get local issuer", self.TLS)
+        assert text.startswith("TLS: etcd's server certificate failed verification")
+        assert "/c/ca.crt" in text
+
+    def test_client_certificate_rejected(self) -> None:
+        text = diagnose("x: Unwrap failed (TSI_DATA_CORRUPTED)", self.TLS)
+        assert text.startswith("TLS: etcd rejected client certificate /c/me.crt")
+
+    def test_no_client_certificate(self) -> None:
+        config = EtcdConfig(("127.0.0.1:1",), 1.0, Path("/c/ca.crt"))
+        text = diagnose("x: Unwrap failed (TSI_DATA_CORRUPTED)", config)
+        assert "requires a client certificate and none was given" in text
+
+    def test_plain_client_against_tls_server(self) -> None:
+        text = diagnose("x: Socket closed", EtcdConfig(("127.0.0.1:1",)))
+        assert "etcd may require TLS" in text
+
+    def test_other_failures_pass_through(self) -> None:
+        assert diagnose("Connection refused", self.TLS) == "Connection refused"
