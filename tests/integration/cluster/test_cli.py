@@ -15,8 +15,8 @@ import pytest
 
 from haproxy_py.cluster.store import Store
 from tests.integration.cluster.helpers import VIP1, etcd_config, until, view_where
-from tests.integration.cluster.stand_in import StandInAgent
 from tests.support.etcd import EtcdCluster, free_ports
+from tests.support.stand_in import StandInAgent
 
 
 def write_config(

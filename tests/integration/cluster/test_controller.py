@@ -24,8 +24,8 @@ from tests.integration.cluster.helpers import (
     until,
     view_where,
 )
-from tests.integration.cluster.stand_in import StandInAgent
 from tests.support.etcd import EtcdCluster
+from tests.support.stand_in import StandInAgent
 
 
 class Running:

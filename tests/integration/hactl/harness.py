@@ -113,8 +113,8 @@ class Processes:
     def standin(
         self, etcd: EtcdCluster, cluster: str, name: str, *extra: str
     ) -> subprocess.Popen[str]:
-        """A registered node (see agent_standin) that acknowledges releases of its VIPs."""
-        argv = [sys.executable, "-m", "tests.integration.hactl.agent_standin"]
+        """A registered node (tests/support/stand_in.py) that acknowledges releases."""
+        argv = [sys.executable, "-m", "tests.support.stand_in"]
         argv += ["--etcd", ",".join(etcd.endpoints), "--cluster", cluster, "--name", name]
         return self.start([*argv, *extra], ready="ready")
 

@@ -1,6 +1,6 @@
 """failover, pause/resume, drain/undrain against a real etcd and the real ha-controller.
 
-Nodes are agent stand-ins (tests/integration/hactl/agent_standin.py): they
+Nodes are agent stand-ins (tests/support/stand_in.py): they
 register, keep their lease and acknowledge releases, without touching any IP.
 """
 

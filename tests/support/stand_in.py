@@ -5,12 +5,18 @@ It does what the hand-over protocol asks of an agent, minus the kernel: keep
 VIP key (compare on mod_revision), drop its VIP keys when its proxy turns
 unhealthy, revoke its lease on a clean stop. `crash()` just stops
 keepalives, so the lease expires as it would for a dead node.
+
+Tests use it in-process, or as a process of its own (hactl's tests):
+
+    python -m tests.support.stand_in --etcd 127.0.0.1:2379 --cluster c --name node-a
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import signal
 import time
 
 from haproxy_py.cluster.config import EtcdConfig
@@ -20,14 +26,25 @@ from haproxy_py.cluster.store import LeaseLost, Store, StoreError
 
 class StandInAgent:
     def __init__(
-        self, etcd: EtcdConfig, cluster: str, name: str, priority: int = 100, ttl: int = 2
+        self,
+        etcd: EtcdConfig,
+        cluster: str,
+        name: str,
+        priority: int = 100,
+        ttl: int = 2,
+        *,
+        address: str = "198.18.0.1",
+        healthy: bool = True,
+        acknowledge: bool = True,
     ) -> None:
         self.store = Store(etcd, cluster)
         self.name = name
         self.priority = priority
         self.ttl = ttl
+        self.address = address
+        self.acknowledge = acknowledge  # False plays a hung agent that never lets go of a VIP
         self.lease = 0
-        self.healthy = True
+        self.healthy = healthy
         self.healthy_since = time.time()
         self.acks: list[tuple[str, float]] = []  # (vip, time.monotonic()) of each release acked
         self.lease_lost = asyncio.Event()
@@ -40,22 +57,24 @@ class StandInAgent:
     def record(self) -> NodeRecord:
         return NodeRecord(
             name=self.name,
-            address="198.18.0.1",
-            interface="hc0",
+            address=self.address,
+            interface="standin0",
             priority=self.priority,
             version="test",
             healthy=self.healthy,
             healthy_since=self.healthy_since if self.healthy else None,
+            backends_up=1,
+            backends_total=2,
+            connections=3,
             updated=time.time(),
         )
 
     async def start(self) -> StandInAgent:
         self.lease = (await self.store.grant_lease(self.ttl)).id
         await self.store.put(self.key, self.record().to_json(), self.lease)
-        self._tasks = [
-            asyncio.create_task(self._keepalive()),
-            asyncio.create_task(self._follow_releases()),
-        ]
+        self._tasks = [asyncio.create_task(self._keepalive())]
+        if self.acknowledge:
+            self._tasks.append(asyncio.create_task(self._follow_releases()))
         return self
 
     async def _keepalive(self) -> None:
@@ -118,3 +137,46 @@ class StandInAgent:
     async def close(self) -> None:
         await self._cancel()
         await self.store.close()
+
+
+async def _run(args: argparse.Namespace) -> None:
+    config = EtcdConfig(tuple(args.etcd.split(",")), timeout=5.0)
+    agent = StandInAgent(
+        config,
+        args.cluster,
+        args.name,
+        args.priority,
+        args.ttl,
+        address=args.address,
+        healthy=not args.unhealthy,
+        acknowledge=not args.no_ack,
+    )
+    await agent.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    stopped = asyncio.create_task(stop.wait())
+    lost = asyncio.create_task(agent.lease_lost.wait())
+    # Losing the lease ends the stand-in, as it would end a real agent's hold.
+    await asyncio.wait([stopped, lost], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    lost.cancel()
+    await agent.stop()
+    await agent.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--etcd", required=True)
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--address", default="198.18.0.1")
+    parser.add_argument("--priority", type=int, default=100)
+    parser.add_argument("--ttl", type=int, default=10)
+    parser.add_argument("--unhealthy", action="store_true")
+    parser.add_argument("--no-ack", action="store_true")
+    asyncio.run(_run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
