@@ -1,0 +1,172 @@
+"""The admin API on its own listener (aiohttp.web): /healthz, /status, /metrics and a status page.
+
+`/healthz` is what the node agent and load balancers probe: 200 only while the
+node serves (not draining) and every backend has a server up, else 503 with
+the reasons in JSON. `POST /drain` puts the node into draining (as SIGTERM
+does, without exiting) and `POST /undrain` returns it to service.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from haproxy_py import __version__
+from haproxy_py.metrics import CONTENT_TYPE
+from haproxy_py.proxy.stats import STATUS_CLASSES, build_registry
+
+if TYPE_CHECKING:
+    from haproxy_py.proxy.server import ProxyServer
+
+
+class AdminServer:
+    def __init__(self, proxy: ProxyServer) -> None:
+        self.proxy = proxy
+        self.registry = build_registry(proxy)
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/status", self.status)
+        self.app.router.add_get("/metrics", self.metrics)
+        self.app.router.add_get("/", self.page)
+        self.app.router.add_post("/drain", self.drain)
+        self.app.router.add_post("/undrain", self.undrain)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        admin = self.proxy.runtime.config.admin
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, admin.host, admin.port, reuse_address=True)
+        await self._site.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._runner is not None
+        host, port = self._runner.addresses[0][:2]
+        return host, port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def health(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if self.proxy.draining:
+            reasons.append("draining")
+        for backend in self.proxy.runtime.backends.values():
+            if not any(s.up for s in backend.servers):
+                reasons.append(f"backend {backend.name}: no server up")
+        return not reasons, reasons
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ok, reasons = self.health()
+        if ok:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unhealthy", "reasons": reasons}, status=503)
+
+    def snapshot(self) -> dict[str, Any]:
+        proxy = self.proxy
+        runtime = proxy.runtime
+        ok, reasons = self.health()
+        return {
+            "node": runtime.node_name,
+            "version": __version__,
+            "healthy": ok,
+            "reasons": reasons,
+            "draining": proxy.draining,
+            "uptime_seconds": round(time.time() - proxy.started_at, 1),
+            "config_generation": runtime.generation,
+            "listeners": [
+                {
+                    "name": lst.config.name,
+                    "bind": None if lst.bound is None else "{}:{}".format(*lst.bound),
+                    "connections": lst.active,
+                }
+                for lst in proxy.listeners
+            ],
+            "websockets": {"open": len(proxy.tunnels), "total": proxy.tunnels.total},
+            "responses": dict(zip(STATUS_CLASSES, proxy.stats.responses[1:], strict=True)),
+            "backends": {
+                backend.name: {
+                    "balance": backend.config.balance,
+                    "servers": [
+                        {
+                            "address": t.server.address,
+                            "state": "up" if t.server.up else "down",
+                            "active": t.server.active,
+                            "total": t.server.total,
+                            "weight": t.server.weight,
+                            "max_conns": t.server.max_conns,
+                            "last_error": t.last_error or None,
+                            "check_latency_ms": None
+                            if t.latency is None
+                            else round(t.latency * 1000, 2),
+                        }
+                        for t in backend.trackers
+                    ],
+                }
+                for backend in runtime.backends.values()
+            },
+        }
+
+    async def drain(self, request: web.Request) -> web.Response:
+        self.proxy.start_drain()
+        return web.json_response({"status": "draining"}, status=202)
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        try:
+            await self.proxy.undrain()
+        except OSError as exc:
+            reason = f"cannot listen again: {exc.strerror or exc}"
+            return web.json_response({"status": "draining", "reason": reason}, status=500)
+        return web.json_response({"status": "serving"})
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.registry.render().encode(), headers={"Content-Type": CONTENT_TYPE}
+        )
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text=render_page(self.snapshot()), content_type="text/html")
+
+
+def render_page(snap: dict[str, Any]) -> str:
+    """A small self-contained HTML status page (no scripts, no external assets)."""
+    e = html.escape
+    rows = []
+    for name, backend in snap["backends"].items():
+        for s in backend["servers"]:
+            color = "#2a2" if s["state"] == "up" else "#c22"
+            rows.append(
+                f"<tr><td>{e(name)}</td><td>{e(s['address'])}</td>"
+                f'<td style="color:{color}">{s["state"]}</td><td>{s["active"]}</td>'
+                f"<td>{s['total']}</td><td>{e(s['last_error'] or '')}</td></tr>"
+            )
+    listeners = "".join(
+        f"<li>{e(lst['name'])}: {e(str(lst['bind']))} ({lst['connections']} connections)</li>"
+        for lst in snap["listeners"]
+    )
+    state = "healthy" if snap["healthy"] else "unhealthy: " + "; ".join(snap["reasons"])
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>haproxy-py {e(snap["node"])}</title>
+<meta http-equiv="refresh" content="5">
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head>
+<body><h1>haproxy-py on {e(snap["node"])}</h1>
+<p>{e(state)} &middot; up {snap["uptime_seconds"]} s &middot; config generation
+{snap["config_generation"]} &middot; WebSockets open {snap["websockets"]["open"]}
+(total {snap["websockets"]["total"]})</p>
+<h2>Listeners</h2><ul>{listeners}</ul>
+<h2>Backends</h2>
+<table><tr><th>backend</th><th>server</th><th>state</th><th>active</th><th>total</th>
+<th>last error</th></tr>{"".join(rows)}</table>
+</body></html>
+"""

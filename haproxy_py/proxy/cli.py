@@ -1,0 +1,130 @@
+"""`haproxy-py run --config FILE` and `haproxy-py check-config FILE`.
+
+`check` is the one place that validates a whole node config file for the
+proxy; Ansible's `validate:` runs `check-config` on every template it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import click
+import structlog
+
+from haproxy_py.cluster.config import parse_node
+from haproxy_py.configfile import ConfigError, Table, load
+from haproxy_py.logging import configure
+from haproxy_py.proxy.config import ProxyConfig, parse_proxy
+from haproxy_py.proxy.server import ProxyServer
+
+log = structlog.get_logger(__name__)
+
+
+def check(doc: Table) -> tuple[str, ProxyConfig]:
+    """Validate every section the proxy node reads; returns (node name, proxy config)."""
+    node = parse_node(doc)
+    return node.name, parse_proxy(doc)
+
+
+def _use_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def _raise_fd_limit() -> None:
+    """Every client and upstream socket is a file descriptor: allow as many as the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _serve(server: ProxyServer, config_file: Path) -> None:
+    """Run until a signal: SIGTERM drains then exits (a second one exits at once), SIGINT
+    exits at once, SIGHUP reloads the config file."""
+    loop = asyncio.get_running_loop()
+    stop, drain, hup = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, lambda: stop.set() if drain.is_set() else drain.set())
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    await server.start()
+    reloader = loop.create_task(_reload_on_hup(server, config_file, hup))
+    stopped = loop.create_task(stop.wait())
+    drained = loop.create_task(drain.wait())
+    try:
+        await asyncio.wait([stopped, drained], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            log.info("draining", reason="SIGTERM")
+            draining = loop.create_task(server.drain())
+            await asyncio.wait([stopped, draining], return_when=asyncio.FIRST_COMPLETED)
+            draining.cancel()
+        log.info("stopping", reason="signal")
+    finally:
+        for task in (reloader, stopped, drained):
+            task.cancel()
+        await server.stop()
+
+
+async def _reload_on_hup(server: ProxyServer, config_file: Path, hup: asyncio.Event) -> None:
+    """Reload on each SIGHUP; a file that fails validation is logged and the old config stays."""
+    while True:
+        await hup.wait()
+        hup.clear()
+        try:
+            _, config = check(load(config_file))
+            await server.reload(config)
+        except ConfigError as exc:
+            log.error("reload rejected, the running config stays", error=str(exc))
+        except OSError as exc:
+            log.error("reload failed, the running config stays", error=exc.strerror or str(exc))
+
+
+@click.group()
+def main() -> None:
+    """haproxy-py: the proxy node of a haproxy_py cluster."""
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate FILE; exit 0 if it is usable, else 1 with the problem."""
+    try:
+        check(load(file))
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"{file}: ok")
+
+
+@main.command()
+@click.option(
+    "--config", "config_file", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def run(config_file: Path, log_level: str) -> None:
+    """Run the proxy node described by the config file (SIGHUP reloads, SIGTERM drains)."""
+    try:
+        node_name, config = check(load(config_file))
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    configure(log_level)
+    _raise_fd_limit()
+    _use_uvloop()
+    try:
+        asyncio.run(_serve(ProxyServer(config, node_name), config_file))
+    except OSError as exc:
+        click.echo(f"{config_file}: cannot start: {exc.strerror or exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,370 @@
+"""The proxy's config sections: `[admin]`, `[proxy]`, `[[listeners]]`, `[[routes]]`, `[backends.*]`.
+
+Parsed once into frozen dataclasses; runtime code never touches the raw TOML.
+Defaults suit long-lived WebSockets: idle WebSockets may stay open for an hour,
+`least_conn` spreads them, and servers start `up` so that a fresh node serves at
+once (active checks take a bad server out within `fall` intervals).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from haproxy_py.configfile import Table
+from haproxy_py.proxy.tls import BackendTls, ListenerTls, parse_backend_tls, parse_listener_tls
+
+BALANCE_ALGORITHMS = ("least_conn", "round_robin", "source_hash", "header_hash")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; 0 disables a timeout."""
+
+    connect: float = 5.0
+    client_header: float = 30.0
+    upstream_header: float = 60.0
+    http_idle: float = 75.0
+    websocket_idle: float = 3600.0
+    drain: float = 30.0  # how long a drain waits for HTTP and WebSockets to finish
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 20000
+    max_header_size: int = 32768
+    max_uri_size: int = 8192
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    timeouts: Timeouts
+    limits: Limits
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    host: str
+    port: int
+    max_connections: int
+    tls: ListenerTls | None = None
+    # A PROXY v1/v2 header is required first; `trusted_proxies` (empty: any) may send it.
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """`host` is None (any), an exact name, or `*.suffix` (kept as `.suffix`)."""
+
+    host: str | None
+    path_prefix: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    weight: int = 1
+    max_conns: int = 0  # 0: no limit
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Active checks run when `path` is set; passive ones count connect failures and 5xx."""
+
+    path: str | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    expect_status: tuple[int, ...] = (200,)
+    passive: bool = True
+    # Without active checks a passively failed server is tried again after this long.
+    retry_down_after: float = 10.0
+
+
+@dataclass(frozen=True)
+class HashKey:
+    """What `header_hash` hashes: a request header or a cookie."""
+
+    kind: str  # "header" or "cookie"
+    name: str  # header names lower-case
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    servers: tuple[ServerConfig, ...]
+    balance: str = "least_conn"
+    hash_key: HashKey | None = None
+    retries: int = 2
+    health: HealthConfig = HealthConfig()
+    tls: BackendTls | None = None
+    send_proxy: str | None = None  # "v1" or "v2": a PROXY header first on each connection
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    admin: AdminConfig
+    proxy: ProxySettings
+    listeners: tuple[ListenerConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    backends: dict[str, BackendConfig]
+
+
+def parse_address(table: Table, key: str | int, value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); the host must be an IP address or a name."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        table.fail(key, f'expected "host:port" (IPv6 as "[addr]:port"), got {value!r}')
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            table.fail(key, f"expected an IPv6 address in brackets, got {value!r}")
+    return host, int(port_text)
+
+
+def _timeouts(proxy: Table) -> Timeouts:
+    t = proxy.table("timeouts", {})
+    defaults = Timeouts()
+    t.reject_unknown(set(Timeouts.__dataclass_fields__))
+    return Timeouts(
+        **{
+            name: t.number(name, getattr(defaults, name), min=0)
+            for name in Timeouts.__dataclass_fields__
+        }
+    )
+
+
+def _limits(proxy: Table) -> Limits:
+    t = proxy.table("limits", {})
+    defaults = Limits()
+    t.reject_unknown(set(Limits.__dataclass_fields__))
+    return Limits(
+        max_connections=t.integer("max_connections", defaults.max_connections, min=1),
+        max_header_size=t.integer("max_header_size", defaults.max_header_size, min=1024),
+        max_uri_size=t.integer("max_uri_size", defaults.max_uri_size, min=256),
+    )
+
+
+def parse_settings(doc: Table) -> ProxySettings:
+    proxy = doc.table("proxy", {})
+    proxy.reject_unknown({"timeouts", "limits", "access_log"})
+    return ProxySettings(
+        timeouts=_timeouts(proxy),
+        limits=_limits(proxy),
+        access_log=proxy.boolean("access_log", True),
+    )
+
+
+def parse_admin(doc: Table) -> AdminConfig:
+    admin = doc.table("admin", {})
+    admin.reject_unknown({"bind"})
+    bind = admin.string("bind", "127.0.0.1:9901")
+    host, port = parse_address(admin, "bind", bind)
+    return AdminConfig(host=host, port=port)
+
+
+def parse_listeners(doc: Table, settings: ProxySettings) -> tuple[ListenerConfig, ...]:
+    listeners: list[ListenerConfig] = []
+    for item in doc.array("listeners"):
+        item.reject_unknown(
+            {"name", "bind", "max_connections", "tls", "proxy_protocol", "trusted_proxies"}
+        )
+        name = item.string("name")
+        if any(other.name == name for other in listeners):
+            item.fail("name", f"duplicate listener name {name!r}")
+        host, port = parse_address(item, "bind", item.string("bind"))
+        proxy_protocol, trusted = _proxy_protocol(item)
+        listeners.append(
+            ListenerConfig(
+                name=name,
+                host=host,
+                port=port,
+                max_connections=item.integer(
+                    "max_connections", settings.limits.max_connections, min=1
+                ),
+                tls=parse_listener_tls(item),
+                proxy_protocol=proxy_protocol,
+                trusted_proxies=trusted,
+            )
+        )
+    if not listeners:
+        doc.fail("listeners", "missing; expected at least one [[listeners]] with name and bind")
+    return tuple(listeners)
+
+
+def _proxy_protocol(
+    item: Table,
+) -> tuple[bool, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+    enabled = item.boolean("proxy_protocol", False)
+    cidrs = item.strings("trusted_proxies", [])
+    if cidrs and not enabled:
+        item.fail("trusted_proxies", "only used with proxy_protocol = true")
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for i, cidr in enumerate(cidrs):
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            Table({}, item.file, item.where("trusted_proxies")).fail(
+                i, f'expected an address or network such as "198.18.0.0/15", got {cidr!r}'
+            )
+    return enabled, tuple(networks)
+
+
+def parse_routes(doc: Table, backends: dict[str, BackendConfig]) -> tuple[RouteConfig, ...]:
+    routes: list[RouteConfig] = []
+    for item in doc.array("routes"):
+        item.reject_unknown({"host", "path_prefix", "backend"})
+        host = item.string("host", None)
+        if host is not None:
+            host = host.lower()
+            if host.startswith("*."):
+                host = host[1:]
+            if not host or "*" in host or "/" in host or ":" in host:
+                item.fail("host", f'expected a host name or "*.suffix" (no port), got {host!r}')
+        prefix = item.string("path_prefix", "/")
+        if not prefix.startswith("/"):
+            item.fail("path_prefix", f'expected a path starting with "/", got {prefix!r}')
+        backend = item.string("backend")
+        if backend not in backends:
+            known = ", ".join(sorted(backends)) or "none defined"
+            item.fail("backend", f"unknown backend {backend!r} (backends: {known})")
+        routes.append(RouteConfig(host=host, path_prefix=prefix, backend=backend))
+    if not routes:
+        doc.fail("routes", "missing; expected at least one [[routes]] with a backend")
+    return tuple(routes)
+
+
+def _server(servers: Table, index: int, item: object) -> ServerConfig:
+    if isinstance(item, str):
+        host, port = parse_address(servers, index, item)
+        return ServerConfig(host=host, port=port)
+    if not isinstance(item, dict):
+        servers.fail(
+            index, f'expected "host:port" or {{ address = "host:port", ... }}, got {item!r}'
+        )
+    entry = Table(item, servers.file, servers.where(index))
+    entry.reject_unknown({"address", "weight", "max_conns"})
+    host, port = parse_address(entry, "address", entry.string("address"))
+    weight = entry.integer("weight", 1, min=1)
+    if weight > 1000:
+        entry.fail("weight", f"expected an integer from 1 to 1000, got {weight}")
+    return ServerConfig(
+        host=host, port=port, weight=weight, max_conns=entry.integer("max_conns", 0, min=0)
+    )
+
+
+def _health(backend: Table) -> HealthConfig:
+    h = backend.table("health", {})
+    h.reject_unknown(set(HealthConfig.__dataclass_fields__))
+    d = HealthConfig()
+    path = h.string("path", None)
+    if path is not None and not path.startswith("/"):
+        h.fail("path", f'expected a path starting with "/", got {path!r}')
+    expect = h.data.get("expect_status", list(d.expect_status))
+    if isinstance(expect, int) and not isinstance(expect, bool):
+        expect = [expect]
+    if (
+        not isinstance(expect, list)
+        or not expect
+        or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in expect
+        )
+    ):
+        h.fail(
+            "expect_status", f"expected a status code or a list of them (100-599), got {expect!r}"
+        )
+    interval = h.number("interval", d.interval, min=0.01)
+    timeout = h.number("timeout", d.timeout, min=0.01)
+    return HealthConfig(
+        path=path,
+        interval=interval,
+        timeout=timeout,
+        rise=h.integer("rise", d.rise, min=1),
+        fall=h.integer("fall", d.fall, min=1),
+        expect_status=tuple(expect),
+        passive=h.boolean("passive", d.passive),
+        retry_down_after=h.number("retry_down_after", d.retry_down_after, min=0.01),
+    )
+
+
+def _hash_key(backend: Table, balance: str) -> HashKey | None:
+    raw = backend.string("hash_key", None)
+    if raw is None:
+        if balance == "header_hash":
+            backend.fail(
+                "hash_key", 'missing; header_hash needs "header:<Name>" or "cookie:<name>"'
+            )
+        return None
+    kind, _, name = raw.partition(":")
+    if kind not in ("header", "cookie") or not name.strip():
+        backend.fail("hash_key", f'expected "header:<Name>" or "cookie:<name>", got {raw!r}')
+    if balance != "header_hash":
+        backend.fail("hash_key", f'only used with balance = "header_hash" (balance is {balance!r})')
+    name = name.strip()
+    return HashKey(kind=kind, name=name.lower() if kind == "header" else name)
+
+
+def parse_backends(doc: Table) -> dict[str, BackendConfig]:
+    backends: dict[str, BackendConfig] = {}
+    for name, backend in doc.tables("backends"):
+        backend.reject_unknown(
+            {"servers", "balance", "hash_key", "retries", "health"}
+            | {"tls", "tls_ca", "tls_server_name", "send_proxy"}
+        )
+        raw_servers = backend.data.get("servers")
+        if not isinstance(raw_servers, list) or not raw_servers:
+            got = "nothing" if raw_servers is None else repr(raw_servers)
+            backend.fail("servers", f'expected a list of "host:port" servers, got {got}')
+        servers_table = Table({}, backend.file, backend.where("servers"))
+        servers = tuple(_server(servers_table, i, item) for i, item in enumerate(raw_servers))
+        seen: set[str] = set()
+        for i, server in enumerate(servers):
+            if server.address in seen:
+                servers_table.fail(i, f"duplicate server {server.address}")
+            seen.add(server.address)
+        balance = backend.choice("balance", BALANCE_ALGORITHMS, "least_conn")
+        backends[name] = BackendConfig(
+            name=name,
+            servers=servers,
+            balance=balance,
+            hash_key=_hash_key(backend, balance),
+            retries=backend.integer("retries", 2, min=0),
+            health=_health(backend),
+            tls=parse_backend_tls(backend),
+            send_proxy=backend.choice("send_proxy", ("v1", "v2"), None),
+        )
+    if not backends:
+        doc.fail("backends", "missing; expected at least one [backends.<name>] with servers")
+    return backends
+
+
+def parse_proxy(doc: Table) -> ProxyConfig:
+    """All proxy sections of a loaded config file, or ConfigError naming file and key."""
+    settings = parse_settings(doc)
+    backends = parse_backends(doc)
+    return ProxyConfig(
+        admin=parse_admin(doc),
+        proxy=settings,
+        listeners=parse_listeners(doc, settings),
+        routes=parse_routes(doc, backends),
+        backends=backends,
+    )

@@ -1,0 +1,324 @@
+"""The WebSocket tunnel: after the backend's 101 the two sockets relay bytes, as NGINX does.
+
+The HTTP machinery is dropped at the switch: both transports get a `_Half`
+protocol (`transport.set_protocol`) and nothing else stays referenced, so an
+idle tunnel costs two small slotted objects plus the transports. Each
+`data_received` is one `write` on the other socket; reads are as large as the
+event loop makes them (64 KiB uvloop, 256 KiB asyncio). Backpressure: when a
+transport's write buffer passes its high-water mark its own protocol pauses
+reading on the peer that feeds it, and resumes it below the low-water mark.
+
+Frames are not decoded, but each direction has a `wsframes.FrameTracker`
+that reads the frame headers going by (payloads are skipped by arithmetic):
+it gives the close code for the session's log line, and lets a drain put a
+`1001 Going Away` close frame between two frames of each direction. After
+its close the proxy forwards nothing more in that direction; it waits for
+each endpoint's answering close, then closes both sockets, as a WebSocket
+server ending a session would.
+The `Tunnels` registry counts open tunnels, closes idle ones, and drains or
+closes them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from haproxy_py.proxy.balancer import Server
+from haproxy_py.proxy.wsframes import GOING_AWAY, FrameTracker, close_frame, masked_close_frame
+
+if TYPE_CHECKING:
+    from haproxy_py.proxy.server import Listener
+
+
+# The states of a `_Half`.
+RELAY, DRAINING, STOPPED = "relay", "draining", "stopped"
+
+
+class _Half(asyncio.Protocol):
+    """One direction of a tunnel: bytes read from `transport` are written to `peer`.
+
+    `state` is RELAY normally; DRAINING while a drain waits for this direction's
+    next frame boundary to put its close frame there; STOPPED once that close is
+    written (what this side still sends is read, tracked and dropped).
+    """
+
+    __slots__ = ("frames", "nbytes", "peer", "state", "to_server", "transport", "tunnel")
+
+    def __init__(
+        self, tunnel: Tunnel, transport: asyncio.Transport, peer: asyncio.Transport, to_server: bool
+    ) -> None:
+        self.tunnel = tunnel
+        self.transport = transport
+        self.peer = peer
+        self.to_server = to_server  # frames going to the backend are masked
+        self.nbytes = 0
+        self.frames = FrameTracker()
+        self.state = RELAY
+
+    def data_received(self, data: bytes) -> None:
+        self.nbytes += len(data)
+        if self.state is not RELAY:
+            self._drain_received(data)
+            return
+        self.peer.write(data)
+        frames = self.frames
+        frames.feed(data)
+        if frames.close_seen and self.tunnel.closed_by is None:
+            self.tunnel.first_close(self)
+
+    def _relay(self, data: bytes) -> None:
+        """`data_received` for bytes already counted."""
+        self.peer.write(data)
+        self.frames.feed(data)
+        if self.frames.close_seen and self.tunnel.closed_by is None:
+            self.tunnel.first_close(self)
+
+    def drain(self) -> None:
+        """Send the peer a 1001 close at this direction's next frame boundary.
+
+        Nothing is sent when this side already sent its own close (the peer must
+        not get two).
+        """
+        if self.state is not RELAY or self.frames.close_seen:
+            return
+        if self.frames.at_boundary:
+            self._send_close()
+        else:
+            self.state = DRAINING
+
+    def _drain_received(self, data: bytes) -> None:
+        frames = self.frames
+        if self.state is DRAINING:
+            upto = frames.feed_to_boundary(data)
+            self.peer.write(data[:upto])
+            if not frames.at_boundary:
+                return
+            if frames.close_seen:  # the frame that ended was this side's own close
+                self.state = RELAY
+                self._relay(data[upto:])
+                self.tunnel.settle()
+                return
+            self._send_close()
+            data = data[upto:]
+        frames.feed(data)
+        self.tunnel.settle()
+
+    def _send_close(self) -> None:
+        frame = masked_close_frame(GOING_AWAY) if self.to_server else close_frame(GOING_AWAY)
+        self.peer.write(frame)
+        self.state = STOPPED
+        tunnel = self.tunnel
+        if tunnel.closed_by is None:
+            tunnel.close_code, tunnel.closed_by = GOING_AWAY, "proxy"
+
+    def eof_received(self) -> bool:
+        self.peer.close()  # flushes what is buffered, then closes
+        return False
+
+    def pause_writing(self) -> None:
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+        self.tunnel.half_lost()
+
+
+class Tunnel:
+    """Two relayed sockets and what the session log line needs."""
+
+    __slots__ = (
+        "backend",
+        "client_half",
+        "client_ip",
+        "close_code",
+        "closed_by",
+        "draining",
+        "idle_mark",
+        "idle_sweeps",
+        "listener",
+        "lost",
+        "registry",
+        "server",
+        "started",
+        "upstream_half",
+    )
+
+    def __init__(
+        self,
+        registry: Tunnels,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        *,
+        backend: str,
+        server: Server,
+        client_ip: str,
+        listener: Listener,
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.server = server
+        self.client_ip = client_ip
+        self.listener = listener
+        self.started = time.monotonic()
+        self.close_code: int | None = None  # of the first close frame seen
+        self.closed_by: str | None = None  # who sent it
+        self.draining = False
+        self.lost = 0
+        self.idle_mark = -1
+        self.idle_sweeps = 0
+        self.client_half = _Half(self, client, upstream, to_server=True)
+        self.upstream_half = _Half(self, upstream, client, to_server=False)
+        client.set_protocol(self.client_half)
+        upstream.set_protocol(self.upstream_half)
+
+    @property
+    def bytes_in(self) -> int:
+        """From the client to the backend."""
+        return self.client_half.nbytes
+
+    @property
+    def bytes_out(self) -> int:
+        """From the backend to the client."""
+        return self.upstream_half.nbytes
+
+    def half_lost(self) -> None:
+        self.lost += 1
+        if self.lost == 2:
+            self.registry.ended(self)
+
+    def first_close(self, half: _Half) -> None:
+        self.close_code = half.frames.close_code
+        self.closed_by = "client" if half is self.client_half else "backend"
+
+    def drain(self) -> None:
+        """Close the session the WebSocket way: 1001 to both ends, each at a frame boundary."""
+        self.draining = True
+        self.client_half.drain()
+        self.upstream_half.drain()
+        self.settle()
+
+    def settle(self) -> None:
+        """While draining: once both ends have sent a close frame, close the sockets."""
+        if (
+            self.draining
+            and self.client_half.frames.close_seen
+            and self.upstream_half.frames.close_seen
+        ):
+            self.close()
+
+    def close(self) -> None:
+        """Close both sockets (after flushing what is buffered)."""
+        self.client_half.transport.close()
+        self.upstream_half.transport.close()
+
+    def abort(self) -> None:
+        self.client_half.transport.abort()
+        self.upstream_half.transport.abort()
+
+
+class Tunnels:
+    """The open tunnels of a proxy process: counts, idle sweeping and close-all.
+
+    `on_end` runs once per tunnel when both of its sockets are closed.
+    """
+
+    def __init__(self, on_end: Callable[[Tunnel], None]) -> None:
+        self.on_end = on_end
+        self.open: set[Tunnel] = set()
+        self.total = 0
+        self.ended_bytes_in = 0
+        self.ended_bytes_out = 0
+        self._all_closed: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def add(
+        self,
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
+        *,
+        backend: str,
+        server: Server,
+        client_ip: str,
+        listener: Listener,
+    ) -> Tunnel:
+        tunnel = Tunnel(
+            self,
+            client,
+            upstream,
+            backend=backend,
+            server=server,
+            client_ip=client_ip,
+            listener=listener,
+        )
+        self.open.add(tunnel)
+        self.total += 1
+        return tunnel
+
+    def ended(self, tunnel: Tunnel) -> None:
+        self.open.discard(tunnel)
+        self.ended_bytes_in += tunnel.bytes_in
+        self.ended_bytes_out += tunnel.bytes_out
+        self.on_end(tunnel)
+        if not self.open and self._all_closed is not None:
+            self._all_closed.set()
+
+    def bytes_each_way(self) -> tuple[int, int]:
+        """Total (client to backend, backend to client), including open tunnels."""
+        return (
+            self.ended_bytes_in + sum(t.bytes_in for t in self.open),
+            self.ended_bytes_out + sum(t.bytes_out for t in self.open),
+        )
+
+    def sweep_idle(self, sweeps: int) -> int:
+        """Close tunnels that moved no byte during the last `sweeps` sweeps; returns how many.
+
+        Counting bytes at sweep time keeps the relay's per-read work free of clocks.
+        """
+        closed = 0
+        for tunnel in list(self.open):
+            mark = tunnel.bytes_in + tunnel.bytes_out
+            if mark != tunnel.idle_mark:
+                tunnel.idle_mark = mark
+                tunnel.idle_sweeps = 0
+                continue
+            tunnel.idle_sweeps += 1
+            if tunnel.idle_sweeps >= sweeps:
+                tunnel.close()
+                closed += 1
+        return closed
+
+    def close_all(self) -> None:
+        for tunnel in list(self.open):
+            tunnel.close()
+
+    def drain_all(self) -> int:
+        """Start a WebSocket close (1001 Going Away) on every open tunnel; returns how many."""
+        for tunnel in list(self.open):
+            tunnel.drain()
+        return len(self.open)
+
+    def abort_all(self) -> None:
+        for tunnel in list(self.open):
+            tunnel.abort()
+
+    async def wait_closed(self, grace: float) -> bool:
+        """Wait until no tunnel is open; False when `grace` seconds ran out first."""
+        if not self.open:
+            return True
+        self._all_closed = asyncio.Event()
+        try:
+            async with asyncio.timeout(grace):
+                await self._all_closed.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._all_closed = None

@@ -1,0 +1,152 @@
+"""Everything the proxy derives from one config: router, backends, balancers, health, pools.
+
+Client connections read `ProxyServer.runtime` when a request starts, so a
+reload can build a new `Runtime` and swap it in: new requests use the new one,
+requests in flight finish on the old one.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from haproxy_py.proxy.balancer import LeastConn, Server, make_balancer
+from haproxy_py.proxy.config import BackendConfig, ProxyConfig
+from haproxy_py.proxy.headers import Headers, RequestFacts, cookie_value
+from haproxy_py.proxy.health import Checker, Tracker
+from haproxy_py.proxy.routing import Router
+from haproxy_py.proxy.tls import client_context
+
+if TYPE_CHECKING:
+    from haproxy_py.proxy.upstream import UpstreamConnection
+
+log = structlog.get_logger(__name__)
+
+MAX_IDLE_PER_SERVER = 128
+
+
+class Backend:
+    """A pool of servers with its balancer, health trackers and idle upstream connections."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self.servers = [Server(s) for s in config.servers]
+        self.balancer: LeastConn = make_balancer(config.balance, self.servers)
+        self.trackers = [Tracker(s, config.health) for s in self.servers]
+        self.tracker_of = {t.server: t for t in self.trackers}
+        self.idle: dict[Server, list[UpstreamConnection]] = {s: [] for s in self.servers}
+        self.retired = False  # replaced by a reload: exchanges finishing here keep no connection
+        # A connection that began with a PROXY header speaks for one client: never shared.
+        self.shared_pool = config.send_proxy is None
+        self.ssl: ssl.SSLContext | None = None if config.tls is None else client_context(config.tls)
+        tls = None if self.ssl is None or config.tls is None else (self.ssl, config.tls.server_name)
+        self.checker = Checker(self.name, self.trackers, config.health, self._health_changed, tls)
+        self._hash_header = None if config.hash_key is None else config.hash_key.name.encode()
+        self._hash_kind = None if config.hash_key is None else config.hash_key.kind
+
+    def hash_key(self, headers: Headers, facts: RequestFacts, client_ip: str) -> bytes | None:
+        """The key that source_hash/header_hash balance on, None when the request lacks it."""
+        if self.config.balance == "source_hash":
+            return client_ip.encode()
+        if self._hash_kind == "header":
+            for name, value in headers:
+                if name.lower() == self._hash_header:
+                    return value
+            return None
+        if self._hash_kind == "cookie" and self._hash_header is not None:
+            cookies = [value for name, value in headers if name.lower() == b"cookie"]
+            return cookie_value(cookies, self._hash_header)
+        return None
+
+    def server_name(self, server: Server) -> str | None:
+        """The name a backend server's certificate must carry (TLS only)."""
+        if self.config.tls is None:
+            return None
+        return self.config.tls.server_name or server.host
+
+    def acquire(self, server: Server) -> UpstreamConnection | None:
+        """An idle keep-alive connection to `server`, if one is still open."""
+        idle = self.idle[server]
+        while idle:
+            conn = idle.pop()
+            if not conn.transport.is_closing():
+                return conn
+        return None
+
+    def release(self, server: Server, conn: UpstreamConnection) -> None:
+        idle = self.idle.get(server)
+        if idle is None or len(idle) >= MAX_IDLE_PER_SERVER or self.retired or not self.shared_pool:
+            conn.transport.close()
+            return
+        idle.append(conn)
+
+    def forget(self, server: Server, conn: UpstreamConnection) -> None:
+        idle = self.idle.get(server)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+
+    def passive_failure(self, server: Server, error: str) -> None:
+        tracker = self.tracker_of[server]
+        if tracker.passive_failure(time.monotonic(), error):
+            self._health_changed(tracker, error)
+
+    def passive_success(self, server: Server) -> None:
+        self.tracker_of[server].passive_success()
+
+    def _health_changed(self, tracker: Tracker, reason: str) -> None:
+        server = tracker.server
+        log.warning(
+            "server up" if server.up else "server down",
+            backend=self.name,
+            server=server.address,
+            reason=reason,
+        )
+        if not server.up:
+            for conn in self.idle[server]:
+                conn.transport.close()
+            self.idle[server].clear()
+
+    def close_idle(self) -> None:
+        for idle in self.idle.values():
+            for conn in idle:
+                conn.transport.close()
+            idle.clear()
+
+
+class Runtime:
+    """One config generation, ready to serve."""
+
+    def __init__(self, config: ProxyConfig, node_name: str, generation: int) -> None:
+        self.config = config
+        self.generation = generation
+        self.node_name = node_name
+        self.via = node_name.encode()
+        self.timeouts = config.proxy.timeouts
+        self.limits = config.proxy.limits
+        self.access_log = config.proxy.access_log
+        self.router = Router(config.routes)
+        self.backends = {name: Backend(b) for name, b in config.backends.items()}
+
+    def start(self) -> None:
+        for backend in self.backends.values():
+            backend.checker.start()
+
+    def inherit_health(self, old: Runtime) -> None:
+        """Carry each server's up/down state over a reload (same backend, same address)."""
+        for name, backend in self.backends.items():
+            previous = old.backends.get(name)
+            if previous is None:
+                continue
+            state = {s.address: s.up for s in previous.servers}
+            for server in backend.servers:
+                server.up = state.get(server.address, server.up)
+
+    async def stop(self) -> None:
+        for backend in self.backends.values():
+            backend.retired = True
+            await backend.checker.stop()
+            backend.close_idle()

@@ -1,0 +1,316 @@
+"""The proxy node in one object: listeners, the current runtime, tunnels, admin API.
+
+In-process use (tests, embedding):
+
+    server = ProxyServer(parse_proxy(doc), node_name="node-a")
+    await server.start()              # binds everything (port 0 works)
+    host, port = server.address("web")
+    ...
+    await server.stop()
+
+`drain()` is the graceful stop (SIGTERM, `POST /drain`): it stops accepting,
+sends every WebSocket a `1001 Going Away` at a frame boundary so clients
+reconnect elsewhere at once, lets HTTP exchanges finish, and after the drain
+timeout closes what is left; `undrain()` listens again. `reload()` (SIGHUP)
+swaps in a new config: `runtime` is the config-derived state, built anew and
+assigned, so new requests use it while those in flight finish on the old one;
+listeners whose address is unchanged keep their socket (and take new
+certificates), so no established connection is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import time
+
+import structlog
+
+from haproxy_py.proxy.accept import HeaderFirstServer
+from haproxy_py.proxy.admin import AdminServer
+from haproxy_py.proxy.config import ListenerConfig, ProxyConfig
+from haproxy_py.proxy.frontend import ClientConnection
+from haproxy_py.proxy.relay import Tunnel, Tunnels
+from haproxy_py.proxy.runtime import Runtime
+from haproxy_py.proxy.stats import Stats
+from haproxy_py.proxy.tls import ServerTls
+
+log = structlog.get_logger(__name__)
+
+_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; lets us bind a VIP before it arrives
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket; OSError naming the address and the kernel's reason."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # elsewhere the address must exist before we bind
+            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
+        sock.bind(sockaddr)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+class Listener:
+    """One client-facing listener and the connections it holds open."""
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.active = 0  # client connections, including those turned into tunnels
+        self.connections: set[ClientConnection] = set()
+        self.server: asyncio.Server | HeaderFirstServer | None = None
+        self.bound: tuple[str, int] | None = None  # the address actually bound (port 0 resolved)
+        self.emptied: asyncio.Event | None = None  # set when `connections` empties (drain)
+        # One SSLContext for the listener's life; reloads swap its certificates.
+        self.tls: ServerTls | None = None if config.tls is None else ServerTls(config.tls)
+
+    def same_socket(self, config: ListenerConfig) -> bool:
+        """Whether `config` can be served by this listener's socket (same address, TLS or not)."""
+        return _socket_kind(self.config) == _socket_kind(config)
+
+    def reconfigure(self, config: ListenerConfig) -> None:
+        self.config = config
+        if self.tls is not None and config.tls is not None:
+            self.tls.update(config.tls)
+
+    def forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self.emptied is not None:
+            self.emptied.set()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self.bound is None:
+            raise RuntimeError(f"listener {self.config.name} is not started")
+        return self.bound
+
+
+def _socket_kind(config: ListenerConfig) -> tuple[object, ...]:
+    header_first = config.tls is not None and config.proxy_protocol
+    return config.host, config.port, config.tls is None, header_first
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, node_name: str) -> None:
+        self.runtime = Runtime(config, node_name, generation=1)
+        self.stats = Stats()
+        self.tunnels = Tunnels(self._tunnel_ended)
+        self.listeners = [Listener(c) for c in config.listeners]
+        self.admin = AdminServer(self)
+        self.draining = False
+        self.started_at = time.time()
+        self.loop: asyncio.AbstractEventLoop
+        self._sweeper: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[bool] | None = None
+
+    async def start(self) -> None:
+        """Bind the listeners and the admin API and start health checks; OSError if a bind fails."""
+        self.loop = asyncio.get_running_loop()
+        self.runtime.start()
+        try:
+            for listener in self.listeners:
+                await self._listen(
+                    listener, bind_socket(listener.config.host, listener.config.port)
+                )
+            await self.admin.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._sweeper = self.loop.create_task(self._sweep_idle_tunnels())
+        log.info(
+            "proxy started",
+            node=self.runtime.node_name,
+            listeners={lst.config.name: "{}:{}".format(*lst.address) for lst in self.listeners},
+            admin="{}:{}".format(*self.admin.address),
+            loop=type(self.loop).__module__.split(".")[0],
+        )
+
+    async def _listen(self, listener: Listener, sock: socket.socket) -> None:
+        listener.bound = sock.getsockname()[:2]
+        handshake = self.runtime.timeouts.client_header or None
+        if listener.tls is not None and listener.config.proxy_protocol:
+            listener.server = HeaderFirstServer(
+                sock,
+                lambda header: ClientConnection(self, listener, preread=header),
+                listener.tls.context,
+                timeout=lambda: self.runtime.timeouts.client_header,
+                trusted=lambda: listener.config.trusted_proxies,
+            )
+            return
+        listener.server = await self.loop.create_server(
+            functools.partial(ClientConnection, self, listener),
+            sock=sock,
+            backlog=1024,
+            ssl=None if listener.tls is None else listener.tls.context,
+            ssl_handshake_timeout=None if listener.tls is None else handshake,
+        )
+
+    def address(self, listener: str) -> tuple[str, int]:
+        """The bound (host, port) of a listener, by name (useful with port 0)."""
+        for lst in self.listeners:
+            if lst.config.name == listener:
+                return lst.address
+        raise KeyError(listener)
+
+    def _stop_accepting(self) -> None:
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
+
+    def start_drain(self) -> None:
+        """Begin draining in the background (the admin API's `POST /drain`)."""
+        if not self.draining:
+            self._drain_task = self.loop.create_task(self.drain())
+
+    async def drain(self, grace: float | None = None) -> bool:
+        """Stop accepting, close WebSockets with 1001, finish HTTP; False if `grace` ran out.
+
+        `grace` defaults to the `drain` timeout. What is still open then is closed.
+        """
+        if grace is None:
+            grace = self.runtime.timeouts.drain
+        self.draining = True
+        self._stop_accepting()
+        closing = self.tunnels.drain_all()
+        log.info("draining", websockets=closing, grace=grace)
+        deadline = self.loop.time() + grace
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                if not conn.in_exchange:
+                    conn.transport.close()
+                else:
+                    conn.keep_alive = False  # close once the response is written
+        for listener in self.listeners:
+            if listener.connections:
+                listener.emptied = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await listener.emptied.wait()
+        if await self.tunnels.wait_closed(max(0.0, deadline - self.loop.time())):
+            leftover = sum(len(lst.connections) for lst in self.listeners)
+        else:
+            leftover = len(self.tunnels)
+            self.tunnels.abort_all()
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                conn.transport.abort()
+        log.info("drained", closed_at_timeout=leftover)
+        return leftover == 0
+
+    async def undrain(self) -> None:
+        """Back in service: listen again on the same addresses, `/healthz` healthy again."""
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            self._drain_task = None
+        for listener in self.listeners:
+            if listener.server is None or not listener.server.is_serving():
+                host, port = listener.bound or (listener.config.host, listener.config.port)
+                await self._listen(listener, bind_socket(host, port))
+        self.draining = False
+        log.info("undrained")
+
+    async def reload(self, config: ProxyConfig) -> None:
+        """Serve `config` from now on; OSError (old config still whole) if a new bind fails.
+
+        Listeners are matched by name: an unchanged address keeps its socket and
+        takes the new settings and certificates; a new or moved one is bound
+        first, so a failing bind changes nothing; a removed one stops accepting.
+        Open connections and WebSockets stay where they are.
+        """
+        current = {lst.config.name: lst for lst in self.listeners}
+        kept: dict[str, Listener] = {}
+        fresh: list[tuple[Listener, socket.socket]] = []
+        try:
+            for lc in config.listeners:
+                old = current.get(lc.name)
+                if old is not None and old.same_socket(lc):
+                    kept[lc.name] = old
+                    continue
+                if old is not None and (old.config.host, old.config.port) == (lc.host, lc.port):
+                    if old.server is not None:
+                        old.server.close()  # the same address with TLS switched: rebind
+                    current.pop(lc.name)
+                fresh.append((Listener(lc), bind_socket(lc.host, lc.port)))
+        except OSError:
+            for _, sock in fresh:
+                sock.close()
+            raise
+        old_runtime = self.runtime
+        runtime = Runtime(config, old_runtime.node_name, old_runtime.generation + 1)
+        runtime.inherit_health(old_runtime)
+        runtime.start()
+        self.runtime = runtime
+        listeners = []
+        for lc in config.listeners:
+            if lc.name in kept:
+                kept[lc.name].reconfigure(lc)
+                listeners.append(kept[lc.name])
+        for listener, sock in fresh:
+            if not self.draining:
+                await self._listen(listener, sock)
+            else:
+                listener.bound = sock.getsockname()[:2]
+                sock.close()
+            listeners.append(listener)
+        for name, old in current.items():
+            if name not in kept and old.server is not None:
+                old.server.close()
+        self.listeners = listeners
+        await old_runtime.stop()
+        log.info("config reloaded", generation=runtime.generation)
+
+    async def stop(self) -> None:
+        """Close everything now: listeners, connections, tunnels, checks, admin API."""
+        self._stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for listener in self.listeners:
+            for conn in list(listener.connections):
+                conn.transport.abort()
+        for tunnel in list(self.tunnels.open):
+            tunnel.client_half.transport.abort()
+            tunnel.upstream_half.transport.abort()
+        await self.runtime.stop()
+        await self.admin.stop()
+        for listener in self.listeners:
+            if listener.server is not None:
+                await listener.server.wait_closed()
+                listener.server = None
+        log.info("proxy stopped", node=self.runtime.node_name)
+
+    def _tunnel_ended(self, tunnel: Tunnel) -> None:
+        tunnel.server.active -= 1
+        tunnel.listener.active -= 1
+        log.info(
+            "websocket",
+            backend=tunnel.backend,
+            server=tunnel.server.address,
+            client=tunnel.client_ip,
+            duration_ms=round((time.monotonic() - tunnel.started) * 1000, 2),
+            bytes_in=tunnel.bytes_in,
+            bytes_out=tunnel.bytes_out,
+            close_code=tunnel.close_code,
+            closed_by=tunnel.closed_by,
+        )
+
+    async def _sweep_idle_tunnels(self) -> None:
+        """Close tunnels idle for `websocket_idle` (checked in quarters of it)."""
+        while True:
+            idle = self.runtime.timeouts.websocket_idle
+            await asyncio.sleep(max(0.05, idle / 4) if idle > 0 else 1.0)
+            if idle > 0 and self.tunnels.open:
+                closed = self.tunnels.sweep_idle(4)
+                if closed:
+                    log.info("idle websockets closed", count=closed, idle_timeout=idle)

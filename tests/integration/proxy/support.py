@@ -1,0 +1,209 @@
+"""Real aiohttp backends on 127.0.0.1:0, a proxy config builder and small client helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import tomllib
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from haproxy_py.configfile import Table
+from haproxy_py.proxy.config import ProxyConfig, parse_proxy
+from haproxy_py.proxy.server import ProxyServer
+
+
+class Backend:
+    """An app server that can echo, stream, stall, fail its health check and speak WebSocket."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.healthy = True
+        self.health_checks = 0
+        self.requests = 0
+        self.ws_close_codes: list[int | None] = []
+        self.gate = asyncio.Event()  # /gated waits for it between its two chunks
+        self.first_chunk = asyncio.Event()  # set by /gated-upload on its first body bytes
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ws", self.websocket)
+        app.router.add_get("/stream", self.stream)
+        app.router.add_get("/slow", self.slow)
+        app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/hop", self.hop)
+        app.router.add_get("/gated", self.gated)
+        app.router.add_post("/gated-upload", self.gated_upload)
+        app.router.add_route("*", "/{tail:.*}", self.echo)
+        self.app = app
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> None:
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port, reuse_address=True)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def echo(self, request: web.Request) -> web.Response:
+        """Answers with what it received: method, path, headers and a digest of the body."""
+        self.requests += 1
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        return web.json_response(
+            {
+                "server": self.name,
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body_size": size,
+                "body_sha256": digest.hexdigest(),
+            }
+        )
+
+    async def health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        return web.Response(text="ok") if self.healthy else web.Response(status=500, text="sick")
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """`n` chunks of `size` bytes, each flushed, without Content-Length (chunked)."""
+        n, size = int(request.query.get("n", "10")), int(request.query.get("size", "1000"))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(n):
+            await response.write(bytes([65 + i % 26]) * size)
+        await response.write_eof()
+        return response
+
+    async def gated(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first;")
+        await self.gate.wait()
+        await response.write(b"second")
+        await response.write_eof()
+        return response
+
+    async def gated_upload(self, request: web.Request) -> web.Response:
+        size = len(await request.content.readany())
+        self.first_chunk.set()
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        return web.Response(text=str(size))
+
+    async def slow(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "5")))
+        return web.Response(text="late")
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="as asked")
+
+    async def hop(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text="hop",
+            headers={
+                "Connection": "X-Internal",
+                "X-Internal": "secret",
+                "Keep-Alive": "timeout=9",
+                "X-Public": "yes",
+            },
+        )
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """Echoes; `close:<code>` closes with that code, `flood:<n>` sends n x 64 KiB."""
+        ws = web.WebSocketResponse(protocols=("chat", "superchat"), max_msg_size=8 << 20)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                if msg.data.startswith("close:"):
+                    await ws.close(code=int(msg.data[6:]), message=b"asked")
+                    break
+                if msg.data.startswith("flood:"):
+                    for _ in range(int(msg.data[6:])):
+                        await ws.send_bytes(b"f" * 65536)
+                elif msg.data == "whoami":
+                    await ws.send_str(self.name)
+                else:
+                    await ws.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        self.ws_close_codes.append(ws.close_code)
+        return ws
+
+
+def proxy_config(
+    backends: dict[str, list[str]],
+    extra: str = "",
+    route_host: str | None = None,
+    **backend_keys: str,
+) -> ProxyConfig:
+    """One listener and admin on port 0, one route per backend (the first at /)."""
+    text = '[admin]\nbind = "127.0.0.1:0"\n\n[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n\n'
+    for i, name in enumerate(backends):
+        prefix = "/" if i == 0 else f"/{name}/"
+        host = "" if route_host is None else f'host = "{route_host}"\n'
+        text += f'[[routes]]\n{host}path_prefix = "{prefix}"\nbackend = "{name}"\n\n'
+    for name, servers in backends.items():
+        text += f"[backends.{name}]\nservers = {json.dumps(servers)}\n"
+        for key, value in backend_keys.items():
+            text += f"{key} = {value}\n"
+    text += extra
+    return parse_proxy(Table(tomllib.loads(text), "test.toml", ""))
+
+
+def config_from_text(backend_table: str, extra: str = "") -> ProxyConfig:
+    """One listener and admin on port 0 routing everything to `[backends.app]` as given."""
+    text = (
+        '[admin]\nbind = "127.0.0.1:0"\n\n[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n\n'
+        '[[routes]]\nbackend = "app"\n\n[backends.app]\n'
+    )
+    return parse_proxy(Table(tomllib.loads(text + backend_table + "\n" + extra), "test.toml", ""))
+
+
+def url(server: ProxyServer, path: str = "/") -> str:
+    host, port = server.address("web")
+    return f"http://{host}:{port}{path}"
+
+
+def admin_url(server: ProxyServer, path: str) -> str:
+    host, port = server.admin.address
+    return f"http://{host}:{port}{path}"
+
+
+async def raw_exchange(
+    server: ProxyServer, request: bytes, *, read_until_close: bool = True
+) -> bytes:
+    """Send raw bytes to the listener and read until the proxy closes (30 s at most)."""
+    host, port = server.address("web")
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(30):
+            return await reader.read(-1) if read_until_close else await reader.read(65536)
+    finally:
+        writer.close()
+
+
+async def poll_until(predicate: Callable[[], Any], what: str) -> None:
+    """Wait until predicate() is true, checking every 20 ms for at most 30 s."""
+    for _ in range(1500):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still not true after 30 s: {what}")
