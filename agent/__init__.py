@@ -1,0 +1,35 @@
+"""The node agent (`ha-agent --config FILE`), one per proxy node.
+
+It keeps `nodes/<name>` alive under its own etcd lease, reports the local
+proxy's health, and holds exactly the VIPs that `vips/` assigns to it, with a
+kernel address lifetime that runs out before the lease can (see
+`haproxy_py.cluster` for the hand-over protocol). Modules:
+
+    state    the pure decision core (no I/O, time passed in)
+    daemon   the asyncio loop around it: observers, one actor, one etcd writer
+    netlink  VIP addresses with valid/preferred lifetimes (pyroute2)
+    garp     gratuitous ARP bursts and refreshes (AF_PACKET)
+    proxy    the local proxy's admin API (/healthz, /status, /drain)
+    metrics  /metrics (Prometheus text)
+    cli      the entry point and its one-line errors
+
+The `[agent]` section, with its defaults (all times in seconds):
+
+    [agent]
+    lease_ttl = 2               # etcd lease; address_lifetime and keepalive derive from it
+    address_lifetime = 1        # kernel valid_lft of a VIP (default lease_ttl // 2)
+    keepalive_interval = 0.5    # also each keepalive's deadline (default address_lifetime / 2)
+    fence_margin = 0.2          # what is left between the VIP being gone and the lease expiring
+    reconcile_interval = 1.0    # full compare of etcd, the kernel and this agent's view
+    proxy_admin_url = "http://127.0.0.1:8081"
+    health_interval = 0.1       # /healthz poll; /status at most once a second
+    health_timeout = 0.25
+    health_rise = 2             # good polls in a row before the node offers itself
+    health_fall = 2             # bad polls in a row before it drops its VIPs
+    garp_count = 3              # frames per burst, `garp_spacing` apart
+    garp_spacing = 0.02
+    garp_second_burst = 2.0     # a second burst this long after the first
+    garp_refresh = 10.0         # then one request and one reply this often
+    metrics_bind = "127.0.0.1:9732"   # "" turns /metrics off
+    vip_prefix_length = 32
+"""

@@ -73,8 +73,10 @@ class EtcdMember:
         data_dir: Path,
         initial_cluster: str,
         tls: EtcdTLS | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
+        self.host = host  # where clients connect; peers always talk over loopback
         self.client_port = client_port
         self.peer_port = peer_port
         self.data_dir = data_dir
@@ -91,11 +93,11 @@ class EtcdMember:
     @property
     def endpoint(self) -> str:
         """`host:port` as the store's config takes it."""
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:

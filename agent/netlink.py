@@ -1,0 +1,137 @@
+"""VIP addresses on the node's interface, over netlink (pyroute2), never by running `ip`.
+
+Every VIP is set with a finite `valid_lft`/`preferred_lft` (IFA_CACHEINFO):
+the kernel itself deletes it when the agent stops re-arming it, which is what
+makes a killed or frozen agent lose the VIP before its lease can expire.
+Re-arming is an RTM_NEWADDR with NLM_F_REPLACE, which also re-schedules the
+kernel's expiry check. Works in whatever network namespace the process runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+INFINITY = 0xFFFFFFFF  # the kernel's "forever" lifetime
+LIMIT = 1.0  # seconds for the kernel to answer one request (it takes well under 1 ms)
+CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
+
+
+class NetlinkFailure(Exception):
+    """A netlink operation failed; the message says what and what to do."""
+
+
+def missing_capabilities(status: str | None = None) -> list[str]:
+    """Which of CAP_NET_ADMIN (addresses) and CAP_NET_RAW (GARP) this process lacks."""
+    if status is None:
+        status = Path("/proc/self/status").read_text()
+    effective = 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+    names = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
+    return [name for bit, name in names.items() if not effective & (1 << bit)]
+
+
+def _explain(exc: NetlinkError, what: str) -> NetlinkFailure:
+    if exc.code == errno.EPERM:
+        return NetlinkFailure(f"{what}: not permitted; run ha-agent as root or with CAP_NET_ADMIN")
+    return NetlinkFailure(f"{what}: {exc.args[1] if len(exc.args) > 1 else exc}")
+
+
+@contextlib.asynccontextmanager
+async def _bounded(what: str) -> AsyncIterator[None]:
+    """A request the kernel does not answer must not stall the agent's actor."""
+    try:
+        async with asyncio.timeout(LIMIT):
+            yield
+    except TimeoutError:
+        raise NetlinkFailure(f"{what}: no answer from the kernel in {LIMIT:g} s") from None
+
+
+class Addresses:
+    """The IPv4 VIPs on one interface of the current network namespace."""
+
+    def __init__(self, ipr: AsyncIPRoute, interface: str, index: int, mac: bytes) -> None:
+        self._ipr = ipr
+        self.interface = interface
+        self.index = index
+        self.mac = mac
+
+    @classmethod
+    async def open(cls, interface: str) -> Addresses:
+        ipr = AsyncIPRoute()
+        try:
+            links = [link async for link in await ipr.link("dump")]
+        except NetlinkError as exc:
+            ipr.close()
+            raise _explain(exc, "listing interfaces") from None
+        for link in links:
+            if link.get("ifname") == interface:
+                mac = link.get("address") or "00:00:00:00:00:00"
+                return cls(ipr, interface, int(link["index"]), bytes.fromhex(mac.replace(":", "")))
+        ipr.close()
+        names = ", ".join(sorted(str(link.get("ifname")) for link in links))
+        raise NetlinkFailure(
+            f"interface {interface!r} not found in this network namespace (have: {names}); "
+            "set [node] interface"
+        )
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    async def arm(self, vip: str, prefixlen: int, lifetime: int) -> None:
+        """Add the address, or re-arm it, with `lifetime` seconds (>= 1) to live."""
+        what = f"setting {vip}/{prefixlen} on {self.interface}"
+        try:
+            async with _bounded(what):
+                await self._ipr.addr(
+                    "replace",
+                    index=self.index,
+                    address=vip,
+                    prefixlen=prefixlen,
+                    valid_lft=lifetime,
+                    preferred_lft=lifetime,
+                )
+        except NetlinkError as exc:
+            raise _explain(exc, what) from None
+
+    async def remove(self, vip: str, prefixlen: int) -> bool:
+        """Delete the address; False when it was not there (already expired: fine)."""
+        what = f"removing {vip}/{prefixlen} from {self.interface}"
+        try:
+            async with _bounded(what):
+                await self._ipr.addr("del", index=self.index, address=vip, prefixlen=prefixlen)
+        except NetlinkError as exc:
+            if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                return False
+            raise _explain(exc, what) from None
+        return True
+
+    async def expiring(self) -> set[str]:
+        """IPv4 addresses on the interface with a finite lifetime (the only kind VIPs are)."""
+        what = f"listing addresses of {self.interface}"
+        found = set()
+        try:
+            async with _bounded(what):
+                async for msg in await self._ipr.addr(
+                    "dump", index=self.index, family=socket.AF_INET
+                ):
+                    if msg.get("index") != self.index:
+                        continue
+                    cache = msg.get("cacheinfo")
+                    valid = cache.get("ifa_valid") if cache else INFINITY
+                    if valid != INFINITY:
+                        found.add(str(ipaddress.IPv4Address(msg.get("address"))))
+        except NetlinkError as exc:
+            raise _explain(exc, what) from None
+        return found

@@ -1,0 +1,315 @@
+"""A small cluster in network namespaces for the agent's failover tests.
+
+Two proxy nodes (`haln1`, `haln2`) and a client (`halc`) on bridge `halbr`;
+etcd runs on the host, listening on the bridge's host-side address so the
+namespaces can reach it (and a blackhole route in one namespace cuts it off).
+Each node runs a backend (`python -m http.server` on its own loopback), the
+real proxy (`haproxy-py run`) and the agent (`ha-agent`); the real controller
+(`ha-controller`) runs on the host. A `Watcher` thread reads every node's
+addresses over netlink every few milliseconds and records any instant at which
+a VIP sits on two nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netns import popns, pushns
+
+from haproxy_py.lab.netns import Plumbing, Proc
+from tests.support.etcd import EtcdMember, free_ports
+
+BIN = Path(sys.executable).parent
+NODE_NAMES = ("n1", "n2")
+PRIORITIES = {"n1": 200, "n2": 100}
+ADMIN = "127.0.0.1:9901"  # inside each node's own namespace, so no two ever collide
+BACKEND_PORT = 8090
+
+
+def bridge_etcd(host: str, root: Path) -> EtcdMember:
+    """One etcd member whose client URL is on the bridge's host-side address."""
+    client, peer = free_ports(2)
+    root.mkdir(parents=True, exist_ok=True)
+    return EtcdMember("m0", client, peer, root / "m0", f"m0=http://127.0.0.1:{peer}", host=host)
+
+
+@dataclass
+class Sample:
+    at: float
+    holders: dict[str, frozenset[str]]  # vip -> nodes holding it
+
+
+@dataclass
+class Watcher:
+    """Samples each node namespace's IPv4 addresses in a thread; remembers every change."""
+
+    netns: dict[str, str]  # node -> namespace
+    vips: tuple[str, ...]
+    period: float = 0.004
+    changes: list[Sample] = field(default_factory=list)
+    doubles: list[Sample] = field(default_factory=list)
+    rounds: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the address watcher did not start")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        # netlink sockets belong to the namespace they were opened in; setns is per thread
+        sockets = {}
+        for node, ns in self.netns.items():
+            pushns(ns)
+            try:
+                sockets[node] = IPRoute()
+            finally:
+                popns()
+        ready.set()
+        last: dict[str, frozenset[str]] | None = None
+        try:
+            while not self._stop.is_set():
+                held: dict[str, set[str]] = {vip: set() for vip in self.vips}
+                for node, ipr in sockets.items():
+                    for msg in ipr.addr("dump", family=socket.AF_INET):
+                        address = msg.get("address")
+                        if address in held:
+                            held[address].add(node)
+                now = time.monotonic()
+                holders = {vip: frozenset(nodes) for vip, nodes in held.items()}
+                self.rounds += 1
+                if holders != last:
+                    self.changes.append(Sample(now, holders))
+                    last = holders
+                if any(len(nodes) > 1 for nodes in holders.values()):
+                    self.doubles.append(Sample(now, holders))
+                self._stop.wait(self.period)
+        finally:
+            for ipr in sockets.values():
+                ipr.close()
+
+    def holder(self, vip: str) -> frozenset[str]:
+        return self.changes[-1].holders[vip] if self.changes else frozenset()
+
+    def gaps(self, vip: str, since: float) -> list[tuple[float, str, str]]:
+        """(seconds unowned, from node, to node) for each hand-over of `vip` after `since`."""
+        result = []
+        owner: str | None = None
+        lost_at: float | None = None
+        for sample in self.changes:
+            nodes = sample.holders[vip]
+            if nodes and lost_at is not None and owner is not None and sample.at >= since:
+                result.append((sample.at - lost_at, owner, ",".join(sorted(nodes))))
+                lost_at = None
+            if nodes:
+                owner = ",".join(sorted(nodes))
+            elif owner is not None and lost_at is None:
+                lost_at = sample.at
+        return result
+
+    def lost_at(self, vip: str, node: str, since: float) -> float | None:
+        """When `node` stopped holding `vip` (first time after `since`)."""
+        had = False
+        for sample in self.changes:
+            if sample.at < since:
+                had = node in sample.holders[vip]
+                continue
+            if node in sample.holders[vip]:
+                had = True
+            elif had:
+                return sample.at
+        return None
+
+
+@dataclass
+class Node:
+    name: str
+    netns: str
+    address: str
+    config: Path
+    backend: Proc | None = None
+    proxy: Proc | None = None
+    agent: Proc | None = None
+
+
+@dataclass
+class Cluster:
+    lab: Plumbing
+    root: Path
+    net: str
+    etcd: EtcdMember
+    vips: tuple[str, ...]
+    mode: str
+    nodes: dict[str, Node]
+    client: str
+    controller: Proc | None = None
+
+    @property
+    def vip(self) -> str:
+        return self.vips[0]
+
+    @property
+    def vip_list(self) -> str:
+        return "[" + ", ".join(f'"{vip}"' for vip in self.vips) + "]"
+
+    @property
+    def etcd_host(self) -> str:
+        return f"{self.net}.1"
+
+    def node_config(self, name: str, address: str) -> str:
+        return f"""
+[node]
+name = "{name}"
+address = "{address}"
+interface = "eth0"
+priority = {PRIORITIES[name]}
+
+[cluster]
+name = "lab"
+vips = {self.vip_list}
+
+[etcd]
+endpoints = ["{self.etcd.endpoint}"]
+
+[agent]
+proxy_admin_url = "http://{ADMIN}"
+health_interval = 0.05
+health_timeout = 0.5
+health_rise = 2
+health_fall = 2
+reconcile_interval = 0.5
+metrics_bind = ""
+
+[logging]
+level = "info"
+format = "console"
+
+[admin]
+bind = "{ADMIN}"
+
+[proxy]
+access_log = false
+
+[[listeners]]
+name = "web"
+bind = "0.0.0.0:8080"
+
+[[routes]]
+backend = "app"
+
+[backends.app]
+servers = ["127.0.0.1:{BACKEND_PORT}"]
+health = {{ path = "/", interval = 0.05, timeout = 0.5, rise = 1, fall = 2 }}
+"""
+
+    def controller_config(self) -> str:
+        return f"""
+[cluster]
+name = "lab"
+mode = "{self.mode}"
+vips = {self.vip_list}
+
+[etcd]
+endpoints = ["{self.etcd.endpoint}"]
+
+[controller]
+id = "c1"
+lease_ttl = 3
+keepalive_interval = 0.5
+tick = 0.2
+metrics = ""
+
+[logging]
+level = "info"
+format = "console"
+"""
+
+    def log(self, label: str) -> Path:
+        return self.root / f"{label}.log"
+
+    def start_backend(self, node: Node) -> None:
+        node.backend = self.lab.spawn(
+            node.netns,
+            [sys.executable, "-m", "http.server", str(BACKEND_PORT), "--bind", "127.0.0.1"],
+            label=f"backend-{node.name}",
+            log=self.log(f"backend-{node.name}"),
+            cwd=self.root,
+        )
+
+    def start_agent(self, node: Node) -> None:
+        node.agent = self.lab.spawn(
+            node.netns,
+            [str(BIN / "ha-agent"), "--config", str(node.config)],
+            label=f"agent-{node.name}",
+            log=self.log(f"agent-{node.name}"),
+        )
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            self.start_backend(node)
+            node.proxy = self.lab.spawn(
+                node.netns,
+                [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
+                label=f"proxy-{node.name}",
+                log=self.log(f"proxy-{node.name}"),
+            )
+            self.start_agent(node)
+        config = self.root / "controller.toml"
+        config.write_text(self.controller_config())
+        self.controller = self.lab.spawn(
+            None,
+            [str(BIN / "ha-controller"), "--config", str(config)],
+            label="controller",
+            log=self.log("controller"),
+        )
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(self.root.glob("*.log")):
+            if path.name.startswith("backend"):
+                continue  # one line per health check
+            lines = path.read_text(errors="replace").splitlines()[-25:]
+            parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def cluster(
+    root: Path, lab: Plumbing, net: str, vips: int = 1, mode: str = "active-standby"
+) -> Iterator[Cluster]:
+    """Build the namespaces, etcd and every process; tear all of it down afterwards."""
+    lab.bridge(f"{net}.1/24")
+    nodes = {}
+    for i, name in enumerate(NODE_NAMES, start=1):
+        host = lab.add_host(name, f"{net}.{10 + i}/24")
+        nodes[name] = Node(name, host.netns, f"{net}.{10 + i}", root / f"{name}.toml")
+    client = lab.add_host("c", f"{net}.50/24")
+    etcd = bridge_etcd(f"{net}.1", root / "etcd")
+    addresses = tuple(f"{net}.{100 + i}" for i in range(vips))
+    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns)
+    for node in nodes.values():
+        node.config.write_text(c.node_config(node.name, node.address))
+    etcd.spawn()
+    try:
+        etcd.wait_healthy()
+        c.start()
+        yield c
+    finally:
+        lab.teardown()
+        etcd.kill()

@@ -1,0 +1,103 @@
+"""Shared pieces of the agent's namespace tests: a stand-in proxy admin API, address sampling,
+and polling helpers (poll-until-with-timeout, never fixed sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from aiohttp import web
+
+from haproxy_py.lab.netns import Plumbing, free_subnet
+
+PREFIX = "ha"  # every namespace, bridge and veth of these tests starts with it
+
+
+class AdminStandIn:
+    """A real HTTP server shaped like the proxy's admin API, with a health switch for tests."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.drains = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str = "127.0.0.1") -> str:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/drain", self._drain)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        if self.healthy:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unhealthy", "reasons": ["switched off"]}, status=503)
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "listeners": [{"name": "web", "connections": 3}],
+                "backends": {"app": {"servers": [{"state": "up"}, {"state": "down"}]}},
+            }
+        )
+
+    async def _drain(self, _request: web.Request) -> web.Response:
+        self.drains += 1
+        return web.json_response({"draining": True})
+
+
+def addresses(netns: str, dev: str = "eth0") -> dict[str, int | None]:
+    """IPv4 addresses on `dev` in `netns` -> remaining valid lifetime (None = forever)."""
+    out = subprocess.run(
+        ["ip", "-n", netns, "-j", "-4", "addr", "show", "dev", dev],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    found: dict[str, int | None] = {}
+    for link in json.loads(out or "[]"):
+        for info in link.get("addr_info", []):
+            valid = info.get("valid_life_time")
+            found[info["local"]] = None if valid in (None, 4294967295) else int(valid)
+    return found
+
+
+async def until(
+    check: Callable[[], bool | Awaitable[bool]], limit: float, what: str, every: float = 0.01
+) -> float:
+    """Poll `check` until true; returns the seconds it took; fails naming `what` after `limit` s."""
+    started = time.monotonic()
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+@contextlib.contextmanager
+def plumbing(tmp_path: Path, prefix: str) -> Iterator[tuple[Plumbing, str]]:
+    """A Plumbing under `prefix` on a free /24, torn down whatever happens; yields (it, subnet)."""
+    lab = Plumbing(prefix, tmp_path / f"{prefix}-lab.json")
+    try:
+        yield lab, str(free_subnet(200).network_address).rsplit(".", 1)[0]
+    finally:
+        lab.teardown()

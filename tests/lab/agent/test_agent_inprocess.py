@@ -1,0 +1,357 @@
+"""The agent daemon against real etcd, real netlink and real ARP, in one process.
+
+The agent's netlink and packet sockets are opened inside a namespace this test
+creates (so VIPs land there, never on the host); etcd and the stand-in proxy
+admin API run on loopback. The test itself plays the controller's part of the
+hand-over protocol by writing `vips/<vip>` keys bound to the node's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pyroute2.netns import popns, pushns
+
+from agent.cli import agent_etcd, load_settings
+from agent.daemon import Agent
+from agent.garp import ETH_P_ARP, Announcer, parse_arp
+from agent.netlink import Addresses
+from agent.proxy import ProxyClient
+from haproxy_py.cluster.records import NodeRecord, VipAssignment
+from haproxy_py.cluster.store import Store
+from tests.lab.agent.support import AdminStandIn, addresses, plumbing, until
+from tests.support.etcd import EtcdCluster
+
+pytestmark = pytest.mark.lab
+
+
+@dataclass
+class Harness:
+    agent: Agent
+    task: asyncio.Task[None]
+    store: Store  # the test's own client, playing the controller
+    admin: AdminStandIn
+    netns: str
+    mac: bytes
+    capture: socket.socket
+    vip: str
+    other_vip: str
+    address: str
+
+    async def node(self) -> NodeRecord | None:
+        kv = await self.store.get(self.store.schema.node("n1"))
+        if kv is None:
+            return None
+        return NodeRecord.parse("n1", kv.value, kv.lease, kv.mod_revision)
+
+    async def assign(self, vip: str, node: str = "n1", lease: int | None = None) -> None:
+        if lease is None:
+            record = await self.node()
+            assert record is not None
+            lease = record.lease
+        value = VipAssignment(vip=vip, node=node, epoch=1, since=time.time()).to_json()
+        assert await self.store.create(self.store.schema.vip(vip), value, lease=lease)
+
+    async def vip_key(self, vip: str) -> VipAssignment | None:
+        kv = await self.store.get(self.store.schema.vip(vip))
+        if kv is None:
+            return None
+        return VipAssignment.parse(vip, kv.value, kv.lease, kv.mod_revision)
+
+    def has(self, vip: str) -> bool:
+        return vip in addresses(self.netns)
+
+    def arp_frames(self) -> list[tuple[int, bytes, str, str]]:
+        frames: list[tuple[int, bytes, str, str]] = []
+        while True:
+            try:
+                frame = self.capture.recv(2048)
+            except BlockingIOError:
+                return frames
+            parsed = parse_arp(frame)
+            if parsed is not None:
+                frames.append(parsed)
+
+
+@contextlib.contextmanager
+def in_netns(netns: str) -> Iterator[None]:
+    """Sockets opened inside stay in `netns` (setns applies to this thread only)."""
+    pushns(netns)
+    try:
+        yield
+    finally:
+        popns()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, etcd: EtcdCluster) -> AsyncIterator[Harness]:
+    with plumbing(tmp_path, "hai") as (lab, net):
+        lab.bridge()
+        node = lab.add_host("n1", f"{net}.11/24")
+        peer = lab.add_host("cap", f"{net}.99/24")
+        admin = AdminStandIn()
+        url = await admin.start()
+        config = tmp_path / "node.toml"
+        config.write_text(
+            f"""
+[node]
+name = "n1"
+address = "{net}.11"
+interface = "eth0"
+priority = 150
+[cluster]
+name = "t"
+[etcd]
+endpoints = {list(etcd.endpoints)!r}
+[agent]
+proxy_admin_url = "{url}"
+health_interval = 0.05
+health_rise = 2
+health_fall = 2
+reconcile_interval = 0.3
+garp_second_burst = 0.5
+metrics_bind = "127.0.0.1:0"
+""".replace("'", '"')
+        )
+        settings, etcd_config, _, _ = load_settings(config)
+        etcd_config = agent_etcd(etcd_config, settings)
+        with in_netns(peer.netns):
+            capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+            capture.bind(("eth0", ETH_P_ARP))
+            capture.setblocking(False)
+        with in_netns(node.netns):
+            nl = await Addresses.open("eth0")
+            announcer = Announcer("eth0", nl.mac, settings.agent.garp)
+        store = Store(etcd_config, "t")
+        test_store = Store(etcd_config, "t")
+        proxy = ProxyClient(url, settings.agent.health_timeout)
+        agent = Agent(settings, store, nl, announcer, proxy)
+        task = asyncio.create_task(agent.run())
+        h = Harness(
+            agent,
+            task,
+            test_store,
+            admin,
+            node.netns,
+            nl.mac,
+            capture,
+            vip=f"{net}.100",
+            other_vip=f"{net}.101",
+            address=f"{net}.11",
+        )
+        try:
+            await until(lambda: _healthy(h), 15, "the node record to say healthy", every=0.05)
+            yield h
+        finally:
+            agent.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+            task.cancel()
+            announcer.close()
+            nl.close()
+            capture.close()
+            await proxy.close()
+            await store.close()
+            await test_store.close()
+            await admin.stop()
+
+
+async def run(*argv: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv)
+    assert await proc.wait() == 0, f"{argv} failed"
+
+
+async def _healthy(h: Harness) -> bool:
+    record = await h.node()
+    return record is not None and record.healthy
+
+
+async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -> None:
+    h = harness
+    record = await h.node()
+    assert record is not None
+    assert (record.address, record.interface, record.priority) == (h.address, "eth0", 150)
+    assert record.lease != 0 and record.vips == ()
+    await until(
+        lambda: _figures(h), 10, "backend and connection figures in the node record", every=0.05
+    )
+
+    await h.assign(h.vip)
+    took = await until(lambda: h.has(h.vip), 10, "the VIP on the node's interface")
+    print(f"assigned -> address present: {took * 1000:.1f} ms")
+    lifetime = addresses(h.netns)[h.vip]
+    assert lifetime is not None and lifetime <= 1, "a VIP must carry a short kernel lifetime"
+
+    seen: list[tuple[int, bytes, str, str]] = []
+
+    def announced() -> bool:
+        seen.extend(f for f in h.arp_frames() if f[2] == h.vip)
+        return {f[0] for f in seen} == {1, 2} and len(seen) >= 4
+
+    await until(announced, 10, "gratuitous ARP requests and replies for the VIP")
+    for _op, mac, sender, target in seen:
+        assert (mac, sender, target) == (h.mac, h.vip, h.vip)
+
+    async def listed() -> bool:
+        record = await h.node()
+        return record is not None and record.vips == (h.vip,)
+
+    await until(listed, 10, "the node record to list the VIP")
+    # the lifetime keeps being re-armed while keepalives succeed
+    await asyncio.sleep(2.5)  # longer than the lifetime: only re-arming keeps it
+    assert h.has(h.vip)
+
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{h.agent.metrics_port}/metrics"
+        async with session.get(url) as response:
+            text = await response.text()
+    assert "haproxy_py_agent_vips_held 1" in text
+    assert "haproxy_py_agent_etcd_reachable 1" in text
+    garps = [ln for ln in text.splitlines() if ln.startswith("haproxy_py_agent_garps_sent_total")]
+    assert garps and float(garps[0].split()[-1]) >= 4
+
+
+async def _figures(h: Harness) -> bool:
+    record = await h.node()
+    return record is not None and (record.backends_up, record.backends_total) == (1, 2)
+
+
+async def test_planned_release_removes_the_address_before_acknowledging(harness: Harness) -> None:
+    h = harness
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    current = await h.vip_key(h.vip)
+    assert current is not None
+    releasing = VipAssignment(
+        vip=h.vip, node="n1", epoch=1, since=current.since, state="releasing", move_to="n2"
+    )
+    key = h.store.schema.vip(h.vip)
+    assert await h.store.replace(key, releasing.to_json(), current.mod_revision, current.lease)
+    started = time.monotonic()
+
+    async def acknowledged() -> bool:
+        return await h.vip_key(h.vip) is None
+
+    await until(acknowledged, 10, "the owner to delete the releasing key")
+    took = time.monotonic() - started
+    assert not h.has(h.vip), "the key was deleted while the address was still up"
+    print(f"release -> acknowledged: {took * 1000:.1f} ms")
+
+
+async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> None:
+    h = harness
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    h.admin.healthy = False
+    started = time.monotonic()
+    await until(lambda: not h.has(h.vip), 10, "the VIP to go when the proxy fails")
+    print(f"proxy unhealthy -> address removed: {(time.monotonic() - started) * 1000:.1f} ms")
+
+    async def dropped() -> bool:
+        record = await h.node()
+        return await h.vip_key(h.vip) is None and record is not None and not record.healthy
+
+    await until(dropped, 10, "the key deleted and the node record saying unhealthy")
+    # an unhealthy node refuses a VIP given to it anyway
+    await h.assign(h.vip)
+    await until(dropped, 10, "the refused assignment to be deleted")
+    assert not h.has(h.vip)
+    h.admin.healthy = True
+    await until(lambda: _healthy(h), 10, "health to come back")
+
+
+async def test_reconcile_fixes_what_the_kernel_lost_or_gained(harness: Harness) -> None:
+    h = harness
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    # another node owns other_vip; a stale copy of it sits on this node's interface
+    lease = await h.store.grant_lease(30)
+    await h.assign(h.other_vip, node="n2", lease=lease.id)
+    ip = ["ip", "-n", h.netns, "addr"]
+    await run(*ip, "del", f"{h.vip}/32", "dev", "eth0")
+    await run(
+        *ip, "add", f"{h.other_vip}/32", "dev", "eth0", "valid_lft", "60", "preferred_lft", "60"
+    )
+    await until(
+        lambda: h.has(h.vip) and not h.has(h.other_vip),
+        10,
+        "the agent to restore its VIP and remove the one it does not own",
+    )
+    await h.store.revoke(lease.id)
+
+
+async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
+    harness: Harness, etcd: EtcdCluster
+) -> None:
+    h = harness
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    before = await h.node()
+    assert before is not None
+    etcd.members[0].freeze()
+    frozen = time.monotonic()
+    try:
+        await until(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
+        fenced = time.monotonic() - frozen
+        print(f"etcd frozen -> VIP removed: {fenced * 1000:.1f} ms")
+        # the last keepalive was sent before the freeze, so its lease ends at most TTL after it
+        assert fenced < 2.0, "the VIP outlived the lease"
+        await asyncio.sleep(2.5)  # stay frozen past the lease TTL
+        assert not h.has(h.vip)
+    finally:
+        etcd.members[0].thaw()
+
+    # etcd expires the old lease on waking; the agent registers again under a new one
+    async def registered_again() -> bool:
+        record = await h.node()
+        return record is not None and record.lease not in (0, before.lease) and record.healthy
+
+    await until(registered_again, 20, "the agent to re-register under a new lease")
+    assert await h.vip_key(h.vip) is None, "the assignment must have gone with the old lease"
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
+
+
+async def test_stop_hands_over_at_once(harness: Harness) -> None:
+    h = harness
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    started = time.monotonic()
+    h.agent.stop()
+    await asyncio.wait_for(h.task, 10)
+    took = time.monotonic() - started
+    print(f"stop -> lease revoked: {took * 1000:.1f} ms")
+    assert not h.has(h.vip)
+    assert await h.node() is None, "the node key must go with the revoked lease"
+    assert await h.vip_key(h.vip) is None
+    assert h.admin.drains == 1
+
+
+async def test_etcd_restart_fences_then_resumes_under_the_same_lease(
+    harness: Harness, etcd: EtcdCluster
+) -> None:
+    """etcd keeps leases across a restart (with a fresh TTL): the agent drops the VIP while
+    etcd is down, and takes it back under the same lease once keepalives succeed again."""
+    h = harness
+    await h.assign(h.vip)
+    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    before = await h.node()
+    assert before is not None
+    etcd.members[0].kill()
+    down = time.monotonic()
+    try:
+        await until(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
+        print(f"etcd killed -> VIP removed: {(time.monotonic() - down) * 1000:.1f} ms")
+    finally:
+        etcd.members[0].restart()
+    await until(lambda: h.has(h.vip), 30, "the VIP back after the restart")
+    after = await h.node()
+    assert after is not None and after.lease == before.lease

@@ -1,0 +1,95 @@
+"""The [agent] section: defaults derived from the lease TTL, and the timing rule checked at load."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from haproxy_py.cluster.agent_config import (
+    DEFAULT_FENCE_MARGIN,
+    KERNEL_SLACK,
+    AgentConfig,
+    Timing,
+    parse_agent,
+    timing_problem,
+)
+from haproxy_py.configfile import ConfigError, load
+
+
+def parse(tmp_path: Path, text: str) -> AgentConfig:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return parse_agent(load(path))
+
+
+def test_defaults_for_a_two_second_lease(tmp_path: Path) -> None:
+    cfg = parse(tmp_path, "")
+    assert cfg.timing.lease_ttl == 2
+    assert cfg.timing.address_lifetime == 1
+    assert cfg.timing.keepalive_interval == 0.5
+    assert cfg.timing.keepalive_timeout == 0.5
+    assert cfg.proxy_admin_url == "http://127.0.0.1:8081"
+    assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9732)
+    assert cfg.vip_prefix_length == 32
+
+
+@given(st.integers(min_value=2, max_value=3600))
+def test_derived_defaults_are_always_safe(ttl: int) -> None:
+    lifetime = max(1, ttl // 2)
+    timing = Timing(ttl, lifetime / 2, lifetime, DEFAULT_FENCE_MARGIN)
+    assert timing_problem(timing) is None
+
+
+def test_longer_lease_derives_longer_lifetime(tmp_path: Path) -> None:
+    cfg = parse(tmp_path, "[agent]\nlease_ttl = 10\n")
+    assert cfg.timing.address_lifetime == 5
+    assert cfg.timing.keepalive_interval == 2.5
+
+
+def test_one_second_lease_is_refused_with_the_arithmetic(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(tmp_path, "[agent]\nlease_ttl = 1\n")
+    message = str(err.value)
+    assert "node.toml: agent.lease_ttl: " in message
+    assert "exceeds lease_ttl (1 s)" in message
+    assert "raise lease_ttl" in message
+
+
+def test_lifetime_too_long_for_the_lease(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"agent\.lease_ttl: address_lifetime \(2\)"):
+        parse(tmp_path, "[agent]\nlease_ttl = 2\naddress_lifetime = 2\n")
+
+
+def test_keepalive_too_slow_for_the_lifetime(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"one slow keepalive would let the VIP lapse"):
+        parse(tmp_path, "[agent]\nlease_ttl = 10\naddress_lifetime = 2\nkeepalive_interval = 1.5\n")
+
+
+def test_rule_includes_the_kernel_slack() -> None:
+    # exactly at the limit is fine, a hair beyond is not
+    assert timing_problem(Timing(2, 0.5, 1, 0.5 - KERNEL_SLACK)) is None
+    assert timing_problem(Timing(2, 0.5, 1, 0.5 - KERNEL_SLACK + 0.01)) is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('proxy_admin_url = "ftp://x"', r"agent\.proxy_admin_url: expected an http\(s\) URL"),
+        ('metrics_bind = "nohost"', r'agent\.metrics_bind: expected "host:port"'),
+        ('metrics_bind = "h:99999"', r'agent\.metrics_bind: expected "host:port"'),
+        ("health_rise = 0", r"agent\.health_rise: expected an integer >= 1"),
+        ("vip_prefix_length = 33", r"agent\.vip_prefix_length: expected 1 to 32"),
+        ("lease_tll = 3", r"agent\.lease_tll: unknown key"),
+        ('lease_ttl = "2"', r"agent\.lease_ttl: expected an integer"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        parse(tmp_path, f"[agent]\n{text}\n")
+
+
+def test_metrics_can_be_turned_off_or_bound_to_a_free_port(tmp_path: Path) -> None:
+    assert parse(tmp_path, '[agent]\nmetrics_bind = ""\n').metrics_host is None
+    cfg = parse(tmp_path, '[agent]\nmetrics_bind = "[::1]:0"\n')
+    assert (cfg.metrics_host, cfg.metrics_port) == ("::1", 0)

@@ -1,0 +1,79 @@
+"""Pure parts of the agent's edges: ARP frames and their schedule, the proxy's /status figures,
+and the capability check."""
+
+from __future__ import annotations
+
+import itertools
+
+from agent.garp import ARP_REPLY, ARP_REQUEST, arp_frame, parse_arp, schedule
+from agent.netlink import missing_capabilities
+from agent.proxy import figures
+from haproxy_py.cluster.agent_config import GarpSettings
+
+MAC = bytes.fromhex("02aabbccddee")
+
+
+def test_request_and_reply_frames() -> None:
+    request = arp_frame(MAC, "198.18.0.10", reply=False)
+    assert len(request) == 42
+    assert request[:6] == b"\xff" * 6 and request[6:12] == MAC  # broadcast, from us
+    assert request[12:14] == b"\x08\x06"
+    assert request[14:20] == b"\x00\x01\x08\x00\x06\x04"  # Ethernet/IPv4, 6/4 byte addresses
+    assert request[32:38] == b"\x00" * 6  # RFC 5227: target hardware address zero
+    assert parse_arp(request) == (ARP_REQUEST, MAC, "198.18.0.10", "198.18.0.10")
+    reply = arp_frame(MAC, "198.18.0.10", reply=True)
+    assert reply[32:38] == MAC  # as `arping -A` sends it
+    assert parse_arp(reply) == (ARP_REPLY, MAC, "198.18.0.10", "198.18.0.10")
+
+
+def test_parse_rejects_what_is_not_arp() -> None:
+    assert parse_arp(b"\x00" * 41) is None
+    ipv4 = bytearray(arp_frame(MAC, "198.18.0.10", reply=False))
+    ipv4[12:14] = b"\x08\x00"
+    assert parse_arp(bytes(ipv4)) is None
+
+
+def test_schedule_bursts_then_refreshes_alternating_forms() -> None:
+    settings = GarpSettings(count=3, spacing=0.02, second_burst=2.0, refresh=10.0)
+    steps = list(itertools.islice(schedule(settings), 10))
+    times = list(itertools.accumulate(wait for wait, _ in steps))
+    assert [round(t, 3) for t in times] == [
+        0,
+        0.02,
+        0.04,
+        2.0,
+        2.02,
+        2.04,
+        12.04,
+        12.06,
+        22.06,
+        22.08,
+    ]
+    forms = [reply for _, reply in steps]
+    assert forms == [False, True] * 5  # request, reply, request, ...
+
+
+def test_schedule_with_a_long_burst_never_waits_negative() -> None:
+    settings = GarpSettings(count=5, spacing=1.0, second_burst=2.0, refresh=10.0)
+    assert all(wait >= 0 for wait, _ in itertools.islice(schedule(settings), 20))
+
+
+def test_status_figures_from_the_proxy_admin_api() -> None:
+    status = {
+        "listeners": [{"name": "a", "connections": 4}, {"name": "b", "connections": 1}],
+        "backends": {
+            "app": {"servers": [{"state": "up"}, {"state": "down"}]},
+            "api": {"servers": [{"state": "up"}]},
+        },
+    }
+    assert figures(status) == (2, 3, 5)
+    assert figures({"listeners": "x", "backends": []}) == (None, None, None)
+    assert figures(None) == (None, None, None)
+
+
+def test_capabilities_read_from_proc_status() -> None:
+    everything = "Name:\tx\nCapEff:\t000001ffffffffff\n"
+    assert missing_capabilities(everything) == []
+    only_net_admin = f"CapEff:\t{1 << 12:016x}\n"
+    assert missing_capabilities(only_net_admin) == ["CAP_NET_RAW"]
+    assert missing_capabilities("CapEff:\t0000000000000000\n") == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
