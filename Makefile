@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client nginx-light haproxy \
-                keepalived chromium
+                keepalived chromium \
+                systemd-container debootstrap openssh-client dpkg-dev ruby vagrant
 STAMP := $(VENV)/.installed
 
 .PHONY: deps venv test lint unit demo demo-down bench bench-failover clean
@@ -34,10 +35,40 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 demo: deps
-	$(VENV)/bin/python -m haproxy_py.demo
+	$(VENV)/bin/python -m haproxy_py.lab.tour
 
 demo-down: venv
 	-$(VENV)/bin/hactl lab down
 
+# The proxy benchmark (bench/README.md): nginx, haproxy, and a Go load generator and echo
+# backend built from Debian's Go and gorilla/websocket packages. BENCH_ARGS passes options.
+BENCH_APT := nginx-light haproxy golang-go golang-github-gorilla-websocket-dev
+bench: venv
+	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v go >/dev/null \
+	  && test -d /usr/share/gocode/src/github.com/gorilla/websocket \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	       -o DPkg::Lock::Timeout=600 $(BENCH_APT); }
+	cd bench/go && for tool in echo loadgen; do \
+	  GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off GOFLAGS= GOCACHE=$(CURDIR)/bench/bin/.go-cache \
+	    go build -o ../bin/$$tool ./$$tool || exit 1; done
+	$(PY) -m bench $(BENCH_ARGS)
+
+# The failover benchmark (bench/failover, root): haproxy-py's cluster against keepalived in the
+# lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000 WebSocket clients; writes
+# bench/results/failover.{json,md}. FAILOVER_ARGS passes more options (python -m bench.failover -h).
+REPEATS ?= 20
+WS_REPEATS ?= 2
+bench-failover: deps
+	command -v keepalived >/dev/null && command -v curl >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	       -o DPkg::Lock::Timeout=600 keepalived curl; }
+	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# WebSocket conformance: every Autobahn case (kosoku), direct to an echo backend and through
+# the proxy; fails if the proxy fails a case the backend passes. CONFORMANCE_ARGS passes options.
+.PHONY: conformance
+conformance: venv
+	$(PY) -m tests.conformance.run --json build/conformance.json $(CONFORMANCE_ARGS)

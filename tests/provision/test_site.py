@@ -1,0 +1,373 @@
+"""ansible/site.yml takes bare Debian hosts to a working cluster: for real, over ssh.
+
+Three systemd-nspawn containers (real systemd as PID 1) are the etcd members
+and proxy nodes, a fourth runs the demo backends. The playbook installs
+everything from a local apt repo and a wheelhouse served on the bridge, then
+the checks run from the host, as an operator would: every unit active, etcd
+healthy over TLS, `hactl status` with the operator certificate the playbook
+made, a client through the VIP, `hactl failover`, and a second run that
+changes nothing. Everything is torn down afterwards, also on failure; the
+logs (both playbook runs with time stamps, each machine's journal and console,
+the timings) are kept in tests/artifacts/provision/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from haproxy_py.lab import netns
+from tests.provision import rootfs
+from tests.provision.ansible_run import PlaybookRun, run_playbook, write_inventory
+from tests.provision.machines import PREFIX, REPO_MOUNT, Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
+
+PROXIES = ["node1", "node2", "node3"]
+APP = ["app1"]
+DAEMONS = ["haproxy-py", "ha-agent", "ha-controller"]
+CLUSTER = "prov"
+VIP_OFFSET = 99  # the VIP is the 100th address of the lab subnet, e.g. 198.18.200.100
+SETTLE_TIMEOUT = 90.0
+HACTL = Path(sys.executable).parent / "hactl"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "provision"
+T = TypeVar("T")
+
+
+@dataclass
+class Deployed:
+    lab: Lab
+    inventory: Path
+    extra_vars: dict[str, Any]
+    work: Path
+    vip: str
+    first: PlaybookRun
+    timings: dict[str, float] = field(default_factory=dict)
+    last_status: dict[str, Any] | None = None
+
+    @property
+    def pki(self) -> Path:
+        return Path(str(self.extra_vars["certs_dir"]))
+
+
+def eventually(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = SETTLE_TIMEOUT,
+    detail: Callable[[], object] = lambda: "",
+) -> T:
+    """Poll `probe` until it returns a value (not None); fail naming `what` and the last error."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+            value, last = None, exc
+        if value is not None:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within {timeout:.0f} s (last error: {last!r}) {detail()}")
+
+
+def _free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(address: str, port: int) -> None:
+    def probe() -> bool | None:
+        with socket.create_connection((address, port), timeout=2):
+            return True
+
+    eventually(f"wheelhouse on {address}:{port}", probe, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
+    work = tmp_path_factory.mktemp("provision")
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    base = rootfs.base_root()
+    repo = rootfs.apt_repo(base)
+    wheels = rootfs.wheelhouse()
+    wheel = rootfs.project_wheel(work / "dist")
+    timings["inputs (cached root, repo, wheels; fresh project wheel)"] = time.monotonic() - started
+    lab = Lab(work, base, repo, PROXIES + APP)
+    try:
+        started = time.monotonic()
+        lab.up()
+        timings["network + 4 containers booted"] = time.monotonic() - started
+        port = _free_port(lab.gateway)
+        lab.plumbing.spawn(
+            None,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(port),
+                "--bind",
+                lab.gateway,
+                "--directory",
+                str(wheels),
+            ],
+            label="wheelhouse",
+            log=work / "wheelhouse.log",
+        )
+        _wait_listening(lab.gateway, port)
+        vip = lab.address(VIP_OFFSET)
+        extra_vars: dict[str, Any] = {
+            "apt_source_line": f"deb [trusted=yes] file:{REPO_MOUNT} ./",
+            "apt_source_exclusive": True,
+            "haproxy_py_wheel": str(wheel),
+            "haproxy_py_pip_no_index": True,
+            "haproxy_py_pip_find_links": f"http://{lab.gateway}:{port}/",
+            "haproxy_py_pip_trusted_host": lab.gateway,
+            "cluster_name": CLUSTER,
+            "cluster_vips": [vip],
+            "cluster_interface": "eth0",
+            "certs_dir": str(work / "pki"),
+            "certs_hactl": str(HACTL),
+        }
+        inventory = write_inventory(lab, work / "inventory.ini", proxies=PROXIES, app=APP)
+        first = run_playbook(inventory, extra_vars, work, "first-run")
+        timings["first playbook run"] = first.seconds
+        yield Deployed(lab, inventory, extra_vars, work, vip, first, timings)
+    finally:
+        _save_journals(lab, work)
+        started = time.monotonic()
+        lab.down()
+        timings["teardown"] = time.monotonic() - started
+        (work / "timings.json").write_text(json.dumps(timings, indent=1))
+        print("\nprovisioning test timings (s):", json.dumps(timings, indent=1))
+        _keep_logs(work)
+    left = netns.leftovers(PREFIX)
+    assert not left, f"teardown left {left}"
+
+
+def _keep_logs(work: Path) -> None:
+    """Copy the logs (never the keys) to tests/artifacts/provision/, which outlives pytest's tmp."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.iterdir():
+        old.unlink()
+    for path in [*work.glob("*.log"), work / "timings.json", work / "inventory.ini"]:
+        if path.is_file():
+            shutil.copy(path, ARTIFACTS / path.name)
+
+
+def _save_journals(lab: Lab, work: Path) -> None:
+    """Keep each machine's journal next to the playbook logs: the first thing to read on failure."""
+    for machine in lab.machines:
+        if machine.proc is None or not lab.plumbing.alive(machine.proc):
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = lab.ssh(machine, "journalctl --no-pager -o short-precise -n 2000", check=False)
+            (work / f"journal-{machine.name}.log").write_text(done.stdout + done.stderr)
+
+
+def hactl(d: Deployed, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(HACTL), "--config", str(d.pki / "hactl.toml"), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def status(d: Deployed) -> dict[str, Any]:
+    done = hactl(d, "status", "-o", "json")
+    if done.returncode != 0:
+        raise ValueError(f"hactl status exit {done.returncode}: {done.stderr.strip()}")
+    return dict(json.loads(done.stdout))
+
+
+def vip_owner(d: Deployed) -> str | None:
+    """The node holding the VIP, once the cluster is healthy and the assignment settled."""
+    doc = status(d)
+    d.last_status = doc
+    vips = [v for v in doc["vips"] if v["address"] == d.vip]
+    healthy = [n["name"] for n in doc["nodes"] if n["healthy"]]
+    if len(healthy) != len(PROXIES) or not vips or vips[0]["state"] != "assigned":
+        return None
+    owner = vips[0]["owner"]
+    return str(owner) if owner else None
+
+
+def through_vip(d: Deployed) -> str | None:
+    with urllib.request.urlopen(f"http://{d.vip}/", timeout=5) as response:
+        body = response.read().decode()
+    return body if response.status == 200 else None
+
+
+def test_first_run_provisions_every_host(deployed: Deployed) -> None:
+    run = deployed.first
+    assert run.returncode == 0, run.explain()
+    assert set(run.recap) >= set(PROXIES + APP), run.explain()
+    assert all(r.failed == 0 and r.unreachable == 0 for r in run.recap.values()), run.explain()
+
+
+def test_every_unit_is_active(deployed: Deployed) -> None:
+    units = {name: ["etcd", *DAEMONS] for name in PROXIES}
+    units.update({name: ["haproxy-py-demo@8081", "haproxy-py-demo@8082"] for name in APP})
+    for name, wanted in units.items():
+        machine = deployed.lab.machine(name)
+
+        def active(machine: Any = machine, wanted: list[str] = wanted) -> bool | None:
+            done = deployed.lab.ssh(machine, "systemctl is-active " + " ".join(wanted), check=False)
+            return True if done.stdout.split() == ["active"] * len(wanted) else None
+
+        eventually(f"{name}: units {wanted} active", active)
+        enabled = deployed.lab.ssh(machine, "systemctl is-enabled " + " ".join(wanted), check=False)
+        assert enabled.stdout.split() == ["enabled"] * len(wanted), enabled.stdout
+
+
+def test_kernel_setting_for_vip_listeners_is_installed(deployed: Deployed) -> None:
+    for name in PROXIES:
+        done = deployed.lab.ssh(deployed.lab.machine(name), "cat /etc/sysctl.d/60-haproxy-py.conf")
+        assert "net.ipv4.ip_nonlocal_bind = 1" in done.stdout
+
+
+def test_etcd_has_three_healthy_members_over_tls(deployed: Deployed) -> None:
+    pki = deployed.pki
+    endpoints = ",".join(f"https://{deployed.lab.machine(n).address}:2379" for n in PROXIES)
+    tls = [
+        f"--cacert={pki / 'ca.crt'}",
+        f"--cert={pki / 'operator.crt'}",
+        f"--key={pki / 'operator.key'}",
+    ]
+    env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+
+    def etcdctl(*args: str) -> Any:
+        argv = ["etcdctl", f"--endpoints={endpoints}", *tls, "-w", "json", *args]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env=env, check=False
+        )
+        if done.returncode != 0:
+            raise ValueError(done.stderr.strip())
+        return json.loads(done.stdout)
+
+    members = etcdctl("member", "list")["members"]
+    assert sorted(m["name"] for m in members) == PROXIES
+    assert all(url.startswith("https://") for m in members for url in m["peerURLs"])
+    health = etcdctl("endpoint", "health")
+    assert len(health) == 3 and all(h["health"] for h in health), health
+
+    # Without a client certificate the members refuse the client.
+    plain = subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints={endpoints}",
+            f"--cacert={pki / 'ca.crt'}",
+            "--command-timeout=5s",
+            "get",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert plain.returncode != 0
+
+
+def test_hactl_status_shows_a_healthy_cluster_with_the_vip_held(deployed: Deployed) -> None:
+    owner = eventually(
+        "the VIP assigned with all nodes healthy",
+        lambda: vip_owner(deployed),
+        detail=lambda: deployed.last_status,
+    )
+    assert owner in PROXIES
+    doc = status(deployed)
+    assert doc["cluster"] == CLUSTER
+    assert doc["controller"], doc
+    assert sorted(n["name"] for n in doc["nodes"]) == PROXIES
+    holders = [n["name"] for n in doc["nodes"] if deployed.vip in n["vips"]]
+    assert holders == [owner], doc
+    # The kernel agrees: exactly one node has the address.
+    having = [
+        name
+        for name in PROXIES
+        if f" {deployed.vip}/"
+        in deployed.lab.ssh(deployed.lab.machine(name), "ip -4 -o addr show").stdout
+    ]
+    assert having == [owner]
+
+
+def test_a_client_reaches_a_backend_through_the_vip(deployed: Deployed) -> None:
+    body = eventually(f"an answer from http://{deployed.vip}/", lambda: through_vip(deployed))
+    assert body.startswith("demo backend app1:"), body
+
+
+def test_hactl_failover_moves_the_vip(deployed: Deployed) -> None:
+    before = eventually(
+        "the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status
+    )
+    done = hactl(deployed, "failover", "--yes")
+    assert done.returncode == 0, done.stderr + done.stdout
+    after = eventually(
+        "the VIP on another node",
+        lambda: o if (o := vip_owner(deployed)) not in (None, before) else None,
+    )
+    assert after in PROXIES
+    body = eventually(
+        f"an answer from http://{deployed.vip}/ after failover", lambda: through_vip(deployed)
+    )
+    assert body.startswith("demo backend app1:")
+
+
+def _standby(d: Deployed) -> str:
+    owner = eventually("the VIP assigned", lambda: vip_owner(d), detail=lambda: d.last_status)
+    return next(name for name in PROXIES if name != owner)
+
+
+def test_systemd_restarts_a_killed_daemon(deployed: Deployed) -> None:
+    machine = deployed.lab.machine(_standby(deployed))
+    for unit in DAEMONS:
+        deployed.lab.ssh(machine, f"kill -KILL $(systemctl show --property=MainPID --value {unit})")
+
+        def restarted(unit: str = unit) -> bool | None:
+            show = f"systemctl show --property=ActiveState,NRestarts {unit}"
+            props = dict(
+                line.split("=", 1) for line in deployed.lab.ssh(machine, show).stdout.split()
+            )
+            return True if props["ActiveState"] == "active" and int(props["NRestarts"]) else None
+
+        eventually(f"{machine.name}: {unit} restarted after SIGKILL", restarted)
+    eventually("the cluster healthy again", lambda: vip_owner(deployed))
+
+
+def test_a_rebooted_node_comes_back_with_every_unit(deployed: Deployed) -> None:
+    machine = deployed.lab.machine(_standby(deployed))
+    deployed.lab.reboot(machine)
+    units = ["etcd", *DAEMONS]
+
+    def active() -> bool | None:
+        done = deployed.lab.ssh(machine, "systemctl is-active " + " ".join(units), check=False)
+        return True if done.stdout.split() == ["active"] * len(units) else None
+
+    eventually(f"{machine.name}: {units} active after a reboot", active)
+    eventually(
+        "all three nodes healthy again",
+        lambda: vip_owner(deployed),
+        detail=lambda: deployed.last_status,
+    )
+
+
+def test_second_run_changes_nothing(deployed: Deployed) -> None:
+    second = run_playbook(deployed.inventory, deployed.extra_vars, deployed.work, "second-run")
+    deployed.timings["second playbook run"] = second.seconds
+    assert second.returncode == 0, second.explain()
+    changed = {host: r.changed for host, r in second.recap.items() if r.changed}
+    assert not changed, f"changed on the second run: {changed}\n{second.explain()}"
+    assert set(second.recap) >= set(PROXIES + APP)
