@@ -127,7 +127,8 @@ def _file(table: Table, key: str) -> Path | None:
         return None
     path = Path(value)
     if not path.is_absolute():
-        path = Path(table.file).parent / path
+        # Absolute, so that a path read once is never re-anchored by a second parse.
+        path = (Path(table.file).parent / path).absolute()
     if not path.is_file():
         table.fail(key, f"{path}: no such file")
     if not os.access(path, os.R_OK):

@@ -51,6 +51,21 @@ class TestResolve:
         assert connection.etcd.cert == certs / "alice.crt"
         assert connection.source == str(path)
 
+    def test_relative_config_path_from_another_directory(
+        self, tmp_path: Path, certs: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`--config pki/hactl.toml` run from the file's grandparent finds pki/ca.crt once."""
+        _context(
+            certs,
+            '[etcd]\nendpoints = ["127.0.0.1:4001"]\n'
+            'cacert = "ca.crt"\ncert = "alice.crt"\nkey = "alice.key"\n',
+            name="hactl.toml",
+        )
+        monkeypatch.chdir(tmp_path)
+        connection = resolve(Options(config="pki/hactl.toml", etcd="127.0.0.1:4002"), environ={})
+        assert connection.etcd.cacert == certs / "ca.crt"
+        assert connection.etcd.key == certs / "alice.key"
+
     def test_options_override_the_file(self, tmp_path: Path, certs: Path) -> None:
         """An option replaces the file's setting and keeps the rest of the file."""
         path = _context(
