@@ -7,13 +7,19 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test lint unit demo demo-down bench bench-failover clean
+.PHONY: deps apt venv test lint unit demo demo-down bench bench-failover clean
 
-deps: /usr/bin/etcd venv
+deps: apt venv
 
-/usr/bin/etcd:
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+# Installs only what is missing, so a machine that has some of the packages still gets the rest.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends -o DPkg::Lock::Timeout=600 $$missing; \
+	fi
 
 venv: $(STAMP)
 
