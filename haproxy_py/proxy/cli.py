@@ -1,7 +1,8 @@
 """`haproxy-py run --config FILE` and `haproxy-py check-config FILE`.
 
-`check` is the one place that validates a whole node config file for the
-proxy; Ansible's `validate:` runs `check-config` on every template it writes.
+`check` validates what the proxy reads; `check-config` validates every
+section of a node's file as each daemon would read it, so Ansible's
+`validate:` catches an agent or controller mistake before it is installed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 import click
 import structlog
 
-from haproxy_py.cluster.config import parse_node
+from haproxy_py.cluster.agent_config import parse_agent
+from haproxy_py.cluster.config import (
+    parse_cluster,
+    parse_controller,
+    parse_etcd,
+    parse_logging,
+    parse_node,
+)
 from haproxy_py.configfile import ConfigError, Table, load
 from haproxy_py.logging import configure
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
@@ -28,6 +36,18 @@ def check(doc: Table) -> tuple[str, ProxyConfig]:
     """Validate every section the proxy node reads; returns (node name, proxy config)."""
     node = parse_node(doc)
     return node.name, parse_proxy(doc)
+
+
+def check_node_file(doc: Table) -> None:
+    """Every section of a node's file, as the proxy, the agent and the controller read them."""
+    check(doc)
+    parse_cluster(doc)
+    parse_logging(doc)
+    etcd = parse_etcd(doc)
+    if "controller" in doc.data:
+        parse_controller(doc, etcd)
+    if "agent" in doc.data:
+        parse_agent(doc)
 
 
 def _use_uvloop() -> bool:
@@ -96,7 +116,7 @@ def main() -> None:
 def check_config(file: Path) -> None:
     """Validate FILE; exit 0 if it is usable, else 1 with the problem."""
     try:
-        check(load(file))
+        check_node_file(load(file))
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)

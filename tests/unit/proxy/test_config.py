@@ -153,6 +153,26 @@ class TestCheckConfig:
         assert result.exit_code == 1
         assert "node.name" in result.output
 
+    @pytest.mark.parametrize(
+        ("section", "expected"),
+        [
+            ('[agent]\nlease_ttl = "2s"\n', "agent.lease_ttl: expected an integer"),
+            ("[controller]\nlease_ttl = 0\n", "controller.lease_ttl"),
+            ('[cluster]\nmode = "hot-hot"\n', "cluster.mode"),
+            ("[etcd]\nendpoints = [2379]\n", "etcd.endpoints"),
+            ('[logging]\nlevel = "loud"\n', "logging.level"),
+        ],
+    )
+    def test_every_daemon_section_is_checked(
+        self, tmp_path: Path, section: str, expected: str
+    ) -> None:
+        """One check covers the whole node file: the agent's and controller's sections too."""
+        path = tmp_path / "node.toml"
+        path.write_text(MINIMAL + section)
+        result = CliRunner().invoke(main, ["check-config", str(path)])
+        assert result.exit_code == 1
+        assert expected in result.output
+
 
 def test_parse_error_is_config_error() -> None:
     with pytest.raises(ConfigError, match=r"node\.toml: listeners: missing"):
