@@ -30,6 +30,19 @@ _MAX_HEADER = 16 + 0xFFFF
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
+def trusted(peer: str, networks: Networks) -> bool:
+    """Whether `peer` may send a PROXY header (no networks: anyone may).
+
+    A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`; they match IPv4 networks.
+    """
+    if not networks:
+        return True
+    address = ipaddress.ip_address(peer)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -78,14 +91,14 @@ class HeaderFirstServer:
         factory: Callable[[proxyproto.ProxyHeader], asyncio.Protocol],
         context: ssl.SSLContext,
         timeout: Callable[[], float],
-        trusted: Callable[[], Networks],
+        networks: Callable[[], Networks],
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.sock = sock
         self.factory = factory
         self.context = context
         self.timeout = timeout  # read at each connection: a reload may change it
-        self.trusted = trusted
+        self.networks = networks  # the listener's trusted_proxies, read at each connection
         self.sockets = [sock]
         self._pending: set[asyncio.Task[Any]] = set()
         sock.listen(1024)
@@ -105,8 +118,7 @@ class HeaderFirstServer:
 
     async def _serve(self, conn: socket.socket, peer: str) -> None:
         conn.setblocking(False)
-        trusted = self.trusted()
-        if trusted and not any(ipaddress.ip_address(peer) in n for n in trusted):
+        if not trusted(peer, self.networks()):
             self._drop(conn, peer, "PROXY header not accepted from this address (trusted_proxies)")
             return
         limit = self.timeout() or None

@@ -22,7 +22,6 @@ parser callbacks travel as `Reject` so the parser stops at once.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -37,6 +36,7 @@ from httptools import (
 )
 
 from haproxy_py.proxy import proxyproto
+from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.headers import (
     Headers,
@@ -151,8 +151,7 @@ class ClientConnection(asyncio.Protocol):
         if self.preread is not None:
             self._use_proxy_header(self.preread)
         elif listener.config.proxy_protocol:
-            trusted = listener.config.trusted_proxies
-            if trusted and not any(ipaddress.ip_address(self.client_ip) in n for n in trusted):
+            if not trusted(self.client_ip, listener.config.trusted_proxies):
                 self._drop("PROXY header not accepted from this address (trusted_proxies)")
                 return
             self.proxy_header = b""

@@ -145,7 +145,7 @@ class ProxyServer:
                 lambda header: ClientConnection(self, listener, preread=header),
                 listener.tls.context,
                 timeout=lambda: self.runtime.timeouts.client_header,
-                trusted=lambda: listener.config.trusted_proxies,
+                networks=lambda: listener.config.trusted_proxies,
             )
             return
         listener.server = await self.loop.create_server(

@@ -1,0 +1,147 @@
+"""Drain: POST /drain, /undrain and SIGTERM; WebSockets get 1001 at a frame boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from haproxy_py.proxy.server import ProxyServer
+from tests.integration.hardening.test_limits import no_leak, open_raw
+from tests.integration.proxy.support import Backend, admin_url, poll_until, proxy_config, url
+from tests.integration.proxy.test_cli import CONFIG, read_event, start
+
+
+async def healthz(session: aiohttp.ClientSession, server: ProxyServer) -> int:
+    async with session.get(admin_url(server, "/healthz")) as response:
+        return response.status
+
+
+async def test_post_drain_closes_websockets_with_1001_and_undrain_serves_again(
+    backends, proxy, session
+) -> None:
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    sockets = [await session.ws_connect(url(server, "/ws")) for _ in range(3)]
+    async with session.get(url(server, "/gated")) as in_flight:
+        assert await in_flight.content.readexactly(6) == b"first;"
+        async with session.post(admin_url(server, "/drain")) as answer:
+            assert answer.status == 202
+        for ws in sockets:
+            msg = await ws.receive(timeout=30)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+            await ws.close()
+        await poll_until(lambda: len(b.ws_close_codes) == 3, "backend saw the closes")
+        assert b.ws_close_codes == [1001, 1001, 1001]
+        assert await healthz(session, server) == 503
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with session.get(url(server, "/new")) as refused:
+                await refused.read()
+        b.gate.set()  # the HTTP request in flight still completes
+        assert await in_flight.content.read() == b"second"
+    address = server.address("web")
+    async with session.post(admin_url(server, "/undrain")) as answer:
+        assert answer.status == 200
+    assert server.address("web") == address
+    assert await healthz(session, server) == 200
+    async with session.get(url(server, "/again")) as again:
+        assert again.status == 200
+    ws = await session.ws_connect(url(server, "/ws"))
+    await ws.send_str("back")
+    assert (await ws.receive(timeout=30)).data == "back"
+    await ws.close()
+
+
+async def test_close_lands_between_frames_of_a_flood(backends, proxy, session) -> None:
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    ws = await session.ws_connect(url(server, "/ws"), max_msg_size=0)
+    await ws.send_str("flood:400")  # 400 x 64 KiB from the backend, in flight while we drain
+    first = await ws.receive(timeout=30)
+    assert first.type == aiohttp.WSMsgType.BINARY
+    drain = asyncio.create_task(server.drain(grace=30))
+    received = 1
+    while True:
+        msg = await ws.receive(timeout=30)
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            break
+        assert len(msg.data) == 65536  # whole messages only: never a cut frame
+        received += 1
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    assert received < 400
+    await ws.close()
+    assert await drain is True
+    await no_leak(server)
+
+
+async def test_drain_timeout_closes_what_does_not_answer(proxy) -> None:
+    """Neither end answers the close (nor closes): the drain timeout ends the session."""
+    backend_got: list[bytes] = []
+
+    async def silent_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n"
+        )
+        backend_got.append(await reader.read(-1))  # reads until the proxy closes
+
+    listening = await asyncio.start_server(silent_backend, "127.0.0.1", 0)
+    try:
+        address = f"127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+        server = await proxy(proxy_config({"app": [address]}, "[proxy.timeouts]\ndrain = 0.5\n"))
+        reader, writer = await open_raw(server)
+        key = base64.b64encode(b"0123456789abcdef")
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+        )
+        async with asyncio.timeout(30):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        await poll_until(lambda: len(server.tunnels) == 1, "tunnel open")
+        assert await server.drain() is False
+        async with asyncio.timeout(30):
+            rest = await reader.read(-1)
+        assert rest == b"\x88\x02\x03\xe9"  # its 1001, then the connection was closed
+        writer.close()
+        await poll_until(lambda: len(backend_got) == 1, "backend connection closed")
+        assert backend_got[0][:2] == b"\x88\x82"  # a masked close with a code
+        await no_leak(server)
+    finally:
+        listening.close()
+        await listening.wait_closed()
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_sigterm_drains_websockets_then_exits(tmp_path: Path) -> None:
+    backend = Backend("term")
+    await backend.start()
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG.format(bind="127.0.0.1:0", server=backend.address))
+    process = await start(config)
+    try:
+        started = await read_event(process, "proxy started")
+        listener = str(started["listeners"]["web"])  # type: ignore[index]
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"http://{listener}/ws")
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=30)).data == "hi"
+            process.send_signal(signal.SIGTERM)
+            msg = await ws.receive(timeout=30)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+            await ws.close()
+        drained = await read_event(process, "drained")
+        assert drained["closed_at_timeout"] == 0
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+        assert backend.ws_close_codes == [1001]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await backend.stop()
