@@ -159,8 +159,11 @@ class ControllerConfig:
     """`[controller]`: election lease, timings and the metrics listener.
 
     A standby takes over at most `lease_ttl` (+ etcd's ~0.5 s expiry check)
-    after the leader dies. `keepalive_interval + 2 * etcd.timeout <= lease_ttl`
-    so that two failed keepalives in a row still leave the lease alive.
+    after the leader dies. The default TTL equals the agents' (2 s), so a
+    node crash that takes the leading controller with it still fails over
+    within the node-loss budget. `keepalive_interval + etcd.timeout <=
+    lease_ttl`, so one slow keepalive never costs the leadership (losing it
+    would only delay decisions: VIPs hang on the nodes' leases, not on this one).
     """
 
     id: str | None
@@ -190,14 +193,14 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
     ident = ctl.string("id", None)
     if ident is not None and (not ident or "/" in ident):
         ctl.fail("id", f"expected a non-empty id without '/', got {ident!r}")
-    ttl = ctl.integer("lease_ttl", 5, min=1)
-    keepalive = ctl.number("keepalive_interval", ttl / 3)
+    ttl = ctl.integer("lease_ttl", 2, min=1)
+    keepalive = ctl.number("keepalive_interval", ttl / 4)
     if keepalive <= 0:
         ctl.fail("keepalive_interval", f"expected seconds > 0, got {keepalive:g}")
-    if keepalive + 2 * etcd.timeout > ttl:
+    if keepalive + etcd.timeout > ttl:
         ctl.fail(
             "keepalive_interval",
-            f"keepalive_interval ({keepalive:g} s) + 2 x etcd.timeout ({etcd.timeout:g} s) "
+            f"keepalive_interval ({keepalive:g} s) + etcd.timeout ({etcd.timeout:g} s) "
             f"must be <= lease_ttl ({ttl} s), or one slow keepalive loses leadership; "
             "lower them or raise lease_ttl",
         )

@@ -103,7 +103,7 @@ class TestConfigErrors:
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert "controller.keepalive_interval_typo: unknown key" in result.stderr
         config.write_text(
-            config.read_text().replace("keepalive_interval = 0.5", "keepalive_interval = 1.5")
+            config.read_text().replace("keepalive_interval = 0.5", "keepalive_interval = 1.75")
         )
         config.write_text(config.read_text().replace("keepalive_interval_typo = 1", ""))
         result = run_cli("--config", str(config))
