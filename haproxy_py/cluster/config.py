@@ -80,7 +80,8 @@ def parse_cluster(doc: Table) -> ClusterConfig:
         name=name,
         mode=mode,
         vips=tuple(str(ipaddress.IPv4Address(vip)) for vip in vips),
-        failback=cluster.boolean("failback", False),
+        # Active-active means spread: a node that (re)joins gets its share back by default.
+        failback=cluster.boolean("failback", mode == "active-active"),
         failback_hold=cluster.number("failback_hold", 30.0, min=0),
     )
 

@@ -11,6 +11,7 @@ from haproxy_py.hactl.certs import certs
 from haproxy_py.hactl.connection import Options
 from haproxy_py.hactl.status import history, status
 from haproxy_py.lab.cli import lab
+from haproxy_py.logging import configure
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,4 +90,7 @@ for command in (status, failover, pause, resume, drain, undrain, history, certs,
 
 
 def main() -> None:
+    # The store logs endpoint switches and retries; a CLI keeps stdout for its output
+    # (scripts parse `-o json`) and shows only errors, on stderr.
+    configure(level="error")
     cli(prog_name="hactl")

@@ -2,9 +2,180 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
+
+from haproxy_py.hactl.errors import HactlError
+from haproxy_py.lab import control
+from haproxy_py.lab.layout import MODES, PROXY_PORT, LayoutError
+from haproxy_py.lab.netns import NetnsError
+from haproxy_py.logging import configure as configure_logging
+
+_ERRORS = (control.LabError, LayoutError, NetnsError)
 
 
 @click.group()
-def lab() -> None:
-    """The whole cluster in network namespaces on this machine (root)."""
+@click.option(
+    "--run-dir",
+    envvar="HAPROXY_PY_LAB_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=control.RUN_DIR,
+    show_default=True,
+    help="Where the lab keeps its state, certificates, configs and logs.",
+)
+@click.pass_context
+def lab(ctx: click.Context, run_dir: Path) -> None:
+    """The whole cluster in network namespaces on this machine (root).
+
+    3 etcd members (mTLS), N proxy nodes (haproxy-py + ha-agent + ha-controller),
+    two demo app backends and a client, on a bridge with 198.18.x.y addresses.
+    """
+    ctx.meta["lab_run_dir"] = run_dir
+    # The lab polls etcd while members come and go; its client's warnings are noise here.
+    configure_logging("error")
+
+
+def _dir() -> Path:
+    run_dir: Path = click.get_current_context().meta["lab_run_dir"]
+    return run_dir
+
+
+def _requirements() -> None:
+    missing = control.missing_requirements()
+    if missing is not None:
+        raise HactlError(missing)
+
+
+def _load() -> control.Lab:
+    _requirements()
+    try:
+        return control.Lab.load(_dir())
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+
+
+@lab.command()
+@click.option("--nodes", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="active-standby", show_default=True)
+@click.option("--vips", type=click.IntRange(1, 16), help="Default: 1, or one per node (a-a).")
+@click.option(
+    "--prefix",
+    default=control.DEFAULT_PREFIX,
+    show_default=True,
+    help="Name prefix of the lab's namespaces and links.",
+)
+def up(nodes: int, mode: str, vips: int | None, prefix: str) -> None:
+    """Build the lab, wait until a VIP answers, and point plain `hactl` at it."""
+    _requirements()
+    try:
+        built = control.Lab.up(
+            run_dir=_dir(), prefix=prefix, nodes=nodes, mode=mode, vips=vips, say=click.echo
+        )
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    status = built.hactl("status")
+    click.echo(status.stdout + status.stderr)
+    layout = built.layout
+    click.echo(f"VIPs {', '.join(layout.vips)}, port {PROXY_PORT}; try from the client namespace:")
+    click.echo(
+        f"  ip netns exec {layout.client.netns} curl -i http://{layout.vips[0]}:{PROXY_PORT}/whoami"
+    )
+    click.echo(f"Chat page from this machine: {layout.host_url}")
+    click.echo("Faults: hactl lab kill|stop-proxy|partition|heal|restart NODE; hactl lab down")
+
+
+@lab.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def status(output: str) -> None:
+    """Show the lab's layout: namespaces, addresses, VIPs, etcd and the host URL."""
+    try:
+        layout = control.Lab.load(_dir()).layout
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    doc = layout.status_json()
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"lab {layout.mode}, subnet {layout.subnet}, run dir {_dir()}")
+    for m in (*layout.nodes, *layout.etcd, *layout.apps, layout.client):
+        click.echo(f"  {m.name:<8} {m.address:<15} netns {m.netns}")
+    click.echo(f"  VIPs     {', '.join(layout.vips)} (port {PROXY_PORT})")
+    click.echo(f"  host URL {layout.host_url}")
+
+
+@lab.command()
+@click.argument("name")
+@click.option(
+    "--only",
+    type=click.Choice(control.NODE_PROCESSES),
+    help="Kill just this process of the node.",
+)
+def kill(name: str, only: str | None) -> None:
+    """SIGKILL everything of a node (or of an etcd member or app: etcd2, app1)."""
+    target = _load()
+    try:
+        killed = target.kill(name, only)
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    click.echo(f"killed {', '.join(killed)}" if killed else f"nothing of {name} was running")
+
+
+@lab.command("stop-proxy")
+@click.argument("node")
+def stop_proxy(node: str) -> None:
+    """SIGKILL only the node's proxy; its agent sees it and gives the VIPs up."""
+    target = _load()
+    try:
+        killed = target.kill(node, "proxy")
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    click.echo(f"killed {', '.join(killed)}" if killed else f"{node}'s proxy was not running")
+
+
+@lab.command()
+@click.argument("node")
+def partition(node: str) -> None:
+    """Cut a node off from etcd and the other nodes (clients still reach it)."""
+    target = _load()
+    try:
+        peers = target.partition(node)
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    click.echo(f"{node} can no longer reach {', '.join(peers)}; `hactl lab heal {node}` undoes it")
+
+
+@lab.command()
+@click.argument("node")
+def heal(node: str) -> None:
+    """Undo `partition`."""
+    target = _load()
+    try:
+        target.heal(node)
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    click.echo(f"{node} reaches etcd and its peers again")
+
+
+@lab.command()
+@click.argument("name")
+def restart(name: str) -> None:
+    """Start again what of a node (etcd member, app) is not running; heal its partition."""
+    target = _load()
+    try:
+        target.restart(name)
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    click.echo(f"{name}: running {', '.join(target.running(name))}")
+
+
+@lab.command()
+def down() -> None:
+    """Remove every namespace, link, process and file of the lab (also after a crash)."""
+    _requirements()
+    try:
+        found = control.down(_dir())
+    except _ERRORS as exc:
+        raise HactlError(str(exc)) from None
+    click.echo("lab removed" if found else f"no lab found in {_dir()}; nothing to remove")

@@ -86,6 +86,12 @@ def free_subnet(preferred: int = 0) -> ipaddress.IPv4Network:
     raise NetnsError(f"no free /24 left in {LAB_RANGE} on this host")
 
 
+def check_prefix(prefix: str) -> None:
+    """Prefixes are short (interface names have 15 characters) and safe in a command line."""
+    if not prefix or len(prefix) > 8 or not all(c.isalnum() or c == "-" for c in prefix):
+        raise NetnsError(f"prefix must be 1-8 letters, digits or '-', got {prefix!r}")
+
+
 def _start_time(pid: int) -> int | None:
     """The process's start time in clock ticks (guards against killing a recycled PID)."""
     try:
@@ -144,8 +150,7 @@ class Plumbing:
     """Builds bridge, namespaces, veths and processes under one prefix, recording each step."""
 
     def __init__(self, prefix: str, state_file: Path) -> None:
-        if not prefix or len(prefix) > 8 or not all(c.isalnum() or c == "-" for c in prefix):
-            raise NetnsError(f"prefix must be 1-8 letters, digits or '-', got {prefix!r}")
+        check_prefix(prefix)
         self.prefix = prefix
         self.state_file = state_file
         self.state = State.load(state_file) if state_file.exists() else State(prefix)
@@ -189,13 +194,6 @@ class Plumbing:
         ip("link", "set", "eth0", "up", netns=netns)
         return Host(name=name, netns=netns, address=iface, link=link)
 
-    def sysctl(self, netns: str, key: str, value: str) -> None:
-        """Set a per-namespace sysctl (e.g. net.ipv4.ip_nonlocal_bind)."""
-        argv = ["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{key}={value}"]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise NetnsError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
-
     def spawn(
         self,
         netns: str | None,
@@ -235,19 +233,6 @@ class Plumbing:
             self._reap(proc)
             self.state.procs = [p for p in self.state.procs if p.pid != proc.pid]
             self._save()
-
-    def stop(self, proc: Proc, timeout: float = 5.0) -> None:
-        """SIGTERM, wait up to `timeout` for the process to exit, then SIGKILL."""
-        _signal(proc, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(proc) and time.monotonic() < deadline:
-            child = self._children.get(proc.pid)
-            if child is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(0.05)
-            else:
-                time.sleep(0.05)
-        self.kill(proc)
 
     def _reap(self, proc: Proc) -> None:
         child = self._children.pop(proc.pid, None)

@@ -28,6 +28,15 @@ class TestCluster:
         assert (cluster.name, cluster.mode, cluster.vips) == ("default", "active-standby", ())
         assert (cluster.failback, cluster.failback_hold) == (False, 30.0)
 
+    def test_active_active_spreads_again_by_default(self, tmp_path: Path) -> None:
+        """In active-active a node that (re)joins gets its share of VIPs back unless told not to."""
+        spread = parse_cluster(doc(tmp_path, '[cluster]\nmode = "active-active"\n'))
+        assert spread.failback
+        pinned = parse_cluster(
+            doc(tmp_path, '[cluster]\nmode = "active-active"\nfailback = false\n')
+        )
+        assert not pinned.failback
+
     def test_full(self, tmp_path: Path) -> None:
         cluster = parse_cluster(
             doc(

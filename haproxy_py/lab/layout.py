@@ -1,0 +1,256 @@
+"""The lab's layout (who lives where) and the files it derives from it (pure, no I/O).
+
+One /24 from 198.18.0.0/15 holds everything, on one bridge:
+
+    .1        the host (bridge address; the host port forwarder reaches the VIPs through it)
+    .11-.13   etcd1..etcd3        .21-.2N  node1..nodeN (proxy + agent + controller)
+    .31, .32  app1, app2          .41      client
+    .100...   the VIPs
+
+Each host is a namespace named `<prefix><name>` (the default prefix is
+`hapy-`). The layout is saved in the lab's run directory so that every later
+`hactl lab ...` command, and `down` after a crash, know what was built.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MODES = ("active-standby", "active-active")
+CLUSTER = "lab"
+PROXY_PORT = 8080  # the proxied HTTP/WebSocket port on the VIPs
+APP_PORT = 8000
+ADMIN_PORT = 9901
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+MAX_NODES = 8
+FAILBACK_HOLD = 3.0  # active-active only
+MAX_VIPS = 16
+
+
+class LayoutError(Exception):
+    """A lab shape that cannot be built (e.g. too many nodes); the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One namespace of the lab: `name` is also the node name the proxy puts in `Via`."""
+
+    name: str
+    netns: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    prefix: str
+    subnet: str
+    mode: str
+    etcd: tuple[Member, ...]
+    nodes: tuple[Member, ...]
+    apps: tuple[Member, ...]
+    client: Member
+    vips: tuple[str, ...]
+    host_address: str
+    host_port: int = 0
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        return (*self.etcd, *self.nodes, *self.apps, self.client)
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in self.etcd]
+
+    @property
+    def host_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.host_port}/" if self.host_port else None
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in (*self.nodes, *self.etcd, *self.apps))
+        raise LayoutError(f"no lab host named {name!r} (known: {known})")
+
+    def node(self, name: str) -> Member:
+        for m in self.nodes:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.nodes)
+        raise LayoutError(f"no lab node named {name!r} (nodes: {known})")
+
+    def status_json(self) -> dict[str, Any]:
+        """The stable `hactl lab status -o json` document."""
+        return {
+            "prefix": self.prefix,
+            "subnet": self.subnet,
+            "mode": self.mode,
+            "nodes": [asdict(m) for m in self.nodes],
+            "etcd_members": [asdict(m) for m in self.etcd],
+            "apps": [asdict(m) for m in self.apps],
+            "client_netns": self.client.netns,
+            "vips": list(self.vips),
+            "port": PROXY_PORT,
+            "etcd": self.etcd_endpoints,
+            "host_url": self.host_url,
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Layout:
+        data = json.loads(path.read_text())
+        for key in ("etcd", "nodes", "apps"):
+            data[key] = tuple(Member(**m) for m in data[key])
+        data["client"] = Member(**data["client"])
+        data["vips"] = tuple(data["vips"])
+        return cls(**data)
+
+
+def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> Layout:
+    """The lab's shape; `vips` defaults to 1 (active-standby) or one per node (active-active)."""
+    if not 1 <= nodes <= MAX_NODES:
+        raise LayoutError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
+    if mode not in MODES:
+        raise LayoutError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    count = vips if vips is not None else (1 if mode == "active-standby" else nodes)
+    if not 1 <= count <= MAX_VIPS:
+        raise LayoutError(f"--vips must be 1 to {MAX_VIPS}, got {count}")
+    net = ipaddress.IPv4Network(subnet)
+    if net.prefixlen != 24:
+        raise LayoutError(f"the lab subnet must be a /24, got {subnet}")
+
+    def member(name: str, host: int) -> Member:
+        return Member(name=name, netns=prefix + name, address=str(net[host]))
+
+    return Layout(
+        prefix=prefix,
+        subnet=str(net),
+        mode=mode,
+        etcd=tuple(member(f"etcd{i}", 10 + i) for i in (1, 2, 3)),
+        nodes=tuple(member(f"node{i}", 20 + i) for i in range(1, nodes + 1)),
+        apps=tuple(member(f"app{i}", 30 + i) for i in (1, 2)),
+        client=member("client", 41),
+        vips=tuple(str(net[100 + i]) for i in range(count)),
+        host_address=str(net[1]),
+    )
+
+
+def _toml(value: object) -> str:
+    """A TOML value for the simple types the lab writes (json's escapes are valid TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def _section(name: str, values: dict[str, object], array: bool = False) -> str:
+    head = f"[[{name}]]" if array else f"[{name}]"
+    return "\n".join([head, *(f"{k} = {_toml(v)}" for k, v in values.items())]) + "\n"
+
+
+def etcd_tls(pki: Path, name: str) -> dict[str, object]:
+    return {
+        "cacert": str(pki / "ca.crt"),
+        "cert": str(pki / f"{name}.crt"),
+        "key": str(pki / f"{name}.key"),
+    }
+
+
+def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
+    """One node's TOML file, read by its haproxy-py, ha-agent and ha-controller."""
+    parts = [
+        "# Written by `hactl lab up`; read by haproxy-py, ha-agent and ha-controller.\n",
+        _section(
+            "node",
+            {"name": node.name, "address": node.address, "interface": "eth0", "priority": priority},
+        ),
+        _section("admin", {"bind": f"127.0.0.1:{ADMIN_PORT}"}),
+        _section("proxy", {"access_log": False}),
+    ]
+    for i, vip in enumerate(layout.vips, 1):
+        parts.append(
+            _section("listeners", {"name": f"vip{i}", "bind": f"{vip}:{PROXY_PORT}"}, True)
+        )
+    parts.append(_section("routes", {"path_prefix": "/", "backend": "app"}, array=True))
+    # By source address, so that one browser's tabs share a backend and so a chat room.
+    parts.append(
+        _section(
+            "backends.app",
+            {
+                "balance": "source_hash",
+                "servers": [f"{a.address}:{APP_PORT}" for a in layout.apps],
+                "health": {"path": "/whoami", "interval": 1.0, "timeout": 0.5},
+            },
+        )
+    )
+    cluster: dict[str, object] = {"name": CLUSTER, "mode": layout.mode, "vips": list(layout.vips)}
+    if layout.mode == "active-active":
+        # Spread the VIPs again once a node is back (and healthy for a few seconds).
+        cluster.update(failback=True, failback_hold=FAILBACK_HOLD)
+    parts.append(_section("cluster", cluster))
+    parts.append(_section("etcd", {"endpoints": layout.etcd_endpoints, **etcd_tls(pki, node.name)}))
+    parts.append(_section("agent", {"proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}"}))
+    parts.append(_section("controller", {"id": node.name, "metrics": ""}))
+    parts.append(_section("logging", {"level": "info", "format": "json"}))
+    return "\n".join(parts)
+
+
+def context_file(layout: Layout, pki: Path) -> str:
+    """The file that points plain `hactl` at the lab."""
+    return "\n".join(
+        [
+            "# Written by `hactl lab up`, removed by `hactl lab down`.\n",
+            _section("cluster", {"name": CLUSTER}),
+            _section("etcd", {"endpoints": layout.etcd_endpoints, **etcd_tls(pki, "hactl")}),
+        ]
+    )
+
+
+def etcd_command(layout: Layout, member: Member, pki: Path, data_dir: Path) -> list[str]:
+    """etcd with mTLS for clients and peers; fast heartbeats (as in the tests) on a quiet bridge."""
+    peer = f"https://{member.address}:{ETCD_PEER_PORT}"
+    client = f"https://{member.address}:{ETCD_CLIENT_PORT}"
+    cluster = ",".join(f"{m.name}=https://{m.address}:{ETCD_PEER_PORT}" for m in layout.etcd)
+    cert, key, ca = pki / f"{member.name}.crt", pki / f"{member.name}.key", pki / "ca.crt"
+    return [
+        "etcd",
+        f"--name={member.name}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={cluster}",
+        "--initial-cluster-state=new",
+        f"--initial-cluster-token=haproxy-py-{layout.prefix}lab",
+        "--heartbeat-interval=50",
+        "--election-timeout=500",
+        f"--cert-file={cert}",
+        f"--key-file={key}",
+        f"--trusted-ca-file={ca}",
+        "--client-cert-auth",
+        f"--peer-cert-file={cert}",
+        f"--peer-key-file={key}",
+        f"--peer-trusted-ca-file={ca}",
+        "--peer-client-cert-auth",
+        "--logger=zap",
+        "--log-level=warn",
+    ]

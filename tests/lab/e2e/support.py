@@ -1,0 +1,192 @@
+"""Shared pieces of the end-to-end lab tests: a lab per test module, settling, fault runs.
+
+Every test lab gets its own prefix (`hl` + random hex) and run directory, so
+it never collides with a lab a user has running (`hapy-`, /run/haproxy-py/lab)
+nor with another test run. Measured gaps are appended to
+tests/artifacts/lab-gaps.jsonl for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from haproxy_py.cluster.records import ClusterView
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.lab import control, netns
+from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
+from haproxy_py.lab.layout import ETCD_CLIENT_PORT, PROXY_PORT
+from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+GAPS = ARTIFACTS / "lab-gaps.jsonl"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` every 50 ms; fail with `what` when it is still false after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def lab_session(tmp: Path, mode: str, name: str, nodes: int = 2) -> Iterator[control.Lab]:
+    """A lab under `tmp` with a fresh prefix; removed afterwards, and proven removed."""
+    prefix = "hl" + secrets.token_hex(2) + "-"
+    run_dir = tmp / "lab"
+    lab = control.Lab.up(run_dir=run_dir, prefix=prefix, nodes=nodes, mode=mode, say=lambda _: None)
+    try:
+        yield lab
+    finally:
+        logs = ARTIFACTS / f"lab-logs-{name}-{mode}"
+        shutil.rmtree(logs, ignore_errors=True)
+        shutil.copytree(lab.paths.logs, logs, dirs_exist_ok=True)
+        control.down(run_dir)
+        assert netns.leftovers(prefix) == []
+        assert not run_dir.exists()
+
+
+def view(lab: control.Lab) -> ClusterView | None:
+    try:
+        return lab.view()
+    except StoreError:
+        return None
+
+
+def settled(lab: control.Lab) -> bool:
+    """Every node healthy, every VIP assigned and answering, and in active-active every node
+    holding a VIP (so that a rebalance cannot move a VIP in the middle of the next fault)."""
+    if not lab.ready():
+        return False
+    current = view(lab)
+    if current is None:
+        return False
+    if lab.layout.mode == "active-active":
+        return all(current.vips_of(n.name) for n in lab.layout.nodes)
+    return True
+
+
+def settle(lab: control.Lab) -> ClusterView:
+    wait_until(lambda: settled(lab), 60, "the lab to settle (all nodes healthy, VIPs answering)")
+    current = view(lab)
+    assert current is not None
+    return current
+
+
+def hactl_json(lab: control.Lab, *args: str) -> Any:
+    done = lab.hactl(*args, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"hactl {args} -o json printed non-JSON:\n{done.stdout}") from None
+
+
+def etcd_leader(lab: control.Lab) -> str:
+    """The name of the etcd member that leads now (from the members' status endpoints)."""
+    pki = lab.paths.pki
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(pki / "hactl.crt", pki / "hactl.key")
+    ids = {}
+    leader = None
+    for m in lab.layout.etcd:
+        url = f"https://{m.address}:{ETCD_CLIENT_PORT}/v3/maintenance/status"
+        request = urllib.request.Request(url, data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                doc = json.loads(response.read())
+        except OSError:
+            continue  # a member that is down leads nobody
+        ids[doc["header"]["member_id"]] = m.name
+        leader = doc["leader"]
+    assert leader in ids, f"no etcd leader among {ids}"
+    return ids[leader]
+
+
+@dataclass
+class FaultRun:
+    """What one fault did: the client's outage, the watcher's record, and timing."""
+
+    outage: Outage
+    watch: Watch
+    attempts: int
+
+
+class Observation:
+    """A probe of one VIP from the client namespace plus the two-owners watcher, running."""
+
+    def __init__(self, lab: control.Lab, vip: str, loop: NetnsLoop) -> None:
+        self.probe = Probe(vip, PROXY_PORT, interval=0.01, timeout=1.0, limit=120)
+        self.loop = loop
+        self.running = loop.submit(self.probe.run())
+        nodes = {n.name: n.netns for n in lab.layout.nodes}
+        self.watcher = TwoOwnersWatcher(nodes, set(lab.layout.vips)).__enter__()
+
+    def answered_by(self, since: float, other_than: str | None) -> bool:
+        """Has a connection opened after `since` been answered by a node other than `other_than`?"""
+        return any(
+            a.start >= since and a.node and a.node != other_than for a in list(self.probe.attempts)
+        )
+
+    def finish(self, fault: float, old_node: str | None) -> FaultRun:
+        self.loop.loop.call_soon_threadsafe(self.probe.stop)
+        attempts = self.running.result(timeout=30)
+        watch = self.watcher.stop()
+        return FaultRun(outage(attempts, fault, old_node), watch, len(attempts))
+
+
+@contextmanager
+def observed(lab: control.Lab, vip: str) -> Iterator[Observation]:
+    """Probe `vip` from the client namespace and watch every node's addresses meanwhile."""
+    with NetnsLoop(lab.layout.client.netns) as loop:
+        observation = Observation(lab, vip, loop)
+        try:
+            yield observation
+        finally:
+            observation.watcher.stop()
+
+
+def absent(watch: Watch, vip: str) -> float:
+    """Seconds `vip` was on no node at all while watched (after it was first seen)."""
+    total, gone_at, seen = 0.0, None, False
+    for at, changed, holders in watch.changes:
+        if changed != vip:
+            continue
+        if holders:
+            if gone_at is not None:
+                total += at - gone_at
+            gone_at, seen = None, True
+        elif seen:
+            gone_at = at
+    return total
+
+
+def record_gap(mode: str, fault: str, run: FaultRun, vip: str, extra: dict[str, Any]) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    row = {
+        "mode": mode,
+        "fault": fault,
+        "client_gap_ms": None if run.outage.gap is None else round(run.outage.gap * 1000, 1),
+        "new_node_after_ms": (
+            None if run.outage.first_new is None else round(run.outage.first_new * 1000, 1)
+        ),
+        "failed_attempts": run.outage.failed,
+        "attempts": run.attempts,
+        "watch_sweeps": run.watch.sweeps,
+        "longest_sweep_ms": round(run.watch.longest_sweep * 1000, 2),
+        "vip_absent_ms": round(absent(run.watch, vip) * 1000, 1),
+        **extra,
+    }
+    with GAPS.open("a") as out:
+        out.write(json.dumps(row) + "\n")
