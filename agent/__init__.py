@@ -9,7 +9,7 @@ kernel address lifetime that runs out before the lease can (see
     daemon   the asyncio loop around it: observers, one actor, one etcd writer
     netlink  VIP addresses with valid/preferred lifetimes (pyroute2)
     garp     gratuitous ARP bursts and refreshes (AF_PACKET)
-    proxy    the local proxy's admin API (/healthz, /status, /drain)
+    proxy    the local proxy's admin API (/healthz, /status, /drain, /drain?address=)
     metrics  /metrics (Prometheus text)
     cli      the entry point and its one-line errors
 
@@ -22,6 +22,10 @@ The `[agent]` section, with its defaults (all times in seconds):
     fence_margin = 0.2          # what is left between the VIP being gone and the lease expiring
     reconcile_interval = 1.0    # full compare of etcd, the kernel and this agent's view
     proxy_admin_url = "http://127.0.0.1:8081"
+    # with an https:// URL (the admin API requires a client certificate), all three:
+    # proxy_admin_cacert = "/etc/haproxy-py/ca.crt"   # the CA of the proxy's certificate
+    # proxy_admin_cert = "/etc/haproxy-py/agent.crt"  # this agent's client certificate
+    # proxy_admin_key = "/etc/haproxy-py/agent.key"
     health_interval = 0.1       # /healthz poll; /status at most once a second
     health_timeout = 0.25
     health_rise = 2             # good polls in a row before the node offers itself

@@ -77,7 +77,11 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
     except OSError as exc:
         addresses.close()
         raise Fatal(f"cannot open a raw socket on {interface} for ARP: {exc.strerror}") from None
-    proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
+    proxy = ProxyClient(
+        settings.agent.proxy_admin_url,
+        settings.agent.health_timeout,
+        settings.agent.proxy_admin_tls,
+    )
     store = Store(etcd, settings.cluster)
     agent = Agent(settings, store, addresses, announcer, proxy)
     loop = asyncio.get_running_loop()

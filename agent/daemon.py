@@ -4,7 +4,10 @@ Observers (lease keepalive, proxy health, the `vips/` watch, a level-triggered
 reconcile timer, a fencing tick) only post closures to one queue; a single
 actor task runs them against the core and executes the actions it returns.
 Netlink and GARP are done by the actor itself (fast, local); etcd writes go to
-a separate writer task, so a frozen etcd can never hold up self-fencing.
+a separate writer task, so a frozen etcd can never hold up self-fencing. Once
+a released VIP's key is deleted, a task of its own asks the proxy to close
+that address's WebSockets with 1001 (`POST /drain?address=`), as soon as the
+VIP's next owner holds it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ TICK = 0.05  # fencing resolution: well below the 0.25 s margin
 STATUS_EVERY = 1.0  # /status is polled (and the node record refreshed) at most this often
 STOP_STEP_LIMIT = 5.0  # removing the addresses and revoking the lease at stop, at most
 SETTLE_LIMIT = 1.0  # for cancelled tasks to finish
+HANDOVER_WAIT = 1.0  # a released VIP's clients are told to go once it has a new owner, or this
+HANDOVER_POLL = 0.005  # how often the VIP's next owner is looked for meanwhile
 
 
 async def _settle(tasks: list[asyncio.Task[None]]) -> None:
@@ -116,6 +121,7 @@ class Agent:
         self._healthy_since: float | None = None
         self._published_figures: tuple[int | None, int | None, int | None] = (None, None, None)
         self._last_publish = 0.0
+        self._client_drains: set[asyncio.Task[None]] = set()
         self.metrics_port: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -157,9 +163,10 @@ class Agent:
             await self._release(observers)
         finally:
             stopped.cancel()
-            for task in tasks:
+            drains = list(self._client_drains)
+            for task in [*tasks, *drains]:
                 task.cancel()
-            await _settle(tasks)
+            await _settle([*tasks, *drains])
             if self._registrar is not None:
                 self._registrar.cancel()
             if runner is not None:
@@ -307,8 +314,66 @@ class Agent:
                 vip=action.vip,
                 reason=action.reason,
             )
+            if deleted:
+                self._drain_clients(action.vip, action.revision)
 
         return write
+
+    # --- the released VIP's clients -----------------------------------------------------------
+
+    def _drain_clients(self, vip: str, released: int) -> None:
+        """The address is gone and the release (of the key at revision `released`)
+        acknowledged: now tell the VIP's clients to go, off the critical path.
+
+        The proxy's 1001 waits (at most HANDOVER_WAIT) until the VIP's next
+        owner says in its node record that it holds the address, which it
+        announces by gratuitous ARP first: a client told earlier would reconnect
+        to an address nobody answers for and wait out a SYN retransmit (1 s).
+        """
+        task = asyncio.create_task(self._drain_after_handover(vip, released), name=f"drain {vip}")
+        self._client_drains.add(task)
+        task.add_done_callback(self._client_drains.discard)
+
+    async def _drain_after_handover(self, vip: str, released: int) -> None:
+        started = time.monotonic()
+        owner = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HANDOVER_WAIT):
+                owner = await self._next_owner(vip, released)
+                if owner != self.core.name:
+                    await self._held_by(owner, vip)
+        if owner == self.core.name:
+            log.info("released VIP came back; its clients stay", vip=vip)
+            return
+        outcome = await self.proxy.drain_address(vip)
+        log.info(
+            "released VIP's clients told to reconnect",
+            vip=vip,
+            new_owner=owner,
+            waited_ms=round((time.monotonic() - started) * 1000, 1),
+            proxy=outcome,
+        )
+
+    async def _next_owner(self, vip: str, released: int) -> str:
+        """The owner of the first assignment of `vip` newer than the released one (polled)."""
+        while True:
+            assignment = self.core.assignments.get(vip)
+            if assignment is not None and assignment.revision > released:
+                return assignment.owner
+            await asyncio.sleep(HANDOVER_POLL)
+
+    async def _held_by(self, node: str, vip: str) -> None:
+        """Poll `nodes/<node>` until it lists `vip` (the caller bounds the time)."""
+        key = self.store.schema.node(node)
+        while True:
+            try:
+                kv = await self.store.get(key)
+            except StoreError:
+                return  # no way to know: tell the clients now rather than later
+            record = None if kv is None else NodeRecord.parse(node, kv.value, kv.lease)
+            if record is not None and vip in record.vips:
+                return
+            await asyncio.sleep(HANDOVER_POLL)
 
     def _publish(self) -> None:
         """Queue one write of `nodes/<name>` built from the state at write time."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from haproxy_py.cluster.agent_config import AdminClientTls
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,26 @@ def figures(obj: Any) -> tuple[int | None, int | None, int | None]:
     return up, total, connections
 
 
-class ProxyClient:
-    """The admin API at `base_url` (e.g. http://127.0.0.1:8081), every call bounded by `timeout`."""
+def client_context(tls: AdminClientTls) -> ssl.SSLContext:
+    """Verify the proxy's certificate against `cacert`, and show ours (the admin API asks)."""
+    context = ssl.create_default_context(cafile=str(tls.cacert))
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
 
-    def __init__(self, base_url: str, timeout: float) -> None:
+
+class ProxyClient:
+    """The admin API at `base_url` (e.g. http://127.0.0.1:8081), every call bounded by `timeout`.
+
+    With `tls` (an https URL) every call presents the agent's client certificate.
+    """
+
+    def __init__(self, base_url: str, timeout: float, tls: AdminClientTls | None = None) -> None:
         self.base_url = base_url
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
-            connector=aiohttp.TCPConnector(limit=2, force_close=False),
+            connector=aiohttp.TCPConnector(
+                limit=2, force_close=False, ssl=True if tls is None else client_context(tls)
+            ),
         )
 
     async def close(self) -> None:
@@ -83,11 +98,22 @@ class ProxyClient:
 
     async def drain(self) -> str:
         """Ask the proxy to drain (POST /drain); returns what happened, never raises."""
+        return await self._post_drain({})
+
+    async def drain_address(self, address: str) -> str:
+        """Ask the proxy to close the WebSockets on one local address with 1001 (never raises)."""
+        return await self._post_drain({"address": address})
+
+    async def _post_drain(self, params: dict[str, str]) -> str:
         try:
-            async with self._session.post(f"{self.base_url}/drain") as response:
+            async with self._session.post(f"{self.base_url}/drain", params=params) as response:
                 if response.status == 404:
                     return "the proxy has no /drain"
-                return f"/drain answered {response.status}"
+                body = _json(await response.read())
+                detail = ""
+                if isinstance(body, dict) and "websockets" in body:
+                    detail = f" ({body['websockets']} WebSockets)"
+                return f"/drain answered {response.status}{detail}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"/drain unreachable: {type(exc).__name__}"
 

@@ -20,8 +20,11 @@ Defaults follow from `lease_ttl` (2 s): `address_lifetime = lease_ttl // 2` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from haproxy_py import pki
+from haproxy_py.cluster.config import _file
 from haproxy_py.configfile import Table
 
 # The kernel deletes expired IPv4 addresses from a timer whose expiry it rounds
@@ -39,6 +42,9 @@ _KEYS = frozenset(
         "fence_margin",
         "reconcile_interval",
         "proxy_admin_url",
+        "proxy_admin_cacert",
+        "proxy_admin_cert",
+        "proxy_admin_key",
         "health_interval",
         "health_timeout",
         "health_rise",
@@ -80,6 +86,15 @@ class GarpSettings:
 
 
 @dataclass(frozen=True)
+class AdminClientTls:
+    """For an https admin API: the CA that signed the proxy's certificate, and ours for it."""
+
+    cacert: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     timing: Timing
     reconcile_interval: float
@@ -92,6 +107,7 @@ class AgentConfig:
     metrics_host: str | None
     metrics_port: int
     vip_prefix_length: int
+    proxy_admin_tls: AdminClientTls | None = None
 
 
 def timing_problem(t: Timing) -> str | None:
@@ -141,6 +157,8 @@ def parse_agent(doc: Table) -> AgentConfig:
             "proxy_admin_url", f"expected an http(s) URL like http://127.0.0.1:8081, got {url!r}"
         )
 
+    admin_tls = _admin_client_tls(agent, parts.scheme == "https")
+
     health_interval = agent.number("health_interval", 0.1, min=0.01)
     health_timeout = agent.number("health_timeout", 0.25, min=0.01)
     garp = GarpSettings(
@@ -165,7 +183,34 @@ def parse_agent(doc: Table) -> AgentConfig:
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         vip_prefix_length=prefix_length,
+        proxy_admin_tls=admin_tls,
     )
+
+
+def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:
+    """An admin API served over TLS always requires a client certificate: all three files."""
+    names = ("proxy_admin_cacert", "proxy_admin_cert", "proxy_admin_key")
+    if not https:
+        for name in names:
+            if name in agent.data:
+                agent.fail(name, "only used with an https:// proxy_admin_url")
+        return None
+    files = []
+    for name in names:
+        path = _file(agent, name)
+        if path is None:
+            agent.fail(
+                name,
+                "missing; an https:// proxy_admin_url needs proxy_admin_cacert (the CA of the "
+                "proxy's certificate) and proxy_admin_cert and proxy_admin_key (this agent's)",
+            )
+        files.append(path)
+    cacert, cert, key = files
+    try:
+        pki.check_client_files(cacert, cert, key)
+    except pki.PkiError as exc:
+        agent.fail("proxy_admin_cert", str(exc))
+    return AdminClientTls(cacert, cert, key)
 
 
 def _parse_bind(table: Table, key: str, default: str) -> tuple[str | None, int]:

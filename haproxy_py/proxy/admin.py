@@ -1,14 +1,22 @@
 """The admin API on its own listener (aiohttp.web): /healthz, /status, /metrics and a status page.
 
+It listens on loopback, or anywhere with TLS that requires a client
+certificate signed by `client_ca` (`[admin] tls = { cert, key, client_ca }`),
+since whoever reaches it can drain the node.
+
 `/healthz` is what the node agent and load balancers probe: 200 only while the
 node serves (not draining) and every backend has a server up, else 503 with
 the reasons in JSON. `POST /drain` puts the node into draining (as SIGTERM
 does, without exiting) and `POST /undrain` returns it to service.
+`POST /drain?address=VIP` drains only the connections that came in on that
+local address (the node agent asks for it once the VIP has left this node):
+the node stays healthy and keeps serving its other addresses.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +25,7 @@ from aiohttp import web
 from haproxy_py import __version__
 from haproxy_py.metrics import CONTENT_TYPE
 from haproxy_py.proxy.stats import STATUS_CLASSES, build_registry
+from haproxy_py.proxy.tls import admin_server_context
 
 if TYPE_CHECKING:
     from haproxy_py.proxy.server import ProxyServer
@@ -40,7 +49,13 @@ class AdminServer:
         admin = self.proxy.runtime.config.admin
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, admin.host, admin.port, reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner,
+            admin.host,
+            admin.port,
+            reuse_address=True,
+            ssl_context=None if admin.tls is None else admin_server_context(admin.tls),
+        )
         await self._site.start()
 
     @property
@@ -115,8 +130,26 @@ class AdminServer:
         }
 
     async def drain(self, request: web.Request) -> web.Response:
-        self.proxy.start_drain()
-        return web.json_response({"status": "draining"}, status=202)
+        raw = request.query.get("address")
+        if raw is None:
+            self.proxy.start_drain()
+            return web.json_response({"status": "draining"}, status=202)
+        try:
+            address = ipaddress.ip_address(raw)
+        except ValueError:
+            reason = f"address: expected an IP address such as 198.18.0.100, got {raw!r}"
+            return web.json_response({"status": "refused", "reason": reason}, status=400)
+        started = self.proxy.drain_address(address)
+        return web.json_response(
+            {
+                "status": "draining address",
+                "address": str(address),
+                "websockets": started.websockets,
+                "connections": started.connections,
+                "can_send": started.can_send,
+            },
+            status=202,
+        )
 
     async def undrain(self, request: web.Request) -> web.Response:
         try:

@@ -12,15 +12,25 @@ import ipaddress
 from dataclasses import dataclass
 
 from haproxy_py.configfile import Table
-from haproxy_py.proxy.tls import BackendTls, ListenerTls, parse_backend_tls, parse_listener_tls
+from haproxy_py.proxy.tls import (
+    AdminTls,
+    BackendTls,
+    ListenerTls,
+    parse_admin_tls,
+    parse_backend_tls,
+    parse_listener_tls,
+)
 
 BALANCE_ALGORITHMS = ("least_conn", "round_robin", "source_hash", "header_hash")
 
 
 @dataclass(frozen=True)
 class AdminConfig:
+    """Loopback, or TLS that requires a client certificate (`tls`): the API can drain the node."""
+
     host: str
     port: int
+    tls: AdminTls | None = None
 
 
 @dataclass(frozen=True)
@@ -176,10 +186,27 @@ def parse_settings(doc: Table) -> ProxySettings:
 
 def parse_admin(doc: Table) -> AdminConfig:
     admin = doc.table("admin", {})
-    admin.reject_unknown({"bind"})
+    admin.reject_unknown({"bind", "tls"})
     bind = admin.string("bind", "127.0.0.1:9901")
     host, port = parse_address(admin, "bind", bind)
-    return AdminConfig(host=host, port=port)
+    tls = parse_admin_tls(admin)
+    if tls is None and not is_loopback(host):
+        admin.fail(
+            "bind",
+            f"{bind} is not a loopback address, and whoever reaches the admin API can drain "
+            "this node: bind it to 127.0.0.1, or require client certificates with "
+            'tls = { cert = "...", key = "...", client_ca = "..." }',
+        )
+    return AdminConfig(host=host, port=port, tls=tls)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: where it points may change
 
 
 def parse_listeners(doc: Table, settings: ProxySettings) -> tuple[ListenerConfig, ...]:

@@ -11,11 +11,14 @@ In-process use (tests, embedding):
 `drain()` is the graceful stop (SIGTERM, `POST /drain`): it stops accepting,
 sends every WebSocket a `1001 Going Away` at a frame boundary so clients
 reconnect elsewhere at once, lets HTTP exchanges finish, and after the drain
-timeout closes what is left; `undrain()` listens again. `reload()` (SIGHUP)
-swaps in a new config: `runtime` is the config-derived state, built anew and
-assigned, so new requests use it while those in flight finish on the old one;
-listeners whose address is unchanged keep their socket (and take new
-certificates), so no established connection is dropped.
+timeout closes what is left; `undrain()` listens again. `drain_address()`
+(`POST /drain?address=VIP`) does the same to the connections that came in on
+one local address only, when a VIP has moved to another node: the node keeps
+serving, its listeners stay open. `reload()` (SIGHUP) swaps in a new config:
+`runtime` is the config-derived state, built anew and assigned, so new
+requests use it while those in flight finish on the old one; listeners whose
+address is unchanged keep their socket (and take new certificates), so no
+established connection is dropped.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import socket
 import time
+from dataclasses import dataclass
 
 import structlog
 
@@ -40,6 +45,10 @@ from haproxy_py.proxy.tls import ServerTls
 log = structlog.get_logger(__name__)
 
 _IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; lets us bind a VIP before it arrives
+_IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)  # Linux
+_IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)  # Linux
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -96,6 +105,53 @@ class Listener:
         return self.bound
 
 
+def local_ip(transport: asyncio.BaseTransport) -> IPAddress | None:
+    """The address the client connected to (a v4-mapped IPv6 address as IPv4); None if gone."""
+    local = transport.get_extra_info("sockname")
+    if not isinstance(local, tuple):
+        return None
+    try:
+        ip = ipaddress.ip_address(local[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def send_from_any_address(transport: asyncio.BaseTransport) -> bool:
+    """Let a connection keep sending after its local address left this node; False if refused.
+
+    A moved VIP is removed from the interface before its clients are told to
+    go, so that their reconnects reach the new owner; without this option the
+    kernel refuses to route packets from an address it no longer has, and the
+    1001 (or FIN) would never leave. Needs CAP_NET_RAW or CAP_NET_ADMIN.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    level, option = (
+        (socket.IPPROTO_IPV6, _IPV6_TRANSPARENT)
+        if sock.family == socket.AF_INET6
+        else (socket.IPPROTO_IP, _IP_TRANSPARENT)
+    )
+    try:
+        sock.setsockopt(level, option, 1)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class AddressDrain:
+    """What `drain_address` started: WebSockets sent a 1001, HTTP connections closing."""
+
+    websockets: int
+    connections: int
+    # False when closes could not be sent from an address already gone (no capability)
+    can_send: bool
+
+
 def _socket_kind(config: ListenerConfig) -> tuple[object, ...]:
     header_first = config.tls is not None and config.proxy_protocol
     return config.host, config.port, config.tls is None, header_first
@@ -113,6 +169,7 @@ class ProxyServer:
         self.loop: asyncio.AbstractEventLoop
         self._sweeper: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[bool] | None = None
+        self._address_drains: set[asyncio.TimerHandle] = set()
 
     async def start(self) -> None:
         """Bind the listeners and the admin API and start health checks; OSError if a bind fails."""
@@ -208,6 +265,69 @@ class ProxyServer:
         log.info("drained", closed_at_timeout=leftover)
         return leftover == 0
 
+    def drain_address(self, address: IPAddress) -> AddressDrain:
+        """Send 1001 to the WebSockets and close the idle HTTP connections on local `address`.
+
+        For a VIP that moved away: its clients reconnect to the new owner at
+        once. HTTP exchanges in flight finish (with `Connection: close`); what
+        is still open after the drain timeout is closed. Listeners, other
+        addresses and `/healthz` are untouched.
+        """
+        tunnels = [t for t in self.tunnels.open if local_ip(t.client_half.transport) == address]
+        conns = [
+            (listener, conn)
+            for listener in self.listeners
+            for conn in listener.connections
+            if local_ip(conn.transport) == address
+        ]
+        can_send = True
+        for tunnel in tunnels:
+            can_send = send_from_any_address(tunnel.client_half.transport) and can_send
+            tunnel.drain()
+        for _, conn in conns:
+            can_send = send_from_any_address(conn.transport) and can_send
+            if conn.in_exchange:
+                conn.keep_alive = False  # close once the response is written
+            else:
+                conn.transport.close()
+        if tunnels or conns:
+            handle: asyncio.TimerHandle
+            handle = self.loop.call_later(
+                self.runtime.timeouts.drain, lambda: self._address_drained(handle, tunnels, conns)
+            )
+            self._address_drains.add(handle)
+        log.info(
+            "draining address",
+            address=str(address),
+            websockets=len(tunnels),
+            connections=len(conns),
+        )
+        if not can_send and (tunnels or conns):
+            log.warning(
+                "no close can leave from an address this node no longer has",
+                address=str(address),
+                effect="its clients see their connections time out instead",
+                fix="give the proxy CAP_NET_RAW (or CAP_NET_ADMIN)",
+            )
+        return AddressDrain(len(tunnels), len(conns), can_send)
+
+    def _address_drained(
+        self,
+        handle: asyncio.TimerHandle,
+        tunnels: list[Tunnel],
+        conns: list[tuple[Listener, ClientConnection]],
+    ) -> None:
+        """The drain timeout of one `drain_address`: close what did not finish."""
+        self._address_drains.discard(handle)
+        left = [t for t in tunnels if t in self.tunnels.open]
+        for tunnel in left:
+            tunnel.abort()
+        open_conns = [conn for listener, conn in conns if conn in listener.connections]
+        for conn in open_conns:
+            conn.transport.abort()
+        if left or open_conns:
+            log.info("address drained", closed_at_timeout=len(left) + len(open_conns))
+
     async def undrain(self) -> None:
         """Back in service: listen again on the same addresses, `/healthz` healthy again."""
         if self._drain_task is not None:
@@ -276,6 +396,9 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        for handle in self._address_drains:
+            handle.cancel()
+        self._address_drains.clear()
         for listener in self.listeners:
             for conn in list(listener.connections):
                 conn.transport.abort()

@@ -65,6 +65,14 @@ class ListenerTls:
 
 
 @dataclass(frozen=True)
+class AdminTls:
+    """The admin API over TLS: its certificate, and the CA that signs the clients it lets in."""
+
+    certificate: Certificate
+    client_ca: Path
+
+
+@dataclass(frozen=True)
 class BackendTls:
     """TLS towards a backend's servers; `ca` None means the system's trusted CAs."""
 
@@ -100,6 +108,30 @@ def parse_backend_tls(backend: Table) -> BackendTls | None:
         except ValueError as exc:
             backend.fail("tls_ca", str(exc))
     return BackendTls(None if ca is None else Path(ca), server_name)
+
+
+def parse_admin_tls(admin: Table, now: dt.datetime | None = None) -> AdminTls | None:
+    """The `tls = { cert, key, client_ca }` key of `[admin]`, its files checked; None if plain.
+
+    Client certificates are not optional here: whoever reaches the admin API can
+    drain the node, so TLS without them would protect nothing that matters.
+    """
+    if admin.data.get("tls") is None:
+        return None
+    entry = admin.table("tls")
+    entry.reject_unknown({"cert", "key", "client_ca"})
+    cert_path, key_path = Path(entry.string("cert")), Path(entry.string("key"))
+    client_ca = Path(entry.string("client_ca"))
+    try:
+        certificate = check_certificate(cert_path, key_path, now or dt.datetime.now(dt.UTC))
+    except CertificateError as exc:
+        entry.fail(exc.key, str(exc))
+    config = AdminTls(certificate, client_ca)
+    try:
+        admin_server_context(config)
+    except ValueError as exc:
+        entry.fail("client_ca", str(exc))
+    return config
 
 
 def _parse_certificate(entry: Table, now: dt.datetime) -> Certificate:
@@ -210,6 +242,28 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = _base_server_context()
     context.load_cert_chain(cert, key)
     return context
+
+
+def admin_server_context(config: AdminTls) -> ssl.SSLContext:
+    """A server SSLContext that admits only clients whose certificate `client_ca` signed.
+
+    ValueError naming the file when the CA cannot be loaded.
+    """
+    context = server_context(config.certificate.cert, config.certificate.key)
+    _load_ca(context, config.client_ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _load_ca(context: ssl.SSLContext, ca: Path) -> None:
+    try:
+        context.load_verify_locations(cafile=str(ca))
+    except FileNotFoundError:
+        raise ValueError(f"{ca}: no such file") from None
+    except PermissionError:
+        raise ValueError(f"{ca}: permission denied (this process's user must read it)") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"{ca}: not a PEM CA certificate ({exc})") from None
 
 
 class ServerTls:

@@ -1,17 +1,22 @@
-"""Drain: POST /drain, /undrain and SIGTERM; WebSockets get 1001 at a frame boundary."""
+"""Drain: POST /drain (whole node or one address), /undrain and SIGTERM; WebSockets get 1001."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import signal
+import sys
+import tomllib
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from haproxy_py.configfile import Table
+from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.test_limits import no_leak, open_raw
+from tests.integration.hardening.test_limits import no_leak, open_raw, read_all
 from tests.integration.proxy.support import Backend, admin_url, poll_until, proxy_config, url
 from tests.integration.proxy.test_cli import CONFIG, read_event, start
 
@@ -144,4 +149,118 @@ async def test_sigterm_drains_websockets_then_exits(tmp_path: Path) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+        await backend.stop()
+
+
+def two_address_config(backend: str) -> ProxyConfig:
+    """Listeners on 127.0.0.2 and 127.0.0.3: two local addresses, as two VIPs on one node."""
+    text = (
+        '[admin]\nbind = "127.0.0.1:0"\n\n'
+        '[[listeners]]\nname = "moved"\nbind = "127.0.0.2:0"\n\n'
+        '[[listeners]]\nname = "kept"\nbind = "127.0.0.3:0"\n\n'
+        f'[[routes]]\nbackend = "app"\n\n[backends.app]\nservers = ["{backend}"]\n'
+    )
+    return parse_proxy(Table(tomllib.loads(text), "test.toml", ""))
+
+
+async def keep_alive_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> int:
+    """One HTTP/1.1 request on an open connection, left open; returns the status."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(30):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
+async def test_drain_one_address_closes_only_its_connections(backends, proxy, session) -> None:
+    (b,) = await backends(1)
+    server = await proxy(two_address_config(b.address))
+    moved = "http://{}:{}".format(*server.address("moved"))
+    kept = "http://{}:{}".format(*server.address("kept"))
+    moved_ws = [await session.ws_connect(f"{moved}/ws") for _ in range(2)]
+    kept_ws = [await session.ws_connect(f"{kept}/ws") for _ in range(2)]
+    moved_http = await asyncio.open_connection(*server.address("moved"))
+    kept_http = await asyncio.open_connection(*server.address("kept"))
+    assert await keep_alive_exchange(*moved_http, "/one") == 200
+    assert await keep_alive_exchange(*kept_http, "/one") == 200
+
+    async with session.post(admin_url(server, "/drain?address=127.0.0.2")) as answer:
+        assert answer.status == 202
+        body = await answer.json()
+    assert (body["websockets"], body["connections"]) == (2, 1)
+
+    for ws in moved_ws:
+        msg = await ws.receive(timeout=30)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+        await ws.close()
+    assert await read_all(moved_http[0]) == b""  # the idle keep-alive connection was closed
+    for i, ws in enumerate(kept_ws):
+        await ws.send_str(f"still {i}")
+        assert (await ws.receive(timeout=30)).data == f"still {i}"
+    assert await keep_alive_exchange(*kept_http, "/two") == 200
+    await poll_until(lambda: b.ws_close_codes == [1001, 1001], "backend saw two 1001 closes")
+
+    assert await healthz(session, server) == 200  # the node itself keeps serving
+    again = await session.ws_connect(f"{moved}/ws")  # and its listener stays open
+    await again.send_str("back")
+    assert (await again.receive(timeout=30)).data == "back"
+    for ws in [*kept_ws, again]:
+        await ws.close()
+    kept_http[1].close()
+    moved_http[1].close()
+    await no_leak(server)
+
+
+async def test_drain_address_refuses_a_bad_address(backends, proxy, session) -> None:
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    async with session.post(admin_url(server, "/drain?address=not-an-ip")) as answer:
+        assert answer.status == 400
+        assert "198.18.0.100" in (await answer.json())["reason"]
+    assert await healthz(session, server) == 200
+    assert not server.draining
+
+
+@pytest.mark.asyncio(loop_factories=["asyncio"])
+async def test_drain_address_without_the_capability_says_what_is_missing(tmp_path: Path) -> None:
+    """Without CAP_NET_RAW/CAP_NET_ADMIN no close can leave from an address already gone: the
+    answer and the log say so (the address here is still present, so the 1001 arrives)."""
+    backend = Backend("nocap")
+    await backend.start()
+    config = tmp_path / "node.toml"
+    config.write_text(CONFIG.format(bind="127.0.0.2:0", server=backend.address))
+    drop = "-net_raw,-net_admin"
+    process = await asyncio.create_subprocess_exec(
+        *(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"] if os.geteuid() == 0 else []),
+        sys.executable,
+        *("-m", "haproxy_py.proxy", "run", "--config", str(config)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        started = await read_event(process, "proxy started")
+        listener, admin = started["listeners"]["web"], started["admin"]  # type: ignore[index]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            ws = await session.ws_connect(f"http://{listener}/ws")
+            async with session.post(f"http://{admin}/drain?address=127.0.0.2") as answer:
+                assert answer.status == 202
+                assert (await answer.json())["can_send"] is False
+            warning = await read_event(
+                process, "no close can leave from an address this node no longer has"
+            )
+            assert warning["address"] == "127.0.0.2"
+            assert "CAP_NET_RAW" in str(warning["fix"])
+            msg = await ws.receive(timeout=30)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+            await ws.close()
+    finally:
+        process.kill()
+        await process.wait()
         await backend.stop()

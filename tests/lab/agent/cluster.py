@@ -1,13 +1,13 @@
 """A small cluster in network namespaces for the agent's failover tests.
 
-Two proxy nodes (`haln1`, `haln2`) and a client (`halc`) on bridge `halbr`;
+Two proxy nodes (`hvln1`, `hvln2`) and a client (`hvlc`) on bridge `hvlbr`;
 etcd runs on the host, listening on the bridge's host-side address so the
 namespaces can reach it (and a blackhole route in one namespace cuts it off).
-Each node runs a backend (`python -m http.server` on its own loopback), the
-real proxy (`haproxy-py run`) and the agent (`ha-agent`); the real controller
-(`ha-controller`) runs on the host. A `Watcher` thread reads every node's
-addresses over netlink every few milliseconds and records any instant at which
-a VIP sits on two nodes.
+Each node runs a backend (`tests.lab.agent.backend`: HTTP and a WebSocket echo
+on its own loopback), the real proxy (`haproxy-py run`) and the agent
+(`ha-agent`); the real controller (`ha-controller`) runs on the host. A
+`Watcher` thread reads every node's addresses over netlink every few
+milliseconds and records any instant at which a VIP sits on two nodes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from haproxy_py.lab.netns import Plumbing, Proc
 from tests.support.etcd import EtcdMember, free_ports
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[3]
 NODE_NAMES = ("n1", "n2")
 PRIORITIES = {"n1": 200, "n2": 100}
 ADMIN = "127.0.0.1:9901"  # inside each node's own namespace, so no two ever collide
@@ -246,10 +247,17 @@ format = "console"
     def start_backend(self, node: Node) -> None:
         node.backend = self.lab.spawn(
             node.netns,
-            [sys.executable, "-m", "http.server", str(BACKEND_PORT), "--bind", "127.0.0.1"],
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.agent.backend",
+                node.name,
+                "127.0.0.1",
+                str(BACKEND_PORT),
+            ],
             label=f"backend-{node.name}",
             log=self.log(f"backend-{node.name}"),
-            cwd=self.root,
+            cwd=REPO,
         )
 
     def start_agent(self, node: Node) -> None:

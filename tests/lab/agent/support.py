@@ -10,12 +10,13 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from haproxy_py.lab.netns import Plumbing, free_subnet
 
-PREFIX = "ha"  # every namespace, bridge and veth of these tests starts with it
+PREFIX = "hv"  # every namespace, bridge and veth of these tests starts with it
 
 
 class AdminStandIn:
@@ -24,6 +25,9 @@ class AdminStandIn:
     def __init__(self) -> None:
         self.healthy = True
         self.drains = 0
+        # `POST /drain?address=` calls, each with what `on_address_drain` saw at that moment
+        self.address_drains: list[tuple[str, Any]] = []
+        self.on_address_drain: Callable[[str], Awaitable[Any]] | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -56,9 +60,14 @@ class AdminStandIn:
             }
         )
 
-    async def _drain(self, _request: web.Request) -> web.Response:
-        self.drains += 1
-        return web.json_response({"draining": True})
+    async def _drain(self, request: web.Request) -> web.Response:
+        address = request.query.get("address")
+        if address is None:
+            self.drains += 1
+            return web.json_response({"draining": True})
+        seen = None if self.on_address_drain is None else await self.on_address_drain(address)
+        self.address_drains.append((address, seen))
+        return web.json_response({"status": "draining address", "websockets": 0}, status=202)
 
 
 def addresses(netns: str, dev: str = "eth0") -> dict[str, int | None]:

@@ -93,7 +93,7 @@ def in_netns(netns: str) -> Iterator[None]:
 
 @pytest.fixture
 async def harness(tmp_path: Path, etcd: EtcdCluster) -> AsyncIterator[Harness]:
-    with plumbing(tmp_path, "hai") as (lab, net):
+    with plumbing(tmp_path, "hvi") as (lab, net):
         lab.bridge()
         node = lab.add_host("n1", f"{net}.11/24")
         peer = lab.add_host("cap", f"{net}.99/24")
@@ -224,8 +224,11 @@ async def _figures(h: Harness) -> bool:
     return record is not None and (record.backends_up, record.backends_total) == (1, 2)
 
 
-async def test_planned_release_removes_the_address_before_acknowledging(harness: Harness) -> None:
+async def test_planned_release_removes_the_address_before_acknowledging(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     h = harness
+    monkeypatch.setattr("agent.daemon.HANDOVER_WAIT", 30.0)  # a slow test host must not cut it
     await h.assign(h.vip)
     await until(lambda: h.has(h.vip), 10, "the VIP on the node")
     current = await h.vip_key(h.vip)
@@ -240,10 +243,45 @@ async def test_planned_release_removes_the_address_before_acknowledging(harness:
     async def acknowledged() -> bool:
         return await h.vip_key(h.vip) is None
 
+    async def at_drain(address: str) -> tuple[bool, VipAssignment | None, NodeRecord | None]:
+        kv = await h.store.get(h.store.schema.node("n2"))
+        n2 = None if kv is None else NodeRecord.parse("n2", kv.value, kv.lease)
+        return h.has(address), await h.vip_key(address), n2
+
+    h.admin.on_address_drain = at_drain
     await until(acknowledged, 10, "the owner to delete the releasing key")
     took = time.monotonic() - started
     assert not h.has(h.vip), "the key was deleted while the address was still up"
     print(f"release -> acknowledged: {took * 1000:.1f} ms")
+
+    lease = await h.store.grant_lease(5)  # the controller gives the VIP to n2
+    value = VipAssignment(vip=h.vip, node="n2", epoch=2, since=time.time()).to_json()
+    assert await h.store.create(key, value, lease=lease.id)
+    await asyncio.sleep(0.2)  # a window in which a drain that does not wait for n2 would show
+    n2 = NodeRecord(
+        name="n2",
+        address="198.18.0.12",
+        interface="eth0",
+        priority=100,
+        version="test",
+        healthy=True,
+        healthy_since=time.time(),
+        backends_up=1,
+        backends_total=1,
+        connections=0,
+        vips=(h.vip,),
+        updated=time.time(),
+        lease=lease.id,
+    )
+    await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+    await until(
+        lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
+    )
+    ((address, (present, owner, holder)),) = h.admin.address_drains
+    assert address == h.vip
+    assert not present, "the 1001 must leave after the address"
+    assert owner is not None and owner.node == "n2"
+    assert holder is not None and h.vip in holder.vips, "the 1001 waits until n2 holds the VIP"
 
 
 async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> None:
@@ -260,6 +298,11 @@ async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> No
         return await h.vip_key(h.vip) is None and record is not None and not record.healthy
 
     await until(dropped, 10, "the key deleted and the node record saying unhealthy")
+    # nobody takes the VIP over here: its clients are told to go after a bounded wait
+    await until(
+        lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
+    )
+    assert [address for address, _ in h.admin.address_drains] == [h.vip]
     # an unhealthy node refuses a VIP given to it anyway
     await h.assign(h.vip)
     await until(dropped, 10, "the refused assignment to be deleted")

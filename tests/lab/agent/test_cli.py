@@ -77,7 +77,7 @@ async def fails_with(proc: asyncio.subprocess.Process, cfg: Path, code: int) -> 
 
 
 async def test_expected_failures_are_one_line(tmp_path: Path) -> None:
-    with plumbing(tmp_path, "hac") as (lab, net):
+    with plumbing(tmp_path, "hvc") as (lab, net):
         lab.bridge()
         host = lab.add_host("n1", f"{net}.11/24")
         (nobody,) = free_ports(1)  # nothing listens there inside the namespace
@@ -107,7 +107,7 @@ async def test_expected_failures_are_one_line(tmp_path: Path) -> None:
 
 
 async def test_sigterm_releases_and_exits_zero(tmp_path: Path) -> None:
-    with plumbing(tmp_path, "hac") as (lab, net):
+    with plumbing(tmp_path, "hvc") as (lab, net):
         lab.bridge(f"{net}.1/24")
         host = lab.add_host("n1", f"{net}.11/24")
         etcd = bridge_etcd(f"{net}.1", tmp_path / "etcd")

@@ -6,9 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from haproxy_py import pki
 from haproxy_py.cluster.agent_config import (
     DEFAULT_FENCE_MARGIN,
     KERNEL_SLACK,
+    AdminClientTls,
     AgentConfig,
     Timing,
     parse_agent,
@@ -93,3 +95,47 @@ def test_metrics_can_be_turned_off_or_bound_to_a_free_port(tmp_path: Path) -> No
     assert parse(tmp_path, '[agent]\nmetrics_bind = ""\n').metrics_host is None
     cfg = parse(tmp_path, '[agent]\nmetrics_bind = "[::1]:0"\n')
     assert (cfg.metrics_host, cfg.metrics_port) == ("::1", 0)
+
+
+@pytest.fixture
+def client_files(tmp_path: Path) -> Path:
+    pki.init_ca(tmp_path / "ca")
+    pki.issue(tmp_path / "ca", "agent", client=True, out=tmp_path)
+    pki.issue(tmp_path / "ca", "other", client=True, out=tmp_path)
+    return tmp_path
+
+
+def tls_keys(files: Path, key: str = "agent.key") -> str:
+    return (
+        'proxy_admin_url = "https://localhost:9901"\n'
+        f'proxy_admin_cacert = "{files}/ca/ca.crt"\n'
+        f'proxy_admin_cert = "{files}/agent.crt"\n'
+        f'proxy_admin_key = "{files}/{key}"\n'
+    )
+
+
+def test_https_admin_api_with_a_client_certificate(tmp_path: Path, client_files: Path) -> None:
+    cfg = parse(tmp_path, "[agent]\n" + tls_keys(client_files))
+    assert cfg.proxy_admin_tls == AdminClientTls(
+        client_files / "ca" / "ca.crt", client_files / "agent.crt", client_files / "agent.key"
+    )
+    assert parse(tmp_path, "").proxy_admin_tls is None
+
+
+def test_https_admin_api_needs_all_three_files(tmp_path: Path, client_files: Path) -> None:
+    text = "\n".join(line for line in tls_keys(client_files).splitlines() if "_key" not in line)
+    with pytest.raises(ConfigError, match=r"agent\.proxy_admin_key: missing; an https://"):
+        parse(tmp_path, "[agent]\n" + text)
+
+
+def test_client_certificate_files_only_with_https(tmp_path: Path, client_files: Path) -> None:
+    text = tls_keys(client_files).replace("https://", "http://")
+    with pytest.raises(ConfigError, match=r"agent\.proxy_admin_cacert: only used with an https"):
+        parse(tmp_path, "[agent]\n" + text)
+
+
+def test_client_certificate_and_key_must_match(tmp_path: Path, client_files: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(tmp_path, "[agent]\n" + tls_keys(client_files, key="other.key"))
+    assert "agent.proxy_admin_cert: " in str(err.value)
+    assert "other.key" in str(err.value)
