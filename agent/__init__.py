@@ -21,7 +21,7 @@ The `[agent]` section, with its defaults (all times in seconds):
     keepalive_interval = 0.5    # also each keepalive's deadline (default address_lifetime / 2)
     fence_margin = 0.2          # what is left between the VIP being gone and the lease expiring
     reconcile_interval = 1.0    # full compare of etcd, the kernel and this agent's view
-    proxy_admin_url = "http://127.0.0.1:8081"
+    proxy_admin_url = "http://127.0.0.1:9901"   # default: where this file's [admin] binds
     # with an https:// URL (the admin API requires a client certificate), all three:
     # proxy_admin_cacert = "/etc/haproxy-py/ca.crt"   # the CA of the proxy's certificate
     # proxy_admin_cert = "/etc/haproxy-py/agent.crt"  # this agent's client certificate

@@ -464,10 +464,15 @@ class Agent:
 
     async def _keepalive_loop(self) -> None:
         timing = self.settings.agent.timing
+        # After a failure, try again soon: an etcd leader election or a dead endpoint costs
+        # one retry period instead of a whole interval of the little time the address has left.
+        retry = timing.keepalive_interval / 5
+        wait = timing.keepalive_interval
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timing.keepalive_interval):
+                async with asyncio.timeout(wait):
                     await self._keepalive_now.wait()
+            wait = retry
             self._keepalive_now.clear()
             lease = self.core.lease_id
             if lease is None or self.core.stopping:
@@ -485,6 +490,7 @@ class Agent:
                 self._etcd(False, f"keepalive: {str(exc) or 'no answer in time'}")
                 self._post(self._keepalive_failed_step())
                 continue
+            wait = timing.keepalive_interval
             self._etcd(True)
             self.metrics.keepalive_latency.set(time.monotonic() - sent)
             self._post(self._keepalive_ok_step(lease, sent, ttl))

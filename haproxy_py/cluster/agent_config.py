@@ -135,6 +135,14 @@ def _derive(lease_ttl: int) -> tuple[int, float]:
     return lifetime, lifetime / 2
 
 
+def _local_admin_url(doc: Table) -> str:
+    """The proxy's admin API where the same file's `[admin]` section binds it."""
+    admin = doc.data.get("admin")
+    admin = admin if isinstance(admin, dict) else {}
+    bind = admin.get("bind", "127.0.0.1:9901")
+    return f"{'https' if 'tls' in admin else 'http'}://{bind}"
+
+
 def parse_agent(doc: Table) -> AgentConfig:
     agent = doc.table("agent", {})
     agent.reject_unknown(_KEYS)
@@ -150,11 +158,11 @@ def parse_agent(doc: Table) -> AgentConfig:
     if problem is not None:
         agent.fail("lease_ttl", problem)
 
-    url = agent.string("proxy_admin_url", "http://127.0.0.1:8081")
+    url = agent.string("proxy_admin_url", _local_admin_url(doc))
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         agent.fail(
-            "proxy_admin_url", f"expected an http(s) URL like http://127.0.0.1:8081, got {url!r}"
+            "proxy_admin_url", f"expected an http(s) URL like http://127.0.0.1:9901, got {url!r}"
         )
 
     admin_tls = _admin_client_tls(agent, parts.scheme == "https")

@@ -31,9 +31,15 @@ def test_defaults_for_a_two_second_lease(tmp_path: Path) -> None:
     assert cfg.timing.address_lifetime == 1
     assert cfg.timing.keepalive_interval == 0.5
     assert cfg.timing.keepalive_timeout == 0.5
-    assert cfg.proxy_admin_url == "http://127.0.0.1:8081"
+    assert cfg.proxy_admin_url == "http://127.0.0.1:9901"  # the proxy's own admin default
     assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9732)
     assert cfg.vip_prefix_length == 32
+
+
+def test_the_proxy_admin_url_follows_the_admin_section(tmp_path: Path) -> None:
+    """One node file: the agent finds its proxy where `[admin]` binds it."""
+    cfg = parse(tmp_path, '[admin]\nbind = "127.0.0.1:9950"\n')
+    assert cfg.proxy_admin_url == "http://127.0.0.1:9950"
 
 
 @given(st.integers(min_value=2, max_value=3600))
