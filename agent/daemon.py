@@ -236,6 +236,10 @@ class Agent:
     async def _execute(self, actions: list[Action]) -> None:
         prefix = self.settings.agent.vip_prefix_length
         failed: set[str] = set()  # no GARP for an address that could not be set
+        # An address the kernel may still carry is never acknowledged as released: the new
+        # owner would overlap with it. The reconcile timer retries the removal, and the
+        # address lifetime runs out meanwhile, since nothing refreshes it any more.
+        still_held: set[str] = set()
         for action in actions:
             if isinstance(action, SetAddress):
                 try:
@@ -253,6 +257,8 @@ class Agent:
                     await self.addresses.remove(action.vip, prefix)
                 except NetlinkFailure as exc:
                     log.error("cannot remove VIP address", vip=action.vip, error=str(exc))
+                    still_held.add(action.vip)
+                    continue
                 self.metrics.transitions.inc(direction="remove")
                 if action.reason.startswith("self-fence"):
                     self.metrics.fenced.inc()
@@ -263,7 +269,7 @@ class Agent:
                 self.announcer.start(action.vip)
             elif isinstance(action, StopGarp):
                 self.announcer.stop(action.vip)
-            elif isinstance(action, DeleteVip):
+            elif isinstance(action, DeleteVip) and action.vip not in still_held:
                 self._write(self._delete_vip(action))
             elif isinstance(action, PublishNode):
                 self._publish()

@@ -28,8 +28,14 @@ from haproxy_py.proxy.tls import (
     parse_listener_tls,
 )
 
-NOW = dt.datetime.now(dt.UTC)
+NOW = dt.datetime.now(dt.UTC)  # dates of the certificates made here
 DAY = dt.timedelta(days=1)
+
+
+def now() -> dt.datetime:
+    """The clock of a check: read when the check runs, since certificates from the PKI are
+    valid from a few minutes before they are issued, which may be long after this module loads."""
+    return dt.datetime.now(dt.UTC)
 
 
 def make_cert(
@@ -106,39 +112,40 @@ def fails(call: object, *fragments: str) -> str:
 
 class TestCheckCertificate:
     def test_good_pair_gives_its_names(self, ca: Path) -> None:
-        cert = check_certificate(ca / "alpha.crt", ca / "alpha.key", NOW)
+        cert = check_certificate(ca / "alpha.crt", ca / "alpha.key", now())
         assert cert.names == ("alpha.test", "www.alpha.test")
         assert cert.not_after > NOW
 
     def test_rsa_and_common_name_only(self, tmp_path: Path) -> None:
         cert_path, key_path = make_cert(tmp_path, "legacy.test", rsa_key=True)
-        assert check_certificate(cert_path, key_path, NOW).names == ("legacy.test",)
+        assert check_certificate(cert_path, key_path, now()).names == ("legacy.test",)
 
     def test_missing_files(self, ca: Path) -> None:
         err = fails(
-            lambda: check_certificate(ca / "nope.crt", ca / "alpha.key", NOW),
+            lambda: check_certificate(ca / "nope.crt", ca / "alpha.key", now()),
             "nope.crt: no such file",
         )
         assert "alpha.key" not in err
         fails(
-            lambda: check_certificate(ca / "alpha.crt", ca / "nope.key", NOW),
+            lambda: check_certificate(ca / "alpha.crt", ca / "nope.key", now()),
             "nope.key: no such file",
         )
 
     def test_unreadable_file(self, ca: Path) -> None:
         (ca / "dir.crt").mkdir()
         fails(
-            lambda: check_certificate(ca / "dir.crt", ca / "alpha.key", NOW), "dir.crt: cannot read"
+            lambda: check_certificate(ca / "dir.crt", ca / "alpha.key", now()),
+            "dir.crt: cannot read",
         )
 
     def test_not_pem(self, ca: Path) -> None:
         (ca / "junk").write_text("hello\n")
         fails(
-            lambda: check_certificate(ca / "junk", ca / "alpha.key", NOW),
+            lambda: check_certificate(ca / "junk", ca / "alpha.key", now()),
             "junk: not a PEM certificate",
         )
         fails(
-            lambda: check_certificate(ca / "alpha.crt", ca / "junk", NOW),
+            lambda: check_certificate(ca / "alpha.crt", ca / "junk", now()),
             "junk: not a PEM private key",
         )
 
@@ -152,13 +159,13 @@ class TestCheckCertificate:
             )
         )
         fails(
-            lambda: check_certificate(ca / "alpha.crt", ca / "locked.key", NOW),
+            lambda: check_certificate(ca / "alpha.crt", ca / "locked.key", now()),
             "locked.key: the key is encrypted",
         )
 
     def test_key_not_matching(self, ca: Path) -> None:
         err = fails(
-            lambda: check_certificate(ca / "alpha.crt", ca / "wild.key", NOW),
+            lambda: check_certificate(ca / "alpha.crt", ca / "wild.key", now()),
             "wild.key: this key does not match the certificate",
             "alpha.crt",
         )
@@ -168,18 +175,18 @@ class TestCheckCertificate:
         cert_path, key_path = make_cert(
             tmp_path, "old", not_before=NOW - 90 * DAY, not_after=NOW - DAY
         )
-        fails(lambda: check_certificate(cert_path, key_path, NOW), "old.crt: expired on ")
+        fails(lambda: check_certificate(cert_path, key_path, now()), "old.crt: expired on ")
 
     def test_not_yet_valid(self, tmp_path: Path) -> None:
         cert_path, key_path = make_cert(tmp_path, "future", not_before=NOW + DAY)
-        fails(lambda: check_certificate(cert_path, key_path, NOW), "future.crt: not valid before")
+        fails(lambda: check_certificate(cert_path, key_path, now()), "future.crt: not valid before")
 
     def test_expired_certificate_in_the_chain(self, ca: Path, tmp_path: Path) -> None:
         old_cert, _ = make_cert(tmp_path, "oldca", not_before=NOW - 90 * DAY, not_after=NOW - DAY)
         bundle = ca / "bundle.crt"
         bundle.write_bytes((ca / "alpha.crt").read_bytes() + old_cert.read_bytes())
         fails(
-            lambda: check_certificate(bundle, ca / "alpha.key", NOW),
+            lambda: check_certificate(bundle, ca / "alpha.key", now()),
             "bundle.crt (chain certificate 2): expired",
         )
 
