@@ -66,6 +66,11 @@ def load_settings(path: Path) -> Settings:
 
 
 async def run(settings: Settings) -> None:
+    try:
+        # Before the metrics listener: an unreadable TLS file must not leave it open.
+        store = Store(settings.etcd, settings.cluster.name)
+    except StoreError as exc:
+        raise Fatal(str(exc)) from None
     metrics = ControllerMetrics()
     runner = None
     metrics_url = None
@@ -76,10 +81,6 @@ async def run(settings: Settings) -> None:
         except OSError as exc:
             raise Fatal(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
         metrics_url = f"http://{host}:{bound}/metrics"
-    try:
-        store = Store(settings.etcd, settings.cluster.name)
-    except StoreError as exc:
-        raise Fatal(str(exc)) from None
     controller = Controller(
         store,
         settings.cluster,

@@ -20,10 +20,10 @@ Safety rules every action obeys (the property tests check them):
 from __future__ import annotations
 
 from controller.actions import Decision, DeleteRequest, RestoreVip
-from controller.placement import eligible, is_eligible, least_loaded, preference, stable, vip_order
+from controller.placement import eligible, is_eligible, least_loaded, preference, stable
 from controller.plan import Plan, Policy, in_flight
 from controller.requests import handle_request
-from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment
+from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment, vip_order
 
 __all__ = ["Policy", "decide"]
 
@@ -162,7 +162,7 @@ def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> Non
     """Move one VIP from the busiest node to a stable, emptier one (one step per cycle)."""
     counts = plan.counts()
     ready = [n for n in candidates if stable(n, plan.now, plan.settings.failback_hold)]
-    if not ready or not candidates:
+    if not ready:
         return
     # The busiest node; on a tie the least preferred one gives a VIP away.
     busiest = max(candidates, key=lambda n: (counts.get(n.name, 0), preference(n)))

@@ -88,7 +88,7 @@ class Election:
         assert self.revision is not None
         return [created_at(self.key, self.revision)]
 
-    async def ensure_lease(self) -> int:
+    async def _ensure_lease(self) -> int:
         if self.lease is None:
             sent = time.monotonic()
             granted = await self.store.grant_lease(self.ttl)
@@ -98,7 +98,7 @@ class Election:
 
     async def campaign(self) -> bool:
         """Try to become leader (only wins if the key is absent)."""
-        lease = await self.ensure_lease()
+        lease = await self._ensure_lease()
         record = ControllerLeader(id=self.identity, since=self.clock(), metrics=self.metrics_url)
         if not await self.store.create(self.key, record.to_json(), lease):
             return False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import structlog
@@ -165,9 +165,7 @@ class Controller:
             log.info("cycle", controller=self.identity, reason=decision.reason, actions=[])
         self._last_reason = decision.reason
 
-    async def _execute(
-        self, view: ClusterView, actions: tuple[Action, ...] | list[Action], reason: str
-    ) -> None:
+    async def _execute(self, view: ClusterView, actions: Sequence[Action], reason: str) -> None:
         outcome = await self.executor.run(view, actions, self.unowned_since)
         log.info(
             "cycle",

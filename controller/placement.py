@@ -1,14 +1,13 @@
 """Who may hold VIPs and in which order: pure helpers shared by the decision rules.
 
-A node is eligible when it is registered, its proxy is healthy and it is not
-drained. Preference order is highest priority first, then name, so every
-controller computes the same answer from the same view.
+A node is eligible when it is registered under a lease, its proxy is healthy
+and it is not drained. Preference order is highest priority first, then name,
+so every controller computes the same answer from the same view.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord
 
@@ -19,31 +18,17 @@ def preference(node: NodeRecord) -> tuple[int, str]:
 
 def eligible(view: ClusterView, settings: ClusterSettings) -> list[NodeRecord]:
     """Registered, healthy, undrained nodes, best first."""
-    drained = set(settings.drained)
-    nodes = [n for n in view.nodes.values() if n.healthy and n.name not in drained]
+    nodes = [n for n in view.nodes.values() if is_eligible(view, settings, n.name)]
     return sorted(nodes, key=preference)
 
 
 def is_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> bool:
-    node = view.nodes.get(name)
-    return node is not None and node.healthy and name not in settings.drained
+    return why_not_eligible(view, settings, name) is None
 
 
 def stable(node: NodeRecord, now: float, hold: float) -> bool:
     """Healthy for at least `hold` seconds (the failback hold-down)."""
     return node.healthy and node.healthy_since is not None and now - node.healthy_since >= hold
-
-
-def vip_order(vips: Iterable[str]) -> list[str]:
-    """VIPs in numeric address order (junk sorts last, by text)."""
-
-    def key(vip: str) -> tuple[int, int, str]:
-        try:
-            return (0, int(ipaddress.ip_address(vip)), vip)
-        except ValueError:
-            return (1, 0, vip)
-
-    return sorted(vips, key=key)
 
 
 def least_loaded(candidates: list[NodeRecord], counts: Mapping[str, int]) -> NodeRecord | None:
@@ -59,6 +44,9 @@ def why_not_eligible(view: ClusterView, settings: ClusterSettings, name: str) ->
     if node is None:
         known = ", ".join(sorted(view.nodes)) or "none"
         return f"unknown node {name} (registered: {known})"
+    if not node.lease:
+        # A VIP key is bound to its owner's lease; without one it would never expire.
+        return f"target {name} is not registered under a lease"
     if not node.healthy:
         return f"target {name} is unhealthy"
     if name in settings.drained:

@@ -12,9 +12,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from controller.actions import AnswerRequest
-from controller.placement import eligible, is_eligible, least_loaded, vip_order, why_not_eligible
+from controller.placement import eligible, is_eligible, least_loaded, why_not_eligible
 from controller.plan import Plan, Policy, in_flight, write_settings
-from haproxy_py.cluster.records import Move, NodeRecord, Request, RequestResult, ResultStatus
+from haproxy_py.cluster.records import (
+    Move,
+    NodeRecord,
+    Request,
+    RequestResult,
+    ResultStatus,
+    vip_order,
+)
 
 
 def _answer(
@@ -79,9 +86,10 @@ def _start_drain(plan: Plan, request: Request, policy: Policy) -> None:
         return
     if in_flight(plan, list(held)):
         return  # wait until the VIP's current move settles
-    drained_settings = replace(plan.settings, drained=(*plan.settings.drained, node))
-    if node in plan.settings.drained:
-        drained_settings = plan.settings
+    already = node in plan.settings.drained
+    drained_settings = (
+        plan.settings if already else replace(plan.settings, drained=(*plan.settings.drained, node))
+    )
     candidates = [n for n in eligible(plan.view, drained_settings) if n.name != node]
     if held and not candidates:
         _answer(
@@ -92,7 +100,7 @@ def _start_drain(plan: Plan, request: Request, policy: Policy) -> None:
             policy,
         )
         return
-    if drained_settings is not plan.settings:
+    if not already:
         write_settings(plan, drained_settings)
     if not held:
         _answer(plan, request, "done", f"{node} drained; it held no VIPs", policy)

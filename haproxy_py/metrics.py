@@ -76,11 +76,12 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def _format_labels(labels: Labels) -> str:
     if not labels:
         return ""
-    escaped = (
-        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for key, value in labels
-    )
-    return "{" + ",".join(escaped) + "}"
+    return "{" + ",".join(f'{key}="{_escape(value)}"' for key, value in labels) + "}"
+
+
+def _escape(value: str) -> str:
+    """Label values escape backslash, double quote and newline (text format 0.0.4)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _format_value(value: float) -> str:
@@ -97,6 +98,10 @@ async def serve(registry: Registry, host: str, port: int) -> tuple[web.AppRunner
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()  # the caller reports the port; nothing is left half-open
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)

@@ -17,6 +17,12 @@ from haproxy_py.cluster.records import MODES, Mode
 from haproxy_py.configfile import Table
 
 
+def _check_key_part(table: Table, key: str, value: str | None) -> None:
+    """A name that becomes one segment of an etcd key must be non-empty and without '/'."""
+    if value is not None and (not value or "/" in value):
+        table.fail(key, f"expected a non-empty {key} without '/', got {value!r}")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Who this node is: its name (also the proxy's `Via` name), address and VIP interface."""
@@ -31,8 +37,7 @@ def parse_node(doc: Table) -> NodeConfig:
     node = doc.table("node", {})
     node.reject_unknown({"name", "address", "interface", "priority"})
     name = node.string("name", socket.gethostname())
-    if not name or "/" in name:
-        node.fail("name", f"expected a non-empty name without '/', got {name!r}")
+    _check_key_part(node, "name", name)
     address = node.string("address", None)
     if address is not None:
         try:
@@ -62,24 +67,22 @@ def parse_cluster(doc: Table) -> ClusterConfig:
     cluster = doc.table("cluster", {})
     cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold"})
     name = cluster.string("name", "default")
-    if not name or "/" in name:
-        cluster.fail("name", f"expected a non-empty name without '/', got {name!r}")
+    _check_key_part(cluster, "name", name)
     mode = cluster.choice("mode", MODES, "active-standby")
-    vips = cluster.strings("vips", [])
-    seen: set[str] = set()
-    for i, vip in enumerate(vips):
-        where = Table({}, cluster.file, cluster.where("vips"))
+    where = Table({}, cluster.file, cluster.where("vips"))
+    vips: list[str] = []
+    for i, raw in enumerate(cluster.strings("vips", [])):
         try:
-            address = ipaddress.IPv4Address(vip)
+            vip = str(ipaddress.IPv4Address(raw))
         except ValueError:
-            where.fail(i, f"expected an IPv4 address, got {vip!r}")
-        if str(address) in seen:
-            where.fail(i, f"{vip} is listed twice")
-        seen.add(str(address))
+            where.fail(i, f"expected an IPv4 address, got {raw!r}")
+        if vip in vips:
+            where.fail(i, f"{raw} is listed twice")
+        vips.append(vip)
     return ClusterConfig(
         name=name,
         mode=mode,
-        vips=tuple(str(ipaddress.IPv4Address(vip)) for vip in vips),
+        vips=tuple(vips),
         # Active-active means spread: a node that (re)joins gets its share back by default.
         failback=cluster.boolean("failback", mode == "active-active"),
         failback_hold=cluster.number("failback_hold", 30.0, min=0),
@@ -192,8 +195,7 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
         }
     )
     ident = ctl.string("id", None)
-    if ident is not None and (not ident or "/" in ident):
-        ctl.fail("id", f"expected a non-empty id without '/', got {ident!r}")
+    _check_key_part(ctl, "id", ident)
     ttl = ctl.integer("lease_ttl", 2, min=1)
     keepalive = ctl.number("keepalive_interval", ttl / 4)
     if keepalive <= 0:

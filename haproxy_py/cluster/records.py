@@ -12,11 +12,14 @@ key is leased) are not part of the JSON; they come from the key-value pair.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
+
+from haproxy_py.cluster.schema import Schema
 
 Mode = Literal["active-standby", "active-active"]
 MODES: tuple[Mode, ...] = ("active-standby", "active-active")
@@ -507,6 +510,18 @@ class Event:
         )
 
 
+def vip_order(vips: Iterable[str]) -> list[str]:
+    """VIPs in numeric address order (junk sorts last, by text)."""
+
+    def key(vip: str) -> tuple[int, int, str]:
+        try:
+            return (0, int(ipaddress.ip_address(vip)), vip)
+        except ValueError:
+            return (1, 0, vip)
+
+    return sorted(vips, key=key)
+
+
 def parse_epoch(raw: bytes) -> int:
     """The `epoch` key is a bare decimal integer; anything else reads as 0."""
     try:
@@ -546,6 +561,16 @@ class ClusterView:
     def vips_of(self, node: str) -> tuple[str, ...]:
         return tuple(sorted(v for v, a in self.vips.items() if a.node == node))
 
+    def known_nodes(self) -> frozenset[str]:
+        """Registered nodes, and drained ones that may no longer be registered."""
+        drained = self.settings.drained if self.settings else ()
+        return frozenset(self.nodes) | frozenset(drained)
+
+    def known_vips(self) -> frozenset[str]:
+        """Configured VIPs, and every VIP with a key (readable or not)."""
+        configured = self.settings.vips if self.settings else ()
+        return self.occupied | frozenset(configured)
+
     def last_event(self, vip: str) -> Event | None:
         for event in reversed(self.events):
             if event.vip == vip:
@@ -553,7 +578,8 @@ class ClusterView:
         return None
 
     @classmethod
-    def from_kvs(cls, cluster: str, prefix: str, kvs: list[KeyValue], revision: int) -> ClusterView:
+    def from_kvs(cls, schema: Schema, kvs: list[KeyValue], revision: int) -> ClusterView:
+        """The view of `schema`'s cluster; keys of other clusters are skipped."""
         nodes: dict[str, NodeRecord] = {}
         vips: dict[str, VipAssignment] = {}
         occupied: set[str] = set()
@@ -564,9 +590,9 @@ class ClusterView:
         settings: ClusterSettings | None = None
         epoch = epoch_rev = 0
         for kv in kvs:
-            if not kv.key.startswith(prefix):
+            rel = schema.relative(kv.key)
+            if rel is None:
                 continue
-            rel = kv.key[len(prefix) :]
             section, _, name = rel.partition("/")
             parsed: object | None = None
             if section == "nodes" and name:
@@ -598,7 +624,7 @@ class ClusterView:
             if parsed is None:
                 problems.append(f"{rel}: unreadable value {kv.value[:80]!r}")
         return cls(
-            cluster=cluster,
+            cluster=schema.cluster,
             revision=revision,
             nodes=nodes,
             vips=vips,

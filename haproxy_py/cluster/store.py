@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -198,9 +199,6 @@ def _kv(raw: Any) -> KeyValue:
     )
 
 
-_COMPARE_TARGETS = {"value": "value", "mod": "mod", "create": "create", "version": "version"}
-
-
 class Store:
     """One cluster's view of etcd. Use as `async with Store(config, cluster) as store:`."""
 
@@ -303,7 +301,7 @@ class Store:
     async def read_view(self) -> ClusterView:
         """The whole cluster as one consistent snapshot (see `ClusterView`)."""
         kvs, revision = await self.get_prefix(self.schema.prefix)
-        return ClusterView.from_kvs(self.schema.cluster, self.schema.prefix, kvs, revision)
+        return ClusterView.from_kvs(self.schema, kvs, revision)
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Unconditional write; returns the new revision. LeaseLost if `lease` is gone."""
@@ -406,9 +404,8 @@ class Store:
             try:
                 stream = await self._call("watch", _watch_from(prefix, next_revision))
             except StoreError as exc:
-                if isinstance(exc.__cause__, aetcd_errors.RevisionCompactedError) or (
-                    "compacted" in str(exc)
-                ):
+                # `_call` keeps only the text of aetcd's RevisionCompactedError.
+                if "compacted" in str(exc):
                     next_revision = 0
                     yield WatchEvent("resync", prefix, b"", 0)
                     continue
@@ -532,16 +529,13 @@ def _detail(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+_OPERATORS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+
+
 def _build_compare(t: Any, compare: Compare) -> Any:
-    target = getattr(t, _COMPARE_TARGETS[compare.target])(compare.key.encode())
-    value = compare.value
-    if compare.op == "==":
-        return target == value
-    if compare.op == "!=":
-        return target != value
-    if compare.op == "<":
-        return target < value
-    return target > value
+    """aetcd builds a compare from `t.<target>(key) <op> value`."""
+    target = getattr(t, compare.target)(compare.key.encode())
+    return _OPERATORS[compare.op](target, compare.value)
 
 
 def _build_op(t: Any, op: Op) -> Any:

@@ -8,6 +8,7 @@ waits for the controller's result and prints it. Nothing here touches an IP.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import click
 
@@ -33,15 +34,14 @@ def _confirm(question: str, yes: bool) -> None:
         raise Refused("aborted: nothing was changed")
 
 
-async def _submit(store: Store, request: Request, wait: float) -> Request:
-    done = await submit_and_wait(store, request, wait)
-    assert done.result is not None  # submit_and_wait returns only final results
-    return done
+def _outcome(request: Request) -> list[str]:
+    """The lines describing a finished request; Refused unless the controller did it."""
+    assert request.result is not None  # submit_and_wait returns only final results
+    return intent.describe_result(request, request.result)
 
 
 def _print_result(request: Request) -> None:
-    assert request.result is not None
-    for line in intent.describe_result(request, request.result):
+    for line in _outcome(request):
         click.echo(line)
 
 
@@ -65,8 +65,8 @@ def failover(
     """Move a VIP (or every VIP) to another node.
 
     Prints each move and how long it took, e.g. `198.18.0.100: node-a ->
-    node-b in 38 ms`.     The old node closes its WebSockets with 1001 Going Away so clients
-    reconnect at once. Allowed in maintenance mode.
+    node-b in 38 ms`. The old node closes its WebSockets with 1001 Going Away
+    so clients reconnect at once. Allowed in maintenance mode.
     """
 
     async def body(store: Store) -> Request:
@@ -74,7 +74,7 @@ def failover(
         intent.check_failover(snapshot, vip, target)
         _confirm(intent.failover_prompt(snapshot, vip, target), yes)
         request = intent.new_request("move", time.time(), vip=vip, target=target)
-        return await _submit(store, request, timeout)
+        return await submit_and_wait(store, request, timeout)
 
     _print_result(run(connection_of(ctx), body))
 
@@ -98,7 +98,7 @@ def resume(ctx: click.Context, timeout: float) -> None:
     _maintenance(ctx, "resume", timeout)
 
 
-def _maintenance(ctx: click.Context, kind: str, timeout: float) -> None:
+def _maintenance(ctx: click.Context, kind: Literal["pause", "resume"], timeout: float) -> None:
     want_paused = kind == "pause"
 
     async def body(store: Store) -> Request | None:
@@ -106,13 +106,12 @@ def _maintenance(ctx: click.Context, kind: str, timeout: float) -> None:
         intent.require_leader(snapshot, kind)
         if snapshot.settings is not None and snapshot.settings.paused == want_paused:
             return None
-        request = intent.new_request("pause" if want_paused else "resume", time.time())
-        return await _submit(store, request, timeout)
+        request = intent.new_request(kind, time.time())
+        return await submit_and_wait(store, request, timeout)
 
     done = run(connection_of(ctx), body)
     if done is not None:
-        assert done.result is not None
-        intent.describe_result(done, done.result)
+        _outcome(done)  # raises Refused if the controller did not do it
     if want_paused:
         click.echo("Maintenance mode on: no automatic failover until `hactl resume`.")
     else:
@@ -139,7 +138,8 @@ def drain(ctx: click.Context, node: str, yes: bool, timeout: float) -> None:
             return None
         held = ", ".join(snapshot.vips_of(node)) or "no VIPs"
         _confirm(f"Drain {node} (holds {held}) and close its WebSockets?", yes)
-        return await _submit(store, intent.new_request("drain", time.time(), node=node), timeout)
+        request = intent.new_request("drain", time.time(), node=node)
+        return await submit_and_wait(store, request, timeout)
 
     done = run(connection_of(ctx), body)
     if done is None:
@@ -162,14 +162,14 @@ def undrain(ctx: click.Context, node: str, timeout: float) -> None:
         intent.require_node(snapshot, node, include_drained=True)
         if not _drained(snapshot, node):
             return None
-        return await _submit(store, intent.new_request("undrain", time.time(), node=node), timeout)
+        request = intent.new_request("undrain", time.time(), node=node)
+        return await submit_and_wait(store, request, timeout)
 
     done = run(connection_of(ctx), body)
     if done is None:
         click.echo(f"{node} is not drained.")
         return
-    assert done.result is not None
-    intent.describe_result(done, done.result)
+    _outcome(done)  # raises Refused if the controller did not do it
     click.echo(f"{node} is back in service.")
 
 

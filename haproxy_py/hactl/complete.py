@@ -21,7 +21,7 @@ from haproxy_py.hactl.session import run
 DEADLINE = 0.5  # seconds per etcd call while completing
 
 
-def _names(ctx: click.Context, pick: Callable[[ClusterView], set[str]]) -> list[str]:
+def _names(ctx: click.Context, pick: Callable[[ClusterView], frozenset[str]]) -> list[str]:
     # Group callbacks do not run during completion: rebuild the options from what was parsed.
     params = ctx.find_root().params
     fields = {f.name for f in dataclasses.fields(Options)}
@@ -29,30 +29,17 @@ def _names(ctx: click.Context, pick: Callable[[ClusterView], set[str]]) -> list[
     try:
         connection = resolve(options)
         etcd = dataclasses.replace(connection.etcd, timeout=min(connection.etcd.timeout, DEADLINE))
-        connection = dataclasses.replace(connection, etcd=etcd)
-
-        async def body(store: Store) -> ClusterView:
-            return await store.read_view()
-
-        view = run(connection, body)
+        view = run(dataclasses.replace(connection, etcd=etcd), Store.read_view)
     except HactlError:
         return []
     return sorted(pick(view))
 
 
-def _nodes(view: ClusterView) -> set[str]:
-    drained = set(view.settings.drained) if view.settings else set()
-    return set(view.nodes) | drained
-
-
-def _vips(view: ClusterView) -> set[str]:
-    configured = set(view.settings.vips) if view.settings else set()
-    return configured | set(view.occupied)
-
-
 def nodes(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    return [CompletionItem(n) for n in _names(ctx, _nodes) if n.startswith(incomplete)]
+    names = _names(ctx, ClusterView.known_nodes)
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
 def vips(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    return [CompletionItem(v) for v in _names(ctx, _vips) if v.startswith(incomplete)]
+    names = _names(ctx, ClusterView.known_vips)
+    return [CompletionItem(v) for v in names if v.startswith(incomplete)]

@@ -49,15 +49,13 @@ def require_leader(view: ClusterView, action: str) -> str:
 
 
 def require_node(view: ClusterView, name: str, *, include_drained: bool = False) -> None:
-    known = set(view.nodes)
-    if include_drained and view.settings:
-        known |= set(view.settings.drained)
+    known = view.known_nodes() if include_drained else frozenset(view.nodes)
     if name not in known:
         raise NotFound(f"unknown node {name!r} (known: {_listing(known)})")
 
 
 def require_vip(view: ClusterView, vip: str) -> None:
-    known = set(view.occupied) | (set(view.settings.vips) if view.settings else set())
+    known = view.known_vips()
     if vip not in known:
         raise NotFound(f"unknown VIP {vip!r} (known: {_listing(known)})")
 

@@ -108,12 +108,7 @@ def _looks_empty(snapshot: ClusterView) -> bool:
 @click.pass_context
 def history(ctx: click.Context, limit: int, output: str) -> None:
     """Show the last N VIP ownership changes (time, from, to, cause, gap)."""
-    connection = connection_of(ctx)
-
-    async def body(store: Store) -> ClusterView:
-        return await store.read_view()
-
-    events = run(connection, body).events[-limit:]
+    events = run(connection_of(ctx), Store.read_view).events[-limit:]
     if output == "json":
         click.echo(json.dumps(view.history_json(events), indent=2))
     else:

@@ -13,14 +13,13 @@ or it is drained and no longer registered), `active` (holds a VIP),
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from haproxy_py.cluster.records import ClusterView, Event
+from haproxy_py.cluster.records import ClusterView, Event, vip_order
 from haproxy_py.hactl.table import Cell, render
 
 ROLE_COLOURS = {"active": "green", "standby": "cyan", "draining": "yellow", "down": "red"}
@@ -73,7 +72,7 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
     settings = view.settings
     drained = set(settings.drained) if settings else set()
     nodes = []
-    for name in sorted(set(view.nodes) | drained):
+    for name in sorted(view.known_nodes()):
         record = view.nodes.get(name)
         vips = view.vips_of(name)
         healthy = record is not None and record.healthy
@@ -99,9 +98,8 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 version=record.version if record else None,
             )
         )
-    configured = set(settings.vips) if settings else set()
     vip_rows: list[VipRow] = []
-    for address in sorted(configured | set(view.occupied), key=_address_key):
+    for address in vip_order(view.known_vips()):
         assignment = view.vips.get(address)
         if assignment is None:
             state = "unreadable" if address in view.occupied else "unassigned"
@@ -301,11 +299,3 @@ def _bold(text: str) -> str:
 
 def _warn(text: str) -> str:
     return click.style(text, fg="yellow")
-
-
-def _address_key(address: str) -> tuple[int, str]:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return (2, address)
-    return (ip.version, f"{int(ip):040d}")

@@ -9,12 +9,12 @@ def test_counters_and_gauges_render_with_labels_and_help() -> None:
     requests.inc(status="2xx")
     requests.inc(2, status="2xx")
     requests.inc(status="5xx")
-    registry.gauge("up", "Is it up.", collect=lambda: [({"server": 'a"b'}, 1.0)])
+    registry.gauge("up", "Is it up.", collect=lambda: [({"server": 'a"b\\c\nd'}, 1.0)])
     text = registry.render()
     assert "# TYPE hapy_requests_total counter" in text
     assert 'hapy_requests_total{status="2xx"} 3' in text
     assert 'hapy_requests_total{status="5xx"} 1' in text
-    assert 'hapy_up{server="a\\"b"} 1' in text
+    assert 'hapy_up{server="a\\"b\\\\c\\nd"} 1' in text
     assert text.endswith("\n")
 
 

@@ -113,7 +113,7 @@ def test_view_sorts_out_keys_and_keeps_unreadable_vips_occupied() -> None:
         KeyValue(s.epoch, b"1", 6, 6),
         KeyValue("/haproxy-py/other/nodes/x", b"{}", 7, 7),
     ]
-    view = ClusterView.from_kvs("c", s.prefix, kvs, 7)
+    view = ClusterView.from_kvs(s, kvs, 7)
     assert list(view.nodes) == ["n1"] and view.nodes["n1"].lease == 9
     assert view.occupied == {"v1", "v2"} and list(view.vips) == ["v2"]
     assert view.vips["v2"].lease == 9 and view.vips["v2"].mod_revision == 4

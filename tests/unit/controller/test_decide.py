@@ -119,6 +119,11 @@ class TestActiveStandby:
         v = view([node("a", 200), node("b")], config=settings(VIP1, drained=("a",)))
         assert assigns(run(v)) == {VIP1: "b"}
 
+    def test_a_node_registered_without_a_lease_gets_nothing(self) -> None:
+        """A VIP key is bound to its owner's lease; without one it would never expire."""
+        v = view([replace(node("a", 200), lease=0), node("b")])
+        assert assigns(run(v)) == {VIP1: "b"}
+
     def test_partly_assigned_group_completes_on_the_same_node(self) -> None:
         """A VIP added to the config joins the node that holds the group."""
         v = view([node("a", 200), node("b")], [held(VIP1, "b")], settings(VIP1, VIP2))
