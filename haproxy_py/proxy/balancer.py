@@ -33,6 +33,7 @@ class Server:
         "address",
         "config",
         "host",
+        "host_header",
         "max_conns",
         "port",
         "total",
@@ -45,6 +46,7 @@ class Server:
         self.host = config.host
         self.port = config.port
         self.address = config.address
+        self.host_header = config.address.encode()  # the Host of a request that had none
         self.weight = config.weight
         self.max_conns = config.max_conns
         self.up = True
@@ -78,6 +80,10 @@ class LeastConn:
     def _least_conn(self, exclude: Collection[Server]) -> Server | None:
         servers = self.servers
         n = len(servers)
+        if n == 1:
+            server = servers[0]
+            usable = server.up and not server.full and server not in exclude
+            return server if usable else None
         start = self._next
         self._next = (start + 1) % n
         best: Server | None = None

@@ -10,8 +10,9 @@ is still being opened (reading is paused meanwhile).
 
 One exchange runs at a time; a pipelined request that arrives early is held
 (its parser events are queued and reading pauses) until the current response
-is done. An `Upgrade: websocket` request whose backend answers 101 turns the
-two sockets into a `relay.Tunnel`, and this object is dropped.
+is done. Reading is paused only then, not after every request: pausing and
+resuming costs system calls on the hot path. An `Upgrade: websocket` request
+whose backend answers 101 turns the two sockets into a `relay.Tunnel`, and this object is dropped.
 
 Errors the proxy makes itself are short text answers followed by a close:
 404 no route, 503 no server up, 502 connect failure / bad backend, 504
@@ -22,6 +23,7 @@ parser callbacks travel as `Reject` so the parser stops at once.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -61,6 +63,14 @@ _PAUSE_UPSTREAM = 1  # the upstream write buffer is full
 _PAUSE_WAIT = 2  # no upstream connection yet (body bytes wait in `pending`)
 _PAUSE_HELD = 4  # a pipelined request waits for the current response
 
+# What the connection's one deadline guards (what happens when it passes).
+_IDLE = 1  # between requests: close
+_HEADER = 2  # a request head is arriving: 408
+_UPSTREAM = 3  # the backend owes an answer: 504
+_PROXY_HEADER = 4  # a PROXY header is due: drop
+# A timer that fires this close to the deadline counts as on time (uvloop has 1 ms ticks).
+_TIMER_SLACK = 0.001
+
 
 class Reject(Exception):
     """A request the proxy answers itself, raised from a parser callback."""
@@ -89,9 +99,14 @@ class ClientConnection(asyncio.Protocol):
         self.proxy_header: bytes | None = None  # the start of a PROXY header still awaited
         self.parser: HttpRequestParser | None = HttpRequestParser(self)
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf  # when `timer` fires
+        self.deadline = 0.0
+        self.on_deadline = 0  # what `deadline` guards; 0: nothing
         self.paused = 0
         self.in_parser = False
         self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+        self.host_seen = b""  # the last Host header and its routing name
+        self.host_name = ""
         self.closed = False
         self._reset_request()
 
@@ -155,9 +170,9 @@ class ClientConnection(asyncio.Protocol):
                 self._drop("PROXY header not accepted from this address (trusted_proxies)")
                 return
             self.proxy_header = b""
-            self._arm(self.proxy.runtime.timeouts.client_header, self._proxy_header_timeout)
+            self._arm(self.proxy.runtime.timeouts.client_header, _PROXY_HEADER)
             return
-        self._arm(self.proxy.runtime.timeouts.http_idle, self.transport.close)
+        self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
 
     def _proxy_header_received(self, data: bytes) -> bytes:
         """Consume the PROXY header; returns the bytes after it (empty while it is incomplete)."""
@@ -171,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
             return b""
         self.proxy_header = None
         self._use_proxy_header(result)
-        self._arm(self.proxy.runtime.timeouts.http_idle, self.transport.close)
+        self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
         return buffer[result.length :]
 
     def _use_proxy_header(self, header: proxyproto.ProxyHeader) -> None:
@@ -179,14 +194,11 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = header.source[0]
             self.peer, self.local = header.source, header.destination
 
-    def _proxy_header_timeout(self) -> None:
-        self._drop("no complete PROXY header in time")
-
     def _drop(self, reason: str) -> None:
         """Close without an answer: a peer that does not speak PROXY protocol gets no HTTP."""
         log.warning("connection dropped", reason=reason, peer=self.client_ip)
         self.closed = True
-        self._disarm()
+        self._stop_timer()
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -208,9 +220,19 @@ class ClientConnection(asyncio.Protocol):
         except HttpParserCallbackError as exc:
             self._callback_failed(exc.__context__)
         except HttpParserError as exc:
-            self._reject(400, f"bad request: {exc}")
+            self._bad_request(f"bad request: {exc}")
         finally:
             self.in_parser = False
+
+    def _bad_request(self, text: str) -> None:
+        """Garbage after a whole request waits for its response, as a pipelined request would."""
+        if self.held is None and self._must_hold():
+            self.held = []
+            self._pause(_PAUSE_HELD)
+        if self.held is not None:
+            self.held.append((self._reject, (400, text)))
+        else:
+            self._reject(400, text)
 
     def _callback_failed(self, cause: BaseException | None) -> None:
         if isinstance(cause, Reject):
@@ -241,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._disarm()
+        self._stop_timer()
         self.listener.active -= 1
         self.listener.forget(self)
         if self.in_exchange:
@@ -270,20 +292,57 @@ class ClientConnection(asyncio.Protocol):
     def resume_for_upstream(self) -> None:
         self._resume(_PAUSE_UPSTREAM)
 
-    # -- timers -----------------------------------------------------------------------
+    # -- the deadline -----------------------------------------------------------------
+    # One deadline per connection, for whichever phase it is in, behind one lazy timer:
+    # moving the deadline later (every request does, several times) is two attribute
+    # writes; the timer is re-armed only when it fires early or the deadline moves
+    # before it. Arming and cancelling a loop timer per phase cost more than the
+    # rest of a small request's bookkeeping.
 
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(delay, callback) if delay > 0 else None
+    def _arm(self, delay: float, what: int) -> None:
+        if delay <= 0:
+            self.on_deadline = 0
+            return
+        deadline = self.deadline = self.loop.time() + delay
+        self.on_deadline = what
+        if deadline < self.timer_at:
+            self._start_timer(deadline)
 
     def _disarm(self) -> None:
+        self.on_deadline = 0
+
+    def _start_timer(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._timer_fired)
+        self.timer_at = when
+
+    def _stop_timer(self) -> None:
+        """Let go of the timer (it holds this object alive) when the connection ends."""
+        self.on_deadline = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            self.timer_at = math.inf
 
-    def _header_timeout(self) -> None:
-        self._reject(408, "request headers took too long")
+    def _timer_fired(self) -> None:
+        self.timer = None
+        self.timer_at = math.inf
+        what = self.on_deadline
+        if not what or self.closed:
+            return
+        if self.deadline > self.loop.time() + _TIMER_SLACK:
+            self._start_timer(self.deadline)
+            return
+        self.on_deadline = 0
+        if what == _IDLE:
+            self.transport.close()
+        elif what == _HEADER:
+            self._reject(408, "request headers took too long")
+        elif what == _UPSTREAM:
+            self._upstream_timeout()
+        else:
+            self._drop("no complete PROXY header in time")
 
     def _upstream_timeout(self) -> None:
         if self.backend is not None and self.server is not None:
@@ -293,7 +352,17 @@ class ClientConnection(asyncio.Protocol):
 
     # -- parser callbacks (request side) ----------------------------------------------
 
+    # Each callback either does its work or, while a request is held, queues itself
+    # (`_replay` runs the queue later, when `held` is None again).
+
+    def _must_hold(self) -> bool:
+        """Whether parser events now belong to a request pipelined behind the current one."""
+        return self.in_exchange and self.request_done and not self.upgrade
+
     def on_message_begin(self) -> None:
+        if self.in_exchange and self.held is None and self._must_hold():
+            self.held = []
+            self._pause(_PAUSE_HELD)
         if self.held is not None:
             self.held.append((self._message_begin, ()))
         else:
@@ -302,26 +371,20 @@ class ClientConnection(asyncio.Protocol):
     def _message_begin(self) -> None:
         self._reset_request()
         self.started = time.monotonic()
-        self._arm(self.proxy.runtime.timeouts.client_header, self._header_timeout)
+        self._arm(self.proxy.runtime.timeouts.client_header, _HEADER)
 
     def on_url(self, url: bytes) -> None:
         if self.held is not None:
-            self.held.append((self._url, (url,)))
-        else:
-            self._url(url)
-
-    def _url(self, url: bytes) -> None:
+            self.held.append((self.on_url, (url,)))
+            return
         self.url += url
         if len(self.url) > self.proxy.runtime.limits.max_uri_size:
             raise Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.held is not None:
-            self.held.append((self._header, (name, value)))
-        else:
-            self._header(name, value)
-
-    def _header(self, name: bytes, value: bytes) -> None:
+            self.held.append((self.on_header, (name, value)))
+            return
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.proxy.runtime.limits.max_header_size:
             raise Reject(431, "request header section too large")
@@ -343,15 +406,31 @@ class ClientConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.held is not None:
-            self.held.append((self._request_body, (body,)))
+            self.held.append((self.on_body, (body,)))
+            return
+        if not self.in_exchange:
+            return
+        self.bytes_in += len(body)
+        assert self.facts is not None
+        if self.facts.chunked:
+            self._send_up(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self._request_body(body)
+            self._send_up(body)
 
     def on_message_complete(self) -> None:
         if self.held is not None:
-            self.held.append((self._request_complete, ()))
-        else:
-            self._request_complete()
+            self.held.append((self.on_message_complete, ()))
+            return
+        if not self.in_exchange:
+            return
+        self.request_done = True
+        assert self.facts is not None
+        if self.facts.chunked and not self.upgrade:
+            self._send_up(b"0\r\n\r\n")
+        if self.upstream is not None and not self.response_started:
+            self._arm(self.proxy.runtime.timeouts.upstream_header, _UPSTREAM)
+        if self.upgrade:
+            self._pause(_PAUSE_WAIT)  # until the 101 hands the sockets to the relay
 
     def _upgrade_data(self, data: bytes) -> None:
         if self.held is not None:
@@ -375,7 +454,11 @@ class ClientConnection(asyncio.Protocol):
             # RFC 9112 §6.1: such framing is faulty; two hops could read the body differently.
             raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
         target = self.url
-        host = None if facts.host is None else host_without_port(facts.host)
+        host = None
+        if facts.host is not None:
+            if facts.host != self.host_seen:  # keep-alive clients repeat it: decode once
+                self.host_seen, self.host_name = facts.host, host_without_port(facts.host)
+            host = self.host_name
         route_path = target
         if target == b"*" and method == b"OPTIONS":
             route_path = b"/"  # asks about the server as a whole: forwarded as it is
@@ -420,11 +503,10 @@ class ClientConnection(asyncio.Protocol):
         self.head = request_head(
             self.method,
             self.url,
-            self.headers,
             self.facts,
             client_ip=self.client_ip,
             proto=b"http" if self.listener.tls is None else b"https",
-            default_host=server.address.encode(),
+            default_host=server.host_header,
             upgrade=self.upgrade,
         )
         conn = backend.acquire(server)
@@ -505,12 +587,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             conn.transport.write(self.head)
         if self.request_done:
-            self._arm_upstream_wait()
-        if not self.upgrade:
+            self._arm(self.proxy.runtime.timeouts.upstream_header, _UPSTREAM)
+        if self.paused & _PAUSE_WAIT and not self.upgrade:
             self._resume(_PAUSE_WAIT)
-
-    def _arm_upstream_wait(self) -> None:
-        self._arm(self.proxy.runtime.timeouts.upstream_header, self._upstream_timeout)
 
     def _send_up(self, data: bytes) -> None:
         if self.upstream is not None:
@@ -518,31 +597,6 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pending.append(data)
             self._pause(_PAUSE_WAIT)
-
-    def _request_body(self, body: bytes) -> None:
-        if not self.in_exchange:
-            return
-        self.bytes_in += len(body)
-        assert self.facts is not None
-        if self.facts.chunked:
-            self._send_up(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            self._send_up(body)
-
-    def _request_complete(self) -> None:
-        if not self.in_exchange:
-            return
-        self.request_done = True
-        assert self.facts is not None
-        if self.facts.chunked and not self.upgrade:
-            self._send_up(b"0\r\n\r\n")
-        if self.upstream is not None and not self.response_started:
-            self._arm_upstream_wait()
-        if self.upgrade:
-            self._pause(_PAUSE_WAIT)  # until the 101 hands the sockets to the relay
-        elif self.in_exchange:
-            self.held = []  # a pipelined request waits for this response
-            self._pause(_PAUSE_HELD)
 
     # -- upstream events --------------------------------------------------------------
 
@@ -552,9 +606,7 @@ class ClientConnection(asyncio.Protocol):
             self._disarm()
             if self.version == "1.1":
                 self.out.append(
-                    response_head(
-                        status, reason, headers, ResponseFacts(headers), via=via, framing=b""
-                    )
+                    response_head(status, reason, ResponseFacts(headers), via=via, framing=b"")
                 )
             return
         if self.response_started:
@@ -582,7 +634,7 @@ class ClientConnection(asyncio.Protocol):
                 backend.passive_failure(server, f"answered {status}")
             else:
                 backend.passive_success(server)
-        self.out.append(response_head(status, reason, headers, facts, via=via, framing=framing))
+        self.out.append(response_head(status, reason, facts, via=via, framing=framing))
 
     def response_body(self, body: bytes) -> None:
         self.bytes_out += len(body)
@@ -642,7 +694,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_upgraded(self, conn: UpstreamConnection, tail: bytes) -> None:
         """The backend said 101: hand both sockets to a tunnel and let go of them."""
-        self._disarm()
+        self._stop_timer()
         backend, server = self.backend, self.server
         assert backend is not None and server is not None
         if not self.upgrade:
@@ -655,7 +707,6 @@ class ClientConnection(asyncio.Protocol):
         head = response_head(
             101,
             conn.reason,
-            conn.headers,
             facts,
             via=self.proxy.runtime.via,
             framing=b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n",
@@ -701,7 +752,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             return
-        self._arm(self.proxy.runtime.timeouts.http_idle, self.transport.close)
+        self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
         if self.held:
             # Not from inside the upstream's callbacks: on the next loop turn, still holding.
             self.loop.call_soon(self._replay)
@@ -718,6 +769,9 @@ class ClientConnection(asyncio.Protocol):
             for i, (handler, args) in enumerate(events):
                 if self.closed:
                     return
+                if self.held is None and self._must_hold():
+                    self.held = []
+                    self._pause(_PAUSE_HELD)
                 if self.held is not None:
                     self.held.extend(events[i:])
                     return
@@ -743,7 +797,7 @@ class ClientConnection(asyncio.Protocol):
         self._log_request(error=text)
         self.in_exchange = False
         self.closed = True
-        self._disarm()
+        self._stop_timer()
         self.transport.close()
 
     def _backend_name(self) -> str:

@@ -16,13 +16,17 @@ Headers = list[tuple[bytes, bytes]]
 HOP_BY_HOP = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"}
 )
-_REPLACED_ON_REQUEST = frozenset({b"x-forwarded-proto", b"x-forwarded-host"})
+_REPLACED_ON_REQUEST = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Names the one pass over a head looks at; every other header is forwarded as it is.
+_REQUEST_SPECIAL = HOP_BY_HOP | _REPLACED_ON_REQUEST | {b"host", b"content-length"}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
 
 class RequestFacts:
-    """What routing, balancing and framing need from a request's headers (one pass)."""
+    """What routing, balancing and framing need from a request's headers, and the
+    end-to-end header lines to forward, from one pass over them."""
 
-    __slots__ = ("chunked", "content_length", "drop", "forwarded_for", "host", "upgrade")
+    __slots__ = ("chunked", "content_length", "fields", "forwarded_for", "host", "upgrade")
 
     def __init__(self, headers: Headers) -> None:
         self.host: bytes | None = None
@@ -30,13 +34,18 @@ class RequestFacts:
         self.chunked = False
         self.upgrade: bytes | None = None
         self.forwarded_for: bytes | None = None
-        drop = HOP_BY_HOP
+        named: frozenset[bytes] | None = None  # extra headers the Connection header names
+        out: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
-            if lname == b"host":
+            if lname not in _REQUEST_SPECIAL:
+                out += (name, b": ", value, b"\r\n")
+            elif lname == b"host":
                 self.host = value
+                out += (name, b": ", value, b"\r\n")
             elif lname == b"content-length":
                 self.content_length = value
+                out += (name, b": ", value, b"\r\n")
             elif lname == b"transfer-encoding":
                 self.chunked = True
             elif lname == b"upgrade":
@@ -46,12 +55,25 @@ class RequestFacts:
                     value if self.forwarded_for is None else self.forwarded_for + b", " + value
                 )
             elif lname == b"connection":
-                drop = drop | connection_tokens(value)
-        self.drop = drop
+                extra = connection_tokens(value) - HOP_BY_HOP
+                if extra:
+                    named = extra if named is None else named | extra
+        if named:
+            out = _without(headers, HOP_BY_HOP | named | _REPLACED_ON_REQUEST)
+        self.fields = b"".join(out)
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def _without(headers: Headers, drop: frozenset[bytes]) -> list[bytes]:
+    """Header lines except those named in `drop` (the rare pass when Connection names more)."""
+    out: list[bytes] = []
+    for name, value in headers:
+        if name.lower() not in drop:
+            out += (name, b": ", value, b"\r\n")
+    return out
 
 
 def host_without_port(host: bytes) -> str:
@@ -65,7 +87,6 @@ def host_without_port(host: bytes) -> str:
 def request_head(
     method: bytes,
     url: bytes,
-    headers: Headers,
     facts: RequestFacts,
     *,
     client_ip: str,
@@ -74,18 +95,12 @@ def request_head(
     upgrade: bool,
 ) -> bytes:
     """The request head for the backend (always HTTP/1.1, keep-alive unless upgrading)."""
-    drop = facts.drop
-    out = [method, b" ", url, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        lname = name.lower()
-        if lname in drop or lname in _REPLACED_ON_REQUEST or lname == b"x-forwarded-for":
-            continue
-        out += (name, b": ", value, b"\r\n")
-    if facts.host is None:
-        out += (b"Host: ", default_host, b"\r\n")
     xff = client_ip.encode()
     if facts.forwarded_for is not None:
         xff = facts.forwarded_for + b", " + xff
+    out = [method, b" ", url, b" HTTP/1.1\r\n", facts.fields]
+    if facts.host is None:
+        out += (b"Host: ", default_host, b"\r\n")
     out += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if facts.host is not None:
         out += (b"X-Forwarded-Host: ", facts.host, b"\r\n")
@@ -98,46 +113,47 @@ def request_head(
 
 
 class ResponseFacts:
-    """Framing facts of a backend response (one pass over its headers)."""
+    """Framing facts of a backend response and its end-to-end header lines (one pass)."""
 
-    __slots__ = ("chunked", "content_length", "drop", "upgrade")
+    __slots__ = ("chunked", "content_length", "fields", "upgrade")
 
     def __init__(self, headers: Headers) -> None:
         self.content_length: bytes | None = None
         self.chunked = False
         self.upgrade: bytes | None = None
-        drop = HOP_BY_HOP
+        named: frozenset[bytes] | None = None
+        out: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
-            if lname == b"content-length":
+            if lname not in _RESPONSE_SPECIAL:
+                out += (name, b": ", value, b"\r\n")
+            elif lname == b"content-length":
                 self.content_length = value
+                out += (name, b": ", value, b"\r\n")
             elif lname == b"transfer-encoding":
                 self.chunked = True
             elif lname == b"upgrade":
                 self.upgrade = value
             elif lname == b"connection":
-                drop = drop | connection_tokens(value)
-        self.drop = drop
+                extra = connection_tokens(value) - HOP_BY_HOP
+                if extra:
+                    named = extra if named is None else named | extra
+        if named:
+            out = _without(headers, HOP_BY_HOP | named)
+        self.fields = b"".join(out)
 
 
 def response_head(
-    status: int,
-    reason: bytes,
-    headers: Headers,
-    facts: ResponseFacts,
-    *,
-    via: bytes,
-    framing: bytes,
+    status: int, reason: bytes, facts: ResponseFacts, *, via: bytes, framing: bytes
 ) -> bytes:
     """The response head for the client; `framing` is the Transfer-Encoding/Connection lines."""
-    drop = facts.drop
-    out = [b"HTTP/1.1 ", str(status).encode(), b" ", reason or _reason(status), b"\r\n"]
-    for name, value in headers:
-        if name.lower() in drop:
-            continue
-        out += (name, b": ", value, b"\r\n")
-    out += (b"Via: 1.1 ", via, b"\r\n", framing, b"\r\n")
-    return b"".join(out)
+    return b"HTTP/1.1 %d %b\r\n%bVia: 1.1 %b\r\n%b\r\n" % (
+        status,
+        reason or _reason(status),
+        facts.fields,
+        via,
+        framing,
+    )
 
 
 def _reason(status: int) -> bytes:

@@ -27,7 +27,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from haproxy_py.proxy.balancer import Server
-from haproxy_py.proxy.wsframes import GOING_AWAY, FrameTracker, close_frame, masked_close_frame
+from haproxy_py.proxy.wsframes import (
+    GOING_AWAY,
+    OPCODE_CLOSE,
+    FrameTracker,
+    close_frame,
+    masked_close_frame,
+)
 
 if TYPE_CHECKING:
     from haproxy_py.proxy.server import Listener
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
 
 # The states of a `_Half`.
 RELAY, DRAINING, STOPPED = "relay", "draining", "stopped"
+# The longest frame with a one-byte length: 2 header bytes, a mask key, 125 payload bytes.
+_SMALL_FRAME_MAX = 2 + 4 + 125
 
 
 class _Half(asyncio.Protocol):
@@ -45,7 +53,7 @@ class _Half(asyncio.Protocol):
     written (what this side still sends is read, tracked and dropped).
     """
 
-    __slots__ = ("frames", "nbytes", "peer", "state", "to_server", "transport", "tunnel")
+    __slots__ = ("aligned", "frames", "nbytes", "peer", "state", "to_server", "transport", "tunnel")
 
     def __init__(
         self, tunnel: Tunnel, transport: asyncio.Transport, peer: asyncio.Transport, to_server: bool
@@ -56,24 +64,35 @@ class _Half(asyncio.Protocol):
         self.to_server = to_server  # frames going to the backend are masked
         self.nbytes = 0
         self.frames = FrameTracker()
+        self.aligned = True  # `frames.at_boundary`, kept here for the fast path
         self.state = RELAY
 
     def data_received(self, data: bytes) -> None:
-        self.nbytes += len(data)
+        n = len(data)
+        self.nbytes += n
         if self.state is not RELAY:
             self._drain_received(data)
             return
         self.peer.write(data)
-        frames = self.frames
-        frames.feed(data)
-        if frames.close_seen and self.tunnel.closed_by is None:
-            self.tunnel.first_close(self)
+        if self.aligned and 2 <= n <= _SMALL_FRAME_MAX and data[0] & 0x0F != OPCODE_CLOSE:
+            # The common small message: one whole frame (payload length under 126) in
+            # one read leaves the tracker where it was, at a boundary, so skip it.
+            second = data[1]
+            length = second & 0x7F
+            if length < 126 and n == length + (6 if second & 0x80 else 2):
+                return
+        self._track(data)
 
     def _relay(self, data: bytes) -> None:
         """`data_received` for bytes already counted."""
         self.peer.write(data)
-        self.frames.feed(data)
-        if self.frames.close_seen and self.tunnel.closed_by is None:
+        self._track(data)
+
+    def _track(self, data: bytes) -> None:
+        frames = self.frames
+        frames.feed(data)
+        self.aligned = frames.at_boundary
+        if frames.close_seen and self.tunnel.closed_by is None:
             self.tunnel.first_close(self)
 
     def drain(self) -> None:

@@ -318,3 +318,67 @@ async def test_options_asterisk(backends, proxy) -> None:
     raw = await raw_exchange(server, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert b"aiohttp" in raw.split(b"\r\n\r\n")[0]  # answered by the backend, not the proxy
     assert b"no route" not in raw and b"bad request" not in raw
+
+
+async def _dispatched(server) -> None:
+    """Wait until the first request of the test is with the backend."""
+    backend = server.runtime.backends["app"]
+    await poll_until(lambda: backend.servers[0].active == 1, "request sent to the backend")
+
+
+async def test_request_pipelined_while_the_first_is_answered(backends, proxy) -> None:
+    """A request that arrives while the previous response is pending waits for it, in order."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    reader, writer = await asyncio.open_connection(*server.address("web"))
+    try:
+        writer.write(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _dispatched(server)
+        writer.write(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(30):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    assert raw.count(b"HTTP/1.1 200 OK") == 2
+    assert raw.find(b"late") < raw.find(b'"path": "/second"')
+
+
+async def test_garbage_after_a_request_waits_for_its_response(backends, proxy) -> None:
+    """Unparsable bytes behind a request in flight get their 400 after its response."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    reader, writer = await asyncio.open_connection(*server.address("web"))
+    try:
+        writer.write(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await _dispatched(server)
+        writer.write(b"\x00\x01 not http\r\n\r\n")
+        async with asyncio.timeout(30):
+            raw = await reader.read(-1)
+    finally:
+        writer.close()
+    first, _, rest = raw.partition(b"late")
+    assert first.startswith(b"HTTP/1.1 200 OK")
+    assert rest.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_keep_alive_outlives_each_timeout_while_busy(backends, proxy) -> None:
+    """Deadlines move with each request: a connection busier than its timeouts stays open."""
+    (b,) = await backends(1)
+    server = await proxy(
+        proxy_config(
+            {"app": [b.address]},
+            extra="[proxy.timeouts]\nclient_header = 2\nhttp_idle = 2\n",
+        )
+    )
+    reader, writer = await asyncio.open_connection(*server.address("web"))
+    try:
+        for i in range(4):  # 4 x 1.2 s between requests: past every timeout, never one gap
+            writer.write(b"GET /n%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            async with asyncio.timeout(30):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+            assert head.startswith(b"HTTP/1.1 200 OK") and b"/n%d" % i in body
+            await asyncio.sleep(1.2)  # the idle gap under test, not a synchronisation
+    finally:
+        writer.close()

@@ -30,7 +30,6 @@ class TestRequestHead:
         head = request_head(
             b"GET",
             b"/",
-            headers,
             RequestFacts(headers),
             client_ip="10.0.0.9",
             proto=b"http",
@@ -52,7 +51,6 @@ class TestRequestHead:
         head = request_head(
             b"GET",
             b"/x",
-            headers,
             RequestFacts(headers),
             client_ip="10.0.0.9",
             proto=b"http",
@@ -68,7 +66,6 @@ class TestRequestHead:
         head = request_head(
             b"POST",
             b"/",
-            headers,
             RequestFacts(headers),
             client_ip="1.1.1.1",
             proto=b"http",
@@ -88,7 +85,6 @@ class TestRequestHead:
         head = request_head(
             b"GET",
             b"/ws",
-            headers,
             RequestFacts(headers),
             client_ip="1.1.1.1",
             proto=b"http",
@@ -107,7 +103,6 @@ class TestRequestHead:
         head = request_head(
             b"GET",
             b"/",
-            [],
             RequestFacts([]),
             client_ip="1.1.1.1",
             proto=b"http",
@@ -123,11 +118,53 @@ def test_response_head_adds_via_and_drops_hop_by_hop() -> None:
         (b"X-Internal", b"1"),
         (b"Content-Length", b"3"),
     ]
-    head = response_head(200, b"OK", headers, ResponseFacts(headers), via=b"node-a", framing=b"")
+    head = response_head(200, b"OK", ResponseFacts(headers), via=b"node-a", framing=b"")
     assert lines(head)[0] == b"HTTP/1.1 200 OK"
     assert b"Via: 1.1 node-a" in lines(head)
     assert b"Content-Length: 3" in lines(head)
     assert not any(line.lower().startswith((b"connection", b"x-internal")) for line in lines(head))
+
+
+def test_response_head_keeps_order_and_case_and_frames() -> None:
+    headers = [
+        (b"X-B", b"2"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"x-a", b"1"),
+        (b"Keep-Alive", b"timeout=5"),
+    ]
+    head = response_head(
+        404, b"", ResponseFacts(headers), via=b"n", framing=b"Transfer-Encoding: chunked\r\n"
+    )
+    assert lines(head) == [
+        b"HTTP/1.1 404 Not Found",
+        b"X-B: 2",
+        b"x-a: 1",
+        b"Via: 1.1 n",
+        b"Transfer-Encoding: chunked",
+        b"",
+        b"",
+    ]
+
+
+def test_every_connection_header_counts() -> None:
+    headers = [
+        (b"Connection", b"X-One"),
+        (b"X-One", b"1"),
+        (b"connection", b"x-two"),
+        (b"X-Two", b"2"),
+        (b"X-Three", b"3"),
+    ]
+    head = request_head(
+        b"GET",
+        b"/",
+        RequestFacts(headers),
+        client_ip="1.1.1.1",
+        proto=b"http",
+        default_host=b"b:1",
+        upgrade=False,
+    )
+    names = [line.split(b":")[0] for line in lines(head)[1:] if line]
+    assert names == [b"X-Three", b"Host", b"X-Forwarded-For", b"X-Forwarded-Proto"]
 
 
 def test_host_without_port() -> None:

@@ -142,6 +142,28 @@ async def test_close_frame_split_across_reads_during_drain(ends: Ends) -> None:
     assert unmask_close_code(got[len(partial) - 1 :]) == 1001
 
 
+async def test_small_frames_one_per_read_then_a_split_one(ends: Ends) -> None:
+    """Whole small frames skip the tracker; a small frame cut by a read must not."""
+    for i in range(3):
+        whole = frame(Opcode.TEXT, b"m%d" % i, masked=False)
+        ends.backend[1].write(whole)
+        assert await read_exactly(ends.client, len(whole)) == whole
+    split = frame(Opcode.TEXT, b"s" * 20, masked=False)
+    ends.backend[1].write(split[:5])
+    assert await read_exactly(ends.client, 5) == split[:5]
+    ends.tunnels.drain_all()
+    assert unmask_close_code(await read_exactly(ends.backend, 8)) == 1001
+    ends.backend[1].write(split[5:])
+    rest = await read_exactly(ends.client, len(split) - 5 + 4)
+    assert rest == split[5:] + GOING_AWAY_TO_CLIENT
+
+
+async def test_small_close_frame_in_one_read_is_seen(ends: Ends) -> None:
+    ends.backend[1].write(close(4002, masked=False))
+    assert await read_exactly(ends.client, 4) == close(4002, masked=False)
+    assert (ends.tunnel.close_code, ends.tunnel.closed_by) == (4002, "backend")
+
+
 async def _until(predicate: object) -> None:
     """Poll every 10 ms (the callers bound the wait with wait_for)."""
     assert callable(predicate)
