@@ -1,0 +1,370 @@
+"""The stacks under test, each able to settle, inject a fault into its active node, and recover.
+
+Both run on the same lab (same namespaces, proxies and backends):
+`HaproxyPy` is the lab as built (agents, controllers, etcd); `Keepalived`
+stops the agents and controllers and lets keepalived move the VIP instead.
+Faults use the lab's own process handling (`control.Lab`) and one partition
+(`cut`), so each stack gets exactly the same SIGKILL, SIGTERM and partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.failover import cut, kaconf
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.lab import control
+from haproxy_py.lab.layout import ADMIN_PORT, Member
+from haproxy_py.lab.netns import in_netns, ip
+from haproxy_py.lab.watch import AddressReader
+
+SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm")
+SCENARIO_TITLES = {
+    "planned": "planned move",
+    "kill": "SIGKILL of the active node",
+    "proxy": "active node's proxy killed",
+    "partition": "partition of the active node",
+    "sigterm": "clean stop (SIGTERM) of the active node",
+}
+SETTLE_TIMEOUT = 90.0
+
+
+class BenchError(Exception):
+    """The stack did not reach the state a trial needs; the message says which and where."""
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+class Stack(ABC):
+    """One way of moving the VIP between the lab's nodes."""
+
+    name: str
+    title: str
+
+    def __init__(self, lab: control.Lab) -> None:
+        self.lab = lab
+        self.vip = lab.layout.vips[0]
+        self._readers: dict[str, AddressReader] = {}
+
+    def holders(self) -> list[str]:
+        """The nodes that have the VIP on an interface now."""
+        if not self._readers:
+            self._readers = {n.name: AddressReader(n.netns) for n in self.lab.layout.nodes}
+        return [name for name, r in self._readers.items() if self.vip in r.addresses()]
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
+    def other(self, node: str) -> str:
+        return next(n.name for n in self.lab.layout.nodes if n.name != node)
+
+    def _terminate(self, node: str, processes: tuple[str, ...]) -> None:
+        """SIGTERM the named processes of `node` at once (as a service manager stopping the
+        host does), then wait for each to exit (SIGKILL after 10 s)."""
+        procs = [
+            p
+            for p in self.lab.plumbing.procs(node + "/")
+            if p.label.split("/", 1)[1] in processes and self.lab.plumbing.alive(p)
+        ]
+        for proc in procs:
+            _signal(proc.pid, signal.SIGTERM)  # the main process only, as systemd's stop does
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            while self.lab.plumbing.alive(proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.lab.plumbing.kill(proc)  # whatever is left of its group; forgets it
+
+    def _ends(self, node: str) -> tuple[cut.End, list[cut.End]]:
+        member = self.lab.layout.node(node)
+        peers = [m for m in (*self.lab.layout.etcd, *self.lab.layout.nodes) if m != member]
+        return cut.End(member.netns, member.address), [cut.End(m.netns, m.address) for m in peers]
+
+    def partition(self, node: str) -> None:
+        """Cut `node` off from etcd and the other nodes; clients and backends still reach it."""
+        cut.cut(*self._ends(node))
+
+    def heal(self, node: str) -> None:
+        cut.mend(*self._ends(node))
+
+    def detail(self) -> str:
+        """What else about the steady state explains a trial's figures (e.g. where the controller
+        leads); empty when nothing does."""
+        return ""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Take over the VIP handling of the lab."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Give the VIP handling back up, leaving no VIP on any node."""
+
+    @abstractmethod
+    def settle(self) -> str:
+        """Wait until the stack is in its steady state; return the active node."""
+
+    @abstractmethod
+    def inject(self, scenario: str, node: str) -> None:
+        """Apply `scenario` to the active `node`."""
+
+    @abstractmethod
+    def recover(self, scenario: str, node: str) -> None:
+        """Undo `scenario` on `node` (restart what was killed, heal, ...)."""
+
+
+class HaproxyPy(Stack):
+    """The lab as built: agents with leases and kernel-fenced VIPs, controllers, 3-member etcd."""
+
+    name = "haproxy-py"
+    title = "haproxy-py (etcd lease, TTL 2 s)"
+
+    def start(self) -> None:
+        for node in self.lab.layout.nodes:
+            self.lab.start_node(node.name)
+
+    def stop(self) -> None:
+        for node in self.lab.layout.nodes:
+            self._terminate(node.name, ("agent", "controller"))
+        wait_until(lambda: not self.holders(), 30, "the agents to release the VIP")
+
+    def settle(self) -> str:
+        def steady() -> bool:
+            return len(self.holders()) == 1 and self.lab.ready()
+
+        wait_until(steady, SETTLE_TIMEOUT, "haproxy-py to settle (nodes healthy, VIP answering)")
+        return self.holders()[0]
+
+    def detail(self) -> str:
+        """The controller leader: when it is on the node that dies, a standby controller must
+        first win the election before the dead node's VIP can be reassigned."""
+        try:
+            leader = self.lab.view().leader
+        except StoreError:
+            return "controller leader: unknown (etcd unreachable)"
+        return f"controller leader: {leader.id if leader else 'none'}"
+
+    def inject(self, scenario: str, node: str) -> None:
+        if scenario == "planned":
+            done = self.lab.hactl("failover", "--yes", "--vip", self.vip, "--to", self.other(node))
+            if done.returncode != 0:
+                raise BenchError(f"hactl failover failed: {(done.stderr or done.stdout).strip()}")
+        elif scenario == "kill":
+            self.lab.kill(node)
+        elif scenario == "proxy":
+            self.lab.kill(node, "proxy")
+        elif scenario == "partition":
+            self.partition(node)
+        elif scenario == "sigterm":
+            self._terminate(node, control.NODE_PROCESSES)
+        else:
+            raise BenchError(f"unknown scenario {scenario!r}")
+
+    def recover(self, scenario: str, node: str) -> None:
+        if scenario == "partition":
+            self.heal(node)
+        if scenario != "planned":
+            self.lab.restart(node)
+
+
+class Keepalived(Stack):
+    """The same proxies, with keepalived (one profile of `kaconf`) moving the VIP."""
+
+    def __init__(self, lab: control.Lab, profile: kaconf.Profile) -> None:
+        super().__init__(lab)
+        self.profile = profile
+        self.name = f"keepalived-{profile.name}"
+        self.title = profile.title
+        self.dir = lab.paths.root / self.name
+        self.peers = [
+            kaconf.Peer(n.name, n.address, kaconf.base_priority(i))
+            for i, n in enumerate(lab.layout.nodes)
+        ]
+        self.preferred = self.peers[0].name
+
+    def _state_file(self, node: str) -> Path:
+        return self.dir / f"{node}.state"
+
+    def _pid_file(self, node: str, kind: str = "") -> Path:
+        return self.dir / f"{node}.{kind}pid"
+
+    def _config_file(self, node: str) -> Path:
+        return self.dir / f"{node}.conf"
+
+    def _write_config(self, node: str, priority: int | None = None) -> None:
+        me = next(p for p in self.peers if p.name == node)
+        if priority is not None:
+            me = kaconf.Peer(me.name, me.address, priority)
+        notify = self.dir / f"{node}.notify"
+        notify.write_text(kaconf.notify_script(str(self._state_file(node))))
+        notify.chmod(0o755)
+        text = kaconf.render(
+            self.profile,
+            me,
+            [p for p in self.peers if p.name != node],
+            self.vip,
+            f"http://127.0.0.1:{ADMIN_PORT}/healthz",
+            str(notify),
+        )
+        self._config_file(node).write_text(text)
+
+    def _spawn(self, member: Member) -> None:
+        node = member.name
+        self._state_file(node).unlink(missing_ok=True)
+        # A SIGKILLed keepalived leaves its pid files; a PID in them that is alive again (reused,
+        # or a not yet reaped child) makes keepalived refuse to start ("already running").
+        for pidfile in (self._pid_file(node), self._pid_file(node, "vrrp.")):
+            pidfile.unlink(missing_ok=True)
+        argv = [
+            "keepalived",
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--no-syslog",
+            "--vrrp",
+            f"--use-file={self._config_file(node)}",
+            f"--pid={self._pid_file(node)}",
+            f"--vrrp_pid={self._pid_file(node, 'vrrp.')}",
+        ]
+        label = f"{node}/keepalived"
+        log = self.lab.paths.log(f"{node}-{self.name}")
+        self.lab.plumbing.spawn(member.netns, argv, label=label, log=log)
+
+    def _keepalived(self, node: str) -> list[int]:
+        return [
+            p.pid
+            for p in self.lab.plumbing.procs(f"{node}/keepalived")
+            if self.lab.plumbing.alive(p)
+        ]
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # The previous stack's node ancillaries must be gone, the proxies must run.
+        for node in self.lab.layout.nodes:
+            self._terminate(node.name, ("agent", "controller"))
+            self.lab.start_node(node.name, ("proxy",))
+            self._undrain(node)
+            self._write_config(node.name)
+        for node in self.lab.layout.nodes:
+            self._spawn(node)
+        self.settle()
+        # Faults only ever hit the preferred node, so the others' check scripts keep passing
+        # once they have: give them a few script intervals before the first fault.
+        time.sleep(3)
+
+    def stop(self) -> None:
+        for node in self.lab.layout.nodes:
+            self._terminate(node.name, ("keepalived",))
+        wait_until(lambda: not self.holders(), 30, "keepalived to remove the VIP")
+
+    def _state(self, node: str) -> str:
+        try:
+            return self._state_file(node).read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def _proxy_healthy(self, member: Member) -> bool:
+        return _admin(member, "GET", "/healthz")
+
+    def _undrain(self, member: Member) -> None:
+        """A stopping agent drains its proxy; under keepalived the proxy must serve again."""
+        wait_until(lambda: _admin(member, "POST", "/undrain"), 30, f"{member.name}'s proxy admin")
+
+    def settle(self) -> str:
+        """Steady state: the preferred node (highest priority) is MASTER and alone holds the VIP,
+        every other keepalived is BACKUP, every proxy is healthy, and the VIP answers."""
+
+        def steady() -> bool:
+            if self.holders() != [self.preferred]:
+                return False
+            for node in self.lab.layout.nodes:
+                want = "MASTER" if node.name == self.preferred else "BACKUP"
+                if not self._keepalived(node.name) or self._state(node.name) != want:
+                    return False
+                if not self._proxy_healthy(node):
+                    return False
+            return control.whoami(self.vip, timeout=2) is not None
+
+        wait_until(steady, SETTLE_TIMEOUT, f"{self.title} to settle with {self.preferred} MASTER")
+        return self.preferred
+
+    def inject(self, scenario: str, node: str) -> None:
+        if scenario == "planned":
+            # What keepalived users do: lower the active node's priority and reload.
+            lowest = min(p.priority for p in self.peers)
+            self._write_config(node, priority=lowest - 1)
+            for pid in self._keepalived(node):
+                _signal(pid, signal.SIGHUP)
+        elif scenario == "kill":
+            self.lab.kill(node)
+        elif scenario == "proxy":
+            self.lab.kill(node, "proxy")
+        elif scenario == "partition":
+            self.partition(node)
+        elif scenario == "sigterm":
+            self._terminate(node, ("proxy", "keepalived"))
+        else:
+            raise BenchError(f"unknown scenario {scenario!r}")
+
+    def recover(self, scenario: str, node: str) -> None:
+        member = self.lab.layout.node(node)
+        if scenario == "planned":
+            self._write_config(node)
+            for pid in self._keepalived(node):
+                _signal(pid, signal.SIGHUP)
+            return
+        if scenario == "partition":
+            self.heal(node)
+            return
+        if scenario == "kill":
+            # keepalived has no fencing: a SIGKILLed master leaves its VIP behind.
+            ip("addr", "del", f"{self.vip}/32", "dev", "eth0", netns=member.netns, check=False)
+        self.lab.start_node(node, ("proxy",))
+        if not self._keepalived(node):
+            self._spawn(member)
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal a process the lab started and still knows (it may just have exited)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _admin(member: Member, method: str, path: str) -> bool:
+    """Call the node's proxy admin API (on the node's loopback); True on a 2xx answer."""
+
+    def call() -> bool:
+        url = f"http://127.0.0.1:{ADMIN_PORT}{path}"
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(200 <= response.status < 300)
+        except OSError:
+            return False
+
+    return in_netns(member.netns, call)
+
+
+def make(lab: control.Lab, name: str) -> Stack:
+    if name == "haproxy-py":
+        return HaproxyPy(lab)
+    if name.startswith("keepalived-") and name.removeprefix("keepalived-") in kaconf.PROFILES:
+        return Keepalived(lab, kaconf.PROFILES[name.removeprefix("keepalived-")])
+    raise BenchError(f"unknown stack {name!r}")
+
+
+STACKS = ("haproxy-py", *(f"keepalived-{p}" for p in kaconf.PROFILES))

@@ -1,0 +1,165 @@
+"""The four ways the load reaches the backend: direct, nginx, haproxy and haproxy-py.
+
+`start()` brings a proxy up pinned to the proxy core and returns where to send
+load and which PIDs to account; a target that cannot start raises TargetFailed
+with a one-line reason, so the rest of the run goes on without it.
+"""
+
+from __future__ import annotations
+
+import abc
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import configs
+from bench.procfs import children
+from bench.procs import Spawned, StartError, free_port, spawn, wait_listening
+
+PROXY_CPU = 1
+HOST = "127.0.0.1"
+
+
+class TargetFailed(Exception):
+    """The target cannot be measured in this run (missing, bad config, failed smoke test)."""
+
+
+@dataclass
+class Running:
+    address: str  # host:port the load generator connects to
+    cpu_pids: list[int] = field(default_factory=list)  # processes whose CPU is the proxy's
+    mem_pids: list[int] = field(default_factory=list)  # processes whose RSS is the proxy's
+    procs: list[Spawned] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@dataclass(frozen=True)
+class Target(abc.ABC):
+    name: str
+    tests: tuple[str, ...]  # the load tests it takes part in
+    idle: bool  # whether it takes part in the idle-memory test
+
+    @abc.abstractmethod
+    def start(self, backend: str, workdir: Path) -> Running:
+        """Start the proxy in front of `backend` (host:port), ready for load."""
+
+
+def fd_limit() -> int:
+    """The open-file limit the proxies inherit (the harness raises it first)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _require(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise TargetFailed(f"{program} is not installed (run `make bench`, which installs it)")
+    return path
+
+
+def _started(proc: Spawned, port: int) -> Running:
+    try:
+        wait_listening(proc, HOST, port)
+    except StartError as exc:
+        proc.stop()
+        raise TargetFailed(str(exc)) from exc
+    return Running(f"{HOST}:{port}", [proc.pid], [proc.pid], [proc])
+
+
+@dataclass(frozen=True)
+class Direct(Target):
+    def start(self, backend: str, workdir: Path) -> Running:
+        return Running(backend)
+
+
+@dataclass(frozen=True)
+class Nginx(Target):
+    buffer_64k: bool = False
+
+    def start(self, backend: str, workdir: Path) -> Running:
+        nginx = _require("nginx")
+        home = workdir / self.name
+        home.mkdir(exist_ok=True)
+        port = free_port()
+        conf = home / "nginx.conf"
+        conf.write_text(
+            configs.nginx_conf(
+                listen=port,
+                backend=backend,
+                workdir=home,
+                buffer_64k=self.buffer_64k,
+                fd_limit=fd_limit(),
+            )
+        )
+        argv = [nginx, "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")]
+        running = _started(spawn(self.name, argv, PROXY_CPU, workdir), port)
+        master = running.procs[0]
+        deadline = time.monotonic() + 10
+        while not (workers := children(master.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not workers:
+            running.stop()
+            raise TargetFailed(f"{self.name}: no worker process appeared under the master")
+        running.cpu_pids = [master.pid, *workers]
+        running.mem_pids = workers
+        return running
+
+
+@dataclass(frozen=True)
+class Haproxy(Target):
+    def start(self, backend: str, workdir: Path) -> Running:
+        haproxy = _require("haproxy")
+        port = free_port()
+        cfg = workdir / f"{self.name}.cfg"
+        cfg.write_text(configs.haproxy_cfg(listen=port, backend=backend, fd_limit=fd_limit()))
+        return _started(
+            spawn(self.name, [haproxy, "-db", "-f", str(cfg)], PROXY_CPU, workdir), port
+        )
+
+
+@dataclass(frozen=True)
+class HaproxyPy(Target):
+    """The proxy of this project, as an operator runs it: `haproxy-py run --config FILE`."""
+
+    def start(self, backend: str, workdir: Path) -> Running:
+        program = Path(sys.executable).with_name("haproxy-py")
+        if not program.exists():
+            raise TargetFailed(f"{program} is missing (install the project: pip install -e .)")
+        port, admin = free_port(), free_port()
+        conf = workdir / f"{self.name}.toml"
+        conf.write_text(
+            configs.haproxy_py_toml(listen=port, admin=admin, backend=backend, fd_limit=fd_limit())
+        )
+        try:
+            check = subprocess.run(
+                [str(program), "check-config", str(conf)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TargetFailed("haproxy-py check-config did not finish within 60 s") from exc
+        if check.returncode != 0:
+            reason = (check.stderr or check.stdout).strip().splitlines()
+            raise TargetFailed(
+                f"haproxy-py check-config failed: {reason[-1] if reason else check.returncode}"
+            )
+        proc = spawn(self.name, [str(program), "run", "--config", str(conf)], PROXY_CPU, workdir)
+        running = _started(proc, port)
+        running.cpu_pids = running.mem_pids = [proc.pid, *children(proc.pid)]
+        return running
+
+
+TARGETS: tuple[Target, ...] = (
+    Direct("direct", ("ws-small", "ws-large", "http"), idle=False),
+    Nginx("nginx", ("ws-small", "ws-large", "http"), idle=True),
+    Nginx("nginx-buf64k", ("ws-large",), idle=False, buffer_64k=True),
+    Haproxy("haproxy", ("ws-small", "ws-large", "http"), idle=True),
+    HaproxyPy("haproxy-py", ("ws-small", "ws-large", "http"), idle=True),
+)

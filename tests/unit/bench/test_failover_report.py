@@ -1,0 +1,79 @@
+"""The failover result summary and its Markdown table, side by side per stack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.failover.report import render, summarize_trials
+
+
+def trial(stack: str, scenario: str, gap: float | None, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "stack": stack,
+        "scenario": scenario,
+        "websockets": 0,
+        "gap_ms": gap,
+        "new_node_ms": gap,
+        "dual_ms": 0.0,
+        "dual_at_end": False,
+        "ws_all_back_ms": None,
+        "ws_dropped": None,
+        "error": None,
+    }
+    row.update(extra)
+    return row
+
+
+TRIALS = [
+    trial("haproxy-py", "kill", 2000.0),
+    trial("haproxy-py", "kill", 2400.0),
+    trial("haproxy-py", "kill", 2200.0, websockets=1000, ws_all_back_ms=2600.0, ws_dropped=990),
+    trial("keepalived-nginx", "kill", 3500.0, dual_ms=500.0, dual_at_end=True),
+    trial("keepalived-nginx", "kill", None, error="timed out after 30 s"),
+]
+
+
+def test_summary_separates_probe_trials_from_websocket_trials() -> None:
+    summary = summarize_trials(TRIALS, ["haproxy-py", "keepalived-nginx"], ["kill"])
+    ours = summary["haproxy-py"]["kill"]
+    assert ours["trials"] == 2 and ours["ws_trials"] == 1 and ours["all_trials"] == 3
+    assert ours["gap_ms"]["p50"] == 2200.0 and ours["gap_ms"]["max"] == 2400.0
+    assert ours["ws_all_back_ms"]["max"] == 2600.0
+    assert ours["dual_ms_total"] == 0 and ours["dual_trials"] == 0
+    theirs = summary["keepalived-nginx"]["kill"]
+    assert theirs["gap_ms"]["missing"] == 1
+    assert (theirs["dual_ms_total"], theirs["dual_trials"], theirs["dual_at_end"]) == (500.0, 1, 1)
+    assert theirs["errors"] == ["timed out after 30 s"]
+
+
+def test_table_has_one_column_per_stack_and_names_failures() -> None:
+    stacks = {"haproxy-py": "haproxy-py (TTL 2 s)", "keepalived-nginx": "keepalived (NGINX)"}
+    doc = {
+        "meta": {
+            "started": "2026-01-01 00:00 UTC",
+            "host": "lab",
+            "cpus": 2,
+            "load": "1.0",
+            "repeats": 2,
+            "ws_repeats": 1,
+            "ws_clients": 1000,
+            "probe_interval_ms": 5.0,
+            "hold_s": 0.5,
+        },
+        "stacks": stacks,
+        "scenarios": ["kill"],
+        "summary": summarize_trials(TRIALS, list(stacks), ["kill"]),
+    }
+    text = render(doc)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("| scenario"))
+    assert header == "| scenario | measure | haproxy-py (TTL 2 s) | keepalived (NGINX) |"
+    gap_row = next(line for line in lines if "client gap" in line)
+    assert gap_row.startswith("| SIGKILL of the active node |")
+    assert "| 2200 / 2380 / 2400 |" in gap_row and "(1 never)" in gap_row
+    dual_row = next(line for line in lines if "two nodes" in line)
+    assert "| 0 (0/3 trials) |" in dual_row
+    assert "500 (1/2 trials), still on two nodes at the end in 1" in dual_row
+    ws_row = next(line for line in lines if "WebSocket" in line and line.startswith("|"))
+    assert "2.60 / 2.60 (0.40 / 0.40 after the move), only 990 of 1000 dropped, n=1" in ws_row
+    assert "- keepalived-nginx / kill: timed out after 30 s" in lines
