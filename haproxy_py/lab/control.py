@@ -345,17 +345,18 @@ class Lab:
         return True
 
     def ready(self) -> bool:
-        """Every node registered and healthy, every VIP assigned, and every VIP answering."""
+        """Every node registered, healthy and reporting its backends (so that the first
+        `hactl status` a user sees is complete), every VIP assigned, and every VIP answering."""
         try:
             view = self.view()
         except StoreError:
             return False
         if view.leader is None:
             return False
-        if any(
-            not (n.name in view.nodes and view.nodes[n.name].healthy) for n in self.layout.nodes
-        ):
-            return False
+        for n in self.layout.nodes:
+            record = view.nodes.get(n.name)
+            if record is None or not record.healthy or record.backends_total == 0:
+                return False
         if any(v not in view.vips or view.vips[v].state != "assigned" for v in self.layout.vips):
             return False
         return all(whoami(v) is not None for v in self.layout.vips)

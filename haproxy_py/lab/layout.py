@@ -203,8 +203,9 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
     )
     cluster: dict[str, object] = {"name": CLUSTER, "mode": layout.mode, "vips": list(layout.vips)}
     if layout.mode == "active-active":
-        # Spread the VIPs again once a node is back (and healthy for a few seconds).
-        cluster.update(failback=True, failback_hold=FAILBACK_HOLD)
+        # Failback is on by default here; a short hold-down spreads the VIPs again within
+        # seconds of a node coming back, where a lab user is watching.
+        cluster["failback_hold"] = FAILBACK_HOLD
     parts.append(_section("cluster", cluster))
     parts.append(_section("etcd", {"endpoints": layout.etcd_endpoints, **etcd_tls(pki, node.name)}))
     parts.append(_section("agent", {"proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}"}))

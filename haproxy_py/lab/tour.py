@@ -60,9 +60,8 @@ class ChatClient:
                         self.connected_at = time.monotonic()
                         self.note(f"connected through proxy {self.node} to backend {self.backend}")
                         delay = 0.1
-                        async for _ in ws:
-                            pass
-                        self.note(f"connection closed with code {ws.close_code}")
+                        code = await closed_with(ws)
+                        self.note(f"connection closed with code {code}{CLOSE_CODES.get(code, '')}")
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     self.note(f"connect failed ({type(exc).__name__}), retrying")
                 self.node = None
@@ -74,6 +73,30 @@ class ChatClient:
 
     def since(self, start: float) -> list[str]:
         return [f"  +{at - start:6.2f} s  {text}" for at, text in self.log if at >= start]
+
+
+CLOSE_CODES: dict[int | None, str] = {
+    1001: " (Going Away: the proxy node let the VIP go)",
+    1006: " (no close frame: the connection just broke)",
+}
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """The code of the close frame the server sent, or aiohttp's own code if none came.
+
+    Not `ws.close_code` alone: after a planned move the client's reply goes to the VIP's
+    new node, which resets it, and aiohttp then reports 1006 although 1001 arrived.
+    """
+    while True:
+        msg = await ws.receive()
+        if msg.type == aiohttp.WSMsgType.CLOSE:
+            return int(msg.data)
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            return ws.close_code
 
 
 def wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -130,7 +153,10 @@ def tour() -> None:
         start = time.monotonic()
         show(lab, "failover", "-y")
         wait(lambda: client.node not in (None, before), 20)
-        click.echo("The chat client:\n" + "\n".join(client.since(start)))
+        click.echo(
+            "The chat client (times from the start of the command above):\n"
+            + "\n".join(client.since(start))
+        )
 
         active = owner(lab, vip) or lab.layout.nodes[0].name
         step(
@@ -151,10 +177,19 @@ def tour() -> None:
         )
         wait(lambda: client.node not in (None, active), 20)
 
-        step("hactl history", "Every VIP move, with its cause and how long the VIP had no owner.")
+        step(
+            "hactl history",
+            "Every VIP move with its cause. GAP is how long etcd showed the VIP without an "
+            "owner. After a node loss it counts from the moment etcd expired the dead node's "
+            "lease, so clients were cut off for longer: the lease TTL came first.",
+        )
         show(lab, "history", "-n", "5")
 
-        step("The chat client", "What the client saw since the kill:")
+        step(
+            "The chat client",
+            "What the client saw since the kill: its connection broke at once, it retried "
+            "with backoff, and got in again once the VIP was on the surviving node.",
+        )
         click.echo("\n".join(client.since(start)))
 
         step(f"hactl lab restart {active}", f"{active} comes back as a standby.")
@@ -162,13 +197,28 @@ def tour() -> None:
         wait(lab.ready, 30)
         show(lab, "status")
 
+    ending(lab, owner(lab, vip) or lab.layout.nodes[0].name)
+
+
+def ending(lab: control.Lab, active: str) -> None:
+    """What to do next, naming the node that is active now so each fault is visible."""
+    tries = [
+        ("hactl failover -y", "a planned move: the page reconnects through the other node"),
+        (
+            f"hactl lab kill {active}",
+            f"the active node; `hactl lab restart {active}` brings it back",
+        ),
+        (f"hactl lab partition {active}", f"cut off from etcd; `hactl lab heal {active}`"),
+        (f"hactl lab stop-proxy {active}", f"only its proxy; `hactl lab restart {active}`"),
+        ("hactl history", "every move, its cause and gap"),
+    ]
+    width = max(len(command) for command, _ in tries)
     click.echo("")
     click.secho("The lab keeps running.", bold=True)
     click.echo(f"  Chat page:  {lab.layout.host_url}  (open it in two tabs and chat)")
-    click.echo("  Try:        hactl failover -y      hactl lab kill node1")
-    click.echo("              hactl lab partition node1   hactl lab heal node1")
-    click.echo("              hactl lab stop-proxy node2  hactl lab restart node2")
-    click.echo("              hactl status -w")
+    click.echo("  Watch:      hactl status -w   (in a second terminal while you try things)")
+    for i, (command, what) in enumerate(tries):
+        click.echo(f"  {'Try:' if i == 0 else '':<12}{command:<{width}}  # {what}")
     click.echo("  Layout:     hactl lab status")
     click.echo("  Remove it:  make demo-down")
 

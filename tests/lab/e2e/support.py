@@ -65,9 +65,10 @@ def view(lab: control.Lab) -> ClusterView | None:
 
 
 def settled(lab: control.Lab) -> bool:
-    """Every node healthy, every VIP assigned and answering, and in active-active every node
-    holding a VIP (so that a rebalance cannot move a VIP in the middle of the next fault)."""
-    if not lab.ready():
+    """Every node healthy, every VIP assigned and answering, every daemon watching etcd, and in
+    active-active every node holding a VIP (so that a rebalance cannot move a VIP in the middle
+    of the next fault)."""
+    if not lab.ready() or not watches_up(lab):
         return False
     current = view(lab)
     if current is None:
@@ -77,8 +78,42 @@ def settled(lab: control.Lab) -> bool:
     return True
 
 
+def watches_up(lab: control.Lab) -> bool:
+    """No agent or controller is still retrying its etcd watch. After a partition heals, a
+    node registers again at once but its watch comes back only at its next retry (up to a
+    second later); a fault injected meanwhile would measure that backoff, not the fault."""
+    return not any(
+        _watch_down(lab.paths.log(f"{node.name}/{process}"))
+        for node in lab.layout.nodes
+        for process in ("agent", "controller")
+    )
+
+
+def _watch_down(log: Path) -> bool:
+    """Does the daemon's log end with a watch that went down and has not been restored?"""
+    down: set[str] = set()
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    for line in lines:
+        if '"etcd watch ' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "etcd watch down, retrying":
+            down.add(event.get("prefix", ""))
+        elif event.get("event") == "etcd watch restored":
+            down.discard(event.get("prefix", ""))
+    return bool(down)
+
+
 def settle(lab: control.Lab) -> ClusterView:
-    wait_until(lambda: settled(lab), 60, "the lab to settle (all nodes healthy, VIPs answering)")
+    wait_until(
+        lambda: settled(lab), 60, "the lab to settle (nodes healthy, VIPs answering, watches up)"
+    )
     current = view(lab)
     assert current is not None
     return current

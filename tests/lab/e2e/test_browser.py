@@ -105,6 +105,7 @@ def chromium(lab: control.Lab, tmp_path: Path) -> Iterator[tuple[int, Path]]:
 def test_chat_page_reconnects_after_failover(lab: control.Lab, chromium: tuple[int, Path]) -> None:
     before = settle(lab)
     old = before.owner(lab.layout.vips[0])
+    assert old is not None
     port, _ = chromium
     with NetnsLoop(lab.layout.client.netns) as loop:
         session, tools = loop.run(_attach(port))

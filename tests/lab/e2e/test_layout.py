@@ -73,6 +73,8 @@ def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str) -> 
     cluster = parse_cluster(doc)
     assert cluster.mode == mode and cluster.vips == layout.vips
     assert cluster.failback == (mode == "active-active")
+    if mode == "active-active":
+        assert cluster.failback_hold == lay.FAILBACK_HOLD
     etcd = parse_etcd(doc)
     assert etcd.tls and len(etcd.endpoints) == 3
     assert parse_controller(doc, etcd).id == "node1"
