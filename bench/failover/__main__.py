@@ -129,6 +129,7 @@ class Run:
                 "probe_interval_ms": args.probe_interval * 1000,
                 "hold_s": args.hold,
                 "keepalived": _version(["keepalived", "--version"]),
+                "stack_s": {},  # wall time per stack: settling, faults and recovery
             },
             "stacks": {},
             "scenarios": args.scenarios,
@@ -148,6 +149,7 @@ class Run:
         stack = stacks.make(lab, name)
         self.doc["stacks"][name] = stack.title
         say(f"== {stack.title}")
+        began = time.monotonic()
         try:
             stack.start()
             for scenario in self.args.scenarios:
@@ -163,6 +165,7 @@ class Run:
         finally:
             stack.stop()
             stack.close()
+            self.doc["meta"]["stack_s"][name] = round(time.monotonic() - began)
 
     def _fleet_trials(self, stack: stacks.Stack, loop: NetnsLoop) -> None:
         stack.settle()
@@ -196,13 +199,18 @@ class Run:
         )
         self.doc["trials"].append(done.as_dict())
         self.save()
-        ws = "" if fleet is None else f" ws back {done.ws_all_back_ms} ms ({done.ws_dropped})"
+        ws = (
+            ""
+            if fleet is None
+            else f" ws back {done.ws_all_back_ms} ms ({done.ws_reconnected} reconnected)"
+        )
         error = f" ERROR {done.error}" if done.error else ""
         say(
             f"{stack.name} {scenario} #{repeat} {done.old}->{done.new}: gap {done.gap_ms} ms, "
             f"new node after {done.new_node_ms} ms, dual {done.dual_ms} ms"
             f"{' (at end)' if done.dual_at_end else ''}{ws}{error}"
             f"{'; ' + done.detail if done.detail else ''}"
+            f"; settle {done.settle_s} s, measure {done.measure_s} s, recover {done.recover_s} s"
         )
 
 
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         control.down(args.run_dir, keep_logs=True)
         for name in (*stacks.STACKS, "src"):  # keepalived's files, the code snapshot
             shutil.rmtree(args.run_dir / name, ignore_errors=True)
+    run.doc["meta"]["wall_s"] = round(time.monotonic() - started)
     run.save()
     say(f"done in {time.monotonic() - started:.0f} s: {args.results / 'failover.md'}")
     return 0

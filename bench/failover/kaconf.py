@@ -7,10 +7,12 @@ health check script of the local proxy with `weight 50`, `accept`, and a GARP
 refresh every 5 s; the script runs every second as the benchmark brief asks
 (the template's 3 s would only make keepalived slower). `fast` is the same
 with VRRPv3 and the shortest advert interval keepalived accepts (10 ms).
+`log_status` reads keepalived's own log for its state and health check result.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ROUTER_ID = 51
@@ -51,10 +53,9 @@ def render(
     others: list[Peer],
     vip: str,
     health_url: str,
-    notify: str,
     interface: str = "eth0",
 ) -> str:
-    """The keepalived.conf of node `me`; `notify` is a script that records state changes."""
+    """The keepalived.conf of node `me`."""
     peers = "\n".join(f"        {p.address}" for p in others)
     return f"""# keepalived for the failover benchmark, profile {profile.name!r} (node {me.name}).
 global_defs {{
@@ -88,16 +89,31 @@ vrrp_instance VI_1 {{
     track_script {{
         chk_proxy
     }}
-    notify "{notify}"
 }}
 """
 
 
-NOTIFY_SCRIPT = """#!/bin/sh
-# keepalived calls this with: TYPE NAME STATE PRIORITY. Keep the state for the benchmark.
-echo "$3" > "{state_file}.tmp" && mv "{state_file}.tmp" "{state_file}"
-"""
+@dataclass(frozen=True)
+class LogStatus:
+    """What a keepalived log says about its latest run: VRRP state and health check result."""
+
+    state: str  # "MASTER", "BACKUP", "FAULT"; "" before the first state
+    check_passing: bool
 
 
-def notify_script(state_file: str) -> str:
-    return NOTIFY_SCRIPT.format(state_file=state_file)
+def log_status(lines: list[str]) -> LogStatus:
+    """The state and check result of the last keepalived run in `lines` (its log, in order).
+    The log is the only ordered record: notify scripts run concurrently and may finish out of
+    order when two transitions come within milliseconds."""
+    state, check = "", None
+    for line in reversed(lines):
+        if not state and (found := _STATE.search(line)):
+            state = found.group(1)
+        if check is None and "VRRP_Script(chk_proxy)" in line:
+            check = "succeeded" in line or "successful" in line  # also "... on reload"
+        if (state and check is not None) or "Starting Keepalived" in line:
+            break
+    return LogStatus(state, bool(check))
+
+
+_STATE = re.compile(r"\) Entering (\w+) STATE")

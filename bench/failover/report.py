@@ -33,7 +33,7 @@ def summarize_trials(
                 "ws_trials": len(fleet),
                 "ws_all_back_ms": summarize(t["ws_all_back_ms"] for t in fleet).as_dict(),
                 "ws_after_move_ms": summarize(_after_move(t) for t in fleet).as_dict(),
-                "ws_dropped": [t["ws_dropped"] for t in fleet],
+                "ws_reconnected": [t["ws_reconnected"] for t in fleet],
                 "ws_clients": max((t["websockets"] for t in fleet), default=0),
             }
     return out
@@ -74,11 +74,17 @@ def _ws(cell: Mapping[str, Any]) -> str:
     text = f"{_n(s['p50'], 1000, 2)} / {_n(s['max'], 1000, 2)}"
     if moved["count"] > moved["missing"]:
         text += f" ({_n(moved['p50'], 1000, 2)} / {_n(moved['max'], 1000, 2)} after the move)"
-    dropped = [d for d in cell["ws_dropped"] if d is not None]
-    if dropped and min(dropped) < cell["ws_clients"]:
-        text += f", only {min(dropped)} of {cell['ws_clients']} dropped"
+    again = [d for d in cell["ws_reconnected"] if d is not None]
+    if again:
+        low, high = min(again), max(again)
+        count = str(low) if low == high else f"{low}-{high}"
+        text += f", {count} of {cell['ws_clients']} reconnected"
     text += f", n={s['count']}"
     return text + (f", {s['missing']} never all back" if s["missing"] else "")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
 
 
 ROWS = (
@@ -113,6 +119,10 @@ def render(doc: Mapping[str, Any]) -> str:
             values = [cell(summary[s][scenario]) for s in stacks]
             lines.append(f"| {name} | {label} | " + " | ".join(values) + " |")
     lines += ["", NOTES.format(hold=meta.get("hold_s", 0.5))]
+    if meta.get("stack_s"):
+        each = ", ".join(f"{s} {_minutes(t)}" for s, t in meta["stack_s"].items())
+        total = f"{_minutes(meta['wall_s'])} in all: " if "wall_s" in meta else ""
+        lines += ["", f"Wall time: {total}{each} (lab set-up and removal not per stack)."]
     errors = [
         f"- {s} / {sc}: {e}"
         for s in stacks
@@ -134,7 +144,12 @@ NOTES = (
     "VIP on two nodes: time within each trial's window (fault until {hold:g} s after the new node "
     "answered) during which the VIP was on two node namespaces at once, confirmed by a re-read. "
     "WebSocket clients: from the fault (in parentheses: from the new node's first answer) until "
-    "every client had lost its connection and was connected again (a moved VIP ends every "
-    "connection); clients ping every second (no pong within 0.5 s ends the connection) and "
-    "reconnect after 50-100 ms."
+    "every client was connected through a node serving the VIP after the fault (one the probe "
+    "reached after the move; a connection that survived there counts as back, and the count "
+    "says how many clients had to reconnect); each client learns its node from the `Via` header "
+    "of its handshake, pings every second (no pong within 0.5 s ends the connection) and "
+    "reconnects after 50-100 ms. Every fault hits the node holding the VIP; the other node "
+    "alternates: under keepalived the node recovering from a fault rejoins as the backup "
+    "(priority 100, the survivor becoming the primary at 101), so no trial waits for a "
+    "preempt back."
 )

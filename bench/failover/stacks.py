@@ -34,6 +34,7 @@ SCENARIO_TITLES = {
     "sigterm": "clean stop (SIGTERM) of the active node",
 }
 SETTLE_TIMEOUT = 90.0
+LOG_TAIL = 65536  # bytes of a keepalived log that surely hold its latest state and check result
 
 
 class BenchError(Exception):
@@ -182,7 +183,15 @@ class HaproxyPy(Stack):
 
 
 class Keepalived(Stack):
-    """The same proxies, with keepalived (one profile of `kaconf`) moving the VIP."""
+    """The same proxies, with keepalived (one profile of `kaconf`) moving the VIP.
+
+    The documented pair has a primary (highest priority) and a backup, and the primary takes
+    the VIP back whenever it returns (preemption, one more takeover interval of waiting). So
+    that each trial need not wait for that, the roles follow the VIP: when a node recovers
+    from a fault it is configured as the backup and the node that took over as the primary.
+    Every fault thus still hits a primary holding the VIP with a healthy backup, configured
+    exactly as documented; only which node is which alternates.
+    """
 
     def __init__(self, lab: control.Lab, profile: kaconf.Profile) -> None:
         super().__init__(lab)
@@ -194,10 +203,7 @@ class Keepalived(Stack):
             kaconf.Peer(n.name, n.address, kaconf.base_priority(i))
             for i, n in enumerate(lab.layout.nodes)
         ]
-        self.preferred = self.peers[0].name
-
-    def _state_file(self, node: str) -> Path:
-        return self.dir / f"{node}.state"
+        self.primary = self.peers[0].name
 
     def _pid_file(self, node: str, kind: str = "") -> Path:
         return self.dir / f"{node}.{kind}pid"
@@ -205,26 +211,26 @@ class Keepalived(Stack):
     def _config_file(self, node: str) -> Path:
         return self.dir / f"{node}.conf"
 
+    def _priorities(self) -> dict[str, int]:
+        """The documented priorities, the primary's first."""
+        order = [self.primary, *(p.name for p in self.peers if p.name != self.primary)]
+        return {name: kaconf.base_priority(i) for i, name in enumerate(order)}
+
     def _write_config(self, node: str, priority: int | None = None) -> None:
         me = next(p for p in self.peers if p.name == node)
-        if priority is not None:
-            me = kaconf.Peer(me.name, me.address, priority)
-        notify = self.dir / f"{node}.notify"
-        notify.write_text(kaconf.notify_script(str(self._state_file(node))))
-        notify.chmod(0o755)
+        mine = self._priorities()[node] if priority is None else priority
+        me = kaconf.Peer(me.name, me.address, mine)
         text = kaconf.render(
             self.profile,
             me,
             [p for p in self.peers if p.name != node],
             self.vip,
             f"http://127.0.0.1:{ADMIN_PORT}/healthz",
-            str(notify),
         )
         self._config_file(node).write_text(text)
 
     def _spawn(self, member: Member) -> None:
         node = member.name
-        self._state_file(node).unlink(missing_ok=True)
         # A SIGKILLed keepalived leaves its pid files; a PID in them that is alive again (reused,
         # or a not yet reaped child) makes keepalived refuse to start ("already running").
         for pidfile in (self._pid_file(node), self._pid_file(node, "vrrp.")):
@@ -262,45 +268,73 @@ class Keepalived(Stack):
         for node in self.lab.layout.nodes:
             self._spawn(node)
         self.settle()
-        # Faults only ever hit the preferred node, so the others' check scripts keep passing
-        # once they have: give them a few script intervals before the first fault.
-        time.sleep(3)
 
     def stop(self) -> None:
         for node in self.lab.layout.nodes:
             self._terminate(node.name, ("keepalived",))
         wait_until(lambda: not self.holders(), 30, "keepalived to remove the VIP")
 
-    def _state(self, node: str) -> str:
-        try:
-            return self._state_file(node).read_text().strip()
-        except FileNotFoundError:
-            return ""
-
     def _proxy_healthy(self, member: Member) -> bool:
         return _admin(member, "GET", "/healthz")
+
+    def _log_status(self, node: str) -> kaconf.LogStatus:
+        """The node's keepalived state and health check result, from the tail of its log."""
+        log = self.lab.paths.log(f"{node}-{self.name}")
+        try:
+            with log.open("rb") as f:
+                f.seek(max(0, log.stat().st_size - LOG_TAIL))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return kaconf.LogStatus("", False)
+        return kaconf.log_status(lines)
+
+    def _reload(self, node: str) -> None:
+        """Write the node's configuration and have its keepalived (if running) reload it."""
+        self._write_config(node)
+        for pid in self._keepalived(node):
+            _signal(pid, signal.SIGHUP)
 
     def _undrain(self, member: Member) -> None:
         """A stopping agent drains its proxy; under keepalived the proxy must serve again."""
         wait_until(lambda: _admin(member, "POST", "/undrain"), 30, f"{member.name}'s proxy admin")
 
+    def _unsteady(self) -> str:
+        """What keeps the stack from its steady state; empty once it is there."""
+        holders = self.holders()
+        if holders != [self.primary]:
+            return f"the VIP is on {', '.join(holders) or 'no node'}"
+        for node in self.lab.layout.nodes:
+            want = "MASTER" if node.name == self.primary else "BACKUP"
+            if not self._keepalived(node.name):
+                return f"{node.name}'s keepalived is not running"
+            status = self._log_status(node.name)
+            if status.state != want:
+                return f"{node.name}'s keepalived is {status.state or 'starting'}, not {want}"
+            if not status.check_passing:
+                # Without the check's weight a backup would not take over from the primary.
+                return f"{node.name}'s health check has not succeeded"
+            if not self._proxy_healthy(node):
+                return f"{node.name}'s proxy is not healthy"
+        if control.whoami(self.vip, timeout=2) is None:
+            return "the VIP does not answer"
+        return ""
+
     def settle(self) -> str:
-        """Steady state: the preferred node (highest priority) is MASTER and alone holds the VIP,
-        every other keepalived is BACKUP, every proxy is healthy, and the VIP answers."""
+        """Steady state: the primary (highest priority) is MASTER and alone holds the VIP, every
+        other keepalived is BACKUP, every health check passes, and the VIP answers."""
+
+        waiting = ""
 
         def steady() -> bool:
-            if self.holders() != [self.preferred]:
-                return False
-            for node in self.lab.layout.nodes:
-                want = "MASTER" if node.name == self.preferred else "BACKUP"
-                if not self._keepalived(node.name) or self._state(node.name) != want:
-                    return False
-                if not self._proxy_healthy(node):
-                    return False
-            return control.whoami(self.vip, timeout=2) is not None
+            nonlocal waiting
+            waiting = self._unsteady()
+            return not waiting
 
-        wait_until(steady, SETTLE_TIMEOUT, f"{self.title} to settle with {self.preferred} MASTER")
-        return self.preferred
+        try:
+            wait_until(steady, SETTLE_TIMEOUT, f"{self.title} to settle with {self.primary} MASTER")
+        except BenchError as exc:
+            raise BenchError(f"{exc} (still: {waiting})") from None
+        return self.primary
 
     def inject(self, scenario: str, node: str) -> None:
         if scenario == "planned":
@@ -322,10 +356,13 @@ class Keepalived(Stack):
 
     def recover(self, scenario: str, node: str) -> None:
         member = self.lab.layout.node(node)
+        took_over = [n for n in self.holders() if n != node]
+        self.primary = took_over[0] if took_over else self.other(node)
+        # The recovered node first becomes the backup, then the survivor the primary: at no
+        # moment may the recovered node outrank the node holding the VIP (it would preempt).
+        self._reload(node)
+        self._reload(self.primary)
         if scenario == "planned":
-            self._write_config(node)
-            for pid in self._keepalived(node):
-                _signal(pid, signal.SIGHUP)
             return
         if scenario == "partition":
             self.heal(node)

@@ -101,19 +101,17 @@ def dual_time(
     return Dual(seconds=total, ongoing=ongoing)
 
 
-def all_back(
-    drops: Sequence[float | None], returns: Sequence[float | None], fault: float
-) -> tuple[int, float | None]:
-    """WebSocket clients after a fault: how many lost their connection, and the time from the
-    fault until the last of those was connected again (None if one never was).
+@dataclass(frozen=True)
+class Back:
+    """A WebSocket client served again after a fault: since when its connection is up, and
+    whether it had to reconnect (False: its connection survived the fault on a serving node)."""
 
-    `drops[i]`/`returns[i]` are client i's first disconnect after the fault and its first
-    successful reconnect after that disconnect (None when it did not happen).
-    """
-    if len(drops) != len(returns):
-        raise ValueError("drops and returns must describe the same clients")
-    dropped = [(d, r) for d, r in zip(drops, returns, strict=True) if d is not None]
-    if any(r is None for _, r in dropped):
-        return len(dropped), None
-    latest = max((r for _, r in dropped if r is not None), default=fault)
-    return len(dropped), max(0.0, latest - fault)
+    since: float
+    reconnected: bool
+
+
+def all_back(backs: Sequence[Back], fault: float) -> tuple[int, float]:
+    """How many clients had to reconnect, and the time from the fault until the last of them
+    was connected again (0 when every connection survived)."""
+    again = [b.since for b in backs if b.reconnected]
+    return len(again), max(0.0, max(again, default=fault) - fault)

@@ -5,7 +5,9 @@ few milliseconds from the client namespace and records which node answered;
 the watcher (the lab's `watch.TwoOwnersWatcher`) samples every node
 namespace's addresses every few milliseconds. After the fault the trial
 waits until a node other than the old one answers, then watches for `hold`
-seconds more, so that a VIP left behind on the old node is seen.
+seconds more, so that a VIP left behind on the old node is seen. With a
+WebSocket fleet it also waits until every client is connected through a node
+that the probe reached after the move (a connection that survived there counts).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.failover.stacks import BenchError, Stack, wait_until
-from bench.failover.stats import all_back, dual_time
+from bench.failover.stats import Back, all_back, dual_time
 from bench.failover.wsfleet import Fleet
-from haproxy_py.lab.client import NetnsLoop, Probe, outage
+from haproxy_py.lab.client import Attempt, NetnsLoop, Probe, outage
 from haproxy_py.lab.layout import PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher
 
@@ -40,10 +42,13 @@ class Trial:
     dual_ms: float = 0.0  # VIP on two nodes at once, within the trial's window
     dual_at_end: bool = False  # ... and still so when the window closed
     window_ms: float = 0.0
-    ws_dropped: int | None = None
-    ws_all_back_ms: float | None = None  # fault -> last dropped client reconnected
+    ws_reconnected: int | None = None  # clients that had to reconnect (the rest survived)
+    ws_all_back_ms: float | None = None  # fault -> every client on a serving node
     detail: str = ""  # the stack's own context, e.g. which node led the controllers
     error: str | None = None
+    settle_s: float = 0.0  # where a trial's wall time goes: waiting for the steady state,
+    measure_s: float = 0.0  # the fault until the window closed (and the fleet was back),
+    recover_s: float = 0.0  # undoing the fault
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +56,17 @@ class Trial:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
+
+
+def serving(attempts: list[Attempt], fault: float, old: str) -> set[str]:
+    """The nodes that answered the probe from the first answer of a node other than `old`
+    after `fault` on: those serving the VIP after the move (two of them in a split brain)."""
+    moved = min(
+        (a.start for a in attempts if a.start >= fault and a.node not in (None, old)), default=None
+    )
+    if moved is None:
+        return set()
+    return {a.node for a in attempts if a.start >= moved and a.node is not None}
 
 
 def run(
@@ -64,6 +80,7 @@ def run(
     fleet: Fleet | None = None,
 ) -> Trial:
     """Measure one fault of `scenario` on `stack`'s active node, then recover that node."""
+    began = time.monotonic()
     old = stack.settle()
     if fleet is not None:
         wait_until(fleet.all_connected, WS_TIMEOUT, "every WebSocket client to be connected")
@@ -74,6 +91,7 @@ def run(
     nodes = {n.name: n.netns for n in stack.lab.layout.nodes}
     watcher = TwoOwnersWatcher(nodes, {stack.vip}, interval=0.003).__enter__()
     injected = False
+    backs: list[Back] | None = None
     try:
 
         def answered(since: float, by_other: bool) -> bool:
@@ -90,10 +108,14 @@ def run(
             stack.inject(scenario, old)
             wait_until(lambda: answered(fault, True), MOVE_TIMEOUT, "an answer from another node")
             if fleet is not None:
+
+                def fleet_back() -> bool:
+                    nonlocal backs
+                    backs = fleet.back(fault, serving(list(probe.attempts), fault, old))
+                    return backs is not None
+
                 wait_until(
-                    lambda: fleet.returned(fault),
-                    WS_TIMEOUT,
-                    "every WebSocket client to lose its connection and reconnect",
+                    fleet_back, WS_TIMEOUT, "every WebSocket client on a node serving the VIP"
                 )
         except BenchError as exc:
             trial.error = str(exc)
@@ -103,8 +125,12 @@ def run(
         watch = watcher.stop()
         end_wall = time.time()
         attempts = running.result(timeout=30)
+        measured = time.monotonic()
         if injected:
             stack.recover(scenario, old)
+    trial.settle_s = round(fault - began, 2)
+    trial.measure_s = round(measured - fault, 2)
+    trial.recover_s = round(time.monotonic() - measured, 2)
     seen = outage(attempts, fault, old)
     trial.new = seen.new_node
     trial.gap_ms = _ms(seen.gap)
@@ -115,9 +141,7 @@ def run(
     trial.dual_ms = round(dual.seconds * 1000, 1)
     trial.dual_at_end = dual.ongoing
     trial.window_ms = round((end_wall - fault_wall) * 1000, 1)
-    if fleet is not None:
-        downs, backs = zip(*(c.after(fault) for c in fleet.clients), strict=True)
-        dropped, back = all_back(list(downs), list(backs), fault)
-        trial.ws_dropped = dropped
+    if backs is not None:
+        trial.ws_reconnected, back = all_back(backs, fault)
         trial.ws_all_back_ms = _ms(back)
     return trial

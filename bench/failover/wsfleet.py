@@ -3,8 +3,10 @@
 Each client keeps one connection to the demo app's /echo open, pings every
 `heartbeat` seconds (so a connection to a dead or cut-off node is noticed:
 no pong within half that time closes it) and reconnects after a short pause
-whenever its connection ends. Every client records when it went down and up,
-so that `stats.all_back` can tell how long the whole fleet took to return.
+whenever its connection ends. Every client records when it connected, through
+which node (the `Via` header of the handshake's 101), and when it went down, so
+that a trial can tell when the whole fleet is served by the nodes that serve the
+VIP after a fault, and how many clients had to reconnect for that.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from bench.failover.stats import Back
 
 RETRY = 0.05  # pause before a reconnect (plus up to the same again of jitter)
 CONNECTS = 64  # handshakes in flight at once while the fleet first connects
@@ -22,19 +27,23 @@ CONNECTS = 64  # handshakes in flight at once while the fleet first connects
 
 @dataclass
 class Client:
-    events: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic, connected)
+    # (monotonic, node) per change: the node a new connection went through, None when it ended
+    events: list[tuple[float, str | None]] = field(default_factory=list)
 
     @property
-    def connected(self) -> bool:
-        return bool(self.events) and self.events[-1][1]
+    def node(self) -> str | None:
+        """The node of the current connection; None while disconnected."""
+        return self.events[-1][1] if self.events else None
 
-    def after(self, fault: float) -> tuple[float | None, float | None]:
-        """First disconnect at or after `fault`, and the first reconnect after that."""
-        down = next((t for t, up in self.events if t >= fault and not up), None)
-        if down is None:
-            return None, None
-        back = next((t for t, up in self.events if t >= down and up), None)
-        return down, back
+    def back(self, fault: float, serving: Collection[str]) -> Back | None:
+        """Connected now through one of `serving`: since when, and whether that connection was
+        made after `fault` (a reconnect) or survived it; None if not (yet) so."""
+        if not self.events:
+            return None
+        since, node = self.events[-1]
+        if node is None or node not in serving:
+            return None
+        return Back(since, since >= fault)
 
 
 class Fleet:
@@ -49,12 +58,17 @@ class Fleet:
         self._gate: asyncio.Semaphore | None = None
 
     def all_connected(self) -> bool:
-        return all(c.connected for c in self.clients)
+        return all(c.node is not None for c in self.clients)
 
-    def returned(self, fault: float) -> bool:
-        """Has every client lost its connection since `fault` and been connected again?
-        (A VIP that moves ends every connection: its node no longer has the address.)"""
-        return all(c.after(fault)[1] is not None for c in self.clients)
+    def back(self, fault: float, serving: Collection[str]) -> list[Back] | None:
+        """Every client's `Client.back`, or None while any client is not back yet."""
+        backs = []
+        for client in self.clients:
+            back = client.back(fault, serving)
+            if back is None:
+                return None
+            backs.append(back)
+        return backs
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -83,12 +97,19 @@ class Fleet:
                         timeout=timeout,
                         autoping=True,
                     )
-                client.events.append((time.monotonic(), True))
+                client.events.append((time.monotonic(), _via(ws)))
                 async with ws:
                     async for _ in ws:
                         pass
-                client.events.append((time.monotonic(), False))
+                client.events.append((time.monotonic(), None))
             except (aiohttp.ClientError, OSError, TimeoutError):
-                if client.connected:
-                    client.events.append((time.monotonic(), False))
+                if client.node is not None:
+                    client.events.append((time.monotonic(), None))
             await asyncio.sleep(RETRY * (1 + random.random()))
+
+
+def _via(ws: aiohttp.ClientWebSocketResponse) -> str:
+    """The proxy node named in the handshake's `Via` ("1.1 node1"); aiohttp keeps the 101
+    response only on a private attribute, and "?" stands for a proxy that sent none."""
+    via: str = ws._response.headers.get("Via", "")
+    return via.split()[-1] if via else "?"

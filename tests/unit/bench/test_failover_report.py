@@ -17,7 +17,7 @@ def trial(stack: str, scenario: str, gap: float | None, **extra: Any) -> dict[st
         "dual_ms": 0.0,
         "dual_at_end": False,
         "ws_all_back_ms": None,
-        "ws_dropped": None,
+        "ws_reconnected": None,
         "error": None,
     }
     row.update(extra)
@@ -27,7 +27,7 @@ def trial(stack: str, scenario: str, gap: float | None, **extra: Any) -> dict[st
 TRIALS = [
     trial("haproxy-py", "kill", 2000.0),
     trial("haproxy-py", "kill", 2400.0),
-    trial("haproxy-py", "kill", 2200.0, websockets=1000, ws_all_back_ms=2600.0, ws_dropped=990),
+    trial("haproxy-py", "kill", 2200.0, websockets=1000, ws_all_back_ms=2600.0, ws_reconnected=990),
     trial("keepalived-nginx", "kill", 3500.0, dual_ms=500.0, dual_at_end=True),
     trial("keepalived-nginx", "kill", None, error="timed out after 30 s"),
 ]
@@ -59,6 +59,8 @@ def test_table_has_one_column_per_stack_and_names_failures() -> None:
             "ws_clients": 1000,
             "probe_interval_ms": 5.0,
             "hold_s": 0.5,
+            "stack_s": {"haproxy-py": 300, "keepalived-nginx": 480},
+            "wall_s": 810,
         },
         "stacks": stacks,
         "scenarios": ["kill"],
@@ -75,5 +77,6 @@ def test_table_has_one_column_per_stack_and_names_failures() -> None:
     assert "| 0 (0/3 trials) |" in dual_row
     assert "500 (1/2 trials), still on two nodes at the end in 1" in dual_row
     ws_row = next(line for line in lines if "WebSocket" in line and line.startswith("|"))
-    assert "2.60 / 2.60 (0.40 / 0.40 after the move), only 990 of 1000 dropped, n=1" in ws_row
+    assert "2.60 / 2.60 (0.40 / 0.40 after the move), 990 of 1000 reconnected, n=1" in ws_row
     assert "- keepalived-nginx / kill: timed out after 30 s" in lines
+    assert "Wall time: 13.5 min in all: haproxy-py 5.0 min, keepalived-nginx 8.0 min" in text

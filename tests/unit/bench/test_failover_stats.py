@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.failover.stats import Dual, all_back, dual_time, percentile, summarize
-from bench.failover.wsfleet import Client
+from bench.failover.stats import Back, Dual, all_back, dual_time, percentile, summarize
+from bench.failover.wsfleet import Client, Fleet
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -61,17 +61,32 @@ def test_dual_time_before_the_fault_does_not_count() -> None:
     assert dual_time(changes, confirmed=[0.5], start=2.0, end=3.0) == Dual(0.0, False)
 
 
-def test_all_back_is_the_last_dropped_client_to_reconnect() -> None:
-    assert all_back([None, 1.1, 1.2], [None, 1.5, 2.5], fault=1.0) == (2, pytest.approx(1.5))
-    assert all_back([None, None], [None, None], fault=1.0) == (0, 0.0)
-    assert all_back([1.1, 1.2], [1.4, None], fault=1.0) == (2, None)
-    with pytest.raises(ValueError):
-        all_back([1.0], [], fault=0.0)
+def test_all_back_is_the_last_client_to_reconnect() -> None:
+    backs = [Back(0.5, False), Back(1.5, True), Back(2.5, True)]
+    assert all_back(backs, fault=1.0) == (2, pytest.approx(1.5))
 
 
-def test_client_history_after_a_fault() -> None:
-    client = Client([(0.0, True), (5.2, False), (5.4, False), (5.9, True), (7.0, False)])
-    assert client.after(5.0) == (5.2, 5.9)
-    assert client.after(6.0) == (7.0, None)
-    assert client.after(8.0) == (None, None)
-    assert not client.connected
+def test_all_back_when_every_connection_survived_is_immediate() -> None:
+    assert all_back([Back(0.2, False), Back(0.7, False)], fault=1.0) == (0, 0.0)
+
+
+def test_a_client_is_back_only_on_a_serving_node() -> None:
+    client = Client([(0.0, "node1"), (5.2, None), (5.9, "node1"), (6.1, None), (6.3, "node2")])
+    assert client.back(5.0, {"node2"}) == Back(6.3, True)
+    assert client.back(5.0, {"node1"}) is None
+    assert client.back(7.0, {"node2"}) == Back(6.3, False)  # survived a fault at 7.0
+
+
+def test_a_disconnected_client_is_not_back() -> None:
+    client = Client([(0.0, "node1"), (5.2, None)])
+    assert client.back(5.0, {"node1", "node2"}) is None
+    assert client.node is None
+    assert Client().back(0.0, {"node1"}) is None
+
+
+def test_the_fleet_is_back_only_when_every_client_is() -> None:
+    fleet = Fleet("http://198.18.0.1/echo", 2)
+    fleet.clients[0].events.append((1.0, "node2"))
+    assert fleet.back(0.5, {"node2"}) is None
+    fleet.clients[1].events.append((0.2, "node2"))
+    assert fleet.back(0.5, {"node2"}) == [Back(1.0, True), Back(0.2, False)]
