@@ -6,25 +6,22 @@ namespaces can reach it (and a blackhole route in one namespace cuts it off).
 Each node runs a backend (`tests.lab.agent.backend`: HTTP and a WebSocket echo
 on its own loopback), the real proxy (`haproxy-py run`) and the agent
 (`ha-agent`); the real controller (`ha-controller`) runs on the host. A
-`Watcher` thread reads every node's addresses over netlink every few
-milliseconds and records any instant at which a VIP sits on two nodes.
+`Watcher` (the lab's two-owners watcher) reads every node's addresses over
+netlink every few milliseconds and records any instant at which a VIP sits on
+two nodes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netns import popns, pushns
-
 from haproxy_py.lab.netns import Plumbing, Proc
+from haproxy_py.lab.watch import TwoOwnersWatcher, Violation
 from tests.support.etcd import EtcdMember, free_ports
 
 BIN = Path(sys.executable).parent
@@ -42,99 +39,66 @@ def bridge_etcd(host: str, root: Path) -> EtcdMember:
     return EtcdMember("m0", client, peer, root / "m0", f"m0=http://127.0.0.1:{peer}", host=host)
 
 
-@dataclass
-class Sample:
-    at: float
-    holders: dict[str, frozenset[str]]  # vip -> nodes holding it
-
-
-@dataclass
 class Watcher:
-    """Samples each node namespace's IPv4 addresses in a thread; remembers every change."""
+    """The lab's two-owners watcher over the node namespaces, asked what these tests ask.
 
-    netns: dict[str, str]  # node -> namespace
-    vips: tuple[str, ...]
-    period: float = 0.004
-    changes: list[Sample] = field(default_factory=list)
-    doubles: list[Sample] = field(default_factory=list)
-    rounds: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    Times are monotonic, as the tests' own are.
+    """
+
+    def __init__(self, netns: dict[str, str], vips: tuple[str, ...], period: float = 0.004):
+        self.vips = vips
+        self._watcher = TwoOwnersWatcher(netns, frozenset(vips), interval=period)
+        self._offset = time.time() - time.monotonic()
 
     def start(self) -> None:
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the address watcher did not start")
+        self._watcher.__enter__()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._watcher.stop()
 
-    def _run(self, ready: threading.Event) -> None:
-        # netlink sockets belong to the namespace they were opened in; setns is per thread
-        sockets = {}
-        for node, ns in self.netns.items():
-            pushns(ns)
-            try:
-                sockets[node] = IPRoute()
-            finally:
-                popns()
-        ready.set()
-        last: dict[str, frozenset[str]] | None = None
-        try:
-            while not self._stop.is_set():
-                held: dict[str, set[str]] = {vip: set() for vip in self.vips}
-                for node, ipr in sockets.items():
-                    for msg in ipr.addr("dump", family=socket.AF_INET):
-                        address = msg.get("address")
-                        if address in held:
-                            held[address].add(node)
-                now = time.monotonic()
-                holders = {vip: frozenset(nodes) for vip, nodes in held.items()}
-                self.rounds += 1
-                if holders != last:
-                    self.changes.append(Sample(now, holders))
-                    last = holders
-                if any(len(nodes) > 1 for nodes in holders.values()):
-                    self.doubles.append(Sample(now, holders))
-                self._stop.wait(self.period)
-        finally:
-            for ipr in sockets.values():
-                ipr.close()
+    @property
+    def rounds(self) -> int:
+        return self._watcher.result.sweeps
+
+    @property
+    def doubles(self) -> list[Violation]:
+        return self._watcher.result.violations
+
+    def _changes(self, vip: str) -> list[tuple[float, frozenset[str]]]:
+        """(monotonic time, holders) at every change of `vip`'s holders."""
+        changes = list(self._watcher.result.changes)
+        return [(at - self._offset, frozenset(nodes)) for at, v, nodes in changes if v == vip]
 
     def holder(self, vip: str) -> frozenset[str]:
-        return self.changes[-1].holders[vip] if self.changes else frozenset()
+        changes = self._changes(vip)
+        return changes[-1][1] if changes else frozenset()
 
     def gaps(self, vip: str, since: float) -> list[tuple[float, str, str]]:
         """(seconds unowned, from node, to node) for each hand-over of `vip` after `since`."""
         result = []
         owner: str | None = None
         lost_at: float | None = None
-        for sample in self.changes:
-            nodes = sample.holders[vip]
-            if nodes and lost_at is not None and owner is not None and sample.at >= since:
-                result.append((sample.at - lost_at, owner, ",".join(sorted(nodes))))
+        for at, nodes in self._changes(vip):
+            if nodes and lost_at is not None and owner is not None and at >= since:
+                result.append((at - lost_at, owner, ",".join(sorted(nodes))))
                 lost_at = None
             if nodes:
                 owner = ",".join(sorted(nodes))
             elif owner is not None and lost_at is None:
-                lost_at = sample.at
+                lost_at = at
         return result
 
     def lost_at(self, vip: str, node: str, since: float) -> float | None:
         """When `node` stopped holding `vip` (first time after `since`)."""
         had = False
-        for sample in self.changes:
-            if sample.at < since:
-                had = node in sample.holders[vip]
+        for at, nodes in self._changes(vip):
+            if at < since:
+                had = node in nodes
                 continue
-            if node in sample.holders[vip]:
+            if node in nodes:
                 had = True
             elif had:
-                return sample.at
+                return at
         return None
 
 
