@@ -1,17 +1,5 @@
 """hactl tests never pick up a lab that happens to run on this machine."""
 
-from __future__ import annotations
+from tests.support.hactl_env import _no_lab_context
 
-from pathlib import Path
-
-import pytest
-
-from haproxy_py.hactl import connection
-
-
-@pytest.fixture(autouse=True)
-def _no_lab_context(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(connection, "LAB_CONTEXT", tmp_path / "no-lab" / "context.toml")
-    monkeypatch.delenv("HACTL_CONTEXT", raising=False)
-    for name in ("ETCD", "CLUSTER", "CACERT", "CERT", "KEY", "ETCD_TIMEOUT", "CONFIG"):
-        monkeypatch.delenv(f"HACTL_{name}", raising=False)
+__all__ = ["_no_lab_context"]
