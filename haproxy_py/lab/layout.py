@@ -27,6 +27,7 @@ APP_PORT = 8000
 ADMIN_PORT = 9901
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+ETCD_QUOTA_BYTES = 256 * 1024 * 1024  # explicit; the lab writes a few MB at most
 MAX_NODES = 8
 FAILBACK_HOLD = 3.0  # active-active only
 MAX_VIPS = 16
@@ -244,6 +245,10 @@ def etcd_command(layout: Layout, member: Member, pki: Path, data_dir: Path) -> l
         f"--initial-cluster-token=haproxy-py-{layout.prefix}lab",
         "--heartbeat-interval=50",
         "--election-timeout=500",
+        # History kept 10 min (a long demo or benchmark never grows it), and an explicit quota.
+        "--auto-compaction-mode=periodic",
+        "--auto-compaction-retention=10m",
+        f"--quota-backend-bytes={ETCD_QUOTA_BYTES}",
         f"--cert-file={cert}",
         f"--key-file={key}",
         f"--trusted-ca-file={ca}",

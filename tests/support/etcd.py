@@ -1,7 +1,9 @@
 """Real etcd members for tests: one or three, on loopback free ports, with temp data dirs.
 
 Members run /usr/bin/etcd with `--heartbeat-interval=50 --election-timeout=500`
-(healthy in ~0.3 s, 1 s minimum lease TTL). Every process started here is
+(healthy in ~0.3 s, 1 s minimum lease TTL), hourly-retention auto-compaction and an
+explicit backend quota (`quota_bytes`, small enough that a test can fill it and see
+the NOSPACE alarm). Every process started here is
 reaped by this process (kill + wait by PID) so none is left as a zombie, and
 every data directory is removed, also when a test fails.
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 ETCD_BINARY = os.environ.get("HAPROXY_PY_TEST_ETCD", "/usr/bin/etcd")
 START_TIMEOUT = 30.0  # generous: the machine is shared; a fresh member is usually up in 0.3 s
+QUOTA_BYTES = 256 * 1024 * 1024  # far above what a test writes, far below the 2 GiB default
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class EtcdMember:
         initial_cluster: str,
         tls: EtcdTLS | None = None,
         host: str = "127.0.0.1",
+        quota_bytes: int = QUOTA_BYTES,
     ) -> None:
         self.name = name
         self.host = host  # where clients connect; peers always talk over loopback
@@ -82,6 +86,7 @@ class EtcdMember:
         self.data_dir = data_dir
         self.initial_cluster = initial_cluster
         self.tls = tls
+        self.quota_bytes = quota_bytes
         self.log_path = data_dir.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
@@ -118,6 +123,9 @@ class EtcdMember:
             "--initial-cluster-token=haproxy-py-test",
             "--heartbeat-interval=50",
             "--election-timeout=500",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
+            f"--quota-backend-bytes={self.quota_bytes}",
             "--logger=zap",
             "--log-level=warn",
         ]
@@ -231,7 +239,9 @@ class EtcdCluster:
 
     @classmethod
     @contextmanager
-    def start(cls, size: int = 1, tls: EtcdTLS | None = None) -> Iterator[EtcdCluster]:
+    def start(
+        cls, size: int = 1, tls: EtcdTLS | None = None, quota_bytes: int = QUOTA_BYTES
+    ) -> Iterator[EtcdCluster]:
         root = Path(tempfile.mkdtemp(prefix="hc-etcd-"))
         with ExitStack() as cleanup:
             cleanup.callback(shutil.rmtree, root, True)
@@ -241,7 +251,15 @@ class EtcdCluster:
                 f"{name}=http://127.0.0.1:{ports[2 * i + 1]}" for i, name in enumerate(names)
             )
             members = [
-                EtcdMember(name, ports[2 * i], ports[2 * i + 1], root / name, initial, tls)
+                EtcdMember(
+                    name,
+                    ports[2 * i],
+                    ports[2 * i + 1],
+                    root / name,
+                    initial,
+                    tls,
+                    quota_bytes=quota_bytes,
+                )
                 for i, name in enumerate(names)
             ]
             cluster = cls(members, root)
