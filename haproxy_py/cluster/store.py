@@ -1,4 +1,4 @@
-"""The etcd store adapter: the only module that imports aetcd.
+"""The etcd store adapter: with its companion `maintenance`, the only module that imports aetcd.
 
 Every daemon and hactl talk to etcd through `Store`. It hides aetcd and gRPC
 behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and a small exception
@@ -23,9 +23,13 @@ how an expired lease shows itself (no gRPC error). After an etcd restart every
 lease has a fresh full TTL again.
 
 Watch: `watch()` re-watches from the last seen revision + 1 after a disconnect
-or an endpoint change, so no event is lost while the stream was down; if that
-revision was compacted it yields one `WatchEvent(kind="resync")` and carries on
-from the current revision (callers then re-read the view).
+or an endpoint change, so no event is lost while the stream was down. If that
+revision was compacted (etcd compacts periodically), it yields one
+`WatchEvent(kind="resync")` whose `mod_revision` is the compaction revision C,
+and carries on from C itself: the caller re-reads the view (at some revision
+S >= C) and then receives every event after C again, those up to S included,
+so nothing that happened between the compaction and its re-read is missed.
+Callers drop events at or below their snapshot's revision.
 """
 
 from __future__ import annotations
@@ -404,16 +408,15 @@ class Store:
             try:
                 stream = await self._call("watch", _watch_from(prefix, next_revision))
             except StoreError as exc:
-                # `_call` keeps only the text of aetcd's RevisionCompactedError.
-                if "compacted" in str(exc):
-                    next_revision = 0
-                    yield WatchEvent("resync", prefix, b"", 0)
-                    continue
                 if not down_logged:
                     log.warning("etcd watch down, retrying", prefix=prefix, error=str(exc))
                     down_logged = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
+                continue
+            if isinstance(stream, _Compacted):
+                next_revision = stream.revision
+                yield _resync(prefix, next_revision, start=True)
                 continue
             if down_logged:
                 log.info("etcd watch restored", prefix=prefix, from_revision=next_revision)
@@ -425,9 +428,9 @@ class Store:
                     next_revision = kv.mod_revision + 1
                     kind: Literal["put", "delete"] = "put" if event.kind == "PUT" else "delete"
                     yield WatchEvent(kind, kv.key, kv.value, kv.mod_revision, kv.lease)
-            except aetcd_errors.RevisionCompactedError:
-                next_revision = 0
-                yield WatchEvent("resync", prefix, b"", 0)
+            except aetcd_errors.RevisionCompactedError as exc:
+                next_revision = int(exc.compacted_revision)
+                yield _resync(prefix, next_revision, start=False)
             except aetcd_errors.ClientError as exc:
                 log.info("etcd watch interrupted", prefix=prefix, error=_detail(exc))
             finally:
@@ -479,11 +482,31 @@ class Store:
             ) from None
 
 
+@dataclass(frozen=True)
+class _Compacted:
+    """A watch could not start: history before `revision` is compacted away."""
+
+    revision: int
+
+
 def _watch_from(prefix: str, revision: int) -> Callable[[_Client], Awaitable[Any]]:
     async def op(client: _Client) -> Any:
-        return await client.watch_prefix(prefix.encode(), start_revision=revision)
+        try:
+            return await client.watch_prefix(prefix.encode(), start_revision=revision)
+        except aetcd_errors.RevisionCompactedError as exc:
+            return _Compacted(int(exc.compacted_revision))
 
     return op
+
+
+def _resync(prefix: str, compacted: int, start: bool) -> WatchEvent:
+    log.warning(
+        "etcd watch behind compacted history; callers re-read",
+        prefix=prefix,
+        compacted_revision=compacted,
+        when="re-watch" if start else "streaming",
+    )
+    return WatchEvent("resync", prefix, b"", compacted)
 
 
 async def _until_rotated(stream: Any, rotated: asyncio.Event) -> AsyncIterator[Any]:

@@ -1,0 +1,186 @@
+"""etcd maintenance for the operator: member status, alarms, quota, compaction, defragmentation.
+
+The store's companion, and with it the only place that talks to aetcd. Cluster-wide
+calls (member list, alarms, compaction) go through the store's endpoint handling
+and error translation. A member's status, quota and defragmentation are asked of
+that member itself, at its first client URL, with the store's TLS settings: one
+unreachable member is then a row that says so, never a failed command.
+
+    status = await cluster_status(store)     # every member + active alarms
+    await compact(store)                     # drop history before the current revision
+    await defragment(store, member)          # one member; it answers nothing meanwhile
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+import aetcd.exceptions as aetcd_errors
+from aetcd import rpc
+
+from haproxy_py.cluster.store import Store, StoreError, _Client, _detail
+
+DEFRAG_TIMEOUT = 120.0  # defragmenting rewrites the whole database: seconds for a big one
+ALARMS = {1: "NOSPACE", 2: "CORRUPT"}
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    name: str
+    endpoint: str | None  # host:port of its first client URL (None: it advertises none)
+    url: str | None  # that URL as the member advertises it (scheme included)
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """What one member says about itself; every figure is None when it did not answer."""
+
+    member: Member
+    reachable: bool
+    leader: bool
+    version: str | None = None
+    db_size: int | None = None  # bytes the database file takes (what the quota limits)
+    db_in_use: int | None = None  # bytes in use; the rest is what defragmenting returns
+    raft_index: int | None = None
+    quota: int | None = None  # --quota-backend-bytes, from the member's own /metrics
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Alarm:
+    member: str  # the member's name, or its hex ID if it is no longer listed
+    kind: str  # NOSPACE or CORRUPT
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    members: tuple[MemberStatus, ...]
+    alarms: tuple[Alarm, ...]
+
+
+def _host_port(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+async def members(store: Store) -> list[Member]:
+    async def op(client: _Client) -> list[Member]:
+        return [
+            Member(
+                id=int(m.id),
+                name=m.name or f"{m.id:x}",
+                endpoint=_host_port(m.client_urls[0]) if m.client_urls else None,
+                url=m.client_urls[0] if m.client_urls else None,
+            )
+            async for m in client.members()
+        ]
+
+    return await store._call("member list", op)
+
+
+async def alarms(store: Store, known: list[Member] | None = None) -> list[Alarm]:
+    """Active alarms, each named by its member."""
+
+    async def op(client: _Client) -> list[tuple[int, int]]:
+        return [(int(a.member_id), int(a.alarm_type)) async for a in client.list_alarms()]
+
+    names = {m.id: m.name for m in known or []}
+    raw = await store._call("alarm list", op)
+    return [
+        Alarm(names.get(member_id, f"{member_id:x}"), ALARMS.get(kind, str(kind)))
+        for member_id, kind in raw
+        if kind != 0
+    ]
+
+
+async def member_status(store: Store, member: Member) -> MemberStatus:
+    """Ask the member itself; an unreachable member gives a row with `error` set."""
+    if member.endpoint is None:
+        return MemberStatus(member, False, False, error="no client URL (not started yet?)")
+    client = _Client(member.endpoint, store._credentials, store.config.timeout)
+    try:
+        await client.connect()
+        reply = await client.maintenancestub.Status(
+            rpc.StatusRequest(), timeout=store.config.timeout, metadata=client.metadata
+        )
+    except (rpc.AioRpcError, aetcd_errors.ClientError) as exc:
+        detail = exc.details() if isinstance(exc, rpc.AioRpcError) else _detail(exc)
+        return MemberStatus(member, False, False, error=(detail or "no answer").splitlines()[0])
+    finally:
+        await client.close()
+    return MemberStatus(
+        member,
+        reachable=True,
+        leader=reply.leader == member.id,
+        version=reply.version,
+        db_size=int(reply.dbSize),
+        db_in_use=int(reply.dbSizeInUse),
+        raft_index=int(reply.raftIndex),
+        quota=await quota(store, member),
+    )
+
+
+async def quota(store: Store, member: Member) -> int | None:
+    """The member's backend quota as it enforces it (`etcd_server_quota_backend_bytes`)."""
+    if member.url is None:
+        return None
+    import aiohttp  # only `hactl status` needs it here; the daemons never call this
+
+    context: ssl.SSLContext | None = None
+    config = store.config
+    if config.tls:
+        context = ssl.create_default_context(cafile=str(config.cacert) if config.cacert else None)
+        if config.cert is not None:
+            context.load_cert_chain(str(config.cert), str(config.key) if config.key else None)
+    timeout = aiohttp.ClientTimeout(total=config.timeout)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{member.url.rstrip('/')}/metrics", ssl=context or False) as reply,
+        ):
+            text = await reply.text()
+    except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("etcd_server_quota_backend_bytes "):
+            return int(float(line.split()[1]))
+    return None
+
+
+async def cluster_status(store: Store) -> ClusterStatus:
+    """Every member's own status (asked in parallel) and the cluster's active alarms."""
+    listed = await members(store)
+    statuses = await asyncio.gather(*(member_status(store, m) for m in listed))
+    return ClusterStatus(tuple(statuses), tuple(await alarms(store, listed)))
+
+
+async def compact(store: Store) -> int:
+    """Compact history up to the current revision; returns it. Space returns on defrag."""
+    _, revision = await store.get_prefix(store.schema.prefix)
+
+    async def op(client: _Client) -> None:
+        await client.compact(revision, physical=True)
+
+    try:
+        await store._call("compaction", op)
+    except StoreError as exc:
+        if "required revision has been compacted" not in str(exc):
+            raise  # compacting to where it already is is not a failure
+    return revision
+
+
+async def defragment(store: Store, member: Member) -> None:
+    """Defragment this one member (it blocks its reads and writes meanwhile)."""
+    if member.endpoint is None:
+        raise StoreError(f"etcd member {member.name} advertises no client URL")
+    client = _Client(member.endpoint, store._credentials, DEFRAG_TIMEOUT)
+    try:
+        await client.defragment()
+    except aetcd_errors.ClientError as exc:
+        raise StoreError(
+            f"defragmenting etcd member {member.name} at {member.endpoint} failed: {_detail(exc)}"
+        ) from None
+    finally:
+        await client.close()
