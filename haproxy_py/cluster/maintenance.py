@@ -95,6 +95,25 @@ async def alarms(store: Store, known: list[Member] | None = None) -> list[Alarm]
     ]
 
 
+async def disarm(store: Store) -> None:
+    """Clear NOSPACE on every member (after compacting and defragmenting made room)."""
+
+    async def op(client: _Client) -> None:
+        # etcd clears an alarm only when asked by member and kind (member 0 matches none).
+        for alarm in [a async for a in client.list_alarms()]:
+            request = rpc.AlarmRequest(
+                action=rpc.AlarmRequest.DEACTIVATE, memberID=alarm.member_id, alarm=alarm.alarm_type
+            )
+            try:
+                await client.maintenancestub.Alarm(
+                    request, timeout=store.config.timeout, metadata=client.metadata
+                )
+            except rpc.AioRpcError as exc:
+                aetcd_errors._handle_exception(exc)  # raises aetcd's own error, which _call names
+
+    await store._call("alarm disarm", op)
+
+
 async def member_status(store: Store, member: Member) -> MemberStatus:
     """Ask the member itself; an unreachable member gives a row with `error` set."""
     if member.endpoint is None:

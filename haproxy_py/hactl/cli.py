@@ -1,20 +1,85 @@
-"""`hactl`: the operator's CLI (entry point `main`); see haproxy_py.hactl for the contract."""
+"""`hactl`: the operator's CLI (entry point `main`); see haproxy_py.hactl for the contract.
+
+Commands are imported only when run: `hactl --help` and `hactl version` never
+load etcd's gRPC client, the PKI or the lab (tests/unit/hactl/test_startup.py).
+The short help of each command is therefore written twice, here and in its
+docstring; a test keeps the two equal.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import click
-from click.shell_completion import get_completion_class
 
 from haproxy_py import __version__
-from haproxy_py.hactl.actions import drain, failover, pause, resume, undrain
-from haproxy_py.hactl.certs import certs
-from haproxy_py.hactl.connection import Options
-from haproxy_py.hactl.status import history, status
-from haproxy_py.lab.cli import lab
-from haproxy_py.logging import configure
+from haproxy_py.hactl.options import Options
+
+# name -> (module, attribute, short help as `hactl --help` lists it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "status": (
+        "haproxy_py.hactl.status",
+        "status",
+        "Show the controller, nodes, VIPs and who holds them, and etcd's health.",
+    ),
+    "failover": (
+        "haproxy_py.hactl.actions",
+        "failover",
+        "Move a VIP (or every VIP) to another node.",
+    ),
+    "pause": (
+        "haproxy_py.hactl.actions",
+        "pause",
+        "Enter maintenance mode (no automatic failover).",
+    ),
+    "resume": (
+        "haproxy_py.hactl.actions",
+        "resume",
+        "Leave maintenance mode (automatic failover again).",
+    ),
+    "drain": ("haproxy_py.hactl.actions", "drain", "Take NODE out of service."),
+    "undrain": ("haproxy_py.hactl.actions", "undrain", "Bring a drained NODE back into service."),
+    "history": (
+        "haproxy_py.hactl.status",
+        "history",
+        "Show the last N VIP ownership changes (time, from, to, cause, gap).",
+    ),
+    "certs": ("haproxy_py.hactl.certs", "certs", "Make the cluster CA and certificates."),
+    "etcd": (
+        "haproxy_py.hactl.etcd",
+        "etcd",
+        "Maintain etcd: compact history, defragment members, clear the NOSPACE alarm.",
+    ),
+    "lab": (
+        "haproxy_py.lab.cli",
+        "lab",
+        "The whole cluster in network namespaces on this machine (root).",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use; `--help` lists them from COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute, _ = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, cmd.get_short_help_str(1000)) for name, cmd in self.commands.items()]
+        rows += [(name, short) for name, (_, _, short) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--etcd",
     envvar="HACTL_ETCD",
@@ -80,17 +145,12 @@ def completion(shell: str) -> None:
 
     e.g. `hactl completion bash > /etc/bash_completion.d/hactl`
     """
+    from click.shell_completion import get_completion_class
+
     completer = get_completion_class(shell)
     assert completer is not None  # the choice above lists only shells click supports
     click.echo(completer(cli, {}, "hactl", "_HACTL_COMPLETE").source())
 
 
-for command in (status, failover, pause, resume, drain, undrain, history, certs, lab):
-    cli.add_command(command)
-
-
 def main() -> None:
-    # The store logs endpoint switches and retries; a CLI keeps stdout for its output
-    # (scripts parse `-o json`) and shows only errors, on stderr.
-    configure(level="error")
     cli(prog_name="hactl")

@@ -19,26 +19,15 @@ from typing import Any
 
 import click
 
-from haproxy_py import pki
 from haproxy_py.cluster.config import EtcdConfig, parse_cluster, parse_etcd
 from haproxy_py.configfile import ConfigError, Table, load
 from haproxy_py.hactl.errors import ConfigProblem
+from haproxy_py.hactl.options import Options
+
+__all__ = ["OPTIONS_SOURCE", "Connection", "Options", "connection_of", "resolve"]
 
 LAB_CONTEXT = Path("/run/haproxy-py/lab/context.toml")
 OPTIONS_SOURCE = "hactl options"
-
-
-@dataclass(frozen=True)
-class Options:
-    """The raw connection options as given (None: not given on the command line or in env)."""
-
-    etcd: str | None = None
-    cluster: str | None = None
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    etcd_timeout: float | None = None
-    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +82,8 @@ def resolve(options: Options, environ: dict[str, str] | None = None) -> Connecti
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
     if etcd.cacert is not None:
+        from haproxy_py import pki  # cryptography: only worth loading when there is TLS
+
         try:
             pki.check_client_files(etcd.cacert, etcd.cert, etcd.key)
         except pki.PkiError as exc:

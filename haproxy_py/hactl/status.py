@@ -11,10 +11,12 @@ import time
 
 import click
 
+from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store
 from haproxy_py.hactl import view
 from haproxy_py.hactl.connection import Connection, connection_of
+from haproxy_py.hactl.etcdview import EtcdView, etcd_json, etcd_table, etcd_view
 from haproxy_py.hactl.session import lease_left, run
 
 _OUTPUT = click.Choice(["table", "json"])
@@ -40,7 +42,7 @@ _OUTPUT = click.Choice(["table", "json"])
 )
 @click.pass_context
 def status(ctx: click.Context, output: str, watch: float | None, count: int | None) -> None:
-    """Show the controller, nodes, VIPs and who holds them.
+    """Show the controller, nodes, VIPs and who holds them, and etcd's health.
 
     With -o json (one document; one per line with --watch) the keys are stable:
     see docs/hactl.md.
@@ -54,7 +56,8 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
         while True:
             snapshot = await store.read_view()
             leases = await lease_left(store, snapshot)
-            _show(connection, snapshot, view.status_view(snapshot, leases), output, watch)
+            etcd = etcd_view(await maintenance.cluster_status(store))
+            _show(connection, snapshot, view.status_view(snapshot, leases), etcd, output, watch)
             shown += 1
             if count is not None and shown >= count:
                 return
@@ -68,12 +71,13 @@ def _show(
     connection: Connection,
     snapshot: ClusterView,
     status_view: view.StatusView,
+    etcd: EtcdView,
     output: str,
     watch: float | None,
 ) -> None:
     now = time.time()
     if output == "json":
-        doc = view.status_json(status_view)
+        doc = {**view.status_json(status_view), "etcd": etcd_json(etcd)}
         click.echo(json.dumps(doc) if watch else json.dumps(doc, indent=2))
         return
     if watch:
@@ -82,6 +86,8 @@ def _show(
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         click.echo(f"Every {watch:g}s: hactl status    {stamp}\n")
     click.echo(view.status_table(status_view, now))
+    click.echo("")
+    click.echo(etcd_table(etcd))
     if watch and not sys.stdout.isatty():
         click.echo("")
     if _looks_empty(snapshot):

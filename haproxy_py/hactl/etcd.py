@@ -1,0 +1,71 @@
+"""`hactl etcd compact|defrag|disarm`: the maintenance an operator does by hand when told to.
+
+etcd compacts itself periodically and the Ansible role defragments each member
+on its own weekly slot; these are for the day `hactl status` warns that the
+database nears its quota, or shows the NOSPACE alarm: compact, defragment,
+then disarm. Defragmenting blocks a member's reads and writes while it runs,
+so members are done one at a time, followers first, the leader last.
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from haproxy_py.cluster import maintenance
+from haproxy_py.cluster.store import Store
+from haproxy_py.hactl.connection import connection_of
+from haproxy_py.hactl.errors import NotFound
+from haproxy_py.hactl.etcdview import size
+from haproxy_py.hactl.session import run
+
+
+@click.group()
+def etcd() -> None:
+    """Maintain etcd: compact history, defragment members, clear the NOSPACE alarm."""
+
+
+@etcd.command()
+@click.pass_context
+def compact(ctx: click.Context) -> None:
+    """Drop history older than the current revision (space returns on defrag)."""
+    revision = run(connection_of(ctx), maintenance.compact)
+    click.echo(
+        f"compacted etcd history up to revision {revision}; `hactl etcd defrag` frees the space"
+    )
+
+
+@etcd.command()
+@click.option("--member", metavar="NAME", help="Only this member (default: each, one at a time).")
+@click.pass_context
+def defrag(ctx: click.Context, member: str | None) -> None:
+    """Defragment members one at a time, followers first, the leader last."""
+
+    async def body(store: Store) -> None:
+        status = await maintenance.cluster_status(store)
+        chosen = sorted(status.members, key=lambda s: (s.leader, s.member.name))
+        if member is not None:
+            chosen = [s for s in chosen if s.member.name == member]
+            if not chosen:
+                known = ", ".join(sorted(s.member.name for s in status.members))
+                raise NotFound(f"no etcd member named {member!r} (members: {known})")
+        for before in chosen:
+            started = time.monotonic()
+            await maintenance.defragment(store, before.member)
+            after = await maintenance.member_status(store, before.member)
+            click.echo(
+                f"defragmented {before.member.name} ({before.member.endpoint}): "
+                f"{size(before.db_size)} -> {size(after.db_size)} "
+                f"in {time.monotonic() - started:.2f} s"
+            )
+
+    run(connection_of(ctx), body)
+
+
+@etcd.command()
+@click.pass_context
+def disarm(ctx: click.Context) -> None:
+    """Clear the NOSPACE alarm once compact and defrag have made room."""
+    run(connection_of(ctx), maintenance.disarm)
+    click.echo("etcd alarms cleared; writes are accepted again")
