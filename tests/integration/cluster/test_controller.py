@@ -326,6 +326,27 @@ class TestFailbackAndHistory:
             assert view.epoch == history + 3
             assert [e.seq for e in view.events] == list(range(4, history + 4))
 
+    async def test_answered_requests_are_pruned_to_the_request_history(
+        self, etcd: EtcdCluster
+    ) -> None:
+        """Answered requests, refused ones too, beyond `request_history` are deleted, oldest
+        first; `events/` has the same bound (above)."""
+        cfg = etcd_config(etcd.endpoints)
+        async with scene(cfg, cluster_config("f3"), {"a": 200}) as (store, _a, ctls):
+            history = ctls[0].controller.config.request_history
+            await view_where(store, owned_by((VIP1, "a")))
+            ids = []
+            for i in range(history + 10):
+                if i % 5 == 4:  # a refused request counts as answered
+                    answered = await submit(store, "move", target="nobody")
+                    assert answered.result is not None and answered.result.status == "refused"
+                else:
+                    answered = await submit(store, "pause" if i % 2 else "resume")
+                    assert answered.result is not None and answered.result.final
+                ids.append(answered.id)
+            view = await view_where(store, lambda v: len(v.requests) <= history)
+            assert sorted(r.id for r in view.requests) == sorted(ids[-history:])
+
 
 class TestFencing:
     async def test_a_deposed_leaders_writes_fail(self, etcd: EtcdCluster) -> None:
