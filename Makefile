@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client nginx-light haproxy \
                 keepalived chromium \
-                systemd-container debootstrap openssh-client dpkg-dev ruby vagrant
+                systemd-container debootstrap openssh-client dpkg-dev ruby vagrant \
+                prometheus
 STAMP := $(VENV)/.installed
 
 .PHONY: deps apt venv test lint unit demo demo-down bench bench-failover clean

@@ -22,8 +22,9 @@ import click
 
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
-from haproxy_py import __version__
+from haproxy_py import __version__, certmetrics
 from haproxy_py import logging as hlogging
+from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.config import (
     ClusterConfig,
     ControllerConfig,
@@ -72,6 +73,8 @@ async def run(settings: Settings) -> None:
     except StoreError as exc:
         raise Fatal(str(exc)) from None
     metrics = ControllerMetrics()
+    certmetrics.register(metrics.registry, lambda: [settings.etcd.cert])
+    alarms = asyncio.create_task(maintenance.export_alarms(store, metrics.registry))
     runner = None
     metrics_url = None
     if settings.controller.metrics is not None:
@@ -95,6 +98,7 @@ async def run(settings: Settings) -> None:
     try:
         await controller.run()
     finally:
+        alarms.cancel()
         await store.close()
         if runner is not None:
             await runner.cleanup()

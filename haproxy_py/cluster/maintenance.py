@@ -16,12 +16,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
 from haproxy_py.cluster.store import Store, StoreError, _Client, _detail
 
+if TYPE_CHECKING:
+    from haproxy_py.metrics import Registry
+
+ALARM_POLL = 15.0  # seconds between alarm reads of `export_alarms`: one cheap RPC
 DEFRAG_TIMEOUT = 120.0  # defragmenting rewrites the whole database: seconds for a big one
 ALARMS = {1: "NOSPACE", 2: "CORRUPT"}
 
@@ -93,6 +98,22 @@ async def alarms(store: Store, known: list[Member] | None = None) -> list[Alarm]
         for member_id, kind in raw
         if kind != 0
     ]
+
+
+async def export_alarms(store: Store, registry: Registry) -> None:
+    """Keep `<prefix>_etcd_alarm{member, alarm}` at 1 per active alarm (etcd 3.4 exports none).
+
+    Runs until cancelled; while etcd does not answer the last known alarms stay.
+    """
+    family = registry.gauge("etcd_alarm", "1 for each active etcd alarm (NOSPACE, CORRUPT)")
+    while True:
+        try:
+            active = await alarms(store, await members(store))
+        except StoreError:
+            active = None
+        if active is not None:
+            family.values = {(("alarm", a.kind), ("member", a.member)): 1.0 for a in active}
+        await asyncio.sleep(ALARM_POLL)
 
 
 async def disarm(store: Store) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import structlog
 
+from haproxy_py import certmetrics
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import (
     parse_cluster,
@@ -75,6 +76,9 @@ async def _serve(server: ProxyServer, config_file: Path) -> None:
     loop.add_signal_handler(signal.SIGTERM, lambda: stop.set() if drain.is_set() else drain.set())
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     await server.start()
+    certmetrics.register(
+        server.admin.registry, lambda: certmetrics.proxy_files(server.runtime.config)
+    )
     reloader = loop.create_task(_reload_on_hup(server, config_file, hup))
     stopped = loop.create_task(stop.wait())
     drained = loop.create_task(drain.wait())

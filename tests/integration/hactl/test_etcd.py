@@ -7,12 +7,15 @@ writable again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import click
 
+from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.hactl.errors import EXIT_NOT_FOUND
+from haproxy_py.metrics import Registry
 from tests.integration.hactl.harness import hactl, with_store
 from tests.support.etcd import QUOTA_BYTES, EtcdCluster
 
@@ -68,6 +71,9 @@ def test_nospace_alarm_is_shown_and_compact_defrag_disarm_clear_it() -> None:
             return "never full"
 
         assert "database space exceeded" in with_store(etcd, CLUSTER, fill)
+        assert 'haproxy_py_controller_etcd_alarm{alarm="NOSPACE",member="m0"} 1' in (
+            with_store(etcd, CLUSTER, exported_alarms)
+        )
         result = hactl(etcd, CLUSTER, "status")
         assert result.exit_code == 0, result.output
         assert "ALARM NOSPACE on m0: etcd refuses writes" in click.unstyle(result.stdout)
@@ -98,6 +104,20 @@ def test_defrag_one_member_and_unknown_member(etcd_cluster: EtcdCluster) -> None
     result = hactl(etcd_cluster, CLUSTER, "etcd", "defrag", "--member", "m9")
     assert result.exit_code == EXIT_NOT_FOUND
     assert result.stderr == "hactl: no etcd member named 'm9' (members: m0, m1, m2)\n"
+
+
+async def exported_alarms(store: Store) -> str:
+    """What the controller's /metrics says about alarms after its first poll."""
+    registry = Registry("haproxy_py_controller")
+    exporter = asyncio.create_task(maintenance.export_alarms(store, registry))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if registry.families["haproxy_py_controller_etcd_alarm"].values:
+                break
+        return registry.render()
+    finally:
+        exporter.cancel()
 
 
 def hactl_colour(etcd: EtcdCluster, *args: str) -> str:
