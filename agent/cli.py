@@ -23,7 +23,7 @@ from agent.daemon import Agent, Settings
 from agent.garp import Announcer
 from agent.netlink import Addresses, NetlinkFailure, missing_capabilities
 from agent.proxy import ProxyClient
-from haproxy_py import __version__, certmetrics
+from haproxy_py import __version__, certmetrics, systemd
 from haproxy_py import logging as hlogging
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import (
@@ -85,6 +85,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
     store = Store(etcd, settings.cluster)
     agent = Agent(settings, store, addresses, announcer, proxy)
     certmetrics.register(agent.metrics.registry, lambda: [etcd.cert])
+    systemd.start(lambda: agent.core.lease_id is not None)  # READY=1 once registered
     loop = asyncio.get_running_loop()
 
     def stop() -> None:

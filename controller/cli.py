@@ -22,7 +22,7 @@ import click
 
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
-from haproxy_py import __version__, certmetrics
+from haproxy_py import __version__, certmetrics, systemd
 from haproxy_py import logging as hlogging
 from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.config import (
@@ -95,6 +95,8 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stop)
+    # READY=1 after the first cycle that reached etcd: it leads, campaigned, or stands by.
+    systemd.start(lambda: controller.metrics.etcd_reachable.values.get((), 0) == 1)
     try:
         await controller.run()
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import structlog
 
-from haproxy_py import certmetrics
+from haproxy_py import certmetrics, systemd
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import (
     parse_cluster,
@@ -76,6 +76,7 @@ async def _serve(server: ProxyServer, config_file: Path) -> None:
     loop.add_signal_handler(signal.SIGTERM, lambda: stop.set() if drain.is_set() else drain.set())
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     await server.start()
+    systemd.start(lambda: True)  # listening: start() bound every listener
     certmetrics.register(
         server.admin.registry, lambda: certmetrics.proxy_files(server.runtime.config)
     )

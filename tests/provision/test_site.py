@@ -347,6 +347,38 @@ def test_systemd_restarts_a_killed_daemon(deployed: Deployed) -> None:
     eventually("the cluster healthy again", lambda: vip_owner(deployed))
 
 
+def _unit(d: Deployed, machine: Any, unit: str, *props: str) -> dict[str, str]:
+    show = f"systemctl show --property={','.join(props)} {unit}"
+    return dict(line.split("=", 1) for line in d.lab.ssh(machine, show).stdout.split())
+
+
+def test_daemons_notify_readiness_and_have_a_watchdog(deployed: Deployed) -> None:
+    for name in PROXIES:
+        machine = deployed.lab.machine(name)
+        for unit in DAEMONS:
+            props = _unit(deployed, machine, unit, "Type", "WatchdogUSec", "NotifyAccess")
+            assert props == {"Type": "notify", "WatchdogUSec": "10s", "NotifyAccess": "main"}
+
+
+def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(deployed: Deployed) -> None:
+    """SIGSTOP freezes the event loop; no WATCHDOG=1 comes, so systemd aborts and restarts it."""
+    machine = deployed.lab.machine(_standby(deployed))
+    for unit in DAEMONS:
+        before = _unit(deployed, machine, unit, "NRestarts", "MainPID")
+        deployed.lab.ssh(machine, f"kill -STOP {before['MainPID']}")
+
+        def restarted(unit: str = unit, before: dict[str, str] = before) -> bool | None:
+            now = _unit(deployed, machine, unit, "ActiveState", "NRestarts", "MainPID")
+            again = int(now["NRestarts"]) > int(before["NRestarts"])
+            moved = now["MainPID"] not in ("0", before["MainPID"])
+            return True if now["ActiveState"] == "active" and again and moved else None
+
+        eventually(f"{machine.name}: {unit} restarted by its watchdog", restarted)
+        journal = deployed.lab.ssh(machine, f"journalctl -u {unit} --no-pager -o cat", check=False)
+        assert "Watchdog timeout" in journal.stdout, journal.stdout[-2000:]
+    eventually("the cluster healthy again", lambda: vip_owner(deployed))
+
+
 def test_a_rebooted_node_comes_back_with_every_unit(deployed: Deployed) -> None:
     machine = deployed.lab.machine(_standby(deployed))
     deployed.lab.reboot(machine)
