@@ -166,22 +166,24 @@ async def quota(store: Store, member: Member) -> int | None:
     """The member's backend quota as it enforces it (`etcd_server_quota_backend_bytes`)."""
     if member.url is None:
         return None
-    import aiohttp  # only `hactl status` needs it here; the daemons never call this
+    return await asyncio.to_thread(_read_quota, f"{member.url.rstrip('/')}/metrics", store)
+
+
+def _read_quota(url: str, store: Store) -> int | None:
+    """Blocking (run in a thread): urllib costs hactl no import time, unlike an HTTP client."""
+    import urllib.request
 
     context: ssl.SSLContext | None = None
     config = store.config
     if config.tls:
-        context = ssl.create_default_context(cafile=str(config.cacert) if config.cacert else None)
+        cafile = str(config.cacert) if config.cacert else None
+        context = ssl.create_default_context(cafile=cafile)
         if config.cert is not None:
             context.load_cert_chain(str(config.cert), str(config.key) if config.key else None)
-    timeout = aiohttp.ClientTimeout(total=config.timeout)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"{member.url.rstrip('/')}/metrics", ssl=context or False) as reply,
-        ):
-            text = await reply.text()
-    except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError):
+        with urllib.request.urlopen(url, timeout=config.timeout, context=context) as reply:
+            text = reply.read().decode(errors="replace")
+    except (OSError, ValueError):  # URLError, TLS and timeouts are OSErrors
         return None
     for line in text.splitlines():
         if line.startswith("etcd_server_quota_backend_bytes "):
