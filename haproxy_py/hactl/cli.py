@@ -61,6 +61,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use; `--help` lists them from COMMANDS."""
 
+    # Set by `main()`, the program (not in-process callers such as tests): the store logs
+    # endpoint switches and retries, and a CLI keeps stdout for its output (scripts parse
+    # `-o json`) and shows only errors, on stderr. Done as a command loads: not for --help.
+    quiet_logs = False
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*super().list_commands(ctx), *COMMANDS]
 
@@ -68,6 +73,10 @@ class LazyGroup(click.Group):
         if cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         module, attribute, _ = COMMANDS[cmd_name]
+        if self.quiet_logs:
+            from haproxy_py.logging import configure
+
+            configure(level="error")
         command = getattr(importlib.import_module(module), attribute)
         assert isinstance(command, click.Command)
         return command
@@ -153,4 +162,5 @@ def completion(shell: str) -> None:
 
 
 def main() -> None:
+    LazyGroup.quiet_logs = True
     cli(prog_name="hactl")

@@ -16,16 +16,12 @@ from haproxy_py.cluster.records import ClusterView, Request
 from haproxy_py.cluster.store import RequestTimeout, Store, StoreError, StoreUnavailable
 from haproxy_py.hactl.connection import Connection
 from haproxy_py.hactl.errors import TimedOut, Unreachable
-from haproxy_py.logging import configure
 
 T = TypeVar("T")
 
 
 def run(connection: Connection, body: Callable[[Store], Awaitable[T]]) -> T:
     """Run `body` with a connected store; every store failure becomes one hactl error."""
-    # The store logs endpoint switches and retries; a CLI keeps stdout for its output
-    # (scripts parse `-o json`) and shows only errors, on stderr.
-    configure(level="error")
 
     async def main() -> T:
         async with Store(connection.etcd, connection.cluster) as store:

@@ -209,6 +209,11 @@ def through_vip(d: Deployed) -> str | None:
     return body if response.status == 200 else None
 
 
+def _unit(d: Deployed, machine: Any, unit: str, *props: str) -> dict[str, str]:
+    show = f"systemctl show --property={','.join(props)} {unit}"
+    return dict(line.split("=", 1) for line in d.lab.ssh(machine, show).stdout.splitlines())
+
+
 def test_first_run_provisions_every_host(deployed: Deployed) -> None:
     run = deployed.first
     assert run.returncode == 0, run.explain()
@@ -281,6 +286,29 @@ def test_etcd_has_three_healthy_members_over_tls(deployed: Deployed) -> None:
     assert plain.returncode != 0
 
 
+def test_etcd_compacts_has_a_quota_and_defragments_one_member_per_slot(
+    deployed: Deployed,
+) -> None:
+    slots = set()
+    for name in PROXIES:
+        machine = deployed.lab.machine(name)
+        env = deployed.lab.ssh(machine, "cat /etc/default/etcd").stdout
+        assert 'ETCD_AUTO_COMPACTION_MODE="periodic"' in env
+        assert 'ETCD_QUOTA_BACKEND_BYTES="2147483648"' in env
+        timer = _unit(deployed, machine, "etcd-defrag.timer", "ActiveState", "TimersCalendar")
+        assert timer["ActiveState"] == "active"
+        slots.add(timer["TimersCalendar"])
+        # The real service, as the etcd user, under systemd: it defragments this member.
+        run = deployed.lab.ssh(machine, "systemctl start etcd-defrag.service", check=False)
+        assert run.returncode == 0, run.stdout + run.stderr
+        log = deployed.lab.ssh(machine, "journalctl -u etcd-defrag --no-pager -o cat").stdout
+        assert "Finished defragmenting etcd member[https://127.0.0.1:2379]" in log, log[-2000:]
+    assert len(slots) == len(PROXIES)  # never two members at the same time
+    doc = status(deployed)["etcd"]
+    assert doc["quota"] == 2147483648 and doc["alarms"] == [] and doc["warnings"] == []
+    assert sorted(m["name"] for m in doc["members"]) == PROXIES
+
+
 def test_hactl_status_shows_a_healthy_cluster_with_the_vip_held(deployed: Deployed) -> None:
     owner = eventually(
         "the VIP assigned with all nodes healthy",
@@ -345,11 +373,6 @@ def test_systemd_restarts_a_killed_daemon(deployed: Deployed) -> None:
 
         eventually(f"{machine.name}: {unit} restarted after SIGKILL", restarted)
     eventually("the cluster healthy again", lambda: vip_owner(deployed))
-
-
-def _unit(d: Deployed, machine: Any, unit: str, *props: str) -> dict[str, str]:
-    show = f"systemctl show --property={','.join(props)} {unit}"
-    return dict(line.split("=", 1) for line in d.lab.ssh(machine, show).stdout.split())
 
 
 def test_daemons_notify_readiness_and_have_a_watchdog(deployed: Deployed) -> None:
