@@ -11,9 +11,11 @@ import asyncio
 import json
 
 import click
+from click.testing import CliRunner
 
 from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.hactl.cli import cli
 from haproxy_py.hactl.errors import EXIT_NOT_FOUND
 from haproxy_py.metrics import Registry
 from tests.integration.hactl.harness import hactl, with_store
@@ -122,9 +124,5 @@ async def exported_alarms(store: Store) -> str:
 
 def hactl_colour(etcd: EtcdCluster, *args: str) -> str:
     """stdout as a terminal would get it (CliRunner keeps the colour codes with color=True)."""
-    from click.testing import CliRunner
-
-    from haproxy_py.hactl.cli import cli
-
     argv = ["--etcd", ",".join(etcd.endpoints), "--etcd-timeout", "5", "--cluster", CLUSTER]
     return CliRunner().invoke(cli, [*argv, *args], color=True).stdout
