@@ -42,12 +42,10 @@ import math
 import time
 
 from agent.nftables import Nft, NftError
+from haproxy_py.cluster.timing import FENCE_PRECISION as PRECISION
 
 TABLE = "ha_agent"
 FAMILIES = ("ip", "arp", "netdev")  # each has its own copy of the `vips` and `alive` sets
-# nftables keeps element timeouts in jiffies, rounded up: at HZ=100 an element can outlive
-# its timeout by up to 10 ms. Each element is shortened by this much, so it is gone by `until`.
-PRECISION = 0.01
 LINGER = 5.0  # seconds that a cleanly released VIP may still send (1001 close frames, FINs)
 
 
