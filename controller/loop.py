@@ -155,9 +155,13 @@ class Controller:
                 return
         wanted = desired_settings(self.cluster, view.settings)
         if not wanted.same_content(view.settings):
-            mod = view.settings.mod_revision if view.settings else 0
+            # An unreadable `config` (a newer version's mode, a hand edit) is replaced by
+            # comparing on its own revision; until that lands, decide with this file's policy.
+            mod = view.settings.mod_revision if view.settings else view.config_mod_revision
             await self._execute(view, [WriteSettings(wanted, mod)], "apply the configured policy")
-            return
+            if view.settings is not None or not view.config_mod_revision:
+                return
+            view = replace(view, settings=wanted)
         decision = decide(view, self.clock(), self.policy)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)
@@ -176,7 +180,10 @@ class Controller:
             conflict=outcome.conflict,
         )
         self.metrics.vip_transitions.inc(outcome.assignments)
-        self.wake.set()  # look again at once: the next step may already be possible
+        if outcome.conflict is None:
+            self.wake.set()  # look again at once: the next step may already be possible
+        # After a lost race, whatever won it is a change the watch wakes us for; a compare
+        # that fails with nothing changing would otherwise spin: it waits for the tick instead.
 
     def _observe(self, view: ClusterView) -> None:
         """Remember since when each configured VIP may be unheld (for the reported gap).
