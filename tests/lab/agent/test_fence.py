@@ -247,13 +247,17 @@ def test_grace_drops_mid_stream_segments_without_a_reset_but_lets_syns_through(l
         other.close(remove=True)
 
 
+def _nft(netns: str, *args: str) -> str:
+    command = ["ip", "netns", "exec", netns, "nft", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _set(netns: str, name: str) -> str:
+    return _nft(netns, "list", "set", "ip", "ha_agent", name)
+
+
 def _tables(netns: str) -> str:
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", "list", "tables"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    return _nft(netns, "list", "tables")
 
 
 def test_a_restarted_agent_keeps_the_elements_and_a_clean_close_removes_the_tables(
@@ -285,6 +289,8 @@ def test_addresses_fence_first_and_refuse_an_add_after_its_deadline(lab: Lab) ->
             await nl.arm(extra, 32, 1, until=until)
             assert extra in addresses(lab.node.netns)
             assert nl.until(extra) == until
+            nl.grace(extra, 1.0)
+            assert extra in _set(lab.node.netns, "grace")
             assert await nl.remove(extra, 32)
             assert nl.until(extra) < time.monotonic()
             assert extra not in addresses(lab.node.netns)
