@@ -299,3 +299,39 @@ def test_addresses_fence_first_and_refuse_an_add_after_its_deadline(lab: Lab) ->
 
     in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
     assert "ha_agent" not in _tables(lab.node.netns), "a clean close leaves no table"
+
+
+def test_attach_binds_the_garp_chain_to_a_recreated_interface(lab: Lab) -> None:
+    """The egress chain belongs to one device; Debian 12's kernel deletes it with the device
+    (newer ones re-bind by name): `attach` makes it hold either way."""
+    netns = lab.node.netns
+
+    def make() -> None:
+        ip("link", "add", "fx0", "type", "veth", "peer", "name", "fx0p", netns=netns)
+        for dev in ("fx0", "fx0p"):
+            ip("link", "set", dev, "up", netns=netns)
+
+    def garp_refused() -> bool:
+        sock = in_netns(
+            netns, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        )
+        with sock:
+            sock.bind(("fx0", ETH_P_ARP))
+            try:
+                sock.send(arp_frame(b"\x02" * 6, lab.vip, reply=False))
+            except OSError as exc:
+                assert exc.errno == errno.ENOBUFS, exc
+                return True
+        return False
+
+    make()
+    lab.fence.attach("fx0")
+    lab.fence.arm(lab.vip, time.monotonic() + 0.05)
+    time.sleep(0.1)
+    assert garp_refused()
+    ip("link", "del", "fx0", netns=netns)
+    make()
+    lab.fence.attach("fx0")
+    assert garp_refused()
+    lab.fence.arm(lab.vip, time.monotonic() + 5)
+    assert not garp_refused(), "an armed VIP's announcements must pass"
