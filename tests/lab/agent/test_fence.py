@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from agent.fence import Fence
-from agent.garp import ETH_P_ARP, arp_frame
+from agent.garp import ETH_P_ARP, Announcer, arp_frame
 from agent.netlink import Addresses, NetlinkFailure
+from haproxy_py.cluster.agent_config import GarpSettings
 from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import Host, in_netns, ip
 from tests.lab.agent.support import addresses, plumbing
@@ -335,3 +336,26 @@ def test_attach_binds_the_garp_chain_to_a_recreated_interface(lab: Lab) -> None:
     assert garp_refused()
     lab.fence.arm(lab.vip, time.monotonic() + 5)
     assert not garp_refused(), "an armed VIP's announcements must pass"
+
+
+def test_the_announcer_sends_no_frame_after_the_vips_deadline(lab: Lab) -> None:
+    """The check in user space, before each frame (a VIP the fence never saw, so the kernel's
+    egress chain does not interfere): a burst while the deadline lies ahead, nothing after."""
+    vip = lab.vip.rsplit(".", 1)[0] + ".102"
+    node_mac = bytes.fromhex(_mac(lab.node.netns).replace(":", ""))
+    deadline = {vip: time.monotonic() + 0.5}
+    sent: list[float] = []
+    settings = GarpSettings(count=3, spacing=0.1, second_burst=0.4, refresh=0.5)
+
+    async def scenario() -> None:
+        announcer = Announcer("eth0", node_mac, settings, deadline.__getitem__)
+        announcer.on_sent = lambda _: sent.append(time.monotonic())
+        try:
+            announcer.start(vip)
+            await asyncio.sleep(1.5)
+        finally:
+            announcer.close()
+
+    in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
+    assert len(sent) >= 3, "the first burst was not sent"
+    assert max(sent) < deadline[vip], f"a frame {max(sent) - deadline[vip]:.3f} s after"
