@@ -5,12 +5,10 @@ etcd runs on the host, listening on the bridge's host-side address so the
 namespaces can reach it (and a blackhole route in one namespace cuts it off).
 Each node runs a backend (`tests.lab.agent.backend`: HTTP and a WebSocket echo
 on its own loopback), the real proxy (`haproxy-py run`) and the agent
-(`ha-agent`); the real controller (`ha-controller`) runs on the host. What
-clients see is judged by `Cluster.arp` (`haproxy_py.lab.arpwatch`): who answers
-ARP for a VIP, asked from the client namespace every 2 ms. A `Watcher` (the
-lab's two-owners watcher) reads every node's addresses over netlink every few
-milliseconds: an address left on a fenced node is silent, so it is reported,
-not a violation.
+(`ha-agent`); the real controller (`ha-controller`) runs on the host. A
+`Watcher` (the lab's two-owners watcher) reads every node's addresses over
+netlink every few milliseconds and records any instant at which a VIP sits on
+two nodes.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import Plumbing, Proc
 from haproxy_py.lab.watch import TwoOwnersWatcher, Violation
 from tests.support.etcd import EtcdMember, free_ports
@@ -126,7 +123,6 @@ class Cluster:
     mode: str
     nodes: dict[str, Node]
     client: str
-    arp: ArpWatch
     controller: Proc | None = None
 
     @property
@@ -296,16 +292,14 @@ def cluster(
     client = lab.add_host("c", f"{net}.50/24")
     etcd = bridge_etcd(f"{net}.1", root / "etcd")
     addresses = tuple(f"{net}.{100 + i}" for i in range(vips))
-    arp = ArpWatch(client.netns, addresses, str(client.address.ip))
-    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns, arp)
+    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns)
     for node in nodes.values():
         node.config.write_text(c.node_config(node.name, node.address))
     etcd.spawn()
     try:
         etcd.wait_healthy()
-        with arp:
-            c.start()
-            yield c
+        c.start()
+        yield c
     finally:
         lab.teardown()
         etcd.kill()

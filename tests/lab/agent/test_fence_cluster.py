@@ -80,18 +80,20 @@ class Lab:
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     with plumbing(tmp_path, "hvg") as (plumb, net), cluster(tmp_path, plumb, net) as c:
         settings, _, _, _ = load_settings(next(iter(c.nodes.values())).config)
+        client = f"{net}.50"
         addresses = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
         store = Store(EtcdConfig((c.etcd.endpoint,), timeout=2.0), "lab")
-        addresses.start()
-        lab = Lab(c, store, c.arp, addresses, settings.agent.timing)
-        try:
-            await until(lambda: bool(c.arp.of(c.vip)), 60, "an ARP answer for the VIP")
-            for node in c.nodes.values():
-                await until(lambda n=node: lab.healthy(n), 60, f"{node.name} healthy")  # type: ignore[misc]
-            yield lab
-        finally:
-            addresses.stop()
-            await store.close()
+        with ArpWatch(c.client, [c.vip], client) as arp:
+            addresses.start()
+            lab = Lab(c, store, arp, addresses, settings.agent.timing)
+            try:
+                await until(lambda: bool(arp.of(c.vip)), 60, "an ARP answer for the VIP")
+                for node in c.nodes.values():
+                    await until(lambda n=node: lab.healthy(n), 60, f"{node.name} healthy")  # type: ignore[misc]
+                yield lab
+            finally:
+                addresses.stop()
+                await store.close()
 
 
 class Refreshes:
