@@ -7,6 +7,7 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant \
                 prometheus
 STAMP := $(VENV)/.installed
+APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 
 .PHONY: deps apt venv test lint unit demo demo-down bench bench-failover clean
 

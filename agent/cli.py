@@ -73,7 +73,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
     except NetlinkFailure as exc:
         raise Fatal(str(exc)) from None
     try:
-        announcer = Announcer(interface, addresses.mac, settings.agent.garp)
+        announcer = Announcer(interface, addresses.mac, settings.agent.garp, addresses.until)
     except OSError as exc:
         addresses.close()
         raise Fatal(f"cannot open a raw socket on {interface} for ARP: {exc.strerror}") from None

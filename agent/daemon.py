@@ -243,7 +243,9 @@ class Agent:
         for action in actions:
             if isinstance(action, SetAddress):
                 try:
-                    await self.addresses.arm(action.vip, prefix, action.lifetime)
+                    await self.addresses.arm(
+                        action.vip, prefix, action.lifetime, self.core.held.get(action.vip, 0.0)
+                    )
                 except NetlinkFailure as exc:
                     log.error("cannot set VIP address", vip=action.vip, error=str(exc))
                     self.core.address_failed(action.vip)

@@ -232,6 +232,24 @@ format = "console"
             log=self.log(f"agent-{node.name}"),
         )
 
+    def start_prober(self, seconds: float) -> Proc:
+        """The client's HTTP prober of the VIP (`tests.lab.agent.prober`), into prober.out."""
+        return self.lab.spawn(
+            self.client,
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.agent.prober",
+                self.vip,
+                "8080",
+                str(seconds),
+                str(self.root / "prober.out"),
+            ],
+            label="prober",
+            log=self.log("prober"),
+            cwd=REPO,
+        )
+
     def start(self) -> None:
         for node in self.nodes.values():
             self.start_backend(node)

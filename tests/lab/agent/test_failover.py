@@ -132,21 +132,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
                 await until(lambda: lab.healthy(lab.standby.name), 60, "the standby healthy")  # type: ignore[union-attr]
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{c.logs()}") from None
-            prober = c.lab.spawn(
-                c.client,
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.lab.agent.prober",
-                    c.vip,
-                    "8080",
-                    "300",
-                    str(c.root / "prober.out"),
-                ],
-                label="prober",
-                log=c.log("prober"),
-                cwd=REPO,
-            )
+            prober = c.start_prober(300)
             await until(lambda: lab.served_by(first, 0), 60, "the client answered through the VIP")
             yield lab
             c.lab.kill(prober)
