@@ -63,7 +63,9 @@ class Backend:
         self.shared_pool = config.send_proxy is None
         self.ssl: ssl.SSLContext | None = None if config.tls is None else client_context(config.tls)
         tls = None if self.ssl is None or config.tls is None else (self.ssl, config.tls.server_name)
-        self.checker = Checker(self.name, self.trackers, config.health, self._health_changed, tls)
+        self.checker = Checker(
+            self.name, self.trackers, config.health, self._health_changed, tls, config.send_proxy
+        )
         self._hash_header = None if config.hash_key is None else config.hash_key.name.encode()
         self._hash_kind = None if config.hash_key is None else config.hash_key.kind
 

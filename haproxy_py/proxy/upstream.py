@@ -53,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         "forget",
         "head_bytes",
         "head_limit",
+        "header_size",
         "headers",
         "idle_since",
         "in_head",
@@ -84,7 +85,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reset_parser = False
         self.received = False  # a byte of this exchange's response arrived
         self.in_head = True
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes of reads that ended inside the head
+        self.header_size = 0  # bytes of header names and values parsed
         self.idle_since = 0.0  # when it went back to the pool
         self.status = 0
         self.reason = b""
@@ -147,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.in_head = True
+        self.header_size = 0
         self.headers = []
         self.reason = b""
 
@@ -154,6 +157,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_size += len(name) + len(value)  # a head that came whole in one read
+        if self.header_size > self.head_limit:
+            raise ValueError("response head from backend too large")  # stops the parser
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -17,6 +17,7 @@ unframed shows up here as an extra request. Paths pick a behaviour:
     /stall-body         Content-Length 100, 10 bytes, then nothing
     /continue-stall     100 Continue, then nothing
     /close              record, then close without answering
+    /garbage            an answer that is not HTTP
     /flood              10 MiB body (Content-Length)
     anything else       200 "c<conn> r<n> <METHOD> <path>"
 """
@@ -202,6 +203,8 @@ class _Conn(asyncio.Protocol):
         elif path == "/close":
             self.transport.close()
             return False
+        elif path == "/garbage":
+            write(b"NOT HTTP AT ALL\r\n\r\n")
         elif path == "/flood":
             write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (10 << 20))
             for _ in range(160):

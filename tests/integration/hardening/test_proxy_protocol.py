@@ -21,7 +21,7 @@ from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.config import parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.hardening.test_limits import no_leak, open_raw, status_of
-from tests.integration.proxy.support import proxy_config, raw_exchange
+from tests.integration.proxy.support import poll_until, proxy_config, raw_exchange
 
 PP = '\n[[listeners]]\nname = "lb"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
 ON = PP + 'trusted_proxies = ["127.0.0.0/8", "::1"]\n'
@@ -264,3 +264,16 @@ def test_trusted_matches_v4_mapped_peers_of_dual_stack_listeners() -> None:
     assert not trusted("127.0.0.1", networks)
     assert not trusted("::ffff:127.0.0.1", networks)
     assert not trusted("127.0.0.1", ())  # nobody: an empty list trusts no one
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_health_checks_send_a_local_proxy_header(proxy, version: str) -> None:
+    """A backend that requires PROXY headers gets one on its checks too (a LOCAL one)."""
+    async with proxy_protocol_backend() as (address, headers):
+        health = '{ path = "/health", interval = 0.05, fall = 1 }'
+        server = await proxy(
+            proxy_config({"app": [address]}, send_proxy=f'"{version}"', health=health)
+        )
+        await poll_until(lambda: len(headers) >= 3, "three checks arrived")
+        assert all(h.source is None for h in headers)  # LOCAL: the proxy's own connection
+        assert server.runtime.backends["app"].servers[0].up
