@@ -7,7 +7,7 @@ import contextlib
 import tomllib
 from dataclasses import dataclass, field
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
@@ -88,7 +88,7 @@ class _Splitter:
 def responses(raw: bytes) -> list[Response]:
     """The responses in what a client read, in order (1xx included); the last may be partial."""
     splitter = _Splitter()
-    with contextlib.suppress(HttpParserError):
+    with contextlib.suppress(HttpParserError, HttpParserUpgrade):  # a 101: the rest is not HTTP
         splitter.parser.feed_data(raw)
     return splitter.responses
 
