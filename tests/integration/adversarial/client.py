@@ -20,12 +20,14 @@ HANDSHAKE = (
 )
 
 
-def config(backend: str, proxy: str = "", routes: str = "") -> ProxyConfig:
+def config(
+    backend: str, proxy: str = "", routes: str = "", health: str = "fall = 3"
+) -> ProxyConfig:
     """One listener and admin on port 0; `routes` come before the catch-all route to `app`."""
     text = (
         '[admin]\nbind = "127.0.0.1:0"\n[[listeners]]\nname = "web"\nbind = "127.0.0.1:0"\n'
         f'{routes}\n[[routes]]\nbackend = "app"\n[backends.app]\nservers = ["{backend}"]\n'
-        f"health = {{ fall = 3 }}\n{proxy}"
+        f"health = {{ {health} }}\n{proxy}"
     )
     return parse_proxy(Table(tomllib.loads(text), "adversarial.toml", ""))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 
 import pytest
 
@@ -11,6 +13,7 @@ from tests.integration.adversarial.client import (
     HANDSHAKE,
     config,
     exchange,
+    read_until_closed,
     responses,
     statuses,
 )
@@ -120,3 +123,25 @@ async def test_reload_keeps_each_servers_open_count(recorder, proxy) -> None:
     assert kept.active == 1  # least_conn and max_conns still see the WebSocket
     writer.close()
     await poll_until(lambda: kept.active == 0, "the tunnel's end is counted on the same server")
+
+
+async def test_local_connect_errors_never_mark_a_server_down(recorder, proxy) -> None:
+    """Out of file descriptors (EMFILE) is this host's problem, not the server's."""
+    backend = await recorder()
+    server = await proxy(config(backend.address, health="fall = 1"))
+    reader, writer = await asyncio.open_connection(*server.address("web"))
+    await poll_until(lambda: server.listeners[0].active == 1, "connection accepted")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+    try:
+        writer.write(request(b"GET", b"/x"))
+        async with asyncio.timeout(30):
+            got = await read_until_closed(reader)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        writer.close()
+    assert statuses(got) == [502]
+    assert server.runtime.backends["app"].servers[0].up
+    assert backend.seen == []
