@@ -131,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
         self.keep_forwarded_for = False  # the client is a trusted proxy: append to its XFF
         self.reading_head = True  # between a message's end and the next head's end
         self.head_bytes = 0  # bytes of reads that ended inside the current head
+        self.head_limit = proxy.runtime.head_limit
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -142,7 +143,7 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = True
         self.upgrade = False  # a WebSocket handshake
         self.carried_upgrade = False  # any Upgrade: its upstream connection is never pooled
-        self.early: list[bytes] = []  # client bytes after a handshake, held until the 101
+        self.early: list[bytes] | None = None  # client bytes after a handshake, until the 101
         self.host_header = b""  # the Host the backend gets ("" : the server's address)
         self.route: RouteConfig | None = None
         self.timeouts: Timeouts = self.proxy.runtime.timeouts
@@ -266,7 +267,7 @@ class ClientConnection(asyncio.Protocol):
             self._bad_request(f"bad request: {exc}")
         finally:
             self.in_parser = False
-        if self.reading_head and self.head_bytes > self.proxy.runtime.head_limit:
+        if self.reading_head and self.head_bytes > self.head_limit:
             # One endless header line is never handed over by the parser: count what it read.
             self._bad_request("request header section too large", 431)
 
@@ -546,6 +547,8 @@ class ClientConnection(asyncio.Protocol):
         if self.held is not None:
             self.held.append((self._upgrade_data, (data,)))
         elif data and self.upgrade and self.in_exchange:
+            if self.early is None:
+                self.early = []
             self.early.append(data)
 
     # -- the exchange -----------------------------------------------------------------
@@ -558,7 +561,8 @@ class ClientConnection(asyncio.Protocol):
         self.in_exchange = True
         runtime = self.proxy.runtime
         facts = self.facts = RequestFacts(self.headers, underscores=runtime.underscores)
-        self.upgrade = check_head(method, version, upgrade, facts, self.headers, runtime.via)
+        if upgrade or facts.hosts != 1 or facts.chunked or facts.via or method == b"CONNECT":
+            self.upgrade = check_head(method, version, upgrade, facts, self.headers, runtime.via)
         host = None
         if facts.host is not None:
             if facts.host != self.host_seen:  # keep-alive clients repeat it: check once
@@ -567,11 +571,13 @@ class ClientConnection(asyncio.Protocol):
                 self.host_seen, self.host_name = facts.host, host_without_port(facts.host)
             host = self.host_name
             self.host_header = facts.host
-        target, route_path, authority = split_target(self.url, method)
-        if authority is not None:  # RFC 9112 §3.2.2: the target's authority replaces Host
-            self.host_header = authority
-            host = host_without_port(authority)
-        self.url = target
+        target = route_path = self.url
+        if target[:1] != b"/" or b"#" in target:
+            target, route_path, authority = split_target(target, method)
+            if authority is not None:  # RFC 9112 §3.2.2: the target's authority replaces Host
+                self.host_header = authority
+                host = host_without_port(authority)
+            self.url = target
         if upgrade or facts.upgrade is not None:
             self.carried_upgrade = True
         if upgrade:
@@ -728,8 +734,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.response_started:
             return
-        if self.on_deadline != _SEND:
-            self._arm(self.timeouts.upstream_read, _READ)
+        if self.on_deadline == _UPSTREAM:
+            self.on_deadline = 0  # `flush` arms the read deadline if the body is still due
         facts = ResponseFacts(headers)
         self.status = status
         self.response_started = True
@@ -762,14 +768,20 @@ class ClientConnection(asyncio.Protocol):
 
     def response_body(self, body: bytes) -> None:
         self.bytes_out += len(body)
-        if self.on_deadline == _READ:
-            self._arm(self.timeouts.upstream_read, _READ)
         if self.chunked_out:
             self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
         else:
             self.out.append(body)
 
     def flush(self) -> None:
+        """An upstream read ended inside the response: write what it produced, and give the
+        backend `upstream_read` for its next read (a response that ends within one read,
+        the common case, never reads the clock for this)."""
+        self._write_out()
+        if self.response_started and self.on_deadline != _SEND:
+            self._arm(self.timeouts.upstream_read, _READ)
+
+    def _write_out(self) -> None:
         """Write what the last upstream read produced in one call (head and body together)."""
         out = self.out
         if out:
@@ -779,7 +791,7 @@ class ClientConnection(asyncio.Protocol):
     def response_complete(self, conn: UpstreamConnection) -> None:
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")
-        self.flush()
+        self._write_out()
         self.upstream = None
         conn.client = None
         self._resume(_PAUSE_UPSTREAM)
@@ -803,7 +815,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_failed(self, conn: UpstreamConnection, error: str) -> None:
         """The backend closed or sent garbage before the exchange ended."""
-        self.flush()
+        self._write_out()
         if self.upstream is not conn:
             return
         conn.client = None
@@ -862,7 +874,7 @@ class ClientConnection(asyncio.Protocol):
             tunnel.upstream_half.data_received(tail)
         if self.early:
             tunnel.client_half.data_received(b"".join(self.early))
-            self.early = []
+            self.early = None
         self.listener.forget(self)
         self.upstream = None
         self.server = None
@@ -932,11 +944,11 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self._abandon_upstream()
-        self.flush()
+        self._write_out()
         self._log_request(error=detail or text, status=status)
         self.in_exchange = False
         self.closed = True
-        self.early = []
+        self.early = None
         if self.response_started:
             self._stop_timer()
             self.transport.abort()

@@ -45,6 +45,7 @@ class RequestFacts:
     end-to-end header lines to forward, from one pass over them."""
 
     __slots__ = (
+        "chunked",
         "content_length",
         "fields",
         "forwarded_for",
@@ -60,6 +61,7 @@ class RequestFacts:
         self.hosts = 0  # how many Host lines (RFC 9112 §3.2: exactly one in HTTP/1.1)
         self.content_length: int | None = None
         self.transfer_encoding: bytes | None = None
+        self.chunked = False  # a Transfer-Encoding (only plain chunked gets past the checks)
         self.upgrade: bytes | None = None
         self.forwarded_for: bytes | None = None
         self.via: bytes | None = None
@@ -77,6 +79,7 @@ class RequestFacts:
                 self.content_length = int(value)  # llhttp took digits only, and one value
             elif lname == b"transfer-encoding":
                 self.transfer_encoding = value
+                self.chunked = True
             elif lname == b"upgrade":
                 self.upgrade = value
             elif lname == b"x-forwarded-for":
@@ -92,10 +95,6 @@ class RequestFacts:
         if named:
             out = _without(headers, _REQUEST_SPECIAL | named, underscores)
         self.fields = b"".join(out)
-
-    @property
-    def chunked(self) -> bool:
-        return self.transfer_encoding is not None
 
     def websocket(self) -> bool:
         """Whether `websocket` is one of the Upgrade tokens (a token, not a substring)."""
@@ -183,7 +182,7 @@ class ResponseFacts:
     body close-delimited (RFC 9112 §6.3).
     """
 
-    __slots__ = ("chunked", "codings", "content_length", "fields", "upgrade")
+    __slots__ = ("chunked", "codings", "content_length", "delimited", "fields", "upgrade")
 
     def __init__(self, headers: Headers) -> None:
         self.content_length: bytes | None = None
@@ -213,11 +212,8 @@ class ResponseFacts:
         if named:
             out = _without(headers, _RESPONSE_SPECIAL | named)
         self.fields = b"".join(out)
-
-    @property
-    def delimited(self) -> bool:
-        """Whether the body's end is known without a close (Content-Length or chunked)."""
-        return self.chunked or (self.content_length is not None and self.codings is None)
+        # Whether the body's end is known without a close (Content-Length or chunked).
+        self.delimited = self.chunked or (self.content_length is not None and self.codings is None)
 
 
 def response_head(

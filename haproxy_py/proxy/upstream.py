@@ -53,7 +53,6 @@ class UpstreamConnection(asyncio.Protocol):
         "forget",
         "head_bytes",
         "head_limit",
-        "header_size",
         "headers",
         "idle_since",
         "in_head",
@@ -85,8 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reset_parser = False
         self.received = False  # a byte of this exchange's response arrived
         self.in_head = True
-        self.head_bytes = 0  # bytes of reads that ended inside the head
-        self.header_size = 0  # bytes of header names and values parsed
+        self.head_bytes = 0  # bytes of reads that ended inside the head (or completed it)
         self.idle_since = 0.0  # when it went back to the pool
         self.status = 0
         self.reason = b""
@@ -149,7 +147,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.in_head = True
-        self.header_size = 0
         self.headers = []
         self.reason = b""
 
@@ -157,15 +154,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_size += len(name) + len(value)  # a head that came whole in one read
-        if self.header_size > self.head_limit:
-            raise ValueError("response head from backend too large")  # stops the parser
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser, client = self.parser, self.client
         assert parser is not None
         self.in_head = False
+        if self.head_bytes > self.head_limit and _size(self.headers) > self.head_limit:
+            # A head that came whole in one large read (only then are the lines counted).
+            raise ValueError("response head from backend too large")  # stops the parser
         status = self.status = parser.get_status_code()
         if status == 101 or client is None:
             return  # the switch happens when the parser stops at the upgrade
@@ -197,3 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
             client.upstream_failed(self, CLOSED if exc is None else RESET)
         else:
             self.forget(self.server, self)
+
+
+def _size(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in headers)
