@@ -121,19 +121,35 @@ async def test_client_that_stops_reading_is_aborted(recorder, proxy) -> None:
         sock.close()
 
 
+def upload_then_read(address: tuple[str, int], head: bytes, body: bytes) -> tuple[bool, bytes]:
+    """A client that keeps uploading after the answer and reads only at the end: whether
+    the whole upload went through, and what it read."""
+    with socket.create_connection(address) as sock:
+        sock.sendall(head + body[:65536])
+        time.sleep(0.5)  # the proxy has answered by now
+        uploaded = True
+        try:
+            sock.sendall(body[65536:])
+        except OSError:
+            uploaded = False  # reset: the proxy closed with our bytes unread
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                got += chunk
+        return uploaded, got
+
+
 async def test_error_answer_survives_an_unread_body(recorder, proxy) -> None:
     """Lingering close: a 413 sent while the client still uploads is read, not reset away."""
     backend = await recorder()
     routes = '[[routes]]\npath_prefix = "/small/"\nbackend = "app"\nmax_body_size = 1000\n'
     server = await proxy(config(backend.address, routes=routes))
     body = b"x" * (4 << 20)
-    reader, writer = await asyncio.open_connection(*server.address("web"))
-    writer.write(b"POST /small/up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body))
-    writer.write(body)
-    async with asyncio.timeout(30):
-        got = await read_until_closed(reader)
-    writer.close()
+    head = b"POST /small/up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body)
+    uploaded, got = await asyncio.to_thread(upload_then_read, server.address("web"), head, body)
     assert statuses(got) == [413]
+    assert uploaded  # the proxy read and dropped the rest instead of resetting
     assert backend.seen == []
 
 
