@@ -42,7 +42,7 @@ import errno
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from httptools import (
@@ -70,8 +70,11 @@ from haproxy_py.proxy.requestcheck import IDEMPOTENT, Reject, check_head, split_
 from haproxy_py.proxy.upstream import CLOSED, UpstreamConnection
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.runtime import Backend
-    from haproxy_py.proxy.server import Listener, ProxyServer
+    from haproxy_py.proxy.iplimits import IpLimiter
+    from haproxy_py.proxy.relay import Tunnels
+    from haproxy_py.proxy.runtime import Backend, Runtime
+    from haproxy_py.proxy.server import Listener
+    from haproxy_py.proxy.stats import Stats
 
 log = structlog.get_logger("haproxy_py.proxy.access")
 
@@ -100,10 +103,24 @@ _LOCAL_ERRNOS = frozenset(
 )
 
 
+class ProxyContext(Protocol):
+    """What a client connection uses of the proxy it belongs to (`server.ProxyServer`)."""
+
+    loop: asyncio.AbstractEventLoop
+    runtime: Runtime  # the config generation new requests use
+    stats: Stats
+    tunnels: Tunnels
+    ip_limits: IpLimiter
+    draining: bool
+
+    def dropped(self, reason: str, peer: str) -> None:
+        """Count (and now and then log) a connection dropped before HTTP."""
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(
         self,
-        proxy: ProxyServer,
+        proxy: ProxyContext,
         listener: Listener,
         preread: proxyproto.ProxyHeader | None = None,
     ) -> None:
