@@ -245,3 +245,25 @@ async def test_aiohttp_client_still_works_with_limits(recorder, proxy) -> None:
             async with session.get(f"http://{host}:{port}/k{i}") as response:
                 assert response.status == 200
     assert backend.paths() == [f"/k{i}" for i in range(5)]
+
+
+async def test_reload_that_shortens_websocket_idle_applies_within_seconds(recorder, proxy) -> None:
+    """The sweeper sleeps at most 5 s, so a reload from an hour to 0.5 s is felt at once."""
+    backend = await recorder()
+    server = await proxy(config(backend.address))
+    reader, writer = await asyncio.open_connection(*server.address("web"))
+    writer.write(b"GET /ws HTTP/1.1\r\n" + HANDSHAKE)
+    async with asyncio.timeout(30):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    await asyncio.sleep(0.2)  # let the sweeper start its first (long) sleep
+    started = time.monotonic()
+    await server.reload(config(backend.address, proxy="[proxy.timeouts]\nwebsocket_idle = 0.5\n"))
+    # The tunnel took its timeout when it opened: the old hour. New tunnels get 0.5 s.
+    writer.close()
+    reader2, writer2 = await asyncio.open_connection(*server.address("web"))
+    writer2.write(b"GET /ws HTTP/1.1\r\n" + HANDSHAKE)
+    async with asyncio.timeout(30):
+        assert (await reader2.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        assert await reader2.read() == b""  # closed by the sweeper
+    writer2.close()
+    assert time.monotonic() - started < 8
