@@ -144,6 +144,8 @@ class ClientConnection(asyncio.Protocol):
         self.host_seen = b""  # the last Host header and its routing name
         self.host_name = ""
         self.closed = False
+        # The timeouts of the current request's route (the node's until one is routed).
+        self.timeouts: Timeouts = proxy.runtime.timeouts
         self.counted_ip: str | None = None  # the address the per-IP limits count this under
         self.keep_forwarded_for = False  # the client is a trusted proxy: append to its XFF
         self.reading_head = True  # between a message's end and the next head's end
@@ -163,7 +165,6 @@ class ClientConnection(asyncio.Protocol):
         self.early: list[bytes] | None = None  # client bytes after a handshake, until the 101
         self.host_header = b""  # the Host the backend gets ("" : the server's address)
         self.route: RouteConfig | None = None
-        self.timeouts: Timeouts = self.proxy.runtime.timeouts
         self.in_exchange = False
         self.backend: Backend | None = None
         self.server: Server | None = None  # while it counts this exchange as active
@@ -488,7 +489,7 @@ class ClientConnection(asyncio.Protocol):
     def _message_begin(self) -> None:
         self._reset_request()
         self.started = time.monotonic()
-        self._arm(self.timeouts.client_header, _HEADER)
+        self._arm(self.proxy.runtime.timeouts.client_header, _HEADER)
 
     def on_url(self, url: bytes) -> None:
         if self.held is not None:
@@ -577,7 +578,7 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = keep_alive
         self.in_exchange = True
         runtime = self.proxy.runtime
-        facts = self.facts = RequestFacts(self.headers, underscores=runtime.underscores)
+        facts = self.facts = RequestFacts(self.headers, runtime.underscores)
         if upgrade or facts.hosts != 1 or facts.chunked or facts.via or method == b"CONNECT":
             self.upgrade = check_head(method, version, upgrade, facts, self.headers, runtime.via)
         host = None
@@ -589,7 +590,7 @@ class ClientConnection(asyncio.Protocol):
             host = self.host_name
             self.host_header = facts.host
         target = route_path = self.url
-        if target[:1] != b"/" or b"#" in target:
+        if target[0] != 47 or b"#" in target:  # not "/..." (llhttp took a non-empty one)
             target, route_path, authority = split_target(target, method)
             if authority is not None:  # RFC 9112 §3.2.2: the target's authority replaces Host
                 self.host_header = authority
@@ -607,7 +608,8 @@ class ClientConnection(asyncio.Protocol):
         if 0 < route.max_body_size < length:
             raise Reject(413, "request body too large")
         backend = self.backend = runtime.backends[route.backend]
-        self.hash_key = backend.hash_key(self.headers, facts, self.client_ip)
+        if backend.hashed:
+            self.hash_key = backend.hash_key(self.headers, facts, self.client_ip)
         self.retryable = method in IDEMPOTENT and not facts.chunked and not length
         if facts.chunked or length:
             self._arm(timeouts.client_body, _BODY)

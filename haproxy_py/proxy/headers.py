@@ -56,7 +56,7 @@ class RequestFacts:
         "via",
     )
 
-    def __init__(self, headers: Headers, *, underscores: bool = False) -> None:
+    def __init__(self, headers: Headers, underscores: bool = False) -> None:
         self.host: bytes | None = None
         self.hosts = 0  # how many Host lines (RFC 9112 §3.2: exactly one in HTTP/1.1)
         self.content_length: int | None = None

@@ -66,6 +66,7 @@ class Backend:
         self.checker = Checker(
             self.name, self.trackers, config.health, self._health_changed, tls, config.send_proxy
         )
+        self.hashed = config.balance in ("source_hash", "header_hash")  # requests carry a key
         self._hash_header = None if config.hash_key is None else config.hash_key.name.encode()
         self._hash_kind = None if config.hash_key is None else config.hash_key.kind
 
@@ -128,7 +129,9 @@ class Backend:
             self._health_changed(tracker, error)
 
     def passive_success(self, server: Server) -> None:
-        self.tracker_of[server].passive_success()
+        tracker = self.tracker_of[server]
+        if tracker.fail_streak:
+            tracker.passive_success()
 
     def _health_changed(self, tracker: Tracker, reason: str) -> None:
         server = tracker.server

@@ -58,7 +58,6 @@ class UpstreamConnection(asyncio.Protocol):
         "in_head",
         "parser",
         "reason",
-        "received",
         "reset_parser",
         "reused",
         "server",
@@ -82,7 +81,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.skip_body = False
         self.reset_parser = False
-        self.received = False  # a byte of this exchange's response arrived
         self.in_head = True
         self.head_bytes = 0  # bytes of reads that ended inside the head (or completed it)
         self.idle_since = 0.0  # when it went back to the pool
@@ -98,9 +96,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = client
         self.skip_body = skip_body
         self.status = 0
-        self.received = False
         self.in_head = True
         self.head_bytes = 0
+
+    @property
+    def received(self) -> bool:
+        """Whether a byte of this exchange's response arrived (every read while the head
+        is due is counted, and a complete head means bytes came)."""
+        return self.head_bytes > 0 or not self.in_head
 
     def detach(self) -> None:
         """The socket now belongs to a tunnel: drop the HTTP state (and the parser's cycle)."""
@@ -116,7 +119,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.client is None or parser is None:
             self.transport.close()  # a backend must not talk while idle
             return
-        self.received = True
         if self.in_head:
             self.head_bytes += len(data)
         try:
