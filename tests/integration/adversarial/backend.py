@@ -18,6 +18,7 @@ unframed shows up here as an extra request. Paths pick a behaviour:
     /continue-stall     100 Continue, then nothing
     /close              record, then close without answering
     /garbage            an answer that is not HTTP
+    /200k               200,000 bytes in one write
     /flood              10 MiB body (Content-Length)
     anything else       200 "c<conn> r<n> <METHOD> <path>"
 """
@@ -205,6 +206,8 @@ class _Conn(asyncio.Protocol):
             return False
         elif path == "/garbage":
             write(b"NOT HTTP AT ALL\r\n\r\n")
+        elif path == "/200k":
+            write(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"s" * 200_000)
         elif path == "/flood":
             write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (10 << 20))
             for _ in range(160):

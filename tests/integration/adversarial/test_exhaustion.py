@@ -140,6 +140,23 @@ def upload_then_read(address: tuple[str, int], head: bytes, body: bytes) -> tupl
         return uploaded, got
 
 
+async def test_unread_response_with_close_is_let_go(recorder, proxy) -> None:
+    """A client that reads nothing of a `Connection: close` response is let go after the
+    send timeout, whether the response still streams or already sits whole in the proxy's
+    buffer behind its close."""
+    backend = await recorder()
+    server = await proxy(config(backend.address, proxy=FAST))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(server.address("web"))
+    sock.sendall(b"GET /200k HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    try:
+        await poll_until(lambda: backend.paths() == ["/200k"], "the request reached the backend")
+        await released(server)  # the client still holds its socket, unread
+    finally:
+        sock.close()
+
+
 async def test_error_answer_survives_an_unread_body(recorder, proxy) -> None:
     """Lingering close: a 413 sent while the client still uploads is read, not reset away."""
     backend = await recorder()
