@@ -26,7 +26,7 @@ from bench.procs import StartError, stop_all
 from bench.report import document, render
 from bench.results import SUBJECT
 from bench.runner import Options, Runner, say, selected
-from bench.targets import PROXY_CPU, TARGETS
+from bench.targets import PROXY_CPU, TARGETS, HaproxyPy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,6 +54,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--no-profile", action="store_true", help="skip the py-spy pass over haproxy-py"
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and process logs")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure DIR's haproxy_py (another checkout) as target haproxy-py-base",
+    )
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help="only rewrite the Markdown beside a saved JSON"
     )
@@ -146,6 +151,9 @@ def _rerender(path: Path) -> int:
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return its result document."""
     by_name = {t.name: t for t in TARGETS}
+    if args.baseline:
+        base = HaproxyPy("haproxy-py-base", ("ws-small", "ws-large", "http"), False, args.baseline)
+        by_name[base.name] = base
     targets = tuple(by_name[n] for n in selected(args.targets, by_name))
     workloads = tuple(loadgen.WORKLOADS[n] for n in selected(args.tests, loadgen.WORKLOADS))
     loadgen.program()  # fail early, with the hint, if the Go tools are not built

@@ -8,6 +8,7 @@ with a one-line reason, so the rest of the run goes on without it.
 from __future__ import annotations
 
 import abc
+import os
 import resource
 import shutil
 import subprocess
@@ -125,7 +126,13 @@ class Haproxy(Target):
 
 @dataclass(frozen=True)
 class HaproxyPy(Target):
-    """The proxy of this project, as an operator runs it: `haproxy-py run --config FILE`."""
+    """The proxy of this project, as an operator runs it: `haproxy-py run --config FILE`.
+
+    `tree` runs another checkout's `haproxy_py` package with the same interpreter
+    (`--baseline DIR`: before and after a change, measured in one run).
+    """
+
+    tree: str | None = None
 
     def start(self, backend: str, workdir: Path) -> Running:
         program = Path(sys.executable).with_name("haproxy-py")
@@ -136,12 +143,14 @@ class HaproxyPy(Target):
         conf.write_text(
             configs.haproxy_py_toml(listen=port, admin=admin, backend=backend, fd_limit=fd_limit())
         )
+        env = None if self.tree is None else {**os.environ, "PYTHONPATH": self.tree}
         try:
             check = subprocess.run(
                 [str(program), "check-config", str(conf)],
                 capture_output=True,
                 text=True,
                 timeout=60,
+                env=env,
             )
         except subprocess.TimeoutExpired as exc:
             raise TargetFailed("haproxy-py check-config did not finish within 60 s") from exc
@@ -150,7 +159,8 @@ class HaproxyPy(Target):
             raise TargetFailed(
                 f"haproxy-py check-config failed: {reason[-1] if reason else check.returncode}"
             )
-        proc = spawn(self.name, [str(program), "run", "--config", str(conf)], PROXY_CPU, workdir)
+        argv = [str(program), "run", "--config", str(conf)]
+        proc = spawn(self.name, argv, PROXY_CPU, workdir, env)
         running = _started(proc, port)
         running.cpu_pids = running.mem_pids = [proc.pid, *children(proc.pid)]
         return running

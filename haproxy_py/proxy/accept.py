@@ -31,12 +31,10 @@ Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 def trusted(peer: str, networks: Networks) -> bool:
-    """Whether `peer` may send a PROXY header (no networks: anyone may).
+    """Whether `peer` is in `networks` (no networks: nobody is).
 
     A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`; they match IPv4 networks.
     """
-    if not networks:
-        return True
     address = ipaddress.ip_address(peer)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
@@ -92,6 +90,7 @@ class HeaderFirstServer:
         context: ssl.SSLContext,
         timeout: Callable[[], float],
         networks: Callable[[], Networks],
+        on_drop: Callable[[str, str], None],
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.sock = sock
@@ -99,6 +98,7 @@ class HeaderFirstServer:
         self.context = context
         self.timeout = timeout  # read at each connection: a reload may change it
         self.networks = networks  # the listener's trusted_proxies, read at each connection
+        self.on_drop = on_drop  # (reason, peer): counted and logged by the proxy
         self.sockets = [sock]
         self._pending: set[asyncio.Task[Any]] = set()
         sock.listen(1024)
@@ -144,9 +144,8 @@ class HeaderFirstServer:
             conn.close()
             raise
 
-    @staticmethod
-    def _drop(conn: socket.socket, peer: str, reason: str) -> None:
-        log.warning("connection dropped", reason=reason, peer=peer)
+    def _drop(self, conn: socket.socket, peer: str, reason: str) -> None:
+        self.on_drop(reason, peer)
         conn.close()
 
     def is_serving(self) -> bool:

@@ -42,16 +42,20 @@ class Server:
     )
 
     def __init__(self, config: ServerConfig) -> None:
-        self.config = config
+        self.configure(config)
         self.host = config.host
         self.port = config.port
         self.address = config.address
         self.host_header = config.address.encode()  # the Host of a request that had none
-        self.weight = config.weight
-        self.max_conns = config.max_conns
         self.up = True
         self.active = 0  # requests in flight + open WebSocket tunnels
         self.total = 0  # requests and tunnels ever sent here
+
+    def configure(self, config: ServerConfig) -> None:
+        """Take a reloaded config of the same address (its state carries on)."""
+        self.config = config
+        self.weight = config.weight
+        self.max_conns = config.max_conns
 
     @property
     def full(self) -> bool:

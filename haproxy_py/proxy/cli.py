@@ -27,7 +27,7 @@ from haproxy_py.cluster.config import (
 )
 from haproxy_py.configfile import ConfigError, Table, load
 from haproxy_py.logging import configure
-from haproxy_py.proxy.config import ProxyConfig, parse_proxy
+from haproxy_py.proxy.config import ProxyConfig, parse_proxy, trusts_anyone
 from haproxy_py.proxy.server import ProxyServer
 
 log = structlog.get_logger(__name__)
@@ -121,10 +121,18 @@ def main() -> None:
 def check_config(file: Path) -> None:
     """Validate FILE; exit 0 if it is usable, else 1 with the problem."""
     try:
-        check_node_file(load(file))
+        doc = load(file)
+        check_node_file(doc)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+    for listener in parse_proxy(doc).listeners:
+        if trusts_anyone(listener.trusted_proxies):
+            click.echo(
+                f"{file}: warning: listeners {listener.name!r}: trusted_proxies lets any "
+                "address send a PROXY header, so any client can choose the address it is seen as",
+                err=True,
+            )
     click.echo(f"{file}: ok")
 
 

@@ -9,7 +9,7 @@ once (active checks take a bad server out within `fall` intervals).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.tls import (
@@ -35,14 +35,27 @@ class AdminConfig:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds; 0 disables a timeout."""
+    """Seconds; 0 disables a timeout. Each guards a place where a peer can stall."""
 
     connect: float = 5.0
     client_header: float = 30.0
-    upstream_header: float = 60.0
+    client_body: float = 60.0  # between two reads of a request body (nginx client_body_timeout)
+    upstream_header: float = 60.0  # the backend's response head, re-armed after each 1xx
+    upstream_read: float = 60.0  # between two reads of a response body (proxy_read_timeout)
+    send: float = 60.0  # a client that stops reading (nginx send_timeout), then abort
     http_idle: float = 75.0
+    # An idle pooled upstream connection is not reused after this long: shorter than the
+    # common backend keep-alive timeouts (Node 5 s, gunicorn 2 s is the outlier), so the
+    # proxy does not race a backend that is closing it.
+    upstream_idle: float = 4.0
     websocket_idle: float = 3600.0
     drain: float = 30.0  # how long a drain waits for HTTP and WebSockets to finish
+
+
+# The timeouts a route may set for itself (the rest are per connection or per node).
+ROUTE_TIMEOUTS = (
+    *("connect", "upstream_header", "client_body", "upstream_read", "send", "websocket_idle"),
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,11 @@ class Limits:
     max_connections: int = 20000
     max_header_size: int = 32768
     max_uri_size: int = 8192
+    # Per client address (after PROXY protocol); 0: no limit. Over the limit a
+    # connection gets 429 (a WebSocket handshake is refused the same way).
+    per_ip_connections: int = 0  # open at once
+    per_ip_rate: float = 0.0  # new connections per second (token bucket)
+    per_ip_burst: int = 0  # bucket size; 0: the rate rounded up
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ class ProxySettings:
     timeouts: Timeouts
     limits: Limits
     access_log: bool = True
+    underscores_in_headers: bool = False  # forward header names with `_` (nginx's default off)
 
 
 @dataclass(frozen=True)
@@ -66,18 +85,28 @@ class ListenerConfig:
     port: int
     max_connections: int
     tls: ListenerTls | None = None
-    # A PROXY v1/v2 header is required first; `trusted_proxies` (empty: any) may send it.
+    # A PROXY v1/v2 header is required first, from `trusted_proxies` only (required:
+    # "0.0.0.0/0" is an explicit, warned-about opt-in).
     proxy_protocol: bool = False
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Clients whose X-Forwarded-For is kept (appended to); everyone else's is replaced by
+    # their address: this listener is the edge unless a proxy in front is named here.
+    forwarded_for_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
 class RouteConfig:
-    """`host` is None (any), an exact name, or `*.suffix` (kept as `.suffix`)."""
+    """`host` is None (any), an exact name, or `*.suffix` (kept as `.suffix`).
+
+    `timeouts` are the node's with the route's own `[routes.timeouts]` over them
+    (None: the node's, read at each request so a reload applies).
+    """
 
     host: str | None
     path_prefix: str
     backend: str
+    max_body_size: int = 0  # bytes of request body; over it 413 (0: no limit)
+    timeouts: Timeouts | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,8 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """Active checks run when `path` is set; passive ones count connect failures and 5xx."""
+    """Active checks run when `path` is set; passive ones count transport failures
+    (connect refused, reset, timeout), and 5xx answers only with `passive_5xx`."""
 
     path: str | None = None
     interval: float = 2.0
@@ -103,6 +133,7 @@ class HealthConfig:
     fall: int = 3
     expect_status: tuple[int, ...] = (200,)
     passive: bool = True
+    passive_5xx: bool = False  # opt-in: any client able to cause a 500 could take servers out
     # Without active checks a passively failed server is tried again after this long.
     retry_down_after: float = 10.0
 
@@ -171,16 +202,20 @@ def _limits(proxy: Table) -> Limits:
         max_connections=t.integer("max_connections", defaults.max_connections, min=1),
         max_header_size=t.integer("max_header_size", defaults.max_header_size, min=1024),
         max_uri_size=t.integer("max_uri_size", defaults.max_uri_size, min=256),
+        per_ip_connections=t.integer("per_ip_connections", 0, min=0),
+        per_ip_rate=t.number("per_ip_rate", 0.0, min=0),
+        per_ip_burst=t.integer("per_ip_burst", 0, min=0),
     )
 
 
 def parse_settings(doc: Table) -> ProxySettings:
     proxy = doc.table("proxy", {})
-    proxy.reject_unknown({"timeouts", "limits", "access_log"})
+    proxy.reject_unknown({"timeouts", "limits", "access_log", "underscores_in_headers"})
     return ProxySettings(
         timeouts=_timeouts(proxy),
         limits=_limits(proxy),
         access_log=proxy.boolean("access_log", True),
+        underscores_in_headers=proxy.boolean("underscores_in_headers", False),
     )
 
 
@@ -214,6 +249,7 @@ def parse_listeners(doc: Table, settings: ProxySettings) -> tuple[ListenerConfig
     for item in doc.array("listeners"):
         item.reject_unknown(
             {"name", "bind", "max_connections", "tls", "proxy_protocol", "trusted_proxies"}
+            | {"forwarded_for_trusted"}
         )
         name = item.string("name")
         if any(other.name == name for other in listeners):
@@ -231,6 +267,7 @@ def parse_listeners(doc: Table, settings: ProxySettings) -> tuple[ListenerConfig
                 tls=parse_listener_tls(item),
                 proxy_protocol=proxy_protocol,
                 trusted_proxies=trusted,
+                forwarded_for_trusted=_networks(item, "forwarded_for_trusted"),
             )
         )
     if not listeners:
@@ -242,24 +279,57 @@ def _proxy_protocol(
     item: Table,
 ) -> tuple[bool, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
     enabled = item.boolean("proxy_protocol", False)
-    cidrs = item.strings("trusted_proxies", [])
-    if cidrs and not enabled:
+    networks = _networks(item, "trusted_proxies")
+    if networks and not enabled:
         item.fail("trusted_proxies", "only used with proxy_protocol = true")
+    if enabled and not networks:
+        # A PROXY header sets the client's address: from anyone, it is a spoofing switch.
+        item.fail(
+            "trusted_proxies",
+            "missing; with proxy_protocol = true name the load balancers that may send "
+            'the header, e.g. ["198.18.0.0/15"] ("0.0.0.0/0" and "::/0" trust anyone)',
+        )
+    return enabled, networks
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _networks(item: Table, key: str) -> Networks:
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for i, cidr in enumerate(cidrs):
+    for i, cidr in enumerate(item.strings(key, [])):
         try:
             networks.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
-            Table({}, item.file, item.where("trusted_proxies")).fail(
+            Table({}, item.file, item.where(key)).fail(
                 i, f'expected an address or network such as "198.18.0.0/15", got {cidr!r}'
             )
-    return enabled, tuple(networks)
+    return tuple(networks)
 
 
-def parse_routes(doc: Table, backends: dict[str, BackendConfig]) -> tuple[RouteConfig, ...]:
+def trusts_anyone(networks: Networks) -> bool:
+    """Whether a trust list lets every address in (what `check-config` warns about)."""
+    return any(n.prefixlen == 0 for n in networks)
+
+
+def _route_timeouts(item: Table, defaults: Timeouts) -> Timeouts | None:
+    if "timeouts" not in item.data:
+        return None
+    t = item.table("timeouts")
+    t.reject_unknown(set(ROUTE_TIMEOUTS))
+    return replace(
+        defaults,
+        **{name: t.number(name, getattr(defaults, name), min=0) for name in ROUTE_TIMEOUTS},
+    )
+
+
+def parse_routes(
+    doc: Table, backends: dict[str, BackendConfig], settings: ProxySettings | None = None
+) -> tuple[RouteConfig, ...]:
+    defaults = Timeouts() if settings is None else settings.timeouts
     routes: list[RouteConfig] = []
     for item in doc.array("routes"):
-        item.reject_unknown({"host", "path_prefix", "backend"})
+        item.reject_unknown({"host", "path_prefix", "backend", "max_body_size", "timeouts"})
         host = item.string("host", None)
         if host is not None:
             host = host.lower()
@@ -274,7 +344,15 @@ def parse_routes(doc: Table, backends: dict[str, BackendConfig]) -> tuple[RouteC
         if backend not in backends:
             known = ", ".join(sorted(backends)) or "none defined"
             item.fail("backend", f"unknown backend {backend!r} (backends: {known})")
-        routes.append(RouteConfig(host=host, path_prefix=prefix, backend=backend))
+        routes.append(
+            RouteConfig(
+                host=host,
+                path_prefix=prefix,
+                backend=backend,
+                max_body_size=item.integer("max_body_size", 0, min=0),
+                timeouts=_route_timeouts(item, defaults),
+            )
+        )
     if not routes:
         doc.fail("routes", "missing; expected at least one [[routes]] with a backend")
     return tuple(routes)
@@ -329,6 +407,7 @@ def _health(backend: Table) -> HealthConfig:
         fall=h.integer("fall", d.fall, min=1),
         expect_status=tuple(expect),
         passive=h.boolean("passive", d.passive),
+        passive_5xx=h.boolean("passive_5xx", d.passive_5xx),
         retry_down_after=h.number("retry_down_after", d.retry_down_after, min=0.01),
     )
 
@@ -392,6 +471,6 @@ def parse_proxy(doc: Table) -> ProxyConfig:
         admin=parse_admin(doc),
         proxy=settings,
         listeners=parse_listeners(doc, settings),
-        routes=parse_routes(doc, backends),
+        routes=parse_routes(doc, backends, settings),
         backends=backends,
     )

@@ -1,32 +1,48 @@
 """The client side of the proxy: one asyncio Protocol per client connection.
 
 Requests are parsed by httptools; at the end of each head the request is
-routed, a server is picked and the head goes out on a pooled keep-alive
-`UpstreamConnection` (or a new one: connect failures try the next server).
-Bodies stream both ways as parser events arrive, with backpressure in both
-directions (a full write buffer pauses reading on the other side). Nothing is
-buffered beyond one read, except a request body while its upstream connection
-is still being opened (reading is paused meanwhile).
+checked (`requestcheck`), routed, a server is picked and the head goes out on a
+pooled keep-alive `UpstreamConnection` (or a new one: connect failures try the
+next server). Bodies stream both ways as parser events arrive, with
+backpressure in both directions (a full write buffer pauses reading on the
+other side). Nothing is buffered beyond one read, except a request body while
+its upstream connection is still being opened (reading is paused meanwhile).
+The head is bounded while it arrives: reads that end inside a head count
+against `max_header_size + max_uri_size`, so one endless header line costs
+at most that plus one read.
 
 One exchange runs at a time; a pipelined request that arrives early is held
 (its parser events are queued and reading pauses) until the current response
 is done. Reading is paused only then, not after every request: pausing and
 resuming costs system calls on the hot path. An `Upgrade: websocket` request
-whose backend answers 101 turns the two sockets into a `relay.Tunnel`, and this object is dropped.
+whose backend answers 101 turns the two sockets into a `relay.Tunnel`, and this
+object is dropped. Bytes that follow the upgrade request wait (reading paused)
+until the 101 and then enter the tunnel; after any other answer they are
+dropped with the connection. An upstream connection that served a request
+with Upgrade is never pooled.
 
-Errors the proxy makes itself are short text answers followed by a close:
-404 no route, 503 no server up, 502 connect failure / bad backend, 504
-upstream timeout, 400/414/431 bad requests. Proxy-made errors raised inside
-parser callbacks travel as `Reject` so the parser stops at once.
+Every phase where a peer can stall has a deadline: the PROXY header, the
+request head (408), each read of a request body (408), the response head
+(504, re-armed after each 1xx), each read of a response body and a client
+that stops reading (both abort), idle keep-alive. A close that cannot flush
+is aborted after the send timeout.
+
+Errors the proxy makes itself are short text answers (no backend names: those
+go to the log line), then a lingering close: the write side is shut and what
+the client still sends is read and dropped for a while, so the kernel does
+not reset the connection under the answer. 404 no route, 503 no server up,
+502 connect failure / bad backend, 504 upstream timeout, 400/413/414/426/431
+/501 bad requests, 429 over a per-address limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import structlog
 from httptools import (
@@ -34,12 +50,12 @@ from httptools import (
     HttpParserError,
     HttpParserUpgrade,
     HttpRequestParser,
-    parse_url,
 )
 
 from haproxy_py.proxy import proxyproto
 from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.balancer import Server
+from haproxy_py.proxy.config import RouteConfig, Timeouts
 from haproxy_py.proxy.headers import (
     Headers,
     RequestFacts,
@@ -48,13 +64,17 @@ from haproxy_py.proxy.headers import (
     request_head,
     response_head,
     simple_response,
+    valid_host,
 )
-from haproxy_py.proxy.upstream import UpstreamConnection
-from haproxy_py.proxy.wsframes import handshake_problem
+from haproxy_py.proxy.requestcheck import IDEMPOTENT, Reject, check_head, split_target
+from haproxy_py.proxy.upstream import CLOSED, UpstreamConnection
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.runtime import Backend
-    from haproxy_py.proxy.server import Listener, ProxyServer
+    from haproxy_py.proxy.iplimits import IpLimiter
+    from haproxy_py.proxy.relay import Tunnels
+    from haproxy_py.proxy.runtime import Backend, Runtime
+    from haproxy_py.proxy.server import Listener
+    from haproxy_py.proxy.stats import Stats
 
 log = structlog.get_logger("haproxy_py.proxy.access")
 
@@ -66,25 +86,41 @@ _PAUSE_HELD = 4  # a pipelined request waits for the current response
 # What the connection's one deadline guards (what happens when it passes).
 _IDLE = 1  # between requests: close
 _HEADER = 2  # a request head is arriving: 408
-_UPSTREAM = 3  # the backend owes an answer: 504
+_UPSTREAM = 3  # the backend owes a response head: 504
 _PROXY_HEADER = 4  # a PROXY header is due: drop
+_BODY = 5  # the client owes more of its request body: 408 (abort once answering)
+_READ = 6  # the backend owes more of its response body: abort
+_SEND = 7  # the client stopped reading what it is sent: abort
+_CLOSING = 8  # closed, but the write buffer would not flush: abort
 # A timer that fires this close to the deadline counts as on time (uvloop has 1 ms ticks).
 _TIMER_SLACK = 0.001
+# How long a proxy-made error's lingering close reads (and drops) what the client still
+# sends (nginx lingering_timeout), so its answer is not reset away under it.
+LINGER = 5.0
+# Local connect errors: this host ran out of something, the server is not at fault.
+_LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+)
 
 
-class Reject(Exception):
-    """A request the proxy answers itself, raised from a parser callback."""
+class ProxyContext(Protocol):
+    """What a client connection uses of the proxy it belongs to (`server.ProxyServer`)."""
 
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
+    loop: asyncio.AbstractEventLoop
+    runtime: Runtime  # the config generation new requests use
+    stats: Stats
+    tunnels: Tunnels
+    ip_limits: IpLimiter
+    draining: bool
+
+    def dropped(self, reason: str, peer: str) -> None:
+        """Count (and now and then log) a connection dropped before HTTP."""
 
 
 class ClientConnection(asyncio.Protocol):
     def __init__(
         self,
-        proxy: ProxyServer,
+        proxy: ProxyContext,
         listener: Listener,
         preread: proxyproto.ProxyHeader | None = None,
     ) -> None:
@@ -108,6 +144,13 @@ class ClientConnection(asyncio.Protocol):
         self.host_seen = b""  # the last Host header and its routing name
         self.host_name = ""
         self.closed = False
+        # The timeouts of the current request's route (the node's until one is routed).
+        self.timeouts: Timeouts = proxy.runtime.timeouts
+        self.counted_ip: str | None = None  # the address the per-IP limits count this under
+        self.keep_forwarded_for = False  # the client is a trusted proxy: append to its XFF
+        self.reading_head = True  # between a message's end and the next head's end
+        self.head_bytes = 0  # bytes of reads that ended inside the current head
+        self.head_limit = proxy.runtime.head_limit
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -117,7 +160,11 @@ class ClientConnection(asyncio.Protocol):
         self.method = b""
         self.version = "1.1"
         self.keep_alive = True
-        self.upgrade = False
+        self.upgrade = False  # a WebSocket handshake
+        self.carried_upgrade = False  # any Upgrade: its upstream connection is never pooled
+        self.early: list[bytes] | None = None  # client bytes after a handshake, until the 101
+        self.host_header = b""  # the Host the backend gets ("" : the server's address)
+        self.route: RouteConfig | None = None
         self.in_exchange = False
         self.backend: Backend | None = None
         self.server: Server | None = None  # while it counts this exchange as active
@@ -172,6 +219,19 @@ class ClientConnection(asyncio.Protocol):
             self.proxy_header = b""
             self._arm(self.proxy.runtime.timeouts.client_header, _PROXY_HEADER)
             return
+        self._client_known()
+
+    def _client_known(self) -> None:
+        """The client's address is final (after any PROXY header): apply per-address rules."""
+        reason = self.proxy.ip_limits.admit(
+            self.client_ip, self.loop.time(), self.proxy.runtime.limits
+        )
+        if reason is not None:
+            self._reject(429, "too many connections from your address; retry later", reason)
+            return
+        self.counted_ip = self.client_ip
+        networks = self.listener.config.forwarded_for_trusted
+        self.keep_forwarded_for = bool(networks) and trusted(self.client_ip, networks)
         self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
 
     def _proxy_header_received(self, data: bytes) -> bytes:
@@ -186,8 +246,8 @@ class ClientConnection(asyncio.Protocol):
             return b""
         self.proxy_header = None
         self._use_proxy_header(result)
-        self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
-        return buffer[result.length :]
+        self._client_known()
+        return b"" if self.closed else buffer[result.length :]
 
     def _use_proxy_header(self, header: proxyproto.ProxyHeader) -> None:
         if header.source is not None and header.destination is not None:
@@ -196,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _drop(self, reason: str) -> None:
         """Close without an answer: a peer that does not speak PROXY protocol gets no HTTP."""
-        log.warning("connection dropped", reason=reason, peer=self.client_ip)
+        self.proxy.dropped(reason, self.client_ip)
         self.closed = True
         self._stop_timer()
         self.transport.close()
@@ -212,6 +272,8 @@ class ClientConnection(asyncio.Protocol):
         if self.upgrade and self.request_done:
             self._upgrade_data(data)  # early WebSocket bytes, before the 101
             return
+        if self.reading_head:
+            self.head_bytes += len(data)
         self.in_parser = True
         try:
             parser.feed_data(data)
@@ -223,20 +285,25 @@ class ClientConnection(asyncio.Protocol):
             self._bad_request(f"bad request: {exc}")
         finally:
             self.in_parser = False
+        if self.reading_head and self.head_bytes > self.head_limit:
+            # One endless header line is never handed over by the parser: count what it read.
+            self._bad_request("request header section too large", 431)
 
-    def _bad_request(self, text: str) -> None:
+    def _bad_request(self, text: str, status: int = 400) -> None:
         """Garbage after a whole request waits for its response, as a pipelined request would."""
+        if self.closed:
+            return
         if self.held is None and self._must_hold():
             self.held = []
             self._pause(_PAUSE_HELD)
         if self.held is not None:
-            self.held.append((self._reject, (400, text)))
+            self.held.append((self._reject, (status, text)))
         else:
-            self._reject(400, text)
+            self._reject(status, text)
 
     def _callback_failed(self, cause: BaseException | None) -> None:
         if isinstance(cause, Reject):
-            self._reject(cause.status, cause.text)
+            self._reject(cause.status, cause.text, extra=cause.extra)
         else:
             log.error("request handling failed", exc_info=cause, client=self.client_ip)
             self._reject(500, "internal proxy error")
@@ -244,6 +311,8 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A client that half-closes after a whole request still gets its response.
         if not self.in_exchange:
+            if self.closed:
+                self.transport.close()  # a lingering close ends when the client's side does
             return False
         if not self.request_done:
             self._reject(400, "client closed before sending the whole request")
@@ -252,11 +321,21 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        if self.closed:
+            return
+        self._arm(self.timeouts.send, _SEND)  # the client must read within the send timeout
         if self.upstream is not None and not self.upstream_paused:
             self.upstream_paused = True
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.closed:
+            return
+        if self.on_deadline == _SEND:
+            if not self.in_exchange:
+                self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
+            elif self.response_started:
+                self._arm(self.timeouts.upstream_read, _READ)
         if self.upstream is not None and self.upstream_paused:
             self.upstream_paused = False
             self.upstream.transport.resume_reading()
@@ -266,6 +345,9 @@ class ClientConnection(asyncio.Protocol):
         self._stop_timer()
         self.listener.active -= 1
         self.listener.forget(self)
+        if self.counted_ip is not None:
+            self.proxy.ip_limits.release(self.counted_ip)
+            self.counted_ip = None
         if self.in_exchange:
             self._abandon_upstream()
             if not self.response_started:
@@ -329,26 +411,62 @@ class ClientConnection(asyncio.Protocol):
         self.timer = None
         self.timer_at = math.inf
         what = self.on_deadline
-        if not what or self.closed:
+        if not what or (self.closed and what != _CLOSING):
             return
         if self.deadline > self.loop.time() + _TIMER_SLACK:
             self._start_timer(self.deadline)
             return
         self.on_deadline = 0
         if what == _IDLE:
-            self.transport.close()
+            self._close()
         elif what == _HEADER:
             self._reject(408, "request headers took too long")
         elif what == _UPSTREAM:
             self._upstream_timeout()
+        elif what == _BODY:
+            if self.paused & (_PAUSE_UPSTREAM | _PAUSE_WAIT):
+                self._arm(self.timeouts.client_body, _BODY)  # the proxy is not reading
+            else:
+                self._reject(408, "request body took too long")
+        elif what == _READ:
+            if self.upstream_paused:
+                self._arm(self.timeouts.send, _SEND)
+            else:
+                self._give_up("backend stalled in the middle of its response")
+        elif what == _SEND:
+            self._give_up("client stopped reading its response")
+        elif what == _CLOSING:
+            self.transport.abort()
         else:
             self._drop("no complete PROXY header in time")
+
+    def _give_up(self, error: str) -> None:
+        """A peer stalled mid-exchange: abort the client connection (and the upstream one)."""
+        self._abandon_upstream()
+        self._log_request(error=error)
+        self.in_exchange = False
+        self.closed = True
+        self._stop_timer()
+        self.transport.abort()
+
+    def _close(self) -> None:
+        """Close once what is buffered is written; abort if the client will not take it."""
+        self.closed = True
+        self.transport.close()
+        if self.transport.get_write_buffer_size():
+            self._arm(self.proxy.runtime.timeouts.send or LINGER, _CLOSING)
+        else:
+            self._stop_timer()
 
     def _upstream_timeout(self) -> None:
         if self.backend is not None and self.server is not None:
             self.backend.passive_failure(self.server, "response timed out")
-        timeout = self.proxy.runtime.timeouts.upstream_header
-        self._reject(504, f"backend {self._backend_name()} did not answer within {timeout:g}s")
+        timeout = self.timeouts.upstream_header
+        self._reject(
+            504,
+            "the backend did not answer in time",
+            f"backend {self._backend_name()} did not answer within {timeout:g}s",
+        )
 
     # -- parser callbacks (request side) ----------------------------------------------
 
@@ -392,6 +510,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
+        self.reading_head = False
         parser = self.parser
         args = (
             parser.get_method(),
@@ -411,13 +530,19 @@ class ClientConnection(asyncio.Protocol):
         if not self.in_exchange:
             return
         self.bytes_in += len(body)
-        assert self.facts is not None
+        assert self.facts is not None and self.route is not None
+        if 0 < self.route.max_body_size < self.bytes_in:
+            raise Reject(413, "request body too large")
+        if self.on_deadline == _BODY:
+            self._arm(self.timeouts.client_body, _BODY)
         if self.facts.chunked:
             self._send_up(b"%x\r\n%b\r\n" % (len(body), body))
         else:
             self._send_up(body)
 
     def on_message_complete(self) -> None:
+        self.reading_head = True
+        self.head_bytes = 0
         if self.held is not None:
             self.held.append((self.on_message_complete, ()))
             return
@@ -425,18 +550,24 @@ class ClientConnection(asyncio.Protocol):
             return
         self.request_done = True
         assert self.facts is not None
-        if self.facts.chunked and not self.upgrade:
+        if self.facts.chunked:
             self._send_up(b"0\r\n\r\n")
         if self.upstream is not None and not self.response_started:
-            self._arm(self.proxy.runtime.timeouts.upstream_header, _UPSTREAM)
+            self._arm(self.timeouts.upstream_header, _UPSTREAM)
+        elif self.on_deadline == _BODY:
+            self._disarm()
         if self.upgrade:
             self._pause(_PAUSE_WAIT)  # until the 101 hands the sockets to the relay
 
     def _upgrade_data(self, data: bytes) -> None:
+        """Bytes after a handshake's head wait for the 101 (reading is paused meanwhile);
+        after an Upgrade that is not WebSocket they are dropped with the connection."""
         if self.held is not None:
             self.held.append((self._upgrade_data, (data,)))
         elif data and self.upgrade and self.in_exchange:
-            self._send_up(data)
+            if self.early is None:
+                self.early = []
+            self.early.append(data)
 
     # -- the exchange -----------------------------------------------------------------
 
@@ -447,46 +578,41 @@ class ClientConnection(asyncio.Protocol):
         self.keep_alive = keep_alive
         self.in_exchange = True
         runtime = self.proxy.runtime
-        facts = self.facts = RequestFacts(self.headers)
-        if method == b"CONNECT":
-            raise Reject(405, "CONNECT is not supported by this proxy")
-        if facts.chunked and version == "1.0":
-            # RFC 9112 §6.1: such framing is faulty; two hops could read the body differently.
-            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
-        target = self.url
+        facts = self.facts = RequestFacts(self.headers, runtime.underscores)
+        if upgrade or facts.hosts != 1 or facts.chunked or facts.via or method == b"CONNECT":
+            self.upgrade = check_head(method, version, upgrade, facts, self.headers, runtime.via)
         host = None
         if facts.host is not None:
-            if facts.host != self.host_seen:  # keep-alive clients repeat it: decode once
+            if facts.host != self.host_seen:  # keep-alive clients repeat it: check once
+                if not valid_host(facts.host):
+                    raise Reject(400, "invalid Host header")
                 self.host_seen, self.host_name = facts.host, host_without_port(facts.host)
             host = self.host_name
-        route_path = target
-        if target == b"*" and method == b"OPTIONS":
-            route_path = b"/"  # asks about the server as a whole: forwarded as it is
-        elif not target.startswith(b"/"):
-            try:
-                parsed = parse_url(target)  # absolute form: its host wins over Host
-            except HttpParserError:
-                raise Reject(400, "bad request target") from None
-            target = route_path = (parsed.path or b"/") + (
-                b"?" + parsed.query if parsed.query else b""
-            )
-            if parsed.host:
-                host = parsed.host.decode("latin-1").lower()
-        self.url = target
+            self.host_header = facts.host
+        target = route_path = self.url
+        if target[0] != 47 or b"#" in target:  # not "/..." (llhttp took a non-empty one)
+            target, route_path, authority = split_target(target, method)
+            if authority is not None:  # RFC 9112 §3.2.2: the target's authority replaces Host
+                self.host_header = authority
+                host = host_without_port(authority)
+            self.url = target
+        if upgrade or facts.upgrade is not None:
+            self.carried_upgrade = True
         if upgrade:
-            # Only WebSocket is tunnelled; another Upgrade is served as a plain request.
-            if facts.upgrade is not None and b"websocket" in facts.upgrade.lower():
-                self.upgrade = True
-                problem = handshake_problem(method, version, self.headers)
-                if problem is not None:
-                    raise Reject(400, problem)
             self.keep_alive = False
-        backend_name = runtime.router.match(host, route_path)
-        if backend_name is None:
+        route = self.route = runtime.router.route(host, route_path)
+        if route is None:
             raise Reject(404, "no route for this host and path")
-        backend = self.backend = runtime.backends[backend_name]
-        self.hash_key = backend.hash_key(self.headers, facts, self.client_ip)
-        self.retryable = not facts.chunked and facts.content_length in (None, b"0")
+        timeouts = self.timeouts = route.timeouts or runtime.timeouts
+        length = facts.content_length or 0
+        if 0 < route.max_body_size < length:
+            raise Reject(413, "request body too large")
+        backend = self.backend = runtime.backends[route.backend]
+        if backend.hashed:
+            self.hash_key = backend.hash_key(self.headers, facts, self.client_ip)
+        self.retryable = method in IDEMPOTENT and not facts.chunked and not length
+        if facts.chunked or length:
+            self._arm(timeouts.client_body, _BODY)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -504,9 +630,11 @@ class ClientConnection(asyncio.Protocol):
             self.method,
             self.url,
             self.facts,
+            host=self.host_header or server.host_header,
             client_ip=self.client_ip,
             proto=b"http" if self.listener.tls is None else b"https",
-            default_host=server.host_header,
+            via=self.proxy.runtime.via,
+            keep_forwarded_for=self.keep_forwarded_for,
             upgrade=self.upgrade,
         )
         conn = backend.acquire(server)
@@ -519,16 +647,27 @@ class ClientConnection(asyncio.Protocol):
 
     def _no_server(self, backend: Backend) -> None:
         if self.tried:
-            self._fail(502, f"could not connect to any server of backend {backend.name}")
+            self._fail(
+                502, "bad gateway", f"could not connect to any server of backend {backend.name}"
+            )
         elif any(s.up for s in backend.servers):
-            self._fail(503, f"every server of backend {backend.name} is at its connection limit")
+            self._fail(
+                503,
+                "no server is available; retry later",
+                f"every server of backend {backend.name} is at its connection limit",
+            )
         else:
-            self._fail(503, f"no server of backend {backend.name} is up")
+            self._fail(
+                503,
+                "no server is available; retry later",
+                f"no server of backend {backend.name} is up",
+            )
 
-    def _fail(self, status: int, text: str) -> None:
+    def _fail(self, status: int, text: str, detail: str) -> None:
         if self.in_parser:
-            raise Reject(status, text)
-        self._reject(status, text)
+            self._reject(status, text, detail)
+            raise Reject(status, text)  # stops the parser; the answer is already out
+        self._reject(status, text, detail)
 
     async def _connect(self, backend: Backend, server: Server) -> None:
         try:
@@ -539,11 +678,12 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect_to(self, backend: Backend, server: Server) -> None:
         """Open a new upstream connection; on failure go on to the next server (or answer)."""
-        timeout = self.proxy.runtime.timeouts.connect or None
+        timeout = self.timeouts.connect or None
+        head_limit = self.proxy.runtime.head_limit
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(backend, server),
+                    lambda: UpstreamConnection(server, backend.forget, head_limit),
                     server.host,
                     server.port,
                     ssl=backend.ssl,
@@ -559,11 +699,13 @@ class ClientConnection(asyncio.Protocol):
             )
             server.active -= 1
             self.server = None
-            backend.passive_failure(server, error)
+            if timed_out or exc.errno not in _LOCAL_ERRNOS:
+                backend.passive_failure(server, error)
             self.tried.append(server)
             if len(self.tried) > backend.config.retries:
                 status = 504 if timed_out else 502
-                self._reject(status, f"backend {backend.name}: {server.address}: {error}")
+                text = "the backend did not answer in time" if timed_out else "bad gateway"
+                self._reject(status, text, f"backend {backend.name}: {server.address}: {error}")
             else:
                 self._dispatch()
             return
@@ -587,7 +729,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             conn.transport.write(self.head)
         if self.request_done:
-            self._arm(self.proxy.runtime.timeouts.upstream_header, _UPSTREAM)
+            self._arm(self.timeouts.upstream_header, _UPSTREAM)
         if self.paused & _PAUSE_WAIT and not self.upgrade:
             self._resume(_PAUSE_WAIT)
 
@@ -603,7 +745,7 @@ class ClientConnection(asyncio.Protocol):
     def response_head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
         via = self.proxy.runtime.via
         if status < 200:
-            self._disarm()
+            self._arm(self.timeouts.upstream_header, _UPSTREAM)  # the final answer is still due
             if self.version == "1.1":
                 self.out.append(
                     response_head(status, reason, ResponseFacts(headers), via=via, framing=b"")
@@ -611,17 +753,24 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.response_started:
             return
-        self._disarm()
+        if self.on_deadline == _UPSTREAM:
+            self.on_deadline = 0  # `flush` arms the read deadline if the body is still due
         facts = ResponseFacts(headers)
         self.status = status
         self.response_started = True
         self.upstream_keep_alive = keep_alive
         framing = b""
-        if facts.content_length is None and self.method != b"HEAD" and status not in (204, 304):
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        if no_body or (facts.delimited and not facts.chunked):
+            if facts.content_length is not None and facts.codings is None:
+                framing = b"Content-Length: " + facts.content_length + b"\r\n"
+        else:
+            # Chunked from the backend, or delimited by its close: chunked to the client.
             self.until_close = not facts.chunked
             if self.version == "1.1":
                 self.chunked_out = True
-                framing = b"Transfer-Encoding: chunked\r\n"
+                codings = b"" if facts.codings is None else facts.codings + b", "
+                framing = b"Transfer-Encoding: " + codings + b"chunked\r\n"
             else:
                 self.keep_alive = False
         if not self.keep_alive:
@@ -630,7 +779,7 @@ class ClientConnection(asyncio.Protocol):
             framing += b"Connection: keep-alive\r\n"
         backend, server = self.backend, self.server
         if backend is not None and server is not None:
-            if status >= 500:
+            if status >= 500 and backend.config.health.passive_5xx:
                 backend.passive_failure(server, f"answered {status}")
             else:
                 backend.passive_success(server)
@@ -644,6 +793,14 @@ class ClientConnection(asyncio.Protocol):
             self.out.append(body)
 
     def flush(self) -> None:
+        """An upstream read ended inside the response: write what it produced, and give the
+        backend `upstream_read` for its next read (a response that ends within one read,
+        the common case, never reads the clock for this)."""
+        self._write_out()
+        if self.response_started and self.on_deadline != _SEND:
+            self._arm(self.timeouts.upstream_read, _READ)
+
+    def _write_out(self) -> None:
         """Write what the last upstream read produced in one call (head and body together)."""
         out = self.out
         if out:
@@ -653,7 +810,7 @@ class ClientConnection(asyncio.Protocol):
     def response_complete(self, conn: UpstreamConnection) -> None:
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")
-        self.flush()
+        self._write_out()
         self.upstream = None
         conn.client = None
         self._resume(_PAUSE_UPSTREAM)
@@ -664,7 +821,12 @@ class ClientConnection(asyncio.Protocol):
         assert backend is not None and server is not None
         server.active -= 1
         self.server = None
-        if self.upstream_keep_alive and self.request_done and not self.until_close:
+        if (
+            self.upstream_keep_alive
+            and self.request_done
+            and not self.until_close
+            and not self.carried_upgrade
+        ):
             backend.release(server, conn)
         else:
             conn.transport.close()
@@ -672,25 +834,27 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_failed(self, conn: UpstreamConnection, error: str) -> None:
         """The backend closed or sent garbage before the exchange ended."""
-        self.flush()
+        self._write_out()
         if self.upstream is not conn:
             return
         conn.client = None
         if not conn.transport.is_closing():
             conn.transport.close()
         self.upstream = None
-        if self.response_started and self.until_close and error == "backend closed the connection":
-            self.response_complete(conn)  # the close was the end of the body
+        if self.response_started and self.until_close and error == CLOSED:
+            self.response_complete(conn)  # the close was the end of the body (a reset is not)
             return
         backend, server = self.backend, self.server
         assert backend is not None and server is not None
-        if not self.response_started and conn.reused and self.retryable and not self.retried:
-            # A pooled connection the backend had just closed: try once more on a fresh one.
+        if conn.reused and not conn.received and self.retryable and not self.retried:
+            # A pooled connection the backend closed before answering a byte: an idempotent
+            # request may go once more, on a fresh connection (RFC 9110 §9.2.2).
             self.retried = True
             self.connect_task = self.loop.create_task(self._connect(backend, server))
             return
-        backend.passive_failure(server, error)
-        self._reject(502, f"backend {backend.name}: {server.address}: {error}")
+        if not conn.received:
+            backend.passive_failure(server, error)  # a transport failure, not a bad answer
+        self._reject(502, "bad gateway", f"backend {backend.name}: {server.address}: {error}")
 
     def upstream_upgraded(self, conn: UpstreamConnection, tail: bytes) -> None:
         """The backend said 101: hand both sockets to a tunnel and let go of them."""
@@ -700,7 +864,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.upgrade:
             conn.transport.close()
             self.upstream = None
-            self._reject(502, f"backend {backend.name}: switched protocols unasked")
+            self._reject(502, "bad gateway", f"backend {backend.name}: switched protocols unasked")
             return
         facts = ResponseFacts(conn.headers)
         upgrade = facts.upgrade or b"websocket"
@@ -711,17 +875,25 @@ class ClientConnection(asyncio.Protocol):
             via=self.proxy.runtime.via,
             framing=b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n",
         )
-        self.transport.write(head + tail if tail else head)
+        self.transport.write(head)
         self.proxy.stats.responses[1] += 1
-        self.proxy.tunnels.add(
+        tunnel = self.proxy.tunnels.add(
             self.transport,
             conn.transport,
             backend=backend.name,
             server=server,
             client_ip=self.client_ip,
             listener=self.listener,
+            idle_timeout=self.timeouts.websocket_idle,
         )
+        self.counted_ip = None  # the tunnel's end releases it
         conn.detach()
+        # Bytes that crossed the switch go through the frame trackers like any later ones.
+        if tail:
+            tunnel.upstream_half.data_received(tail)
+        if self.early:
+            tunnel.client_half.data_received(b"".join(self.early))
+            self.early = None
         self.listener.forget(self)
         self.upstream = None
         self.server = None
@@ -749,10 +921,10 @@ class ClientConnection(asyncio.Protocol):
         self._log_request()
         self.in_exchange = False
         if not self.keep_alive or not self.request_done:
-            self.closed = True
-            self.transport.close()
+            self._close()
             return
-        self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
+        if self.on_deadline != _SEND:
+            self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
         if self.held:
             # Not from inside the upstream's callbacks: on the next loop turn, still holding.
             self.loop.call_soon(self._replay)
@@ -777,33 +949,46 @@ class ClientConnection(asyncio.Protocol):
                     return
                 handler(*args)
         except Reject as exc:
-            self._reject(exc.status, exc.text)
+            self._reject(exc.status, exc.text, extra=exc.extra)
         finally:
             self.in_parser = False
 
-    def _reject(self, status: int, text: str) -> None:
-        """Answer with a proxy-made error (if no response has begun) and close."""
+    def _reject(
+        self, status: int, text: str, detail: str | None = None, *, extra: bytes = b""
+    ) -> None:
+        """Answer with a proxy-made error (if no response has begun), then a lingering close.
+
+        `text` is for the client; `detail` (backend names, addresses) only for the log.
+        """
         if self.closed:
             return
         self._abandon_upstream()
-        self.flush()
-        if self.response_started:
-            self.transport.abort()
-        else:
-            self.status = status
-            self.transport.write(
-                simple_response(status, text, via=self.proxy.runtime.via, close=True)
-            )
-        self._log_request(error=text)
+        self._write_out()
+        self._log_request(error=detail or text, status=status)
         self.in_exchange = False
         self.closed = True
-        self._stop_timer()
-        self.transport.close()
+        self.early = None
+        if self.response_started:
+            self._stop_timer()
+            self.transport.abort()
+            return
+        self.transport.write(
+            simple_response(status, text, via=self.proxy.runtime.via, close=True, extra=extra)
+        )
+        if not self.transport.can_write_eof():  # TLS: close_notify, then close
+            self._close()
+            return
+        self.transport.write_eof()
+        self.paused = 0
+        self.transport.resume_reading()  # read and drop what the client still sends
+        self._arm(LINGER, _CLOSING)
 
     def _backend_name(self) -> str:
         return "-" if self.backend is None else self.backend.name
 
-    def _log_request(self, error: str | None = None) -> None:
+    def _log_request(self, error: str | None = None, status: int | None = None) -> None:
+        if status is not None and not self.response_started:
+            self.status = status
         stats = self.proxy.stats
         stats.responses[min(self.status // 100, 5)] += 1
         stats.http_bytes_in += self.bytes_in

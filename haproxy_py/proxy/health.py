@@ -9,7 +9,10 @@ server is simply tried again after `retry_down_after` seconds (NGINX's
 `fail_timeout`).
 
 Active checks use aiohttp's client: they are few, so its per-request cost
-does not matter here.
+does not matter here. A backend with `send_proxy` expects a PROXY header first
+on every connection, which aiohttp cannot send, so its checks are a plain
+HTTP/1.1 GET on a stream that starts with a LOCAL header (v2 `LOCAL`, v1
+`UNKNOWN`: "the proxy's own connection").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 import aiohttp
 import structlog
 
+from haproxy_py.proxy import proxyproto
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.config import HealthConfig
 
@@ -101,8 +105,10 @@ class Checker:
         config: HealthConfig,
         on_change: OnChange,
         tls: tuple[ssl.SSLContext, str | None] | None = None,
+        send_proxy: str | None = None,
     ) -> None:
         self.tls = tls  # for a `tls = true` backend: its client context and server name
+        self.send_proxy = send_proxy  # "v1"/"v2": each check connection starts with a header
         self.backend = backend
         self.trackers = trackers
         self.config = config
@@ -142,12 +148,19 @@ class Checker:
             started = time.monotonic()
             error = ""
             try:
-                async with self._session.get(
-                    url, allow_redirects=False, ssl=context or True, server_hostname=name
-                ) as response:
-                    await response.read()
-                    if response.status not in self.config.expect_status:
-                        error = f"health check got status {response.status}"
+                if self.send_proxy is not None:
+                    async with asyncio.timeout(self.config.timeout):
+                        status = await _check_with_header(
+                            tracker.server, self.config.path, self.send_proxy, context, name
+                        )
+                else:
+                    async with self._session.get(
+                        url, allow_redirects=False, ssl=context or True, server_hostname=name
+                    ) as response:
+                        await response.read()
+                        status = response.status
+                if status not in self.config.expect_status:
+                    error = f"health check got status {status}"
             except TimeoutError:
                 error = f"health check timed out after {self.config.timeout:g}s"
             except (aiohttp.ClientError, OSError) as exc:
@@ -166,3 +179,25 @@ class Checker:
             for tracker in self.trackers:
                 if tracker.revive_due(now):
                     self.on_change(tracker, "retrying after passive failures")
+
+
+async def _check_with_header(
+    server: Server, path: str, version: str, context: ssl.SSLContext | None, name: str | None
+) -> int:
+    """GET `path` on a connection that starts with a PROXY LOCAL header; the status code."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(proxyproto.encode_v2_local() if version == "v2" else b"PROXY UNKNOWN\r\n")
+        if context is not None:
+            await writer.start_tls(context, server_hostname=name)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {server.address}\r\nConnection: close\r\n"
+            "User-Agent: haproxy-py-health\r\n\r\n".encode()
+        )
+        line = await reader.readline()
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise aiohttp.ClientError(f"not an HTTP response: {line[:40]!r}")
+        return int(parts[1])
+    finally:
+        writer.close()

@@ -15,8 +15,11 @@ it gives the close code for the session's log line, and lets a drain put a
 its close the proxy forwards nothing more in that direction; it waits for
 each endpoint's answering close, then closes both sockets, as a WebSocket
 server ending a session would.
-The `Tunnels` registry counts open tunnels, closes idle ones, and drains or
-closes them all.
+The `Tunnels` registry counts open tunnels, closes idle ones (and aborts
+those whose close cannot flush because a peer stopped reading), and drains or
+closes them all. Bytes that crossed the 101 (the backend's in the same read,
+the client's held until the switch) go through the trackers like any other,
+so a drain's 1001 always lands between two frames.
 """
 
 from __future__ import annotations
@@ -157,9 +160,11 @@ class Tunnel:
         "client_ip",
         "close_code",
         "closed_by",
+        "closing_since",
         "draining",
         "idle_mark",
-        "idle_sweeps",
+        "idle_since",
+        "idle_timeout",
         "listener",
         "lost",
         "registry",
@@ -178,6 +183,7 @@ class Tunnel:
         server: Server,
         client_ip: str,
         listener: Listener,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -190,7 +196,9 @@ class Tunnel:
         self.draining = False
         self.lost = 0
         self.idle_mark = -1
-        self.idle_sweeps = 0
+        self.idle_since = 0.0
+        self.idle_timeout = idle_timeout  # 0: never idle
+        self.closing_since: float | None = None  # when an idle close began
         self.client_half = _Half(self, client, upstream, to_server=True)
         self.upstream_half = _Half(self, upstream, client, to_server=False)
         client.set_protocol(self.client_half)
@@ -267,6 +275,7 @@ class Tunnels:
         server: Server,
         client_ip: str,
         listener: Listener,
+        idle_timeout: float = 0.0,
     ) -> Tunnel:
         tunnel = Tunnel(
             self,
@@ -276,6 +285,7 @@ class Tunnels:
             server=server,
             client_ip=client_ip,
             listener=listener,
+            idle_timeout=idle_timeout,
         )
         self.open.add(tunnel)
         self.total += 1
@@ -296,21 +306,26 @@ class Tunnels:
             self.ended_bytes_out + sum(t.bytes_out for t in self.open),
         )
 
-    def sweep_idle(self, sweeps: int) -> int:
-        """Close tunnels that moved no byte during the last `sweeps` sweeps; returns how many.
+    def sweep_idle(self, now: float, abort_after: float) -> int:
+        """Close tunnels that moved no byte for their idle timeout; returns how many began
+        closing now. One whose close has not finished `abort_after` seconds later (a
+        peer that stopped reading keeps the buffer full) is aborted, and not counted again.
 
         Counting bytes at sweep time keeps the relay's per-read work free of clocks.
         """
         closed = 0
         for tunnel in list(self.open):
+            if tunnel.closing_since is not None:
+                if now - tunnel.closing_since >= abort_after:
+                    tunnel.abort()
+                continue
             mark = tunnel.bytes_in + tunnel.bytes_out
             if mark != tunnel.idle_mark:
-                tunnel.idle_mark = mark
-                tunnel.idle_sweeps = 0
+                tunnel.idle_mark, tunnel.idle_since = mark, now
                 continue
-            tunnel.idle_sweeps += 1
-            if tunnel.idle_sweeps >= sweeps:
+            if 0 < tunnel.idle_timeout <= now - tunnel.idle_since:
                 tunnel.close()
+                tunnel.closing_since = now
                 closed += 1
         return closed
 

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 from haproxy_py.proxy.config import RouteConfig
 
-_Table = list[tuple[bytes, str]]  # (path prefix, backend), longest prefix first
+_Table = list[tuple[bytes, RouteConfig]]  # (path prefix, route), longest prefix first
 
 
 def _by_prefix(routes: Sequence[RouteConfig]) -> _Table:
-    table = [(r.path_prefix.encode(), r.backend) for r in routes]
+    table = [(r.path_prefix.encode(), r) for r in routes]
     table.sort(key=lambda item: len(item[0]), reverse=True)
     return table
 
@@ -40,22 +40,27 @@ class Router:
 
     def match(self, host: str | None, target: bytes) -> str | None:
         """The backend name for a routing host (lower case, no port) and request target."""
+        route = self.route(host, target)
+        return None if route is None else route.backend
+
+    def route(self, host: str | None, target: bytes) -> RouteConfig | None:
+        """The route for a routing host (lower case, no port) and request target."""
         if host is not None:
             table = self._exact.get(host)
             if table is not None:
-                backend = _first(table, target)
-                if backend is not None:
-                    return backend
+                route = _first(table, target)
+                if route is not None:
+                    return route
             for suffix, table in self._suffixes:
                 if host.endswith(suffix):
-                    backend = _first(table, target)
-                    if backend is not None:
-                        return backend
+                    route = _first(table, target)
+                    if route is not None:
+                        return route
         return _first(self._any, target)
 
 
-def _first(table: _Table, target: bytes) -> str | None:
-    for prefix, backend in table:
+def _first(table: _Table, target: bytes) -> RouteConfig | None:
+    for prefix, route in table:
         if target.startswith(prefix):
-            return backend
+            return route
     return None

@@ -2,7 +2,10 @@
 
 Client connections read `ProxyServer.runtime` when a request starts, so a
 reload can build a new `Runtime` and swap it in: new requests use the new one,
-requests in flight finish on the old one.
+requests in flight finish on the old one. A server that keeps its backend and
+address keeps its `Server` object across the reload, so its up/down state and
+its count of open requests and WebSockets (what `least_conn` and `max_conns`
+read) stay true.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from haproxy_py.proxy.balancer import LeastConn, Server, make_balancer
-from haproxy_py.proxy.config import BackendConfig, ProxyConfig
+from haproxy_py.proxy.config import BackendConfig, ProxyConfig, ServerConfig
 from haproxy_py.proxy.headers import Headers, RequestFacts, cookie_value
 from haproxy_py.proxy.health import Checker, Tracker
 from haproxy_py.proxy.routing import Router
@@ -25,16 +28,32 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+
+def _servers_of(runtime: Runtime | None, backend: str) -> dict[str, Server] | None:
+    if runtime is None or backend not in runtime.backends:
+        return None
+    return {s.address: s for s in runtime.backends[backend].servers}
+
+
 MAX_IDLE_PER_SERVER = 128
 
 
 class Backend:
-    """A pool of servers with its balancer, health trackers and idle upstream connections."""
+    """A pool of servers with its balancer, health trackers and idle upstream connections.
 
-    def __init__(self, config: BackendConfig) -> None:
+    `reuse` are the servers of the previous generation of this backend, by address.
+    """
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        idle_timeout: float = 4.0,
+        reuse: dict[str, Server] | None = None,
+    ) -> None:
         self.name = config.name
         self.config = config
-        self.servers = [Server(s) for s in config.servers]
+        self.idle_timeout = idle_timeout
+        self.servers = [_server(s, reuse or {}) for s in config.servers]
         self.balancer: LeastConn = make_balancer(config.balance, self.servers)
         self.trackers = [Tracker(s, config.health) for s in self.servers]
         self.tracker_of = {t.server: t for t in self.trackers}
@@ -44,7 +63,10 @@ class Backend:
         self.shared_pool = config.send_proxy is None
         self.ssl: ssl.SSLContext | None = None if config.tls is None else client_context(config.tls)
         tls = None if self.ssl is None or config.tls is None else (self.ssl, config.tls.server_name)
-        self.checker = Checker(self.name, self.trackers, config.health, self._health_changed, tls)
+        self.checker = Checker(
+            self.name, self.trackers, config.health, self._health_changed, tls, config.send_proxy
+        )
+        self.hashed = config.balance in ("source_hash", "header_hash")  # requests carry a key
         self._hash_header = None if config.hash_key is None else config.hash_key.name.encode()
         self._hash_kind = None if config.hash_key is None else config.hash_key.kind
 
@@ -69,19 +91,31 @@ class Backend:
         return self.config.tls.server_name or server.host
 
     def acquire(self, server: Server) -> UpstreamConnection | None:
-        """An idle keep-alive connection to `server`, if one is still open."""
+        """An idle keep-alive connection to `server`, if one is still open and not too old."""
         idle = self.idle[server]
+        oldest = time.monotonic() - self.idle_timeout
         while idle:
             conn = idle.pop()
-            if not conn.transport.is_closing():
-                return conn
+            if conn.transport.is_closing():
+                continue
+            if conn.idle_since < oldest:
+                conn.transport.close()  # the backend may be closing it right now
+                continue
+            return conn
         return None
 
     def release(self, server: Server, conn: UpstreamConnection) -> None:
         idle = self.idle.get(server)
-        if idle is None or len(idle) >= MAX_IDLE_PER_SERVER or self.retired or not self.shared_pool:
+        if (
+            idle is None
+            or len(idle) >= MAX_IDLE_PER_SERVER
+            or self.retired
+            or not self.shared_pool
+            or self.idle_timeout <= 0
+        ):
             conn.transport.close()
             return
+        conn.idle_since = time.monotonic()
         idle.append(conn)
 
     def forget(self, server: Server, conn: UpstreamConnection) -> None:
@@ -95,7 +129,9 @@ class Backend:
             self._health_changed(tracker, error)
 
     def passive_success(self, server: Server) -> None:
-        self.tracker_of[server].passive_success()
+        tracker = self.tracker_of[server]
+        if tracker.fail_streak:
+            tracker.passive_success()
 
     def _health_changed(self, tracker: Tracker, reason: str) -> None:
         server = tracker.server
@@ -117,10 +153,24 @@ class Backend:
             idle.clear()
 
 
-class Runtime:
-    """One config generation, ready to serve."""
+def _server(config: ServerConfig, reuse: dict[str, Server]) -> Server:
+    server = reuse.get(config.address)
+    if server is None:
+        return Server(config)
+    server.configure(config)
+    return server
 
-    def __init__(self, config: ProxyConfig, node_name: str, generation: int) -> None:
+
+class Runtime:
+    """One config generation, ready to serve; `previous` hands over its servers."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        node_name: str,
+        generation: int,
+        previous: Runtime | None = None,
+    ) -> None:
         self.config = config
         self.generation = generation
         self.node_name = node_name
@@ -128,22 +178,21 @@ class Runtime:
         self.timeouts = config.proxy.timeouts
         self.limits = config.proxy.limits
         self.access_log = config.proxy.access_log
+        self.underscores = config.proxy.underscores_in_headers
+        self.head_limit = self.limits.max_header_size + self.limits.max_uri_size
         self.router = Router(config.routes)
-        self.backends = {name: Backend(b) for name, b in config.backends.items()}
+        self.backends = {
+            name: Backend(b, self.timeouts.upstream_idle, _servers_of(previous, name))
+            for name, b in config.backends.items()
+        }
+        # The shortest WebSocket idle timeout any route sets (the sweeper's pace).
+        idles = [self.timeouts.websocket_idle]
+        idles += [r.timeouts.websocket_idle for r in config.routes if r.timeouts is not None]
+        self.websocket_idle = min((t for t in idles if t > 0), default=0.0)
 
     def start(self) -> None:
         for backend in self.backends.values():
             backend.checker.start()
-
-    def inherit_health(self, old: Runtime) -> None:
-        """Carry each server's up/down state over a reload (same backend, same address)."""
-        for name, backend in self.backends.items():
-            previous = old.backends.get(name)
-            if previous is None:
-                continue
-            state = {s.address: s.up for s in previous.servers}
-            for server in backend.servers:
-                server.up = state.get(server.address, server.up)
 
     async def stop(self) -> None:
         for backend in self.backends.values():

@@ -37,6 +37,7 @@ from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.admin import AdminServer
 from haproxy_py.proxy.config import ListenerConfig, ProxyConfig
 from haproxy_py.proxy.frontend import ClientConnection
+from haproxy_py.proxy.iplimits import IpLimiter
 from haproxy_py.proxy.relay import Tunnel, Tunnels
 from haproxy_py.proxy.runtime import Runtime
 from haproxy_py.proxy.stats import Stats
@@ -165,6 +166,9 @@ class ProxyServer:
         self.listeners = [Listener(c) for c in config.listeners]
         self.admin = AdminServer(self)
         self.draining = False
+        self.ip_limits = IpLimiter()
+        self._drops_logged_at = -1.0
+        self._drops_unlogged = 0
         self.started_at = time.time()
         self.loop: asyncio.AbstractEventLoop
         self._sweeper: asyncio.Task[None] | None = None
@@ -203,6 +207,7 @@ class ProxyServer:
                 listener.tls.context,
                 timeout=lambda: self.runtime.timeouts.client_header,
                 networks=lambda: listener.config.trusted_proxies,
+                on_drop=self.dropped,
             )
             return
         listener.server = await self.loop.create_server(
@@ -367,8 +372,9 @@ class ProxyServer:
                 sock.close()
             raise
         old_runtime = self.runtime
-        runtime = Runtime(config, old_runtime.node_name, old_runtime.generation + 1)
-        runtime.inherit_health(old_runtime)
+        runtime = Runtime(
+            config, old_runtime.node_name, old_runtime.generation + 1, previous=old_runtime
+        )
         runtime.start()
         self.runtime = runtime
         listeners = []
@@ -413,9 +419,21 @@ class ProxyServer:
                 listener.server = None
         log.info("proxy stopped", node=self.runtime.node_name)
 
+    def dropped(self, reason: str, peer: str) -> None:
+        """Count a connection dropped before HTTP; log at most one line a second, so a
+        flood of them cannot push the proxy's other lines out of a rate-limited journal."""
+        self.stats.connections_dropped += 1
+        now = time.monotonic()
+        if now - self._drops_logged_at < 1.0:
+            self._drops_unlogged += 1
+            return
+        log.warning("connection dropped", reason=reason, peer=peer, not_logged=self._drops_unlogged)
+        self._drops_logged_at, self._drops_unlogged = now, 0
+
     def _tunnel_ended(self, tunnel: Tunnel) -> None:
         tunnel.server.active -= 1
         tunnel.listener.active -= 1
+        self.ip_limits.release(tunnel.client_ip)
         log.info(
             "websocket",
             backend=tunnel.backend,
@@ -429,11 +447,13 @@ class ProxyServer:
         )
 
     async def _sweep_idle_tunnels(self) -> None:
-        """Close tunnels idle for `websocket_idle` (checked in quarters of it)."""
+        """Close tunnels idle for their `websocket_idle`, checked every quarter of the
+        shortest one but at least every 5 s (so a reload that shortens it applies soon)."""
         while True:
-            idle = self.runtime.timeouts.websocket_idle
-            await asyncio.sleep(max(0.05, idle / 4) if idle > 0 else 1.0)
-            if idle > 0 and self.tunnels.open:
-                closed = self.tunnels.sweep_idle(4)
+            runtime = self.runtime
+            idle = runtime.websocket_idle
+            await asyncio.sleep(min(5.0, max(0.05, idle / 4)) if idle > 0 else 1.0)
+            if self.tunnels.open:
+                closed = self.tunnels.sweep_idle(self.loop.time(), runtime.timeouts.send or 5.0)
                 if closed:
-                    log.info("idle websockets closed", count=closed, idle_timeout=idle)
+                    log.info("idle websockets closed", count=closed)

@@ -26,6 +26,7 @@ class Stats:
         self.http_bytes_out = 0  # response bodies to clients
         self.connections_total = 0
         self.connections_refused = 0
+        self.connections_dropped = 0  # before HTTP: no or untrusted PROXY header
 
 
 def build_registry(server: ProxyServer) -> Registry:
@@ -80,6 +81,16 @@ def build_registry(server: ProxyServer) -> Registry:
         "connections_refused_total",
         "Client connections refused (limit reached or draining)",
         lambda: [({}, stats.connections_refused)],
+    )
+    counter(
+        "connections_dropped_total",
+        "Client connections dropped before HTTP (missing or untrusted PROXY header)",
+        lambda: [({}, stats.connections_dropped)],
+    )
+    counter(
+        "per_ip_refused_total",
+        "Client connections refused by a per-address limit (answered 429), by limit",
+        lambda: [({"limit": k}, v) for k, v in server.ip_limits.refused.items()],
     )
     registry.gauge(
         "websocket_sessions_active", "WebSocket tunnels open", lambda: [({}, len(tunnels))]

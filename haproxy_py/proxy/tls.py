@@ -27,7 +27,9 @@ certificates without rebinding the socket or touching open connections.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +171,9 @@ def check_certificate(cert_path: Path, key_path: Path, now: dt.datetime) -> Cert
         raise CertificateError(
             "key", f"{key_path}: this key does not match the certificate {cert_path}"
         )
+    problem = key_mode_problem(key_path.stat())
+    if problem is not None:
+        raise CertificateError("key", f"{key_path}: {problem}")
     for position, cert in enumerate(chain):
         what = (
             str(cert_path) if position == 0 else f"{cert_path} (chain certificate {position + 1})"
@@ -188,6 +193,17 @@ def check_certificate(cert_path: Path, key_path: Path, now: dt.datetime) -> Cert
             "cert", f"{cert_path}: OpenSSL refused it: {exc.reason or exc}"
         ) from None
     return Certificate(cert_path, key_path, _dns_names(chain[0]), chain[0].not_valid_after_utc)
+
+
+def key_mode_problem(st: os.stat_result) -> str | None:
+    """Why a private key file is too open (PostgreSQL's rule: 0600, or 0640 if root owns it)."""
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077 == 0 or (st.st_uid == 0 and mode & 0o037 == 0):
+        return None
+    return (
+        f"mode {mode:04o} lets other users read the key; "
+        "chmod 0600 it (0640 if root owns it and the proxy's group reads it)"
+    )
 
 
 def _read(path: Path, key: str) -> bytes:
@@ -233,7 +249,9 @@ def _base_server_context() -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
     context.set_alpn_protocols(ALPN)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # No TLS 1.2 session tickets: one never-rotated, process-lifetime ticket key would
+    # protect every resumed session (Mozilla server-side-tls#135); TLS 1.3 tickets stay.
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
     return context
 
 

@@ -1,30 +1,61 @@
 """One keep-alive connection to a backend server, parsing responses with httptools.
 
-It serves one exchange at a time for the `ClientConnection` attached to it
-and hands every parser event straight on (head, body chunks, end), so bodies
-stream. Between exchanges it sits in its backend's idle pool; bytes arriving
-there are a protocol error and close it.
+It serves one exchange at a time for the `ResponseSink` attached to it (the
+client connection) and hands every parser event straight on (head, body
+chunks, end), so bodies stream. Between exchanges it sits in its backend's
+idle pool; bytes arriving there, or left over after a complete response, are a
+protocol error and close it (the next exchange would start mid-message).
+
+The response head is bounded while it arrives (`head_limit` bytes of reads
+that end inside it), as the client's is. A close is told apart from a reset:
+a reset in the middle of a close-delimited body is a truncation.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from haproxy_py.proxy.balancer import Server
 
-if TYPE_CHECKING:
-    from haproxy_py.proxy.frontend import ClientConnection
-    from haproxy_py.proxy.runtime import Backend
+CLOSED = "backend closed the connection"
+RESET = "backend reset the connection"
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection tells the client connection it serves."""
+
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None: ...
+
+    def response_body(self, body: bytes) -> None: ...
+
+    def response_complete(self, conn: UpstreamConnection) -> None: ...
+
+    def upstream_failed(self, conn: UpstreamConnection, error: str) -> None: ...
+
+    def upstream_upgraded(self, conn: UpstreamConnection, tail: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def pause_for_upstream(self) -> None: ...
+
+    def resume_for_upstream(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "backend",
         "client",
+        "forget",
+        "head_bytes",
+        "head_limit",
         "headers",
+        "idle_since",
+        "in_head",
         "parser",
         "reason",
         "reset_parser",
@@ -35,20 +66,29 @@ class UpstreamConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, backend: Backend, server: Server) -> None:
-        self.backend = backend
+    def __init__(
+        self,
+        server: Server,
+        forget: Callable[[Server, UpstreamConnection], None],
+        head_limit: int,
+    ) -> None:
         self.server = server
+        self.forget = forget  # called when an idle (pooled) connection closes
+        self.head_limit = head_limit
         self.transport: asyncio.Transport
         self.parser: HttpResponseParser | None = HttpResponseParser(self)
-        self.client: ClientConnection | None = None
+        self.client: ResponseSink | None = None
         self.reused = False
         self.skip_body = False
         self.reset_parser = False
+        self.in_head = True
+        self.head_bytes = 0  # bytes of reads that ended inside the head (or completed it)
+        self.idle_since = 0.0  # when it went back to the pool
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
 
-    def begin(self, client: ClientConnection, skip_body: bool) -> None:
+    def begin(self, client: ResponseSink, skip_body: bool) -> None:
         """Serve one exchange; `skip_body` for HEAD, whose response has no body whatever it says."""
         if self.reset_parser or self.parser is None:
             self.parser = HttpResponseParser(self)
@@ -56,6 +96,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.client = client
         self.skip_body = skip_body
         self.status = 0
+        self.in_head = True
+        self.head_bytes = 0
+
+    @property
+    def received(self) -> bool:
+        """Whether a byte of this exchange's response arrived (every read while the head
+        is due is counted, and a complete head means bytes came)."""
+        return self.head_bytes > 0 or not self.in_head
 
     def detach(self) -> None:
         """The socket now belongs to a tunnel: drop the HTTP state (and the parser's cycle)."""
@@ -71,6 +119,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.client is None or parser is None:
             self.transport.close()  # a backend must not talk while idle
             return
+        if self.in_head:
+            self.head_bytes += len(data)
         try:
             parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -85,10 +135,20 @@ class UpstreamConnection(asyncio.Protocol):
             if self.client is not None:
                 self.client.upstream_failed(self, f"invalid response from backend: {exc}")
         else:
-            if self.client is not None:
-                self.client.flush()
+            client = self.client
+            if client is not None:
+                if self.in_head and self.head_bytes > self.head_limit:
+                    self.reset_parser = True
+                    client.upstream_failed(self, "response head from backend too large")
+                else:
+                    client.flush()
 
     def on_message_begin(self) -> None:
+        if self.client is None:
+            # Bytes after a complete response: the next exchange would start mid-message.
+            self.transport.close()
+            return
+        self.in_head = True
         self.headers = []
         self.reason = b""
 
@@ -101,6 +161,10 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser, client = self.parser, self.client
         assert parser is not None
+        self.in_head = False
+        if self.head_bytes > self.head_limit and _size(self.headers) > self.head_limit:
+            # A head that came whole in one large read (only then are the lines counted).
+            raise ValueError("response head from backend too large")  # stops the parser
         status = self.status = parser.get_status_code()
         if status == 101 or client is None:
             return  # the switch happens when the parser stops at the upgrade
@@ -129,6 +193,10 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.client
         if client is not None:
             self.client = None
-            client.upstream_failed(self, "backend closed the connection")
+            client.upstream_failed(self, CLOSED if exc is None else RESET)
         else:
-            self.backend.forget(self.server, self)
+            self.forget(self.server, self)
+
+
+def _size(headers: list[tuple[bytes, bytes]]) -> int:
+    return sum(len(name) + len(value) for name, value in headers)

@@ -160,6 +160,9 @@ def _close_payload(code: int, reason: str) -> bytes:
     return payload
 
 
+VERSION_PROBLEM = "unsupported Sec-WebSocket-Version (this proxy speaks 13)"
+
+
 def handshake_problem(
     method: bytes, version: str, headers: list[tuple[bytes, bytes]]
 ) -> str | None:
@@ -182,5 +185,5 @@ def handshake_problem(
     if len(key) != 16:
         return "Sec-WebSocket-Key must be 16 bytes in base64"
     if [v.strip() for v in versions] != [b"13"]:
-        return "unsupported Sec-WebSocket-Version (this proxy speaks 13)"
+        return VERSION_PROBLEM
     return None

@@ -26,6 +26,7 @@ PREFIXES = [
     b"\r\n\r\n\x00\r\nQUIT\n",
 ]
 LB = '\n[[listeners]]\nname = "lb"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
+LB += 'trusted_proxies = ["127.0.0.0/8"]\n'
 SETTINGS = "\n[proxy.timeouts]\nclient_header = 2\nhttp_idle = 2\nwebsocket_idle = 2\n"
 
 

@@ -161,20 +161,24 @@ async def test_idle_websocket_is_closed(backends, proxy, session) -> None:
 
 
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "status"),
     [
-        b"Sec-WebSocket-Version: 13\r\n",
-        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 8\r\n",
-        b"Sec-WebSocket-Key: " + KEY + b"\r\n",
-        b"Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n",
-        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
-        b"Sec-WebSocket-Version: 13\r\n",
+        (b"Sec-WebSocket-Version: 13\r\n", 400),
+        (b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: 8\r\n", 426),
+        (b"Sec-WebSocket-Key: " + KEY + b"\r\n", 426),
+        (b"Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n", 400),
+        (
+            b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n",
+            400,
+        ),
     ],
     ids=["no-key", "version-8", "no-version", "short-key", "two-keys"],
 )
-async def test_bad_websocket_handshake_is_400_without_a_backend(
-    backends, proxy, headers: bytes
+async def test_bad_websocket_handshake_is_refused_without_a_backend(
+    backends, proxy, headers: bytes, status: int
 ) -> None:
+    """400, or 426 with the version this proxy speaks (RFC 6455 §4.4)."""
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
     request = (
@@ -183,9 +187,10 @@ async def test_bad_websocket_handshake_is_400_without_a_backend(
         + b"\r\n"
     )
     response = await raw_exchange(server, request)
-    assert status_of(response) == 400
+    assert status_of(response) == status
     assert b.requests == 0
     assert b"Sec-WebSocket" in response
+    assert (b"\r\nSec-WebSocket-Version: 13\r\n" in response) == (status == 426)
     await no_leak(server)
 
 
@@ -214,7 +219,7 @@ async def test_server_max_conns_is_503(backends, proxy, session) -> None:
         assert await first.content.readexactly(6) == b"first;"
         response = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(response) == 503
-        assert b"connection limit" in response
+        assert response.endswith(b"no server is available; retry later\n")
         b.gate.set()
         assert await first.content.read() == b"second"
     await no_leak(server)

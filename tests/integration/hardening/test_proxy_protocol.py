@@ -21,9 +21,10 @@ from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.config import parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.hardening.test_limits import no_leak, open_raw, status_of
-from tests.integration.proxy.support import proxy_config, raw_exchange
+from tests.integration.proxy.support import poll_until, proxy_config, raw_exchange
 
-ON = '\n[[listeners]]\nname = "lb"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
+PP = '\n[[listeners]]\nname = "lb"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
+ON = PP + 'trusted_proxies = ["127.0.0.0/8", "::1"]\n'
 GET = b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
@@ -100,8 +101,11 @@ async def test_missing_or_bad_header_closes_without_an_answer(backends, proxy) -
         assert await via_lb(server, GET) == b""
         assert await via_lb(server, b"PROXY TCP4 1.2.3.4 nonsense\r\n" + GET) == b""
         assert await via_lb(server, b"\r\n\r\n\x00\r\nQUIT\n\x99" + bytes(20)) == b""
+    # Each drop is counted; the log gets one line a second at most (a flood must not
+    # push the proxy's other lines out of a rate-limited journal).
     reasons = [e["reason"] for e in entries if e.get("event") == "connection dropped"]
-    assert len(reasons) == 3 and "no PROXY protocol header" in reasons[0]
+    assert len(reasons) == 1 and "no PROXY protocol header" in reasons[0]
+    assert server.stats.connections_dropped == 3
     assert b.requests == 0
     await no_leak(server)
 
@@ -119,11 +123,11 @@ async def test_trusted_proxies_limit_who_may_send_a_header(backends, proxy) -> N
     (b,) = await backends(1)
     header = proxyproto.encode_v1(("198.18.0.7", 5555), ("198.18.0.1", 80))
     elsewhere = await proxy(
-        proxy_config({"app": [b.address]}, ON + 'trusted_proxies = ["198.18.0.0/15"]\n')
+        proxy_config({"app": [b.address]}, PP + 'trusted_proxies = ["198.18.0.0/15"]\n')
     )
     assert await via_lb(elsewhere, header + GET) == b""
     here = await proxy(
-        proxy_config({"app": [b.address]}, ON + 'trusted_proxies = ["127.0.0.0/8", "::1"]\n')
+        proxy_config({"app": [b.address]}, PP + 'trusted_proxies = ["127.0.0.0/8", "::1"]\n')
     )
     assert forwarded_for(await via_lb(here, header + GET)) == "198.18.0.7"
 
@@ -226,6 +230,10 @@ async def test_header_before_tls_handshake(backends, proxy, tmp_path: Path) -> N
             "listeners[0].trusted_proxies[0]: expected an address or network such as",
         ),
         ('proxy_protocol = "yes"', "listeners[0].proxy_protocol: expected true or false"),
+        (
+            "proxy_protocol = true",
+            "listeners[0].trusted_proxies: missing; with proxy_protocol = true name the",
+        ),
     ],
 )
 def test_config_mistakes_are_named(listener_keys: str, message: str) -> None:
@@ -255,4 +263,17 @@ def test_trusted_matches_v4_mapped_peers_of_dual_stack_listeners() -> None:
     assert trusted("2001:db8::5", networks)
     assert not trusted("127.0.0.1", networks)
     assert not trusted("::ffff:127.0.0.1", networks)
-    assert trusted("127.0.0.1", ())
+    assert not trusted("127.0.0.1", ())  # nobody: an empty list trusts no one
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_health_checks_send_a_local_proxy_header(proxy, version: str) -> None:
+    """A backend that requires PROXY headers gets one on its checks too (a LOCAL one)."""
+    async with proxy_protocol_backend() as (address, headers):
+        health = '{ path = "/health", interval = 0.05, fall = 1 }'
+        server = await proxy(
+            proxy_config({"app": [address]}, send_proxy=f'"{version}"', health=health)
+        )
+        await poll_until(lambda: len(headers) >= 3, "three checks arrived")
+        assert all(h.source is None for h in headers)  # LOCAL: the proxy's own connection
+        assert server.runtime.backends["app"].servers[0].up

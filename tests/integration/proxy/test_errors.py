@@ -24,7 +24,7 @@ async def test_502_when_every_connect_fails(proxy) -> None:
     head, body = raw.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 502 Bad Gateway")
     assert b"Content-Type: text/plain" in head and b"Connection: close" in head
-    assert b"connect failed" in body or b"could not connect" in body
+    assert body == b"bad gateway\n"  # no backend name or address for the client
     assert b"Traceback" not in raw
 
 
@@ -37,7 +37,7 @@ async def test_504_when_backend_is_too_slow(backends, proxy) -> None:
     )
     raw = await raw_exchange(server, b"GET /slow?delay=10 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 504 Gateway Timeout")
-    assert raw.endswith(b"backend app did not answer within 0.3s\n")
+    assert raw.endswith(b"\r\n\r\nthe backend did not answer in time\n")
     assert server.runtime.backends["app"].servers[0].active == 0
 
 
@@ -71,7 +71,7 @@ async def test_backend_garbage_is_502(proxy) -> None:
         server = await proxy(config_from_text(f'servers = ["127.0.0.1:{port}"]'))
         raw = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 502 ")
-        assert b"invalid response from backend" in raw
+        assert raw.endswith(b"\r\n\r\nbad gateway\n")
     finally:
         bad.close()
         await bad.wait_closed()

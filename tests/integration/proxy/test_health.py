@@ -58,7 +58,7 @@ async def test_all_down_is_503_and_healthz_503(backends, proxy, session) -> None
     raw = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 503 ")
     body = raw.split(b"\r\n\r\n", 1)[1]
-    assert body == b"no server of backend app is up\n"
+    assert body == b"no server is available; retry later\n"
     async with session.get(admin_url(server, "/healthz")) as response:
         assert response.status == 503
         assert (await response.json())["reasons"] == ["backend app: no server up"]
@@ -80,12 +80,26 @@ async def test_connect_failure_tries_next_server_and_marks_down(backends, proxy,
     assert dead_server.active == 0
 
 
+async def test_5xx_answers_never_take_a_server_out_by_default(backends, proxy, session) -> None:
+    """Passive health counts transport failures only: a URL that answers 500 is the app's."""
+    (b0,) = await backends(1)
+    server = await proxy(config_from_text(f'servers = ["{b0.address}"]\nhealth = {{ fall = 3 }}'))
+    s0 = server.runtime.backends["app"].servers[0]
+    for _ in range(6):
+        async with session.get(url(server, "/status/500")) as response:
+            assert response.status == 500
+    assert s0.up
+    async with session.get(url(server, "/ok")) as response:
+        assert response.status == 200
+
+
 async def test_passive_5xx_marks_down_then_retried(backends, proxy, session) -> None:
-    """Without active checks, fall 5xx answers take a server out until retry_down_after."""
+    """With `passive_5xx`, fall 5xx answers take a server out until retry_down_after."""
     (b0,) = await backends(1)
     server = await proxy(
         config_from_text(
-            f'servers = ["{b0.address}"]\nhealth = {{ fall = 3, retry_down_after = 0.3 }}'
+            f'servers = ["{b0.address}"]\n'
+            "health = { fall = 3, retry_down_after = 0.3, passive_5xx = true }"
         )
     )
     s0 = server.runtime.backends["app"].servers[0]

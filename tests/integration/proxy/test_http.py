@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import json
 import os
+from dataclasses import replace
+from ipaddress import ip_network
 
 import aiohttp
 
@@ -23,10 +25,23 @@ async def test_get_and_forwarded_headers(backends, proxy, session) -> None:
         assert response.headers["Via"] == "1.1 node-test"
         seen = await response.json()
     assert seen["path"] == "/a/b?x=1"
-    assert seen["headers"]["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"  # the edge: replaced, not appended
+    assert seen["headers"]["x-real-ip"] == "127.0.0.1"
+    assert seen["headers"]["via"] == "1.1 node-test"
     assert seen["headers"]["x-forwarded-proto"] == "http"
     assert seen["headers"]["x-forwarded-host"] == "example.com"
     assert seen["headers"]["host"] == "example.com"
+
+
+async def test_forwarded_for_appended_for_a_trusted_proxy(backends, proxy, session) -> None:
+    """A client in `forwarded_for_trusted` is a proxy in front: its list is kept."""
+    (b,) = await backends(1)
+    config = proxy_config({"app": [b.address]})
+    trusting = replace(config.listeners[0], forwarded_for_trusted=(ip_network("127.0.0.0/8"),))
+    server = await proxy(replace(config, listeners=(trusting,)))
+    async with session.get(url(server, "/"), headers={"X-Forwarded-For": "203.0.113.7"}) as r:
+        seen = await r.json()
+    assert seen["headers"]["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
 
 
 async def test_hop_by_hop_request_headers_stripped(backends, proxy) -> None:

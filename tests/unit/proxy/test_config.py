@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -177,3 +178,47 @@ class TestCheckConfig:
 def test_parse_error_is_config_error() -> None:
     with pytest.raises(ConfigError, match=r"node\.toml: listeners: missing"):
         parse(MINIMAL.replace('[[listeners]]\nname = "web"\nbind = "127.0.0.1:8080"\n', ""))
+
+
+def test_route_limits_and_timeouts_override_the_node() -> None:
+    text = MINIMAL.replace(
+        'path_prefix = "/"\n',
+        'path_prefix = "/"\nmax_body_size = 1000\n'
+        "timeouts = { connect = 1, websocket_idle = 60 }\n",
+    )
+    config = parse_proxy(
+        Table(tomllib.loads(text + "[proxy.timeouts]\nupstream_read = 7\n"), "node.toml", "")
+    )
+    (route,) = config.routes
+    assert route.max_body_size == 1000
+    assert route.timeouts is not None
+    assert (route.timeouts.connect, route.timeouts.websocket_idle) == (1, 60)
+    assert route.timeouts.upstream_read == 7  # the node's value where the route is silent
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("timeouts = { http_idle = 1 }\n", "routes[0].timeouts.http_idle: unknown key"),
+        ("max_body_size = -1\n", "routes[0].max_body_size: expected an integer >= 0"),
+    ],
+)
+def test_route_mistakes_are_named(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(MINIMAL.replace('path_prefix = "/"\n', 'path_prefix = "/"\n' + extra))
+
+
+def test_passive_5xx_is_opt_in() -> None:
+    config = parse_proxy(Table(tomllib.loads(MINIMAL), "node.toml", ""))
+    assert not config.backends["app"].health.passive_5xx
+
+
+def test_check_config_warns_when_anyone_may_send_proxy_headers(tmp_path: Path) -> None:
+    node = tmp_path / "node.toml"
+    listener = 'bind = "127.0.0.1:8080"\nproxy_protocol = true\ntrusted_proxies = ["0.0.0.0/0"]\n'
+    node.write_text(
+        '[node]\nname = "n1"\n' + MINIMAL.replace('bind = "127.0.0.1:8080"\n', listener)
+    )
+    result = CliRunner().invoke(main, ["check-config", str(node)])
+    assert result.exit_code == 0, result.output
+    assert "trusted_proxies lets any address send a PROXY header" in result.output

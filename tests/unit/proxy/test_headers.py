@@ -1,4 +1,4 @@
-"""Head rewriting: hop-by-hop removal, forwarded headers, Via, cookies."""
+"""Head rewriting: hop-by-hop removal, framing and Host from facts, client-IP headers, Via."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from haproxy_py.proxy.headers import (
     host_without_port,
     request_head,
     response_head,
+    valid_host,
 )
 
 
@@ -16,79 +17,125 @@ def lines(head: bytes) -> list[bytes]:
     return head.split(b"\r\n")
 
 
+def names(head: bytes) -> list[bytes]:
+    return [line.split(b":")[0].lower() for line in lines(head)[1:] if line]
+
+
+def head_for(
+    headers: list[tuple[bytes, bytes]],
+    *,
+    method: bytes = b"GET",
+    keep_forwarded_for: bool = False,
+    upgrade: bool = False,
+    underscores: bool = False,
+) -> bytes:
+    facts = RequestFacts(headers, underscores=underscores)
+    return request_head(
+        method,
+        b"/",
+        facts,
+        host=facts.host or b"b:1",
+        client_ip="10.0.0.9",
+        proto=b"http",
+        via=b"node-a",
+        keep_forwarded_for=keep_forwarded_for,
+        upgrade=upgrade,
+    )
+
+
 class TestRequestHead:
     def test_hop_by_hop_and_connection_named_headers_removed(self) -> None:
-        headers = [
-            (b"Host", b"example.com"),
-            (b"Connection", b"keep-alive, X-Secret"),
-            (b"Keep-Alive", b"timeout=5"),
-            (b"TE", b"trailers"),
-            (b"Proxy-Connection", b"keep-alive"),
-            (b"X-Secret", b"1"),
-            (b"X-Kept", b"2"),
-        ]
-        head = request_head(
-            b"GET",
-            b"/",
-            RequestFacts(headers),
-            client_ip="10.0.0.9",
-            proto=b"http",
-            default_host=b"b:1",
-            upgrade=False,
+        head = head_for(
+            [
+                (b"Host", b"example.com"),
+                (b"Connection", b"keep-alive, X-Secret"),
+                (b"Keep-Alive", b"timeout=5"),
+                (b"TE", b"trailers"),
+                (b"Proxy-Connection", b"keep-alive"),
+                (b"X-Secret", b"1"),
+                (b"X-Kept", b"2"),
+            ]
         )
-        names = {line.split(b":")[0].lower() for line in lines(head)[1:] if line}
-        assert names == {
+        assert set(names(head)) == {
             b"host",
             b"x-kept",
             b"x-forwarded-for",
+            b"x-real-ip",
             b"x-forwarded-proto",
             b"x-forwarded-host",
+            b"via",
         }
         assert lines(head)[0] == b"GET / HTTP/1.1"
 
-    def test_forwarded_for_appends_and_host_kept(self) -> None:
-        headers = [(b"Host", b"example.com:8080"), (b"X-Forwarded-For", b"1.2.3.4")]
-        head = request_head(
-            b"GET",
-            b"/x",
-            RequestFacts(headers),
-            client_ip="10.0.0.9",
-            proto=b"http",
-            default_host=b"b:1",
-            upgrade=False,
+    def test_connection_never_nominates_framing_or_host(self) -> None:
+        """`Connection: Content-Length, Host, Transfer-Encoding` strips none of them."""
+        head = head_for(
+            [
+                (b"Host", b"a.example"),
+                (b"Connection", b"keep-alive, Content-Length, Host, Transfer-Encoding"),
+                (b"Content-Length", b"76"),
+            ],
+            method=b"POST",
+        )
+        assert b"Content-Length: 76" in lines(head)
+        assert b"Host: a.example" in lines(head)
+        chunked = head_for(
+            [
+                (b"Host", b"a"),
+                (b"Connection", b"Transfer-Encoding"),
+                (b"Transfer-Encoding", b"chunked"),
+            ],
+            method=b"POST",
+        )
+        assert lines(chunked).count(b"Transfer-Encoding: chunked") == 1
+
+    def test_framing_written_once_from_facts(self) -> None:
+        head = head_for([(b"Host", b"h"), (b"Content-Length", b"007")], method=b"POST")
+        assert names(head).count(b"content-length") == 1
+        assert b"Content-Length: 7" in lines(head)
+
+    def test_edge_replaces_forwarded_for_and_drops_spoofable_headers(self) -> None:
+        head = head_for(
+            [
+                (b"Host", b"h"),
+                (b"X-Forwarded-For", b"6.6.6.6"),
+                (b"X-Real-IP", b"7.7.7.7"),
+                (b"Forwarded", b"for=8.8.8.8"),
+                (b"X-Forwarded_For", b"9.9.9.9"),
+            ]
+        )
+        assert b"X-Forwarded-For: 10.0.0.9" in lines(head)
+        assert b"X-Real-IP: 10.0.0.9" in lines(head)
+        assert b"forwarded" not in names(head)
+        assert b"x-forwarded_for" not in names(head)
+        assert b"6.6.6.6" not in head and b"7.7.7.7" not in head
+
+    def test_trusted_proxy_forwarded_for_is_appended(self) -> None:
+        head = head_for(
+            [(b"Host", b"h"), (b"X-Forwarded-For", b"1.2.3.4")], keep_forwarded_for=True
         )
         assert b"X-Forwarded-For: 1.2.3.4, 10.0.0.9" in lines(head)
-        assert b"X-Forwarded-Host: example.com:8080" in lines(head)
-        assert b"Host: example.com:8080" in lines(head)
 
-    def test_chunked_body_reframed(self) -> None:
-        headers = [(b"Host", b"h"), (b"Transfer-Encoding", b"chunked")]
-        head = request_head(
-            b"POST",
-            b"/",
-            RequestFacts(headers),
-            client_ip="1.1.1.1",
-            proto=b"http",
-            default_host=b"b:1",
-            upgrade=False,
-        )
-        assert lines(head).count(b"Transfer-Encoding: chunked") == 1
+    def test_underscore_names_dropped_unless_allowed(self) -> None:
+        headers = [(b"Host", b"h"), (b"Content_Length", b"5"), (b"Transfer_Encoding", b"x")]
+        assert b"content_length" not in names(head_for(headers))
+        assert b"transfer_encoding" not in names(head_for(headers))
+        assert b"content_length" in names(head_for(headers, underscores=True))
+
+    def test_via_appended_on_requests(self) -> None:
+        assert b"Via: 1.1 node-a" in lines(head_for([(b"Host", b"h")]))
+        head = head_for([(b"Host", b"h"), (b"Via", b"1.0 edge")])
+        assert b"Via: 1.0 edge, 1.1 node-a" in lines(head)
 
     def test_upgrade_keeps_websocket_headers(self) -> None:
-        headers = [
-            (b"Host", b"h"),
-            (b"Connection", b"Upgrade"),
-            (b"Upgrade", b"websocket"),
-            (b"Sec-WebSocket-Protocol", b"chat"),
-            (b"Sec-WebSocket-Extensions", b"permessage-deflate"),
-        ]
-        head = request_head(
-            b"GET",
-            b"/ws",
-            RequestFacts(headers),
-            client_ip="1.1.1.1",
-            proto=b"http",
-            default_host=b"b:1",
+        head = head_for(
+            [
+                (b"Host", b"h"),
+                (b"Connection", b"Upgrade"),
+                (b"Upgrade", b"websocket"),
+                (b"Sec-WebSocket-Protocol", b"chat"),
+                (b"Sec-WebSocket-Extensions", b"permessage-deflate"),
+            ],
             upgrade=True,
         )
         for line in (
@@ -99,17 +146,38 @@ class TestRequestHead:
         ):
             assert line in lines(head)
 
-    def test_missing_host_gets_server_address(self) -> None:
-        head = request_head(
-            b"GET",
-            b"/",
-            RequestFacts([]),
-            client_ip="1.1.1.1",
-            proto=b"http",
-            default_host=b"10.1.1.1:80",
-            upgrade=False,
+    def test_every_connection_header_counts(self) -> None:
+        head = head_for(
+            [
+                (b"Connection", b"X-One"),
+                (b"X-One", b"1"),
+                (b"connection", b"x-two"),
+                (b"X-Two", b"2"),
+                (b"X-Three", b"3"),
+            ]
         )
-        assert b"Host: 10.1.1.1:80" in lines(head)
+        assert names(head) == [
+            b"host",
+            b"x-three",
+            b"x-forwarded-for",
+            b"x-real-ip",
+            b"x-forwarded-proto",
+            b"via",
+        ]
+
+
+def test_request_facts_count_hosts_and_find_websocket_token() -> None:
+    facts = RequestFacts([(b"Host", b"a"), (b"Host", b"b"), (b"Upgrade", b"h2c, WebSocket/13")])
+    assert facts.hosts == 2
+    assert facts.websocket()
+    assert not RequestFacts([(b"Upgrade", b"notwebsocketreally")]).websocket()
+
+
+def test_valid_host() -> None:
+    for good in (b"a.example", b"a.example:8080", b"[::1]:80", b"127.0.0.1", b"x_y"):
+        assert valid_host(good), good
+    for bad in (b"a.example/x y", b"a b", b"", b"a@b", b"[::1", b"a:b:c"):
+        assert not valid_host(bad), bad
 
 
 def test_response_head_adds_via_and_drops_hop_by_hop() -> None:
@@ -118,11 +186,24 @@ def test_response_head_adds_via_and_drops_hop_by_hop() -> None:
         (b"X-Internal", b"1"),
         (b"Content-Length", b"3"),
     ]
-    head = response_head(200, b"OK", ResponseFacts(headers), via=b"node-a", framing=b"")
+    facts = ResponseFacts(headers)
+    head = response_head(200, b"OK", facts, via=b"node-a", framing=b"")
     assert lines(head)[0] == b"HTTP/1.1 200 OK"
     assert b"Via: 1.1 node-a" in lines(head)
-    assert b"Content-Length: 3" in lines(head)
+    assert facts.content_length == b"3"
     assert not any(line.lower().startswith((b"connection", b"x-internal")) for line in lines(head))
+
+
+def test_response_connection_cannot_hide_content_length() -> None:
+    facts = ResponseFacts([(b"Connection", b"Content-Length"), (b"Content-Length", b"5")])
+    assert facts.content_length == b"5" and facts.delimited
+
+
+def test_response_transfer_codings() -> None:
+    gz = ResponseFacts([(b"Transfer-Encoding", b"gzip, chunked")])
+    assert gz.chunked and gz.codings == b"gzip" and gz.delimited
+    close = ResponseFacts([(b"Transfer-Encoding", b"gzip")])
+    assert not close.chunked and close.codings == b"gzip" and not close.delimited
 
 
 def test_response_head_keeps_order_and_case_and_frames() -> None:
@@ -144,27 +225,6 @@ def test_response_head_keeps_order_and_case_and_frames() -> None:
         b"",
         b"",
     ]
-
-
-def test_every_connection_header_counts() -> None:
-    headers = [
-        (b"Connection", b"X-One"),
-        (b"X-One", b"1"),
-        (b"connection", b"x-two"),
-        (b"X-Two", b"2"),
-        (b"X-Three", b"3"),
-    ]
-    head = request_head(
-        b"GET",
-        b"/",
-        RequestFacts(headers),
-        client_ip="1.1.1.1",
-        proto=b"http",
-        default_host=b"b:1",
-        upgrade=False,
-    )
-    names = [line.split(b":")[0] for line in lines(head)[1:] if line]
-    assert names == [b"X-Three", b"Host", b"X-Forwarded-For", b"X-Forwarded-Proto"]
 
 
 def test_host_without_port() -> None:

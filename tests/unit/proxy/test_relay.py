@@ -171,3 +171,24 @@ async def _until(predicate: object) -> None:
         if predicate():
             return
         await asyncio.sleep(0.01)
+
+
+async def test_idle_sweep_uses_each_tunnels_own_timeout_and_aborts_once(ends: Ends) -> None:
+    """A tunnel idle for its timeout is closed once; if the close has not finished
+    `abort_after` later it is aborted, and it is never counted twice."""
+    tunnels, tunnel = ends.tunnels, ends.tunnel
+    tunnel.idle_timeout = 10.0
+    assert tunnels.sweep_idle(100.0, abort_after=5.0) == 0  # first sight: the mark is set
+    assert tunnels.sweep_idle(109.0, abort_after=5.0) == 0  # idle 9 s of 10
+    ends.client[1].write(b"\x81\x00")  # one byte each way resets the idle time
+    await read_exactly(ends.backend, 2)
+    assert tunnels.sweep_idle(111.0, abort_after=5.0) == 0
+    assert tunnels.sweep_idle(121.0, abort_after=5.0) == 1
+    assert tunnel.closing_since == 121.0
+    assert tunnels.sweep_idle(122.0, abort_after=5.0) == 0  # closing: not counted again
+    assert tunnels.sweep_idle(126.0, abort_after=5.0) == 0  # aborted now, if still open
+    for _ in range(100):
+        if ends.ended:
+            break
+        await asyncio.sleep(0.01)
+    assert ends.ended == [tunnel]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import ssl
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,8 +26,10 @@ from haproxy_py.proxy.tls import (
     ServerTls,
     check_certificate,
     client_context,
+    key_mode_problem,
     parse_backend_tls,
     parse_listener_tls,
+    server_context,
 )
 
 NOW = dt.datetime.now(dt.UTC)  # dates of the certificates made here
@@ -76,6 +80,7 @@ def make_cert(
             serialization.NoEncryption(),
         )
     )
+    key_path.chmod(0o600)
     return cert_path, key_path
 
 
@@ -148,6 +153,25 @@ class TestCheckCertificate:
             lambda: check_certificate(ca / "alpha.crt", ca / "junk", now()),
             "junk: not a PEM private key",
         )
+
+    def test_key_readable_by_others(self, ca: Path) -> None:
+        (ca / "alpha.key").chmod(0o644)
+        fails(
+            lambda: check_certificate(ca / "alpha.crt", ca / "alpha.key", now()),
+            "alpha.key: mode 0644 lets other users read the key; chmod 0600",
+        )
+
+    def test_key_mode_rule(self) -> None:
+        def problem(mode: int, uid: int) -> bool:
+            st = os.stat_result((stat.S_IFREG | mode, 0, 0, 1, uid, 0, 0, 0, 0, 0))
+            return key_mode_problem(st) is not None
+
+        assert not problem(0o600, 1000) and not problem(0o400, 1000)
+        assert not problem(0o640, 0)  # root owns it, the proxy's group reads it
+        assert problem(0o640, 1000) and problem(0o644, 0) and problem(0o660, 0)
+
+    def test_no_tls12_session_tickets(self, ca: Path) -> None:
+        assert server_context(ca / "alpha.crt", ca / "alpha.key").options & ssl.OP_NO_TICKET
 
     def test_encrypted_key(self, ca: Path) -> None:
         key = serialization.load_pem_private_key((ca / "alpha.key").read_bytes(), None)
