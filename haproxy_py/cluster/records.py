@@ -108,6 +108,10 @@ def _choice(obj: Mapping[str, Any], key: str, choices: tuple[L, ...]) -> L | Non
 class NodeRecord:
     """`nodes/<node>`: a registered proxy node, written by its agent under its own lease.
 
+    `healthy` is liveness (the proxy answers and accepts); `ready` of `pools`
+    is readiness (backend pools with a server up), the score the controller
+    compares before it moves a VIP for readiness. `unheld` lists VIPs assigned
+    here that the agent could not hold for longer than an address lifetime.
     `healthy_since` is when the proxy last turned healthy (unix time); the
     controller's failback hold-down reads it, so it must not move while health
     stays up. `lease` comes from the key's lease, not from the JSON.
@@ -127,6 +131,9 @@ class NodeRecord:
     updated: float | None = None
     lease: int = 0
     mod_revision: int = 0
+    ready: int = 0
+    pools: int = 0
+    unheld: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return dumps(
@@ -143,6 +150,9 @@ class NodeRecord:
                 "connections": self.connections,
                 "vips": list(self.vips),
                 "updated": self.updated,
+                "ready": self.ready,
+                "pools": self.pools,
+                "unheld": list(self.unheld),
             }
         )
 
@@ -168,6 +178,9 @@ class NodeRecord:
             updated=_float(obj, "updated"),
             lease=lease,
             mod_revision=mod_revision,
+            ready=_int(obj, "ready"),
+            pools=_int(obj, "pools"),
+            unheld=_strs(obj, "unheld"),
         )
 
 

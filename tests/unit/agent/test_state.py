@@ -95,7 +95,7 @@ def test_self_fence_when_keepalives_stop() -> None:
     assert c.tick(0.99) == []
     actions = c.tick(1.0)  # nominal kernel expiry of an address set at 0
     assert actions == [
-        RemoveAddress(VIP, "self-fence: no keepalive success"),
+        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True),
         StopGarp(VIP),
         PublishNode(),
     ]
@@ -148,9 +148,10 @@ def test_unhealthy_proxy_releases_at_once_and_deletes_the_key() -> None:
         PublishNode(),
         RemoveAddress(VIP, "proxy unhealthy"),
         StopGarp(VIP),
-        DeleteVip(VIP, 10, "proxy unhealthy"),
         PublishNode(),
     ]
+    # the key goes once a kernel dump shows the address gone
+    assert c.kernel_addresses(set(), 0.21) == [DeleteVip(VIP, 10, "proxy unhealthy")]
     # one good sample in between resets the fall count
     c2 = core(fall=2)
     ready(c2)
@@ -164,12 +165,8 @@ def test_planned_release_removes_then_acknowledges() -> None:
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
     actions = c.assignment_event(VIP, assign(state=RELEASING, rev=11), 11, 0.1)
-    assert actions == [
-        RemoveAddress(VIP, "releasing"),
-        StopGarp(VIP),
-        DeleteVip(VIP, 11, "released"),
-        PublishNode(),
-    ]
+    assert actions == [RemoveAddress(VIP, "releasing"), StopGarp(VIP), PublishNode()]
+    assert c.kernel_addresses(set(), 0.15) == [DeleteVip(VIP, 11, "released")]
     # the ack is not repeated on every event, but retried by the next full snapshot
     assert c.assignment_event(VIP2, None, 12, 0.2) == []
     again = c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3)
@@ -204,23 +201,90 @@ def test_reconcile_against_the_kernel() -> None:
     assert not any(getattr(a, "vip", None) == "198.18.0.7" for a in actions)
 
 
-def test_stop_removes_addresses_then_revokes() -> None:
+def test_stop_removes_addresses_then_revokes_once_the_kernel_shows_them_gone() -> None:
     c = core()
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
-    assert c.stop() == [RemoveAddress(VIP, "stopping"), StopGarp(VIP), Revoke()]
+    assert c.stop() == [RemoveAddress(VIP, "stopping"), StopGarp(VIP)]
     assert c.assignment_event(VIP, assign(rev=11), 11, 0.1) == []
     assert c.keepalive_ok(0.2, 2, 0.2) == []
+    # the removal failed: still there, tried again, no revoke
+    assert c.kernel_addresses({VIP}, 0.3) == [
+        RemoveAddress(VIP, f"{VIP} is present, must be absent")
+    ]
+    assert c.kernel_addresses(set(), 0.4) == [Revoke()]
+    assert c.kernel_addresses(set(), 0.5) == []
+
+
+def test_stop_without_addresses_revokes_at_once() -> None:
+    c = core()
+    ready(c)
+    assert c.stop() == [Revoke()]
+
+
+def test_failed_removal_is_acknowledged_only_once_the_lifetime_ran_out() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    c.assignment_event(VIP, assign(state=RELEASING, rev=11), 11, 0.1)
+    # every dump still shows it (netlink removal keeps failing): no acknowledgement
+    assert DeleteVip(VIP, 11, "released") not in c.kernel_addresses({VIP}, 0.2)
+    assert c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3) == []
+    # set at 0.0 with lifetime 1: the kernel has dropped it by 1.0 + slack
+    assert c.tick(1.0) == []
+    assert c.tick(1.0 + TIMING.kernel_slack) == [DeleteVip(VIP, 11, "released")]
 
 
 def test_failed_add_is_forgotten_and_retried() -> None:
     c = core()
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
-    c.address_failed(VIP)
+    c.address_failed(VIP, 0.0)
     assert VIP not in c.held
     actions = c.kernel_addresses(set(), 0.1)
     assert isinstance(actions[0], SetAddress)
+
+
+def test_an_address_that_cannot_be_set_for_a_lifetime_is_given_up() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    c.address_failed(VIP, 0.0)
+    c.kernel_addresses(set(), 0.5)
+    c.address_failed(VIP, 0.5)
+    actions = c.kernel_addresses(set(), 1.1)
+    assert DeleteVip(VIP, 10, "cannot hold the address") in actions
+    assert PublishNode() in actions
+    assert c.given_up == {VIP: 10}
+    # a new assignment (another revision) is tried again
+    c.keepalive_ok(1.2, 2, 1.2)
+    actions = c.assignment_event(VIP, assign(rev=12), 12, 1.2)
+    assert isinstance(actions[0], SetAddress)
+    c.address_set(VIP)
+    assert c.given_up == {VIP: 10}  # only a success after a failure clears it
+    c.address_failed(VIP, 1.3)
+    c.address_set(VIP)
+    assert c.given_up == {}
+
+
+def test_refused_probe_fails_at_once_timeouts_need_the_fall_count() -> None:
+    c = core(fall=3)
+    ready(c)
+    c.health_sample(True, 0.0)
+    assert c.health_sample(False, 0.1) == []
+    assert c.health_sample(False, 0.2) == []
+    assert c.health.healthy
+    assert c.health_sample(False, 0.3, fast=True)[0] == PublishNode()
+    assert not c.health.healthy
+
+
+def test_readiness_is_published_never_acted_on() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    assert c.readiness_sample(0, 2) == [PublishNode()]
+    assert c.readiness_sample(0, 2) == []
+    assert set(c.held) == {VIP}
 
 
 def test_hysteresis_counts() -> None:
@@ -248,6 +312,7 @@ class Sim:
     agent_held: dict[str, int] = field(default_factory=dict)  # vip -> keepalives at last set
     kernel: dict[str, float] = field(default_factory=dict)  # vip -> drop time
     stopped: bool = False
+    dump: bool = False
     log: list[Action] = field(default_factory=list)
 
     def run(self, actions: list[Action], *, health_turned_bad: bool = False) -> None:
@@ -259,8 +324,10 @@ class Sim:
             elif isinstance(a, RemoveAddress):
                 self.agent_held.pop(a.vip, None)
                 self.kernel.pop(a.vip, None)
+                self.dump = True
             elif isinstance(a, DeleteVip):
                 assert a.vip not in self.agent_held, "key deleted while the address is still held"
+                assert a.vip not in self.kernel, "key deleted while the kernel still has it"
                 cur = self.etcd.get(a.vip)
                 if cur is not None and cur.revision == a.revision and cur.owner == "n1":
                     del self.etcd[a.vip]
@@ -268,6 +335,9 @@ class Sim:
                     self.run(self.c.assignment_event(a.vip, None, self.rev, self.now))
             elif isinstance(a, Regrant):
                 self.grant()
+        if self.dump:  # the daemon dumps the kernel's addresses after a removal
+            self.dump = False
+            self.run(self.c.kernel_addresses(set(self.kernel), self.now))
         if health_turned_bad:
             assert not self.agent_held, "unhealthy proxy: every VIP must go in the same step"
             assert before <= {a.vip for a in actions if isinstance(a, RemoveAddress)}

@@ -1,0 +1,50 @@
+"""Supervision of the daemons' long-lived tasks.
+
+A task that a daemon needs for as long as it runs (a keepalive, a watch, a
+registrar, an announcer) must never die silently and leave a live process that
+no longer does its job. `supervised` logs an unexpected exception (or an
+unexpected return) and either starts the task again after a short backoff, or
+re-raises so that the daemon exits and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+BACKOFF = 0.1  # first wait before a restart; doubles up to BACKOFF_LIMIT
+BACKOFF_LIMIT = 5.0
+STEADY = 30.0  # a task that ran this long before failing starts again with the first backoff
+
+
+class TaskEnded(Exception):
+    """A task that should run for ever returned."""
+
+
+async def supervised(
+    name: str, run: Callable[[], Awaitable[None]], *, restart: bool = True
+) -> None:
+    """Run `run()` for ever; restart it after a failure (`restart`), or raise the failure."""
+    backoff = BACKOFF
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            await run()
+            failure: BaseException = TaskEnded(f"task {name} returned")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failure = exc
+        if not restart:
+            log.error("task failed; exiting", task=name, exc_info=failure)
+            raise failure
+        if loop.time() - started >= STEADY:
+            backoff = BACKOFF
+        log.error("task failed; restarting it", task=name, retry_in=backoff, exc_info=failure)
+        await asyncio.sleep(backoff)
+        backoff = min(2 * backoff, BACKOFF_LIMIT)
