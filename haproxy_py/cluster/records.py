@@ -41,6 +41,8 @@ CAUSES = (
     "drain",  # previous owner was drained
     "failback",  # back to a preferred node after failback_hold
     "rebalance",  # active-active spreading onto a recovered node
+    "readiness",  # to a node with strictly more backend pools up, after the hold-down
+    "not held",  # the owner did not list it as held for a while (interface gone, netlink failing)
 )
 
 
