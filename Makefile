@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client nginx-light haproxy \
-                keepalived chromium \
+                keepalived chromium libnftables1 nftables \
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant
 STAMP := $(VENV)/.installed
 

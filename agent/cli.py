@@ -77,7 +77,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
     except NetlinkFailure as exc:
         raise Fatal(str(exc)) from None
     try:
-        announcer = Announcer(interface, addresses.mac, settings.agent.garp)
+        announcer = Announcer(interface, addresses.mac, settings.agent.garp, addresses.until)
     except OSError as exc:
         addresses.close()
         raise Fatal(f"cannot open a raw socket on {interface} for ARP: {exc.strerror}") from None
@@ -92,7 +92,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
         """The VIP interface again, by name (it may have been recreated with a new index)."""
         table = await Addresses.open(interface)
         try:
-            return table, Announcer(interface, table.mac, settings.agent.garp)
+            return table, Announcer(interface, table.mac, settings.agent.garp, table.until)
         except OSError:
             table.close()
             raise

@@ -49,7 +49,9 @@ class AddressTable(Protocol):
     index: int
     mac: bytes
 
-    async def arm(self, vip: str, prefixlen: int, lifetime: int) -> None: ...
+    async def arm(
+        self, vip: str, prefixlen: int, lifetime: float, until: float | None = None
+    ) -> None: ...
     async def remove(self, vip: str, prefixlen: int) -> bool: ...
     async def expiring(self) -> set[str]: ...
     def close(self) -> None: ...
@@ -175,7 +177,8 @@ class Effects:
     async def _arm(self, action: SetAddress) -> bool:
         """Set the address; False (and the core told) when it could not be set."""
         try:
-            await self.addresses.arm(action.vip, self.prefix_length, action.lifetime)
+            until = self.core.held.get(action.vip, 0.0)  # the fence deadline: not after it
+            await self.addresses.arm(action.vip, self.prefix_length, action.lifetime, until)
         except NetlinkFailure as exc:
             log.error("cannot set VIP address", vip=action.vip, error=str(exc))
             self.core.address_failed(action.vip, time.monotonic())

@@ -56,7 +56,7 @@ class SetAddress:
     """Add (`new`) or re-arm the address with valid/preferred lifetime `lifetime` seconds."""
 
     vip: str
-    lifetime: int
+    lifetime: float
     new: bool
     reason: str
 

@@ -129,7 +129,7 @@ metrics_bind = "127.0.0.1:0"
             capture.setblocking(False)
         with in_netns(node.netns):
             nl = await Addresses.open("eth0")
-            announcer = Announcer("eth0", nl.mac, settings.agent.garp)
+            announcer = Announcer("eth0", nl.mac, settings.agent.garp, nl.until)
         store = Store(etcd_config, "t")
         test_store = Store(etcd_config, "t")
         proxy = ProxyClient(url, settings.agent.health_timeout)

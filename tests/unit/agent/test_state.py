@@ -111,11 +111,11 @@ def test_self_fence_when_keepalives_stop() -> None:
 def test_stale_deadline_asks_for_a_keepalive_instead_of_adding() -> None:
     c = core()
     ready(c)
-    # 0.6 s after the last keepalive, an address set now could outlive deadline - margin
-    actions = c.assignment_event(VIP, assign(), 10, 0.6)
+    # 0.8 s after the last keepalive, an address set now could outlive deadline - margin
+    actions = c.assignment_event(VIP, assign(), 10, 0.8)
     assert actions == [KeepaliveNow()]
-    assert c.assignment_event(VIP2, assign(rev=11), 11, 0.6) == []  # asked once
-    actions = c.keepalive_ok(0.6, 2, 0.61)
+    assert c.assignment_event(VIP2, assign(rev=11), 11, 0.8) == []  # asked once
+    actions = c.keepalive_ok(0.8, 2, 0.81)
     assert [a for a in actions if isinstance(a, SetAddress)] == [
         SetAddress(VIP, 1, True, f"{VIP} is absent, must be present"),
         SetAddress(VIP2, 1, True, f"{VIP2} is absent, must be present"),
