@@ -11,10 +11,12 @@ Every long-lived task is supervised: the actor and the writer carry the
 core's consistency, so their failure ends the process (systemd restarts it);
 an observer that fails is logged and started again.
 
-A clean stop hands over first and drains per VIP: the addresses go, the lease
-is revoked once the kernel shows them gone (the controller reassigns at once),
-and each released VIP's connections are closed cleanly when its new owner
-holds it. The proxy itself is never drained as a whole.
+A clean stop hands over first and drains per VIP: the node record says
+`stopping`, the addresses go, the VIP keys are released once the kernel shows
+them gone (the controller reassigns them at once, as a planned move), each
+released VIP's connections are closed cleanly when its new owner holds it,
+and only then is the lease revoked. The proxy itself is never drained as a
+whole.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from agent.registration import Registration
 from agent.state import Action, AgentCore, Hysteresis
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.config import NodeConfig
-from haproxy_py.cluster.store import Store
+from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.cluster.tasks import supervised
 from haproxy_py.metrics import serve
 
@@ -199,7 +201,7 @@ class Agent:
                 failure = None if task is stopped or task.cancelled() else task.exception()
                 if failure is not None:
                     raise failure
-            await self._release(observers)
+            await self._release()
         finally:
             stopped.cancel()
             drains = self.handover.cancel()
@@ -219,33 +221,40 @@ class Agent:
         self._post(self.observers.kernel_step)
         return revision
 
-    async def _release(self, observers: list[asyncio.Task[None]]) -> None:
-        """SIGTERM: drop every VIP, revoke the lease once the kernel shows them gone, then
-        close each released VIP's connections when its new owner holds it."""
+    async def _release(self) -> None:
+        """SIGTERM: drop every VIP and release its key once the kernel shows it gone; close
+        each one's connections when its new owner holds it; then revoke the lease."""
         started = time.monotonic()
-        for task in observers:
-            task.cancel()
-        await _settle(observers)
         held = sorted(self.core.held)
 
         async def stop_step() -> list[Action]:
-            return self.core.stop()
+            return self.core.stop(time.monotonic())
 
         self._post(stop_step)
         try:
             async with asyncio.timeout(STOP_STEP_LIMIT):
-                await self.effects.revoked.wait()
+                await self.effects.released.wait()
         except TimeoutError:
-            log.error("addresses not released in time; the kernel lifetime removes them")
-        handed_over = time.monotonic()
-        self.handover.released(held)
+            log.error("VIPs not released in time; the kernel lifetime and the lease remove them")
+        released = time.monotonic()
+        self.handover.released(held)  # (those whose release acknowledgement started it skipped)
         await self.handover.finish(self.settings.handover_wait + 1.0)
+        await self._revoke()
         log.info(
             "agent stopped",
             vips=held,
-            handover_ms=round((handed_over - started) * 1000, 1),
+            release_ms=round((released - started) * 1000, 1),
             total_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    async def _revoke(self) -> None:
+        lease = self.core.lease_id
+        if lease is None:
+            return
+        try:
+            await self.store.revoke(lease)
+        except StoreError as exc:
+            log.warning("lease revoke failed; it expires by itself", error=str(exc))
 
     async def _serve_metrics(self) -> web.AppRunner | None:
         cfg = self.settings.agent

@@ -13,12 +13,14 @@ table and the ARP socket are then opened again by the interface's name.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
 
+from agent.fence import FenceError
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.state import (
@@ -40,14 +42,27 @@ log = structlog.get_logger(__name__)
 
 Write = Callable[[], Awaitable[None]]
 REOPEN_EVERY = 0.5  # look the interface up again by name at most this often
+# After a planned take-over, unknown mid-stream TCP segments to the VIP are dropped this long
+# (not answered with a reset): the previous owner's 1001 reaches its clients first. It sends
+# that within one etcd event of our node record listing the VIP, well inside this.
+GRACE = 2.0
+
+
+class Grace(Protocol):
+    """The grace set of the packet fence (`agent.fence.Fence`)."""
+
+    def grace(self, vip: str, seconds: float) -> None: ...
 
 
 class AddressTable(Protocol):
-    """The VIP addresses on one interface (`agent.netlink.Addresses`)."""
+    """The VIP addresses on one interface, behind their fence (`agent.netlink.Addresses`)."""
 
     interface: str
     index: int
     mac: bytes
+
+    @property
+    def fence(self) -> Grace: ...
 
     async def arm(
         self, vip: str, prefixlen: int, lifetime: float, until: float | None = None
@@ -140,7 +155,7 @@ class Effects:
         self.prefix_length = prefix_length
         self.hooks = hooks
         self.reopen = reopen
-        self.revoked = asyncio.Event()
+        self.released = asyncio.Event()  # stopping: every address gone, every key released
         self._reopened_at = -REOPEN_EVERY
         announcer.on_sent = self._garp_sent
 
@@ -170,12 +185,17 @@ class Effects:
             elif isinstance(action, Regrant):
                 self.hooks.regrant()
             elif isinstance(action, Revoke):
-                await self._revoke()
+                self.released.set()
         if removed:
             self.hooks.confirm_removals()  # a kernel dump, before any release is acknowledged
 
     async def _arm(self, action: SetAddress) -> bool:
         """Set the address; False (and the core told) when it could not be set."""
+        if action.grace:
+            try:
+                self.addresses.fence.grace(action.vip, GRACE)
+            except FenceError as exc:
+                log.warning("no grace period for the VIP's moved clients", error=str(exc))
         try:
             until = self.core.held.get(action.vip, 0.0)  # the fence deadline: not after it
             await self.addresses.arm(action.vip, self.prefix_length, action.lifetime, until)
@@ -207,26 +227,39 @@ class Effects:
         return True
 
     async def reopen_if_recreated(self) -> None:
-        """The interface may have been recreated: find it again by name (rate-limited)."""
+        """The VIP interface may be gone, or recreated with a new index: find it again by
+        name (rate-limited). Meanwhile every address operation fails, so the core gives
+        the VIPs up after an address lifetime and the controller can move them."""
         now = time.monotonic()
         if self.reopen is None or now - self._reopened_at < REOPEN_EVERY:
             return
         self._reopened_at = now
+        name = self.addresses.interface
+        try:
+            index: int | None = socket.if_nametoindex(name)
+        except OSError:
+            index = None
+        if index == self.addresses.index:
+            return
+        old = self.addresses.index
+        self._replace(_Gone(name, -1, self.addresses.mac), _Silent())
+        if index is None:
+            log.error("VIP interface is gone", interface=name)
+            return
         try:
             addresses, announcer = await self.reopen()
         except (NetlinkFailure, OSError) as exc:
-            log.warning("VIP interface not usable", error=str(exc))
-            return
-        if addresses.index == self.addresses.index:
-            addresses.close()
-            announcer.close()
+            log.error("VIP interface not usable", interface=name, error=str(exc))
             return
         log.warning(
             "VIP interface was recreated; using it again",
-            interface=addresses.interface,
-            old_index=self.addresses.index,
+            interface=name,
+            old_index=old,
             new_index=addresses.index,
         )
+        self._replace(addresses, announcer)
+
+    def _replace(self, addresses: AddressTable, announcer: Announcer) -> None:
         self.announcer.close()
         self.addresses.close()
         self.addresses, self.announcer = addresses, announcer
@@ -245,16 +278,52 @@ class Effects:
 
         return write
 
-    async def _revoke(self) -> None:
-        """Stopping: blocking the actor is fine now, nothing else is left for it to do."""
-        lease = self.core.lease_id
-        try:
-            if lease is not None:
-                await self.store.revoke(lease)
-        except StoreError as exc:
-            log.warning("lease revoke failed; it expires by itself", error=str(exc))
-        finally:
-            self.revoked.set()
+
+class _NoGrace:
+    def grace(self, vip: str, seconds: float) -> None:
+        pass
+
+
+class _Gone:
+    """The address table while the VIP interface is missing: every operation fails."""
+
+    def __init__(self, interface: str, index: int, mac: bytes) -> None:
+        self.interface = interface
+        self.index = index
+        self.mac = mac
+        self.fence = _NoGrace()
+
+    def _failure(self) -> NetlinkFailure:
+        return NetlinkFailure(f"interface {self.interface!r} is gone; waiting for it to return")
+
+    async def arm(
+        self, vip: str, prefixlen: int, lifetime: float, until: float | None = None
+    ) -> None:
+        raise self._failure()
+
+    async def remove(self, vip: str, prefixlen: int) -> bool:
+        raise self._failure()
+
+    async def expiring(self) -> set[str]:
+        raise self._failure()
+
+    def close(self) -> None:
+        pass
+
+
+class _Silent:
+    """The announcer while the VIP interface is missing."""
+
+    on_sent: Callable[[str], None] = staticmethod(lambda vip: None)
+
+    def start(self, vip: str) -> None:
+        pass
+
+    def stop(self, vip: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class Hooks(Protocol):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -50,21 +51,28 @@ class Handover:
         self.me = me
         self.holding = holding  # True when the VIP came back to this node meanwhile
         self.wait = wait
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def released(self, vips: Iterable[str]) -> None:
+        """Start telling each VIP's clients (once: a VIP already being told is skipped)."""
         for vip in vips:
+            if vip in self._tasks:
+                continue
             task = asyncio.create_task(self._tell(vip), name=f"handover {vip}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[vip] = task
+            task.add_done_callback(functools.partial(self._done, vip))
+
+    def _done(self, vip: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(vip) is task:
+            del self._tasks[vip]
 
     async def finish(self, limit: float) -> None:
         """Stopping: let the drains already started finish, within `limit` seconds."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=limit)
+            await asyncio.wait(list(self._tasks.values()), timeout=limit)
 
     def cancel(self) -> list[asyncio.Task[None]]:
-        tasks = list(self._tasks)
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         return tasks

@@ -44,7 +44,9 @@ def assignment_of(kv: KeyValue, prefix: str) -> tuple[str, Assignment | None]:
     record = VipAssignment.parse(vip, kv.value, kv.lease, kv.mod_revision)
     if record is None:
         return vip, None
-    return vip, Assignment(record.node, record.state, record.lease, record.mod_revision)
+    return vip, Assignment(
+        record.node, record.state, record.lease, record.mod_revision, record.cause
+    )
 
 
 class Observers:
@@ -135,8 +137,8 @@ class Observers:
             wait = retry
             self.keepalive_now.clear()
             lease = self.core.lease_id
-            if lease is None or self.core.stopping:
-                continue
+            if lease is None:
+                continue  # (while stopping too: the lease lives until the VIPs are handed over)
             sent = time.monotonic()
             try:
                 async with asyncio.timeout(timing.keepalive_timeout):

@@ -70,6 +70,7 @@ class Registration:
             ready=ready,
             pools=pools,
             unheld=tuple(sorted(core.given_up)),
+            stopping=core.stopping,
         )
 
     def publish(self) -> None:
@@ -81,7 +82,7 @@ class Registration:
         async def write() -> None:
             self._pending = False
             lease = self.core.lease_id
-            if lease is None or self.core.stopping:
+            if lease is None:
                 return
             self.failed = True  # until the put succeeds
             await self.store.put(self.key, self.record(lease).to_json(), lease=lease)

@@ -38,14 +38,21 @@ ASSIGNED = "assigned"
 RELEASING = "releasing"
 
 
+# Causes of a planned move: the previous owner lets go cleanly and closes its clients' connections
+# (1001) once this node holds the VIP, so this node keeps a grace period for those connections.
+PLANNED = frozenset({"manual", "drain", "released", "failback", "rebalance", "readiness"})
+
+
 @dataclass(frozen=True)
 class Assignment:
-    """What `vips/<vip>` says: owner, state, the lease it is bound to, its mod revision."""
+    """What `vips/<vip>` says: owner, state, the lease it is bound to, its mod revision,
+    and why it came here."""
 
     owner: str
     state: str
     lease: int
     revision: int
+    cause: str = "initial"
 
 
 # --- actions, executed by the daemon in the order returned ---------------------------------
@@ -53,12 +60,18 @@ class Assignment:
 
 @dataclass(frozen=True)
 class SetAddress:
-    """Add (`new`) or re-arm the address with valid/preferred lifetime `lifetime` seconds."""
+    """Add (`new`) or re-arm the address with valid/preferred lifetime `lifetime` seconds.
+
+    `grace`: a VIP taken over in a planned move; mid-stream TCP segments of the
+    previous owner's connections are dropped for a while, not answered with a
+    reset, so the previous owner's clean close reaches its clients first.
+    """
 
     vip: str
     lifetime: float
     new: bool
     reason: str
+    grace: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,8 @@ class Regrant:
 
 @dataclass(frozen=True)
 class Revoke:
-    """Stopping: revoke the lease (etcd deletes `nodes/<name>` and this node's `vips/` keys)."""
+    """Stopping: every address is gone and every VIP key released; the lease may go once
+    the VIPs' next owners hold them (etcd then deletes `nodes/<name>`)."""
 
 
 Action = (
@@ -272,7 +286,7 @@ class AgentCore:
         for vip in sorted((present & self.known_vips) - set(self.held)):
             actions.append(RemoveAddress(vip, f"{vip} is present, must be absent"))
             self._removing.setdefault(vip, self._expiry(now))
-        return actions + self._converge(now) + self._finish_stop()
+        return actions + self._converge(now)
 
     def address_failed(self, vip: str, now: float) -> None:
         """Setting the address failed: it is not held (the next keepalive or reconcile retries)."""
@@ -300,14 +314,16 @@ class AgentCore:
         for vip in expired:
             del self._removing[vip]  # its lifetime has run out: the kernel has dropped it
         if expired:
-            actions += self._converge(now) + self._finish_stop()
+            actions += self._converge(now)
         return actions
 
-    def stop(self) -> list[Action]:
-        """SIGTERM: drop every address; revoke (deleting every key under the lease) once
-        the kernel shows them gone, so the next owner never overlaps with us."""
+    def stop(self, now: float) -> list[Action]:
+        """SIGTERM: drop every address and say so (the node record says `stopping`, so no
+        VIP comes back); once the kernel shows them gone, release every VIP key (the
+        controller reassigns them as a planned move), then revoke."""
         self.stopping = True
-        return self._drop_all("stopping") + self._finish_stop()
+        actions = [*self._drop_all("stopping"), PublishNode()]
+        return actions + self._converge(now)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -320,10 +336,14 @@ class AgentCore:
         return actions
 
     def _finish_stop(self) -> list[Action]:
-        if not self.stopping or self._removing or self._revoked:
+        if not self.stopping or self._removing or self._revoked or self._deleting_mine():
             return []
         self._revoked = True
         return [Revoke()]
+
+    def _deleting_mine(self) -> bool:
+        """A key of ours whose release is still on its way to etcd (or not yet sent)."""
+        return any(self._mine(vip) is not None for vip in self.assignments)
 
     def _apply(self, vip: str, assignment: Assignment | None, revision: int) -> None:
         if revision < self._seen.get(vip, 0):
@@ -377,7 +397,9 @@ class AgentCore:
                 if self._may_arm(now):
                     self.held[vip] = self._expiry(now)
                     reason = f"{vip} is absent, must be present"
-                    actions += [SetAddress(vip, self.timing.address_lifetime, True, reason)]
+                    grace = mine is not None and mine.cause in PLANNED
+                    lifetime = self.timing.address_lifetime
+                    actions += [SetAddress(vip, lifetime, True, reason, grace)]
                     actions.append(StartGarp(vip))
                     changed = True
                 elif not self._keepalive_asked and self.lease_id is not None:
@@ -400,12 +422,14 @@ class AgentCore:
                     why = "proxy unhealthy"
                 elif self.given_up.get(vip) == mine.revision:
                     why = "cannot hold the address"
+                elif self.stopping:
+                    why = "stopping"
                 if why is not None:
                     self._deleting[vip] = mine.revision
                     actions.append(DeleteVip(vip, mine.revision, why))
         if changed:
             actions.append(PublishNode())
-        return actions
+        return actions + self._finish_stop()
 
     def _why_not(self, vip: str) -> str:
         a = self.assignments.get(vip)

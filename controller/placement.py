@@ -61,6 +61,8 @@ def why_not_eligible(view: ClusterView, settings: ClusterSettings, name: str) ->
         return f"target {name} is not registered under a lease"
     if not node.healthy:
         return f"target {name} is unhealthy"
+    if node.stopping:
+        return f"target {name} is stopping"
     if name in settings.drained:
         return f"target {name} is drained (undrain it first)"
     return None

@@ -114,6 +114,8 @@ class NodeRecord:
     is readiness (backend pools with a server up), the score the controller
     compares before it moves a VIP for readiness. `unheld` lists VIPs assigned
     here that the agent could not hold for longer than an address lifetime.
+    `stopping`: the agent is handing its VIPs over before it exits; the node
+    takes none meanwhile.
     `healthy_since` is when the proxy last turned healthy (unix time); the
     controller's failback hold-down reads it, so it must not move while health
     stays up. `lease` comes from the key's lease, not from the JSON.
@@ -136,6 +138,7 @@ class NodeRecord:
     ready: int = 0
     pools: int = 0
     unheld: tuple[str, ...] = ()
+    stopping: bool = False
 
     def to_json(self) -> bytes:
         return dumps(
@@ -155,6 +158,7 @@ class NodeRecord:
                 "ready": self.ready,
                 "pools": self.pools,
                 "unheld": list(self.unheld),
+                "stopping": self.stopping,
             }
         )
 
@@ -183,6 +187,7 @@ class NodeRecord:
             ready=_int(obj, "ready"),
             pools=_int(obj, "pools"),
             unheld=_strs(obj, "unheld"),
+            stopping=_bool(obj, "stopping"),
         )
 
 

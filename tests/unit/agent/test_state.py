@@ -201,25 +201,38 @@ def test_reconcile_against_the_kernel() -> None:
     assert not any(getattr(a, "vip", None) == "198.18.0.7" for a in actions)
 
 
-def test_stop_removes_addresses_then_revokes_once_the_kernel_shows_them_gone() -> None:
+def test_stop_removes_addresses_releases_the_keys_then_revokes() -> None:
     c = core()
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
-    assert c.stop() == [RemoveAddress(VIP, "stopping"), StopGarp(VIP)]
+    assert c.stop(0.05) == [RemoveAddress(VIP, "stopping"), StopGarp(VIP), PublishNode()]
     assert c.assignment_event(VIP, assign(rev=11), 11, 0.1) == []
     assert c.keepalive_ok(0.2, 2, 0.2) == []
-    # the removal failed: still there, tried again, no revoke
+    # the removal failed: still there, tried again, no release
     assert c.kernel_addresses({VIP}, 0.3) == [
         RemoveAddress(VIP, f"{VIP} is present, must be absent")
     ]
-    assert c.kernel_addresses(set(), 0.4) == [Revoke()]
-    assert c.kernel_addresses(set(), 0.5) == []
+    assert c.kernel_addresses(set(), 0.4) == [DeleteVip(VIP, 11, "stopping")]
+    # revoked only once the key is gone (the controller reassigns it as a planned move)
+    assert c.assignment_event(VIP, None, 12, 0.5) == [Revoke()]
+    assert c.kernel_addresses(set(), 0.6) == []
 
 
 def test_stop_without_addresses_revokes_at_once() -> None:
     c = core()
     ready(c)
-    assert c.stop() == [Revoke()]
+    assert c.stop(0.0) == [PublishNode(), Revoke()]
+
+
+def test_a_vip_taken_over_in_a_planned_move_gets_a_grace_period() -> None:
+    c = core()
+    ready(c)
+    manual = Assignment("n1", ASSIGNED, 7, 10, cause="manual")
+    (first, *_) = c.assignment_event(VIP, manual, 10, 0.0)
+    assert first == SetAddress(VIP, 1, True, f"{VIP} is absent, must be present", grace=True)
+    lost = Assignment("n1", ASSIGNED, 7, 11, cause="node lost")
+    (second, *_) = c.assignment_event(VIP2, lost, 11, 0.0)
+    assert isinstance(second, SetAddress) and not second.grace
 
 
 def test_failed_removal_is_acknowledged_only_once_the_lifetime_ran_out() -> None:
@@ -422,9 +435,12 @@ class Sim:
             self.run(self.c.kernel_addresses(set(self.kernel), self.now))
         elif kind == "stop":
             self.stopped = True
-            actions = self.c.stop()
+            actions = self.c.stop(self.now)
             self.run(actions)
             assert not self.agent_held and not self.kernel
+            # every key of ours released, and the revoke only after that
+            assert not any(a.owner == "n1" and a.lease == self.lease for a in self.etcd.values())
+            assert isinstance(self.log[-1], Revoke) or self.lease is None
 
 
 VIPS = st.sampled_from([VIP, VIP2])
