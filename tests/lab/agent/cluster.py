@@ -129,6 +129,7 @@ class Cluster:
     nodes: dict[str, Node]
     client: str
     controller: Proc | None = None
+    publish_delay: float = 0.0  # > 0: agents write their node record this late (slow_agent)
 
     @property
     def vip(self) -> str:
@@ -230,11 +231,16 @@ format = "console"
         )
 
     def start_agent(self, node: Node) -> None:
+        program = [str(BIN / "ha-agent")]
+        if self.publish_delay:
+            slow = ["-m", "tests.lab.agent.slow_agent", str(self.publish_delay)]
+            program = [sys.executable, *slow]
         node.agent = self.lab.spawn(
             node.netns,
-            [str(BIN / "ha-agent"), "--config", str(node.config)],
+            [*program, "--config", str(node.config)],
             label=f"agent-{node.name}",
             log=self.log(f"agent-{node.name}"),
+            cwd=REPO,
         )
 
     def start_proxy(self, node: Node) -> None:
@@ -274,7 +280,12 @@ format = "console"
 
 @contextlib.contextmanager
 def cluster(
-    root: Path, lab: Plumbing, net: str, vips: int = 1, mode: str = "active-standby"
+    root: Path,
+    lab: Plumbing,
+    net: str,
+    vips: int = 1,
+    mode: str = "active-standby",
+    publish_delay: float = 0.0,
 ) -> Iterator[Cluster]:
     """Build the namespaces, etcd and every process; tear all of it down afterwards."""
     lab.bridge(f"{net}.1/24")
@@ -285,7 +296,7 @@ def cluster(
     client = lab.add_host("c", f"{net}.50/24")
     etcd = bridge_etcd(f"{net}.1", root / "etcd")
     addresses = tuple(f"{net}.{100 + i}" for i in range(vips))
-    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns)
+    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns, None, publish_delay)
     for node in nodes.values():
         node.config.write_text(c.node_config(node.name, node.address))
     etcd.spawn()

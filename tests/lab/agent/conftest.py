@@ -16,8 +16,13 @@ from tests.lab.agent.support import plumbing, until
 
 
 @pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    with plumbing(tmp_path, "hvl") as (plumb, net), cluster(tmp_path, plumb, net) as c:
+async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lab]:
+    """Parametrized indirectly, the parameter is the agents' node-record write delay."""
+    delay = float(getattr(request, "param", 0.0))
+    with (
+        plumbing(tmp_path, "hvk") as (plumb, net),
+        cluster(tmp_path, plumb, net, publish_delay=delay) as c,
+    ):
         watcher = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
         watcher.start()
         store = Store(EtcdConfig((c.etcd.endpoint,), timeout=2.0), "lab")
