@@ -161,9 +161,6 @@ endpoints = ["{self.etcd.endpoint}"]
 [agent]
 proxy_admin_url = "http://{ADMIN}"
 health_interval = 0.05
-health_timeout = 0.5
-health_rise = 2
-health_fall = 2
 reconcile_interval = 0.5
 metrics_bind = ""
 

@@ -9,6 +9,7 @@ index, new MAC): the agent finds it by name and the VIP is served again.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
@@ -18,6 +19,8 @@ from tests.lab.agent.cluster import Lab, mac, neighbour, wait_or_show
 pytestmark = pytest.mark.lab
 OUTAGE = 10.0
 BACK_WITHIN = 5.0
+PROXY_DEATH_BUDGET = 0.5  # DESIGN: a dead or hung proxy, node alive
+FACTOR = 3  # asserted with a generous factor: a slow shared host must not fail it
 
 
 async def test_a_backend_outage_on_every_node_leaves_the_vip_in_place(lab: Lab) -> None:
@@ -68,4 +71,29 @@ async def test_a_recreated_vip_interface_is_found_again(lab: Lab) -> None:
     log = lab.c.log(f"agent-{active.name}").read_text()
     assert "VIP interface was recreated" in log, "the agent looked the interface up by name"
     print(f"GAP interface recreated: client saw {lab.client_gap(started) * 1000:.0f} ms")
+    lab.check()
+
+
+async def test_a_hung_proxy_loses_the_vip_within_its_budget(lab: Lab) -> None:
+    """SIGSTOP: the admin API accepts (the kernel's backlog) but never answers. Several
+    misses in a row, probes overlapping, so detection still fits the budget."""
+    active, standby = lab.roles()
+    assert active.proxy is not None
+    started = time.monotonic()
+    lab.c.lab.kill(active.proxy, signal.SIGSTOP)
+    try:
+        await wait_or_show(lab, lambda: lab.held_by(standby.name), 30, "the VIP on the standby")
+        lost = lab.w.lost_at(lab.vip, active.name, started)
+        assert lost is not None
+        print(f"GAP hung proxy: VIP dropped {(lost - started) * 1000:.0f} ms after SIGSTOP")
+        assert lost - started <= PROXY_DEATH_BUDGET * FACTOR
+    finally:
+        lab.c.lab.kill(active.proxy, signal.SIGCONT)
+
+    async def back() -> bool:
+        record = await lab.node(active.name)
+        return record is not None and record.healthy
+
+    await wait_or_show(lab, back, 30, "the thawed proxy live again")
+    assert lab.held_by(standby.name)
     lab.check()
