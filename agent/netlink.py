@@ -110,6 +110,18 @@ class Addresses:
         finally:
             self._ipr.close()
 
+    def grace(self, vip: str, seconds: float) -> None:
+        """For `seconds`, drop mid-stream TCP segments to `vip` that no local socket owns.
+
+        For a VIP this node has just taken in a planned move: the old node's
+        1001 close reaches its clients before this node could answer them with
+        a RST. SYNs pass, so their reconnects land here at once.
+        """
+        try:
+            self.fence.grace(vip, seconds)
+        except FenceError as exc:
+            raise NetlinkFailure(f"grace period for {vip}: {exc}") from None
+
     def until(self, vip: str) -> float:
         """The monotonic time after which this node must not answer for `vip` (-inf: now)."""
         return self.fence.until(vip)

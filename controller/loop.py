@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -28,6 +29,7 @@ from controller.actions import Action, WriteSettings
 from controller.decide import Policy, decide
 from controller.election import Election
 from controller.execute import Executor
+from controller.expiry import revoke_when_expired
 from controller.memory import Memory
 from controller.metrics import ControllerMetrics
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
@@ -87,6 +89,7 @@ class Controller:
         self._last_reason: str | None = None
         self._last_problems: tuple[str, ...] = ()
         self._etcd_down = False
+        self._expiries: dict[int, asyncio.Task[bool]] = {}  # owner lease -> its early revoke
         self.metrics.bind(self)
 
     def stop(self) -> None:
@@ -95,6 +98,9 @@ class Controller:
 
     def _leadership_changed(self, leading: bool) -> None:
         self.leading = leading
+        if not leading:  # only the leader revokes anything
+            for task in self._expiries.values():
+                task.cancel()
         self.metrics.transitions.inc()
         self.wake.set()
 
@@ -112,9 +118,9 @@ class Controller:
                 keepalive.result()  # raises its failure: the process exits
             await cycles
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._expiries.values()]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._expiries.values(), return_exceptions=True)
             await self.election.resign()
             log.info("controller stopped", controller=self.identity)
 
@@ -171,11 +177,16 @@ class Controller:
             view = await self.store.read_view()
             if not self.election.leading(view):
                 return
+        self._watch_owner_leases(view)
         wanted = desired_settings(self.cluster, view.settings)
         if not wanted.same_content(view.settings):
-            mod = view.settings.mod_revision if view.settings else 0
+            # An unreadable `config` (a newer version's mode, a hand edit) is replaced by
+            # comparing on its own revision; until that lands, decide with this file's policy.
+            mod = view.settings.mod_revision if view.settings else view.config_mod_revision
             await self._execute(view, [WriteSettings(wanted, mod)], "apply the configured policy")
-            return
+            if view.settings is not None or not view.config_mod_revision:
+                return
+            view = replace(view, settings=wanted)
         decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)
@@ -194,7 +205,32 @@ class Controller:
             conflict=outcome.conflict,
         )
         self.metrics.vip_transitions.inc(outcome.assignments)
-        self.wake.set()  # look again at once: the next step may already be possible
+        if outcome.conflict is None:
+            self.wake.set()  # look again at once: the next step may already be possible
+        # After a lost race, whatever won it is a change the watch wakes us for; a compare
+        # that fails with nothing changing would otherwise spin: it waits for the tick instead.
+
+    def _watch_owner_leases(self, view: ClusterView) -> None:
+        """While leading: revoke each VIP owner's lease as soon as it has provably run out
+        (`controller.expiry`), so a dead node's VIPs move without waiting for etcd's sweep."""
+        owners = {a.lease for a in view.vips.values() if a.lease}
+        for lease in set(self._expiries) - owners:
+            self._expiries.pop(lease).cancel()
+        for lease in owners - set(self._expiries):
+            task = asyncio.create_task(revoke_when_expired(self.store, lease), name="expiry")
+            self._expiries[lease] = task
+            task.add_done_callback(functools.partial(self._lease_revoked, lease))
+
+    def _lease_revoked(self, lease: int, task: asyncio.Task[bool]) -> None:
+        if self._expiries.get(lease) is task:
+            del self._expiries[lease]
+        if task.cancelled():
+            return
+        if task.exception() is not None:  # the next cycle starts a fresh one
+            log.error("owner lease watch failed", lease=f"{lease:x}", error=repr(task.exception()))
+        elif task.result():
+            log.info("owner lease revoked: it had run out", lease=f"{lease:x}")
+            self.wake.set()
 
     def _observe(self, view: ClusterView) -> None:
         """Remember since when each configured VIP may be unheld (for the reported gap).

@@ -573,6 +573,7 @@ class ClusterView:
     epoch: int = 0
     epoch_mod_revision: int = 0
     problems: tuple[str, ...] = ()
+    config_mod_revision: int = 0  # of the `config` key, readable or not (0: absent)
 
     def owner(self, vip: str) -> str | None:
         assignment = self.vips.get(vip)
@@ -608,7 +609,7 @@ class ClusterView:
         problems: list[str] = []
         leader: ControllerLeader | None = None
         settings: ClusterSettings | None = None
-        epoch = epoch_rev = 0
+        epoch = epoch_rev = config_rev = 0
         for kv in kvs:
             rel = schema.relative(kv.key)
             if rel is None:
@@ -636,6 +637,7 @@ class ClusterView:
                 parsed = leader = ControllerLeader.parse(kv.value, kv.lease, kv.create_revision)
             elif rel == "config":
                 parsed = settings = ClusterSettings.parse(kv.value, kv.mod_revision)
+                config_rev = kv.mod_revision
             elif rel == "epoch":
                 parsed = epoch = parse_epoch(kv.value)
                 epoch_rev = kv.mod_revision
@@ -656,4 +658,5 @@ class ClusterView:
             epoch=epoch,
             epoch_mod_revision=epoch_rev,
             problems=tuple(problems),
+            config_mod_revision=config_rev,
         )

@@ -4,7 +4,9 @@ An address still configured on a fenced node answers nothing, so "on two
 nodes" is judged here, on the wire: a thread inside the client namespace asks
 who-has for every VIP every `period` seconds and records every ARP frame that
 claims a VIP (replies to it, gratuitous ARP from anyone) with the sender's MAC
-and the monotonic time (CLOCK_MONOTONIC is shared by every namespace).
+and the monotonic time (CLOCK_MONOTONIC is shared by every namespace). Times
+are the kernel's receive timestamps, so a busy machine delaying this thread
+does not make a claim look later than it was.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from haproxy_py.lab.netns import thread_in_netns
 
 ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("=qq")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,17 @@ def claim_of(frame: bytes, at: float, vips: frozenset[str]) -> Claim | None:
         return None
     op = struct.unpack("!H", frame[20:22])[0]
     return Claim(at, sender_ip, frame[22:28].hex(":"), op)
+
+
+def _receive(sock: socket.socket) -> tuple[bytes, float]:
+    """One frame and when the kernel received it, on the monotonic clock."""
+    frame, ancillary, _, _ = sock.recvmsg(2048, socket.CMSG_SPACE(_TIMESPEC.size))
+    now_mono, now_real = time.monotonic(), time.time()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return frame, now_mono - (now_real - (sec + nsec / 1e9))
+    return frame, now_mono
 
 
 class ArpWatch:
@@ -99,6 +114,7 @@ class ArpWatch:
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
             sock.bind((self.dev, ETH_P_ARP))
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         except OSError as exc:
             self._error = exc
             self._ready.set()
@@ -117,13 +133,13 @@ class ArpWatch:
                         self.probes += 1
                         next_probe = now + self.period
                     readable, _, _ = select.select([sock], [], [], max(0.0, next_probe - now))
-                    frame = sock.recv(2048) if readable else b""
+                    frame, at = _receive(sock) if readable else (b"", 0.0)
                 except OSError:  # the link went down under us (a test moving things): go on
                     self.errors += 1
                     self._stop.wait(self.period)
                     continue
                 if frame:
-                    claim = claim_of(frame, time.monotonic(), self.vips)
+                    claim = claim_of(frame, at, self.vips)
                     if claim is not None:
                         self.claims.append(claim)
 

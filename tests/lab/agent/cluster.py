@@ -240,6 +240,24 @@ format = "console"
             cwd=REPO,
         )
 
+    def start_prober(self, seconds: float) -> Proc:
+        """The client's HTTP prober of the VIP (`tests.lab.agent.prober`), into prober.out."""
+        return self.lab.spawn(
+            self.client,
+            [
+                sys.executable,
+                "-m",
+                "tests.lab.agent.prober",
+                self.vip,
+                "8080",
+                str(seconds),
+                str(self.root / "prober.out"),
+            ],
+            label="prober",
+            log=self.log("prober"),
+            cwd=REPO,
+        )
+
     def start_proxy(self, node: Node) -> None:
         node.proxy = self.lab.spawn(
             node.netns,

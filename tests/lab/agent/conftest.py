@@ -3,7 +3,6 @@ the VIP, a watcher that fails the test on any VIP double, and the first VIP hold
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store
-from tests.lab.agent.cluster import REPO, Lab, Watcher, cluster
+from tests.lab.agent.cluster import Lab, Watcher, cluster
 from tests.lab.agent.support import plumbing, until
 
 
@@ -36,21 +35,7 @@ async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[L
                 await until(lambda: lab.healthy(lab.standby.name), 60, "the standby healthy")  # type: ignore[union-attr]
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{c.logs()}") from None
-            prober = c.lab.spawn(
-                c.client,
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.lab.agent.prober",
-                    c.vip,
-                    "8080",
-                    "300",
-                    str(c.root / "prober.out"),
-                ],
-                label="prober",
-                log=c.log("prober"),
-                cwd=REPO,
-            )
+            prober = c.start_prober(300)
             await until(lambda: lab.served_by(first, 0), 60, "the client answered through the VIP")
             yield lab
             c.lab.kill(prober)

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from agent.fence import Fence
-from agent.garp import ETH_P_ARP, arp_frame
+from agent.garp import ETH_P_ARP, Announcer, arp_frame
 from agent.netlink import Addresses, NetlinkFailure
+from haproxy_py.cluster.agent_config import GarpSettings
 from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import Host, in_netns, ip
 from tests.lab.agent.support import addresses, plumbing
@@ -247,13 +248,17 @@ def test_grace_drops_mid_stream_segments_without_a_reset_but_lets_syns_through(l
         other.close(remove=True)
 
 
+def _nft(netns: str, *args: str) -> str:
+    command = ["ip", "netns", "exec", netns, "nft", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _set(netns: str, name: str) -> str:
+    return _nft(netns, "list", "set", "ip", "ha_agent", name)
+
+
 def _tables(netns: str) -> str:
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", "list", "tables"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    return _nft(netns, "list", "tables")
 
 
 def test_a_restarted_agent_keeps_the_elements_and_a_clean_close_removes_the_tables(
@@ -285,6 +290,8 @@ def test_addresses_fence_first_and_refuse_an_add_after_its_deadline(lab: Lab) ->
             await nl.arm(extra, 32, 1, until=until)
             assert extra in addresses(lab.node.netns)
             assert nl.until(extra) == until
+            nl.grace(extra, 1.0)
+            assert extra in _set(lab.node.netns, "grace")
             assert await nl.remove(extra, 32)
             assert nl.until(extra) < time.monotonic()
             assert extra not in addresses(lab.node.netns)
@@ -293,3 +300,62 @@ def test_addresses_fence_first_and_refuse_an_add_after_its_deadline(lab: Lab) ->
 
     in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
     assert "ha_agent" not in _tables(lab.node.netns), "a clean close leaves no table"
+
+
+def test_attach_binds_the_garp_chain_to_a_recreated_interface(lab: Lab) -> None:
+    """The egress chain belongs to one device; Debian 12's kernel deletes it with the device
+    (newer ones re-bind by name): `attach` makes it hold either way."""
+    netns = lab.node.netns
+
+    def make() -> None:
+        ip("link", "add", "fx0", "type", "veth", "peer", "name", "fx0p", netns=netns)
+        for dev in ("fx0", "fx0p"):
+            ip("link", "set", dev, "up", netns=netns)
+
+    def garp_refused() -> bool:
+        sock = in_netns(
+            netns, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        )
+        with sock:
+            sock.bind(("fx0", ETH_P_ARP))
+            try:
+                sock.send(arp_frame(b"\x02" * 6, lab.vip, reply=False))
+            except OSError as exc:
+                assert exc.errno == errno.ENOBUFS, exc
+                return True
+        return False
+
+    make()
+    lab.fence.attach("fx0")
+    lab.fence.arm(lab.vip, time.monotonic() + 0.05)
+    time.sleep(0.1)
+    assert garp_refused()
+    ip("link", "del", "fx0", netns=netns)
+    make()
+    lab.fence.attach("fx0")
+    assert garp_refused()
+    lab.fence.arm(lab.vip, time.monotonic() + 5)
+    assert not garp_refused(), "an armed VIP's announcements must pass"
+
+
+def test_the_announcer_sends_no_frame_after_the_vips_deadline(lab: Lab) -> None:
+    """The check in user space, before each frame (a VIP the fence never saw, so the kernel's
+    egress chain does not interfere): a burst while the deadline lies ahead, nothing after."""
+    vip = lab.vip.rsplit(".", 1)[0] + ".102"
+    node_mac = bytes.fromhex(_mac(lab.node.netns).replace(":", ""))
+    deadline = {vip: time.monotonic() + 0.5}
+    sent: list[float] = []
+    settings = GarpSettings(count=3, spacing=0.1, second_burst=0.4, refresh=0.5)
+
+    async def scenario() -> None:
+        announcer = Announcer("eth0", node_mac, settings, deadline.__getitem__)
+        announcer.on_sent = lambda _: sent.append(time.monotonic())
+        try:
+            announcer.start(vip)
+            await asyncio.sleep(1.5)
+        finally:
+            announcer.close()
+
+    in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
+    assert len(sent) >= 3, "the first burst was not sent"
+    assert max(sent) < deadline[vip], f"a frame {max(sent) - deadline[vip]:.3f} s after"
