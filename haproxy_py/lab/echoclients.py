@@ -2,14 +2,17 @@
 
 `idle` clients only wait; `periodic` ones send a frame every 100 ms; `continuous`
 ones send, wait for the echo, and send again at once, so a packet of theirs is
-in flight at any instant of a move. Every client reconnects at once when its
-connection ends and writes one JSON line per event: `connected` (with the node
-named by the handshake's `Via`), `echo` (the first echo of a connection, for the
-reconnect latency), `closed` (with the close code the server sent) or `error`
-(the connection ended without a close frame: a reset, an abnormal closure).
-A planned move must give every client `closed` 1001 and no `error`.
+in flight at any instant of a move; `keepalive` ones are HTTP/1.1 clients that
+send a GET on one persistent connection every 100 ms. Every client reconnects at
+once when its connection ends and writes one JSON line per event: `connected`
+(with the node named by the `Via` header), `echo` (the first answer of a
+connection, for the reconnect latency), `closed` (with the close code the
+server sent; `FIN` for an HTTP connection the server closed cleanly) or `error`
+(the connection ended without a close frame or FIN: a reset, an abnormal
+closure). A planned move must give every client `closed` 1001 (or `FIN`) and
+no `error`.
 
-    python -m haproxy_py.lab.echoclients URL SECONDS OUT IDLE PERIODIC CONTINUOUS
+    python -m haproxy_py.lab.echoclients URL SECONDS OUT IDLE PERIODIC CONTINUOUS [KEEPALIVE]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import sys
 import time
 from typing import IO
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -107,13 +111,59 @@ async def client(
             record(index, kind, "error", code=code, error=error or "no close frame", via=via)
 
 
+async def keepalive_client(
+    host: str, port: int, index: int, deadline: float, record: Recorder
+) -> None:
+    kind = "keepalive"
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+        except (OSError, TimeoutError) as exc:
+            record(index, kind, "connect_failed", error=type(exc).__name__)
+            await asyncio.sleep(RETRY)
+            continue
+        via = "?"
+        answers = 0
+        try:
+            while time.monotonic() < deadline:
+                writer.write(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n")
+                await writer.drain()
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                fields = dict(line.split(":", 1) for line in head.split("\r\n")[1:] if ":" in line)
+                await reader.readexactly(int(fields.get("content-length", "0")))
+                via = fields.get("via", "?").split()[-1] if "via" in fields else "?"
+                answers += 1
+                if answers == 1:
+                    record(index, kind, "connected", via=via)
+                    record(index, kind, "echo", via=via)
+                if "close" in fields.get("connection", ""):
+                    raise asyncio.IncompleteReadError(b"", None)  # the server closes next
+                await asyncio.sleep(PERIOD)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                record(index, kind, "error", error="truncated response", via=via)
+            else:
+                record(index, kind, "closed", code="FIN", via=via)
+        except (OSError, asyncio.LimitOverrunError, ValueError) as exc:
+            record(index, kind, "error", error=type(exc).__name__, via=via)
+        finally:
+            writer.close()
+
+
 async def main(url: str, seconds: float, record: Recorder, kinds: list[str]) -> None:
     deadline = time.monotonic() + seconds
     limits = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    where = urlsplit(url)
+    assert where.hostname is not None and where.port is not None
     async with aiohttp.ClientSession(timeout=limits, connector=connector) as session:
         await asyncio.gather(
-            *(client(session, url, i, kind, deadline, record) for i, kind in enumerate(kinds))
+            *(
+                keepalive_client(where.hostname, where.port, i, deadline, record)
+                if kind == "keepalive"
+                else client(session, url, i, kind, deadline, record)
+                for i, kind in enumerate(kinds)
+            )
         )
 
 
@@ -127,7 +177,8 @@ def read(path: str) -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    url, seconds, out, idle, periodic, continuous = sys.argv[1:]
-    kinds = ["idle"] * int(idle) + ["periodic"] * int(periodic) + ["continuous"] * int(continuous)
+    url, seconds, out, *counts = sys.argv[1:]
+    classes = ("idle", "periodic", "continuous", "keepalive")
+    kinds = [kind for kind, count in zip(classes, counts, strict=False) for _ in range(int(count))]
     with open(out, "w") as sink:
         asyncio.run(main(url, float(seconds), Recorder(sink), kinds))
