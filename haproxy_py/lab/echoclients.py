@@ -21,7 +21,7 @@ import asyncio
 import json
 import sys
 import time
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -167,7 +167,7 @@ async def main(url: str, seconds: float, record: Recorder, kinds: list[str]) -> 
         )
 
 
-def read(path: str) -> list[dict[str, object]]:
+def read(path: str) -> list[dict[str, Any]]:
     """The events written so far."""
     try:
         with open(path) as lines:
