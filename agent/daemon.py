@@ -143,9 +143,8 @@ class Agent:
     def regrant(self) -> None:
         if self._registrar is None or self._registrar.done():
             self._registrar = asyncio.create_task(
-                supervised("regrant", self.observers.regrant), name="regrant"
+                supervised("regrant", self.observers.regrant, once=True), name="regrant"
             )
-            self._registrar.add_done_callback(lambda _: None)
 
     def confirm_removals(self) -> None:
         self._post(self.observers.kernel_step)

@@ -26,15 +26,20 @@ class TaskEnded(Exception):
 
 
 async def supervised(
-    name: str, run: Callable[[], Awaitable[None]], *, restart: bool = True
+    name: str, run: Callable[[], Awaitable[None]], *, restart: bool = True, once: bool = False
 ) -> None:
-    """Run `run()` for ever; restart it after a failure (`restart`), or raise the failure."""
+    """Run `run()` for ever; restart it after a failure (`restart`), or raise the failure.
+
+    `once`: a task with an end (a re-registration): returning is success, not a failure.
+    """
     backoff = BACKOFF
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
         try:
             await run()
+            if once:
+                return
             failure: BaseException = TaskEnded(f"task {name} returned")
         except asyncio.CancelledError:
             raise

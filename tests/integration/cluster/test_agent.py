@@ -228,3 +228,20 @@ async def test_etcd_down_at_start_is_waited_for(tmp_path: Path) -> None:
                 await until(lambda: _live(n), 30, "registered once etcd is back")
         finally:
             await admin.stop()
+
+
+async def test_a_lost_lease_is_replaced_once(node: Node) -> None:
+    before = await node.record()
+    assert before is not None
+    await node.store.revoke(before.lease)
+
+    async def registered_again() -> NodeRecord | None:
+        record = await node.record()
+        return record if record is not None and record.lease != before.lease else None
+
+    await until(registered_again, 10, "registered under a new lease")
+    again = await registered_again()
+    assert again is not None
+    await asyncio.sleep(1.5)  # a registrar that did not stop would grant lease after lease
+    record = await node.record()
+    assert record is not None and record.lease == again.lease

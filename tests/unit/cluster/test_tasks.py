@@ -45,3 +45,17 @@ async def test_a_task_that_returns_counts_as_failed() -> None:
 
     with pytest.raises(TaskEnded):
         await supervised("quits", quits, restart=False)
+
+
+async def test_a_task_with_an_end_returns_when_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks, "BACKOFF", 0.001)
+    runs = 0
+
+    async def twice() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise OSError("first attempt")
+
+    await asyncio.wait_for(supervised("regrant", twice, once=True), 5)
+    assert runs == 2
