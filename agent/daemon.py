@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
-from aiohttp import web
 
 from agent.effects import AddressTable, Announcer, Effects, EtcdState, Reopen, Write, Writer
 from agent.handover import Handover
@@ -40,22 +37,11 @@ from agent.state import Action, AgentCore, Hysteresis
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.store import Store, StoreError
-from haproxy_py.cluster.tasks import supervised
-from haproxy_py.metrics import serve
+from haproxy_py.cluster.tasks import settle, supervised
 
 log = structlog.get_logger(__name__)
 
 STOP_STEP_LIMIT = 5.0  # removing the addresses and revoking the lease at stop, at most
-SETTLE_LIMIT = 1.0  # for cancelled tasks to finish
-
-
-async def _settle(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    """Wait a bounded time for cancelled tasks; name any that do not finish."""
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=SETTLE_LIMIT)
-    for task in pending:
-        log.warning("task did not stop when cancelled", task=task.get_name())
 
 
 @dataclass(frozen=True)
@@ -130,7 +116,6 @@ class Agent:
         self._queue: asyncio.Queue[Step] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._registrar: asyncio.Task[None] | None = None
-        self.metrics_port: int | None = None
 
     # --- hooks the effects call ----------------------------------------------------------
 
@@ -168,7 +153,7 @@ class Agent:
         await asyncio.wait([started, stopped], return_when=asyncio.FIRST_COMPLETED)
         if not started.done():
             started.cancel()
-            await _settle([started, stopped])
+            await settle([started, stopped])
             return
         stopped.cancel()
         revision = started.result()
@@ -189,7 +174,8 @@ class Agent:
             )
         ]
         ticker = asyncio.create_task(supervised("tick", o.tick_loop), name="tick")
-        runner = await self._serve_metrics()
+        cfg = self.settings.agent
+        runner = await self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         tasks = [*core_tasks, *observers, ticker]
         try:
@@ -206,7 +192,7 @@ class Agent:
             drains = self.handover.cancel()
             for task in tasks:
                 task.cancel()
-            await _settle([*tasks, *drains])
+            await settle([*tasks, *drains])
             if self._registrar is not None:
                 self._registrar.cancel()
             if runner is not None:
@@ -254,23 +240,6 @@ class Agent:
             await self.store.revoke(lease)
         except StoreError as exc:
             log.warning("lease revoke failed; it expires by itself", error=str(exc))
-
-    async def _serve_metrics(self) -> web.AppRunner | None:
-        cfg = self.settings.agent
-        if cfg.metrics_host is None:
-            return None
-        try:
-            runner, port = await serve(self.metrics.registry, cfg.metrics_host, cfg.metrics_port)
-        except OSError as exc:
-            log.error(
-                "metrics endpoint not started",
-                bind=f"{cfg.metrics_host}:{cfg.metrics_port}",
-                error=exc.strerror,
-            )
-            return None
-        self.metrics_port = port
-        log.info("metrics listening", url=f"http://{cfg.metrics_host}:{port}/metrics")
-        return runner
 
     # --- the actor and the writer ---------------------------------------------------------
 

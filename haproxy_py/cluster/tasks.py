@@ -10,7 +10,8 @@ re-raises so that the daemon exits and systemd restarts it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 
@@ -18,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 BACKOFF = 0.1  # first wait before a restart; doubles up to BACKOFF_LIMIT
 BACKOFF_LIMIT = 5.0
+SETTLE_LIMIT = 1.0  # for cancelled tasks to finish
 STEADY = 30.0  # a task that ran this long before failing starts again with the first backoff
 
 
@@ -53,3 +55,12 @@ async def supervised(
         log.error("task failed; restarting it", task=name, retry_in=backoff, exc_info=failure)
         await asyncio.sleep(backoff)
         backoff = min(2 * backoff, BACKOFF_LIMIT)
+
+
+async def settle(tasks: Sequence[asyncio.Task[Any]], limit: float = SETTLE_LIMIT) -> None:
+    """Wait a bounded time for cancelled tasks; name any that do not finish."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=limit)
+    for task in pending:
+        log.warning("task did not stop when cancelled", task=task.get_name())

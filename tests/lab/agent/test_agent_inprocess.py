@@ -218,7 +218,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
     assert h.has(h.vip)
 
     async with aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{h.agent.metrics_port}/metrics"
+        url = f"http://127.0.0.1:{h.agent.metrics.port}/metrics"
         async with session.get(url) as response:
             text = await response.text()
     assert "haproxy_py_agent_vips_held 1" in text
