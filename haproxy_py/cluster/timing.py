@@ -15,7 +15,8 @@ One keepalive, on the agent's monotonic clock, `s` = when it was sent:
 Safety: F <= s + lease_ttl - fence_margin for every re-arm. The agent's core
 checks it for each arm (`latest_rearm`), and every address add and GARP frame
 re-checks F against the clock right before its syscall, so a re-arm delayed by
-a freeze never runs late. It can re-arm at all only if
+a freeze never runs late. A keepalive answered within its timeout can re-arm
+only if
 
     keepalive_timeout + address_lifetime + kernel_slack + fence_margin <= lease_ttl
 
@@ -28,7 +29,9 @@ etcd: a lease TTL under etcd's minimum (1.5 election timeouts, rounded up to a
 second) is silently raised; the failover would then be slower than configured.
 
 So after an owner's lease has expired the controller may assign its VIPs at
-once (`reassign_delay` is 0): the fence fell `fence_margin` before. Without
+once (`reassign_delay` is 0): the fence fell `fence_margin` before. It may
+even revoke a lease that has provably run out rather than wait for etcd's
+500 ms expiry sweep (`controller.expiry`): etcd renews no expired lease. Without
 the fence, the address alone (kernel check once a second, rescheduled by any
 address change on the host) would need the controller to wait `unfenced_delay`.
 """
@@ -36,7 +39,7 @@ address change on the host) would need the controller to wait `unfenced_delay`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # nftables keeps element timeouts in jiffies rounded up (10 ms at HZ=100, the coarsest):
 # the fence shortens every element by this much, so it is down by its deadline.
@@ -66,7 +69,7 @@ class Timing:
     address_lifetime: float
     fence_margin: float
     kernel_slack: float = FENCE_SLACK
-    keepalive_timeout: float = field(default=0.0)
+    keepalive_timeout: float = 0.0
     etcd_election_timeout: float = ETCD_ELECTION_TIMEOUT
     etcd_heartbeat_interval: float = ETCD_HEARTBEAT_INTERVAL
 
