@@ -295,8 +295,7 @@ class AgentCore:
 
     def address_set(self, vip: str) -> None:
         """The kernel took the address: whatever failed before is over."""
-        if self._failing.pop(vip, None) is not None:
-            self.given_up.pop(vip, None)
+        self._failing.pop(vip, None)
 
     def tick(self, now: float) -> list[Action]:
         """Self-fencing: remove what the kernel is due to drop because no keepalive re-armed it."""
@@ -386,6 +385,12 @@ class AgentCore:
     def _converge(self, now: float) -> list[Action]:
         actions: list[Action] = []
         changed = False
+        # a given-up VIP is listed as unheld only while that assignment lasts
+        self.given_up = {
+            vip: rev
+            for vip, rev in self.given_up.items()
+            if (a := self._mine(vip)) is not None and a.revision == rev
+        }
         for vip in sorted(set(self.held) | set(self.assignments)):
             wanted = self._wanted(vip)
             mine = self._mine(vip)
