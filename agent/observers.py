@@ -7,8 +7,9 @@ the core sees one event at a time, in order.
 Liveness probing does not flap and still meets the 500 ms budget for a dead or
 hung proxy: a probe starts every `health_interval` whether or not the previous
 one answered; a refused connection counts at once (the process is gone), a
-timeout only after `health_fall` consecutive misses; a late answer older than
-one already counted is ignored.
+timeout only after `health_fall` consecutive misses; a proxy that says it
+drains counts at once too; a late answer older than one already counted is
+ignored.
 """
 
 from __future__ import annotations
@@ -209,7 +210,9 @@ class Observers:
             self._applied_seq = seq
             was = self.core.health.healthy
             now = time.monotonic()
-            actions = self.core.health_sample(status.live, now, fast=status.refused)
+            # refused (the process is gone) or draining (it says so): no need to confirm
+            fast = status.refused or bool(status.draining)
+            actions = self.core.health_sample(status.live, now, fast=fast)
             healthy = self.core.health.healthy
             self.metrics.proxy_healthy.set(1 if healthy else 0)
             if healthy != was:
