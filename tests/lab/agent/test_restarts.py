@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from haproxy_py.cluster.records import NodeRecord
+from haproxy_py.cluster.records import NodeRecord, Request
+from haproxy_py.cluster.store import new_request_id
 from tests.lab.agent.cluster import Lab, Node, wait_or_show
 
 pytestmark = pytest.mark.lab
@@ -98,4 +99,28 @@ async def test_a_restarted_controller_changes_nothing_and_leads_again(lab: Lab, 
     await wait_or_show(lab, in_service(lab, standby, 0), 30, "the standby in service")
     assert lab.held_by(active.name) and not lab.w.gaps(lab.vip, started)
     assert lab.client_gap(started) == 0
+    lab.check()
+
+
+async def test_an_operators_drain_survives_a_restart_until_undrained(lab: Lab) -> None:
+    active, standby = lab.roles()
+
+    async def ask(kind: str) -> None:
+        request = Request(id=new_request_id(time.time()), kind=kind, node=active.name)  # type: ignore[arg-type]
+        await lab.store.submit(request)
+        answered = await lab.store.wait_result(request.id, 30)
+        assert answered.result is not None and answered.result.status == "done"
+
+    await ask("drain")
+    await wait_or_show(lab, lambda: lab.held_by(standby.name), 30, "the VIP off the drained node")
+    for daemon in ("agent", "proxy"):
+        started = time.monotonic()
+        await restart(lab, active, daemon, signal.SIGTERM)
+        await wait_or_show(lab, in_service(lab, active, started), 30, f"{daemon} back")
+        view = await lab.store.read_view()
+        assert view.settings is not None and active.name in view.settings.drained
+    assert lab.held_by(standby.name), "a drained node gets no VIP, restarted or not"
+    await ask("undrain")
+    view = await lab.store.read_view()
+    assert view.settings is not None and active.name not in view.settings.drained
     lab.check()
