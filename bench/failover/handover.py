@@ -76,11 +76,13 @@ def render(doc: dict[str, Any]) -> str:
     for cause, classes in doc["results"].items():
         for kind, row in classes.items():
             r = row["reconnect_ms"]
-            lines.append(
-                f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | "
-                f"{r.get('p50')} / {r.get('p95')} / {r.get('max')} |"
-            )
+            times = " / ".join(_ms(r.get(key)) for key in ("p50", "p95", "max"))
+            lines.append(f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} |")
     return "\n".join(lines) + "\n"
+
+
+def _ms(value: object) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "-"
 
 
 def _all_back(out: Path, node: str, after: float) -> bool:
