@@ -359,3 +359,30 @@ def test_the_announcer_sends_no_frame_after_the_vips_deadline(lab: Lab) -> None:
     in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
     assert len(sent) >= 3, "the first burst was not sent"
     assert max(sent) < deadline[vip], f"a frame {max(sent) - deadline[vip]:.3f} s after"
+
+
+def test_the_arp_watcher_catches_two_nodes_answering(lab: Lab) -> None:
+    """The watcher the cluster tests rely on can fail: the VIP on two unfenced nodes is caught,
+    the fenced one of them is not counted."""
+    ip("addr", "add", f"{lab.vip}/32", "dev", "eth0", netns=lab.other.netns)
+    client = str(lab.client.address.ip)
+    lab.fence.arm(lab.vip, time.monotonic() + 60)
+    with ArpWatch(lab.client.netns, [lab.vip], client) as watch:
+        time.sleep(0.3)
+    assert watch.doubles(), "both nodes answered, and the watcher saw nothing"
+    assert {c.mac for c in watch.of(lab.vip)} == {_mac(lab.node.netns), _mac(lab.other.netns)}
+    lab.fence.drop(lab.vip)
+    with ArpWatch(lab.client.netns, [lab.vip], client) as watch:
+        time.sleep(0.3)
+    assert watch.probes > 50 and not watch.doubles()
+    assert {c.mac for c in watch.of(lab.vip)} == {_mac(lab.other.netns)}
+
+
+def test_a_table_of_another_shape_is_replaced(lab: Lab) -> None:
+    """A table left by a version whose sets differ: installing afresh beats refusing to start."""
+    lab.fence.close(remove=True)
+    _nft(lab.node.netns, "add", "table", "ip", "ha_agent")
+    _nft(lab.node.netns, "add", "set", "ip", "ha_agent", "alive", "{ type ipv4_addr; }")
+    lab.fence = in_netns(lab.node.netns, lambda: Fence.open("eth0"))
+    lab.fence.arm(lab.vip, time.monotonic() + 5)
+    assert "timeout" in _set(lab.node.netns, "alive") and lab.vip in _set(lab.node.netns, "alive")
