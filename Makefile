@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client nginx-light haproxy \
-                keepalived chromium \
+                keepalived chromium libnftables1 nftables \
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant \
                 prometheus
 STAMP := $(VENV)/.installed
@@ -70,6 +70,7 @@ bench-failover: deps
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	       -o DPkg::Lock::Timeout=600 keepalived curl; }
 	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
+	$(PY) -m bench.failover.handover
 
 clean:
 	rm -rf $(VENV) build *.egg-info

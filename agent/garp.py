@@ -4,14 +4,21 @@ Switches and clients miss single announcements, and some only learn from the
 request form, others only from the reply form. So a VIP that arrives here is
 announced at once with a burst, again with a second burst a few seconds later,
 then slowly while it stays, alternating request and reply frames throughout.
+
+Every frame is sent only while the VIP's fence deadline (`until`) lies ahead,
+checked against the monotonic clock right before the send: an agent resumed
+after a freeze (a VM pause, SIGSTOP) never announces a VIP that has moved on.
+The fence's egress chain drops such a frame in the kernel as well.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 
 import structlog
@@ -80,11 +87,13 @@ class Announcer:
         interface: str,
         mac: bytes,
         settings: GarpSettings,
+        until: Callable[[str], float] = lambda vip: math.inf,
         on_sent: Callable[[str], None] = lambda vip: None,
     ) -> None:
         self.interface = interface
         self.mac = mac
         self.settings = settings
+        self.until = until  # the VIP's fence deadline (monotonic): no frame after it
         self.on_sent = on_sent
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
         self._sock.setblocking(False)
@@ -111,6 +120,12 @@ class Announcer:
         for wait, reply in schedule(self.settings):
             if wait > 0:
                 await asyncio.sleep(wait)
+            late = time.monotonic() - self.until(vip)
+            if late >= 0:  # not after: checked right before the send, nothing awaited between
+                log.info(
+                    "gratuitous ARP stopped: fence deadline passed", vip=vip, late_s=round(late, 3)
+                )
+                return
             try:
                 self._sock.send(arp_frame(self.mac, vip, reply))
             except OSError as exc:

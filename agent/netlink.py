@@ -1,10 +1,13 @@
 """VIP addresses on the node's interface, over netlink (pyroute2), never by running `ip`.
 
-Every VIP is set with a finite `valid_lft`/`preferred_lft` (IFA_CACHEINFO):
-the kernel itself deletes it when the agent stops re-arming it, which is what
-makes a killed or frozen agent lose the VIP before its lease can expire.
-Re-arming is an RTM_NEWADDR with NLM_F_REPLACE, which also re-schedules the
-kernel's expiry check. Works in whatever network namespace the process runs.
+Every VIP is fenced first (`agent.fence`: nftables drops its traffic and ARP
+at a deadline the kernel enforces to the millisecond) and then set with a
+finite `valid_lft`/`preferred_lft` (IFA_CACHEINFO), the second line: the
+kernel deletes the address itself, within about a second of its lifetime,
+when the agent stops re-arming it. Re-arming is an RTM_NEWADDR with
+NLM_F_REPLACE, which re-creates an address the kernel already dropped: so
+every arm checks its "not after" deadline against the monotonic clock right
+before the syscall. Works in whatever network namespace the process runs.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import math
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.fence import Fence, FenceError
 
 INFINITY = 0xFFFFFFFF  # the kernel's "forever" lifetime
 LIMIT = 1.0  # seconds for the kernel to answer one request (it takes well under 1 ms)
@@ -61,11 +68,15 @@ async def _bounded(what: str) -> AsyncIterator[None]:
 class Addresses:
     """The IPv4 VIPs on one interface of the current network namespace."""
 
-    def __init__(self, ipr: AsyncIPRoute, interface: str, index: int, mac: bytes) -> None:
+    def __init__(
+        self, ipr: AsyncIPRoute, interface: str, index: int, mac: bytes, fence: Fence
+    ) -> None:
         self._ipr = ipr
         self.interface = interface
         self.index = index
         self.mac = mac
+        self.fence = fence
+        self._armed: set[str] = set()  # set here and not yet seen gone: the fence must stay
 
     @classmethod
     async def open(cls, interface: str) -> Addresses:
@@ -78,7 +89,13 @@ class Addresses:
         for link in links:
             if link.get("ifname") == interface:
                 mac = link.get("address") or "00:00:00:00:00:00"
-                return cls(ipr, interface, int(link["index"]), bytes.fromhex(mac.replace(":", "")))
+                try:
+                    fence = Fence.open(interface)
+                except FenceError as exc:
+                    ipr.close()
+                    raise NetlinkFailure(f"installing the VIP fence: {exc}") from None
+                index = int(link["index"])
+                return cls(ipr, interface, index, bytes.fromhex(mac.replace(":", "")), fence)
         ipr.close()
         names = ", ".join(sorted(str(link.get("ifname")) for link in links))
         raise NetlinkFailure(
@@ -87,11 +104,50 @@ class Addresses:
         )
 
     def close(self) -> None:
-        self._ipr.close()
+        """The fence's tables go too, unless an address this agent set may still be there."""
+        try:
+            self.fence.close(remove=not self._armed)
+        finally:
+            self._ipr.close()
 
-    async def arm(self, vip: str, prefixlen: int, lifetime: int) -> None:
-        """Add the address, or re-arm it, with `lifetime` seconds (>= 1) to live."""
+    def grace(self, vip: str, seconds: float) -> None:
+        """For `seconds`, drop mid-stream TCP segments to `vip` that no local socket owns.
+
+        For a VIP this node has just taken in a planned move: the old node's
+        1001 close reaches its clients before this node could answer them with
+        a RST. SYNs pass, so their reconnects land here at once.
+        """
+        try:
+            self.fence.grace(vip, seconds)
+        except FenceError as exc:
+            raise NetlinkFailure(f"grace period for {vip}: {exc}") from None
+
+    def until(self, vip: str) -> float:
+        """The monotonic time after which this node must not answer for `vip` (-inf: now)."""
+        return self.fence.until(vip)
+
+    async def arm(
+        self, vip: str, prefixlen: int, lifetime: float, until: float | None = None
+    ) -> None:
+        """Fence `vip` to `until`, then add the address or re-arm it with `lifetime` s to live.
+
+        `until` is the monotonic time by which this node must have stopped
+        answering for the VIP (default: `lifetime` from now). Past it, nothing
+        is done and NetlinkFailure says so: a re-arm decided before a freeze
+        never runs after its deadline.
+        """
         what = f"setting {vip}/{prefixlen} on {self.interface}"
+        if until is None:
+            until = time.monotonic() + lifetime
+        try:
+            self.fence.arm(vip, until)
+        except FenceError as exc:
+            raise NetlinkFailure(f"{what}: {exc}") from None
+        left = until - time.monotonic()
+        if left <= 0:  # not after: checked right before the syscall
+            raise NetlinkFailure(f"{what}: its deadline passed {-left * 1000:.0f} ms ago; not set")
+        valid = max(1, math.floor(min(lifetime, left)))
+        self._armed.add(vip)
         try:
             async with _bounded(what):
                 await self._ipr.addr(
@@ -99,22 +155,28 @@ class Addresses:
                     index=self.index,
                     address=vip,
                     prefixlen=prefixlen,
-                    valid_lft=lifetime,
-                    preferred_lft=lifetime,
+                    valid_lft=valid,
+                    preferred_lft=valid,
                 )
         except NetlinkError as exc:
             raise _explain(exc, what) from None
 
     async def remove(self, vip: str, prefixlen: int) -> bool:
-        """Delete the address; False when it was not there (already expired: fine)."""
+        """Fence `vip` at once, then delete the address; False when it was not there."""
         what = f"removing {vip}/{prefixlen} from {self.interface}"
+        try:
+            self.fence.drop(vip)
+        except FenceError as exc:
+            raise NetlinkFailure(f"{what}: {exc}") from None
         try:
             async with _bounded(what):
                 await self._ipr.addr("del", index=self.index, address=vip, prefixlen=prefixlen)
         except NetlinkError as exc:
             if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                self._armed.discard(vip)
                 return False
             raise _explain(exc, what) from None
+        self._armed.discard(vip)
         return True
 
     async def expiring(self) -> set[str]:
@@ -134,4 +196,5 @@ class Addresses:
                         found.add(str(ipaddress.IPv4Address(msg.get("address"))))
         except NetlinkError as exc:
             raise _explain(exc, what) from None
+        self._armed &= found
         return found

@@ -3,15 +3,22 @@
 A cycle runs whenever the watch sees a change under the cluster prefix (so a
 release acknowledgement is answered within milliseconds) and at least every
 `tick` seconds (so time-based rules and a silent watch still make progress).
-The controller keeps no state of its own that matters for correctness: the
-only thing it remembers between cycles is when it first saw each VIP unowned,
-which feeds the reported gap and nothing else.
+The controller keeps no state of its own that matters for correctness. It
+remembers when it first saw each VIP unowned (the reported gap), and, in
+`controller.memory`, how long scores, liveness losses and unheld VIPs have
+lasted, on its own monotonic clock, for the hold-downs (every controller
+observes, standbys too, so a new leader starts with that history).
+
+The election keepalive and the watch are supervised: a failed watch is
+started again; a failed keepalive ends the process (systemd restarts it),
+since a controller that cannot keep its lease must not keep deciding.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -22,10 +29,13 @@ from controller.actions import Action, WriteSettings
 from controller.decide import Policy, decide
 from controller.election import Election
 from controller.execute import Executor
+from controller.expiry import revoke_when_expired
+from controller.memory import Memory
 from controller.metrics import ControllerMetrics
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
 from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
+from haproxy_py.cluster.tasks import supervised
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +81,7 @@ class Controller:
             request_history=config.request_history,
             controller=identity,
         )
+        self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.unowned_since: dict[str, float] = {}
@@ -78,6 +89,7 @@ class Controller:
         self._last_reason: str | None = None
         self._last_problems: tuple[str, ...] = ()
         self._etcd_down = False
+        self._expiries: dict[int, asyncio.Task[bool]] = {}  # owner lease -> its early revoke
         self.metrics.bind(self)
 
     def stop(self) -> None:
@@ -86,27 +98,42 @@ class Controller:
 
     def _leadership_changed(self, leading: bool) -> None:
         self.leading = leading
+        if not leading:  # only the leader revokes anything
+            for task in self._expiries.values():
+                task.cancel()
         self.metrics.transitions.inc()
         self.wake.set()
 
     async def run(self) -> None:
         """Until `stop()`: keep the lease, watch etcd, run cycles; then step down."""
-        tasks = [
-            asyncio.create_task(self.election.keep_alive(self.stopping), name="keepalive"),
-            asyncio.create_task(self._watch(), name="watch"),
-        ]
+        keepalive = asyncio.create_task(
+            supervised("keepalive", self._keep_alive, restart=False), name="keepalive"
+        )
+        tasks = [keepalive, asyncio.create_task(supervised("watch", self._watch), name="watch")]
+        cycles = asyncio.create_task(self._cycles(), name="cycles")
         try:
-            while not self.stopping.is_set():
-                self.wake.clear()
-                await self.cycle()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.config.tick)
+            await asyncio.wait([cycles, keepalive], return_when=asyncio.FIRST_COMPLETED)
+            if keepalive.done():
+                cycles.cancel()
+                keepalive.result()  # raises its failure: the process exits
+            await cycles
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._expiries.values()]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._expiries.values(), return_exceptions=True)
             await self.election.resign()
             log.info("controller stopped", controller=self.identity)
+
+    async def _cycles(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            await self.cycle()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.config.tick)
+
+    async def _keep_alive(self) -> None:
+        await self.election.keep_alive(self.stopping)
+        await asyncio.Event().wait()  # stopping: wait to be cancelled, never "return"
 
     async def _watch(self) -> None:
         revision = 0
@@ -115,12 +142,8 @@ class Controller:
                 revision = (await self.store.read_view()).revision
             except StoreError:
                 await asyncio.sleep(self.config.tick)
-        try:
-            async for _event in self.store.watch(self.store.schema.prefix, revision + 1):
-                self.wake.set()
-        except Exception:
-            # Without the watch the tick still drives every cycle, only slower.
-            log.exception("watch failed; continuing on the tick alone")
+        async for _event in self.store.watch(self.store.schema.prefix, revision + 1):
+            self.wake.set()
 
     async def cycle(self) -> None:
         """Read, (campaign,) decide, execute: one round. Never raises for etcd trouble."""
@@ -143,6 +166,7 @@ class Controller:
     async def _cycle(self) -> None:
         view = await self.store.read_view()
         self._observe(view)
+        seen = self.memory.observe(view)
         if view.problems != self._last_problems:
             if view.problems:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
@@ -153,12 +177,17 @@ class Controller:
             view = await self.store.read_view()
             if not self.election.leading(view):
                 return
+        self._watch_owner_leases(view)
         wanted = desired_settings(self.cluster, view.settings)
         if not wanted.same_content(view.settings):
-            mod = view.settings.mod_revision if view.settings else 0
+            # An unreadable `config` (a newer version's mode, a hand edit) is replaced by
+            # comparing on its own revision; until that lands, decide with this file's policy.
+            mod = view.settings.mod_revision if view.settings else view.config_mod_revision
             await self._execute(view, [WriteSettings(wanted, mod)], "apply the configured policy")
-            return
-        decision = decide(view, self.clock(), self.policy)
+            if view.settings is not None or not view.config_mod_revision:
+                return
+            view = replace(view, settings=wanted)
+        decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)
         elif decision.reason != self._last_reason:
@@ -176,7 +205,32 @@ class Controller:
             conflict=outcome.conflict,
         )
         self.metrics.vip_transitions.inc(outcome.assignments)
-        self.wake.set()  # look again at once: the next step may already be possible
+        if outcome.conflict is None:
+            self.wake.set()  # look again at once: the next step may already be possible
+        # After a lost race, whatever won it is a change the watch wakes us for; a compare
+        # that fails with nothing changing would otherwise spin: it waits for the tick instead.
+
+    def _watch_owner_leases(self, view: ClusterView) -> None:
+        """While leading: revoke each VIP owner's lease as soon as it has provably run out
+        (`controller.expiry`), so a dead node's VIPs move without waiting for etcd's sweep."""
+        owners = {a.lease for a in view.vips.values() if a.lease}
+        for lease in set(self._expiries) - owners:
+            self._expiries.pop(lease).cancel()
+        for lease in owners - set(self._expiries):
+            task = asyncio.create_task(revoke_when_expired(self.store, lease), name="expiry")
+            self._expiries[lease] = task
+            task.add_done_callback(functools.partial(self._lease_revoked, lease))
+
+    def _lease_revoked(self, lease: int, task: asyncio.Task[bool]) -> None:
+        if self._expiries.get(lease) is task:
+            del self._expiries[lease]
+        if task.cancelled():
+            return
+        if task.exception() is not None:  # the next cycle starts a fresh one
+            log.error("owner lease watch failed", lease=f"{lease:x}", error=repr(task.exception()))
+        elif task.result():
+            log.info("owner lease revoked: it had run out", lease=f"{lease:x}")
+            self.wake.set()
 
     def _observe(self, view: ClusterView) -> None:
         """Remember since when each configured VIP may be unheld (for the reported gap).

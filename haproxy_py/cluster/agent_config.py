@@ -1,20 +1,15 @@
 """Parsing the `[agent]` section: lease timing, proxy health polling, GARP and metrics.
 
-The timing rule that keeps a VIP from ever living on two nodes is checked
-here, at load, so a config that could break it never starts:
+The timing rule that keeps a VIP from ever being answered by two nodes lives
+in `haproxy_py.cluster.timing`; it is checked here, at load, so a config that
+could break it never starts, and the error gives the numbers.
 
-    address_lifetime + KERNEL_SLACK + fence_margin + keepalive_interval <= lease_ttl
-
-A refresh follows a keepalive sent at most `keepalive_interval` earlier (that
-is also the keepalive's deadline); the kernel drops an unrefreshed address
-within `address_lifetime + KERNEL_SLACK` of the refresh; `fence_margin` is left
-over before etcd may expire the lease and the controller may hand the VIP on.
-A second rule, `2 * keepalive_interval <= address_lifetime`, lets the address
-outlive one slow keepalive instead of flapping.
-
-Defaults follow from `lease_ttl` (2 s): `address_lifetime = lease_ttl // 2` and
-`keepalive_interval = address_lifetime / 2`, which satisfy both rules for every
-`lease_ttl >= 2` (TTL 2: lifetime 1 s, keepalive every 0.5 s).
+Defaults follow from `lease_ttl` (2 s): `address_lifetime = lease_ttl / 2`,
+`keepalive_interval = address_lifetime / 4`, and `keepalive_timeout` the
+longest both rules allow, at most twice the interval (TTL 2: fence lifetime
+1 s, a keepalive every 0.25 s that may take 0.5 s). `etcd_election_timeout`
+and `etcd_heartbeat_interval` say how etcd runs (its defaults: 1 s, 0.1 s);
+a TTL under etcd's minimum for them is refused (TTL 1 needs 0.5 s).
 """
 
 from __future__ import annotations
@@ -25,14 +20,15 @@ from urllib.parse import urlsplit
 
 from haproxy_py import pki
 from haproxy_py.cluster.config import _file
+from haproxy_py.cluster.timing import (
+    DEFAULT_FENCE_MARGIN,
+    ETCD_ELECTION_TIMEOUT,
+    ETCD_HEARTBEAT_INTERVAL,
+    Timing,
+    defaults,
+    problems,
+)
 from haproxy_py.configfile import Table
-
-# The kernel deletes expired IPv4 addresses from a timer whose expiry it rounds
-# up to a whole second when that costs less than HZ/4 (ADDRCONF_TIMER_FUZZ).
-# Measured here with valid_lft 1, also with other address changes on the host
-# re-running the check: gone 1.01-1.26 s after the last refresh.
-KERNEL_SLACK = 0.3
-DEFAULT_FENCE_MARGIN = 0.2
 
 _KEYS = frozenset(
     {
@@ -40,6 +36,9 @@ _KEYS = frozenset(
         "keepalive_interval",
         "address_lifetime",
         "fence_margin",
+        "keepalive_timeout",
+        "etcd_election_timeout",
+        "etcd_heartbeat_interval",
         "reconcile_interval",
         "proxy_admin_url",
         "proxy_admin_cacert",
@@ -57,22 +56,6 @@ _KEYS = frozenset(
         "vip_prefix_length",
     }
 )
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Lease and address-lifetime timing, in seconds; `check_timing` proves it safe."""
-
-    lease_ttl: int
-    keepalive_interval: float
-    address_lifetime: int
-    fence_margin: float
-    kernel_slack: float = KERNEL_SLACK
-
-    @property
-    def keepalive_timeout(self) -> float:
-        """A keepalive that takes longer than one interval counts as failed."""
-        return self.keepalive_interval
 
 
 @dataclass(frozen=True)
@@ -111,28 +94,9 @@ class AgentConfig:
 
 
 def timing_problem(t: Timing) -> str | None:
-    """Why this timing could let a VIP outlive the lease (or flap), or None when it is safe."""
-    need = t.address_lifetime + t.kernel_slack + t.fence_margin + t.keepalive_interval
-    if need > t.lease_ttl + 1e-9:
-        return (
-            f"address_lifetime ({t.address_lifetime}) + kernel slack ({t.kernel_slack}) + "
-            f"fence_margin ({t.fence_margin}) + keepalive_interval ({t.keepalive_interval}) "
-            f"= {need:g} s exceeds lease_ttl ({t.lease_ttl} s): the VIP could outlive the lease; "
-            "raise lease_ttl or lower the others"
-        )
-    if 2 * t.keepalive_interval > t.address_lifetime + 1e-9:
-        return (
-            f"2 * keepalive_interval ({t.keepalive_interval}) exceeds address_lifetime "
-            f"({t.address_lifetime} s): one slow keepalive would let the VIP lapse; "
-            "lower keepalive_interval or raise address_lifetime"
-        )
-    return None
-
-
-def _derive(lease_ttl: int) -> tuple[int, float]:
-    """Default address lifetime and keepalive interval for a lease TTL (safe for TTL >= 2)."""
-    lifetime = max(1, lease_ttl // 2)
-    return lifetime, lifetime / 2
+    """The first rule this timing breaks (with its numbers), or None when it is safe."""
+    found = problems(t)
+    return found[0] if found else None
 
 
 def _local_admin_url(doc: Table) -> str:
@@ -147,12 +111,19 @@ def parse_agent(doc: Table) -> AgentConfig:
     agent = doc.table("agent", {})
     agent.reject_unknown(_KEYS)
     ttl = agent.integer("lease_ttl", 2, min=1)
-    default_lifetime, default_interval = _derive(ttl)
-    lifetime = agent.integer("address_lifetime", default_lifetime, min=1)
-    interval = agent.number("keepalive_interval", default_interval, min=0.01)
-    margin = agent.number("fence_margin", DEFAULT_FENCE_MARGIN, min=0.0)
+    default_lifetime, default_interval = defaults(ttl)
     timing = Timing(
-        lease_ttl=ttl, keepalive_interval=interval, address_lifetime=lifetime, fence_margin=margin
+        lease_ttl=ttl,
+        keepalive_interval=agent.number("keepalive_interval", default_interval, min=0.01),
+        address_lifetime=agent.number("address_lifetime", default_lifetime, min=0.1),
+        fence_margin=agent.number("fence_margin", DEFAULT_FENCE_MARGIN, min=0.0),
+        keepalive_timeout=agent.number("keepalive_timeout", 0.0, min=0.0),
+        etcd_election_timeout=agent.number(
+            "etcd_election_timeout", ETCD_ELECTION_TIMEOUT, min=0.01
+        ),
+        etcd_heartbeat_interval=agent.number(
+            "etcd_heartbeat_interval", ETCD_HEARTBEAT_INTERVAL, min=0.001
+        ),
     )
     problem = timing_problem(timing)
     if problem is not None:
@@ -168,7 +139,7 @@ def parse_agent(doc: Table) -> AgentConfig:
     admin_tls = _admin_client_tls(agent, parts.scheme == "https")
 
     health_interval = agent.number("health_interval", 0.1, min=0.01)
-    health_timeout = agent.number("health_timeout", 0.25, min=0.01)
+    health_timeout = agent.number("health_timeout", 0.3, min=0.01)
     garp = GarpSettings(
         count=agent.integer("garp_count", 3, min=1),
         spacing=agent.number("garp_spacing", 0.02, min=0.0),
@@ -186,7 +157,7 @@ def parse_agent(doc: Table) -> AgentConfig:
         health_interval=health_interval,
         health_timeout=health_timeout,
         health_rise=agent.integer("health_rise", 2, min=1),
-        health_fall=agent.integer("health_fall", 2, min=1),
+        health_fall=agent.integer("health_fall", 3, min=1),
         garp=garp,
         metrics_host=metrics_host,
         metrics_port=metrics_port,

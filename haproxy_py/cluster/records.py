@@ -41,6 +41,8 @@ CAUSES = (
     "drain",  # previous owner was drained
     "failback",  # back to a preferred node after failback_hold
     "rebalance",  # active-active spreading onto a recovered node
+    "readiness",  # to a node with strictly more backend pools up, after the hold-down
+    "not held",  # the owner did not list it as held for a while (interface gone, netlink failing)
 )
 
 
@@ -108,6 +110,12 @@ def _choice(obj: Mapping[str, Any], key: str, choices: tuple[L, ...]) -> L | Non
 class NodeRecord:
     """`nodes/<node>`: a registered proxy node, written by its agent under its own lease.
 
+    `healthy` is liveness (the proxy answers and accepts); `ready` of `pools`
+    is readiness (backend pools with a server up), the score the controller
+    compares before it moves a VIP for readiness. `unheld` lists VIPs assigned
+    here that the agent could not hold for longer than an address lifetime.
+    `stopping`: the agent is handing its VIPs over before it exits; the node
+    takes none meanwhile.
     `healthy_since` is when the proxy last turned healthy (unix time); the
     controller's failback hold-down reads it, so it must not move while health
     stays up. `lease` comes from the key's lease, not from the JSON.
@@ -127,6 +135,10 @@ class NodeRecord:
     updated: float | None = None
     lease: int = 0
     mod_revision: int = 0
+    ready: int = 0
+    pools: int = 0
+    unheld: tuple[str, ...] = ()
+    stopping: bool = False
 
     def to_json(self) -> bytes:
         return dumps(
@@ -143,6 +155,10 @@ class NodeRecord:
                 "connections": self.connections,
                 "vips": list(self.vips),
                 "updated": self.updated,
+                "ready": self.ready,
+                "pools": self.pools,
+                "unheld": list(self.unheld),
+                "stopping": self.stopping,
             }
         )
 
@@ -168,6 +184,10 @@ class NodeRecord:
             updated=_float(obj, "updated"),
             lease=lease,
             mod_revision=mod_revision,
+            ready=_int(obj, "ready"),
+            pools=_int(obj, "pools"),
+            unheld=_strs(obj, "unheld"),
+            stopping=_bool(obj, "stopping"),
         )
 
 
@@ -553,6 +573,7 @@ class ClusterView:
     epoch: int = 0
     epoch_mod_revision: int = 0
     problems: tuple[str, ...] = ()
+    config_mod_revision: int = 0  # of the `config` key, readable or not (0: absent)
 
     def owner(self, vip: str) -> str | None:
         assignment = self.vips.get(vip)
@@ -588,7 +609,7 @@ class ClusterView:
         problems: list[str] = []
         leader: ControllerLeader | None = None
         settings: ClusterSettings | None = None
-        epoch = epoch_rev = 0
+        epoch = epoch_rev = config_rev = 0
         for kv in kvs:
             rel = schema.relative(kv.key)
             if rel is None:
@@ -616,6 +637,7 @@ class ClusterView:
                 parsed = leader = ControllerLeader.parse(kv.value, kv.lease, kv.create_revision)
             elif rel == "config":
                 parsed = settings = ClusterSettings.parse(kv.value, kv.mod_revision)
+                config_rev = kv.mod_revision
             elif rel == "epoch":
                 parsed = epoch = parse_epoch(kv.value)
                 epoch_rev = kv.mod_revision
@@ -636,4 +658,5 @@ class ClusterView:
             epoch=epoch,
             epoch_mod_revision=epoch_rev,
             problems=tuple(problems),
+            config_mod_revision=config_rev,
         )

@@ -383,6 +383,15 @@ class Store:
 
         return await self._call("lease time-to-live", op)
 
+    async def lease_time_to_live(self, lease_id: int) -> tuple[int, int]:
+        """(seconds left, truncated; granted TTL) as etcd's leader sees it; left -1: gone."""
+
+        async def op(client: _Client) -> tuple[int, int]:
+            info = await client.get_lease_info(lease_id, keys=False)
+            return int(info.TTL), int(info.grantedTTL)
+
+        return await self._call("lease time-to-live", op)
+
     async def revoke(self, lease_id: int) -> None:
         """Revoke the lease, deleting its keys at once; a lease already gone is fine."""
 

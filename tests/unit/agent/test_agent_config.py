@@ -8,14 +8,11 @@ from hypothesis import strategies as st
 
 from haproxy_py import pki
 from haproxy_py.cluster.agent_config import (
-    DEFAULT_FENCE_MARGIN,
-    KERNEL_SLACK,
     AdminClientTls,
     AgentConfig,
-    Timing,
     parse_agent,
-    timing_problem,
 )
+from haproxy_py.cluster.timing import DEFAULT_FENCE_MARGIN, Timing, defaults, problems
 from haproxy_py.configfile import ConfigError, load
 
 
@@ -29,8 +26,8 @@ def test_defaults_for_a_two_second_lease(tmp_path: Path) -> None:
     cfg = parse(tmp_path, "")
     assert cfg.timing.lease_ttl == 2
     assert cfg.timing.address_lifetime == 1
-    assert cfg.timing.keepalive_interval == 0.5
-    assert cfg.timing.keepalive_timeout == 0.5
+    assert cfg.timing.keepalive_interval == 0.25
+    assert cfg.timing.keepalive_timeout == 0.5  # decoupled: one slow keepalive is no fence
     assert cfg.proxy_admin_url == "http://127.0.0.1:9901"  # the proxy's own admin default
     assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9732)
     assert cfg.vip_prefix_length == 32
@@ -42,42 +39,48 @@ def test_the_proxy_admin_url_follows_the_admin_section(tmp_path: Path) -> None:
     assert cfg.proxy_admin_url == "http://127.0.0.1:9950"
 
 
-@given(st.integers(min_value=2, max_value=3600))
+@given(st.integers(min_value=1, max_value=3600))
 def test_derived_defaults_are_always_safe(ttl: int) -> None:
-    lifetime = max(1, ttl // 2)
-    timing = Timing(ttl, lifetime / 2, lifetime, DEFAULT_FENCE_MARGIN)
-    assert timing_problem(timing) is None
+    lifetime, interval = defaults(ttl)
+    timing = Timing(ttl, interval, lifetime, DEFAULT_FENCE_MARGIN, etcd_election_timeout=0.5)
+    assert problems(timing) == []
 
 
 def test_longer_lease_derives_longer_lifetime(tmp_path: Path) -> None:
     cfg = parse(tmp_path, "[agent]\nlease_ttl = 10\n")
     assert cfg.timing.address_lifetime == 5
-    assert cfg.timing.keepalive_interval == 2.5
+    assert cfg.timing.keepalive_interval == 1.25
+    assert cfg.timing.keepalive_timeout == 2.5
 
 
-def test_one_second_lease_is_refused_with_the_arithmetic(tmp_path: Path) -> None:
+def test_one_second_lease_needs_a_fast_etcd(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         parse(tmp_path, "[agent]\nlease_ttl = 1\n")
     message = str(err.value)
     assert "node.toml: agent.lease_ttl: " in message
-    assert "exceeds lease_ttl (1 s)" in message
-    assert "raise lease_ttl" in message
+    assert "below etcd's minimum lease TTL (2 s for election timeout 1 s" in message
+    fast = parse(tmp_path, "[agent]\nlease_ttl = 1\netcd_election_timeout = 0.5\n").timing
+    assert (fast.address_lifetime, fast.keepalive_interval, fast.keepalive_timeout) == (
+        0.5,
+        0.125,
+        0.25,
+    )
 
 
 def test_lifetime_too_long_for_the_lease(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"agent\.lease_ttl: address_lifetime \(2\)"):
-        parse(tmp_path, "[agent]\nlease_ttl = 2\naddress_lifetime = 2\n")
+    with pytest.raises(
+        ConfigError, match=r"agent\.lease_ttl: keepalive_timeout \(0\.5\) \+ address_lifetime \(2\)"
+    ):
+        parse(tmp_path, "[agent]\nlease_ttl = 2\naddress_lifetime = 2\nkeepalive_timeout = 0.5\n")
 
 
 def test_keepalive_too_slow_for_the_lifetime(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"one slow keepalive would let the VIP lapse"):
-        parse(tmp_path, "[agent]\nlease_ttl = 10\naddress_lifetime = 2\nkeepalive_interval = 1.5\n")
-
-
-def test_rule_includes_the_kernel_slack() -> None:
-    # exactly at the limit is fine, a hair beyond is not
-    assert timing_problem(Timing(2, 0.5, 1, 0.5 - KERNEL_SLACK)) is None
-    assert timing_problem(Timing(2, 0.5, 1, 0.5 - KERNEL_SLACK + 0.01)) is not None
+        parse(
+            tmp_path,
+            "[agent]\nlease_ttl = 10\naddress_lifetime = 2\nkeepalive_interval = 1.5\n"
+            "keepalive_timeout = 1\n",
+        )
 
 
 @pytest.mark.parametrize(

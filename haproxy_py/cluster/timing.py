@@ -1,0 +1,148 @@
+"""The timing rule that keeps a VIP from being answered by two nodes (pure: no I/O, no clock).
+
+One keepalive, on the agent's monotonic clock, `s` = when it was sent:
+
+    s                     the keepalive leaves; etcd renews the lease when it arrives,
+                          so the lease cannot end before s + lease_ttl
+    s + keepalive_timeout the answer is ignored after this
+    r                     the re-arm, decided no later than s + latest_rearm (the core's rule)
+    F = r + address_lifetime + kernel_slack
+                          the fence falls: nftables drops ARP, our GARP and traffic for the
+                          VIP, checked at packet time (`agent.fence`, FENCE_PRECISION)
+    F + KERNEL_FUZZ       the address itself is gone (valid_lft: the second line, silent)
+    s + lease_ttl         the earliest the lease can expire and the VIP be assigned elsewhere
+
+Safety: F <= s + lease_ttl - fence_margin for every re-arm. The agent's core
+checks it for each arm (`latest_rearm`), and every address add and GARP frame
+re-checks F against the clock right before its syscall, so a re-arm delayed by
+a freeze never runs late. A keepalive answered within its timeout can re-arm
+only if
+
+    keepalive_timeout + address_lifetime + kernel_slack + fence_margin <= lease_ttl
+
+Availability: one keepalive that fails only after its whole timeout, then a
+retry, must still land before the fence falls:
+
+    keepalive_interval + keepalive_timeout <= address_lifetime
+
+etcd: a lease TTL under etcd's minimum (1.5 election timeouts, rounded up to a
+second) is silently raised; the failover would then be slower than configured.
+
+So after an owner's lease has expired the controller may assign its VIPs at
+once (`reassign_delay` is 0): the fence fell `fence_margin` before. It may
+even revoke a lease that has provably run out rather than wait for etcd's
+500 ms expiry sweep (`controller.expiry`): etcd renews no expired lease. Without
+the fence, the address alone (kernel check once a second, rescheduled by any
+address change on the host) would need the controller to wait `unfenced_delay`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# nftables keeps element timeouts in jiffies rounded up (10 ms at HZ=100, the coarsest):
+# the fence shortens every element by this much, so it is down by its deadline.
+FENCE_PRECISION = 0.01
+# The core removes an address this long before its fence deadline (its tick is 0.05 s).
+FENCE_SLACK = 0.05
+# check_lifetime() in net/ipv4/devinet.c runs at most once per ADDRCONF_TIMER_FUZZ_MAX (1 s)
+# and rounds its next run up to a whole second when that costs less than HZ/4: an address
+# can outlive its valid_lft by up to 1.25 s.
+KERNEL_FUZZ = 1.25
+DEFAULT_FENCE_MARGIN = 0.2
+ETCD_ELECTION_TIMEOUT = 1.0  # etcd's defaults
+ETCD_HEARTBEAT_INTERVAL = 0.1
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Lease, keepalive and fence timing, in seconds; `problems` proves it safe.
+
+    `keepalive_timeout` 0 means: the longest that both rules allow, at most
+    twice the interval.
+    """
+
+    lease_ttl: int
+    keepalive_interval: float
+    address_lifetime: float
+    fence_margin: float
+    kernel_slack: float = FENCE_SLACK
+    keepalive_timeout: float = 0.0
+    etcd_election_timeout: float = ETCD_ELECTION_TIMEOUT
+    etcd_heartbeat_interval: float = ETCD_HEARTBEAT_INTERVAL
+
+    def __post_init__(self) -> None:
+        if self.keepalive_timeout <= 0:
+            allowed = min(
+                2 * self.keepalive_interval,
+                self.address_lifetime - self.keepalive_interval,
+                latest_rearm(self),
+            )
+            timeout = allowed if allowed > 0 else self.keepalive_interval  # `problems` says why
+            object.__setattr__(self, "keepalive_timeout", timeout)
+
+
+def latest_rearm(t: Timing) -> float:
+    """How long after a keepalive was sent its success may still re-arm a VIP."""
+    return t.lease_ttl - t.fence_margin - t.address_lifetime - t.kernel_slack
+
+
+def fence_deadline(t: Timing) -> float:
+    """The latest the fence falls, counted from the send of the last successful keepalive."""
+    return latest_rearm(t) + t.address_lifetime + t.kernel_slack
+
+
+def etcd_min_ttl(election_timeout: float, heartbeat_interval: float) -> int:
+    """etcd 3.4's minimum lease TTL: ceil(3 * election ticks / 2 (integer) * heartbeat)."""
+    ticks = round(election_timeout / heartbeat_interval)
+    return math.ceil((3 * ticks // 2) * heartbeat_interval - EPSILON)
+
+
+def reassign_delay(t: Timing) -> float:
+    """Seconds the controller waits, after an owner's lease expired, before assigning its VIPs
+    elsewhere: the fence fell by s + fence_deadline, the lease ended at s + lease_ttl or later."""
+    return max(0.0, round(fence_deadline(t) - t.lease_ttl, 9))
+
+
+def unfenced_delay(t: Timing) -> float:
+    """The same wait if only the address lifetime (valid_lft, whole seconds) fenced the VIP."""
+    valid_lft = max(1, math.ceil(t.address_lifetime))
+    return max(0.0, latest_rearm(t) + valid_lft + KERNEL_FUZZ - t.lease_ttl)
+
+
+def problems(t: Timing) -> list[str]:
+    """Every rule this timing breaks, each with its numbers and what to change; [] when safe."""
+    found = []
+    need = t.keepalive_timeout + t.address_lifetime + t.kernel_slack + t.fence_margin
+    if need > t.lease_ttl + EPSILON:
+        found.append(
+            f"keepalive_timeout ({t.keepalive_timeout:g}) + address_lifetime "
+            f"({t.address_lifetime:g}) + fence slack ({t.kernel_slack:g}) + fence_margin "
+            f"({t.fence_margin:g}) = {need:g} s exceeds lease_ttl ({t.lease_ttl} s): the fence "
+            "could outlive the lease; raise lease_ttl or lower the others"
+        )
+    gap = t.keepalive_interval + t.keepalive_timeout
+    if gap > t.address_lifetime + EPSILON:
+        found.append(
+            f"keepalive_interval ({t.keepalive_interval:g}) + keepalive_timeout "
+            f"({t.keepalive_timeout:g}) = {gap:g} s exceeds address_lifetime "
+            f"({t.address_lifetime:g} s): one slow keepalive would let the VIP lapse; lower "
+            "keepalive_interval or keepalive_timeout, or raise address_lifetime"
+        )
+    floor = etcd_min_ttl(t.etcd_election_timeout, t.etcd_heartbeat_interval)
+    if t.lease_ttl < floor:
+        found.append(
+            f"lease_ttl ({t.lease_ttl} s) is below etcd's minimum lease TTL ({floor} s for "
+            f"election timeout {t.etcd_election_timeout:g} s, heartbeat "
+            f"{t.etcd_heartbeat_interval:g} s): etcd would grant {floor} s; raise lease_ttl, or "
+            "lower etcd's --election-timeout and set etcd_election_timeout to match"
+        )
+    return found
+
+
+def defaults(lease_ttl: int) -> tuple[float, float]:
+    """(address_lifetime, keepalive_interval) for a lease TTL: half the TTL, a quarter of that."""
+    lifetime = lease_ttl / 2
+    return lifetime, lifetime / 4

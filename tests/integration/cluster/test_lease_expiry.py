@@ -1,0 +1,90 @@
+"""The controller's early revoke of a lease that has provably run out, against real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import structlog
+
+from controller.expiry import revoke_when_expired
+from controller.loop import Controller
+from haproxy_py.cluster.store import Store
+from tests.integration.cluster.helpers import (
+    VIP1,
+    cluster_config,
+    controller_config,
+    etcd_config,
+    view_where,
+)
+from tests.support.etcd import EtcdCluster
+from tests.support.stand_in import StandInAgent
+
+
+async def refresh(store: Store, lease: int) -> tuple[float, float]:
+    sent = time.monotonic()
+    await store.keepalive(lease)
+    return sent, time.monotonic()
+
+
+async def test_a_dead_lease_is_revoked_right_after_its_end_never_before(
+    etcd: EtcdCluster,
+) -> None:
+    async with Store(etcd_config(etcd.endpoints), "x") as store:
+        lateness = []
+        for _ in range(3):
+            lease = (await store.grant_lease(2)).id
+            sent, received = await refresh(store, lease)
+            assert await revoke_when_expired(store, lease)
+            done = time.monotonic()
+            assert done >= sent + 2.0, "revoked before the lease could have run out"
+            assert done <= received + 2.0 + 0.45, "no earlier than etcd's own sweep"
+            lateness.append(done - received - 2.0)
+            assert (await store.lease_time_to_live(lease))[0] == -1
+        print(f"EXPIRY revoked {[round(x * 1000) for x in lateness]} ms after the lease's end")
+
+
+async def test_a_lease_refreshed_in_its_last_second_is_left_alone(etcd: EtcdCluster) -> None:
+    async with Store(etcd_config(etcd.endpoints), "x") as store:
+        lease = (await store.grant_lease(2)).id
+        watcher = asyncio.create_task(revoke_when_expired(store, lease))
+        for _ in range(3):  # refreshed 1.6 s apart: it reads 0 for 0.6 s before each refresh
+            await asyncio.sleep(1.6)
+            sent, _ = await refresh(store, lease)
+            assert not watcher.done(), "revoked a lease that was still alive"
+        assert await asyncio.wait_for(watcher, 5)
+        assert time.monotonic() >= sent + 2.0
+
+
+async def test_a_one_second_lease_is_left_to_etcd(etcd: EtcdCluster) -> None:
+    """TTL 1 reads 0 from the start: nothing to prove; etcd's sweep removes it."""
+    async with Store(etcd_config(etcd.endpoints), "x") as store:
+        lease = (await store.grant_lease(1)).id
+        assert not await asyncio.wait_for(revoke_when_expired(store, lease), 5)
+
+
+async def test_the_leader_revokes_a_dead_owners_lease_and_moves_its_vip(
+    etcd: EtcdCluster,
+) -> None:
+    endpoints = etcd_config(etcd.endpoints)
+    cluster = cluster_config("exp", VIP1)
+    async with Store(endpoints, cluster.name) as observer, AsyncExitStack() as stack:
+        agents = {}
+        for name, priority in (("a", 200), ("b", 100)):
+            agents[name] = await StandInAgent(endpoints, cluster.name, name, priority, 2).start()
+            stack.push_async_callback(agents[name].close)
+        store = Store(endpoints, cluster.name)
+        stack.push_async_callback(store.close)
+        controller = Controller(store, cluster, controller_config("ctl", 2), "ctl")
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(controller.run())
+            await view_where(observer, lambda v: v.owner(VIP1) == "a")
+            crashed = time.monotonic()
+            await agents["a"].crash()
+            await view_where(observer, lambda v: v.owner(VIP1) == "b", within=10)
+            print(f"EXPIRY VIP on b {(time.monotonic() - crashed) * 1000:.0f} ms after a's crash")
+            controller.stop()
+            await asyncio.wait_for(task, 20)
+        revoked = [e for e in logs if e["event"] == "owner lease revoked: it had run out"]
+        assert [e["lease"] for e in revoked] == [f"{agents['a'].lease:x}"]
