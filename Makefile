@@ -3,10 +3,11 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client nginx-light haproxy \
-                keepalived chromium libnftables1 nftables \
+                keepalived chromium \
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant \
                 prometheus
 STAMP := $(VENV)/.installed
+APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 
 .PHONY: deps apt venv test lint unit demo demo-down bench bench-failover clean
 

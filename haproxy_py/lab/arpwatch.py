@@ -87,7 +87,6 @@ class ArpWatch:
         self.period = period
         self.claims: list[Claim] = []
         self.probes = 0
-        self.errors = 0
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -135,7 +134,6 @@ class ArpWatch:
                     readable, _, _ = select.select([sock], [], [], max(0.0, next_probe - now))
                     frame, at = _receive(sock) if readable else (b"", 0.0)
                 except OSError:  # the link went down under us (a test moving things): go on
-                    self.errors += 1
                     self._stop.wait(self.period)
                     continue
                 if frame:

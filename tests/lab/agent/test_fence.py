@@ -359,3 +359,20 @@ def test_the_announcer_sends_no_frame_after_the_vips_deadline(lab: Lab) -> None:
     in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
     assert len(sent) >= 3, "the first burst was not sent"
     assert max(sent) < deadline[vip], f"a frame {max(sent) - deadline[vip]:.3f} s after"
+
+
+def test_the_arp_watcher_catches_two_nodes_answering(lab: Lab) -> None:
+    """The watcher the cluster tests rely on can fail: the VIP on two unfenced nodes is caught,
+    the fenced one of them is not counted."""
+    ip("addr", "add", f"{lab.vip}/32", "dev", "eth0", netns=lab.other.netns)
+    client = str(lab.client.address.ip)
+    lab.fence.arm(lab.vip, time.monotonic() + 60)
+    with ArpWatch(lab.client.netns, [lab.vip], client) as watch:
+        time.sleep(0.3)
+    assert watch.doubles(), "both nodes answered, and the watcher saw nothing"
+    assert {c.mac for c in watch.of(lab.vip)} == {_mac(lab.node.netns), _mac(lab.other.netns)}
+    lab.fence.drop(lab.vip)
+    with ArpWatch(lab.client.netns, [lab.vip], client) as watch:
+        time.sleep(0.3)
+    assert watch.probes > 50 and not watch.doubles()
+    assert {c.mac for c in watch.of(lab.vip)} == {_mac(lab.other.netns)}

@@ -23,6 +23,7 @@ from typing import Any
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import StoreError
 from haproxy_py.lab import control, netns
+from haproxy_py.lab.arpwatch import ArpWatch, Claim
 from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
 from haproxy_py.lab.layout import ETCD_CLIENT_PORT, PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
@@ -151,11 +152,21 @@ def etcd_leader(lab: control.Lab) -> str:
 
 @dataclass
 class FaultRun:
-    """What one fault did: the client's outage, the watcher's record, and timing."""
+    """What one fault did: the client's outage, the watchers' records, and timing.
+
+    `two_answering` (ARP seen from the client) is the no-two-owners invariant;
+    `watch.violations` (addresses) counts a fenced node's silent address too.
+    """
 
     outage: Outage
     watch: Watch
     attempts: int
+    two_answering: list[tuple[Claim, Claim]]
+
+    def check_one_owner(self) -> None:
+        assert self.two_answering == [], f"two nodes answered at once: {self.two_answering[:3]}"
+        for violation in self.watch.violations:
+            print(f"ADDRESS on two nodes (the fenced one silent): {violation}")
 
 
 class Observation:
@@ -167,6 +178,8 @@ class Observation:
         self.running = loop.submit(self.probe.run())
         nodes = {n.name: n.netns for n in lab.layout.nodes}
         self.watcher = TwoOwnersWatcher(nodes, set(lab.layout.vips)).__enter__()
+        client = lab.layout.client
+        self.arp = ArpWatch(client.netns, lab.layout.vips, client.address).__enter__()
 
     def answered_by(self, since: float, other_than: str | None) -> bool:
         """Has a connection opened after `since` been answered by a node other than `other_than`?"""
@@ -178,18 +191,22 @@ class Observation:
         self.loop.loop.call_soon_threadsafe(self.probe.stop)
         attempts = self.running.result(timeout=30)
         watch = self.watcher.stop()
-        return FaultRun(outage(attempts, fault, old_node), watch, len(attempts))
+        self.arp.stop()
+        assert self.arp.probes > 100, "the ARP watcher did not probe"
+        return FaultRun(outage(attempts, fault, old_node), watch, len(attempts), self.arp.doubles())
 
 
 @contextmanager
 def observed(lab: control.Lab, vip: str) -> Iterator[Observation]:
-    """Probe `vip` from the client namespace and watch every node's addresses meanwhile."""
+    """Probe `vip` from the client namespace, watch who answers ARP for it there, and every
+    node's addresses, meanwhile."""
     with NetnsLoop(lab.layout.client.netns) as loop:
         observation = Observation(lab, vip, loop)
         try:
             yield observation
         finally:
             observation.watcher.stop()
+            observation.arp.stop()
 
 
 def absent(watch: Watch, vip: str) -> float:
