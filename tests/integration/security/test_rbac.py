@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
 from haproxy_py import pki
 from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.hactl.cli import cli
 from tests.support.etcd import EtcdCluster, EtcdTLS
 
 CLUSTER = "sec"
@@ -143,3 +145,25 @@ async def test_revoked_certificate_is_refused_on_its_next_connection(
     async with Store(secured.config("operator-alice"), CLUSTER) as alice:
         await alice.put(alice.schema.request("a2"), b"{}")
         assert await alice.get(alice.schema.request("m2")) is None
+
+
+def _hactl(secured: Secured, identity: str, *args: str) -> Result:
+    p = secured.pki
+    options = ["--etcd", ",".join(secured.etcd.endpoints), "--cluster", CLUSTER]
+    options += ["--cacert", str(p / "ca.crt"), "--cert", str(p / f"{identity}.crt")]
+    options += ["--key", str(p / f"{identity}.key"), "--etcd-timeout", "2"]
+    return CliRunner().invoke(cli, [*options, *args], prog_name="hactl", env={"HACTL_CONTEXT": ""})
+
+
+def test_hactl_etcd_auth(secured: Secured, as_root: Store) -> None:
+    """`hactl etcd auth` as root adds a node's users idempotently; as an operator it is refused."""
+    args = ["etcd", "auth", "--node", "node1", "--node", "node2", "--node", "node3"]
+    args += ["--operator", "alice", "--operator", "mallory", "--admin", "etcd1"]
+    first = _hactl(secured, "root", *args)
+    assert first.exit_code == 0, first.output
+    assert "user agent-node3 added" in first.output
+    again = _hactl(secured, "root", *args)
+    assert again.output.endswith("no changes\n"), again.output
+    refused = _hactl(secured, "operator-alice", *args)
+    assert refused.exit_code != 0 and DENIED in refused.output
+    assert refused.output.count("\n") == 1, refused.output
