@@ -42,7 +42,7 @@ def render(unit: str, **overrides: Any) -> str:
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
-        keep_trailing_newline=True,
+        keep_trailing_newline=False,  # as Ansible: an include loses its last newline
     )
     env.filters["bool"] = bool
     return env.get_template(f"{unit}.service.j2").render(**{**VARS, **overrides})
@@ -83,6 +83,10 @@ def test_each_daemon_has_its_own_user_and_only_its_capabilities() -> None:
     assert len(set(users.values())) == 3, users
     assert units["ha-controller"]["CapabilityBoundingSet"] == [""]
     assert units["ha-agent"]["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
+    for unit, directives in units.items():  # an include must not swallow the next line
+        families = directives["RestrictAddressFamilies"][0].split()
+        assert all(re.fullmatch(r"AF_[A-Z0-9]+", f) for f in families), (unit, families)
+    assert "AF_PACKET" in units["ha-agent"]["RestrictAddressFamilies"][0]
     proxy = units["haproxy-py"]
     assert "AF_PACKET" not in proxy["RestrictAddressFamilies"][0]
     assert "agent.key" in proxy["InaccessiblePaths"][0]
