@@ -20,6 +20,7 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.hactl.cli import cli
+from tests.integration.cluster.helpers import until
 from tests.support.etcd import EtcdCluster, EtcdTLS
 
 CLUSTER = "sec"
@@ -50,6 +51,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     for name in ("root", "agent-node1", "agent-node2", "controller-node1", "operator-alice"):
         pki.issue(directory, name, client=True)
     pki.issue(directory, "operator-mallory", client=True)
+    pki.issue(directory, "operator-carol", client=True)
     tls = EtcdTLS(
         directory / "ca.crt",
         server.cert,
@@ -65,8 +67,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 @pytest.fixture
 async def as_root(secured: Secured) -> AsyncIterator[Store]:
     async with Store(secured.config("root"), CLUSTER) as store:
-        desired = rbac.plan(CLUSTER, ["node1", "node2"], ["alice", "mallory"], admins=["etcd1"])
-        await rbac.apply(store, desired)
+        operators = ["alice", "mallory", "carol"]
+        await rbac.apply(store, rbac.plan(CLUSTER, ["node1", "node2"], operators, ["etcd1"]))
         yield store
 
 
@@ -78,7 +80,7 @@ async def _denied(call: asyncio.Future[object] | object) -> str:
 
 async def test_apply_is_idempotent_and_undoes_tampering(as_root: Store) -> None:
     """A second apply changes nothing; a permission or role added by hand is taken away."""
-    desired = rbac.plan(CLUSTER, ["node1", "node2"], ["alice", "mallory"], admins=["etcd1"])
+    desired = rbac.plan(CLUSTER, ["node1", "node2"], ["alice", "mallory", "carol"], ["etcd1"])
     assert await rbac.apply(as_root, desired) == []
     widened = rbac.plan(CLUSTER, ["node1", "node2"], [], admins=["agent-node1"])
     await rbac.apply(as_root, widened)  # agent-node1 made root, as an attacker would
@@ -145,6 +147,30 @@ async def test_revoked_certificate_is_refused_on_its_next_connection(
     async with Store(secured.config("operator-alice"), CLUSTER) as alice:
         await alice.put(alice.schema.request("a2"), b"{}")
         assert await alice.get(alice.schema.request("m2")) is None
+
+
+async def test_a_renewed_certificate_is_used_from_the_next_connection(
+    secured: Secured, as_root: Store, tmp_path: Path
+) -> None:
+    """The files are renewed and the old certificate revoked under a running client: once its
+    connection breaks (here: etcd restarts), it dials again with the new files."""
+    cert = secured.pki / "operator-carol.crt"
+    async with Store(secured.config("operator-carol"), CLUSTER) as store:
+        await store.put(store.schema.request("c1"), b"{}")
+        old = tmp_path / "old.crt"
+        old.write_bytes(cert.read_bytes())
+        pki.issue(secured.pki, "operator-carol", client=True, force=True)
+        pki.revoke(secured.pki, old)
+        secured.etcd.members[0].restart()
+
+        async def written() -> bool:
+            try:
+                await store.put(store.schema.request("c2"), b"{}")
+            except StoreError:
+                return False
+            return True
+
+        await until(written, within=30)
 
 
 def _hactl(secured: Secured, identity: str, *args: str) -> Result:
