@@ -21,7 +21,7 @@ def _ca(peer: bool) -> str:
 
 @click.group()
 def certs() -> None:
-    """Make the cluster CA and certificates."""
+    """Make the CAs and certificates; revoke them."""
 
 
 @certs.command("init")

@@ -27,7 +27,7 @@ from haproxy_py.hactl.session import run
 
 @click.group()
 def etcd() -> None:
-    """Maintain etcd: compact history, defragment members, clear the NOSPACE alarm; auth."""
+    """Maintain etcd: compact, defragment, clear the NOSPACE alarm; users and roles."""
 
 
 @etcd.command()

@@ -20,7 +20,7 @@ import pytest
 
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab import control
-from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT
+from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT, OPERATOR
 from tests.lab.e2e.support import lab_session, observed, settle, view, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
@@ -115,6 +115,14 @@ def test_stolen_agent_key_is_confined_while_the_vip_serves(lab: control.Lab) -> 
     after = view(lab)
     assert after is not None and after.owner(vip) == before.owner(vip)
     assert not any(r.id.endswith("forged") for r in after.requests), after.requests
+    # The operator's own requests carry the certificate's identity (m6).
+    for kind in ("pause", "resume"):
+        done = lab.hactl(kind)
+        assert done.returncode == 0, done.stderr
+    latest = view(lab)
+    assert latest is not None
+    recent = [r.by or "" for r in latest.requests][-2:]
+    assert len(recent) == 2 and all(by.startswith(f"{OPERATOR} (") for by in recent), recent
     _node_kill_still_fails_over(lab, vip)
 
 
