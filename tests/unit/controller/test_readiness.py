@@ -145,3 +145,9 @@ def test_memory_counts_unheld_per_assignment() -> None:
     clock.now += 5
     listed = view([replace(a, vips=(VIP1,))], [held(VIP1, "a", revision=11)])
     assert memory.observe(listed).unheld == frozenset()
+
+
+def test_a_stopping_owner_is_released_from_as_a_planned_move() -> None:
+    a = replace(node("a", 200), stopping=True)
+    d = run(view([a, node("b", 100)], [held(VIP1, "a")]))
+    assert moves(d) == {VIP1: ("b", "released")}
