@@ -204,7 +204,10 @@ class Fence:
         return self._until.get(vip, -math.inf)
 
     def close(self, remove: bool) -> None:
-        """Release the library context; with `remove`, delete the tables first (clean stop)."""
+        """Release the library context; with `remove`, delete the tables first (clean stop).
+        Closing again does nothing."""
+        if self._nft.closed:
+            return
         try:
             if remove:  # `add` first: deleting a table that is already gone is no error
                 lines = [

@@ -68,6 +68,10 @@ class Nft:
             raise NftError(f"nftables refused the change: {first}")
         return out
 
+    @property
+    def closed(self) -> bool:
+        return self._ctx is None
+
     def close(self) -> None:
         with self._lock:
             if self._ctx is not None:

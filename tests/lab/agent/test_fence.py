@@ -376,3 +376,13 @@ def test_the_arp_watcher_catches_two_nodes_answering(lab: Lab) -> None:
         time.sleep(0.3)
     assert watch.probes > 50 and not watch.doubles()
     assert {c.mac for c in watch.of(lab.vip)} == {_mac(lab.other.netns)}
+
+
+def test_a_table_of_another_shape_is_replaced(lab: Lab) -> None:
+    """A table left by a version whose sets differ: installing afresh beats refusing to start."""
+    lab.fence.close(remove=True)
+    _nft(lab.node.netns, "add", "table", "ip", "ha_agent")
+    _nft(lab.node.netns, "add", "set", "ip", "ha_agent", "alive", "{ type ipv4_addr; }")
+    lab.fence = in_netns(lab.node.netns, lambda: Fence.open("eth0"))
+    lab.fence.arm(lab.vip, time.monotonic() + 5)
+    assert "timeout" in _set(lab.node.netns, "alive") and lab.vip in _set(lab.node.netns, "alive")
