@@ -492,6 +492,34 @@ def test_second_run_changes_nothing(deployed: Deployed) -> None:
     assert set(second.recap) >= set(PROXIES + APP)
 
 
+def test_renewed_certificates_are_rolled_out_without_a_restart(deployed: Deployed) -> None:
+    """Rotation: node1's certificates re-issued on the control machine and the playbook run
+    again: no daemon and no etcd member restarts (etcd re-reads its own certificate per
+    connection; our daemons dial with renewed files when a connection next fails), the VIP
+    keeps answering, and etcd accepts the renewed agent certificate."""
+    eventually("the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status)
+    machine = deployed.lab.machine("node1")
+    units = ["etcd", *DAEMONS]
+    before = {unit: _unit(deployed, machine, unit, "MainPID")["MainPID"] for unit in units}
+    for name, peer in (("etcd-node1", False), ("etcd-node1-peer", True)):
+        argv = [str(HACTL), "certs", "issue", "--ca", str(deployed.pki), "--force", name]
+        sans = f"{machine.address},node1" + ("" if peer else ",127.0.0.1,localhost")
+        argv += ["--san", sans] + (["--peer"] if peer else [])
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    for name in ("agent-node1", "controller-node1"):
+        argv = [str(HACTL), "certs", "issue", "--ca", str(deployed.pki), "--force", "--client"]
+        subprocess.run([*argv, name], check=True, capture_output=True, timeout=60)
+    with VipProber(deployed.vip) as prober:
+        rotation = run_playbook(deployed.inventory, deployed.extra_vars, deployed.work, "rotation")
+    deployed.timings["playbook run with renewed certificates"] = rotation.seconds
+    assert rotation.returncode == 0, rotation.explain()
+    after = {unit: _unit(deployed, machine, unit, "MainPID")["MainPID"] for unit in units}
+    assert after == before, "a unit restarted for a renewed certificate"
+    assert not any(not ok for _, ok in prober.samples), prober.outages()
+    done = _etcdctl_as(deployed, "agent-node1", "get", f"/haproxy-py/{CLUSTER}/config")
+    assert done.returncode == 0, done.stderr
+
+
 class VipProber:
     """GETs the VIP every 50 ms from the test host until stopped: (monotonic time, answered)."""
 
