@@ -53,7 +53,7 @@ def load_settings(path: Path) -> tuple[Settings, EtcdConfig, str, bool | None]:
     node = parse_node(doc)
     cluster = parse_cluster(doc)
     agent = parse_agent(doc)
-    etcd = parse_etcd(doc)
+    etcd = parse_etcd(doc, "agent")
     logging = parse_logging(doc)
     settings = Settings(
         node=node, cluster=cluster.name, agent=agent, version=__version__, vips=cluster.vips

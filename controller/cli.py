@@ -59,7 +59,7 @@ class Settings:
 def load_settings(path: Path) -> Settings:
     doc = load(path)
     cluster = parse_cluster(doc)
-    etcd = parse_etcd(doc)
+    etcd = parse_etcd(doc, "controller")
     controller = parse_controller(doc, etcd)
     if not cluster.vips:
         doc.table("cluster", {}).fail("vips", "missing; the controller needs at least one VIP")

@@ -1,11 +1,20 @@
-"""The cluster's certificates: one CA, and server/peer/client certificates signed by it.
+"""The cluster's certificates: two CAs, and server/peer/client certificates signed by them.
 
 Layout of a certificate directory (predictable, so that configs and Ansible can
 name files without asking):
 
-    DIR/ca.crt  DIR/ca.key          the cluster CA (ECDSA P-256, 10 years)
+    DIR/ca.crt  DIR/ca.key          the cluster CA (ECDSA P-256, 10 years): etcd's
+                                    client port, agents, controllers, operators
+    DIR/ca.crl                      its revocation list (`hactl certs revoke`)
+    DIR/peer-ca.crt  .key  .crl     the etcd peer CA: signs member peer certificates
+                                    only, so no client certificate opens the raft port
     DIR/<name>.crt  DIR/<name>.key  one certificate per etcd member, agent,
                                     controller, hactl user or proxy listener
+
+Identities: a client certificate's common name is its etcd user name, and the
+roles granted to it (haproxy_py.cluster.rbac) follow from its prefix:
+`agent-<node>`, `controller-<node>`, `operator-<name>`; `root` is the etcd
+administrator and stays with the CA on the control machine.
 
 Rules:
 
@@ -16,6 +25,8 @@ Rules:
   etcd members use one certificate as server and as peer client, and etcd
   3.4's gateway dials itself with it. `client=True` gives clientAuth only
   (hactl users, agents, controllers); its common name is the etcd user name.
+* Leaves live `LEAF_DAYS` less a random part of `STAGGER_DAYS`, so that
+  certificates issued in one run do not all expire on the same day.
 * Idempotent: an existing CA is kept unless `force`; an existing certificate
   is kept when it was signed by this CA, has the same SANs and usage and is
   valid for more than `RENEW_BEFORE`, otherwise it is re-issued.
@@ -29,6 +40,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +52,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CA_CERT = "ca.crt"
-CA_KEY = "ca.key"
+CA = "ca"  # the cluster CA's file stem
+PEER_CA = "peer-ca"  # the etcd peer CA's
 CA_DAYS = 3650
-LEAF_DAYS = 825
+LEAF_DAYS = 365
+STAGGER_DAYS = 73  # a leaf's lifetime is shortened by up to this (20 %), at random
 RENEW_BEFORE = dt.timedelta(days=30)
 # Tolerate a little clock skew between the machine that issues and the ones that verify.
 BACKDATE = dt.timedelta(minutes=5)
@@ -70,8 +83,12 @@ class Issued:
     created: bool
 
 
-def ca_paths(directory: Path) -> tuple[Path, Path]:
-    return directory / CA_CERT, directory / CA_KEY
+def ca_paths(directory: Path, ca: str = CA) -> tuple[Path, Path]:
+    return directory / f"{ca}.crt", directory / f"{ca}.key"
+
+
+def crl_path(directory: Path, ca: str = CA) -> Path:
+    return directory / f"{ca}.crl"
 
 
 def parse_san(value: str) -> San:
@@ -87,13 +104,20 @@ def parse_san(value: str) -> San:
 
 
 def init_ca(
-    directory: Path, *, common_name: str = "haproxy-py cluster CA", force: bool = False
+    directory: Path,
+    *,
+    common_name: str = "haproxy-py cluster CA",
+    force: bool = False,
+    ca: str = CA,
 ) -> Issued:
-    """Create the cluster CA in `directory`, or keep the one already there."""
-    cert_path, key_path = ca_paths(directory)
+    """Create a CA (the cluster CA, or with `ca=PEER_CA` the etcd peer CA) in `directory`, or
+    keep the one already there; either way its CRL exists afterwards (etcd needs the file)."""
+    cert_path, key_path = ca_paths(directory, ca)
     if not force and (cert_path.exists() or key_path.exists()):
         # Keep it, but only if it is whole: half a CA would fail later and far away.
-        load_ca(directory)
+        load_ca(directory, ca)
+        if not crl_path(directory, ca).exists():
+            _write_crl(directory, ca, [])
         return Issued(cert_path, key_path, created=False)
     _make_dir(directory)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -114,14 +138,16 @@ def init_ca(
         .sign(key, hashes.SHA256())
     )
     _write_pair(cert_path, key_path, cert, key)
+    _write_crl(directory, ca, [])
     return Issued(cert_path, key_path, created=True)
 
 
-def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(directory: Path, ca: str = CA) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The CA certificate and key from `directory`, checked to belong together."""
-    cert_path, key_path = ca_paths(directory)
+    cert_path, key_path = ca_paths(directory, ca)
     if not cert_path.exists() and not key_path.exists():
-        raise PkiError(f"{directory}: no cluster CA here (make one: hactl certs init --out DIR)")
+        what, flag = ("etcd peer CA", " --peer") if ca == PEER_CA else ("cluster CA", "")
+        raise PkiError(f"{directory}: no {what} here (make one: hactl certs init --out DIR{flag})")
     cert = load_cert(cert_path)
     key = load_key(key_path)
     _check_pair(cert, key, cert_path, key_path)
@@ -139,8 +165,10 @@ def issue(
     client: bool = False,
     out: Path | None = None,
     force: bool = False,
+    ca: str = CA,
 ) -> Issued:
-    """Issue `<out>/<name>.crt` + `.key` signed by the CA in `ca_dir` (out defaults to ca_dir).
+    """Issue `<out>/<name>.crt` + `.key` signed by the CA `ca` in `ca_dir` (out defaults to
+    ca_dir): the cluster CA, or `PEER_CA` for an etcd member's peer certificate.
 
     A server certificate without SANs gets `name` as its only DNS SAN.
     """
@@ -149,12 +177,12 @@ def issue(
             f"certificate name {name!r}: expected letters, digits, '.', '_' or '-' "
             "(it becomes the file name and the common name)"
         )
-    if name == "ca":
-        raise PkiError("certificate name 'ca' is reserved for the cluster CA")
+    if name in (CA, PEER_CA):
+        raise PkiError(f"certificate name {name!r} is reserved for a CA")
     san_list = _dedupe(parse_san(s) for s in sans)
     if not san_list and not client:
         san_list = [parse_san(name)]
-    ca_cert, ca_key = load_ca(ca_dir)
+    ca_cert, ca_key = load_ca(ca_dir, ca)
     out = ca_dir if out is None else out
     cert_path, key_path = out / f"{name}.crt", out / f"{name}.key"
     usages = _usages(client)
@@ -163,7 +191,10 @@ def issue(
     _make_dir(out)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
-    not_after = min(now + dt.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc)
+    lifetime = dt.timedelta(days=LEAF_DAYS) - dt.timedelta(
+        hours=secrets.randbelow(STAGGER_DAYS * 24)
+    )
+    not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -185,6 +216,53 @@ def issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(san_list), critical=False)
     _write_pair(cert_path, key_path, builder.sign(ca_key, hashes.SHA256()), key)
     return Issued(cert_path, key_path, created=True)
+
+
+def revoke(ca_dir: Path, cert_path: Path, *, ca: str = CA) -> tuple[Path, bool]:
+    """Add the certificate at `cert_path` to the CRL of `ca` in `ca_dir`; returns (the CRL,
+    whether it was added now). etcd reads the CRL on every new connection, so a revoked
+    client is refused from its next connection on; a connection already open stays."""
+    ca_cert, _ = load_ca(ca_dir, ca)
+    cert = load_cert(cert_path)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PkiError(f"{cert_path}: not issued by {ca_paths(ca_dir, ca)[0]}") from None
+    revoked = revoked_serials(ca_dir, ca)
+    if cert.serial_number in revoked:
+        return crl_path(ca_dir, ca), False
+    _write_crl(ca_dir, ca, [*revoked, cert.serial_number])
+    return crl_path(ca_dir, ca), True
+
+
+def revoked_serials(ca_dir: Path, ca: str = CA) -> list[int]:
+    """The serial numbers on the CRL of `ca` (none if it has no CRL yet)."""
+    path = crl_path(ca_dir, ca)
+    if not path.exists():
+        return []
+    try:
+        crl = x509.load_pem_x509_crl(_read(path))
+    except ValueError:
+        raise PkiError(f"{path}: not a PEM certificate revocation list") from None
+    return [entry.serial_number for entry in crl]
+
+
+def _write_crl(ca_dir: Path, ca: str, serials: Sequence[int]) -> None:
+    """The CRL, valid as long as the CA (etcd ignores dates; OpenSSL refuses a stale CRL)."""
+    ca_cert, ca_key = load_ca(ca_dir, ca)
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(ca_cert.not_valid_after_utc)
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _write_atomic(crl_path(ca_dir, ca), crl.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def check_client_files(cacert: Path, cert: Path | None, key: Path | None) -> None:

@@ -140,12 +140,23 @@ def _file(table: Table, key: str) -> Path | None:
     return path
 
 
-def parse_etcd(doc: Table) -> EtcdConfig:
+DAEMONS = ("agent", "controller")  # each may have its own etcd identity: [etcd.agent] cert, key
+
+
+def parse_etcd(doc: Table, daemon: str | None = None) -> EtcdConfig:
+    """`[etcd]`, with the client certificate of `daemon` (`[etcd.<daemon>] cert, key`) when
+    its table is there. Only that daemon's files are opened, so the agent's key can be
+    readable by the agent's user alone, and the controller's by the controller's."""
     etcd = doc.table("etcd", {})
-    etcd.reject_unknown({"endpoints", "timeout", "cacert", "cert", "key"})
-    cacert, cert, key = _file(etcd, "cacert"), _file(etcd, "cert"), _file(etcd, "key")
+    etcd.reject_unknown({"endpoints", "timeout", "cacert", "cert", "key", *DAEMONS})
+    cacert = _file(etcd, "cacert")
+    own = etcd
+    if daemon is not None and daemon in etcd.data:
+        own = etcd.table(daemon)
+        own.reject_unknown({"cert", "key"})
+    cert, key = _file(own, "cert"), _file(own, "key")
     if (cert is None) != (key is None):
-        etcd.fail("cert" if cert is None else "key", "cert and key must be given together")
+        own.fail("cert" if cert is None else "key", "cert and key must be given together")
     if cert is not None and cacert is None:
         etcd.fail("cacert", "missing; a client certificate needs the CA that signed etcd's")
     raw = etcd.strings("endpoints", ["127.0.0.1:2379"])

@@ -22,6 +22,12 @@ Leases: `keepalive()` raises LeaseLost when etcd answers TTL <= 0, which is
 how an expired lease shows itself (no gRPC error). After an etcd restart every
 lease has a fresh full TTL again.
 
+TLS files: a client certificate renewed on disk is used from the next
+connection on. When a connection fails (as it does once the old certificate
+expires or is revoked), the store re-reads the files if they changed and
+dials again with the new ones; a connection that works is left alone, as etcd
+itself reloads certificates per connection.
+
 Watch: `watch()` re-watches from the last seen revision + 1 after a disconnect
 or an endpoint change, so no event is lost while the stream was down. If that
 revision was compacted (etcd compacts periodically), it yields one
@@ -179,6 +185,18 @@ class _Client(aetcd.Client):
         self._connected.set()
 
 
+def _tls_stamp(config: EtcdConfig) -> tuple[tuple[int, int, int], ...]:
+    """What identifies the TLS files' current contents: (inode, size, mtime) of each."""
+    stamps = []
+    for path in (config.cacert, config.cert, config.key):
+        try:
+            st = path.stat() if path is not None else None
+        except OSError:
+            st = None
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else (0, 0, 0))
+    return tuple(stamps)
+
+
 def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials | None:
     if not config.tls:
         return None
@@ -209,6 +227,7 @@ class Store:
     def __init__(self, config: EtcdConfig, cluster: str) -> None:
         self.config = config
         self.schema = Schema(cluster)
+        self._stamp = _tls_stamp(config)
         self._credentials = _credentials(config)
         self._clients: dict[int, _Client] = {}
         self._current = 0
@@ -243,6 +262,19 @@ class Store:
             self._clients[index] = client
         return client
 
+    async def _reload_tls(self) -> None:
+        """After a failed connection: if the TLS files changed, dial with the new ones."""
+        if not self.config.tls or _tls_stamp(self.config) == self._stamp:
+            return
+        try:
+            credentials = _credentials(self.config)
+        except StoreError as exc:  # half-written files: try again at the next failure
+            log.warning("etcd TLS files changed but cannot be read yet", error=str(exc))
+            return
+        self._stamp, self._credentials = _tls_stamp(self.config), credentials
+        log.info("etcd TLS files changed; reconnecting with them", cert=str(self.config.cert))
+        await self.close()
+
     def _rotate(self, reason: str) -> None:
         if len(self.config.endpoints) == 1:
             return
@@ -268,6 +300,7 @@ class Store:
                 return await op(self._client())
             except aetcd_errors.ConnectionFailedError as exc:
                 last = f"{endpoint}: {_detail(exc)}"
+                await self._reload_tls()
                 self._rotate(f"{what}: {last}")
             except (aetcd_errors.ConnectionTimeoutError, aetcd_errors.WatchTimeoutError):
                 self._rotate(f"{what}: {endpoint} timed out")

@@ -18,6 +18,7 @@ from haproxy_py.hactl import complete, intent
 from haproxy_py.hactl.connection import connection_of
 from haproxy_py.hactl.errors import Refused
 from haproxy_py.hactl.session import run, submit_and_wait
+from haproxy_py.hactl.table import printable
 
 _TIMEOUT = click.option(
     "--timeout",
@@ -42,7 +43,7 @@ def _outcome(request: Request) -> list[str]:
 
 def _print_result(request: Request) -> None:
     for line in _outcome(request):
-        click.echo(line)
+        click.echo(printable(line))  # the controller's message comes from etcd
 
 
 @click.command()

@@ -44,11 +44,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "history",
         "Show the last N VIP ownership changes (time, from, to, cause, gap).",
     ),
-    "certs": ("haproxy_py.hactl.certs", "certs", "Make the cluster CA and certificates."),
+    "certs": ("haproxy_py.hactl.certs", "certs", "Make the CAs and certificates; revoke them."),
     "etcd": (
         "haproxy_py.hactl.etcd",
         "etcd",
-        "Maintain etcd: compact history, defragment members, clear the NOSPACE alarm.",
+        "Maintain etcd: compact, defragment, clear the NOSPACE alarm; users and roles.",
     ),
     "lab": (
         "haproxy_py.lab.cli",

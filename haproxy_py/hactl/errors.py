@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import click
 
+from haproxy_py.hactl.table import printable
+
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -33,7 +35,7 @@ class HactlError(click.ClickException):
     exit_code = EXIT_REFUSED
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"hactl: {self.format_message()}", file=file, err=True)
+        click.echo(f"hactl: {printable(self.format_message(), lines=True)}", file=file, err=True)
 
 
 class Refused(HactlError):

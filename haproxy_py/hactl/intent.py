@@ -8,8 +8,6 @@ message; the controller stays the judge of everything else.
 
 from __future__ import annotations
 
-import getpass
-import socket
 from collections.abc import Iterable
 
 from haproxy_py.cluster.records import ClusterView, Request, RequestKind, RequestResult
@@ -26,7 +24,7 @@ def new_request(
     target: str | None = None,
     node: str | None = None,
 ) -> Request:
-    """A request with a unique id that sorts by creation time."""
+    """A request with a unique id that sorts by creation time (`by` is set where it is sent)."""
     return Request(
         id=new_request_id(now),
         kind=kind,
@@ -34,8 +32,14 @@ def new_request(
         target=target,
         node=node,
         created=now,
-        by=_operator(),
     )
+
+
+def requester(identity: str | None, user: str, host: str) -> str:
+    """Who asks, for the audit trail: the etcd identity (the client certificate's name, the
+    only part etcd vouches for) first, the local account after it as a hint."""
+    local = f"{user}@{host}"
+    return f"{identity} ({local})" if identity else local
 
 
 def require_leader(view: ClusterView, action: str) -> str:
@@ -104,11 +108,3 @@ def describe_result(request: Request, result: RequestResult) -> list[str]:
 def _listing(names: Iterable[str]) -> str:
     ordered = sorted(names)
     return ", ".join(ordered) if ordered else "none"
-
-
-def _operator() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"

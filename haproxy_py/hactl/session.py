@@ -8,12 +8,16 @@ say which side's certificate failed which check.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView, Request
 from haproxy_py.cluster.store import RequestTimeout, Store, StoreError, StoreUnavailable
+from haproxy_py.hactl import intent
 from haproxy_py.hactl.connection import Connection
 from haproxy_py.hactl.errors import TimedOut, Unreachable
 
@@ -50,6 +54,7 @@ async def submit_and_wait(store: Store, request: Request, wait: float) -> Reques
     On timeout a request the controller never picked up is withdrawn (deleted if
     still unchanged), so that it cannot surprise anyone by running later.
     """
+    request = replace(request, by=intent.requester(_identity(store.config), *_local_account()))
     stored = await store.submit(request)
     try:
         return await store.wait_result(request.id, wait)
@@ -92,3 +97,26 @@ def diagnose(message: str, etcd: EtcdConfig) -> str:
     if not etcd.tls and "Socket closed" in message:
         return f"{message}; etcd may require TLS: give https:// endpoints and --cacert"
     return message
+
+
+def _identity(etcd: EtcdConfig) -> str | None:
+    """The common name of our client certificate: the etcd user the request is written as."""
+    if etcd.cert is None:
+        return None
+    from cryptography.x509.oid import NameOID  # only worth loading when there is TLS
+
+    from haproxy_py import pki
+
+    try:
+        names = pki.load_cert(etcd.cert).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except pki.PkiError:
+        return None
+    return str(names[0].value) if names else None
+
+
+def _local_account() -> tuple[str, str]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return user, socket.gethostname()

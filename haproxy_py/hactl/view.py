@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from haproxy_py.cluster.records import ClusterView, Event, vip_order
-from haproxy_py.hactl.table import Cell, render
+from haproxy_py.hactl.table import Cell, printable, render
 
 ROLE_COLOURS = {"active": "green", "standby": "cyan", "draining": "yellow", "down": "red"}
 
@@ -173,7 +173,7 @@ def status_table(status: StatusView, now: float) -> str:
     leader = status.controller or "none"
     if status.controller and status.controller_since:
         leader += f" (since {clock(status.controller_since)})"
-    header = (
+    header = printable(
         f"Cluster: {status.cluster}  mode: {status.mode or 'unknown'}  "
         f"controller: {leader}  epoch: {status.epoch}  "
         f"maintenance: {'on' if status.paused else 'off'}"
@@ -201,7 +201,7 @@ def status_table(status: StatusView, now: float) -> str:
     else:
         parts.append("No VIPs configured.")
     for problem in status.problems:
-        parts.append(_warn(f"unreadable key {problem}"))
+        parts.append(_warn(printable(f"unreadable key {problem}")))
     return "\n".join(parts)
 
 

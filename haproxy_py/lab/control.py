@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from haproxy_py import pki
+from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store, StoreError
@@ -180,6 +181,8 @@ class Lab:
         for m in layout.etcd:
             self.start_etcd(m.name)
         wait_for(self.etcd_healthy, READY_TIMEOUT, "etcd did not become healthy", paths.logs)
+        say("etcd users and roles from the certificates' names; auth enabled")
+        self._authorization()
         say("starting the demo app backends")
         for m in layout.apps:
             self._spawn(m.name, m, self._app_command(m))
@@ -195,16 +198,38 @@ class Lab:
         self._start_forwarder()
 
     def _certificates(self) -> None:
+        """A cluster CA and an etcd peer CA; one identity per daemon, the operator and root."""
         ca = self.paths.pki
         try:
             pki.init_ca(ca, common_name="haproxy-py lab CA")
+            pki.init_ca(ca, common_name="haproxy-py lab etcd peer CA", ca=pki.PEER_CA)
             for m in self.layout.etcd:
                 pki.issue(ca, m.name, [m.address, "127.0.0.1"])
+                pki.issue(ca, f"{m.name}-peer", [m.address], ca=pki.PEER_CA)
             for m in self.layout.nodes:
-                pki.issue(ca, m.name, client=True)
-            pki.issue(ca, "hactl", client=True)
+                pki.issue(ca, f"agent-{m.name}", client=True)
+                pki.issue(ca, f"controller-{m.name}", client=True)
+            for name in (lay.OPERATOR, lay.ROOT):
+                pki.issue(ca, name, client=True)
         except pki.PkiError as exc:
             raise LabError(f"certificates: {exc}") from None
+
+    def _authorization(self) -> None:
+        """etcd users and roles from the role table, then auth on (as root)."""
+        nodes = [m.name for m in self.layout.nodes]
+        operator = lay.OPERATOR.removeprefix("operator-")
+        desired = rbac.plan(
+            lay.CLUSTER, nodes, [operator], admins=[m.name for m in self.layout.etcd]
+        )
+
+        async def apply() -> None:
+            async with Store(self.etcd_config(), lay.CLUSTER) as store:
+                await rbac.apply(store, desired)
+
+        try:
+            asyncio.run(apply())
+        except StoreError as exc:
+            raise LabError(f"etcd authorization: {exc}") from None
 
     def _start_forwarder(self) -> None:
         self.paths.port_file.unlink(missing_ok=True)
@@ -318,8 +343,8 @@ class Lab:
             endpoints=tuple(f"{m.address}:{lay.ETCD_CLIENT_PORT}" for m in self.layout.etcd),
             timeout=1.0,
             cacert=p / "ca.crt",
-            cert=p / "hactl.crt",
-            key=p / "hactl.key",
+            cert=p / f"{lay.ROOT}.crt",  # the lab's own checks act as etcd's administrator
+            key=p / f"{lay.ROOT}.key",
         )
 
     def view(self) -> ClusterView:
@@ -333,7 +358,9 @@ class Lab:
 
     def etcd_healthy(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.paths.pki / "ca.crt"))
-        context.load_cert_chain(self.paths.pki / "hactl.crt", self.paths.pki / "hactl.key")
+        context.load_cert_chain(
+            self.paths.pki / f"{lay.ROOT}.crt", self.paths.pki / f"{lay.ROOT}.key"
+        )
         for m in self.layout.etcd:
             url = f"https://{m.address}:{lay.ETCD_CLIENT_PORT}/health"
             try:

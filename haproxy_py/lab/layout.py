@@ -167,12 +167,16 @@ def _section(name: str, values: dict[str, object], array: bool = False) -> str:
     return "\n".join([head, *(f"{k} = {_toml(v)}" for k, v in values.items())]) + "\n"
 
 
+ROOT = "root"  # the etcd administrator; its key stays in the lab's pki directory
+OPERATOR = "operator-lab"  # what plain `hactl` uses against the lab
+
+
+def identity(pki: Path, name: str) -> dict[str, object]:
+    return {"cert": str(pki / f"{name}.crt"), "key": str(pki / f"{name}.key")}
+
+
 def etcd_tls(pki: Path, name: str) -> dict[str, object]:
-    return {
-        "cacert": str(pki / "ca.crt"),
-        "cert": str(pki / f"{name}.crt"),
-        "key": str(pki / f"{name}.key"),
-    }
+    return {"cacert": str(pki / "ca.crt"), **identity(pki, name)}
 
 
 def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
@@ -208,7 +212,12 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
         # seconds of a node coming back, where a lab user is watching.
         cluster["failback_hold"] = FAILBACK_HOLD
     parts.append(_section("cluster", cluster))
-    parts.append(_section("etcd", {"endpoints": layout.etcd_endpoints, **etcd_tls(pki, node.name)}))
+    # No [etcd] cert of its own: each daemon connects as itself (etcd user = common name).
+    parts.append(
+        _section("etcd", {"endpoints": layout.etcd_endpoints, "cacert": str(pki / "ca.crt")})
+    )
+    for daemon in ("agent", "controller"):
+        parts.append(_section(f"etcd.{daemon}", identity(pki, f"{daemon}-{node.name}")))
     parts.append(_section("agent", {"proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}"}))
     parts.append(_section("controller", {"id": node.name, "metrics": ""}))
     parts.append(_section("logging", {"level": "info", "format": "json"}))
@@ -221,17 +230,19 @@ def context_file(layout: Layout, pki: Path) -> str:
         [
             "# Written by `hactl lab up`, removed by `hactl lab down`.\n",
             _section("cluster", {"name": CLUSTER}),
-            _section("etcd", {"endpoints": layout.etcd_endpoints, **etcd_tls(pki, "hactl")}),
+            _section("etcd", {"endpoints": layout.etcd_endpoints, **etcd_tls(pki, OPERATOR)}),
         ]
     )
 
 
 def etcd_command(layout: Layout, member: Member, pki: Path, data_dir: Path) -> list[str]:
-    """etcd with mTLS for clients and peers; fast heartbeats (as in the tests) on a quiet bridge."""
+    """etcd with mTLS for clients (CRL-checked, users from certificate names) and for peers
+    (their own CA); fast heartbeats (as in the tests) on a quiet bridge."""
     peer = f"https://{member.address}:{ETCD_PEER_PORT}"
     client = f"https://{member.address}:{ETCD_CLIENT_PORT}"
     cluster = ",".join(f"{m.name}=https://{m.address}:{ETCD_PEER_PORT}" for m in layout.etcd)
     cert, key, ca = pki / f"{member.name}.crt", pki / f"{member.name}.key", pki / "ca.crt"
+    peer_cert, peer_key = pki / f"{member.name}-peer.crt", pki / f"{member.name}-peer.key"
     return [
         "etcd",
         f"--name={member.name}",
@@ -253,10 +264,13 @@ def etcd_command(layout: Layout, member: Member, pki: Path, data_dir: Path) -> l
         f"--key-file={key}",
         f"--trusted-ca-file={ca}",
         "--client-cert-auth",
-        f"--peer-cert-file={cert}",
-        f"--peer-key-file={key}",
-        f"--peer-trusted-ca-file={ca}",
+        f"--client-crl-file={pki / 'ca.crl'}",
+        # Peers are members only: their own CA, so no client certificate opens the raft port.
+        f"--peer-cert-file={peer_cert}",
+        f"--peer-key-file={peer_key}",
+        f"--peer-trusted-ca-file={pki / 'peer-ca.crt'}",
         "--peer-client-cert-auth",
+        f"--peer-crl-file={pki / 'peer-ca.crl'}",
         "--logger=zap",
         "--log-level=warn",
     ]

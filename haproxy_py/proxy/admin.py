@@ -16,6 +16,12 @@ it to service.
 `POST /drain?address=VIP` drains only the connections that came in on that
 local address (the node agent asks for it once the VIP has left this node):
 the node stays healthy and keeps serving its other addresses.
+
+The two POSTs change the node, so a browser must not be able to send them for
+a web page (cross-site request forgery, or DNS rebinding onto the loopback
+port): they are refused (403) unless the Host header names this listener
+(its address, or localhost on loopback) and any Origin is this listener too.
+Programs (the agent, curl) send no Origin and are unaffected.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from __future__ import annotations
 import html
 import ipaddress
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 
 from haproxy_py import __version__
@@ -35,12 +43,52 @@ from haproxy_py.proxy.tls import admin_server_context
 if TYPE_CHECKING:
     from haproxy_py.proxy.server import ProxyServer
 
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+LOOPBACK_NAMES = ("localhost",)
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The Host values that name an admin listener on host:port; None for a wildcard bind
+    (any name may reach it; client-certificate TLS is required there instead)."""
+    if host in WILDCARDS:
+        return None
+    names = {f"[{host}]" if ":" in host else host}
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in LOOPBACK_NAMES
+    if loopback:
+        names.update(LOOPBACK_NAMES)
+    return frozenset(f"{name}:{port}".lower() for name in names)
+
+
+def refusal(method: str, headers: Mapping[str, str], hosts: frozenset[str] | None) -> str | None:
+    """Why a request must be refused (None: serve it). Only changes are checked."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    host = headers.get("Host", "").lower()
+    if hosts is not None and host not in hosts:
+        return f"Host {host!r} is not this admin listener ({', '.join(sorted(hosts))})"
+    if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return "a cross-site browser request"
+    origin = headers.get("Origin")
+    if origin is not None:
+        _, _, rest = origin.partition("://")
+        if rest.lower() != host or not host:
+            return f"Origin {origin!r} is not this admin listener"
+    return None
+
 
 class AdminServer:
     def __init__(self, proxy: ProxyServer) -> None:
         self.proxy = proxy
         self.registry = build_registry(proxy)
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._same_site_only])
+        self.refused = 0  # changes refused by the same-site check
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/status", self.status)
@@ -63,6 +111,19 @@ class AdminServer:
             ssl_context=None if admin.tls is None else admin_server_context(admin.tls),
         )
         await self._site.start()
+
+    @web.middleware
+    async def _same_site_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        config = self.proxy.runtime.config.admin
+        port = self.address[1] if self._runner is not None else config.port
+        reason = refusal(request.method, request.headers, allowed_hosts(config.host, port))
+        if reason is not None:
+            self.refused += 1
+            log.warning(
+                "admin request refused", method=request.method, path=request.path, reason=reason
+            )
+            return web.json_response({"status": "refused", "reason": reason}, status=403)
+        return await handler(request)
 
     @property
     def address(self) -> tuple[str, int]:

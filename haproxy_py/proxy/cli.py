@@ -19,6 +19,7 @@ import structlog
 from haproxy_py import certmetrics, systemd
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import (
+    DAEMONS,
     parse_cluster,
     parse_controller,
     parse_etcd,
@@ -45,6 +46,8 @@ def check_node_file(doc: Table) -> None:
     parse_cluster(doc)
     parse_logging(doc)
     etcd = parse_etcd(doc)
+    for daemon in DAEMONS:  # each daemon's own identity, when the file gives one
+        parse_etcd(doc, daemon)
     if "controller" in doc.data:
         parse_controller(doc, etcd)
     if "agent" in doc.data:

@@ -71,9 +71,11 @@ def write_inventory(lab: Lab, path: Path, *, proxies: list[str], app: list[str])
 
 
 def run_playbook(
-    inventory: Path, extra_vars: dict[str, object], work: Path, name: str
+    inventory: Path, extra_vars: dict[str, object], work: Path, name: str, *options: str
 ) -> PlaybookRun:
-    """`ansible-playbook -i inventory ansible/site.yml` for real, over ssh; log in work/NAME.log."""
+    """`ansible-playbook -i inventory ansible/site.yml` for real, over ssh; log in work/NAME.log.
+
+    `options` go to ansible-playbook as they are (e.g. `--diff`)."""
     vars_file = work / "extra-vars.json"
     vars_file.write_text(json.dumps(extra_vars, indent=1))
     log = work / f"{name}.log"
@@ -97,6 +99,7 @@ def run_playbook(
         str(inventory),
         "-e",
         f"@{vars_file}",
+        *options,
         str(SITE),
     ]
     started = time.monotonic()

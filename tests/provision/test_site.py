@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -145,7 +146,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             "certs_hactl": str(HACTL),
         }
         inventory = write_inventory(lab, work / "inventory.ini", proxies=PROXIES, app=APP)
-        first = run_playbook(inventory, extra_vars, work, "first-run")
+        # --diff, as a CI "plan" step would: every key written now must stay out of the log.
+        first = run_playbook(inventory, extra_vars, work, "first-run", "--diff")
         timings["first playbook run"] = first.seconds
         yield Deployed(lab, inventory, extra_vars, work, vip, first, timings)
     finally:
@@ -248,8 +250,8 @@ def test_etcd_has_three_healthy_members_over_tls(deployed: Deployed) -> None:
     endpoints = ",".join(f"https://{deployed.lab.machine(n).address}:2379" for n in PROXIES)
     tls = [
         f"--cacert={pki / 'ca.crt'}",
-        f"--cert={pki / 'operator.crt'}",
-        f"--key={pki / 'operator.key'}",
+        f"--cert={pki / 'root.crt'}",
+        f"--key={pki / 'root.key'}",
     ]
     env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
 
@@ -285,6 +287,67 @@ def test_etcd_has_three_healthy_members_over_tls(deployed: Deployed) -> None:
         check=False,
     )
     assert plain.returncode != 0
+
+
+def _etcdctl_as(d: Deployed, identity: str, *args: str) -> subprocess.CompletedProcess[str]:
+    pki = d.pki
+    endpoints = ",".join(f"https://{d.lab.machine(n).address}:2379" for n in PROXIES)
+    argv = ["etcdctl", f"--endpoints={endpoints}", f"--cacert={pki / 'ca.crt'}"]
+    argv += [f"--cert={pki / identity}.crt", f"--key={pki / identity}.key", *args]
+    env = {"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_first_run_with_diff_printed_no_key(deployed: Deployed) -> None:
+    """M7: `--diff` on the first run (every key written) shows no private key material."""
+    log = deployed.first.log.read_text(errors="replace")
+    assert "--- before" in log or "+++ after" in log, "the first run printed no diff at all"
+    assert "PRIVATE KEY" not in log
+    for key in deployed.pki.glob("*.key"):
+        body = "".join(key.read_text().splitlines()[1:-1])
+        assert body[:40] not in log.replace("\n", ""), key.name
+
+
+def test_etcd_auth_confines_a_node_key(deployed: Deployed) -> None:
+    """RBAC is on: node1's agent key may write its own record only; the operator may ask."""
+    prefix = f"/haproxy-py/{CLUSTER}/"
+    for key in ("/elsewhere", prefix + "nodes/node2", prefix + "config", prefix + "requests/x"):
+        done = _etcdctl_as(deployed, "agent-node1", "put", key, "{}")
+        assert done.returncode != 0 and "permission denied" in done.stderr, (key, done.stderr)
+    done = _etcdctl_as(deployed, "agent-node1", "auth", "disable")
+    assert "permission denied" in done.stderr, done.stderr
+    done = _etcdctl_as(deployed, "operator-admin", "put", prefix + "config", "{}")
+    assert "permission denied" in done.stderr, done.stderr
+    # The peer port takes peer-CA certificates only.
+    address = deployed.lab.machine("node1").address
+    peer = subprocess.run(
+        [
+            "curl", "-s", "-m", "10", "--cacert", str(deployed.pki / "peer-ca.crt"),
+            "--cert", str(deployed.pki / "agent-node1.crt"),
+            "--key", str(deployed.pki / "agent-node1.key"), f"https://{address}:2380/members",
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert peer.returncode != 0 and "peerURLs" not in peer.stdout, peer.stdout
+
+
+def test_daemons_run_as_their_own_users_in_a_sandbox(deployed: Deployed) -> None:
+    machine = deployed.lab.machine("node1")
+    users = {unit: _unit(deployed, machine, unit, "User")["User"] for unit in DAEMONS}
+    assert users == {
+        "haproxy-py": "haproxy-py",
+        "ha-agent": "ha-agent",
+        "ha-controller": "ha-controller",
+    }
+    for key in ("agent.key", "controller.key"):
+        read = deployed.lab.ssh(
+            machine, f"runuser -u haproxy-py -- cat /etc/haproxy-py/pki/{key}", check=False
+        )
+        assert read.returncode != 0 and "PRIVATE" not in read.stdout, read.stdout
+    for unit in DAEMONS:
+        done = deployed.lab.ssh(machine, f"systemd-analyze security --no-pager {unit}", check=False)
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+        assert match and float(match.group(1)) <= 2.5, done.stdout[-600:]
 
 
 def test_etcd_compacts_has_a_quota_and_defragments_one_member_per_slot(
@@ -427,6 +490,34 @@ def test_second_run_changes_nothing(deployed: Deployed) -> None:
     changed = {host: r.changed for host, r in second.recap.items() if r.changed}
     assert not changed, f"changed on the second run: {changed}\n{second.explain()}"
     assert set(second.recap) >= set(PROXIES + APP)
+
+
+def test_renewed_certificates_are_rolled_out_without_a_restart(deployed: Deployed) -> None:
+    """Rotation: node1's certificates re-issued on the control machine and the playbook run
+    again: no daemon and no etcd member restarts (etcd re-reads its own certificate per
+    connection; our daemons dial with renewed files when a connection next fails), the VIP
+    keeps answering, and etcd accepts the renewed agent certificate."""
+    eventually("the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status)
+    machine = deployed.lab.machine("node1")
+    units = ["etcd", *DAEMONS]
+    before = {unit: _unit(deployed, machine, unit, "MainPID")["MainPID"] for unit in units}
+    for name, peer in (("etcd-node1", False), ("etcd-node1-peer", True)):
+        argv = [str(HACTL), "certs", "issue", "--ca", str(deployed.pki), "--force", name]
+        sans = f"{machine.address},node1" + ("" if peer else ",127.0.0.1,localhost")
+        argv += ["--san", sans] + (["--peer"] if peer else [])
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    for name in ("agent-node1", "controller-node1"):
+        argv = [str(HACTL), "certs", "issue", "--ca", str(deployed.pki), "--force", "--client"]
+        subprocess.run([*argv, name], check=True, capture_output=True, timeout=60)
+    with VipProber(deployed.vip) as prober:
+        rotation = run_playbook(deployed.inventory, deployed.extra_vars, deployed.work, "rotation")
+    deployed.timings["playbook run with renewed certificates"] = rotation.seconds
+    assert rotation.returncode == 0, rotation.explain()
+    after = {unit: _unit(deployed, machine, unit, "MainPID")["MainPID"] for unit in units}
+    assert after == before, "a unit restarted for a renewed certificate"
+    assert not any(not ok for _, ok in prober.samples), prober.outages()
+    done = _etcdctl_as(deployed, "agent-node1", "get", f"/haproxy-py/{CLUSTER}/config")
+    assert done.returncode == 0, done.stderr
 
 
 class VipProber:

@@ -49,6 +49,7 @@ class EtcdTLS:
     server_key: Path
     client_cert: Path
     client_key: Path
+    crl: Path | None = None  # --client-crl-file
 
 
 def free_ports(count: int) -> list[int]:
@@ -136,6 +137,8 @@ class EtcdMember:
                 f"--key-file={self.tls.server_key}",
                 "--client-cert-auth",
             ]
+            if self.tls.crl is not None:
+                command.append(f"--client-crl-file={self.tls.crl}")
         return command
 
     def spawn(self) -> None:

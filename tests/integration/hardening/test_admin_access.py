@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import tomllib
 from pathlib import Path
 
 import aiohttp
+import aiohttp.web
 import pytest
 from click.testing import CliRunner
 
@@ -154,3 +156,58 @@ async def test_the_agent_presents_its_client_certificate(backends, proxy, certs:
     finally:
         await agent.close()
         await stranger.close()
+
+
+async def test_changes_from_another_host_or_origin_are_refused(proxy) -> None:
+    """DNS rebinding (a foreign Host) and CSRF (a foreign Origin) cannot drain; the agent can."""
+    server = await proxy(parse('bind = "127.0.0.1:0"'))
+    base = f"http://127.0.0.1:{server.admin.address[1]}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for headers in ({"Host": "attacker.example"}, {"Origin": "http://127.0.0.2:18999"}):
+            async with session.post(f"{base}/drain", headers=headers) as refused:
+                assert refused.status == 403, headers
+                assert (await refused.json())["status"] == "refused"
+        assert not server.draining and server.admin.refused == 2
+        async with session.get(f"{base}/status", headers={"Host": "attacker.example"}) as read:
+            assert read.status == 200
+        async with session.post(f"{base}/drain") as accepted:
+            assert accepted.status == 202
+        assert server.draining
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+async def test_a_web_page_in_chromium_cannot_drain_the_node(proxy, tmp_path: Path) -> None:
+    """The review's reproduction: a page on another local origin auto-submits a form to
+    POST /drain. The request arrives (counted) and is refused; the node keeps serving."""
+    server = await proxy(parse('bind = "127.0.0.1:0"'))
+    target = f"http://127.0.0.1:{server.admin.address[1]}/drain"
+    page = (
+        f'<form id="f" method="POST" action="{target}"></form>'
+        '<script>document.getElementById("f").submit()</script>'
+    )
+    site = aiohttp.web.Application()
+    site.router.add_get("/", lambda _: aiohttp.web.Response(text=page, content_type="text/html"))
+    runner = aiohttp.web.AppRunner(site)
+    await runner.setup()
+    attacker = aiohttp.web.TCPSite(runner, "127.0.0.2", 0)
+    await attacker.start()
+    port = runner.addresses[0][1]
+    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    argv += [f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    argv += ["--dump-dom", f"http://127.0.0.2:{port}/"]
+    try:
+        browser = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await asyncio.wait_for(browser.wait(), 90)
+        finally:
+            if browser.returncode is None:
+                browser.kill()
+                await browser.wait()
+    finally:
+        await runner.cleanup()
+    assert server.admin.refused >= 1, "the browser's POST never reached the admin API"
+    assert not server.draining

@@ -8,24 +8,24 @@ tests/artifacts/lab-gaps.jsonl for the report.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
-import ssl
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.records import ClusterView
-from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.arpwatch import ArpWatch, Claim
 from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
-from haproxy_py.lab.layout import ETCD_CLIENT_PORT, PROXY_PORT
+from haproxy_py.lab.layout import CLUSTER, PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -130,24 +130,16 @@ def hactl_json(lab: control.Lab, *args: str) -> Any:
 
 
 def etcd_leader(lab: control.Lab) -> str:
-    """The name of the etcd member that leads now (from the members' status endpoints)."""
-    pki = lab.paths.pki
-    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    context.load_cert_chain(pki / "hactl.crt", pki / "hactl.key")
-    ids = {}
-    leader = None
-    for m in lab.layout.etcd:
-        url = f"https://{m.address}:{ETCD_CLIENT_PORT}/v3/maintenance/status"
-        request = urllib.request.Request(url, data=b"{}", method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=5, context=context) as response:
-                doc = json.loads(response.read())
-        except OSError:
-            continue  # a member that is down leads nobody
-        ids[doc["header"]["member_id"]] = m.name
-        leader = doc["leader"]
-    assert leader in ids, f"no etcd leader among {ids}"
-    return ids[leader]
+    """The name of the etcd member that leads now (each member's own status, over gRPC)."""
+
+    async def ask() -> list[str]:
+        async with Store(lab.etcd_config(), CLUSTER) as store:
+            status = await maintenance.cluster_status(store)
+        return [s.member.name for s in status.members if s.reachable and s.leader]
+
+    leaders = asyncio.run(ask())
+    assert len(leaders) == 1, f"no single etcd leader: {leaders}"
+    return leaders[0]
 
 
 @dataclass

@@ -60,7 +60,8 @@ def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str) -> 
     layout = lay.plan("hapy-", "198.18.200.0/24", 2, mode, None)
     ca = tmp_path / "pki"
     pki.init_ca(ca)
-    pki.issue(ca, "node1", client=True)
+    for daemon in ("agent", "controller"):
+        pki.issue(ca, f"{daemon}-node1", client=True)
     path = tmp_path / "node1.toml"
     path.write_text(lay.node_config(layout, layout.nodes[0], ca, priority=200))
     doc = load(path)
@@ -76,7 +77,9 @@ def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str) -> 
     if mode == "active-active":
         assert cluster.failback_hold == lay.FAILBACK_HOLD
     etcd = parse_etcd(doc)
-    assert etcd.tls and len(etcd.endpoints) == 3
+    assert etcd.tls and len(etcd.endpoints) == 3 and etcd.cert is None
+    for daemon in ("agent", "controller"):  # each daemon connects as itself
+        assert parse_etcd(doc, daemon).cert == ca / f"{daemon}-node1.crt"
     assert parse_controller(doc, etcd).id == "node1"
     assert parse_agent(doc).proxy_admin_url == f"http://127.0.0.1:{lay.ADMIN_PORT}"
 

@@ -112,6 +112,26 @@ class TestEtcd:
         with pytest.raises(ConfigError, match=r"etcd\.key: cert and key must be given together"):
             parse_etcd(doc(tmp_path, '[etcd]\ncacert = "ca.crt"\ncert = "c.crt"\n'))
 
+    def test_each_daemon_reads_only_its_own_identity(self, tmp_path: Path) -> None:
+        """[etcd.agent] and [etcd.controller] give each daemon its certificate; the agent never
+        opens the controller's key (it may not read it), and hactl uses the plain [etcd]."""
+        for name in ("ca.crt", "agent.crt", "agent.key", "op.crt", "op.key"):
+            (tmp_path / name).write_text("x")
+        text = (
+            '[etcd]\nendpoints = ["https://127.0.0.1:2379"]\ncacert = "ca.crt"\n'
+            'cert = "op.crt"\nkey = "op.key"\n'
+            '[etcd.agent]\ncert = "agent.crt"\nkey = "agent.key"\n'
+            '[etcd.controller]\ncert = "unreadable.crt"\nkey = "unreadable.key"\n'
+        )
+        assert parse_etcd(doc(tmp_path, text), "agent").cert == tmp_path / "agent.crt"
+        assert parse_etcd(doc(tmp_path, text)).cert == tmp_path / "op.crt"
+        with pytest.raises(ConfigError, match=r"etcd\.controller\.cert: .*unreadable\.crt"):
+            parse_etcd(doc(tmp_path, text), "controller")
+
+    def test_unknown_identity_key_is_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match=r"etcd\.agent\.crt: unknown key"):
+            parse_etcd(doc(tmp_path, '[etcd.agent]\ncrt = "a"\n'), "agent")
+
 
 class TestController:
     def test_defaults_satisfy_the_timing_invariant(self, tmp_path: Path) -> None:

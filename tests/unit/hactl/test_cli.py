@@ -57,6 +57,28 @@ class TestCerts:
         assert result.exit_code == EXIT_CONFIG
         assert "subject alternative name 'no way'" in result.output
 
+    def test_revoke_by_name_then_again(self, tmp_path: Path) -> None:
+        """`revoke NAME` puts the certificate's serial on ca.crl; a second time says so."""
+        _hactl("certs", "init", "--out", str(tmp_path))
+        _hactl("certs", "issue", "--ca", str(tmp_path), "agent-node1", "--client")
+        first = _hactl("certs", "revoke", "--ca", str(tmp_path), "agent-node1")
+        assert first.exit_code == EXIT_OK, first.output
+        assert first.stdout.startswith(f"revoked {tmp_path / 'agent-node1.crt'}")
+        serial = pki.load_cert(tmp_path / "agent-node1.crt").serial_number
+        assert pki.revoked_serials(tmp_path) == [serial]
+        again = _hactl("certs", "revoke", "--ca", str(tmp_path), "agent-node1")
+        assert again.stdout.startswith("already revoked:")
+        assert pki.revoked_serials(tmp_path) == [serial]
+
+    def test_revoke_a_stranger_is_one_line(self, tmp_path: Path) -> None:
+        _hactl("certs", "init", "--out", str(tmp_path / "a"))
+        _hactl("certs", "init", "--out", str(tmp_path / "b"))
+        _hactl("certs", "issue", "--ca", str(tmp_path / "b"), "x", "--client")
+        cert = str(tmp_path / "b" / "x.crt")
+        result = _hactl("certs", "revoke", "--ca", str(tmp_path / "a"), cert)
+        assert result.exit_code == EXIT_CONFIG
+        assert result.output == f"hactl: {cert}: not issued by {tmp_path / 'a' / 'ca.crt'}\n"
+
 
 def test_version() -> None:
     assert _hactl("version").stdout == f"hactl {__version__}\n"

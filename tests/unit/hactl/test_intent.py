@@ -102,7 +102,11 @@ class TestDescribeResult:
         second = intent.new_request("pause", 2.0)
         assert first.id < second.id
         assert intent.new_request("pause", 1.0).id != first.id
-        assert first.by and "@" in first.by
+
+    def test_the_requester_is_the_certificate_identity_first(self) -> None:
+        """m6: the audit trail names the etcd identity; the local account is only a hint."""
+        assert intent.requester("operator-alice", "root", "vm") == "operator-alice (root@vm)"
+        assert intent.requester(None, "root", "vm") == "root@vm"
 
 
 class TestDiagnose:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -161,3 +162,61 @@ class TestCheckClientFiles:
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(pki.PkiError, match=r"nope\.crt: no such file"):
             pki.check_client_files(tmp_path / "nope.crt", None, None)
+
+
+class TestPeerCa:
+    def test_peer_certificates_come_from_their_own_ca(self, ca_dir: Path) -> None:
+        """A member's peer certificate chains to the peer CA only; a client certificate of the
+        cluster CA does not chain to the peer CA, so etcd's peer port refuses it."""
+        pki.init_ca(ca_dir, ca=pki.PEER_CA, common_name="peer CA")
+        peer = pki.load_cert(pki.issue(ca_dir, "etcd1-peer", ["198.18.0.11"], ca=pki.PEER_CA).cert)
+        client = pki.load_cert(pki.issue(ca_dir, "agent-node1", client=True).cert)
+        peer_ca, _ = pki.load_ca(ca_dir, pki.PEER_CA)
+        cluster_ca, _ = pki.load_ca(ca_dir)
+        peer.verify_directly_issued_by(peer_ca)
+        with pytest.raises((ValueError, InvalidSignature)):
+            client.verify_directly_issued_by(peer_ca)
+        with pytest.raises((ValueError, InvalidSignature)):
+            peer.verify_directly_issued_by(cluster_ca)
+
+    def test_missing_peer_ca_names_the_fix(self, ca_dir: Path) -> None:
+        with pytest.raises(pki.PkiError, match=r"no etcd peer CA here .*--peer"):
+            pki.issue(ca_dir, "etcd1-peer", ca=pki.PEER_CA)
+
+
+class TestLifetimes:
+    def test_leaves_are_short_and_staggered(self, ca_dir: Path) -> None:
+        """Leaves issued in one run live at most LEAF_DAYS and do not all expire together."""
+        ends = set()
+        for i in range(8):
+            cert = pki.load_cert(pki.issue(ca_dir, f"n{i}", client=True).cert)
+            lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+            assert pki.LEAF_DAYS - pki.STAGGER_DAYS <= lifetime.days <= pki.LEAF_DAYS
+            ends.add(cert.not_valid_after_utc.date())
+        assert len(ends) > 1
+
+
+class TestRevoke:
+    def test_init_writes_an_empty_crl(self, ca_dir: Path) -> None:
+        """etcd's --client-crl-file must exist from the start: init writes an empty CRL."""
+        crl = x509.load_pem_x509_crl((ca_dir / "ca.crl").read_bytes())
+        ca, _ = pki.load_ca(ca_dir)
+        assert crl.is_signature_valid(ca.public_key())
+        assert len(crl) == 0
+
+    def test_kept_ca_gains_a_crl(self, ca_dir: Path) -> None:
+        (ca_dir / "ca.crl").unlink()
+        pki.init_ca(ca_dir)
+        assert pki.revoked_serials(ca_dir) == []
+
+    def test_revoked_serials_accumulate(self, ca_dir: Path) -> None:
+        a = pki.issue(ca_dir, "a", client=True).cert
+        b = pki.issue(ca_dir, "b", client=True).cert
+        assert pki.revoke(ca_dir, a)[1]
+        assert pki.revoke(ca_dir, b)[1]
+        assert not pki.revoke(ca_dir, a)[1]
+        serials = {pki.load_cert(p).serial_number for p in (a, b)}
+        assert set(pki.revoked_serials(ca_dir)) == serials
+        crl = x509.load_pem_x509_crl((ca_dir / "ca.crl").read_bytes())
+        ca, _ = pki.load_ca(ca_dir)
+        assert crl.is_signature_valid(ca.public_key())

@@ -151,6 +151,24 @@ class TestStatusTable:
             if line.startswith("node-"):
                 assert line[header.index("ROLE") :].split()[0] in {"active", "standby", "down"}
 
+    def test_terminal_escapes_from_etcd_are_shown_not_obeyed(self) -> None:
+        """Review m2: a node name, owner or controller id written with ESC/OSC sequences and
+        newlines prints as visible escapes, so it can neither fake nor hide rows."""
+        evil = "node3\x1b]0;owned\x07\x1b[2K\nnode2"
+        snapshot = _snapshot(
+            nodes={evil: NodeRecord(evil, address="198.18.0.13\x9b1A", healthy=True)},
+            vips={VIP: VipAssignment(VIP, evil, epoch=3, since=NOW - 90)},
+            leader=ControllerLeader("ctl\x1b[31m", since=NOW - 300),
+        )
+        text = view.status_table(view.status_view(snapshot, {}), NOW)
+        plain = click.unstyle(text)
+        for raw in ("\x1b]", "\x07", "\x9b", "\x1b[2K", "\x1b[31m"):
+            assert raw not in plain
+        assert "node3\\x1b]0;owned\\x07\\x1b[2K\\x0anode2" in plain
+        assert "198.18.0.13\\x9b1A" in plain
+        assert "controller: ctl\\x1b[31m" in plain
+        assert not any(line.startswith("node2") for line in plain.splitlines())
+
 
 class TestHistory:
     EVENTS = (

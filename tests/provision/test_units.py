@@ -1,0 +1,122 @@
+"""The role's systemd units are sandboxed, and no task can print a private key (offline checks).
+
+`systemd-analyze security --offline=true` scores the rendered unit files the
+way it scores a running unit: at most 2.5 ("OK") for each daemon. The real
+units run under systemd in the provisioning test (test_site.py).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import yaml
+
+ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
+TEMPLATES = ROLES / "haproxy_py" / "templates"
+UNITS = ["haproxy-py", "ha-agent", "ha-controller"]
+MAX_EXPOSURE = 2.5
+VARS: dict[str, Any] = {
+    "ansible_managed": "Ansible managed",
+    "haproxy_py_config": "/etc/haproxy-py/node.toml",
+    "haproxy_py_pki_dir": "/etc/haproxy-py/pki",
+    "haproxy_py_venv": "/opt/haproxy-py/venv",
+    "haproxy_py_user": "haproxy-py",
+    "haproxy_py_agent_user": "ha-agent",
+    "haproxy_py_controller_user": "ha-controller",
+    "haproxy_py_watchdog_sec": 10,
+    "haproxy_py_restart_sec": 1,
+    "haproxy_py_admin_bind": "127.0.0.1:9901",
+    "haproxy_py_proxy_close_after_move": True,
+}
+
+
+def render(unit: str, **overrides: Any) -> str:
+    """The unit as Ansible's template module writes it (trim_blocks, as Ansible sets it)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        keep_trailing_newline=False,  # as Ansible: an include loses its last newline
+    )
+    env.filters["bool"] = bool
+    return env.get_template(f"{unit}.service.j2").render(**{**VARS, **overrides})
+
+
+def _directives(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_exposure_is_ok(unit: str, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: apt-get install systemd")
+    path = tmp_path / f"{unit}.service"
+    path.write_text(render(unit))
+    done = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert match, done.stdout + done.stderr
+    exposure = float(match.group(1))
+    print(f"{unit}: exposure {exposure}")
+    assert exposure <= MAX_EXPOSURE, done.stdout
+
+
+def test_each_daemon_has_its_own_user_and_only_its_capabilities() -> None:
+    units = {unit: _directives(render(unit)) for unit in UNITS}
+    users = {unit: d["User"][0] for unit, d in units.items()}
+    assert len(set(users.values())) == 3, users
+    assert units["ha-controller"]["CapabilityBoundingSet"] == [""]
+    assert units["ha-agent"]["CapabilityBoundingSet"] == ["CAP_NET_ADMIN CAP_NET_RAW"]
+    for unit, directives in units.items():  # an include must not swallow the next line
+        families = directives["RestrictAddressFamilies"][0].split()
+        assert all(re.fullmatch(r"AF_[A-Z0-9]+", f) for f in families), (unit, families)
+    assert "AF_PACKET" in units["ha-agent"]["RestrictAddressFamilies"][0]
+    proxy = units["haproxy-py"]
+    assert "AF_PACKET" not in proxy["RestrictAddressFamilies"][0]
+    assert "agent.key" in proxy["InaccessiblePaths"][0]
+    strict = _directives(render("haproxy-py", haproxy_py_proxy_close_after_move=False))
+    assert strict["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+
+
+def _tasks() -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in sorted(ROLES.glob("*/tasks/*.yml")):
+        for task in yaml.safe_load(path.read_text()) or []:
+            found.append((path, task))
+    return found
+
+
+def _writes_a_key(task: dict[str, Any]) -> bool:
+    module = task.get("ansible.builtin.copy") or task.get("ansible.builtin.template")
+    if not module:
+        return False
+    names = [str(module.get("src", "")), str(module.get("dest", ""))]
+    names += [
+        str(v) for item in task.get("loop") or [] if isinstance(item, dict) for v in item.values()
+    ]
+    return any(name.endswith(".key") for name in names)
+
+
+def test_every_task_that_copies_a_key_hides_it() -> None:
+    """M7: a task that writes a private key has diff: false and no_log, so `--diff` and a
+    failure's message never print one (the provisioning test runs `--diff` for real)."""
+    keyed = [(path.parent.parent.name, task) for path, task in _tasks() if _writes_a_key(task)]
+    assert {role for role, _ in keyed} == {"etcd", "haproxy_py"}, keyed
+    for role, task in keyed:
+        assert task.get("diff") is False and task.get("no_log") is True, (role, task["name"])
