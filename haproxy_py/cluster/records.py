@@ -130,7 +130,6 @@ class NodeRecord:
     healthy_since: float | None = None
     backends_up: int = 0
     backends_total: int = 0
-    connections: int = 0
     vips: tuple[str, ...] = ()
     updated: float | None = None
     lease: int = 0
@@ -152,7 +151,6 @@ class NodeRecord:
                 "healthy_since": self.healthy_since,
                 "backends_up": self.backends_up,
                 "backends_total": self.backends_total,
-                "connections": self.connections,
                 "vips": list(self.vips),
                 "updated": self.updated,
                 "ready": self.ready,
@@ -179,7 +177,6 @@ class NodeRecord:
             healthy_since=_float(obj, "healthy_since"),
             backends_up=_int(obj, "backends_up"),
             backends_total=_int(obj, "backends_total"),
-            connections=_int(obj, "connections"),
             vips=_strs(obj, "vips"),
             updated=_float(obj, "updated"),
             lease=lease,

@@ -15,7 +15,7 @@ JSON output (stable keys; new keys may be added, none renamed):
 
     status -o json   {cluster, mode, paused, epoch, controller, controller_since,
                       nodes: [{name, address, role, healthy, registered, vips,
-                               priority, backends_up, backends_total, connections,
+                               priority, backends_up, backends_total, ready, pools,
                                lease_left, version}],
                       vips: [{address, owner, state, since, cause, move_to}],
                       problems: [str],

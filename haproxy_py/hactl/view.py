@@ -36,7 +36,8 @@ class NodeRow:
     priority: int | None
     backends_up: int
     backends_total: int
-    connections: int
+    ready: int
+    pools: int
     lease_left: float | None
     version: str | None
 
@@ -93,7 +94,8 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 priority=record.priority if record else None,
                 backends_up=record.backends_up if record else 0,
                 backends_total=record.backends_total if record else 0,
-                connections=record.connections if record else 0,
+                ready=record.ready if record else 0,
+                pools=record.pools if record else 0,
                 lease_left=lease_left.get(name),
                 version=record.version if record else None,
             )
@@ -148,7 +150,8 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "priority": n.priority,
                 "backends_up": n.backends_up,
                 "backends_total": n.backends_total,
-                "connections": n.connections,
+                "ready": n.ready,
+                "pools": n.pools,
                 "lease_left": n.lease_left,
                 "version": n.version,
             }
@@ -187,7 +190,7 @@ def status_table(status: StatusView, now: float) -> str:
     if status.nodes:
         parts.append(
             render(
-                ["NODE", "ADDRESS", "ROLE", "PROXY", "VIPS", "BACKENDS", "CONNS", "LEASE", "PRIO"],
+                ["NODE", "ADDRESS", "ROLE", "PROXY", "VIPS", "BACKENDS", "READY", "LEASE", "PRIO"],
                 [_node_cells(n) for n in status.nodes],
             )
         )
@@ -250,7 +253,7 @@ def _node_cells(n: NodeRow) -> list[Cell | str]:
         proxy,
         ",".join(n.vips) or "-",
         f"{n.backends_up}/{n.backends_total}" if n.registered else "-",
-        str(n.connections) if n.registered else "-",
+        f"{n.ready}/{n.pools}" if n.registered else "-",
         "-" if n.lease_left is None else f"{n.lease_left:.0f}s",
         "-" if n.priority is None else str(n.priority),
     ]

@@ -69,7 +69,6 @@ class StandInAgent:
             healthy_since=self.healthy_since if self.healthy else None,
             backends_up=1,
             backends_total=2,
-            connections=3,
             vips=tuple(sorted(self.held)),
             updated=time.time(),
         )

@@ -276,7 +276,6 @@ async def test_planned_release_removes_the_address_before_acknowledging(
         healthy_since=time.time(),
         backends_up=1,
         backends_total=1,
-        connections=0,
         vips=(h.vip,),
         updated=time.time(),
         lease=lease.id,

@@ -24,7 +24,7 @@ from haproxy_py.cluster.records import (
 from haproxy_py.cluster.schema import Schema
 
 NODE = NodeRecord(
-    "n1", "198.18.0.11", "eth0", 150, "1.0", True, 12.5, 2, 3, 40, ("198.18.0.100",), 13.0
+    "n1", "198.18.0.11", "eth0", 150, "1.0", True, 12.5, 2, 3, ("198.18.0.100",), 13.0
 )
 VIP = VipAssignment("198.18.0.100", "n1", 7, 10.0, "releasing", "manual", "n2", "r1", 11.0)
 SETTINGS = ClusterSettings("active-active", ("198.18.0.100",), True, 5.0, True, ("n3",))

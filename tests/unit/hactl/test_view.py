@@ -32,7 +32,8 @@ def _snapshot(**overrides: object) -> ClusterView:
                 priority=150,
                 backends_up=2,
                 backends_total=2,
-                connections=17,
+                ready=1,
+                pools=1,
             ),
             "node-b": NodeRecord("node-b", address="198.18.0.12", healthy=True, priority=100),
             "node-c": NodeRecord("node-c", address="198.18.0.13", healthy=False),
@@ -84,7 +85,7 @@ class TestStatusJson:
         assert node_a["healthy"] is True
         assert node_a["vips"] == [VIP]
         assert node_a["lease_left"] == 1.5
-        assert node_a["connections"] == 17
+        assert (node_a["ready"], node_a["pools"]) == (1, 1)
         assert doc["vips"] == [
             {
                 "address": VIP,
@@ -125,7 +126,7 @@ class TestStatusTable:
             "healthy",
             VIP,
             "2/2",
-            "17",
+            "1/1",
             "2s",
             "150",
         ]
