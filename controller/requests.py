@@ -4,7 +4,10 @@ A move or drain that must wait for a release is answered `running` with its
 moves listed in the result; each later decision carries it one step further
 (assign once the old owner acknowledged) and answers `done` or `failed`.
 Because that progress lives in the request's own key, any controller can
-finish what another started.
+finish what another started. The answer is written before the release (the
+executor stops at the first failed write), so a leader that dies in between,
+or an operator whose wait timed out, never leaves a released VIP whose
+target nobody remembers.
 """
 
 from __future__ import annotations
@@ -106,11 +109,11 @@ def _start_drain(plan: Plan, request: Request, policy: Policy) -> None:
         _answer(plan, request, "done", f"{node} drained; it held no VIPs", policy)
         return
     moves = _targets(plan, list(held), candidates)
+    _answer(plan, request, "running", f"draining {node}", policy, moves)
     for move in moves:
         a = plan.assignment(move.vip)
         if a is not None:
-            plan.release(a, "drain", move.target, request.id)
-    _answer(plan, request, "running", f"draining {node}", policy, moves)
+            plan.release(a, _cause(request), move.target, request.id)
 
 
 def _start_move(plan: Plan, request: Request, policy: Policy) -> None:
@@ -157,13 +160,13 @@ def _start_move(plan: Plan, request: Request, policy: Policy) -> None:
     if not pending:
         _answer(plan, request, "done", f"already on {moves[0].target}", policy, moves)
         return
+    _answer(plan, request, "running", _moves_text(pending), policy, pending)
     for move in pending:
         a = plan.assignment(move.vip)
         if a is None:
             plan.assign(move.vip, plan.view.nodes[move.target], "manual", request.id)
         else:
             plan.release(a, "manual", move.target, request.id)
-    _answer(plan, request, "running", _moves_text(pending), policy, pending)
 
 
 def _targets(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> tuple[Move, ...]:
@@ -203,10 +206,20 @@ def _progress(plan: Plan, request: Request, policy: Policy) -> None:
         elif a is not None and a.state == "releasing" and a.request == request.id:
             waiting = True
             plan.busy.add(move.vip)
+        elif (
+            a is not None
+            and a.state == "assigned"
+            and a.node == move.source
+            and move.vip not in plan.busy
+            and is_eligible(plan.view, plan.settings, move.target)
+        ):
+            # Answered `running`, but the release after the answer never landed (the
+            # leader died in between, or lost a race): ask again.
+            plan.release(a, _cause(request), move.target, request.id)
+            waiting = True
         elif a is None and move.vip not in plan.view.occupied:
             if is_eligible(plan.view, plan.settings, move.target):
-                cause = "drain" if request.kind == "drain" else "manual"
-                plan.assign(move.vip, plan.view.nodes[move.target], cause, request.id)
+                plan.assign(move.vip, plan.view.nodes[move.target], _cause(request), request.id)
                 waiting = True
             else:
                 problems.append(f"{move.target} became unavailable before taking {move.vip}")
@@ -231,3 +244,7 @@ def _progress(plan: Plan, request: Request, policy: Policy) -> None:
         moves,
         gap_ms=max(gaps) if gaps else None,
     )
+
+
+def _cause(request: Request) -> str:
+    return "drain" if request.kind == "drain" else "manual"

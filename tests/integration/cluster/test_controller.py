@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from controller.actions import AssignVip
+from controller.actions import Action, AssignVip, ReleaseVip
 from controller.election import Election
-from controller.execute import Executor
+from controller.execute import Executor, Outcome
 from controller.loop import Controller
 from haproxy_py.cluster.config import ClusterConfig, EtcdConfig
 from haproxy_py.cluster.records import ClusterView, Request
@@ -220,6 +220,51 @@ class TestRequests:
             assert view.settings is not None and view.settings.drained == ("a",)
             undrained = await submit(store, "undrain", node="a")
             assert undrained.result is not None and undrained.result.status == "done"
+
+
+class TestMoveSurvivesLeaderDeath:
+    async def test_a_leader_dying_after_the_release_leaves_the_target_on_record(
+        self, etcd: EtcdCluster
+    ) -> None:
+        """The next leader finishes the move on the chosen node, not back on the old one."""
+        cfg = etcd_config(etcd.endpoints)
+        cluster = cluster_config("m5")
+        async with scene(cfg, cluster, {"a": 200, "b": 100}) as (store, agents, ctls):
+            await view_where(store, owned_by((VIP1, "a")))
+            first = ctls[0].controller
+            released = asyncio.Event()
+            real_run = first.executor.run
+
+            async def die_after_the_release(
+                view: ClusterView, actions: Sequence[Action], unowned: dict[str, float]
+            ) -> Outcome:
+                cut = next((i for i, a in enumerate(actions) if isinstance(a, ReleaseVip)), None)
+                if cut is None:
+                    return await real_run(view, actions, unowned)
+                outcome = await real_run(view, actions[: cut + 1], unowned)
+                first.stop()  # nothing after the release is ever written by this leader
+                released.set()
+                return outcome
+
+            first.executor.run = die_after_the_release  # type: ignore[method-assign]
+            request = Request(
+                id=new_request_id(time.time()), kind="move", created=time.time()
+            )  # no target: the controller picks b, the only other node
+            await store.submit(request)
+            await asyncio.wait_for(released.wait(), 20)
+            await asyncio.wait_for(ctls[0].task, 20)
+            await view_where(store, lambda v: VIP1 not in v.occupied and v.leader is None)
+            assert [vip for vip, _ in agents["a"].acks] == [VIP1]
+            successor = Running(cfg, cluster, "ctl-next", 2)
+            try:
+                answered = await store.wait_result(request.id, 20)
+                assert answered.result is not None and answered.result.status == "done", (
+                    answered.result
+                )
+                view = await view_where(store, owned_by((VIP1, "b")))
+                assert [e.target for e in view.events] == ["a", "b"]
+            finally:
+                await successor.stop()
 
 
 class TestLeadership:

@@ -205,6 +205,17 @@ class TestMoveRequests:
         assert result.moves == (Move(VIP1, "a", "b"),)
         (release,) = [a for a in d.actions if isinstance(a, ReleaseVip)]
         assert (release.request, release.cause, release.mod_revision) == ("r1", "manual", 10)
+        kinds = [type(a) for a in d.actions]
+        # The target is on record before the release: a leader dying in between loses nothing.
+        assert kinds.index(AnswerRequest) < kinds.index(ReleaseVip)
+
+    def test_a_release_that_never_landed_after_the_answer_is_asked_again(self) -> None:
+        running = RequestResult("running", "", started=NOW - 1, moves=(Move(VIP1, "a", "b"),))
+        r = replace(request("move", VIP1, "b"), result=running)
+        d = run(view([node("a", 200), node("b", 100)], [held(VIP1, "a")], requests=[r]))
+        assert releases(d) == {VIP1: "b"}
+        assert assigns(d) == {}
+        assert not [a for a in d.actions if isinstance(a, AnswerRequest)]
 
     def test_after_the_acknowledgement_the_target_gets_it(self) -> None:
         running = RequestResult("running", "", started=NOW - 0.05, moves=(Move(VIP1, "a", "b"),))
@@ -305,6 +316,8 @@ class TestDrain:
         assert write.settings.drained == ("a",)
         assert releases(d) == {VIP1: "b"}
         assert answer(d).status == "running"
+        kinds = [type(a) for a in d.actions]
+        assert kinds.index(AnswerRequest) < kinds.index(ReleaseVip)
 
     def test_drain_of_the_last_healthy_node_is_refused(self) -> None:
         d = run(
