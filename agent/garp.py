@@ -20,10 +20,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import structlog
 
 from haproxy_py.cluster.agent_config import GarpSettings
+from haproxy_py.cluster.tasks import supervised
 
 log = structlog.get_logger(__name__)
 
@@ -79,8 +81,27 @@ def schedule(settings: GarpSettings) -> Iterator[tuple[float, bool]]:
         sent += 1
 
 
+class FrameSocket(Protocol):
+    def send(self, data: bytes, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def packet_socket(interface: str) -> socket.socket:
+    """A non-blocking AF_PACKET socket bound to `interface` for ARP frames."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    sock.setblocking(False)
+    sock.bind((interface, ETH_P_ARP))
+    return sock
+
+
 class Announcer:
-    """One AF_PACKET socket on the VIP interface and one announcing task per held VIP."""
+    """One AF_PACKET socket on the VIP interface and one announcing task per held VIP.
+
+    Each task is supervised: an unexpected failure is logged and the VIP's
+    announcements start again with a fresh burst (every frame still checks the
+    fence deadline), so a live agent never silently stops announcing.
+    """
 
     def __init__(
         self,
@@ -89,21 +110,22 @@ class Announcer:
         settings: GarpSettings,
         until: Callable[[str], float] = lambda vip: math.inf,
         on_sent: Callable[[str], None] = lambda vip: None,
+        sock: FrameSocket | None = None,
     ) -> None:
         self.interface = interface
         self.mac = mac
         self.settings = settings
         self.until = until  # the VIP's fence deadline (monotonic): no frame after it
         self.on_sent = on_sent
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
-        self._sock.setblocking(False)
-        self._sock.bind((interface, ETH_P_ARP))
+        self._sock = sock if sock is not None else packet_socket(interface)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, vip: str) -> None:
         """Announce `vip` now and on the schedule; restarting begins a fresh burst."""
         self.stop(vip)
-        self._tasks[vip] = asyncio.create_task(self._announce(vip), name=f"garp {vip}")
+        name = f"garp {vip}"
+        announce = supervised(name, lambda: self._announce(vip), once=True)
+        self._tasks[vip] = asyncio.create_task(announce, name=name)
 
     def stop(self, vip: str) -> None:
         task = self._tasks.pop(vip, None)

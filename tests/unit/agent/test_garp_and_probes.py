@@ -1,13 +1,18 @@
-"""Pure parts of the agent's edges: ARP frames and their schedule, the proxy's /healthz answer,
-and the capability check."""
+"""Pure parts of the agent's edges: ARP frames, their schedule and supervised sending, the
+proxy's /healthz answer, and the capability check."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
-from agent.garp import ARP_REPLY, ARP_REQUEST, arp_frame, parse_arp, schedule
+import pytest
+from structlog.testing import capture_logs
+
+from agent.garp import ARP_REPLY, ARP_REQUEST, Announcer, arp_frame, parse_arp, schedule
 from agent.netlink import missing_capabilities
 from agent.proxy import status_of
+from haproxy_py.cluster import tasks
 from haproxy_py.cluster.agent_config import GarpSettings
 
 MAC = bytes.fromhex("02aabbccddee")
@@ -56,6 +61,47 @@ def test_schedule_bursts_then_refreshes_alternating_forms() -> None:
 def test_schedule_with_a_long_burst_never_waits_negative() -> None:
     settings = GarpSettings(count=5, spacing=1.0, second_burst=2.0, refresh=10.0)
     assert all(wait >= 0 for wait, _ in itertools.islice(schedule(settings), 20))
+
+
+class BrokenOnce:
+    """A packet socket whose first send fails with something no one expects."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.calls = 0
+
+    def send(self, data: bytes, /) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("injected")
+        self.sent.append(data)
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_an_unexpected_send_failure_is_logged_and_the_announcing_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "BACKOFF", 0.01)
+    sock = BrokenOnce()
+    settings = GarpSettings(count=3, spacing=0.01, second_burst=60.0, refresh=60.0)
+    announcer = Announcer("eth0", MAC, settings, sock=sock)
+    with capture_logs() as entries:
+        announcer.start("198.18.0.10")
+        try:
+            for _ in range(500):  # bounded: 5 s at most
+                if len(sock.sent) >= settings.count:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            announcer.close()
+    # the whole first burst was sent after the failure: the task started again
+    assert len(sock.sent) >= settings.count
+    assert parse_arp(sock.sent[0]) == (ARP_REQUEST, MAC, "198.18.0.10", "198.18.0.10")
+    failures = [e for e in entries if e["event"] == "task failed; restarting it"]
+    assert [e["task"] for e in failures] == ["garp 198.18.0.10"]
 
 
 def test_healthz_answer_gives_liveness_and_the_readiness_score() -> None:
