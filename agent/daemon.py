@@ -243,6 +243,12 @@ class Agent:
         while True:
             step = await self._queue.get()
             try:
+                # The fence first: after a stall, steps queued meanwhile (a late keepalive,
+                # a watch event) are acted on only once passed deadlines are enforced.
+                fenced = self.core.fence(time.monotonic())
+                if fenced:
+                    log.warning("fence deadline passed before the next step; fenced first")
+                    await self.effects.run(fenced)
                 await self.effects.run(await step())
             finally:
                 self._queue.task_done()

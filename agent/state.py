@@ -297,8 +297,12 @@ class AgentCore:
         """The kernel took the address: whatever failed before is over."""
         self._failing.pop(vip, None)
 
-    def tick(self, now: float) -> list[Action]:
-        """Self-fencing: remove what the kernel is due to drop because no keepalive re-armed it."""
+    def fence(self, now: float) -> list[Action]:
+        """Self-fencing: remove what the kernel is due to drop because no keepalive re-armed it.
+
+        Cheap and idempotent, so the daemon runs it before every step: after a stall
+        (SIGSTOP, a VM pause) nothing is acted on before the deadlines that passed.
+        """
         actions: list[Action] = []
         for vip, gone_by in sorted(self.held.items()):
             if now >= gone_by - self.timing.kernel_slack:
@@ -309,6 +313,11 @@ class AgentCore:
                 actions += [RemoveAddress(vip, reason, fenced=True), StopGarp(vip)]
         if actions:
             actions.append(PublishNode())
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """The fence, then forget removals whose lifetime has run out."""
+        actions = self.fence(now)
         expired = [vip for vip, gone_by in self._removing.items() if now >= gone_by]
         for vip in expired:
             del self._removing[vip]  # its lifetime has run out: the kernel has dropped it

@@ -20,6 +20,7 @@ import pytest
 from agent.cli import agent_etcd, load_settings
 from agent.daemon import Agent
 from agent.proxy import ProxyClient
+from agent.state import Action
 from haproxy_py.cluster.records import NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store, StoreError
 from tests.lab.agent.support import AdminStandIn, until
@@ -144,6 +145,27 @@ async def test_holds_an_assigned_vip_and_lists_it(node: Node) -> None:
         return record is not None and record.vips == (VIP,) and record.ready == 1
 
     await until(listed, 10, "the node record to list the VIP and its readiness")
+
+
+async def test_after_a_loop_stall_the_fence_runs_before_any_queued_step(node: Node) -> None:
+    await node.assign()
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    seen: list[bool] = []
+
+    async def stall() -> list[Action]:
+        # a frozen event loop (SIGSTOP, a VM pause): longer than the address's lifetime
+        timing = node.agent.settings.agent.timing
+        time.sleep(timing.address_lifetime + timing.kernel_slack + 0.3)  # noqa: ASYNC251
+        return []
+
+    async def look() -> list[Action]:
+        seen.append(VIP in node.table.present)
+        return []
+
+    node.agent._post(stall)
+    node.agent._post(look)  # queued during the stall, like a late watch event
+    await until(lambda: bool(seen), 10, "the queued step to run")
+    assert seen == [False], "the expired address was still there when the next step ran"
 
 
 async def test_a_planned_take_over_gets_a_grace_period(node: Node) -> None:

@@ -108,6 +108,23 @@ def test_self_fence_when_keepalives_stop() -> None:
     assert not c.fenced
 
 
+def test_after_a_stall_the_fence_drops_what_passed_its_deadline_once() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    assert c.fence(0.5) == []
+    # frozen for 5 s: what the daemon runs before its next step
+    assert c.fence(5.5) == [
+        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True),
+        StopGarp(VIP),
+        PublishNode(),
+    ]
+    assert c.fenced and not c.held
+    assert c.fence(5.5) == []
+    # the keepalive sent before the freeze and answered after it re-arms nothing
+    assert not any(isinstance(a, SetAddress) for a in c.keepalive_ok(0.5, 2, 5.5))
+
+
 def test_stale_deadline_asks_for_a_keepalive_instead_of_adding() -> None:
     c = core()
     ready(c)
