@@ -226,6 +226,8 @@ def _progress(plan: Plan, request: Request, policy: Policy) -> None:
                 fallback = eligible(plan.view, plan.settings)
                 if fallback and plan.settings.paused:  # nobody else would place it while paused
                     plan.assign(move.vip, fallback[0], None, request.id)
+        elif a is not None and a.state == "assigned" and a.node == move.source:
+            problems.append(f"{move.target} became unavailable before {move.vip} was released")
         else:
             owner = a.node if a else "an unreadable key"
             problems.append(f"{move.vip} went to {owner} meanwhile")

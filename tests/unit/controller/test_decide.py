@@ -216,6 +216,11 @@ class TestMoveRequests:
         assert releases(d) == {VIP1: "b"}
         assert assigns(d) == {}
         assert not [a for a in d.actions if isinstance(a, AnswerRequest)]
+        # the target is gone meanwhile: the VIP stays where it is and the request fails
+        d = run(view([node("a", 200)], [held(VIP1, "a")], requests=[r]))
+        assert releases(d) == {} and assigns(d) == {}
+        result = answer(d)
+        assert result.status == "failed" and "b became unavailable" in result.message
 
     def test_after_the_acknowledgement_the_target_gets_it(self) -> None:
         running = RequestResult("running", "", started=NOW - 0.05, moves=(Move(VIP1, "a", "b"),))
