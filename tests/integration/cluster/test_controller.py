@@ -7,6 +7,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
+
 from controller.actions import Action, AssignVip, ReleaseVip
 from controller.election import Election
 from controller.execute import Executor, Outcome
@@ -14,6 +16,8 @@ from controller.loop import Controller
 from haproxy_py.cluster.config import ClusterConfig, EtcdConfig
 from haproxy_py.cluster.records import ClusterView, Request
 from haproxy_py.cluster.store import Store, StoreUnavailable, new_request_id
+from haproxy_py.hactl.errors import TimedOut
+from haproxy_py.hactl.session import submit_and_wait
 from tests.integration.cluster.helpers import (
     VIP1,
     VIP2,
@@ -223,13 +227,15 @@ class TestRequests:
 
 
 class TestMoveSurvivesLeaderDeath:
+    @pytest.mark.parametrize("hactl_times_out", [False, True])
     async def test_a_leader_dying_after_the_release_leaves_the_target_on_record(
-        self, etcd: EtcdCluster
+        self, etcd: EtcdCluster, hactl_times_out: bool
     ) -> None:
-        """The next leader finishes the move on the chosen node, not back on the old one."""
+        """The next leader finishes the move on the chosen node, not back on the old one,
+        also when the operator's hactl gave up waiting meanwhile."""
         cfg = etcd_config(etcd.endpoints)
-        cluster = cluster_config("m5")
-        async with scene(cfg, cluster, {"a": 200, "b": 100}) as (store, agents, ctls):
+        cluster = cluster_config(f"m5{int(hactl_times_out)}")
+        async with scene(cfg, cluster, {"a": 200, "b": 100}) as (store, _agents, ctls):
             await view_where(store, owned_by((VIP1, "a")))
             first = ctls[0].controller
             released = asyncio.Event()
@@ -250,11 +256,17 @@ class TestMoveSurvivesLeaderDeath:
             request = Request(
                 id=new_request_id(time.time()), kind="move", created=time.time()
             )  # no target: the controller picks b, the only other node
-            await store.submit(request)
+            if hactl_times_out:
+                hactl = asyncio.create_task(submit_and_wait(store, request, wait=5.0))
+            else:
+                await store.submit(request)
             await asyncio.wait_for(released.wait(), 20)
             await asyncio.wait_for(ctls[0].task, 20)
+            # with no leader left, only a's acknowledgement can have deleted the key
             await view_where(store, lambda v: VIP1 not in v.occupied and v.leader is None)
-            assert [vip for vip, _ in agents["a"].acks] == [VIP1]
+            if hactl_times_out:
+                with pytest.raises(TimedOut, match="still running"):
+                    await hactl  # ... and so the request is left for the next leader
             successor = Running(cfg, cluster, "ctl-next", 2)
             try:
                 answered = await store.wait_result(request.id, 20)
