@@ -82,6 +82,8 @@ def schedule(settings: GarpSettings) -> Iterator[tuple[float, bool]]:
 
 
 class FrameSocket(Protocol):
+    """What the announcer needs of its packet socket (unit tests give a fake one)."""
+
     def send(self, data: bytes, /) -> int: ...
 
     def close(self) -> None: ...
