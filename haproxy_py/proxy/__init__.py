@@ -8,6 +8,7 @@ keep-alive `upstream.UpstreamConnection`s, the heads rewritten with framing
 and Host from the parsed facts (`headers`), streaming bodies both ways.
 `docs/proxy-edge.md` has the rules for hostile input. After a backend's
 101 the two sockets become a byte relay (`relay`). aiohttp serves the admin API
-(`admin`) and runs the active health checks (`health`). `server.ProxyServer`
+(`admin`) and runs the active health checks (`health`). Access log lines are
+rendered cheaply and written by a thread (`accesslog`). `server.ProxyServer`
 ties it together; `cli` is the `haproxy-py` command.
 """

@@ -70,13 +70,14 @@ from haproxy_py.proxy.requestcheck import IDEMPOTENT, Reject, check_head, split_
 from haproxy_py.proxy.upstream import CLOSED, UpstreamConnection
 
 if TYPE_CHECKING:
+    from haproxy_py.proxy.accesslog import AccessLog
     from haproxy_py.proxy.iplimits import IpLimiter
     from haproxy_py.proxy.relay import Tunnels
     from haproxy_py.proxy.runtime import Backend, Runtime
     from haproxy_py.proxy.server import Listener
     from haproxy_py.proxy.stats import Stats
 
-log = structlog.get_logger("haproxy_py.proxy.access")
+log = structlog.get_logger(__name__)
 
 # Why reading from the client is paused (several can hold at once).
 _PAUSE_UPSTREAM = 1  # the upstream write buffer is full
@@ -109,6 +110,7 @@ class ProxyContext(Protocol):
     loop: asyncio.AbstractEventLoop
     runtime: Runtime  # the config generation new requests use
     stats: Stats
+    access_log: AccessLog
     tunnels: Tunnels
     ip_limits: IpLimiter
     draining: bool
@@ -996,16 +998,15 @@ class ClientConnection(asyncio.Protocol):
         if not self.proxy.runtime.access_log:
             return
         server = self.picked
-        log.info(
-            "http",
-            method=self.method.decode("latin-1"),
-            path=self.url[:512].decode("latin-1"),
-            status=self.status,
-            backend=self._backend_name(),
-            server=None if server is None else server.address,
-            duration_ms=round((time.monotonic() - self.started) * 1000, 2),
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            client=self.client_ip,
-            **({"error": error} if error else {}),
+        self.proxy.access_log.http(
+            self.method.decode("latin-1"),
+            self.url[:512].decode("latin-1"),
+            self.status,
+            self._backend_name(),
+            None if server is None else server.address,
+            round((time.monotonic() - self.started) * 1000, 2),
+            self.bytes_in,
+            self.bytes_out,
+            self.client_ip,
+            error or None,
         )

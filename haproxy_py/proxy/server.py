@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import structlog
 
 from haproxy_py.proxy.accept import HeaderFirstServer
+from haproxy_py.proxy.accesslog import AccessLog
 from haproxy_py.proxy.admin import AdminServer
 from haproxy_py.proxy.config import ListenerConfig, ProxyConfig
 from haproxy_py.proxy.frontend import ClientConnection
@@ -162,6 +163,7 @@ class ProxyServer:
     def __init__(self, config: ProxyConfig, node_name: str) -> None:
         self.runtime = Runtime(config, node_name, generation=1)
         self.stats = Stats()
+        self.access_log = AccessLog()
         self.tunnels = Tunnels(self._tunnel_ended)
         self.listeners = [Listener(c) for c in config.listeners]
         self.admin = AdminServer(self)
@@ -417,6 +419,8 @@ class ProxyServer:
             if listener.server is not None:
                 await listener.server.wait_closed()
                 listener.server = None
+        self.access_log.flush()
+        await asyncio.to_thread(self.access_log.close)
         log.info("proxy stopped", node=self.runtime.node_name)
 
     def dropped(self, reason: str, peer: str) -> None:
@@ -434,17 +438,17 @@ class ProxyServer:
         tunnel.server.active -= 1
         tunnel.listener.active -= 1
         self.ip_limits.release(tunnel.client_ip)
-        log.info(
-            "websocket",
-            backend=tunnel.backend,
-            server=tunnel.server.address,
-            client=tunnel.client_ip,
-            duration_ms=round((time.monotonic() - tunnel.started) * 1000, 2),
-            bytes_in=tunnel.bytes_in,
-            bytes_out=tunnel.bytes_out,
-            close_code=tunnel.close_code,
-            closed_by=tunnel.closed_by,
-        )
+        if self.runtime.access_log:
+            self.access_log.websocket(
+                tunnel.backend,
+                tunnel.server.address,
+                tunnel.client_ip,
+                round((time.monotonic() - tunnel.started) * 1000, 2),
+                tunnel.bytes_in,
+                tunnel.bytes_out,
+                tunnel.close_code,
+                tunnel.closed_by,
+            )
 
     async def _sweep_idle_tunnels(self) -> None:
         """Close tunnels idle for their `websocket_idle`, checked every quarter of the

@@ -92,6 +92,11 @@ def build_registry(server: ProxyServer) -> Registry:
         "Client connections refused by a per-address limit (answered 429), by limit",
         lambda: [({"limit": k}, v) for k, v in server.ip_limits.refused.items()],
     )
+    counter(
+        "access_log_dropped_total",
+        "Access log lines dropped because the log writer fell behind",
+        lambda: [({}, server.access_log.dropped)],
+    )
     registry.gauge(
         "websocket_sessions_active", "WebSocket tunnels open", lambda: [({}, len(tunnels))]
     )
