@@ -18,21 +18,34 @@ from __future__ import annotations
 import html
 import ipaddress
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from haproxy_py import __version__
 from haproxy_py.metrics import CONTENT_TYPE
-from haproxy_py.proxy.stats import STATUS_CLASSES, build_registry
+from haproxy_py.proxy.stats import STATUS_CLASSES, StatsSource, build_registry
 from haproxy_py.proxy.tls import admin_server_context
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.server import ProxyServer
+    from haproxy_py.proxy.listeners import AddressDrain, IPAddress
+
+
+class AdminSource(StatsSource, Protocol):
+    """What the admin API reads and asks of the proxy (`server.ProxyServer`)."""
+
+    draining: bool
+    started_at: float
+
+    def start_drain(self) -> None: ...
+
+    def drain_address(self, address: IPAddress) -> AddressDrain: ...
+
+    async def undrain(self) -> None: ...
 
 
 class AdminServer:
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: AdminSource) -> None:
         self.proxy = proxy
         self.registry = build_registry(proxy)
         self.app = web.Application()

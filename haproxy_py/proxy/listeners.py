@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import Protocol
 
 from haproxy_py.proxy.accept import HeaderFirstServer
@@ -123,6 +124,16 @@ def send_from_any_address(transport: asyncio.BaseTransport) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class AddressDrain:
+    """What `drain_address` started: WebSockets sent a 1001, HTTP connections closing."""
+
+    websockets: int
+    connections: int
+    # False when closes could not be sent from an address already gone (no capability)
+    can_send: bool
 
 
 def socket_kind(config: ListenerConfig) -> tuple[object, ...]:

@@ -28,7 +28,6 @@ import contextlib
 import functools
 import socket
 import time
-from dataclasses import dataclass
 
 import structlog
 
@@ -39,6 +38,7 @@ from haproxy_py.proxy.config import ProxyConfig
 from haproxy_py.proxy.frontend import ClientConnection
 from haproxy_py.proxy.iplimits import IpLimiter
 from haproxy_py.proxy.listeners import (
+    AddressDrain,
     HeldConnection,
     IPAddress,
     Listener,
@@ -51,16 +51,6 @@ from haproxy_py.proxy.runtime import Runtime
 from haproxy_py.proxy.stats import Stats
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class AddressDrain:
-    """What `drain_address` started: WebSockets sent a 1001, HTTP connections closing."""
-
-    websockets: int
-    connections: int
-    # False when closes could not be sent from an address already gone (no capability)
-    can_send: bool
 
 
 class ProxyServer:
