@@ -2,12 +2,9 @@
 
 The HTTP machinery is dropped at the switch: both transports get a `_Half`
 protocol (`transport.set_protocol`) and nothing else stays referenced, so an
-idle tunnel costs two small slotted objects plus the transports. `_Half` is a
-`BufferedProtocol`: the loop reads into one buffer shared by every tunnel of
-the process (reads are one at a time), and each read is one `write` of a view
-of it on the other socket, with no bytes object per read. When that write
-does not complete at once the loop keeps the view, so the next read gets a
-fresh buffer. Backpressure: when a
+idle tunnel costs two small slotted objects plus the transports. Each
+`data_received` is one `write` on the other socket; reads are as large as the
+event loop makes them (64 KiB uvloop, 256 KiB asyncio). Backpressure: when a
 transport's write buffer passes its high-water mark its own protocol pauses
 reading on the peer that feeds it, and resumes it below the low-water mark.
 
@@ -36,7 +33,6 @@ from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.wsframes import (
     GOING_AWAY,
     OPCODE_CLOSE,
-    Chunk,
     FrameTracker,
     close_frame,
     masked_close_frame,
@@ -50,26 +46,9 @@ if TYPE_CHECKING:
 RELAY, DRAINING, STOPPED = "relay", "draining", "stopped"
 # The longest frame with a one-byte length: 2 header bytes, a mask key, 125 payload bytes.
 _SMALL_FRAME_MAX = 2 + 4 + 125
-READ_SIZE = 64 * 1024  # the shared read buffer (nginx's 64k proxy buffers)
 
 
-class _ReadBuffer:
-    """The read buffer of every tunnel: one loop reads into it, one read at a time."""
-
-    __slots__ = ("view",)
-
-    def __init__(self) -> None:
-        self.view = memoryview(bytearray(READ_SIZE))
-
-    def renew(self) -> None:
-        """A write kept a view of the buffer: read into a new one from now on."""
-        self.view = memoryview(bytearray(READ_SIZE))
-
-
-_shared = _ReadBuffer()
-
-
-class _Half(asyncio.BufferedProtocol):
+class _Half(asyncio.Protocol):
     """One direction of a tunnel: bytes read from `transport` are written to `peer`.
 
     `state` is RELAY normally; DRAINING while a drain waits for this direction's
@@ -91,15 +70,7 @@ class _Half(asyncio.BufferedProtocol):
         self.aligned = True  # `frames.at_boundary`, kept here for the fast path
         self.state = RELAY
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _shared.view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_shared.view[:nbytes])
-        if self.peer.get_write_buffer_size():  # the peer's transport holds the view
-            _shared.renew()
-
-    def data_received(self, data: Chunk) -> None:
+    def data_received(self, data: bytes) -> None:
         n = len(data)
         self.nbytes += n
         if self.state is not RELAY:
@@ -115,12 +86,12 @@ class _Half(asyncio.BufferedProtocol):
                 return
         self._track(data)
 
-    def _relay(self, data: Chunk) -> None:
+    def _relay(self, data: bytes) -> None:
         """`data_received` for bytes already counted."""
         self.peer.write(data)
         self._track(data)
 
-    def _track(self, data: Chunk) -> None:
+    def _track(self, data: bytes) -> None:
         frames = self.frames
         frames.feed(data)
         self.aligned = frames.at_boundary
@@ -140,7 +111,7 @@ class _Half(asyncio.BufferedProtocol):
         else:
             self.state = DRAINING
 
-    def _drain_received(self, data: Chunk) -> None:
+    def _drain_received(self, data: bytes) -> None:
         frames = self.frames
         if self.state is DRAINING:
             upto = frames.feed_to_boundary(data)

@@ -20,8 +20,6 @@ import os
 import struct
 from typing import Final
 
-Chunk = bytes | memoryview  # what a relay reads: a view of its read buffer, or bytes
-
 GOING_AWAY: Final = 1001
 OPCODE_CLOSE: Final = 0x8
 _MAX_CONTROL_PAYLOAD: Final = 125
@@ -51,7 +49,7 @@ class FrameTracker:
         """True when everything fed so far ends exactly at the end of a frame (or is nothing)."""
         return self._remaining == 0 and not self._head
 
-    def feed(self, data: Chunk) -> None:
+    def feed(self, data: bytes) -> None:
         """Account for one relayed chunk."""
         remaining = self._remaining
         if remaining >= len(data):
@@ -60,7 +58,7 @@ class FrameTracker:
             return
         self._scan(data, False)
 
-    def feed_to_boundary(self, data: Chunk) -> int:
+    def feed_to_boundary(self, data: bytes) -> int:
         """Account for `data` only up to the next frame boundary; return how many bytes that is.
 
         The caller relays `data[:n]`; if `at_boundary` is then true, it may
@@ -71,7 +69,7 @@ class FrameTracker:
             return 0
         return self._scan(data, True)
 
-    def _scan(self, data: Chunk, stop_at_boundary: bool) -> int:
+    def _scan(self, data: bytes, stop_at_boundary: bool) -> int:
         n = len(data)
         pos = 0
         while True:
@@ -86,7 +84,6 @@ class FrameTracker:
                     return pos
             if pos == n:
                 return n
-            head: Chunk
             if self._head:
                 head = self._head + data[pos : pos + _MAX_HEAD]
                 taken = len(self._head)
@@ -95,7 +92,7 @@ class FrameTracker:
                 taken = 0
             size = self._header_size(head)
             if size > len(head):
-                self._head = bytes(head)  # `data` may be a view of a buffer the loop reuses
+                self._head = head
                 return n
             self._head = b""
             pos += size - taken
@@ -104,7 +101,7 @@ class FrameTracker:
                 return pos
 
     @staticmethod
-    def _header_size(head: Chunk) -> int:
+    def _header_size(head: bytes) -> int:
         """Bytes the header occupies, or more than `len(head)` when it is not all there yet."""
         if len(head) < 2:
             return 2
@@ -119,7 +116,7 @@ class FrameTracker:
             size += 2  # control frames carry at most 125 bytes, so `length` is the real one
         return size
 
-    def _start_frame(self, head: Chunk, size: int) -> None:
+    def _start_frame(self, head: bytes, size: int) -> None:
         second = head[1]
         length = second & 0x7F
         if length == 126:
