@@ -2,8 +2,11 @@
 
 Each proxy gets the settings an operator would use for WebSocket + HTTP
 keep-alive: one worker/thread, HTTP/1.1 with pooled upstream connections,
-Upgrade passed through, long tunnel timeouts, no access log, and file/connection
-limits high enough for the idle test.
+Upgrade passed through, long tunnel timeouts, file/connection limits high
+enough for the idle test, and access logs on as deployed: nginx's buffered
+(`buffer=64k flush=1s`, to a file), haproxy-py's default (buffered JSON lines
+on stderr, which the harness sends to a file). haproxy logs nothing without a
+`log` target, as in its default configuration.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ events {{
     worker_connections {fd_limit * 2};
 }}
 http {{
-    access_log off;
+    access_log {workdir}/access.log combined buffer=64k flush=1s;
     client_body_temp_path {workdir}/client_body;
     proxy_temp_path {workdir}/proxy;
     map $http_upgrade $connection_upgrade {{
@@ -94,13 +97,10 @@ backend app
 
 
 def haproxy_py_toml(*, listen: int, admin: int, backend: str, fd_limit: int) -> str:
-    """The issue's minimal file plus no access log (as for the others) and the idle test's limit."""
+    """The issue's minimal file (access log on, the default) plus the idle test's limit."""
     return f"""\
 [admin]
 bind = "127.0.0.1:{admin}"
-
-[proxy]
-access_log = false
 
 [proxy.limits]
 max_connections = {max_clients(fd_limit)}

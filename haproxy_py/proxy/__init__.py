@@ -1,13 +1,15 @@
 """The proxy data plane (`haproxy-py`): HTTP and WebSocket reverse proxy with load balancing.
 
 The hot path is plain asyncio Protocols, not aiohttp's server or client:
-`frontend.ClientConnection` parses requests with httptools, refuses heads it
-must not forward (`requestcheck`), applies per-address limits (`iplimits`),
-routes them (`routing`), picks a server (`balancer`) and forwards over pooled
-keep-alive `upstream.UpstreamConnection`s, the heads rewritten with framing
-and Host from the parsed facts (`headers`), streaming bodies both ways.
-`docs/proxy-edge.md` has the rules for hostile input. After a backend's
-101 the two sockets become a byte relay (`relay`). aiohttp serves the admin API
-(`admin`) and runs the active health checks (`health`). `server.ProxyServer`
-ties it together; `cli` is the `haproxy-py` command.
+`frontend.ClientConnection` (built on `exchange` and `clientstate`) parses
+requests with httptools, refuses heads it must not forward (`requestcheck`),
+applies per-address limits (`iplimits`), routes them (`routing`), picks a
+server (`balancer`) and forwards over pooled keep-alive
+`upstream.UpstreamConnection`s, the heads rewritten with framing and Host from
+the parsed facts (`headers`), streaming bodies both ways. `docs/proxy-edge.md`
+has the rules for hostile input. After a backend's 101 the two sockets become
+a byte relay (`relay`). aiohttp serves the admin API (`admin`) and runs the
+active health checks (`health`). Access log lines are rendered cheaply and
+written by a thread (`accesslog`). `listeners` binds the sockets;
+`server.ProxyServer` ties it together; `cli` is the `haproxy-py` command.
 """

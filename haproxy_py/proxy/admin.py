@@ -30,18 +30,32 @@ import html
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import web
 
 from haproxy_py import __version__
 from haproxy_py.metrics import CONTENT_TYPE
-from haproxy_py.proxy.stats import STATUS_CLASSES, build_registry
+from haproxy_py.proxy.stats import STATUS_CLASSES, StatsSource, build_registry
 from haproxy_py.proxy.tls import admin_server_context
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.server import ProxyServer
+    from haproxy_py.proxy.listeners import AddressDrain, IPAddress
+
+
+class AdminSource(StatsSource, Protocol):
+    """What the admin API reads and asks of the proxy (`server.ProxyServer`)."""
+
+    draining: bool
+    started_at: float
+
+    def start_drain(self) -> None: ...
+
+    def drain_address(self, address: IPAddress) -> AddressDrain: ...
+
+    async def undrain(self) -> None: ...
+
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,7 +98,7 @@ def refusal(method: str, headers: Mapping[str, str], hosts: frozenset[str] | Non
 
 
 class AdminServer:
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: AdminSource) -> None:
         self.proxy = proxy
         self.registry = build_registry(proxy)
         self.app = web.Application(middlewares=[self._same_site_only])

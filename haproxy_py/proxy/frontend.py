@@ -1,5 +1,10 @@
 """The client side of the proxy: one asyncio Protocol per client connection.
 
+`ClientConnection` is built in three layers, one module each: the state, the
+reading pauses and the deadline timer (`clientstate.ClientState`); the upstream
+half of an exchange, from connecting to the end of the response
+(`exchange.Exchange`); and here, the transport events and the request side.
+
 Requests are parsed by httptools; at the end of each head the request is
 checked (`requestcheck`), routed, a server is picked and the head goes out on a
 pooled keep-alive `UpstreamConnection` (or a new one: connect failures try the
@@ -38,157 +43,50 @@ not reset the connection under the answer. 404 no route, 503 no server up,
 from __future__ import annotations
 
 import asyncio
-import errno
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import structlog
 from httptools import (
     HttpParserCallbackError,
     HttpParserError,
     HttpParserUpgrade,
-    HttpRequestParser,
 )
 
 from haproxy_py.proxy import proxyproto
 from haproxy_py.proxy.accept import trusted
-from haproxy_py.proxy.balancer import Server
-from haproxy_py.proxy.config import RouteConfig, Timeouts
+from haproxy_py.proxy.clientstate import (
+    BODY,
+    CLOSING,
+    HEADER,
+    IDLE,
+    PAUSE_HELD,
+    PAUSE_UPSTREAM,
+    PAUSE_WAIT,
+    PROXY_HEADER,
+    READ,
+    SEND,
+    TIMER_SLACK,
+    UPSTREAM,
+)
+from haproxy_py.proxy.exchange import Exchange
 from haproxy_py.proxy.headers import (
-    Headers,
     RequestFacts,
-    ResponseFacts,
     host_without_port,
     request_head,
-    response_head,
-    simple_response,
     valid_host,
 )
 from haproxy_py.proxy.requestcheck import IDEMPOTENT, Reject, check_head, split_target
-from haproxy_py.proxy.upstream import CLOSED, UpstreamConnection
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.iplimits import IpLimiter
-    from haproxy_py.proxy.relay import Tunnels
-    from haproxy_py.proxy.runtime import Backend, Runtime
-    from haproxy_py.proxy.server import Listener
-    from haproxy_py.proxy.stats import Stats
+    pass
 
-log = structlog.get_logger("haproxy_py.proxy.access")
-
-# Why reading from the client is paused (several can hold at once).
-_PAUSE_UPSTREAM = 1  # the upstream write buffer is full
-_PAUSE_WAIT = 2  # no upstream connection yet (body bytes wait in `pending`)
-_PAUSE_HELD = 4  # a pipelined request waits for the current response
-
-# What the connection's one deadline guards (what happens when it passes).
-_IDLE = 1  # between requests: close
-_HEADER = 2  # a request head is arriving: 408
-_UPSTREAM = 3  # the backend owes a response head: 504
-_PROXY_HEADER = 4  # a PROXY header is due: drop
-_BODY = 5  # the client owes more of its request body: 408 (abort once answering)
-_READ = 6  # the backend owes more of its response body: abort
-_SEND = 7  # the client stopped reading what it is sent: abort
-_CLOSING = 8  # closed, but the write buffer would not flush: abort
-# A timer that fires this close to the deadline counts as on time (uvloop has 1 ms ticks).
-_TIMER_SLACK = 0.001
-# How long a proxy-made error's lingering close reads (and drops) what the client still
-# sends (nginx lingering_timeout), so its answer is not reset away under it.
-LINGER = 5.0
-# Local connect errors: this host ran out of something, the server is not at fault.
-_LOCAL_ERRNOS = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
-)
+log = structlog.get_logger(__name__)
 
 
-class ProxyContext(Protocol):
-    """What a client connection uses of the proxy it belongs to (`server.ProxyServer`)."""
-
-    loop: asyncio.AbstractEventLoop
-    runtime: Runtime  # the config generation new requests use
-    stats: Stats
-    tunnels: Tunnels
-    ip_limits: IpLimiter
-    draining: bool
-
-    def dropped(self, reason: str, peer: str) -> None:
-        """Count (and now and then log) a connection dropped before HTTP."""
-
-
-class ClientConnection(asyncio.Protocol):
-    def __init__(
-        self,
-        proxy: ProxyContext,
-        listener: Listener,
-        preread: proxyproto.ProxyHeader | None = None,
-    ) -> None:
-        self.preread = preread  # a PROXY header read before the TLS handshake
-        self.proxy = proxy
-        self.listener = listener
-        self.loop = proxy.loop
-        self.transport: asyncio.Transport
-        self.client_ip = "-"
-        self.peer: tuple[str, int] = ("0.0.0.0", 0)  # the client, as a PROXY header would say
-        self.local: tuple[str, int] = ("0.0.0.0", 0)
-        self.proxy_header: bytes | None = None  # the start of a PROXY header still awaited
-        self.parser: HttpRequestParser | None = HttpRequestParser(self)
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = math.inf  # when `timer` fires
-        self.deadline = 0.0
-        self.on_deadline = 0  # what `deadline` guards; 0: nothing
-        self.paused = 0
-        self.in_parser = False
-        self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
-        self.host_seen = b""  # the last Host header and its routing name
-        self.host_name = ""
-        self.closed = False
-        # The timeouts of the current request's route (the node's until one is routed).
-        self.timeouts: Timeouts = proxy.runtime.timeouts
-        self.counted_ip: str | None = None  # the address the per-IP limits count this under
-        self.keep_forwarded_for = False  # the client is a trusted proxy: append to its XFF
-        self.reading_head = True  # between a message's end and the next head's end
-        self.head_bytes = 0  # bytes of reads that ended inside the current head
-        self.head_limit = proxy.runtime.head_limit
-        self._reset_request()
-
-    def _reset_request(self) -> None:
-        self.url = b""
-        self.headers: Headers = []
-        self.header_bytes = 0
-        self.method = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.upgrade = False  # a WebSocket handshake
-        self.carried_upgrade = False  # any Upgrade: its upstream connection is never pooled
-        self.early: list[bytes] | None = None  # client bytes after a handshake, until the 101
-        self.host_header = b""  # the Host the backend gets ("" : the server's address)
-        self.route: RouteConfig | None = None
-        self.in_exchange = False
-        self.backend: Backend | None = None
-        self.server: Server | None = None  # while it counts this exchange as active
-        self.picked: Server | None = None  # the last server tried, for the log line
-        self.tried: list[Server] = []
-        self.hash_key: bytes | None = None
-        self.facts: RequestFacts | None = None
-        self.head = b""
-        self.upstream: UpstreamConnection | None = None
-        self.upstream_paused = False
-        self.connect_task: asyncio.Task[None] | None = None
-        self.pending: list[bytes] = []
-        self.request_done = False
-        self.retryable = False
-        self.retried = False
-        self.response_started = False
-        self.upstream_keep_alive = False
-        self.chunked_out = False
-        self.until_close = False
-        self.out: list[bytes] = []
-        self.status = 0
-        self.started = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
+class ClientConnection(Exchange):
+    """One client connection: its transport events and the request side of each exchange."""
 
     # -- transport events -------------------------------------------------------------
 
@@ -217,7 +115,7 @@ class ClientConnection(asyncio.Protocol):
                 self._drop("PROXY header not accepted from this address (trusted_proxies)")
                 return
             self.proxy_header = b""
-            self._arm(self.proxy.runtime.timeouts.client_header, _PROXY_HEADER)
+            self._arm(self.proxy.runtime.timeouts.client_header, PROXY_HEADER)
             return
         self._client_known()
 
@@ -232,7 +130,7 @@ class ClientConnection(asyncio.Protocol):
         self.counted_ip = self.client_ip
         networks = self.listener.config.forwarded_for_trusted
         self.keep_forwarded_for = bool(networks) and trusted(self.client_ip, networks)
-        self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
+        self._arm(self.proxy.runtime.timeouts.http_idle, IDLE)
 
     def _proxy_header_received(self, data: bytes) -> bytes:
         """Consume the PROXY header; returns the bytes after it (empty while it is incomplete)."""
@@ -295,7 +193,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.held is None and self._must_hold():
             self.held = []
-            self._pause(_PAUSE_HELD)
+            self._pause(PAUSE_HELD)
         if self.held is not None:
             self.held.append((self._reject, (status, text)))
         else:
@@ -323,7 +221,7 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.closed:
             return
-        self._arm(self.timeouts.send, _SEND)  # the client must read within the send timeout
+        self._arm(self.timeouts.send, SEND)  # the client must read within the send timeout
         if self.upstream is not None and not self.upstream_paused:
             self.upstream_paused = True
             self.upstream.transport.pause_reading()
@@ -331,11 +229,11 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.closed:
             return
-        if self.on_deadline == _SEND:
+        if self.on_deadline == SEND:
             if not self.in_exchange:
-                self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
+                self._arm(self.proxy.runtime.timeouts.http_idle, IDLE)
             elif self.response_started:
-                self._arm(self.timeouts.upstream_read, _READ)
+                self._arm(self.timeouts.upstream_read, READ)
         if self.upstream is not None and self.upstream_paused:
             self.upstream_paused = False
             self.upstream.transport.resume_reading()
@@ -355,118 +253,38 @@ class ClientConnection(asyncio.Protocol):
             self._log_request()
         self.parser = None
 
-    # -- reading-pause bookkeeping ----------------------------------------------------
-
-    def _pause(self, reason: int) -> None:
-        if not self.paused and not self.closed:
-            self.transport.pause_reading()
-        self.paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and not self.closed:
-                self.transport.resume_reading()
-
-    def pause_for_upstream(self) -> None:
-        self._pause(_PAUSE_UPSTREAM)
-
-    def resume_for_upstream(self) -> None:
-        self._resume(_PAUSE_UPSTREAM)
-
-    # -- the deadline -----------------------------------------------------------------
-    # One deadline per connection, for whichever phase it is in, behind one lazy timer:
-    # moving the deadline later (every request does, several times) is two attribute
-    # writes; the timer is re-armed only when it fires early or the deadline moves
-    # before it. Arming and cancelling a loop timer per phase cost more than the
-    # rest of a small request's bookkeeping.
-
-    def _arm(self, delay: float, what: int) -> None:
-        if delay <= 0:
-            self.on_deadline = 0
-            return
-        deadline = self.deadline = self.loop.time() + delay
-        self.on_deadline = what
-        if deadline < self.timer_at:
-            self._start_timer(deadline)
-
-    def _disarm(self) -> None:
-        self.on_deadline = 0
-
-    def _start_timer(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._timer_fired)
-        self.timer_at = when
-
-    def _stop_timer(self) -> None:
-        """Let go of the timer (it holds this object alive) when the connection ends."""
-        self.on_deadline = 0
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-            self.timer_at = math.inf
-
     def _timer_fired(self) -> None:
         self.timer = None
         self.timer_at = math.inf
         what = self.on_deadline
-        if not what or (self.closed and what != _CLOSING):
+        if not what or (self.closed and what != CLOSING):
             return
-        if self.deadline > self.loop.time() + _TIMER_SLACK:
+        if self.deadline > self.loop.time() + TIMER_SLACK:
             self._start_timer(self.deadline)
             return
         self.on_deadline = 0
-        if what == _IDLE:
+        if what == IDLE:
             self._close()
-        elif what == _HEADER:
+        elif what == HEADER:
             self._reject(408, "request headers took too long")
-        elif what == _UPSTREAM:
+        elif what == UPSTREAM:
             self._upstream_timeout()
-        elif what == _BODY:
-            if self.paused & (_PAUSE_UPSTREAM | _PAUSE_WAIT):
-                self._arm(self.timeouts.client_body, _BODY)  # the proxy is not reading
+        elif what == BODY:
+            if self.paused & (PAUSE_UPSTREAM | PAUSE_WAIT):
+                self._arm(self.timeouts.client_body, BODY)  # the proxy is not reading
             else:
                 self._reject(408, "request body took too long")
-        elif what == _READ:
+        elif what == READ:
             if self.upstream_paused:
-                self._arm(self.timeouts.send, _SEND)
+                self._arm(self.timeouts.send, SEND)
             else:
                 self._give_up("backend stalled in the middle of its response")
-        elif what == _SEND:
+        elif what == SEND:
             self._give_up("client stopped reading its response")
-        elif what == _CLOSING:
+        elif what == CLOSING:
             self.transport.abort()
         else:
             self._drop("no complete PROXY header in time")
-
-    def _give_up(self, error: str) -> None:
-        """A peer stalled mid-exchange: abort the client connection (and the upstream one)."""
-        self._abandon_upstream()
-        self._log_request(error=error)
-        self.in_exchange = False
-        self.closed = True
-        self._stop_timer()
-        self.transport.abort()
-
-    def _close(self) -> None:
-        """Close once what is buffered is written; abort if the client will not take it."""
-        self.closed = True
-        self.transport.close()
-        if self.transport.get_write_buffer_size():
-            self._arm(self.proxy.runtime.timeouts.send or LINGER, _CLOSING)
-        else:
-            self._stop_timer()
-
-    def _upstream_timeout(self) -> None:
-        if self.backend is not None and self.server is not None:
-            self.backend.passive_failure(self.server, "response timed out")
-        timeout = self.timeouts.upstream_header
-        self._reject(
-            504,
-            "the backend did not answer in time",
-            f"backend {self._backend_name()} did not answer within {timeout:g}s",
-        )
 
     # -- parser callbacks (request side) ----------------------------------------------
 
@@ -480,7 +298,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.in_exchange and self.held is None and self._must_hold():
             self.held = []
-            self._pause(_PAUSE_HELD)
+            self._pause(PAUSE_HELD)
         if self.held is not None:
             self.held.append((self._message_begin, ()))
         else:
@@ -489,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
     def _message_begin(self) -> None:
         self._reset_request()
         self.started = time.monotonic()
-        self._arm(self.proxy.runtime.timeouts.client_header, _HEADER)
+        self._arm(self.proxy.runtime.timeouts.client_header, HEADER)
 
     def on_url(self, url: bytes) -> None:
         if self.held is not None:
@@ -533,8 +351,8 @@ class ClientConnection(asyncio.Protocol):
         assert self.facts is not None and self.route is not None
         if 0 < self.route.max_body_size < self.bytes_in:
             raise Reject(413, "request body too large")
-        if self.on_deadline == _BODY:
-            self._arm(self.timeouts.client_body, _BODY)
+        if self.on_deadline == BODY:
+            self._arm(self.timeouts.client_body, BODY)
         if self.facts.chunked:
             self._send_up(b"%x\r\n%b\r\n" % (len(body), body))
         else:
@@ -553,11 +371,11 @@ class ClientConnection(asyncio.Protocol):
         if self.facts.chunked:
             self._send_up(b"0\r\n\r\n")
         if self.upstream is not None and not self.response_started:
-            self._arm(self.timeouts.upstream_header, _UPSTREAM)
-        elif self.on_deadline == _BODY:
+            self._arm(self.timeouts.upstream_header, UPSTREAM)
+        elif self.on_deadline == BODY:
             self._disarm()
         if self.upgrade:
-            self._pause(_PAUSE_WAIT)  # until the 101 hands the sockets to the relay
+            self._pause(PAUSE_WAIT)  # until the 101 hands the sockets to the relay
 
     def _upgrade_data(self, data: bytes) -> None:
         """Bytes after a handshake's head wait for the 101 (reading is paused meanwhile);
@@ -612,7 +430,7 @@ class ClientConnection(asyncio.Protocol):
             self.hash_key = backend.hash_key(self.headers, facts, self.client_ip)
         self.retryable = method in IDEMPOTENT and not facts.chunked and not length
         if facts.chunked or length:
-            self._arm(timeouts.client_body, _BODY)
+            self._arm(timeouts.client_body, BODY)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -642,300 +460,13 @@ class ClientConnection(asyncio.Protocol):
             conn.reused = True
             self._attach(conn)
         else:
-            self._pause(_PAUSE_WAIT)
+            self._pause(PAUSE_WAIT)
             self.connect_task = self.loop.create_task(self._connect(backend, server))
-
-    def _no_server(self, backend: Backend) -> None:
-        if self.tried:
-            self._fail(
-                502, "bad gateway", f"could not connect to any server of backend {backend.name}"
-            )
-        elif any(s.up for s in backend.servers):
-            self._fail(
-                503,
-                "no server is available; retry later",
-                f"every server of backend {backend.name} is at its connection limit",
-            )
-        else:
-            self._fail(
-                503,
-                "no server is available; retry later",
-                f"no server of backend {backend.name} is up",
-            )
-
-    def _fail(self, status: int, text: str, detail: str) -> None:
-        if self.in_parser:
-            self._reject(status, text, detail)
-            raise Reject(status, text)  # stops the parser; the answer is already out
-        self._reject(status, text, detail)
-
-    async def _connect(self, backend: Backend, server: Server) -> None:
-        try:
-            await self._connect_to(backend, server)
-        except Exception:  # a bug here must still answer the client, not leak the task's error
-            log.exception("connecting upstream failed", backend=backend.name)
-            self._reject(502, "internal proxy error while connecting")
-
-    async def _connect_to(self, backend: Backend, server: Server) -> None:
-        """Open a new upstream connection; on failure go on to the next server (or answer)."""
-        timeout = self.timeouts.connect or None
-        head_limit = self.proxy.runtime.head_limit
-        try:
-            async with asyncio.timeout(timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(server, backend.forget, head_limit),
-                    server.host,
-                    server.port,
-                    ssl=backend.ssl,
-                    server_hostname=backend.server_name(server),
-                )
-        except (OSError, TimeoutError) as exc:
-            self.connect_task = None
-            timed_out = isinstance(exc, TimeoutError)
-            error = (
-                f"connect timed out after {timeout:g}s"
-                if timed_out
-                else f"connect failed: {exc.strerror or exc}"
-            )
-            server.active -= 1
-            self.server = None
-            if timed_out or exc.errno not in _LOCAL_ERRNOS:
-                backend.passive_failure(server, error)
-            self.tried.append(server)
-            if len(self.tried) > backend.config.retries:
-                status = 504 if timed_out else 502
-                text = "the backend did not answer in time" if timed_out else "bad gateway"
-                self._reject(status, text, f"backend {backend.name}: {server.address}: {error}")
-            else:
-                self._dispatch()
-            return
-        self.connect_task = None
-        if self.closed:
-            backend.release(server, conn)
-        else:
-            self._attach(conn)
-
-    def _attach(self, conn: UpstreamConnection) -> None:
-        self.upstream = conn
-        conn.begin(self, skip_body=self.method == b"HEAD")
-        assert self.backend is not None
-        send_proxy = self.backend.config.send_proxy
-        if send_proxy is not None and not conn.reused:
-            encode = proxyproto.encode_v2 if send_proxy == "v2" else proxyproto.encode_v1
-            conn.transport.write(encode(self.peer, self.local))
-        if self.pending:
-            conn.transport.write(b"".join((self.head, *self.pending)))
-            self.pending.clear()
-        else:
-            conn.transport.write(self.head)
-        if self.request_done:
-            self._arm(self.timeouts.upstream_header, _UPSTREAM)
-        if self.paused & _PAUSE_WAIT and not self.upgrade:
-            self._resume(_PAUSE_WAIT)
-
-    def _send_up(self, data: bytes) -> None:
-        if self.upstream is not None:
-            self.upstream.transport.write(data)
-        else:
-            self.pending.append(data)
-            self._pause(_PAUSE_WAIT)
-
-    # -- upstream events --------------------------------------------------------------
-
-    def response_head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
-        via = self.proxy.runtime.via
-        if status < 200:
-            self._arm(self.timeouts.upstream_header, _UPSTREAM)  # the final answer is still due
-            if self.version == "1.1":
-                self.out.append(
-                    response_head(status, reason, ResponseFacts(headers), via=via, framing=b"")
-                )
-            return
-        if self.response_started:
-            return
-        if self.on_deadline == _UPSTREAM:
-            self.on_deadline = 0  # `flush` arms the read deadline if the body is still due
-        facts = ResponseFacts(headers)
-        self.status = status
-        self.response_started = True
-        self.upstream_keep_alive = keep_alive
-        framing = b""
-        no_body = self.method == b"HEAD" or status in (204, 304)
-        if no_body or (facts.delimited and not facts.chunked):
-            if facts.content_length is not None and facts.codings is None:
-                framing = b"Content-Length: " + facts.content_length + b"\r\n"
-        else:
-            # Chunked from the backend, or delimited by its close: chunked to the client.
-            self.until_close = not facts.chunked
-            if self.version == "1.1":
-                self.chunked_out = True
-                codings = b"" if facts.codings is None else facts.codings + b", "
-                framing = b"Transfer-Encoding: " + codings + b"chunked\r\n"
-            else:
-                self.keep_alive = False
-        if not self.keep_alive:
-            framing += b"Connection: close\r\n"
-        elif self.version == "1.0":
-            framing += b"Connection: keep-alive\r\n"
-        backend, server = self.backend, self.server
-        if backend is not None and server is not None:
-            if status >= 500 and backend.config.health.passive_5xx:
-                backend.passive_failure(server, f"answered {status}")
-            else:
-                backend.passive_success(server)
-        self.out.append(response_head(status, reason, facts, via=via, framing=framing))
-
-    def response_body(self, body: bytes) -> None:
-        self.bytes_out += len(body)
-        if self.chunked_out:
-            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            self.out.append(body)
-
-    def flush(self) -> None:
-        """An upstream read ended inside the response: write what it produced, and give the
-        backend `upstream_read` for its next read (a response that ends within one read,
-        the common case, never reads the clock for this)."""
-        self._write_out()
-        if self.response_started and self.on_deadline != _SEND:
-            self._arm(self.timeouts.upstream_read, _READ)
-
-    def _write_out(self) -> None:
-        """Write what the last upstream read produced in one call (head and body together)."""
-        out = self.out
-        if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-
-    def response_complete(self, conn: UpstreamConnection) -> None:
-        if self.chunked_out:
-            self.out.append(b"0\r\n\r\n")
-        self._write_out()
-        self.upstream = None
-        conn.client = None
-        self._resume(_PAUSE_UPSTREAM)
-        if self.upstream_paused:
-            self.upstream_paused = False
-            conn.transport.resume_reading()
-        backend, server = self.backend, self.server
-        assert backend is not None and server is not None
-        server.active -= 1
-        self.server = None
-        if (
-            self.upstream_keep_alive
-            and self.request_done
-            and not self.until_close
-            and not self.carried_upgrade
-        ):
-            backend.release(server, conn)
-        else:
-            conn.transport.close()
-        self._finish()
-
-    def upstream_failed(self, conn: UpstreamConnection, error: str) -> None:
-        """The backend closed or sent garbage before the exchange ended."""
-        self._write_out()
-        if self.upstream is not conn:
-            return
-        conn.client = None
-        if not conn.transport.is_closing():
-            conn.transport.close()
-        self.upstream = None
-        if self.response_started and self.until_close and error == CLOSED:
-            self.response_complete(conn)  # the close was the end of the body (a reset is not)
-            return
-        backend, server = self.backend, self.server
-        assert backend is not None and server is not None
-        if conn.reused and not conn.received and self.retryable and not self.retried:
-            # A pooled connection the backend closed before answering a byte: an idempotent
-            # request may go once more, on a fresh connection (RFC 9110 §9.2.2).
-            self.retried = True
-            self.connect_task = self.loop.create_task(self._connect(backend, server))
-            return
-        if not conn.received:
-            backend.passive_failure(server, error)  # a transport failure, not a bad answer
-        self._reject(502, "bad gateway", f"backend {backend.name}: {server.address}: {error}")
-
-    def upstream_upgraded(self, conn: UpstreamConnection, tail: bytes) -> None:
-        """The backend said 101: hand both sockets to a tunnel and let go of them."""
-        self._stop_timer()
-        backend, server = self.backend, self.server
-        assert backend is not None and server is not None
-        if not self.upgrade:
-            conn.transport.close()
-            self.upstream = None
-            self._reject(502, "bad gateway", f"backend {backend.name}: switched protocols unasked")
-            return
-        facts = ResponseFacts(conn.headers)
-        upgrade = facts.upgrade or b"websocket"
-        head = response_head(
-            101,
-            conn.reason,
-            facts,
-            via=self.proxy.runtime.via,
-            framing=b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n",
-        )
-        self.transport.write(head)
-        self.proxy.stats.responses[1] += 1
-        tunnel = self.proxy.tunnels.add(
-            self.transport,
-            conn.transport,
-            backend=backend.name,
-            server=server,
-            client_ip=self.client_ip,
-            listener=self.listener,
-            idle_timeout=self.timeouts.websocket_idle,
-        )
-        self.counted_ip = None  # the tunnel's end releases it
-        conn.detach()
-        # Bytes that crossed the switch go through the frame trackers like any later ones.
-        if tail:
-            tunnel.upstream_half.data_received(tail)
-        if self.early:
-            tunnel.client_half.data_received(b"".join(self.early))
-            self.early = None
-        self.listener.forget(self)
-        self.upstream = None
-        self.server = None
-        self.in_exchange = False
-        self.parser = None
-        self.paused = 0
-        self.transport.resume_reading()
-
-    def _abandon_upstream(self) -> None:
-        if self.connect_task is not None:
-            self.connect_task.cancel()
-            self.connect_task = None
-        conn = self.upstream
-        if conn is not None:
-            self.upstream = None
-            conn.client = None
-            conn.transport.abort()
-        self._resume(_PAUSE_UPSTREAM)
-        if self.server is not None:
-            self.server.active -= 1
-            self.server = None
-
-    def _finish(self) -> None:
-        """The response is written: log it, then wait for the next request or close."""
-        self._log_request()
-        self.in_exchange = False
-        if not self.keep_alive or not self.request_done:
-            self._close()
-            return
-        if self.on_deadline != _SEND:
-            self._arm(self.proxy.runtime.timeouts.http_idle, _IDLE)
-        if self.held:
-            # Not from inside the upstream's callbacks: on the next loop turn, still holding.
-            self.loop.call_soon(self._replay)
-        else:
-            self.held = None
-            self._resume(_PAUSE_HELD)
 
     def _replay(self) -> None:
         """Run a pipelined request's parser events that waited for the previous response."""
         events, self.held = self.held or [], None
-        self._resume(_PAUSE_HELD)
+        self._resume(PAUSE_HELD)
         self.in_parser = True
         try:
             for i, (handler, args) in enumerate(events):
@@ -943,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if self.held is None and self._must_hold():
                     self.held = []
-                    self._pause(_PAUSE_HELD)
+                    self._pause(PAUSE_HELD)
                 if self.held is not None:
                     self.held.extend(events[i:])
                     return
@@ -952,60 +483,3 @@ class ClientConnection(asyncio.Protocol):
             self._reject(exc.status, exc.text, extra=exc.extra)
         finally:
             self.in_parser = False
-
-    def _reject(
-        self, status: int, text: str, detail: str | None = None, *, extra: bytes = b""
-    ) -> None:
-        """Answer with a proxy-made error (if no response has begun), then a lingering close.
-
-        `text` is for the client; `detail` (backend names, addresses) only for the log.
-        """
-        if self.closed:
-            return
-        self._abandon_upstream()
-        self._write_out()
-        self._log_request(error=detail or text, status=status)
-        self.in_exchange = False
-        self.closed = True
-        self.early = None
-        if self.response_started:
-            self._stop_timer()
-            self.transport.abort()
-            return
-        self.transport.write(
-            simple_response(status, text, via=self.proxy.runtime.via, close=True, extra=extra)
-        )
-        if not self.transport.can_write_eof():  # TLS: close_notify, then close
-            self._close()
-            return
-        self.transport.write_eof()
-        self.paused = 0
-        self.transport.resume_reading()  # read and drop what the client still sends
-        self._arm(LINGER, _CLOSING)
-
-    def _backend_name(self) -> str:
-        return "-" if self.backend is None else self.backend.name
-
-    def _log_request(self, error: str | None = None, status: int | None = None) -> None:
-        if status is not None and not self.response_started:
-            self.status = status
-        stats = self.proxy.stats
-        stats.responses[min(self.status // 100, 5)] += 1
-        stats.http_bytes_in += self.bytes_in
-        stats.http_bytes_out += self.bytes_out
-        if not self.proxy.runtime.access_log:
-            return
-        server = self.picked
-        log.info(
-            "http",
-            method=self.method.decode("latin-1"),
-            path=self.url[:512].decode("latin-1"),
-            status=self.status,
-            backend=self._backend_name(),
-            server=None if server is None else server.address,
-            duration_ms=round((time.monotonic() - self.started) * 1000, 2),
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            client=self.client_ip,
-            **({"error": error} if error else {}),
-        )

@@ -39,7 +39,7 @@ from haproxy_py.proxy.wsframes import (
 )
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.server import Listener
+    from haproxy_py.proxy.listeners import Listener
 
 
 # The states of a `_Half`.

@@ -26,142 +26,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import socket
 import time
-from dataclasses import dataclass
 
 import structlog
 
 from haproxy_py.proxy.accept import HeaderFirstServer
+from haproxy_py.proxy.accesslog import AccessLog
 from haproxy_py.proxy.admin import AdminServer
-from haproxy_py.proxy.config import ListenerConfig, ProxyConfig
+from haproxy_py.proxy.config import ProxyConfig
 from haproxy_py.proxy.frontend import ClientConnection
 from haproxy_py.proxy.iplimits import IpLimiter
+from haproxy_py.proxy.listeners import (
+    AddressDrain,
+    HeldConnection,
+    IPAddress,
+    Listener,
+    bind_socket,
+    local_ip,
+    send_from_any_address,
+)
 from haproxy_py.proxy.relay import Tunnel, Tunnels
 from haproxy_py.proxy.runtime import Runtime
 from haproxy_py.proxy.stats import Stats
-from haproxy_py.proxy.tls import ServerTls
 
 log = structlog.get_logger(__name__)
-
-_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; lets us bind a VIP before it arrives
-_IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)  # Linux
-_IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)  # Linux
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket; OSError naming the address and the kernel's reason."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(OSError):  # elsewhere the address must exist before we bind
-            sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
-        sock.bind(sockaddr)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return sock
-
-
-class Listener:
-    """One client-facing listener and the connections it holds open."""
-
-    def __init__(self, config: ListenerConfig) -> None:
-        self.config = config
-        self.active = 0  # client connections, including those turned into tunnels
-        self.connections: set[ClientConnection] = set()
-        self.server: asyncio.Server | HeaderFirstServer | None = None
-        self.bound: tuple[str, int] | None = None  # the address actually bound (port 0 resolved)
-        self.emptied: asyncio.Event | None = None  # set when `connections` empties (drain)
-        # One SSLContext for the listener's life; reloads swap its certificates.
-        self.tls: ServerTls | None = None if config.tls is None else ServerTls(config.tls)
-
-    def same_socket(self, config: ListenerConfig) -> bool:
-        """Whether `config` can be served by this listener's socket (same address, TLS or not)."""
-        return _socket_kind(self.config) == _socket_kind(config)
-
-    def reconfigure(self, config: ListenerConfig) -> None:
-        self.config = config
-        if self.tls is not None and config.tls is not None:
-            self.tls.update(config.tls)
-
-    def forget(self, conn: ClientConnection) -> None:
-        self.connections.discard(conn)
-        if not self.connections and self.emptied is not None:
-            self.emptied.set()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        if self.bound is None:
-            raise RuntimeError(f"listener {self.config.name} is not started")
-        return self.bound
-
-
-def local_ip(transport: asyncio.BaseTransport) -> IPAddress | None:
-    """The address the client connected to (a v4-mapped IPv6 address as IPv4); None if gone."""
-    local = transport.get_extra_info("sockname")
-    if not isinstance(local, tuple):
-        return None
-    try:
-        ip = ipaddress.ip_address(local[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def send_from_any_address(transport: asyncio.BaseTransport) -> bool:
-    """Let a connection keep sending after its local address left this node; False if refused.
-
-    A moved VIP is removed from the interface before its clients are told to
-    go, so that their reconnects reach the new owner; without this option the
-    kernel refuses to route packets from an address it no longer has, and the
-    1001 (or FIN) would never leave. Needs CAP_NET_RAW or CAP_NET_ADMIN.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    level, option = (
-        (socket.IPPROTO_IPV6, _IPV6_TRANSPARENT)
-        if sock.family == socket.AF_INET6
-        else (socket.IPPROTO_IP, _IP_TRANSPARENT)
-    )
-    try:
-        sock.setsockopt(level, option, 1)
-    except OSError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class AddressDrain:
-    """What `drain_address` started: WebSockets sent a 1001, HTTP connections closing."""
-
-    websockets: int
-    connections: int
-    # False when closes could not be sent from an address already gone (no capability)
-    can_send: bool
-
-
-def _socket_kind(config: ListenerConfig) -> tuple[object, ...]:
-    header_first = config.tls is not None and config.proxy_protocol
-    return config.host, config.port, config.tls is None, header_first
 
 
 class ProxyServer:
     def __init__(self, config: ProxyConfig, node_name: str) -> None:
         self.runtime = Runtime(config, node_name, generation=1)
         self.stats = Stats()
+        self.access_log = AccessLog()
         self.tunnels = Tunnels(self._tunnel_ended)
         self.listeners = [Listener(c) for c in config.listeners]
         self.admin = AdminServer(self)
@@ -320,7 +216,7 @@ class ProxyServer:
         self,
         handle: asyncio.TimerHandle,
         tunnels: list[Tunnel],
-        conns: list[tuple[Listener, ClientConnection]],
+        conns: list[tuple[Listener, HeldConnection]],
     ) -> None:
         """The drain timeout of one `drain_address`: close what did not finish."""
         self._address_drains.discard(handle)
@@ -417,6 +313,8 @@ class ProxyServer:
             if listener.server is not None:
                 await listener.server.wait_closed()
                 listener.server = None
+        self.access_log.flush()
+        await asyncio.to_thread(self.access_log.close)
         log.info("proxy stopped", node=self.runtime.node_name)
 
     def dropped(self, reason: str, peer: str) -> None:
@@ -434,17 +332,17 @@ class ProxyServer:
         tunnel.server.active -= 1
         tunnel.listener.active -= 1
         self.ip_limits.release(tunnel.client_ip)
-        log.info(
-            "websocket",
-            backend=tunnel.backend,
-            server=tunnel.server.address,
-            client=tunnel.client_ip,
-            duration_ms=round((time.monotonic() - tunnel.started) * 1000, 2),
-            bytes_in=tunnel.bytes_in,
-            bytes_out=tunnel.bytes_out,
-            close_code=tunnel.close_code,
-            closed_by=tunnel.closed_by,
-        )
+        if self.runtime.access_log:
+            self.access_log.websocket(
+                tunnel.backend,
+                tunnel.server.address,
+                tunnel.client_ip,
+                round((time.monotonic() - tunnel.started) * 1000, 2),
+                tunnel.bytes_in,
+                tunnel.bytes_out,
+                tunnel.close_code,
+                tunnel.closed_by,
+            )
 
     async def _sweep_idle_tunnels(self) -> None:
         """Close tunnels idle for their `websocket_idle`, checked every quarter of the

@@ -7,12 +7,16 @@ the live runtime) when `/metrics` is scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from haproxy_py.metrics import Registry, Sample
 
 if TYPE_CHECKING:
-    from haproxy_py.proxy.server import ProxyServer
+    from haproxy_py.proxy.accesslog import AccessLog
+    from haproxy_py.proxy.iplimits import IpLimiter
+    from haproxy_py.proxy.listeners import Listener
+    from haproxy_py.proxy.relay import Tunnels
+    from haproxy_py.proxy.runtime import Runtime
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -29,7 +33,18 @@ class Stats:
         self.connections_dropped = 0  # before HTTP: no or untrusted PROXY header
 
 
-def build_registry(server: ProxyServer) -> Registry:
+class StatsSource(Protocol):
+    """What the metric families read of the proxy (`server.ProxyServer`), at scrape time."""
+
+    stats: Stats
+    tunnels: Tunnels
+    runtime: Runtime
+    listeners: list[Listener]
+    ip_limits: IpLimiter
+    access_log: AccessLog
+
+
+def build_registry(server: StatsSource) -> Registry:
     registry = Registry("haproxy_py")
     stats = server.stats
     tunnels = server.tunnels
@@ -91,6 +106,11 @@ def build_registry(server: ProxyServer) -> Registry:
         "per_ip_refused_total",
         "Client connections refused by a per-address limit (answered 429), by limit",
         lambda: [({"limit": k}, v) for k, v in server.ip_limits.refused.items()],
+    )
+    counter(
+        "access_log_dropped_total",
+        "Access log lines dropped because the log writer fell behind",
+        lambda: [({}, server.access_log.dropped)],
     )
     registry.gauge(
         "websocket_sessions_active", "WebSocket tunnels open", lambda: [({}, len(tunnels))]

@@ -18,9 +18,9 @@ from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from structlog.testing import capture_logs
 
 from tests.integration.adversarial.client import config, read_until_closed
+from tests.integration.proxy.support import access_lines
 
 NASTY = [
     b"Connection: content-length",
@@ -121,7 +121,7 @@ async def test_backend_never_sees_a_request_the_proxy_did_not_forward(recorder, 
 
     draw_case()  # hypothesis draws the cases; they run below on the proxy's event loop
     assert 0 < len(cases) <= 80
-    with capture_logs() as entries:
+    with access_lines(server) as entries:
         for requests in cases:
             reader, writer = await asyncio.open_connection(*server.address("web"))
             with contextlib.suppress(ConnectionError):

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from structlog.testing import capture_logs
 
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.support import (
+    access_lines,
     config_from_text,
     poll_until,
     proxy_config,
@@ -49,12 +49,6 @@ def status_of(response: bytes) -> int:
     return int(response[9:12])
 
 
-@contextlib.asynccontextmanager
-async def logged() -> AsyncIterator[list[dict[str, object]]]:
-    with capture_logs() as entries:
-        yield entries
-
-
 @pytest.mark.parametrize(
     "request_bytes",
     [
@@ -68,7 +62,7 @@ async def logged() -> AsyncIterator[list[dict[str, object]]]:
 async def test_malformed_request_is_400(backends, proxy, request_bytes: bytes) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
-    async with logged() as entries:
+    with access_lines(server) as entries:
         response = await raw_exchange(server, request_bytes)
     assert status_of(response) == 400
     assert b.requests == 0
@@ -285,7 +279,7 @@ async def raw_backend(answer: bytes) -> AsyncIterator[str]:
 async def test_backend_garbage_is_502(proxy) -> None:
     async with raw_backend(b"SSH-2.0-OpenSSH_9.2\r\n\r\n") as address:
         server = await proxy(proxy_config({"app": [address]}))
-        async with logged() as entries:
+        with access_lines(server) as entries:
             response = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(response) == 502
         assert any(e.get("status") == 502 for e in entries), entries

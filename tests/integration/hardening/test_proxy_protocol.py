@@ -21,7 +21,12 @@ from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.config import parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.hardening.test_limits import no_leak, open_raw, status_of
-from tests.integration.proxy.support import poll_until, proxy_config, raw_exchange
+from tests.integration.proxy.support import (
+    access_lines,
+    poll_until,
+    proxy_config,
+    raw_exchange,
+)
 
 PP = '\n[[listeners]]\nname = "lb"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
 ON = PP + 'trusted_proxies = ["127.0.0.0/8", "::1"]\n'
@@ -58,7 +63,7 @@ async def test_v1_and_v2_headers_give_the_client_address(backends, proxy) -> Non
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}, ON))
     v1 = proxyproto.encode_v1(("198.18.0.7", 5555), ("198.18.0.1", 80))
-    with capture_logs() as entries:
+    with access_lines(server) as entries:
         assert forwarded_for(await via_lb(server, v1 + GET)) == "198.18.0.7"
     assert [e["client"] for e in entries if e.get("event") == "http"] == ["198.18.0.7"]
     v2 = proxyproto.encode_v2(("2001:db8::9", 4444), ("2001:db8::1", 443))

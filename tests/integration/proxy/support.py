@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -207,3 +208,19 @@ async def poll_until(predicate: Callable[[], Any], what: str) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"still not true after 30 s: {what}")
+
+
+@contextlib.contextmanager
+def access_lines(server: ProxyServer) -> Iterator[list[dict[str, Any]]]:
+    """The access log lines `server` writes inside the block, parsed (its sink swapped)."""
+    written: list[bytes] = []
+    entries: list[dict[str, Any]] = []
+    log = server.access_log
+    log.sync()
+    original, log.sink = log.sink, written.append
+    try:
+        yield entries
+    finally:
+        log.sync()
+        log.sink = original
+        entries.extend(json.loads(line) for line in b"".join(written).splitlines())

@@ -8,10 +8,15 @@ import os
 
 import aiohttp
 import pytest
-from structlog.testing import capture_logs
 
 from haproxy_py.proxy.frontend import ClientConnection
-from tests.integration.proxy.support import poll_until, proxy_config, raw_exchange, url
+from tests.integration.proxy.support import (
+    access_lines,
+    poll_until,
+    proxy_config,
+    raw_exchange,
+    url,
+)
 
 
 async def test_echo_text_and_binary_including_1mib(backends, proxy, session) -> None:
@@ -53,7 +58,7 @@ async def test_extensions_offered_by_client_reach_backend(backends, proxy, sessi
 async def test_client_close_code_reaches_backend(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
-    with capture_logs() as logs:
+    with access_lines(server) as logs:
         async with session.ws_connect(url(server, "/ws")) as ws:
             await ws.send_str("x")
             await ws.receive_str()

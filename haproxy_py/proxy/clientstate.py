@@ -1,0 +1,214 @@
+"""What a client connection holds, why its reading is paused, and its one deadline.
+
+`ClientState` is the base of `frontend.ClientConnection` (through
+`exchange.Exchange`): the per-connection and per-request fields, the
+reading-pause bits and the lazy deadline timer. The methods the timer and the
+exchange need from the request side are declared here and implemented there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from httptools import (
+    HttpRequestParser,
+)
+
+from haproxy_py.proxy import proxyproto
+from haproxy_py.proxy.balancer import Server
+from haproxy_py.proxy.config import RouteConfig, Timeouts
+from haproxy_py.proxy.headers import (
+    Headers,
+    RequestFacts,
+)
+from haproxy_py.proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from haproxy_py.proxy.accesslog import AccessLog
+    from haproxy_py.proxy.iplimits import IpLimiter
+    from haproxy_py.proxy.listeners import Listener
+    from haproxy_py.proxy.relay import Tunnels
+    from haproxy_py.proxy.runtime import Backend, Runtime
+    from haproxy_py.proxy.stats import Stats
+
+# Why reading from the client is paused (several can hold at once).
+PAUSE_UPSTREAM = 1  # the upstream write buffer is full
+PAUSE_WAIT = 2  # no upstream connection yet (body bytes wait in `pending`)
+PAUSE_HELD = 4  # a pipelined request waits for the current response
+
+# What the connection's one deadline guards (what happens when it passes).
+IDLE = 1  # between requests: close
+HEADER = 2  # a request head is arriving: 408
+UPSTREAM = 3  # the backend owes a response head: 504
+PROXY_HEADER = 4  # a PROXY header is due: drop
+BODY = 5  # the client owes more of its request body: 408 (abort once answering)
+READ = 6  # the backend owes more of its response body: abort
+SEND = 7  # the client stopped reading what it is sent: abort
+CLOSING = 8  # closed, but the write buffer would not flush: abort
+# A timer that fires this close to the deadline counts as on time (uvloop has 1 ms ticks).
+TIMER_SLACK = 0.001
+# How long a proxy-made error's lingering close reads (and drops) what the client still
+# sends (nginx lingering_timeout), so its answer is not reset away under it.
+LINGER = 5.0
+# Local connect errors: this host ran out of something, the server is not at fault.
+LOCAL_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL}
+)
+
+
+class ProxyContext(Protocol):
+    """What a client connection uses of the proxy it belongs to (`server.ProxyServer`)."""
+
+    loop: asyncio.AbstractEventLoop
+    runtime: Runtime  # the config generation new requests use
+    stats: Stats
+    access_log: AccessLog
+    tunnels: Tunnels
+    ip_limits: IpLimiter
+    draining: bool
+
+    def dropped(self, reason: str, peer: str) -> None:
+        """Count (and now and then log) a connection dropped before HTTP."""
+
+
+class ClientState(asyncio.Protocol):
+    """A client connection's fields, reading pauses and deadline (see the module doc)."""
+
+    def __init__(
+        self,
+        proxy: ProxyContext,
+        listener: Listener,
+        preread: proxyproto.ProxyHeader | None = None,
+    ) -> None:
+        self.preread = preread  # a PROXY header read before the TLS handshake
+        self.proxy = proxy
+        self.listener = listener
+        self.loop = proxy.loop
+        self.transport: asyncio.Transport
+        self.client_ip = "-"
+        self.peer: tuple[str, int] = ("0.0.0.0", 0)  # the client, as a PROXY header would say
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+        self.proxy_header: bytes | None = None  # the start of a PROXY header still awaited
+        self.parser: HttpRequestParser | None = HttpRequestParser(self)
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf  # when `timer` fires
+        self.deadline = 0.0
+        self.on_deadline = 0  # what `deadline` guards; 0: nothing
+        self.paused = 0
+        self.in_parser = False
+        self.held: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+        self.host_seen = b""  # the last Host header and its routing name
+        self.host_name = ""
+        self.closed = False
+        # The timeouts of the current request's route (the node's until one is routed).
+        self.timeouts: Timeouts = proxy.runtime.timeouts
+        self.counted_ip: str | None = None  # the address the per-IP limits count this under
+        self.keep_forwarded_for = False  # the client is a trusted proxy: append to its XFF
+        self.reading_head = True  # between a message's end and the next head's end
+        self.head_bytes = 0  # bytes of reads that ended inside the current head
+        self.head_limit = proxy.runtime.head_limit
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+        self.header_bytes = 0
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False  # a WebSocket handshake
+        self.carried_upgrade = False  # any Upgrade: its upstream connection is never pooled
+        self.early: list[bytes] | None = None  # client bytes after a handshake, until the 101
+        self.host_header = b""  # the Host the backend gets ("" : the server's address)
+        self.route: RouteConfig | None = None
+        self.in_exchange = False
+        self.backend: Backend | None = None
+        self.server: Server | None = None  # while it counts this exchange as active
+        self.picked: Server | None = None  # the last server tried, for the log line
+        self.tried: list[Server] = []
+        self.hash_key: bytes | None = None
+        self.facts: RequestFacts | None = None
+        self.head = b""
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_paused = False
+        self.connect_task: asyncio.Task[None] | None = None
+        self.pending: list[bytes] = []
+        self.request_done = False
+        self.retryable = False
+        self.retried = False
+        self.response_started = False
+        self.upstream_keep_alive = False
+        self.chunked_out = False
+        self.until_close = False
+        self.out: list[bytes] = []
+        self.status = 0
+        self.started = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- reading-pause bookkeeping ----------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def pause_for_upstream(self) -> None:
+        self._pause(PAUSE_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self._resume(PAUSE_UPSTREAM)
+
+    # -- the deadline -----------------------------------------------------------------
+    # One deadline per connection, for whichever phase it is in, behind one lazy timer:
+    # moving the deadline later (every request does, several times) is two attribute
+    # writes; the timer is re-armed only when it fires early or the deadline moves
+    # before it. Arming and cancelling a loop timer per phase cost more than the
+    # rest of a small request's bookkeeping.
+
+    def _arm(self, delay: float, what: int) -> None:
+        if delay <= 0:
+            self.on_deadline = 0
+            return
+        deadline = self.deadline = self.loop.time() + delay
+        self.on_deadline = what
+        if deadline < self.timer_at:
+            self._start_timer(deadline)
+
+    def _disarm(self) -> None:
+        self.on_deadline = 0
+
+    def _start_timer(self, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._timer_fired)
+        self.timer_at = when
+
+    def _stop_timer(self) -> None:
+        """Let go of the timer (it holds this object alive) when the connection ends."""
+        self.on_deadline = 0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.timer_at = math.inf
+
+    # -- implemented by the layers above ---------------------------------------------
+
+    def _timer_fired(self) -> None:
+        raise NotImplementedError
+
+    def _dispatch(self) -> None:
+        raise NotImplementedError
+
+    def _replay(self) -> None:
+        raise NotImplementedError
