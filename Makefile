@@ -71,6 +71,7 @@ bench-failover: deps
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	       -o DPkg::Lock::Timeout=600 keepalived curl; }
 	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
+	$(PY) -m bench.failover.handover
 
 clean:
 	rm -rf $(VENV) build *.egg-info

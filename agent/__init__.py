@@ -5,15 +5,20 @@ proxy's health, and holds exactly the VIPs that `vips/` assigns to it, with a
 kernel address lifetime that runs out before the lease can (see
 `haproxy_py.cluster` for the hand-over protocol). Modules:
 
-    state    the pure decision core (no I/O, time passed in)
-    daemon   the asyncio loop around it: observers, one actor, one etcd writer
-    fence    the nftables fence: a VIP's traffic and ARP dropped at its deadline
-    nftables libnftables through ctypes (one transaction per call)
-    netlink  VIP addresses with valid/preferred lifetimes (pyroute2), fenced first
-    garp     gratuitous ARP bursts and refreshes (AF_PACKET)
-    proxy    the local proxy's admin API (/healthz, /status, /drain, /drain?address=)
-    metrics  /metrics (Prometheus text)
-    cli      the entry point and its one-line errors
+    state         the pure decision core (no I/O, time passed in)
+    daemon        the wiring: one actor around the core, supervised tasks, the clean stop
+    observers     the loops that post steps: keepalive, liveness probes, watch, reconcile, tick
+    effects       actions carried out: addresses, GARP, the etcd writer
+    registration  `nodes/<name>`: what goes in it and when it is written
+    handover      a released VIP's clients told to go once its next owner holds it
+    fence         the nftables fence: a VIP's traffic and ARP dropped at its deadline
+    nftables      libnftables through ctypes (one transaction per call)
+    netlink       VIP addresses with valid/preferred lifetimes (pyroute2), fenced first
+    garp          gratuitous ARP bursts and refreshes (AF_PACKET)
+    proxy         the local proxy's admin API (/healthz, /undrain, /drain?address=)
+    ready         waits until a daemon is live again (the units' ExecStartPost)
+    metrics       /metrics (Prometheus text)
+    cli           the entry point and its one-line errors
 
 The `[agent]` section, with its defaults (all times in seconds):
 
@@ -31,10 +36,10 @@ The `[agent]` section, with its defaults (all times in seconds):
     # proxy_admin_cacert = "/etc/haproxy-py/ca.crt"   # the CA of the proxy's certificate
     # proxy_admin_cert = "/etc/haproxy-py/agent.crt"  # this agent's client certificate
     # proxy_admin_key = "/etc/haproxy-py/agent.key"
-    health_interval = 0.1       # /healthz poll; /status at most once a second
-    health_timeout = 0.25
-    health_rise = 2             # good polls in a row before the node offers itself
-    health_fall = 2             # bad polls in a row before it drops its VIPs
+    health_interval = 0.1       # a /healthz (liveness) probe starts this often, overlapping
+    health_timeout = 0.3        # a probe not answered by then is a miss
+    health_rise = 2             # good probes in a row before the node offers itself
+    health_fall = 3             # misses in a row before it drops its VIPs (refused: at once)
     garp_count = 3              # frames per burst, `garp_spacing` apart
     garp_spacing = 0.02
     garp_second_burst = 2.0     # a second burst this long after the first

@@ -1,8 +1,10 @@
 """`ha-agent --config FILE`: the node agent's entry point.
 
-Expected failures (bad config, no privileges, unknown interface, etcd
-unreachable at start) end with one line on stderr and a non-zero exit, never
-a traceback. SIGTERM and SIGINT hand the VIPs over and exit 0.
+Expected failures (bad config, no privileges, unknown interface) end with one
+line on stderr and a non-zero exit, never a traceback. etcd unreachable at
+start is not one: the agent waits for it in-process, with backoff, rather than
+exiting into a systemd restart loop. SIGTERM and SIGINT hand the VIPs over and
+exit 0.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import click
 import structlog
 
 from agent.daemon import Agent, Settings
+from agent.effects import AddressTable
+from agent.effects import Announcer as AnnouncerLike
 from agent.garp import Announcer
 from agent.netlink import Addresses, NetlinkFailure, missing_capabilities
 from agent.proxy import ProxyClient
@@ -33,7 +37,7 @@ from haproxy_py.cluster.config import (
     parse_logging,
     parse_node,
 )
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import Store
 from haproxy_py.configfile import ConfigError, load
 
 log = structlog.get_logger("agent")
@@ -83,7 +87,17 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
         settings.agent.proxy_admin_tls,
     )
     store = Store(etcd, settings.cluster)
-    agent = Agent(settings, store, addresses, announcer, proxy)
+
+    async def reopen() -> tuple[AddressTable, AnnouncerLike]:
+        """The VIP interface again, by name (it may have been recreated with a new index)."""
+        table = await Addresses.open(interface)
+        try:
+            return table, Announcer(interface, table.mac, settings.agent.garp, table.until)
+        except OSError:
+            table.close()
+            raise
+
+    agent = Agent(settings, store, addresses, announcer, proxy, reopen)
     certmetrics.register(agent.metrics.registry, lambda: [etcd.cert])
     systemd.start(lambda: agent.core.lease_id is not None)  # READY=1 once registered
     loop = asyncio.get_running_loop()
@@ -100,11 +114,9 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
         loop.add_signal_handler(sig, stop)
     try:
         await agent.run()
-    except StoreError as exc:
-        raise Fatal(str(exc)) from None
     finally:
-        announcer.close()
-        addresses.close()
+        agent.effects.announcer.close()
+        agent.effects.addresses.close()
         await proxy.close()
         await store.close()
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from haproxy_py.metrics import Registry, Sample
+import structlog
+from aiohttp import web
+
+from haproxy_py.metrics import Registry, Sample, serve
+
+log = structlog.get_logger(__name__)
 
 
 class AgentMetrics:
@@ -16,6 +21,7 @@ class AgentMetrics:
         vips_held: Callable[[], Iterable[str]],
     ) -> None:
         self.registry = Registry("haproxy_py_agent")
+        self.port: int | None = None  # where /metrics listens, once it does
         r = self.registry
 
         def remaining() -> Iterable[Sample]:
@@ -41,3 +47,15 @@ class AgentMetrics:
         self.fenced = r.counter(
             "self_fences_total", "Times the agent dropped VIPs for lack of keepalives"
         )
+
+    async def serve(self, host: str | None, port: int) -> web.AppRunner | None:
+        """Serve /metrics on host:port (None: off); a bind failure is logged, not fatal."""
+        if host is None:
+            return None
+        try:
+            runner, self.port = await serve(self.registry, host, port)
+        except OSError as exc:
+            log.error("metrics endpoint not started", bind=f"{host}:{port}", error=exc.strerror)
+            return None
+        log.info("metrics listening", url=f"http://{host}:{self.port}/metrics")
+        return runner

@@ -1,4 +1,4 @@
-"""Talking to the local proxy's admin API: health, load figures, and the drain switch."""
+"""Talking to the local proxy's admin API: liveness, readiness, and the drain switches."""
 
 from __future__ import annotations
 
@@ -14,39 +14,42 @@ from haproxy_py.cluster.agent_config import AdminClientTls
 
 @dataclass(frozen=True)
 class ProxyStatus:
-    """One probe: `/healthz` said 200 (ok) or not, plus what `/status` reported, if asked."""
+    """One `/healthz` probe.
 
-    ok: bool
-    detail: str
-    backends_up: int | None = None
-    backends_total: int | None = None
-    connections: int | None = None
-
-
-def figures(obj: Any) -> tuple[int | None, int | None, int | None]:
-    """(backend servers up, backend servers in total, client connections) from `/status`.
-
-    `/status` lists `backends.<name>.servers[].state` and `listeners[].connections`.
+    `live`: 200 (the proxy answers and its listeners accept). `refused`: the
+    admin API refused the connection, so the process is gone (a failure that
+    needs no confirmation), as opposed to a slow or hung answer. `ready` of
+    `pools` is readiness (backend pools with a server up); `draining` is None
+    when the proxy did not say.
     """
-    if not isinstance(obj, dict):
-        return None, None, None
-    up = total = None
-    backends = obj.get("backends")
-    if isinstance(backends, dict):
-        states = [
-            server.get("state")
-            for backend in backends.values()
-            if isinstance(backend, dict) and isinstance(backend.get("servers"), list)
-            for server in backend["servers"]
-            if isinstance(server, dict)
-        ]
-        up, total = sum(1 for state in states if state == "up"), len(states)
-    connections = None
-    listeners = obj.get("listeners")
-    if isinstance(listeners, list):
-        counts = [item.get("connections") for item in listeners if isinstance(item, dict)]
-        connections = sum(c for c in counts if isinstance(c, int) and not isinstance(c, bool))
-    return up, total, connections
+
+    live: bool
+    detail: str
+    refused: bool = False
+    ready: int = 0
+    pools: int = 0
+    servers_up: int = 0
+    servers: int = 0
+    draining: bool | None = None
+
+
+def status_of(code: int, body: Any) -> ProxyStatus:
+    """The probe result for a `/healthz` answer (`body` is its parsed JSON, or None)."""
+    obj = body if isinstance(body, dict) else {}
+    detail = f"/healthz answered {code}"
+    reasons = obj.get("reasons")
+    if isinstance(reasons, list) and reasons:
+        detail += ": " + "; ".join(str(r) for r in reasons)
+    draining = obj.get("draining")
+    return ProxyStatus(
+        live=code == 200,
+        detail=detail,
+        ready=_count(obj, "ready"),
+        pools=_count(obj, "pools"),
+        servers_up=_count(obj, "servers_up"),
+        servers=_count(obj, "servers"),
+        draining=draining if isinstance(draining, bool) else None,
+    )
 
 
 def client_context(tls: AdminClientTls) -> ssl.SSLContext:
@@ -67,55 +70,50 @@ class ProxyClient:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(
-                limit=2, force_close=False, ssl=True if tls is None else client_context(tls)
+                limit=8, force_close=False, ssl=True if tls is None else client_context(tls)
             ),
         )
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def probe(self, with_status: bool) -> ProxyStatus:
-        """`/healthz` (200 means healthy), and `/status` figures when `with_status`."""
+    async def probe(self) -> ProxyStatus:
+        """`/healthz`: never raises; a refused connection is told apart from a slow answer."""
         try:
             async with self._session.get(f"{self.base_url}/healthz") as response:
-                body = await response.read()
-                ok = response.status == 200
-                detail = f"/healthz answered {response.status}"
+                return status_of(response.status, _json(await response.read()))
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            return ProxyStatus(False, f"/healthz unreachable: {exc.os_error}", refused=refused)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return ProxyStatus(False, f"/healthz unreachable: {type(exc).__name__} {exc}".strip())
-        reasons = _json(body)
-        if isinstance(reasons, dict) and isinstance(reasons.get("reasons"), list):
-            detail += ": " + "; ".join(str(r) for r in reasons["reasons"])
-        up = total = conns = None
-        if with_status:
-            try:
-                async with self._session.get(f"{self.base_url}/status") as response:
-                    if response.status == 200:
-                        up, total, conns = figures(_json(await response.read()))
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                pass  # health comes from /healthz; the figures are only informative
-        return ProxyStatus(ok, detail, up, total, conns)
 
-    async def drain(self) -> str:
-        """Ask the proxy to drain (POST /drain); returns what happened, never raises."""
-        return await self._post_drain({})
+    async def undrain(self) -> str:
+        """Bring the proxy out of a whole-proxy drain (POST /undrain); never raises."""
+        return await self._post("/undrain", {})
 
     async def drain_address(self, address: str) -> str:
-        """Ask the proxy to close the WebSockets on one local address with 1001 (never raises)."""
-        return await self._post_drain({"address": address})
+        """Ask the proxy to close the connections on one local address (1001 for WebSockets,
+        a clean close for HTTP keep-alive); returns what happened, never raises."""
+        return await self._post("/drain", {"address": address})
 
-    async def _post_drain(self, params: dict[str, str]) -> str:
+    async def _post(self, path: str, params: dict[str, str]) -> str:
         try:
-            async with self._session.post(f"{self.base_url}/drain", params=params) as response:
+            async with self._session.post(f"{self.base_url}{path}", params=params) as response:
                 if response.status == 404:
-                    return "the proxy has no /drain"
+                    return f"the proxy has no {path}"
                 body = _json(await response.read())
                 detail = ""
                 if isinstance(body, dict) and "websockets" in body:
                     detail = f" ({body['websockets']} WebSockets)"
-                return f"/drain answered {response.status}{detail}"
+                return f"{path} answered {response.status}{detail}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"/drain unreachable: {type(exc).__name__}"
+            return f"{path} unreachable: {type(exc).__name__}"
+
+
+def _count(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _json(body: bytes) -> Any:

@@ -10,12 +10,21 @@ properties:
   no later than `lease deadline - fence_margin`, where the deadline counts
   from the moment the last successful keepalive was *sent*;
 * an address already held is re-armed only after a new keepalive success;
-* when the proxy turns unhealthy every VIP is removed in the same step and
-  the node's `vips/` keys are deleted, so the controller moves them at once.
+* when the proxy stops being live (its admin API refuses or stops answering,
+  or it drains) every VIP is removed in the same step and the node's `vips/`
+  keys are deleted, so the controller moves them at once;
+* a release is acknowledged (`DeleteVip`), and the lease revoked at stop, only
+  once a kernel dump shows the address absent, or its lifetime has provably
+  run out.
+
+Health here is liveness only. Readiness (backend pools with a server up) is
+published for the controller, which alone decides whether moving helps.
 
 A VIP is wanted when `vips/<vip>` names this node, is `assigned`, is bound to
 this node's *current* lease (an assignment left from a lost lease is stale),
-the proxy is healthy and the agent is not stopping.
+the proxy is live, the agent is not stopping, and the address could be set
+within one address lifetime of the first failure (else it is given up, listed
+as unheld in the node record, so the controller can move it).
 """
 
 from __future__ import annotations
@@ -29,14 +38,21 @@ ASSIGNED = "assigned"
 RELEASING = "releasing"
 
 
+# Causes of a planned move: the previous owner lets go cleanly and closes its clients' connections
+# (1001) once this node holds the VIP, so this node keeps a grace period for those connections.
+PLANNED = frozenset({"manual", "drain", "released", "failback", "rebalance", "readiness"})
+
+
 @dataclass(frozen=True)
 class Assignment:
-    """What `vips/<vip>` says: owner, state, the lease it is bound to, its mod revision."""
+    """What `vips/<vip>` says: owner, state, the lease it is bound to, its mod revision,
+    and why it came here."""
 
     owner: str
     state: str
     lease: int
     revision: int
+    cause: str = "initial"
 
 
 # --- actions, executed by the daemon in the order returned ---------------------------------
@@ -44,18 +60,27 @@ class Assignment:
 
 @dataclass(frozen=True)
 class SetAddress:
-    """Add (`new`) or re-arm the address with valid/preferred lifetime `lifetime` seconds."""
+    """Add (`new`) or re-arm the address with valid/preferred lifetime `lifetime` seconds.
+
+    `grace`: a VIP taken over in a planned move; mid-stream TCP segments of the
+    previous owner's connections are dropped for a while, not answered with a
+    reset, so the previous owner's clean close reaches its clients first.
+    """
 
     vip: str
     lifetime: float
     new: bool
     reason: str
+    grace: bool = False
 
 
 @dataclass(frozen=True)
 class RemoveAddress:
+    """Remove the address; `fenced` when it goes for lack of keepalive success."""
+
     vip: str
     reason: str
+    fenced: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +119,8 @@ class Regrant:
 
 @dataclass(frozen=True)
 class Revoke:
-    """Stopping: revoke the lease (etcd deletes `nodes/<name>` and this node's `vips/` keys)."""
+    """Stopping: every address is gone and every VIP key released; the lease may go once
+    the VIPs' next owners hold them (etcd then deletes `nodes/<name>`)."""
 
 
 Action = (
@@ -122,13 +148,17 @@ class Hysteresis:
     healthy: bool = False
     streak: int = 0
 
-    def sample(self, ok: bool) -> bool:
-        """Record one sample; True when the verdict changed."""
+    def sample(self, ok: bool, fast: bool = False) -> bool:
+        """Record one sample; True when the verdict changed.
+
+        `fast`: a failure that needs no confirmation (the admin API refused the
+        connection: the process is gone, not slow).
+        """
         if ok == self.healthy:
             self.streak = 0
             return False
         self.streak += 1
-        if self.streak >= (self.rise if ok else self.fall):
+        if fast or self.streak >= (self.rise if ok else self.fall):
             self.healthy = ok
             self.streak = 0
             return True
@@ -150,10 +180,23 @@ class AgentCore:
     held: dict[str, float] = field(default_factory=dict)
     stopping: bool = False
     fenced: bool = False
+    # (pools with a server up, pools): published, never acted on here
+    readiness: tuple[int, int] = (0, 0)
+    # vip -> revision of the assignment given up because the address could not be set
+    given_up: dict[str, int] = field(default_factory=dict)
     _seen: dict[str, int] = field(default_factory=dict)
     _floor: int = 0  # revision of the last snapshot: older events are already in it
     _deleting: dict[str, int] = field(default_factory=dict)
+    # vip -> when the kernel drops it anyway: removed, but no dump has shown it gone yet
+    _removing: dict[str, float] = field(default_factory=dict)
+    _failing: dict[str, float] = field(default_factory=dict)  # vip -> first failed set
+    _revoked: bool = False
     _keepalive_asked: bool = False
+
+    @property
+    def busy(self) -> bool:
+        """Something only the clock can finish: addresses held or not yet confirmed gone."""
+        return bool(self.held or self._removing)
 
     # --- lease ---------------------------------------------------------------------------
 
@@ -186,10 +229,7 @@ class AgentCore:
 
     def lease_lost(self, now: float) -> list[Action]:
         """etcd says the lease is gone: everything bound to it is gone too."""
-        actions: list[Action] = []
-        for vip in sorted(self.held):
-            actions += [RemoveAddress(vip, "lease lost"), StopGarp(vip)]
-        self.held.clear()
+        actions = self._drop_all("lease lost")
         old = self.lease_id
         self.assignments = {v: a for v, a in self.assignments.items() if a.lease != old}
         self.lease_id = None
@@ -200,10 +240,18 @@ class AgentCore:
 
     # --- observations --------------------------------------------------------------------
 
-    def health_sample(self, ok: bool, now: float) -> list[Action]:
-        if not self.health.sample(ok):
+    def health_sample(self, ok: bool, now: float, fast: bool = False) -> list[Action]:
+        """One liveness probe; `fast` for a failure that needs no confirmation."""
+        if not self.health.sample(ok, fast):
             return []
         return [PublishNode(), *self._converge(now)]
+
+    def readiness_sample(self, ready: int, pools: int) -> list[Action]:
+        """Pools with a server up, of all pools: published when it changes."""
+        if (ready, pools) == self.readiness:
+            return []
+        self.readiness = (ready, pools)
+        return [PublishNode()]
 
     def assignments_snapshot(
         self, current: dict[str, Assignment], revision: int, now: float
@@ -230,16 +278,24 @@ class AgentCore:
     def kernel_addresses(self, present: set[str], now: float) -> list[Action]:
         """The addresses with a finite lifetime the kernel has on the VIP interface."""
         actions: list[Action] = []
+        for vip in sorted(set(self._removing) - present):
+            del self._removing[vip]  # confirmed gone: now it may be acknowledged
         for vip in sorted(set(self.held) - present):
             del self.held[vip]  # expired, or removed by someone else: converge re-adds if wanted
             actions.append(StopGarp(vip))
         for vip in sorted((present & self.known_vips) - set(self.held)):
             actions.append(RemoveAddress(vip, f"{vip} is present, must be absent"))
+            self._removing.setdefault(vip, self._expiry(now))
         return actions + self._converge(now)
 
-    def address_failed(self, vip: str) -> None:
-        """Setting the address failed: it is not held (the next reconcile retries)."""
+    def address_failed(self, vip: str, now: float) -> None:
+        """Setting the address failed: it is not held (the next keepalive or reconcile retries)."""
         self.held.pop(vip, None)
+        self._failing.setdefault(vip, now)
+
+    def address_set(self, vip: str) -> None:
+        """The kernel took the address: whatever failed before is over."""
+        self._failing.pop(vip, None)
 
     def tick(self, now: float) -> list[Action]:
         """Self-fencing: remove what the kernel is due to drop because no keepalive re-armed it."""
@@ -247,24 +303,46 @@ class AgentCore:
         for vip, gone_by in sorted(self.held.items()):
             if now >= gone_by - self.timing.kernel_slack:
                 del self.held[vip]
+                self._removing[vip] = gone_by
                 self.fenced = True
-                actions += [RemoveAddress(vip, "self-fence: no keepalive success"), StopGarp(vip)]
+                reason = "self-fence: no keepalive success"
+                actions += [RemoveAddress(vip, reason, fenced=True), StopGarp(vip)]
         if actions:
             actions.append(PublishNode())
+        expired = [vip for vip, gone_by in self._removing.items() if now >= gone_by]
+        for vip in expired:
+            del self._removing[vip]  # its lifetime has run out: the kernel has dropped it
+        if expired:
+            actions += self._converge(now)
         return actions
 
-    def stop(self) -> list[Action]:
-        """SIGTERM: drop every address, then revoke (which deletes all keys under the lease)."""
+    def stop(self, now: float) -> list[Action]:
+        """SIGTERM: drop every address and say so (the node record says `stopping`, so no
+        VIP comes back); once the kernel shows them gone, release every VIP key (the
+        controller reassigns them as a planned move), then revoke."""
         self.stopping = True
-        actions: list[Action] = []
-        for vip in sorted(self.held):
-            actions += [RemoveAddress(vip, "stopping"), StopGarp(vip)]
-        self.held.clear()
-        if self.lease_id is not None:
-            actions.append(Revoke())
-        return actions
+        actions = [*self._drop_all("stopping"), PublishNode()]
+        return actions + self._converge(now)
 
     # --- internals -----------------------------------------------------------------------
+
+    def _drop_all(self, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        for vip, gone_by in sorted(self.held.items()):
+            actions += [RemoveAddress(vip, reason), StopGarp(vip)]
+            self._removing[vip] = gone_by
+        self.held.clear()
+        return actions
+
+    def _finish_stop(self) -> list[Action]:
+        if not self.stopping or self._removing or self._revoked or self._deleting_mine():
+            return []
+        self._revoked = True
+        return [Revoke()]
+
+    def _deleting_mine(self) -> bool:
+        """A key of ours whose release is still on its way to etcd (or not yet sent)."""
+        return any(self._mine(vip) is not None for vip in self.assignments)
 
     def _apply(self, vip: str, assignment: Assignment | None, revision: int) -> None:
         if revision < self._seen.get(vip, 0):
@@ -284,7 +362,18 @@ class AgentCore:
 
     def _wanted(self, vip: str) -> bool:
         a = self._mine(vip)
-        return a is not None and a.state == ASSIGNED and self.health.healthy and not self.stopping
+        return (
+            a is not None
+            and a.state == ASSIGNED
+            and self.health.healthy
+            and not self.stopping
+            and self.given_up.get(vip) != a.revision
+        )
+
+    def _cannot_hold(self, vip: str, now: float) -> bool:
+        """Setting the address has failed for longer than an address lifetime."""
+        since = self._failing.get(vip)
+        return since is not None and now - since > self.timing.address_lifetime
 
     def _may_arm(self, now: float) -> bool:
         t = self.timing
@@ -296,26 +385,39 @@ class AgentCore:
     def _converge(self, now: float) -> list[Action]:
         actions: list[Action] = []
         changed = False
+        # a given-up VIP is listed as unheld only while that assignment lasts
+        self.given_up = {
+            vip: rev
+            for vip, rev in self.given_up.items()
+            if (a := self._mine(vip)) is not None and a.revision == rev
+        }
         for vip in sorted(set(self.held) | set(self.assignments)):
             wanted = self._wanted(vip)
+            mine = self._mine(vip)
+            if wanted and mine is not None and self._cannot_hold(vip, now):
+                self.given_up[vip] = mine.revision
+                del self._failing[vip]
+                wanted, changed = False, True
             if wanted and vip not in self.held:
                 if self._may_arm(now):
                     self.held[vip] = self._expiry(now)
                     reason = f"{vip} is absent, must be present"
-                    actions += [SetAddress(vip, self.timing.address_lifetime, True, reason)]
+                    grace = mine is not None and mine.cause in PLANNED
+                    lifetime = self.timing.address_lifetime
+                    actions += [SetAddress(vip, lifetime, True, reason, grace)]
                     actions.append(StartGarp(vip))
                     changed = True
                 elif not self._keepalive_asked and self.lease_id is not None:
                     self._keepalive_asked = True
                     actions.append(KeepaliveNow())
             elif not wanted and vip in self.held:
-                del self.held[vip]
+                self._removing[vip] = self.held.pop(vip)
                 actions += [RemoveAddress(vip, self._why_not(vip)), StopGarp(vip)]
                 changed = True
-            mine = self._mine(vip)
             if (
                 mine is not None
                 and vip not in self.held
+                and vip not in self._removing
                 and self._deleting.get(vip) != mine.revision
             ):
                 why: str | None = None
@@ -323,12 +425,16 @@ class AgentCore:
                     why = "released"
                 elif not self.health.healthy:
                     why = "proxy unhealthy"
+                elif self.given_up.get(vip) == mine.revision:
+                    why = "cannot hold the address"
+                elif self.stopping:
+                    why = "stopping"
                 if why is not None:
                     self._deleting[vip] = mine.revision
                     actions.append(DeleteVip(vip, mine.revision, why))
         if changed:
             actions.append(PublishNode())
-        return actions
+        return actions + self._finish_stop()
 
     def _why_not(self, vip: str) -> str:
         a = self.assignments.get(vip)
@@ -342,4 +448,6 @@ class AgentCore:
             return f"{vip} is bound to a lost lease, must be absent"
         if a.state == RELEASING:
             return "releasing"
+        if self.given_up.get(vip) == a.revision:
+            return "cannot hold the address"
         return "proxy unhealthy"

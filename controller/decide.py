@@ -9,6 +9,14 @@ It runs in three steps, each seeing what the earlier ones already claimed:
    finish it);
 3. automatic placement, skipped entirely while paused.
 
+Readiness (backend pools with a server up) moves a VIP only to a node with a
+strictly better score, once both scores have held for the hold-down, so a
+VIP is never taken from its last candidate: when every node is equally
+unready the VIP stays and clients get the proxy's 503. A node that lost
+liveness recently is not a candidate unless no other node is. A VIP whose
+owner has not listed it as held for a while is released so it can move.
+Those durations are measured by the controller (`controller.memory.Seen`).
+
 Safety rules every action obeys (the property tests check them):
 * a VIP is assigned only when its key is absent (never two owners), and only
   to a registered, healthy, undrained node;
@@ -20,7 +28,8 @@ Safety rules every action obeys (the property tests check them):
 from __future__ import annotations
 
 from controller.actions import Decision, DeleteRequest, RestoreVip
-from controller.placement import eligible, is_eligible, least_loaded, preference, stable
+from controller.memory import Seen
+from controller.placement import is_eligible, least_loaded, preference, stable
 from controller.plan import Plan, Policy, in_flight
 from controller.requests import handle_request
 from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment, vip_order
@@ -28,17 +37,18 @@ from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment, v
 __all__ = ["Policy", "decide"]
 
 
-def decide(view: ClusterView, now: float, policy: Policy) -> Decision:
+def decide(view: ClusterView, now: float, policy: Policy, seen: Seen | None = None) -> Decision:
     """The actions that move the cluster towards its desired state, and why."""
     settings = view.settings
     if settings is None:
         return Decision((), "waiting for the cluster config to be written")
-    plan = Plan(view, settings, now)
+    plan = Plan(view, settings, now, seen)
     _expire_releases(plan, policy)
     for request in view.requests:
         if request.pending:
             handle_request(plan, request, policy)
     if not plan.settings.paused:
+        _release_unheld(plan)
         if plan.settings.mode == "active-standby":
             _active_standby(plan)
         else:
@@ -74,7 +84,7 @@ def _active_standby(plan: Plan) -> None:
     if not group:
         return
     _release_removed(plan)
-    candidates = eligible(view, settings)
+    candidates = plan.candidates()
     holders = {a.node for v in group if (a := plan.assignment(v)) and a.state == "assigned"}
     anchor = next(iter(holders)) if len(holders) == 1 else None
     home = view.nodes.get(anchor) if anchor and is_eligible(view, settings, anchor) else None
@@ -105,8 +115,13 @@ def _active_standby(plan: Plan) -> None:
         return
     best = candidates[0]
     current = view.nodes[owner]
+    if best.name != owner and _readier(plan, best, current):
+        for a in assignments:
+            plan.release(a, "readiness", best.name)
+        return
     if (
         settings.failback
+        and best.ready >= current.ready
         and best.priority > current.priority
         and stable(best, plan.now, settings.failback_hold)
         and not any(a.cause == "manual" for a in assignments)
@@ -138,7 +153,7 @@ def _active_active(plan: Plan) -> None:
     settings, view = plan.settings, plan.view
     vips = vip_order(settings.vips)
     _release_removed(plan)
-    candidates = eligible(view, settings)
+    candidates = plan.candidates()
     for vip in vips:
         if not plan.absent(vip):
             continue
@@ -154,6 +169,11 @@ def _active_active(plan: Plan) -> None:
         if not is_eligible(view, settings, a.node) and any(n.name != a.node for n in candidates):
             cause = "drain" if a.node in settings.drained else "proxy unhealthy"
             plan.release(a, cause)
+        elif a.vip not in plan.busy and (owner := view.nodes.get(a.node)) is not None:
+            readier = [n for n in candidates if _readier(plan, n, owner)]
+            target = least_loaded(readier, plan.counts())
+            if target is not None:
+                plan.release(a, "readiness", target.name)
     if settings.failback and not in_flight(plan, vips) and not any(plan.absent(v) for v in vips):
         _rebalance(plan, vips, candidates)
 
@@ -177,6 +197,24 @@ def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> Non
     ]
     if movable:
         plan.release(movable[0], "rebalance", emptiest.name)
+
+
+def _readier(plan: Plan, candidate: NodeRecord, owner: NodeRecord) -> bool:
+    """`candidate` has strictly more pools ready than `owner`, and both scores have held."""
+    seen = plan.seen
+    return (
+        candidate.ready > owner.ready
+        and seen.is_settled(candidate.name)
+        and seen.is_settled(owner.name)
+    )
+
+
+def _release_unheld(plan: Plan) -> None:
+    """A VIP its owner has not listed as held for a while is released, so it can move."""
+    for vip in sorted(plan.seen.unheld):
+        a = plan.assignment(vip)
+        if a is not None and a.state == "assigned" and vip not in plan.busy:
+            plan.release(a, "not held")
 
 
 def _release_removed(plan: Plan) -> None:

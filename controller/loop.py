@@ -3,9 +3,15 @@
 A cycle runs whenever the watch sees a change under the cluster prefix (so a
 release acknowledgement is answered within milliseconds) and at least every
 `tick` seconds (so time-based rules and a silent watch still make progress).
-The controller keeps no state of its own that matters for correctness: the
-only thing it remembers between cycles is when it first saw each VIP unowned,
-which feeds the reported gap and nothing else.
+The controller keeps no state of its own that matters for correctness. It
+remembers when it first saw each VIP unowned (the reported gap), and, in
+`controller.memory`, how long scores, liveness losses and unheld VIPs have
+lasted, on its own monotonic clock, for the hold-downs (every controller
+observes, standbys too, so a new leader starts with that history).
+
+The election keepalive and the watch are supervised: a failed watch is
+started again; a failed keepalive ends the process (systemd restarts it),
+since a controller that cannot keep its lease must not keep deciding.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from controller.decide import Policy, decide
 from controller.election import Election
 from controller.execute import Executor
 from controller.expiry import revoke_when_expired
+from controller.memory import Memory
 from controller.metrics import ControllerMetrics
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
 from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
+from haproxy_py.cluster.tasks import supervised
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +81,7 @@ class Controller:
             request_history=config.request_history,
             controller=identity,
         )
+        self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.unowned_since: dict[str, float] = {}
@@ -97,22 +106,34 @@ class Controller:
 
     async def run(self) -> None:
         """Until `stop()`: keep the lease, watch etcd, run cycles; then step down."""
-        tasks = [
-            asyncio.create_task(self.election.keep_alive(self.stopping), name="keepalive"),
-            asyncio.create_task(self._watch(), name="watch"),
-        ]
+        keepalive = asyncio.create_task(
+            supervised("keepalive", self._keep_alive, restart=False), name="keepalive"
+        )
+        tasks = [keepalive, asyncio.create_task(supervised("watch", self._watch), name="watch")]
+        cycles = asyncio.create_task(self._cycles(), name="cycles")
         try:
-            while not self.stopping.is_set():
-                self.wake.clear()
-                await self.cycle()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.config.tick)
+            await asyncio.wait([cycles, keepalive], return_when=asyncio.FIRST_COMPLETED)
+            if keepalive.done():
+                cycles.cancel()
+                keepalive.result()  # raises its failure: the process exits
+            await cycles
         finally:
             for task in [*tasks, *self._expiries.values()]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._expiries.values(), return_exceptions=True)
             await self.election.resign()
             log.info("controller stopped", controller=self.identity)
+
+    async def _cycles(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.clear()
+            await self.cycle()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.config.tick)
+
+    async def _keep_alive(self) -> None:
+        await self.election.keep_alive(self.stopping)
+        await asyncio.Event().wait()  # stopping: wait to be cancelled, never "return"
 
     async def _watch(self) -> None:
         revision = 0
@@ -121,12 +142,8 @@ class Controller:
                 revision = (await self.store.read_view()).revision
             except StoreError:
                 await asyncio.sleep(self.config.tick)
-        try:
-            async for _event in self.store.watch(self.store.schema.prefix, revision + 1):
-                self.wake.set()
-        except Exception:
-            # Without the watch the tick still drives every cycle, only slower.
-            log.exception("watch failed; continuing on the tick alone")
+        async for _event in self.store.watch(self.store.schema.prefix, revision + 1):
+            self.wake.set()
 
     async def cycle(self) -> None:
         """Read, (campaign,) decide, execute: one round. Never raises for etcd trouble."""
@@ -149,6 +166,7 @@ class Controller:
     async def _cycle(self) -> None:
         view = await self.store.read_view()
         self._observe(view)
+        seen = self.memory.observe(view)
         if view.problems != self._last_problems:
             if view.problems:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
@@ -169,7 +187,7 @@ class Controller:
             if view.settings is not None or not view.config_mod_revision:
                 return
             view = replace(view, settings=wanted)
-        decision = decide(view, self.clock(), self.policy)
+        decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)
         elif decision.reason != self._last_reason:

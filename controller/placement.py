@@ -1,8 +1,9 @@
 """Who may hold VIPs and in which order: pure helpers shared by the decision rules.
 
-A node is eligible when it is registered under a lease, its proxy is healthy
-and it is not drained. Preference order is highest priority first, then name,
-so every controller computes the same answer from the same view.
+A node is eligible when it is registered under a lease, its proxy is live
+and it is not drained. Candidates are ordered by readiness first (more backend
+pools with a server up), then by preference: highest priority first, then
+name, so every controller computes the same answer from the same view.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ def preference(node: NodeRecord) -> tuple[int, str]:
     return (-node.priority, node.name)
 
 
+def rank(node: NodeRecord) -> tuple[int, int, str]:
+    """Sort key: the readiest first, then by preference."""
+    return (-node.ready, *preference(node))
+
+
 def eligible(view: ClusterView, settings: ClusterSettings) -> list[NodeRecord]:
-    """Registered, healthy, undrained nodes, best first."""
+    """Registered, live, undrained nodes, best first."""
     nodes = [n for n in view.nodes.values() if is_eligible(view, settings, n.name)]
-    return sorted(nodes, key=preference)
+    return sorted(nodes, key=rank)
+
+
+def not_held_down(candidates: list[NodeRecord], held_down: frozenset[str]) -> list[NodeRecord]:
+    """Candidates without those that recently lost liveness, unless that leaves none."""
+    rested = [n for n in candidates if n.name not in held_down]
+    return rested or candidates
 
 
 def is_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> bool:
@@ -49,6 +61,8 @@ def why_not_eligible(view: ClusterView, settings: ClusterSettings, name: str) ->
         return f"target {name} is not registered under a lease"
     if not node.healthy:
         return f"target {name} is unhealthy"
+    if node.stopping:
+        return f"target {name} is stopping"
     if name in settings.drained:
         return f"target {name} is drained (undrain it first)"
     return None

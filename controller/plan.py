@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.actions import Action, AssignVip, ReleaseVip, RestoreVip, WriteSettings
-from controller.placement import preference
+from controller.memory import Seen
+from controller.placement import eligible, not_held_down, preference
 from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord, VipAssignment
 
 
@@ -26,10 +27,13 @@ class Policy:
 class Plan:
     """Working state of one decision: what is already claimed, and the sentence parts."""
 
-    def __init__(self, view: ClusterView, settings: ClusterSettings, now: float) -> None:
+    def __init__(
+        self, view: ClusterView, settings: ClusterSettings, now: float, seen: Seen | None = None
+    ) -> None:
         self.view = view
         self.settings = settings
         self.now = now
+        self.seen = seen or Seen()
         self.actions: list[Action] = []
         self.reasons: list[str] = []
         self.busy: set[str] = set()  # VIPs some action or in-flight request already owns
@@ -41,6 +45,10 @@ class Plan:
             self.busy.add(action.vip)
         if reason:
             self.reasons.append(reason)
+
+    def candidates(self) -> list[NodeRecord]:
+        """Who may get a VIP automatically, best first (hold-downs applied)."""
+        return not_held_down(eligible(self.view, self.settings), self.seen.held_down)
 
     def assignment(self, vip: str) -> VipAssignment | None:
         return self.view.vips.get(vip)

@@ -74,7 +74,7 @@ class Stack(ABC):
     def other(self, node: str) -> str:
         return next(n.name for n in self.lab.layout.nodes if n.name != node)
 
-    def _terminate(self, node: str, processes: tuple[str, ...]) -> None:
+    def terminate(self, node: str, processes: tuple[str, ...]) -> None:
         """SIGTERM the named processes of `node` at once (as a service manager stopping the
         host does), then wait for each to exit (SIGKILL after 10 s)."""
         procs = [
@@ -140,7 +140,7 @@ class HaproxyPy(Stack):
 
     def stop(self) -> None:
         for node in self.lab.layout.nodes:
-            self._terminate(node.name, ("agent", "controller"))
+            self.terminate(node.name, ("agent", "controller"))
         wait_until(lambda: not self.holders(), 30, "the agents to release the VIP")
 
     def settle(self) -> str:
@@ -171,7 +171,7 @@ class HaproxyPy(Stack):
         elif scenario == "partition":
             self.partition(node)
         elif scenario == "sigterm":
-            self._terminate(node, control.NODE_PROCESSES)
+            self.terminate(node, control.NODE_PROCESSES)
         else:
             raise BenchError(f"unknown scenario {scenario!r}")
 
@@ -261,7 +261,7 @@ class Keepalived(Stack):
         self.dir.mkdir(parents=True, exist_ok=True)
         # The previous stack's node ancillaries must be gone, the proxies must run.
         for node in self.lab.layout.nodes:
-            self._terminate(node.name, ("agent", "controller"))
+            self.terminate(node.name, ("agent", "controller"))
             self.lab.start_node(node.name, ("proxy",))
             self._undrain(node)
             self._write_config(node.name)
@@ -271,7 +271,7 @@ class Keepalived(Stack):
 
     def stop(self) -> None:
         for node in self.lab.layout.nodes:
-            self._terminate(node.name, ("keepalived",))
+            self.terminate(node.name, ("keepalived",))
         wait_until(lambda: not self.holders(), 30, "keepalived to remove the VIP")
 
     def _proxy_healthy(self, member: Member) -> bool:
@@ -350,7 +350,7 @@ class Keepalived(Stack):
         elif scenario == "partition":
             self.partition(node)
         elif scenario == "sigterm":
-            self._terminate(node, ("proxy", "keepalived"))
+            self.terminate(node, ("proxy", "keepalived"))
         else:
             raise BenchError(f"unknown scenario {scenario!r}")
 

@@ -21,10 +21,15 @@ The VIP hand-over protocol (the part that must never split-brain):
   mod_revision); the owner removes the address, then deletes the key
   (compare: still owner, still releasing) as its acknowledgement; the
   controller then assigns the new owner.
-* Unhealthy proxy: the agent removes the address and deletes its own
-  `vips/<vip>` at once, reporting `healthy = false` in `nodes/<node>`.
-* SIGTERM: the agent removes its addresses, deletes its keys and revokes its
-  lease, so the controller reassigns within milliseconds.
+* Proxy not live (refused, hung, draining): the agent removes the address and
+  deletes its own `vips/<vip>` at once, reporting `healthy = false` in
+  `nodes/<node>`. Readiness (pools with a server up) is only published
+  (`ready`/`pools`); the controller moves a VIP for it only to a strictly
+  readier node, after a hold-down, never away from its last candidate.
+* SIGTERM: the agent says `stopping` in `nodes/<node>`, removes its addresses,
+  deletes its keys once the kernel shows them gone (the controller reassigns
+  them as a planned move), tells each VIP's clients to go once the new owner
+  lists it, then revokes its lease.
 * `config` holds what the active controller applies (mode, VIPs, failback,
   paused, drained nodes); `requests/<id>` carry hactl's requests and get the
   controller's result written back into the same key (`running` while a

@@ -139,7 +139,7 @@ def parse_agent(doc: Table) -> AgentConfig:
     admin_tls = _admin_client_tls(agent, parts.scheme == "https")
 
     health_interval = agent.number("health_interval", 0.1, min=0.01)
-    health_timeout = agent.number("health_timeout", 0.25, min=0.01)
+    health_timeout = agent.number("health_timeout", 0.3, min=0.01)
     garp = GarpSettings(
         count=agent.integer("garp_count", 3, min=1),
         spacing=agent.number("garp_spacing", 0.02, min=0.0),
@@ -157,7 +157,7 @@ def parse_agent(doc: Table) -> AgentConfig:
         health_interval=health_interval,
         health_timeout=health_timeout,
         health_rise=agent.integer("health_rise", 2, min=1),
-        health_fall=agent.integer("health_fall", 2, min=1),
+        health_fall=agent.integer("health_fall", 3, min=1),
         garp=garp,
         metrics_host=metrics_host,
         metrics_port=metrics_port,

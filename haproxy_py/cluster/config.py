@@ -178,6 +178,10 @@ class ControllerConfig:
     event_history: int
     request_history: int
     metrics: tuple[str, int] | None
+    # hold-downs, measured on the controller's own monotonic clock
+    health_hold: float = 10.0  # a node that lost liveness waits this long to be a candidate again
+    ready_hold: float = 5.0  # readiness scores must hold this long before a VIP moves for them
+    unheld_limit: float = 3.0  # an assigned VIP its owner does not list as held is then released
 
 
 def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
@@ -192,6 +196,9 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
             "event_history",
             "request_history",
             "metrics",
+            "health_hold",
+            "ready_hold",
+            "unheld_limit",
         }
     )
     ident = ctl.string("id", None)
@@ -229,6 +236,9 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
         event_history=ctl.integer("event_history", 200, min=10),
         request_history=ctl.integer("request_history", 100, min=1),
         metrics=metrics,
+        health_hold=ctl.number("health_hold", 10.0, min=0),
+        ready_hold=ctl.number("ready_hold", 5.0, min=0),
+        unheld_limit=ctl.number("unheld_limit", 3.0, min=0.5),
     )
 
 

@@ -41,6 +41,8 @@ CAUSES = (
     "drain",  # previous owner was drained
     "failback",  # back to a preferred node after failback_hold
     "rebalance",  # active-active spreading onto a recovered node
+    "readiness",  # to a node with strictly more backend pools up, after the hold-down
+    "not held",  # the owner did not list it as held for a while (interface gone, netlink failing)
 )
 
 
@@ -108,6 +110,12 @@ def _choice(obj: Mapping[str, Any], key: str, choices: tuple[L, ...]) -> L | Non
 class NodeRecord:
     """`nodes/<node>`: a registered proxy node, written by its agent under its own lease.
 
+    `healthy` is liveness (the proxy answers and accepts); `ready` of `pools`
+    is readiness (backend pools with a server up), the score the controller
+    compares before it moves a VIP for readiness. `unheld` lists VIPs assigned
+    here that the agent could not hold for longer than an address lifetime.
+    `stopping`: the agent is handing its VIPs over before it exits; the node
+    takes none meanwhile.
     `healthy_since` is when the proxy last turned healthy (unix time); the
     controller's failback hold-down reads it, so it must not move while health
     stays up. `lease` comes from the key's lease, not from the JSON.
@@ -127,6 +135,10 @@ class NodeRecord:
     updated: float | None = None
     lease: int = 0
     mod_revision: int = 0
+    ready: int = 0
+    pools: int = 0
+    unheld: tuple[str, ...] = ()
+    stopping: bool = False
 
     def to_json(self) -> bytes:
         return dumps(
@@ -143,6 +155,10 @@ class NodeRecord:
                 "connections": self.connections,
                 "vips": list(self.vips),
                 "updated": self.updated,
+                "ready": self.ready,
+                "pools": self.pools,
+                "unheld": list(self.unheld),
+                "stopping": self.stopping,
             }
         )
 
@@ -168,6 +184,10 @@ class NodeRecord:
             updated=_float(obj, "updated"),
             lease=lease,
             mod_revision=mod_revision,
+            ready=_int(obj, "ready"),
+            pools=_int(obj, "pools"),
+            unheld=_strs(obj, "unheld"),
+            stopping=_bool(obj, "stopping"),
         )
 
 

@@ -194,6 +194,19 @@ class Plumbing:
         ip("link", "set", "eth0", "up", netns=netns)
         return Host(name=name, netns=netns, address=iface, link=link)
 
+    def recreate_link(self, netns: str, address: str) -> None:
+        """Delete the host's `eth0` (and its veth peer) and create it again, as a bond or VLAN
+        recreated by the network configuration would be: same name, new index, new MAC."""
+        if self.state.bridge is None or netns not in self.state.netns:
+            raise NetnsError(f"{netns} is not a host of this lab")
+        link = netns
+        ip("link", "del", link)
+        ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        ip("link", "set", link, "master", self.state.bridge)
+        ip("link", "set", link, "up")
+        ip("addr", "add", str(lab_interface(address)), "dev", "eth0", netns=netns)
+        ip("link", "set", "eth0", "up", netns=netns)
+
     def spawn(
         self,
         netns: str | None,

@@ -4,10 +4,15 @@ It listens on loopback, or anywhere with TLS that requires a client
 certificate signed by `client_ca` (`[admin] tls = { cert, key, client_ca }`),
 since whoever reaches it can drain the node.
 
-`/healthz` is what the node agent and load balancers probe: 200 only while the
-node serves (not draining) and every backend has a server up, else 503 with
-the reasons in JSON. `POST /drain` puts the node into draining (as SIGTERM
-does, without exiting) and `POST /undrain` returns it to service.
+`/healthz` is liveness, what the node agent probes: 200 while the process
+answers and its listeners accept (not draining), else 503 with the reasons in
+JSON. Its body also carries readiness, a score: how many backend pools have a
+server up (`ready` of `pools`). A backend outage is not a liveness failure: every
+node shares it, moving the VIP cannot help, and the proxy's own 503 is the
+better answer for clients. `/readyz` is 200 only when every pool has a server
+up, for load balancers that want the strict view. `POST /drain` puts the node
+into draining (as SIGTERM does, without exiting) and `POST /undrain` returns
+it to service.
 `POST /drain?address=VIP` drains only the connections that came in on that
 local address (the node agent asks for it once the VIP has left this node):
 the node stays healthy and keeps serving its other addresses.
@@ -37,6 +42,7 @@ class AdminServer:
         self.registry = build_registry(proxy)
         self.app = web.Application()
         self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/status", self.status)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/", self.page)
@@ -69,20 +75,48 @@ class AdminServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def health(self) -> tuple[bool, list[str]]:
-        reasons = []
+    def liveness(self) -> list[str]:
+        """Why the proxy cannot take traffic on its listeners (empty: it can)."""
         if self.proxy.draining:
-            reasons.append("draining")
-        for backend in self.proxy.runtime.backends.values():
-            if not any(s.up for s in backend.servers):
-                reasons.append(f"backend {backend.name}: no server up")
+            return ["draining"]
+        return [
+            f"listener {lst.config.name}: not accepting"
+            for lst in self.proxy.listeners
+            if lst.server is None or not lst.server.is_serving()
+        ]
+
+    def readiness(self) -> tuple[int, int, list[str]]:
+        """(pools with a server up, pools, the pools without one)."""
+        backends = list(self.proxy.runtime.backends.values())
+        down = [b.name for b in backends if not any(s.up for s in b.servers)]
+        return len(backends) - len(down), len(backends), down
+
+    def health(self) -> tuple[bool, list[str]]:
+        """Live and every pool ready, with the reasons when not (for /status and /readyz)."""
+        _, _, down = self.readiness()
+        reasons = self.liveness() + [f"backend {name}: no server up" for name in down]
         return not reasons, reasons
 
     async def healthz(self, request: web.Request) -> web.Response:
+        reasons = self.liveness()
+        ready, pools, _ = self.readiness()
+        servers = [s for b in self.proxy.runtime.backends.values() for s in b.servers]
+        body: dict[str, Any] = {
+            "ready": ready,
+            "pools": pools,
+            "servers_up": sum(1 for s in servers if s.up),
+            "servers": len(servers),
+            "draining": self.proxy.draining,
+        }
+        if not reasons:
+            return web.json_response({"status": "ok", **body})
+        return web.json_response({"status": "unhealthy", "reasons": reasons, **body}, status=503)
+
+    async def readyz(self, request: web.Request) -> web.Response:
         ok, reasons = self.health()
         if ok:
             return web.json_response({"status": "ok"})
-        return web.json_response({"status": "unhealthy", "reasons": reasons}, status=503)
+        return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
 
     def snapshot(self) -> dict[str, Any]:
         proxy = self.proxy

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -426,3 +427,74 @@ def test_second_run_changes_nothing(deployed: Deployed) -> None:
     changed = {host: r.changed for host, r in second.recap.items() if r.changed}
     assert not changed, f"changed on the second run: {changed}\n{second.explain()}"
     assert set(second.recap) >= set(PROXIES + APP)
+
+
+class VipProber:
+    """GETs the VIP every 50 ms from the test host until stopped: (monotonic time, answered)."""
+
+    def __init__(self, vip: str) -> None:
+        self.url = f"http://{vip}/"
+        self.samples: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> VipProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as response:
+                    ok = response.status == 200
+            except (OSError, ValueError):
+                ok = False
+            self.samples.append((started, ok))
+            self._stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))
+
+    def outages(self) -> list[float]:
+        """The length of every run of failed probes, in seconds."""
+        spans, failing_since = [], None
+        for at, ok in self.samples:
+            if not ok and failing_since is None:
+                failing_since = at
+            elif ok and failing_since is not None:
+                spans.append(at - failing_since)
+                failing_since = None
+        if failing_since is not None:
+            spans.append(self.samples[-1][0] - failing_since)
+        return spans
+
+
+def test_a_changed_setting_restarts_every_node_and_the_vip_stays_served(
+    deployed: Deployed,
+) -> None:
+    """The restart handlers fire on every node, one at a time; each node comes back by itself,
+    and clients only see the planned hand-overs."""
+    eventually("the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status)
+    changed = {**deployed.extra_vars, "haproxy_py_log_level": "debug"}
+    with VipProber(deployed.vip) as prober:
+        third = run_playbook(deployed.inventory, changed, deployed.work, "changed-setting-run")
+    deployed.timings["playbook run with a changed setting"] = third.seconds
+    assert third.returncode == 0, third.explain()
+    assert all(third.recap[name].changed for name in PROXIES), third.explain()
+    owner = eventually(
+        "every node healthy and the VIP assigned",
+        lambda: vip_owner(deployed),
+        detail=lambda: deployed.last_status,
+    )
+    assert owner in PROXIES
+    failed = sum(1 for _, ok in prober.samples if not ok)
+    outages = prober.outages()
+    print(
+        f"\nrolling restart: {failed} of {len(prober.samples)} probes failed, "
+        f"outages (s): {[round(o, 2) for o in outages]}"
+    )
+    assert len(prober.samples) > 20, "the prober ran during the playbook"
+    assert len(outages) <= len(PROXIES), f"more outages than planned hand-overs: {outages}"
+    assert all(o <= 2.0 for o in outages), f"a hand-over took too long: {outages}"

@@ -1,7 +1,9 @@
 """A small in-test agent stand-in: registers a node under a lease and follows the protocol.
 
 It does what the hand-over protocol asks of an agent, minus the kernel: keep
-`nodes/<name>` alive under its lease, acknowledge a release by deleting the
+`nodes/<name>` alive under its lease, list the VIPs assigned to it there as
+held (the controller releases an assigned VIP its owner does not list),
+acknowledge a release by deleting the
 VIP key (compare on mod_revision), drop its VIP keys when its proxy turns
 unhealthy, revoke its lease on a clean stop. `crash()` just stops
 keepalives, so the lease expires as it would for a dead node.
@@ -47,6 +49,7 @@ class StandInAgent:
         self.healthy = healthy
         self.healthy_since = time.time()
         self.acks: list[tuple[str, float]] = []  # (vip, time.monotonic()) of each release acked
+        self.held: set[str] = set()
         self.lease_lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,6 +69,7 @@ class StandInAgent:
             backends_up=1,
             backends_total=2,
             connections=3,
+            vips=tuple(sorted(self.held)),
             updated=time.time(),
         )
 
@@ -96,14 +100,29 @@ class StandInAgent:
         async for event in self.store.watch(prefix, revision + 1):
             if event.kind == "put":
                 await self._consider(event.key, event.value, event.mod_revision)
+            else:
+                await self._hold(event.key.rsplit("/", 1)[-1], False)
 
     async def _consider(self, key: str, value: bytes, mod_revision: int) -> None:
         vip = key.rsplit("/", 1)[-1]
         record = VipAssignment.parse(vip, value)
-        if record and record.node == self.name and record.state == "releasing":
+        mine = record is not None and record.node == self.name
+        await self._hold(vip, mine and record is not None and record.state == "assigned")
+        if record and mine and record.state == "releasing":
             with contextlib.suppress(StoreError):
                 if await self.store.delete_if(key, mod_revision):
                     self.acks.append((vip, time.monotonic()))
+
+    async def _hold(self, vip: str, held: bool) -> None:
+        """List `vip` as held in the node record (or not), as a real agent does."""
+        if held == (vip in self.held):
+            return
+        if held:
+            self.held.add(vip)
+        else:
+            self.held.discard(vip)
+        with contextlib.suppress(StoreError):
+            await self.store.put(self.key, self.record().to_json(), self.lease)
 
     async def set_healthy(self, healthy: bool) -> None:
         """Report proxy health; when it turns bad, drop our VIPs at once (as an agent must)."""

@@ -10,7 +10,14 @@ async def test_healthz_ok(backends, proxy, session) -> None:
     server = await proxy(proxy_config({"app": [b.address]}))
     async with session.get(admin_url(server, "/healthz")) as response:
         assert response.status == 200
-        assert await response.json() == {"status": "ok"}
+        assert await response.json() == {
+            "status": "ok",
+            "ready": 1,
+            "pools": 1,
+            "servers_up": 1,
+            "servers": 1,
+            "draining": False,
+        }
 
 
 async def test_status_json(backends, proxy, session) -> None:

@@ -50,7 +50,8 @@ async def test_active_check_takes_server_out_and_back(backends, proxy, session) 
     assert await served_by(session, server, 10) == {"b0": 5, "b1": 5}
 
 
-async def test_all_down_is_503_and_healthz_503(backends, proxy, session) -> None:
+async def test_all_down_is_503_live_but_not_ready(backends, proxy, session) -> None:
+    """A pool with no server up is a readiness score, not a liveness failure."""
     (b0,) = await backends(1)
     server = await proxy(config_from_text(f'servers = ["{b0.address}"]\n{HEALTH}'))
     b0.healthy = False
@@ -60,6 +61,10 @@ async def test_all_down_is_503_and_healthz_503(backends, proxy, session) -> None
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert body == b"no server of backend app is up\n"
     async with session.get(admin_url(server, "/healthz")) as response:
+        assert response.status == 200
+        body = await response.json()
+        assert (body["ready"], body["pools"]) == (0, 1)
+    async with session.get(admin_url(server, "/readyz")) as response:
         assert response.status == 503
         assert (await response.json())["reasons"] == ["backend app: no server up"]
 

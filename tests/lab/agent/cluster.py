@@ -14,14 +14,19 @@ two nodes.
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from haproxy_py.cluster.records import NodeRecord
+from haproxy_py.cluster.store import Store
 from haproxy_py.lab.netns import Plumbing, Proc
 from haproxy_py.lab.watch import TwoOwnersWatcher, Violation
+from tests.lab.agent.support import until
 from tests.support.etcd import EtcdMember, free_ports
 
 BIN = Path(sys.executable).parent
@@ -124,6 +129,7 @@ class Cluster:
     nodes: dict[str, Node]
     client: str
     controller: Proc | None = None
+    publish_delay: float = 0.0  # > 0: agents write their node record this late (slow_agent)
 
     @property
     def vip(self) -> str:
@@ -155,9 +161,6 @@ endpoints = ["{self.etcd.endpoint}"]
 [agent]
 proxy_admin_url = "http://{ADMIN}"
 health_interval = 0.05
-health_timeout = 0.5
-health_rise = 2
-health_fall = 2
 reconcile_interval = 0.5
 metrics_bind = ""
 
@@ -225,11 +228,16 @@ format = "console"
         )
 
     def start_agent(self, node: Node) -> None:
+        program = [str(BIN / "ha-agent")]
+        if self.publish_delay:
+            slow = ["-m", "tests.lab.agent.slow_agent", str(self.publish_delay)]
+            program = [sys.executable, *slow]
         node.agent = self.lab.spawn(
             node.netns,
-            [str(BIN / "ha-agent"), "--config", str(node.config)],
+            [*program, "--config", str(node.config)],
             label=f"agent-{node.name}",
             log=self.log(f"agent-{node.name}"),
+            cwd=REPO,
         )
 
     def start_prober(self, seconds: float) -> Proc:
@@ -250,16 +258,15 @@ format = "console"
             cwd=REPO,
         )
 
-    def start(self) -> None:
-        for node in self.nodes.values():
-            self.start_backend(node)
-            node.proxy = self.lab.spawn(
-                node.netns,
-                [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
-                label=f"proxy-{node.name}",
-                log=self.log(f"proxy-{node.name}"),
-            )
-            self.start_agent(node)
+    def start_proxy(self, node: Node) -> None:
+        node.proxy = self.lab.spawn(
+            node.netns,
+            [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
+            label=f"proxy-{node.name}",
+            log=self.log(f"proxy-{node.name}"),
+        )
+
+    def start_controller(self) -> None:
         config = self.root / "controller.toml"
         config.write_text(self.controller_config())
         self.controller = self.lab.spawn(
@@ -268,6 +275,13 @@ format = "console"
             label="controller",
             log=self.log("controller"),
         )
+
+    def start(self) -> None:
+        for node in self.nodes.values():
+            self.start_backend(node)
+            self.start_proxy(node)
+            self.start_agent(node)
+        self.start_controller()
 
     def logs(self) -> str:
         parts = []
@@ -281,7 +295,12 @@ format = "console"
 
 @contextlib.contextmanager
 def cluster(
-    root: Path, lab: Plumbing, net: str, vips: int = 1, mode: str = "active-standby"
+    root: Path,
+    lab: Plumbing,
+    net: str,
+    vips: int = 1,
+    mode: str = "active-standby",
+    publish_delay: float = 0.0,
 ) -> Iterator[Cluster]:
     """Build the namespaces, etcd and every process; tear all of it down afterwards."""
     lab.bridge(f"{net}.1/24")
@@ -292,7 +311,7 @@ def cluster(
     client = lab.add_host("c", f"{net}.50/24")
     etcd = bridge_etcd(f"{net}.1", root / "etcd")
     addresses = tuple(f"{net}.{100 + i}" for i in range(vips))
-    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns)
+    c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns, None, publish_delay)
     for node in nodes.values():
         node.config.write_text(c.node_config(node.name, node.address))
     etcd.spawn()
@@ -303,3 +322,109 @@ def cluster(
     finally:
         lab.teardown()
         etcd.kill()
+
+
+def mac(netns: str) -> str:
+    out = subprocess.run(
+        ["ip", "-n", netns, "-j", "link", "show", "eth0"], capture_output=True, text=True
+    ).stdout
+    return str(json.loads(out)[0]["address"])
+
+
+def neighbour(netns: str, address: str) -> str | None:
+    out = subprocess.run(
+        ["ip", "-n", netns, "-j", "neigh", "show", address], capture_output=True, text=True
+    ).stdout
+    entries = json.loads(out or "[]")
+    return str(entries[0].get("lladdr")) if entries else None
+
+
+@dataclass
+class Lab:
+    c: Cluster
+    w: Watcher
+    store: Store
+    active: Node | None = None  # the node that got the VIP first (no preemption: either may)
+    standby: Node | None = None
+
+    @property
+    def vip(self) -> str:
+        return self.c.vip
+
+    async def node(self, name: str) -> NodeRecord | None:
+        kv = await self.store.get(self.store.schema.node(name))
+        return NodeRecord.parse(name, kv.value, kv.lease) if kv else None
+
+    async def healthy(self, name: str) -> bool:
+        record = await self.node(name)
+        return record is not None and record.healthy
+
+    def wall(self, monotonic: float) -> float:
+        """The unix time of a monotonic instant (node records carry unix times)."""
+        return monotonic + time.time() - time.monotonic()
+
+    def held_by(self, *names: str) -> bool:
+        return self.w.holder(self.vip) == frozenset(names)
+
+    def report(self, scenario: str, since: float) -> None:
+        for gap, source, target in self.w.gaps(self.vip, since):
+            print(f"GAP {scenario}: {gap * 1000:.0f} ms unowned ({source} -> {target})")
+
+    def client_log(self, since: float) -> list[tuple[float, bool, str]]:
+        path = self.c.root / "prober.out"
+        rows: list[tuple[float, bool, str]] = []
+        if not path.exists():
+            return rows
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 4 and float(parts[0]) >= since:
+                rows.append((float(parts[0]), parts[1] == "1", parts[2]))
+        return rows
+
+    def client_statuses(self, since: float, until: float) -> list[str]:
+        """What the client got after `since` and before `until`: a status, or `-` (nothing)."""
+        path = self.c.root / "prober.out"
+        rows = path.read_text().splitlines() if path.exists() else []
+        parts = [row.split() for row in rows]
+        return [p[3] for p in parts if len(p) == 4 and since <= float(p[0]) < until]
+
+    def served_by(self, node: str, since: float) -> bool:
+        rows = self.client_log(since)
+        return bool(rows) and rows[-1][1] and rows[-1][2] == node
+
+    def client_gap(self, since: float) -> float:
+        """The longest time the client got no answer after `since` (0 when it never failed)."""
+        longest, failing_since = 0.0, None
+        for at, ok, _ in self.client_log(since):
+            if not ok and failing_since is None:
+                failing_since = at
+            elif ok and failing_since is not None:
+                longest = max(longest, at - failing_since)
+                failing_since = None
+        return longest
+
+    async def client_follows(self, scenario: str, node: Node, since: float) -> None:
+        """The client reaches the VIP on `node` again, its ARP entry updated by GARP."""
+        await wait_or_show(self, lambda: self.served_by(node.name, since), 30, "client answers")
+        print(f"GAP {scenario}: client saw {self.client_gap(since) * 1000:.0f} ms without answers")
+        assert neighbour(self.c.client, self.vip) == mac(node.netns)
+
+    def roles(self) -> tuple[Node, Node]:
+        assert self.active is not None and self.standby is not None
+        return self.active, self.standby
+
+    def check(self) -> None:
+        assert self.w.rounds > 100, "the watcher did not sample"
+        assert not self.w.doubles, (
+            f"VIP on two nodes at once: {self.w.doubles[:3]}\n{self.c.logs()}"
+        )
+
+
+async def wait_or_show(
+    lab: Lab, check: Callable[[], bool | Awaitable[bool]], limit: float, what: str
+) -> float:
+    """`until`, adding the cluster's logs to the failure."""
+    try:
+        return await until(check, limit, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lab.c.logs()}") from None

@@ -24,7 +24,10 @@ class AdminStandIn:
 
     def __init__(self) -> None:
         self.healthy = True
+        self.ready = (1, 2)  # backend pools (and servers) with a server up, in total
+        self.draining = False  # a whole-proxy drain
         self.drains = 0
+        self.undrains = 0
         # `POST /drain?address=` calls, each with what `on_address_drain` saw at that moment
         self.address_drains: list[tuple[str, Any]] = []
         self.on_address_drain: Callable[[str], Awaitable[Any]] | None = None
@@ -34,8 +37,8 @@ class AdminStandIn:
     async def start(self, host: str = "127.0.0.1") -> str:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/status", self._status)
         app.router.add_post("/drain", self._drain)
+        app.router.add_post("/undrain", self._undrain)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, 0)
@@ -48,22 +51,23 @@ class AdminStandIn:
             await self._runner.cleanup()
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        if self.healthy:
-            return web.json_response({"status": "ok"})
-        return web.json_response({"status": "unhealthy", "reasons": ["switched off"]}, status=503)
+        body = {"ready": self.ready[0], "pools": self.ready[1], "draining": self.draining}
+        body |= {"servers_up": self.ready[0], "servers": self.ready[1]}
+        if self.healthy and not self.draining:
+            return web.json_response({"status": "ok", **body})
+        reasons = ["draining"] if self.draining else ["switched off"]
+        return web.json_response({"status": "unhealthy", "reasons": reasons, **body}, status=503)
 
-    async def _status(self, _request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "listeners": [{"name": "web", "connections": 3}],
-                "backends": {"app": {"servers": [{"state": "up"}, {"state": "down"}]}},
-            }
-        )
+    async def _undrain(self, _request: web.Request) -> web.Response:
+        self.undrains += 1
+        self.draining = False
+        return web.json_response({"status": "serving"})
 
     async def _drain(self, request: web.Request) -> web.Response:
         address = request.query.get("address")
         if address is None:
             self.drains += 1
+            self.draining = True
             return web.json_response({"draining": True})
         seen = None if self.on_address_drain is None else await self.on_address_drain(address)
         self.address_drains.append((address, seen))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from agent.daemon import Agent
 from agent.garp import ETH_P_ARP, Announcer, parse_arp
 from agent.netlink import Addresses
 from agent.proxy import ProxyClient
-from haproxy_py.cluster.records import NodeRecord, VipAssignment
+from haproxy_py.cluster.records import ClusterSettings, NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store
 from tests.lab.agent.support import AdminStandIn, addresses, plumbing, until
 from tests.support.etcd import EtcdCluster
@@ -169,6 +169,14 @@ async def run(*argv: str) -> None:
     assert await proc.wait() == 0, f"{argv} failed"
 
 
+def _not_healthy(h: Harness) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        record = await h.node()
+        return record is not None and not record.healthy
+
+    return check
+
+
 async def _healthy(h: Harness) -> bool:
     record = await h.node()
     return record is not None and record.healthy
@@ -181,7 +189,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
     assert (record.address, record.interface, record.priority) == (h.address, "eth0", 150)
     assert record.lease != 0 and record.vips == ()
     await until(
-        lambda: _figures(h), 10, "backend and connection figures in the node record", every=0.05
+        lambda: _figures(h), 10, "backend and readiness figures in the node record", every=0.05
     )
 
     await h.assign(h.vip)
@@ -210,7 +218,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
     assert h.has(h.vip)
 
     async with aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{h.agent.metrics_port}/metrics"
+        url = f"http://127.0.0.1:{h.agent.metrics.port}/metrics"
         async with session.get(url) as response:
             text = await response.text()
     assert "haproxy_py_agent_vips_held 1" in text
@@ -221,14 +229,14 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
 
 async def _figures(h: Harness) -> bool:
     record = await h.node()
-    return record is not None and (record.backends_up, record.backends_total) == (1, 2)
+    return record is not None and (record.ready, record.pools, record.backends_up) == (1, 2, 1)
 
 
 async def test_planned_release_removes_the_address_before_acknowledging(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: Harness,
 ) -> None:
     h = harness
-    monkeypatch.setattr("agent.daemon.HANDOVER_WAIT", 30.0)  # a slow test host must not cut it
+    h.agent.handover.wait = 30.0  # a slow test host must not cut it
     await h.assign(h.vip)
     await until(lambda: h.has(h.vip), 10, "the VIP on the node")
     current = await h.vip_key(h.vip)
@@ -363,19 +371,57 @@ async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
     await until(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
 
 
-async def test_stop_hands_over_at_once(harness: Harness) -> None:
+async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
+    harness: Harness,
+) -> None:
     h = harness
+    h.agent.handover.wait = 30.0  # a slow test host must not cut it
     await h.assign(h.vip)
     await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+
+    async def at_drain(address: str) -> tuple[bool, NodeRecord | None, VipAssignment | None]:
+        return h.has(address), await h.node(), await h.vip_key(address)
+
+    h.admin.on_address_drain = at_drain
     started = time.monotonic()
     h.agent.stop()
-    await asyncio.wait_for(h.task, 10)
-    took = time.monotonic() - started
-    print(f"stop -> lease revoked: {took * 1000:.1f} ms")
+
+    async def released() -> bool:
+        record = await h.node()
+        return record is not None and record.stopping and await h.vip_key(h.vip) is None
+
+    await until(released, 10, "the VIP key released, the node record saying stopping")
+    print(f"stop -> VIP released: {(time.monotonic() - started) * 1000:.1f} ms")
     assert not h.has(h.vip)
-    assert await h.node() is None, "the node key must go with the revoked lease"
-    assert await h.vip_key(h.vip) is None
-    assert h.admin.drains == 1
+    assert not h.admin.address_drains, "the 1001 waits for the next owner"
+    # the next owner takes the VIP and says so: only now are the clients told to go
+    lease = await h.store.grant_lease(5)
+    n2 = NodeRecord(name="n2", healthy=True, vips=(h.vip,), lease=lease.id)
+    await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+    await asyncio.wait_for(h.task, 10)
+    ((address, (present, record, key)),) = h.admin.address_drains
+    assert address == h.vip and not present and key is None
+    assert record is not None and record.stopping, "the lease is revoked after the drain"
+    assert await h.node() is None, "the node key goes with the revoked lease"
+    assert h.admin.drains == 0, "the agent's stop never drains the whole proxy"
+
+
+async def test_start_undrains_a_drain_no_operator_recorded(harness: Harness) -> None:
+    h = harness
+    h.admin.draining = True  # as a stop of an older agent leaves it
+    h.agent.observers._drain_checked = False  # as at the agent's start
+    await until(lambda: h.admin.undrains == 1, 10, "the proxy undrained")
+    assert not h.admin.draining
+
+
+async def test_start_keeps_a_drain_an_operator_recorded(harness: Harness) -> None:
+    h = harness
+    await h.store.put(h.store.schema.config, ClusterSettings(drained=("n1",)).to_json())
+    h.admin.draining = True
+    h.agent.observers._drain_checked = False
+    await until(_not_healthy(h), 10, "the draining proxy seen as not live")
+    await asyncio.sleep(0.5)  # probes keep coming; none may undrain
+    assert h.admin.undrains == 0 and h.admin.draining
 
 
 async def test_etcd_restart_fences_then_resumes_under_the_same_lease(

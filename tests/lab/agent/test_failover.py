@@ -11,144 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from haproxy_py.cluster.config import EtcdConfig
-from haproxy_py.cluster.records import NodeRecord, Request
+from haproxy_py.cluster.records import Request
 from haproxy_py.cluster.store import Store, new_request_id
-from tests.lab.agent.cluster import Cluster, Node, Watcher, cluster
-from tests.lab.agent.support import plumbing, until
+from tests.lab.agent.cluster import Lab, Watcher, cluster, wait_or_show
+from tests.lab.agent.support import plumbing
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parents[3]
-
-
-def mac(netns: str) -> str:
-    out = subprocess.run(
-        ["ip", "-n", netns, "-j", "link", "show", "eth0"], capture_output=True, text=True
-    ).stdout
-    return str(json.loads(out)[0]["address"])
-
-
-def neighbour(netns: str, address: str) -> str | None:
-    out = subprocess.run(
-        ["ip", "-n", netns, "-j", "neigh", "show", address], capture_output=True, text=True
-    ).stdout
-    entries = json.loads(out or "[]")
-    return str(entries[0].get("lladdr")) if entries else None
-
-
-@dataclass
-class Lab:
-    c: Cluster
-    w: Watcher
-    store: Store
-    active: Node | None = None  # the node that got the VIP first (no preemption: either may)
-    standby: Node | None = None
-
-    @property
-    def vip(self) -> str:
-        return self.c.vip
-
-    async def node(self, name: str) -> NodeRecord | None:
-        kv = await self.store.get(self.store.schema.node(name))
-        return NodeRecord.parse(name, kv.value, kv.lease) if kv else None
-
-    async def healthy(self, name: str) -> bool:
-        record = await self.node(name)
-        return record is not None and record.healthy
-
-    def held_by(self, *names: str) -> bool:
-        return self.w.holder(self.vip) == frozenset(names)
-
-    def report(self, scenario: str, since: float) -> None:
-        for gap, source, target in self.w.gaps(self.vip, since):
-            print(f"GAP {scenario}: {gap * 1000:.0f} ms unowned ({source} -> {target})")
-
-    def client_log(self, since: float) -> list[tuple[float, bool, str]]:
-        path = self.c.root / "prober.out"
-        rows: list[tuple[float, bool, str]] = []
-        if not path.exists():
-            return rows
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and float(parts[0]) >= since:
-                rows.append((float(parts[0]), parts[1] == "1", parts[2]))
-        return rows
-
-    def served_by(self, node: str, since: float) -> bool:
-        rows = self.client_log(since)
-        return bool(rows) and rows[-1][1] and rows[-1][2] == node
-
-    def client_gap(self, since: float) -> float:
-        """The longest time the client got no answer after `since` (0 when it never failed)."""
-        longest, failing_since = 0.0, None
-        for at, ok, _ in self.client_log(since):
-            if not ok and failing_since is None:
-                failing_since = at
-            elif ok and failing_since is not None:
-                longest = max(longest, at - failing_since)
-                failing_since = None
-        return longest
-
-    async def client_follows(self, scenario: str, node: Node, since: float) -> None:
-        """The client reaches the VIP on `node` again, its ARP entry updated by GARP."""
-        await wait_or_show(self, lambda: self.served_by(node.name, since), 30, "client answers")
-        print(f"GAP {scenario}: client saw {self.client_gap(since) * 1000:.0f} ms without answers")
-        assert neighbour(self.c.client, self.vip) == mac(node.netns)
-
-    def roles(self) -> tuple[Node, Node]:
-        assert self.active is not None and self.standby is not None
-        return self.active, self.standby
-
-    def check(self) -> None:
-        assert self.w.rounds > 100, "the watcher did not sample"
-        assert not self.w.doubles, (
-            f"VIP on two nodes at once: {self.w.doubles[:3]}\n{self.c.logs()}"
-        )
-
-
-@pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    with plumbing(tmp_path, "hvl") as (plumb, net), cluster(tmp_path, plumb, net) as c:
-        watcher = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
-        watcher.start()
-        store = Store(EtcdConfig((c.etcd.endpoint,), timeout=2.0), "lab")
-        lab = Lab(c, watcher, store)
-        try:
-            try:
-                await until(lambda: len(watcher.holder(c.vip)) == 1, 60, "the VIP on a node")
-                (first,) = watcher.holder(c.vip)
-                lab.active = c.nodes[first]
-                lab.standby = next(n for n in c.nodes.values() if n.name != first)
-                await until(lambda: lab.healthy(lab.standby.name), 60, "the standby healthy")  # type: ignore[union-attr]
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{c.logs()}") from None
-            prober = c.start_prober(300)
-            await until(lambda: lab.served_by(first, 0), 60, "the client answered through the VIP")
-            yield lab
-            c.lab.kill(prober)
-        finally:
-            watcher.stop()
-            await store.close()
-
-
-async def wait_or_show(
-    lab: Lab, check: Callable[[], bool | Awaitable[bool]], limit: float, what: str
-) -> float:
-    """`until`, adding the cluster's logs to the failure."""
-    try:
-        return await until(check, limit, what)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{lab.c.logs()}") from None
 
 
 async def test_kill_9_of_the_active_agent(lab: Lab) -> None:
@@ -190,21 +67,28 @@ async def test_etcd_cut_from_the_active_node(lab: Lab) -> None:
     lab.check()
 
 
-async def test_unhealthy_proxy_gives_the_vip_away(lab: Lab) -> None:
+async def test_a_node_whose_backend_fails_gives_the_vip_to_a_readier_one(lab: Lab) -> None:
+    """Readiness, not liveness: the proxy stays live, the controller moves the VIP after its
+    hold-down because the standby has strictly more pools up."""
     active, standby = lab.roles()
     assert active.backend is not None
     started = time.monotonic()
-    lab.c.lab.kill(active.backend)  # the proxy's only backend: its /healthz turns 503
+    lab.c.lab.kill(active.backend)  # the proxy's only backend: readiness 0 of 1
     await wait_or_show(lab, lambda: lab.held_by(standby.name), 30, "the VIP on the standby")
     lost = lab.w.lost_at(lab.vip, active.name, started)
     assert lost is not None
-    print(f"GAP unhealthy proxy: active dropped the VIP {(lost - started) * 1000:.0f} ms after")
-    lab.report("unhealthy proxy", started)
-    await lab.client_follows("unhealthy proxy", standby, started)
+    print(f"GAP readiness: active gave the VIP away {(lost - started) * 1000:.0f} ms after")
+    lab.report("readiness", started)
+    await lab.client_follows("readiness", standby, started)
     record = await lab.node(active.name)
-    assert record is not None and not record.healthy
+    assert record is not None and record.healthy and record.ready == 0
     lab.c.start_backend(active)
-    await wait_or_show(lab, lambda: lab.healthy(active.name), 30, "the old active healthy again")
+
+    async def ready_again() -> bool:
+        record = await lab.node(active.name)
+        return record is not None and record.ready == 1
+
+    await wait_or_show(lab, ready_again, 30, "the old active ready again")
     assert lab.held_by(standby.name)
     lab.check()
 

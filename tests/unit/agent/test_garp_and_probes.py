@@ -1,4 +1,4 @@
-"""Pure parts of the agent's edges: ARP frames and their schedule, the proxy's /status figures,
+"""Pure parts of the agent's edges: ARP frames and their schedule, the proxy's /healthz answer,
 and the capability check."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import itertools
 
 from agent.garp import ARP_REPLY, ARP_REQUEST, arp_frame, parse_arp, schedule
 from agent.netlink import missing_capabilities
-from agent.proxy import figures
+from agent.proxy import status_of
 from haproxy_py.cluster.agent_config import GarpSettings
 
 MAC = bytes.fromhex("02aabbccddee")
@@ -58,17 +58,30 @@ def test_schedule_with_a_long_burst_never_waits_negative() -> None:
     assert all(wait >= 0 for wait, _ in itertools.islice(schedule(settings), 20))
 
 
-def test_status_figures_from_the_proxy_admin_api() -> None:
-    status = {
-        "listeners": [{"name": "a", "connections": 4}, {"name": "b", "connections": 1}],
-        "backends": {
-            "app": {"servers": [{"state": "up"}, {"state": "down"}]},
-            "api": {"servers": [{"state": "up"}]},
-        },
+def test_healthz_answer_gives_liveness_and_the_readiness_score() -> None:
+    body = {
+        "status": "ok",
+        "ready": 1,
+        "pools": 2,
+        "servers_up": 2,
+        "servers": 3,
+        "draining": False,
     }
-    assert figures(status) == (2, 3, 5)
-    assert figures({"listeners": "x", "backends": []}) == (None, None, None)
-    assert figures(None) == (None, None, None)
+    status = status_of(200, body)
+    assert (status.live, status.ready, status.pools, status.servers_up, status.servers) == (
+        True,
+        1,
+        2,
+        2,
+        3,
+    )
+    assert status.draining is False
+    draining = status_of(503, {"status": "unhealthy", "reasons": ["draining"], "draining": True})
+    assert not draining.live and draining.draining
+    assert draining.detail == "/healthz answered 503: draining"
+    garbage = status_of(200, ["x"])
+    assert garbage.live and garbage.draining is None and garbage.pools == 0
+    assert status_of(500, None).ready == 0
 
 
 def test_capabilities_read_from_proc_status() -> None:

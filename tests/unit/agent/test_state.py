@@ -95,7 +95,7 @@ def test_self_fence_when_keepalives_stop() -> None:
     assert c.tick(0.99) == []
     actions = c.tick(1.0)  # nominal kernel expiry of an address set at 0
     assert actions == [
-        RemoveAddress(VIP, "self-fence: no keepalive success"),
+        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True),
         StopGarp(VIP),
         PublishNode(),
     ]
@@ -148,9 +148,10 @@ def test_unhealthy_proxy_releases_at_once_and_deletes_the_key() -> None:
         PublishNode(),
         RemoveAddress(VIP, "proxy unhealthy"),
         StopGarp(VIP),
-        DeleteVip(VIP, 10, "proxy unhealthy"),
         PublishNode(),
     ]
+    # the key goes once a kernel dump shows the address gone
+    assert c.kernel_addresses(set(), 0.21) == [DeleteVip(VIP, 10, "proxy unhealthy")]
     # one good sample in between resets the fall count
     c2 = core(fall=2)
     ready(c2)
@@ -164,12 +165,8 @@ def test_planned_release_removes_then_acknowledges() -> None:
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
     actions = c.assignment_event(VIP, assign(state=RELEASING, rev=11), 11, 0.1)
-    assert actions == [
-        RemoveAddress(VIP, "releasing"),
-        StopGarp(VIP),
-        DeleteVip(VIP, 11, "released"),
-        PublishNode(),
-    ]
+    assert actions == [RemoveAddress(VIP, "releasing"), StopGarp(VIP), PublishNode()]
+    assert c.kernel_addresses(set(), 0.15) == [DeleteVip(VIP, 11, "released")]
     # the ack is not repeated on every event, but retried by the next full snapshot
     assert c.assignment_event(VIP2, None, 12, 0.2) == []
     again = c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3)
@@ -204,23 +201,99 @@ def test_reconcile_against_the_kernel() -> None:
     assert not any(getattr(a, "vip", None) == "198.18.0.7" for a in actions)
 
 
-def test_stop_removes_addresses_then_revokes() -> None:
+def test_stop_removes_addresses_releases_the_keys_then_revokes() -> None:
     c = core()
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
-    assert c.stop() == [RemoveAddress(VIP, "stopping"), StopGarp(VIP), Revoke()]
+    assert c.stop(0.05) == [RemoveAddress(VIP, "stopping"), StopGarp(VIP), PublishNode()]
     assert c.assignment_event(VIP, assign(rev=11), 11, 0.1) == []
     assert c.keepalive_ok(0.2, 2, 0.2) == []
+    # the removal failed: still there, tried again, no release
+    assert c.kernel_addresses({VIP}, 0.3) == [
+        RemoveAddress(VIP, f"{VIP} is present, must be absent")
+    ]
+    assert c.kernel_addresses(set(), 0.4) == [DeleteVip(VIP, 11, "stopping")]
+    # revoked only once the key is gone (the controller reassigns it as a planned move)
+    assert c.assignment_event(VIP, None, 12, 0.5) == [Revoke()]
+    assert c.kernel_addresses(set(), 0.6) == []
+
+
+def test_stop_without_addresses_revokes_at_once() -> None:
+    c = core()
+    ready(c)
+    assert c.stop(0.0) == [PublishNode(), Revoke()]
+
+
+def test_a_vip_taken_over_in_a_planned_move_gets_a_grace_period() -> None:
+    c = core()
+    ready(c)
+    manual = Assignment("n1", ASSIGNED, 7, 10, cause="manual")
+    (first, *_) = c.assignment_event(VIP, manual, 10, 0.0)
+    assert first == SetAddress(VIP, 1, True, f"{VIP} is absent, must be present", grace=True)
+    lost = Assignment("n1", ASSIGNED, 7, 11, cause="node lost")
+    (second, *_) = c.assignment_event(VIP2, lost, 11, 0.0)
+    assert isinstance(second, SetAddress) and not second.grace
+
+
+def test_failed_removal_is_acknowledged_only_once_the_lifetime_ran_out() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    c.assignment_event(VIP, assign(state=RELEASING, rev=11), 11, 0.1)
+    # every dump still shows it (netlink removal keeps failing): no acknowledgement
+    assert DeleteVip(VIP, 11, "released") not in c.kernel_addresses({VIP}, 0.2)
+    assert c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3) == []
+    # set at 0.0 with lifetime 1: the kernel has dropped it by 1.0 + slack
+    assert c.tick(1.0) == []
+    assert c.tick(1.0 + TIMING.kernel_slack) == [DeleteVip(VIP, 11, "released")]
 
 
 def test_failed_add_is_forgotten_and_retried() -> None:
     c = core()
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
-    c.address_failed(VIP)
+    c.address_failed(VIP, 0.0)
     assert VIP not in c.held
     actions = c.kernel_addresses(set(), 0.1)
     assert isinstance(actions[0], SetAddress)
+
+
+def test_an_address_that_cannot_be_set_for_a_lifetime_is_given_up() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    c.address_failed(VIP, 0.0)
+    c.kernel_addresses(set(), 0.5)
+    c.address_failed(VIP, 0.5)
+    actions = c.kernel_addresses(set(), 1.1)
+    assert DeleteVip(VIP, 10, "cannot hold the address") in actions
+    assert PublishNode() in actions
+    assert c.given_up == {VIP: 10}
+    # a new assignment (another revision) is tried again
+    c.keepalive_ok(1.2, 2, 1.2)
+    actions = c.assignment_event(VIP, assign(rev=12), 12, 1.2)
+    assert isinstance(actions[0], SetAddress)
+    assert c.given_up == {}, "listed as unheld only while the given-up assignment lasts"
+
+
+def test_refused_probe_fails_at_once_timeouts_need_the_fall_count() -> None:
+    c = core(fall=3)
+    ready(c)
+    c.health_sample(True, 0.0)
+    assert c.health_sample(False, 0.1) == []
+    assert c.health_sample(False, 0.2) == []
+    assert c.health.healthy
+    assert c.health_sample(False, 0.3, fast=True)[0] == PublishNode()
+    assert not c.health.healthy
+
+
+def test_readiness_is_published_never_acted_on() -> None:
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    assert c.readiness_sample(0, 2) == [PublishNode()]
+    assert c.readiness_sample(0, 2) == []
+    assert set(c.held) == {VIP}
 
 
 def test_hysteresis_counts() -> None:
@@ -248,6 +321,7 @@ class Sim:
     agent_held: dict[str, int] = field(default_factory=dict)  # vip -> keepalives at last set
     kernel: dict[str, float] = field(default_factory=dict)  # vip -> drop time
     stopped: bool = False
+    dump: bool = False
     log: list[Action] = field(default_factory=list)
 
     def run(self, actions: list[Action], *, health_turned_bad: bool = False) -> None:
@@ -259,8 +333,10 @@ class Sim:
             elif isinstance(a, RemoveAddress):
                 self.agent_held.pop(a.vip, None)
                 self.kernel.pop(a.vip, None)
+                self.dump = True
             elif isinstance(a, DeleteVip):
                 assert a.vip not in self.agent_held, "key deleted while the address is still held"
+                assert a.vip not in self.kernel, "key deleted while the kernel still has it"
                 cur = self.etcd.get(a.vip)
                 if cur is not None and cur.revision == a.revision and cur.owner == "n1":
                     del self.etcd[a.vip]
@@ -268,6 +344,9 @@ class Sim:
                     self.run(self.c.assignment_event(a.vip, None, self.rev, self.now))
             elif isinstance(a, Regrant):
                 self.grant()
+        if self.dump:  # the daemon dumps the kernel's addresses after a removal
+            self.dump = False
+            self.run(self.c.kernel_addresses(set(self.kernel), self.now))
         if health_turned_bad:
             assert not self.agent_held, "unhealthy proxy: every VIP must go in the same step"
             assert before <= {a.vip for a in actions if isinstance(a, RemoveAddress)}
@@ -352,9 +431,12 @@ class Sim:
             self.run(self.c.kernel_addresses(set(self.kernel), self.now))
         elif kind == "stop":
             self.stopped = True
-            actions = self.c.stop()
+            actions = self.c.stop(self.now)
             self.run(actions)
             assert not self.agent_held and not self.kernel
+            # every key of ours released, and the revoke only after that
+            assert not any(a.owner == "n1" and a.lease == self.lease for a in self.etcd.values())
+            assert isinstance(self.log[-1], Revoke) or self.lease is None
 
 
 VIPS = st.sampled_from([VIP, VIP2])

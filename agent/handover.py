@@ -1,0 +1,122 @@
+"""Telling a released VIP's clients to go, once the VIP's next owner holds it.
+
+After this node let a VIP go (a planned move, a drain, its own clean stop),
+the proxy still carries that address's connections. They are closed cleanly
+(`POST /drain?address=VIP`: WebSockets get 1001 Going Away, HTTP keep-alive
+connections a FIN after the response in flight) as soon as another node's
+record in `nodes/` lists the VIP as held: a client told earlier would reconnect
+to an address nobody answers for and wait out a SYN retransmit (1 s).
+
+The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
+one etcd event of the new owner's write, not on a polling period. Meanwhile the
+new owner drops unknown mid-stream TCP segments to a VIP it has just taken
+(its grace period), so a client's packets sent before the 1001 arrives are
+dropped there, never answered with a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import structlog
+
+from haproxy_py.cluster.records import NodeRecord
+from haproxy_py.cluster.store import Store, StoreError
+
+log = structlog.get_logger(__name__)
+
+
+class Drainer(Protocol):
+    async def drain_address(self, address: str) -> str: ...
+
+
+class Handover:
+    """One task per released VIP: wait (at most `wait` s) for its new holder, then drain it."""
+
+    def __init__(
+        self,
+        store: Store,
+        proxy: Drainer,
+        me: str,
+        holding: Callable[[str], bool],
+        wait: float,
+    ) -> None:
+        self.store = store
+        self.proxy = proxy
+        self.me = me
+        self.holding = holding  # True when the VIP came back to this node meanwhile
+        self.wait = wait
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def released(self, vips: Iterable[str]) -> None:
+        """Start telling each VIP's clients (once: a VIP already being told is skipped)."""
+        for vip in vips:
+            if vip in self._tasks:
+                continue
+            task = asyncio.create_task(self._tell(vip), name=f"handover {vip}")
+            self._tasks[vip] = task
+            task.add_done_callback(functools.partial(self._done, vip))
+
+    def _done(self, vip: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(vip) is task:
+            del self._tasks[vip]
+
+    async def finish(self, limit: float) -> None:
+        """Stopping: let the drains already started finish, within `limit` seconds."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=limit)
+
+    def cancel(self) -> list[asyncio.Task[None]]:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    async def _tell(self, vip: str) -> None:
+        started = time.monotonic()
+        owner = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.wait):
+                owner = await self._next_holder(vip)
+        if self.holding(vip):
+            log.info("released VIP came back; its clients stay", vip=vip)
+            return
+        outcome = await self.proxy.drain_address(vip)
+        log.info(
+            "released VIP's clients told to reconnect",
+            vip=vip,
+            new_owner=owner,
+            waited_ms=round((time.monotonic() - started) * 1000, 1),
+            proxy=outcome,
+        )
+
+    async def _next_holder(self, vip: str) -> str | None:
+        """The first other node whose record lists `vip` (None: etcd cannot tell us)."""
+        prefix = self.store.schema.nodes_prefix
+        try:
+            kvs, revision = await self.store.get_prefix(prefix)
+            for kv in kvs:
+                name = self._holder(kv.key[len(prefix) :], kv.value, vip)
+                if name is not None:
+                    return name
+            async for event in self.store.watch(prefix, revision + 1):
+                if event.kind == "put":
+                    name = self._holder(event.key[len(prefix) :], event.value, vip)
+                    if name is not None:
+                        return name
+                if self.holding(vip):
+                    return self.me
+        except StoreError as exc:
+            log.warning("cannot see the VIP's next owner; telling clients now", error=str(exc))
+        return None
+
+    def _holder(self, name: str, raw: bytes, vip: str) -> str | None:
+        if name == self.me:
+            return self.me if self.holding(vip) else None
+        record = NodeRecord.parse(name, raw)
+        return name if record is not None and vip in record.vips else None

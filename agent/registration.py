@@ -1,0 +1,91 @@
+"""This node's record, `nodes/<name>`: what goes in it and when it is written.
+
+etcd holds agreement, not telemetry: the record is rewritten when something
+the controller or an operator decides on changes (liveness, the readiness
+score, the VIPs held or given up, the backend servers up), never for load
+figures such as connection counts, which live in `/metrics`. A write that
+failed is retried by the reconcile timer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.state import AgentCore
+from haproxy_py.cluster.config import NodeConfig
+from haproxy_py.cluster.records import NodeRecord
+from haproxy_py.cluster.store import Store
+
+Write = Callable[[], Awaitable[None]]
+
+
+class Registration:
+    """Builds `nodes/<name>` from the core's state at write time and queues its writes."""
+
+    def __init__(
+        self,
+        node: NodeConfig,
+        version: str,
+        core: AgentCore,
+        store: Store,
+        enqueue: Callable[[Write], None],
+    ) -> None:
+        self.node = node
+        self.version = version
+        self.core = core
+        self.store = store
+        self.enqueue = enqueue
+        self.key = store.schema.node(node.name)
+        self.servers: tuple[int, int] = (0, 0)  # backend servers up, in total
+        self.healthy_since: float | None = None  # unix time: the controller's failback hold
+        self.failed = False  # the last write did not land: the reconcile timer retries
+        self._pending = False
+
+    def health_changed(self, healthy: bool) -> None:
+        self.healthy_since = time.time() if healthy else None
+
+    def servers_seen(self, up: int, total: int) -> bool:
+        """Record the backend server figures; True when they changed (worth a write)."""
+        changed = (up, total) != self.servers
+        self.servers = (up, total)
+        return changed
+
+    def record(self, lease: int) -> NodeRecord:
+        core, node = self.core, self.node
+        ready, pools = core.readiness
+        return NodeRecord(
+            name=node.name,
+            address=node.address,
+            interface=node.interface,
+            priority=node.priority,
+            version=self.version,
+            healthy=core.health.healthy,
+            healthy_since=self.healthy_since,
+            backends_up=self.servers[0],
+            backends_total=self.servers[1],
+            vips=tuple(sorted(core.held)),
+            updated=time.time(),
+            lease=lease,
+            ready=ready,
+            pools=pools,
+            unheld=tuple(sorted(core.given_up)),
+            stopping=core.stopping,
+        )
+
+    def publish(self) -> None:
+        """Queue one write of the record as it will be at write time (coalesced)."""
+        if self._pending:
+            return
+        self._pending = True
+
+        async def write() -> None:
+            self._pending = False
+            lease = self.core.lease_id
+            if lease is None:
+                return
+            self.failed = True  # until the put succeeds
+            await self.store.put(self.key, self.record(lease).to_json(), lease=lease)
+            self.failed = False
+
+        self.enqueue(write)

@@ -1,0 +1,164 @@
+"""`python -m bench.failover.handover`: do planned moves close every WebSocket with 1001?
+
+Issue-23 measurement on the lab of `bench.failover`: 50 WebSocket echo clients
+on the VIP (10 idle, 20 sending a frame every 100 ms, 20 sending continuously:
+send, wait for the echo, send again) through 20 planned moves, first made with
+`hactl failover`, then with the active agent's clean stop (SIGTERM, as
+`systemctl stop ha-agent` sends; the agent is started again after each move).
+Per class: clients that got 1001, connections that ended with a reset (no close
+frame), and the time from the 1001 to the reconnected client's first echo
+(p50, p95, max). Results in bench/results/handover.{json,md}. keepalived has
+no equivalent (its old node keeps no state to close), so only haproxy-py runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.failover import stacks
+from bench.failover.stats import summarize
+from haproxy_py.lab import control
+from haproxy_py.lab.echoclients import read
+from haproxy_py.lab.layout import PROXY_PORT
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+RUN_DIR = Path("/run/haproxy-py/bench-handover")
+CLASSES = {"idle": 10, "periodic": 20, "continuous": 20}
+CAUSES = ("hactl failover", "agent clean stop")
+
+
+def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per class: closes with 1001, connections ended without a close frame, and the time from
+    each 1001 to that client's first echo (idle clients: its reconnection) on a new connection
+    (pure)."""
+    by_client: dict[int, list[dict[str, Any]]] = {}
+    for event in events:
+        by_client.setdefault(int(event["client"]), []).append(event)
+    result: dict[str, dict[str, Any]] = {}
+    for kind in CLASSES:
+        closes = resets = 0
+        latencies: list[float] = []
+        for client_events in by_client.values():
+            if not client_events or client_events[0]["class"] != kind:
+                continue
+            wanted = "connected" if kind == "idle" else "echo"
+            for i, event in enumerate(client_events):
+                if event["event"] == "error":
+                    resets += 1
+                elif event["event"] == "closed" and event["code"] == 1001:
+                    closes += 1
+                    later = [e for e in client_events[i + 1 :] if e["event"] == wanted]
+                    if later:
+                        latencies.append(later[0]["at"] - event["at"])
+        summary = summarize([round(x * 1000, 1) for x in latencies]).as_dict()
+        result[kind] = {"closed_1001": closes, "reset": resets, "reconnect_ms": summary}
+    return result
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines = [
+        "# Planned moves: WebSocket clients closed with 1001",
+        "",
+        f"{doc['moves']} moves per cause, {sum(CLASSES.values())} clients "
+        f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}); {doc['meta']}",
+        "",
+        "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for cause, classes in doc["results"].items():
+        for kind, row in classes.items():
+            r = row["reconnect_ms"]
+            times = " / ".join(_ms(r.get(key)) for key in ("p50", "p95", "max"))
+            lines.append(f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(value: object) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "-"
+
+
+def _all_back(out: Path, node: str, after: float) -> bool:
+    events = read(str(out))
+    connected = {e["client"] for e in events if e["at"] >= after and e["event"] == "connected"}
+    on_node = {
+        e["client"]
+        for e in events
+        if e["at"] >= after and e["event"] == "connected" and e["via"] == node
+    }
+    return len(on_node) == len(connected) == sum(CLASSES.values())
+
+
+def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, Any]:
+    stack = stacks.HaproxyPy(lab)
+    stack.start()
+    out = work / f"echo-{cause.replace(' ', '-')}.out"
+    counts = [str(CLASSES[k]) for k in CLASSES]
+    url = f"http://{stack.vip}:{PROXY_PORT}/echo"
+    fleet = lab.plumbing.spawn(
+        lab.layout.client.netns,
+        [sys.executable, "-m", "haproxy_py.lab.echoclients", url, "3600", str(out), *counts],
+        label="echoclients",
+        log=work / "echoclients.log",
+        cwd=ROOT,
+    )
+    try:
+        active = stack.settle()
+        stacks.wait_until(lambda: _all_back(out, active, 0), 120, "every client connected")
+        for move in range(moves):
+            active = stack.settle()
+            target = stack.other(active)
+            started = time.monotonic()
+            if cause == "hactl failover":
+                stack.inject("planned", active)
+            else:
+                stack.terminate(active, ("agent",))
+            back = functools.partial(_all_back, out, target, started)
+            stacks.wait_until(back, 60, f"move {move}: every client back")
+            if cause != "hactl failover":
+                lab.start_node(active, ("agent",))
+            print(f"{cause} #{move}: {active} -> {target}", flush=True)
+    finally:
+        lab.plumbing.kill(fleet)
+        stack.stop()
+        stack.close()
+    return summarize_events(read(str(out)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover.handover", description=__doc__)
+    parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    problem = control.missing_requirements()
+    if problem is not None:
+        print(f"bench.failover.handover: {problem}", file=sys.stderr)
+        return 2
+    control.down(RUN_DIR)
+    doc: dict[str, Any] = {"moves": args.moves, "meta": time.strftime("%Y-%m-%d %H:%M UTC")}
+    doc["results"] = {}
+    try:
+        lab = control.Lab.up(run_dir=RUN_DIR, prefix="hh-", nodes=2, say=print)
+        for cause in CAUSES:
+            doc["results"][cause] = measure(lab, cause, args.moves, lab.paths.logs)
+    except (control.LabError, stacks.BenchError) as exc:
+        print(f"bench.failover.handover: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        control.down(RUN_DIR, keep_logs=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "handover.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.results / "handover.md").write_text(render(doc))
+    print(render(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

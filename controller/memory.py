@@ -1,0 +1,77 @@
+"""What the controller saw over time, on its own monotonic clock.
+
+The decision core is pure and reads no clock; the hold-downs it applies need
+to know for how long something has been true. That is measured here, by the
+controller that observes it, from when it first saw it, never by comparing
+timestamps written by other hosts (their wall clocks may be skewed). A
+controller that has just started (or just won the election) knows nothing yet,
+so it counts from its first observation: holds only get longer, never shorter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from haproxy_py.cluster.records import ClusterView
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The hold-down verdicts for one decision (pure input to `decide`)."""
+
+    # nodes that lost liveness (and with it their VIPs) less than `health_hold` ago
+    held_down: frozenset[str] = frozenset()
+    # nodes whose readiness score has stayed the same for at least `ready_hold`
+    settled: frozenset[str] | None = None  # None: every node counts as settled
+    # VIPs assigned to a registered node that has not listed them as held for `unheld_limit`
+    unheld: frozenset[str] = frozenset()
+
+    def is_settled(self, node: str) -> bool:
+        return self.settled is None or node in self.settled
+
+
+@dataclass
+class Memory:
+    """Updated once per cycle from the view; `observe` returns the verdicts."""
+
+    health_hold: float = 10.0
+    ready_hold: float = 5.0
+    unheld_limit: float = 3.0
+    clock: Callable[[], float] = time.monotonic
+    _live: dict[str, bool] = field(default_factory=dict)
+    _down_at: dict[str, float] = field(default_factory=dict)
+    _score: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _score_at: dict[str, float] = field(default_factory=dict)
+    _unheld_at: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def observe(self, view: ClusterView) -> Seen:
+        now = self.clock()
+        for name, node in view.nodes.items():
+            if not node.healthy and (self._live.get(name) or name in self._down_at):
+                self._down_at[name] = now  # counts from the last instant it was seen down
+            self._live[name] = node.healthy
+            score = (node.ready, node.pools)
+            if self._score.get(name) != score:
+                self._score[name], self._score_at[name] = score, now
+        for gone in set(self._live) - set(view.nodes):
+            del self._live[gone]
+            self._score.pop(gone, None)
+            self._score_at.pop(gone, None)
+        unheld: dict[tuple[str, int], float] = {}
+        for vip, a in view.vips.items():
+            owner = view.nodes.get(a.node)
+            if owner is not None and a.state == "assigned" and vip not in owner.vips:
+                key = (vip, a.mod_revision)
+                unheld[key] = self._unheld_at.get(key, now)
+        self._unheld_at = unheld
+        return Seen(
+            held_down=frozenset(
+                n for n, at in self._down_at.items() if now - at < self.health_hold
+            ),
+            settled=frozenset(n for n, at in self._score_at.items() if now - at >= self.ready_hold),
+            unheld=frozenset(
+                vip for (vip, _), at in unheld.items() if now - at >= self.unheld_limit
+            ),
+        )

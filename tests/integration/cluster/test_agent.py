@@ -1,0 +1,250 @@
+"""The agent's wiring without root: the real daemon against a real etcd and a real HTTP
+stand-in of the proxy's admin API, with the kernel edges (addresses, ARP) faked.
+
+The namespace tests (tests/lab/agent) prove the kernel edge; these prove what the
+daemon does with it: registration, holding and releasing, the clean stop's order,
+liveness versus readiness, an unconfirmed removal, etcd down at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.cli import agent_etcd, load_settings
+from agent.daemon import Agent
+from agent.proxy import ProxyClient
+from haproxy_py.cluster.records import NodeRecord, VipAssignment
+from haproxy_py.cluster.store import Store, StoreError
+from tests.lab.agent.support import AdminStandIn, until
+from tests.support.agent_fakes import FakeAddressTable, FakeAnnouncer
+from tests.support.etcd import EtcdCluster
+
+VIP = "198.18.77.100"
+
+
+@dataclass
+class Node:
+    agent: Agent
+    task: asyncio.Task[None]
+    store: Store  # the test's own client, playing the controller
+    admin: AdminStandIn
+    table: FakeAddressTable
+    announcer: FakeAnnouncer
+
+    async def record(self) -> NodeRecord | None:
+        kv = await self.store.get(self.store.schema.node("n1"))
+        return None if kv is None else NodeRecord.parse("n1", kv.value, kv.lease)
+
+    async def key(self) -> VipAssignment | None:
+        kv = await self.store.get(self.store.schema.vip(VIP))
+        return None if kv is None else VipAssignment.parse(VIP, kv.value, kv.lease, kv.mod_revision)
+
+    async def assign(self, cause: str = "initial") -> None:
+        record = await self.record()
+        assert record is not None
+        value = VipAssignment(vip=VIP, node="n1", epoch=1, since=time.time(), cause=cause)
+        assert await self.store.create(self.store.schema.vip(VIP), value.to_json(), record.lease)
+
+    async def release(self) -> int:
+        current = await self.key()
+        assert current is not None
+        releasing = VipAssignment(
+            vip=VIP, node="n1", epoch=1, since=current.since, state="releasing", move_to="n2"
+        )
+        key = self.store.schema.vip(VIP)
+        assert await self.store.replace(
+            key, releasing.to_json(), current.mod_revision, current.lease
+        )
+        return current.mod_revision
+
+    async def new_owner_holds(self) -> None:
+        lease = await self.store.grant_lease(5)
+        n2 = NodeRecord(name="n2", healthy=True, vips=(VIP,), lease=lease.id)
+        await self.store.put(self.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+
+
+def config(path: Path, endpoints: list[str], url: str) -> Path:
+    path.write_text(
+        f"""
+[node]
+name = "n1"
+address = "198.18.77.11"
+interface = "eth0"
+[cluster]
+name = "w"
+[etcd]
+endpoints = {endpoints!r}
+[agent]
+proxy_admin_url = "{url}"
+health_interval = 0.05
+reconcile_interval = 0.3
+metrics_bind = ""
+""".replace("'", '"')
+    )
+    return path
+
+
+@contextlib.asynccontextmanager
+async def running(path: Path, admin: AdminStandIn) -> AsyncIterator[Node]:
+    settings, etcd_config, _, _ = load_settings(path)
+    etcd_config = agent_etcd(etcd_config, settings)
+    table, announcer = FakeAddressTable(), FakeAnnouncer()
+    store, test_store = Store(etcd_config, "w"), Store(etcd_config, "w")
+    proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
+    agent = Agent(settings, store, table, announcer, proxy)
+    agent.handover.wait = 30.0  # a slow test host must not cut it
+    node = Node(agent, asyncio.create_task(agent.run()), test_store, admin, table, announcer)
+    try:
+        yield node
+    finally:
+        agent.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(node.task, 10)
+        node.task.cancel()
+        await proxy.close()
+        await store.close()
+        await test_store.close()
+
+
+@pytest.fixture
+async def node(tmp_path: Path, etcd: EtcdCluster) -> AsyncIterator[Node]:
+    admin = AdminStandIn()
+    url = await admin.start()
+    try:
+        async with running(config(tmp_path / "n1.toml", etcd.endpoints, url), admin) as n:
+            await until(lambda: _live(n), 15, "the node record to say live")
+            yield n
+    finally:
+        await admin.stop()
+
+
+async def _live(n: Node) -> bool:
+    try:
+        record = await n.record()
+    except StoreError:  # the test's own client, while etcd comes back
+        return False
+    return record is not None and record.healthy
+
+
+async def test_holds_an_assigned_vip_and_lists_it(node: Node) -> None:
+    await node.assign()
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    assert VIP in node.announcer.announcing
+    assert node.table.graced == [], "no grace period when nobody had the VIP before"
+
+    async def listed() -> bool:
+        record = await node.record()
+        return record is not None and record.vips == (VIP,) and record.ready == 1
+
+    await until(listed, 10, "the node record to list the VIP and its readiness")
+
+
+async def test_a_planned_take_over_gets_a_grace_period(node: Node) -> None:
+    await node.assign(cause="manual")
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    assert node.table.graced == [VIP]
+
+
+async def test_release_is_acknowledged_after_the_address_then_clients_told_after_the_new_owner(
+    node: Node,
+) -> None:
+    await node.assign()
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await node.release()
+    await until(lambda: _gone(node), 10, "the releasing key deleted")
+    assert VIP not in node.table.present
+    assert not node.admin.address_drains, "no 1001 before the new owner holds the VIP"
+    await node.new_owner_holds()
+    await until(lambda: bool(node.admin.address_drains), 10, "the clients told to go")
+    assert node.admin.address_drains[0][0] == VIP and node.admin.drains == 0
+
+
+async def _gone(node: Node) -> bool:
+    return await node.key() is None
+
+
+async def test_an_unconfirmed_removal_is_never_acknowledged(node: Node) -> None:
+    await node.assign()
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    node.table.removal_failing = True
+    await node.release()
+    await asyncio.sleep(0.6)  # several reconcile rounds: each retries the removal
+    assert await node.key() is not None, "acknowledged while the kernel may carry the address"
+    node.table.removal_failing = False
+    await until(lambda: _gone(node), 10, "the acknowledgement once the removal took")
+
+
+async def test_readiness_zero_keeps_the_vip_liveness_loss_drops_it(node: Node) -> None:
+    await node.assign()
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    node.admin.ready = (0, 2)
+
+    async def unready() -> bool:
+        record = await node.record()
+        return record is not None and record.ready == 0 and record.healthy
+
+    await until(unready, 10, "readiness 0 published")
+    assert VIP in node.table.present, "readiness is the controller's business"
+    await node.admin.stop()  # connection refused: the proxy is gone
+    started = time.monotonic()
+    await until(lambda: VIP not in node.table.present, 10, "the address dropped")
+    assert time.monotonic() - started < 1.0, "a refused connection needs no confirmation"
+    await until(lambda: _gone(node), 10, "the key deleted")
+
+
+async def test_stop_releases_then_drains_per_vip_then_revokes(node: Node) -> None:
+    await node.assign()
+    await until(lambda: VIP in node.table.present, 10, "the address set")
+    node.agent.stop()
+
+    async def released() -> bool:
+        record = await node.record()
+        return record is not None and record.stopping and await node.key() is None
+
+    await until(released, 10, "the key released with the record saying stopping")
+    assert VIP not in node.table.present and not node.admin.address_drains
+    await node.new_owner_holds()
+    await asyncio.wait_for(node.task, 10)
+    assert [vip for vip, _ in node.admin.address_drains] == [VIP]
+    assert node.admin.drains == 0, "never a whole-proxy drain"
+    assert await node.record() is None, "the lease revoked at the end"
+
+
+async def test_etcd_down_at_start_is_waited_for(tmp_path: Path) -> None:
+    admin = AdminStandIn()
+    url = await admin.start()
+    with EtcdCluster.start(1) as etcd:
+        etcd.members[0].kill()
+        path = config(tmp_path / "n1.toml", etcd.endpoints, url)
+        try:
+            async with running(path, admin) as n:
+                await asyncio.sleep(1.5)
+                assert not n.task.done(), "the agent must wait for etcd, not exit"
+                etcd.members[0].restart()
+                await until(lambda: _live(n), 30, "registered once etcd is back")
+        finally:
+            await admin.stop()
+
+
+async def test_a_lost_lease_is_replaced_once(node: Node) -> None:
+    before = await node.record()
+    assert before is not None
+    await node.store.revoke(before.lease)
+
+    async def registered_again() -> NodeRecord | None:
+        record = await node.record()
+        return record if record is not None and record.lease != before.lease else None
+
+    await until(registered_again, 10, "registered under a new lease")
+    again = await registered_again()
+    assert again is not None
+    await asyncio.sleep(1.5)  # a registrar that did not stop would grant lease after lease
+    record = await node.record()
+    assert record is not None and record.lease == again.lease

@@ -1,0 +1,44 @@
+"""The `lab` fixture: a two-node cluster of real daemons in namespaces, with a client probing
+the VIP, a watcher that fails the test on any VIP double, and the first VIP holder as `active`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.store import Store
+from tests.lab.agent.cluster import Lab, Watcher, cluster
+from tests.lab.agent.support import plumbing, until
+
+
+@pytest.fixture
+async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lab]:
+    """Parametrized indirectly, the parameter is the agents' node-record write delay."""
+    delay = float(getattr(request, "param", 0.0))
+    with (
+        plumbing(tmp_path, "hvk") as (plumb, net),
+        cluster(tmp_path, plumb, net, publish_delay=delay) as c,
+    ):
+        watcher = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
+        watcher.start()
+        store = Store(EtcdConfig((c.etcd.endpoint,), timeout=2.0), "lab")
+        lab = Lab(c, watcher, store)
+        try:
+            try:
+                await until(lambda: len(watcher.holder(c.vip)) == 1, 60, "the VIP on a node")
+                (first,) = watcher.holder(c.vip)
+                lab.active = c.nodes[first]
+                lab.standby = next(n for n in c.nodes.values() if n.name != first)
+                await until(lambda: lab.healthy(lab.standby.name), 60, "the standby healthy")  # type: ignore[union-attr]
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{c.logs()}") from None
+            prober = c.start_prober(300)
+            await until(lambda: lab.served_by(first, 0), 60, "the client answered through the VIP")
+            yield lab
+            c.lab.kill(prober)
+        finally:
+            watcher.stop()
+            await store.close()

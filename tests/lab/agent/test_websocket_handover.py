@@ -1,0 +1,107 @@
+"""Planned failover: every WebSocket client gets its 1001, whatever the timing.
+
+Echo clients of three classes (idle, a frame every 100 ms, send-wait-send) and
+HTTP keep-alive clients stay connected through the VIP while it moves back and
+forth several times. Every connection the move ends must end with a close frame
+1001 (HTTP: a FIN), never a reset, and every client must reconnect to the new
+owner at once (no SYN retransmit). The second run lets each agent
+write its node record 0.5 s late, so the old owner's 1001 leaves long after the
+new owner's gratuitous ARP: only the new owner's grace period (mid-stream
+segments dropped, not reset) keeps the clients' packets of that window from
+being answered with a reset, so this cannot pass by timing.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from haproxy_py.cluster.records import Request
+from haproxy_py.cluster.store import new_request_id
+from haproxy_py.lab.echoclients import read
+from tests.lab.agent.cluster import REPO, Lab, wait_or_show
+
+pytestmark = pytest.mark.lab
+MOVES = 4
+CLASSES = (2, 2, 3, 2)  # idle, periodic, continuous, HTTP keep-alive
+SYN_RETRANSMIT = 1.0  # a reconnect that waited for one would take at least this long
+
+
+def since(events: list[dict[str, Any]], at: float, kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["at"] >= at and e["event"] == kind]
+
+
+@pytest.mark.parametrize("lab", [0.0, 0.5], ids=["prompt", "record-late"], indirect=True)
+async def test_every_websocket_client_gets_1001_through_planned_moves(lab: Lab) -> None:
+    out = lab.c.root / "echo.out"
+    clients = sum(CLASSES)
+    fleet = lab.c.lab.spawn(
+        lab.c.client,
+        [
+            sys.executable,
+            "-m",
+            "haproxy_py.lab.echoclients",
+            f"http://{lab.vip}:8080/echo",
+            "300",
+            str(out),
+            *map(str, CLASSES),
+        ],
+        label="echoclients",
+        log=lab.c.log("echoclients"),
+        cwd=REPO,
+    )
+    try:
+        active, standby = lab.roles()
+
+        def everyone_on(node: str, after: float) -> bool:
+            """Every client connected through `node` after `after`; the senders echoed."""
+            events = read(str(out))
+            connected = {e["client"] for e in since(events, after, "connected") if e["via"] == node}
+            echoed = {e["client"] for e in since(events, after, "echo") if e["via"] == node}
+            senders = set(range(CLASSES[0], clients))
+            return len(connected) == clients and senders <= echoed
+
+        await wait_or_show(lab, lambda: everyone_on(active.name, 0), 60, "every client echoed")
+        source, target = active, standby
+        for move in range(MOVES):
+            started = time.monotonic()
+            moved_to = target.name
+            request = Request(
+                id=new_request_id(time.time()), kind="move", vip=lab.vip, target=target.name
+            )
+            await lab.store.submit(request)
+            answered = await lab.store.wait_result(request.id, 30)
+            assert answered.result is not None and answered.result.status == "done"
+            await wait_or_show(
+                lab,
+                functools.partial(everyone_on, moved_to, started),
+                30,
+                f"move {move}: reconnects",
+            )
+            events = read(str(out))
+            clean = {1001, "FIN"}  # a WebSocket's close frame, an HTTP connection's FIN
+            ends = [e for e in since(events, started, "closed") if e["code"] in clean]
+            closed = {e["client"] for e in ends}
+            assert closed == set(range(clients)), (
+                f"move {move}: no clean close for some: {events[-20:]}"
+            )
+            for end in ends:  # the reconnect lands on the new owner at once (no SYN retransmit)
+                back = min(
+                    e["at"]
+                    for e in since(events, end["at"], "connected")
+                    if e["client"] == end["client"]
+                )
+                assert back - end["at"] < SYN_RETRANSMIT, f"move {move}: slow reconnect {end}"
+            source, target = target, source
+        errors = [e for e in read(str(out)) if e["event"] == "error"]
+        assert not errors, f"connections that ended without a close frame: {errors[:10]}"
+        other = {e["code"] for e in read(str(out)) if e["event"] == "closed"} - {1001, "FIN"}
+        assert not other, f"close codes other than 1001: {other}"
+    finally:
+        lab.c.lab.kill(fleet)
+    assert source is not None
+    lab.check()
