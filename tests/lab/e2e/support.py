@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import ssl
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +23,8 @@ from haproxy_py.cluster.store import StoreError
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.arpwatch import ArpWatch, Claim
 from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
-from haproxy_py.lab.layout import ETCD_CLIENT_PORT, PROXY_PORT
+from haproxy_py.lab.etcdstatus import etcd_status
+from haproxy_py.lab.layout import PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -131,23 +130,9 @@ def hactl_json(lab: control.Lab, *args: str) -> Any:
 
 def etcd_leader(lab: control.Lab) -> str:
     """The name of the etcd member that leads now (from the members' status endpoints)."""
-    pki = lab.paths.pki
-    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    context.load_cert_chain(pki / "hactl.crt", pki / "hactl.key")
-    ids = {}
-    leader = None
-    for m in lab.layout.etcd:
-        url = f"https://{m.address}:{ETCD_CLIENT_PORT}/v3/maintenance/status"
-        request = urllib.request.Request(url, data=b"{}", method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=5, context=context) as response:
-                doc = json.loads(response.read())
-        except OSError:
-            continue  # a member that is down leads nobody
-        ids[doc["header"]["member_id"]] = m.name
-        leader = doc["leader"]
-    assert leader in ids, f"no etcd leader among {ids}"
-    return ids[leader]
+    status = etcd_status(lab)
+    assert status.leader is not None, f"no etcd leader among {sorted(status.db_size)}"
+    return status.leader
 
 
 @dataclass

@@ -1,0 +1,113 @@
+"""Client load for a chaos run, on the client namespace's loop: WebSocket echo clients that
+number their messages, beside the HTTP probes of `haproxy_py.lab.client.Probe`.
+
+Each WebSocket client sends `<connection>:<seq>` every `period` seconds on one
+connection and checks every echo with a `SeqCheck`; when the connection ends it
+reconnects at once (with a new connection name and numbering). Every loop
+stops by its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from haproxy_py.lab.chaos.verdict import SeqCheck
+
+RETRY = 0.05  # pause after a failed connect
+
+
+@dataclass
+class WsStats:
+    connections: int = 0
+    connect_failures: int = 0
+    echoes: int = 0
+    problems: list[tuple[float, str]] = field(default_factory=list)
+
+
+async def _converse(
+    ws: aiohttp.ClientWebSocketResponse, check: SeqCheck, period: float, stats: WsStats
+) -> None:
+    async def sender() -> None:
+        seq = 0
+        while not ws.closed:
+            await ws.send_str(f"{check.connection}:{seq}")
+            seq += 1
+            await asyncio.sleep(period)
+
+    task = asyncio.create_task(sender())
+    try:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            name, _, seq = msg.data.rpartition(":")
+            stats.echoes += 1
+            problem = (
+                f"{check.connection}: echo of another connection {msg.data!r}"
+                if name != check.connection
+                else check.echo(int(seq))
+            )
+            if problem is not None:
+                stats.problems.append((time.monotonic(), problem))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task
+
+
+async def ws_client(
+    session: aiohttp.ClientSession,
+    url: str,
+    index: int,
+    period: float,
+    deadline: float,
+    stop: asyncio.Event,
+    stats: WsStats,
+) -> None:
+    n = 0
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            ws = await session.ws_connect(url, autoping=True, heartbeat=None)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            stats.connect_failures += 1
+            await asyncio.sleep(RETRY)
+            continue
+        n += 1
+        stats.connections += 1
+        check = SeqCheck(f"ws{index}.{n}")
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                conversation = asyncio.create_task(_converse(ws, check, period, stats))
+                stopped = asyncio.create_task(stop.wait())
+                await asyncio.wait({conversation, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                conversation.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await conversation
+        await ws.close()
+
+
+async def ws_load(
+    urls: list[str],
+    clients: int,
+    period: float,
+    seconds: float,
+    stop: asyncio.Event,
+    stats: WsStats,
+) -> None:
+    """`clients` WebSocket clients spread over `urls`, until `stop` or `seconds` have passed;
+    `stats` fills as they go, so a run can judge it while the load goes on."""
+    deadline = time.monotonic() + seconds
+    limits = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=limits, connector=connector) as session:
+        await asyncio.gather(
+            *(
+                ws_client(session, urls[i % len(urls)], i, period, deadline, stop, stats)
+                for i in range(clients)
+            )
+        )
