@@ -27,10 +27,25 @@ class WsStats:
     connect_failures: int = 0
     echoes: int = 0
     problems: list[tuple[float, str]] = field(default_factory=list)
+    # client -> (when it last got an echo or began a connection attempt, what it is doing)
+    progress: dict[int, tuple[float, str]] = field(default_factory=dict)
+
+    def stalled(self, longer_than: float) -> list[str]:
+        """Clients without an echo or a new attempt for `longer_than` s, and what they do."""
+        now = time.monotonic()
+        return [
+            f"ws client {i} {doing} for {now - at:.1f} s"
+            for i, (at, doing) in sorted(self.progress.items())
+            if now - at > longer_than
+        ]
 
 
 async def _converse(
-    ws: aiohttp.ClientWebSocketResponse, check: SeqCheck, period: float, stats: WsStats
+    ws: aiohttp.ClientWebSocketResponse,
+    check: SeqCheck,
+    period: float,
+    stats: WsStats,
+    index: int,
 ) -> None:
     async def sender() -> None:
         seq = 0
@@ -46,6 +61,7 @@ async def _converse(
                 continue
             name, _, seq = msg.data.rpartition(":")
             stats.echoes += 1
+            stats.progress[index] = (time.monotonic(), f"got no echo on {check.connection}")
             problem = (
                 f"{check.connection}: echo of another connection {msg.data!r}"
                 if name != check.connection
@@ -70,6 +86,7 @@ async def ws_client(
 ) -> None:
     n = 0
     while time.monotonic() < deadline and not stop.is_set():
+        stats.progress[index] = (time.monotonic(), "is connecting")
         try:
             ws = await session.ws_connect(url, autoping=True, heartbeat=None)
         except (aiohttp.ClientError, OSError, TimeoutError):
@@ -79,9 +96,10 @@ async def ws_client(
         n += 1
         stats.connections += 1
         check = SeqCheck(f"ws{index}.{n}")
+        stats.progress[index] = (time.monotonic(), f"got no echo on {check.connection}")
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                conversation = asyncio.create_task(_converse(ws, check, period, stats))
+                conversation = asyncio.create_task(_converse(ws, check, period, stats, index))
                 stopped = asyncio.create_task(stop.wait())
                 await asyncio.wait({conversation, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()
@@ -105,9 +123,14 @@ async def ws_load(
     limits = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(timeout=limits, connector=connector) as session:
-        await asyncio.gather(
-            *(
+        tasks = [
+            asyncio.create_task(
                 ws_client(session, urls[i % len(urls)], i, period, deadline, stop, stats)
-                for i in range(clients)
             )
-        )
+            for i in range(clients)
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, deadline - time.monotonic()))
+        for task in tasks:  # a client may wait on a connect, a handshake or a close
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -38,6 +38,7 @@ IDLE_CPU_SHARE = 0.25  # of one core, per daemon, with no load and no fault
 IDLE_SAMPLE = 5.0
 ETCD_DB_LIMIT = 32 * 1024 * 1024
 ARP_PERIOD = 0.005
+WS_STALL = 10.0  # s a WebSocket client may go without an echo or a new attempt
 KEEP_CLAIMS = 200  # ARP claims kept across a fault boundary (the rest are judged and dropped)
 
 
@@ -118,6 +119,7 @@ class Run:
         self.current = ""
         self.ws = WsStats()
         self.ws_seen = 0
+        self.arp_judged = 0.0  # the latest ARP claim already judged
 
     def violation(self, invariant: str, evidence: str, at: float | None = None) -> None:
         v = Violation(at or time.monotonic(), invariant, self.current, evidence)
@@ -127,19 +129,31 @@ class Run:
     # ---- continuous checks, judged at the end of each fault ----
 
     def judge_arp(self, arp: ArpWatch) -> None:
-        for first, second in arp.doubles():
+        """One violation per VIP for the pairs of claims by two MACs seen since the last
+        judgement (with how many and over how long), then drop the claims already judged."""
+        pairs = [(a, b) for a, b in arp.doubles() if b.at > self.arp_judged]
+        for vip in sorted({b.vip for _, b in pairs}):
+            mine = [(a, b) for a, b in pairs if b.vip == vip]
+            first, last = mine[0], mine[-1][1]
+            macs = sorted({c.mac for pair in mine for c in pair})
             self.violation(
                 "two-answering",
-                f"{first.vip} claimed by {first.mac} and {second.mac} "
-                f"{(second.at - first.at) * 1000:.1f} ms apart",
-                second.at,
+                f"{vip} claimed by {' and '.join(macs)}: {len(mine)} pair(s) of claims "
+                f"< 10 ms apart over {last.at - first[1].at:.2f} s, the first "
+                f"{(first[1].at - first[0].at) * 1000:.1f} ms apart",
+                first[1].at,
             )
-        del arp.claims[: max(0, len(arp.claims) - KEEP_CLAIMS)]
+        claims = list(arp.claims)
+        if claims:
+            self.arp_judged = max(c.at for c in claims)
+        del arp.claims[: max(0, len(claims) - KEEP_CLAIMS)]
 
-    def judge_ws(self) -> None:
+    def judge_ws(self, stalls: bool = True) -> None:
         for at, problem in self.ws.problems[self.ws_seen :]:
             self.violation("websocket-order", problem, at)
         self.ws_seen = len(self.ws.problems)
+        for stall in self.ws.stalled(WS_STALL) if stalls else ():
+            self.violation("websocket-stall", stall)
 
     def judge_owners(self) -> None:
         """After convergence etcd's owner of each VIP holds it and no other node does."""
@@ -268,7 +282,7 @@ class Run:
                 attempts = sum(len(r.result(timeout=30)) for r in runs)
                 ws.result(timeout=30)
                 self.judge_arp(arp)
-                self.judge_ws()
+                self.judge_ws(stalls=False)
             watched = owners.stop()
         self.report.counters = {
             "http_attempts": attempts,
