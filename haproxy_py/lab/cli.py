@@ -221,9 +221,8 @@ def chaos(
 
     Uses the running lab, or brings one up (and down again) itself.
     """
-    from haproxy_py.lab.chaos import session
+    from haproxy_py.lab.chaos import session  # here: aiohttp & co. would slow every hactl start
 
-    _requirements()
     if faults is not None and duration is not None:
         raise HactlError("give --faults or --duration, not both")
     try:
@@ -235,7 +234,11 @@ def chaos(
             kinds=kinds,
             budget=budget,
         )
-        say = (lambda _: None) if output == "json" else click.echo
+    except session.ChaosError as exc:
+        raise HactlError(str(exc)) from None
+    _requirements()
+    say = (lambda _: None) if output == "json" else click.echo
+    try:
         report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, say=say)
     except (*_ERRORS, session.ChaosError) as exc:
         raise HactlError(str(exc)) from None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from haproxy_py.hactl.cli import cli
 from haproxy_py.lab.chaos.schedule import KINDS, Fault, ScheduleError, plan
 from haproxy_py.lab.chaos.session import ChaosError, options
 from haproxy_py.lab.chaos.verdict import Outcome, Report, SeqCheck, Violation, outage
@@ -91,3 +95,15 @@ def test_report_table_json_and_verdict() -> None:
     report.violations.clear()
     report.stopped_early = "interrupted"
     assert not report.passed
+
+
+def test_bad_options_get_one_line_before_anything_runs(tmp_path: Path) -> None:
+    runner = CliRunner()
+    lab = ["lab", "--run-dir", str(tmp_path / "lab"), "chaos"]
+    both = runner.invoke(cli, [*lab, "--faults", "3", "--duration", "10"])
+    assert both.exit_code == 1
+    assert both.output.strip() == "hactl: give --faults or --duration, not both"
+    unknown = runner.invoke(cli, [*lab, "--kinds", "kill-node,nap"])
+    assert unknown.exit_code == 1
+    assert unknown.output.startswith("hactl: unknown fault kind 'nap': choose from kill-node, ")
+    assert not (tmp_path / "lab").exists()
