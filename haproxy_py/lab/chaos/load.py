@@ -29,15 +29,21 @@ class WsStats:
     problems: list[tuple[float, str]] = field(default_factory=list)
     # client -> (when it last got an echo or began a connection attempt, what it is doing)
     progress: dict[int, tuple[float, str]] = field(default_factory=dict)
+    current: dict[int, tuple[SeqCheck, str]] = field(default_factory=dict)  # connection, via
 
     def stalled(self, longer_than: float) -> list[str]:
         """Clients without an echo or a new attempt for `longer_than` s, and what they do."""
         now = time.monotonic()
-        return [
-            f"ws client {i} {doing} for {now - at:.1f} s"
-            for i, (at, doing) in sorted(self.progress.items())
-            if now - at > longer_than
-        ]
+        found = []
+        for i, (at, doing) in sorted(self.progress.items()):
+            if now - at > longer_than:
+                check, via = self.current.get(i, (SeqCheck("-"), "?"))
+                found.append(
+                    f"ws client {i} {doing} for {now - at:.1f} s "
+                    f"(last connection {check.connection} via {via}: "
+                    f"{check.sent} sent, {check.echoes} echoed)"
+                )
+        return found
 
 
 async def _converse(
@@ -52,6 +58,7 @@ async def _converse(
         while not ws.closed:
             await ws.send_str(f"{check.connection}:{seq}")
             seq += 1
+            check.sent = seq
             await asyncio.sleep(period)
 
     task = asyncio.create_task(sender())
@@ -62,6 +69,7 @@ async def _converse(
             name, _, seq = msg.data.rpartition(":")
             stats.echoes += 1
             stats.progress[index] = (time.monotonic(), f"got no echo on {check.connection}")
+            check.echoes += 1
             problem = (
                 f"{check.connection}: echo of another connection {msg.data!r}"
                 if name != check.connection
@@ -95,8 +103,10 @@ async def ws_client(
             continue
         n += 1
         stats.connections += 1
+        via = ws._response.headers.get("Via", "?").split()[-1]  # the node that took the 101
         check = SeqCheck(f"ws{index}.{n}")
         stats.progress[index] = (time.monotonic(), f"got no echo on {check.connection}")
+        stats.current[index] = (check, via)
         with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 conversation = asyncio.create_task(_converse(ws, check, period, stats, index))

@@ -184,7 +184,7 @@ class Run:
         """Inject, hold, heal and judge `fault`; False when the lab did not come back at all."""
         o = self.options
         self.current = fault.label()
-        self.say(f"{fault.label()} (hold {fault.hold:g} s)")
+        self.say(f"{time.strftime('%H:%M:%S')} {fault.label()} (hold {fault.hold:g} s)")
         before = leases(self.lab)
         start = time.monotonic()
         try:

@@ -46,6 +46,8 @@ class SeqCheck:
 
     connection: str
     expected: int = 0
+    sent: int = 0
+    echoes: int = 0
     problems: list[str] = field(default_factory=list)
 
     def echo(self, seq: int) -> str | None:
