@@ -31,17 +31,22 @@ class WsStats:
     progress: dict[int, tuple[float, str]] = field(default_factory=dict)
     current: dict[int, tuple[SeqCheck, str]] = field(default_factory=dict)  # connection, via
 
-    def stalled(self, longer_than: float) -> list[str]:
-        """Clients without an echo or a new attempt for `longer_than` s, and what they do."""
+    def stalled(self, longer_than: float) -> list[tuple[str, float, str]]:
+        """(connection, since when, what it does) of the clients without an echo or a new
+        attempt for `longer_than` s."""
         now = time.monotonic()
         found = []
         for i, (at, doing) in sorted(self.progress.items()):
             if now - at > longer_than:
-                check, via = self.current.get(i, (SeqCheck("-"), "?"))
+                check, via = self.current.get(i, (SeqCheck(f"ws{i}.-"), "?"))
                 found.append(
-                    f"ws client {i} {doing} for {now - at:.1f} s "
-                    f"(last connection {check.connection} via {via}: "
-                    f"{check.sent} sent, {check.echoes} echoed)"
+                    (
+                        check.connection,
+                        at,
+                        f"ws client {i} {doing} for {now - at:.1f} s "
+                        f"(last connection {check.connection} via {via}: "
+                        f"{check.sent} sent, {check.echoes} echoed)",
+                    )
                 )
         return found
 

@@ -116,13 +116,18 @@ class Run:
         self.report = Report(options.seed, layout.mode, options.clients)
         self.injector = Injector(lab)
         self.readers = {n.name: AddressReader(n.netns) for n in layout.nodes}
-        self.current = ""
+        self.timeline: list[tuple[float, str]] = []  # (monotonic start, fault label or "")
         self.ws = WsStats()
         self.ws_seen = 0
+        self.stalls_reported: set[str] = set()
         self.arp_judged = 0.0  # the latest ARP claim already judged
 
     def violation(self, invariant: str, evidence: str, at: float | None = None) -> None:
-        v = Violation(at or time.monotonic(), invariant, self.current, evidence)
+        """Record a violation; one seen late (`at` in the past) is laid on the fault that
+        was in force at `at`."""
+        at = time.monotonic() if at is None else at
+        fault = next((label for start, label in reversed(self.timeline) if start <= at), "")
+        v = Violation(at, invariant, fault, evidence)
         self.report.violations.append(v)
         self.say(f"  VIOLATION {invariant}: {evidence}")
 
@@ -152,8 +157,10 @@ class Run:
         for at, problem in self.ws.problems[self.ws_seen :]:
             self.violation("websocket-order", problem, at)
         self.ws_seen = len(self.ws.problems)
-        for stall in self.ws.stalled(WS_STALL) if stalls else ():
-            self.violation("websocket-stall", stall)
+        for connection, since, stall in self.ws.stalled(WS_STALL) if stalls else ():
+            if connection not in self.stalls_reported:  # once per connection
+                self.stalls_reported.add(connection)
+                self.violation("websocket-stall", stall, since)
 
     def judge_owners(self) -> None:
         """After convergence etcd's owner of each VIP holds it and no other node does."""
@@ -183,7 +190,7 @@ class Run:
     def one(self, fault: Fault, probes: dict[str, Probe], arp: ArpWatch) -> bool:
         """Inject, hold, heal and judge `fault`; False when the lab did not come back at all."""
         o = self.options
-        self.current = fault.label()
+        self.timeline.append((time.monotonic(), fault.label()))
         self.say(f"{time.strftime('%H:%M:%S')} {fault.label()} (hold {fault.hold:g} s)")
         before = leases(self.lab)
         start = time.monotonic()
@@ -237,7 +244,7 @@ class Run:
         self.judge_arp(arp)
         self.judge_ws()
         self.report.outcomes.append(Outcome(fault, gap, recovered, converged, o.budget))
-        self.current = ""
+        self.timeline.append((time.monotonic(), ""))
         return True
 
     # ---- the whole run ----
@@ -301,7 +308,7 @@ class Run:
         return self.report
 
     def final_checks(self) -> None:
-        self.current = "(after the schedule)"
+        self.timeline.append((time.monotonic(), "(after the schedule)"))
         for member, size in etcd_status(self.lab).db_size.items():
             if size > ETCD_DB_LIMIT:
                 self.violation("etcd-db-size", f"{member}: {size} bytes > {ETCD_DB_LIMIT}")
