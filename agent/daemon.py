@@ -157,27 +157,14 @@ class Agent:
             return
         stopped.cancel()
         revision = started.result()
-        o = self.observers
         core_tasks = [
-            asyncio.create_task(supervised("actor", self._actor, restart=False), name="actor"),
-            asyncio.create_task(
-                supervised("writer", self.writer.run, restart=False), name="writer"
-            ),
+            asyncio.create_task(supervised(name, run, restart=False), name=name)
+            for name, run in (("actor", self._actor), ("writer", self.writer.run))
         ]
-        observers = [
-            asyncio.create_task(supervised(name, run), name=name)
-            for name, run in (
-                ("keepalive", o.keepalive_loop),
-                ("health", o.health_loop),
-                ("watch", lambda: o.watch_loop(revision + 1)),
-                ("reconcile", o.reconcile_loop),
-            )
-        ]
-        ticker = asyncio.create_task(supervised("tick", o.tick_loop), name="tick")
+        tasks = [*core_tasks, *self.observers.start(revision + 1)]
         cfg = self.settings.agent
         runner = await self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
-        tasks = [*core_tasks, *observers, ticker]
         try:
             done, _ = await asyncio.wait(
                 [stopped, *core_tasks], return_when=asyncio.FIRST_COMPLETED

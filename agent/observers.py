@@ -31,6 +31,7 @@ from agent.state import Action, AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.records import ClusterSettings, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, Store, StoreError
+from haproxy_py.cluster.tasks import supervised
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +82,18 @@ class Observers:
         self._probe_seq = 0
         self._applied_seq = 0
         self._drain_checked = False
+
+    def start(self, revision: int) -> list[asyncio.Task[None]]:
+        """Every loop as a supervised task (restarted after a failure); the watch from
+        `revision` on."""
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("keepalive", self.keepalive_loop),
+            ("health", self.health_loop),
+            ("watch", lambda: self.watch_loop(revision)),
+            ("reconcile", self.reconcile_loop),
+            ("tick", self.tick_loop),
+        ]
+        return [asyncio.create_task(supervised(name, run), name=name) for name, run in loops]
 
     # --- lease ----------------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ def _active_standby(plan: Plan) -> None:
     others = [n for n in candidates if n.name != owner]
     if not is_eligible(view, settings, owner):
         if others:
-            cause = "drain" if owner in settings.drained else "proxy unhealthy"
+            cause = _leaving(plan, owner)
             for a in assignments:
                 plan.release(a, cause, others[0].name)
         return
@@ -167,7 +167,7 @@ def _active_active(plan: Plan) -> None:
         if a is None or vip in plan.busy or a.state != "assigned" or a.node not in view.nodes:
             continue
         if not is_eligible(view, settings, a.node) and any(n.name != a.node for n in candidates):
-            cause = "drain" if a.node in settings.drained else "proxy unhealthy"
+            cause = _leaving(plan, a.node)
             plan.release(a, cause)
         elif a.vip not in plan.busy and (owner := view.nodes.get(a.node)) is not None:
             readier = [n for n in candidates if _readier(plan, n, owner)]
@@ -197,6 +197,14 @@ def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> Non
     ]
     if movable:
         plan.release(movable[0], "rebalance", emptiest.name)
+
+
+def _leaving(plan: Plan, node: str) -> str:
+    """Why a VIP leaves a registered node that may no longer hold it."""
+    if node in plan.settings.drained:
+        return "drain"
+    record = plan.view.nodes.get(node)
+    return "released" if record is not None and record.stopping else "proxy unhealthy"
 
 
 def _readier(plan: Plan, candidate: NodeRecord, owner: NodeRecord) -> bool:

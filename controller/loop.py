@@ -35,7 +35,7 @@ from controller.metrics import ControllerMetrics
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
 from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
-from haproxy_py.cluster.tasks import supervised
+from haproxy_py.cluster.tasks import settle, supervised
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +120,8 @@ class Controller:
         finally:
             for task in [*tasks, *self._expiries.values()]:
                 task.cancel()
-            await asyncio.gather(*tasks, *self._expiries.values(), return_exceptions=True)
+            # bounded: a task that swallows its cancellation must not hold the stop up
+            await settle([*tasks, *self._expiries.values()])
             await self.election.resign()
             log.info("controller stopped", controller=self.identity)
 

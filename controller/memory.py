@@ -11,7 +11,7 @@ so it counts from its first observation: holds only get longer, never shorter.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from haproxy_py.cluster.records import ClusterView
@@ -21,8 +21,9 @@ from haproxy_py.cluster.records import ClusterView
 class Seen:
     """The hold-down verdicts for one decision (pure input to `decide`)."""
 
-    # nodes that lost liveness (and with it their VIPs) less than `health_hold` ago
-    held_down: frozenset[str] = frozenset()
+    # node -> when its hold-down began: it lost liveness, or registered again under a new
+    # lease (its agent restarted or lost its lease), less than `health_hold` ago
+    held_down: Mapping[str, float] = field(default_factory=dict)
     # nodes whose readiness score has stayed the same for at least `ready_hold`
     settled: frozenset[str] | None = None  # None: every node counts as settled
     # VIPs assigned to a registered node that has not listed them as held for `unheld_limit`
@@ -41,6 +42,7 @@ class Memory:
     unheld_limit: float = 3.0
     clock: Callable[[], float] = time.monotonic
     _live: dict[str, bool] = field(default_factory=dict)
+    _lease: dict[str, int] = field(default_factory=dict)
     _down_at: dict[str, float] = field(default_factory=dict)
     _score: dict[str, tuple[int, int]] = field(default_factory=dict)
     _score_at: dict[str, float] = field(default_factory=dict)
@@ -51,7 +53,10 @@ class Memory:
         for name, node in view.nodes.items():
             if not node.healthy and (self._live.get(name) or name in self._down_at):
                 self._down_at[name] = now  # counts from the last instant it was seen down
+            if name in self._lease and node.lease != self._lease[name]:
+                self._down_at[name] = now  # registered again: its VIPs went with the old lease
             self._live[name] = node.healthy
+            self._lease[name] = node.lease
             score = (node.ready, node.pools)
             if self._score.get(name) != score:
                 self._score[name], self._score_at[name] = score, now
@@ -67,9 +72,7 @@ class Memory:
                 unheld[key] = self._unheld_at.get(key, now)
         self._unheld_at = unheld
         return Seen(
-            held_down=frozenset(
-                n for n, at in self._down_at.items() if now - at < self.health_hold
-            ),
+            held_down={n: at for n, at in self._down_at.items() if now - at < self.health_hold},
             settled=frozenset(n for n, at in self._score_at.items() if now - at >= self.ready_hold),
             unheld=frozenset(
                 vip for (vip, _), at in unheld.items() if now - at >= self.unheld_limit

@@ -28,10 +28,10 @@ def eligible(view: ClusterView, settings: ClusterSettings) -> list[NodeRecord]:
     return sorted(nodes, key=rank)
 
 
-def not_held_down(candidates: list[NodeRecord], held_down: frozenset[str]) -> list[NodeRecord]:
-    """Candidates without those that recently lost liveness, unless that leaves none."""
+def not_held_down(candidates: list[NodeRecord], held_down: Mapping[str, float]) -> list[NodeRecord]:
+    """Candidates without those held down; when every one is, the longest held first."""
     rested = [n for n in candidates if n.name not in held_down]
-    return rested or candidates
+    return rested or sorted(candidates, key=lambda n: held_down[n.name])
 
 
 def is_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> bool:

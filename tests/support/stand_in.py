@@ -50,6 +50,7 @@ class StandInAgent:
         self.healthy_since = time.time()
         self.acks: list[tuple[str, float]] = []  # (vip, time.monotonic()) of each release acked
         self.held: set[str] = set()
+        self._unpublished = False  # the record's last put failed: the keepalive loop retries
         self.lease_lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -90,6 +91,8 @@ class StandInAgent:
                 return
             except StoreError:
                 pass  # keep trying until the lease runs out, like a real agent
+            if self._unpublished:
+                await self._publish()
             await asyncio.sleep(self.ttl / 4)
 
     async def _follow_releases(self) -> None:
@@ -121,8 +124,15 @@ class StandInAgent:
             self.held.add(vip)
         else:
             self.held.discard(vip)
-        with contextlib.suppress(StoreError):
+        await self._publish()
+
+    async def _publish(self) -> None:
+        try:
             await self.store.put(self.key, self.record().to_json(), self.lease)
+        except StoreError:
+            self._unpublished = True  # e.g. its etcd member died: retried, as an agent does
+        else:
+            self._unpublished = False
 
     async def set_healthy(self, healthy: bool) -> None:
         """Report proxy health; when it turns bad, drop our VIPs at once (as an agent must)."""

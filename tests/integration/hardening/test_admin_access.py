@@ -143,12 +143,12 @@ async def test_the_agent_presents_its_client_certificate(backends, proxy, certs:
         url, 30, AdminClientTls(ca, certs / "stranger.crt", certs / "stranger.key")
     )
     try:
-        status = await agent.probe(with_status=True)
-        assert status.ok, status.detail
-        assert (status.backends_up, status.backends_total) == (1, 1)
+        status = await agent.probe()
+        assert status.live, status.detail
+        assert (status.ready, status.pools) == (1, 1)
         assert await agent.drain_address("127.0.0.9") == "/drain answered 202 (0 WebSockets)"
-        refused = await stranger.probe(with_status=False)
-        assert not refused.ok
+        refused = await stranger.probe()
+        assert not refused.live
         assert refused.detail.startswith("/healthz unreachable")
         assert (await stranger.drain_address("127.0.0.9")).startswith("/drain unreachable")
     finally:
