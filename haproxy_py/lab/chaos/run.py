@@ -250,6 +250,14 @@ class Run:
     # ---- the whole run ----
 
     def execute(self) -> Report:
+        """The whole run; the address readers are closed whatever happens."""
+        try:
+            return self._execute()
+        finally:
+            for reader in self.readers.values():
+                reader.close()
+
+    def _execute(self) -> Report:
         o, layout = self.options, self.lab.layout
         client = layout.client
         count = o.faults if o.faults is not None else 100_000
@@ -282,7 +290,10 @@ class Run:
             except KeyboardInterrupt:
                 self.report.stopped_early = "interrupted"
             finally:
-                self.injector.heal()
+                try:
+                    self.injector.heal()
+                except FaultError as exc:
+                    self.violation("fault-failed", f"heal: {exc}")
                 for p in probes.values():
                     loop.loop.call_soon_threadsafe(p.stop)
                 loop.loop.call_soon_threadsafe(stop.set)
@@ -303,8 +314,6 @@ class Run:
         if not self.report.stopped_early:
             self.final_checks()
         self.report.seconds = time.monotonic() - began
-        for reader in self.readers.values():
-            reader.close()
         return self.report
 
     def final_checks(self) -> None:
