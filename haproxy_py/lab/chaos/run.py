@@ -114,6 +114,8 @@ class Run:
         self.say = say
         layout = lab.layout
         self.report = Report(options.seed, layout.mode, options.clients)
+        if set(options.kinds) != set(KINDS):
+            self.report.kinds = options.kinds
         self.injector = Injector(lab)
         self.readers = {n.name: AddressReader(n.netns) for n in layout.nodes}
         self.timeline: list[tuple[float, str]] = []  # (monotonic start, fault label or "")
@@ -191,6 +193,7 @@ class Run:
         """Inject, hold, heal and judge `fault`; False when the lab did not come back at all."""
         o = self.options
         self.timeline.append((time.monotonic(), fault.label()))
+        self.report.reached = fault.index
         self.say(f"{time.strftime('%H:%M:%S')} {fault.label()} (hold {fault.hold:g} s)")
         before = leases(self.lab)
         start = time.monotonic()

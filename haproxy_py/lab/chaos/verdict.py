@@ -115,6 +115,13 @@ class Report:
     counters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_early: str = ""
+    kinds: tuple[str, ...] = ()  # the kinds drawn from, when not all of them
+    reached: int = 0  # the index of the last fault begun
+
+    def replay(self) -> str:
+        """The command that runs this schedule again up to the last fault begun."""
+        command = f"hactl lab chaos --seed {self.seed} --mode {self.mode} --faults {self.reached}"
+        return command + (f" --kinds {','.join(self.kinds)}" if self.kinds else "")
 
     @property
     def passed(self) -> bool:
@@ -128,6 +135,7 @@ class Report:
             "faults": len(self.outcomes),
             "seconds": round(self.seconds, 1),
             "passed": self.passed,
+            "replay": self.replay(),
             "stopped_early": self.stopped_early,
             "counters": self.counters,
             "summary": summary(self.outcomes),
@@ -165,5 +173,5 @@ class Report:
         for v in self.violations:
             lines.append(f"  {v.invariant} during {v.fault or '(no fault)'}: {v.evidence}")
         if not self.passed:
-            lines.append(f"replay: hactl lab chaos --seed {self.seed} --mode {self.mode}")
+            lines.append(f"replay: {self.replay()}")
         return "\n".join(lines)

@@ -91,7 +91,11 @@ def test_report_table_json_and_verdict() -> None:
     assert not report.passed and not report.to_json()["passed"]
     text = report.text()
     assert "two-answering during #1 kill-node node1: two MACs" in text
-    assert "replay: hactl lab chaos --seed 42 --mode active-standby" in text
+    assert "replay: hactl lab chaos --seed 42 --mode active-standby --faults 0" in text
+    report.kinds, report.reached = ("pause", "failover"), 3
+    assert report.replay().endswith(
+        "--seed 42 --mode active-standby --faults 3 --kinds pause,failover"
+    )
     report.violations.clear()
     report.stopped_early = "interrupted"
     assert not report.passed
