@@ -31,13 +31,13 @@ class WsStats:
     progress: dict[int, tuple[float, str]] = field(default_factory=dict)
     current: dict[int, tuple[SeqCheck, str]] = field(default_factory=dict)  # connection, via
 
-    def stalled(self, longer_than: float) -> list[tuple[str, float, str]]:
-        """(connection, since when, what it does) of the clients without an echo or a new
-        attempt for `longer_than` s."""
+    def behind(self, since: float) -> list[tuple[str, float, str]]:
+        """(connection, last progress, what it does) of the clients that have had no echo and
+        begun no new attempt since `since`."""
         now = time.monotonic()
         found = []
         for i, (at, doing) in sorted(self.progress.items()):
-            if now - at > longer_than:
+            if at < since:
                 check, via = self.current.get(i, (SeqCheck(f"ws{i}.-"), "?"))
                 found.append(
                     (

@@ -5,6 +5,8 @@ Invariants, each a `Violation` when broken (see docs/lab.md):
 - two-answering: two MACs answer ARP for one VIP from the client namespace (any time);
 - not-served: a VIP gets no answer within `budget` s after a fault heals;
 - websocket-order: an echo lost, duplicated or reordered within one connection;
+- websocket-stall: a WebSocket client with no echo and no new attempt since the heal,
+  `budget` s after convergence;
 - not-converged: the cluster is not healthy again within `converge` s of the heal;
 - etcd-kernel: after convergence, a `vips/` owner without the address, or another node
   with it, for longer than `etcd_kernel` s;
@@ -38,7 +40,6 @@ IDLE_CPU_SHARE = 0.25  # of one core, per daemon, with no load and no fault
 IDLE_SAMPLE = 5.0
 ETCD_DB_LIMIT = 32 * 1024 * 1024
 ARP_PERIOD = 0.005
-WS_STALL = 10.0  # s a WebSocket client may go without an echo or a new attempt
 KEEP_CLAIMS = 200  # ARP claims kept across a fault boundary (the rest are judged and dropped)
 
 
@@ -155,11 +156,17 @@ class Run:
             self.arp_judged = max(c.at for c in claims)
         del arp.claims[: max(0, len(claims) - KEEP_CLAIMS)]
 
-    def judge_ws(self, stalls: bool = True) -> None:
+    def judge_ws(self) -> None:
         for at, problem in self.ws.problems[self.ws_seen :]:
             self.violation("websocket-order", problem, at)
         self.ws_seen = len(self.ws.problems)
-        for connection, since, stall in self.ws.stalled(WS_STALL) if stalls else ():
+
+    def judge_stalls(self, healed: float) -> None:
+        """Every WebSocket client has had an echo or begun a new attempt since the heal, at the
+        latest `budget` s after convergence (a connection whose segments were dropped silently
+        retransmits with a doubling timeout, so it may take about twice the outage)."""
+        wait(lambda: not self.ws.behind(healed), self.options.budget)
+        for connection, since, stall in self.ws.behind(healed):
             if connection not in self.stalls_reported:  # once per connection
                 self.stalls_reported.add(connection)
                 self.violation("websocket-stall", stall, since)
@@ -244,6 +251,7 @@ class Run:
                 return False
         else:
             self.judge_owners()
+            self.judge_stalls(healed)
         self.judge_arp(arp)
         self.judge_ws()
         self.report.outcomes.append(Outcome(fault, gap, recovered, converged, o.budget))
@@ -303,7 +311,7 @@ class Run:
                 attempts = sum(len(r.result(timeout=30)) for r in runs)
                 ws.result(timeout=30)
                 self.judge_arp(arp)
-                self.judge_ws(stalls=False)
+                self.judge_ws()
             watched = owners.stop()
         self.report.counters = {
             "http_attempts": attempts,
