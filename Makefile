@@ -9,7 +9,7 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
 STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 
-.PHONY: deps apt venv test lint unit demo demo-down bench bench-failover clean
+.PHONY: deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
 
 deps: apt venv
 
@@ -72,6 +72,17 @@ bench-failover: deps
 	       -o DPkg::Lock::Timeout=600 keepalived curl; }
 	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
 	$(PY) -m bench.failover.handover
+
+# The long chaos run (docs/lab.md, root): CHAOS_FAULTS seeded random faults under load per
+# mode, each in a lab of its own; writes bench/results/chaos-<mode>.{json,txt}, fails on a violation.
+CHAOS_FAULTS ?= 160
+CHAOS_SEED ?= 20261203
+chaos: deps
+	for mode in active-standby active-active; do \
+	  $(VENV)/bin/hactl lab --run-dir /tmp/haproxy-py-chaos-$$mode chaos --mode $$mode \
+	    --faults $(CHAOS_FAULTS) --seed $(CHAOS_SEED) --report bench/results/chaos-$$mode.json \
+	    > bench/results/chaos-$$mode.txt || { cat bench/results/chaos-$$mode.txt; exit 1; }; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -179,3 +179,72 @@ def down() -> None:
     except _ERRORS as exc:
         raise HactlError(str(exc)) from None
     click.echo("lab removed" if found else f"no lab found in {_dir()}; nothing to remove")
+
+
+@lab.command()
+@click.option("--faults", type=click.IntRange(1, 100_000), help="How many faults [default: 60].")
+@click.option(
+    "--duration", type=click.FloatRange(1), help="Seconds of faults (instead of --faults)."
+)
+@click.option("--seed", type=int, help="The schedule's seed (printed; default: random).")
+@click.option("--mode", type=click.Choice(MODES), help="For a lab it brings up [active-standby].")
+@click.option("--clients", type=click.IntRange(0, 1000), default=20, show_default=True)
+@click.option(
+    "--kinds", help="Comma-separated fault kinds to draw from (default: all; see docs/lab.md)."
+)
+@click.option(
+    "--budget",
+    type=click.FloatRange(0.1),
+    default=8.0,
+    show_default=True,
+    help="Seconds from a heal until every VIP must answer again.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the JSON report to this file.",
+)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+def chaos(
+    faults: int | None,
+    duration: float | None,
+    seed: int | None,
+    mode: str | None,
+    clients: int,
+    kinds: str | None,
+    budget: float,
+    report_file: Path | None,
+    output: str,
+) -> None:
+    """Random faults under client load, invariants checked throughout; exit 1 on a violation.
+
+    Uses the running lab, or brings one up (and down again) itself.
+    """
+    from haproxy_py.lab.chaos import session  # here: aiohttp & co. would slow every hactl start
+
+    if faults is not None and duration is not None:
+        raise HactlError("give --faults or --duration, not both")
+    try:
+        chosen = session.options(
+            faults=60 if faults is None and duration is None else faults,
+            duration=duration,
+            seed=seed,
+            clients=clients,
+            kinds=kinds,
+            budget=budget,
+        )
+    except session.ChaosError as exc:
+        raise HactlError(str(exc)) from None
+    _requirements()
+    say = (lambda _: None) if output == "json" else click.echo
+    try:
+        report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, say=say)
+    except (*_ERRORS, session.ChaosError) as exc:
+        raise HactlError(str(exc)) from None
+    doc = report.to_json()
+    if report_file is not None:
+        report_file.write_text(json.dumps(doc, indent=2) + "\n")
+    click.echo(json.dumps(doc, indent=2) if output == "json" else report.text())
+    if not report.passed:
+        raise SystemExit(1)

@@ -8,7 +8,6 @@ tests/artifacts/lab-gaps.jsonl for the report.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import shutil
@@ -19,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.records import ClusterView
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import StoreError
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.arpwatch import ArpWatch, Claim
 from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
-from haproxy_py.lab.layout import CLUSTER, PROXY_PORT
+from haproxy_py.lab.etcdstatus import etcd_status
+from haproxy_py.lab.layout import PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -130,16 +129,10 @@ def hactl_json(lab: control.Lab, *args: str) -> Any:
 
 
 def etcd_leader(lab: control.Lab) -> str:
-    """The name of the etcd member that leads now (each member's own status, over gRPC)."""
-
-    async def ask() -> list[str]:
-        async with Store(lab.etcd_config(), CLUSTER) as store:
-            status = await maintenance.cluster_status(store)
-        return [s.member.name for s in status.members if s.reachable and s.leader]
-
-    leaders = asyncio.run(ask())
-    assert len(leaders) == 1, f"no single etcd leader: {leaders}"
-    return leaders[0]
+    """The name of the etcd member that leads now (from the members' status endpoints)."""
+    status = etcd_status(lab)
+    assert status.leader is not None, f"no etcd leader among {sorted(status.db_size)}"
+    return status.leader
 
 
 @dataclass
