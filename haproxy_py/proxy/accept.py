@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy import proxyproto
 
 log = structlog.get_logger(__name__)
@@ -102,7 +103,9 @@ class HeaderFirstServer:
         self.sockets = [sock]
         self._pending: set[asyncio.Task[Any]] = set()
         sock.listen(1024)
-        self._accepting: asyncio.Task[None] | None = self.loop.create_task(self._accept())
+        self._accepting: asyncio.Task[None] | None = self.loop.create_task(
+            supervised("accept", self._accept)
+        )
 
     async def _accept(self) -> None:
         while True:

@@ -18,6 +18,7 @@ HTTP/1.1 GET on a stream that starts with a LOCAL header (v2 `LOCAL`, v1
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from collections.abc import Callable
 import aiohttp
 import structlog
 
+from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy import proxyproto
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.config import HealthConfig
@@ -118,7 +120,8 @@ class Checker:
 
     def start(self) -> None:
         if self.config.path is None:
-            self._tasks.append(asyncio.create_task(self._revive_loop()))
+            revive = supervised(f"passive revive {self.backend}", self._revive_loop)
+            self._tasks.append(asyncio.create_task(revive))
             return
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.timeout),
@@ -126,7 +129,9 @@ class Checker:
             connector=aiohttp.TCPConnector(force_close=True),
         )
         for tracker in self.trackers:
-            self._tasks.append(asyncio.create_task(self._check_loop(tracker)))
+            name = f"health check {self.backend}/{tracker.server.address}"
+            check = supervised(name, functools.partial(self._check_loop, tracker))
+            self._tasks.append(asyncio.create_task(check))
 
     async def stop(self) -> None:
         for task in self._tasks:

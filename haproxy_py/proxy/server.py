@@ -31,6 +31,7 @@ import time
 
 import structlog
 
+from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.accesslog import AccessLog
 from haproxy_py.proxy.admin import AdminServer
@@ -84,7 +85,7 @@ class ProxyServer:
         except BaseException:
             await self.stop()
             raise
-        self._sweeper = self.loop.create_task(self._sweep_idle_tunnels())
+        self._sweeper = self.loop.create_task(supervised("idle sweeper", self._sweep_idle_tunnels))
         log.info(
             "proxy started",
             node=self.runtime.node_name,

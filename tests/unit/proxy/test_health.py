@@ -1,10 +1,14 @@
-"""The pure health tracker: fall, rise, passive failures and the passive retry timer."""
+"""The pure health tracker: fall, rise, passive failures and the passive retry timer; and
+the checker's tasks outliving a failure."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.config import HealthConfig, ServerConfig
-from haproxy_py.proxy.health import Tracker
+from haproxy_py.proxy.health import Checker, Tracker
 
 
 def tracker(**kw: object) -> Tracker:
@@ -54,3 +58,28 @@ class TestTracker:
         assert not t.revive_due(105.0)
         assert t.revive_due(110.0)
         assert t.server.up
+
+
+async def test_a_health_task_that_fails_unexpectedly_is_started_again() -> None:
+    """A bug in a check or revive callback must not leave the proxy without health checks."""
+    t = tracker(fall=1, retry_down_after=0.05)
+    t.record(False, time.monotonic() - 1.0)
+    calls: list[str] = []
+    twice = asyncio.Event()
+
+    def on_change(changed: Tracker, why: str) -> None:
+        calls.append(why)
+        changed.record(False, time.monotonic() - 1.0)  # down again: due at the next step
+        if len(calls) == 2:
+            twice.set()
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the callback")
+
+    checker = Checker("app", [t], t.config, on_change)
+    checker.start()
+    try:
+        async with asyncio.timeout(5):
+            await twice.wait()
+    finally:
+        await checker.stop()
+    assert calls[:2] == ["retrying after passive failures"] * 2
