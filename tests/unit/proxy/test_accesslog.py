@@ -17,6 +17,15 @@ from haproxy_py.proxy import accesslog
 from haproxy_py.proxy.accesslog import PIPE_BUF, AccessLog, CachedClock, write_fd
 
 
+@pytest.fixture(autouse=True)
+def default_logging() -> Iterator[None]:
+    """structlog's defaults (info lines on): another test's `configure()` must not turn the
+    log off here."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
 def lines_of(chunks: list[bytes]) -> list[dict[str, object]]:
     return [json.loads(line) for line in b"".join(chunks).splitlines()]
 
