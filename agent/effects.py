@@ -172,6 +172,8 @@ class Effects:
                 failed.add(action.vip)
             elif isinstance(action, RemoveAddress):
                 removed = await self._remove(action) or removed
+                if action.lost:  # no planned release will tell its clients: close them
+                    self.hooks.released(action.vip)
             elif isinstance(action, StartGarp) and action.vip not in failed:
                 self.announcer.start(action.vip)
             elif isinstance(action, StopGarp):

@@ -1,7 +1,10 @@
 """Telling a released VIP's clients to go, once the VIP's next owner holds it.
 
-After this node let a VIP go (a planned move, a drain, its own clean stop),
-the proxy still carries that address's connections. They are closed cleanly
+After this node let a VIP go (a planned move, a drain, its own clean stop) or
+lost it (self-fence, lease lost, or a VIP it does not hold when the agent
+starts, which a killed predecessor may have held), the proxy still carries that
+address's connections; unless they are closed, their clients' segments are
+dropped silently and they hang on TCP retransmits. They are closed cleanly
 (`POST /drain?address=VIP`: WebSockets get 1001 Going Away, HTTP keep-alive
 connections a FIN after the response in flight) as soon as another node's
 record in `nodes/` lists the VIP as held: a client told earlier would reconnect

@@ -76,11 +76,14 @@ class SetAddress:
 
 @dataclass(frozen=True)
 class RemoveAddress:
-    """Remove the address; `fenced` when it goes for lack of keepalive success."""
+    """Remove the address; `fenced` when it goes for lack of keepalive success; `lost` when
+    it went without a planned release (self-fence, lease lost, an earlier agent's VIP):
+    nobody else tells its clients, so the proxy is asked to close them."""
 
     vip: str
     reason: str
     fenced: bool = False
+    lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,7 @@ class AgentCore:
 
     def lease_lost(self, now: float) -> list[Action]:
         """etcd says the lease is gone: everything bound to it is gone too."""
-        actions = self._drop_all("lease lost")
+        actions = self._drop_all("lease lost", lost=True)
         old = self.lease_id
         self.assignments = {v: a for v, a in self.assignments.items() if a.lease != old}
         self.lease_id = None
@@ -259,12 +262,20 @@ class AgentCore:
         """The whole of `vips/` as read at `revision` (the level-triggered path)."""
         if revision < self._floor:
             return []
+        first = self._floor == 0
         self._deleting.clear()  # retry deletes that did not take
         for vip in set(self.assignments) | set(current):
             a = current.get(vip)
             self._apply(vip, a, a.revision if a else revision)
         self._floor = revision
-        return self._converge(now)
+        actions = self._converge(now)
+        if first:  # an earlier agent here (killed) may have left its clients on any of them
+            reason = "not held since the agent started"
+            gone = sorted(
+                v for v in current if not (v in self.held or v in self._removing or self._mine(v))
+            )
+            actions += [RemoveAddress(v, reason, lost=True) for v in gone]
+        return actions
 
     def assignment_event(
         self, vip: str, assignment: Assignment | None, revision: int, now: float
@@ -284,7 +295,8 @@ class AgentCore:
             del self.held[vip]  # expired, or removed by someone else: converge re-adds if wanted
             actions.append(StopGarp(vip))
         for vip in sorted((present & self.known_vips) - set(self.held)):
-            actions.append(RemoveAddress(vip, f"{vip} is present, must be absent"))
+            lost = vip not in self._removing  # not one this agent let go of
+            actions.append(RemoveAddress(vip, f"{vip} is present, must be absent", lost=lost))
             self._removing.setdefault(vip, self._expiry(now))
         return actions + self._converge(now)
 
@@ -310,7 +322,7 @@ class AgentCore:
                 self._removing[vip] = gone_by
                 self.fenced = True
                 reason = "self-fence: no keepalive success"
-                actions += [RemoveAddress(vip, reason, fenced=True), StopGarp(vip)]
+                actions += [RemoveAddress(vip, reason, fenced=True, lost=True), StopGarp(vip)]
         if actions:
             actions.append(PublishNode())
         return actions
@@ -335,10 +347,10 @@ class AgentCore:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _drop_all(self, reason: str) -> list[Action]:
+    def _drop_all(self, reason: str, lost: bool = False) -> list[Action]:
         actions: list[Action] = []
         for vip, gone_by in sorted(self.held.items()):
-            actions += [RemoveAddress(vip, reason), StopGarp(vip)]
+            actions += [RemoveAddress(vip, reason, lost=lost), StopGarp(vip)]
             self._removing[vip] = gone_by
         self.held.clear()
         return actions

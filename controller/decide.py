@@ -179,7 +179,11 @@ def _active_active(plan: Plan) -> None:
 
 
 def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> None:
-    """Move one VIP from the busiest node to a stable, emptier one (one step per cycle)."""
+    """Move one VIP from the busiest node to a stable, emptier one (one step per cycle).
+
+    A VIP an operator placed stays put for `failback_hold` (measured by `Memory`), then
+    counts like any other, so the spread comes back after back-to-back failovers.
+    """
     counts = plan.counts()
     ready = [n for n in candidates if stable(n, plan.now, plan.settings.failback_hold)]
     if not ready:
@@ -193,7 +197,9 @@ def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> Non
     movable = [
         a
         for v in reversed(vips)
-        if (a := plan.assignment(v)) and a.node == busiest.name and a.cause != "manual"
+        if (a := plan.assignment(v))
+        and a.node == busiest.name
+        and not (a.cause == "manual" and plan.seen.is_pinned(v))
     ]
     if movable:
         plan.release(movable[0], "rebalance", emptiest.name)

@@ -28,6 +28,11 @@ class Seen:
     settled: frozenset[str] | None = None  # None: every node counts as settled
     # VIPs assigned to a registered node that has not listed them as held for `unheld_limit`
     unheld: frozenset[str] = frozenset()
+    # VIPs an operator moved less than `failback_hold` ago: rebalancing leaves them alone
+    pinned: frozenset[str] | None = None  # None: every manual placement counts as pinned
+
+    def is_pinned(self, vip: str) -> bool:
+        return self.pinned is None or vip in self.pinned
 
     def is_settled(self, node: str) -> bool:
         return self.settled is None or node in self.settled
@@ -47,6 +52,7 @@ class Memory:
     _score: dict[str, tuple[int, int]] = field(default_factory=dict)
     _score_at: dict[str, float] = field(default_factory=dict)
     _unheld_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    _manual_at: dict[tuple[str, int], float] = field(default_factory=dict)
 
     def observe(self, view: ClusterView) -> Seen:
         now = self.clock()
@@ -71,10 +77,18 @@ class Memory:
                 key = (vip, a.mod_revision)
                 unheld[key] = self._unheld_at.get(key, now)
         self._unheld_at = unheld
+        manual = {
+            (vip, a.mod_revision): self._manual_at.get((vip, a.mod_revision), now)
+            for vip, a in view.vips.items()
+            if a.state == "assigned" and a.cause == "manual"
+        }
+        self._manual_at = manual
+        pin = view.settings.failback_hold if view.settings is not None else 0.0
         return Seen(
             held_down={n: at for n, at in self._down_at.items() if now - at < self.health_hold},
             settled=frozenset(n for n, at in self._score_at.items() if now - at >= self.ready_hold),
             unheld=frozenset(
                 vip for (vip, _), at in unheld.items() if now - at >= self.unheld_limit
             ),
+            pinned=frozenset(vip for (vip, _), at in manual.items() if now - at < pin),
         )

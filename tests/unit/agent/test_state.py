@@ -95,7 +95,7 @@ def test_self_fence_when_keepalives_stop() -> None:
     assert c.tick(0.99) == []
     actions = c.tick(1.0)  # nominal kernel expiry of an address set at 0
     assert actions == [
-        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True),
+        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True, lost=True),
         StopGarp(VIP),
         PublishNode(),
     ]
@@ -115,7 +115,7 @@ def test_after_a_stall_the_fence_drops_what_passed_its_deadline_once() -> None:
     assert c.fence(0.5) == []
     # frozen for 5 s: what the daemon runs before its next step
     assert c.fence(5.5) == [
-        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True),
+        RemoveAddress(VIP, "self-fence: no keepalive success", fenced=True, lost=True),
         StopGarp(VIP),
         PublishNode(),
     ]
@@ -123,6 +123,23 @@ def test_after_a_stall_the_fence_drops_what_passed_its_deadline_once() -> None:
     assert c.fence(5.5) == []
     # the keepalive sent before the freeze and answered after it re-arms nothing
     assert not any(isinstance(a, SetAddress) for a in c.keepalive_ok(0.5, 2, 5.5))
+
+
+def test_a_restarted_agent_has_its_clients_of_every_vip_it_does_not_hold_closed() -> None:
+    """A killed agent's proxy may still carry clients of a VIP this node lost meanwhile."""
+    c = core()
+    ready(c, lease=8)
+    actions = c.assignments_snapshot({VIP: assign(lease=7), VIP2: assign("n2")}, 20, 0.0)
+    lost = [a.vip for a in actions if isinstance(a, RemoveAddress) and a.lost]
+    assert lost == [VIP, VIP2]
+    # later snapshots and planned releases leave that to the hand-over after the key's delete
+    assert c.assignments_snapshot({VIP: assign(lease=8, rev=21)}, 21, 0.1)[0] == SetAddress(
+        VIP, 1, True, f"{VIP} is absent, must be present"
+    )
+    released = c.assignment_event(VIP, assign(state=RELEASING, lease=8, rev=22), 22, 0.2)
+    assert [a for a in released if isinstance(a, RemoveAddress)] == [
+        RemoveAddress(VIP, "releasing")
+    ]
 
 
 def test_stale_deadline_asks_for_a_keepalive_instead_of_adding() -> None:
@@ -144,7 +161,7 @@ def test_expired_lease_drops_everything_and_regrants() -> None:
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
     actions = c.keepalive_ok(0.5, 0, 0.51)
-    assert actions == [RemoveAddress(VIP, "lease lost"), StopGarp(VIP), Regrant()]
+    assert actions == [RemoveAddress(VIP, "lease lost", lost=True), StopGarp(VIP), Regrant()]
     assert c.lease_id is None
     # the new lease must not revive the assignment bound to the old one
     actions = c.lease_granted(8, 0.6, 2, 0.6)
@@ -213,7 +230,8 @@ def test_reconcile_against_the_kernel() -> None:
     assert set(c.held) == {VIP}
     # someone removed VIP and a leftover VIP2 sits on the interface; 198.18.0.7 is not a VIP
     actions = c.kernel_addresses({VIP2, "198.18.0.7"}, 0.1)
-    assert RemoveAddress(VIP2, f"{VIP2} is present, must be absent") in actions
+    # not one this agent let go of: its clients are closed too
+    assert RemoveAddress(VIP2, f"{VIP2} is present, must be absent", lost=True) in actions
     assert SetAddress(VIP, 1, True, f"{VIP} is absent, must be present") in actions
     assert not any(getattr(a, "vip", None) == "198.18.0.7" for a in actions)
 

@@ -170,3 +170,17 @@ def test_when_every_candidate_is_held_down_the_longest_held_goes_first() -> None
     a, b = node("a", 200), node("b", 100)
     seen = Seen(held_down={"a": 105.0, "b": 100.0})
     assert assigns(run(view([a, b]), seen)) == {VIP1: "b"}
+
+
+def test_an_operators_placement_is_rebalanced_once_it_has_held() -> None:
+    """Two failovers onto one node pin both VIPs there for `failback_hold`, not for ever."""
+    clock = Clock()
+    memory = Memory(clock=clock)
+    config = settings(VIP1, VIP2, mode="active-active", failback=True, hold=30.0)
+    a, b = ready(node("a", 200), 2, vips=(VIP1, VIP2)), ready(node("b", 100), 2)
+    v = view([a, b], [held(VIP1, "a", cause="manual"), held(VIP2, "a", cause="manual")], config)
+    assert moves(run(v, memory.observe(v))) == {}
+    clock.now += 29
+    assert moves(run(v, memory.observe(v))) == {}
+    clock.now += 1
+    assert moves(run(v, memory.observe(v))) == {VIP2: ("b", "rebalance")}
