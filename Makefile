@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client nginx-light haproxy \
                 keepalived chromium \
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant \
-                prometheus
+                prometheus curl
 STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 
