@@ -42,8 +42,10 @@ test: deps lint
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# PROFILE=fast: lease TTL 1 s (docs/lab.md); `hactl lab up --profile` does the same.
+PROFILE ?= default
 demo: deps
-	$(VENV)/bin/python -m haproxy_py.lab.tour
+	$(VENV)/bin/python -m haproxy_py.lab.tour --profile $(PROFILE)
 
 demo-down: venv
 	-$(VENV)/bin/hactl lab down

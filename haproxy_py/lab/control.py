@@ -138,6 +138,7 @@ class Lab:
         nodes: int = 2,
         mode: str = "active-standby",
         vips: int | None = None,
+        profile: str = "default",
         say: Say = print,
     ) -> Lab:
         """Build the whole lab and wait until a VIP answers; on failure remove it again."""
@@ -155,7 +156,7 @@ class Lab:
                 "remove it or choose another --prefix"
             )
         subnet = netns.free_subnet(PREFERRED_SUBNET)
-        layout = lay.plan(prefix, str(subnet), nodes, mode, vips)
+        layout = lay.plan(prefix, str(subnet), nodes, mode, vips, profile)
         lab = cls(paths, layout)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,10 @@ class Lab:
                 lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
             )
         paths.context.write_text(lay.context_file(layout, paths.pki))
-        say(f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller)")
+        say(
+            f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller), "
+            f"timing profile {layout.profile} (lease TTL {layout.timing.lease_ttl} s)"
+        )
         for node in layout.nodes:
             self.start_node(node.name)
         wait_for(self.ready, READY_TIMEOUT, "the cluster did not become ready", paths.logs)
