@@ -73,6 +73,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, help="of the random waits (default: from the clock)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        action="append",
+        default=[],
+        help="a failover.json whose stacks not run now are kept in the results, with their "
+        "own date and load (repeatable: the first file that has a stack gives it)",
+    )
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
     parser.add_argument("--prefix", default=PREFIX, help="name prefix of the lab's namespaces")
     parser.add_argument(
@@ -154,6 +162,27 @@ class Run:
             "trials": [],
             "aborted": {},
         }
+        for path in args.keep:
+            self._keep(path)
+
+    def _keep(self, path: Path) -> None:
+        """Take over the trials of stacks this run leaves out, saying which run they are from."""
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench.failover: cannot read --keep {path}: {exc}") from None
+        kept = self.doc["meta"].setdefault("kept", {})
+        for name, title in old["stacks"].items():
+            if name in self.args.stacks or name in self.doc["stacks"]:
+                continue
+            self.doc["stacks"][name] = title
+            self.doc["trials"] += [t for t in old["trials"] if t["stack"] == name]
+            scenarios = {*self.doc["scenarios"], *old["scenarios"]}
+            self.doc["scenarios"] = [s for s in stacks.SCENARIOS if s in scenarios]
+            meta = old["meta"]
+            kept[name] = f"run {meta['started']}, load average {meta['load']} at its start"
+            if name in meta.get("stack_s", {}):
+                self.doc["meta"]["stack_s"][name] = meta["stack_s"][name]
 
     def save(self) -> None:
         doc = self.doc

@@ -25,7 +25,12 @@ def summarize_trials(
                 "trials": len(plain),
                 "gap_ms": summarize(t["gap_ms"] for t in plain).as_dict(),
                 "new_node_ms": summarize(t["new_node_ms"] for t in plain).as_dict(),
-                "arp_doubles": sum(t.get("arp_doubles", 0) for t in mine),
+                # None: trials from before the ARP watcher (addresses only)
+                "arp_doubles": (
+                    sum(t["arp_doubles"] for t in mine)
+                    if all("arp_doubles" in t for t in mine)
+                    else None
+                ),
                 "arp_trials": sum(1 for t in mine if t.get("arp_doubles", 0)),
                 "dual_ms_total": round(sum(t["dual_ms"] for t in mine), 1),
                 "dual_trials": sum(1 for t in mine if t["dual_ms"] > 0),
@@ -70,7 +75,7 @@ def _dual(cell: Mapping[str, Any]) -> str:
 
 
 def _answerers(cell: Mapping[str, Any]) -> str:
-    if not cell["all_trials"]:
+    if not cell["all_trials"] or cell["arp_doubles"] is None:
         return "–"
     return f"{cell['arp_doubles']} ({cell['arp_trials']}/{cell['all_trials']} trials)"
 
@@ -95,11 +100,15 @@ def _load(doc: Mapping[str, Any]) -> str:
     """The 1-minute load average at the start, at each fault (median and range) and the end."""
     meta = doc["meta"]
     text = f"load average {meta['load']} at the start"
-    during = sorted(t["load"] for t in doc["trials"] if t.get("load"))
-    if during:
-        median = during[len(during) // 2]
-        text += f", {median:.1f} (median; {during[0]:.1f}-{during[-1]:.1f}) at the faults"
-    return text + (f", {meta['load_end']} at the end" if "load_end" in meta else "")
+    at_faults = []
+    for stack in doc["stacks"]:
+        during = sorted(t["load"] for t in doc["trials"] if t["stack"] == stack and t.get("load"))
+        if during:
+            median = during[len(during) // 2]
+            at_faults.append(f"{stack} {median:.1f} ({during[0]:.1f}-{during[-1]:.1f})")
+    if at_faults:
+        text += ", at the faults median (range): " + ", ".join(at_faults)
+    return text + (f"; {meta['load_end']} at the end" if "load_end" in meta else "")
 
 
 def _minutes(seconds: float) -> str:
@@ -157,6 +166,9 @@ def render(doc: Mapping[str, Any]) -> str:
     ]
     if errors:
         lines += ["", "Trials that did not complete:", *errors]
+    kept = [f"- {doc['stacks'].get(s, s)}: {what}" for s, what in meta.get("kept", {}).items()]
+    if kept:
+        lines += ["", "Columns kept from earlier runs of this benchmark:", *kept]
     aborted = [f"- {doc['stacks'].get(s, s)}: {why}" for s, why in doc.get("aborted", {}).items()]
     if aborted:
         lines += ["", "Stacks whose remaining trials were given up:", *aborted]
