@@ -78,8 +78,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         action="append",
         default=[],
-        help="a failover.json whose stacks not run now are kept in the results, with their "
-        "own date and load (repeatable: the first file that has a stack gives it)",
+        help="a failover.json whose trials of stacks and scenarios not run now are kept in the "
+        "results, with their own date and load (repeatable: the first file that has them wins)",
     )
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
     parser.add_argument("--prefix", default=PREFIX, help="name prefix of the lab's namespaces")
@@ -166,26 +166,33 @@ class Run:
             self._keep(path)
 
     def _keep(self, path: Path) -> None:
-        """Take over the trials of stacks this run leaves out, saying which run they are from."""
+        """Take over the trials of the stacks and scenarios this run leaves out, saying which
+        run they are from."""
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise SystemExit(f"bench.failover: cannot read --keep {path}: {exc}") from None
         kept = self.doc["meta"].setdefault("kept", {})
+        have = {(t["stack"], t["scenario"]) for t in self.doc["trials"]}
+        now = {(name, sc) for name in self.args.stacks for sc in self.args.scenarios}
         for name, title in old["stacks"].items():
-            if name in self.args.stacks or name in self.doc["stacks"]:
+            pairs = {(name, sc) for sc in old["scenarios"]} - now - have
+            if not pairs:
                 continue
-            self.doc["stacks"][name] = title
-            self.doc["trials"] += [t for t in old["trials"] if t["stack"] == name]
+            self.doc["stacks"].setdefault(name, title)
+            self.doc["trials"] += [t for t in old["trials"] if (t["stack"], t["scenario"]) in pairs]
+            meta = old["meta"]
+            which = ", ".join(sc for sc in stacks.SCENARIOS if (name, sc) in pairs)
+            kept[name] = f"{which}: run {meta['started']}, load average {meta['load']} at its start"
+            if name not in self.args.stacks and name in meta.get("stack_s", {}):
+                self.doc["meta"]["stack_s"][name] = meta["stack_s"][name]
             scenarios = {*self.doc["scenarios"], *old["scenarios"]}
             self.doc["scenarios"] = [s for s in stacks.SCENARIOS if s in scenarios]
-            meta = old["meta"]
-            kept[name] = f"run {meta['started']}, load average {meta['load']} at its start"
-            if name in meta.get("stack_s", {}):
-                self.doc["meta"]["stack_s"][name] = meta["stack_s"][name]
 
     def save(self) -> None:
         doc = self.doc
+        order = {name: i for i, name in enumerate(stacks.STACKS)}
+        doc["stacks"] = dict(sorted(doc["stacks"].items(), key=lambda kv: order.get(kv[0], 99)))
         stack_names = list(doc["stacks"])
         doc["summary"] = report.summarize_trials(doc["trials"], stack_names, doc["scenarios"])
         self.args.results.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -305,15 +306,19 @@ class Lab:
         if only is not None and only not in NODE_PROCESSES:
             raise LabError(f"--only must be one of {', '.join(NODE_PROCESSES)}")
         self.layout.member(name)
-        killed = []
-        for proc in list(self.plumbing.procs()):
-            if proc.label != name and not proc.label.startswith(name + "/"):
-                continue
-            if only is not None and proc.label != f"{name}/{only}":
-                continue
+        procs = [
+            proc
+            for proc in self.plumbing.procs()
+            if (proc.label == name or proc.label.startswith(name + "/"))
+            and (only is None or proc.label == f"{name}/{only}")
+        ]
+        # All at once, as a node losing power: a busy machine takes a while to kill and reap
+        # each process in turn, and an agent still alive meanwhile would keep its lease.
+        for proc in procs:
+            self.plumbing.kill(proc, signal.SIGSTOP)
+        for proc in procs:
             self.plumbing.kill(proc)
-            killed.append(proc.label)
-        return killed
+        return [proc.label for proc in procs]
 
     def restart(self, name: str) -> None:
         """Whatever of the node (etcd member, app) is dead starts again; a partition is healed."""
