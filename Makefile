@@ -63,9 +63,10 @@ bench: venv
 	    go build -o ../bin/$$tool ./$$tool || exit 1; done
 	$(PY) -m bench $(BENCH_ARGS)
 
-# The failover benchmark (bench/failover, root): haproxy-py's cluster against keepalived in the
-# lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000 WebSocket clients; writes
-# bench/results/failover.{json,md}. FAILOVER_ARGS passes more options (python -m bench.failover -h).
+# The failover benchmark (bench/failover, root): haproxy-py's cluster, in both timing profiles,
+# against keepalived in the lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000
+# WebSocket clients; writes bench/results/failover.{json,md}. FAILOVER_ARGS passes more options
+# (python -m bench.failover -h; e.g. --stacks, --scenarios, --keep to re-run only some).
 REPEATS ?= 20
 WS_REPEATS ?= 2
 bench-failover: deps
