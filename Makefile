@@ -42,8 +42,10 @@ test: deps lint
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# PROFILE=fast: lease TTL 1 s (docs/lab.md); `hactl lab up --profile` does the same.
+PROFILE ?= default
 demo: deps
-	$(VENV)/bin/python -m haproxy_py.lab.tour
+	$(VENV)/bin/python -m haproxy_py.lab.tour --profile $(PROFILE)
 
 demo-down: venv
 	-$(VENV)/bin/hactl lab down
@@ -61,9 +63,10 @@ bench: venv
 	    go build -o ../bin/$$tool ./$$tool || exit 1; done
 	$(PY) -m bench $(BENCH_ARGS)
 
-# The failover benchmark (bench/failover, root): haproxy-py's cluster against keepalived in the
-# lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000 WebSocket clients; writes
-# bench/results/failover.{json,md}. FAILOVER_ARGS passes more options (python -m bench.failover -h).
+# The failover benchmark (bench/failover, root): haproxy-py's cluster, in both timing profiles,
+# against keepalived in the lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000
+# WebSocket clients; writes bench/results/failover.{json,md}. FAILOVER_ARGS passes more options
+# (python -m bench.failover -h; e.g. --stacks, --scenarios, --keep to re-run only some).
 REPEATS ?= 20
 WS_REPEATS ?= 2
 bench-failover: deps

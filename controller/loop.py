@@ -98,9 +98,6 @@ class Controller:
 
     def _leadership_changed(self, leading: bool) -> None:
         self.leading = leading
-        if not leading:  # only the leader revokes anything
-            for task in self._expiries.values():
-                task.cancel()
         self.metrics.transitions.inc()
         self.wake.set()
 
@@ -168,6 +165,7 @@ class Controller:
         view = await self.store.read_view()
         self._observe(view)
         seen = self.memory.observe(view)
+        self._watch_leases(view)
         if view.problems != self._last_problems:
             if view.problems:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
@@ -178,7 +176,6 @@ class Controller:
             view = await self.store.read_view()
             if not self.election.leading(view):
                 return
-        self._watch_owner_leases(view)
         wanted = desired_settings(self.cluster, view.settings)
         if not wanted.same_content(view.settings):
             # An unreadable `config` (a newer version's mode, a hand edit) is replaced by
@@ -211,13 +208,17 @@ class Controller:
         # After a lost race, whatever won it is a change the watch wakes us for; a compare
         # that fails with nothing changing would otherwise spin: it waits for the tick instead.
 
-    def _watch_owner_leases(self, view: ClusterView) -> None:
-        """While leading: revoke each VIP owner's lease as soon as it has provably run out
-        (`controller.expiry`), so a dead node's VIPs move without waiting for etcd's sweep."""
-        owners = {a.lease for a in view.vips.values() if a.lease}
-        for lease in set(self._expiries) - owners:
+    def _watch_leases(self, view: ClusterView) -> None:
+        """Revoke each VIP owner's lease, and another controller's leader lease, as soon as it
+        has provably run out (`controller.expiry`), so a dead node's VIPs move without waiting
+        for etcd's sweep. Standbys too: when the leader dies with its node, the standby that
+        follows has proved both leases' end by then (a proof started at election takes 1 s)."""
+        leases = {a.lease for a in view.vips.values() if a.lease}
+        if view.leader is not None and view.leader.lease not in (0, self.election.lease):
+            leases.add(view.leader.lease)
+        for lease in set(self._expiries) - leases:
             self._expiries.pop(lease).cancel()
-        for lease in owners - set(self._expiries):
+        for lease in leases - set(self._expiries):
             task = asyncio.create_task(revoke_when_expired(self.store, lease), name="expiry")
             self._expiries[lease] = task
             task.add_done_callback(functools.partial(self._lease_revoked, lease))
@@ -228,9 +229,9 @@ class Controller:
         if task.cancelled():
             return
         if task.exception() is not None:  # the next cycle starts a fresh one
-            log.error("owner lease watch failed", lease=f"{lease:x}", error=repr(task.exception()))
+            log.error("lease watch failed", lease=f"{lease:x}", error=repr(task.exception()))
         elif task.result():
-            log.info("owner lease revoked: it had run out", lease=f"{lease:x}")
+            log.info("lease revoked: it had run out", lease=f"{lease:x}")
             self.wake.set()
 
     def _observe(self, view: ClusterView) -> None:

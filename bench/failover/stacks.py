@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.failover import cut, kaconf
 from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import ADMIN_PORT, Member
 from haproxy_py.lab.netns import in_netns, ip
@@ -129,10 +130,14 @@ class Stack(ABC):
 
 
 class HaproxyPy(Stack):
-    """The lab as built: agents with leases and kernel-fenced VIPs, controllers, 3-member etcd."""
+    """The lab as built: agents with leases and kernel-fenced VIPs, controllers, 3-member etcd,
+    in the lab's timing profile (`hactl lab up --profile`)."""
 
-    name = "haproxy-py"
-    title = "haproxy-py (etcd lease, TTL 2 s)"
+    def __init__(self, lab: control.Lab) -> None:
+        super().__init__(lab)
+        profile = lab.layout.profile
+        self.name = name_of(profile)
+        self.title = f"haproxy-py {profile} (etcd lease, TTL {lab.layout.timing.lease_ttl} s)"
 
     def start(self) -> None:
         for node in self.lab.layout.nodes:
@@ -396,12 +401,22 @@ def _admin(member: Member, method: str, path: str) -> bool:
     return in_netns(member.netns, call)
 
 
+def name_of(profile: str) -> str:
+    """The stack name of haproxy-py in a timing profile: `haproxy-py`, `haproxy-py-fast`."""
+    return "haproxy-py" if profile == "default" else f"haproxy-py-{profile}"
+
+
+def profile_of(name: str) -> str | None:
+    """The lab timing profile a stack needs; None: any (keepalived leaves etcd alone)."""
+    return next((p for p in PROFILES if name_of(p) == name), None)
+
+
 def make(lab: control.Lab, name: str) -> Stack:
-    if name == "haproxy-py":
+    if profile_of(name) == lab.layout.profile:
         return HaproxyPy(lab)
     if name.startswith("keepalived-") and name.removeprefix("keepalived-") in kaconf.PROFILES:
         return Keepalived(lab, kaconf.PROFILES[name.removeprefix("keepalived-")])
-    raise BenchError(f"unknown stack {name!r}")
+    raise BenchError(f"unknown stack {name!r} (or not in a lab of its timing profile)")
 
 
-STACKS = ("haproxy-py", *(f"keepalived-{p}" for p in kaconf.PROFILES))
+STACKS = (*(name_of(p) for p in PROFILES), *(f"keepalived-{p}" for p in kaconf.PROFILES))

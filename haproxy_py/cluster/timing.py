@@ -34,6 +34,13 @@ even revoke a lease that has provably run out rather than wait for etcd's
 500 ms expiry sweep (`controller.expiry`): etcd renews no expired lease. Without
 the fence, the address alone (kernel check once a second, rescheduled by any
 address change on the host) would need the controller to wait `unfenced_delay`.
+
+Profiles (`PROFILES`) are the named sets an operator picks (`hactl lab up
+--profile`, Ansible's `cluster_timing_profile`): `default` runs on etcd's own
+raft timers; `fast` halves the leases for node loss in about 1.5 s, and needs
+etcd's election timeout at 500 ms: twice the keepalives and raft heartbeats,
+and an etcd call slower than 0.5 s (a loaded or distant member) already costs
+a node its VIPs or a controller its leadership.
 """
 
 from __future__ import annotations
@@ -140,6 +147,64 @@ def problems(t: Timing) -> list[str]:
             "lower etcd's --election-timeout and set etcd_election_timeout to match"
         )
     return found
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One named timing: the agents' and controllers' lease TTL, etcd's raft timers it
+    needs (`--heartbeat-interval`, `--election-timeout`), and the bound on every etcd call
+    (`[etcd] timeout`: a controller keepalive plus it must fit in the controller's TTL)."""
+
+    name: str
+    lease_ttl: int
+    etcd_heartbeat_interval: float
+    etcd_election_timeout: float
+    etcd_timeout: float
+
+    def timing(self) -> Timing:
+        """The agent's timing under this profile, every other number at its default."""
+        lifetime, interval = defaults(self.lease_ttl)
+        return Timing(
+            self.lease_ttl,
+            interval,
+            lifetime,
+            DEFAULT_FENCE_MARGIN,
+            etcd_election_timeout=self.etcd_election_timeout,
+            etcd_heartbeat_interval=self.etcd_heartbeat_interval,
+        )
+
+    def problems(self) -> list[str]:
+        """The agent's rules (`problems`) and the controller's: keepalive (TTL / 4) + the etcd
+        call timeout <= TTL, so one slow keepalive never costs the leadership."""
+        found = problems(self.timing())
+        keepalive = self.lease_ttl / 4
+        if keepalive + self.etcd_timeout > self.lease_ttl + EPSILON:
+            found.append(
+                f"controller keepalive ({keepalive:g}) + etcd timeout ({self.etcd_timeout:g}) "
+                f"exceeds the controller's lease_ttl ({self.lease_ttl} s)"
+            )
+        return found
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile(
+            "default",
+            lease_ttl=2,
+            etcd_heartbeat_interval=0.1,
+            etcd_election_timeout=1.0,
+            etcd_timeout=1.0,
+        ),
+        Profile(
+            "fast",
+            lease_ttl=1,
+            etcd_heartbeat_interval=0.05,
+            etcd_election_timeout=0.5,
+            etcd_timeout=0.5,
+        ),
+    )
+}
 
 
 def defaults(lease_ttl: int) -> tuple[float, float]:

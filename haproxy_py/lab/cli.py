@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.hactl.errors import HactlError
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import MODES, PROXY_PORT, LayoutError
@@ -66,12 +67,25 @@ def _load() -> control.Lab:
     show_default=True,
     help="Name prefix of the lab's namespaces and links.",
 )
-def up(nodes: int, mode: str, vips: int | None, prefix: str) -> None:
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default="default",
+    show_default=True,
+    help="Timing profile: default (lease TTL 2 s) or fast (TTL 1 s: node loss in ~1.5 s).",
+)
+def up(nodes: int, mode: str, vips: int | None, prefix: str, profile: str) -> None:
     """Build the lab, wait until a VIP answers, and point plain `hactl` at it."""
     _requirements()
     try:
         built = control.Lab.up(
-            run_dir=_dir(), prefix=prefix, nodes=nodes, mode=mode, vips=vips, say=click.echo
+            run_dir=_dir(),
+            prefix=prefix,
+            nodes=nodes,
+            mode=mode,
+            vips=vips,
+            profile=profile,
+            say=click.echo,
         )
     except _ERRORS as exc:
         raise HactlError(str(exc)) from None
@@ -98,7 +112,9 @@ def status(output: str) -> None:
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"lab {layout.mode}, subnet {layout.subnet}, run dir {_dir()}")
+    click.echo(
+        f"lab {layout.mode}, profile {layout.profile}, subnet {layout.subnet}, run dir {_dir()}"
+    )
     for m in (*layout.nodes, *layout.etcd, *layout.apps, layout.client):
         click.echo(f"  {m.name:<8} {m.address:<15} netns {m.netns}")
     click.echo(f"  VIPs     {', '.join(layout.vips)} (port {PROXY_PORT})")

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -138,6 +139,7 @@ class Lab:
         nodes: int = 2,
         mode: str = "active-standby",
         vips: int | None = None,
+        profile: str = "default",
         say: Say = print,
     ) -> Lab:
         """Build the whole lab and wait until a VIP answers; on failure remove it again."""
@@ -155,7 +157,7 @@ class Lab:
                 "remove it or choose another --prefix"
             )
         subnet = netns.free_subnet(PREFERRED_SUBNET)
-        layout = lay.plan(prefix, str(subnet), nodes, mode, vips)
+        layout = lay.plan(prefix, str(subnet), nodes, mode, vips, profile)
         lab = cls(paths, layout)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -191,7 +193,10 @@ class Lab:
                 lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
             )
         paths.context.write_text(lay.context_file(layout, paths.pki))
-        say(f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller)")
+        say(
+            f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller), "
+            f"timing profile {layout.profile} (lease TTL {layout.timing.lease_ttl} s)"
+        )
         for node in layout.nodes:
             self.start_node(node.name)
         wait_for(self.ready, READY_TIMEOUT, "the cluster did not become ready", paths.logs)
@@ -301,15 +306,19 @@ class Lab:
         if only is not None and only not in NODE_PROCESSES:
             raise LabError(f"--only must be one of {', '.join(NODE_PROCESSES)}")
         self.layout.member(name)
-        killed = []
-        for proc in list(self.plumbing.procs()):
-            if proc.label != name and not proc.label.startswith(name + "/"):
-                continue
-            if only is not None and proc.label != f"{name}/{only}":
-                continue
+        procs = [
+            proc
+            for proc in self.plumbing.procs()
+            if (proc.label == name or proc.label.startswith(name + "/"))
+            and (only is None or proc.label == f"{name}/{only}")
+        ]
+        # All at once, as a node losing power: a busy machine takes a while to kill and reap
+        # each process in turn, and an agent still alive meanwhile would keep its lease.
+        for proc in procs:
+            self.plumbing.kill(proc, signal.SIGSTOP)
+        for proc in procs:
             self.plumbing.kill(proc)
-            killed.append(proc.label)
-        return killed
+        return [proc.label for proc in procs]
 
     def restart(self, name: str) -> None:
         """Whatever of the node (etcd member, app) is dead starts again; a partition is healed."""

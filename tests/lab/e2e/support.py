@@ -41,11 +41,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 @contextmanager
-def lab_session(tmp: Path, mode: str, name: str, nodes: int = 2) -> Iterator[control.Lab]:
+def lab_session(
+    tmp: Path, mode: str, name: str, nodes: int = 2, profile: str = "default"
+) -> Iterator[control.Lab]:
     """A lab under `tmp` with a fresh prefix; removed afterwards, and proven removed."""
     prefix = "hl" + secrets.token_hex(2) + "-"
     run_dir = tmp / "lab"
-    lab = control.Lab.up(run_dir=run_dir, prefix=prefix, nodes=nodes, mode=mode, say=lambda _: None)
+    lab = control.Lab.up(
+        run_dir=run_dir, prefix=prefix, nodes=nodes, mode=mode, profile=profile, say=lambda _: None
+    )
     try:
         yield lab
     finally:
