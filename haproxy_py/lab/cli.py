@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from haproxy_py.hactl.errors import HactlError
-from haproxy_py.lab import control
+from haproxy_py.lab import bgplab, control
 from haproxy_py.lab.layout import MODES, PROXY_PORT, LayoutError
 from haproxy_py.lab.netns import NetnsError
 from haproxy_py.logging import configure as configure_logging
@@ -75,8 +75,11 @@ def up(nodes: int, mode: str, vips: int | None, prefix: str) -> None:
         )
     except _ERRORS as exc:
         raise HactlError(str(exc)) from None
-    status = built.hactl("status")
-    click.echo(status.stdout + status.stderr)
+    if built.layout.mode == "bgp":
+        click.echo(bgplab.summary(built))
+    else:
+        status = built.hactl("status")
+        click.echo(status.stdout + status.stderr)
     layout = built.layout
     click.echo(f"VIPs {', '.join(layout.vips)}, port {PROXY_PORT}; try from the client namespace:")
     click.echo(

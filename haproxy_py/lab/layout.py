@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-MODES = ("active-standby", "active-active")
+MODES = ("active-standby", "active-active", "bgp")  # bgp: see haproxy_py.lab.bgplab
 CLUSTER = "lab"
 PROXY_PORT = 8080  # the proxied HTTP/WebSocket port on the VIPs
 APP_PORT = 8000
@@ -124,7 +124,7 @@ def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> L
         raise LayoutError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
     if mode not in MODES:
         raise LayoutError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    count = vips if vips is not None else (1 if mode == "active-standby" else nodes)
+    count = vips if vips is not None else (nodes if mode == "active-active" else 1)
     if not 1 <= count <= MAX_VIPS:
         raise LayoutError(f"--vips must be 1 to {MAX_VIPS}, got {count}")
     net = ipaddress.IPv4Network(subnet)
@@ -134,6 +134,9 @@ def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> L
     def member(name: str, host: int) -> Member:
         return Member(name=name, netns=prefix + name, address=str(net[host]))
 
+    # In BGP mode the client sits behind the lab's router, on a link of its own.
+    client_net = behind_router(net) if mode == "bgp" else net
+
     return Layout(
         prefix=prefix,
         subnet=str(net),
@@ -141,10 +144,18 @@ def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> L
         etcd=tuple(member(f"etcd{i}", 10 + i) for i in (1, 2, 3)),
         nodes=tuple(member(f"node{i}", 20 + i) for i in range(1, nodes + 1)),
         apps=tuple(member(f"app{i}", 30 + i) for i in (1, 2)),
-        client=member("client", 41),
+        client=Member(name="client", netns=prefix + "client", address=str(client_net[41])),
         vips=tuple(str(net[100 + i]) for i in range(count)),
         host_address=str(net[1]),
     )
+
+
+def behind_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The /24 behind the BGP lab's router: 198.19.x.0/24 for the bridge's 198.18.x.0/24 (or
+    198.18.x for 198.19.x): inside the lab range, never routed on the host."""
+    third = subnet.network_address.packed[2]
+    second = 19 if subnet.network_address.packed[1] == 18 else 18
+    return ipaddress.IPv4Network(f"198.{second}.{third}.0/24")
 
 
 def _toml(value: object) -> str:
