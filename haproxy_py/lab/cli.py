@@ -9,7 +9,7 @@ import click
 
 from haproxy_py.hactl.errors import HactlError
 from haproxy_py.lab import bgplab, control
-from haproxy_py.lab.layout import MODES, PROXY_PORT, LayoutError
+from haproxy_py.lab.layout import LAB_MODES, MODES, PROXY_PORT, LayoutError
 from haproxy_py.lab.netns import NetnsError
 from haproxy_py.logging import configure as configure_logging
 
@@ -58,7 +58,7 @@ def _load() -> control.Lab:
 
 @lab.command()
 @click.option("--nodes", type=click.IntRange(1, 8), default=2, show_default=True)
-@click.option("--mode", type=click.Choice(MODES), default="active-standby", show_default=True)
+@click.option("--mode", type=click.Choice(LAB_MODES), default="active-standby", show_default=True)
 @click.option("--vips", type=click.IntRange(1, 16), help="Default: 1, or one per node (a-a).")
 @click.option(
     "--prefix",

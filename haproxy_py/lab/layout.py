@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-MODES = ("active-standby", "active-active", "bgp")  # bgp: see haproxy_py.lab.bgplab
+MODES = ("active-standby", "active-active")  # the floating-IP modes (chaos, fault tests)
+LAB_MODES = (*MODES, "bgp")  # bgp: see haproxy_py.lab.bgplab
 CLUSTER = "lab"
 PROXY_PORT = 8080  # the proxied HTTP/WebSocket port on the VIPs
 APP_PORT = 8000
@@ -122,8 +123,8 @@ def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> L
     """The lab's shape; `vips` defaults to 1 (active-standby) or one per node (active-active)."""
     if not 1 <= nodes <= MAX_NODES:
         raise LayoutError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
-    if mode not in MODES:
-        raise LayoutError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in LAB_MODES:
+        raise LayoutError(f"--mode must be one of {', '.join(LAB_MODES)}, got {mode!r}")
     count = vips if vips is not None else (nodes if mode == "active-active" else 1)
     if not 1 <= count <= MAX_VIPS:
         raise LayoutError(f"--vips must be 1 to {MAX_VIPS}, got {count}")
