@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -105,16 +106,32 @@ class Announcer:
         self.liveness = Liveness(settings.fall)
         self.fenced = False  # the agent's fence sets this (the seam for the lease rules)
         self._reason = ""
+        self._lock = asyncio.Lock()
 
     async def run(self) -> None:
-        """Probe, converge, and again `interval` after the probe started; a hung proxy costs
-        `timeout` per probe, so it is withdrawn after `fall` x `timeout` (0.6 s by default)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
+        """Start a probe every `interval`, whether or not the previous one answered, so a hung
+        proxy is withdrawn about `timeout` + (`fall` - 1) x `interval` after it hung (0.4 s by
+        default); an answer older than one already counted is ignored."""
+        newest = 0
+        pending: set[asyncio.Task[None]] = set()
+
+        async def probe(seq: int) -> None:
+            nonlocal newest
             status = await self.proxy.probe()
-            await self.step(status)
-            await asyncio.sleep(max(0.0, self.settings.interval - (loop.time() - started)))
+            async with self._lock:
+                if seq < newest:
+                    return
+                newest = seq
+                try:
+                    await self.step(status)
+                except Exception:  # a bug must not stop the announcer; the next probe retries
+                    log.exception("bgp step failed")
+
+        for seq in itertools.count(1):
+            task = asyncio.create_task(probe(seq))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(self.settings.interval)
 
     async def step(self, status: ProxyStatus) -> Want:
         self.liveness.observe(status)

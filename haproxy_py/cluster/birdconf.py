@@ -33,6 +33,11 @@ from dataclasses import dataclass
 STATIC_PROTOCOL = "vips"  # the static protocol whose routes a node announces
 
 
+# BIRD waits 60-300 s after a session error (a BFD down counts) and 120 s between connection
+# attempts by default: a node back from a cut link would stay out for minutes.
+RECONNECT = ("  error wait time 1, 10;", "  connect retry time 2;")
+
+
 class BirdConfigError(ValueError):
     """Settings that cannot make a valid BIRD configuration; the message names the setting."""
 
@@ -113,6 +118,7 @@ def node_config(settings: NodeBgp) -> str:
             f"  local {settings.address} as {settings.asn};",
             f"  neighbor {peer.address} as {peer.asn};",
             f"  hold time {settings.hold_time};",
+            *RECONNECT,
             *(["  bfd on;"] if bfd else []),
             "  ipv4 {",
             "    import none;",

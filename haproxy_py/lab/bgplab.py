@@ -72,6 +72,7 @@ def router_config(layout: lay.Layout) -> str:
             f"  local {router_address(layout)} as {ROUTER_ASN};",
             f"  neighbor {node.address} as {NODE_ASN};",
             "  hold time 9;",
+            *birdconf.RECONNECT,
             "  bfd on;",
             "  ipv4 { import all; export none; };",
             "}",

@@ -26,7 +26,7 @@ SETTLE = 30.0  # generous: the machine is shared; the real figures are in bench/
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
-    prefix = "hb" + secrets.token_hex(2) + "-"
+    prefix = "hbgp" + secrets.token_hex(1) + "-"
     run_dir = tmp_path_factory.mktemp("bgp") / "lab"
     built = control.Lab.up(
         run_dir=run_dir, prefix=prefix, nodes=NODES, mode="bgp", say=lambda _: None
