@@ -37,6 +37,7 @@ from agent.proxy import ProxyClient, ProxyStatus
 from haproxy_py.cluster import bird, birdconf
 
 log = structlog.get_logger(__name__)
+LOOPBACK = 1  # `lo` is interface 1 in every network namespace
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Liveness:
         self.misses = 0
         self.live = False
         self.draining = False
+        self.known = False  # a restarted agent touches nothing until it knows (rule 3)
 
     def observe(self, status: ProxyStatus) -> bool:
         if status.live:
@@ -80,6 +82,7 @@ class Liveness:
         else:
             self.misses += 1
             self.live = self.live and self.misses < self.fall
+        self.known = self.known or status.live or self.misses >= self.fall
         return self.live
 
 
@@ -139,11 +142,13 @@ class Announcer:
         if target.reason != self._reason:
             log.info("bgp", reason=target.reason, detail=status.detail)
             self._reason = target.reason
-        for what, call in (
+        steps = [
             ("VIPs on lo", self.ensure_loopback(target.vips)),
             ("BIRD's routes", self.ensure_routes(target.vips)),
-            ("live link", self.ensure_link(target.serve)),
-        ):
+        ]
+        if self.liveness.known:
+            steps.append(("live link", self.ensure_link(target.serve)))
+        for what, call in steps:
             try:
                 await call
             except (bird.BirdError, NetlinkError, OSError) as exc:
@@ -152,11 +157,11 @@ class Announcer:
 
     async def ensure_loopback(self, vips: frozenset[str]) -> None:
         present = set()
-        async for msg in await self.ipr.addr("dump", index=1):
+        async for msg in await self.ipr.addr("dump", index=LOOPBACK):
             if msg.get("prefixlen") == 32:
                 present.add(msg.get("address"))
         for vip in sorted(vips - present):
-            await self.ipr.addr("replace", index=1, address=vip, prefixlen=32)
+            await self.ipr.addr("replace", index=LOOPBACK, address=vip, prefixlen=32)
 
     async def ensure_routes(self, vips: frozenset[str]) -> None:
         reply = await self.bird.command(f"show static {birdconf.STATIC_PROTOCOL}")

@@ -61,3 +61,19 @@ def test_a_node_is_not_live_before_its_first_answer() -> None:
     live = Liveness(fall=3)
     assert not live.live
     assert not live.observe(SLOW)
+
+
+def test_a_restarted_announcer_does_not_know_until_an_answer_or_fall_misses() -> None:
+    live = Liveness(fall=3)
+    live.observe(SLOW)
+    assert not live.known  # one slow probe after a restart must not withdraw a serving node
+    live.observe(SLOW)
+    live.observe(SLOW)
+    assert live.known and not live.live
+
+
+def test_a_first_answer_or_refusal_is_known_at_once() -> None:
+    for status in (LIVE, REFUSED):
+        live = Liveness(fall=3)
+        live.observe(status)
+        assert live.known
