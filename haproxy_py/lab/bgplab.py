@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from haproxy_py.cluster import bird, birdconf
 from haproxy_py.lab import layout as lay
-from haproxy_py.lab import netns
+from haproxy_py.lab import netns, nhmirror
 
 if TYPE_CHECKING:
     from haproxy_py.lab.control import Lab
@@ -54,13 +54,15 @@ def client_gateway(layout: lay.Layout) -> str:
     return str(lay.behind_router(ipaddress.IPv4Network(layout.subnet))[1])
 
 
-def router_config(layout: lay.Layout) -> str:
-    """(pure: no I/O, no clock) The router's bird.conf: a session and BFD per node, ECMP."""
+def router_config(layout: lay.Layout, table: int | None = None) -> str:
+    """(pure: no I/O, no clock) The router's bird.conf: a session and BFD per node, ECMP;
+    routes go to the main table, or to `table` for `nhmirror` to program."""
     lines = [
         "# Written by `hactl lab up --mode bgp`: the lab's upstream router.",
         f"router id {router_address(layout)};",
         "protocol device { scan time 10; }",
         "protocol kernel {",
+        *([f"  kernel table {table};"] if table else []),
         "  ipv4 { import none; export all; };",
         "  merge paths on limit 16;  # equal BGP paths become one multipath kernel route",
         "}",
@@ -268,3 +270,28 @@ def summary(lab: Lab) -> str:
         "router BFD: " + ", ".join(f"{names.get(a, a)} {s}" for a, s in sorted(bfd.items()))
     )
     return "\n".join(lines)
+
+
+def use_resilient(lab: Lab) -> None:
+    """Switch the running router to flow-keeping ECMP: BIRD exports to `nhmirror.TABLE`, and
+    `nhmirror` programs resilient next-hop groups in the main table from there."""
+    validated(bird_conf(lab, ROUTER), router_config(lab.layout, table=nhmirror.TABLE))
+    router_query(lab, "configure")
+    argv = [sys.executable, "-m", "haproxy_py.lab.nhmirror", *lab.layout.vips]
+    label = f"{ROUTER}/nhmirror"
+    lab.plumbing.spawn(lab.layout.prefix + ROUTER, argv, label=label, log=lab.paths.log(label))
+
+
+def resilient_group(lab: Lab, vip: str) -> dict[str, object] | None:
+    """The router's next-hop group for `vip` (`ip -j nexthop show`), None in plain ECMP."""
+    out = netns.ip(
+        "-j",
+        "nexthop",
+        "show",
+        "id",
+        str(nhmirror.group_id(vip)),
+        netns=lab.layout.prefix + ROUTER,
+        check=False,
+    )
+    groups = json.loads(out or "[]")
+    return groups[0] if groups else None
