@@ -29,7 +29,9 @@ from typing import Any
 
 from bench.failover.stats import percentile
 from haproxy_py.lab import bgplab, control, ecmp, netns
+from haproxy_py.lab.client import Attempt, NetnsLoop, Probe
 from haproxy_py.lab.control import Lab
+from haproxy_py.lab.layout import PROXY_PORT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "hbgpb-"
@@ -68,11 +70,16 @@ def faults(lab: Lab) -> dict[str, tuple[Step, Step, Step]]:
         lab.restart(node)
 
     def kill_proxy(node: str) -> None:
-        lab.kill(node, "proxy")
+        signal_label(lab, f"{node}/proxy", signal.SIGKILL)  # not lab.kill: it waits to reap
+
+    def kill_node(node: str) -> None:
+        for process in bgplab.PROCESSES:
+            signal_label(lab, f"{node}/{process}", signal.SIGKILL)
 
     return {
         "proxy SIGKILL": (nothing, kill_proxy, restart),
         "proxy SIGKILL, announcer frozen": (freeze_announcer, kill_proxy, restart),
+        "node SIGKILL (every process)": (nothing, kill_node, restart),
         "proxy hung (SIGSTOP)": (
             nothing,
             lambda n: signal_label(lab, f"{n}/proxy", signal.SIGSTOP),
@@ -90,21 +97,44 @@ def wait(lab: Lab) -> None:
     control.wait_for(lambda: settled(lab), SETTLE, "every path and BFD session back", None)
 
 
-def withdrawal_trials(lab: Lab, repeats: int) -> dict[str, list[float]]:
+def failing(attempts: list[Attempt], fault: float) -> float:
+    """(pure: no I/O, no clock) Seconds from the fault to the start of the last new
+    connection that failed after it (0: none failed)."""
+    failed = [a.start - fault for a in attempts if a.start >= fault and a.node is None]
+    return max(failed, default=0.0)
+
+
+def withdrawal_trials(
+    lab: Lab, repeats: int, loop: NetnsLoop
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per fault: router withdrawal times, and how long new connections failed."""
     found: dict[str, list[float]] = {}
+    client: dict[str, list[float]] = {}
     nodes = [n.name for n in lab.layout.nodes]
     for name, (before, fault, repair) in faults(lab).items():
         times = found.setdefault(name, [])
+        windows = client.setdefault(name, [])
         for i in range(repeats):
             node = nodes[i % len(nodes)]
             wait(lab)
             time.sleep(0.5)  # BFD and BGP quiet before the fault
             before(node)
+            probe = Probe(lab.layout.vips[0], PROXY_PORT, interval=0.005, limit=30)
+            running = loop.submit(probe.run())
+            time.sleep(0.3)
+            at = time.monotonic()
             took = ecmp.withdrawal(lab, node, functools.partial(fault, node))
+            time.sleep(1.5)  # a SYN lost on a cut link fails after the probe's 1 s timeout
+            loop.loop.call_soon_threadsafe(probe.stop)
+            window = failing(running.result(30), at)
             times.append(took)
+            windows.append(window)
             repair(node)
-            print(f"  {name} on {node}: {took * 1000:.0f} ms", flush=True)
-    return found
+            print(
+                f"  {name} on {node}: {took * 1000:.0f} ms, clients failed {window * 1000:.0f} ms",
+                flush=True,
+            )
+    return found, client
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -115,6 +145,17 @@ def summary(values: list[float]) -> dict[str, Any]:
         "p95_ms": percentile(ms, 95),
         "max_ms": max(ms, default=None),
     }
+
+
+def table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    return [
+        "| fault | n | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {s['n']} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | {s['max_ms']:.0f} |"
+            for name, s in rows.items()
+        ),
+    ]
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -143,13 +184,14 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "## Withdrawal: from the fault until the router's kernel route lacks the node",
         "",
-        "| fault | n | p50 ms | p95 ms | max ms |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {name} | {s['n']} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | {s['max_ms']:.0f} |"
-            for name, s in doc["withdrawal"].items()
-        ),
+        *table(doc["withdrawal"]),
         "",
+        "## New connections failing: from the fault to the last failed new connection",
+        "",
+        *table(doc["clients_failing"]),
+        "",
+        "A probe in the client namespace opens a new connection every 5 ms (GET /whoami, "
+        "1 s timeout); about one in four goes to the faulty node until the router drops it. "
         "The router's route is read with `ip -j route` in its namespace in a loop (about 3 ms "
         "per read: the resolution). Proxy SIGKILL: the proxy's live link (a TUN device it "
         "holds) disappears with it and BIRD's `check link` withdraws the static route; no "
@@ -176,7 +218,8 @@ def main() -> None:
         counts = ecmp.spread(lab, args.connections)
         judged = ecmp.judge(counts, [n.name for n in lab.layout.nodes])
         print(f"  {counts}, worst {100 * judged.worst:.1f} %", flush=True)
-        trials = withdrawal_trials(lab, args.repeats)
+        with NetnsLoop(lab.layout.client.netns) as loop:
+            trials, client = withdrawal_trials(lab, args.repeats, loop)
         bird_version = bgplab.router_query(lab, "show status").lines[0].split()[1]
     finally:
         control.down(RUN_DIR)
@@ -194,6 +237,7 @@ def main() -> None:
             "failed": judged.failed,
         },
         "withdrawal": {name: summary(v) for name, v in trials.items()},
+        "clients_failing": {name: summary(v) for name, v in client.items()},
         "raw_ms": {name: [round(v * 1000, 1) for v in vs] for name, vs in trials.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
