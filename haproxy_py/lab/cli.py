@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from haproxy_py.cluster.bird import BirdError
 from haproxy_py.hactl.errors import HactlError
 from haproxy_py.lab import bgplab, control
 from haproxy_py.lab.layout import LAB_MODES, MODES, PROXY_PORT, LayoutError
@@ -66,14 +67,23 @@ def _load() -> control.Lab:
     show_default=True,
     help="Name prefix of the lab's namespaces and links.",
 )
-def up(nodes: int, mode: str, vips: int | None, prefix: str) -> None:
+@click.option(
+    "--resilient-router",
+    is_flag=True,
+    help="BGP mode: the router keeps flows in place when nodes come and go.",
+)
+def up(nodes: int, mode: str, vips: int | None, prefix: str, resilient_router: bool) -> None:
     """Build the lab, wait until a VIP answers, and point plain `hactl` at it."""
     _requirements()
+    if resilient_router and mode != "bgp":
+        raise HactlError("--resilient-router needs --mode bgp (the other modes have no router)")
     try:
         built = control.Lab.up(
             run_dir=_dir(), prefix=prefix, nodes=nodes, mode=mode, vips=vips, say=click.echo
         )
-    except _ERRORS as exc:
+        if resilient_router:
+            bgplab.use_resilient(built)
+    except (*_ERRORS, BirdError) as exc:
         raise HactlError(str(exc)) from None
     if built.layout.mode == "bgp":
         click.echo(bgplab.summary(built))
