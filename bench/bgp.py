@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -122,8 +123,7 @@ def withdrawal_trials(
             probe = Probe(lab.layout.vips[0], PROXY_PORT, interval=0.005, limit=30)
             running = loop.submit(probe.run())
             time.sleep(0.3)
-            at = time.monotonic()
-            took = ecmp.withdrawal(lab, node, functools.partial(fault, node))
+            at, took = ecmp.withdrawal(lab, node, functools.partial(fault, node))
             time.sleep(1.5)  # a SYN lost on a cut link fails after the probe's 1 s timeout
             loop.loop.call_soon_threadsafe(probe.stop)
             window = failing(running.result(30), at)
@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS / "bgp")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # runs `finally`
     control.down(RUN_DIR)  # what a killed earlier run left
     load = os.getloadavg()[0]
     lab = control.Lab.up(run_dir=RUN_DIR, prefix=PREFIX, nodes=4, mode="bgp", say=print)

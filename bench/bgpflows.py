@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "bgp-flows")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # runs `finally`
     control.down(RUN_DIR)
     lab = control.Lab.up(run_dir=RUN_DIR, prefix=PREFIX, nodes=4, mode="bgp", say=print)
     routers: dict[str, Any] = {}

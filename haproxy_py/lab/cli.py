@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -104,18 +105,23 @@ def up(nodes: int, mode: str, vips: int | None, prefix: str, resilient_router: b
 def status(output: str) -> None:
     """Show the lab's layout: namespaces, addresses, VIPs, etcd and the host URL."""
     try:
-        layout = control.Lab.load(_dir()).layout
+        loaded = control.Lab.load(_dir())
     except _ERRORS as exc:
         raise HactlError(str(exc)) from None
+    layout = loaded.layout
     doc = layout.status_json()
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"lab {layout.mode}, subnet {layout.subnet}, run dir {_dir()}")
-    for m in (*layout.nodes, *layout.etcd, *layout.apps, layout.client):
+    bgp = layout.mode == "bgp"  # no etcd in the BGP lab yet
+    for m in (*layout.nodes, *(() if bgp else layout.etcd), *layout.apps, layout.client):
         click.echo(f"  {m.name:<8} {m.address:<15} netns {m.netns}")
     click.echo(f"  VIPs     {', '.join(layout.vips)} (port {PROXY_PORT})")
     click.echo(f"  host URL {layout.host_url}")
+    if bgp:
+        with contextlib.suppress(BirdError, NetnsError):
+            click.echo(bgplab.summary(loaded))
 
 
 @lab.command()

@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from haproxy_py.lab import bgplab
 from haproxy_py.lab.client import NetnsLoop, whoami
@@ -59,8 +60,13 @@ def judge(counts: dict[str, int], nodes: list[str]) -> Spread:
     return Spread(mean, worst, counts.get(FAILED, 0))
 
 
-def withdrawal(lab: Lab, node: str, fault: Callable[[], object], limit: float = 5.0) -> float:
-    """Seconds from `fault()` until the router's route to the first VIP lacks `node`'s next hop;
+class Withdrawal(NamedTuple):
+    at: float  # time.monotonic() right before the fault
+    seconds: float  # from then until the router's route lacked the node
+
+
+def withdrawal(lab: Lab, node: str, fault: Callable[[], object], limit: float = 5.0) -> Withdrawal:
+    """Time `fault()` until the router's route to the first VIP lacks `node`'s next hop;
     AssertionError when it is still there after `limit` s."""
     vip, address = lab.layout.vips[0], lab.layout.node(node).address
     assert address in bgplab.next_hops(lab, vip), f"{node} is not a next hop before the fault"
@@ -70,4 +76,4 @@ def withdrawal(lab: Lab, node: str, fault: Callable[[], object], limit: float = 
         if time.monotonic() - start > limit:
             raise AssertionError(f"{node} still a next hop for {vip} {limit:g} s after the fault")
         time.sleep(0.001)
-    return time.monotonic() - start
+    return Withdrawal(start, time.monotonic() - start)

@@ -120,7 +120,7 @@ class Layout:
 
 
 def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> Layout:
-    """The lab's shape; `vips` defaults to 1 (active-standby) or one per node (active-active)."""
+    """The lab's shape; `vips` defaults to one per node (active-active), else 1."""
     if not 1 <= nodes <= MAX_NODES:
         raise LayoutError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
     if mode not in LAB_MODES:

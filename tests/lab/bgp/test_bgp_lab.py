@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from haproxy_py.cluster import bird
 from haproxy_py.lab import bgplab, control, ecmp, netns
+from haproxy_py.lab.layout import ADMIN_PORT
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -133,6 +135,35 @@ def test_an_announcer_gone_or_frozen_withdraws_nothing_yet_a_proxy_death_still_w
     # The restarted proxy comes back only once the announcer says it can serve.
     if sig == signal.SIGSTOP:
         signal_node(whole, "node3/agent", signal.SIGCONT)
+
+
+def test_a_routine_announcer_restart_withdraws_nothing(whole: control.Lab) -> None:
+    whole.kill("node1", "agent")
+    whole.restart("node1")
+    deadline = time.monotonic() + 3.0  # the new announcer probes, reads BIRD, checks the link
+    while time.monotonic() < deadline:
+        assert all_paths(whole), "node1's path went while its announcer restarted"
+        time.sleep(0.01)
+    assert [p for p in whole.plumbing.procs("node1/agent") if whole.plumbing.alive(p)]
+
+
+def admin_post(lab: control.Lab, node: str, path: str) -> int:
+    """POST to a node's proxy admin API (loopback inside the node's namespace)."""
+
+    def post() -> int:
+        url = f"http://127.0.0.1:{ADMIN_PORT}{path}"
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as r:
+            return int(r.status)
+
+    return netns.in_netns(lab.layout.node(node).netns, post)
+
+
+def test_a_drained_proxy_is_withdrawn_and_announced_again_when_undrained(
+    whole: control.Lab,
+) -> None:
+    ecmp.withdrawal(whole, "node2", lambda: admin_post(whole, "node2", "/drain"), limit=SETTLE)
+    assert admin_post(whole, "node2", "/undrain") == 200
+    wait_until(lambda: all_paths(whole), "node2 announced again after the undrain")
 
 
 def test_a_restarted_proxy_is_announced_again(whole: control.Lab) -> None:
