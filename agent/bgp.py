@@ -107,7 +107,10 @@ class Announcer:
         self.proxy = proxy
         self.bird = bird.BirdControl(settings.bird_socket)
         self.liveness = Liveness(settings.fall)
-        self.fenced = False  # the agent's fence sets this (the seam for the lease rules)
+        # The seams for the agent daemon: the controller's answer for this node (which VIPs it
+        # may announce) and the lease/failsafe verdict. Standalone: the given VIPs, never fenced.
+        self.permitted: frozenset[str] = frozenset(settings.vips)
+        self.fenced = False
         self._reason = ""
         self._lock = asyncio.Lock()
 
@@ -138,7 +141,7 @@ class Announcer:
 
     async def step(self, status: ProxyStatus) -> Want:
         self.liveness.observe(status)
-        target = want(self.settings.vips, self.liveness.live, self.liveness.draining, self.fenced)
+        target = want(self.permitted, self.liveness.live, self.liveness.draining, self.fenced)
         if target.reason != self._reason:
             log.info("bgp", reason=target.reason, detail=status.detail)
             self._reason = target.reason

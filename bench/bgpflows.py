@@ -137,8 +137,8 @@ def main() -> None:
         )
         print(routers, flush=True)
         bgplab.use_resilient(lab)
-        control.wait_for(
-            lambda: bgplab.resilient_group(lab, lab.layout.vips[0]) is not None, 30, "group", None
+        control.wait_for(  # idle buckets move to every next hop within nhmirror.IDLE s
+            lambda: bgplab.balanced(lab, lab.layout.vips[0]), 60, "balanced buckets", None
         )
         routers["resilient next-hop group"] = trial(
             lab, args.clients, args.hold, RUN_DIR / "resilient.jsonl"

@@ -19,6 +19,7 @@ announce every VIP (the announcer's `--vip`), and the nodes decide alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import json
 import shutil
@@ -28,7 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from haproxy_py.cluster import bird, birdconf
+from haproxy_py import configfile
+from haproxy_py.cluster import bgp_config, bird, birdconf
 from haproxy_py.lab import layout as lay
 from haproxy_py.lab import netns, nhmirror
 
@@ -82,18 +84,18 @@ def router_config(layout: lay.Layout, table: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def node_bgp(layout: lay.Layout, node: lay.Member, announce: Path) -> birdconf.NodeBgp:
-    peer = birdconf.Peer("uplink", router_address(layout), ROUTER_ASN)
-    return birdconf.NodeBgp(
-        asn=NODE_ASN,
-        router_id=node.address,
-        address=node.address,
-        interface="eth0",
-        peers=(peer,),
-        live_link=LIVE_LINK,
-        announce_file=str(announce),
-        bfd=BFD,
-    )
+def bgp_section(lab: Lab, node: lay.Member) -> str:
+    """The node config's `[bgp]`, from which its bird.conf is made (as on a real node)."""
+    peer = {"name": "uplink", "address": router_address(lab.layout), "asn": ROUTER_ASN}
+    values: dict[str, object] = {
+        "asn": NODE_ASN,
+        "peers": [peer],
+        "bfd": {"interval_ms": BFD.interval_ms, "multiplier": BFD.multiplier},
+        "live_link": LIVE_LINK,
+        "announce_file": str(announce_path(lab, node.name)),
+        "control_socket": str(control_socket(lab, node.name)),
+    }
+    return lay._section("bgp", values)
 
 
 # ---- files of the run directory ----
@@ -175,12 +177,12 @@ def build(lab: Lab, say: Say) -> None:
         lab._spawn(m.name, m, lab._app_command(m))
     say(f"starting {len(layout.nodes)} proxy nodes (BIRD + haproxy-py + BGP announcer)")
     for i, node in enumerate(layout.nodes):
-        paths.config(node.name).write_text(
-            lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
-        )
+        config = lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
+        paths.config(node.name).write_text(config + "\n" + bgp_section(lab, node))
+        speaker = bgp_config.parse_bgp(configfile.load(paths.config(node.name)))
+        assert speaker is not None
         announce_path(lab, node.name).write_text(birdconf.announce_file([], LIVE_LINK))
-        conf = birdconf.node_config(node_bgp(layout, node, announce_path(lab, node.name)))
-        validated(bird_conf(lab, node.name), conf)
+        validated(bird_conf(lab, node.name), birdconf.node_config(speaker.node))
         lab.start_node(node.name)
 
 
@@ -295,3 +297,19 @@ def resilient_group(lab: Lab, vip: str) -> dict[str, object] | None:
     )
     groups = json.loads(out or "[]")
     return groups[0] if groups else None
+
+
+def buckets(lab: Lab, vip: str) -> dict[int, int]:
+    """Bucket index -> next-hop object id in the router's resilient group for `vip`."""
+    group = str(nhmirror.group_id(vip))
+    out = netns.ip("-j", "nexthop", "bucket", "show", "id", group, netns=lab.layout.prefix + ROUTER)
+    return {b["bucket"]["index"]: b["bucket"]["nhid"] for b in json.loads(out or "[]")}
+
+
+def balanced(lab: Lab, vip: str) -> bool:
+    """Every node's next hop holds its share of the buckets (a returning or newly added one
+    gets idle buckets only after `nhmirror.IDLE` s)."""
+    counts = collections.Counter(buckets(lab, vip).values())
+    share = nhmirror.BUCKETS // len(lab.layout.nodes)
+    ids = {nhmirror.object_id(n.address) for n in lab.layout.nodes}
+    return set(counts) == ids and min(counts.values()) >= share

@@ -3,7 +3,6 @@ a node's withdrawal moves only that node's buckets (so no flow on another node m
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -33,12 +32,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
 
 
 def buckets(lab: control.Lab) -> dict[int, int]:
-    """Bucket index -> next-hop object id of the VIP's group."""
-    group = str(nhmirror.group_id(lab.layout.vips[0]))
-    out = netns.ip(
-        "-j", "nexthop", "bucket", "show", "id", group, netns=lab.layout.prefix + "router"
-    )
-    return {b["bucket"]["index"]: b["bucket"]["nhid"] for b in json.loads(out)}
+    return bgplab.buckets(lab, lab.layout.vips[0])
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -53,6 +47,7 @@ def test_the_vip_route_uses_a_resilient_group_of_every_node(lab: control.Lab) ->
     assert group is not None and group["type"] == "resilient"
     ids = {nhmirror.object_id(n.address) for n in lab.layout.nodes}
     assert set(buckets(lab).values()) == ids
+    wait_until(lambda: bgplab.balanced(lab, vip), "every node holding its share of buckets")
     assert "nhid" in netns.ip("route", "show", f"{vip}/32", netns=lab.layout.prefix + bgplab.ROUTER)
     assert set(ecmp.spread(lab, 90)) == {n.name for n in lab.layout.nodes}
 
