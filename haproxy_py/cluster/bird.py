@@ -115,6 +115,7 @@ class Protocol:
     name: str
     kind: str
     state: str
+    since: str  # when it last changed state: a session that flapped has a new one
     info: str
 
 
@@ -125,7 +126,7 @@ def protocols(reply: Reply) -> dict[str, Protocol]:
         parts = line.split(None, 5)
         if len(parts) >= 5:
             info = parts[5].strip() if len(parts) > 5 else ""
-            found[parts[0]] = Protocol(parts[0], parts[1], parts[3], info)
+            found[parts[0]] = Protocol(parts[0], parts[1], parts[3], parts[4], info)
     return found
 
 

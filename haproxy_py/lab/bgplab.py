@@ -300,10 +300,16 @@ def resilient_group(lab: Lab, vip: str) -> dict[str, object] | None:
 
 
 def buckets(lab: Lab, vip: str) -> dict[int, int]:
-    """Bucket index -> next-hop object id in the router's resilient group for `vip`."""
+    """Bucket index -> next-hop object id in the router's resilient group for `vip` (empty
+    while there is none)."""
     group = str(nhmirror.group_id(vip))
-    out = netns.ip("-j", "nexthop", "bucket", "show", "id", group, netns=lab.layout.prefix + ROUTER)
-    return {b["bucket"]["index"]: b["bucket"]["nhid"] for b in json.loads(out or "[]")}
+    router = lab.layout.prefix + ROUTER
+    out = netns.ip("-j", "nexthop", "bucket", "show", "id", group, netns=router, check=False)
+    try:  # no group: `ip` prints "[" and "Dump terminated"
+        found = json.loads(out or "[]")
+    except ValueError:
+        return {}
+    return {b["bucket"]["index"]: b["bucket"]["nhid"] for b in found}
 
 
 def balanced(lab: Lab, vip: str) -> bool:

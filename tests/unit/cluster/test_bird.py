@@ -46,6 +46,7 @@ def test_protocols_give_state_and_session_info() -> None:
     assert found["uplink"].kind == "BGP"
     assert found["uplink"].state == "up"
     assert found["uplink"].info == "Established"
+    assert found["uplink"].since == "11:09:09.557"
     assert found["vips"].info == ""
 
 
