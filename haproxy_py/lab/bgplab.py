@@ -12,6 +12,10 @@ Each node runs BIRD (config from `haproxy_py.cluster.birdconf`), its proxy
 under `agent.livelink`, and the announcer `agent.bgp` (label `agent`); the
 VIPs live on the nodes' `lo` and the nodes answer no ARP for them.
 
+`use_resilient` (`hactl lab up --mode bgp --resilient-router`) switches the
+router to resilient next-hop groups (`haproxy_py.lab.nhmirror`), which keep
+established flows in place when nodes come and go.
+
 This round the BGP lab has no etcd, agent lease or controller: every node may
 announce every VIP (the announcer's `--vip`), and the nodes decide alone.
 """
@@ -27,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from haproxy_py import configfile
 from haproxy_py.cluster import bgp_config, bird, birdconf
@@ -43,7 +47,6 @@ LIVE_LINK = "havips"
 BFD = birdconf.Bfd(interval_ms=100, multiplier=3)
 PROCESSES = ("bird", "proxy", "agent")  # in start order: the announcer talks to BIRD
 ROUTER = "router"
-READY_TIMEOUT = 60.0
 
 Say = Callable[[str], None]
 
@@ -227,9 +230,8 @@ def node_command(lab: Lab, node: str, process: str, program: Callable[[str], str
 
 def next_hops(lab: Lab, vip: str) -> list[str]:
     """The gateways of the router's kernel route to `vip` (sorted; empty: no route)."""
-    out = netns.ip("-j", "route", "show", f"{vip}/32", netns=lab.layout.prefix + ROUTER)
     hops = []
-    for route in json.loads(out or "[]"):
+    for route in _router_json(lab, "route", "show", f"{vip}/32"):
         if route.get("dst") != vip:
             continue
         hops += [h["gateway"] for h in route.get("nexthops", []) if "gateway" in h]
@@ -284,31 +286,27 @@ def use_resilient(lab: Lab) -> None:
     lab.plumbing.spawn(lab.layout.prefix + ROUTER, argv, label=label, log=lab.paths.log(label))
 
 
-def resilient_group(lab: Lab, vip: str) -> dict[str, object] | None:
+def _router_json(lab: Lab, *args: str) -> list[dict[str, Any]]:
+    """`ip -j ARGS` in the router's namespace; [] when there is nothing (`ip` then prints
+    "[" and "Dump terminated", or an error)."""
+    out = netns.ip("-j", *args, netns=lab.layout.prefix + ROUTER, check=False)
+    try:
+        found = json.loads(out or "[]")
+    except ValueError:
+        return []
+    return found if isinstance(found, list) else []
+
+
+def resilient_group(lab: Lab, vip: str) -> dict[str, Any] | None:
     """The router's next-hop group for `vip` (`ip -j nexthop show`), None in plain ECMP."""
-    out = netns.ip(
-        "-j",
-        "nexthop",
-        "show",
-        "id",
-        str(nhmirror.group_id(vip)),
-        netns=lab.layout.prefix + ROUTER,
-        check=False,
-    )
-    groups = json.loads(out or "[]")
+    groups = _router_json(lab, "nexthop", "show", "id", str(nhmirror.group_id(vip)))
     return groups[0] if groups else None
 
 
 def buckets(lab: Lab, vip: str) -> dict[int, int]:
     """Bucket index -> next-hop object id in the router's resilient group for `vip` (empty
     while there is none)."""
-    group = str(nhmirror.group_id(vip))
-    router = lab.layout.prefix + ROUTER
-    out = netns.ip("-j", "nexthop", "bucket", "show", "id", group, netns=router, check=False)
-    try:  # no group: `ip` prints "[" and "Dump terminated"
-        found = json.loads(out or "[]")
-    except ValueError:
-        return {}
+    found = _router_json(lab, "nexthop", "bucket", "show", "id", str(nhmirror.group_id(vip)))
     return {b["bucket"]["index"]: b["bucket"]["nhid"] for b in found}
 
 
