@@ -113,7 +113,7 @@ def announce_path(lab: Lab, name: str) -> Path:
 
 
 def control_socket(lab: Lab, name: str) -> Path:
-    return lab.paths.root / f"{name}.ctl"
+    return lab.paths.etc / f"{name}.ctl"  # under etc/, which `hactl lab down` removes
 
 
 # ---- building ----

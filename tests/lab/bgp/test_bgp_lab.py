@@ -39,6 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
         shutil.copytree(built.paths.logs, ARTIFACTS / "lab-logs-bgp", dirs_exist_ok=True)
         control.down(run_dir)
         assert netns.leftovers(prefix) == []
+        assert not run_dir.exists()
 
 
 def addresses(lab: control.Lab, *names: str) -> list[str]:

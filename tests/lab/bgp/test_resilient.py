@@ -29,6 +29,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
         shutil.copytree(built.paths.logs, ARTIFACTS / "lab-logs-bgp-resilient", dirs_exist_ok=True)
         control.down(run_dir)
         assert netns.leftovers(prefix) == []
+        assert not run_dir.exists()
 
 
 def buckets(lab: control.Lab) -> dict[int, int]:
