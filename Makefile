@@ -8,6 +8,7 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
                 prometheus curl
 STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
+APT_PACKAGES += bird2  # BGP mode: the BGP speaker on each node and the lab's router
 
 .PHONY: deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
 

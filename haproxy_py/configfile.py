@@ -26,6 +26,7 @@ KNOWN_SECTIONS = {
     "agent": "lease, health polling and VIP handling (ha-agent)",
     "controller": "controller timings and metrics (ha-controller)",
     "logging": "log level and format (all daemons)",
+    "bgp": "this node's BGP speaker in BGP mode: AS, peers, BFD (ha-agent, bird.conf)",
 }
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
+from haproxy_py.cluster.bird import BirdError
 from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.hactl.errors import HactlError
-from haproxy_py.lab import control
-from haproxy_py.lab.layout import MODES, PROXY_PORT, LayoutError
+from haproxy_py.lab import bgplab, control
+from haproxy_py.lab.layout import LAB_MODES, MODES, PROXY_PORT, LayoutError
 from haproxy_py.lab.netns import NetnsError
 from haproxy_py.logging import configure as configure_logging
 
@@ -59,7 +61,7 @@ def _load() -> control.Lab:
 
 @lab.command()
 @click.option("--nodes", type=click.IntRange(1, 8), default=2, show_default=True)
-@click.option("--mode", type=click.Choice(MODES), default="active-standby", show_default=True)
+@click.option("--mode", type=click.Choice(LAB_MODES), default="active-standby", show_default=True)
 @click.option("--vips", type=click.IntRange(1, 16), help="Default: 1, or one per node (a-a).")
 @click.option(
     "--prefix",
@@ -74,9 +76,18 @@ def _load() -> control.Lab:
     show_default=True,
     help="Timing profile: default (lease TTL 2 s) or fast (TTL 1 s: node loss in ~1.5 s).",
 )
-def up(nodes: int, mode: str, vips: int | None, prefix: str, profile: str) -> None:
+@click.option(
+    "--resilient-router",
+    is_flag=True,
+    help="BGP mode: the router keeps flows in place when nodes come and go.",
+)
+def up(
+    nodes: int, mode: str, vips: int | None, prefix: str, profile: str, resilient_router: bool
+) -> None:
     """Build the lab, wait until a VIP answers, and point plain `hactl` at it."""
     _requirements()
+    if resilient_router and mode != "bgp":
+        raise HactlError("--resilient-router needs --mode bgp (the other modes have no router)")
     try:
         built = control.Lab.up(
             run_dir=_dir(),
@@ -87,10 +98,15 @@ def up(nodes: int, mode: str, vips: int | None, prefix: str, profile: str) -> No
             profile=profile,
             say=click.echo,
         )
-    except _ERRORS as exc:
+        if resilient_router:
+            bgplab.use_resilient(built)
+    except (*_ERRORS, BirdError) as exc:
         raise HactlError(str(exc)) from None
-    status = built.hactl("status")
-    click.echo(status.stdout + status.stderr)
+    if built.layout.mode == "bgp":
+        click.echo(bgplab.summary(built))
+    else:
+        status = built.hactl("status")
+        click.echo(status.stdout + status.stderr)
     layout = built.layout
     click.echo(f"VIPs {', '.join(layout.vips)}, port {PROXY_PORT}; try from the client namespace:")
     click.echo(
@@ -105,9 +121,10 @@ def up(nodes: int, mode: str, vips: int | None, prefix: str, profile: str) -> No
 def status(output: str) -> None:
     """Show the lab's layout: namespaces, addresses, VIPs, etcd and the host URL."""
     try:
-        layout = control.Lab.load(_dir()).layout
+        loaded = control.Lab.load(_dir())
     except _ERRORS as exc:
         raise HactlError(str(exc)) from None
+    layout = loaded.layout
     doc = layout.status_json()
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
@@ -115,10 +132,14 @@ def status(output: str) -> None:
     click.echo(
         f"lab {layout.mode}, profile {layout.profile}, subnet {layout.subnet}, run dir {_dir()}"
     )
-    for m in (*layout.nodes, *layout.etcd, *layout.apps, layout.client):
+    bgp = layout.mode == "bgp"  # no etcd in the BGP lab yet
+    for m in (*layout.nodes, *(() if bgp else layout.etcd), *layout.apps, layout.client):
         click.echo(f"  {m.name:<8} {m.address:<15} netns {m.netns}")
     click.echo(f"  VIPs     {', '.join(layout.vips)} (port {PROXY_PORT})")
     click.echo(f"  host URL {layout.host_url}")
+    if bgp:
+        with contextlib.suppress(BirdError, NetnsError):
+            click.echo(bgplab.summary(loaded))
 
 
 @lab.command()

@@ -29,8 +29,8 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.lab import bgplab, netns
 from haproxy_py.lab import layout as lay
-from haproxy_py.lab import netns
 from haproxy_py.lab.layout import Layout, Member
 
 RUN_DIR = Path("/run/haproxy-py/lab")
@@ -174,6 +174,10 @@ class Lab:
 
     def _build(self, say: Say) -> None:
         layout, paths = self.layout, self.paths
+        if layout.mode == "bgp":
+            bgplab.build(self, say)
+            wait_for(lambda: bgplab.ready(self), READY_TIMEOUT, "BGP did not converge", paths.logs)
+            return
         say(f"subnet {layout.subnet} on bridge {layout.prefix}br, namespaces {layout.prefix}*")
         self.plumbing.bridge(f"{layout.host_address}/{layout.prefixlen}")
         for m in layout.members:
@@ -266,6 +270,8 @@ class Lab:
         ]
 
     def _node_command(self, node: str, process: str) -> list[str]:
+        if self.layout.mode == "bgp":
+            return bgplab.node_command(self, node, process, _program)
         config = str(self.paths.config(node))
         if process == "proxy":
             return [_program("haproxy-py"), "run", "--config", config]
@@ -279,8 +285,10 @@ class Lab:
             if (p.label == name or p.label.startswith(name + "/")) and self.plumbing.alive(p)
         ]
 
-    def start_node(self, name: str, processes: tuple[str, ...] = NODE_PROCESSES) -> None:
+    def start_node(self, name: str, processes: tuple[str, ...] | None = None) -> None:
         node = self.layout.node(name)
+        if processes is None:
+            processes = bgplab.PROCESSES if self.layout.mode == "bgp" else NODE_PROCESSES
         for process in processes:
             label = f"{name}/{process}"
             if label not in self.running(name):

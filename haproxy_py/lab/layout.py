@@ -22,7 +22,8 @@ from typing import Any
 
 from haproxy_py.cluster.timing import PROFILES, Profile
 
-MODES = ("active-standby", "active-active")
+MODES = ("active-standby", "active-active")  # the floating-IP modes (chaos, fault tests)
+LAB_MODES = (*MODES, "bgp")  # bgp: see haproxy_py.lab.bgplab
 CLUSTER = "lab"
 PROXY_PORT = 8080  # the proxied HTTP/WebSocket port on the VIPs
 APP_PORT = 8000
@@ -132,14 +133,14 @@ class Layout:
 def plan(
     prefix: str, subnet: str, nodes: int, mode: str, vips: int | None, profile: str = "default"
 ) -> Layout:
-    """The lab's shape; `vips` defaults to 1 (active-standby) or one per node (active-active)."""
+    """The lab's shape; `vips` defaults to one per node (active-active), else 1."""
     if profile not in PROFILES:
         raise LayoutError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if not 1 <= nodes <= MAX_NODES:
         raise LayoutError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
-    if mode not in MODES:
-        raise LayoutError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    count = vips if vips is not None else (1 if mode == "active-standby" else nodes)
+    if mode not in LAB_MODES:
+        raise LayoutError(f"--mode must be one of {', '.join(LAB_MODES)}, got {mode!r}")
+    count = vips if vips is not None else (nodes if mode == "active-active" else 1)
     if not 1 <= count <= MAX_VIPS:
         raise LayoutError(f"--vips must be 1 to {MAX_VIPS}, got {count}")
     net = ipaddress.IPv4Network(subnet)
@@ -149,6 +150,9 @@ def plan(
     def member(name: str, host: int) -> Member:
         return Member(name=name, netns=prefix + name, address=str(net[host]))
 
+    # In BGP mode the client sits behind the lab's router, on a link of its own.
+    client_net = behind_router(net) if mode == "bgp" else net
+
     return Layout(
         prefix=prefix,
         subnet=str(net),
@@ -156,11 +160,19 @@ def plan(
         etcd=tuple(member(f"etcd{i}", 10 + i) for i in (1, 2, 3)),
         nodes=tuple(member(f"node{i}", 20 + i) for i in range(1, nodes + 1)),
         apps=tuple(member(f"app{i}", 30 + i) for i in (1, 2)),
-        client=member("client", 41),
+        client=Member(name="client", netns=prefix + "client", address=str(client_net[41])),
         vips=tuple(str(net[100 + i]) for i in range(count)),
         host_address=str(net[1]),
         profile=profile,
     )
+
+
+def behind_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The /24 behind the BGP lab's router: 198.19.x.0/24 for the bridge's 198.18.x.0/24 (or
+    198.18.x for 198.19.x): inside the lab range, never routed on the host."""
+    third = subnet.network_address.packed[2]
+    second = 19 if subnet.network_address.packed[1] == 18 else 18
+    return ipaddress.IPv4Network(f"198.{second}.{third}.0/24")
 
 
 def _toml(value: object) -> str:
