@@ -6,8 +6,13 @@ tree, translated here and nowhere else:
 
     StoreError                 any store failure (message is for the operator)
     ├── StoreUnavailable       no endpoint answered in time (names endpoints + timeout)
+    │   └── StoreTlsError      the TLS handshake failed (names whose certificate failed what)
     ├── LeaseLost              the lease is gone (expired, revoked, or TTL answered <= 0)
     └── RequestTimeout         no final result for a request in the time given
+
+Messages are the store's own words: gRPC's detail text is read here (a TLS
+failure reaches us as UNAVAILABLE, like a dead server, with BoringSSL's
+reason in the text) and never passed on as is.
 
 A failed compare in a transaction is not an exception: conditional writes
 return False, and the caller re-reads the view and decides again.
@@ -43,10 +48,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
+import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+# gRPC's C core would print TLS failures to stderr in its own words; this module reports
+# them in ours (set before aetcd loads gRPC; GRPC_VERBOSITY in the environment still wins).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import aetcd
 import aetcd.exceptions as aetcd_errors
@@ -68,6 +78,10 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """No etcd endpoint answered within the timeout."""
+
+
+class StoreTlsError(StoreUnavailable):
+    """The TLS handshake with etcd failed; the message says whose certificate failed what."""
 
 
 class LeaseLost(StoreError):
@@ -284,8 +298,10 @@ class Store:
         self._rotated.set()
         self._rotated = asyncio.Event()
 
-    def _unavailable(self, detail: str) -> StoreUnavailable:
+    def _unavailable(self, detail: str, tls: str | None = None) -> StoreUnavailable:
         endpoints = ", ".join(self.config.endpoints)
+        if tls is not None:
+            return StoreTlsError(f"TLS: {tls} (etcd {endpoints})")
         return StoreUnavailable(
             f"etcd unreachable (endpoints {endpoints}; timeout {self.config.timeout:g} s): "
             f"{detail}; check that etcd runs and that the [etcd] endpoints and TLS files are right"
@@ -293,13 +309,14 @@ class Store:
 
     async def _call(self, what: str, op: Callable[[_Client], Awaitable[T]]) -> T:
         """Run `op` on the current endpoint, moving on when an endpoint refuses or stalls."""
-        last = "no endpoint tried"
+        last, tls = "no endpoint tried", None
         for _ in range(len(self.config.endpoints)):
             endpoint = self.endpoint
             try:
                 return await op(self._client())
             except aetcd_errors.ConnectionFailedError as exc:
-                last = f"{endpoint}: {_detail(exc)}"
+                tls = _tls_failure(_detail(exc), self.config)
+                last = f"{endpoint}: {tls or _plain(_detail(exc), self.config)}"
                 await self._reload_tls()
                 self._rotate(f"{what}: {last}")
             except (aetcd_errors.ConnectionTimeoutError, aetcd_errors.WatchTimeoutError):
@@ -315,7 +332,7 @@ class Store:
                 if "lease not found" in detail:
                     raise LeaseLost(f"{what}: the lease is gone ({detail})") from None
                 raise StoreError(f"etcd {what} failed at {endpoint}: {detail}") from None
-        raise self._unavailable(last)
+        raise self._unavailable(last, tls)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -587,6 +604,59 @@ async def _cancel_quietly(stream: Any) -> None:
         await stream.cancel()
     except Exception as exc:  # the stream may already be dead; nothing to clean up then
         log.debug("watch cancel failed", error=repr(exc))
+
+
+def _tls_failure(detail: str, config: EtcdConfig) -> str | None:
+    """Which side's certificate failed which check, when gRPC's detail shows a TLS failure."""
+    for marker in ("CERTIFICATE_VERIFY_FAILED", "not in peer certificate"):
+        if marker in detail:
+            return (
+                f"etcd's server certificate failed verification against the CA file "
+                f"{config.cacert}: wrong CA file, or the endpoint's name/IP is not in its SANs"
+            )
+    for marker in ("BAD_CERTIFICATE", "TSI_DATA_CORRUPTED"):
+        if marker in detail:
+            if config.cert is None:
+                return (
+                    "etcd requires a client certificate and none was given "
+                    "([etcd] cert and key; hactl --cert/--key)"
+                )
+            return (
+                f"etcd rejected client certificate {config.cert} "
+                "(not signed by a CA etcd trusts, or not for client use)"
+            )
+    return None
+
+
+_PLAIN = (  # gRPC's words for a failed connection -> ours
+    ("Connection refused", "connection refused"),
+    ("Domain name not found", "host name not found"),
+    ("resolving", "host name not found"),
+    ("Socket closed", "connection closed during the handshake"),
+    ("Connection reset", "connection reset"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+    ("Deadline Exceeded", "no answer in time"),
+)
+
+
+def connection_failure(detail: str, config: EtcdConfig) -> str:
+    """gRPC's text for a failed call, in our words: the TLS check that failed, or what
+    happened to the connection (for `maintenance`, which talks to members one by one)."""
+    return _tls_failure(detail, config) or _plain(detail, config)
+
+
+def _plain(detail: str, config: EtcdConfig) -> str:
+    """What gRPC's text for a failed connection says, in our words; etcd's own words stay."""
+    if "etcdserver: " in detail:
+        return detail[detail.index("etcdserver: ") :].splitlines()[0]
+    for marker, words in _PLAIN:
+        if marker in detail:
+            if words.startswith("connection closed") and not config.tls:
+                words += "; etcd may require TLS: give https:// endpoints and a CA file"
+            return words
+    log.debug("etcd connection failed", detail=detail)
+    return "cannot connect"
 
 
 def _detail(exc: BaseException) -> str:
