@@ -52,8 +52,13 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     return int(usec) / 1_000_000
 
 
-async def supervise(ready: Callable[[], bool], environ: Mapping[str, str] | None = None) -> None:
-    """READY=1 once `ready()` holds; WATCHDOG=1 every half interval meanwhile and after."""
+async def supervise(
+    ready: Callable[[], bool],
+    environ: Mapping[str, str] | None = None,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """READY=1 (and `on_ready()`) once `ready()` holds; WATCHDOG=1 every half interval
+    meanwhile and after."""
     interval = watchdog_interval(environ)
     loop = asyncio.get_running_loop()
     fed = -math.inf
@@ -68,16 +73,19 @@ async def supervise(ready: Callable[[], bool], environ: Mapping[str, str] | None
         feed()
         await asyncio.sleep(READY_POLL)
     notify("READY=1", environ)
+    on_ready()
     while interval is not None:
         feed()
         await asyncio.sleep(interval / 2)
 
 
-def start(ready: Callable[[], bool]) -> asyncio.Task[None] | None:
-    """Run `supervise(ready)` on the running loop; None (and nothing runs) outside systemd."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return None
-    task = asyncio.get_running_loop().create_task(supervise(ready), name="systemd-notify")
+def start(
+    ready: Callable[[], bool], on_ready: Callable[[], None] = lambda: None
+) -> asyncio.Task[None]:
+    """Run `supervise(ready, on_ready=on_ready)` on the running loop (outside systemd only
+    `on_ready` has an effect: the notifications go nowhere, and there is no watchdog)."""
+    supervising = supervise(ready, on_ready=on_ready)
+    task = asyncio.get_running_loop().create_task(supervising, name="systemd-notify")
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task

@@ -9,7 +9,8 @@ otherwise sleep out a lease.
 Leases expire when the clock passes their deadline, noticed at the start of
 every operation and by `sweep()` (etcd's leader sweeps every 500 ms; here the
 next caller does it, so an idle store with no caller keeps expired leases).
-TTLs read back truncated to whole seconds, as etcd answers them.
+TTLs read back truncated to whole seconds, as etcd answers them. The history
+is kept until `compact()`: a long run compacts now and then, as etcd does.
 
 `down = True` makes every call fail with `StoreUnavailable`, as an unreachable
 etcd does; watches wait until it is lifted and carry on without losing events.

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import agent_etcd, load_settings
+from agent.cli import agent_etcd, parse
 from agent.daemon import Agent
 from agent.proxy import ProxyClient
 from agent.state import Action
 from haproxy_py.cluster.records import NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.configfile import load
 from tests.lab.agent.support import AdminStandIn, until
 from tests.support.agent_fakes import FakeAddressTable, FakeAnnouncer
 from tests.support.etcd import EtcdCluster
@@ -94,7 +95,7 @@ metrics_bind = ""
 
 @contextlib.asynccontextmanager
 async def running(path: Path, admin: AdminStandIn) -> AsyncIterator[Node]:
-    settings, etcd_config, _, _ = load_settings(path)
+    settings, etcd_config = parse(load(path))
     etcd_config = agent_etcd(etcd_config, settings)
     table, announcer = FakeAddressTable(), FakeAnnouncer()
     store, test_store = Store(etcd_config, "w"), Store(etcd_config, "w")

@@ -17,8 +17,8 @@ from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.hardening.test_limits import no_leak, open_raw, read_all
+from tests.integration.proxy.process import CONFIG, read_event, start
 from tests.integration.proxy.support import Backend, admin_url, poll_until, proxy_config, url
-from tests.integration.proxy.test_cli import CONFIG, read_event, start
 
 
 async def healthz(session: aiohttp.ClientSession, server: ProxyServer) -> int:

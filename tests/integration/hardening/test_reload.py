@@ -13,8 +13,8 @@ import pytest
 
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import parse_proxy
+from tests.integration.proxy.process import CONFIG, read_event, start
 from tests.integration.proxy.support import Backend, proxy_config
-from tests.integration.proxy.test_cli import CONFIG, read_event, start
 
 
 async def ask(session: aiohttp.ClientSession, listener: str, path: str) -> str:

@@ -185,8 +185,8 @@ async def test_check_config_names_the_file_and_the_problem(
         '[[routes]]\nbackend = "app"\n[backends.app]\nservers = ["127.0.0.1:9"]\n'
     )
     result = CliRunner().invoke(main, ["check-config", str(config)])
-    assert result.exit_code == 1
-    assert result.output.startswith(f"{config}: listeners[0].tls.")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"haproxy-py: {config}: listeners[0].tls.")
     assert expected in result.output
     assert "Traceback" not in result.output
 

@@ -20,13 +20,14 @@ import aiohttp
 import pytest
 from pyroute2.netns import popns, pushns
 
-from agent.cli import agent_etcd, load_settings
+from agent.cli import agent_etcd, parse
 from agent.daemon import Agent
 from agent.garp import ETH_P_ARP, Announcer, parse_arp
 from agent.netlink import Addresses
 from agent.proxy import ProxyClient
 from haproxy_py.cluster.records import ClusterSettings, NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store
+from haproxy_py.configfile import load
 from tests.lab.agent.support import AdminStandIn, addresses, plumbing, until
 from tests.support.etcd import EtcdCluster
 
@@ -121,7 +122,7 @@ garp_second_burst = 0.5
 metrics_bind = "127.0.0.1:0"
 """.replace("'", '"')
         )
-        settings, etcd_config, _, _ = load_settings(config)
+        settings, etcd_config = parse(load(config))
         etcd_config = agent_etcd(etcd_config, settings)
         with in_netns(peer.netns):
             capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))

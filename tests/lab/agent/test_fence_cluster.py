@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import load_settings
+from agent.cli import parse
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import Store
 from haproxy_py.cluster.timing import Timing
+from haproxy_py.configfile import load
 from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import in_netns, ip
 from haproxy_py.lab.watch import parse_addresses
@@ -79,7 +80,7 @@ class Lab:
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     with plumbing(tmp_path, "hvg") as (plumb, net), cluster(tmp_path, plumb, net) as c:
-        settings, _, _, _ = load_settings(next(iter(c.nodes.values())).config)
+        settings, _ = parse(load(next(iter(c.nodes.values())).config))
         client = f"{net}.50"
         addresses = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
         store = Store(EtcdConfig((c.etcd.endpoint,), timeout=2.0), "lab")
