@@ -25,11 +25,11 @@ from tests.integration.cluster.helpers import (
     cluster_config,
     controller_config,
     etcd_config,
-    until,
     view_where,
 )
 from tests.support.etcd import EtcdCluster
 from tests.support.stand_in import StandInAgent
+from tests.support.wait import eventually_async
 
 
 class Running:
@@ -324,7 +324,7 @@ class TestEtcdFaults:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
                 assert not agents["a"].lease_lost.is_set()
-            after = await until(lambda: _view_or_none(store))
+            after = await eventually_async(lambda: _view_or_none(store))
             assert owned_by((VIP1, "a"))(after)
             assert after.epoch == before.epoch
             answered = await submit(store, "move", target="b")  # and the cluster still works
@@ -337,7 +337,7 @@ class TestEtcdFaults:
         async with scene(cfg, cluster_config("e2"), {"a": 200, "b": 100}) as (store, _agents, _):
             before = await view_where(store, owned_by((VIP1, "a")))
             etcd.members[0].restart()
-            after = await until(lambda: _view_or_none(store))
+            after = await eventually_async(lambda: _view_or_none(store))
             assert owned_by((VIP1, "a"))(after) and after.epoch == before.epoch
             answered = await submit(store, "move", target="b")
             assert answered.result is not None and answered.result.status == "done"

@@ -22,8 +22,9 @@ from haproxy_py.cluster.store import (
     WatchEvent,
     new_request_id,
 )
-from tests.integration.cluster.helpers import etcd_config, until
+from tests.integration.cluster.helpers import etcd_config
 from tests.support.etcd import EtcdCluster, EtcdTLS
+from tests.support.wait import eventually_async
 
 
 async def collect(store: Store, prefix: str, revision: int, sink: list[WatchEvent]) -> None:
@@ -59,10 +60,10 @@ class TestFailures:
             seen: list[WatchEvent] = []
             task = asyncio.create_task(collect(store, prefix, revision, seen))
             try:
-                await until(lambda: _async(len(seen) == 1))
+                await eventually_async(lambda: _async(len(seen) == 1))
                 etcd.members[0].restart()
-                await until(lambda: _put_ok(store, store.schema.node("after")))
-                await until(lambda: _async(any(e.key.endswith("/after") for e in seen)))
+                await eventually_async(lambda: _put_ok(store, store.schema.node("after")))
+                await eventually_async(lambda: _async(any(e.key.endswith("/after") for e in seen)))
                 assert [e.key.rsplit("/", 1)[-1] for e in seen] == ["before", "after"]
             finally:
                 task.cancel()
@@ -80,13 +81,13 @@ class TestFailures:
             seen: list[WatchEvent] = []
             task = asyncio.create_task(collect(watcher, watcher.schema.prefix, revision, seen))
             try:
-                await until(lambda: _async(len(seen) == 1))
+                await eventually_async(lambda: _async(len(seen) == 1))
                 etcd_cluster.members[0].kill()
                 for i in range(1, 4):  # the first may wait out a new raft election
                     key = writer.schema.node(f"n{i}")
-                    await until(lambda key=key: _put_ok(writer, key))  # type: ignore[misc]
+                    await eventually_async(lambda key=key: _put_ok(writer, key))  # type: ignore[misc]
                 await watcher.get("nudge")  # a call notices the dead member and moves on
-                await until(lambda: _async(len(seen) == 4))
+                await eventually_async(lambda: _async(len(seen) == 4))
                 assert [e.key.rsplit("/", 1)[-1] for e in seen] == ["n0", "n1", "n2", "n3"]
             finally:
                 task.cancel()
@@ -162,6 +163,6 @@ class TestMemberFaults:
                 with pytest.raises(StoreUnavailable, match="timed out"):
                     await store.get(store.schema.config)
                 assert store.endpoint == etcd_cluster.endpoints[1]
-                await until(lambda: _put_ok(store, store.schema.epoch))
+                await eventually_async(lambda: _put_ok(store, store.schema.epoch))
             finally:
                 etcd_cluster.members[0].thaw()
