@@ -26,8 +26,8 @@ from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab.netns import Plumbing, Proc
 from haproxy_py.lab.watch import TwoOwnersWatcher, Violation
-from tests.lab.agent.support import until
 from tests.support.etcd import EtcdMember, free_ports
+from tests.support.wait import eventually_async
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[3]
@@ -425,6 +425,6 @@ async def wait_or_show(
 ) -> float:
     """`until`, adding the cluster's logs to the failure."""
     try:
-        return await until(check, limit, what)
+        return await eventually_async(check, limit, what)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.c.logs()}") from None

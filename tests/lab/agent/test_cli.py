@@ -13,7 +13,7 @@ import pytest
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store
 from tests.lab.agent.cluster import BIN, bridge_etcd
-from tests.lab.agent.support import plumbing, until
+from tests.lab.agent.support import plumbing
 from tests.support.etcd import free_ports
 from tests.support.wait import eventually_async
 
@@ -133,7 +133,7 @@ async def test_sigterm_releases_and_exits_zero(tmp_path: Path) -> None:
             async def registered() -> bool:
                 return await store.get(store.schema.node("n1")) is not None
 
-            await until(registered, 60, "nodes/n1 in etcd", every=0.05)
+            await eventually_async(registered, 60, "nodes/n1 in etcd", every=0.05)
             proc.send_signal(signal.SIGTERM)
             err = await finish(proc, cfg, 30)
             assert proc.returncode == 0, err

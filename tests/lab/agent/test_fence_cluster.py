@@ -28,7 +28,8 @@ from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import in_netns, ip
 from haproxy_py.lab.watch import parse_addresses
 from tests.lab.agent.cluster import Cluster, Node, Watcher, cluster
-from tests.lab.agent.support import plumbing, until
+from tests.lab.agent.support import plumbing
+from tests.support.wait import eventually_async
 
 pytestmark = pytest.mark.lab
 RTMGRP_IPV4_IFADDR = 0x10
@@ -68,7 +69,9 @@ class Lab:
     async def answered_by(self, node: Node, since: float, limit: float = 30) -> None:
         want = mac(node.netns)
         try:
-            await until(lambda: self.arp.last(self.vip, want, since) is not None, limit, "ARP")
+            await eventually_async(
+                lambda: self.arp.last(self.vip, want, since) is not None, limit, "ARP"
+            )
         except AssertionError:
             raise AssertionError(f"{node.name} never answered ARP\n{self.c.logs()}") from None
 
@@ -88,9 +91,11 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
             addresses.start()
             lab = Lab(c, store, arp, addresses, settings.agent.timing)
             try:
-                await until(lambda: bool(arp.of(c.vip)), 60, "an ARP answer for the VIP")
+                await eventually_async(lambda: bool(arp.of(c.vip)), 60, "an ARP answer for the VIP")
                 for node in c.nodes.values():
-                    await until(lambda n=node: lab.healthy(n), 60, f"{node.name} healthy")  # type: ignore[misc]
+                    await eventually_async(
+                        lambda n=node: lab.healthy(n), 60, f"{node.name} healthy"
+                    )  # type: ignore[misc]
                 yield lab
             finally:
                 addresses.stop()
@@ -158,7 +163,7 @@ async def test_a_foreign_address_after_a_refresh_never_keeps_a_killed_node_answe
         )
         assert last <= refreshed + bound + SEEN, f"answered {last - refreshed:.3f} s after"
         lab.c.start_agent(victim)
-        await until(lambda v=victim: lab.healthy(v), 60, "the restarted agent healthy")  # type: ignore[misc]
+        await eventually_async(lambda v=victim: lab.healthy(v), 60, "the restarted agent healthy")  # type: ignore[misc]
     print(f"FENCE last answer after refresh: max {max(late) * 1000:.0f} ms over {TRIALS} kills")
     ms = [round(x * 1000) for x in sorted(takeover)]
     print(f"FENCE other node answers after the refresh: p50 {ms[len(ms) // 2]} ms, max {ms[-1]} ms")
