@@ -14,22 +14,23 @@ from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.support import (
     access_lines,
     config_from_text,
-    poll_until,
     proxy_config,
     raw_exchange,
     url,
 )
+from tests.support.wait import eventually_async
 
 KEY = base64.b64encode(b"k" * 16)
 
 
 async def no_leak(server: ProxyServer) -> None:
     """Every client connection the test made is gone from the proxy's books."""
-    await poll_until(
+    await eventually_async(
         lambda: (
             all(lst.active == 0 and not lst.connections for lst in server.listeners)
             and not server.tunnels.open
         ),
+        30,
         "all connections closed",
     )
 
@@ -194,7 +195,7 @@ async def test_listener_max_connections_is_503(backends, proxy) -> None:
         proxy_config({"app": [b.address]}, "[proxy.limits]\nmax_connections = 2\n")
     )
     held = [await open_raw(server) for _ in range(2)]
-    await poll_until(lambda: server.listeners[0].active == 2, "two connections held")
+    await eventually_async(lambda: server.listeners[0].active == 2, 30, "two connections held")
     response = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status_of(response) == 503
     for _, writer in held:
