@@ -6,7 +6,8 @@
 `check` is called until it returns something truthy, which is returned; after
 `within` seconds the test fails naming `what` and the last value seen. The
 async form also accepts a `check` that returns an awaitable. Exceptions listed
-in `ignoring` count as "not yet" (a server still starting refuses connections).
+in `ignoring` count as "not yet" (a server still starting refuses connections);
+`detail()` is added to the failure message (say, the last status seen).
 Deadlines are generous on purpose: the machine is shared, and a test that waits
 too long still passes; speed belongs in `bench/`.
 """
@@ -29,6 +30,7 @@ def eventually(
     what: str = "",
     every: float = 0.05,
     ignoring: tuple[type[BaseException], ...] = (),
+    detail: Callable[[], object] = lambda: "",
 ) -> T:
     """Poll `check` until its result is truthy, and return it; fail naming `what` after `within`."""
     deadline = time.monotonic() + within
@@ -42,7 +44,7 @@ def eventually(
             if last:
                 return cast(T, last)
         if time.monotonic() >= deadline:
-            raise AssertionError(_failure(check, within, what, last))
+            raise AssertionError(_failure(check, within, what, last, detail))
         time.sleep(every)
 
 
@@ -52,6 +54,7 @@ async def eventually_async(
     what: str = "",
     every: float = 0.02,
     ignoring: tuple[type[BaseException], ...] = (),
+    detail: Callable[[], object] = lambda: "",
 ) -> T:
     """`eventually` for the event loop: `check` may be sync or async; sleeps without blocking."""
     deadline = time.monotonic() + within
@@ -67,10 +70,17 @@ async def eventually_async(
             if last:
                 return cast(T, last)
         if time.monotonic() >= deadline:
-            raise AssertionError(_failure(check, within, what, last))
+            raise AssertionError(_failure(check, within, what, last, detail))
         await asyncio.sleep(every)
 
 
-def _failure(check: Callable[[], object], within: float, what: str, last: object) -> str:
+def _failure(
+    check: Callable[[], object],
+    within: float,
+    what: str,
+    last: object,
+    detail: Callable[[], object],
+) -> str:
     name = what or getattr(check, "__qualname__", repr(check))
-    return f"timed out after {within:g} s waiting for {name} (last: {last!r})"
+    more = detail()
+    return f"timed out after {within:g} s waiting for {name} (last: {last!r}){more and f' {more}'}"
