@@ -16,7 +16,7 @@ import pytest
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.test_limits import no_leak, open_raw, read_all
+from tests.integration.hardening.raw import no_leak, open_raw, read_all
 from tests.integration.proxy.process import CONFIG, read_event, start
 from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
 from tests.support.wait import eventually_async
