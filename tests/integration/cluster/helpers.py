@@ -37,7 +37,7 @@ def cluster_config(
 ) -> ClusterConfig:
     return ClusterConfig(
         name=name,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         vips=vips or (VIP1,),
         failback=failback,
         failback_hold=hold,

@@ -146,7 +146,7 @@ class TestProcesses:
             view = await view_where(store, lambda v: v.leader is not None and v.leader.id != first)
             takeover = time.monotonic() - killed
             assert takeover < 2 + 0.5 + 2  # TTL + etcd's expiry check + slack for a busy box
-            second = view.leader.id  # type: ignore[union-attr]
+            second = view.leader.id
 
             procs[second].send_signal(signal.SIGTERM)
             stopped = time.monotonic()

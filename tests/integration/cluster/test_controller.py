@@ -89,9 +89,9 @@ def owned_by(*pairs: tuple[str, str]) -> Callable[[ClusterView], bool]:
 async def submit(store: Store, kind: str, **fields: str) -> Request:
     request = Request(
         id=new_request_id(time.time()),
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         created=time.time(),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
     await store.submit(request)
     return await store.wait_result(request.id, 20)
@@ -252,7 +252,7 @@ class TestMoveSurvivesLeaderDeath:
                 released.set()
                 return outcome
 
-            first.executor.run = die_after_the_release  # type: ignore[method-assign]
+            first.executor.run = die_after_the_release
             request = Request(
                 id=new_request_id(time.time()), kind="move", created=time.time()
             )  # no target: the controller picks b, the only other node

@@ -85,7 +85,7 @@ class TestFailures:
                 etcd_cluster.members[0].kill()
                 for i in range(1, 4):  # the first may wait out a new raft election
                     key = writer.schema.node(f"n{i}")
-                    await eventually_async(lambda key=key: _put_ok(writer, key))  # type: ignore[misc]
+                    await eventually_async(lambda key=key: _put_ok(writer, key))
                 await watcher.get("nudge")  # a call notices the dead member and moves on
                 await eventually_async(lambda: _async(len(seen) == 4))
                 assert [e.key.rsplit("/", 1)[-1] for e in seen] == ["n0", "n1", "n2", "n3"]

@@ -132,7 +132,7 @@ async def test_sigterm_drains_websockets_then_exits(tmp_path: Path) -> None:
     process = await start(config)
     try:
         started = await read_event(process, "proxy started")
-        listener = str(started["listeners"]["web"])  # type: ignore[index]
+        listener = str(started["listeners"]["web"])
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             await ws.send_str("hi")
@@ -249,7 +249,7 @@ async def test_drain_address_without_the_capability_says_what_is_missing(tmp_pat
     )
     try:
         started = await read_event(process, "proxy started")
-        listener, admin = started["listeners"]["web"], started["admin"]  # type: ignore[index]
+        listener, admin = started["listeners"]["web"], started["admin"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             async with session.post(f"http://{admin}/drain?address=127.0.0.2") as answer:

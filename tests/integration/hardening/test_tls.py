@@ -59,7 +59,7 @@ def client_context(certs: Path) -> ssl.SSLContext:
 
 
 def peer_name(transport: object) -> str:
-    ssl_object = transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+    ssl_object = transport.get_extra_info("ssl_object")
     cert = x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True))
     return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 

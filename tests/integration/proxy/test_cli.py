@@ -23,7 +23,7 @@ async def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     try:
         started = await read_event(process, "proxy started")
         assert started["loop"] == "uvloop"
-        host, port = str(started["listeners"]["web"]).rsplit(":", 1)  # type: ignore[index]
+        host, port = str(started["listeners"]["web"]).rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /cli HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         async with asyncio.timeout(30):

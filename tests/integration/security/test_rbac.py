@@ -74,7 +74,7 @@ async def as_root(secured: Secured) -> AsyncIterator[Store]:
 
 async def _denied(call: asyncio.Future[object] | object) -> str:
     with pytest.raises(StoreError) as caught:
-        await call  # type: ignore[misc]
+        await call
     return str(caught.value)
 
 

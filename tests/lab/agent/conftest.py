@@ -37,7 +37,7 @@ async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[L
                 lab.standby = next(n for n in c.nodes.values() if n.name != first)
                 await eventually_async(
                     lambda: lab.healthy(lab.standby.name), 60, "the standby healthy"
-                )  # type: ignore[union-attr]
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{c.logs()}") from None
             prober = c.start_prober(300)

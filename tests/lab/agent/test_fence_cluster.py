@@ -95,7 +95,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
                 for node in c.nodes.values():
                     await eventually_async(
                         lambda n=node: lab.healthy(n), 60, f"{node.name} healthy"
-                    )  # type: ignore[misc]
+                    )
                 yield lab
             finally:
                 addresses.stop()
@@ -163,7 +163,7 @@ async def test_a_foreign_address_after_a_refresh_never_keeps_a_killed_node_answe
         )
         assert last <= refreshed + bound + SEEN, f"answered {last - refreshed:.3f} s after"
         lab.c.start_agent(victim)
-        await eventually_async(lambda v=victim: lab.healthy(v), 60, "the restarted agent healthy")  # type: ignore[misc]
+        await eventually_async(lambda v=victim: lab.healthy(v), 60, "the restarted agent healthy")
     print(f"FENCE last answer after refresh: max {max(late) * 1000:.0f} ms over {TRIALS} kills")
     ms = [round(x * 1000) for x in sorted(takeover)]
     print(f"FENCE other node answers after the refresh: p50 {ms[len(ms) // 2]} ms, max {ms[-1]} ms")

@@ -36,7 +36,7 @@ async def restart(lab: Lab, node: Node, daemon: str, sig: int) -> None:
         lab.c.start_controller()
 
 
-def in_service(lab: Lab, node: Node, since: float):  # type: ignore[no-untyped-def]
+def in_service(lab: Lab, node: Node, since: float):
     """The node registered again, live, ready and not stopping (checked after `since`)."""
 
     async def check() -> bool:
@@ -106,7 +106,7 @@ async def test_an_operators_drain_survives_a_restart_until_undrained(lab: Lab) -
     active, standby = lab.roles()
 
     async def ask(kind: str) -> None:
-        request = Request(id=new_request_id(time.time()), kind=kind, node=active.name)  # type: ignore[arg-type]
+        request = Request(id=new_request_id(time.time()), kind=kind, node=active.name)
         await lab.store.submit(request)
         answered = await lab.store.wait_result(request.id, 30)
         assert answered.result is not None and answered.result.status == "done"

@@ -34,7 +34,7 @@ def _snapshot(**overrides: object) -> ClusterView:
         "settings": ClusterSettings(vips=(VIP,), drained=("node-d",)),
     }
     fields.update(overrides)
-    return ClusterView(**fields)  # type: ignore[arg-type]
+    return ClusterView(**fields)
 
 
 class TestCheckFailover:

@@ -38,7 +38,7 @@ async def ends() -> AsyncIterator[Ends]:
     server = Server(ServerConfig("127.0.0.1", 1))
     tunnel = tunnels.add(
         front, back, backend="app", server=server, client_ip="198.18.0.1", listener=None
-    )  # type: ignore[arg-type]
+    )
     client = await asyncio.open_connection(sock=client_end)
     backend = await asyncio.open_connection(sock=backend_end)
     yield Ends(tunnel, tunnels, ended, client, backend)
