@@ -173,7 +173,7 @@ async def test_check_config_names_the_file_and_the_problem(
         expected = f"{cert}: no such file"
     elif problem == "mismatch":
         key = certs / "b.key"
-        expected = f"{key}: this key does not match the certificate {cert}"
+        expected = f"{key}: this key does not belong to the certificate {cert}"
     else:
         now = dt.datetime.now(dt.UTC)
         cert, key = make_cert(tmp_path, "old", not_before=now - dt.timedelta(days=9), not_after=now)
