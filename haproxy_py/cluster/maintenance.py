@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
-from haproxy_py.cluster.store import Store, StoreError, _Client, _detail, connection_failure
+from haproxy_py.cluster.store import Store, StoreError, _Client, _detail
+from haproxy_py.cluster.storeerrors import connection_failure
 
 if TYPE_CHECKING:
     from haproxy_py.metrics import Registry

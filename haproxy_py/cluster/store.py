@@ -1,18 +1,9 @@
 """The etcd store adapter: with its companion `maintenance`, the only module that imports aetcd.
 
 Every daemon and hactl talk to etcd through `Store`. It hides aetcd and gRPC
-behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and a small exception
-tree, translated here and nowhere else:
-
-    StoreError                 any store failure (message is for the operator)
-    ├── StoreUnavailable       no endpoint answered in time (names endpoints + timeout)
-    │   └── StoreTlsError      the TLS handshake failed (names whose certificate failed what)
-    ├── LeaseLost              the lease is gone (expired, revoked, or TTL answered <= 0)
-    └── RequestTimeout         no final result for a request in the time given
-
-Messages are the store's own words: gRPC's detail text is read here (a TLS
-failure reaches us as UNAVAILABLE, like a dead server, with BoringSSL's
-reason in the text) and never passed on as is.
+behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and the exception tree
+of `storeerrors` (StoreError, StoreUnavailable, StoreTlsError, LeaseLost,
+RequestTimeout): every gRPC failure is translated here, in our words.
 
 A failed compare in a transaction is not an exception: conditional writes
 return False, and the caller re-reads the view and decides again.
@@ -67,33 +58,18 @@ from aetcd import rpc, watcher
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView, KeyValue, Request
 from haproxy_py.cluster.schema import Schema
+from haproxy_py.cluster.storeerrors import (
+    LeaseLost,
+    RequestTimeout,
+    StoreError,
+    StoreTlsError,
+    StoreUnavailable,
+    plain_words,
+    tls_failure,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """A store operation failed; the message is complete for the operator."""
-
-
-class StoreUnavailable(StoreError):
-    """No etcd endpoint answered within the timeout."""
-
-
-class StoreTlsError(StoreUnavailable):
-    """The TLS handshake with etcd failed; the message says whose certificate failed what."""
-
-
-class LeaseLost(StoreError):
-    """The lease no longer exists: every key bound to it is gone."""
-
-
-class RequestTimeout(StoreError):
-    """A request got no final result in time; `last` is the request as last seen."""
-
-    def __init__(self, message: str, last: Request | None) -> None:
-        super().__init__(message)
-        self.last = last
 
 
 @dataclass(frozen=True)
@@ -315,8 +291,8 @@ class Store:
             try:
                 return await op(self._client())
             except aetcd_errors.ConnectionFailedError as exc:
-                tls = _tls_failure(_detail(exc), self.config)
-                last = f"{endpoint}: {tls or _plain(_detail(exc), self.config)}"
+                tls = tls_failure(_detail(exc), self.config)
+                last = f"{endpoint}: {tls or plain_words(_detail(exc), self.config)}"
                 await self._reload_tls()
                 self._rotate(f"{what}: {last}")
             except (aetcd_errors.ConnectionTimeoutError, aetcd_errors.WatchTimeoutError):
@@ -604,59 +580,6 @@ async def _cancel_quietly(stream: Any) -> None:
         await stream.cancel()
     except Exception as exc:  # the stream may already be dead; nothing to clean up then
         log.debug("watch cancel failed", error=repr(exc))
-
-
-def _tls_failure(detail: str, config: EtcdConfig) -> str | None:
-    """Which side's certificate failed which check, when gRPC's detail shows a TLS failure."""
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "not in peer certificate"):
-        if marker in detail:
-            return (
-                f"etcd's server certificate failed verification against the CA file "
-                f"{config.cacert}: wrong CA file, or the endpoint's name/IP is not in its SANs"
-            )
-    for marker in ("BAD_CERTIFICATE", "TSI_DATA_CORRUPTED"):
-        if marker in detail:
-            if config.cert is None:
-                return (
-                    "etcd requires a client certificate and none was given "
-                    "([etcd] cert and key; hactl --cert/--key)"
-                )
-            return (
-                f"etcd rejected client certificate {config.cert} "
-                "(not signed by a CA etcd trusts, or not for client use)"
-            )
-    return None
-
-
-_PLAIN = (  # gRPC's words for a failed connection -> ours
-    ("Connection refused", "connection refused"),
-    ("Domain name not found", "host name not found"),
-    ("resolving", "host name not found"),
-    ("Socket closed", "connection closed during the handshake"),
-    ("Connection reset", "connection reset"),
-    ("No route to host", "no route to host"),
-    ("Network is unreachable", "network unreachable"),
-    ("Deadline Exceeded", "no answer in time"),
-)
-
-
-def connection_failure(detail: str, config: EtcdConfig) -> str:
-    """gRPC's text for a failed call, in our words: the TLS check that failed, or what
-    happened to the connection (for `maintenance`, which talks to members one by one)."""
-    return _tls_failure(detail, config) or _plain(detail, config)
-
-
-def _plain(detail: str, config: EtcdConfig) -> str:
-    """What gRPC's text for a failed connection says, in our words; etcd's own words stay."""
-    if "etcdserver: " in detail:
-        return detail[detail.index("etcdserver: ") :].splitlines()[0]
-    for marker, words in _PLAIN:
-        if marker in detail:
-            if words.startswith("connection closed") and not config.tls:
-                words += "; etcd may require TLS: give https:// endpoints and a CA file"
-            return words
-    log.debug("etcd connection failed", detail=detail)
-    return "cannot connect"
 
 
 def _detail(exc: BaseException) -> str:
