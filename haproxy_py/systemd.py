@@ -3,13 +3,14 @@
 Under a unit with `Type=notify` systemd passes a datagram socket in
 $NOTIFY_SOCKET (a path, or `@name` in the abstract namespace) and, with
 `WatchdogSec=`, the interval in $WATCHDOG_USEC (for the PID in $WATCHDOG_PID,
-when set). Outside systemd both are absent and every call here does nothing.
+when set). Outside systemd both are absent and nothing is sent.
 
-    systemd.start(lambda: proxy_listening)   # one line in each daemon, inside its loop
+    systemd.start(lambda: proxy_listening, on_ready)   # via `haproxy_py.daemon.ready`
 
-`start` runs one task on the daemon's own event loop: it sends READY=1 once
-`ready()` is true (the proxy listens, the agent holds its lease, the controller
-has read etcd and campaigned or stood by), and WATCHDOG=1 every half interval.
+`start` runs one task on the daemon's own event loop: it sends READY=1 (and
+calls `on_ready`, which logs `ready`) once `ready()` is true (the proxy
+listens, the agent holds its lease, the controller has read etcd and
+campaigned or stood by), and WATCHDOG=1 every half interval.
 Because the feeding runs on the loop, a loop that hangs stops feeding, and
 systemd kills the daemon (SIGABRT) and restarts it. The task ends with the loop.
 """
