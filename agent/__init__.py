@@ -18,7 +18,7 @@ kernel address lifetime that runs out before the lease can (see
     proxy         the local proxy's admin API (/healthz, /undrain, /drain?address=)
     ready         waits until a daemon is live again (the units' ExecStartPost)
     metrics       /metrics (Prometheus text)
-    cli           the entry point and its one-line errors
+    cli           the entry point (the daemons' convention: `haproxy_py.daemon`)
 
 The `[agent]` section, with its defaults (all times in seconds):
 

@@ -36,7 +36,8 @@ from agent.registration import Registration
 from agent.state import Action, AgentCore, Hysteresis
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.config import NodeConfig
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,7 @@ class Agent:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: KVStore,
         addresses: AddressTable,
         announcer: Announcer,
         proxy: ProxyClient,

@@ -36,7 +36,8 @@ from agent.state import (
     StartGarp,
     StopGarp,
 )
-from haproxy_py.cluster.store import LeaseLost, Store, StoreError
+from haproxy_py.cluster.store import LeaseLost, StoreError
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -139,7 +140,7 @@ class Effects:
         core: AgentCore,
         addresses: AddressTable,
         announcer: Announcer,
-        store: Store,
+        store: KVStore,
         writer: Writer,
         metrics: AgentMetrics,
         prefix_length: int,

@@ -29,7 +29,8 @@ from typing import Protocol
 import structlog
 
 from haproxy_py.cluster.records import NodeRecord
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ class Handover:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         proxy: Drainer,
         me: str,
         holding: Callable[[str], bool],

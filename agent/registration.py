@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from agent.state import AgentCore
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.records import NodeRecord
-from haproxy_py.cluster.store import Store
+from haproxy_py.cluster.storeapi import KVStore
 
 Write = Callable[[], Awaitable[None]]
 
@@ -28,7 +28,7 @@ class Registration:
         node: NodeConfig,
         version: str,
         core: AgentCore,
-        store: Store,
+        store: KVStore,
         enqueue: Callable[[Write], None],
     ) -> None:
         self.node = node

@@ -34,11 +34,11 @@ from haproxy_py.cluster.store import (
     LeaseLost,
     Op,
     Put,
-    Store,
     absent,
     mod_revision_is,
     value_is,
 )
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,7 @@ class Executor:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         fence: Callable[[], list[Compare]],
         event_history: int,
         clock: Callable[[], float] = time.time,

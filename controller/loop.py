@@ -34,7 +34,8 @@ from controller.memory import Memory
 from controller.metrics import ControllerMetrics
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
-from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
+from haproxy_py.cluster.store import StoreError, StoreUnavailable
+from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
 
 log = structlog.get_logger(__name__)
@@ -57,22 +58,30 @@ class Controller:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         cluster: ClusterConfig,
         config: ControllerConfig,
         identity: str,
         metrics: ControllerMetrics | None = None,
         metrics_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.cluster = cluster
         self.config = config
         self.identity = identity
-        self.clock = clock
+        self.clock = clock  # wall time: records, decisions
+        self.monotonic = monotonic  # lease deadlines and hold-downs
         self.metrics = metrics or ControllerMetrics()
         self.election = Election(
-            store, identity, config.lease_ttl, config.keepalive_interval, metrics_url, clock
+            store,
+            identity,
+            config.lease_ttl,
+            config.keepalive_interval,
+            metrics_url,
+            clock,
+            monotonic,
         )
         self.election.on_change = self._leadership_changed
         self.executor = Executor(store, self.election.fence, config.event_history, clock)
@@ -81,7 +90,7 @@ class Controller:
             request_history=config.request_history,
             controller=identity,
         )
-        self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit)
+        self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit, monotonic)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.unowned_since: dict[str, float] = {}
@@ -219,7 +228,8 @@ class Controller:
         for lease in set(self._expiries) - leases:
             self._expiries.pop(lease).cancel()
         for lease in leases - set(self._expiries):
-            task = asyncio.create_task(revoke_when_expired(self.store, lease), name="expiry")
+            expiry = revoke_when_expired(self.store, lease, self.monotonic)
+            task = asyncio.create_task(expiry, name="expiry")
             self._expiries[lease] = task
             task.add_done_callback(functools.partial(self._lease_revoked, lease))
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haproxy_py import pki
-from haproxy_py.cluster.config import _file
 from haproxy_py.cluster.timing import (
     DEFAULT_FENCE_MARGIN,
     ETCD_ELECTION_TIMEOUT,
@@ -176,7 +175,7 @@ def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:
         return None
     files = []
     for name in names:
-        path = _file(agent, name)
+        path = agent.readable_file(name)
         if path is None:
             agent.fail(
                 name,

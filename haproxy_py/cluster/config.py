@@ -8,7 +8,6 @@ and key path; timing invariants are checked here, at load, not at runtime.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,21 +124,6 @@ def _endpoint(table: Table, index: int, raw: str, tls: bool) -> str:
     return f"{host}:{int(port)}"
 
 
-def _file(table: Table, key: str) -> Path | None:
-    value = table.string(key, None)
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_absolute():
-        # Absolute, so that a path read once is never re-anchored by a second parse.
-        path = (Path(table.file).parent / path).absolute()
-    if not path.is_file():
-        table.fail(key, f"{path}: no such file")
-    if not os.access(path, os.R_OK):
-        table.fail(key, f"{path}: not readable by this user")
-    return path
-
-
 DAEMONS = ("agent", "controller")  # each may have its own etcd identity: [etcd.agent] cert, key
 
 
@@ -149,12 +133,12 @@ def parse_etcd(doc: Table, daemon: str | None = None) -> EtcdConfig:
     readable by the agent's user alone, and the controller's by the controller's."""
     etcd = doc.table("etcd", {})
     etcd.reject_unknown({"endpoints", "timeout", "cacert", "cert", "key", *DAEMONS})
-    cacert = _file(etcd, "cacert")
+    cacert = etcd.readable_file("cacert")
     own = etcd
     if daemon is not None and daemon in etcd.data:
         own = etcd.table(daemon)
         own.reject_unknown({"cert", "key"})
-    cert, key = _file(own, "cert"), _file(own, "key")
+    cert, key = own.readable_file("cert"), own.readable_file("key")
     if (cert is None) != (key is None):
         own.fail("cert" if cert is None else "key", "cert and key must be given together")
     if cert is not None and cacert is None:

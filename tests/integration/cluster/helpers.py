@@ -1,32 +1,17 @@
-"""Shared bits for the cluster integration tests: polling with a deadline, config builders."""
+"""Shared bits for the cluster integration tests: waiting for a view, config builders."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig, EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store
+from tests.support.wait import eventually_async
 
 T = TypeVar("T")
 VIP1, VIP2, VIP3 = "198.18.200.1", "198.18.200.2", "198.18.200.3"
-
-
-async def until(
-    check: Callable[[], Awaitable[T | None]], within: float = 20.0, every: float = 0.02
-) -> T:
-    """Poll `check` until it returns something truthy; fail with the last value after `within` s."""
-    deadline = time.monotonic() + within
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {within} s (last: {last!r})")
 
 
 async def view_where(
@@ -36,7 +21,7 @@ async def view_where(
         view = await store.read_view()
         return view if predicate(view) else None
 
-    return await until(check, within)
+    return await eventually_async(check, within, "a view where the predicate holds")
 
 
 def etcd_config(endpoints: list[str], timeout: float = 1.0) -> EtcdConfig:
@@ -52,7 +37,7 @@ def cluster_config(
 ) -> ClusterConfig:
     return ClusterConfig(
         name=name,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         vips=vips or (VIP1,),
         failback=failback,
         failback_hold=hold,

@@ -17,15 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import agent_etcd, load_settings
+from agent.cli import agent_etcd, parse
 from agent.daemon import Agent
 from agent.proxy import ProxyClient
 from agent.state import Action
 from haproxy_py.cluster.records import NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store, StoreError
-from tests.lab.agent.support import AdminStandIn, until
+from haproxy_py.configfile import load
+from tests.lab.agent.support import AdminStandIn
 from tests.support.agent_fakes import FakeAddressTable, FakeAnnouncer
 from tests.support.etcd import EtcdCluster
+from tests.support.wait import eventually_async
 
 VIP = "198.18.77.100"
 
@@ -94,7 +96,7 @@ metrics_bind = ""
 
 @contextlib.asynccontextmanager
 async def running(path: Path, admin: AdminStandIn) -> AsyncIterator[Node]:
-    settings, etcd_config, _, _ = load_settings(path)
+    settings, etcd_config = parse(load(path))
     etcd_config = agent_etcd(etcd_config, settings)
     table, announcer = FakeAddressTable(), FakeAnnouncer()
     store, test_store = Store(etcd_config, "w"), Store(etcd_config, "w")
@@ -120,7 +122,7 @@ async def node(tmp_path: Path, etcd: EtcdCluster) -> AsyncIterator[Node]:
     url = await admin.start()
     try:
         async with running(config(tmp_path / "n1.toml", etcd.endpoints, url), admin) as n:
-            await until(lambda: _live(n), 15, "the node record to say live")
+            await eventually_async(lambda: _live(n), 15, "the node record to say live")
             yield n
     finally:
         await admin.stop()
@@ -136,7 +138,7 @@ async def _live(n: Node) -> bool:
 
 async def test_holds_an_assigned_vip_and_lists_it(node: Node) -> None:
     await node.assign()
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     assert VIP in node.announcer.announcing
     assert node.table.graced == [], "no grace period when nobody had the VIP before"
 
@@ -144,12 +146,12 @@ async def test_holds_an_assigned_vip_and_lists_it(node: Node) -> None:
         record = await node.record()
         return record is not None and record.vips == (VIP,) and record.ready == 1
 
-    await until(listed, 10, "the node record to list the VIP and its readiness")
+    await eventually_async(listed, 10, "the node record to list the VIP and its readiness")
 
 
 async def test_after_a_loop_stall_the_fence_runs_before_any_queued_step(node: Node) -> None:
     await node.assign()
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     seen: list[bool] = []
 
     async def stall() -> list[Action]:
@@ -164,13 +166,13 @@ async def test_after_a_loop_stall_the_fence_runs_before_any_queued_step(node: No
 
     node.agent._post(stall)
     node.agent._post(look)  # queued during the stall, like a late watch event
-    await until(lambda: bool(seen), 10, "the queued step to run")
+    await eventually_async(lambda: bool(seen), 10, "the queued step to run")
     assert seen == [False], "the expired address was still there when the next step ran"
 
 
 async def test_a_planned_take_over_gets_a_grace_period(node: Node) -> None:
     await node.assign(cause="manual")
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     assert node.table.graced == [VIP]
 
 
@@ -178,13 +180,13 @@ async def test_release_is_acknowledged_after_the_address_then_clients_told_after
     node: Node,
 ) -> None:
     await node.assign()
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     await node.release()
-    await until(lambda: _gone(node), 10, "the releasing key deleted")
+    await eventually_async(lambda: _gone(node), 10, "the releasing key deleted")
     assert VIP not in node.table.present
     assert not node.admin.address_drains, "no 1001 before the new owner holds the VIP"
     await node.new_owner_holds()
-    await until(lambda: bool(node.admin.address_drains), 10, "the clients told to go")
+    await eventually_async(lambda: bool(node.admin.address_drains), 10, "the clients told to go")
     assert node.admin.address_drains[0][0] == VIP and node.admin.drains == 0
 
 
@@ -194,43 +196,43 @@ async def _gone(node: Node) -> bool:
 
 async def test_an_unconfirmed_removal_is_never_acknowledged(node: Node) -> None:
     await node.assign()
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     node.table.removal_failing = True
     await node.release()
     await asyncio.sleep(0.6)  # several reconcile rounds: each retries the removal
     assert await node.key() is not None, "acknowledged while the kernel may carry the address"
     node.table.removal_failing = False
-    await until(lambda: _gone(node), 10, "the acknowledgement once the removal took")
+    await eventually_async(lambda: _gone(node), 10, "the acknowledgement once the removal took")
 
 
 async def test_readiness_zero_keeps_the_vip_liveness_loss_drops_it(node: Node) -> None:
     await node.assign()
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     node.admin.ready = (0, 2)
 
     async def unready() -> bool:
         record = await node.record()
         return record is not None and record.ready == 0 and record.healthy
 
-    await until(unready, 10, "readiness 0 published")
+    await eventually_async(unready, 10, "readiness 0 published")
     assert VIP in node.table.present, "readiness is the controller's business"
     await node.admin.stop()  # connection refused: the proxy is gone
     started = time.monotonic()
-    await until(lambda: VIP not in node.table.present, 10, "the address dropped")
+    await eventually_async(lambda: VIP not in node.table.present, 10, "the address dropped")
     assert time.monotonic() - started < 1.0, "a refused connection needs no confirmation"
-    await until(lambda: _gone(node), 10, "the key deleted")
+    await eventually_async(lambda: _gone(node), 10, "the key deleted")
 
 
 async def test_stop_releases_then_drains_per_vip_then_revokes(node: Node) -> None:
     await node.assign()
-    await until(lambda: VIP in node.table.present, 10, "the address set")
+    await eventually_async(lambda: VIP in node.table.present, 10, "the address set")
     node.agent.stop()
 
     async def released() -> bool:
         record = await node.record()
         return record is not None and record.stopping and await node.key() is None
 
-    await until(released, 10, "the key released with the record saying stopping")
+    await eventually_async(released, 10, "the key released with the record saying stopping")
     assert VIP not in node.table.present and not node.admin.address_drains
     await node.new_owner_holds()
     await asyncio.wait_for(node.task, 10)
@@ -250,7 +252,7 @@ async def test_etcd_down_at_start_is_waited_for(tmp_path: Path) -> None:
                 await asyncio.sleep(1.5)
                 assert not n.task.done(), "the agent must wait for etcd, not exit"
                 etcd.members[0].restart()
-                await until(lambda: _live(n), 30, "registered once etcd is back")
+                await eventually_async(lambda: _live(n), 30, "registered once etcd is back")
         finally:
             await admin.stop()
 
@@ -264,7 +266,7 @@ async def test_a_lost_lease_is_replaced_once(node: Node) -> None:
         record = await node.record()
         return record if record is not None and record.lease != before.lease else None
 
-    await until(registered_again, 10, "registered under a new lease")
+    await eventually_async(registered_again, 10, "registered under a new lease")
     again = await registered_again()
     assert again is not None
     await asyncio.sleep(1.5)  # a registrar that did not stop would grant lease after lease

@@ -25,11 +25,11 @@ from tests.integration.cluster.helpers import (
     cluster_config,
     controller_config,
     etcd_config,
-    until,
     view_where,
 )
 from tests.support.etcd import EtcdCluster
 from tests.support.stand_in import StandInAgent
+from tests.support.wait import eventually_async
 
 
 class Running:
@@ -89,9 +89,9 @@ def owned_by(*pairs: tuple[str, str]) -> Callable[[ClusterView], bool]:
 async def submit(store: Store, kind: str, **fields: str) -> Request:
     request = Request(
         id=new_request_id(time.time()),
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         created=time.time(),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
     await store.submit(request)
     return await store.wait_result(request.id, 20)
@@ -252,7 +252,7 @@ class TestMoveSurvivesLeaderDeath:
                 released.set()
                 return outcome
 
-            first.executor.run = die_after_the_release  # type: ignore[method-assign]
+            first.executor.run = die_after_the_release
             request = Request(
                 id=new_request_id(time.time()), kind="move", created=time.time()
             )  # no target: the controller picks b, the only other node
@@ -324,7 +324,7 @@ class TestEtcdFaults:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
                 assert not agents["a"].lease_lost.is_set()
-            after = await until(lambda: _view_or_none(store))
+            after = await eventually_async(lambda: _view_or_none(store))
             assert owned_by((VIP1, "a"))(after)
             assert after.epoch == before.epoch
             answered = await submit(store, "move", target="b")  # and the cluster still works
@@ -337,7 +337,7 @@ class TestEtcdFaults:
         async with scene(cfg, cluster_config("e2"), {"a": 200, "b": 100}) as (store, _agents, _):
             before = await view_where(store, owned_by((VIP1, "a")))
             etcd.members[0].restart()
-            after = await until(lambda: _view_or_none(store))
+            after = await eventually_async(lambda: _view_or_none(store))
             assert owned_by((VIP1, "a"))(after) and after.epoch == before.epoch
             answered = await submit(store, "move", target="b")
             assert answered.result is not None and answered.result.status == "done"

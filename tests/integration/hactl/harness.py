@@ -32,6 +32,7 @@ from haproxy_py.cluster.records import (
 from haproxy_py.cluster.store import Store
 from haproxy_py.hactl.cli import cli
 from tests.support.etcd import EtcdCluster
+from tests.support.wait import eventually
 
 REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
@@ -56,17 +57,6 @@ def with_store(etcd: EtcdCluster, cluster: str, body: Callable[[Store], Awaitabl
 
 def read_view(etcd: EtcdCluster, cluster: str) -> ClusterView:
     return with_store(etcd, cluster, lambda store: store.read_view())
-
-
-def poll_until(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
-    """Poll `check` every 50 ms until it returns a truthy value; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -140,7 +130,7 @@ class Processes:
             leader = read_view(etcd, cluster).leader
             return leader is not None and leader.id == ident
 
-        poll_until(leading, f"controller {ident} to lead")
+        eventually(leading, WAIT, f"controller {ident} to lead")
         return proc
 
 

@@ -16,9 +16,10 @@ import pytest
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.test_limits import no_leak, open_raw, read_all
-from tests.integration.proxy.support import Backend, admin_url, poll_until, proxy_config, url
-from tests.integration.proxy.test_cli import CONFIG, read_event, start
+from tests.integration.hardening.raw import no_leak, open_raw, read_all
+from tests.integration.proxy.process import CONFIG, read_event, start
+from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
+from tests.support.wait import eventually_async
 
 
 async def healthz(session: aiohttp.ClientSession, server: ProxyServer) -> int:
@@ -40,7 +41,7 @@ async def test_post_drain_closes_websockets_with_1001_and_undrain_serves_again(
             msg = await ws.receive(timeout=30)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
             await ws.close()
-        await poll_until(lambda: len(b.ws_close_codes) == 3, "backend saw the closes")
+        await eventually_async(lambda: len(b.ws_close_codes) == 3, 30, "backend saw the closes")
         assert b.ws_close_codes == [1001, 1001, 1001]
         assert await healthz(session, server) == 503
         with pytest.raises(aiohttp.ClientConnectionError):
@@ -108,13 +109,13 @@ async def test_drain_timeout_closes_what_does_not_answer(proxy) -> None:
         async with asyncio.timeout(30):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")
-        await poll_until(lambda: len(server.tunnels) == 1, "tunnel open")
+        await eventually_async(lambda: len(server.tunnels) == 1, 30, "tunnel open")
         assert await server.drain() is False
         async with asyncio.timeout(30):
             rest = await reader.read(-1)
         assert rest == b"\x88\x02\x03\xe9"  # its 1001, then the connection was closed
         writer.close()
-        await poll_until(lambda: len(backend_got) == 1, "backend connection closed")
+        await eventually_async(lambda: len(backend_got) == 1, 30, "backend connection closed")
         assert backend_got[0][:2] == b"\x88\x82"  # a masked close with a code
         await no_leak(server)
     finally:
@@ -131,7 +132,7 @@ async def test_sigterm_drains_websockets_then_exits(tmp_path: Path) -> None:
     process = await start(config)
     try:
         started = await read_event(process, "proxy started")
-        listener = str(started["listeners"]["web"])  # type: ignore[index]
+        listener = str(started["listeners"]["web"])
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             await ws.send_str("hi")
@@ -205,7 +206,9 @@ async def test_drain_one_address_closes_only_its_connections(backends, proxy, se
         await ws.send_str(f"still {i}")
         assert (await ws.receive(timeout=30)).data == f"still {i}"
     assert await keep_alive_exchange(*kept_http, "/two") == 200
-    await poll_until(lambda: b.ws_close_codes == [1001, 1001], "backend saw two 1001 closes")
+    await eventually_async(
+        lambda: b.ws_close_codes == [1001, 1001], 30, "backend saw two 1001 closes"
+    )
 
     assert await healthz(session, server) == 200  # the node itself keeps serving
     again = await session.ws_connect(f"{moved}/ws")  # and its listener stays open
@@ -246,7 +249,7 @@ async def test_drain_address_without_the_capability_says_what_is_missing(tmp_pat
     )
     try:
         started = await read_event(process, "proxy started")
-        listener, admin = started["listeners"]["web"], started["admin"]  # type: ignore[index]
+        listener, admin = started["listeners"]["web"], started["admin"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             async with session.post(f"http://{admin}/drain?address=127.0.0.2") as answer:

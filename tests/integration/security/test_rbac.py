@@ -20,8 +20,8 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.hactl.cli import cli
-from tests.integration.cluster.helpers import until
 from tests.support.etcd import EtcdCluster, EtcdTLS
+from tests.support.wait import eventually_async
 
 CLUSTER = "sec"
 OTHER = "/haproxy-py/other-cluster/config"
@@ -74,7 +74,7 @@ async def as_root(secured: Secured) -> AsyncIterator[Store]:
 
 async def _denied(call: asyncio.Future[object] | object) -> str:
     with pytest.raises(StoreError) as caught:
-        await call  # type: ignore[misc]
+        await call
     return str(caught.value)
 
 
@@ -170,7 +170,7 @@ async def test_a_renewed_certificate_is_used_from_the_next_connection(
                 return False
             return True
 
-        await until(written, within=30)
+        await eventually_async(written, within=30)
 
 
 def _hactl(secured: Secured, identity: str, *args: str) -> Result:

@@ -20,15 +20,17 @@ import aiohttp
 import pytest
 from pyroute2.netns import popns, pushns
 
-from agent.cli import agent_etcd, load_settings
+from agent.cli import agent_etcd, parse
 from agent.daemon import Agent
 from agent.garp import ETH_P_ARP, Announcer, parse_arp
 from agent.netlink import Addresses
 from agent.proxy import ProxyClient
 from haproxy_py.cluster.records import ClusterSettings, NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store
-from tests.lab.agent.support import AdminStandIn, addresses, plumbing, until
+from haproxy_py.configfile import load
+from tests.lab.agent.support import AdminStandIn, addresses, plumbing
 from tests.support.etcd import EtcdCluster
+from tests.support.wait import eventually_async
 
 pytestmark = pytest.mark.lab
 
@@ -121,7 +123,7 @@ garp_second_burst = 0.5
 metrics_bind = "127.0.0.1:0"
 """.replace("'", '"')
         )
-        settings, etcd_config, _, _ = load_settings(config)
+        settings, etcd_config = parse(load(config))
         etcd_config = agent_etcd(etcd_config, settings)
         with in_netns(peer.netns):
             capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
@@ -148,7 +150,9 @@ metrics_bind = "127.0.0.1:0"
             address=f"{net}.11",
         )
         try:
-            await until(lambda: _healthy(h), 15, "the node record to say healthy", every=0.05)
+            await eventually_async(
+                lambda: _healthy(h), 15, "the node record to say healthy", every=0.05
+            )
             yield h
         finally:
             agent.stop()
@@ -188,13 +192,14 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
     assert record is not None
     assert (record.address, record.interface, record.priority) == (h.address, "eth0", 150)
     assert record.lease != 0 and record.vips == ()
-    await until(
+    await eventually_async(
         lambda: _figures(h), 10, "backend and readiness figures in the node record", every=0.05
     )
 
     await h.assign(h.vip)
-    took = await until(lambda: h.has(h.vip), 10, "the VIP on the node's interface")
-    print(f"assigned -> address present: {took * 1000:.1f} ms")
+    assigned = time.monotonic()
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node's interface")
+    print(f"assigned -> address present: {(time.monotonic() - assigned) * 1000:.1f} ms")
     lifetime = addresses(h.netns)[h.vip]
     assert lifetime is not None and lifetime <= 1, "a VIP must carry a short kernel lifetime"
 
@@ -204,7 +209,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
         seen.extend(f for f in h.arp_frames() if f[2] == h.vip)
         return {f[0] for f in seen} == {1, 2} and len(seen) >= 4
 
-    await until(announced, 10, "gratuitous ARP requests and replies for the VIP")
+    await eventually_async(announced, 10, "gratuitous ARP requests and replies for the VIP")
     for _op, mac, sender, target in seen:
         assert (mac, sender, target) == (h.mac, h.vip, h.vip)
 
@@ -212,7 +217,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
         record = await h.node()
         return record is not None and record.vips == (h.vip,)
 
-    await until(listed, 10, "the node record to list the VIP")
+    await eventually_async(listed, 10, "the node record to list the VIP")
     # the lifetime keeps being re-armed while keepalives succeed
     await asyncio.sleep(2.5)  # longer than the lifetime: only re-arming keeps it
     assert h.has(h.vip)
@@ -238,7 +243,7 @@ async def test_planned_release_removes_the_address_before_acknowledging(
     h = harness
     h.agent.handover.wait = 30.0  # a slow test host must not cut it
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     current = await h.vip_key(h.vip)
     assert current is not None
     releasing = VipAssignment(
@@ -257,7 +262,7 @@ async def test_planned_release_removes_the_address_before_acknowledging(
         return h.has(address), await h.vip_key(address), n2
 
     h.admin.on_address_drain = at_drain
-    await until(acknowledged, 10, "the owner to delete the releasing key")
+    await eventually_async(acknowledged, 10, "the owner to delete the releasing key")
     took = time.monotonic() - started
     assert not h.has(h.vip), "the key was deleted while the address was still up"
     print(f"release -> acknowledged: {took * 1000:.1f} ms")
@@ -281,7 +286,7 @@ async def test_planned_release_removes_the_address_before_acknowledging(
         lease=lease.id,
     )
     await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
-    await until(
+    await eventually_async(
         lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
     )
     ((address, (present, owner, holder)),) = h.admin.address_drains
@@ -294,34 +299,34 @@ async def test_planned_release_removes_the_address_before_acknowledging(
 async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> None:
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     h.admin.healthy = False
     started = time.monotonic()
-    await until(lambda: not h.has(h.vip), 10, "the VIP to go when the proxy fails")
+    await eventually_async(lambda: not h.has(h.vip), 10, "the VIP to go when the proxy fails")
     print(f"proxy unhealthy -> address removed: {(time.monotonic() - started) * 1000:.1f} ms")
 
     async def dropped() -> bool:
         record = await h.node()
         return await h.vip_key(h.vip) is None and record is not None and not record.healthy
 
-    await until(dropped, 10, "the key deleted and the node record saying unhealthy")
+    await eventually_async(dropped, 10, "the key deleted and the node record saying unhealthy")
     # nobody takes the VIP over here: its clients are told to go after a bounded wait
-    await until(
+    await eventually_async(
         lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
     )
     assert [address for address, _ in h.admin.address_drains] == [h.vip]
     # an unhealthy node refuses a VIP given to it anyway
     await h.assign(h.vip)
-    await until(dropped, 10, "the refused assignment to be deleted")
+    await eventually_async(dropped, 10, "the refused assignment to be deleted")
     assert not h.has(h.vip)
     h.admin.healthy = True
-    await until(lambda: _healthy(h), 10, "health to come back")
+    await eventually_async(lambda: _healthy(h), 10, "health to come back")
 
 
 async def test_reconcile_fixes_what_the_kernel_lost_or_gained(harness: Harness) -> None:
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     # another node owns other_vip; a stale copy of it sits on this node's interface
     lease = await h.store.grant_lease(30)
     await h.assign(h.other_vip, node="n2", lease=lease.id)
@@ -330,7 +335,7 @@ async def test_reconcile_fixes_what_the_kernel_lost_or_gained(harness: Harness) 
     await run(
         *ip, "add", f"{h.other_vip}/32", "dev", "eth0", "valid_lft", "60", "preferred_lft", "60"
     )
-    await until(
+    await eventually_async(
         lambda: h.has(h.vip) and not h.has(h.other_vip),
         10,
         "the agent to restore its VIP and remove the one it does not own",
@@ -343,13 +348,13 @@ async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
 ) -> None:
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     before = await h.node()
     assert before is not None
     etcd.members[0].freeze()
     frozen = time.monotonic()
     try:
-        await until(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
+        await eventually_async(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
         fenced = time.monotonic() - frozen
         print(f"etcd frozen -> VIP removed: {fenced * 1000:.1f} ms")
         # the last keepalive was sent before the freeze, so its lease ends at most TTL after it
@@ -364,10 +369,10 @@ async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
         record = await h.node()
         return record is not None and record.lease not in (0, before.lease) and record.healthy
 
-    await until(registered_again, 20, "the agent to re-register under a new lease")
+    await eventually_async(registered_again, 20, "the agent to re-register under a new lease")
     assert await h.vip_key(h.vip) is None, "the assignment must have gone with the old lease"
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
 
 
 async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
@@ -376,7 +381,7 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
     h = harness
     h.agent.handover.wait = 30.0  # a slow test host must not cut it
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
 
     async def at_drain(address: str) -> tuple[bool, NodeRecord | None, VipAssignment | None]:
         return h.has(address), await h.node(), await h.vip_key(address)
@@ -389,7 +394,7 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
         record = await h.node()
         return record is not None and record.stopping and await h.vip_key(h.vip) is None
 
-    await until(released, 10, "the VIP key released, the node record saying stopping")
+    await eventually_async(released, 10, "the VIP key released, the node record saying stopping")
     print(f"stop -> VIP released: {(time.monotonic() - started) * 1000:.1f} ms")
     assert not h.has(h.vip)
     assert not h.admin.address_drains, "the 1001 waits for the next owner"
@@ -409,7 +414,7 @@ async def test_start_undrains_a_drain_no_operator_recorded(harness: Harness) -> 
     h = harness
     h.admin.draining = True  # as a stop of an older agent leaves it
     h.agent.observers._drain_checked = False  # as at the agent's start
-    await until(lambda: h.admin.undrains == 1, 10, "the proxy undrained")
+    await eventually_async(lambda: h.admin.undrains == 1, 10, "the proxy undrained")
     assert not h.admin.draining
 
 
@@ -418,7 +423,7 @@ async def test_start_keeps_a_drain_an_operator_recorded(harness: Harness) -> Non
     await h.store.put(h.store.schema.config, ClusterSettings(drained=("n1",)).to_json())
     h.admin.draining = True
     h.agent.observers._drain_checked = False
-    await until(_not_healthy(h), 10, "the draining proxy seen as not live")
+    await eventually_async(_not_healthy(h), 10, "the draining proxy seen as not live")
     await asyncio.sleep(0.5)  # probes keep coming; none may undrain
     assert h.admin.undrains == 0 and h.admin.draining
 
@@ -430,16 +435,16 @@ async def test_etcd_restart_fences_then_resumes_under_the_same_lease(
     etcd is down, and takes it back under the same lease once keepalives succeed again."""
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     before = await h.node()
     assert before is not None
     etcd.members[0].kill()
     down = time.monotonic()
     try:
-        await until(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
+        await eventually_async(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
         print(f"etcd killed -> VIP removed: {(time.monotonic() - down) * 1000:.1f} ms")
     finally:
         etcd.members[0].restart()
-    await until(lambda: h.has(h.vip), 30, "the VIP back after the restart")
+    await eventually_async(lambda: h.has(h.vip), 30, "the VIP back after the restart")
     after = await h.node()
     assert after is not None and after.lease == before.lease

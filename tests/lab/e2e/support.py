@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +25,10 @@ from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
 from haproxy_py.lab.etcdstatus import etcd_status
 from haproxy_py.lab.layout import PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
+from tests.support.wait import eventually
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 GAPS = ARTIFACTS / "lab-gaps.jsonl"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` every 50 ms; fail with `what` when it is still false after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -115,7 +106,7 @@ def _watch_down(log: Path) -> bool:
 
 
 def settle(lab: control.Lab) -> ClusterView:
-    wait_until(
+    eventually(
         lambda: settled(lab), 60, "the lab to settle (nodes healthy, VIPs answering, watches up)"
     )
     current = view(lab)

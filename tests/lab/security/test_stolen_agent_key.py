@@ -21,7 +21,8 @@ import pytest
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT, OPERATOR
-from tests.lab.e2e.support import lab_session, observed, settle, view, wait_until
+from tests.lab.e2e.support import lab_session, observed, settle, view
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 DENIED = "permission denied"
@@ -108,7 +109,7 @@ def test_stolen_agent_key_is_confined_while_the_vip_serves(lab: control.Lab) -> 
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert peer.returncode != 0 and "etcd1" not in peer.stdout, peer.stdout
-        wait_until(lambda: time.monotonic() - started > 2, 10, "two seconds of probing")
+        eventually(lambda: time.monotonic() - started > 2, 10, "two seconds of probing")
         run = seen.finish(started, None)
     assert run.outage.failed == 0, f"{run.outage.failed} client attempts failed during the attacks"
     assert not Path(lab.paths.root / "stolen.db").exists()
@@ -136,6 +137,6 @@ def _node_kill_still_fails_over(lab: control.Lab, vip: str) -> None:
             now = view(lab)
             return bool(now and vip in now.vips and now.vips[vip].node not in (old,))
 
-        wait_until(moved, 30, f"{vip} to fail over off the killed {old}")
+        eventually(moved, 30, f"{vip} to fail over off the killed {old}")
     finally:
         lab.restart(old)

@@ -31,7 +31,7 @@ from tests.unit.controller.views import (
 POLICY = Policy(release_timeout=5.0, request_history=2, controller="c1")
 
 
-def run(v, now: float = NOW) -> Decision:  # type: ignore[no-untyped-def]
+def run(v, now: float = NOW) -> Decision:
     return decide(v, now, POLICY)
 
 

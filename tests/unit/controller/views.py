@@ -46,7 +46,7 @@ def held(
         node=owner,
         epoch=1,
         since=NOW - 600,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         cause=cause,
         move_to=move_to,
         request=request,
@@ -76,10 +76,10 @@ def settings(
 
 def view(
     nodes: list[NodeRecord],
-    vips: list[VipAssignment] = (),  # type: ignore[assignment]
+    vips: list[VipAssignment] = (),
     config: ClusterSettings | None = None,
-    requests: list[Request] = (),  # type: ignore[assignment]
-    events: list[Event] = (),  # type: ignore[assignment]
+    requests: list[Request] = (),
+    events: list[Event] = (),
     junk_vips: tuple[str, ...] = (),
 ) -> ClusterView:
     return ClusterView(
@@ -104,7 +104,7 @@ def request(
 ) -> Request:
     return Request(
         id=rid,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         vip=vip,
         target=target,
         node=node_name,

@@ -45,7 +45,7 @@ def _snapshot(**overrides: object) -> ClusterView:
         "epoch": 3,
     }
     fields.update(overrides)
-    return ClusterView(**fields)  # type: ignore[arg-type]
+    return ClusterView(**fields)
 
 
 def _roles(status: view.StatusView) -> dict[str, str]:
