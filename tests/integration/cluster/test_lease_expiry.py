@@ -17,11 +17,11 @@ from tests.integration.cluster.helpers import (
     cluster_config,
     controller_config,
     etcd_config,
-    until,
     view_where,
 )
 from tests.support.etcd import EtcdCluster
 from tests.support.stand_in import StandInAgent
+from tests.support.wait import eventually_async
 
 
 async def refresh(store: Store, lease: int) -> tuple[float, float]:
@@ -129,7 +129,7 @@ async def test_a_standby_revokes_a_dead_leaders_and_its_nodes_leases(etcd: EtcdC
             async def watching() -> set[int] | None:
                 return set(standby._expiries) if standby._expiries else None
 
-            assert await until(watching, 5) == {dead, agents["a"].lease}
+            assert await eventually_async(watching, 5) == {dead, agents["a"].lease}
             crashed = time.monotonic()
             tasks[0].cancel()  # its keepalive stops with it: a SIGKILL as etcd sees it
             await agents["a"].crash()

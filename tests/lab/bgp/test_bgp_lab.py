@@ -10,7 +10,7 @@ import shutil
 import signal
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from haproxy_py.cluster import bird
 from haproxy_py.lab import bgplab, control, ecmp, netns
 from haproxy_py.lab.layout import ADMIN_PORT
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -46,14 +47,6 @@ def addresses(lab: control.Lab, *names: str) -> list[str]:
     return sorted(n.address for n in lab.layout.nodes if not names or n.name in names)
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = SETTLE) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def all_paths(lab: control.Lab) -> bool:
     return bgplab.next_hops(lab, lab.layout.vips[0]) == addresses(lab)
 
@@ -67,7 +60,7 @@ def signal_node(lab: control.Lab, label: str, sig: int) -> None:
 @pytest.fixture
 def whole(lab: control.Lab) -> Iterator[control.Lab]:
     """Every test starts and ends with every node announcing."""
-    wait_until(lambda: all_paths(lab), "every node's path at the router")
+    eventually(lambda: all_paths(lab), SETTLE, "every node's path at the router")
     yield lab
     for node in lab.layout.nodes:
         for label in (f"{node.name}/agent", f"{node.name}/proxy"):
@@ -75,7 +68,7 @@ def whole(lab: control.Lab) -> Iterator[control.Lab]:
                 if lab.plumbing.alive(p):
                     os.kill(p.pid, signal.SIGCONT)
         lab.restart(node.name)
-    wait_until(lambda: all_paths(lab), "every node's path back at the router")
+    eventually(lambda: all_paths(lab), SETTLE, "every node's path back at the router")
 
 
 def test_every_node_announces_and_the_router_has_one_ecmp_next_hop_per_node(
@@ -164,11 +157,11 @@ def test_a_drained_proxy_is_withdrawn_and_announced_again_when_undrained(
 ) -> None:
     ecmp.withdrawal(whole, "node2", lambda: admin_post(whole, "node2", "/drain"), limit=SETTLE)
     assert admin_post(whole, "node2", "/undrain") == 200
-    wait_until(lambda: all_paths(whole), "node2 announced again after the undrain")
+    eventually(lambda: all_paths(whole), SETTLE, "node2 announced again after the undrain")
 
 
 def test_a_restarted_proxy_is_announced_again(whole: control.Lab) -> None:
     whole.kill("node4", "proxy")
-    wait_until(lambda: not all_paths(whole), "node4 withdrawn")
+    eventually(lambda: not all_paths(whole), SETTLE, "node4 withdrawn")
     whole.restart("node4")
-    wait_until(lambda: all_paths(whole), "node4 announced again")
+    eventually(lambda: all_paths(whole), SETTLE, "node4 announced again")

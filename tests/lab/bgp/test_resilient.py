@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from haproxy_py.lab import bgplab, control, ecmp, netns, nhmirror
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -36,29 +37,25 @@ def buckets(lab: control.Lab) -> dict[int, int]:
     return bgplab.buckets(lab, lab.layout.vips[0])
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    control.wait_for(check, timeout, what, None)
-
-
 def test_the_vip_route_uses_a_resilient_group_of_every_node(lab: control.Lab) -> None:
     vip = lab.layout.vips[0]
-    wait_until(lambda: bgplab.resilient_group(lab, vip) is not None, "the group")
-    wait_until(lambda: bgplab.ready(lab), "every node in the group")
+    eventually(lambda: bgplab.resilient_group(lab, vip) is not None, 30.0, "the group")
+    eventually(lambda: bgplab.ready(lab), 30.0, "every node in the group")
     group = bgplab.resilient_group(lab, vip)
     assert group is not None and group["type"] == "resilient"
     ids = {nhmirror.object_id(n.address) for n in lab.layout.nodes}
     assert set(buckets(lab).values()) == ids
-    wait_until(lambda: bgplab.balanced(lab, vip), "every node holding its share of buckets")
+    eventually(lambda: bgplab.balanced(lab, vip), 30.0, "every node holding its share of buckets")
     assert "nhid" in netns.ip("route", "show", f"{vip}/32", netns=lab.layout.prefix + bgplab.ROUTER)
     assert set(ecmp.spread(lab, 90)) == {n.name for n in lab.layout.nodes}
 
 
 def test_a_withdrawn_node_moves_only_its_own_buckets(lab: control.Lab) -> None:
-    wait_until(lambda: bgplab.ready(lab), "every node in the group")
+    eventually(lambda: bgplab.ready(lab), 30.0, "every node in the group")
     before = buckets(lab)
     gone = nhmirror.object_id(lab.layout.node("node3").address)
     ecmp.withdrawal(lab, "node3", lambda: lab.kill("node3", "proxy"), limit=30)
-    wait_until(lambda: gone not in buckets(lab).values(), "node3's buckets handed over")
+    eventually(lambda: gone not in buckets(lab).values(), 30.0, "node3's buckets handed over")
     after = buckets(lab)
     kept = {i: nh for i, nh in before.items() if nh != gone}
     assert {i: after[i] for i in kept} == kept  # every other bucket points where it did
