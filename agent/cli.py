@@ -37,6 +37,7 @@ from haproxy_py.cluster.config import (
     parse_logging,
     parse_node,
 )
+from haproxy_py.cluster.peerlink import PeerTls
 from haproxy_py.cluster.store import Store
 from haproxy_py.configfile import ConfigError, load
 
@@ -55,8 +56,17 @@ def load_settings(path: Path) -> tuple[Settings, EtcdConfig, str, bool | None]:
     agent = parse_agent(doc)
     etcd = parse_etcd(doc, "agent")
     logging = parse_logging(doc)
+    peer_tls = None
+    if etcd.cacert is not None and etcd.cert is not None and etcd.key is not None:
+        peer_tls = PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl)
     settings = Settings(
-        node=node, cluster=cluster.name, agent=agent, version=__version__, vips=cluster.vips
+        node=node,
+        cluster=cluster.name,
+        agent=agent,
+        version=__version__,
+        vips=cluster.vips,
+        failsafe=cluster.failsafe,
+        peer_tls=peer_tls,
     )
     return settings, etcd, logging.level, logging.json
 

@@ -81,7 +81,9 @@ def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str) -> 
     for daemon in ("agent", "controller"):  # each daemon connects as itself
         assert parse_etcd(doc, daemon).cert == ca / f"{daemon}-node1.crt"
     assert parse_controller(doc, etcd).id == "node1"
-    assert parse_agent(doc).proxy_admin_url == f"http://127.0.0.1:{lay.ADMIN_PORT}"
+    agent = parse_agent(doc)
+    assert agent.proxy_admin_url == f"http://127.0.0.1:{lay.ADMIN_PORT}"
+    assert agent.peer_crl == ca / "ca.crl" and agent.peer_port > 0 and cluster.failsafe
 
 
 def _newaddr(address: str) -> bytes:
