@@ -131,7 +131,6 @@ class Agent:
                 self._outage,
             )
             self.etcd.on_ok = self.failsafe.etcd_ok
-        self.last_outage: Outage | None = None
         self._queue: asyncio.Queue[Step] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._registrar: asyncio.Task[None] | None = None
@@ -221,7 +220,8 @@ class Agent:
 
     def _outage(self, outage: Outage) -> None:
         """etcd answers again after the failsafe kept VIPs: say so in the node record."""
-        self.last_outage = outage
+        ago = time.monotonic() - time.time()
+        self.registration.failsafe = (outage.since - ago, outage.until - ago, outage.rounds)
         self.registration.publish()
 
     async def _start(self) -> int:

@@ -33,6 +33,7 @@ from haproxy_py.cluster.timing import failsafe_round
 log = structlog.get_logger(__name__)
 
 Step = Callable[[], Awaitable[list[Action]]]
+ROUND_TIMES = 4096  # round durations kept for the figures logged when etcd returns
 
 
 class FailsafeLoop:
@@ -59,7 +60,7 @@ class FailsafeLoop:
         self.client = PeerClient(tls, failsafe_round(core.timing))
         self.server = PeerServer(core.name, tls, self.failsafe, core, self._promised)
         self.addresses: dict[str, str] = {}
-        self.last_round: float | None = None  # seconds the last granting round took
+        self.round_times: list[float] = []  # seconds each granting round took, this outage
         self._refused = False
 
     async def start(self, host: str) -> list[asyncio.Task[None]]:
@@ -79,11 +80,15 @@ class FailsafeLoop:
         """An etcd call succeeded (hooked to the agent's etcd state)."""
         outage = self.failsafe.etcd_ok(time.monotonic())
         if outage is not None:
+            times = sorted(self.round_times)
             log.warning(
                 "etcd reachable again; the failsafe kept the VIPs meanwhile",
                 seconds=round(outage.until - outage.since, 3),
                 rounds=outage.rounds,
+                round_ms_p50=round(times[len(times) // 2] * 1000, 1) if times else None,
+                round_ms_max=round(times[-1] * 1000, 1) if times else None,
             )
+            self.round_times.clear()
             self.outage(outage)
 
     # --- membership -------------------------------------------------------------------------
@@ -122,18 +127,20 @@ class FailsafeLoop:
                 break
             grant = self.failsafe.answered(peer, answer, time.monotonic()) or grant
         if grant is None:
-            if not self._refused:
+            if not self._refused and self.failsafe.failed:
                 log.warning(
                     "failsafe round refused; VIPs fence on their deadline", why=self.failsafe.failed
                 )
             self._refused = True
             return
-        self.last_round = time.monotonic() - sent
+        took = time.monotonic() - sent
+        if len(self.round_times) < ROUND_TIMES:
+            self.round_times.append(took)
         if self._refused or self.failsafe.rounds == 1:
             log.warning(
                 "etcd unreachable; every peer vouched: VIPs kept (failsafe)",
                 vips=sorted(grant.vips),
-                round_ms=round(self.last_round * 1000, 1),
+                round_ms=round(took * 1000, 1),
             )
         self._refused = False
         at, vips, promise = grant.sent, grant.vips, grant.promise

@@ -40,6 +40,8 @@ class NodeRow:
     pools: int
     lease_left: float | None
     version: str | None
+    # the last etcd outage through which the failsafe kept its VIPs: (since, until, rounds)
+    failsafe: tuple[float, float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 pools=record.pools if record else 0,
                 lease_left=lease_left.get(name),
                 version=record.version if record else None,
+                failsafe=record.failsafe if record else None,
             )
         )
     vip_rows: list[VipRow] = []
@@ -154,6 +157,14 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "pools": n.pools,
                 "lease_left": n.lease_left,
                 "version": n.version,
+                "failsafe": None
+                if n.failsafe is None
+                else {
+                    "since": iso(n.failsafe[0]),
+                    "until": iso(n.failsafe[1]),
+                    "seconds": round(n.failsafe[1] - n.failsafe[0], 3),
+                    "rounds": n.failsafe[2],
+                },
             }
             for n in status.nodes
         ],
@@ -196,6 +207,16 @@ def status_table(status: StatusView, now: float) -> str:
         )
     else:
         parts.append("No nodes registered.")
+    for n in status.nodes:
+        if n.failsafe is not None:
+            since, until, rounds = n.failsafe
+            parts.append(
+                printable(
+                    f"failsafe: {n.name} kept {', '.join(n.vips) or 'its VIPs'} through an etcd "
+                    f"outage from {clock(since)} to {clock(until)} ({until - since:.1f} s, "
+                    f"{rounds} rounds)"
+                )
+            )
     parts.append("")
     if status.vips:
         parts.append(

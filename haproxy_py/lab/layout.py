@@ -219,7 +219,10 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
     for daemon in ("agent", "controller"):
         parts.append(_section(f"etcd.{daemon}", identity(pki, f"{daemon}-{node.name}")))
     # The peer endpoint (failsafe, the controller's probe) checks callers against the CRL.
-    agent = {"proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}", "peer_crl": str(pki / "ca.crl")}
+    agent: dict[str, object] = {
+        "proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}",
+        "peer_crl": str(pki / "ca.crl"),
+    }
     parts.append(_section("agent", agent))
     parts.append(_section("controller", {"id": node.name, "metrics": ""}))
     parts.append(_section("logging", {"level": "info", "format": "json"}))
