@@ -229,6 +229,29 @@ def status_table(status: StatusView, now: float) -> str:
     return "\n".join(parts)
 
 
+def nodes_table(answers: Sequence[Mapping[str, Any]], now: float) -> str:
+    """What each node says of itself while etcd does not answer (`hactl.peers`)."""
+    rows: list[list[Cell | str]] = []
+    for a in answers:
+        since = a.get("failsafe_since")
+        if a.get("error"):
+            state = f"no answer: {a['error']}"
+        elif isinstance(since, int | float):
+            state = f"failsafe since {clock(since)} ({ago(now - since)})"
+        else:
+            state = "fenced or holds nothing" if not a.get("vips") else "etcd reachable"
+        rows.append(
+            [
+                str(a.get("name")),
+                str(a.get("address")),
+                ", ".join(a.get("vips") or []) or "-",
+                printable(state),
+            ]
+        )
+    head = _warn("etcd does not answer; each node's own account (its peer endpoint):")
+    return head + "\n" + render(["NODE", "ADDRESS", "VIPS", "STATE"], rows)
+
+
 def history_json(events: Sequence[Event]) -> list[dict[str, Any]]:
     return [
         {
