@@ -74,6 +74,7 @@ class FailsafeLoop:
         return [asyncio.create_task(supervised(name, run), name=name) for name, run in loops]
 
     async def close(self) -> None:
+        self.client.close()
         await self.server.close()
 
     def etcd_ok(self) -> None:

@@ -104,9 +104,13 @@ class ServerCheck:
             raise PeerError(f"server is {name!r}, expected {expected!r}")
 
 
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class PeerClient:
-    """Calls other nodes' peer endpoints with this daemon's certificate: one short HTTP/1.1
-    exchange per connection, the server's certificate checked before anything is sent."""
+    """Calls other nodes' peer endpoints with this daemon's certificate. A connection is
+    opened per peer, its certificate checked before anything is sent, and kept open between
+    calls (HTTP/1.1 keep-alive), so a round costs a small request, not a TLS handshake."""
 
     def __init__(self, tls: PeerTls, timeout: float) -> None:
         self.timeout = timeout
@@ -116,58 +120,96 @@ class PeerClient:
         self._context.check_hostname = False
         self._context.verify_mode = ssl.CERT_NONE  # the server is verified by `check`
         self._context.load_cert_chain(tls.cert, tls.key)
+        self._idle: dict[tuple[str, int, str], Conn] = {}
+
+    def close(self) -> None:
+        for _, writer in self._idle.values():
+            writer.close()
+        self._idle.clear()
 
     async def post(
         self, address: str, port: int, expected: str, path: str, body: Mapping[str, Any]
     ) -> Any:
         """POST `body` to https://address:port/path and return the JSON answer of the server
         whose certificate names `expected`; PeerError otherwise (also on a timeout)."""
+        payload = json.dumps(dict(body), separators=(",", ":")).encode()
+        if len(payload) > MESSAGE_MAX:
+            raise PeerError(f"request larger than {MESSAGE_MAX} bytes")
+        host = f"[{address}]" if ":" in address else address
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        key = (address, port, expected)
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._exchange(address, port, expected, path, body)
+                conn = self._idle.pop(key, None)
+                if conn is not None:
+                    try:  # a kept connection the server may have closed meanwhile
+                        return await self._exchange(key, conn, request)
+                    except (OSError, asyncio.IncompleteReadError):
+                        pass
+                return await self._exchange(key, await self._connect(*key), request)
         except TimeoutError:
             raise PeerError(f"no answer within {self.timeout:g} s") from None
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+        except (
+            OSError,
+            ssl.SSLError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ) as exc:
             raise PeerError(str(exc) or type(exc).__name__) from None
 
-    async def _exchange(
-        self, address: str, port: int, expected: str, path: str, body: Mapping[str, Any]
-    ) -> Any:
-        reader, writer = await asyncio.open_connection(address, port, ssl=self._context)
+    async def _connect(self, address: str, port: int, expected: str) -> Conn:
+        reader, writer = await asyncio.open_connection(
+            address, port, ssl=self._context, limit=HEAD_MAX
+        )
+        tls = writer.get_extra_info("ssl_object")
         try:
-            tls = writer.get_extra_info("ssl_object")
             self.check.check(tls.getpeercert(binary_form=True) if tls else None, expected)
-            payload = json.dumps(dict(body), separators=(",", ":")).encode()
-            if len(payload) > MESSAGE_MAX:
-                raise PeerError(f"request larger than {MESSAGE_MAX} bytes")
-            host = f"[{address}]" if ":" in address else address
-            head = (
-                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + payload)
-            raw = await reader.read(MESSAGE_MAX + HEAD_MAX)
-            while chunk := await reader.read(MESSAGE_MAX + HEAD_MAX - len(raw) + 1):
-                raw += chunk
-                if len(raw) > MESSAGE_MAX + HEAD_MAX:
-                    raise PeerError(f"answer larger than {MESSAGE_MAX} bytes")
-        finally:
+        except PeerError:
             writer.close()
-        return _answer(raw)
+            raise
+        return reader, writer
+
+    async def _exchange(self, key: tuple[str, int, str], conn: Conn, request: bytes) -> Any:
+        reader, writer = conn
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, length, keep = _head(head)
+            if length > MESSAGE_MAX:
+                raise PeerError(f"answer larger than {MESSAGE_MAX} bytes")
+            body = await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self._idle[key] = conn
+        else:
+            writer.close()
+        if status != 200:
+            raise PeerError(f"HTTP {status}: {body[:200].decode(errors='replace')}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise PeerError("answer is not JSON") from None
 
 
-def _answer(raw: bytes) -> Any:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n", 1)[0].split()
-    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+def _head(head: bytes) -> tuple[int, int, bool]:
+    """(status, Content-Length, keep the connection) of an HTTP/1.1 answer's head."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
         raise PeerError("not an HTTP answer")
-    status = int(status_line[1])
-    if status != 200:
-        raise PeerError(f"HTTP {status}: {body[:200].decode(errors='replace')}")
-    if len(body) > MESSAGE_MAX:
-        raise PeerError(f"answer larger than {MESSAGE_MAX} bytes")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise PeerError("answer is not JSON") from None
+    length, keep = None, True
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and value.isdigit():
+            length = int(value)
+        elif name == "connection" and value.lower() == "close":
+            keep = False
+    if length is None:
+        raise PeerError("answer without Content-Length")
+    return int(parts[1]), length, keep
