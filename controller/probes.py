@@ -6,13 +6,16 @@ alive forever. The leading controller therefore also asks each VIP owner's peer 
 (`agent.peer`, mutual TLS with the controller's certificate) to echo a fresh nonce, which
 only a server holding that node's key can do.
 
-An owner that has failed every probe for `timing.probe_limit` (and at least `MIN_MISSES`
-in a row: one lost probe or a short stall moves nothing) while its lease still reads a
+An owner that answered under its current lease and has since failed every probe for
+`timing.probe_limit` (and at least `MIN_MISSES` in a row: one lost probe or a short stall
+moves nothing) while its lease still reads a
 second or more left (someone refreshed it within the last second, although the node has
 not answered for longer) gets its lease revoked. Its agent's next keepalive then fails, so
 its fence falls within `fence_deadline` of the revoke, as the timing rule states; its VIPs
 are kept from every other node until then (`guard`). An owner that simply died is left to
-the lease expiry path (`controller.expiry`), which is faster. Probes write nothing to etcd.
+the lease expiry path (`controller.expiry`), which is faster. An owner that never answered
+(no peer endpoint, or a controller that started leading after it died) is left to its
+lease, so a misconfigured node is never moved. Probes write nothing to etcd.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class Prober:
         self.view: ClusterView | None = None  # the last one the controller read
         self.embargo: dict[str, float] = {}  # vip -> monotonic time it may be assigned again
         self.wake: Callable[[], None] = lambda: None
+        self.answered: set[int] = set()  # owner leases whose node has answered a probe
+        self._warned: set[str] = set()
 
     def guard(self, view: ClusterView, now: float) -> ClusterView:
         """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
@@ -93,8 +98,21 @@ class Prober:
             now = time.monotonic()
             for node, ok in zip(names, results, strict=True):
                 self.verdicts.result(node, ok, now)
-                if self.verdicts.overdue(node, now):
+                if ok:
+                    self.answered.add(owners[node])
+                elif owners[node] not in self.answered:
+                    self._unprovable(node)
+                elif self.verdicts.overdue(node, now):
                     await self._revoke(view, node, owners[node])
+            self.answered &= set(owners.values())
+
+    def _unprovable(self, node: str) -> None:
+        """An owner whose endpoint never answered under its current lease (no peer endpoint
+        configured, an older version, or it died before this controller led) is left to its
+        lease: revoking it could move VIPs off a healthy node."""
+        if node not in self._warned:
+            self._warned.add(node)
+            log.warning("VIP owner has not answered a probe yet; its lease alone counts", node=node)
 
     async def _probe(self, view: ClusterView, node: str) -> bool:
         record = view.nodes.get(node)

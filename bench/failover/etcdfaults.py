@@ -61,10 +61,8 @@ def trial(stack: stacks.HaproxyPy, fault: str, outage: float, loop: NetnsLoop) -
     killed: list[str] = []
     try:
         if fault == "etcd-leader":
-            leader = etcd_status(lab).leader
-            if leader is None:
-                raise stacks.BenchError("no etcd leader to kill")
-            killed = lab.kill(leader)
+            stacks.wait_until(lambda: _leader(lab) is not None, 30, "an etcd leader")
+            killed = lab.kill(_leader(lab) or "")
             time.sleep(6.0)
         else:
             for member in lab.layout.etcd:
@@ -95,6 +93,13 @@ def trial(stack: stacks.HaproxyPy, fault: str, outage: float, loop: NetnsLoop) -
         "absent_ms": absent_ms(watch.changes, stack.vip, fault_wall),
         "dual_ms": round(dual.seconds * 1000, 1),
     }
+
+
+def _leader(lab: control.Lab) -> str | None:
+    try:
+        return etcd_status(lab).leader
+    except Exception:  # any member not answering yet (gRPC raises its own errors)
+        return None
 
 
 def render(doc: dict[str, Any]) -> str:
