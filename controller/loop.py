@@ -179,6 +179,8 @@ class Controller:
         view = await self.store.read_view()
         self._observe(view)
         seen = self.memory.observe(view)
+        if self.prober is not None:
+            self.prober.view = view  # standbys probe too
         if view.problems != self._last_problems:
             if view.problems:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
@@ -200,7 +202,6 @@ class Controller:
                 return
             view = replace(view, settings=wanted)
         if self.prober is not None:
-            self.prober.view = view
             view = self.prober.guard(view, time.monotonic())
         decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:

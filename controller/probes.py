@@ -2,7 +2,7 @@
 
 etcd does not authorise `LeaseKeepAlive`: any client that can reach etcd can keep any
 lease alive, so a stolen agent key could keep a dead node's lease, and with it its VIPs,
-alive forever. The leading controller therefore also asks each VIP owner's peer endpoint
+alive forever. The controllers therefore also ask each VIP owner's peer endpoint
 (`agent.peer`, mutual TLS with the controller's certificate) to echo a fresh nonce, which
 only a server holding that node's key can do.
 
@@ -62,8 +62,9 @@ class Verdicts:
 
 
 class Prober:
-    """Probes VIP owners while this controller leads; revokes a lease kept alive without
-    its node, and keeps that node's VIPs unassigned until its fence has fallen."""
+    """Probes VIP owners (standbys too, so a new leader starts with their history); while
+    leading, revokes a lease kept alive without its node and keeps that node's VIPs
+    unassigned until its fence has fallen."""
 
     def __init__(self, store: Store, client: PeerClient, port: int, timing: Timing) -> None:
         self.store = store
@@ -88,8 +89,7 @@ class Prober:
         while True:
             await asyncio.sleep(self.timing.keepalive_interval)
             view = self.view
-            if view is None or not leading():
-                self.verdicts.keep(set())
+            if view is None:
                 continue
             owners = {a.node: a.lease for a in view.vips.values() if a.lease}
             self.verdicts.keep(set(owners))
@@ -102,7 +102,7 @@ class Prober:
                     self.answered.add(owners[node])
                 elif owners[node] not in self.answered:
                     self._unprovable(node)
-                elif self.verdicts.overdue(node, now):
+                elif self.verdicts.overdue(node, now) and leading():
                     await self._revoke(view, node, owners[node])
             self.answered &= set(owners.values())
 
