@@ -13,6 +13,7 @@ import pytest
 
 from haproxy_py.lab import control
 from haproxy_py.lab.client import longest_outage
+from haproxy_py.lab.layout import MODES
 
 from .support import (
     FaultRun,
@@ -31,9 +32,12 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 LEASE_TTL = 2.0
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
-    with lab_session(tmp_path_factory.mktemp("lab"), "active-standby", "failsafe") as built:
+@pytest.fixture(scope="module", params=MODES)
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[control.Lab]:
+    """Both modes: in active-active each node holds a VIP and vouches for the other's."""
+    with lab_session(tmp_path_factory.mktemp("lab"), request.param, "failsafe") as built:
         yield built
 
 
