@@ -131,6 +131,7 @@ class Agent:
                 self._outage,
             )
             self.etcd.on_ok = self.failsafe.etcd_ok
+            self.failsafe.register(self.metrics.registry)
         self._queue: asyncio.Queue[Step] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._registrar: asyncio.Task[None] | None = None

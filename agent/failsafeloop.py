@@ -29,6 +29,7 @@ from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.cluster.tasks import supervised
 from haproxy_py.cluster.timing import failsafe_round
+from haproxy_py.metrics import Registry, Sample
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,24 @@ class FailsafeLoop:
         self.round_times: list[float] = []  # seconds each granting round took, this outage
         self._refused = False
         self._warmed = -WARM
+
+    def register(self, registry: Registry) -> None:
+        """`failsafe_seconds`: how long the failsafe has kept this node's VIPs (0: it does
+        not); `failsafe_rounds`: rounds that granted a refresh in the current outage."""
+
+        def seconds() -> list[Sample]:
+            since = self.failsafe.since
+            return [({}, 0.0 if since is None else time.monotonic() - since)]
+
+        def rounds() -> list[Sample]:
+            return [({}, float(self.failsafe.rounds))]
+
+        registry.gauge(
+            "failsafe_seconds", "Seconds the failsafe has kept this node's VIPs", seconds
+        )
+        registry.gauge(
+            "failsafe_rounds", "Failsafe rounds that granted a refresh, this outage", rounds
+        )
 
     async def start(self, host: str) -> list[asyncio.Task[None]]:
         """Listen on host:port (OSError if that fails), then run the loops."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import aiohttp
 import pytest
 
 from agent.failsafe import Answer, Failsafe
+from agent.failsafeloop import FailsafeLoop
 from agent.peer import PeerServer
 from agent.state import AgentCore, Assignment, Hysteresis
 from haproxy_py import pki
 from haproxy_py.cluster.peerlink import PeerClient, PeerError, PeerTls
 from haproxy_py.cluster.timing import Timing, failsafe_after
+from haproxy_py.metrics import Registry
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 VIP = "198.18.50.10"
@@ -179,3 +182,25 @@ async def test_a_peer_that_holds_the_vip_fails_the_round(certs: Path, peer: Node
     assert VIP in peer.core.held
     answer = Answer.from_dict(await call(certs, "agent-n1", peer, "/failsafe", ASK))
     assert answer.holds == (VIP,) and answer.promise == 0
+
+
+def test_the_failsafe_is_exported_as_metrics(certs: Path) -> None:
+    core = AgentCore("n1", TIMING, Hysteresis(1, 1))
+    loop = FailsafeLoop(
+        core,
+        None,
+        tls(certs, "agent-n1"),
+        0,
+        True,
+        1.0,
+        lambda step: None,
+        lambda o: None,  # type: ignore[arg-type]
+    )
+    registry = Registry("haproxy_py_agent")
+    loop.register(registry)
+    assert "\nhaproxy_py_agent_failsafe_seconds 0" in registry.render()
+    loop.failsafe.since, loop.failsafe.rounds = time.monotonic() - 5.0, 20
+    text = registry.render()
+    assert "haproxy_py_agent_failsafe_rounds 20" in text
+    seconds = float(text.split("\nhaproxy_py_agent_failsafe_seconds ")[1].split()[0])
+    assert 5.0 <= seconds < 10.0
