@@ -76,6 +76,7 @@ bench-failover: deps
 	       -o DPkg::Lock::Timeout=600 keepalived curl; }
 	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
 	$(PY) -m bench.failover.handover
+	$(PY) -m bench.failover.etcdfaults
 
 # The long chaos run (docs/lab.md, root): CHAOS_FAULTS seeded random faults under load per
 # mode, each in a lab of its own; writes bench/results/chaos-<mode>.{json,txt}, fails on a violation.

@@ -29,6 +29,7 @@ from agent.proxy import ProxyClient
 from haproxy_py import __version__, certmetrics, daemon
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import EtcdConfig, parse_cluster, parse_etcd, parse_node
+from haproxy_py.cluster.peerlink import PeerTls
 from haproxy_py.cluster.store import Store
 from haproxy_py.configfile import Table
 from haproxy_py.daemon import Fatal
@@ -44,8 +45,17 @@ def parse(doc: Table) -> tuple[Settings, EtcdConfig]:
     cluster = parse_cluster(doc)
     agent = parse_agent(doc)
     etcd = parse_etcd(doc, "agent")
+    peer_tls = None
+    if etcd.cacert is not None and etcd.cert is not None and etcd.key is not None:
+        peer_tls = PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl)
     settings = Settings(
-        node=node, cluster=cluster.name, agent=agent, version=__version__, vips=cluster.vips
+        node=node,
+        cluster=cluster.name,
+        agent=agent,
+        version=__version__,
+        vips=cluster.vips,
+        failsafe=cluster.failsafe,
+        peer_tls=peer_tls,
     )
     return settings, etcd
 

@@ -92,14 +92,19 @@ class EtcdState:
     def __init__(self, metrics: AgentMetrics) -> None:
         self.metrics = metrics
         self.ok = True
+        self.on_ok: Callable[[], None] = lambda: None  # every success (the failsafe's clock)
 
     def __call__(self, ok: bool, error: str = "") -> None:
+        if ok:
+            self.on_ok()
         if ok != self.ok:
             if ok:
                 log.info("etcd reachable again")
             else:
                 log.warning(
-                    "etcd unreachable; VIPs are kept only until the lease deadline", error=error
+                    "etcd unreachable; VIPs are kept only until the lease deadline, or while "
+                    "every peer vouches (failsafe)",
+                    error=error,
                 )
         elif not ok:
             log.debug("etcd call failed", error=error)

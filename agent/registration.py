@@ -40,6 +40,7 @@ class Registration:
         self.servers: tuple[int, int] = (0, 0)  # backend servers up, in total
         self.healthy_since: float | None = None  # unix time: the controller's failback hold
         self.failed = False  # the last write did not land: the reconcile timer retries
+        self.failsafe: tuple[float, float, int] | None = None  # the last outage it bridged
         self._pending = False
 
     def health_changed(self, healthy: bool) -> None:
@@ -71,6 +72,7 @@ class Registration:
             pools=pools,
             unheld=tuple(sorted(core.given_up)),
             stopping=core.stopping,
+            failsafe=self.failsafe,
         )
 
     def publish(self) -> None:

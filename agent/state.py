@@ -9,7 +9,9 @@ properties:
 * an address is only ever given a lifetime that ends (kernel slack included)
   no later than `lease deadline - fence_margin`, where the deadline counts
   from the moment the last successful keepalive was *sent*;
-* an address already held is re-armed only after a new keepalive success;
+* an address already held is re-armed only after a new keepalive success, or a
+  failsafe grant (`agent.failsafe`) whose promises outlast the new lifetime; while
+  this node has promised a failsafe holder to arm nothing, it adds no address;
 * when the proxy stops being live (its admin API refuses or stops answering,
   or it drains) every VIP is removed in the same step and the node's `vips/`
   keys are deleted, so the controller moves them at once;
@@ -195,6 +197,11 @@ class AgentCore:
     _failing: dict[str, float] = field(default_factory=dict)  # vip -> first failed set
     _revoked: bool = False
     _keepalive_asked: bool = False
+    # The failsafe (`agent.failsafe`): no new address before this (a promise to a peer that
+    # holds VIPs through an etcd outage), and held ones re-armed while their fence falls
+    # `fence_margin` before `failsafe_until` (what every peer promised).
+    arm_hold: float = -math.inf
+    failsafe_until: float = -math.inf
 
     @property
     def busy(self) -> bool:
@@ -225,6 +232,31 @@ class AgentCore:
                 self.held[vip] = self._expiry(now)
                 actions.append(SetAddress(vip, self.timing.address_lifetime, False, "keepalive"))
         return actions + self._converge(now)
+
+    def failsafe_refresh(
+        self, sent: float, promise: float, vips: frozenset[str], now: float
+    ) -> list[Action]:
+        """Every peer vouched in a round sent at `sent`, promising to arm nothing for `promise`
+        s: re-arm the VIPs asked about that are still held and wanted, never a new one."""
+        self.failsafe_until = max(self.failsafe_until, sent + promise)
+        actions: list[Action] = []
+        for vip in sorted(vips & set(self.held)):
+            if (
+                self._wanted(vip)
+                and self._expiry(now) <= self.failsafe_until - self.timing.fence_margin
+            ):
+                self.held[vip] = self._expiry(now)
+                actions.append(SetAddress(vip, self.timing.address_lifetime, False, "failsafe"))
+        return actions
+
+    @property
+    def holding(self) -> set[str]:
+        """Addresses held, or removed and not yet shown gone: what a peer asking must not hold."""
+        return set(self.held) | set(self._removing)
+
+    def converge(self, now: float) -> list[Action]:
+        """Look again (a promise to a peer has ended: a VIP may be added now)."""
+        return self._converge(now)
 
     def keepalive_failed(self, now: float) -> list[Action]:
         self._keepalive_asked = False
@@ -420,7 +452,9 @@ class AgentCore:
                 del self._failing[vip]
                 wanted, changed = False, True
             if wanted and vip not in self.held:
-                if self._may_arm(now):
+                if now < self.arm_hold:
+                    pass  # promised a failsafe holder to arm nothing yet
+                elif self._may_arm(now):
                     self.held[vip] = self._expiry(now)
                     reason = f"{vip} is absent, must be present"
                     grace = mine is not None and mine.cause in PLANNED

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import structlog
 
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
+from controller.probes import Prober
 from haproxy_py import __version__, certmetrics, daemon
 from haproxy_py.cluster import maintenance
+from haproxy_py.cluster.agent_config import AgentConfig, parse_agent
 from haproxy_py.cluster.config import (
     ClusterConfig,
     ControllerConfig,
@@ -31,12 +34,14 @@ from haproxy_py.cluster.config import (
     parse_controller,
     parse_etcd,
 )
+from haproxy_py.cluster.peerlink import PeerClient, PeerTls
 from haproxy_py.cluster.store import Store, StoreError
-from haproxy_py.configfile import Table
+from haproxy_py.configfile import ConfigError, Table
 from haproxy_py.daemon import Fatal
 from haproxy_py.metrics import serve
 
 NAME = "ha-controller"
+log = structlog.get_logger("controller")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class ControllerFileConfig:
     cluster: ClusterConfig
     etcd: EtcdConfig
     controller: ControllerConfig
+    # the agents' timing and peer endpoint, for the owners' probe (None: no probe)
+    agent: AgentConfig | None = None
 
     @property
     def identity(self) -> str:
@@ -58,7 +65,25 @@ def parse(doc: Table) -> ControllerFileConfig:
     controller = parse_controller(doc, etcd)
     if not cluster.vips:
         doc.table("cluster", {}).fail("vips", "missing; the controller needs at least one VIP")
-    return ControllerFileConfig(cluster, etcd, controller)
+    try:
+        agent: AgentConfig | None = parse_agent(doc)
+    except ConfigError as exc:  # e.g. the agent's own key files, unreadable to this user
+        log.warning("no owner probes: [agent] unreadable here", error=str(exc))
+        agent = None
+    return ControllerFileConfig(cluster, etcd, controller, agent)
+
+
+def prober(settings: ControllerFileConfig, store: Store) -> Prober | None:
+    """The owners' authenticated probe, when this controller has a certificate and the agents
+    a peer endpoint."""
+    etcd, agent = settings.etcd, settings.agent
+    if agent is None or not agent.peer_port or etcd.cacert is None or etcd.cert is None:
+        return None
+    if etcd.key is None:
+        return None
+    tls = PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl)
+    client = PeerClient(tls, agent.timing.keepalive_timeout)
+    return Prober(store, client, agent.peer_port, agent.timing)
 
 
 async def run(settings: ControllerFileConfig) -> None:
@@ -86,6 +111,7 @@ async def run(settings: ControllerFileConfig) -> None:
         settings.identity,
         metrics=metrics,
         metrics_url=metrics_url,
+        prober=prober(settings, store),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

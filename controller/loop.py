@@ -32,6 +32,7 @@ from controller.execute import Executor
 from controller.expiry import revoke_when_expired
 from controller.memory import Memory
 from controller.metrics import ControllerMetrics
+from controller.probes import Prober
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
 from haproxy_py.cluster.store import StoreError, StoreUnavailable
@@ -66,8 +67,10 @@ class Controller:
         metrics_url: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        prober: Prober | None = None,
     ) -> None:
         self.store = store
+        self.prober = prober  # the owners' authenticated liveness (None: lease alone)
         self.cluster = cluster
         self.config = config
         self.identity = identity
@@ -116,6 +119,10 @@ class Controller:
             supervised("keepalive", self._keep_alive, restart=False), name="keepalive"
         )
         tasks = [keepalive, asyncio.create_task(supervised("watch", self._watch), name="watch")]
+        if self.prober is not None:
+            self.prober.wake = self.wake.set
+            probes = supervised("probes", lambda: self._probe(self.prober))
+            tasks.append(asyncio.create_task(probes, name="probes"))
         cycles = asyncio.create_task(self._cycles(), name="cycles")
         try:
             await asyncio.wait([cycles, keepalive], return_when=asyncio.FIRST_COMPLETED)
@@ -137,6 +144,10 @@ class Controller:
             await self.cycle()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.config.tick)
+
+    async def _probe(self, prober: Prober | None) -> None:
+        assert prober is not None
+        await prober.run(lambda: self.leading)
 
     async def _keep_alive(self) -> None:
         await self.election.keep_alive(self.stopping)
@@ -175,6 +186,8 @@ class Controller:
         self._observe(view)
         seen = self.memory.observe(view)
         self._watch_leases(view)
+        if self.prober is not None:
+            self.prober.view = view  # standbys probe too
         if view.problems != self._last_problems:
             if view.problems:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
@@ -194,6 +207,8 @@ class Controller:
             if view.settings is not None or not view.config_mod_revision:
                 return
             view = replace(view, settings=wanted)
+        if self.prober is not None:
+            view = self.prober.guard(view, time.monotonic())
         decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)

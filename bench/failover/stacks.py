@@ -34,6 +34,12 @@ SCENARIO_TITLES = {
     "partition": "partition of the active node",
     "sigterm": "clean stop (SIGTERM) of the active node",
 }
+# Faults of etcd itself (`bench.failover.etcdfaults`): nothing should move, so they are measured
+# apart from the scenarios above; keepalived has no etcd.
+ETCD_FAULT_TITLES = {
+    "etcd-leader": "etcd leader member SIGKILLed",
+    "etcd-all": "every etcd member stopped (full outage)",
+}
 SETTLE_TIMEOUT = 90.0
 LOG_TAIL = 65536  # bytes of a keepalived log that surely hold its latest state and check result
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haproxy_py import pki
+from haproxy_py.cluster.peerlink import PEER_PORT
 from haproxy_py.cluster.timing import (
     DEFAULT_FENCE_MARGIN,
     ETCD_ELECTION_TIMEOUT,
@@ -53,6 +54,8 @@ _KEYS = frozenset(
         "garp_refresh",
         "metrics_bind",
         "vip_prefix_length",
+        "peer_port",
+        "peer_crl",
     }
 )
 
@@ -90,6 +93,10 @@ class AgentConfig:
     metrics_port: int
     vip_prefix_length: int
     proxy_admin_tls: AdminClientTls | None = None
+    # The peer endpoint (`agent.peer`): its port on the node's address, the same on every node
+    # (0: off, and with it the failsafe); the cluster CA's CRL, checked for callers when set.
+    peer_port: int = PEER_PORT
+    peer_crl: Path | None = None
 
 
 def timing_problem(t: Timing) -> str | None:
@@ -162,6 +169,8 @@ def parse_agent(doc: Table) -> AgentConfig:
         metrics_port=metrics_port,
         vip_prefix_length=prefix_length,
         proxy_admin_tls=admin_tls,
+        peer_port=_port(agent, "peer_port", PEER_PORT),
+        peer_crl=agent.readable_file("peer_crl"),
     )
 
 
@@ -189,6 +198,13 @@ def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:
     except pki.PkiError as exc:
         agent.fail("proxy_admin_cert", str(exc))
     return AdminClientTls(cacert, cert, key)
+
+
+def _port(table: Table, key: str, default: int) -> int:
+    port = table.integer(key, default, min=0)
+    if port > 65535:
+        table.fail(key, f"expected a port from 0 (off) to 65535, got {port}")
+    return port
 
 
 def _parse_bind(table: Table, key: str, default: str) -> tuple[str | None, int]:

@@ -53,18 +53,27 @@ def parse_node(doc: Table) -> NodeConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """`[cluster]`: the cluster's name (the etcd key prefix), mode, VIPs and failback policy."""
+    """`[cluster]`: the cluster's name (the etcd key prefix), mode, VIPs and failback policy.
+
+    `failsafe` (default on): while etcd is unreachable, a node keeps the VIPs it holds as
+    long as every other node answers, over mutual TLS, that it cannot reach etcd either,
+    holds none of them and will add none for a while (`agent.failsafe`). Without it an
+    etcd outage takes every VIP down within a second, although every proxy is healthy.
+    It keeps a working holder; it never elects a new one. `failsafe = false` turns it off
+    (VIPs then last only as long as the node's lease, as before).
+    """
 
     name: str
     mode: Mode
     vips: tuple[str, ...]
     failback: bool
     failback_hold: float
+    failsafe: bool = True
 
 
 def parse_cluster(doc: Table) -> ClusterConfig:
     cluster = doc.table("cluster", {})
-    cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold"})
+    cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold", "failsafe"})
     name = cluster.string("name", "default")
     _check_key_part(cluster, "name", name)
     mode = cluster.choice("mode", MODES, "active-standby")
@@ -85,6 +94,7 @@ def parse_cluster(doc: Table) -> ClusterConfig:
         # Active-active means spread: a node that (re)joins gets its share back by default.
         failback=cluster.boolean("failback", mode == "active-active"),
         failback_hold=cluster.number("failback_hold", 30.0, min=0),
+        failsafe=cluster.boolean("failsafe", True),
     )
 
 

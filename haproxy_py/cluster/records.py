@@ -138,6 +138,9 @@ class NodeRecord:
     pools: int = 0
     unheld: tuple[str, ...] = ()
     stopping: bool = False
+    # The last etcd outage through which the failsafe kept this node's VIPs: (since, until,
+    # rounds), unix times; written when etcd answers again (`agent.failsafeloop`).
+    failsafe: tuple[float, float, int] | None = None
 
     def to_json(self) -> bytes:
         return dumps(
@@ -157,6 +160,7 @@ class NodeRecord:
                 "pools": self.pools,
                 "unheld": list(self.unheld),
                 "stopping": self.stopping,
+                **({} if self.failsafe is None else {"failsafe": _spell(self.failsafe)}),
             }
         )
 
@@ -185,7 +189,21 @@ class NodeRecord:
             pools=_int(obj, "pools"),
             unheld=_strs(obj, "unheld"),
             stopping=_bool(obj, "stopping"),
+            failsafe=_parse_spell(obj.get("failsafe")),
         )
+
+
+def _spell(spell: tuple[float, float, int]) -> dict[str, float | int]:
+    return {"since": spell[0], "until": spell[1], "rounds": spell[2]}
+
+
+def _parse_spell(obj: object) -> tuple[float, float, int] | None:
+    if not isinstance(obj, dict):
+        return None
+    since, until = _float(obj, "since"), _float(obj, "until")
+    if since is None or until is None:
+        return None
+    return since, until, _int(obj, "rounds")
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,38 @@ def unfenced_delay(t: Timing) -> float:
     return max(0.0, latest_rearm(t) + valid_lft + KERNEL_FUZZ - t.lease_ttl)
 
 
+def failsafe_round(t: Timing) -> float:
+    """How long a failsafe round may take (`agent.failsafe`): as long as a keepalive may, so a
+    refresh at its end meets the same fence as a keepalive answered just in time."""
+    return t.keepalive_timeout
+
+
+def failsafe_promise(t: Timing) -> float:
+    """How long a peer arms no VIP after vouching for a holder in a failsafe round.
+
+    The holder counts it from when it sent the round (before any peer received it) and
+    refreshes only within `failsafe_round`, so its fence falls `fence_margin` before the
+    earliest promise ends: round + address_lifetime + kernel_slack + fence_margin, which the
+    first rule keeps within one lease TTL.
+    """
+    return failsafe_round(t) + t.address_lifetime + t.kernel_slack + t.fence_margin
+
+
+def failsafe_after(t: Timing) -> float:
+    """etcd counts as unreachable once no call has succeeded for this long: one and a half
+    keepalive periods, so a holder starts asking its peers while its fence has most of an
+    address lifetime left, and two nodes' views differ by at most one keepalive period."""
+    return 1.5 * t.keepalive_interval
+
+
+def probe_limit(t: Timing) -> float:
+    """How long a VIP owner may fail the controller's authenticated probes before its lease is
+    revoked (`controller.probes`): an address lifetime plus a keepalive period, at least three
+    probes, so one lost probe or a short stall never moves a VIP; a node that cannot answer that
+    long could not have kept its VIP through a keepalive outage either."""
+    return t.address_lifetime + t.keepalive_interval
+
+
 def problems(t: Timing) -> list[str]:
     """Every rule this timing breaks, each with its numbers and what to change; [] when safe."""
     found = []

@@ -40,6 +40,8 @@ class NodeRow:
     pools: int
     lease_left: float | None
     version: str | None
+    # the last etcd outage through which the failsafe kept its VIPs: (since, until, rounds)
+    failsafe: tuple[float, float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 pools=record.pools if record else 0,
                 lease_left=lease_left.get(name),
                 version=record.version if record else None,
+                failsafe=record.failsafe if record else None,
             )
         )
     vip_rows: list[VipRow] = []
@@ -154,6 +157,14 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "pools": n.pools,
                 "lease_left": n.lease_left,
                 "version": n.version,
+                "failsafe": None
+                if n.failsafe is None
+                else {
+                    "since": iso(n.failsafe[0]),
+                    "until": iso(n.failsafe[1]),
+                    "seconds": round(n.failsafe[1] - n.failsafe[0], 3),
+                    "rounds": n.failsafe[2],
+                },
             }
             for n in status.nodes
         ],
@@ -196,6 +207,16 @@ def status_table(status: StatusView, now: float) -> str:
         )
     else:
         parts.append("No nodes registered.")
+    for n in status.nodes:
+        if n.failsafe is not None:
+            since, until, rounds = n.failsafe
+            parts.append(
+                printable(
+                    f"failsafe: {n.name} kept {', '.join(n.vips) or 'its VIPs'} through an etcd "
+                    f"outage from {clock(since)} to {clock(until)} ({until - since:.1f} s, "
+                    f"{rounds} rounds)"
+                )
+            )
     parts.append("")
     if status.vips:
         parts.append(
@@ -206,6 +227,29 @@ def status_table(status: StatusView, now: float) -> str:
     for problem in status.problems:
         parts.append(_warn(printable(f"unreadable key {problem}")))
     return "\n".join(parts)
+
+
+def nodes_table(answers: Sequence[Mapping[str, Any]], now: float) -> str:
+    """What each node says of itself while etcd does not answer (`hactl.peers`)."""
+    rows: list[list[Cell | str]] = []
+    for a in answers:
+        since = a.get("failsafe_since")
+        if a.get("error"):
+            state = f"no answer: {a['error']}"
+        elif isinstance(since, int | float):
+            state = f"failsafe since {clock(since)} ({ago(now - since)})"
+        else:
+            state = "fenced or holds nothing" if not a.get("vips") else "etcd reachable"
+        rows.append(
+            [
+                str(a.get("name")),
+                str(a.get("address")),
+                ", ".join(a.get("vips") or []) or "-",
+                printable(state),
+            ]
+        )
+    head = _warn("etcd does not answer; each node's own account (its peer endpoint):")
+    return head + "\n" + render(["NODE", "ADDRESS", "VIPS", "STATE"], rows)
 
 
 def history_json(events: Sequence[Event]) -> list[dict[str, Any]]:

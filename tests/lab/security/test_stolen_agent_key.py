@@ -2,10 +2,11 @@
 
 Each is refused by etcd (RBAC from the certificates' names, the peer CA) while
 a probe from the client namespace keeps getting answers from the VIP, and a
-node killed afterwards still fails over. Not covered here, because they need
-the agent/controller protocol change of the same issue: keeping another
-node's lease alive (etcd does not authorise LeaseKeepAlive) and a `vips/` key
-naming a foreign address (agents still have write access to `vips/`).
+node killed afterwards still fails over. Keeping another node's lease alive
+(etcd does not authorise LeaseKeepAlive) cannot pin that node's VIP: the
+controller's authenticated probe (`controller.probes`) finds the node gone.
+Not covered here, because it needs the key-layout change of the same issue: a
+`vips/` key naming a foreign address (agents still have write access to `vips/`).
 """
 
 from __future__ import annotations
@@ -140,3 +141,54 @@ def _node_kill_still_fails_over(lab: control.Lab, vip: str) -> None:
         eventually(moved, 30, f"{vip} to fail over off the killed {old}")
     finally:
         lab.restart(old)
+
+
+def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
+    lab: control.Lab,
+) -> None:
+    """#22 item 3: with node1's agent key, keep node2's lease alive with etcdctl, SIGKILL node2
+    whole: the controller's probe over mutual TLS (which only node2's key can answer) fails,
+    the lease is revoked and the VIP moves to node1."""
+    current = settle(lab)
+    vip = lab.layout.vips[0]
+    if current.owner(vip) != "node2":
+        done = lab.hactl("failover", "--vip", vip, "--to", "node2", "-y")
+        assert done.returncode == 0, done.stdout + done.stderr
+        eventually(lambda: (v := view(lab)) is not None and v.owner(vip) == "node2", 30, "move")
+        settle(lab)
+    lease = _lease_of(lab, "node2")
+    p = lab.paths.pki
+    endpoints = ",".join(f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in lab.layout.etcd)
+    argv = ["ip", "netns", "exec", lab.layout.node("node1").netns, "etcdctl"]
+    argv += [f"--endpoints={endpoints}", f"--cacert={p / 'ca.crt'}"]
+    argv += [f"--cert={p / 'agent-node1.crt'}", f"--key={p / 'agent-node1.key'}"]
+    argv += ["lease", "keep-alive", f"{lease:x}"]
+    keeper = subprocess.Popen(
+        argv,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        with observed(lab, vip) as seen:
+            killed_at = time.monotonic()
+            assert lab.kill("node2")
+            eventually(lambda: seen.answered_by(killed_at, "node2"), 30, f"{vip} to move")
+            served_after = time.monotonic() - killed_at
+            run = seen.finish(killed_at, "node2")
+    finally:
+        keeper.terminate()
+        output, _ = keeper.communicate(timeout=10)
+        lab.restart("node2")
+    print(
+        f"lease kept alive by a stolen key, node2 killed: node1 served after {served_after:.2f} s"
+    )
+    assert "keepalived with TTL" in output, output  # the attack did keep the lease alive
+    run.check_one_owner()
+    controller_logs = "".join(
+        lab.paths.log(f"{n.name}/controller").read_text() for n in lab.layout.nodes
+    )
+    assert "failed its authenticated probe" in controller_logs
+    assert served_after < 10.0
