@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -33,6 +34,13 @@ RESULTS = ROOT / "bench" / "results"
 RUN_DIR = Path("/run/haproxy-py/bench-handover")
 CLASSES = {"idle": 10, "periodic": 20, "continuous": 20}
 CAUSES = ("hactl failover", "agent clean stop")
+# Client processes, each with its share of every class: 50 clients are 50 browsers, not one
+# Python loop that would serialize their reconnects behind each other's.
+FLEETS = int(os.environ.get("HANDOVER_FLEETS", "5"))
+# Where a reconnect's time goes, from the client's side: its own loop (1001 -> connect started),
+# the TCP handshake (SYN to the new owner, ARP, accept queue), the WebSocket handshake through
+# the proxy (request, upstream connect, the backend's 101) and the first echo.
+PHASES = (("loop", "closed", "started"), ("tcp", "started", "tcp"), ("upgrade", "tcp", "connected"))
 
 
 def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -46,6 +54,7 @@ def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
     for kind in CLASSES:
         closes = resets = 0
         latencies: list[float] = []
+        phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
         for client_events in by_client.values():
             if not client_events or client_events[0]["class"] != kind:
                 continue
@@ -58,8 +67,22 @@ def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
                     later = [e for e in client_events[i + 1 :] if e["event"] == wanted]
                     if later:
                         latencies.append(later[0]["at"] - event["at"])
+                    back = [e for e in client_events[i + 1 :] if e["event"] == "connected"]
+                    if back and "tcp" in back[0]:
+                        times = {"closed": event["at"], **back[0]}
+                        times["connected"] = back[0]["at"]
+                        for name, start, end in PHASES:
+                            phases[name].append(times[end] - times[start])
         summary = summarize([round(x * 1000, 1) for x in latencies]).as_dict()
-        result[kind] = {"closed_1001": closes, "reset": resets, "reconnect_ms": summary}
+        result[kind] = {
+            "closed_1001": closes,
+            "reset": resets,
+            "reconnect_ms": summary,
+            "phases_ms": {
+                name: summarize([round(x * 1000, 1) for x in values]).as_dict()
+                for name, values in phases.items()
+            },
+        }
     return result
 
 
@@ -70,14 +93,21 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['moves']} moves per cause, {sum(CLASSES.values())} clients "
         f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}); {doc['meta']}",
         "",
-        "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) |",
-        "|---|---|---|---|---|",
+        "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) "
+        "| client loop / TCP / upgrade p95 (ms) | load average |",
+        "|---|---|---|---|---|---|---|",
     ]
     for cause, classes in doc["results"].items():
+        load = doc.get("load", {}).get(cause, "-")
         for kind, row in classes.items():
             r = row["reconnect_ms"]
             times = " / ".join(_ms(r.get(key)) for key in ("p50", "p95", "max"))
-            lines.append(f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} |")
+            parts = row.get("phases_ms", {})
+            split = " / ".join(_ms(parts.get(name, {}).get("p95")) for name, _, _ in PHASES)
+            lines.append(
+                f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} "
+                f"| {split} | {load} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -85,8 +115,18 @@ def _ms(value: object) -> str:
     return f"{value:.0f}" if isinstance(value, int | float) else "-"
 
 
-def _all_back(out: Path, node: str, after: float) -> bool:
-    events = read(str(out))
+def _events(outs: list[Path]) -> list[dict[str, Any]]:
+    """Every fleet's events, each client numbered across the fleets."""
+    per_fleet = sum(CLASSES.values()) // len(outs)
+    return [
+        {**event, "client": i * per_fleet + int(event["client"])}
+        for i, out in enumerate(outs)
+        for event in read(str(out))
+    ]
+
+
+def _all_back(outs: list[Path], node: str, after: float) -> bool:
+    events = _events(outs)
     connected = {e["client"] for e in events if e["at"] >= after and e["event"] == "connected"}
     on_node = {
         e["client"]
@@ -99,19 +139,22 @@ def _all_back(out: Path, node: str, after: float) -> bool:
 def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, Any]:
     stack = stacks.HaproxyPy(lab)
     stack.start()
-    out = work / f"echo-{cause.replace(' ', '-')}.out"
-    counts = [str(CLASSES[k]) for k in CLASSES]
+    outs = [work / f"echo-{cause.replace(' ', '-')}-{i}.out" for i in range(FLEETS)]
+    counts = [str(CLASSES[k] // FLEETS) for k in CLASSES]
     url = f"http://{stack.vip}:{PROXY_PORT}/echo"
-    fleet = lab.plumbing.spawn(
-        lab.layout.client.netns,
-        [sys.executable, "-m", "haproxy_py.lab.echoclients", url, "3600", str(out), *counts],
-        label="echoclients",
-        log=work / "echoclients.log",
-        cwd=ROOT,
-    )
+    fleets = [
+        lab.plumbing.spawn(
+            lab.layout.client.netns,
+            [sys.executable, "-m", "haproxy_py.lab.echoclients", url, "3600", str(out), *counts],
+            label=f"echoclients-{i}",
+            log=work / f"echoclients-{i}.log",
+            cwd=ROOT,
+        )
+        for i, out in enumerate(outs)
+    ]
     try:
         active = stack.settle()
-        stacks.wait_until(lambda: _all_back(out, active, 0), 120, "every client connected")
+        stacks.wait_until(lambda: _all_back(outs, active, 0), 120, "every client connected")
         for move in range(moves):
             active = stack.settle()
             target = stack.other(active)
@@ -120,16 +163,17 @@ def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, A
                 stack.inject("planned", active)
             else:
                 stack.terminate(active, ("agent",))
-            back = functools.partial(_all_back, out, target, started)
+            back = functools.partial(_all_back, outs, target, started)
             stacks.wait_until(back, 60, f"move {move}: every client back")
             if cause != "hactl failover":
                 lab.start_node(active, ("agent",))
             print(f"{cause} #{move}: {active} -> {target}", flush=True)
     finally:
-        lab.plumbing.kill(fleet)
+        for fleet in fleets:
+            lab.plumbing.kill(fleet)
         stack.stop()
         stack.close()
-    return summarize_events(read(str(out)))
+    return summarize_events(_events(outs))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     doc["results"] = {}
     try:
         lab = control.Lab.up(run_dir=RUN_DIR, prefix="hh-", nodes=2, say=print)
+        doc["load"] = {}
         for cause in CAUSES:
+            before = os.getloadavg()[0]
             doc["results"][cause] = measure(lab, cause, args.moves, lab.paths.logs)
+            doc["load"][cause] = f"{before:.1f}-{os.getloadavg()[0]:.1f}"
     except (control.LabError, stacks.BenchError) as exc:
         print(f"bench.failover.handover: {exc}", file=sys.stderr)
         return 1

@@ -5,7 +5,8 @@ ones send, wait for the echo, and send again at once, so a packet of theirs is
 in flight at any instant of a move; `keepalive` ones are HTTP/1.1 clients that
 send a GET on one persistent connection every 100 ms. Every client reconnects at
 once when its connection ends and writes one JSON line per event: `connected`
-(with the node named by the `Via` header), `echo` (the first answer of a
+(with the node named by the `Via` header, and when the connect started and
+when its TCP handshake completed: `started`, `tcp`), `echo` (the first answer of a
 connection, for the reconnect latency), `closed` (with the close code the
 server sent; `FIN` for an HTTP connection the server closed cleanly) or `error`
 (the connection ended without a close frame or FIN: a reset, an abnormal
@@ -18,6 +19,7 @@ no `error`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import sys
 import time
@@ -28,6 +30,8 @@ import aiohttp
 
 PERIOD = 0.1  # a periodic client's send interval
 RETRY = 0.01  # pause before a reconnect after a failed connect
+# The connect in progress in this client's task: when it started and when TCP was up.
+_PHASES: contextvars.ContextVar[dict[str, float]] = contextvars.ContextVar("phases")
 
 
 class Recorder:
@@ -80,14 +84,16 @@ async def client(
     record: Recorder,
 ) -> None:
     while time.monotonic() < deadline:
+        phases: dict[str, float] = {"started": time.monotonic()}
         try:
+            _PHASES.set(phases)
             ws = await session.ws_connect(url, autoclose=True, autoping=True)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             record(index, kind, "connect_failed", error=type(exc).__name__)
             await asyncio.sleep(RETRY)
             continue
         via = ws._response.headers.get("Via", "?").split()[-1]  # the 101's Via header
-        record(index, kind, "connected", via=via)
+        record(index, kind, "connected", via=via, **phases)
         first_echo = asyncio.Event()
         echoed = asyncio.create_task(_note(first_echo, record, index, kind, via))
         error: str | None = None
@@ -150,13 +156,24 @@ async def keepalive_client(
             writer.close()
 
 
+async def _tcp_up(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceConnectionCreateEndParams
+) -> None:
+    """When the connection's TCP handshake completed (before the WebSocket handshake)."""
+    _PHASES.get()["tcp"] = time.monotonic()
+
+
 async def main(url: str, seconds: float, record: Recorder, kinds: list[str]) -> None:
     deadline = time.monotonic() + seconds
     limits = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     where = urlsplit(url)
     assert where.hostname is not None and where.port is not None
-    async with aiohttp.ClientSession(timeout=limits, connector=connector) as session:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_tcp_up)
+    async with aiohttp.ClientSession(
+        timeout=limits, connector=connector, trace_configs=[trace]
+    ) as session:
         await asyncio.gather(
             *(
                 keepalive_client(where.hostname, where.port, i, deadline, record)
