@@ -28,8 +28,8 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.lab import activate, netns
 from haproxy_py.lab import layout as lay
-from haproxy_py.lab import netns
 from haproxy_py.lab.layout import Layout, Member
 
 RUN_DIR = Path("/run/haproxy-py/lab")
@@ -262,8 +262,9 @@ class Lab:
 
     def _node_command(self, node: str, process: str) -> list[str]:
         config = str(self.paths.config(node))
-        if process == "proxy":
-            return [_program("haproxy-py"), "run", "--config", config]
+        if process == "proxy":  # listening sockets passed as systemd's haproxy-py.socket does
+            listen = [f"{vip}:{lay.PROXY_PORT}" for vip in self.layout.vips]
+            return activate.command(listen, [_program("haproxy-py"), "run", "--config", config])
         return [_program(f"ha-{process}"), "--config", config]
 
     def running(self, name: str) -> list[str]:
