@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from typing import Any
 
 from bench.failover import stacks
 from bench.failover.stats import summarize
-from haproxy_py.lab import control
+from haproxy_py.lab import control, netns
 from haproxy_py.lab.echoclients import read
 from haproxy_py.lab.layout import PROXY_PORT
 
@@ -37,6 +38,7 @@ CAUSES = ("hactl failover", "agent clean stop")
 # Client processes, each with its share of every class: 50 clients are 50 browsers, not one
 # Python loop that would serialize their reconnects behind each other's.
 FLEETS = int(os.environ.get("HANDOVER_FLEETS", "5"))
+FIRST_HOST = 150  # client source addresses from .150 of the lab subnet (free in its plan)
 # Where a reconnect's time goes, from the client's side: its own loop (1001 -> connect started),
 # the TCP handshake (SYN to the new owner, ARP, accept queue), the WebSocket handshake through
 # the proxy (request, upstream connect, the backend's 101) and the first echo.
@@ -91,7 +93,8 @@ def render(doc: dict[str, Any]) -> str:
         "# Planned moves: WebSocket clients closed with 1001",
         "",
         f"{doc['moves']} moves per cause, {sum(CLASSES.values())} clients "
-        f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}); {doc['meta']}",
+        f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}) from "
+        f"{doc.get('hosts', 1)} source addresses in {FLEETS} processes; {doc['meta']}",
         "",
         "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) "
         "| client loop / TCP / upgrade p95 (ms) | load average |",
@@ -136,16 +139,42 @@ def _all_back(outs: list[Path], node: str, after: float) -> bool:
     return len(on_node) == len(connected) == sum(CLASSES.values())
 
 
-def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, Any]:
+def client_hosts(lab: control.Lab, hosts: int) -> list[list[str]]:
+    """Source addresses per fleet: `hosts` addresses added to the client namespace, so that the
+    lab's source-hash balancing spreads the clients over the demo backends as clients on that
+    many hosts would be spread ([] per fleet: the namespace's own address)."""
+    if hosts <= 1:
+        return [[] for _ in range(FLEETS)]
+    net = ipaddress.ip_network(lab.layout.subnet)
+    addresses = [str(net[FIRST_HOST + i]) for i in range(hosts)]
+    for address in addresses:
+        netns.ip(
+            "addr",
+            "replace",
+            f"{address}/{net.prefixlen}",
+            "dev",
+            "eth0",
+            netns=lab.layout.client.netns,
+        )
+    return [addresses[i::FLEETS] for i in range(FLEETS)]
+
+
+def measure(lab: control.Lab, cause: str, moves: int, work: Path, hosts: int) -> dict[str, Any]:
     stack = stacks.HaproxyPy(lab)
     stack.start()
     outs = [work / f"echo-{cause.replace(' ', '-')}-{i}.out" for i in range(FLEETS)]
     counts = [str(CLASSES[k] // FLEETS) for k in CLASSES]
     url = f"http://{stack.vip}:{PROXY_PORT}/echo"
+    sources = client_hosts(lab, hosts)
     fleets = [
         lab.plumbing.spawn(
             lab.layout.client.netns,
-            [sys.executable, "-m", "haproxy_py.lab.echoclients", url, "3600", str(out), *counts],
+            [
+                sys.executable,
+                *("-m", "haproxy_py.lab.echoclients"),
+                *(["--sources", ",".join(sources[i])] if sources[i] else []),
+                *(url, "3600", str(out), *counts),
+            ],
             label=f"echoclients-{i}",
             log=work / f"echoclients-{i}.log",
             cwd=ROOT,
@@ -179,6 +208,13 @@ def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.failover.handover", description=__doc__)
     parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=sum(CLASSES.values()),
+        help="client source addresses (default: one per client; 1: all from one address, "
+        "which the lab's source-hash balancing sends to one demo backend)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     problem = control.missing_requirements()
@@ -186,14 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.failover.handover: {problem}", file=sys.stderr)
         return 2
     control.down(RUN_DIR)
-    doc: dict[str, Any] = {"moves": args.moves, "meta": time.strftime("%Y-%m-%d %H:%M UTC")}
+    doc: dict[str, Any] = {
+        "moves": args.moves,
+        "hosts": args.hosts,
+        "meta": time.strftime("%Y-%m-%d %H:%M UTC"),
+    }
     doc["results"] = {}
     try:
         lab = control.Lab.up(run_dir=RUN_DIR, prefix="hh-", nodes=2, say=print)
         doc["load"] = {}
         for cause in CAUSES:
             before = os.getloadavg()[0]
-            doc["results"][cause] = measure(lab, cause, args.moves, lab.paths.logs)
+            doc["results"][cause] = measure(lab, cause, args.moves, lab.paths.logs, args.hosts)
             doc["load"][cause] = f"{before:.1f}-{os.getloadavg()[0]:.1f}"
     except (control.LabError, stacks.BenchError) as exc:
         print(f"bench.failover.handover: {exc}", file=sys.stderr)
