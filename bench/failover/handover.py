@@ -26,9 +26,11 @@ from typing import Any
 
 from bench.failover import stacks
 from bench.failover.stats import summarize
+from bench.failover.wire import SPANS, summarize_wire
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.echoclients import read
-from haproxy_py.lab.layout import PROXY_PORT
+from haproxy_py.lab.layout import APP_PORT, PROXY_PORT
+from haproxy_py.lab.netns import Proc
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -111,6 +113,24 @@ def render(doc: dict[str, Any]) -> str:
                 f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} "
                 f"| {split} | {load} |"
             )
+    lines += [
+        "",
+        "On the client's wire (every connection opened during the moves; p50 / p95 ms):",
+        "",
+        "| cause | connections | SYN retransmits | SYN → SYN-ACK | SYN-ACK → upgrade request "
+        "(client) | request → 101 (proxy + backend) | of which the backend's |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cause, wire in doc.get("wire", {}).items():
+        spans = " | ".join(
+            f"{_ms(wire['ms'][name].get('p50'))} / {_ms(wire['ms'][name].get('p95'))}"
+            for name, _, _ in SPANS
+        )
+        backend = wire.get("backend_ms", {})
+        lines.append(
+            f"| {cause} | {wire['connections']} | {wire['syn_retransmits']} | {spans} "
+            f"| {_ms(backend.get('p50'))} / {_ms(backend.get('p95'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -159,13 +179,22 @@ def client_hosts(lab: control.Lab, hosts: int) -> list[list[str]]:
     return [addresses[i::FLEETS] for i in range(FLEETS)]
 
 
-def measure(lab: control.Lab, cause: str, moves: int, work: Path, hosts: int) -> dict[str, Any]:
+def measure(
+    lab: control.Lab, cause: str, moves: int, work: Path, hosts: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per class (`summarize_events`) and on the wire (`wire.summarize_wire`)."""
     stack = stacks.HaproxyPy(lab)
     stack.start()
     outs = [work / f"echo-{cause.replace(' ', '-')}-{i}.out" for i in range(FLEETS)]
     counts = [str(CLASSES[k] // FLEETS) for k in CLASSES]
     url = f"http://{stack.vip}:{PROXY_PORT}/echo"
     sources = client_hosts(lab, hosts)
+    segments = work / f"wire-{cause.replace(' ', '-')}.out"
+    captures: list[Proc] = []
+
+    def upstream(app: str) -> Path:
+        return work / f"wire-{cause.replace(' ', '-')}-{app}.out"
+
     fleets = [
         lab.plumbing.spawn(
             lab.layout.client.netns,
@@ -184,6 +213,20 @@ def measure(lab: control.Lab, cause: str, moves: int, work: Path, hosts: int) ->
     try:
         active = stack.settle()
         stacks.wait_until(lambda: _all_back(outs, active, 0), 120, "every client connected")
+        captures = [
+            lab.plumbing.spawn(
+                where.netns,
+                [sys.executable, "-m", "bench.failover.wire", address, str(port), "3600", str(out)],
+                label=f"wire-{where.name}",
+                log=work / "wire.log",
+                cwd=ROOT,
+            )
+            for where, address, port, out in [
+                (lab.layout.client, stack.vip, PROXY_PORT, segments),
+                *((app, app.address, APP_PORT, upstream(app.name)) for app in lab.layout.apps),
+            ]
+        ]
+        time.sleep(0.5)  # the capture socket is open
         for move in range(moves):
             active = stack.settle()
             target = stack.other(active)
@@ -198,11 +241,14 @@ def measure(lab: control.Lab, cause: str, moves: int, work: Path, hosts: int) ->
                 lab.start_node(active, ("agent",))
             print(f"{cause} #{move}: {active} -> {target}", flush=True)
     finally:
-        for fleet in fleets:
-            lab.plumbing.kill(fleet)
+        for proc in [*fleets, *captures]:
+            lab.plumbing.kill(proc)
         stack.stop()
         stack.close()
-    return summarize_events(_events(outs))
+    wire = summarize_wire(read(str(segments)))
+    backends = [s for app in lab.layout.apps for s in read(str(upstream(app.name)))]
+    wire["backend_ms"] = summarize_wire(backends)["ms"]["server"]
+    return summarize_events(_events(outs)), wire
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     doc["results"] = {}
     try:
         lab = control.Lab.up(run_dir=RUN_DIR, prefix="hh-", nodes=2, say=print)
-        doc["load"] = {}
+        doc["load"], doc["wire"] = {}, {}
         for cause in CAUSES:
             before = os.getloadavg()[0]
-            doc["results"][cause] = measure(lab, cause, args.moves, lab.paths.logs, args.hosts)
+            found = measure(lab, cause, args.moves, lab.paths.logs, args.hosts)
+            doc["results"][cause], doc["wire"][cause] = found
             doc["load"][cause] = f"{before:.1f}-{os.getloadavg()[0]:.1f}"
     except (control.LabError, stacks.BenchError) as exc:
         print(f"bench.failover.handover: {exc}", file=sys.stderr)
