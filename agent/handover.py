@@ -14,10 +14,9 @@ The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
 one etcd event of the new owner's write, not on a polling period. Until then
 the fence keeps this node silent on the VIP's connections (`Fence.let_out`
 opens it right before the drain): nothing sent meanwhile waits unacknowledged
-in front of the 1001. Meanwhile the
-new owner drops unknown mid-stream TCP segments to a VIP it has just taken
-(its grace period), so a client's packets sent before the 1001 arrives are
-dropped there, never answered with a reset.
+in front of the 1001. Meanwhile the new owner drops unknown mid-stream TCP
+segments to a VIP it has just taken (its grace period), so a client's packets
+sent before the 1001 arrives are dropped there, never answered with a reset.
 """
 
 from __future__ import annotations
