@@ -35,6 +35,7 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
     sock.bind(("eth0", 0))
     sock.settimeout(0.2)
     target = socket.inet_aton(vip)
+    opened: dict[int, set[bool]] = {}  # connections whose SYN was seen: directions with data
     end = time.monotonic() + seconds
     with open(out, "w") as sink:
         while time.monotonic() < end:
@@ -54,10 +55,20 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
             if (sport if inbound else dport) != port:
                 continue
             payload = frame[tcp + (offset >> 4) * 4 :]
+            client_port = dport if inbound else sport
+            if flags & SYN and not inbound:
+                opened[client_port] = set()
+            seen = opened.get(client_port)
+            # Only what the summary reads: handshakes, and each direction's first data of a
+            # connection opened during the capture (continuous echoes would be gigabytes).
+            if seen is None or (not flags & SYN and (not payload or inbound in seen)):
+                continue
+            if payload:
+                seen.add(inbound)
             segment = {
                 "at": at,
                 "out": not inbound,
-                "client_port": dport if inbound else sport,
+                "client_port": client_port,
                 "flags": flags,
                 "len": len(payload),
                 "head": payload[:12].decode("latin-1"),
