@@ -27,6 +27,7 @@ from bench.failover.stats import summarize
 
 ETH_P_ALL = 3
 SYN, ACK = 0x02, 0x10
+RETRANSMIT_WINDOW = 3.5
 SPANS = (("kernel", "syn", "synack"), ("client", "synack", "request"), ("server", "request", "101"))
 
 
@@ -79,15 +80,20 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
 def summarize_wire(segments: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """SYN retransmits and the wire-time split of every connection opened in the capture
     (pure)."""
-    by_port: dict[int, list[dict[str, Any]]] = {}
-    for segment in segments:
-        by_port.setdefault(int(segment["client_port"]), []).append(segment)
+    flows: list[list[dict[str, Any]]] = []
+    current: dict[int, list[dict[str, Any]]] = {}  # client port -> its latest connection
+    for segment in sorted(segments, key=lambda s: s["at"]):
+        port = int(segment["client_port"])
+        flow = current.get(port)
+        if _is_syn(segment) and (flow is None or not _retransmit(flow, segment)):
+            flow = current[port] = []  # a new connection (ports are reused)
+            flows.append(flow)
+        if flow is not None:
+            flow.append(segment)
     spans: dict[str, list[float]] = {name: [] for name, _, _ in SPANS}
     connections = retransmits = 0
-    for flow in by_port.values():
-        syns = [s for s in flow if s["out"] and s["flags"] & (SYN | ACK) == SYN]
-        if not syns:
-            continue  # a connection opened before the capture
+    for flow in flows:
+        syns = [s for s in flow if _is_syn(s)]
         connections += 1
         retransmits += len(syns) - 1
         times = {"syn": syns[0]["at"]}
@@ -106,6 +112,17 @@ def summarize_wire(segments: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "syn_retransmits": retransmits,
         "ms": {name: summarize(values).as_dict() for name, values in spans.items()},
     }
+
+
+def _is_syn(segment: dict[str, Any]) -> bool:
+    return bool(segment["out"]) and segment["flags"] & (SYN | ACK) == SYN
+
+
+def _retransmit(flow: list[dict[str, Any]], syn: dict[str, Any]) -> bool:
+    """A SYN again on a port whose last SYN had no answer yet, within the 3 s a connect tries
+    (Linux: 1 s, then 2 s later): the same connection, retransmitted."""
+    answered = any(not s["out"] for s in flow)
+    return not answered and syn["at"] - flow[0]["at"] < RETRANSMIT_WINDOW
 
 
 if __name__ == "__main__":

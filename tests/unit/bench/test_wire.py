@@ -21,9 +21,11 @@ def test_splits_each_new_connection_and_counts_syn_retransmits() -> None:
         seg(3.001, False, 40002, 0x12),
         seg(3.002, True, 40002, 0x18, "GET ", 90),
         seg(3.004, False, 40002, 0x18, "HTTP/1.1 200", 90),  # a health check: no upgrade
+        seg(9.000, True, 40001, 0x02),  # the port used again: a new connection
+        seg(9.001, False, 40001, 0x12),
     ]
     summary = summarize_wire(segments)
-    assert summary["connections"] == 2 and summary["syn_retransmits"] == 1
+    assert summary["connections"] == 3 and summary["syn_retransmits"] == 1
     assert summary["ms"]["kernel"]["max"] == 1001.0  # the retransmit wait shows here
     assert summary["ms"]["client"]["count"] == 2 and summary["ms"]["client"]["max"] == 10.0
     assert summary["ms"]["server"]["count"] == 1 and summary["ms"]["server"]["max"] == 30.0
