@@ -39,7 +39,7 @@ CLASSES = {"idle": 10, "periodic": 20, "continuous": 20}
 CAUSES = ("hactl failover", "agent clean stop")
 # Client processes, each with its share of every class: 50 clients are 50 browsers, not one
 # Python loop that would serialize their reconnects behind each other's.
-FLEETS = int(os.environ.get("HANDOVER_FLEETS", "5"))
+FLEETS = 5
 FIRST_HOST = 150  # client source addresses from .150 of the lab subnet (free in its plan)
 # Where a reconnect's time goes, from the client's side: its own loop (1001 -> connect started),
 # the TCP handshake (SYN to the new owner, ARP, accept queue), the WebSocket handshake through
