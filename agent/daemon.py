@@ -95,6 +95,7 @@ class Agent:
             settings.node.name,
             lambda vip: vip in self.core.held,
             settings.handover_wait,
+            lambda vip: self.effects.let_out(vip),
         )
         self.effects = Effects(
             self.core,

@@ -50,9 +50,10 @@ GRACE = 2.0
 
 
 class Grace(Protocol):
-    """The grace set of the packet fence (`agent.fence.Fence`)."""
+    """The grace and leaving sets of the packet fence (`agent.fence.Fence`)."""
 
     def grace(self, vip: str, seconds: float) -> None: ...
+    def let_out(self, vip: str) -> None: ...
 
 
 class AddressTable(Protocol):
@@ -218,6 +219,13 @@ class Effects:
             log.info("VIP added", vip=action.vip, reason=action.reason)
         return True
 
+    def let_out(self, vip: str) -> None:
+        """A released VIP's clients are about to be told to go: let the closes leave."""
+        try:
+            self.addresses.fence.let_out(vip)
+        except FenceError as exc:
+            log.warning("the VIP's closes cannot leave; its clients time out", error=str(exc))
+
     async def _remove(self, action: RemoveAddress) -> bool:
         try:
             await self.addresses.remove(action.vip, self.prefix_length)
@@ -289,6 +297,9 @@ class Effects:
 
 class _NoGrace:
     def grace(self, vip: str, seconds: float) -> None:
+        pass
+
+    def let_out(self, vip: str) -> None:
         pass
 
 

@@ -11,10 +11,12 @@ record in `nodes/` lists the VIP as held: a client told earlier would reconnect
 to an address nobody answers for and wait out a SYN retransmit (1 s).
 
 The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
-one etcd event of the new owner's write, not on a polling period. Meanwhile the
-new owner drops unknown mid-stream TCP segments to a VIP it has just taken
-(its grace period), so a client's packets sent before the 1001 arrives are
-dropped there, never answered with a reset.
+one etcd event of the new owner's write, not on a polling period. Until then
+the fence keeps this node silent on the VIP's connections (`Fence.let_out`
+opens it right before the drain): nothing sent meanwhile waits unacknowledged
+in front of the 1001. Meanwhile the new owner drops unknown mid-stream TCP
+segments to a VIP it has just taken (its grace period), so a client's packets
+sent before the 1001 arrives are dropped there, never answered with a reset.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ class Handover:
         me: str,
         holding: Callable[[str], bool],
         wait: float,
+        let_out: Callable[[str], None],
     ) -> None:
         self.store = store
         self.proxy = proxy
         self.me = me
         self.holding = holding  # True when the VIP came back to this node meanwhile
+        self.let_out = let_out  # the fence lets the VIP's closes leave (silent until then)
         self.wait = wait
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -90,6 +94,7 @@ class Handover:
         if self.holding(vip):
             log.info("released VIP came back; its clients stay", vip=vip)
             return
+        self.let_out(vip)
         outcome = await self.proxy.drain_address(vip)
         log.info(
             "released VIP's clients told to reconnect",

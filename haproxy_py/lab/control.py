@@ -29,7 +29,7 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store, StoreError
-from haproxy_py.lab import bgplab, netns
+from haproxy_py.lab import activate, bgplab, netns
 from haproxy_py.lab import layout as lay
 from haproxy_py.lab.layout import Layout, Member
 
@@ -273,8 +273,9 @@ class Lab:
         if self.layout.mode == "bgp":
             return bgplab.node_command(self, node, process, _program)
         config = str(self.paths.config(node))
-        if process == "proxy":
-            return [_program("haproxy-py"), "run", "--config", config]
+        if process == "proxy":  # listening sockets passed as systemd's haproxy-py.socket does
+            listen = [f"{vip}:{lay.PROXY_PORT}" for vip in self.layout.vips]
+            return activate.command(listen, [_program("haproxy-py"), "run", "--config", config])
         return [_program(f"ha-{process}"), "--config", config]
 
     def running(self, name: str) -> list[str]:

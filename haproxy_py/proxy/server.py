@@ -209,7 +209,7 @@ class ProxyServer:
                 "no close can leave from an address this node no longer has",
                 address=str(address),
                 effect="its clients see their connections time out instead",
-                fix="give the proxy CAP_NET_RAW (or CAP_NET_ADMIN)",
+                fix="start it from haproxy-py.socket (Transparent=yes), or give it CAP_NET_RAW",
             )
         return AddressDrain(len(tunnels), len(conns), can_send)
 

@@ -8,17 +8,21 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from agent.netlink import CAP_NET_ADMIN, CAP_NET_RAW
 from haproxy_py.configfile import Table
+from haproxy_py.lab import activate
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.hardening.raw import no_leak, open_raw, read_all
 from tests.integration.proxy.process import CONFIG, read_event, start
 from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
+from tests.support.etcd import free_ports
 from tests.support.wait import eventually_async
 
 
@@ -231,35 +235,58 @@ async def test_drain_address_refuses_a_bad_address(backends, proxy, session) -> 
     assert not server.draining
 
 
+def _no_raw_capability(port: int, argv: list[str]) -> list[str]:
+    drop = "-net_raw,-net_admin"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *argv]
+
+
+def _passed_transparent(port: int, argv: list[str]) -> list[str]:
+    """As haproxy-py.socket starts it: the listener passed with IP_TRANSPARENT set, and
+    every capability but CAP_NET_BIND_SERVICE dropped (`haproxy_py.lab.activate`)."""
+    return activate.command([f"127.0.0.2:{port}"], argv)
+
+
+@pytest.mark.parametrize(
+    ("launch", "can_send"),
+    [(_no_raw_capability, False), (_passed_transparent, True)],
+    ids=["no-capability", "passed-transparent"],
+)
 @pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_drain_address_without_the_capability_says_what_is_missing(tmp_path: Path) -> None:
-    """Without CAP_NET_RAW/CAP_NET_ADMIN no close can leave from an address already gone: the
-    answer and the log say so (the address here is still present, so the 1001 arrives)."""
+async def test_drain_address_sends_from_a_departed_address_only_on_a_transparent_socket(
+    tmp_path: Path, launch: Callable[[int, list[str]], list[str]], can_send: bool
+) -> None:
+    """Without CAP_NET_RAW/CAP_NET_ADMIN the proxy cannot make a connection send from an
+    address already gone: the answer and the log say so. Started from a socket passed with
+    IP_TRANSPARENT (haproxy-py.socket), it can, with no capability. (127.0.0.2 is still
+    present here, so the 1001 arrives either way.)"""
+    if os.geteuid() != 0:
+        pytest.fail("dropping capabilities and binding a transparent socket need root")
     backend = Backend("nocap")
     await backend.start()
+    (port,) = free_ports(1)
     config = tmp_path / "node.toml"
-    config.write_text(CONFIG.format(bind="127.0.0.2:0", server=backend.address))
-    drop = "-net_raw,-net_admin"
+    config.write_text(CONFIG.format(bind=f"127.0.0.2:{port}", server=backend.address))
+    argv = [sys.executable, "-m", "haproxy_py.proxy", "run", "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
-        *(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"] if os.geteuid() == 0 else []),
-        sys.executable,
-        *("-m", "haproxy_py.proxy", "run", "--config", str(config)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        *launch(port, argv), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     try:
         started = await read_event(process, "proxy started")
+        status = await asyncio.to_thread(Path(f"/proc/{process.pid}/status").read_text)
+        effective = int(status.split("CapEff:")[1].split()[0], 16)
+        assert not effective & (1 << CAP_NET_RAW | 1 << CAP_NET_ADMIN), status
         listener, admin = started["listeners"]["web"], started["admin"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             async with session.post(f"http://{admin}/drain?address=127.0.0.2") as answer:
                 assert answer.status == 202
-                assert (await answer.json())["can_send"] is False
-            warning = await read_event(
-                process, "no close can leave from an address this node no longer has"
-            )
-            assert warning["address"] == "127.0.0.2"
-            assert "CAP_NET_RAW" in str(warning["fix"])
+                assert (await answer.json())["can_send"] is can_send
+            if not can_send:
+                warning = await read_event(
+                    process, "no close can leave from an address this node no longer has"
+                )
+                assert warning["address"] == "127.0.0.2"
+                assert "haproxy-py.socket" in str(warning["fix"])
             msg = await ws.receive(timeout=30)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
             await ws.close()

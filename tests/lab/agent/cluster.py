@@ -24,6 +24,7 @@ from pathlib import Path
 
 from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import Store
+from haproxy_py.lab import activate
 from haproxy_py.lab.netns import Plumbing, Proc
 from haproxy_py.lab.watch import TwoOwnersWatcher, Violation
 from tests.support.etcd import EtcdMember, free_ports
@@ -35,6 +36,7 @@ NODE_NAMES = ("n1", "n2")
 PRIORITIES = {"n1": 200, "n2": 100}
 ADMIN = "127.0.0.1:9901"  # inside each node's own namespace, so no two ever collide
 BACKEND_PORT = 8090
+PROXY_PORT = 8080
 
 
 def bridge_etcd(host: str, root: Path) -> EtcdMember:
@@ -176,7 +178,7 @@ access_log = false
 
 [[listeners]]
 name = "web"
-bind = "0.0.0.0:8080"
+bind = "0.0.0.0:{PROXY_PORT}"
 
 [[routes]]
 backend = "app"
@@ -259,9 +261,14 @@ format = "console"
         )
 
     def start_proxy(self, node: Node) -> None:
+        """The proxy as its hardened unit runs it: its listening socket from the side (as
+        haproxy-py.socket passes it), no capability but CAP_NET_BIND_SERVICE."""
         node.proxy = self.lab.spawn(
             node.netns,
-            [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
+            activate.command(
+                [f"0.0.0.0:{PROXY_PORT}"],
+                [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
+            ),
             label=f"proxy-{node.name}",
             log=self.log(f"proxy-{node.name}"),
         )
