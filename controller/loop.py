@@ -32,6 +32,7 @@ from controller.execute import Executor
 from controller.expiry import revoke_when_expired
 from controller.memory import Memory
 from controller.metrics import ControllerMetrics
+from controller.vacancy import vacate
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
 from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
@@ -165,7 +166,7 @@ class Controller:
             self.metrics.cycle_seconds.set(time.monotonic() - started)
 
     async def _cycle(self) -> None:
-        view = await self.store.read_view()
+        view = await vacate(self.store, await self.store.read_view())
         self._observe(view)
         seen = self.memory.observe(view)
         if view.problems != self._last_problems:
@@ -173,9 +174,11 @@ class Controller:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
             self._last_problems = view.problems
         if not self.election.leading(view):
-            if view.leader is not None or not await self.election.campaign():
+            leader = view.leader
+            stale = leader if leader is not None and leader.lease == 0 else None
+            if (leader is not None and stale is None) or not await self.election.campaign(stale):
                 return
-            view = await self.store.read_view()
+            view = await vacate(self.store, await self.store.read_view())
             if not self.election.leading(view):
                 return
         self._watch_owner_leases(view)

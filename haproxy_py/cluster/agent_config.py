@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haproxy_py import pki
+from haproxy_py.cluster.allowlist import AllowList, AllowListError
 from haproxy_py.cluster.config import _file
 from haproxy_py.cluster.timing import (
     DEFAULT_FENCE_MARGIN,
@@ -54,6 +55,7 @@ _KEYS = frozenset(
         "garp_refresh",
         "metrics_bind",
         "vip_prefix_length",
+        "allowed_vips",
     }
 )
 
@@ -90,6 +92,7 @@ class AgentConfig:
     metrics_host: str | None
     metrics_port: int
     vip_prefix_length: int
+    allowed: AllowList
     proxy_admin_tls: AdminClientTls | None = None
 
 
@@ -162,8 +165,44 @@ def parse_agent(doc: Table) -> AgentConfig:
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         vip_prefix_length=prefix_length,
+        allowed=_allowed_vips(doc, agent),
         proxy_admin_tls=admin_tls,
     )
+
+
+def _allowed_vips(doc: Table, agent: Table) -> AllowList:
+    """The addresses this node may ever hold: `[agent] allowed_vips`, else the same file's
+    `[cluster] vips`; neither is an error (fail closed: etcd never decides this alone).
+    The node's own address and the etcd members may never be on it."""
+    cluster = doc.data.get("cluster")
+    fallback = cluster.get("vips") if isinstance(cluster, dict) else None
+    entries = agent.strings("allowed_vips", fallback if isinstance(fallback, list) else [])
+    if not entries:
+        agent.fail(
+            "allowed_vips",
+            "missing: list the VIP addresses or prefixes this node may hold "
+            '(e.g. allowed_vips = ["192.0.2.10", "192.0.2.16/28"]), or [cluster] vips; '
+            "the agent holds no address that its own config does not name",
+        )
+    try:
+        allowed = AllowList.parse(str(e) for e in entries)
+    except AllowListError as exc:
+        agent.fail("allowed_vips", str(exc))
+    node = doc.data.get("node")
+    etcd = doc.data.get("etcd")
+    own = [node.get("address")] if isinstance(node, dict) else []
+    endpoints = etcd.get("endpoints", []) if isinstance(etcd, dict) else []
+    hosts = [
+        urlsplit(e if "//" in e else f"//{e}").hostname for e in endpoints if isinstance(e, str)
+    ]
+    clash = allowed.covering(a for a in [*own, *hosts] if isinstance(a, str))
+    if clash:
+        agent.fail(
+            "allowed_vips",
+            f"covers {', '.join(clash)} (this node's own address or an etcd member); "
+            "list only the VIPs",
+        )
+    return allowed
 
 
 def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:

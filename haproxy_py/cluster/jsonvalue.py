@@ -59,3 +59,15 @@ L = TypeVar("L", bound=str)
 def choice(obj: Mapping[str, Any], key: str, choices: tuple[L, ...]) -> L | None:
     value = obj.get(key)
     return cast(L, value) if value in choices else None
+
+
+def revisions(obj: Mapping[str, Any], key: str) -> dict[str, int]:
+    """A JSON object of name -> positive integer (other entries dropped)."""
+    value = obj.get(key)
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: v
+        for k, v in value.items()
+        if isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0
+    }

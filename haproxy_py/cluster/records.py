@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from haproxy_py.cluster.intents import (
@@ -28,7 +28,17 @@ from haproxy_py.cluster.intents import (
     RequestResult,
     ResultStatus,
 )
-from haproxy_py.cluster.jsonvalue import choice, dumps, flag, integer, loads, number, text, texts
+from haproxy_py.cluster.jsonvalue import (
+    choice,
+    dumps,
+    flag,
+    integer,
+    loads,
+    number,
+    revisions,
+    text,
+    texts,
+)
 from haproxy_py.cluster.schema import Schema
 
 __all__ = [
@@ -98,6 +108,11 @@ class NodeRecord:
     here that the agent could not hold for longer than an address lifetime.
     `stopping`: the agent is handing its VIPs over before it exits; the node
     takes none meanwhile.
+    `released` maps a VIP to the `vips/<vip>` mod revision whose assignment this
+    node has let go of (the kernel showed the address gone): the release
+    acknowledgement, which the controller answers by giving the VIP to its next
+    owner in one transaction. `refused` lists VIPs assigned here that the node's
+    own `allowed_vips` does not allow; it never holds those.
     `healthy_since` is when the proxy last turned healthy (unix time); the
     controller's failback hold-down reads it, so it must not move while health
     stays up. `lease` comes from the key's lease, not from the JSON.
@@ -120,6 +135,8 @@ class NodeRecord:
     pools: int = 0
     unheld: tuple[str, ...] = ()
     stopping: bool = False
+    released: Mapping[str, int] = field(default_factory=dict)
+    refused: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return dumps(
@@ -139,6 +156,8 @@ class NodeRecord:
                 "pools": self.pools,
                 "unheld": list(self.unheld),
                 "stopping": self.stopping,
+                "released": dict(sorted(self.released.items())),
+                "refused": list(self.refused),
             }
         )
 
@@ -167,16 +186,23 @@ class NodeRecord:
             pools=integer(obj, "pools"),
             unheld=texts(obj, "unheld"),
             stopping=flag(obj, "stopping"),
+            released=revisions(obj, "released"),
+            refused=texts(obj, "refused"),
         )
 
 
 @dataclass(frozen=True)
 class VipAssignment:
-    """`vips/<vip>`: who owns a VIP; bound to the owner's lease.
+    """`vips/<vip>`: who owns a VIP, written by the controller only (agents may only read it).
 
+    `lease` is the owner's lease when the VIP was given to it, stored in the
+    JSON, not bound to the key: an agent holds the VIP only while that lease
+    is its current one, and once that lease is gone the key is stale and the
+    controller gives the VIP to another node (keys of older versions, bound to
+    the lease, read the same: their etcd lease fills in).
     `state` is `assigned` (the owner holds the address) or `releasing` (the
     controller asked the owner to let go; the owner removes the address and then
-    deletes this key, compare on `mod_revision`, as its acknowledgement).
+    acknowledges in its node record's `released`).
     `move_to` and `request` say where a planned move goes and which request asked;
     `releasing_since` is when the release was asked (the controller gives up and
     restores `assigned` after its release timeout).
@@ -206,6 +232,7 @@ class VipAssignment:
                 "move_to": self.move_to,
                 "request": self.request,
                 "releasing_since": self.releasing_since,
+                "lease": self.lease,
             }
         )
 
@@ -230,7 +257,7 @@ class VipAssignment:
             move_to=text(obj, "move_to"),
             request=text(obj, "request"),
             releasing_since=number(obj, "releasing_since"),
-            lease=lease,
+            lease=integer(obj, "lease") or lease,
             mod_revision=mod_revision,
         )
 
@@ -244,12 +271,15 @@ class ControllerLeader:
     metrics: str | None = None
     lease: int = 0
     create_revision: int = 0
+    mod_revision: int = 0
 
     def to_json(self) -> bytes:
         return dumps({"id": self.id, "since": self.since, "metrics": self.metrics})
 
     @classmethod
-    def parse(cls, raw: bytes, lease: int = 0, create_revision: int = 0) -> ControllerLeader | None:
+    def parse(
+        cls, raw: bytes, lease: int = 0, create_revision: int = 0, mod_revision: int = 0
+    ) -> ControllerLeader | None:
         obj = loads(raw)
         if obj is None:
             return None
@@ -262,6 +292,7 @@ class ControllerLeader:
             metrics=text(obj, "metrics"),
             lease=lease,
             create_revision=create_revision,
+            mod_revision=mod_revision,
         )
 
 
@@ -345,7 +376,8 @@ class ClusterView:
     `revision` is etcd's revision at the read; watching from `revision + 1`
     sees every later change. `problems` lists keys that could not be parsed
     (they are otherwise ignored, except an unreadable `vips/<vip>`, which stays
-    in `occupied` so that nobody assigns over it).
+    in `occupied` so that nobody assigns over it). `vacated` (see `vacate`) holds
+    the assignments whose key stays but whom nobody holds any more.
     """
 
     cluster: str
@@ -361,6 +393,7 @@ class ClusterView:
     epoch_mod_revision: int = 0
     problems: tuple[str, ...] = ()
     config_mod_revision: int = 0  # of the `config` key, readable or not (0: absent)
+    vacated: Mapping[str, VipAssignment] = field(default_factory=dict)
 
     def owner(self, vip: str) -> str | None:
         assignment = self.vips.get(vip)
@@ -378,6 +411,43 @@ class ClusterView:
         """Configured VIPs, and every VIP with a key (readable or not)."""
         configured = self.settings.vips if self.settings else ()
         return self.occupied | frozenset(configured)
+
+    def acknowledged(self, vip: str) -> bool:
+        """The owner's node record acknowledges it let go of this very assignment."""
+        a = self.vips.get(vip)
+        owner = self.nodes.get(a.node) if a else None
+        return a is not None and owner is not None and owner.released.get(vip) == a.mod_revision
+
+    def stale(self, vip: str) -> bool:
+        """The assignment's lease is not its owner's registered lease: the owner's lease is
+        gone (its record went with it) or it never had one, so nobody holds it any more
+        (the controller confirms the lease is gone before it acts on that)."""
+        a = self.vips.get(vip)
+        if a is None:
+            return False
+        owner = self.nodes.get(a.node)
+        return a.lease == 0 or owner is None or owner.lease != a.lease
+
+    def free(self, vip: str) -> bool:
+        """Nobody holds the VIP: no key, or a key whose owner let go or whose lease is gone.
+        An unreadable key is never free: nobody assigns over what it cannot read."""
+        if vip not in self.occupied:
+            return True
+        return vip in self.vips and (self.acknowledged(vip) or self.stale(vip))
+
+    def vacate(self, vips: Iterable[str]) -> ClusterView:
+        """This view with `vips` unowned: what the decision core sees, so a VIP let go of is
+        placed like one whose key is gone; the assignment that follows replaces the key in
+        one transaction (compare on its mod revision, kept in `vacated`)."""
+        gone = {v: self.vips[v] for v in vips if v in self.vips}
+        if not gone:
+            return self
+        return replace(
+            self,
+            vips={v: a for v, a in self.vips.items() if v not in gone},
+            occupied=self.occupied - frozenset(gone),
+            vacated={**self.vacated, **gone},
+        )
 
     def last_event(self, vip: str) -> Event | None:
         for event in reversed(self.events):
@@ -421,7 +491,9 @@ class ClusterView:
                 if parsed is not None:
                     events.append(parsed)
             elif rel == "controller/leader":
-                parsed = leader = ControllerLeader.parse(kv.value, kv.lease, kv.create_revision)
+                parsed = leader = ControllerLeader.parse(
+                    kv.value, kv.lease, kv.create_revision, kv.mod_revision
+                )
             elif rel == "config":
                 parsed = settings = ClusterSettings.parse(kv.value, kv.mod_revision)
                 config_rev = kv.mod_revision
