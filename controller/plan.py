@@ -70,6 +70,12 @@ class Plan:
     def assign(
         self, vip: str, node: NodeRecord, cause: str | None = None, request: str | None = None
     ) -> None:
+        if vip in node.refused:  # not on that node's own allow-list: it would never hold it
+            others = [n for n in self.candidates() if vip not in n.refused]
+            if not others:
+                self.reasons.append(f"{vip} unowned: {node.name} refuses it (allowed_vips)")
+                return
+            node = others[0]
         source = last_owner(self.view, vip)
         cause = cause or cause_of(self.view, self.settings, source, node)
         vacated = self.view.vacated.get(vip)

@@ -58,3 +58,15 @@ def test_a_stale_vip_goes_to_a_healthy_node_in_one_transaction() -> None:
     (assign,) = [x for x in d.actions if isinstance(x, AssignVip)]
     assert (assign.node, assign.replaces, assign.cause) == ("b", 33, "node lost")
     assert not any(isinstance(x, ReleaseVip | ClearVip) for x in d.actions)
+
+
+def test_a_node_refusing_a_vip_is_passed_over() -> None:
+    """A VIP outside a node's allow-list goes to another node, never back and forth."""
+    refusing = replace(node("a", 200), refused=(VIP1,), released={VIP1: 40})
+    v = view([refusing, node("b", 100)], [held(VIP1, "a", revision=40)]).vacate([VIP1])
+    (assign,) = [x for x in decide(v, 0.0, POLICY).actions if isinstance(x, AssignVip)]
+    assert assign.node == "b"
+    alone = view([replace(node("a"), refused=(VIP1,))], config=settings(VIP1))
+    d = decide(alone, 0.0, POLICY)
+    assert not any(isinstance(x, AssignVip) for x in d.actions)
+    assert "a refuses it" in d.reason
