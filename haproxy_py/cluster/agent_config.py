@@ -30,6 +30,7 @@ from haproxy_py.cluster.timing import (
     problems,
 )
 from haproxy_py.configfile import Table
+from haproxy_py.proxy.adminauth import AdminAuthError, load_token
 
 _KEYS = frozenset(
     {
@@ -56,6 +57,7 @@ _KEYS = frozenset(
         "metrics_bind",
         "vip_prefix_length",
         "allowed_vips",
+        "proxy_admin_token_file",
     }
 )
 
@@ -94,6 +96,7 @@ class AgentConfig:
     vip_prefix_length: int
     allowed: AllowList
     proxy_admin_tls: AdminClientTls | None = None
+    proxy_admin_token: str | None = None  # sent with the agent's drain requests
 
 
 def timing_problem(t: Timing) -> str | None:
@@ -167,7 +170,18 @@ def parse_agent(doc: Table) -> AgentConfig:
         vip_prefix_length=prefix_length,
         allowed=_allowed_vips(doc, agent),
         proxy_admin_tls=admin_tls,
+        proxy_admin_token=_token(agent),
     )
+
+
+def _token(agent: Table) -> str | None:
+    """`proxy_admin_token_file`: the token the proxy's `[admin] tokens` lists for the agent."""
+    if "proxy_admin_token_file" not in agent.data:
+        return None
+    try:
+        return load_token(Path(agent.string("proxy_admin_token_file")))
+    except AdminAuthError as exc:
+        agent.fail("proxy_admin_token_file", str(exc))
 
 
 def _allowed_vips(doc: Table, agent: Table) -> AllowList:

@@ -219,7 +219,10 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
     for daemon in ("agent", "controller"):
         parts.append(_section(f"etcd.{daemon}", identity(pki, f"{daemon}-{node.name}")))
     # The addresses this node may ever hold, whatever etcd says: the lab's VIPs only.
-    agent = {"proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}", "allowed_vips": list(layout.vips)}
+    agent: dict[str, object] = {
+        "proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}",
+        "allowed_vips": list(layout.vips),
+    }
     parts.append(_section("agent", agent))
     parts.append(_section("controller", {"id": node.name, "metrics": ""}))
     parts.append(_section("logging", {"level": "info", "format": "json"}))
