@@ -49,8 +49,3 @@ class AllowList:
         """Those of `addresses` the list would allow (config checks: the node's own
         address and the etcd members must never be among them)."""
         return [a for a in addresses if self.allows(a)]
-
-    def __str__(self) -> str:
-        return ", ".join(
-            str(n) if n.prefixlen < 32 else str(n.network_address) for n in self.networks
-        )
