@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.actions import AssignVip, ClearVip, ReleaseVip
+from controller.actions import AnswerRequest, AssignVip, ClearVip, ReleaseVip
 from controller.decide import Policy, decide
 from haproxy_py.cluster.records import Move, RequestResult
 from tests.unit.controller.views import VIP1, held, node, request, settings, view
@@ -70,3 +70,11 @@ def test_a_node_refusing_a_vip_is_passed_over() -> None:
     d = decide(alone, 0.0, POLICY)
     assert not any(isinstance(x, AssignVip) for x in d.actions)
     assert "a refuses it" in d.reason
+
+
+def test_a_move_to_a_node_that_refuses_the_vip_is_refused() -> None:
+    refusing = replace(node("b"), refused=(VIP1,))
+    v = view([node("a"), refusing], [held(VIP1, "a")], requests=[request("move", target="b")])
+    (answer,) = [x for x in decide(v, 0.0, POLICY).actions if isinstance(x, AnswerRequest)]
+    assert answer.request.result is not None and answer.request.result.status == "refused"
+    assert answer.request.result.message == "b refuses 198.18.100.1 (not in its allowed_vips)"
