@@ -84,6 +84,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
         settings.agent.proxy_admin_url,
         settings.agent.health_timeout,
         settings.agent.proxy_admin_tls,
+        settings.agent.proxy_admin_token,
     )
     store = Store(etcd, settings.cluster)
 

@@ -31,11 +31,12 @@ from agent.effects import AddressTable, Announcer, Effects, EtcdState, Reopen, W
 from agent.failsafe import Outage
 from agent.failsafeloop import FailsafeLoop
 from agent.handover import Handover
+from agent.hysteresis import Hysteresis
 from agent.metrics import AgentMetrics
 from agent.observers import Observers, Step
 from agent.proxy import ProxyClient
 from agent.registration import Registration
-from agent.state import Action, AgentCore, Hysteresis
+from agent.state import Action, AgentCore
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.peerlink import PeerTls
@@ -78,9 +79,12 @@ class Agent:
         self.proxy = proxy
         cfg = settings.agent
         self.core = AgentCore(
-            settings.node.name, cfg.timing, Hysteresis(cfg.health_rise, cfg.health_fall)
+            settings.node.name,
+            cfg.timing,
+            Hysteresis(cfg.health_rise, cfg.health_fall),
+            cfg.allowed,
         )
-        self.core.known_vips.update(settings.vips)
+        self.core.known_vips.update(v for v in settings.vips if cfg.allowed.allows(v))
         self.metrics = AgentMetrics(
             lambda: self.core.deadline - time.monotonic(), lambda: list(self.core.held)
         )
@@ -137,6 +141,7 @@ class Agent:
         self._queue: asyncio.Queue[Step] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._registrar: asyncio.Task[None] | None = None
+        self._handed: set[str] = set()  # VIPs whose clients the hand-over already saw to
 
     # --- hooks the effects call ----------------------------------------------------------
 
@@ -156,6 +161,7 @@ class Agent:
         self._post(self.observers.kernel_step)
 
     def released(self, vip: str) -> None:
+        self._handed.add(vip)
         self.handover.released([vip])
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -251,7 +257,8 @@ class Agent:
         except TimeoutError:
             log.error("VIPs not released in time; the kernel lifetime and the lease remove them")
         released = time.monotonic()
-        self.handover.released(held)  # (those whose release acknowledgement started it skipped)
+        # those whose release acknowledgement already started it are not told twice
+        self.handover.released(v for v in held if v not in self._handed)
         await self.handover.finish(self.settings.handover_wait + 1.0)
         await self._revoke()
         log.info(

@@ -24,11 +24,12 @@ from agent.fence import FenceError
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.state import (
+    AckRelease,
     Action,
     AgentCore,
-    DeleteVip,
     KeepaliveNow,
     PublishNode,
+    Refused,
     Regrant,
     RemoveAddress,
     Revoke,
@@ -185,8 +186,17 @@ class Effects:
                 self.announcer.start(action.vip)
             elif isinstance(action, StopGarp):
                 self.announcer.stop(action.vip)
-            elif isinstance(action, DeleteVip):
-                self.writer.write(self.core.lease_id, self._delete_vip(action))
+            elif isinstance(action, AckRelease):
+                # The node record carries the acknowledgement (PublishNode follows); once
+                # the controller gives the VIP on, its clients here are told to go.
+                log.info("VIP release acknowledged", vip=action.vip, reason=action.reason)
+                self.hooks.released(action.vip)
+            elif isinstance(action, Refused):
+                log.error(
+                    "VIP refused: assigned here, but not in this node's allowed_vips",
+                    vip=action.vip,
+                )
+                self.metrics.refused.inc()
             elif isinstance(action, PublishNode):
                 self.hooks.publish()
             elif isinstance(action, KeepaliveNow):
@@ -280,19 +290,6 @@ class Effects:
         self.addresses.close()
         self.addresses, self.announcer = addresses, announcer
         announcer.on_sent = self._garp_sent
-
-    def _delete_vip(self, action: DeleteVip) -> Write:
-        async def write() -> None:
-            deleted = await self.store.delete_if(self.store.schema.vip(action.vip), action.revision)
-            log.info(
-                "VIP key deleted" if deleted else "VIP key changed meanwhile; not deleted",
-                vip=action.vip,
-                reason=action.reason,
-            )
-            if deleted:
-                self.hooks.released(action.vip)
-
-        return write
 
 
 class _NoGrace:

@@ -2,7 +2,8 @@
 
 etcd holds agreement, not telemetry: the record is rewritten when something
 the controller or an operator decides on changes (liveness, the readiness
-score, the VIPs held or given up, the backend servers up), never for load
+score, the VIPs held, given up, let go of or refused, the backend servers up),
+never for load
 figures such as connection counts, which live in `/metrics`. A write that
 failed is retried by the reconcile timer.
 """
@@ -72,6 +73,8 @@ class Registration:
             pools=pools,
             unheld=tuple(sorted(core.given_up)),
             stopping=core.stopping,
+            released=dict(core.acked),
+            refused=tuple(sorted(core.refused)),
             failsafe=self.failsafe,
         )
 

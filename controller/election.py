@@ -1,8 +1,11 @@
 """Leader election through `controller/leader`, a key bound to this controller's lease.
 
 Campaign = create-if-absent of the leader key under our lease. We lead while
-that key (identified by its create revision) exists; it dies with our lease,
-so a crashed leader is replaced within the lease TTL. Every write the leader
+that key (identified by its create revision) exists under our lease; it dies
+with our lease, so a crashed leader is replaced within the lease TTL. A
+leader key with no lease (a hand edit, or a put that dropped the lease) would
+never die: it counts as no leader, and a campaign first deletes it (compare on
+its mod revision), so the election heals itself within one cycle. Every write the leader
 makes compares that create revision, so a deposed leader's late writes fail.
 Stepping down deletes the key and revokes the lease, so a standby takes over
 at once instead of waiting out the TTL.
@@ -25,6 +28,7 @@ from haproxy_py.cluster.store import (
     StoreError,
     StoreUnavailable,
     created_at,
+    mod_revision_is,
 )
 from haproxy_py.cluster.storeapi import KVStore
 
@@ -65,7 +69,11 @@ class Election:
         """Still leader per this view and per our own lease deadline."""
         if self.revision is None and not self._adopt(view):
             return False
-        mine = view.leader is not None and view.leader.create_revision == self.revision
+        mine = (
+            view.leader is not None
+            and view.leader.create_revision == self.revision
+            and view.leader.lease == self.lease
+        )
         if not mine or self.monotonic() >= self.deadline:
             self._lose(
                 "the leader key is gone or not ours" if not mine else "lease deadline passed"
@@ -98,8 +106,15 @@ class Election:
             self.deadline = sent + granted.ttl
         return self.lease
 
-    async def campaign(self) -> bool:
-        """Try to become leader (only wins if the key is absent)."""
+    async def campaign(self, stale: ControllerLeader | None = None) -> bool:
+        """Try to become leader (only wins if the key is absent, or is `stale`: no lease)."""
+        if stale is not None:
+            assert stale.lease == 0
+            gone = await self.store.txn(
+                [mod_revision_is(self.key, stale.mod_revision)], [Delete(self.key)]
+            )
+            if gone:
+                log.error("leader key without a lease removed", stale_leader=stale.id)
         lease = await self._ensure_lease()
         record = ControllerLeader(id=self.identity, since=self.clock(), metrics=self.metrics_url)
         if not await self.store.create(self.key, record.to_json(), lease):

@@ -33,6 +33,7 @@ from controller.expiry import revoke_when_expired
 from controller.memory import Memory
 from controller.metrics import ControllerMetrics
 from controller.probes import Prober
+from controller.vacancy import vacate
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
 from haproxy_py.cluster.store import StoreError, StoreUnavailable
@@ -182,7 +183,7 @@ class Controller:
             self.metrics.cycle_seconds.set(time.monotonic() - started)
 
     async def _cycle(self) -> None:
-        view = await self.store.read_view()
+        view = await vacate(self.store, await self.store.read_view())
         self._observe(view)
         seen = self.memory.observe(view)
         self._watch_leases(view)
@@ -193,9 +194,11 @@ class Controller:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
             self._last_problems = view.problems
         if not self.election.leading(view):
-            if view.leader is not None or not await self.election.campaign():
+            leader = view.leader
+            stale = leader if leader is not None and leader.lease == 0 else None
+            if (leader is not None and stale is None) or not await self.election.campaign(stale):
                 return
-            view = await self.store.read_view()
+            view = await vacate(self.store, await self.store.read_view())
             if not self.election.leading(view):
                 return
         wanted = desired_settings(self.cluster, view.settings)

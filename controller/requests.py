@@ -147,6 +147,11 @@ def _start_move(plan: Plan, request: Request, policy: Policy) -> None:
             _answer(plan, request, "refused", problem, policy)
             return
         target = plan.view.nodes[request.target]
+        refusing = [vip for vip in vips if vip in target.refused]
+        if refusing:
+            why = f"{target.name} refuses {', '.join(refusing)} (not in its allowed_vips)"
+            _answer(plan, request, "refused", why, policy)
+            return
         moves = tuple(Move(vip, plan.view.owner(vip), target.name) for vip in vips)
     else:
         owners = {plan.view.owner(vip) for vip in vips} - {None}

@@ -252,18 +252,20 @@ class Store:
             self._clients[index] = client
         return client
 
-    async def _reload_tls(self) -> None:
-        """After a failed connection: if the TLS files changed, dial with the new ones."""
+    async def _reload_tls(self) -> bool:
+        """After a failed or refused connection: if the TLS files changed, dial with the new
+        ones (True)."""
         if not self.config.tls or _tls_stamp(self.config) == self._stamp:
-            return
+            return False
         try:
             credentials = _credentials(self.config)
         except StoreError as exc:  # half-written files: try again at the next failure
             log.warning("etcd TLS files changed but cannot be read yet", error=str(exc))
-            return
+            return False
         self._stamp, self._credentials = _tls_stamp(self.config), credentials
         log.info("etcd TLS files changed; reconnecting with them", cert=str(self.config.cert))
         await self.close()
+        return True
 
     def _rotate(self, reason: str) -> None:
         if len(self.config.endpoints) == 1:
@@ -299,6 +301,8 @@ class Store:
                 self._rotate(f"{what}: {endpoint} timed out")
                 raise self._unavailable(f"{what} timed out at {endpoint}") from None
             except aetcd_errors.UnauthenticatedError as exc:
+                if await self._reload_tls():  # refused with the old files: try the new ones
+                    return await self._call(what, op)  # (once: the files are current now)
                 raise StoreError(
                     f"etcd at {endpoint} refused the client ({_detail(exc)}); "
                     "check the [etcd] cert and key"

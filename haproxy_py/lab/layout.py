@@ -246,10 +246,12 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
     parts.append(_section("etcd", {**etcd, "timeout": timing.etcd_timeout}))
     for daemon in ("agent", "controller"):
         parts.append(_section(f"etcd.{daemon}", identity(pki, f"{daemon}-{node.name}")))
-    # The peer endpoint (failsafe, the controller's probe) checks callers against the CRL.
+    # The peer endpoint (failsafe, the controller's probe) checks callers against the CRL;
+    # the node may ever hold the lab's VIPs only, whatever etcd says.
     agent: dict[str, object] = {
         "proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}",
         "peer_crl": str(pki / "ca.crl"),
+        "allowed_vips": list(layout.vips),
         "lease_ttl": timing.lease_ttl,
         # what the lab's etcd runs: the agent refuses a lease TTL etcd would raise
         "etcd_election_timeout": LAB_ETCD.etcd_election_timeout,

@@ -142,6 +142,12 @@ def _check_node_file(file: Path) -> None:
                 "address send a PROXY header, so any client can choose the address it is seen as",
                 err=True,
             )
+    if "admin" in doc.data:
+        click.echo(
+            f"{file}: note: [admin] bind and tls (cert, key, client_ca) take effect at the next "
+            "start; tokens, client_names and crl on SIGHUP",
+            err=True,
+        )
     daemon.checked(file)
 
 

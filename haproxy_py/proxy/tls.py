@@ -121,7 +121,7 @@ def parse_admin_tls(admin: Table, now: dt.datetime | None = None) -> AdminTls | 
     if admin.data.get("tls") is None:
         return None
     entry = admin.table("tls")
-    entry.reject_unknown({"cert", "key", "client_ca"})
+    entry.reject_unknown({"cert", "key", "client_ca", "client_names", "crl"})  # (adminauth)
     cert_path, key_path = Path(entry.string("cert")), Path(entry.string("key"))
     client_ca = Path(entry.string("client_ca"))
     try:

@@ -307,6 +307,13 @@ def test_etcd_auth_confines_a_node_key(deployed: Deployed) -> None:
         assert done.returncode != 0 and "permission denied" in done.stderr, (key, done.stderr)
     done = _etcdctl_as(deployed, "agent-node1", "auth", "disable")
     assert "permission denied" in done.stderr, done.stderr
+    # VIP assignments are the controller's alone: an agent key can neither write nor delete one
+    for verb in (["put", prefix + f"vips/{deployed.vip}", "{}"], ["del", prefix + "vips/x"]):
+        done = _etcdctl_as(deployed, "agent-node1", *verb)
+        assert done.returncode != 0 and "permission denied" in done.stderr, (verb, done.stderr)
+    # ... and each agent holds only what its own config allows, written from the inventory
+    toml = deployed.lab.ssh(deployed.lab.machine("node1"), "cat /etc/haproxy-py/node.toml")
+    assert f'allowed_vips = ["{deployed.vip}"]' in toml.stdout, toml.stdout
     done = _etcdctl_as(deployed, "operator-admin", "put", prefix + "config", "{}")
     assert "permission denied" in done.stderr, done.stderr
     # The peer port takes peer-CA certificates only.

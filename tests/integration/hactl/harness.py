@@ -175,7 +175,7 @@ def seed_controller_keys(
     owners: dict[str, str],
     events: Sequence[Event] = (),
 ) -> None:
-    """Write config, a leader key (under its own lease), VIP assignments under the owners'
+    """Write config, a leader key (under its own lease), VIP assignments naming the owners'
     leases, events and the epoch, as a controller would have."""
 
     async def body(store: Store) -> None:
@@ -186,8 +186,9 @@ def seed_controller_keys(
             record = ControllerLeader(leader, since=time.time() - 60)
             await _leased_put(store, store.schema.leader, record.to_json())
         for epoch, (vip, node) in enumerate(sorted(owners.items()), start=1):
-            assignment = VipAssignment(vip, node, epoch=epoch, since=time.time() - 5)
-            await store.put(store.schema.vip(vip), assignment.to_json(), view.nodes[node].lease)
+            lease = view.nodes[node].lease
+            assignment = VipAssignment(vip, node, epoch=epoch, since=time.time() - 5, lease=lease)
+            await store.put(store.schema.vip(vip), assignment.to_json())
         for event in events:
             await store.put(store.schema.event(event.seq), event.to_json())
         epoch = max([len(owners), *(e.seq for e in events)])

@@ -3,7 +3,8 @@
 The agent's netlink and packet sockets are opened inside a namespace this test
 creates (so VIPs land there, never on the host); etcd and the stand-in proxy
 admin API run on loopback. The test itself plays the controller's part of the
-hand-over protocol by writing `vips/<vip>` keys bound to the node's lease.
+hand-over protocol by writing `vips/<vip>` keys naming the node's lease, as the controller
+does, and reading the node's acknowledgements in its record.
 """
 
 from __future__ import annotations
@@ -59,8 +60,15 @@ class Harness:
             record = await self.node()
             assert record is not None
             lease = record.lease
-        value = VipAssignment(vip=vip, node=node, epoch=1, since=time.time()).to_json()
-        assert await self.store.create(self.store.schema.vip(vip), value, lease=lease)
+        value = VipAssignment(vip=vip, node=node, epoch=1, since=time.time(), lease=lease)
+        await self.store.put(self.store.schema.vip(vip), value.to_json())
+
+    async def acknowledged(self, vip: str) -> bool:
+        """n1's record names the VIP key's current revision as let go."""
+        key, record = await self.vip_key(vip), await self.node()
+        return (
+            key is not None and record is not None and record.released.get(vip) == key.mod_revision
+        )
 
     async def vip_key(self, vip: str) -> VipAssignment | None:
         kv = await self.store.get(self.store.schema.vip(vip))
@@ -111,6 +119,7 @@ interface = "eth0"
 priority = 150
 [cluster]
 name = "t"
+vips = ["{net}.100", "{net}.101"]
 [etcd]
 endpoints = {list(etcd.endpoints)!r}
 [agent]
@@ -247,14 +256,20 @@ async def test_planned_release_removes_the_address_before_acknowledging(
     current = await h.vip_key(h.vip)
     assert current is not None
     releasing = VipAssignment(
-        vip=h.vip, node="n1", epoch=1, since=current.since, state="releasing", move_to="n2"
+        vip=h.vip,
+        node="n1",
+        epoch=1,
+        since=current.since,
+        state="releasing",
+        move_to="n2",
+        lease=current.lease,
     )
     key = h.store.schema.vip(h.vip)
-    assert await h.store.replace(key, releasing.to_json(), current.mod_revision, current.lease)
+    assert await h.store.replace(key, releasing.to_json(), current.mod_revision)
     started = time.monotonic()
 
     async def acknowledged() -> bool:
-        return await h.vip_key(h.vip) is None
+        return await h.acknowledged(h.vip)
 
     async def at_drain(address: str) -> tuple[bool, VipAssignment | None, NodeRecord | None]:
         kv = await h.store.get(h.store.schema.node("n2"))
@@ -262,14 +277,13 @@ async def test_planned_release_removes_the_address_before_acknowledging(
         return h.has(address), await h.vip_key(address), n2
 
     h.admin.on_address_drain = at_drain
-    await eventually_async(acknowledged, 10, "the owner to delete the releasing key")
+    await eventually_async(acknowledged, 10, "the owner to acknowledge the release")
     took = time.monotonic() - started
-    assert not h.has(h.vip), "the key was deleted while the address was still up"
+    assert not h.has(h.vip), "acknowledged while the address was still up"
     print(f"release -> acknowledged: {took * 1000:.1f} ms")
 
     lease = await h.store.grant_lease(5)  # the controller gives the VIP to n2
-    value = VipAssignment(vip=h.vip, node="n2", epoch=2, since=time.time()).to_json()
-    assert await h.store.create(key, value, lease=lease.id)
+    await h.assign(h.vip, node="n2", lease=lease.id)
     await asyncio.sleep(0.2)  # a window in which a drain that does not wait for n2 would show
     n2 = NodeRecord(
         name="n2",
@@ -307,9 +321,9 @@ async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> No
 
     async def dropped() -> bool:
         record = await h.node()
-        return await h.vip_key(h.vip) is None and record is not None and not record.healthy
+        return await h.acknowledged(h.vip) and record is not None and not record.healthy
 
-    await eventually_async(dropped, 10, "the key deleted and the node record saying unhealthy")
+    await eventually_async(dropped, 10, "the VIP let go of and the node record saying unhealthy")
     # nobody takes the VIP over here: its clients are told to go after a bounded wait
     await eventually_async(
         lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
@@ -317,7 +331,7 @@ async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> No
     assert [address for address, _ in h.admin.address_drains] == [h.vip]
     # an unhealthy node refuses a VIP given to it anyway
     await h.assign(h.vip)
-    await eventually_async(dropped, 10, "the refused assignment to be deleted")
+    await eventually_async(dropped, 10, "the refused assignment to be let go of")
     assert not h.has(h.vip)
     h.admin.healthy = True
     await eventually_async(lambda: _healthy(h), 10, "health to come back")
@@ -370,8 +384,9 @@ async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
         return record is not None and record.lease not in (0, before.lease) and record.healthy
 
     await eventually_async(registered_again, 20, "the agent to re-register under a new lease")
-    assert await h.vip_key(h.vip) is None, "the assignment must have gone with the old lease"
-    await h.assign(h.vip)
+    stale = await h.vip_key(h.vip)
+    assert stale is not None and stale.lease == before.lease and not h.has(h.vip)
+    await h.assign(h.vip)  # the controller gives it again, under the new lease
     await eventually_async(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
 
 
@@ -392,9 +407,9 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
 
     async def released() -> bool:
         record = await h.node()
-        return record is not None and record.stopping and await h.vip_key(h.vip) is None
+        return record is not None and record.stopping and await h.acknowledged(h.vip)
 
-    await eventually_async(released, 10, "the VIP key released, the node record saying stopping")
+    await eventually_async(released, 10, "the VIP let go of, the node record saying stopping")
     print(f"stop -> VIP released: {(time.monotonic() - started) * 1000:.1f} ms")
     assert not h.has(h.vip)
     assert not h.admin.address_drains, "the 1001 waits for the next owner"
@@ -402,9 +417,10 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
     lease = await h.store.grant_lease(5)
     n2 = NodeRecord(name="n2", healthy=True, vips=(h.vip,), lease=lease.id)
     await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+    await h.assign(h.vip, node="n2", lease=lease.id)
     await asyncio.wait_for(h.task, 10)
     ((address, (present, record, key)),) = h.admin.address_drains
-    assert address == h.vip and not present and key is None
+    assert address == h.vip and not present and key is not None and key.node == "n2"
     assert record is not None and record.stopping, "the lease is revoked after the drain"
     assert await h.node() is None, "the node key goes with the revoked lease"
     assert h.admin.drains == 0, "the agent's stop never drains the whole proxy"

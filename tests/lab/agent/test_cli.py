@@ -32,6 +32,7 @@ name = "cli"
 endpoints = ["{endpoint}"]
 [agent]
 metrics_bind = ""
+allowed_vips = ["198.18.254.100"]
 """
     )
     return path
@@ -115,6 +116,13 @@ async def test_expected_failures_are_one_line(tmp_path: Path) -> None:
         assert err.strip() == (
             f"ha-agent: {tmp_path / 'd.toml'}: agent.health_fall: expected an integer >= 1, got 0"
         )
+
+        # fail closed: without a list of its own the agent would hold whatever etcd names
+        cfg = config(tmp_path / "e.toml", endpoint)
+        cfg.write_text(cfg.read_text().replace('allowed_vips = ["198.18.254.100"]\n', ""))
+        err = await fails_with(await agent_in(host.netns, cfg), cfg, 2)
+        assert err.startswith(f"ha-agent: {cfg}: agent.allowed_vips: missing:"), err
+        assert err.count("\n") == 1, err
 
 
 async def test_sigterm_releases_and_exits_zero(tmp_path: Path) -> None:

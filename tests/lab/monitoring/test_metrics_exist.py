@@ -47,6 +47,7 @@ endpoints = ["{etcd}"]
 [agent]
 proxy_admin_url = "http://{ADMIN}"
 metrics_bind = "{net}.11:9732"
+allowed_vips = ["{net}.100"]
 
 [admin]
 bind = "{ADMIN}"

@@ -18,10 +18,14 @@ NOW = 1_800_000_000.0
 VIP1, VIP2, VIP3, VIP4 = "198.18.100.1", "198.18.100.2", "198.18.100.3", "198.18.100.4"
 
 
+def lease_of(name: str) -> int:
+    return 1000 + sum(map(ord, name))
+
+
 def node(
     name: str, priority: int = 100, healthy: bool = True, since: float = NOW - 3600
 ) -> NodeRecord:
-    lease = 1000 + sum(map(ord, name))
+    lease = lease_of(name)
     return NodeRecord(
         name=name,
         priority=priority,
@@ -51,6 +55,7 @@ def held(
         move_to=move_to,
         request=request,
         releasing_since=releasing_since,
+        lease=lease_of(owner),
         mod_revision=revision,
     )
 
