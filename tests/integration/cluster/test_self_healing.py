@@ -13,9 +13,11 @@ from tests.integration.cluster.helpers import (
     VIP1,
     cluster_config,
     etcd_config,
+    owned_by,
+    scene,
+    submit,
     view_where,
 )
-from tests.integration.cluster.test_controller import owned_by, scene, submit
 from tests.support.etcd import EtcdCluster
 
 REPAIRED_WITHIN = 5.0

@@ -17,12 +17,14 @@ from agent.failsafeloop import FailsafeLoop
 from agent.peer import PeerServer
 from agent.state import AgentCore, Assignment, Hysteresis
 from haproxy_py import pki
+from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.peerlink import PeerClient, PeerError, PeerTls
 from haproxy_py.cluster.timing import Timing, failsafe_after
 from haproxy_py.metrics import Registry
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 VIP = "198.18.50.10"
+ALLOWED = AllowList.parse(["198.18.50.0/24"])
 STALE = failsafe_after(TIMING) + 1.0
 
 
@@ -50,7 +52,7 @@ class Node:
     def __init__(self, certs: Path) -> None:
         self.failsafe = Failsafe("n2", TIMING)
         self.failsafe.membership(("n1", "n2", "n3"))
-        self.core = AgentCore("n2", TIMING, Hysteresis(1, 1))
+        self.core = AgentCore("n2", TIMING, Hysteresis(1, 1), ALLOWED)
         self.promises: list[float] = []
         self.server = PeerServer(
             "n2", tls(certs, "agent-n2"), self.failsafe, self.core, self.promises.append
@@ -185,7 +187,7 @@ async def test_a_peer_that_holds_the_vip_fails_the_round(certs: Path, peer: Node
 
 
 def test_the_failsafe_is_exported_as_metrics(certs: Path) -> None:
-    core = AgentCore("n1", TIMING, Hysteresis(1, 1))
+    core = AgentCore("n1", TIMING, Hysteresis(1, 1), ALLOWED)
     loop = FailsafeLoop(
         core,
         None,

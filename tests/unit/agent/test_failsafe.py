@@ -8,12 +8,14 @@ import pytest
 
 from agent.failsafe import Answer, Ask, BadMessage, Failsafe, Grant, Outage
 from agent.state import AgentCore, Assignment, Hysteresis, SetAddress
+from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.timing import Timing, failsafe_after, failsafe_promise, failsafe_round
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 PROMISE = failsafe_promise(TIMING)
 STALE = failsafe_after(TIMING) + 0.01
 VIP, VIP2 = "198.18.50.10", "198.18.50.11"
+ALLOWED = AllowList.parse(["198.18.50.0/24"])
 
 
 def node(name: str, members: tuple[str, ...] = ("n1", "n2", "n3")) -> Failsafe:
@@ -28,7 +30,7 @@ def vouch(fs: Failsafe, ask: Ask, peer: str, now: float) -> Answer:
 
 
 def holder_core() -> AgentCore:
-    c = AgentCore("n1", TIMING, Hysteresis(1, 1))
+    c = AgentCore("n1", TIMING, Hysteresis(1, 1), ALLOWED)
     c.lease_granted(7, 0.0, 2, 0.0)
     c.health_sample(True, 0.0)
     c.assignment_event(VIP, Assignment("n1", "assigned", 7, 10), 10, 0.0)
@@ -186,7 +188,7 @@ def test_without_a_grant_the_holder_fences_on_its_normal_deadline() -> None:
 
 
 def test_a_promise_holds_new_addresses_back_until_it_ends() -> None:
-    c = AgentCore("n2", TIMING, Hysteresis(1, 1))
+    c = AgentCore("n2", TIMING, Hysteresis(1, 1), ALLOWED)
     c.lease_granted(8, 0.0, 2, 0.0)
     c.health_sample(True, 0.0)
     c.arm_hold = 0.5

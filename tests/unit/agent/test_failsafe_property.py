@@ -19,11 +19,13 @@ from hypothesis import strategies as st
 
 from agent.failsafe import Answer, Failsafe
 from agent.state import Action, AgentCore, Assignment, Hysteresis, RemoveAddress, SetAddress
+from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.timing import Timing
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 NODES = ("a", "b", "c")
 VIP = "198.18.50.10"
+ALLOWED = AllowList.parse(["198.18.50.0/24"])
 PROMOTE = 0.5  # etcd's new leader extends every lease by its election timeout
 
 
@@ -47,7 +49,7 @@ class Sim:
 
     def __post_init__(self) -> None:
         for n in NODES:
-            core = AgentCore(n, TIMING, Hysteresis(1, 1))
+            core = AgentCore(n, TIMING, Hysteresis(1, 1), ALLOWED)
             self.cores[n] = core
             fs = Failsafe(n, TIMING)
             fs.membership(NODES)

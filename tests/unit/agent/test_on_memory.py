@@ -32,6 +32,7 @@ async def test_registers_holds_and_leaves_on_the_memory_store(tmp_path: Path) ->
     path.write_text(
         '[node]\nname = "n1"\naddress = "198.18.77.11"\n[cluster]\nname = "w"\n'
         f'[agent]\nproxy_admin_url = "{url}"\nhealth_interval = 0.05\nmetrics_bind = ""\n'
+        f'allowed_vips = ["{VIP}"]\n'
     )
     settings, _ = parse(load(path))
     data = MemoryData()

@@ -115,6 +115,7 @@ def _render_node(timing: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
         haproxy_py_extra=extra,
         haproxy_py_listeners=[],
         haproxy_py_cluster_vips=["198.18.0.100"],
+        haproxy_py_allowed_vips=["198.18.0.100"],
         haproxy_py_listen_port=80,
         haproxy_py_routes=[],
         haproxy_py_backends={},
@@ -137,6 +138,7 @@ def test_the_node_config_ansible_writes_carries_the_profile(name: str) -> None:
     assert doc["agent"]["lease_ttl"] == doc["controller"]["lease_ttl"] == timing["lease_ttl"]
     assert doc["agent"]["etcd_election_timeout"] == timing["etcd_election_timeout"]
     assert doc["etcd"]["timeout"] == timing["etcd_timeout"]
+    assert doc["agent"]["allowed_vips"] == ["198.18.0.100"]
     overridden = _render_node(timing, {"etcd": {"timeout": 0.4}, "controller": {"tick": 0.5}})
     assert overridden["etcd"]["timeout"] == 0.4
     assert overridden["controller"] == {"lease_ttl": timing["lease_ttl"], "tick": 0.5}
