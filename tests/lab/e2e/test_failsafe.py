@@ -14,6 +14,7 @@ import pytest
 from haproxy_py.lab import control
 from haproxy_py.lab.client import longest_outage
 from haproxy_py.lab.layout import MODES
+from tests.support.wait import eventually
 
 from .support import (
     FaultRun,
@@ -24,7 +25,6 @@ from .support import (
     observed,
     record_gap,
     settle,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
@@ -51,7 +51,7 @@ def stop_etcd(lab: control.Lab) -> list[str]:
 def start_etcd(lab: control.Lab, members: list[str]) -> None:
     for name in members:
         lab.restart(name)
-    wait_until(lab.etcd_healthy, 60, "etcd to be healthy again")
+    eventually(lab.etcd_healthy, 60, "etcd to be healthy again")
 
 
 def moves_since(lab: control.Lab, seq: int) -> list[dict[str, object]]:
@@ -96,11 +96,11 @@ def test_full_etcd_outage_keeps_the_vip_where_it_is(
         members = stop_etcd(lab)
         time.sleep(3.0)
         during = lab.hactl("status", "-o", "json")
-        wait_until(lambda: time.monotonic() - fault_at > seconds, seconds + 10, "the outage")
+        eventually(lambda: time.monotonic() - fault_at > seconds, seconds + 10, "the outage")
         returned_at = time.monotonic()
         start_etcd(lab, members)
         settle(lab)
-        wait_until(lambda: time.monotonic() - returned_at > 5, 10, "five seconds after etcd")
+        eventually(lambda: time.monotonic() - returned_at > 5, 10, "five seconds after etcd")
         run = seen.finish(fault_at, owner)
     longest = longest_outage(list(seen.probe.attempts), fault_at)
     record_gap(
@@ -147,11 +147,11 @@ def test_etcd_leader_killed_opens_no_vip_gap(lab: control.Lab) -> None:
         with observed(lab, vip) as seen:
             fault_at = time.monotonic()
             assert lab.kill(leader) == [leader]
-            wait_until(lambda: time.monotonic() - fault_at > 6, 10, "six seconds")
+            eventually(lambda: time.monotonic() - fault_at > 6, 10, "six seconds")
             run = seen.finish(fault_at, owner)
     finally:
         lab.restart(leader)
-        wait_until(lab.etcd_healthy, 60, f"{leader} to rejoin")
+        eventually(lab.etcd_healthy, 60, f"{leader} to rejoin")
     longest = longest_outage(list(seen.probe.attempts), fault_at)
     record_gap(
         lab.layout.mode,
@@ -190,7 +190,7 @@ def test_holder_cut_off_during_the_outage_fences_and_nobody_takes_over(lab: cont
             time.sleep(6.0)
             returned_at = time.monotonic()
             start_etcd(lab, members)
-            wait_until(lambda: seen.answered_by(returned_at, owner), 30, f"{other} to serve")
+            eventually(lambda: seen.answered_by(returned_at, owner), 30, f"{other} to serve")
             moved_at = time.monotonic()
             run = seen.finish(fault_at, owner)
     finally:
@@ -236,7 +236,7 @@ def test_holder_killed_during_the_outage_is_replaced_only_after_etcd(lab: contro
             time.sleep(6.0)
             returned_at = time.monotonic()
             start_etcd(lab, members)
-            wait_until(lambda: seen.answered_by(returned_at, owner), 30, f"{other} to serve")
+            eventually(lambda: seen.answered_by(returned_at, owner), 30, f"{other} to serve")
             served_at = time.monotonic()
             run = seen.finish(fault_at, owner)
     finally:

@@ -15,7 +15,8 @@ import pytest
 
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab import control
-from tests.lab.e2e.support import lab_session, observed, settle, view, wait_until
+from tests.lab.e2e.support import lab_session, observed, settle, view
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.lab
 WINDOW = 20.0
@@ -72,8 +73,8 @@ def test_a_killed_active_node_fails_over_with_one_answerer(lab: control.Lab) -> 
                 now = view(lab)
                 return bool(now and now.owner(vip) not in (None, old))
 
-            wait_until(moved, 30, "the VIP on the other node")
-            wait_until(lambda: seen.answered_by(fault, old), 30, "an answer from the other node")
+            eventually(moved, 30, "the VIP on the other node")
+            eventually(lambda: seen.answered_by(fault, old), 30, "an answer from the other node")
             time.sleep(1.0)  # a VIP left answering on the dead node would show here
             run = seen.finish(fault, old)
     finally:
