@@ -40,6 +40,7 @@ from haproxy_py.lab.chaos.verdict import (
 from haproxy_py.lab.client import NetnsLoop, Probe
 from haproxy_py.lab.etcdstatus import etcd_status
 from haproxy_py.lab.layout import PROXY_PORT
+from haproxy_py.lab.settle import healthy, wait
 from haproxy_py.lab.watch import AddressReader, TwoOwnersWatcher
 
 Say = Callable[[str], None]
@@ -71,20 +72,6 @@ class Options:
         return (self.faults or 0) * (3.0 + self.budget + self.converge + SETTLE_LIMIT) + 120
 
 
-def healthy(lab: control.Lab) -> bool:
-    """Every node healthy, every VIP assigned and answering; in active-active every node holds
-    a VIP (a rebalance still to come is not convergence)."""
-    if not lab.ready():
-        return False
-    try:
-        view = lab.view()
-    except StoreError:
-        return False
-    if lab.layout.mode == "active-active":
-        return all(view.vips_of(n.name) for n in lab.layout.nodes)
-    return True
-
-
 # Faults after which a node's agent must have registered again under a new lease.
 NEW_LEASE = {"kill-node", "term-agent", "kill-agent"}
 
@@ -104,16 +91,6 @@ def all_running(lab: control.Lab) -> bool:
         if len(lab.running(node.name)) < len(control.NODE_PROCESSES):
             return False
     return all(lab.running(m.name) for m in (*layout.etcd, *layout.apps))
-
-
-def wait(check: Callable[[], bool], limit: float) -> float | None:
-    """Seconds until `check` held, or None after `limit`."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > limit:
-            return None
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 class Run:
