@@ -40,6 +40,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
         yield built
 
 
+@pytest.mark.timeout(1800)  # about 5 minutes on a machine of its own; a bound, not a budget
 def test_a_clean_run_of_every_fault_kind_passes(lab: control.Lab) -> None:
     settle(lab)
     report = Run(lab, Options(seed=17, faults=CLEAN_FAULTS, clients=10), print).execute()
@@ -129,28 +130,23 @@ def test_manual_placements_on_one_node_are_spread_again_after_failback_hold(
     lab: control.Lab,
 ) -> None:
     """Both VIPs moved by hand onto one node stay there for `failback_hold`, then the
-    rebalancing spreads them again (before, two manual placements blocked it for good)."""
+    rebalancing spreads them again (before, two manual placements blocked it for good).
+    The moves are made while paused, so that no rebalancing races them."""
     first = settle(lab)
-    target = first.owner(lab.layout.vips[1])
-    assert target is not None
-    moved_at = None
-
-    def both_on_target() -> bool:
-        nonlocal moved_at
-        current = view(lab)
-        if current is None:
-            return False
-        placed = [current.vips.get(vip) for vip in lab.layout.vips]
-        for vip, a in zip(lab.layout.vips, placed, strict=True):
-            if a is not None and a.state == "assigned" and a.node != target:
-                done = lab.hactl("failover", "--vip", vip, "--to", target, "-y")
-                assert done.returncode == 0, done.stdout + done.stderr
-                moved_at = moved_at or time.monotonic()
-                return False  # the rebalancing may move the other one off meanwhile
-        return all(a is not None and a.node == target and a.cause == "manual" for a in placed)
-
-    wait_until(both_on_target, 30, f"both VIPs placed on {target} by hand")
-    assert moved_at is not None
+    vip, target = lab.layout.vips[0], first.owner(lab.layout.vips[1])
+    assert target is not None and first.owner(vip) != target
+    _hactl(lab, "pause")
+    try:
+        _hactl(lab, "failover", "--vip", vip, "--to", target, "-y")
+        moved_at = time.monotonic()
+        _hactl(lab, "failover", "--vip", lab.layout.vips[1], "--to", _other(lab, target), "-y")
+        _hactl(lab, "failover", "--vip", lab.layout.vips[1], "--to", target, "-y")
+        placed = view(lab)
+        assert placed is not None
+        assert [placed.vips[v].cause for v in lab.layout.vips] == ["manual", "manual"]
+        assert placed.vips_of(target) == tuple(sorted(lab.layout.vips))
+    finally:
+        _hactl(lab, "resume")
 
     def spread() -> bool:
         current = view(lab)
@@ -158,6 +154,15 @@ def test_manual_placements_on_one_node_are_spread_again_after_failback_hold(
 
     wait_until(spread, FAILBACK_HOLD + 30, "the VIPs spread over both nodes again")
     assert time.monotonic() - moved_at >= FAILBACK_HOLD - 0.5, "a manual placement was not pinned"
+
+
+def _hactl(lab: control.Lab, *args: str) -> None:
+    done = lab.hactl(*args)
+    assert done.returncode == 0, f"hactl {' '.join(args)}: {done.stdout}{done.stderr}"
+
+
+def _other(lab: control.Lab, node: str) -> str:
+    return next(n.name for n in lab.layout.nodes if n.name != node)
 
 
 # ---- the checker's own failure case ----
