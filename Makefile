@@ -82,9 +82,10 @@ bench-failover: deps
 # mode, each in a lab of its own; writes bench/results/chaos-<mode>.{json,txt}, fails on a violation.
 CHAOS_FAULTS ?= 160
 CHAOS_SEED ?= 20261203
+CHAOS_PREFIX ?= hck-
 chaos: deps
 	for mode in active-standby active-active; do \
-	  $(VENV)/bin/hactl lab --run-dir /tmp/haproxy-py-chaos-$$mode chaos --mode $$mode \
+	  $(VENV)/bin/hactl lab --run-dir /tmp/haproxy-py-chaos-$$mode chaos --mode $$mode --prefix $(CHAOS_PREFIX) \
 	    --faults $(CHAOS_FAULTS) --seed $(CHAOS_SEED) --report bench/results/chaos-$$mode.json \
 	    > bench/results/chaos-$$mode.txt || { cat bench/results/chaos-$$mode.txt; exit 1; }; \
 	done

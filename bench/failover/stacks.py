@@ -24,6 +24,7 @@ from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import ADMIN_PORT, Member
 from haproxy_py.lab.netns import in_netns, ip
+from haproxy_py.lab.settle import wait
 from haproxy_py.lab.watch import AddressReader
 
 SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm")
@@ -49,11 +50,8 @@ class BenchError(Exception):
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    if wait(check, timeout, every) is None:
+        raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class Stack(ABC):

@@ -225,6 +225,12 @@ def down() -> None:
 )
 @click.option("--seed", type=int, help="The schedule's seed (printed; default: random).")
 @click.option("--mode", type=click.Choice(MODES), help="For a lab it brings up [active-standby].")
+@click.option(
+    "--prefix",
+    default=control.DEFAULT_PREFIX,
+    show_default=True,
+    help="Name prefix of the namespaces and links of a lab it brings up.",
+)
 @click.option("--clients", type=click.IntRange(0, 1000), default=20, show_default=True)
 @click.option(
     "--kinds", help="Comma-separated fault kinds to draw from (default: all; see docs/lab.md)."
@@ -248,6 +254,7 @@ def chaos(
     duration: float | None,
     seed: int | None,
     mode: str | None,
+    prefix: str,
     clients: int,
     kinds: str | None,
     budget: float,
@@ -276,7 +283,7 @@ def chaos(
     _requirements()
     say = (lambda _: None) if output == "json" else click.echo
     try:
-        report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, say=say)
+        report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, prefix=prefix, say=say)
     except (*_ERRORS, session.ChaosError) as exc:
         raise HactlError(str(exc)) from None
     doc = report.to_json()
