@@ -88,7 +88,7 @@ async def test_any_address_with_client_certificates(certs: Path) -> None:
         (
             "{{ cert = '{c}/admin.crt', key = '{c}/agent.key', client_ca = '{c}/ca/ca.crt' }}",
             "key",
-            "does not match",
+            "does not belong to the certificate",
         ),
         (
             "{{ cert = '{c}/admin.crt', key = '{c}/admin.key', client_ca = '{c}/ca.crt', x = 1 }}",

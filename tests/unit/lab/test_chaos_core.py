@@ -112,7 +112,7 @@ def test_report_table_json_and_verdict() -> None:
 def test_only_etcd_all_has_an_outage_bound_and_it_is_one_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert [k for k in KINDS if outage_bound(k) is not None] == []  # until the failsafe lands
+    assert {k: outage_bound(k) for k in KINDS if outage_bound(k) is not None} == {"etcd-all": 2.0}
     monkeypatch.setattr(verdict, "ETCD_ALL_OUTAGE", 1.0)
     assert {k: outage_bound(k) for k in KINDS if outage_bound(k) is not None} == {"etcd-all": 1.0}
 
