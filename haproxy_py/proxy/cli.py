@@ -29,7 +29,7 @@ from haproxy_py.cluster.config import (
 from haproxy_py.configfile import ConfigError, Table, load
 from haproxy_py.logging import configure
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy, trusts_anyone
-from haproxy_py.proxy.server import ProxyServer
+from haproxy_py.proxy.master import Master, worker_count
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +70,7 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(server: ProxyServer, config_file: Path) -> None:
+async def _serve(server: Master, config_file: Path) -> None:
     """Run until a signal: SIGTERM drains then exits (a second one exits at once), SIGINT
     exits at once, SIGHUP reloads the config file."""
     loop = asyncio.get_running_loop()
@@ -100,7 +100,7 @@ async def _serve(server: ProxyServer, config_file: Path) -> None:
         await server.stop()
 
 
-async def _reload_on_hup(server: ProxyServer, config_file: Path, hup: asyncio.Event) -> None:
+async def _reload_on_hup(server: Master, config_file: Path, hup: asyncio.Event) -> None:
     """Reload on each SIGHUP; a file that fails validation is logged and the old config stays."""
     while True:
         await hup.wait()
@@ -159,8 +159,9 @@ def run(config_file: Path, log_level: str) -> None:
     configure(log_level)
     _raise_fd_limit()
     _use_uvloop()
+    workers = worker_count(config.proxy.workers)
     try:
-        asyncio.run(_serve(ProxyServer(config, node_name), config_file))
+        asyncio.run(_serve(Master(config, node_name, workers, log_level), config_file))
     except OSError as exc:
         click.echo(f"{config_file}: cannot start: {exc.strerror or exc}", err=True)
         sys.exit(1)

@@ -76,6 +76,7 @@ class ProxySettings:
     limits: Limits
     access_log: bool = True
     underscores_in_headers: bool = False  # forward header names with `_` (nginx's default off)
+    workers: int | None = None  # worker processes; None: "auto", one per CPU we may run on
 
 
 @dataclass(frozen=True)
@@ -210,13 +211,29 @@ def _limits(proxy: Table) -> Limits:
 
 def parse_settings(doc: Table) -> ProxySettings:
     proxy = doc.table("proxy", {})
-    proxy.reject_unknown({"timeouts", "limits", "access_log", "underscores_in_headers"})
+    proxy.reject_unknown({"timeouts", "limits", "access_log", "underscores_in_headers", "workers"})
     return ProxySettings(
         timeouts=_timeouts(proxy),
         limits=_limits(proxy),
         access_log=proxy.boolean("access_log", True),
         underscores_in_headers=proxy.boolean("underscores_in_headers", False),
+        workers=_workers(proxy),
     )
+
+
+MAX_WORKERS = 256
+
+
+def _workers(proxy: Table) -> int | None:
+    """`workers = "auto"` (None) or a number of worker processes."""
+    value = proxy.data.get("workers", "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        proxy.fail(
+            "workers", f'expected "auto" or an integer from 1 to {MAX_WORKERS}, got {value!r}'
+        )
+    return value
 
 
 def parse_admin(doc: Table) -> AdminConfig:

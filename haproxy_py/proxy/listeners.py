@@ -27,8 +27,10 @@ _IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)  # Linux
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket; OSError naming the address and the kernel's reason."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening-ready TCP socket; OSError naming the address and the kernel's reason.
+
+    `reuse_port`: one of an SO_REUSEPORT group, one per worker process (`master`)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
@@ -37,6 +39,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         with contextlib.suppress(OSError):  # elsewhere the address must exist before we bind
             sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
         sock.bind(sockaddr)
