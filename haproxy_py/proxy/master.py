@@ -118,6 +118,17 @@ class Master:
         self.retired = TrafficReport(processes=0)  # counters of workers that died
         self._drain_task: asyncio.Task[bool] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.admin.registry.gauge(
+            "worker_connections",
+            "Client connections open, by worker process (how evenly the kernel spreads them)",
+            lambda: [
+                ({"worker": str(s.index)}, sum(n for _, n in s.last.listener_connections))
+                for s in self.slots
+            ],
+        )
+        self.admin.registry.counter(
+            "worker_restarts_total", "Worker processes restarted after they exited"
+        ).collect = lambda: [({}, sum(s.restarts for s in self.slots))]
 
     # -- life
     async def start(self) -> None:
@@ -298,6 +309,13 @@ class Master:
             if isinstance(answer, dict) and "report" in answer:
                 slot.last = answer["report"]
         return merge([self.retired, *(s.last for s in self.slots)])
+
+    def address(self, listener: str) -> tuple[str, int]:
+        """The bound (host, port) of a listener, by name (useful with port 0)."""
+        return self.groups[listener].bound
+
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self.slots if s.ready and s.process is not None]
 
     # -- what the admin API reads and asks (admin.AdminSource)
     def listener_states(self) -> list[ListenerState]:

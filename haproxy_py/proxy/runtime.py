@@ -165,6 +165,8 @@ class Backend:
 
     def _health_changed(self, tracker: Tracker, reason: str) -> None:
         server = tracker.server
+        if self.on_health is not None:  # the workers first: the log line says it is done
+            self.on_health(self.name, server.address, server.up)
         log.warning(
             "server up" if server.up else "server down",
             backend=self.name,
@@ -173,8 +175,6 @@ class Backend:
         )
         if not server.up:
             self._close_idle(server)
-        if self.on_health is not None:
-            self.on_health(self.name, server.address, server.up)
 
     def _close_idle(self, server: Server) -> None:
         for conn in self.idle[server]:
