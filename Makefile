@@ -9,7 +9,7 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
 STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 
-.PHONY: deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
+.PHONY: test-workers deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
 
 deps: apt venv
 
@@ -36,8 +36,19 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The data-plane tiers again against a master with two worker processes (every test but
+# those that look inside the one-process proxy); run once, on asyncio, beside the full run.
+WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/test_websocket.py \
+  tests/integration/proxy/test_balancing.py tests/integration/proxy/test_errors.py \
+  tests/integration/proxy/test_health.py tests/integration/proxy/test_admin.py \
+  tests/integration/adversarial
+
 test: deps lint
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -m "not single_process" $(WORKER_TIERS)
+
+test-workers: deps
+	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -m "not single_process" $(WORKER_TIERS)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

@@ -184,7 +184,7 @@ class Runner:
         raw = self.workdir / f"profile-{workload.name}.txt"
         seconds = workload.warmup_s + workload.window_s
         try:
-            sampler = profile.start(running.cpu_pids[0], seconds, raw)
+            sampler = profile.start(running.cpu_pids[-1], seconds, raw)  # the worker
         except FileNotFoundError as exc:
             say(f"profile of {workload.name} skipped: {exc}")
             return

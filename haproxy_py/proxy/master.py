@@ -234,13 +234,19 @@ class Master:
             slot.channel.close()
         if self.stopping:
             return
-        log.error("worker exited; restarting it", worker=slot.index, pid=process.pid, code=code)
         self.retired = merge([self.retired, slot.last.without_gauges()])
         slot.last = TrafficReport(processes=0)
         self.table.zero_column(slot.index)  # its connections died with it
+        if self.draining:  # a drained worker may end (SIGTERM reached it too); undrain restarts it
+            log.info("worker exited while draining", worker=slot.index, code=code)
+            return
+        log.error("worker exited; restarting it", worker=slot.index, pid=process.pid, code=code)
         slot.restarts += 1
         await asyncio.sleep(max(0.0, slot.started + RESTART_AFTER - time.monotonic()))
-        if not self.stopping:
+        await self._restart(slot)
+
+    async def _restart(self, slot: WorkerSlot) -> None:
+        if not self.stopping and not self.draining:
             await supervised(f"start worker {slot.index}", lambda: self._spawn(slot), once=True)
 
     def _from_worker(self, slot: WorkerSlot) -> control.Handler:
@@ -347,6 +353,7 @@ class Master:
         self.groups.update(fresh)
         await self._each("undrain", names=list(fresh))
         self.draining = False
+        await asyncio.gather(*(self._restart(s) for s in self.slots if not s.ready))
         log.info("undrained")
 
     async def address_drain(self, address: IPAddress) -> AddressDrain:

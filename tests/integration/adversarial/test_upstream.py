@@ -120,11 +120,12 @@ async def test_reload_keeps_each_servers_open_count(recorder, proxy) -> None:
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
     await server.reload(cfg)
     (kept,) = server.runtime.backends["app"].servers
-    assert kept.active == 1  # least_conn and max_conns still see the WebSocket
+    assert kept.load() == 1  # least_conn and max_conns still see the WebSocket
     writer.close()
-    await poll_until(lambda: kept.active == 0, "the tunnel's end is counted on the same server")
+    await poll_until(lambda: kept.load() == 0, "the tunnel's end is counted on the same server")
 
 
+@pytest.mark.single_process
 async def test_local_connect_errors_never_mark_a_server_down(recorder, proxy) -> None:
     """Out of file descriptors (EMFILE) is this host's problem, not the server's."""
     backend = await recorder()

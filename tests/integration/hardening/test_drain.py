@@ -83,6 +83,7 @@ async def test_close_lands_between_frames_of_a_flood(backends, proxy, session) -
     await no_leak(server)
 
 
+@pytest.mark.single_process
 async def test_drain_timeout_closes_what_does_not_answer(proxy) -> None:
     """Neither end answers the close (nor closes): the drain timeout ends the session."""
     backend_got: list[bytes] = []

@@ -10,6 +10,7 @@ import pytest
 from tests.integration.proxy.support import admin_url, poll_until, proxy_config, url
 
 
+@pytest.mark.single_process
 async def test_drain_finishes_http_then_closes_tunnels(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
