@@ -55,7 +55,10 @@ class Worker:
             )
 
     def socket(self, host: str, port: int) -> socket.socket:
-        sock = self.sockets.pop((host, port), None)
+        key = (host, port)
+        if key not in self.sockets:  # undrain asks by the bound address: match the port
+            key = next((k for k in self.sockets if k[1] == port), key)
+        sock = self.sockets.pop(key, None)
         if sock is None:
             raise OSError(0, f"cannot listen on {host}:{port}: no socket from the master")
         return sock

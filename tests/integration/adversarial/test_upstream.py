@@ -33,6 +33,7 @@ async def pooled(server: ProxyServer) -> None:
     await poll_until(lambda: any(backend.idle.values()), "a pooled connection")
 
 
+@pytest.mark.single_process
 @pytest.mark.parametrize(
     ("method", "tries"), [(b"POST", 1), (b"PATCH", 1), (b"GET", 2), (b"DELETE", 2), (b"PUT", 2)]
 )
@@ -47,6 +48,7 @@ async def test_only_idempotent_requests_are_retried(recorder, proxy, method, tri
     assert [s.method for s in backend.seen if s.path == "/close"] == [method.decode()] * tries
 
 
+@pytest.mark.single_process
 async def test_no_retry_after_an_invalid_response(recorder, proxy) -> None:
     backend = await recorder()
     server = await proxy(config(backend.address))
