@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 TABLE_ROWS = 4096  # backend servers a master can count over its life (reloads included)
 RESTART_AFTER = 1.0  # at least this long between two starts of one worker slot
 START_TIMEOUT = 30.0
+POLL_EVERY = 1.0  # each worker's report is fetched this often (and on every scrape) ...
+HUNG_AFTER = 10.0  # ... and a worker that answered none for this long is killed and restarted
 
 
 def worker_count(configured: int | None) -> int:
@@ -95,6 +97,7 @@ class WorkerSlot:
     started: float = 0.0
     restarts: int = 0
     last: TrafficReport = field(default_factory=TrafficReport)  # last report it sent
+    answered: float = 0.0  # monotonic time of its last report
 
 
 class Master:
@@ -139,6 +142,8 @@ class Master:
             self.runtime.start()
             await asyncio.gather(*(self._spawn(slot) for slot in self.slots))
             await self.admin.start()
+            poll = asyncio.get_running_loop().create_task(supervised("poll workers", self._poll))
+            self._tasks.add(poll)
         except BaseException:
             await self.stop()
             raise
@@ -157,6 +162,7 @@ class Master:
         await asyncio.gather(*(self._stop_worker(slot) for slot in self.slots))
         for task in list(self._tasks):
             task.cancel()
+        self._tasks.clear()
         await self.runtime.stop()
         await self.admin.stop()
         for group in self.groups.values():
@@ -311,10 +317,24 @@ class Master:
             *(s.channel.call("traffic", limit=2.0) for s in slots if s.channel is not None),
             return_exceptions=True,
         )
+        now = time.monotonic()
         for slot, answer in zip(slots, answers, strict=True):
             if isinstance(answer, dict) and "report" in answer:
-                slot.last = answer["report"]
+                slot.last, slot.answered = answer["report"], now
         return merge([self.retired, *(s.last for s in self.slots)])
+
+    async def _poll(self) -> None:
+        """Keep each worker's report fresh (a crash loses at most POLL_EVERY of its counts)
+        and kill a worker whose loop stopped answering, as systemd's watchdog does the
+        master's: its replacement takes its sockets."""
+        while True:
+            await asyncio.sleep(POLL_EVERY)
+            await self.traffic()
+            now = time.monotonic()
+            for slot in self._live():
+                if now - max(slot.answered, slot.started) > HUNG_AFTER and slot.process:
+                    log.error("worker not answering; killing it", worker=slot.index)
+                    slot.process.kill()
 
     def address(self, listener: str) -> tuple[str, int]:
         """The bound (host, port) of a listener, by name (useful with port 0)."""

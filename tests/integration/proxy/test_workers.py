@@ -317,3 +317,19 @@ async def test_sigterm_drains_every_worker(apps, client, tmp_path) -> None:
         assert [await closed_with(ws) for ws in sockets] == [1001] * WEBSOCKETS
         assert await node.wait() == 0
         assert any(re.match("drained", str(e.get("event"))) for e in node.events)
+
+
+async def test_hung_worker_is_killed_and_replaced(apps, client, tmp_path) -> None:
+    """A worker whose loop stops answering (SIGSTOP) is killed and restarted by the master."""
+    async with serving_websockets(client, tmp_path / "n.toml", apps[0]) as (node, sockets):
+        first, second = node.workers()  # in the order of their slots
+        mark = len(node.events)
+        os.kill(first, signal.SIGSTOP)
+        await node.event("worker not answering; killing it", after=mark, worker=0)
+        await poll_until(lambda: first not in node.workers(), "the hung worker gone")
+        await poll_until(lambda: len(node.workers()) == 2, "a replacement")
+        assert second in node.workers()
+        async with client.get(web(node, "/after")) as response:
+            assert response.status == 200
+        for ws in sockets:
+            await ws.close()
