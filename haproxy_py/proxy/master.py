@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 
 TABLE_ROWS = 4096  # backend servers a master can count over its life (reloads included)
 RESTART_AFTER = 1.0  # at least this long between two starts of one worker slot
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0  # a worker's imports on a loaded machine
 POLL_EVERY = 1.0  # each worker's report is fetched this often (and on every scrape) ...
 HUNG_AFTER = 10.0  # ... and a worker that answered none for this long is killed and restarted
 

@@ -102,6 +102,7 @@ async def test_reset_mid_body_is_a_truncation(recorder, proxy) -> None:
     assert answer.body == b"half-a-body" and not answer.complete
 
 
+@pytest.mark.single_process  # upstream pools are per worker: the next request may use another
 async def test_idle_pooled_connections_expire(recorder, proxy) -> None:
     backend = await recorder()
     server = await proxy(config(backend.address, proxy="[proxy.timeouts]\nupstream_idle = 0.2\n"))
