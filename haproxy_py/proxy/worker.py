@@ -20,6 +20,7 @@ import socket
 import sys
 
 import structlog
+import uvloop
 
 from haproxy_py.logging import configure
 from haproxy_py.proxy.control import Channel, Message
@@ -153,8 +154,6 @@ def main(argv: list[str] | None = None) -> None:
     fd, level, index = int(args[0]), args[1], int(args[2])
     configure(level)
     structlog.contextvars.bind_contextvars(worker=index)
-    import uvloop
-
     uvloop.run(serve(fd))
 
 
