@@ -71,13 +71,15 @@ class Server:
         """A request or tunnel starts on this server."""
         self.active += 1
         self.total += 1
-        if self._cells is not None:
-            self._cells[self._own] += 1
+        cells = self._cells
+        if cells is not None:
+            cells[self._own] += 1
 
     def release(self) -> None:
         self.active -= 1
-        if self._cells is not None:
-            self._cells[self._own] -= 1
+        cells = self._cells
+        if cells is not None:
+            cells[self._own] -= 1
 
     def load(self) -> int:
         """Open requests and tunnels on this server, from every worker process."""
@@ -130,9 +132,12 @@ class LeastConn:
         best_score = 0.0
         for i in range(n):
             server = servers[(start + i) % n]
-            if not (server.up and not server.full and server not in exclude):
+            if not server.up or server in exclude:
                 continue
-            score = server.load() / server.weight
+            load = server.active if server._cells is None else server.load()
+            if 0 < server.max_conns <= load:
+                continue
+            score = load / server.weight
             if best is None or score < best_score:
                 best, best_score = server, score
         return best
