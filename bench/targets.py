@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,9 +169,27 @@ class HaproxyPy(Target):
         argv = [str(program), "run", "--config", str(conf)]
         proc = spawn(self.name, argv, self.cpus, workdir, env)
         running = _started(proc, port)
-        running.cpu_pids = running.mem_pids = _tree(proc.pid)
         running.admin = f"{HOST}:{admin}"
+        # The master listens before its workers start; its admin API answers once they
+        # all serve, and only then is the process tree (whose CPU and RSS count) complete.
+        if not _answers(f"http://{running.admin}/healthz", 60.0):
+            running.stop()
+            raise TargetFailed(f"{self.name}: the admin API did not answer within 60 s")
+        running.cpu_pids = running.mem_pids = _tree(proc.pid)
         return running
+
+
+def _answers(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status in (200, 503):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def _tree(pid: int) -> list[int]:
