@@ -64,7 +64,8 @@ class Limits:
     max_header_size: int = 32768
     max_uri_size: int = 8192
     # Per client address (after PROXY protocol); 0: no limit. Over the limit a
-    # connection gets 429 (a WebSocket handshake is refused the same way).
+    # connection gets 429 (a WebSocket handshake is refused the same way). These and a
+    # listener's max_connections are counted by each worker process on its own.
     per_ip_connections: int = 0  # open at once
     per_ip_rate: float = 0.0  # new connections per second (token bucket)
     per_ip_burst: int = 0  # bucket size; 0: the rate rounded up
