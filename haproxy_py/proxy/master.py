@@ -358,8 +358,10 @@ class Master:
         for group in self.groups.values():
             group.close()  # the workers close theirs: new connections are refused
         timeout = (grace if grace is not None else self.runtime.timeouts.drain) + 10.0
+        log.info("draining", workers=len(self._live()))
         replies = await self._each("drain", limit=timeout, grace=grace)
-        return all(r.get("clean") for r in replies)
+        log.info("drained", closed_at_timeout=sum(r["closed_at_timeout"] for r in replies))
+        return all(r["clean"] for r in replies)
 
     async def undrain(self) -> None:
         if self._drain_task is not None:

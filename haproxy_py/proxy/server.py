@@ -94,6 +94,7 @@ class ProxyServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[bool] | None = None
         self._address_drains: set[asyncio.TimerHandle] = set()
+        self.closed_at_timeout = 0  # by the last drain
 
     async def start(self) -> None:
         """Bind the listeners and the admin API and start health checks; OSError if a bind fails."""
@@ -214,6 +215,7 @@ class ProxyServer:
             for conn in list(listener.connections):
                 conn.transport.abort()
         log.info("drained", closed_at_timeout=leftover)
+        self.closed_at_timeout = leftover
         return leftover == 0
 
     def drain_address(self, address: IPAddress) -> AddressDrain:

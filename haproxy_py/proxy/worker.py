@@ -108,7 +108,8 @@ class Worker:
             await server.reload(message["config"])
             return {}
         if op == "drain":
-            return {"clean": await self.drain(message.get("grace"))}
+            clean = await self.drain(message.get("grace"))
+            return {"clean": clean, "closed_at_timeout": server.closed_at_timeout}
         if op == "undrain":
             self._take(message, fds)
             await server.undrain()

@@ -254,7 +254,7 @@ async def test_drain_address_without_the_capability_says_what_is_missing(tmp_pat
                 assert answer.status == 202
                 assert (await answer.json())["can_send"] is False
             warning = await read_event(
-                process, "no close can leave from an address this node no longer has"
+                process, "no close can leave from an address this node no longer has", False
             )
             assert warning["address"] == "127.0.0.2"
             assert "CAP_NET_RAW" in str(warning["fix"])
