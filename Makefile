@@ -8,6 +8,7 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
                 prometheus curl
 STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
+APT_PACKAGES += bird2  # BGP mode: the BGP speaker on each node and the lab's router
 
 .PHONY: test-workers deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
 
@@ -53,8 +54,10 @@ test-workers: deps
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
+# PROFILE=fast: lease TTL 1 s (docs/lab.md); `hactl lab up --profile` does the same.
+PROFILE ?= default
 demo: deps
-	$(VENV)/bin/python -m haproxy_py.lab.tour
+	$(VENV)/bin/python -m haproxy_py.lab.tour --profile $(PROFILE)
 
 demo-down: venv
 	-$(VENV)/bin/hactl lab down
@@ -72,9 +75,10 @@ bench: venv
 	    go build -o ../bin/$$tool ./$$tool || exit 1; done
 	$(PY) -m bench $(BENCH_ARGS)
 
-# The failover benchmark (bench/failover, root): haproxy-py's cluster against keepalived in the
-# lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000 WebSocket clients; writes
-# bench/results/failover.{json,md}. FAILOVER_ARGS passes more options (python -m bench.failover -h).
+# The failover benchmark (bench/failover, root): haproxy-py's cluster, in both timing profiles,
+# against keepalived in the lab, every fault REPEATS times per stack, WS_REPEATS more with 1,000
+# WebSocket clients; writes bench/results/failover.{json,md}. FAILOVER_ARGS passes more options
+# (python -m bench.failover -h; e.g. --stacks, --scenarios, --keep to re-run only some).
 REPEATS ?= 20
 WS_REPEATS ?= 2
 bench-failover: deps
@@ -83,14 +87,16 @@ bench-failover: deps
 	       -o DPkg::Lock::Timeout=600 keepalived curl; }
 	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
 	$(PY) -m bench.failover.handover
+	$(PY) -m bench.failover.etcdfaults
 
 # The long chaos run (docs/lab.md, root): CHAOS_FAULTS seeded random faults under load per
 # mode, each in a lab of its own; writes bench/results/chaos-<mode>.{json,txt}, fails on a violation.
 CHAOS_FAULTS ?= 160
 CHAOS_SEED ?= 20261203
+CHAOS_PREFIX ?= hck-
 chaos: deps
 	for mode in active-standby active-active; do \
-	  $(VENV)/bin/hactl lab --run-dir /tmp/haproxy-py-chaos-$$mode chaos --mode $$mode \
+	  $(VENV)/bin/hactl lab --run-dir /tmp/haproxy-py-chaos-$$mode chaos --mode $$mode --prefix $(CHAOS_PREFIX) \
 	    --faults $(CHAOS_FAULTS) --seed $(CHAOS_SEED) --report bench/results/chaos-$$mode.json \
 	    > bench/results/chaos-$$mode.txt || { cat bench/results/chaos-$$mode.txt; exit 1; }; \
 	done

@@ -11,6 +11,9 @@ kernel address lifetime that runs out before the lease can (see
     effects       actions carried out: addresses, GARP, the etcd writer
     registration  `nodes/<name>`: what goes in it and when it is written
     handover      a released VIP's clients told to go once its next owner holds it
+    failsafe      the failsafe's pure core: rounds, answers, promises (etcd outages)
+    failsafeloop  its I/O: membership, rounds over mutual TLS, promises bound to the core
+    peer          the peer endpoint (mTLS): failsafe rounds, the controller's probe, status
     fence         the nftables fence: a VIP's traffic and ARP dropped at its deadline
     nftables      libnftables through ctypes (one transaction per call)
     netlink       VIP addresses with valid/preferred lifetimes (pyroute2), fenced first
@@ -18,7 +21,7 @@ kernel address lifetime that runs out before the lease can (see
     proxy         the local proxy's admin API (/healthz, /undrain, /drain?address=)
     ready         waits until a daemon is live again (the units' ExecStartPost)
     metrics       /metrics (Prometheus text)
-    cli           the entry point and its one-line errors
+    cli           the entry point (the daemons' convention: `haproxy_py.daemon`)
 
 The `[agent]` section, with its defaults (all times in seconds):
 
@@ -46,4 +49,6 @@ The `[agent]` section, with its defaults (all times in seconds):
     garp_refresh = 10.0         # then one request and one reply this often
     metrics_bind = "127.0.0.1:9732"   # "" turns /metrics off
     vip_prefix_length = 32
+    peer_port = 9734            # the peer endpoint, on [node] address; the same on every node
+    # peer_crl = "/etc/haproxy-py/ca.crl"   # refuse callers the cluster CA revoked
 """

@@ -1,10 +1,10 @@
 """`ha-agent --config FILE`: the node agent's entry point.
 
-Expected failures (bad config, no privileges, unknown interface) end with one
-line on stderr and a non-zero exit, never a traceback. etcd unreachable at
-start is not one: the agent waits for it in-process, with backoff, rather than
-exiting into a systemd restart loop. SIGTERM and SIGINT hand the VIPs over and
-exit 0.
+It follows the daemons' convention (`haproxy_py.daemon`): a bad config exits 2,
+a start failure (no privileges, unknown interface) 1, each in one line on
+stderr. etcd unreachable at start is not a failure: the agent waits for it
+in-process, with backoff, rather than exiting into a systemd restart loop.
+SIGTERM and SIGINT hand the VIPs over and exit 0.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import dataclasses
 import faulthandler
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -27,38 +26,38 @@ from agent.effects import Announcer as AnnouncerLike
 from agent.garp import Announcer
 from agent.netlink import Addresses, NetlinkFailure, missing_capabilities
 from agent.proxy import ProxyClient
-from haproxy_py import __version__, certmetrics, systemd
-from haproxy_py import logging as hlogging
+from haproxy_py import __version__, certmetrics, daemon
 from haproxy_py.cluster.agent_config import parse_agent
-from haproxy_py.cluster.config import (
-    EtcdConfig,
-    parse_cluster,
-    parse_etcd,
-    parse_logging,
-    parse_node,
-)
+from haproxy_py.cluster.config import EtcdConfig, parse_cluster, parse_etcd, parse_node
+from haproxy_py.cluster.peerlink import PeerTls
 from haproxy_py.cluster.store import Store
-from haproxy_py.configfile import ConfigError, load
+from haproxy_py.configfile import Table
+from haproxy_py.daemon import Fatal
 
 log = structlog.get_logger("agent")
+NAME = "ha-agent"
 SHUTDOWN_LIMIT = 10.0  # seconds from SIGTERM to exit, at most
 
 
-class Fatal(Exception):
-    """An expected failure; the message is the whole story for the operator."""
-
-
-def load_settings(path: Path) -> tuple[Settings, EtcdConfig, str, bool | None]:
-    doc = load(path)
+def parse(doc: Table) -> tuple[Settings, EtcdConfig]:
+    """The agent's sections of the node's file: [node], [cluster], [agent], [etcd]."""
     node = parse_node(doc)
     cluster = parse_cluster(doc)
     agent = parse_agent(doc)
     etcd = parse_etcd(doc, "agent")
-    logging = parse_logging(doc)
+    peer_tls = None
+    if etcd.cacert is not None and etcd.cert is not None and etcd.key is not None:
+        peer_tls = PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl)
     settings = Settings(
-        node=node, cluster=cluster.name, agent=agent, version=__version__, vips=cluster.vips
+        node=node,
+        cluster=cluster.name,
+        agent=agent,
+        version=__version__,
+        vips=cluster.vips,
+        failsafe=cluster.failsafe,
+        peer_tls=peer_tls,
     )
-    return settings, etcd, logging.level, logging.json
+    return settings, etcd
 
 
 def agent_etcd(etcd: EtcdConfig, settings: Settings) -> EtcdConfig:
@@ -85,6 +84,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
         settings.agent.proxy_admin_url,
         settings.agent.health_timeout,
         settings.agent.proxy_admin_tls,
+        settings.agent.proxy_admin_token,
     )
     store = Store(etcd, settings.cluster)
 
@@ -99,7 +99,7 @@ async def serve(settings: Settings, etcd: EtcdConfig) -> None:
 
     agent = Agent(settings, store, addresses, announcer, proxy, reopen)
     certmetrics.register(agent.metrics.registry, lambda: [etcd.cert])
-    systemd.start(lambda: agent.core.lease_id is not None)  # READY=1 once registered
+    daemon.ready(NAME, lambda: agent.core.lease_id is not None)  # once registered
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -137,33 +137,21 @@ def _frozen() -> None:
 
 
 @click.command()
-@click.option(
-    "--config",
-    "-c",
-    "config",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The node's TOML config file ([node], [cluster], [etcd], [agent], [logging]).",
-)
+@daemon.config_option("[node], [cluster], [etcd], [agent], [logging]")
+@daemon.check_config_option
 @click.version_option(__version__)
-def main(config: Path) -> None:
+def main(config: Path, check_config: bool) -> None:
     """Keep this node registered in etcd and hold the VIPs the controller assigns to it."""
-    try:
-        settings, etcd, level, json = load_settings(config)
-    except ConfigError as exc:
-        click.echo(f"ha-agent: {exc}", err=True)
-        sys.exit(2)
-    hlogging.configure(level, json)
+    (settings, etcd), logging = daemon.load(NAME, config, parse)
+    if check_config:
+        daemon.checked(config)
+        return
+    daemon.start_logging(logging)
     missing = missing_capabilities()
     if missing:
-        click.echo(
-            f"ha-agent: missing {' and '.join(missing)} (needed to manage VIP addresses and "
+        daemon.fail(
+            NAME,
+            f"missing {' and '.join(missing)} (needed to manage VIP addresses and "
             "send ARP); run it as root or grant those capabilities",
-            err=True,
         )
-        sys.exit(1)
-    try:
-        asyncio.run(serve(settings, etcd))
-    except Fatal as exc:
-        click.echo(f"ha-agent: {exc}", err=True)
-        sys.exit(1)
+    daemon.run(NAME, config, serve(settings, etcd))

@@ -28,15 +28,20 @@ from dataclasses import dataclass
 import structlog
 
 from agent.effects import AddressTable, Announcer, Effects, EtcdState, Reopen, Write, Writer
+from agent.failsafe import Outage
+from agent.failsafeloop import FailsafeLoop
 from agent.handover import Handover
+from agent.hysteresis import Hysteresis
 from agent.metrics import AgentMetrics
 from agent.observers import Observers, Step
 from agent.proxy import ProxyClient
 from agent.registration import Registration
-from agent.state import Action, AgentCore, Hysteresis
+from agent.state import Action, AgentCore
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.config import NodeConfig
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.peerlink import PeerTls
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
 
 log = structlog.get_logger(__name__)
@@ -53,6 +58,8 @@ class Settings:
     vips: tuple[str, ...] = ()  # the cluster's VIPs if this node's config lists them
     # a released VIP's clients are told to go once it has a new owner, or after this long
     handover_wait: float = 1.0
+    failsafe: bool = True  # [cluster] failsafe
+    peer_tls: PeerTls | None = None  # this agent's certificates: the peer endpoint needs them
 
 
 class Agent:
@@ -61,7 +68,7 @@ class Agent:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: KVStore,
         addresses: AddressTable,
         announcer: Announcer,
         proxy: ProxyClient,
@@ -72,9 +79,12 @@ class Agent:
         self.proxy = proxy
         cfg = settings.agent
         self.core = AgentCore(
-            settings.node.name, cfg.timing, Hysteresis(cfg.health_rise, cfg.health_fall)
+            settings.node.name,
+            cfg.timing,
+            Hysteresis(cfg.health_rise, cfg.health_fall),
+            cfg.allowed,
         )
-        self.core.known_vips.update(settings.vips)
+        self.core.known_vips.update(v for v in settings.vips if cfg.allowed.allows(v))
         self.metrics = AgentMetrics(
             lambda: self.core.deadline - time.monotonic(), lambda: list(self.core.held)
         )
@@ -89,6 +99,7 @@ class Agent:
             settings.node.name,
             lambda vip: vip in self.core.held,
             settings.handover_wait,
+            lambda vip: self.effects.let_out(vip),
         )
         self.effects = Effects(
             self.core,
@@ -113,9 +124,24 @@ class Agent:
             lambda: self.effects.addresses.expiring(),
             self.effects.reopen_if_recreated,
         )
+        self.failsafe: FailsafeLoop | None = None
+        if settings.peer_tls is not None and cfg.peer_port:
+            self.failsafe = FailsafeLoop(
+                self.core,
+                store,
+                settings.peer_tls,
+                cfg.peer_port,
+                settings.failsafe,
+                cfg.reconcile_interval,
+                self._post,
+                self._outage,
+            )
+            self.etcd.on_ok = self.failsafe.etcd_ok
+            self.failsafe.register(self.metrics.registry)
         self._queue: asyncio.Queue[Step] = asyncio.Queue()
         self._stop = asyncio.Event()
         self._registrar: asyncio.Task[None] | None = None
+        self._handed: set[str] = set()  # VIPs whose clients the hand-over already saw to
 
     # --- hooks the effects call ----------------------------------------------------------
 
@@ -135,6 +161,7 @@ class Agent:
         self._post(self.observers.kernel_step)
 
     def released(self, vip: str) -> None:
+        self._handed.add(vip)
         self.handover.released([vip])
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -161,7 +188,7 @@ class Agent:
             asyncio.create_task(supervised(name, run, restart=False), name=name)
             for name, run in (("actor", self._actor), ("writer", self.writer.run))
         ]
-        tasks = [*core_tasks, *self.observers.start(revision + 1)]
+        tasks = [*core_tasks, *self.observers.start(revision + 1), *await self._peer()]
         cfg = self.settings.agent
         runner = await self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
@@ -184,6 +211,27 @@ class Agent:
                 self._registrar.cancel()
             if runner is not None:
                 await runner.cleanup()
+            if self.failsafe is not None:
+                await self.failsafe.close()
+
+    async def _peer(self) -> list[asyncio.Task[None]]:
+        """The peer endpoint and the failsafe's loops; without them the node still serves
+        (its VIPs then last only as long as its lease), so a bind failure is logged."""
+        if self.failsafe is None:
+            log.warning("no peer endpoint (no client certificate, or peer_port = 0): no failsafe")
+            return []
+        host = self.settings.node.address or "0.0.0.0"
+        try:
+            return await self.failsafe.start(host)
+        except OSError as exc:
+            log.error("peer endpoint not started; no failsafe", error=exc.strerror, host=host)
+            return []
+
+    def _outage(self, outage: Outage) -> None:
+        """etcd answers again after the failsafe kept VIPs: say so in the node record."""
+        ago = time.monotonic() - time.time()
+        self.registration.failsafe = (outage.since - ago, outage.until - ago, outage.rounds)
+        self.registration.publish()
 
     async def _start(self) -> int:
         """Lease and first snapshot, retrying in-process while etcd is unreachable."""
@@ -209,7 +257,8 @@ class Agent:
         except TimeoutError:
             log.error("VIPs not released in time; the kernel lifetime and the lease remove them")
         released = time.monotonic()
-        self.handover.released(held)  # (those whose release acknowledgement started it skipped)
+        # those whose release acknowledgement already started it are not told twice
+        self.handover.released(v for v in held if v not in self._handed)
         await self.handover.finish(self.settings.handover_wait + 1.0)
         await self._revoke()
         log.info(

@@ -24,11 +24,12 @@ from agent.fence import FenceError
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.state import (
+    AckRelease,
     Action,
     AgentCore,
-    DeleteVip,
     KeepaliveNow,
     PublishNode,
+    Refused,
     Regrant,
     RemoveAddress,
     Revoke,
@@ -36,7 +37,8 @@ from agent.state import (
     StartGarp,
     StopGarp,
 )
-from haproxy_py.cluster.store import LeaseLost, Store, StoreError
+from haproxy_py.cluster.store import LeaseLost, StoreError
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -49,9 +51,10 @@ GRACE = 2.0
 
 
 class Grace(Protocol):
-    """The grace set of the packet fence (`agent.fence.Fence`)."""
+    """The grace and leaving sets of the packet fence (`agent.fence.Fence`)."""
 
     def grace(self, vip: str, seconds: float) -> None: ...
+    def let_out(self, vip: str) -> None: ...
 
 
 class AddressTable(Protocol):
@@ -91,14 +94,19 @@ class EtcdState:
     def __init__(self, metrics: AgentMetrics) -> None:
         self.metrics = metrics
         self.ok = True
+        self.on_ok: Callable[[], None] = lambda: None  # every success (the failsafe's clock)
 
     def __call__(self, ok: bool, error: str = "") -> None:
+        if ok:
+            self.on_ok()
         if ok != self.ok:
             if ok:
                 log.info("etcd reachable again")
             else:
                 log.warning(
-                    "etcd unreachable; VIPs are kept only until the lease deadline", error=error
+                    "etcd unreachable; VIPs are kept only until the lease deadline, or while "
+                    "every peer vouches (failsafe)",
+                    error=error,
                 )
         elif not ok:
             log.debug("etcd call failed", error=error)
@@ -139,7 +147,7 @@ class Effects:
         core: AgentCore,
         addresses: AddressTable,
         announcer: Announcer,
-        store: Store,
+        store: KVStore,
         writer: Writer,
         metrics: AgentMetrics,
         prefix_length: int,
@@ -178,8 +186,17 @@ class Effects:
                 self.announcer.start(action.vip)
             elif isinstance(action, StopGarp):
                 self.announcer.stop(action.vip)
-            elif isinstance(action, DeleteVip):
-                self.writer.write(self.core.lease_id, self._delete_vip(action))
+            elif isinstance(action, AckRelease):
+                # The node record carries the acknowledgement (PublishNode follows); once
+                # the controller gives the VIP on, its clients here are told to go.
+                log.info("VIP release acknowledged", vip=action.vip, reason=action.reason)
+                self.hooks.released(action.vip)
+            elif isinstance(action, Refused):
+                log.error(
+                    "VIP refused: assigned here, but not in this node's allowed_vips",
+                    vip=action.vip,
+                )
+                self.metrics.refused.inc()
             elif isinstance(action, PublishNode):
                 self.hooks.publish()
             elif isinstance(action, KeepaliveNow):
@@ -211,6 +228,13 @@ class Effects:
             self.metrics.transitions.inc(direction="add")
             log.info("VIP added", vip=action.vip, reason=action.reason)
         return True
+
+    def let_out(self, vip: str) -> None:
+        """A released VIP's clients are about to be told to go: let the closes leave."""
+        try:
+            self.addresses.fence.let_out(vip)
+        except FenceError as exc:
+            log.warning("the VIP's closes cannot leave; its clients time out", error=str(exc))
 
     async def _remove(self, action: RemoveAddress) -> bool:
         try:
@@ -267,22 +291,12 @@ class Effects:
         self.addresses, self.announcer = addresses, announcer
         announcer.on_sent = self._garp_sent
 
-    def _delete_vip(self, action: DeleteVip) -> Write:
-        async def write() -> None:
-            deleted = await self.store.delete_if(self.store.schema.vip(action.vip), action.revision)
-            log.info(
-                "VIP key deleted" if deleted else "VIP key changed meanwhile; not deleted",
-                vip=action.vip,
-                reason=action.reason,
-            )
-            if deleted:
-                self.hooks.released(action.vip)
-
-        return write
-
 
 class _NoGrace:
     def grace(self, vip: str, seconds: float) -> None:
+        pass
+
+    def let_out(self, vip: str) -> None:
         pass
 
 

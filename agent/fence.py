@@ -10,9 +10,13 @@ element has expired (or was dropped), for a VIP this agent ever fenced:
 
 * `ip` input, priority -300 (before conntrack): traffic to the VIP is dropped,
   new and established alike;
-* `ip` output: traffic from the VIP is dropped, unless the VIP was released
-  cleanly less than `linger` seconds ago (`drop`), so the proxy's 1001 close
-  frames and FINs to the VIP's clients still leave after a planned move;
+* `ip` output: traffic from the VIP is dropped, unless it was let out for a
+  few seconds (`let_out`, the `leaving` set): the proxy's 1001 close frames and
+  FINs to a released VIP's clients, sent once the VIP's next owner holds it.
+  Until then the node stays silent on those connections too: TCP keeps what it
+  could not send unsent (a dropped segment is not "in flight"), so the 1001
+  leaves at once when let out, instead of queueing behind segments sent into a
+  void whose acknowledgements go to the new owner;
 * `arp` output: the kernel's ARP replies and requests for the VIP are dropped;
 * `netdev` egress on the VIP interface: ARP frames for the VIP sent from
   packet sockets (our own gratuitous ARP), which bypass the `arp` hooks, are
@@ -46,7 +50,7 @@ from haproxy_py.cluster.timing import FENCE_PRECISION as PRECISION
 
 TABLE = "ha_agent"
 FAMILIES = ("ip", "arp", "netdev")  # each has its own copy of the `vips` and `alive` sets
-LINGER = 5.0  # seconds that a cleanly released VIP may still send (1001 close frames, FINs)
+LINGER = 5.0  # seconds that a released VIP may send once let out (1001 close frames, FINs)
 
 
 class FenceError(Exception):
@@ -185,15 +189,23 @@ class Fence:
             self.drop(vip, linger=0.0)
             raise Expired(f"{vip}: fence deadline passed while it was armed; dropped again")
 
-    def drop(self, vip: str, linger: float = LINGER) -> None:
-        """Stop answering for `vip` now; its outgoing traffic may leave for `linger` seconds."""
+    def drop(self, vip: str, linger: float = 0.0) -> None:
+        """Stop answering for `vip` now, silent until `let_out` (or for `linger` seconds)."""
         _check(vip)
         lines = [f"add element {family} {TABLE} vips {{ {vip} }}" for family in FAMILIES]
         for family in FAMILIES:
             lines += _unset(family, "alive", vip)
-        lines += _set_to("ip", "leaving", vip, _ms(linger)) if linger > 0 else []
+        if linger > 0:
+            lines += _set_to("ip", "leaving", vip, _ms(linger))
+        else:
+            lines += _unset("ip", "leaving", vip)
         self._until.pop(vip, None)
         self._run(lines, f"fencing {vip}")
+
+    def let_out(self, vip: str, seconds: float = LINGER) -> None:
+        """For `seconds`, let traffic from the fenced `vip` leave: the closes of its clients."""
+        _check(vip)
+        self._run(_set_to("ip", "leaving", vip, _ms(seconds)), f"letting {vip}'s closes out")
 
     def grace(self, vip: str, seconds: float) -> None:
         """For `seconds`, drop mid-stream TCP segments to `vip` that no local socket owns."""

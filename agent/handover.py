@@ -11,10 +11,12 @@ record in `nodes/` lists the VIP as held: a client told earlier would reconnect
 to an address nobody answers for and wait out a SYN retransmit (1 s).
 
 The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
-one etcd event of the new owner's write, not on a polling period. Meanwhile the
-new owner drops unknown mid-stream TCP segments to a VIP it has just taken
-(its grace period), so a client's packets sent before the 1001 arrives are
-dropped there, never answered with a reset.
+one etcd event of the new owner's write, not on a polling period. Until then
+the fence keeps this node silent on the VIP's connections (`Fence.let_out`
+opens it right before the drain): nothing sent meanwhile waits unacknowledged
+in front of the 1001. Meanwhile the new owner drops unknown mid-stream TCP
+segments to a VIP it has just taken (its grace period), so a client's packets
+sent before the 1001 arrives are dropped there, never answered with a reset.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Protocol
 import structlog
 
 from haproxy_py.cluster.records import NodeRecord
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -43,16 +46,18 @@ class Handover:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         proxy: Drainer,
         me: str,
         holding: Callable[[str], bool],
         wait: float,
+        let_out: Callable[[str], None],
     ) -> None:
         self.store = store
         self.proxy = proxy
         self.me = me
         self.holding = holding  # True when the VIP came back to this node meanwhile
+        self.let_out = let_out  # the fence lets the VIP's closes leave (silent until then)
         self.wait = wait
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -89,6 +94,7 @@ class Handover:
         if self.holding(vip):
             log.info("released VIP came back; its clients stay", vip=vip)
             return
+        self.let_out(vip)
         outcome = await self.proxy.drain_address(vip)
         log.info(
             "released VIP's clients told to reconnect",

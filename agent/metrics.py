@@ -47,6 +47,9 @@ class AgentMetrics:
         self.fenced = r.counter(
             "self_fences_total", "Times the agent dropped VIPs for lack of keepalives"
         )
+        self.refused = r.counter(
+            "vips_refused_total", "VIPs assigned here that this node's allowed_vips does not allow"
+        )
 
     async def serve(self, host: str | None, port: int) -> web.AppRunner | None:
         """Serve /metrics on host:port (None: off); a bind failure is logged, not fatal."""

@@ -30,7 +30,8 @@ from agent.registration import Registration
 from agent.state import Action, AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.records import ClusterSettings, KeyValue, VipAssignment
-from haproxy_py.cluster.store import LeaseLost, Store, StoreError
+from haproxy_py.cluster.store import LeaseLost, StoreError
+from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import supervised
 
 log = structlog.get_logger(__name__)
@@ -58,7 +59,7 @@ class Observers:
         self,
         config: AgentConfig,
         core: AgentCore,
-        store: Store,
+        store: KVStore,
         proxy: ProxyClient,
         registration: Registration,
         metrics: AgentMetrics,

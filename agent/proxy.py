@@ -62,11 +62,19 @@ def client_context(tls: AdminClientTls) -> ssl.SSLContext:
 class ProxyClient:
     """The admin API at `base_url` (e.g. http://127.0.0.1:8081), every call bounded by `timeout`.
 
-    With `tls` (an https URL) every call presents the agent's client certificate.
+    With `tls` (an https URL) every call presents the agent's client certificate; with
+    `token`, every change carries it as a bearer token (`[admin] tokens` of the proxy).
     """
 
-    def __init__(self, base_url: str, timeout: float, tls: AdminClientTls | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        tls: AdminClientTls | None = None,
+        token: str | None = None,
+    ) -> None:
         self.base_url = base_url
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(
@@ -99,7 +107,8 @@ class ProxyClient:
 
     async def _post(self, path: str, params: dict[str, str]) -> str:
         try:
-            async with self._session.post(f"{self.base_url}{path}", params=params) as response:
+            url = f"{self.base_url}{path}"
+            async with self._session.post(url, params=params, headers=self._auth) as response:
                 if response.status == 404:
                     return f"the proxy has no {path}"
                 body = _json(await response.read())

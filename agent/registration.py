@@ -2,7 +2,8 @@
 
 etcd holds agreement, not telemetry: the record is rewritten when something
 the controller or an operator decides on changes (liveness, the readiness
-score, the VIPs held or given up, the backend servers up), never for load
+score, the VIPs held, given up, let go of or refused, the backend servers up),
+never for load
 figures such as connection counts, which live in `/metrics`. A write that
 failed is retried by the reconcile timer.
 """
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from agent.state import AgentCore
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.records import NodeRecord
-from haproxy_py.cluster.store import Store
+from haproxy_py.cluster.storeapi import KVStore
 
 Write = Callable[[], Awaitable[None]]
 
@@ -28,7 +29,7 @@ class Registration:
         node: NodeConfig,
         version: str,
         core: AgentCore,
-        store: Store,
+        store: KVStore,
         enqueue: Callable[[Write], None],
     ) -> None:
         self.node = node
@@ -40,6 +41,7 @@ class Registration:
         self.servers: tuple[int, int] = (0, 0)  # backend servers up, in total
         self.healthy_since: float | None = None  # unix time: the controller's failback hold
         self.failed = False  # the last write did not land: the reconcile timer retries
+        self.failsafe: tuple[float, float, int] | None = None  # the last outage it bridged
         self._pending = False
 
     def health_changed(self, healthy: bool) -> None:
@@ -71,6 +73,9 @@ class Registration:
             pools=pools,
             unheld=tuple(sorted(core.given_up)),
             stopping=core.stopping,
+            released=dict(core.acked),
+            refused=tuple(sorted(core.refused)),
+            failsafe=self.failsafe,
         )
 
     def publish(self) -> None:

@@ -9,19 +9,26 @@ properties:
 * an address is only ever given a lifetime that ends (kernel slack included)
   no later than `lease deadline - fence_margin`, where the deadline counts
   from the moment the last successful keepalive was *sent*;
-* an address already held is re-armed only after a new keepalive success;
+* an address already held is re-armed only after a new keepalive success, or a
+  failsafe grant (`agent.failsafe`) whose promises outlast the new lifetime; while
+  this node has promised a failsafe holder to arm nothing, it adds no address;
 * when the proxy stops being live (its admin API refuses or stops answering,
-  or it drains) every VIP is removed in the same step and the node's `vips/`
-  keys are deleted, so the controller moves them at once;
-* a release is acknowledged (`DeleteVip`), and the lease revoked at stop, only
-  once a kernel dump shows the address absent, or its lifetime has provably
-  run out.
+  or it drains) every VIP is removed in the same step and acknowledged as let
+  go, so the controller moves them at once;
+* a release is acknowledged (`AckRelease`: the node record's `released` names
+  the assignment's revision; agents cannot write `vips/`), and the lease revoked
+  at stop, only once a kernel dump shows the address absent, or its lifetime
+  has provably run out; an acknowledged assignment is never held again;
+* an address outside the node's own allow-list is never set, whatever
+  `vips/` says: the assignment is refused (listed in the node record) and
+  acknowledged at once so the controller places the VIP elsewhere.
 
 Health here is liveness only. Readiness (backend pools with a server up) is
 published for the controller, which alone decides whether moving helps.
 
-A VIP is wanted when `vips/<vip>` names this node, is `assigned`, is bound to
+A VIP is wanted when `vips/<vip>` names this node, is `assigned`, names
 this node's *current* lease (an assignment left from a lost lease is stale),
+is allowed by the node's own list, was not acknowledged as let go,
 the proxy is live, the agent is not stopping, and the address could be set
 within one address lifetime of the first failure (else it is given up, listed
 as unheld in the node record, so the controller can move it).
@@ -32,7 +39,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from agent.hysteresis import Hysteresis
 from haproxy_py.cluster.agent_config import Timing
+from haproxy_py.cluster.allowlist import AllowList
 
 ASSIGNED = "assigned"
 RELEASING = "releasing"
@@ -41,6 +50,7 @@ RELEASING = "releasing"
 # Causes of a planned move: the previous owner lets go cleanly and closes its clients' connections
 # (1001) once this node holds the VIP, so this node keeps a grace period for those connections.
 PLANNED = frozenset({"manual", "drain", "released", "failback", "rebalance", "readiness"})
+MAX_REFUSED = 16  # refused VIPs listed in the node record, at most (it stays small)
 
 
 @dataclass(frozen=True)
@@ -97,12 +107,20 @@ class StopGarp:
 
 
 @dataclass(frozen=True)
-class DeleteVip:
-    """Delete `vips/<vip>` if it is still this node's at `revision` (release ack or drop)."""
+class AckRelease:
+    """This node let go of the assignment of `vip` at `revision`: say so in the node record
+    (`released`), which the controller answers by giving the VIP to its next owner."""
 
     vip: str
     revision: int
     reason: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """`vips/<vip>` names this node but the local allow-list does not allow the address."""
+
+    vip: str
 
 
 @dataclass(frozen=True)
@@ -131,41 +149,13 @@ Action = (
     | RemoveAddress
     | StartGarp
     | StopGarp
-    | DeleteVip
+    | AckRelease
+    | Refused
     | PublishNode
     | KeepaliveNow
     | Regrant
     | Revoke
 )
-
-
-@dataclass
-class Hysteresis:
-    """Healthy after `rise` good samples in a row, unhealthy after `fall` bad ones.
-
-    A node starts unhealthy: it must prove its proxy works before it gets a VIP.
-    """
-
-    rise: int
-    fall: int
-    healthy: bool = False
-    streak: int = 0
-
-    def sample(self, ok: bool, fast: bool = False) -> bool:
-        """Record one sample; True when the verdict changed.
-
-        `fast`: a failure that needs no confirmation (the admin API refused the
-        connection: the process is gone, not slow).
-        """
-        if ok == self.healthy:
-            self.streak = 0
-            return False
-        self.streak += 1
-        if fast or self.streak >= (self.rise if ok else self.fall):
-            self.healthy = ok
-            self.streak = 0
-            return True
-        return False
 
 
 @dataclass
@@ -175,6 +165,7 @@ class AgentCore:
     name: str
     timing: Timing
     health: Hysteresis
+    allowed: AllowList  # the node's own list: nothing outside it is ever held
     lease_id: int | None = None
     deadline: float = -math.inf
     assignments: dict[str, Assignment] = field(default_factory=dict)
@@ -189,12 +180,19 @@ class AgentCore:
     given_up: dict[str, int] = field(default_factory=dict)
     _seen: dict[str, int] = field(default_factory=dict)
     _floor: int = 0  # revision of the last snapshot: older events are already in it
-    _deleting: dict[str, int] = field(default_factory=dict)
+    # vip -> revision of the assignment acknowledged as let go (published in the node record)
+    acked: dict[str, int] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # assigned here, not allowed (kept, bounded)
     # vip -> when the kernel drops it anyway: removed, but no dump has shown it gone yet
     _removing: dict[str, float] = field(default_factory=dict)
     _failing: dict[str, float] = field(default_factory=dict)  # vip -> first failed set
     _revoked: bool = False
     _keepalive_asked: bool = False
+    # The failsafe (`agent.failsafe`): no new address before this (a promise to a peer that
+    # holds VIPs through an etcd outage), and held ones re-armed while their fence falls
+    # `fence_margin` before `failsafe_until` (what every peer promised).
+    arm_hold: float = -math.inf
+    failsafe_until: float = -math.inf
 
     @property
     def busy(self) -> bool:
@@ -226,6 +224,31 @@ class AgentCore:
                 actions.append(SetAddress(vip, self.timing.address_lifetime, False, "keepalive"))
         return actions + self._converge(now)
 
+    def failsafe_refresh(
+        self, sent: float, promise: float, vips: frozenset[str], now: float
+    ) -> list[Action]:
+        """Every peer vouched in a round sent at `sent`, promising to arm nothing for `promise`
+        s: re-arm the VIPs asked about that are still held and wanted, never a new one."""
+        self.failsafe_until = max(self.failsafe_until, sent + promise)
+        actions: list[Action] = []
+        for vip in sorted(vips & set(self.held)):
+            if (
+                self._wanted(vip)
+                and self._expiry(now) <= self.failsafe_until - self.timing.fence_margin
+            ):
+                self.held[vip] = self._expiry(now)
+                actions.append(SetAddress(vip, self.timing.address_lifetime, False, "failsafe"))
+        return actions
+
+    @property
+    def holding(self) -> set[str]:
+        """Addresses held, or removed and not yet shown gone: what a peer asking must not hold."""
+        return set(self.held) | set(self._removing)
+
+    def converge(self, now: float) -> list[Action]:
+        """Look again (a promise to a peer has ended: a VIP may be added now)."""
+        return self._converge(now)
+
     def keepalive_failed(self, now: float) -> list[Action]:
         self._keepalive_asked = False
         return self.tick(now)
@@ -238,7 +261,7 @@ class AgentCore:
         self.lease_id = None
         self.deadline = -math.inf
         self._keepalive_asked = False
-        self._deleting.clear()
+        self.acked.clear()
         return [*actions, Regrant()]
 
     # --- observations --------------------------------------------------------------------
@@ -263,7 +286,6 @@ class AgentCore:
         if revision < self._floor:
             return []
         first = self._floor == 0
-        self._deleting.clear()  # retry deletes that did not take
         for vip in set(self.assignments) | set(current):
             a = current.get(vip)
             self._apply(vip, a, a.revision if a else revision)
@@ -356,20 +378,21 @@ class AgentCore:
         return actions
 
     def _finish_stop(self) -> list[Action]:
-        if not self.stopping or self._removing or self._revoked or self._deleting_mine():
+        if not self.stopping or self._removing or self._revoked or self._still_mine():
             return []
         self._revoked = True
         return [Revoke()]
 
-    def _deleting_mine(self) -> bool:
-        """A key of ours whose release is still on its way to etcd (or not yet sent)."""
+    def _still_mine(self) -> bool:
+        """An assignment of ours the controller has not yet given to anyone else."""
         return any(self._mine(vip) is not None for vip in self.assignments)
 
     def _apply(self, vip: str, assignment: Assignment | None, revision: int) -> None:
         if revision < self._seen.get(vip, 0):
             return  # older than what we already know (a late watch event)
         self._seen[vip] = revision
-        self.known_vips.add(vip)
+        if self.allowed.allows(vip):
+            self.known_vips.add(vip)  # (only ours may be removed from the interface)
         if assignment is None:
             self.assignments.pop(vip, None)
         else:
@@ -389,6 +412,8 @@ class AgentCore:
             and self.health.healthy
             and not self.stopping
             and self.given_up.get(vip) != a.revision
+            and self.acked.get(vip) != a.revision
+            and self.allowed.allows(vip)
         )
 
     def _cannot_hold(self, vip: str, now: float) -> bool:
@@ -412,15 +437,28 @@ class AgentCore:
             for vip, rev in self.given_up.items()
             if (a := self._mine(vip)) is not None and a.revision == rev
         }
+        # an acknowledgement is published only while the assignment it names lasts
+        self.acked = {
+            vip: rev
+            for vip, rev in self.acked.items()
+            if (a := self._mine(vip)) is not None and a.revision == rev
+        }
         for vip in sorted(set(self.held) | set(self.assignments)):
             wanted = self._wanted(vip)
             mine = self._mine(vip)
+            refused = mine is not None and not self.allowed.allows(vip)
+            if refused and vip not in self.refused and len(self.refused) < MAX_REFUSED:
+                self.refused.add(vip)
+                actions.append(Refused(vip))
+                changed = True
             if wanted and mine is not None and self._cannot_hold(vip, now):
                 self.given_up[vip] = mine.revision
                 del self._failing[vip]
                 wanted, changed = False, True
             if wanted and vip not in self.held:
-                if self._may_arm(now):
+                if now < self.arm_hold:
+                    pass  # promised a failsafe holder to arm nothing yet
+                elif self._may_arm(now):
                     self.held[vip] = self._expiry(now)
                     reason = f"{vip} is absent, must be present"
                     grace = mine is not None and mine.cause in PLANNED
@@ -439,10 +477,12 @@ class AgentCore:
                 mine is not None
                 and vip not in self.held
                 and vip not in self._removing
-                and self._deleting.get(vip) != mine.revision
+                and self.acked.get(vip) != mine.revision
             ):
                 why: str | None = None
-                if mine.state == RELEASING:
+                if refused:
+                    why = "not in this node's allowed_vips"
+                elif mine.state == RELEASING:
                     why = "released"
                 elif not self.health.healthy:
                     why = "proxy unhealthy"
@@ -451,8 +491,9 @@ class AgentCore:
                 elif self.stopping:
                     why = "stopping"
                 if why is not None:
-                    self._deleting[vip] = mine.revision
-                    actions.append(DeleteVip(vip, mine.revision, why))
+                    self.acked[vip] = mine.revision
+                    actions.append(AckRelease(vip, mine.revision, why))
+                    changed = True
         if changed:
             actions.append(PublishNode())
         return actions + self._finish_stop()
@@ -467,6 +508,8 @@ class AgentCore:
             return f"{vip} belongs to {a.owner}, must be absent"
         if a.lease != self.lease_id:
             return f"{vip} is bound to a lost lease, must be absent"
+        if self.acked.get(vip) == a.revision:
+            return f"{vip} was let go, must be absent"
         if a.state == RELEASING:
             return "releasing"
         if self.given_up.get(vip) == a.revision:

@@ -1,0 +1,18 @@
+"""The controller (`ha-controller --config FILE`): one leads, the others stand by.
+
+It decides which node holds which VIP and carries out operators' requests; all
+its state is in etcd (see `haproxy_py.cluster` for the hand-over protocol).
+
+    decide      the pure rules: view + time -> actions and a one-sentence reason
+    plan, placement, requests, actions   the working state and vocabulary of `decide`
+    memory      what it saw over time (hold-downs), on its own monotonic clock
+    election    the leader key under its own lease; every write is fenced by it
+    execute     actions as compare-and-set transactions
+    expiry      an owner's lease revoked once it has provably run out
+    loop        the shell: watch, read, decide, execute, log one line per change
+    metrics, cli
+
+It talks to etcd only through `haproxy_py.cluster.storeapi.KVStore`, so its
+loop, election and executor also run on the in-memory store with a manual
+clock (`tests/unit/controller/test_on_memory.py`).
+"""

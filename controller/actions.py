@@ -13,7 +13,9 @@ from haproxy_py.cluster.records import ClusterSettings, Request
 
 @dataclass(frozen=True)
 class AssignVip:
-    """Create `vips/<vip>` for `node` under its `lease`, only if the key is absent.
+    """Write `vips/<vip>` for `node`, naming its `lease`: only if the key is absent or, with
+    `replaces`, still at that mod revision (a vacated key: the release and the new
+    assignment are one transaction).
 
     Bumps the epoch and appends an event naming `source` (the last owner) and `cause`.
     """
@@ -24,6 +26,15 @@ class AssignVip:
     cause: str
     source: str | None = None
     request: str | None = None
+    replaces: int = 0
+
+
+@dataclass(frozen=True)
+class ClearVip:
+    """Delete a vacated `vips/<vip>` nobody takes this time (compare on mod_revision)."""
+
+    vip: str
+    mod_revision: int
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,9 @@ class DeleteRequest:
     mod_revision: int
 
 
-Action = AssignVip | ReleaseVip | RestoreVip | WriteSettings | AnswerRequest | DeleteRequest
+Action = (
+    AssignVip | ClearVip | ReleaseVip | RestoreVip | WriteSettings | AnswerRequest | DeleteRequest
+)
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,17 @@ owner has not listed it as held for a while is released so it can move.
 Those durations are measured by the controller (`controller.memory.Seen`).
 
 Safety rules every action obeys (the property tests check them):
-* a VIP is assigned only when its key is absent (never two owners), and only
-  to a registered, healthy, undrained node;
+* a VIP is assigned only when nobody holds it (its key absent or vacated:
+  see `controller.vacancy`; never two owners), and only to a registered,
+  healthy, undrained node;
 * a moved VIP is first marked `releasing`; the new owner is chosen only after
-  the old owner deleted the key (its acknowledgement) or lost its lease;
+  the old owner acknowledged the release in its node record or lost its lease;
 * while paused, only requests and release time-outs produce actions.
 """
 
 from __future__ import annotations
 
-from controller.actions import Decision, DeleteRequest, RestoreVip
+from controller.actions import ClearVip, Decision, DeleteRequest, RestoreVip
 from controller.memory import Seen
 from controller.placement import is_eligible, least_loaded, preference, stable
 from controller.plan import Plan, Policy, in_flight
@@ -53,6 +54,7 @@ def decide(view: ClusterView, now: float, policy: Policy, seen: Seen | None = No
             _active_standby(plan)
         else:
             _active_active(plan)
+    _clear_vacated(plan)
     _prune_requests(plan, policy)
     return Decision(tuple(plan.actions), _sentence(plan))
 
@@ -239,6 +241,13 @@ def _release_removed(plan: Plan) -> None:
 
 
 # -- housekeeping and wording ----------------------------------------------------------------
+
+
+def _clear_vacated(plan: Plan) -> None:
+    """A vacated key nobody takes this time is deleted: the VIP is plainly unowned then."""
+    for vip, a in sorted(plan.view.vacated.items()):
+        if vip not in plan.busy:
+            plan.add(ClearVip(vip, a.mod_revision), f"{vip} let go of by {a.node}; nobody takes it")
 
 
 def _prune_requests(plan: Plan, policy: Policy) -> None:

@@ -1,8 +1,11 @@
 """Leader election through `controller/leader`, a key bound to this controller's lease.
 
 Campaign = create-if-absent of the leader key under our lease. We lead while
-that key (identified by its create revision) exists; it dies with our lease,
-so a crashed leader is replaced within the lease TTL. Every write the leader
+that key (identified by its create revision) exists under our lease; it dies
+with our lease, so a crashed leader is replaced within the lease TTL. A
+leader key with no lease (a hand edit, or a put that dropped the lease) would
+never die: it counts as no leader, and a campaign first deletes it (compare on
+its mod revision), so the election heals itself within one cycle. Every write the leader
 makes compares that create revision, so a deposed leader's late writes fail.
 Stepping down deletes the key and revokes the lease, so a standby takes over
 at once instead of waiting out the TTL.
@@ -22,11 +25,12 @@ from haproxy_py.cluster.store import (
     Compare,
     Delete,
     LeaseLost,
-    Store,
     StoreError,
     StoreUnavailable,
     created_at,
+    mod_revision_is,
 )
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -36,19 +40,21 @@ class Election:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         identity: str,
         ttl: int,
         keepalive_interval: float,
         metrics_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.identity = identity
         self.ttl = ttl
         self.keepalive_interval = keepalive_interval
         self.metrics_url = metrics_url
-        self.clock = clock
+        self.clock = clock  # wall time, for the record's `since`
+        self.monotonic = monotonic  # lease deadlines
         self.lease: int | None = None
         self.revision: int | None = None  # create revision of our leader key
         self.deadline = 0.0  # monotonic time our lease surely lasts until
@@ -63,8 +69,12 @@ class Election:
         """Still leader per this view and per our own lease deadline."""
         if self.revision is None and not self._adopt(view):
             return False
-        mine = view.leader is not None and view.leader.create_revision == self.revision
-        if not mine or time.monotonic() >= self.deadline:
+        mine = (
+            view.leader is not None
+            and view.leader.create_revision == self.revision
+            and view.leader.lease == self.lease
+        )
+        if not mine or self.monotonic() >= self.deadline:
             self._lose(
                 "the leader key is gone or not ours" if not mine else "lease deadline passed"
             )
@@ -76,7 +86,7 @@ class Election:
         leader = view.leader
         if leader is None or self.lease is None or leader.lease != self.lease:
             return False
-        if time.monotonic() >= self.deadline:
+        if self.monotonic() >= self.deadline:
             return False
         self.revision = leader.create_revision
         log.info("leading again", controller=self.identity)
@@ -90,14 +100,21 @@ class Election:
 
     async def _ensure_lease(self) -> int:
         if self.lease is None:
-            sent = time.monotonic()
+            sent = self.monotonic()
             granted = await self.store.grant_lease(self.ttl)
             self.lease = granted.id
             self.deadline = sent + granted.ttl
         return self.lease
 
-    async def campaign(self) -> bool:
-        """Try to become leader (only wins if the key is absent)."""
+    async def campaign(self, stale: ControllerLeader | None = None) -> bool:
+        """Try to become leader (only wins if the key is absent, or is `stale`: no lease)."""
+        if stale is not None:
+            assert stale.lease == 0
+            gone = await self.store.txn(
+                [mod_revision_is(self.key, stale.mod_revision)], [Delete(self.key)]
+            )
+            if gone:
+                log.error("leader key without a lease removed", stale_leader=stale.id)
         lease = await self._ensure_lease()
         record = ControllerLeader(id=self.identity, since=self.clock(), metrics=self.metrics_url)
         if not await self.store.create(self.key, record.to_json(), lease):
@@ -119,26 +136,31 @@ class Election:
     async def keep_alive(self, stopping: asyncio.Event) -> None:
         """Refresh our lease every interval; a lost lease means a new lease and no leadership."""
         while not stopping.is_set():
-            if self.lease is not None:
-                sent = time.monotonic()
-                try:
-                    ttl = await self.store.keepalive(self.lease)
-                    self.last_keepalive_latency = time.monotonic() - sent
-                    self.deadline = sent + ttl
-                except LeaseLost as exc:
-                    self.lease = None
-                    self._lose(str(exc))
-                except StoreUnavailable as exc:
-                    log.warning("lease keepalive failed", error=str(exc))
-                    if time.monotonic() >= self.deadline:
-                        self._lose("lease deadline passed without a keepalive")
-                except StoreError as exc:
-                    log.warning("lease keepalive failed", error=str(exc))
+            await self.refresh()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.keepalive_interval)
 
+    async def refresh(self) -> None:
+        """One keepalive of our lease, if we have one; never raises for etcd trouble."""
+        if self.lease is None:
+            return
+        sent = self.monotonic()
+        try:
+            ttl = await self.store.keepalive(self.lease)
+            self.last_keepalive_latency = self.monotonic() - sent
+            self.deadline = sent + ttl
+        except LeaseLost as exc:
+            self.lease = None
+            self._lose(str(exc))
+        except StoreUnavailable as exc:
+            log.warning("lease keepalive failed", error=str(exc))
+            if self.monotonic() >= self.deadline:
+                self._lose("lease deadline passed without a keepalive")
+        except StoreError as exc:
+            log.warning("lease keepalive failed", error=str(exc))
+
     def lease_remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic()) if self.lease is not None else 0.0
+        return max(0.0, self.deadline - self.monotonic()) if self.lease is not None else 0.0
 
     async def resign(self) -> None:
         """Hand leadership over now: delete our leader key, revoke our lease."""

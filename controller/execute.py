@@ -5,9 +5,11 @@ Each action is one transaction that compares what the decision was based on
 The first compare that fails stops the batch: the view was stale, and the
 loop re-reads and decides again rather than forcing anything.
 
-An assignment is the only ownership change: its transaction creates
-`vips/<vip>` under the new owner's lease, bumps `epoch` and writes
-`events/<epoch>`, dropping the event that falls out of the kept history.
+An assignment is the only ownership change: its transaction writes
+`vips/<vip>` naming the new owner's lease (no lease is bound to the key: see
+`controller.vacancy`) where the key is absent or still the vacated one, bumps
+`epoch` and writes `events/<epoch>`, dropping the event that falls out of the
+kept history.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from controller.actions import (
     Action,
     AnswerRequest,
     AssignVip,
+    ClearVip,
     DeleteRequest,
     ReleaseVip,
     RestoreVip,
@@ -34,11 +37,11 @@ from haproxy_py.cluster.store import (
     LeaseLost,
     Op,
     Put,
-    Store,
     absent,
     mod_revision_is,
     value_is,
 )
+from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +60,7 @@ class Executor:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         fence: Callable[[], list[Compare]],
         event_history: int,
         clock: Callable[[], float] = time.time,
@@ -95,6 +98,7 @@ class Executor:
             return await self._assign(action, epoch, now, unowned_since.get(action.vip))
         if isinstance(action, ReleaseVip | RestoreVip):
             current = view.vips[action.vip]
+            key = self.keys.vip(action.vip)
             if isinstance(action, ReleaseVip):
                 record = replace(
                     current,
@@ -107,14 +111,15 @@ class Executor:
                 record = replace(
                     current, state="assigned", move_to=None, request=None, releasing_since=None
                 )
-            key = self.keys.vip(action.vip)
             ok = await self._txn(
-                [mod_revision_is(key, action.mod_revision)],
-                [Put(key, record.to_json(), current.lease)],
+                [mod_revision_is(key, action.mod_revision)], [Put(key, record.to_json())]
             )
             if ok and isinstance(action, ReleaseVip):
                 unowned_since[action.vip] = now  # the owner may drop the address from now on
             return ok
+        if isinstance(action, ClearVip):
+            key = self.keys.vip(action.vip)
+            return await self._txn([mod_revision_is(key, action.mod_revision)], [Delete(key)])
         if isinstance(action, WriteSettings):
             key = self.keys.config
             guard = (
@@ -145,6 +150,7 @@ class Executor:
             since=now,
             cause=action.cause,
             request=action.request,
+            lease=action.lease,
         )
         event = Event(
             seq=seq,
@@ -158,13 +164,14 @@ class Executor:
         )
         key = self.keys.vip(action.vip)
         ops: list[Op] = [
-            Put(key, record.to_json(), action.lease),
+            Put(key, record.to_json()),
             Put(self.keys.epoch, str(seq).encode()),
             Put(self.keys.event(seq), event.to_json()),
         ]
         if seq > self.event_history:
             ops.append(Delete(self.keys.event(seq - self.event_history)))
-        ok = await self._txn([absent(key), epoch.compare()], ops)
+        vacant = mod_revision_is(key, action.replaces) if action.replaces else absent(key)
+        ok = await self._txn([vacant, epoch.compare()], ops)
         if ok:
             epoch.advance(seq)
             log.info(

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.storeapi import KVStore
 
 COVER = 0.5  # readings further apart than this prove nothing (a refresh reads 1 for G - 1 s)
 WATCH_EVERY = 0.1  # while the lease reads >= 1 s: how late its last second is noticed
@@ -77,7 +78,7 @@ class ExpiryProof:
 
 
 async def revoke_when_expired(
-    store: Store, lease_id: int, clock: Callable[[], float] = time.monotonic
+    store: KVStore, lease_id: int, clock: Callable[[], float] = time.monotonic
 ) -> bool:
     """Watch `lease_id` until it has provably run out, then revoke it: True. False when etcd
     removed it first. Runs until then; cancel it when the lease no longer matters."""

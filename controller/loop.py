@@ -32,9 +32,12 @@ from controller.execute import Executor
 from controller.expiry import revoke_when_expired
 from controller.memory import Memory
 from controller.metrics import ControllerMetrics
+from controller.probes import Prober
+from controller.vacancy import vacate
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
 from haproxy_py.cluster.records import ClusterSettings, ClusterView
-from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
+from haproxy_py.cluster.store import StoreError, StoreUnavailable
+from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
 
 log = structlog.get_logger(__name__)
@@ -57,22 +60,32 @@ class Controller:
 
     def __init__(
         self,
-        store: Store,
+        store: KVStore,
         cluster: ClusterConfig,
         config: ControllerConfig,
         identity: str,
         metrics: ControllerMetrics | None = None,
         metrics_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        prober: Prober | None = None,
     ) -> None:
         self.store = store
+        self.prober = prober  # the owners' authenticated liveness (None: lease alone)
         self.cluster = cluster
         self.config = config
         self.identity = identity
-        self.clock = clock
+        self.clock = clock  # wall time: records, decisions
+        self.monotonic = monotonic  # lease deadlines and hold-downs
         self.metrics = metrics or ControllerMetrics()
         self.election = Election(
-            store, identity, config.lease_ttl, config.keepalive_interval, metrics_url, clock
+            store,
+            identity,
+            config.lease_ttl,
+            config.keepalive_interval,
+            metrics_url,
+            clock,
+            monotonic,
         )
         self.election.on_change = self._leadership_changed
         self.executor = Executor(store, self.election.fence, config.event_history, clock)
@@ -81,7 +94,7 @@ class Controller:
             request_history=config.request_history,
             controller=identity,
         )
-        self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit)
+        self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit, monotonic)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
         self.unowned_since: dict[str, float] = {}
@@ -98,9 +111,6 @@ class Controller:
 
     def _leadership_changed(self, leading: bool) -> None:
         self.leading = leading
-        if not leading:  # only the leader revokes anything
-            for task in self._expiries.values():
-                task.cancel()
         self.metrics.transitions.inc()
         self.wake.set()
 
@@ -110,6 +120,10 @@ class Controller:
             supervised("keepalive", self._keep_alive, restart=False), name="keepalive"
         )
         tasks = [keepalive, asyncio.create_task(supervised("watch", self._watch), name="watch")]
+        if self.prober is not None:
+            self.prober.wake = self.wake.set
+            probes = supervised("probes", lambda: self._probe(self.prober))
+            tasks.append(asyncio.create_task(probes, name="probes"))
         cycles = asyncio.create_task(self._cycles(), name="cycles")
         try:
             await asyncio.wait([cycles, keepalive], return_when=asyncio.FIRST_COMPLETED)
@@ -131,6 +145,10 @@ class Controller:
             await self.cycle()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.config.tick)
+
+    async def _probe(self, prober: Prober | None) -> None:
+        assert prober is not None
+        await prober.run(lambda: self.leading)
 
     async def _keep_alive(self) -> None:
         await self.election.keep_alive(self.stopping)
@@ -165,20 +183,24 @@ class Controller:
             self.metrics.cycle_seconds.set(time.monotonic() - started)
 
     async def _cycle(self) -> None:
-        view = await self.store.read_view()
+        view = await vacate(self.store, await self.store.read_view())
         self._observe(view)
         seen = self.memory.observe(view)
+        self._watch_leases(view)
+        if self.prober is not None:
+            self.prober.view = view  # standbys probe too
         if view.problems != self._last_problems:
             if view.problems:
                 log.warning("unreadable keys ignored", problems=list(view.problems))
             self._last_problems = view.problems
         if not self.election.leading(view):
-            if view.leader is not None or not await self.election.campaign():
+            leader = view.leader
+            stale = leader if leader is not None and leader.lease == 0 else None
+            if (leader is not None and stale is None) or not await self.election.campaign(stale):
                 return
-            view = await self.store.read_view()
+            view = await vacate(self.store, await self.store.read_view())
             if not self.election.leading(view):
                 return
-        self._watch_owner_leases(view)
         wanted = desired_settings(self.cluster, view.settings)
         if not wanted.same_content(view.settings):
             # An unreadable `config` (a newer version's mode, a hand edit) is replaced by
@@ -188,6 +210,8 @@ class Controller:
             if view.settings is not None or not view.config_mod_revision:
                 return
             view = replace(view, settings=wanted)
+        if self.prober is not None:
+            view = self.prober.guard(view, time.monotonic())
         decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)
@@ -211,14 +235,19 @@ class Controller:
         # After a lost race, whatever won it is a change the watch wakes us for; a compare
         # that fails with nothing changing would otherwise spin: it waits for the tick instead.
 
-    def _watch_owner_leases(self, view: ClusterView) -> None:
-        """While leading: revoke each VIP owner's lease as soon as it has provably run out
-        (`controller.expiry`), so a dead node's VIPs move without waiting for etcd's sweep."""
-        owners = {a.lease for a in view.vips.values() if a.lease}
-        for lease in set(self._expiries) - owners:
+    def _watch_leases(self, view: ClusterView) -> None:
+        """Revoke each VIP owner's lease, and another controller's leader lease, as soon as it
+        has provably run out (`controller.expiry`), so a dead node's VIPs move without waiting
+        for etcd's sweep. Standbys too: when the leader dies with its node, the standby that
+        follows has proved both leases' end by then (a proof started at election takes 1 s)."""
+        leases = {a.lease for a in view.vips.values() if a.lease}
+        if view.leader is not None and view.leader.lease not in (0, self.election.lease):
+            leases.add(view.leader.lease)
+        for lease in set(self._expiries) - leases:
             self._expiries.pop(lease).cancel()
-        for lease in owners - set(self._expiries):
-            task = asyncio.create_task(revoke_when_expired(self.store, lease), name="expiry")
+        for lease in leases - set(self._expiries):
+            expiry = revoke_when_expired(self.store, lease, self.monotonic)
+            task = asyncio.create_task(expiry, name="expiry")
             self._expiries[lease] = task
             task.add_done_callback(functools.partial(self._lease_revoked, lease))
 
@@ -228,9 +257,9 @@ class Controller:
         if task.cancelled():
             return
         if task.exception() is not None:  # the next cycle starts a fresh one
-            log.error("owner lease watch failed", lease=f"{lease:x}", error=repr(task.exception()))
+            log.error("lease watch failed", lease=f"{lease:x}", error=repr(task.exception()))
         elif task.result():
-            log.info("owner lease revoked: it had run out", lease=f"{lease:x}")
+            log.info("lease revoked: it had run out", lease=f"{lease:x}")
             self.wake.set()
 
     def _observe(self, view: ClusterView) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.actions import Action, AssignVip, ReleaseVip, RestoreVip, WriteSettings
+from controller.actions import Action, AssignVip, ClearVip, ReleaseVip, RestoreVip, WriteSettings
 from controller.memory import Seen
 from controller.placement import eligible, not_held_down, preference
 from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord, VipAssignment
@@ -41,7 +41,7 @@ class Plan:
 
     def add(self, action: Action, reason: str | None = None) -> None:
         self.actions.append(action)
-        if isinstance(action, AssignVip | ReleaseVip | RestoreVip):
+        if isinstance(action, AssignVip | ClearVip | ReleaseVip | RestoreVip):
             self.busy.add(action.vip)
         if reason:
             self.reasons.append(reason)
@@ -70,9 +70,17 @@ class Plan:
     def assign(
         self, vip: str, node: NodeRecord, cause: str | None = None, request: str | None = None
     ) -> None:
+        if vip in node.refused:  # not on that node's own allow-list: it would never hold it
+            others = [n for n in self.candidates() if vip not in n.refused]
+            if not others:
+                self.reasons.append(f"{vip} unowned: {node.name} refuses it (allowed_vips)")
+                return
+            node = others[0]
         source = last_owner(self.view, vip)
         cause = cause or cause_of(self.view, self.settings, source, node)
-        action = AssignVip(vip, node.name, node.lease, cause, source, request)
+        vacated = self.view.vacated.get(vip)
+        replaces = vacated.mod_revision if vacated else 0
+        action = AssignVip(vip, node.name, node.lease, cause, source, request, replaces)
         self.add(action, f"assign {vip} to {node.name} ({cause})")
 
     def release(
@@ -100,7 +108,7 @@ def in_flight(plan: Plan, vips: list[str]) -> bool:
 
 def last_owner(view: ClusterView, vip: str) -> str | None:
     """The current owner, else the last one the event history names."""
-    a = view.vips.get(vip)
+    a = view.vips.get(vip) or view.vacated.get(vip)
     if a is not None:
         return a.node
     event = view.last_event(vip)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.actions import AnswerRequest
+from controller.actions import AnswerRequest, AssignVip
 from controller.placement import eligible, is_eligible, least_loaded, why_not_eligible
 from controller.plan import Plan, Policy, in_flight, write_settings
 from haproxy_py.cluster.records import (
@@ -87,8 +87,8 @@ def _start_drain(plan: Plan, request: Request, policy: Policy) -> None:
         known = ", ".join(sorted(plan.view.nodes)) or "none"
         _answer(plan, request, "refused", f"unknown node {node} (registered: {known})", policy)
         return
-    if in_flight(plan, list(held)):
-        return  # wait until the VIP's current move settles
+    if in_flight(plan, list(held)) or _assigned_now(plan, node):
+        return  # wait until the VIP's current move (or this cycle's assignment) settles
     already = node in plan.settings.drained
     drained_settings = (
         plan.settings if already else replace(plan.settings, drained=(*plan.settings.drained, node))
@@ -114,6 +114,11 @@ def _start_drain(plan: Plan, request: Request, policy: Policy) -> None:
         a = plan.assignment(move.vip)
         if a is not None:
             plan.release(a, _cause(request), move.target, request.id)
+
+
+def _assigned_now(plan: Plan, node: str) -> bool:
+    """An earlier request of this cycle gives the node a VIP the view does not show yet."""
+    return any(isinstance(a, AssignVip) and a.node == node for a in plan.actions)
 
 
 def _start_move(plan: Plan, request: Request, policy: Policy) -> None:
@@ -142,6 +147,11 @@ def _start_move(plan: Plan, request: Request, policy: Policy) -> None:
             _answer(plan, request, "refused", problem, policy)
             return
         target = plan.view.nodes[request.target]
+        refusing = [vip for vip in vips if vip in target.refused]
+        if refusing:
+            why = f"{target.name} refuses {', '.join(refusing)} (not in its allowed_vips)"
+            _answer(plan, request, "refused", why, policy)
+            return
         moves = tuple(Move(vip, plan.view.owner(vip), target.name) for vip in vips)
     else:
         owners = {plan.view.owner(vip) for vip in vips} - {None}

@@ -8,6 +8,7 @@ Runtime code never indexes raw dicts: parsers return frozen dataclasses.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ KNOWN_SECTIONS = {
     "agent": "lease, health polling and VIP handling (ha-agent)",
     "controller": "controller timings and metrics (ha-controller)",
     "logging": "log level and format (all daemons)",
+    "bgp": "this node's BGP speaker in BGP mode: AS, peers, BFD (ha-agent, bird.conf)",
 }
 
 
@@ -121,6 +123,21 @@ class Table:
             if not isinstance(item, str):
                 Table({}, self.file, self.where(key)).fail(i, f"expected a string, got {item!r}")
         return list(value)
+
+    def readable_file(self, key: str) -> Path | None:
+        """A file this user can read; a relative path is taken from the config file's
+        directory (and made absolute, so that a second parse never re-anchors it)."""
+        value = self.string(key, None)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            path = (Path(self.file).parent / path).absolute()
+        if not path.is_file():
+            self.fail(key, f"{path}: no such file")
+        if not os.access(path, os.R_OK):
+            self.fail(key, f"{path}: not readable by this user")
+        return path
 
     def table(self, key: str, default: Any = _MISSING) -> Table:
         value = self._get(key, default if default is _MISSING else {}, (dict,), "a table")

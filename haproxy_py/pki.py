@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA = "ca"  # the cluster CA's file stem
@@ -150,7 +151,7 @@ def load_ca(directory: Path, ca: str = CA) -> tuple[x509.Certificate, ec.Ellipti
         raise PkiError(f"{directory}: no {what} here (make one: hactl certs init --out DIR{flag})")
     cert = load_cert(cert_path)
     key = load_key(key_path)
-    _check_pair(cert, key, cert_path, key_path)
+    check_pair(cert, key, cert_path, key_path)
     constraints = _extension(cert, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
         raise PkiError(f"{cert_path}: not a CA certificate (basicConstraints CA:FALSE)")
@@ -273,36 +274,49 @@ def check_client_files(cacert: Path, cert: Path | None, key: Path | None) -> Non
     """
     if (cert is None) != (key is None):
         raise PkiError("a client certificate and its key go together: give both or neither")
-    ca = _load_bundle(cacert)
+    ca = load_bundle(cacert)
     now = _now()
     for ca_cert in ca:
-        _check_dates(ca_cert, cacert, now)
+        check_dates(ca_cert, cacert, now)
     if cert is None or key is None:
         return
     leaf = load_cert(cert)
-    _check_pair(leaf, load_key(key), cert, key)
-    _check_dates(leaf, cert, now)
+    check_pair(leaf, load_key(key), cert, key)
+    check_dates(leaf, cert, now)
     eku = _extension(leaf, x509.ExtendedKeyUsage)
     if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         raise PkiError(f"{cert}: not usable as a client certificate (no clientAuth extended usage)")
 
 
+# -- the checks every certificate file goes through (the cluster's, and the proxy's own) ------
+
+
 def load_cert(path: Path) -> x509.Certificate:
-    return _load_bundle(path)[0]
+    return load_bundle(path)[0]
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    data = _read(path)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise PkiError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    key = load_private_key(path)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{path}: expected an ECDSA key, got {type(key).__name__}")
     return key
 
 
-def _load_bundle(path: Path) -> list[x509.Certificate]:
+def load_private_key(path: Path) -> PrivateKeyTypes:
+    """Any unencrypted PEM private key (the proxy's listeners also take RSA)."""
+    data = _read(path)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise PkiError(
+            f"{path}: the key is encrypted; store it without a passphrase (mode 0600)"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise PkiError(f"{path}: not a PEM private key") from None
+
+
+def load_bundle(path: Path) -> list[x509.Certificate]:
+    """Every certificate in a PEM file, leaf first."""
     data = _read(path)
     try:
         certs = x509.load_pem_x509_certificates(data)
@@ -322,20 +336,28 @@ def _read(path: Path) -> bytes:
         raise PkiError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _check_pair(
-    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path
+def check_pair(
+    cert: x509.Certificate, key: PrivateKeyTypes, cert_path: Path, key_path: Path
 ) -> None:
-    if cert.public_key() != key.public_key():
+    """The key is the certificate's (compared as public keys, any algorithm)."""
+    if _public_der(cert.public_key()) != _public_der(key.public_key()):
         raise PkiError(f"{key_path}: this key does not belong to the certificate {cert_path}")
 
 
-def _check_dates(cert: x509.Certificate, path: Path, now: dt.datetime) -> None:
+def check_dates(cert: x509.Certificate, what: Path | str, now: dt.datetime) -> None:
+    """Valid at `now`; `what` names the file (and the place in a chain) in the message."""
     if now < cert.not_valid_before_utc:
         when = cert.not_valid_before_utc.isoformat()
-        raise PkiError(f"{path}: not valid yet (valid from {when}; check the clock)")
+        raise PkiError(f"{what}: not valid yet (valid from {when}; check the clock)")
     if now > cert.not_valid_after_utc:
         when = cert.not_valid_after_utc.isoformat()
-        raise PkiError(f"{path}: expired on {when} (issue a new one with `hactl certs issue`)")
+        raise PkiError(f"{what}: expired on {when} (issue a new one with `hactl certs issue`)")
+
+
+def _public_der(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _still_good(
@@ -349,7 +371,7 @@ def _still_good(
         return False
     try:
         cert = load_cert(cert_path)
-        _check_pair(cert, load_key(key_path), cert_path, key_path)
+        check_pair(cert, load_key(key_path), cert_path, key_path)
         cert.verify_directly_issued_by(ca_cert)
     except (PkiError, ValueError, TypeError, InvalidSignature):
         return False

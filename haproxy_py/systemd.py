@@ -3,13 +3,14 @@
 Under a unit with `Type=notify` systemd passes a datagram socket in
 $NOTIFY_SOCKET (a path, or `@name` in the abstract namespace) and, with
 `WatchdogSec=`, the interval in $WATCHDOG_USEC (for the PID in $WATCHDOG_PID,
-when set). Outside systemd both are absent and every call here does nothing.
+when set). Outside systemd both are absent and nothing is sent.
 
-    systemd.start(lambda: proxy_listening)   # one line in each daemon, inside its loop
+    systemd.start(lambda: proxy_listening, on_ready)   # via `haproxy_py.daemon.ready`
 
-`start` runs one task on the daemon's own event loop: it sends READY=1 once
-`ready()` is true (the proxy listens, the agent holds its lease, the controller
-has read etcd and campaigned or stood by), and WATCHDOG=1 every half interval.
+`start` runs one task on the daemon's own event loop: it sends READY=1 (and
+calls `on_ready`, which logs `ready`) once `ready()` is true (the proxy
+listens, the agent holds its lease, the controller has read etcd and
+campaigned or stood by), and WATCHDOG=1 every half interval.
 Because the feeding runs on the loop, a loop that hangs stops feeding, and
 systemd kills the daemon (SIGABRT) and restarts it. The task ends with the loop.
 """
@@ -52,8 +53,13 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     return int(usec) / 1_000_000
 
 
-async def supervise(ready: Callable[[], bool], environ: Mapping[str, str] | None = None) -> None:
-    """READY=1 once `ready()` holds; WATCHDOG=1 every half interval meanwhile and after."""
+async def supervise(
+    ready: Callable[[], bool],
+    environ: Mapping[str, str] | None = None,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """READY=1 (and `on_ready()`) once `ready()` holds; WATCHDOG=1 every half interval
+    meanwhile and after."""
     interval = watchdog_interval(environ)
     loop = asyncio.get_running_loop()
     fed = -math.inf
@@ -68,16 +74,19 @@ async def supervise(ready: Callable[[], bool], environ: Mapping[str, str] | None
         feed()
         await asyncio.sleep(READY_POLL)
     notify("READY=1", environ)
+    on_ready()
     while interval is not None:
         feed()
         await asyncio.sleep(interval / 2)
 
 
-def start(ready: Callable[[], bool]) -> asyncio.Task[None] | None:
-    """Run `supervise(ready)` on the running loop; None (and nothing runs) outside systemd."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return None
-    task = asyncio.get_running_loop().create_task(supervise(ready), name="systemd-notify")
+def start(
+    ready: Callable[[], bool], on_ready: Callable[[], None] = lambda: None
+) -> asyncio.Task[None]:
+    """Run `supervise(ready, on_ready=on_ready)` on the running loop (outside systemd only
+    `on_ready` has an effect: the notifications go nowhere, and there is no watchdog)."""
+    supervising = supervise(ready, on_ready=on_ready)
+    task = asyncio.get_running_loop().create_task(supervising, name="systemd-notify")
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     return task

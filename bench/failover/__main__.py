@@ -3,7 +3,9 @@
 Needs root (network namespaces), etcd, keepalived and curl. Everything runs in
 namespaces named `hb-*` on a 198.18.x.0/24 bridge, and is removed at the end,
 on failure, on Ctrl-C and on SIGTERM (a run that was itself SIGKILLed is
-cleaned up by the next one).
+cleaned up by the next one). haproxy-py runs once per timing profile
+(`haproxy-py`, `haproxy-py-fast`), each in a lab built with that profile;
+keepalived uses whichever lab is up.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -61,8 +64,25 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", type=_csv(stacks.SCENARIOS), default=list(stacks.SCENARIOS))
     parser.add_argument("--probe-interval", type=float, default=0.005, help="seconds")
     parser.add_argument("--hold", type=float, default=0.5, help="window after the move, s")
+    parser.add_argument(
+        "--jitter",
+        type=float,
+        default=1.0,
+        help="a random wait of up to this many seconds before each fault (its phase against "
+        "etcd's 500 ms expiry sweep and the keepalives)",
+    )
+    parser.add_argument("--seed", type=int, help="of the random waits (default: from the clock)")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        action="append",
+        default=[],
+        help="a failover.json whose trials of stacks and scenarios not run now are kept in the "
+        "results, with their own date and load (repeatable: the first file that has them wins)",
+    )
     parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    parser.add_argument("--prefix", default=PREFIX, help="name prefix of the lab's namespaces")
     parser.add_argument(
         "--render",
         action="store_true",
@@ -71,6 +91,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.ws_repeats < 0 or args.ws_clients < 1:
         parser.error("--repeats must be >= 1, --ws-repeats >= 0 and --ws-clients >= 1")
+    if not 0 <= args.jitter <= 10:
+        parser.error("--jitter must be between 0 and 10 seconds")
     if not 0.001 <= args.probe_interval <= 1:
         parser.error("--probe-interval must be between 0.001 and 1 seconds")
     return args
@@ -116,6 +138,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000
+        self.random = random.Random(seed)
         load = os.getloadavg()
         self.doc: dict[str, Any] = {
             "meta": {
@@ -128,6 +152,8 @@ class Run:
                 "ws_clients": args.ws_clients,
                 "probe_interval_ms": args.probe_interval * 1000,
                 "hold_s": args.hold,
+                "jitter_s": args.jitter,
+                "seed": seed,
                 "keepalived": _version(["keepalived", "--version"]),
                 "stack_s": {},  # wall time per stack: settling, faults and recovery
             },
@@ -136,9 +162,37 @@ class Run:
             "trials": [],
             "aborted": {},
         }
+        for path in args.keep:
+            self._keep(path)
+
+    def _keep(self, path: Path) -> None:
+        """Take over the trials of the stacks and scenarios this run leaves out, saying which
+        run they are from."""
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"bench.failover: cannot read --keep {path}: {exc}") from None
+        kept = self.doc["meta"].setdefault("kept", {})
+        have = {(t["stack"], t["scenario"]) for t in self.doc["trials"]}
+        now = {(name, sc) for name in self.args.stacks for sc in self.args.scenarios}
+        for name, title in old["stacks"].items():
+            pairs = {(name, sc) for sc in old["scenarios"]} - now - have
+            if not pairs:
+                continue
+            self.doc["stacks"].setdefault(name, title)
+            self.doc["trials"] += [t for t in old["trials"] if (t["stack"], t["scenario"]) in pairs]
+            meta = old["meta"]
+            which = ", ".join(sc for sc in stacks.SCENARIOS if (name, sc) in pairs)
+            kept[name] = f"{which}: run {meta['started']}, load average {meta['load']} at its start"
+            if name not in self.args.stacks and name in meta.get("stack_s", {}):
+                self.doc["meta"]["stack_s"][name] = meta["stack_s"][name]
+            scenarios = {*self.doc["scenarios"], *old["scenarios"]}
+            self.doc["scenarios"] = [s for s in stacks.SCENARIOS if s in scenarios]
 
     def save(self) -> None:
         doc = self.doc
+        order = {name: i for i, name in enumerate(stacks.STACKS)}
+        doc["stacks"] = dict(sorted(doc["stacks"].items(), key=lambda kv: order.get(kv[0], 99)))
         stack_names = list(doc["stacks"])
         doc["summary"] = report.summarize_trials(doc["trials"], stack_names, doc["scenarios"])
         self.args.results.mkdir(parents=True, exist_ok=True)
@@ -195,6 +249,7 @@ class Run:
             loop,
             probe_interval=self.args.probe_interval,
             hold=self.args.hold,
+            delay=self.random.uniform(0, self.args.jitter),
             fleet=fleet,
         )
         self.doc["trials"].append(done.as_dict())
@@ -212,6 +267,24 @@ class Run:
             f"{'; ' + done.detail if done.detail else ''}"
             f"; settle {done.settle_s} s, measure {done.measure_s} s, recover {done.recover_s} s"
         )
+
+
+def _lab_for(args: argparse.Namespace, lab: control.Lab | None, profile: str | None) -> control.Lab:
+    """The lab up now if it suits `profile` (None: any), else one built with it; the logs of
+    a lab taken down stay in logs-<profile>."""
+    if lab is not None and profile in (None, lab.layout.profile):
+        return lab
+    if lab is not None:
+        say(f"removing the {lab.layout.profile} lab")
+        control.down(args.run_dir, keep_logs=True)
+        kept = args.run_dir / f"logs-{lab.layout.profile}"
+        shutil.rmtree(kept, ignore_errors=True)
+        lab.paths.logs.rename(kept)
+    profile = profile or "default"
+    say(f"building the lab, timing profile {profile} (namespaces {args.prefix}*)")
+    return control.Lab.up(
+        run_dir=args.run_dir, prefix=args.prefix, nodes=2, profile=profile, say=say
+    )
 
 
 def _version(argv: list[str]) -> str:
@@ -250,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args)
     started = time.monotonic()
     try:
-        say(f"building the lab (namespaces {PREFIX}*)")
-        lab = control.Lab.up(run_dir=args.run_dir, prefix=PREFIX, nodes=2, say=say)
-        with NetnsLoop(lab.layout.client.netns) as loop:
-            for name in args.stacks:
+        lab: control.Lab | None = None
+        for name in args.stacks:
+            lab = _lab_for(args, lab, stacks.profile_of(name))
+            with NetnsLoop(lab.layout.client.netns) as loop:
                 run.stack(lab, loop, name)
     except (control.LabError, stacks.BenchError) as exc:
         print(f"bench.failover: {exc}", file=sys.stderr)
@@ -269,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (*stacks.STACKS, "src"):  # keepalived's files, the code snapshot
             shutil.rmtree(args.run_dir / name, ignore_errors=True)
     run.doc["meta"]["wall_s"] = round(time.monotonic() - started)
+    run.doc["meta"]["load_end"] = f"{os.getloadavg()[0]:.1f}"
     run.save()
     say(f"done in {time.monotonic() - started:.0f} s: {args.results / 'failover.md'}")
     return 0

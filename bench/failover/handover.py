@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -24,15 +26,25 @@ from typing import Any
 
 from bench.failover import stacks
 from bench.failover.stats import summarize
-from haproxy_py.lab import control
+from bench.failover.wire import SPANS, summarize_wire
+from haproxy_py.lab import control, netns
 from haproxy_py.lab.echoclients import read
-from haproxy_py.lab.layout import PROXY_PORT
+from haproxy_py.lab.layout import APP_PORT, PROXY_PORT
+from haproxy_py.lab.netns import Proc
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 RUN_DIR = Path("/run/haproxy-py/bench-handover")
 CLASSES = {"idle": 10, "periodic": 20, "continuous": 20}
 CAUSES = ("hactl failover", "agent clean stop")
+# Client processes, each with its share of every class: 50 clients are 50 browsers, not one
+# Python loop that would serialize their reconnects behind each other's.
+FLEETS = 5
+FIRST_HOST = 150  # client source addresses from .150 of the lab subnet (free in its plan)
+# Where a reconnect's time goes, from the client's side: its own loop (1001 -> connect started),
+# the TCP handshake (SYN to the new owner, ARP, accept queue), the WebSocket handshake through
+# the proxy (request, upstream connect, the backend's 101) and the first echo.
+PHASES = (("loop", "closed", "started"), ("tcp", "started", "tcp"), ("upgrade", "tcp", "connected"))
 
 
 def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -46,6 +58,7 @@ def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
     for kind in CLASSES:
         closes = resets = 0
         latencies: list[float] = []
+        phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
         for client_events in by_client.values():
             if not client_events or client_events[0]["class"] != kind:
                 continue
@@ -58,8 +71,22 @@ def summarize_events(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, An
                     later = [e for e in client_events[i + 1 :] if e["event"] == wanted]
                     if later:
                         latencies.append(later[0]["at"] - event["at"])
+                    back = [e for e in client_events[i + 1 :] if e["event"] == "connected"]
+                    if back and "tcp" in back[0]:
+                        times = {"closed": event["at"], **back[0]}
+                        times["connected"] = back[0]["at"]
+                        for name, start, end in PHASES:
+                            phases[name].append(times[end] - times[start])
         summary = summarize([round(x * 1000, 1) for x in latencies]).as_dict()
-        result[kind] = {"closed_1001": closes, "reset": resets, "reconnect_ms": summary}
+        result[kind] = {
+            "closed_1001": closes,
+            "reset": resets,
+            "reconnect_ms": summary,
+            "phases_ms": {
+                name: summarize([round(x * 1000, 1) for x in values]).as_dict()
+                for name, values in phases.items()
+            },
+        }
     return result
 
 
@@ -68,16 +95,42 @@ def render(doc: dict[str, Any]) -> str:
         "# Planned moves: WebSocket clients closed with 1001",
         "",
         f"{doc['moves']} moves per cause, {sum(CLASSES.values())} clients "
-        f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}); {doc['meta']}",
+        f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}) from "
+        f"{doc.get('hosts', 1)} source addresses in {FLEETS} processes; {doc['meta']}",
         "",
-        "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) |",
-        "|---|---|---|---|---|",
+        "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) "
+        "| client loop / TCP / upgrade p95 (ms) | load average |",
+        "|---|---|---|---|---|---|---|",
     ]
     for cause, classes in doc["results"].items():
+        load = doc.get("load", {}).get(cause, "-")
         for kind, row in classes.items():
             r = row["reconnect_ms"]
             times = " / ".join(_ms(r.get(key)) for key in ("p50", "p95", "max"))
-            lines.append(f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} |")
+            parts = row.get("phases_ms", {})
+            split = " / ".join(_ms(parts.get(name, {}).get("p95")) for name, _, _ in PHASES)
+            lines.append(
+                f"| {cause} | {kind} | {row['closed_1001']} | {row['reset']} | {times} "
+                f"| {split} | {load} |"
+            )
+    lines += [
+        "",
+        "On the client's wire (every connection opened during the moves; p50 / p95 ms):",
+        "",
+        "| cause | connections | SYN retransmits | SYN → SYN-ACK | SYN-ACK → upgrade request "
+        "(client) | request → 101 (proxy + backend) | of which the backend's |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cause, wire in doc.get("wire", {}).items():
+        spans = " | ".join(
+            f"{_ms(wire['ms'][name].get('p50'))} / {_ms(wire['ms'][name].get('p95'))}"
+            for name, _, _ in SPANS
+        )
+        backend = wire.get("backend_ms", {})
+        lines.append(
+            f"| {cause} | {wire['connections']} | {wire['syn_retransmits']} | {spans} "
+            f"| {_ms(backend.get('p50'))} / {_ms(backend.get('p95'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -85,8 +138,18 @@ def _ms(value: object) -> str:
     return f"{value:.0f}" if isinstance(value, int | float) else "-"
 
 
-def _all_back(out: Path, node: str, after: float) -> bool:
-    events = read(str(out))
+def _events(outs: list[Path]) -> list[dict[str, Any]]:
+    """Every fleet's events, each client numbered across the fleets."""
+    per_fleet = sum(CLASSES.values()) // len(outs)
+    return [
+        {**event, "client": i * per_fleet + int(event["client"])}
+        for i, out in enumerate(outs)
+        for event in read(str(out))
+    ]
+
+
+def _all_back(outs: list[Path], node: str, after: float) -> bool:
+    events = _events(outs)
     connected = {e["client"] for e in events if e["at"] >= after and e["event"] == "connected"}
     on_node = {
         e["client"]
@@ -96,22 +159,74 @@ def _all_back(out: Path, node: str, after: float) -> bool:
     return len(on_node) == len(connected) == sum(CLASSES.values())
 
 
-def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, Any]:
+def client_hosts(lab: control.Lab, hosts: int) -> list[list[str]]:
+    """Source addresses per fleet: `hosts` addresses added to the client namespace, so that the
+    lab's source-hash balancing spreads the clients over the demo backends as clients on that
+    many hosts would be spread ([] per fleet: the namespace's own address)."""
+    if hosts <= 1:
+        return [[] for _ in range(FLEETS)]
+    net = ipaddress.ip_network(lab.layout.subnet)
+    addresses = [str(net[FIRST_HOST + i]) for i in range(hosts)]
+    for address in addresses:
+        netns.ip(
+            "addr",
+            "replace",
+            f"{address}/{net.prefixlen}",
+            "dev",
+            "eth0",
+            netns=lab.layout.client.netns,
+        )
+    return [addresses[i::FLEETS] for i in range(FLEETS)]
+
+
+def measure(
+    lab: control.Lab, cause: str, moves: int, work: Path, hosts: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per class (`summarize_events`) and on the wire (`wire.summarize_wire`)."""
     stack = stacks.HaproxyPy(lab)
     stack.start()
-    out = work / f"echo-{cause.replace(' ', '-')}.out"
-    counts = [str(CLASSES[k]) for k in CLASSES]
+    outs = [work / f"echo-{cause.replace(' ', '-')}-{i}.out" for i in range(FLEETS)]
+    counts = [str(CLASSES[k] // FLEETS) for k in CLASSES]
     url = f"http://{stack.vip}:{PROXY_PORT}/echo"
-    fleet = lab.plumbing.spawn(
-        lab.layout.client.netns,
-        [sys.executable, "-m", "haproxy_py.lab.echoclients", url, "3600", str(out), *counts],
-        label="echoclients",
-        log=work / "echoclients.log",
-        cwd=ROOT,
-    )
+    sources = client_hosts(lab, hosts)
+    segments = work / f"wire-{cause.replace(' ', '-')}.out"
+    captures: list[Proc] = []
+
+    def upstream(app: str) -> Path:
+        return work / f"wire-{cause.replace(' ', '-')}-{app}.out"
+
+    fleets = [
+        lab.plumbing.spawn(
+            lab.layout.client.netns,
+            [
+                sys.executable,
+                *("-m", "haproxy_py.lab.echoclients"),
+                *(["--sources", ",".join(sources[i])] if sources[i] else []),
+                *(url, "3600", str(out), *counts),
+            ],
+            label=f"echoclients-{i}",
+            log=work / f"echoclients-{i}.log",
+            cwd=ROOT,
+        )
+        for i, out in enumerate(outs)
+    ]
     try:
         active = stack.settle()
-        stacks.wait_until(lambda: _all_back(out, active, 0), 120, "every client connected")
+        stacks.wait_until(lambda: _all_back(outs, active, 0), 120, "every client connected")
+        captures = [
+            lab.plumbing.spawn(
+                where.netns,
+                [sys.executable, "-m", "bench.failover.wire", address, str(port), "3600", str(out)],
+                label=f"wire-{where.name}",
+                log=work / "wire.log",
+                cwd=ROOT,
+            )
+            for where, address, port, out in [
+                (lab.layout.client, stack.vip, PROXY_PORT, segments),
+                *((app, app.address, APP_PORT, upstream(app.name)) for app in lab.layout.apps),
+            ]
+        ]
+        time.sleep(0.5)  # the capture socket is open
         for move in range(moves):
             active = stack.settle()
             target = stack.other(active)
@@ -120,21 +235,32 @@ def measure(lab: control.Lab, cause: str, moves: int, work: Path) -> dict[str, A
                 stack.inject("planned", active)
             else:
                 stack.terminate(active, ("agent",))
-            back = functools.partial(_all_back, out, target, started)
+            back = functools.partial(_all_back, outs, target, started)
             stacks.wait_until(back, 60, f"move {move}: every client back")
             if cause != "hactl failover":
                 lab.start_node(active, ("agent",))
             print(f"{cause} #{move}: {active} -> {target}", flush=True)
     finally:
-        lab.plumbing.kill(fleet)
+        for proc in [*fleets, *captures]:
+            lab.plumbing.kill(proc)
         stack.stop()
         stack.close()
-    return summarize_events(read(str(out)))
+    wire = summarize_wire(read(str(segments)))
+    backends = [s for app in lab.layout.apps for s in read(str(upstream(app.name)))]
+    wire["backend_ms"] = summarize_wire(backends)["ms"]["server"]
+    return summarize_events(_events(outs)), wire
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.failover.handover", description=__doc__)
     parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=sum(CLASSES.values()),
+        help="client source addresses (default: one per client; 1: all from one address, "
+        "which the lab's source-hash balancing sends to one demo backend)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     problem = control.missing_requirements()
@@ -142,12 +268,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.failover.handover: {problem}", file=sys.stderr)
         return 2
     control.down(RUN_DIR)
-    doc: dict[str, Any] = {"moves": args.moves, "meta": time.strftime("%Y-%m-%d %H:%M UTC")}
+    doc: dict[str, Any] = {
+        "moves": args.moves,
+        "hosts": args.hosts,
+        "meta": time.strftime("%Y-%m-%d %H:%M UTC"),
+    }
     doc["results"] = {}
     try:
         lab = control.Lab.up(run_dir=RUN_DIR, prefix="hh-", nodes=2, say=print)
+        doc["load"], doc["wire"] = {}, {}
         for cause in CAUSES:
-            doc["results"][cause] = measure(lab, cause, args.moves, lab.paths.logs)
+            before = os.getloadavg()[0]
+            found = measure(lab, cause, args.moves, lab.paths.logs, args.hosts)
+            doc["results"][cause], doc["wire"][cause] = found
+            doc["load"][cause] = f"{before:.1f}-{os.getloadavg()[0]:.1f}"
     except (control.LabError, stacks.BenchError) as exc:
         print(f"bench.failover.handover: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,13 @@ def summarize_trials(
                 "trials": len(plain),
                 "gap_ms": summarize(t["gap_ms"] for t in plain).as_dict(),
                 "new_node_ms": summarize(t["new_node_ms"] for t in plain).as_dict(),
+                # None: trials from before the ARP watcher (addresses only)
+                "arp_doubles": (
+                    sum(t["arp_doubles"] for t in mine)
+                    if all("arp_doubles" in t for t in mine)
+                    else None
+                ),
+                "arp_trials": sum(1 for t in mine if t.get("arp_doubles", 0)),
                 "dual_ms_total": round(sum(t["dual_ms"] for t in mine), 1),
                 "dual_trials": sum(1 for t in mine if t["dual_ms"] > 0),
                 "dual_at_end": sum(1 for t in mine if t["dual_at_end"]),
@@ -67,6 +74,12 @@ def _dual(cell: Mapping[str, Any]) -> str:
     return text
 
 
+def _answerers(cell: Mapping[str, Any]) -> str:
+    if not cell["all_trials"] or cell["arp_doubles"] is None:
+        return "–"
+    return f"{cell['arp_doubles']} ({cell['arp_trials']}/{cell['all_trials']} trials)"
+
+
 def _ws(cell: Mapping[str, Any]) -> str:
     s, moved = cell["ws_all_back_ms"], cell["ws_after_move_ms"]
     if not s["count"]:
@@ -83,6 +96,21 @@ def _ws(cell: Mapping[str, Any]) -> str:
     return text + (f", {s['missing']} never all back" if s["missing"] else "")
 
 
+def _load(doc: Mapping[str, Any]) -> str:
+    """The 1-minute load average at the start, at each fault (median and range) and the end."""
+    meta = doc["meta"]
+    text = f"load average {meta['load']} at the start"
+    at_faults = []
+    for stack in doc["stacks"]:
+        during = sorted(t["load"] for t in doc["trials"] if t["stack"] == stack and t.get("load"))
+        if during:
+            median = during[len(during) // 2]
+            at_faults.append(f"{stack} {median:.1f} ({during[0]:.1f}-{during[-1]:.1f})")
+    if at_faults:
+        text += ", at the faults median (range): " + ", ".join(at_faults)
+    return text + (f"; {meta['load_end']} at the end" if "load_end" in meta else "")
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -90,7 +118,8 @@ def _minutes(seconds: float) -> str:
 ROWS = (
     ("client gap p50 / p95 / max, ms", lambda c: _triple(c["gap_ms"])),
     ("fault → new node p50 / p95 / max, ms", lambda c: _triple(c["new_node_ms"])),
-    ("VIP on two nodes: total ms (trials)", _dual),
+    ("two nodes answering ARP: instants (trials)", _answerers),
+    ("VIP address on two nodes: total ms (trials)", _dual),
     ("WebSocket clients all back p50 / max, s", _ws),
 )
 
@@ -104,8 +133,8 @@ def render(doc: Mapping[str, Any]) -> str:
     lines = [
         "# Failover: haproxy-py against keepalived",
         "",
-        f"Run {meta['started']} on {meta['host']} ({meta['cpus']} CPUs, load average "
-        f"{meta['load']} at the start), {meta['repeats']} trials per scenario and stack, "
+        f"Run {meta['started']} on {meta['host']} ({meta['cpus']} CPUs, {_load(doc)}), "
+        f"{meta['repeats']} trials per scenario and stack, "
         f"{meta['ws_repeats']} more with {meta['ws_clients']} WebSocket clients. Probe: a new "
         f"connection to the VIP every {meta['probe_interval_ms']:g} ms from the client "
         "namespace; watcher: every node namespace's addresses every 3 ms.",
@@ -119,6 +148,12 @@ def render(doc: Mapping[str, Any]) -> str:
             values = [cell(summary[s][scenario]) for s in stacks]
             lines.append(f"| {name} | {label} | " + " | ".join(values) + " |")
     lines += ["", NOTES.format(hold=meta.get("hold_s", 0.5))]
+    if meta.get("jitter_s"):
+        lines[-1] += (
+            f" Each fault came after a random wait of 0-{meta['jitter_s']:g} s in the steady "
+            f"state (seed {meta['seed']}), so that faults hit every phase of etcd's 500 ms "
+            "lease-expiry sweep and of the keepalives."
+        )
     if meta.get("stack_s"):
         each = ", ".join(f"{s} {_minutes(t)}" for s, t in meta["stack_s"].items())
         total = f"{_minutes(meta['wall_s'])} in all: " if "wall_s" in meta else ""
@@ -131,6 +166,9 @@ def render(doc: Mapping[str, Any]) -> str:
     ]
     if errors:
         lines += ["", "Trials that did not complete:", *errors]
+    kept = [f"- {doc['stacks'].get(s, s)}: {what}" for s, what in meta.get("kept", {}).items()]
+    if kept:
+        lines += ["", "Columns kept from earlier runs of this benchmark:", *kept]
     aborted = [f"- {doc['stacks'].get(s, s)}: {why}" for s, why in doc.get("aborted", {}).items()]
     if aborted:
         lines += ["", "Stacks whose remaining trials were given up:", *aborted]
@@ -141,8 +179,12 @@ NOTES = (
     "Client gap: from the last answer before the move (or the fault, if later) to the first "
     "answer from the new node; fault → new node: from the fault to that first answer (for a "
     "planned move this includes starting `hactl` or reloading keepalived). "
-    "VIP on two nodes: time within each trial's window (fault until {hold:g} s after the new node "
-    "answered) during which the VIP was on two node namespaces at once, confirmed by a re-read. "
+    "Two nodes answering ARP: what clients see, from the client namespace (a who-has for the "
+    "VIP every 2 ms): pairs of ARP claims for the VIP (replies or gratuitous ARP) by two MACs "
+    "less than 10 ms apart after the fault; an address left on a fenced node answers nothing. "
+    "VIP address on two nodes: time within each trial's window (fault until {hold:g} s after "
+    "the new node answered) during which the VIP was configured on two node namespaces at "
+    "once (fenced or not), confirmed by a re-read. "
     "WebSocket clients: from the fault (in parentheses: from the new node's first answer) until "
     "every client was connected through a node serving the VIP after the fault (one the probe "
     "reached after the move; a connection that survived there counts as back, and the count "

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from bench.failover import cut, kaconf
 from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import ADMIN_PORT, Member
 from haproxy_py.lab.netns import in_netns, ip
+from haproxy_py.lab.settle import wait
 from haproxy_py.lab.watch import AddressReader
 
 SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm")
@@ -33,6 +35,12 @@ SCENARIO_TITLES = {
     "partition": "partition of the active node",
     "sigterm": "clean stop (SIGTERM) of the active node",
 }
+# Faults of etcd itself (`bench.failover.etcdfaults`): nothing should move, so they are measured
+# apart from the scenarios above; keepalived has no etcd.
+ETCD_FAULT_TITLES = {
+    "etcd-leader": "etcd leader member SIGKILLed",
+    "etcd-all": "every etcd member stopped (full outage)",
+}
 SETTLE_TIMEOUT = 90.0
 LOG_TAIL = 65536  # bytes of a keepalived log that surely hold its latest state and check result
 
@@ -42,11 +50,8 @@ class BenchError(Exception):
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+    if wait(check, timeout, every) is None:
+        raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 class Stack(ABC):
@@ -129,10 +134,14 @@ class Stack(ABC):
 
 
 class HaproxyPy(Stack):
-    """The lab as built: agents with leases and kernel-fenced VIPs, controllers, 3-member etcd."""
+    """The lab as built: agents with leases and kernel-fenced VIPs, controllers, 3-member etcd,
+    in the lab's timing profile (`hactl lab up --profile`)."""
 
-    name = "haproxy-py"
-    title = "haproxy-py (etcd lease, TTL 2 s)"
+    def __init__(self, lab: control.Lab) -> None:
+        super().__init__(lab)
+        profile = lab.layout.profile
+        self.name = name_of(profile)
+        self.title = f"haproxy-py {profile} (etcd lease, TTL {lab.layout.timing.lease_ttl} s)"
 
     def start(self) -> None:
         for node in self.lab.layout.nodes:
@@ -396,12 +405,22 @@ def _admin(member: Member, method: str, path: str) -> bool:
     return in_netns(member.netns, call)
 
 
+def name_of(profile: str) -> str:
+    """The stack name of haproxy-py in a timing profile: `haproxy-py`, `haproxy-py-fast`."""
+    return "haproxy-py" if profile == "default" else f"haproxy-py-{profile}"
+
+
+def profile_of(name: str) -> str | None:
+    """The lab timing profile a stack needs; None: any (keepalived leaves etcd alone)."""
+    return next((p for p in PROFILES if name_of(p) == name), None)
+
+
 def make(lab: control.Lab, name: str) -> Stack:
-    if name == "haproxy-py":
+    if profile_of(name) == lab.layout.profile:
         return HaproxyPy(lab)
     if name.startswith("keepalived-") and name.removeprefix("keepalived-") in kaconf.PROFILES:
         return Keepalived(lab, kaconf.PROFILES[name.removeprefix("keepalived-")])
-    raise BenchError(f"unknown stack {name!r}")
+    raise BenchError(f"unknown stack {name!r} (or not in a lab of its timing profile)")
 
 
-STACKS = ("haproxy-py", *(f"keepalived-{p}" for p in kaconf.PROFILES))
+STACKS = (*(name_of(p) for p in PROFILES), *(f"keepalived-{p}" for p in kaconf.PROFILES))

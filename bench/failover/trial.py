@@ -1,9 +1,12 @@
 """One trial: settle a stack, start the probe and the two-owners watcher, inject, measure, recover.
 
 The probe (the lab's `client.Probe`) opens a new connection to the VIP every
-few milliseconds from the client namespace and records which node answered;
-the watcher (the lab's `watch.TwoOwnersWatcher`) samples every node
-namespace's addresses every few milliseconds. After the fault the trial
+few milliseconds from the client namespace and records which node answered.
+Two nodes at once is judged as clients see it: the lab's `arpwatch` asks
+who-has for the VIP every 2 ms from the client namespace and counts the
+instants two MACs claimed it (an address left on a fenced node answers
+nothing); the watcher (the lab's `watch.TwoOwnersWatcher`) samples every node
+namespace's addresses every few milliseconds, reported apart. After the fault the trial
 waits until a node other than the old one answers, then watches for `hold`
 seconds more, so that a VIP left behind on the old node is seen. With a
 WebSocket fleet it also waits until every client is connected through a node
@@ -12,6 +15,7 @@ that the probe reached after the move (a connection that survived there counts).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,12 +23,14 @@ from typing import Any
 from bench.failover.stacks import BenchError, Stack, wait_until
 from bench.failover.stats import Back, all_back, dual_time
 from bench.failover.wsfleet import Fleet
+from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.client import Attempt, NetnsLoop, Probe, outage
 from haproxy_py.lab.layout import PROXY_PORT
 from haproxy_py.lab.watch import TwoOwnersWatcher
 
 MOVE_TIMEOUT = 30.0  # longer than any stack's detection time with its defaults
 WS_TIMEOUT = 30.0
+ARP_PERIOD = 0.002
 
 
 @dataclass
@@ -39,8 +45,10 @@ class Trial:
     new_node_ms: float | None = None  # fault -> first answer from the new node
     failed: int = 0  # probe connections after the fault that got no answer
     attempts: int = 0
-    dual_ms: float = 0.0  # VIP on two nodes at once, within the trial's window
+    arp_doubles: int = 0  # instants two nodes answered ARP for the VIP (< 10 ms apart)
+    dual_ms: float = 0.0  # VIP address on two nodes at once (fenced or not), in the window
     dual_at_end: bool = False  # ... and still so when the window closed
+    load: float = 0.0  # the machine's 1-minute load average at the fault
     window_ms: float = 0.0
     ws_reconnected: int | None = None  # clients that had to reconnect (the rest survived)
     ws_all_back_ms: float | None = None  # fault -> every client on a serving node
@@ -77,9 +85,14 @@ def run(
     *,
     probe_interval: float,
     hold: float,
+    delay: float = 0.0,
     fleet: Fleet | None = None,
 ) -> Trial:
-    """Measure one fault of `scenario` on `stack`'s active node, then recover that node."""
+    """Measure one fault of `scenario` on `stack`'s active node, then recover that node.
+
+    `delay` (drawn at random by the caller) goes between the steady state and the fault: a
+    trial starts when the previous one's VIP moved, which etcd's 500 ms expiry sweep timed, so
+    without it every fault would hit the same phase of that sweep and of the keepalives."""
     began = time.monotonic()
     old = stack.settle()
     if fleet is not None:
@@ -90,6 +103,8 @@ def run(
     running = loop.submit(probe.run())
     nodes = {n.name: n.netns for n in stack.lab.layout.nodes}
     watcher = TwoOwnersWatcher(nodes, {stack.vip}, interval=0.003).__enter__()
+    client = stack.lab.layout.client
+    arp = ArpWatch(client.netns, [stack.vip], client.address, period=ARP_PERIOD).__enter__()
     injected = False
     backs: list[Back] | None = None
     try:
@@ -102,7 +117,9 @@ def run(
 
         ready = time.monotonic()
         wait_until(lambda: answered(ready, False), 10, f"the probe to get answers from {old}")
+        time.sleep(delay)
         fault, fault_wall = time.monotonic(), time.time()
+        trial.load = round(os.getloadavg()[0], 2)
         injected = True
         try:
             stack.inject(scenario, old)
@@ -123,6 +140,7 @@ def run(
     finally:
         loop.loop.call_soon_threadsafe(probe.stop)
         watch = watcher.stop()
+        arp.stop()
         end_wall = time.time()
         attempts = running.result(timeout=30)
         measured = time.monotonic()
@@ -138,6 +156,9 @@ def run(
     trial.failed = seen.failed
     trial.attempts = len(attempts)
     dual = dual_time(watch.changes, [v.at for v in watch.violations], fault_wall, end_wall)
+    trial.arp_doubles = sum(1 for _, second in arp.doubles() if second.at >= fault)
+    if arp.probes < 10 and trial.error is None:
+        trial.error = "the ARP watcher did not probe: two answerers could not be judged"
     trial.dual_ms = round(dual.seconds * 1000, 1)
     trial.dual_at_end = dual.ongoing
     trial.window_ms = round((end_wall - fault_wall) * 1000, 1)

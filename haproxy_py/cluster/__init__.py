@@ -2,8 +2,11 @@
 
 Everything lives in etcd under `/haproxy-py/<cluster>/`; this package owns the
 key schema (`schema`), the typed records (`records`), config parsing for the
-cluster sections (`config`) and the one store adapter (`store`, the only
-module that imports aetcd).
+cluster sections (`config`, `agent_config`, `timing`), the store contract
+(`storeapi.KVStore`) and its two implementations: the etcd adapter (`store`,
+which with `maintenance` is the only code that imports aetcd, and which turns
+gRPC failures into its own errors) and an in-memory twin (`memstore`) for fast
+tests and control-plane benchmarks. `tasks` supervises long-lived tasks.
 
 The VIP hand-over protocol (the part that must never split-brain):
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haproxy_py import pki
-from haproxy_py.cluster.config import _file
+from haproxy_py.cluster.allowlist import AllowList, AllowListError
+from haproxy_py.cluster.peerlink import PEER_PORT
 from haproxy_py.cluster.timing import (
     DEFAULT_FENCE_MARGIN,
     ETCD_ELECTION_TIMEOUT,
@@ -29,6 +30,7 @@ from haproxy_py.cluster.timing import (
     problems,
 )
 from haproxy_py.configfile import Table
+from haproxy_py.proxy.adminauth import AdminAuthError, load_token
 
 _KEYS = frozenset(
     {
@@ -54,6 +56,10 @@ _KEYS = frozenset(
         "garp_refresh",
         "metrics_bind",
         "vip_prefix_length",
+        "peer_port",
+        "peer_crl",
+        "allowed_vips",
+        "proxy_admin_token_file",
     }
 )
 
@@ -90,7 +96,13 @@ class AgentConfig:
     metrics_host: str | None
     metrics_port: int
     vip_prefix_length: int
+    allowed: AllowList
     proxy_admin_tls: AdminClientTls | None = None
+    # The peer endpoint (`agent.peer`): its port on the node's address, the same on every node
+    # (0: off, and with it the failsafe); the cluster CA's CRL, checked for callers when set.
+    peer_port: int = PEER_PORT
+    peer_crl: Path | None = None
+    proxy_admin_token: str | None = None  # sent with the agent's drain requests
 
 
 def timing_problem(t: Timing) -> str | None:
@@ -162,8 +174,57 @@ def parse_agent(doc: Table) -> AgentConfig:
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         vip_prefix_length=prefix_length,
+        allowed=_allowed_vips(doc, agent),
         proxy_admin_tls=admin_tls,
+        peer_port=_port(agent, "peer_port", PEER_PORT),
+        peer_crl=agent.readable_file("peer_crl"),
+        proxy_admin_token=_token(agent),
     )
+
+
+def _token(agent: Table) -> str | None:
+    """`proxy_admin_token_file`: the token the proxy's `[admin] tokens` lists for the agent."""
+    if "proxy_admin_token_file" not in agent.data:
+        return None
+    try:
+        return load_token(Path(agent.string("proxy_admin_token_file")))
+    except AdminAuthError as exc:
+        agent.fail("proxy_admin_token_file", str(exc))
+
+
+def _allowed_vips(doc: Table, agent: Table) -> AllowList:
+    """The addresses this node may ever hold: `[agent] allowed_vips`, else the same file's
+    `[cluster] vips`; neither is an error (fail closed: etcd never decides this alone).
+    The node's own address and the etcd members may never be on it."""
+    cluster = doc.data.get("cluster")
+    fallback = cluster.get("vips") if isinstance(cluster, dict) else None
+    entries = agent.strings("allowed_vips", fallback if isinstance(fallback, list) else [])
+    if not entries:
+        agent.fail(
+            "allowed_vips",
+            "missing: list the VIP addresses or prefixes this node may hold "
+            '(e.g. allowed_vips = ["192.0.2.10", "192.0.2.16/28"]), or [cluster] vips; '
+            "the agent holds no address that its own config does not name",
+        )
+    try:
+        allowed = AllowList.parse(str(e) for e in entries)
+    except AllowListError as exc:
+        agent.fail("allowed_vips", str(exc))
+    node = doc.data.get("node")
+    etcd = doc.data.get("etcd")
+    own = [node.get("address")] if isinstance(node, dict) else []
+    endpoints = etcd.get("endpoints", []) if isinstance(etcd, dict) else []
+    hosts = [
+        urlsplit(e if "//" in e else f"//{e}").hostname for e in endpoints if isinstance(e, str)
+    ]
+    clash = allowed.covering(a for a in [*own, *hosts] if isinstance(a, str))
+    if clash:
+        agent.fail(
+            "allowed_vips",
+            f"covers {', '.join(clash)} (this node's own address or an etcd member); "
+            "list only the VIPs",
+        )
+    return allowed
 
 
 def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:
@@ -176,7 +237,7 @@ def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:
         return None
     files = []
     for name in names:
-        path = _file(agent, name)
+        path = agent.readable_file(name)
         if path is None:
             agent.fail(
                 name,
@@ -190,6 +251,13 @@ def _admin_client_tls(agent: Table, https: bool) -> AdminClientTls | None:
     except pki.PkiError as exc:
         agent.fail("proxy_admin_cert", str(exc))
     return AdminClientTls(cacert, cert, key)
+
+
+def _port(table: Table, key: str, default: int) -> int:
+    port = table.integer(key, default, min=0)
+    if port > 65535:
+        table.fail(key, f"expected a port from 0 (off) to 65535, got {port}")
+    return port
 
 
 def _parse_bind(table: Table, key: str, default: str) -> tuple[str | None, int]:

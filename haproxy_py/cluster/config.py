@@ -8,7 +8,6 @@ and key path; timing invariants are checked here, at load, not at runtime.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +53,27 @@ def parse_node(doc: Table) -> NodeConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """`[cluster]`: the cluster's name (the etcd key prefix), mode, VIPs and failback policy."""
+    """`[cluster]`: the cluster's name (the etcd key prefix), mode, VIPs and failback policy.
+
+    `failsafe` (default on): while etcd is unreachable, a node keeps the VIPs it holds as
+    long as every other node answers, over mutual TLS, that it cannot reach etcd either,
+    holds none of them and will add none for a while (`agent.failsafe`). Without it an
+    etcd outage takes every VIP down within a second, although every proxy is healthy.
+    It keeps a working holder; it never elects a new one. `failsafe = false` turns it off
+    (VIPs then last only as long as the node's lease, as before).
+    """
 
     name: str
     mode: Mode
     vips: tuple[str, ...]
     failback: bool
     failback_hold: float
+    failsafe: bool = True
 
 
 def parse_cluster(doc: Table) -> ClusterConfig:
     cluster = doc.table("cluster", {})
-    cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold"})
+    cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold", "failsafe"})
     name = cluster.string("name", "default")
     _check_key_part(cluster, "name", name)
     mode = cluster.choice("mode", MODES, "active-standby")
@@ -86,6 +94,7 @@ def parse_cluster(doc: Table) -> ClusterConfig:
         # Active-active means spread: a node that (re)joins gets its share back by default.
         failback=cluster.boolean("failback", mode == "active-active"),
         failback_hold=cluster.number("failback_hold", 30.0, min=0),
+        failsafe=cluster.boolean("failsafe", True),
     )
 
 
@@ -125,21 +134,6 @@ def _endpoint(table: Table, index: int, raw: str, tls: bool) -> str:
     return f"{host}:{int(port)}"
 
 
-def _file(table: Table, key: str) -> Path | None:
-    value = table.string(key, None)
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_absolute():
-        # Absolute, so that a path read once is never re-anchored by a second parse.
-        path = (Path(table.file).parent / path).absolute()
-    if not path.is_file():
-        table.fail(key, f"{path}: no such file")
-    if not os.access(path, os.R_OK):
-        table.fail(key, f"{path}: not readable by this user")
-    return path
-
-
 DAEMONS = ("agent", "controller")  # each may have its own etcd identity: [etcd.agent] cert, key
 
 
@@ -149,12 +143,12 @@ def parse_etcd(doc: Table, daemon: str | None = None) -> EtcdConfig:
     readable by the agent's user alone, and the controller's by the controller's."""
     etcd = doc.table("etcd", {})
     etcd.reject_unknown({"endpoints", "timeout", "cacert", "cert", "key", *DAEMONS})
-    cacert = _file(etcd, "cacert")
+    cacert = etcd.readable_file("cacert")
     own = etcd
     if daemon is not None and daemon in etcd.data:
         own = etcd.table(daemon)
         own.reject_unknown({"cert", "key"})
-    cert, key = _file(own, "cert"), _file(own, "key")
+    cert, key = own.readable_file("cert"), own.readable_file("key")
     if (cert is None) != (key is None):
         own.fail("cert" if cert is None else "key", "cert and key must be given together")
     if cert is not None and cacert is None:

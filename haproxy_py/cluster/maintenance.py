@@ -22,6 +22,7 @@ import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
 from haproxy_py.cluster.store import Store, StoreError, _Client, _detail
+from haproxy_py.cluster.storeerrors import connection_failure
 
 if TYPE_CHECKING:
     from haproxy_py.metrics import Registry
@@ -146,8 +147,8 @@ async def member_status(store: Store, member: Member) -> MemberStatus:
             rpc.StatusRequest(), timeout=store.config.timeout, metadata=client.metadata
         )
     except (rpc.AioRpcError, aetcd_errors.ClientError) as exc:
-        detail = exc.details() if isinstance(exc, rpc.AioRpcError) else _detail(exc)
-        return MemberStatus(member, False, False, error=(detail or "no answer").splitlines()[0])
+        detail = (exc.details() if isinstance(exc, rpc.AioRpcError) else _detail(exc)) or ""
+        return MemberStatus(member, False, False, error=connection_failure(detail, store.config))
     finally:
         await client.close()
     return MemberStatus(

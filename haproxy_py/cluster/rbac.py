@@ -9,7 +9,9 @@ its etcd user. The identities (haproxy_py.pki issues them):
     root, members      etcd administration           role root (auth, members, defrag)
 
 `GRANTS` below is the only place that says what a role may touch. It
-follows the keys each daemon writes today; a protocol change edits the table.
+follows the keys each daemon writes; a protocol change edits the table. An
+agent writes only its own node record (its release acknowledgements and
+refused VIPs included) and reads the rest it needs.
 etcd applies two rules that shape it: a put or revoke under a lease needs
 write access to every key attached to that lease, and `LeaseKeepAlive` is not
 authorised at all (any user can keep any lease alive).
@@ -48,9 +50,10 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant(READWRITE, "nodes/{node}", prefix=False),  # its own record, under its lease
         Grant(READ, "nodes/"),  # peers' records: who took a VIP over (hand-over)
         Grant(READ, "config", prefix=False),
-        # The agent acknowledges a release by deleting vips/<vip>, and the VIPs hang on its
-        # lease (etcd: put or revoke under a lease needs write on each key attached to it).
-        Grant(READWRITE, "vips/"),
+        # Read only: the controller alone writes assignments; the agent acknowledges a
+        # release in its own record, and no VIP key is bound to its lease (etcd: a put or
+        # revoke under a lease needs write access to every key attached to it).
+        Grant(READ, "vips/"),
     ),
     "controller": (Grant(READWRITE, ""),),
     "operator": (Grant(READ, ""), Grant(READWRITE, "requests/")),

@@ -13,23 +13,63 @@ key is leased) are not part of the JSON; they come from the key-value pair.
 from __future__ import annotations
 
 import ipaddress
-import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar, cast
+from typing import Literal
 
+from haproxy_py.cluster.controlkeys import MODES, ClusterSettings, ControllerLeader, Mode
+from haproxy_py.cluster.intents import (
+    FINAL_STATUSES,
+    REQUEST_KINDS,
+    RESULT_STATUSES,
+    Event,
+    Move,
+    Request,
+    RequestKind,
+    RequestResult,
+    ResultStatus,
+)
+from haproxy_py.cluster.jsonvalue import (
+    choice,
+    dumps,
+    flag,
+    integer,
+    loads,
+    number,
+    revisions,
+    text,
+    texts,
+)
 from haproxy_py.cluster.schema import Schema
 
-Mode = Literal["active-standby", "active-active"]
-MODES: tuple[Mode, ...] = ("active-standby", "active-active")
+__all__ = [
+    "CAUSES",
+    "FINAL_STATUSES",
+    "MODES",
+    "REQUEST_KINDS",
+    "RESULT_STATUSES",
+    "VIP_STATES",
+    "ClusterSettings",
+    "ClusterView",
+    "ControllerLeader",
+    "Event",
+    "KeyValue",
+    "Mode",
+    "Move",
+    "NodeRecord",
+    "Request",
+    "RequestKind",
+    "RequestResult",
+    "ResultStatus",
+    "VipAssignment",
+    "VipState",
+    "dumps",
+    "parse_epoch",
+    "vip_order",
+]
+
 VipState = Literal["assigned", "releasing"]
 VIP_STATES: tuple[VipState, ...] = ("assigned", "releasing")
-RequestKind = Literal["move", "pause", "resume", "drain", "undrain"]
-REQUEST_KINDS: tuple[RequestKind, ...] = ("move", "pause", "resume", "drain", "undrain")
-ResultStatus = Literal["running", "done", "refused", "failed"]
-RESULT_STATUSES: tuple[ResultStatus, ...] = ("running", "done", "refused", "failed")
-FINAL_STATUSES: frozenset[str] = frozenset({"done", "refused", "failed"})
 
 # Why a VIP changed hands; written into events/ and vips/.
 CAUSES = (
@@ -57,55 +97,6 @@ class KeyValue:
     lease: int = 0
 
 
-def dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-
-
-def _loads(raw: bytes | str) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) and value else default
-
-
-def _int(obj: Mapping[str, Any], key: str, default: int = 0) -> int:
-    value = obj.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
-
-
-def _float(obj: Mapping[str, Any], key: str, default: float | None = None) -> float | None:
-    value = obj.get(key)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return default
-
-
-def _bool(obj: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    value = obj.get(key)
-    return value if isinstance(value, bool) else default
-
-
-def _strs(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    value = obj.get(key)
-    if not isinstance(value, list):
-        return ()
-    return tuple(item for item in value if isinstance(item, str) and item)
-
-
-L = TypeVar("L", bound=str)
-
-
-def _choice(obj: Mapping[str, Any], key: str, choices: tuple[L, ...]) -> L | None:
-    value = obj.get(key)
-    return cast(L, value) if value in choices else None
-
-
 @dataclass(frozen=True)
 class NodeRecord:
     """`nodes/<node>`: a registered proxy node, written by its agent under its own lease.
@@ -116,6 +107,11 @@ class NodeRecord:
     here that the agent could not hold for longer than an address lifetime.
     `stopping`: the agent is handing its VIPs over before it exits; the node
     takes none meanwhile.
+    `released` maps a VIP to the `vips/<vip>` mod revision whose assignment this
+    node has let go of (the kernel showed the address gone): the release
+    acknowledgement, which the controller answers by giving the VIP to its next
+    owner in one transaction. `refused` lists VIPs assigned here that the node's
+    own `allowed_vips` does not allow; it never holds those.
     `healthy_since` is when the proxy last turned healthy (unix time); the
     controller's failback hold-down reads it, so it must not move while health
     stays up. `lease` comes from the key's lease, not from the JSON.
@@ -138,6 +134,11 @@ class NodeRecord:
     pools: int = 0
     unheld: tuple[str, ...] = ()
     stopping: bool = False
+    released: Mapping[str, int] = field(default_factory=dict)
+    refused: tuple[str, ...] = ()
+    # The last etcd outage through which the failsafe kept this node's VIPs: (since, until,
+    # rounds), unix times; written when etcd answers again (`agent.failsafeloop`).
+    failsafe: tuple[float, float, int] | None = None
 
     def to_json(self) -> bytes:
         return dumps(
@@ -157,6 +158,9 @@ class NodeRecord:
                 "pools": self.pools,
                 "unheld": list(self.unheld),
                 "stopping": self.stopping,
+                "released": dict(sorted(self.released.items())),
+                "refused": list(self.refused),
+                **({} if self.failsafe is None else {"failsafe": _spell(self.failsafe)}),
             }
         )
 
@@ -164,37 +168,58 @@ class NodeRecord:
     def parse(
         cls, name: str, raw: bytes, lease: int = 0, mod_revision: int = 0
     ) -> NodeRecord | None:
-        obj = _loads(raw)
+        obj = loads(raw)
         if obj is None:
             return None
         return cls(
             name=name,
-            address=_str(obj, "address"),
-            interface=_str(obj, "interface"),
-            priority=_int(obj, "priority", 100),
-            version=_str(obj, "version"),
-            healthy=_bool(obj, "healthy"),
-            healthy_since=_float(obj, "healthy_since"),
-            backends_up=_int(obj, "backends_up"),
-            backends_total=_int(obj, "backends_total"),
-            vips=_strs(obj, "vips"),
-            updated=_float(obj, "updated"),
+            address=text(obj, "address"),
+            interface=text(obj, "interface"),
+            priority=integer(obj, "priority", 100),
+            version=text(obj, "version"),
+            healthy=flag(obj, "healthy"),
+            healthy_since=number(obj, "healthy_since"),
+            backends_up=integer(obj, "backends_up"),
+            backends_total=integer(obj, "backends_total"),
+            vips=texts(obj, "vips"),
+            updated=number(obj, "updated"),
             lease=lease,
             mod_revision=mod_revision,
-            ready=_int(obj, "ready"),
-            pools=_int(obj, "pools"),
-            unheld=_strs(obj, "unheld"),
-            stopping=_bool(obj, "stopping"),
+            ready=integer(obj, "ready"),
+            pools=integer(obj, "pools"),
+            unheld=texts(obj, "unheld"),
+            stopping=flag(obj, "stopping"),
+            released=revisions(obj, "released"),
+            refused=texts(obj, "refused"),
+            failsafe=_parse_spell(obj.get("failsafe")),
         )
+
+
+def _spell(spell: tuple[float, float, int]) -> dict[str, float | int]:
+    return {"since": spell[0], "until": spell[1], "rounds": spell[2]}
+
+
+def _parse_spell(obj: object) -> tuple[float, float, int] | None:
+    if not isinstance(obj, dict):
+        return None
+    since, until = number(obj, "since"), number(obj, "until")
+    if since is None or until is None:
+        return None
+    return since, until, integer(obj, "rounds")
 
 
 @dataclass(frozen=True)
 class VipAssignment:
-    """`vips/<vip>`: who owns a VIP; bound to the owner's lease.
+    """`vips/<vip>`: who owns a VIP, written by the controller only (agents may only read it).
 
+    `lease` is the owner's lease when the VIP was given to it, stored in the
+    JSON, not bound to the key: an agent holds the VIP only while that lease
+    is its current one, and once that lease is gone the key is stale and the
+    controller gives the VIP to another node (keys of older versions, bound to
+    the lease, read the same: their etcd lease fills in).
     `state` is `assigned` (the owner holds the address) or `releasing` (the
     controller asked the owner to let go; the owner removes the address and then
-    deletes this key, compare on `mod_revision`, as its acknowledgement).
+    acknowledges in its node record's `released`).
     `move_to` and `request` say where a planned move goes and which request asked;
     `releasing_since` is when the release was asked (the controller gives up and
     restores `assigned` after its release timeout).
@@ -224,6 +249,7 @@ class VipAssignment:
                 "move_to": self.move_to,
                 "request": self.request,
                 "releasing_since": self.releasing_since,
+                "lease": self.lease,
             }
         )
 
@@ -231,299 +257,25 @@ class VipAssignment:
     def parse(
         cls, vip: str, raw: bytes, lease: int = 0, mod_revision: int = 0
     ) -> VipAssignment | None:
-        obj = _loads(raw)
+        obj = loads(raw)
         if obj is None:
             return None
-        node = _str(obj, "node")
-        state = _choice(obj, "state", VIP_STATES)
+        node = text(obj, "node")
+        state = choice(obj, "state", VIP_STATES)
         if node is None or state is None:
             return None
         return cls(
             vip=vip,
             node=node,
-            epoch=_int(obj, "epoch"),
-            since=_float(obj, "since", 0.0) or 0.0,
+            epoch=integer(obj, "epoch"),
+            since=number(obj, "since", 0.0) or 0.0,
             state=state,
-            cause=_str(obj, "cause", "initial") or "initial",
-            move_to=_str(obj, "move_to"),
-            request=_str(obj, "request"),
-            releasing_since=_float(obj, "releasing_since"),
-            lease=lease,
+            cause=text(obj, "cause", "initial") or "initial",
+            move_to=text(obj, "move_to"),
+            request=text(obj, "request"),
+            releasing_since=number(obj, "releasing_since"),
+            lease=integer(obj, "lease") or lease,
             mod_revision=mod_revision,
-        )
-
-
-@dataclass(frozen=True)
-class ControllerLeader:
-    """`controller/leader`: the active controller, under its own lease."""
-
-    id: str
-    since: float
-    metrics: str | None = None
-    lease: int = 0
-    create_revision: int = 0
-
-    def to_json(self) -> bytes:
-        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics})
-
-    @classmethod
-    def parse(cls, raw: bytes, lease: int = 0, create_revision: int = 0) -> ControllerLeader | None:
-        obj = _loads(raw)
-        if obj is None:
-            return None
-        ident = _str(obj, "id")
-        if ident is None:
-            return None
-        return cls(
-            id=ident,
-            since=_float(obj, "since", 0.0) or 0.0,
-            metrics=_str(obj, "metrics"),
-            lease=lease,
-            create_revision=create_revision,
-        )
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """`config`: what the active controller applies.
-
-    `mode`, `vips`, `failback` and `failback_hold` come from the controller's
-    `[cluster]` config; `paused` and `drained` are changed by requests and
-    survive controller restarts because they live here.
-    """
-
-    mode: Mode = "active-standby"
-    vips: tuple[str, ...] = ()
-    failback: bool = False
-    failback_hold: float = 30.0
-    paused: bool = False
-    drained: tuple[str, ...] = ()
-    mod_revision: int = 0
-
-    def to_json(self) -> bytes:
-        return dumps(
-            {
-                "mode": self.mode,
-                "vips": list(self.vips),
-                "failback": self.failback,
-                "failback_hold": self.failback_hold,
-                "paused": self.paused,
-                "drained": sorted(self.drained),
-            }
-        )
-
-    def same_content(self, other: ClusterSettings | None) -> bool:
-        return other is not None and self.to_json() == other.to_json()
-
-    @classmethod
-    def parse(cls, raw: bytes, mod_revision: int = 0) -> ClusterSettings | None:
-        obj = _loads(raw)
-        if obj is None:
-            return None
-        mode = _choice(obj, "mode", MODES)
-        if mode is None:
-            return None
-        hold = _float(obj, "failback_hold", 30.0)
-        return cls(
-            mode=mode,
-            vips=_strs(obj, "vips"),
-            failback=_bool(obj, "failback"),
-            failback_hold=hold if hold is not None and hold >= 0 else 30.0,
-            paused=_bool(obj, "paused"),
-            drained=tuple(sorted(set(_strs(obj, "drained")))),
-            mod_revision=mod_revision,
-        )
-
-
-@dataclass(frozen=True)
-class Move:
-    """One VIP changing hands, as reported in a request result."""
-
-    vip: str
-    source: str | None
-    target: str
-
-    def to_obj(self) -> dict[str, Any]:
-        return {"vip": self.vip, "from": self.source, "to": self.target}
-
-    @classmethod
-    def from_obj(cls, obj: Any) -> Move | None:
-        if not isinstance(obj, dict):
-            return None
-        vip, target = _str(obj, "vip"), _str(obj, "to")
-        if vip is None or target is None:
-            return None
-        return cls(vip=vip, source=_str(obj, "from"), target=target)
-
-
-@dataclass(frozen=True)
-class RequestResult:
-    """The controller's answer, written back into the request's own key.
-
-    `running` while a planned move is under way (a new leader resumes it), then
-    one of `done`, `refused` (never started: the reason says why) or `failed`.
-    `gap_ms` is the longest time a moved VIP may have been unheld, from the
-    release request to the new assignment (see `Event`);
-    `duration_ms` runs from the controller picking the request up to the result.
-    """
-
-    status: ResultStatus
-    message: str
-    started: float | None = None
-    finished: float | None = None
-    gap_ms: float | None = None
-    duration_ms: float | None = None
-    moves: tuple[Move, ...] = ()
-    controller: str | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "message": self.message,
-            "started": self.started,
-            "finished": self.finished,
-            "gap_ms": self.gap_ms,
-            "duration_ms": self.duration_ms,
-            "moves": [move.to_obj() for move in self.moves],
-            "controller": self.controller,
-        }
-
-    @classmethod
-    def from_obj(cls, obj: Any) -> RequestResult | None:
-        if not isinstance(obj, dict):
-            return None
-        status = _choice(obj, "status", RESULT_STATUSES)
-        if status is None:
-            return None
-        raw_moves = obj.get("moves")
-        moves = [Move.from_obj(item) for item in raw_moves] if isinstance(raw_moves, list) else []
-        return cls(
-            status=status,
-            message=_str(obj, "message", "") or "",
-            started=_float(obj, "started"),
-            finished=_float(obj, "finished"),
-            gap_ms=_float(obj, "gap_ms"),
-            duration_ms=_float(obj, "duration_ms"),
-            moves=tuple(move for move in moves if move is not None),
-            controller=_str(obj, "controller"),
-        )
-
-
-@dataclass(frozen=True)
-class Request:
-    """`requests/<id>`: an operator's request and, once answered, its result.
-
-    kinds: `move` (one `vip`, or every VIP when vip is None, to `target`, or to
-    the best other node when target is None), `pause`/`resume` (automatic
-    failover), `drain`/`undrain` (`node`: take its VIPs away and keep them away).
-    """
-
-    id: str
-    kind: RequestKind
-    vip: str | None = None
-    target: str | None = None
-    node: str | None = None
-    created: float = 0.0
-    by: str | None = None
-    result: RequestResult | None = None
-    mod_revision: int = 0
-
-    @property
-    def pending(self) -> bool:
-        return self.result is None or not self.result.final
-
-    def with_result(self, result: RequestResult) -> Request:
-        return replace(self, result=result)
-
-    def to_json(self) -> bytes:
-        return dumps(
-            {
-                "id": self.id,
-                "kind": self.kind,
-                "vip": self.vip,
-                "target": self.target,
-                "node": self.node,
-                "created": self.created,
-                "by": self.by,
-                "result": self.result.to_obj() if self.result else None,
-            }
-        )
-
-    @classmethod
-    def parse(cls, request_id: str, raw: bytes, mod_revision: int = 0) -> Request | None:
-        obj = _loads(raw)
-        if obj is None:
-            return None
-        kind = _choice(obj, "kind", REQUEST_KINDS)
-        if kind is None:
-            return None
-        return cls(
-            id=request_id,
-            kind=kind,
-            vip=_str(obj, "vip"),
-            target=_str(obj, "target"),
-            node=_str(obj, "node"),
-            created=_float(obj, "created", 0.0) or 0.0,
-            by=_str(obj, "by"),
-            result=RequestResult.from_obj(obj.get("result")),
-            mod_revision=mod_revision,
-        )
-
-
-@dataclass(frozen=True)
-class Event:
-    """`events/<seq>`: one ownership change (seq is the epoch it produced).
-
-    `gap_ms` runs from when the VIP may have stopped being held (its release was
-    asked, or its key was first seen gone by the controller) to this assignment;
-    None when unknown (never owned, or first seen by a newly elected leader).
-    """
-
-    seq: int
-    time: float
-    vip: str
-    source: str | None
-    target: str | None
-    cause: str
-    gap_ms: float | None = None
-    request: str | None = None
-
-    def to_json(self) -> bytes:
-        return dumps(
-            {
-                "seq": self.seq,
-                "time": self.time,
-                "vip": self.vip,
-                "from": self.source,
-                "to": self.target,
-                "cause": self.cause,
-                "gap_ms": self.gap_ms,
-                "request": self.request,
-            }
-        )
-
-    @classmethod
-    def parse(cls, raw: bytes) -> Event | None:
-        obj = _loads(raw)
-        if obj is None:
-            return None
-        vip, cause = _str(obj, "vip"), _str(obj, "cause")
-        seq = _int(obj, "seq", -1)
-        if vip is None or cause is None or seq < 0:
-            return None
-        return cls(
-            seq=seq,
-            time=_float(obj, "time", 0.0) or 0.0,
-            vip=vip,
-            source=_str(obj, "from"),
-            target=_str(obj, "to"),
-            cause=cause,
-            gap_ms=_float(obj, "gap_ms"),
-            request=_str(obj, "request"),
         )
 
 
@@ -555,7 +307,8 @@ class ClusterView:
     `revision` is etcd's revision at the read; watching from `revision + 1`
     sees every later change. `problems` lists keys that could not be parsed
     (they are otherwise ignored, except an unreadable `vips/<vip>`, which stays
-    in `occupied` so that nobody assigns over it).
+    in `occupied` so that nobody assigns over it). `vacated` (see `vacate`) holds
+    the assignments whose key stays but whom nobody holds any more.
     """
 
     cluster: str
@@ -571,6 +324,7 @@ class ClusterView:
     epoch_mod_revision: int = 0
     problems: tuple[str, ...] = ()
     config_mod_revision: int = 0  # of the `config` key, readable or not (0: absent)
+    vacated: Mapping[str, VipAssignment] = field(default_factory=dict)
 
     def owner(self, vip: str) -> str | None:
         assignment = self.vips.get(vip)
@@ -588,6 +342,43 @@ class ClusterView:
         """Configured VIPs, and every VIP with a key (readable or not)."""
         configured = self.settings.vips if self.settings else ()
         return self.occupied | frozenset(configured)
+
+    def acknowledged(self, vip: str) -> bool:
+        """The owner's node record acknowledges it let go of this very assignment."""
+        a = self.vips.get(vip)
+        owner = self.nodes.get(a.node) if a else None
+        return a is not None and owner is not None and owner.released.get(vip) == a.mod_revision
+
+    def stale(self, vip: str) -> bool:
+        """The assignment's lease is not its owner's registered lease: the owner's lease is
+        gone (its record went with it) or it never had one, so nobody holds it any more
+        (the controller confirms the lease is gone before it acts on that)."""
+        a = self.vips.get(vip)
+        if a is None:
+            return False
+        owner = self.nodes.get(a.node)
+        return a.lease == 0 or owner is None or owner.lease != a.lease
+
+    def free(self, vip: str) -> bool:
+        """Nobody holds the VIP: no key, or a key whose owner let go or whose lease is gone.
+        An unreadable key is never free: nobody assigns over what it cannot read."""
+        if vip not in self.occupied:
+            return True
+        return vip in self.vips and (self.acknowledged(vip) or self.stale(vip))
+
+    def vacate(self, vips: Iterable[str]) -> ClusterView:
+        """This view with `vips` unowned: what the decision core sees, so a VIP let go of is
+        placed like one whose key is gone; the assignment that follows replaces the key in
+        one transaction (compare on its mod revision, kept in `vacated`)."""
+        gone = {v: self.vips[v] for v in vips if v in self.vips}
+        if not gone:
+            return self
+        return replace(
+            self,
+            vips={v: a for v, a in self.vips.items() if v not in gone},
+            occupied=self.occupied - frozenset(gone),
+            vacated={**self.vacated, **gone},
+        )
 
     def last_event(self, vip: str) -> Event | None:
         for event in reversed(self.events):
@@ -631,7 +422,9 @@ class ClusterView:
                 if parsed is not None:
                     events.append(parsed)
             elif rel == "controller/leader":
-                parsed = leader = ControllerLeader.parse(kv.value, kv.lease, kv.create_revision)
+                parsed = leader = ControllerLeader.parse(
+                    kv.value, kv.lease, kv.create_revision, kv.mod_revision
+                )
             elif rel == "config":
                 parsed = settings = ClusterSettings.parse(kv.value, kv.mod_revision)
                 config_rev = kv.mod_revision

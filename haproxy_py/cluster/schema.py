@@ -2,9 +2,9 @@
 
 All keys of one cluster live under `/haproxy-py/<cluster>/`:
 
-    nodes/<node>        NodeRecord        under the node's lease (agent)
+    nodes/<node>        NodeRecord        under the node's lease (agent; its release acks too)
     controller/leader   ControllerLeader  under the controller's lease
-    vips/<vip>          VipAssignment     under the owner node's lease (controller)
+    vips/<vip>          VipAssignment     no lease; names the owner's lease (controller only)
     requests/<id>       Request (+ result) no lease (hactl writes, controller answers)
     config              ClusterSettings   no lease (active controller)
     events/<seq>        Event             no lease, bounded history (seq = epoch, zero-padded)

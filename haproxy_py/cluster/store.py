@@ -1,13 +1,9 @@
 """The etcd store adapter: with its companion `maintenance`, the only module that imports aetcd.
 
 Every daemon and hactl talk to etcd through `Store`. It hides aetcd and gRPC
-behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and a small exception
-tree, translated here and nowhere else:
-
-    StoreError                 any store failure (message is for the operator)
-    ├── StoreUnavailable       no endpoint answered in time (names endpoints + timeout)
-    ├── LeaseLost              the lease is gone (expired, revoked, or TTL answered <= 0)
-    └── RequestTimeout         no final result for a request in the time given
+behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and the exception tree
+of `storeerrors` (StoreError, StoreUnavailable, StoreTlsError, LeaseLost,
+RequestTimeout): every gRPC failure is translated here, in our words.
 
 A failed compare in a transaction is not an exception: conditional writes
 return False, and the caller re-reads the view and decides again.
@@ -43,10 +39,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import operator
+import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+
+# gRPC's C core would print TLS failures to stderr in its own words; this module reports
+# them in ours (set before aetcd loads gRPC; GRPC_VERBOSITY in the environment still wins).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import aetcd
 import aetcd.exceptions as aetcd_errors
@@ -57,29 +58,18 @@ from aetcd import rpc, watcher
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView, KeyValue, Request
 from haproxy_py.cluster.schema import Schema
+from haproxy_py.cluster.storeerrors import (
+    LeaseLost,
+    RequestTimeout,
+    StoreError,
+    StoreTlsError,
+    StoreUnavailable,
+    plain_words,
+    tls_failure,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """A store operation failed; the message is complete for the operator."""
-
-
-class StoreUnavailable(StoreError):
-    """No etcd endpoint answered within the timeout."""
-
-
-class LeaseLost(StoreError):
-    """The lease no longer exists: every key bound to it is gone."""
-
-
-class RequestTimeout(StoreError):
-    """A request got no final result in time; `last` is the request as last seen."""
-
-    def __init__(self, message: str, last: Request | None) -> None:
-        super().__init__(message)
-        self.last = last
 
 
 @dataclass(frozen=True)
@@ -262,18 +252,20 @@ class Store:
             self._clients[index] = client
         return client
 
-    async def _reload_tls(self) -> None:
-        """After a failed connection: if the TLS files changed, dial with the new ones."""
+    async def _reload_tls(self) -> bool:
+        """After a failed or refused connection: if the TLS files changed, dial with the new
+        ones (True)."""
         if not self.config.tls or _tls_stamp(self.config) == self._stamp:
-            return
+            return False
         try:
             credentials = _credentials(self.config)
         except StoreError as exc:  # half-written files: try again at the next failure
             log.warning("etcd TLS files changed but cannot be read yet", error=str(exc))
-            return
+            return False
         self._stamp, self._credentials = _tls_stamp(self.config), credentials
         log.info("etcd TLS files changed; reconnecting with them", cert=str(self.config.cert))
         await self.close()
+        return True
 
     def _rotate(self, reason: str) -> None:
         if len(self.config.endpoints) == 1:
@@ -284,8 +276,10 @@ class Store:
         self._rotated.set()
         self._rotated = asyncio.Event()
 
-    def _unavailable(self, detail: str) -> StoreUnavailable:
+    def _unavailable(self, detail: str, tls: str | None = None) -> StoreUnavailable:
         endpoints = ", ".join(self.config.endpoints)
+        if tls is not None:
+            return StoreTlsError(f"TLS: {tls} (etcd {endpoints})")
         return StoreUnavailable(
             f"etcd unreachable (endpoints {endpoints}; timeout {self.config.timeout:g} s): "
             f"{detail}; check that etcd runs and that the [etcd] endpoints and TLS files are right"
@@ -293,19 +287,22 @@ class Store:
 
     async def _call(self, what: str, op: Callable[[_Client], Awaitable[T]]) -> T:
         """Run `op` on the current endpoint, moving on when an endpoint refuses or stalls."""
-        last = "no endpoint tried"
+        last, tls = "no endpoint tried", None
         for _ in range(len(self.config.endpoints)):
             endpoint = self.endpoint
             try:
                 return await op(self._client())
             except aetcd_errors.ConnectionFailedError as exc:
-                last = f"{endpoint}: {_detail(exc)}"
+                tls = tls_failure(_detail(exc), self.config)
+                last = f"{endpoint}: {tls or plain_words(_detail(exc), self.config)}"
                 await self._reload_tls()
                 self._rotate(f"{what}: {last}")
             except (aetcd_errors.ConnectionTimeoutError, aetcd_errors.WatchTimeoutError):
                 self._rotate(f"{what}: {endpoint} timed out")
                 raise self._unavailable(f"{what} timed out at {endpoint}") from None
             except aetcd_errors.UnauthenticatedError as exc:
+                if await self._reload_tls():  # refused with the old files: try the new ones
+                    return await self._call(what, op)  # (once: the files are current now)
                 raise StoreError(
                     f"etcd at {endpoint} refused the client ({_detail(exc)}); "
                     "check the [etcd] cert and key"
@@ -315,7 +312,7 @@ class Store:
                 if "lease not found" in detail:
                     raise LeaseLost(f"{what}: the lease is gone ({detail})") from None
                 raise StoreError(f"etcd {what} failed at {endpoint}: {detail}") from None
-        raise self._unavailable(last)
+        raise self._unavailable(last, tls)
 
     # -- keys ---------------------------------------------------------------------------------
 

@@ -34,6 +34,13 @@ even revoke a lease that has provably run out rather than wait for etcd's
 500 ms expiry sweep (`controller.expiry`): etcd renews no expired lease. Without
 the fence, the address alone (kernel check once a second, rescheduled by any
 address change on the host) would need the controller to wait `unfenced_delay`.
+
+Profiles (`PROFILES`) are the named sets an operator picks (`hactl lab up
+--profile`, Ansible's `cluster_timing_profile`): `default` runs on etcd's own
+raft timers; `fast` halves the leases for node loss in about 1.5 s, and needs
+etcd's election timeout at 500 ms: twice the keepalives and raft heartbeats,
+and an etcd call slower than 0.5 s (a loaded or distant member) already costs
+a node its VIPs or a controller its leadership.
 """
 
 from __future__ import annotations
@@ -112,6 +119,38 @@ def unfenced_delay(t: Timing) -> float:
     return max(0.0, latest_rearm(t) + valid_lft + KERNEL_FUZZ - t.lease_ttl)
 
 
+def failsafe_round(t: Timing) -> float:
+    """How long a failsafe round may take (`agent.failsafe`): as long as a keepalive may, so a
+    refresh at its end meets the same fence as a keepalive answered just in time."""
+    return t.keepalive_timeout
+
+
+def failsafe_promise(t: Timing) -> float:
+    """How long a peer arms no VIP after vouching for a holder in a failsafe round.
+
+    The holder counts it from when it sent the round (before any peer received it) and
+    refreshes only within `failsafe_round`, so its fence falls `fence_margin` before the
+    earliest promise ends: round + address_lifetime + kernel_slack + fence_margin, which the
+    first rule keeps within one lease TTL.
+    """
+    return failsafe_round(t) + t.address_lifetime + t.kernel_slack + t.fence_margin
+
+
+def failsafe_after(t: Timing) -> float:
+    """etcd counts as unreachable once no call has succeeded for this long: one and a half
+    keepalive periods, so a holder starts asking its peers while its fence has most of an
+    address lifetime left, and two nodes' views differ by at most one keepalive period."""
+    return 1.5 * t.keepalive_interval
+
+
+def probe_limit(t: Timing) -> float:
+    """How long a VIP owner may fail the controller's authenticated probes before its lease is
+    revoked (`controller.probes`): an address lifetime plus a keepalive period, at least three
+    probes, so one lost probe or a short stall never moves a VIP; a node that cannot answer that
+    long could not have kept its VIP through a keepalive outage either."""
+    return t.address_lifetime + t.keepalive_interval
+
+
 def problems(t: Timing) -> list[str]:
     """Every rule this timing breaks, each with its numbers and what to change; [] when safe."""
     found = []
@@ -140,6 +179,64 @@ def problems(t: Timing) -> list[str]:
             "lower etcd's --election-timeout and set etcd_election_timeout to match"
         )
     return found
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One named timing: the agents' and controllers' lease TTL, etcd's raft timers it
+    needs (`--heartbeat-interval`, `--election-timeout`), and the bound on every etcd call
+    (`[etcd] timeout`: a controller keepalive plus it must fit in the controller's TTL)."""
+
+    name: str
+    lease_ttl: int
+    etcd_heartbeat_interval: float
+    etcd_election_timeout: float
+    etcd_timeout: float
+
+    def timing(self) -> Timing:
+        """The agent's timing under this profile, every other number at its default."""
+        lifetime, interval = defaults(self.lease_ttl)
+        return Timing(
+            self.lease_ttl,
+            interval,
+            lifetime,
+            DEFAULT_FENCE_MARGIN,
+            etcd_election_timeout=self.etcd_election_timeout,
+            etcd_heartbeat_interval=self.etcd_heartbeat_interval,
+        )
+
+    def problems(self) -> list[str]:
+        """The agent's rules (`problems`) and the controller's: keepalive (TTL / 4) + the etcd
+        call timeout <= TTL, so one slow keepalive never costs the leadership."""
+        found = problems(self.timing())
+        keepalive = self.lease_ttl / 4
+        if keepalive + self.etcd_timeout > self.lease_ttl + EPSILON:
+            found.append(
+                f"controller keepalive ({keepalive:g}) + etcd timeout ({self.etcd_timeout:g}) "
+                f"exceeds the controller's lease_ttl ({self.lease_ttl} s)"
+            )
+        return found
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        Profile(
+            "default",
+            lease_ttl=2,
+            etcd_heartbeat_interval=0.1,
+            etcd_election_timeout=1.0,
+            etcd_timeout=1.0,
+        ),
+        Profile(
+            "fast",
+            lease_ttl=1,
+            etcd_heartbeat_interval=0.05,
+            etcd_election_timeout=0.5,
+            etcd_timeout=0.5,
+        ),
+    )
+}
 
 
 def defaults(lease_ttl: int) -> tuple[float, float]:

@@ -33,8 +33,3 @@ Exit codes: 0 ok, 1 refused by the controller or declined at the prompt,
 TLS handshake failed, 5 no controller leader, 6 timed out waiting for the
 controller, 7 unknown node or VIP.
 """
-
-import os
-
-# gRPC's C core logs TLS failures straight to stderr; hactl reports them in one line instead.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")

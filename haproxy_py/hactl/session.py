@@ -1,8 +1,7 @@
 """hactl's I/O edge: one Store per command, store errors turned into hactl's exit codes.
 
-A TLS handshake failure reaches us as an unreachable endpoint (gRPC reports
-it as UNAVAILABLE, like a dead server); `diagnose` reads gRPC's detail text to
-say which side's certificate failed which check.
+The store's messages are complete (a TLS failure already names whose
+certificate failed which check), so they are shown as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import TypeVar
 
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView, Request
-from haproxy_py.cluster.store import RequestTimeout, Store, StoreError, StoreUnavailable
+from haproxy_py.cluster.store import RequestTimeout, Store, StoreError
 from haproxy_py.hactl import intent
 from haproxy_py.hactl.connection import Connection
 from haproxy_py.hactl.errors import TimedOut, Unreachable
@@ -33,8 +32,6 @@ def run(connection: Connection, body: Callable[[Store], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
-    except StoreUnavailable as exc:
-        raise Unreachable(diagnose(str(exc), connection.etcd)) from None
     except StoreError as exc:
         raise Unreachable(str(exc)) from None
 
@@ -72,31 +69,6 @@ async def submit_and_wait(store: Store, request: Request, wait: float) -> Reques
             f"{request.kind} request {request.id} still {last.result.status} after {wait:g} s: "
             f"{last.result.message or 'no message'}; the controller carries on with it"
         ) from None
-
-
-def diagnose(message: str, etcd: EtcdConfig) -> str:
-    """Name the TLS cause when gRPC's detail shows one; otherwise the store's message as is."""
-    where = f"etcd {', '.join(etcd.endpoints)}"
-    for marker in ("CERTIFICATE_VERIFY_FAILED", "not in peer certificate"):
-        if marker in message:
-            return (
-                f"TLS: etcd's server certificate failed verification against --cacert "
-                f"{etcd.cacert}: wrong CA file, or the endpoint's name/IP is not in its SANs "
-                f"({where}; {marker})"
-            )
-    for marker in ("BAD_CERTIFICATE", "TSI_DATA_CORRUPTED"):
-        if marker in message:
-            if etcd.cert is None:
-                what = "etcd requires a client certificate and none was given (--cert/--key)"
-            else:
-                what = (
-                    f"etcd rejected client certificate {etcd.cert} "
-                    "(not signed by a CA etcd trusts, or not for client use)"
-                )
-            return f"TLS: {what} ({where}; {marker})"
-    if not etcd.tls and "Socket closed" in message:
-        return f"{message}; etcd may require TLS: give https:// endpoints and --cacert"
-    return message
 
 
 def _identity(etcd: EtcdConfig) -> str | None:

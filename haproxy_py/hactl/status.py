@@ -14,8 +14,9 @@ import click
 from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store
-from haproxy_py.hactl import view
+from haproxy_py.hactl import peers, view
 from haproxy_py.hactl.connection import Connection, connection_of
+from haproxy_py.hactl.errors import Unreachable
 from haproxy_py.hactl.etcdview import EtcdView, etcd_json, etcd_table, etcd_view
 from haproxy_py.hactl.session import lease_left, run
 
@@ -55,6 +56,7 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
         shown = 0
         while True:
             snapshot = await store.read_view()
+            peers.remember(connection.cluster, snapshot)
             leases = await lease_left(store, snapshot)
             etcd = etcd_view(await maintenance.cluster_status(store))
             _show(connection, snapshot, view.status_view(snapshot, leases), etcd, output, watch)
@@ -64,7 +66,23 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
             await asyncio.sleep(watch or 0)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a watch
-        run(connection, body)
+        try:
+            run(connection, body)
+        except Unreachable:
+            _from_the_nodes(connection, output)
+            raise
+
+
+def _from_the_nodes(connection: Connection, output: str) -> None:
+    """etcd does not answer: show what the nodes say of themselves (the failsafe)."""
+    nodes = peers.known_nodes(connection.cluster)
+    if not nodes:
+        return
+    answers = peers.ask_nodes(connection, nodes)
+    if output == "json":
+        click.echo(json.dumps({"etcd_reachable": False, "nodes": answers}, indent=2))
+        return
+    click.echo(view.nodes_table(answers, time.time()))
 
 
 def _show(

@@ -8,6 +8,13 @@ added, existing ones keep their name and meaning.
 Roles: `draining` (the operator drained it), `down` (its proxy is unhealthy,
 or it is drained and no longer registered), `active` (holds a VIP),
 `standby` (healthy, holds none).
+
+VIP states besides `assigned`, `releasing` and `unassigned`: `released` (its
+owner acknowledged letting go; the controller gives it on), `orphaned` (its
+owner is not registered under the assignment's lease, or the key has none;
+the controller reassigns it once etcd confirms that lease is gone). Those, a
+leader key without a lease and VIPs a node refuses (not in its own
+`allowed_vips`) are also listed under `repairs`.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ class NodeRow:
     pools: int
     lease_left: float | None
     version: str | None
+    # the last etcd outage through which the failsafe kept its VIPs: (since, until, rounds)
+    failsafe: tuple[float, float, int] | None = None
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class StatusView:
     nodes: tuple[NodeRow, ...]
     vips: tuple[VipRow, ...]
     problems: tuple[str, ...]
+    repairs: tuple[str, ...] = ()
 
 
 def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> StatusView:
@@ -98,6 +109,8 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 pools=record.pools if record else 0,
                 lease_left=lease_left.get(name),
                 version=record.version if record else None,
+                failsafe=record.failsafe if record else None,
+                refused=record.refused if record else (),
             )
         )
     vip_rows: list[VipRow] = []
@@ -111,7 +124,7 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 VipRow(
                     address=address,
                     owner=assignment.node,
-                    state=assignment.state,
+                    state=_vip_state(view, address),
                     since=assignment.since or None,
                     cause=assignment.cause,
                     move_to=assignment.move_to,
@@ -128,7 +141,33 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
         nodes=tuple(nodes),
         vips=tuple(vip_rows),
         problems=view.problems,
+        repairs=tuple(_repairs(view)),
     )
+
+
+def _vip_state(view: ClusterView, vip: str) -> str:
+    if view.acknowledged(vip):
+        return "released"
+    if view.stale(vip):
+        return "orphaned"
+    return view.vips[vip].state
+
+
+def _repairs(view: ClusterView) -> list[str]:
+    """States the controller repairs by itself, shown while they last."""
+    found = []
+    for vip, a in sorted(view.vips.items()):
+        if view.stale(vip) and not view.acknowledged(vip):
+            why = "has no lease" if a.lease == 0 else f"names a lease {a.node} does not hold"
+            found.append(
+                f"vips/{vip}: its assignment to {a.node} {why}; the controller reassigns it"
+            )
+    if view.leader is not None and view.leader.lease == 0:
+        found.append("controller/leader has no lease; the next controller to campaign replaces it")
+    for name, record in sorted(view.nodes.items()):
+        for vip in record.refused:
+            found.append(f"{name} refuses {vip}: not in its own allowed_vips")
+    return found
 
 
 def status_json(status: StatusView) -> dict[str, Any]:
@@ -147,6 +186,7 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "healthy": n.healthy,
                 "registered": n.registered,
                 "vips": list(n.vips),
+                "refused": list(n.refused),
                 "priority": n.priority,
                 "backends_up": n.backends_up,
                 "backends_total": n.backends_total,
@@ -154,6 +194,14 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "pools": n.pools,
                 "lease_left": n.lease_left,
                 "version": n.version,
+                "failsafe": None
+                if n.failsafe is None
+                else {
+                    "since": iso(n.failsafe[0]),
+                    "until": iso(n.failsafe[1]),
+                    "seconds": round(n.failsafe[1] - n.failsafe[0], 3),
+                    "rounds": n.failsafe[2],
+                },
             }
             for n in status.nodes
         ],
@@ -169,6 +217,7 @@ def status_json(status: StatusView) -> dict[str, Any]:
             for v in status.vips
         ],
         "problems": list(status.problems),
+        "repairs": list(status.repairs),
     }
 
 
@@ -196,6 +245,16 @@ def status_table(status: StatusView, now: float) -> str:
         )
     else:
         parts.append("No nodes registered.")
+    for n in status.nodes:
+        if n.failsafe is not None:
+            since, until, rounds = n.failsafe
+            parts.append(
+                printable(
+                    f"failsafe: {n.name} kept {', '.join(n.vips) or 'its VIPs'} through an etcd "
+                    f"outage from {clock(since)} to {clock(until)} ({until - since:.1f} s, "
+                    f"{rounds} rounds)"
+                )
+            )
     parts.append("")
     if status.vips:
         parts.append(
@@ -205,7 +264,32 @@ def status_table(status: StatusView, now: float) -> str:
         parts.append("No VIPs configured.")
     for problem in status.problems:
         parts.append(_warn(printable(f"unreadable key {problem}")))
+    for repair in status.repairs:
+        parts.append(_warn(printable(repair)))
     return "\n".join(parts)
+
+
+def nodes_table(answers: Sequence[Mapping[str, Any]], now: float) -> str:
+    """What each node says of itself while etcd does not answer (`hactl.peers`)."""
+    rows: list[list[Cell | str]] = []
+    for a in answers:
+        since = a.get("failsafe_since")
+        if a.get("error"):
+            state = f"no answer: {a['error']}"
+        elif isinstance(since, int | float):
+            state = f"failsafe since {clock(since)} ({ago(now - since)})"
+        else:
+            state = "fenced or holds nothing" if not a.get("vips") else "etcd reachable"
+        rows.append(
+            [
+                str(a.get("name")),
+                str(a.get("address")),
+                ", ".join(a.get("vips") or []) or "-",
+                printable(state),
+            ]
+        )
+    head = _warn("etcd does not answer; each node's own account (its peer endpoint):")
+    return head + "\n" + render(["NODE", "ADDRESS", "VIPS", "STATE"], rows)
 
 
 def history_json(events: Sequence[Event]) -> list[dict[str, Any]]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
+from haproxy_py.cluster.bird import BirdError
+from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.hactl.errors import HactlError
-from haproxy_py.lab import control
-from haproxy_py.lab.layout import MODES, PROXY_PORT, LayoutError
+from haproxy_py.lab import bgplab, control
+from haproxy_py.lab.layout import LAB_MODES, MODES, PROXY_PORT, LayoutError
 from haproxy_py.lab.netns import NetnsError
 from haproxy_py.logging import configure as configure_logging
 
@@ -58,7 +61,7 @@ def _load() -> control.Lab:
 
 @lab.command()
 @click.option("--nodes", type=click.IntRange(1, 8), default=2, show_default=True)
-@click.option("--mode", type=click.Choice(MODES), default="active-standby", show_default=True)
+@click.option("--mode", type=click.Choice(LAB_MODES), default="active-standby", show_default=True)
 @click.option("--vips", type=click.IntRange(1, 16), help="Default: 1, or one per node (a-a).")
 @click.option(
     "--prefix",
@@ -66,17 +69,44 @@ def _load() -> control.Lab:
     show_default=True,
     help="Name prefix of the lab's namespaces and links.",
 )
-def up(nodes: int, mode: str, vips: int | None, prefix: str) -> None:
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default="default",
+    show_default=True,
+    help="Timing profile: default (lease TTL 2 s) or fast (TTL 1 s: node loss in ~1.5 s).",
+)
+@click.option(
+    "--resilient-router",
+    is_flag=True,
+    help="BGP mode: the router keeps flows in place when nodes come and go.",
+)
+def up(
+    nodes: int, mode: str, vips: int | None, prefix: str, profile: str, resilient_router: bool
+) -> None:
     """Build the lab, wait until a VIP answers, and point plain `hactl` at it."""
     _requirements()
+    if resilient_router and mode != "bgp":
+        raise HactlError("--resilient-router needs --mode bgp (the other modes have no router)")
     try:
         built = control.Lab.up(
-            run_dir=_dir(), prefix=prefix, nodes=nodes, mode=mode, vips=vips, say=click.echo
+            run_dir=_dir(),
+            prefix=prefix,
+            nodes=nodes,
+            mode=mode,
+            vips=vips,
+            profile=profile,
+            say=click.echo,
         )
-    except _ERRORS as exc:
+        if resilient_router:
+            bgplab.use_resilient(built)
+    except (*_ERRORS, BirdError) as exc:
         raise HactlError(str(exc)) from None
-    status = built.hactl("status")
-    click.echo(status.stdout + status.stderr)
+    if built.layout.mode == "bgp":
+        click.echo(bgplab.summary(built))
+    else:
+        status = built.hactl("status")
+        click.echo(status.stdout + status.stderr)
     layout = built.layout
     click.echo(f"VIPs {', '.join(layout.vips)}, port {PROXY_PORT}; try from the client namespace:")
     click.echo(
@@ -91,18 +121,25 @@ def up(nodes: int, mode: str, vips: int | None, prefix: str) -> None:
 def status(output: str) -> None:
     """Show the lab's layout: namespaces, addresses, VIPs, etcd and the host URL."""
     try:
-        layout = control.Lab.load(_dir()).layout
+        loaded = control.Lab.load(_dir())
     except _ERRORS as exc:
         raise HactlError(str(exc)) from None
+    layout = loaded.layout
     doc = layout.status_json()
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"lab {layout.mode}, subnet {layout.subnet}, run dir {_dir()}")
-    for m in (*layout.nodes, *layout.etcd, *layout.apps, layout.client):
+    click.echo(
+        f"lab {layout.mode}, profile {layout.profile}, subnet {layout.subnet}, run dir {_dir()}"
+    )
+    bgp = layout.mode == "bgp"  # no etcd in the BGP lab yet
+    for m in (*layout.nodes, *(() if bgp else layout.etcd), *layout.apps, layout.client):
         click.echo(f"  {m.name:<8} {m.address:<15} netns {m.netns}")
     click.echo(f"  VIPs     {', '.join(layout.vips)} (port {PROXY_PORT})")
     click.echo(f"  host URL {layout.host_url}")
+    if bgp:
+        with contextlib.suppress(BirdError, NetnsError):
+            click.echo(bgplab.summary(loaded))
 
 
 @lab.command()
@@ -188,6 +225,12 @@ def down() -> None:
 )
 @click.option("--seed", type=int, help="The schedule's seed (printed; default: random).")
 @click.option("--mode", type=click.Choice(MODES), help="For a lab it brings up [active-standby].")
+@click.option(
+    "--prefix",
+    default=control.DEFAULT_PREFIX,
+    show_default=True,
+    help="Name prefix of the namespaces and links of a lab it brings up.",
+)
 @click.option("--clients", type=click.IntRange(0, 1000), default=20, show_default=True)
 @click.option(
     "--kinds", help="Comma-separated fault kinds to draw from (default: all; see docs/lab.md)."
@@ -211,6 +254,7 @@ def chaos(
     duration: float | None,
     seed: int | None,
     mode: str | None,
+    prefix: str,
     clients: int,
     kinds: str | None,
     budget: float,
@@ -239,7 +283,7 @@ def chaos(
     _requirements()
     say = (lambda _: None) if output == "json" else click.echo
     try:
-        report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, say=say)
+        report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, prefix=prefix, say=say)
     except (*_ERRORS, session.ChaosError) as exc:
         raise HactlError(str(exc)) from None
     doc = report.to_json()

@@ -164,3 +164,19 @@ def outage(attempts: list[Attempt], fault: float, old_node: str | None) -> Outag
         first_new=first.start - fault,
         failed=failed,
     )
+
+
+def longest_outage(attempts: list[Attempt], since: float) -> float:
+    """The longest stretch after `since` from the last answered attempt before a run of
+    failures to the next answered one (0.0 when nothing failed)."""
+    longest, last_ok, failing = 0.0, since, False
+    for a in sorted(attempts, key=lambda a: a.start):
+        if a.start < since:
+            continue
+        if a.node is None:
+            failing = True
+        else:
+            if failing:
+                longest = max(longest, a.start - last_ok)
+            last_ok, failing = a.start, False
+    return longest

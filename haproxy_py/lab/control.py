@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -28,8 +29,8 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.lab import activate, bgplab, netns
 from haproxy_py.lab import layout as lay
-from haproxy_py.lab import netns
 from haproxy_py.lab.layout import Layout, Member
 
 RUN_DIR = Path("/run/haproxy-py/lab")
@@ -138,6 +139,7 @@ class Lab:
         nodes: int = 2,
         mode: str = "active-standby",
         vips: int | None = None,
+        profile: str = "default",
         say: Say = print,
     ) -> Lab:
         """Build the whole lab and wait until a VIP answers; on failure remove it again."""
@@ -155,7 +157,7 @@ class Lab:
                 "remove it or choose another --prefix"
             )
         subnet = netns.free_subnet(PREFERRED_SUBNET)
-        layout = lay.plan(prefix, str(subnet), nodes, mode, vips)
+        layout = lay.plan(prefix, str(subnet), nodes, mode, vips, profile)
         lab = cls(paths, layout)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,10 @@ class Lab:
 
     def _build(self, say: Say) -> None:
         layout, paths = self.layout, self.paths
+        if layout.mode == "bgp":
+            bgplab.build(self, say)
+            wait_for(lambda: bgplab.ready(self), READY_TIMEOUT, "BGP did not converge", paths.logs)
+            return
         say(f"subnet {layout.subnet} on bridge {layout.prefix}br, namespaces {layout.prefix}*")
         self.plumbing.bridge(f"{layout.host_address}/{layout.prefixlen}")
         for m in layout.members:
@@ -191,7 +197,10 @@ class Lab:
                 lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
             )
         paths.context.write_text(lay.context_file(layout, paths.pki))
-        say(f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller)")
+        say(
+            f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller), "
+            f"timing profile {layout.profile} (lease TTL {layout.timing.lease_ttl} s)"
+        )
         for node in layout.nodes:
             self.start_node(node.name)
         wait_for(self.ready, READY_TIMEOUT, "the cluster did not become ready", paths.logs)
@@ -261,9 +270,12 @@ class Lab:
         ]
 
     def _node_command(self, node: str, process: str) -> list[str]:
+        if self.layout.mode == "bgp":
+            return bgplab.node_command(self, node, process, _program)
         config = str(self.paths.config(node))
-        if process == "proxy":
-            return [_program("haproxy-py"), "run", "--config", config]
+        if process == "proxy":  # listening sockets passed as systemd's haproxy-py.socket does
+            listen = [f"{vip}:{lay.PROXY_PORT}" for vip in self.layout.vips]
+            return activate.command(listen, [_program("haproxy-py"), "run", "--config", config])
         return [_program(f"ha-{process}"), "--config", config]
 
     def running(self, name: str) -> list[str]:
@@ -274,8 +286,10 @@ class Lab:
             if (p.label == name or p.label.startswith(name + "/")) and self.plumbing.alive(p)
         ]
 
-    def start_node(self, name: str, processes: tuple[str, ...] = NODE_PROCESSES) -> None:
+    def start_node(self, name: str, processes: tuple[str, ...] | None = None) -> None:
         node = self.layout.node(name)
+        if processes is None:
+            processes = bgplab.PROCESSES if self.layout.mode == "bgp" else NODE_PROCESSES
         for process in processes:
             label = f"{name}/{process}"
             if label not in self.running(name):
@@ -301,15 +315,19 @@ class Lab:
         if only is not None and only not in NODE_PROCESSES:
             raise LabError(f"--only must be one of {', '.join(NODE_PROCESSES)}")
         self.layout.member(name)
-        killed = []
-        for proc in list(self.plumbing.procs()):
-            if proc.label != name and not proc.label.startswith(name + "/"):
-                continue
-            if only is not None and proc.label != f"{name}/{only}":
-                continue
+        procs = [
+            proc
+            for proc in self.plumbing.procs()
+            if (proc.label == name or proc.label.startswith(name + "/"))
+            and (only is None or proc.label == f"{name}/{only}")
+        ]
+        # All at once, as a node losing power: a busy machine takes a while to kill and reap
+        # each process in turn, and an agent still alive meanwhile would keep its lease.
+        for proc in procs:
+            self.plumbing.kill(proc, signal.SIGSTOP)
+        for proc in procs:
             self.plumbing.kill(proc)
-            killed.append(proc.label)
-        return killed
+        return [proc.label for proc in procs]
 
     def restart(self, name: str) -> None:
         """Whatever of the node (etcd member, app) is dead starts again; a partition is healed."""

@@ -5,19 +5,25 @@ ones send, wait for the echo, and send again at once, so a packet of theirs is
 in flight at any instant of a move; `keepalive` ones are HTTP/1.1 clients that
 send a GET on one persistent connection every 100 ms. Every client reconnects at
 once when its connection ends and writes one JSON line per event: `connected`
-(with the node named by the `Via` header), `echo` (the first answer of a
+(with the node named by the `Via` header, and when the connect started and
+when its TCP handshake completed: `started`, `tcp`), `echo` (the first answer of a
 connection, for the reconnect latency), `closed` (with the close code the
 server sent; `FIN` for an HTTP connection the server closed cleanly) or `error`
 (the connection ended without a close frame or FIN: a reset, an abnormal
 closure). A planned move must give every client `closed` 1001 (or `FIN`) and
 no `error`.
 
-    python -m haproxy_py.lab.echoclients URL SECONDS OUT IDLE PERIODIC CONTINUOUS [KEEPALIVE]
+    python -m haproxy_py.lab.echoclients [--sources A,B,...] URL SECONDS OUT IDLE PERIODIC
+        CONTINUOUS [KEEPALIVE]
+
+With `--sources`, client i connects from address i modulo their number (each
+must be an address of the client's host), as clients on that many hosts would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import sys
 import time
@@ -28,6 +34,8 @@ import aiohttp
 
 PERIOD = 0.1  # a periodic client's send interval
 RETRY = 0.01  # pause before a reconnect after a failed connect
+# The connect in progress in this client's task: when it started and when TCP was up.
+_PHASES: contextvars.ContextVar[dict[str, float]] = contextvars.ContextVar("phases")
 
 
 class Recorder:
@@ -80,14 +88,16 @@ async def client(
     record: Recorder,
 ) -> None:
     while time.monotonic() < deadline:
+        phases: dict[str, float] = {"started": time.monotonic()}
         try:
+            _PHASES.set(phases)
             ws = await session.ws_connect(url, autoclose=True, autoping=True)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             record(index, kind, "connect_failed", error=type(exc).__name__)
             await asyncio.sleep(RETRY)
             continue
         via = ws._response.headers.get("Via", "?").split()[-1]  # the 101's Via header
-        record(index, kind, "connected", via=via)
+        record(index, kind, "connected", via=via, **phases)
         first_echo = asyncio.Event()
         echoed = asyncio.create_task(_note(first_echo, record, index, kind, via))
         error: str | None = None
@@ -112,12 +122,14 @@ async def client(
 
 
 async def keepalive_client(
-    host: str, port: int, index: int, deadline: float, record: Recorder
+    host: str, port: int, index: int, deadline: float, record: Recorder, source: str | None
 ) -> None:
     kind = "keepalive"
+    local = None if source is None else (source, 0)
     while time.monotonic() < deadline:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+            connecting = asyncio.open_connection(host, port, local_addr=local)
+            reader, writer = await asyncio.wait_for(connecting, 2.0)
         except (OSError, TimeoutError) as exc:
             record(index, kind, "connect_failed", error=type(exc).__name__)
             await asyncio.sleep(RETRY)
@@ -150,21 +162,51 @@ async def keepalive_client(
             writer.close()
 
 
-async def main(url: str, seconds: float, record: Recorder, kinds: list[str]) -> None:
+async def _tcp_up(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceConnectionCreateEndParams
+) -> None:
+    """When the connection's TCP handshake completed (before the WebSocket handshake)."""
+    _PHASES.get()["tcp"] = time.monotonic()
+
+
+async def main(
+    url: str, seconds: float, record: Recorder, kinds: list[str], sources: list[str | None]
+) -> None:
     deadline = time.monotonic() + seconds
     limits = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     where = urlsplit(url)
     assert where.hostname is not None and where.port is not None
-    async with aiohttp.ClientSession(timeout=limits, connector=connector) as session:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_tcp_up)
+    sessions: list[aiohttp.ClientSession] = [
+        aiohttp.ClientSession(
+            timeout=limits,
+            connector=aiohttp.TCPConnector(
+                limit=0, force_close=True, local_addr=None if source is None else (source, 0)
+            ),
+            trace_configs=[trace],
+        )
+        for source in sources or [None]
+    ]
+    try:
         await asyncio.gather(
             *(
-                keepalive_client(where.hostname, where.port, i, deadline, record)
+                keepalive_client(
+                    where.hostname,
+                    where.port,
+                    i,
+                    deadline,
+                    record,
+                    sources[i % len(sources)] if sources else None,
+                )
                 if kind == "keepalive"
-                else client(session, url, i, kind, deadline, record)
+                else client(sessions[i % len(sessions)], url, i, kind, deadline, record)
                 for i, kind in enumerate(kinds)
             )
         )
+    finally:
+        for session in sessions:
+            await session.close()
 
 
 def read(path: str) -> list[dict[str, Any]]:
@@ -177,8 +219,10 @@ def read(path: str) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    url, seconds, out, *counts = sys.argv[1:]
+    args = sys.argv[1:]
+    sources: list[str | None] = [*args[1].split(",")] if args[:1] == ["--sources"] else []
+    url, seconds, out, *counts = args[2:] if sources else args
     classes = ("idle", "periodic", "continuous", "keepalive")
     kinds = [kind for kind, count in zip(classes, counts, strict=False) for _ in range(int(count))]
     with open(out, "w") as sink:
-        asyncio.run(main(url, float(seconds), Recorder(sink), kinds))
+        asyncio.run(main(url, float(seconds), Recorder(sink), kinds, sources))

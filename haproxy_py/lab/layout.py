@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-MODES = ("active-standby", "active-active")
+from haproxy_py.cluster.timing import PROFILES, Profile
+
+MODES = ("active-standby", "active-active")  # the floating-IP modes (chaos, fault tests)
+LAB_MODES = (*MODES, "bgp")  # bgp: see haproxy_py.lab.bgplab
 CLUSTER = "lab"
 PROXY_PORT = 8080  # the proxied HTTP/WebSocket port on the VIPs
 APP_PORT = 8000
@@ -31,6 +34,9 @@ ETCD_QUOTA_BYTES = 256 * 1024 * 1024  # explicit; the lab writes a few MB at mos
 MAX_NODES = 8
 FAILBACK_HOLD = 3.0  # active-active only
 MAX_VIPS = 16
+# The lab's etcd runs the fast profile's raft timers whatever the profile: elections are
+# quick on a quiet bridge, and its minimum lease TTL (1 s) admits both profiles' leases.
+LAB_ETCD = PROFILES["fast"]
 
 
 class LayoutError(Exception):
@@ -58,6 +64,11 @@ class Layout:
     vips: tuple[str, ...]
     host_address: str
     host_port: int = 0
+    profile: str = "default"  # a name in `haproxy_py.cluster.timing.PROFILES`
+
+    @property
+    def timing(self) -> Profile:
+        return PROFILES[self.profile]
 
     @property
     def prefixlen(self) -> int:
@@ -103,6 +114,7 @@ class Layout:
             "port": PROXY_PORT,
             "etcd": self.etcd_endpoints,
             "host_url": self.host_url,
+            "profile": self.profile,
         }
 
     def save(self, path: Path) -> None:
@@ -118,13 +130,17 @@ class Layout:
         return cls(**data)
 
 
-def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> Layout:
-    """The lab's shape; `vips` defaults to 1 (active-standby) or one per node (active-active)."""
+def plan(
+    prefix: str, subnet: str, nodes: int, mode: str, vips: int | None, profile: str = "default"
+) -> Layout:
+    """The lab's shape; `vips` defaults to one per node (active-active), else 1."""
+    if profile not in PROFILES:
+        raise LayoutError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if not 1 <= nodes <= MAX_NODES:
         raise LayoutError(f"--nodes must be 1 to {MAX_NODES}, got {nodes}")
-    if mode not in MODES:
-        raise LayoutError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    count = vips if vips is not None else (1 if mode == "active-standby" else nodes)
+    if mode not in LAB_MODES:
+        raise LayoutError(f"--mode must be one of {', '.join(LAB_MODES)}, got {mode!r}")
+    count = vips if vips is not None else (nodes if mode == "active-active" else 1)
     if not 1 <= count <= MAX_VIPS:
         raise LayoutError(f"--vips must be 1 to {MAX_VIPS}, got {count}")
     net = ipaddress.IPv4Network(subnet)
@@ -134,6 +150,9 @@ def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> L
     def member(name: str, host: int) -> Member:
         return Member(name=name, netns=prefix + name, address=str(net[host]))
 
+    # In BGP mode the client sits behind the lab's router, on a link of its own.
+    client_net = behind_router(net) if mode == "bgp" else net
+
     return Layout(
         prefix=prefix,
         subnet=str(net),
@@ -141,10 +160,19 @@ def plan(prefix: str, subnet: str, nodes: int, mode: str, vips: int | None) -> L
         etcd=tuple(member(f"etcd{i}", 10 + i) for i in (1, 2, 3)),
         nodes=tuple(member(f"node{i}", 20 + i) for i in range(1, nodes + 1)),
         apps=tuple(member(f"app{i}", 30 + i) for i in (1, 2)),
-        client=member("client", 41),
+        client=Member(name="client", netns=prefix + "client", address=str(client_net[41])),
         vips=tuple(str(net[100 + i]) for i in range(count)),
         host_address=str(net[1]),
+        profile=profile,
     )
+
+
+def behind_router(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The /24 behind the BGP lab's router: 198.19.x.0/24 for the bridge's 198.18.x.0/24 (or
+    198.18.x for 198.19.x): inside the lab range, never routed on the host."""
+    third = subnet.network_address.packed[2]
+    second = 19 if subnet.network_address.packed[1] == 18 else 18
+    return ipaddress.IPv4Network(f"198.{second}.{third}.0/24")
 
 
 def _toml(value: object) -> str:
@@ -213,13 +241,25 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
         cluster["failback_hold"] = FAILBACK_HOLD
     parts.append(_section("cluster", cluster))
     # No [etcd] cert of its own: each daemon connects as itself (etcd user = common name).
-    parts.append(
-        _section("etcd", {"endpoints": layout.etcd_endpoints, "cacert": str(pki / "ca.crt")})
-    )
+    timing = layout.timing
+    etcd = {"endpoints": layout.etcd_endpoints, "cacert": str(pki / "ca.crt")}
+    parts.append(_section("etcd", {**etcd, "timeout": timing.etcd_timeout}))
     for daemon in ("agent", "controller"):
         parts.append(_section(f"etcd.{daemon}", identity(pki, f"{daemon}-{node.name}")))
-    parts.append(_section("agent", {"proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}"}))
-    parts.append(_section("controller", {"id": node.name, "metrics": ""}))
+    # The peer endpoint (failsafe, the controller's probe) checks callers against the CRL;
+    # the node may ever hold the lab's VIPs only, whatever etcd says.
+    agent: dict[str, object] = {
+        "proxy_admin_url": f"http://127.0.0.1:{ADMIN_PORT}",
+        "peer_crl": str(pki / "ca.crl"),
+        "allowed_vips": list(layout.vips),
+        "lease_ttl": timing.lease_ttl,
+        # what the lab's etcd runs: the agent refuses a lease TTL etcd would raise
+        "etcd_election_timeout": LAB_ETCD.etcd_election_timeout,
+        "etcd_heartbeat_interval": LAB_ETCD.etcd_heartbeat_interval,
+    }
+    parts.append(_section("agent", agent))
+    controller = {"id": node.name, "metrics": "", "lease_ttl": timing.lease_ttl}
+    parts.append(_section("controller", controller))
     parts.append(_section("logging", {"level": "info", "format": "json"}))
     return "\n".join(parts)
 
@@ -237,7 +277,7 @@ def context_file(layout: Layout, pki: Path) -> str:
 
 def etcd_command(layout: Layout, member: Member, pki: Path, data_dir: Path) -> list[str]:
     """etcd with mTLS for clients (CRL-checked, users from certificate names) and for peers
-    (their own CA); fast heartbeats (as in the tests) on a quiet bridge."""
+    (their own CA); the fast profile's raft timers (as in the tests) on a quiet bridge."""
     peer = f"https://{member.address}:{ETCD_PEER_PORT}"
     client = f"https://{member.address}:{ETCD_CLIENT_PORT}"
     cluster = ",".join(f"{m.name}=https://{m.address}:{ETCD_PEER_PORT}" for m in layout.etcd)
@@ -254,8 +294,8 @@ def etcd_command(layout: Layout, member: Member, pki: Path, data_dir: Path) -> l
         f"--initial-cluster={cluster}",
         "--initial-cluster-state=new",
         f"--initial-cluster-token=haproxy-py-{layout.prefix}lab",
-        "--heartbeat-interval=50",
-        "--election-timeout=500",
+        f"--heartbeat-interval={round(LAB_ETCD.etcd_heartbeat_interval * 1000)}",
+        f"--election-timeout={round(LAB_ETCD.etcd_election_timeout * 1000)}",
         # History kept 10 min (a long demo or benchmark never grows it), and an explicit quota.
         "--auto-compaction-mode=periodic",
         "--auto-compaction-retention=10m",

@@ -194,6 +194,28 @@ class Plumbing:
         ip("link", "set", "eth0", "up", netns=netns)
         return Host(name=name, netns=netns, address=iface, link=link)
 
+    def add_routed_host(self, name: str, address: str, router_netns: str, gateway: str) -> Host:
+        """A namespace `<prefix><name>` off the bridge: its `eth0` is linked to `router_netns`
+        alone (that end is named `<name>` and has `gateway`), and its default route is the
+        router, which has none of its own: so traffic still stays inside the lab."""
+        iface, gw = lab_interface(address), lab_interface(gateway)
+        netns = self._name(name)
+        self.state.netns.append(netns)
+        self._save()
+        ip("netns", "add", netns)
+        veth = ("type", "veth", "peer", "name", "eth0", "netns", netns)
+        ip("link", "add", name, *veth, netns=router_netns)
+        ip("addr", "add", str(gw), "dev", name, netns=router_netns)
+        ip("link", "set", name, "up", netns=router_netns)
+        for args in (
+            ("link", "set", "lo", "up"),
+            ("addr", "add", str(iface), "dev", "eth0"),
+            ("link", "set", "eth0", "up"),
+            ("route", "add", "default", "via", str(gw.ip)),
+        ):
+            ip(*args, netns=netns)
+        return Host(name=name, netns=netns, address=iface, link=name)
+
     def recreate_link(self, netns: str, address: str) -> None:
         """Delete the host's `eth0` (and its veth peer) and create it again, as a bond or VLAN
         recreated by the network configuration would be: same name, new index, new MAC."""

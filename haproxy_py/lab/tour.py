@@ -8,6 +8,7 @@ landed and how long it was cut off. It leaves the lab running.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -18,6 +19,7 @@ import aiohttp
 import click
 
 from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.lab import control
 from haproxy_py.lab.client import NetnsLoop, whoami
 from haproxy_py.lab.layout import PROXY_PORT, LayoutError
@@ -115,7 +117,7 @@ def owner(lab: control.Lab, vip: str) -> str | None:
         return None
 
 
-def tour() -> None:
+def tour(profile: str) -> None:
     missing = control.missing_requirements()
     if missing is not None:
         raise click.ClickException(missing)
@@ -124,7 +126,7 @@ def tour() -> None:
         step("Lab", f"A lab is already up (state in {control.RUN_DIR}); the tour uses it.")
     except control.LabError:
         step("hactl lab up", "Building the cluster in network namespaces on this machine.")
-        lab = control.Lab.up(say=click.echo)
+        lab = control.Lab.up(profile=profile, say=click.echo)
     vip = lab.layout.vips[0]
     if not wait(lab.ready, 60):
         raise click.ClickException("the lab is not healthy; see `hactl status` and its logs")
@@ -162,8 +164,9 @@ def tour() -> None:
         step(
             f"hactl lab kill {active}",
             f"SIGKILL of everything on {active}, the active node: no goodbye. Its VIP "
-            "vanishes when the kernel address lifetime runs out, its etcd lease expires "
-            "(TTL 2 s) and the controller hands the VIP to a healthy node.",
+            "falls silent when its fence runs out, its etcd lease expires "
+            f"(TTL {lab.layout.timing.lease_ttl} s) and the controller hands the VIP to a "
+            "healthy node.",
         )
         start = time.monotonic()
         click.secho(f"$ hactl lab kill {active}", fg="cyan")
@@ -223,10 +226,13 @@ def ending(lab: control.Lab, active: str) -> None:
     click.echo("  Remove it:  make demo-down")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m haproxy_py.lab.tour", description=__doc__)
+    parser.add_argument("--profile", choices=list(PROFILES), default="default")
+    args = parser.parse_args(argv)
     configure_logging("error")  # the tour's own etcd reads warn while it kills things
     try:
-        tour()
+        tour(args.profile)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

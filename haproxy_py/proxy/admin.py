@@ -21,7 +21,9 @@ The two POSTs change the node, so a browser must not be able to send them for
 a web page (cross-site request forgery, or DNS rebinding onto the loopback
 port): they are refused (403) unless the Host header names this listener
 (its address, or localhost on loopback) and any Origin is this listener too.
-Programs (the agent, curl) send no Origin and are unaffected.
+Programs (the agent, curl) send no Origin and are unaffected. Who may change
+the node beyond that (tokens, certificate names, revoked certificates) is
+`adminauth`'s decision; every change is logged with who made it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from aiohttp import web
 
 from haproxy_py import __version__
 from haproxy_py.metrics import CONTENT_TYPE
+from haproxy_py.proxy import adminauth
 from haproxy_py.proxy.report import STATUS_CLASSES, TrafficReport
 from haproxy_py.proxy.stats import build_registry
 from haproxy_py.proxy.tls import admin_server_context
@@ -150,6 +153,27 @@ class AdminServer:
                 "admin request refused", method=request.method, path=request.path, reason=reason
             )
             return web.json_response({"status": "refused", "reason": reason}, status=403)
+        transport = request.transport
+        peer = adminauth.peer_of(transport.get_extra_info("peercert") if transport else None)
+        authorization = request.headers.get("Authorization")
+        who, reason = adminauth.decide(config.auth, request.method, authorization, peer)
+        if reason is not None:
+            self.refused += 1
+            log.warning(
+                "admin request refused",
+                method=request.method,
+                path=request.path,
+                reason=reason,
+                by=who,
+            )
+            headers = {"WWW-Authenticate": "Bearer"} if config.auth.tokens else None
+            return web.json_response(
+                {"status": "refused", "reason": reason}, status=403, headers=headers
+            )
+        if request.method not in adminauth.CHANGES_FREE:
+            log.info(
+                "admin change", method=request.method, path=request.path_qs, by=who or "anonymous"
+            )
         return await handler(request)
 
     @property

@@ -1,22 +1,26 @@
 """`haproxy-py run --config FILE` and `haproxy-py check-config FILE`.
 
-`check` validates what the proxy reads; `check-config` validates every
-section of a node's file as each daemon would read it, so Ansible's
-`validate:` catches an agent or controller mistake before it is installed.
+`check` validates what the proxy reads; `check-config` (and `run
+--check-config`) validates every section of a node's file as each daemon
+would read it, so Ansible's `validate:` catches an agent or controller
+mistake before it is installed. `run` follows the daemons' convention
+(`haproxy_py.daemon`): `[logging]` sets the log level and format
+(`--log-level` overrides the level), exit 2 for a bad config, 1 when it
+cannot start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import resource
 import signal
-import sys
 from pathlib import Path
 
 import click
 import structlog
 
-from haproxy_py import certmetrics, systemd
+from haproxy_py import certmetrics, daemon
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import (
     DAEMONS,
@@ -27,11 +31,11 @@ from haproxy_py.cluster.config import (
     parse_node,
 )
 from haproxy_py.configfile import ConfigError, Table, load
-from haproxy_py.logging import configure
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy, trusts_anyone
 from haproxy_py.proxy.master import Master, worker_count
 
 log = structlog.get_logger(__name__)
+NAME = "haproxy-py"
 
 
 def check(doc: Table) -> tuple[str, ProxyConfig]:
@@ -46,8 +50,8 @@ def check_node_file(doc: Table) -> None:
     parse_cluster(doc)
     parse_logging(doc)
     etcd = parse_etcd(doc)
-    for daemon in DAEMONS:  # each daemon's own identity, when the file gives one
-        parse_etcd(doc, daemon)
+    for name in DAEMONS:  # each daemon's own identity, when the file gives one
+        parse_etcd(doc, name)
     if "controller" in doc.data:
         parse_controller(doc, etcd)
     if "agent" in doc.data:
@@ -79,7 +83,7 @@ async def _serve(server: Master, config_file: Path) -> None:
     loop.add_signal_handler(signal.SIGTERM, lambda: stop.set() if drain.is_set() else drain.set())
     loop.add_signal_handler(signal.SIGHUP, hup.set)
     await server.start()
-    systemd.start(lambda: True)  # listening: start() bound every listener
+    daemon.ready(NAME, lambda: True)  # listening: start() bound every listener
     certmetrics.register(
         server.admin.registry, lambda: certmetrics.proxy_files(server.runtime.config)
     )
@@ -122,13 +126,16 @@ def main() -> None:
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def check_config(file: Path) -> None:
-    """Validate FILE; exit 0 if it is usable, else 1 with the problem."""
+    """Validate FILE; exit 0 if it is usable, else 2 with the problem."""
+    _check_node_file(file)
+
+
+def _check_node_file(file: Path) -> None:
     try:
         doc = load(file)
         check_node_file(doc)
     except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
+        daemon.fail(NAME, str(exc), daemon.EXIT_CONFIG)
     for listener in parse_proxy(doc).listeners:
         if trusts_anyone(listener.trusted_proxies):
             click.echo(
@@ -136,32 +143,34 @@ def check_config(file: Path) -> None:
                 "address send a PROXY header, so any client can choose the address it is seen as",
                 err=True,
             )
-    click.echo(f"{file}: ok")
+    if "admin" in doc.data:
+        click.echo(
+            f"{file}: note: [admin] bind and tls (cert, key, client_ca) take effect at the next "
+            "start; tokens, client_names and crl on SIGHUP",
+            err=True,
+        )
+    daemon.checked(file)
 
 
 @main.command()
-@click.option(
-    "--config", "config_file", required=True, type=click.Path(dir_okay=False, path_type=Path)
-)
+@daemon.config_option("every daemon's sections; the proxy reads [node], [proxy] and the rest")
+@daemon.check_config_option
 @click.option(
     "--log-level",
-    default="info",
-    show_default=True,
+    default=None,
+    help="Overrides the level in [logging].",
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def run(config_file: Path, log_level: str) -> None:
+def run(config: Path, check_config: bool, log_level: str | None) -> None:
     """Run the proxy node described by the config file (SIGHUP reloads, SIGTERM drains)."""
-    try:
-        node_name, config = check(load(config_file))
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    configure(log_level)
+    if check_config:
+        _check_node_file(config)
+        return
+    (node_name, proxy), logging = daemon.load(NAME, config, check)
+    log_level = log_level or logging.level
+    daemon.start_logging(logging, log_level)
     _raise_fd_limit()
     _use_uvloop()
-    workers = worker_count(config.proxy.workers)
-    try:
-        asyncio.run(_serve(Master(config, node_name, workers, log_level), config_file))
-    except OSError as exc:
-        click.echo(f"{config_file}: cannot start: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+    workers = worker_count(proxy.proxy.workers)
+    master = Master(proxy, node_name, workers, dataclasses.replace(logging, level=log_level))
+    daemon.run(NAME, config, _serve(master, config), start_errors=(OSError,))

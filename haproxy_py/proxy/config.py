@@ -9,9 +9,10 @@ once (active checks take a bad server out within `fall` intervals).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from haproxy_py.configfile import Table
+from haproxy_py.proxy.adminauth import AdminAuth, parse_admin_auth
 from haproxy_py.proxy.tls import (
     AdminTls,
     BackendTls,
@@ -31,6 +32,7 @@ class AdminConfig:
     host: str
     port: int
     tls: AdminTls | None = None
+    auth: AdminAuth = field(default_factory=AdminAuth)  # who may change the node
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def _workers(proxy: Table) -> int | None:
 
 def parse_admin(doc: Table) -> AdminConfig:
     admin = doc.table("admin", {})
-    admin.reject_unknown({"bind", "tls"})
+    admin.reject_unknown({"bind", "tls", "tokens"})
     bind = admin.string("bind", "127.0.0.1:9901")
     host, port = parse_address(admin, "bind", bind)
     tls = parse_admin_tls(admin)
@@ -250,7 +252,8 @@ def parse_admin(doc: Table) -> AdminConfig:
             "this node: bind it to 127.0.0.1, or require client certificates with "
             'tls = { cert = "...", key = "...", client_ca = "..." }',
         )
-    return AdminConfig(host=host, port=port, tls=tls)
+    auth = parse_admin_auth(admin, tls.client_ca if tls else None)
+    return AdminConfig(host=host, port=port, tls=tls, auth=auth)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,10 +1,21 @@
 """Client-facing listeners and their sockets.
 
 `bind_socket` opens a listening socket (IP_FREEBIND, so a VIP may arrive
-later); `Listener` is one `[[listeners]]` entry at run time: its server, the
-connections it holds (for drains and the connection limit), its TLS context;
-`local_ip` and `send_from_any_address` serve the per-address drain of a VIP
-that moved away.
+later), or takes the one systemd passed for that address (socket activation,
+`LISTEN_FDS`); `Listener` is one `[[listeners]]` entry at run time: its server,
+the connections it holds (for drains and the connection limit), its TLS
+context; `local_ip` and `send_from_any_address` serve the per-address drain of
+a VIP that moved away.
+
+Why sockets from systemd: after a planned move the VIP's address is gone from
+this node before its clients are told to go (so that their reconnects reach the
+new owner), and the kernel sends from an address it no longer has only on a
+socket with IP_TRANSPARENT. Setting that option needs CAP_NET_RAW; systemd sets
+it on the listening socket (`Transparent=yes` in haproxy-py.socket) and every
+accepted connection inherits it, so the proxy itself needs no capability but
+CAP_NET_BIND_SERVICE. A socket so passed can send only on connections it
+accepted, from the address the client connected to: no raw packets, no other
+source address.
 """
 
 from __future__ import annotations
@@ -12,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.config import ListenerConfig
@@ -27,15 +40,62 @@ _IPV6_TRANSPARENT = getattr(socket, "IPV6_TRANSPARENT", 75)  # Linux
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets start at this descriptor
+
+
+def passed_sockets(environ: MutableMapping[str, str] = os.environ) -> list[socket.socket]:
+    """The listening sockets systemd passed to this process (none when not socket-activated).
+
+    The variables are removed, so that no child takes them for its own.
+    """
+    pid, count = environ.pop("LISTEN_PID", ""), environ.pop("LISTEN_FDS", "")
+    environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count.isdigit():
+        return []
+    fds = range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count))
+    return [socket.socket(fileno=fd) for fd in fds]
+
+
+class Passed:
+    """Sockets passed by systemd, by the address they are bound to.
+
+    A listener gets a duplicate, and the passed socket stays here: a listener
+    closed by a whole-proxy drain is listened on again by `undrain` with the
+    same socket (and its IP_TRANSPARENT); meanwhile its connections wait in the
+    backlog, as they do while systemd restarts the proxy.
+    """
+
+    def __init__(self, sockets: list[socket.socket] | None = None) -> None:
+        self._sockets: dict[tuple[str, int], socket.socket] | None = None
+        if sockets is not None:
+            self._sockets = {sock.getsockname()[:2]: sock for sock in sockets}
+
+    def take(self, sockaddr: tuple[str, int]) -> socket.socket | None:
+        if self._sockets is None:
+            self._sockets = {sock.getsockname()[:2]: sock for sock in passed_sockets()}
+        sock = self._sockets.get(sockaddr)
+        return None if sock is None else sock.dup()
+
+
+PASSED = Passed()
+
+
+def passed_socket(host: str, port: int, passed: Passed = PASSED) -> socket.socket | None:
+    """A duplicate of the socket systemd passed for host:port (None: none was passed)."""
+    return _take(passed, _resolve(host, port)[1])
+
+
+def bind_socket(
+    host: str, port: int, passed: Passed = PASSED, reuse_port: bool = False
+) -> socket.socket:
     """A listening-ready TCP socket; OSError naming the address and the kernel's reason.
 
-    `reuse_port`: one of an SO_REUSEPORT group, one per worker process (`master`)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
+    `reuse_port`: one of an SO_REUSEPORT group, one per worker process (`master`);
+    a passed socket is taken as it is (only systemd can make it transparent)."""
+    family, sockaddr = _resolve(host, port)
+    inherited = _take(passed, sockaddr)
+    if inherited is not None:
+        return inherited
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -49,6 +109,22 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
+
+
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _take(passed: Passed, sockaddr: tuple[Any, ...]) -> socket.socket | None:
+    inherited = passed.take((str(sockaddr[0]), int(sockaddr[1])))
+    if inherited is not None:
+        inherited.setblocking(False)
+    return inherited
 
 
 class HeldConnection(Protocol):
@@ -111,9 +187,11 @@ def send_from_any_address(transport: asyncio.BaseTransport) -> bool:
     """Let a connection keep sending after its local address left this node; False if refused.
 
     A moved VIP is removed from the interface before its clients are told to
-    go, so that their reconnects reach the new owner; without this option the
+    go, so that their reconnects reach the new owner; without IP_TRANSPARENT the
     kernel refuses to route packets from an address it no longer has, and the
-    1001 (or FIN) would never leave. Needs CAP_NET_RAW or CAP_NET_ADMIN.
+    1001 (or FIN) would never leave. A connection accepted on a socket systemd
+    made transparent has it already; otherwise setting it needs CAP_NET_RAW or
+    CAP_NET_ADMIN.
     """
     sock = transport.get_extra_info("socket")
     if sock is None:
@@ -124,6 +202,8 @@ def send_from_any_address(transport: asyncio.BaseTransport) -> bool:
         else (socket.IPPROTO_IP, _IP_TRANSPARENT)
     )
     try:
+        if sock.getsockopt(level, option):
+            return True
         sock.setsockopt(level, option, 1)
     except OSError:
         return False

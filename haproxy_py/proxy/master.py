@@ -11,6 +11,13 @@ socket again; a reload hands only new listeners' sockets over. So neither a
 crash nor a reload resets a connection anywhere, and binding (a privileged
 port, an address not here yet) is done and checked once.
 
+A listener whose socket systemd passed (socket activation, `listeners.Passed`)
+is the exception: every worker gets that one socket and they share its accept
+queue. Only systemd can set its IP_TRANSPARENT, which the accepted connections
+inherit and which lets a worker send its 1001 after the VIP left this node
+(a group bound here would need CAP_NET_RAW for that); the master keeps the
+passed socket across drains and worker restarts.
+
 What the workers share goes through the master: its health checks' verdicts
 are pushed to every worker (and the workers' passive results come back to be
 judged), the connection counts that least_conn and max_conns read live in one
@@ -31,14 +38,24 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from haproxy_py.cluster.config import LoggingConfig
 from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy import control
 from haproxy_py.proxy.admin import AdminServer, ListenerState
 from haproxy_py.proxy.config import ListenerConfig, ProxyConfig
 from haproxy_py.proxy.control import Channel, Message
-from haproxy_py.proxy.listeners import AddressDrain, IPAddress, bind_socket, socket_kind
+from haproxy_py.proxy.listeners import (
+    PASSED,
+    AddressDrain,
+    IPAddress,
+    Passed,
+    bind_socket,
+    passed_socket,
+    socket_kind,
+)
 from haproxy_py.proxy.report import TrafficReport, merge
 from haproxy_py.proxy.runtime import Runtime
+from haproxy_py.proxy.server import admin_as_running
 from haproxy_py.proxy.shared import CountTable, RowMap
 
 log = structlog.get_logger(__name__)
@@ -48,6 +65,7 @@ RESTART_AFTER = 1.0  # at least this long between two starts of one worker slot
 START_TIMEOUT = 60.0  # a worker's imports on a loaded machine
 POLL_EVERY = 1.0  # each worker's report is fetched this often (and on every scrape) ...
 HUNG_AFTER = 10.0  # ... and a worker that answered none for this long is killed and restarted
+DEFAULT_LOGGING = LoggingConfig("info", "auto")  # the workers log as the master does
 
 
 def worker_count(configured: int | None) -> int:
@@ -64,11 +82,19 @@ class Group:
     bound: tuple[str, int]
 
     @classmethod
-    def bind(cls, config: ListenerConfig, count: int, port: int | None = None) -> Group:
+    def bind(
+        cls, config: ListenerConfig, count: int, port: int | None = None, passed: Passed = PASSED
+    ) -> Group:
+        """A socket per worker; the one systemd passed, shared by all, if it passed one."""
+        inherited = passed_socket(config.host, port or config.port, passed)
+        if inherited is not None:
+            inherited.listen(1024)
+            shared = [inherited, *(inherited.dup() for _ in range(count - 1))]
+            return cls(config, shared, inherited.getsockname()[:2])
         sockets: list[socket.socket] = []
         try:
             for _ in range(count):
-                sock = bind_socket(config.host, port or config.port, reuse_port=True)
+                sock = bind_socket(config.host, port or config.port, passed, reuse_port=True)
                 sockets.append(sock)
                 sock.listen(1024)
                 port = sock.getsockname()[1]  # port 0: the others join the first one's
@@ -104,11 +130,15 @@ class Master:
     """Serves `config` with `workers` worker processes (see the module doc)."""
 
     def __init__(
-        self, config: ProxyConfig, node_name: str, workers: int, log_level: str = "info"
+        self,
+        config: ProxyConfig,
+        node_name: str,
+        workers: int,
+        logging: LoggingConfig = DEFAULT_LOGGING,
     ) -> None:
         self.config = config
         self.node_name = node_name
-        self.log_level = log_level
+        self.logging = logging
         self.slots = [WorkerSlot(i) for i in range(workers)]
         self.table = CountTable.create(TABLE_ROWS, workers)
         self.rows = RowMap(TABLE_ROWS)
@@ -205,7 +235,8 @@ class Master:
             "-m",
             "haproxy_py.proxy.worker",
             str(theirs.fileno()),
-            self.log_level,
+            self.logging.level,
+            self.logging.format,
             str(slot.index),
             pass_fds=[theirs.fileno()],
         )
@@ -410,6 +441,7 @@ class Master:
                 group.close()
             raise
         old_runtime = self.runtime
+        config = admin_as_running(old_runtime.config, config)
         self.runtime = self._runtime(config, old_runtime.generation + 1, old_runtime)
         self.runtime.start()
         kept = {

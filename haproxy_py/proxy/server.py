@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import socket
 import time
@@ -37,6 +38,7 @@ from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.accesslog import AccessLog
 from haproxy_py.proxy.admin import AdminServer
+from haproxy_py.proxy.adminauth import restart_needed
 from haproxy_py.proxy.config import ProxyConfig
 from haproxy_py.proxy.frontend import ClientConnection
 from haproxy_py.proxy.iplimits import IpLimiter
@@ -260,7 +262,7 @@ class ProxyServer:
                 "no close can leave from an address this node no longer has",
                 address=str(address),
                 effect="its clients see their connections time out instead",
-                fix="give the proxy CAP_NET_RAW (or CAP_NET_ADMIN)",
+                fix="start it from haproxy-py.socket (Transparent=yes), or give it CAP_NET_RAW",
             )
         return AddressDrain(len(tunnels), len(conns), can_send)
 
@@ -320,6 +322,7 @@ class ProxyServer:
                 sock.close()
             raise
         old_runtime = self.runtime
+        config = admin_as_running(old_runtime.config, config)
         runtime = self._runtime(
             config, old_runtime.node_name, old_runtime.generation + 1, old_runtime
         )
@@ -408,3 +411,13 @@ class ProxyServer:
                 closed = self.tunnels.sweep_idle(self.loop.time(), runtime.timeouts.send or 5.0)
                 if closed:
                     log.info("idle websockets closed", count=closed)
+
+
+def admin_as_running(old: ProxyConfig, new: ProxyConfig) -> ProxyConfig:
+    """`new` with the admin listener's bind and TLS as they run: those apply from the next
+    start (said in the log); who may change the node (tokens, names, CRL) applies now."""
+    stale = restart_needed(old.admin, new.admin)
+    if not stale:
+        return new
+    log.warning("admin settings changed that apply only after a restart", settings=stale)
+    return dataclasses.replace(new, admin=dataclasses.replace(old.admin, auth=new.admin.auth))

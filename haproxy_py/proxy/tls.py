@@ -26,18 +26,18 @@ certificates without rebinding the socket or touching open connections.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import ssl
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from haproxy_py import pki
 from haproxy_py.configfile import Table
 
 ALPN = ["http/1.1"]
@@ -121,7 +121,7 @@ def parse_admin_tls(admin: Table, now: dt.datetime | None = None) -> AdminTls | 
     if admin.data.get("tls") is None:
         return None
     entry = admin.table("tls")
-    entry.reject_unknown({"cert", "key", "client_ca"})
+    entry.reject_unknown({"cert", "key", "client_ca", "client_names", "crl"})  # (adminauth)
     cert_path, key_path = Path(entry.string("cert")), Path(entry.string("key"))
     client_ca = Path(entry.string("client_ca"))
     try:
@@ -156,36 +156,19 @@ class CertificateError(ValueError):
 
 
 def check_certificate(cert_path: Path, key_path: Path, now: dt.datetime) -> Certificate:
-    """Read and check a certificate chain and its key; raise CertificateError naming the file."""
-    chain = _read_chain(cert_path)
-    key_data = _read(key_path, "key")
-    try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except TypeError:
-        raise CertificateError(
-            "key", f"{key_path}: the key is encrypted; store it without a passphrase (mode 0600)"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertificateError("key", f"{key_path}: not a PEM private key") from None
-    if _public_der(key.public_key()) != _public_der(chain[0].public_key()):
-        raise CertificateError(
-            "key", f"{key_path}: this key does not match the certificate {cert_path}"
-        )
+    """Read and check a certificate chain and its key (with `pki`'s checks, the same as for
+    the cluster's own files); raise CertificateError naming the file."""
+    with _as_certificate_error("cert"):
+        chain = pki.load_bundle(cert_path)
+    with _as_certificate_error("key"):
+        pki.check_pair(chain[0], pki.load_private_key(key_path), cert_path, key_path)
     problem = key_mode_problem(key_path.stat())
     if problem is not None:
         raise CertificateError("key", f"{key_path}: {problem}")
-    for position, cert in enumerate(chain):
-        what = (
-            str(cert_path) if position == 0 else f"{cert_path} (chain certificate {position + 1})"
-        )
-        if now > cert.not_valid_after_utc:
-            raise CertificateError(
-                "cert", f"{what}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-            )
-        if now < cert.not_valid_before_utc:
-            raise CertificateError(
-                "cert", f"{what}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-            )
+    with _as_certificate_error("cert"):
+        for position, cert in enumerate(chain):
+            where = f" (chain certificate {position + 1})" if position else ""
+            pki.check_dates(cert, f"{cert_path}{where}", now)
     try:
         server_context(cert_path, key_path)
     except ssl.SSLError as exc:
@@ -193,6 +176,14 @@ def check_certificate(cert_path: Path, key_path: Path, now: dt.datetime) -> Cert
             "cert", f"{cert_path}: OpenSSL refused it: {exc.reason or exc}"
         ) from None
     return Certificate(cert_path, key_path, _dns_names(chain[0]), chain[0].not_valid_after_utc)
+
+
+@contextlib.contextmanager
+def _as_certificate_error(key: str) -> Iterator[None]:
+    try:
+        yield
+    except pki.PkiError as exc:
+        raise CertificateError(key, str(exc)) from None
 
 
 def key_mode_problem(st: os.stat_result) -> str | None:
@@ -203,33 +194,6 @@ def key_mode_problem(st: os.stat_result) -> str | None:
     return (
         f"mode {mode:04o} lets other users read the key; "
         "chmod 0600 it (0640 if root owns it and the proxy's group reads it)"
-    )
-
-
-def _read(path: Path, key: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise CertificateError(key, f"{path}: no such file") from None
-    except PermissionError:
-        raise CertificateError(
-            key, f"{path}: permission denied (the proxy's user must read it)"
-        ) from None
-    except OSError as exc:
-        raise CertificateError(key, f"{path}: cannot read: {exc.strerror}") from None
-
-
-def _read_chain(path: Path) -> list[x509.Certificate]:
-    data = _read(path, "cert")
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise CertificateError("cert", f"{path}: not a PEM certificate") from None
-
-
-def _public_der(public_key: PublicKeyTypes) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 

@@ -1,6 +1,6 @@
 """One worker process: a uvloop event loop serving the listeners the master bound.
 
-Started by the master as `python -m haproxy_py.proxy.worker FD LEVEL INDEX`, FD its
+Started by the master as `python -m haproxy_py.proxy.worker FD LEVEL FORMAT INDEX`, FD its
 end of the control socketpair; everything else arrives on it: the config, the
 listening sockets (its own socket of each listener's SO_REUSEPORT group), the
 shared count table, the master's health verdicts. It runs a `ProxyServer`
@@ -22,6 +22,7 @@ import sys
 import structlog
 import uvloop
 
+from haproxy_py.cluster.config import LoggingConfig
 from haproxy_py.logging import configure
 from haproxy_py.proxy.control import Channel, Message
 from haproxy_py.proxy.listeners import AddressDrain
@@ -152,8 +153,8 @@ async def _drain_then_stop(worker: Worker) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    fd, level, index = int(args[0]), args[1], int(args[2])
-    configure(level)
+    fd, level, form, index = int(args[0]), args[1], args[2], int(args[3])
+    configure(level, LoggingConfig(level, form).json)
     structlog.contextvars.bind_contextvars(worker=index)
     uvloop.run(serve(fd))
 

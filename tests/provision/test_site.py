@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from haproxy_py.lab import netns
 from tests.provision import rootfs
 from tests.provision.ansible_run import PlaybookRun, run_playbook, write_inventory
 from tests.provision.machines import PREFIX, REPO_MOUNT, Lab
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
 
@@ -65,24 +66,8 @@ class Deployed:
         return Path(str(self.extra_vars["certs_dir"]))
 
 
-def eventually(
-    what: str,
-    probe: Callable[[], T | None],
-    timeout: float = SETTLE_TIMEOUT,
-    detail: Callable[[], object] = lambda: "",
-) -> T:
-    """Poll `probe` until it returns a value (not None); fail naming `what` and the last error."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-            value, last = None, exc
-        if value is not None:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"{what}: not within {timeout:.0f} s (last error: {last!r}) {detail()}")
+# what a probe over ssh or HTTP may raise while the hosts settle: "not yet"
+PROBE_ERRORS = (OSError, subprocess.SubprocessError, ValueError, KeyError)
 
 
 def _free_port(address: str) -> int:
@@ -96,7 +81,7 @@ def _wait_listening(address: str, port: int) -> None:
         with socket.create_connection((address, port), timeout=2):
             return True
 
-    eventually(f"wheelhouse on {address}:{port}", probe, timeout=30)
+    eventually(probe, 30, f"wheelhouse on {address}:{port}", every=0.5, ignoring=PROBE_ERRORS)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +219,13 @@ def test_every_unit_is_active(deployed: Deployed) -> None:
             done = deployed.lab.ssh(machine, "systemctl is-active " + " ".join(wanted), check=False)
             return True if done.stdout.split() == ["active"] * len(wanted) else None
 
-        eventually(f"{name}: units {wanted} active", active)
+        eventually(
+            active,
+            SETTLE_TIMEOUT,
+            f"{name}: units {wanted} active",
+            every=0.5,
+            ignoring=PROBE_ERRORS,
+        )
         enabled = deployed.lab.ssh(machine, "systemctl is-enabled " + " ".join(wanted), check=False)
         assert enabled.stdout.split() == ["enabled"] * len(wanted), enabled.stdout
 
@@ -316,6 +307,13 @@ def test_etcd_auth_confines_a_node_key(deployed: Deployed) -> None:
         assert done.returncode != 0 and "permission denied" in done.stderr, (key, done.stderr)
     done = _etcdctl_as(deployed, "agent-node1", "auth", "disable")
     assert "permission denied" in done.stderr, done.stderr
+    # VIP assignments are the controller's alone: an agent key can neither write nor delete one
+    for verb in (["put", prefix + f"vips/{deployed.vip}", "{}"], ["del", prefix + "vips/x"]):
+        done = _etcdctl_as(deployed, "agent-node1", *verb)
+        assert done.returncode != 0 and "permission denied" in done.stderr, (verb, done.stderr)
+    # ... and each agent holds only what its own config allows, written from the inventory
+    toml = deployed.lab.ssh(deployed.lab.machine("node1"), "cat /etc/haproxy-py/node.toml")
+    assert f'allowed_vips = ["{deployed.vip}"]' in toml.stdout, toml.stdout
     done = _etcdctl_as(deployed, "operator-admin", "put", prefix + "config", "{}")
     assert "permission denied" in done.stderr, done.stderr
     # The peer port takes peer-CA certificates only.
@@ -375,8 +373,11 @@ def test_etcd_compacts_has_a_quota_and_defragments_one_member_per_slot(
 
 def test_hactl_status_shows_a_healthy_cluster_with_the_vip_held(deployed: Deployed) -> None:
     owner = eventually(
-        "the VIP assigned with all nodes healthy",
         lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "the VIP assigned with all nodes healthy",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
         detail=lambda: deployed.last_status,
     )
     assert owner in PROXIES
@@ -397,29 +398,54 @@ def test_hactl_status_shows_a_healthy_cluster_with_the_vip_held(deployed: Deploy
 
 
 def test_a_client_reaches_a_backend_through_the_vip(deployed: Deployed) -> None:
-    body = eventually(f"an answer from http://{deployed.vip}/", lambda: through_vip(deployed))
+    body = eventually(
+        lambda: through_vip(deployed),
+        SETTLE_TIMEOUT,
+        f"an answer from http://{deployed.vip}/",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+    )
     assert body.startswith("demo backend app1:"), body
 
 
 def test_hactl_failover_moves_the_vip(deployed: Deployed) -> None:
     before = eventually(
-        "the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status
+        lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "the VIP assigned",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+        detail=lambda: deployed.last_status,
     )
     done = hactl(deployed, "failover", "--yes")
     assert done.returncode == 0, done.stderr + done.stdout
     after = eventually(
-        "the VIP on another node",
         lambda: o if (o := vip_owner(deployed)) not in (None, before) else None,
+        SETTLE_TIMEOUT,
+        "the VIP on another node",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
     )
     assert after in PROXIES
     body = eventually(
-        f"an answer from http://{deployed.vip}/ after failover", lambda: through_vip(deployed)
+        lambda: through_vip(deployed),
+        SETTLE_TIMEOUT,
+        f"an answer from http://{deployed.vip}/ after failover",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
     )
     assert body.startswith("demo backend app1:")
 
 
 def _standby(d: Deployed) -> str:
-    owner = eventually("the VIP assigned", lambda: vip_owner(d), detail=lambda: d.last_status)
+    owner = eventually(
+        lambda: vip_owner(d),
+        SETTLE_TIMEOUT,
+        "the VIP assigned",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+        detail=lambda: d.last_status,
+    )
     return next(name for name in PROXIES if name != owner)
 
 
@@ -435,8 +461,20 @@ def test_systemd_restarts_a_killed_daemon(deployed: Deployed) -> None:
             )
             return True if props["ActiveState"] == "active" and int(props["NRestarts"]) else None
 
-        eventually(f"{machine.name}: {unit} restarted after SIGKILL", restarted)
-    eventually("the cluster healthy again", lambda: vip_owner(deployed))
+        eventually(
+            restarted,
+            SETTLE_TIMEOUT,
+            f"{machine.name}: {unit} restarted after SIGKILL",
+            every=0.5,
+            ignoring=PROBE_ERRORS,
+        )
+    eventually(
+        lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "the cluster healthy again",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+    )
 
 
 def test_daemons_notify_readiness_and_have_a_watchdog(deployed: Deployed) -> None:
@@ -460,10 +498,22 @@ def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(deployed: Deploye
             moved = now["MainPID"] not in ("0", before["MainPID"])
             return True if now["ActiveState"] == "active" and again and moved else None
 
-        eventually(f"{machine.name}: {unit} restarted by its watchdog", restarted)
+        eventually(
+            restarted,
+            SETTLE_TIMEOUT,
+            f"{machine.name}: {unit} restarted by its watchdog",
+            every=0.5,
+            ignoring=PROBE_ERRORS,
+        )
         journal = deployed.lab.ssh(machine, f"journalctl -u {unit} --no-pager -o cat", check=False)
         assert "Watchdog timeout" in journal.stdout, journal.stdout[-2000:]
-    eventually("the cluster healthy again", lambda: vip_owner(deployed))
+    eventually(
+        lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "the cluster healthy again",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+    )
 
 
 def test_a_rebooted_node_comes_back_with_every_unit(deployed: Deployed) -> None:
@@ -475,10 +525,19 @@ def test_a_rebooted_node_comes_back_with_every_unit(deployed: Deployed) -> None:
         done = deployed.lab.ssh(machine, "systemctl is-active " + " ".join(units), check=False)
         return True if done.stdout.split() == ["active"] * len(units) else None
 
-    eventually(f"{machine.name}: {units} active after a reboot", active)
     eventually(
-        "all three nodes healthy again",
+        active,
+        SETTLE_TIMEOUT,
+        f"{machine.name}: {units} active after a reboot",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+    )
+    eventually(
         lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "all three nodes healthy again",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
         detail=lambda: deployed.last_status,
     )
 
@@ -497,7 +556,14 @@ def test_renewed_certificates_are_rolled_out_without_a_restart(deployed: Deploye
     again: no daemon and no etcd member restarts (etcd re-reads its own certificate per
     connection; our daemons dial with renewed files when a connection next fails), the VIP
     keeps answering, and etcd accepts the renewed agent certificate."""
-    eventually("the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status)
+    eventually(
+        lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "the VIP assigned",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+        detail=lambda: deployed.last_status,
+    )
     machine = deployed.lab.machine("node1")
     units = ["etcd", *DAEMONS]
     before = {unit: _unit(deployed, machine, unit, "MainPID")["MainPID"] for unit in units}
@@ -567,7 +633,14 @@ def test_a_changed_setting_restarts_every_node_and_the_vip_stays_served(
 ) -> None:
     """The restart handlers fire on every node, one at a time; each node comes back by itself,
     and clients only see the planned hand-overs."""
-    eventually("the VIP assigned", lambda: vip_owner(deployed), detail=lambda: deployed.last_status)
+    eventually(
+        lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "the VIP assigned",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
+        detail=lambda: deployed.last_status,
+    )
     changed = {**deployed.extra_vars, "haproxy_py_log_level": "debug"}
     with VipProber(deployed.vip) as prober:
         third = run_playbook(deployed.inventory, changed, deployed.work, "changed-setting-run")
@@ -575,8 +648,11 @@ def test_a_changed_setting_restarts_every_node_and_the_vip_stays_served(
     assert third.returncode == 0, third.explain()
     assert all(third.recap[name].changed for name in PROXIES), third.explain()
     owner = eventually(
-        "every node healthy and the VIP assigned",
         lambda: vip_owner(deployed),
+        SETTLE_TIMEOUT,
+        "every node healthy and the VIP assigned",
+        every=0.5,
+        ignoring=PROBE_ERRORS,
         detail=lambda: deployed.last_status,
     )
     assert owner in PROXIES

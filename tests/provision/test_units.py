@@ -32,11 +32,13 @@ VARS: dict[str, Any] = {
     "haproxy_py_watchdog_sec": 10,
     "haproxy_py_restart_sec": 1,
     "haproxy_py_admin_bind": "127.0.0.1:9901",
-    "haproxy_py_proxy_close_after_move": True,
+    "haproxy_py_listeners": [],
+    "haproxy_py_cluster_vips": ["198.18.0.100", "198.18.0.101"],
+    "haproxy_py_listen_port": 80,
 }
 
 
-def render(unit: str, **overrides: Any) -> str:
+def render(unit: str, kind: str = "service", **overrides: Any) -> str:
     """The unit as Ansible's template module writes it (trim_blocks, as Ansible sets it)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -45,7 +47,7 @@ def render(unit: str, **overrides: Any) -> str:
         keep_trailing_newline=False,  # as Ansible: an include loses its last newline
     )
     env.filters["bool"] = bool
-    return env.get_template(f"{unit}.service.j2").render(**{**VARS, **overrides})
+    return env.get_template(f"{unit}.{kind}.j2").render(**{**VARS, **overrides})
 
 
 def _directives(text: str) -> dict[str, list[str]]:
@@ -90,8 +92,20 @@ def test_each_daemon_has_its_own_user_and_only_its_capabilities() -> None:
     proxy = units["haproxy-py"]
     assert "AF_PACKET" not in proxy["RestrictAddressFamilies"][0]
     assert "agent.key" in proxy["InaccessiblePaths"][0]
-    strict = _directives(render("haproxy-py", haproxy_py_proxy_close_after_move=False))
-    assert strict["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert proxy["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert proxy["Requires"] == ["haproxy-py.socket"]
+
+
+def test_the_proxy_listens_on_sockets_systemd_makes_transparent() -> None:
+    """IP_TRANSPARENT is set by systemd, so the proxy's closes leave after a move without
+    CAP_NET_RAW: one ListenStream per listener (one per VIP by default), free-bound."""
+    per_vip = _directives(render("haproxy-py", "socket"))
+    assert per_vip["ListenStream"] == ["198.18.0.100:80", "198.18.0.101:80"]
+    assert per_vip["Transparent"] == per_vip["FreeBind"] == ["yes"]
+    assert per_vip["Service"] == ["haproxy-py.service"]
+    listeners = [{"name": "web", "bind": "0.0.0.0:8080"}, {"name": "tls", "bind": "[::]:443"}]
+    given = _directives(render("haproxy-py", "socket", haproxy_py_listeners=listeners))
+    assert given["ListenStream"] == ["0.0.0.0:8080", "[::]:443"]
 
 
 def _tasks() -> list[tuple[Path, dict[str, Any]]]:

@@ -20,6 +20,7 @@ class FakeAddressTable:
         self.mac = b"\x02\x00\x00\x00\x00\x01"
         self.present: dict[str, float] = {}  # vip -> lifetime it was last set with
         self.graced: list[str] = []
+        self.let_out_vips: list[str] = []
         self.failing = False  # every operation fails (a deleted interface)
         self.removal_failing = False  # only removals fail
 
@@ -29,6 +30,9 @@ class FakeAddressTable:
 
     def grace(self, vip: str, seconds: float) -> None:
         self.graced.append(vip)
+
+    def let_out(self, vip: str) -> None:
+        self.let_out_vips.append(vip)
 
     def _check(self) -> None:
         if self.failing:

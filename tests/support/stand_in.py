@@ -3,9 +3,9 @@
 It does what the hand-over protocol asks of an agent, minus the kernel: keep
 `nodes/<name>` alive under its lease, list the VIPs assigned to it there as
 held (the controller releases an assigned VIP its owner does not list),
-acknowledge a release by deleting the
-VIP key (compare on mod_revision), drop its VIP keys when its proxy turns
-unhealthy, revoke its lease on a clean stop. `crash()` just stops
+acknowledge a release by naming the VIP key's mod revision under `released`
+in its node record (agents may not write `vips/`), do the same for its VIPs
+when its proxy turns unhealthy, revoke its lease on a clean stop. `crash()` just stops
 keepalives, so the lease expires as it would for a dead node.
 
 Tests use it in-process, or as a process of its own (hactl's tests):
@@ -50,6 +50,7 @@ class StandInAgent:
         self.healthy_since = time.time()
         self.acks: list[tuple[str, float]] = []  # (vip, time.monotonic()) of each release acked
         self.held: set[str] = set()
+        self.released: dict[str, int] = {}  # vip -> mod revision of the assignment let go
         self._unpublished = False  # the record's last put failed: the keepalive loop retries
         self.lease_lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,6 +72,7 @@ class StandInAgent:
             backends_total=2,
             vips=tuple(sorted(self.held)),
             updated=time.time(),
+            released=dict(self.released),
         )
 
     async def start(self) -> StandInAgent:
@@ -103,17 +105,22 @@ class StandInAgent:
             if event.kind == "put":
                 await self._consider(event.key, event.value, event.mod_revision)
             else:
-                await self._hold(event.key.rsplit("/", 1)[-1], False)
+                vip = event.key.rsplit("/", 1)[-1]
+                self.released.pop(vip, None)
+                await self._hold(vip, False)
 
     async def _consider(self, key: str, value: bytes, mod_revision: int) -> None:
         vip = key.rsplit("/", 1)[-1]
         record = VipAssignment.parse(vip, value)
-        mine = record is not None and record.node == self.name
+        mine = record is not None and record.node == self.name and record.lease == self.lease
+        if self.released.get(vip) != mod_revision:
+            self.released.pop(vip, None)  # a new assignment: the old acknowledgement is moot
         await self._hold(vip, mine and record is not None and record.state == "assigned")
-        if record and mine and record.state == "releasing":
-            with contextlib.suppress(StoreError):
-                if await self.store.delete_if(key, mod_revision):
-                    self.acks.append((vip, time.monotonic()))
+        if record and mine and record.state == "releasing" and vip not in self.released:
+            self.released[vip] = mod_revision
+            await self._publish()
+            if not self._unpublished:
+                self.acks.append((vip, time.monotonic()))
 
     async def _hold(self, vip: str, held: bool) -> None:
         """List `vip` as held in the node record (or not), as a real agent does."""
@@ -138,13 +145,15 @@ class StandInAgent:
         self.healthy = healthy
         if healthy:
             self.healthy_since = time.time()
-        await self.store.put(self.key, self.record().to_json(), self.lease)
         if not healthy:
             kvs, _ = await self.store.get_prefix(self.store.schema.vips_prefix)
             for kv in kvs:
-                record = VipAssignment.parse(kv.key.rsplit("/", 1)[-1], kv.value)
+                vip = kv.key.rsplit("/", 1)[-1]
+                record = VipAssignment.parse(vip, kv.value)
                 if record and record.node == self.name:
-                    await self.store.delete_if(kv.key, kv.mod_revision)
+                    self.released[vip] = kv.mod_revision
+                    self.held.discard(vip)
+        await self.store.put(self.key, self.record().to_json(), self.lease)
 
     async def _cancel(self) -> None:
         for task in self._tasks:

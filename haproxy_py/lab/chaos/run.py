@@ -4,6 +4,7 @@ healed and judged, one at a time; the lab is healed and the load stopped whateve
 Invariants, each a `Violation` when broken (see docs/lab.md):
 - two-answering: two MACs answer ARP for one VIP from the client namespace (any time);
 - not-served: a VIP gets no answer within `budget` s after a fault heals;
+- outage: a kind with a bound of its own (`verdict.outage_bound`) left a VIP unanswered longer;
 - websocket-order: an echo lost, duplicated or reordered within one connection;
 - websocket-stall: a WebSocket client with no echo and no new attempt since the heal,
   `budget` s after convergence;
@@ -28,10 +29,18 @@ from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.chaos.faults import FaultError, Injector
 from haproxy_py.lab.chaos.load import WsStats, ws_load
 from haproxy_py.lab.chaos.schedule import KINDS, Fault, plan
-from haproxy_py.lab.chaos.verdict import Outcome, Report, Violation, first_after, outage
+from haproxy_py.lab.chaos.verdict import (
+    Outcome,
+    Report,
+    Violation,
+    first_after,
+    outage,
+    outage_bound,
+)
 from haproxy_py.lab.client import NetnsLoop, Probe
 from haproxy_py.lab.etcdstatus import etcd_status
 from haproxy_py.lab.layout import PROXY_PORT
+from haproxy_py.lab.settle import healthy, wait
 from haproxy_py.lab.watch import AddressReader, TwoOwnersWatcher
 
 Say = Callable[[str], None]
@@ -63,20 +72,6 @@ class Options:
         return (self.faults or 0) * (3.0 + self.budget + self.converge + SETTLE_LIMIT) + 120
 
 
-def healthy(lab: control.Lab) -> bool:
-    """Every node healthy, every VIP assigned and answering; in active-active every node holds
-    a VIP (a rebalance still to come is not convergence)."""
-    if not lab.ready():
-        return False
-    try:
-        view = lab.view()
-    except StoreError:
-        return False
-    if lab.layout.mode == "active-active":
-        return all(view.vips_of(n.name) for n in lab.layout.nodes)
-    return True
-
-
 # Faults after which a node's agent must have registered again under a new lease.
 NEW_LEASE = {"kill-node", "term-agent", "kill-agent"}
 
@@ -96,16 +91,6 @@ def all_running(lab: control.Lab) -> bool:
         if len(lab.running(node.name)) < len(control.NODE_PROCESSES):
             return False
     return all(lab.running(m.name) for m in (*layout.etcd, *layout.apps))
-
-
-def wait(check: Callable[[], bool], limit: float) -> float | None:
-    """Seconds until `check` held, or None after `limit`."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > limit:
-            return None
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 class Run:
@@ -130,6 +115,7 @@ class Run:
         was in force at `at`."""
         at = time.monotonic() if at is None else at
         fault = next((label for start, label in reversed(self.timeline) if start <= at), "")
+        evidence += f" [machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores]"
         v = Violation(at, invariant, fault, evidence)
         self.report.violations.append(v)
         self.say(f"  VIOLATION {invariant}: {evidence}")
@@ -231,12 +217,15 @@ class Run:
             self.violation(
                 "not-served", f"{vip} answered again after {took} (budget {o.budget:g} s)"
             )
+        gap = max(outage(successes(v), start, back[v] or time.monotonic()) for v in probes)
+        bound = outage_bound(fault.kind)
+        if bound is not None and gap > bound:
+            self.violation("outage", f"no answer for {gap:.2f} s (bound {bound:g} s)", start)
         recovered = (
             None
             if any(t is None for t in back.values())
             else max(t - healed for t in back.values() if t is not None)
         )
-        gap = max(outage(successes(v), start, back[v] or time.monotonic()) for v in probes)
         renewed = {fault.target: before.get(fault.target)} if fault.kind in NEW_LEASE else {}
 
         def converged_now() -> bool:
@@ -255,6 +244,7 @@ class Run:
         self.judge_arp(arp)
         self.judge_ws()
         self.report.outcomes.append(Outcome(fault, gap, recovered, converged, o.budget))
+        self.report.load_max = max(self.report.load_max, os.getloadavg()[0])
         self.timeline.append((time.monotonic(), ""))
         return True
 

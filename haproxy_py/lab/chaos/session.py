@@ -42,8 +42,16 @@ def options(
     )
 
 
-def chaos(*, run_dir: Path, chosen: Options, mode: str | None, say: Say) -> Report:
-    """Run `chosen` on the lab in `run_dir`, or on one brought up (and down again) for it."""
+def chaos(
+    *,
+    run_dir: Path,
+    chosen: Options,
+    mode: str | None,
+    say: Say,
+    prefix: str = control.DEFAULT_PREFIX,
+) -> Report:
+    """Run `chosen` on the lab in `run_dir`, or on one brought up (and down again) for it, its
+    namespaces named `prefix`..."""
     if control.Paths(run_dir).layout.exists():
         lab = control.Lab.load(run_dir)
         if mode is not None and mode != lab.layout.mode:
@@ -53,7 +61,7 @@ def chaos(*, run_dir: Path, chosen: Options, mode: str | None, say: Say) -> Repo
             )
         return Run(lab, chosen, say).execute()
     say(f"no lab is up: bringing one up in {run_dir} (and down again afterwards)")
-    lab = control.Lab.up(run_dir=run_dir, mode=mode or "active-standby", say=say)
+    lab = control.Lab.up(run_dir=run_dir, prefix=prefix, mode=mode or "active-standby", say=say)
     try:
         return Run(lab, chosen, say).execute()
     finally:

@@ -8,12 +8,24 @@ the fault index are enough to go and look.
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from haproxy_py.lab.chaos.schedule import Fault
+
+# How long a fault kind may leave a VIP unanswered while it is in force (s); kinds not named
+# here are bound only after the heal (`not-served`). All etcd members stopped: the failsafe
+# keeps a working holder's VIPs through the outage, so clients may miss at most this much
+# (a machine-load margin; without the failsafe the outage would last the whole hold).
+ETCD_ALL_OUTAGE: float | None = 2.0
+
+
+def outage_bound(kind: str) -> float | None:
+    """The most outage `kind` may cause, heal included; None: no bound during the fault."""
+    return ETCD_ALL_OUTAGE if kind == "etcd-all" else None
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,7 @@ class Report:
     stopped_early: str = ""
     kinds: tuple[str, ...] = ()  # the kinds drawn from, when not all of them
     reached: int = 0  # the index of the last fault begun
+    load_max: float = 0.0  # the machine's highest 1-minute load average seen after a fault
 
     def replay(self) -> str:
         """The command that runs this schedule again up to the last fault begun."""
@@ -134,6 +147,7 @@ class Report:
             "clients": self.clients,
             "faults": len(self.outcomes),
             "seconds": round(self.seconds, 1),
+            "load_max": round(self.load_max, 2),
             "passed": self.passed,
             "replay": self.replay(),
             "stopped_early": self.stopped_early,
@@ -155,7 +169,8 @@ class Report:
 
     def text(self) -> str:
         head = f"chaos {self.mode}: {len(self.outcomes)} faults in {self.seconds:.0f} s, "
-        head += f"seed {self.seed}, {self.clients} WebSocket clients"
+        head += f"seed {self.seed}, {self.clients} WebSocket clients, "
+        head += f"machine load up to {self.load_max:.1f} on {os.cpu_count()} cores"
         lines = [head, ", ".join(f"{k} {v}" for k, v in sorted(self.counters.items())), ""]
         lines.append(
             f"{'fault kind':<18}{'count':>6}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}  in budget"

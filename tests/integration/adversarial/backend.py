@@ -96,7 +96,7 @@ class _Conn(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self.task = asyncio.get_running_loop().create_task(self._answer())
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -22,7 +22,8 @@ from tests.integration.adversarial.client import (
     responses,
     statuses,
 )
-from tests.integration.proxy.support import admin_url, poll_until
+from tests.integration.proxy.support import admin_url
+from tests.support.wait import eventually_async
 
 FAST = (
     "[proxy.timeouts]\nclient_body = 0.3\nupstream_read = 0.3\nsend = 0.3\nupstream_header = 0.3\n"
@@ -31,15 +32,15 @@ FAST = (
 
 async def released(server: ProxyServer) -> None:
     """Every client connection and server slot released (in every worker, if any)."""
-    for _ in range(1500):
+
+    async def free() -> bool:
         traffic = await server.traffic()
         servers = [s for b in server.runtime.backends.values() for s in b.servers]
-        if not any(n for _, n in traffic.listener_connections) and not any(
+        return not any(n for _, n in traffic.listener_connections) and not any(
             s.load() for s in servers
-        ):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("still held after 30 s: client connections or server slots")
+        )
+
+    await eventually_async(free, 30, "every client connection and server slot released")
 
 
 async def test_endless_header_line_is_431_while_it_arrives(recorder, proxy) -> None:
@@ -155,7 +156,9 @@ async def test_unread_response_with_close_is_let_go(recorder, proxy) -> None:
     sock.connect(server.address("web"))
     sock.sendall(b"GET /200k HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     try:
-        await poll_until(lambda: backend.paths() == ["/200k"], "the request reached the backend")
+        await eventually_async(
+            lambda: backend.paths() == ["/200k"], 30, "the request reached the backend"
+        )
         await released(server)  # the client still holds its socket, unread
     finally:
         sock.close()
@@ -204,7 +207,7 @@ async def test_per_address_connection_limit(recorder, proxy, session) -> None:
     backend = await recorder()
     server = await proxy(config(backend.address, proxy="[proxy.limits]\nper_ip_connections = 2\n"))
     held = [await asyncio.open_connection(*server.address("web")) for _ in range(2)]
-    await poll_until(lambda: server.listeners[0].active == 2, "two connections held")
+    await eventually_async(lambda: server.listeners[0].active == 2, 30, "two connections held")
     refused = await exchange(server, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert statuses(refused) == [429]
     handshake = await exchange(server, b"GET /ws HTTP/1.1\r\n" + HANDSHAKE)
@@ -244,14 +247,14 @@ async def test_idle_websocket_that_cannot_flush_is_aborted_once(recorder, proxy)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(server.address("web"))
     sock.sendall(b"GET /ws HTTP/1.1\r\n" + HANDSHAKE)
-    await poll_until(lambda: len(server.tunnels) == 1, "tunnel open")
+    await eventually_async(lambda: len(server.tunnels) == 1, 30, "tunnel open")
     tunnel = next(iter(server.tunnels.open))
     for _ in range(64):  # fill the client's direction until backpressure stops the relay
         tunnel.upstream_half.transport.pause_reading()
         tunnel.client_half.transport.write(b"\x82\x7f" + (65536).to_bytes(8, "big") + bytes(65536))
     with capture_logs() as entries:
         try:
-            await poll_until(lambda: not server.tunnels.open, "the stuck tunnel is gone")
+            await eventually_async(lambda: not server.tunnels.open, 30, "the stuck tunnel is gone")
             await asyncio.sleep(0.5)  # a few more sweeps
         finally:
             sock.close()

@@ -16,7 +16,7 @@ from tests.integration.adversarial.client import (
     responses,
     statuses,
 )
-from tests.integration.proxy.support import poll_until
+from tests.support.wait import eventually_async
 
 SMUGGLED = b"GET /smuggled-admin HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
 
@@ -116,8 +116,9 @@ async def test_accepted_upgrade_delivers_early_bytes_after_the_101(recorder, pro
     writer.write(b"GET /ws HTTP/1.1\r\n" + HANDSHAKE + frame)
     async with asyncio.timeout(30):
         head = await reader.readuntil(b"\r\n\r\n")
-    await poll_until(
+    await eventually_async(
         lambda: bool(backend.tunnels) and len(backend.tunnels[0].received) >= len(frame),
+        30,
         "the early frame reached the backend",
     )
     writer.close()

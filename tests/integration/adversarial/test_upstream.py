@@ -17,7 +17,8 @@ from tests.integration.adversarial.client import (
     responses,
     statuses,
 )
-from tests.integration.proxy.support import admin_url, poll_until
+from tests.integration.proxy.support import admin_url
+from tests.support.wait import eventually_async
 
 WARM = b"GET /warm HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
 
@@ -30,7 +31,7 @@ async def pooled(server: ProxyServer) -> None:
     """Leave one idle upstream connection in the pool."""
     assert statuses(await exchange(server, WARM)) == [200]
     backend = server.runtime.backends["app"]
-    await poll_until(lambda: any(backend.idle.values()), "a pooled connection")
+    await eventually_async(lambda: any(backend.idle.values()), 30, "a pooled connection")
 
 
 @pytest.mark.single_process
@@ -125,7 +126,9 @@ async def test_reload_keeps_each_servers_open_count(recorder, proxy) -> None:
     (kept,) = server.runtime.backends["app"].servers
     assert kept.load() == 1  # least_conn and max_conns still see the WebSocket
     writer.close()
-    await poll_until(lambda: kept.load() == 0, "the tunnel's end is counted on the same server")
+    await eventually_async(
+        lambda: kept.load() == 0, 30, "the tunnel's end is counted on the same server"
+    )
 
 
 @pytest.mark.single_process
@@ -134,7 +137,7 @@ async def test_local_connect_errors_never_mark_a_server_down(recorder, proxy) ->
     backend = await recorder()
     server = await proxy(config(backend.address, health="fall = 1"))
     reader, writer = await asyncio.open_connection(*server.address("web"))
-    await poll_until(lambda: server.listeners[0].active == 1, "connection accepted")
+    await eventually_async(lambda: server.listeners[0].active == 1, 30, "connection accepted")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lowest_free = os.dup(0)
     os.close(lowest_free)

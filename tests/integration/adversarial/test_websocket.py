@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.adversarial.backend import SPLIT_FRAME
 from tests.integration.adversarial.client import HANDSHAKE, config
-from tests.integration.proxy.support import poll_until
+from tests.support.wait import eventually_async
 
 CLOSE_1001 = b"\x88\x02\x03\xe9"
 
@@ -44,10 +44,14 @@ async def test_drain_waits_for_a_frame_the_client_sent_with_its_handshake(record
     writer.write(b"GET /ws HTTP/1.1\r\n" + HANDSHAKE + frame[:60])
     async with asyncio.timeout(30):
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    await poll_until(lambda: len(backend.tunnels[0].received) == 60, "early bytes relayed")
+    await eventually_async(
+        lambda: len(backend.tunnels[0].received) == 60, 30, "early bytes relayed"
+    )
     server.tunnels.drain_all()
     writer.write(frame[60:])
-    await poll_until(lambda: len(backend.tunnels[0].received) >= 208 + 8, "frame and close")
+    await eventually_async(
+        lambda: len(backend.tunnels[0].received) >= 208 + 8, 30, "frame and close"
+    )
     writer.close()
     received = bytes(backend.tunnels[0].received)
     assert received[:208] == frame

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from haproxy_py.cluster.store import Store
-from tests.integration.cluster.helpers import VIP1, etcd_config, until, view_where
+from tests.integration.cluster.helpers import VIP1, etcd_config, view_where
 from tests.support.etcd import EtcdCluster, free_ports
 from tests.support.stand_in import StandInAgent
+from tests.support.wait import eventually_async
 
 
 def write_config(
@@ -136,7 +137,7 @@ class TestProcesses:
             view = await view_where(store, lambda v: v.owner(VIP1) == "a" and v.leader is not None)
             assert view.leader is not None
             first = view.leader.id
-            metrics = await until(lambda: _scrape(ports[int(first[1:])]))
+            metrics = await eventually_async(lambda: _scrape(ports[int(first[1:])]))
             assert "haproxy_py_controller_is_leader 1" in metrics
             assert "haproxy_py_controller_etcd_reachable 1" in metrics
 
@@ -145,7 +146,7 @@ class TestProcesses:
             view = await view_where(store, lambda v: v.leader is not None and v.leader.id != first)
             takeover = time.monotonic() - killed
             assert takeover < 2 + 0.5 + 2  # TTL + etcd's expiry check + slack for a busy box
-            second = view.leader.id  # type: ignore[union-attr]
+            second = view.leader.id
 
             procs[second].send_signal(signal.SIGTERM)
             stopped = time.monotonic()
@@ -172,7 +173,7 @@ class TestProcesses:
         async def logged() -> bool:
             return log.exists() and "etcd unreachable" in log.read_text()
 
-        await until(logged)
+        await eventually_async(logged)
         await asyncio.sleep(1.0)  # several ticks: the line must not repeat every cycle
         assert log.read_text().count('"event": "etcd unreachable"') == 1
         assert "Traceback" not in log.read_text()

@@ -25,9 +25,10 @@ from pathlib import Path
 from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.records import Request
 from haproxy_py.cluster.store import Store, WatchEvent, new_request_id
-from tests.integration.cluster.helpers import VIP1, etcd_config, until
+from tests.integration.cluster.helpers import VIP1, etcd_config
 from tests.support.etcd import EtcdCluster
 from tests.support.stand_in import StandInAgent
+from tests.support.wait import eventually_async
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -123,7 +124,7 @@ async def test_watch_behind_compaction_resyncs_and_misses_nothing(etcd: EtcdClus
         mirror = Mirror(watched, prefix, writer)
         task = asyncio.create_task(mirror.run())
         try:
-            await until(lambda: _async(mirror.state.get(f"{prefix}k4") == b"before"))
+            await eventually_async(lambda: _async(mirror.state.get(f"{prefix}k4") == b"before"))
             await path.cut()  # the watch is down from now on
             for i in range(5):
                 await writer.put(f"{prefix}k{i}", b"while-down")
@@ -132,7 +133,7 @@ async def test_watch_behind_compaction_resyncs_and_misses_nothing(etcd: EtcdClus
             compacted = await maintenance.compact(writer)
             await path.restore()
 
-            await until(lambda: _async(bool(mirror.resyncs)), within=30)
+            await eventually_async(lambda: _async(bool(mirror.resyncs)), within=30)
             assert mirror.resyncs[0].mod_revision == compacted
             await writer.put(f"{prefix}later", b"after")
 
@@ -140,7 +141,7 @@ async def test_watch_behind_compaction_resyncs_and_misses_nothing(etcd: EtcdClus
                 kvs, _ = await writer.get_prefix(prefix)
                 return {kv.key: kv.value for kv in kvs} == mirror.state
 
-            await until(converged, within=20)
+            await eventually_async(converged, within=20)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -184,7 +185,7 @@ async def test_controller_watching_through_compaction_acts_on_every_request(
     proc = _start_controller(config, log_path)
     try:
         async with Store(cfg, "c") as store:
-            await until(lambda: _leader_holds(store), within=30)
+            await eventually_async(lambda: _leader_holds(store), within=30)
             await path.cut()  # the controller's only way to etcd
             paused = await store.submit(Request(new_request_id(time.time()), "pause"))
             # One more write, so that compaction passes the revision the watch resumes from.
@@ -195,7 +196,7 @@ async def test_controller_watching_through_compaction_acts_on_every_request(
             async def resynced() -> bool:
                 return "etcd watch behind compacted history" in log_path.read_text()
 
-            await until(resynced, within=30)
+            await eventually_async(resynced, within=30)
             result = await store.wait_result(paused.id, 20)
             assert result.result is not None and result.result.status == "done"
             resumed = await store.submit(Request(new_request_id(time.time()), "resume"))

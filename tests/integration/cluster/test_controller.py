@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Sequence
 
 import pytest
 
 from controller.actions import Action, AssignVip, ReleaseVip
 from controller.election import Election
 from controller.execute import Executor, Outcome
-from controller.loop import Controller
-from haproxy_py.cluster.config import ClusterConfig, EtcdConfig
 from haproxy_py.cluster.records import ClusterView, Request
 from haproxy_py.cluster.store import Store, StoreUnavailable, new_request_id
 from haproxy_py.hactl.errors import TimedOut
@@ -22,79 +19,17 @@ from tests.integration.cluster.helpers import (
     VIP1,
     VIP2,
     VIP3,
+    Running,
     cluster_config,
-    controller_config,
     etcd_config,
-    until,
+    owned_by,
+    scene,
+    submit,
     view_where,
 )
 from tests.support.etcd import EtcdCluster
 from tests.support.stand_in import StandInAgent
-
-
-class Running:
-    """A controller running in this event loop, with its own store connection."""
-
-    def __init__(self, etcd: EtcdConfig, cluster: ClusterConfig, ident: str, ttl: int) -> None:
-        self.store = Store(etcd, cluster.name)
-        self.controller = Controller(self.store, cluster, controller_config(ident, ttl), ident)
-        self.task = asyncio.create_task(self.controller.run())
-
-    async def stop(self) -> None:
-        self.controller.stop()
-        await asyncio.wait_for(self.task, 20)
-        await self.store.close()
-
-
-@asynccontextmanager
-async def scene(
-    etcd: EtcdConfig,
-    cluster: ClusterConfig,
-    nodes: dict[str, int],
-    controllers: int = 1,
-    ttl: int = 2,
-) -> AsyncIterator[tuple[Store, dict[str, StandInAgent], list[Running]]]:
-    """Agents (name -> priority), controllers and an observer store, all torn down after."""
-    async with AsyncExitStack() as stack:
-        observer = Store(etcd, cluster.name)
-        stack.push_async_callback(observer.close)
-        agents: dict[str, StandInAgent] = {}
-        for name, priority in nodes.items():
-            agent = StandInAgent(etcd, cluster.name, name, priority, ttl)
-            stack.push_async_callback(agent.close)
-            agents[name] = await agent.start()
-        running: list[Running] = []
-        for i in range(controllers):
-            ctl = Running(etcd, cluster, f"ctl{i}", ttl)
-            stack.push_async_callback(_stop_quietly, ctl)
-            running.append(ctl)
-        yield observer, agents, running
-
-
-async def _stop_quietly(ctl: Running) -> None:
-    if not ctl.task.done():
-        await ctl.stop()
-
-
-def owned_by(*pairs: tuple[str, str]) -> Callable[[ClusterView], bool]:
-    def check(view: ClusterView) -> bool:
-        return all(
-            (a := view.vips.get(vip)) is not None and a.node == node and a.state == "assigned"
-            for vip, node in pairs
-        )
-
-    return check
-
-
-async def submit(store: Store, kind: str, **fields: str) -> Request:
-    request = Request(
-        id=new_request_id(time.time()),
-        kind=kind,  # type: ignore[arg-type]
-        created=time.time(),
-        **fields,  # type: ignore[arg-type]
-    )
-    await store.submit(request)
-    return await store.wait_result(request.id, 20)
+from tests.support.wait import eventually_async
 
 
 class TestPlacement:
@@ -252,7 +187,7 @@ class TestMoveSurvivesLeaderDeath:
                 released.set()
                 return outcome
 
-            first.executor.run = die_after_the_release  # type: ignore[method-assign]
+            first.executor.run = die_after_the_release
             request = Request(
                 id=new_request_id(time.time()), kind="move", created=time.time()
             )  # no target: the controller picks b, the only other node
@@ -262,8 +197,8 @@ class TestMoveSurvivesLeaderDeath:
                 await store.submit(request)
             await asyncio.wait_for(released.wait(), 20)
             await asyncio.wait_for(ctls[0].task, 20)
-            # with no leader left, only a's acknowledgement can have deleted the key
-            await view_where(store, lambda v: VIP1 not in v.occupied and v.leader is None)
+            # with no leader left, a acknowledges in its record and the key stays a's
+            await view_where(store, lambda v: v.acknowledged(VIP1) and v.leader is None)
             if hactl_times_out:
                 with pytest.raises(TimedOut, match="still running"):
                     await hactl  # ... and so the request is left for the next leader
@@ -324,7 +259,7 @@ class TestEtcdFaults:
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
                 assert not agents["a"].lease_lost.is_set()
-            after = await until(lambda: _view_or_none(store))
+            after = await eventually_async(lambda: _view_or_none(store))
             assert owned_by((VIP1, "a"))(after)
             assert after.epoch == before.epoch
             answered = await submit(store, "move", target="b")  # and the cluster still works
@@ -337,7 +272,7 @@ class TestEtcdFaults:
         async with scene(cfg, cluster_config("e2"), {"a": 200, "b": 100}) as (store, _agents, _):
             before = await view_where(store, owned_by((VIP1, "a")))
             etcd.members[0].restart()
-            after = await until(lambda: _view_or_none(store))
+            after = await eventually_async(lambda: _view_or_none(store))
             assert owned_by((VIP1, "a"))(after) and after.epoch == before.epoch
             answered = await submit(store, "move", target="b")
             assert answered.result is not None and answered.result.status == "done"

@@ -63,7 +63,7 @@ async def test_an_unreadable_config_is_replaced_once_and_the_vip_still_gets_assi
             reads += 1
             return await read_view()
 
-        store.read_view = counted  # type: ignore[method-assign]
+        store.read_view = counted
         view = await view_where(observer, lambda v: assigned(v) and v.settings is not None, 15)
         assert view.settings is not None and view.settings.mode == "active-standby"
         reads_then = reads

@@ -1,4 +1,7 @@
-"""The store contract against a real etcd: CAS, leases, watch recovery, failures."""
+"""The etcd store beyond the shared contract: failures, endpoints, TLS, requests.
+
+Keys, leases and watches are pinned for both stores in `test_store_contract.py`.
+"""
 
 from __future__ import annotations
 
@@ -10,99 +13,23 @@ import pytest
 
 from haproxy_py import pki
 from haproxy_py.cluster.config import EtcdConfig
-from haproxy_py.cluster.records import NodeRecord, Request, RequestResult
+from haproxy_py.cluster.records import Request, RequestResult
 from haproxy_py.cluster.store import (
-    LeaseLost,
-    Put,
     RequestTimeout,
     Store,
     StoreError,
     StoreUnavailable,
     WatchEvent,
-    absent,
     new_request_id,
 )
-from tests.integration.cluster.helpers import etcd_config, until
+from tests.integration.cluster.helpers import etcd_config
 from tests.support.etcd import EtcdCluster, EtcdTLS
+from tests.support.wait import eventually_async
 
 
 async def collect(store: Store, prefix: str, revision: int, sink: list[WatchEvent]) -> None:
     async for event in store.watch(prefix, revision):
         sink.append(event)
-
-
-class TestKeys:
-    async def test_create_if_absent_and_compare_on_revision(self, etcd: EtcdCluster) -> None:
-        """Conditional writes succeed once and then report False instead of overwriting."""
-        async with Store(etcd_config(etcd.endpoints), "c") as store:
-            key = store.schema.config
-            assert await store.create(key, b"one")
-            assert not await store.create(key, b"two")
-            kv = await store.get(key)
-            assert kv is not None and kv.value == b"one"
-            assert await store.replace(key, b"three", kv.mod_revision)
-            assert not await store.replace(key, b"four", kv.mod_revision)
-            assert not await store.delete_if(key, kv.mod_revision)
-            current = await store.get(key)
-            assert current is not None and current.value == b"three"
-            assert await store.delete_if(key, current.mod_revision)
-            assert await store.get(key) is None
-            assert await store.txn([absent(key)], [Put(key, b"x")])
-
-    async def test_view_reads_everything_at_one_revision_and_tolerates_junk(
-        self, etcd: EtcdCluster
-    ) -> None:
-        async with Store(etcd_config(etcd.endpoints), "c") as store:
-            s = store.schema
-            await store.put(s.node("n1"), NodeRecord("n1", priority=7, healthy=True).to_json())
-            await store.put(s.node("bad"), b"not json")
-            await store.put(s.vip("198.18.0.9"), b"[]")
-            revision = await store.put(s.epoch, b"12")
-            view = await store.read_view()
-            assert view.revision == revision
-            assert view.nodes["n1"].priority == 7 and "bad" not in view.nodes
-            assert "198.18.0.9" in view.occupied and "198.18.0.9" not in view.vips
-            assert view.epoch == 12
-            assert len(view.problems) == 2
-
-    async def test_other_clusters_are_invisible(self, etcd: EtcdCluster) -> None:
-        async with (
-            Store(etcd_config(etcd.endpoints), "a") as a,
-            Store(etcd_config(etcd.endpoints), "ab") as ab,
-        ):
-            await ab.put(ab.schema.node("x"), NodeRecord("x").to_json())
-            assert (await a.read_view()).nodes == {}
-
-
-class TestLeases:
-    async def test_lease_expiry_removes_keys_and_keepalive_then_raises(
-        self, etcd: EtcdCluster
-    ) -> None:
-        async with Store(etcd_config(etcd.endpoints), "c") as store:
-            lease = await store.grant_lease(1)
-            assert lease.ttl == 1
-            key = store.schema.node("n1")
-            await store.put(key, b"{}", lease.id)
-            assert await store.keepalive(lease.id) == 1
-
-            async def gone() -> bool:
-                return await store.get(key) is None
-
-            await until(gone, within=10)
-            with pytest.raises(LeaseLost, match="TTL 0"):
-                await store.keepalive(lease.id)
-            with pytest.raises(LeaseLost):
-                await store.put(key, b"{}", lease.id)
-            assert await store.lease_remaining(lease.id) == -1
-
-    async def test_revoke_deletes_at_once(self, etcd: EtcdCluster) -> None:
-        async with Store(etcd_config(etcd.endpoints), "c") as store:
-            lease = await store.grant_lease(30)
-            key = store.schema.node("n1")
-            await store.put(key, b"{}", lease.id)
-            await store.revoke(lease.id)
-            assert await store.get(key) is None
-            await store.revoke(lease.id)  # twice is fine
 
 
 class TestFailures:
@@ -133,10 +60,10 @@ class TestFailures:
             seen: list[WatchEvent] = []
             task = asyncio.create_task(collect(store, prefix, revision, seen))
             try:
-                await until(lambda: _async(len(seen) == 1))
+                await eventually_async(lambda: _async(len(seen) == 1))
                 etcd.members[0].restart()
-                await until(lambda: _put_ok(store, store.schema.node("after")))
-                await until(lambda: _async(any(e.key.endswith("/after") for e in seen)))
+                await eventually_async(lambda: _put_ok(store, store.schema.node("after")))
+                await eventually_async(lambda: _async(any(e.key.endswith("/after") for e in seen)))
                 assert [e.key.rsplit("/", 1)[-1] for e in seen] == ["before", "after"]
             finally:
                 task.cancel()
@@ -154,13 +81,13 @@ class TestFailures:
             seen: list[WatchEvent] = []
             task = asyncio.create_task(collect(watcher, watcher.schema.prefix, revision, seen))
             try:
-                await until(lambda: _async(len(seen) == 1))
+                await eventually_async(lambda: _async(len(seen) == 1))
                 etcd_cluster.members[0].kill()
                 for i in range(1, 4):  # the first may wait out a new raft election
                     key = writer.schema.node(f"n{i}")
-                    await until(lambda key=key: _put_ok(writer, key))  # type: ignore[misc]
+                    await eventually_async(lambda key=key: _put_ok(writer, key))
                 await watcher.get("nudge")  # a call notices the dead member and moves on
-                await until(lambda: _async(len(seen) == 4))
+                await eventually_async(lambda: _async(len(seen) == 4))
                 assert [e.key.rsplit("/", 1)[-1] for e in seen] == ["n0", "n1", "n2", "n3"]
             finally:
                 task.cancel()
@@ -236,6 +163,6 @@ class TestMemberFaults:
                 with pytest.raises(StoreUnavailable, match="timed out"):
                     await store.get(store.schema.config)
                 assert store.endpoint == etcd_cluster.endpoints[1]
-                await until(lambda: _put_ok(store, store.schema.epoch))
+                await eventually_async(lambda: _put_ok(store, store.schema.epoch))
             finally:
                 etcd_cluster.members[0].thaw()

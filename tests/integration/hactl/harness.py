@@ -32,6 +32,7 @@ from haproxy_py.cluster.records import (
 from haproxy_py.cluster.store import Store
 from haproxy_py.hactl.cli import cli
 from tests.support.etcd import EtcdCluster
+from tests.support.wait import eventually
 
 REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
@@ -56,17 +57,6 @@ def with_store(etcd: EtcdCluster, cluster: str, body: Callable[[Store], Awaitabl
 
 def read_view(etcd: EtcdCluster, cluster: str) -> ClusterView:
     return with_store(etcd, cluster, lambda store: store.read_view())
-
-
-def poll_until(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
-    """Poll `check` every 50 ms until it returns a truthy value; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -140,7 +130,7 @@ class Processes:
             leader = read_view(etcd, cluster).leader
             return leader is not None and leader.id == ident
 
-        poll_until(leading, f"controller {ident} to lead")
+        eventually(leading, WAIT, f"controller {ident} to lead")
         return proc
 
 
@@ -185,7 +175,7 @@ def seed_controller_keys(
     owners: dict[str, str],
     events: Sequence[Event] = (),
 ) -> None:
-    """Write config, a leader key (under its own lease), VIP assignments under the owners'
+    """Write config, a leader key (under its own lease), VIP assignments naming the owners'
     leases, events and the epoch, as a controller would have."""
 
     async def body(store: Store) -> None:
@@ -196,8 +186,9 @@ def seed_controller_keys(
             record = ControllerLeader(leader, since=time.time() - 60)
             await _leased_put(store, store.schema.leader, record.to_json())
         for epoch, (vip, node) in enumerate(sorted(owners.items()), start=1):
-            assignment = VipAssignment(vip, node, epoch=epoch, since=time.time() - 5)
-            await store.put(store.schema.vip(vip), assignment.to_json(), view.nodes[node].lease)
+            lease = view.nodes[node].lease
+            assignment = VipAssignment(vip, node, epoch=epoch, since=time.time() - 5, lease=lease)
+            await store.put(store.schema.vip(vip), assignment.to_json())
         for event in events:
             await store.put(store.schema.event(event.seq), event.to_json())
         epoch = max([len(owners), *(e.seq for e in events)])

@@ -16,8 +16,9 @@ import pytest
 
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.hactl.errors import EXIT_OK, EXIT_REFUSED, EXIT_TIMEOUT
-from tests.integration.hactl.harness import Processes, hactl, poll_until, read_view
+from tests.integration.hactl.harness import WAIT, Processes, hactl, read_view
 from tests.support.etcd import EtcdCluster
+from tests.support.wait import eventually
 
 CLUSTER = "hh-actions"
 VIPS = ("198.18.0.100", "198.18.0.101")
@@ -39,8 +40,9 @@ def cluster(etcd: EtcdCluster, tmp_path: Path) -> Iterator[EtcdCluster]:
         procs.standin(etcd, CLUSTER, "node-b", "--address", "198.18.0.12")
         procs.standin(etcd, CLUSTER, "node-c", "--address", "198.18.0.13", "--unhealthy")
         procs.controller(etcd, CLUSTER, VIPS, tmp_path, "ctl-1")
-        poll_until(
+        eventually(
             lambda: _owners(read_view(etcd, CLUSTER)) == dict.fromkeys(VIPS, "node-a"),
+            WAIT,
             "the controller to place both VIPs on node-a",
         )
         yield etcd
@@ -157,8 +159,9 @@ def test_timeout_while_the_move_runs(etcd: EtcdCluster, tmp_path: Path) -> None:
         procs.standin(etcd, CLUSTER, "node-a", "--priority", "150", "--no-ack")
         procs.standin(etcd, CLUSTER, "node-b")
         procs.controller(etcd, CLUSTER, VIPS, tmp_path, "ctl-1")
-        poll_until(
+        eventually(
             lambda: _owners(read_view(etcd, CLUSTER)) == dict.fromkeys(VIPS, "node-a"),
+            WAIT,
             "the controller to place both VIPs on node-a",
         )
         result = hactl(etcd, CLUSTER, "failover", "--to", "node-b", "--yes", "--timeout", "1")

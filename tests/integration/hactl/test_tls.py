@@ -68,7 +68,8 @@ def test_no_client_certificate_is_refused(tls_etcd: tuple[EtcdCluster, Path, Pat
     result = _status(etcd, "--cacert", str(ours / "ca.crt"))
     assert result.exit_code == EXIT_UNREACHABLE
     assert result.stderr.startswith(
-        "hactl: TLS: etcd requires a client certificate and none was given (--cert/--key)"
+        "hactl: TLS: etcd requires a client certificate and none was given "
+        "([etcd] cert and key; hactl --cert/--key)"
     )
     assert result.stderr.count("\n") == 1
 

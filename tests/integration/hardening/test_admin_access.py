@@ -58,8 +58,9 @@ async def test_any_other_address_is_refused_without_client_certificates(
     config = tmp_path / "node.toml"
     config.write_text(f'[admin]\nbind = "{bind}"\n{ROUTING}')
     result = CliRunner().invoke(main, ["check-config", str(config)])
-    assert result.exit_code == 1
-    assert result.output.startswith(f"{config}: admin.bind: {bind} is not a loopback address")
+    assert result.exit_code == 2
+    expected = f"haproxy-py: {config}: admin.bind: {bind} is not a loopback address"
+    assert result.output.startswith(expected)
     assert "client_ca" in result.output
     assert "Traceback" not in result.output
 

@@ -8,17 +8,22 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from agent.netlink import CAP_NET_ADMIN, CAP_NET_RAW
 from haproxy_py.configfile import Table
+from haproxy_py.lab import activate
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.test_limits import no_leak, open_raw, read_all
-from tests.integration.proxy.support import Backend, admin_url, poll_until, proxy_config, url
-from tests.integration.proxy.test_cli import CONFIG, read_event, start
+from tests.integration.hardening.raw import no_leak, open_raw, read_all
+from tests.integration.proxy.process import CONFIG, read_event, start
+from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
+from tests.support.etcd import free_ports
+from tests.support.wait import eventually_async
 
 
 async def healthz(session: aiohttp.ClientSession, server: ProxyServer) -> int:
@@ -40,7 +45,7 @@ async def test_post_drain_closes_websockets_with_1001_and_undrain_serves_again(
             msg = await ws.receive(timeout=30)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
             await ws.close()
-        await poll_until(lambda: len(b.ws_close_codes) == 3, "backend saw the closes")
+        await eventually_async(lambda: len(b.ws_close_codes) == 3, 30, "backend saw the closes")
         assert b.ws_close_codes == [1001, 1001, 1001]
         assert await healthz(session, server) == 503
         with pytest.raises(aiohttp.ClientConnectionError):
@@ -109,13 +114,13 @@ async def test_drain_timeout_closes_what_does_not_answer(proxy) -> None:
         async with asyncio.timeout(30):
             head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")
-        await poll_until(lambda: len(server.tunnels) == 1, "tunnel open")
+        await eventually_async(lambda: len(server.tunnels) == 1, 30, "tunnel open")
         assert await server.drain() is False
         async with asyncio.timeout(30):
             rest = await reader.read(-1)
         assert rest == b"\x88\x02\x03\xe9"  # its 1001, then the connection was closed
         writer.close()
-        await poll_until(lambda: len(backend_got) == 1, "backend connection closed")
+        await eventually_async(lambda: len(backend_got) == 1, 30, "backend connection closed")
         assert backend_got[0][:2] == b"\x88\x82"  # a masked close with a code
         await no_leak(server)
     finally:
@@ -132,7 +137,7 @@ async def test_sigterm_drains_websockets_then_exits(tmp_path: Path) -> None:
     process = await start(config)
     try:
         started = await read_event(process, "proxy started")
-        listener = str(started["listeners"]["web"])  # type: ignore[index]
+        listener = str(started["listeners"]["web"])
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             await ws.send_str("hi")
@@ -206,7 +211,9 @@ async def test_drain_one_address_closes_only_its_connections(backends, proxy, se
         await ws.send_str(f"still {i}")
         assert (await ws.receive(timeout=30)).data == f"still {i}"
     assert await keep_alive_exchange(*kept_http, "/two") == 200
-    await poll_until(lambda: b.ws_close_codes == [1001, 1001], "backend saw two 1001 closes")
+    await eventually_async(
+        lambda: b.ws_close_codes == [1001, 1001], 30, "backend saw two 1001 closes"
+    )
 
     assert await healthz(session, server) == 200  # the node itself keeps serving
     again = await session.ws_connect(f"{moved}/ws")  # and its listener stays open
@@ -229,35 +236,58 @@ async def test_drain_address_refuses_a_bad_address(backends, proxy, session) -> 
     assert not server.draining
 
 
+def _no_raw_capability(port: int, argv: list[str]) -> list[str]:
+    drop = "-net_raw,-net_admin"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *argv]
+
+
+def _passed_transparent(port: int, argv: list[str]) -> list[str]:
+    """As haproxy-py.socket starts it: the listener passed with IP_TRANSPARENT set, and
+    every capability but CAP_NET_BIND_SERVICE dropped (`haproxy_py.lab.activate`)."""
+    return activate.command([f"127.0.0.2:{port}"], argv)
+
+
+@pytest.mark.parametrize(
+    ("launch", "can_send"),
+    [(_no_raw_capability, False), (_passed_transparent, True)],
+    ids=["no-capability", "passed-transparent"],
+)
 @pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_drain_address_without_the_capability_says_what_is_missing(tmp_path: Path) -> None:
-    """Without CAP_NET_RAW/CAP_NET_ADMIN no close can leave from an address already gone: the
-    answer and the log say so (the address here is still present, so the 1001 arrives)."""
+async def test_drain_address_sends_from_a_departed_address_only_on_a_transparent_socket(
+    tmp_path: Path, launch: Callable[[int, list[str]], list[str]], can_send: bool
+) -> None:
+    """Without CAP_NET_RAW/CAP_NET_ADMIN the proxy cannot make a connection send from an
+    address already gone: the answer and the log say so. Started from a socket passed with
+    IP_TRANSPARENT (haproxy-py.socket), it can, with no capability. (127.0.0.2 is still
+    present here, so the 1001 arrives either way.)"""
+    if os.geteuid() != 0:
+        pytest.fail("dropping capabilities and binding a transparent socket need root")
     backend = Backend("nocap")
     await backend.start()
+    (port,) = free_ports(1)
     config = tmp_path / "node.toml"
-    config.write_text(CONFIG.format(bind="127.0.0.2:0", server=backend.address))
-    drop = "-net_raw,-net_admin"
+    config.write_text(CONFIG.format(bind=f"127.0.0.2:{port}", server=backend.address))
+    argv = [sys.executable, "-m", "haproxy_py.proxy", "run", "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
-        *(["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"] if os.geteuid() == 0 else []),
-        sys.executable,
-        *("-m", "haproxy_py.proxy", "run", "--config", str(config)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        *launch(port, argv), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     try:
         started = await read_event(process, "proxy started")
-        listener, admin = started["listeners"]["web"], started["admin"]  # type: ignore[index]
+        status = await asyncio.to_thread(Path(f"/proc/{process.pid}/status").read_text)
+        effective = int(status.split("CapEff:")[1].split()[0], 16)
+        assert not effective & (1 << CAP_NET_RAW | 1 << CAP_NET_ADMIN), status
+        listener, admin = started["listeners"]["web"], started["admin"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             async with session.post(f"http://{admin}/drain?address=127.0.0.2") as answer:
                 assert answer.status == 202
-                assert (await answer.json())["can_send"] is False
-            warning = await read_event(
-                process, "no close can leave from an address this node no longer has", False
-            )
-            assert warning["address"] == "127.0.0.2"
-            assert "CAP_NET_RAW" in str(warning["fix"])
+                assert (await answer.json())["can_send"] is can_send
+            if not can_send:
+                warning = await read_event(
+                    process, "no close can leave from an address this node no longer has", False
+                )
+                assert warning["address"] == "127.0.0.2"
+                assert "haproxy-py.socket" in str(warning["fix"])
             msg = await ws.receive(timeout=30)
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
             await ws.close()

@@ -10,43 +10,17 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from haproxy_py.proxy.server import ProxyServer
+from tests.integration.hardening.raw import no_leak, open_raw, read_all, status_of
 from tests.integration.proxy.support import (
     access_lines,
     config_from_text,
-    poll_until,
     proxy_config,
     raw_exchange,
     url,
 )
+from tests.support.wait import eventually_async
 
 KEY = base64.b64encode(b"k" * 16)
-
-
-async def no_leak(server: ProxyServer) -> None:
-    """Every client connection the test made is gone from the proxy's books."""
-    await poll_until(
-        lambda: (
-            all(lst.active == 0 and not lst.connections for lst in server.listeners)
-            and not server.tunnels.open
-        ),
-        "all connections closed",
-    )
-
-
-async def open_raw(server: ProxyServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = server.address("web")
-    return await asyncio.open_connection(host, port)
-
-
-async def read_all(reader: asyncio.StreamReader) -> bytes:
-    async with asyncio.timeout(30):
-        return await reader.read(-1)
-
-
-def status_of(response: bytes) -> int:
-    assert response.startswith(b"HTTP/1.1 "), response[:80]
-    return int(response[9:12])
 
 
 @pytest.mark.parametrize(
@@ -196,7 +170,7 @@ async def test_listener_max_connections_is_503(backends, proxy) -> None:
         proxy_config({"app": [b.address]}, "[proxy.limits]\nmax_connections = 2\n")
     )
     held = [await open_raw(server) for _ in range(2)]
-    await poll_until(lambda: server.listeners[0].active == 2, "two connections held")
+    await eventually_async(lambda: server.listeners[0].active == 2, 30, "two connections held")
     response = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status_of(response) == 503
     for _, writer in held:

@@ -20,13 +20,9 @@ from haproxy_py.proxy import proxyproto
 from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.config import parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.test_limits import no_leak, open_raw, status_of
-from tests.integration.proxy.support import (
-    access_lines,
-    poll_until,
-    proxy_config,
-    raw_exchange,
-)
+from tests.integration.hardening.raw import no_leak, open_raw, status_of
+from tests.integration.proxy.support import access_lines, proxy_config, raw_exchange
+from tests.support.wait import eventually_async
 
 PP = '\n[[listeners]]\nname = "lb"\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
 ON = PP + 'trusted_proxies = ["127.0.0.0/8", "::1"]\n'
@@ -281,6 +277,6 @@ async def test_health_checks_send_a_local_proxy_header(proxy, version: str) -> N
         server = await proxy(
             proxy_config({"app": [address]}, send_proxy=f'"{version}"', health=health)
         )
-        await poll_until(lambda: len(headers) >= 3, "three checks arrived")
+        await eventually_async(lambda: len(headers) >= 3, 30, "three checks arrived")
         assert all(h.source is None for h in headers)  # LOCAL: the proxy's own connection
         assert server.runtime.backends["app"].servers[0].up

@@ -13,8 +13,8 @@ import pytest
 
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import parse_proxy
+from tests.integration.proxy.process import CONFIG, read_event, start
 from tests.integration.proxy.support import Backend, proxy_config
-from tests.integration.proxy.test_cli import CONFIG, read_event, start
 
 
 async def ask(session: aiohttp.ClientSession, listener: str, path: str) -> str:
@@ -33,7 +33,7 @@ async def test_sighup_reloads_without_dropping_and_refuses_a_bad_file(tmp_path: 
     process = await start(config)
     try:
         started = await read_event(process, "proxy started")
-        listener = str(started["listeners"]["web"])  # type: ignore[index]
+        listener = str(started["listeners"]["web"])
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"http://{listener}/ws")
             assert await ask(session, listener, "/a") == "old"  # leaves a keep-alive connection

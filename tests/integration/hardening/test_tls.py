@@ -21,9 +21,9 @@ from haproxy_py import pki
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.cli import main
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
-from tests.integration.hardening.test_limits import no_leak
+from tests.integration.hardening.raw import no_leak
 from tests.integration.proxy.support import Backend
-from tests.unit.proxy.test_tls import make_cert
+from tests.support.certs import make_cert
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def client_context(certs: Path) -> ssl.SSLContext:
 
 
 def peer_name(transport: object) -> str:
-    ssl_object = transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+    ssl_object = transport.get_extra_info("ssl_object")
     cert = x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True))
     return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
@@ -173,7 +173,7 @@ async def test_check_config_names_the_file_and_the_problem(
         expected = f"{cert}: no such file"
     elif problem == "mismatch":
         key = certs / "b.key"
-        expected = f"{key}: this key does not match the certificate {cert}"
+        expected = f"{key}: this key does not belong to the certificate {cert}"
     else:
         now = dt.datetime.now(dt.UTC)
         cert, key = make_cert(tmp_path, "old", not_before=now - dt.timedelta(days=9), not_after=now)
@@ -185,8 +185,8 @@ async def test_check_config_names_the_file_and_the_problem(
         '[[routes]]\nbackend = "app"\n[backends.app]\nservers = ["127.0.0.1:9"]\n'
     )
     result = CliRunner().invoke(main, ["check-config", str(config)])
-    assert result.exit_code == 1
-    assert result.output.startswith(f"{config}: listeners[0].tls.")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"haproxy-py: {config}: listeners[0].tls.")
     assert expected in result.output
     assert "Traceback" not in result.output
 

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import uvloop
 
+from haproxy_py.cluster.config import LoggingConfig
 from haproxy_py.proxy.config import ProxyConfig
 from haproxy_py.proxy.master import Master
 from haproxy_py.proxy.server import ProxyServer
@@ -58,7 +59,7 @@ async def _proxy() -> AsyncIterator[Callable[[ProxyConfig], Awaitable[Any]]]:
     async def start(config: ProxyConfig) -> ProxyServer | Master:
         server: ProxyServer | Master
         if WORKERS:
-            server = Master(config, "node-test", WORKERS, "warning")
+            server = Master(config, "node-test", WORKERS, LoggingConfig("warning", "auto"))
         else:
             server = ProxyServer(config, node_name="node-test")
         await server.start()

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,15 +203,6 @@ async def raw_exchange(
             return await reader.read(-1) if read_until_close else await reader.read(65536)
     finally:
         writer.close()
-
-
-async def poll_until(predicate: Callable[[], Any], what: str) -> None:
-    """Wait until predicate() is true, checking every 20 ms for at most 30 s."""
-    for _ in range(1500):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"still not true after 30 s: {what}")
 
 
 @contextlib.contextmanager

@@ -3,62 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.proxy.process import CONFIG, read_event, start
 from tests.integration.proxy.support import Backend
-
-CONFIG = """\
-[node]
-name = "cli-node"
-
-[admin]
-bind = "127.0.0.1:0"
-
-[[listeners]]
-name = "web"
-bind = "{bind}"
-
-[[routes]]
-path_prefix = "/"
-backend = "app"
-
-[backends.app]
-servers = ["{server}"]
-"""
-
-
-async def start(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "haproxy_py.proxy",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def read_event(
-    process: asyncio.subprocess.Process, event: str, master: bool = True
-) -> dict[str, object]:
-    """The next log record `event`, of the master only (`master`: its workers' records
-    carry a `worker` key)."""
-    assert process.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = await process.stderr.readline()
-            assert line, "process ended before logging " + event
-            record = json.loads(line)
-            if record.get("event") == event and not (master and "worker" in record):
-                return record
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
@@ -71,7 +23,7 @@ async def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     try:
         started = await read_event(process, "proxy started")
         assert started["loop"] == "uvloop"
-        host, port = str(started["listeners"]["web"]).rsplit(":", 1)  # type: ignore[index]
+        host, port = str(started["listeners"]["web"]).rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /cli HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         async with asyncio.timeout(30):
@@ -104,18 +56,19 @@ async def test_run_bind_failure_is_one_clear_line(tmp_path: Path) -> None:
             _, err = await process.communicate()
     assert process.returncode == 1
     assert err.decode().strip().splitlines()[-1] == (
-        f"{config}: cannot start: cannot listen on 127.0.0.1:{port}: Address already in use"
+        f"haproxy-py: {config}: cannot start: "
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert b"Traceback" not in err
 
 
 @pytest.mark.asyncio(loop_factories=["asyncio"])
-async def test_run_bad_config_exit_1(tmp_path: Path) -> None:
+async def test_run_bad_config_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text(CONFIG.format(bind="nowhere", server="127.0.0.1:9"))
     process = await start(config)
     async with asyncio.timeout(30):
         _, err = await process.communicate()
-    assert process.returncode == 1
+    assert process.returncode == 2
     expected = 'listeners[0].bind: expected "host:port" (IPv6 as "[addr]:port"), got \'nowhere\''
-    assert err.decode() == f"{config}: {expected}\n"
+    assert err.decode() == f"haproxy-py: {config}: {expected}\n"

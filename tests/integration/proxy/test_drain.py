@@ -7,7 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.integration.proxy.support import admin_url, poll_until, proxy_config, url
+from tests.integration.proxy.support import admin_url, proxy_config, url
+from tests.support.wait import eventually_async
 
 
 @pytest.mark.single_process
@@ -18,7 +19,7 @@ async def test_drain_finishes_http_then_closes_tunnels(backends, proxy, session)
     async with session.get(url(server, "/gated")) as response:
         assert await response.content.readexactly(6) == b"first;"
         drain = asyncio.create_task(server.drain(grace=30))
-        await poll_until(lambda: server.draining, "draining")
+        await eventually_async(lambda: server.draining, 30, "draining")
         async with session.get(admin_url(server, "/healthz")) as health:
             assert health.status == 503
             assert (await health.json())["reasons"] == ["draining"]

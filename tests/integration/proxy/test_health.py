@@ -5,13 +5,8 @@ from __future__ import annotations
 import socket
 from collections import Counter
 
-from tests.integration.proxy.support import (
-    admin_url,
-    config_from_text,
-    poll_until,
-    raw_exchange,
-    url,
-)
+from tests.integration.proxy.support import admin_url, config_from_text, raw_exchange, url
+from tests.support.wait import eventually_async
 
 HEALTH = 'health = { path = "/health", interval = 0.1, timeout = 1.0, rise = 2, fall = 2 }'
 
@@ -36,9 +31,11 @@ async def test_active_check_takes_server_out_and_back(backends, proxy, session) 
     b0, b1 = await backends(2)
     server = await proxy(config_from_text(f'servers = ["{b0.address}", "{b1.address}"]\n{HEALTH}'))
     s0, s1 = server.runtime.backends["app"].servers
-    await poll_until(lambda: b0.health_checks >= 2 and b1.health_checks >= 2, "checks ran")
+    await eventually_async(
+        lambda: b0.health_checks >= 2 and b1.health_checks >= 2, 30, "checks ran"
+    )
     b0.healthy = False
-    await poll_until(lambda: not s0.up, "b0 marked down")
+    await eventually_async(lambda: not s0.up, 30, "b0 marked down")
     assert s1.up
     assert await served_by(session, server, 10) == {"b1": 10}
     async with session.get(admin_url(server, "/status")) as response:
@@ -46,7 +43,7 @@ async def test_active_check_takes_server_out_and_back(backends, proxy, session) 
     assert state[b0.address]["state"] == "down"
     assert "500" in state[b0.address]["last_error"]
     b0.healthy = True
-    await poll_until(lambda: s0.up, "b0 back up after rise checks")
+    await eventually_async(lambda: s0.up, 30, "b0 back up after rise checks")
     assert await served_by(session, server, 10) == {"b0": 5, "b1": 5}
 
 
@@ -55,7 +52,7 @@ async def test_all_down_is_503_live_but_not_ready(backends, proxy, session) -> N
     (b0,) = await backends(1)
     server = await proxy(config_from_text(f'servers = ["{b0.address}"]\n{HEALTH}'))
     b0.healthy = False
-    await poll_until(lambda: not server.runtime.backends["app"].servers[0].up, "down")
+    await eventually_async(lambda: not server.runtime.backends["app"].servers[0].up, 30, "down")
     raw = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 503 ")
     body = raw.split(b"\r\n\r\n", 1)[1]
@@ -112,6 +109,6 @@ async def test_passive_5xx_marks_down_then_retried(backends, proxy, session) -> 
         async with session.get(url(server, "/status/500")) as response:
             assert response.status == 500
     assert not s0.up
-    await poll_until(lambda: s0.up, "retried after retry_down_after")
+    await eventually_async(lambda: s0.up, 30, "retried after retry_down_after")
     async with session.get(url(server, "/ok")) as response:
         assert response.status == 200

@@ -12,7 +12,8 @@ from ipaddress import ip_network
 import aiohttp
 import pytest
 
-from tests.integration.proxy.support import poll_until, proxy_config, raw_exchange, url
+from tests.integration.proxy.support import proxy_config, raw_exchange, url
+from tests.support.wait import eventually_async
 
 
 async def test_get_and_forwarded_headers(backends, proxy, session) -> None:
@@ -299,9 +300,9 @@ async def test_slow_reader_backpressure_bounds_buffering(backends, proxy) -> Non
         writer.write(
             b"GET /stream?n=800&size=65536 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
-        await poll_until(lambda: server.listeners[0].connections, "request accepted")
+        await eventually_async(lambda: server.listeners[0].connections, 30, "request accepted")
         (conn,) = server.listeners[0].connections
-        await poll_until(lambda: conn.bytes_out > 1 << 20, "response started")
+        await eventually_async(lambda: conn.bytes_out > 1 << 20, 30, "response started")
         previous = -1
         for _ in range(300):  # until the relay stalls (30 s at most)
             if conn.bytes_out == previous:
@@ -342,7 +343,9 @@ async def test_options_asterisk(backends, proxy) -> None:
 async def _dispatched(server) -> None:
     """Wait until the first request of the test is with the backend."""
     backend = server.runtime.backends["app"]
-    await poll_until(lambda: backend.servers[0].load() == 1, "request sent to the backend")
+    await eventually_async(
+        lambda: backend.servers[0].load() == 1, 30, "request sent to the backend"
+    )
 
 
 async def test_request_pipelined_while_the_first_is_answered(backends, proxy) -> None:

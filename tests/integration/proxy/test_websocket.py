@@ -10,13 +10,8 @@ import aiohttp
 import pytest
 
 from haproxy_py.proxy.frontend import ClientConnection
-from tests.integration.proxy.support import (
-    access_lines,
-    poll_until,
-    proxy_config,
-    raw_exchange,
-    url,
-)
+from tests.integration.proxy.support import access_lines, proxy_config, raw_exchange, url
+from tests.support.wait import eventually_async
 
 
 async def test_echo_text_and_binary_including_1mib(backends, proxy, session) -> None:
@@ -64,8 +59,8 @@ async def test_client_close_code_reaches_backend(backends, proxy, session) -> No
             await ws.send_str("x")
             await ws.receive_str()
             await ws.close(code=4001, message=b"bye")
-        await poll_until(lambda: b.ws_close_codes == [4001], "backend saw close 4001")
-        await poll_until(lambda: not server.tunnels.open, "tunnel ended")
+        await eventually_async(lambda: b.ws_close_codes == [4001], 30, "backend saw close 4001")
+        await eventually_async(lambda: not server.tunnels.open, 30, "tunnel ended")
     (line,) = [entry for entry in logs if entry["event"] == "websocket"]
     assert (line["close_code"], line["closed_by"]) == (4001, "client")
     assert line["backend"] == "app" and line["server"] == b.address
@@ -114,7 +109,7 @@ async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
     finally:
         for ws in sockets:
             await ws.close()
-    await poll_until(lambda: not server.tunnels.open, "tunnels closed")
+    await eventually_async(lambda: not server.tunnels.open, 30, "tunnels closed")
     assert server.runtime.backends["app"].servers[0].load() == 0
     assert server.listeners[0].active == 0
 
@@ -126,9 +121,9 @@ async def test_backpressure_bounds_buffering(backends, proxy, session) -> None:
     server = await proxy(proxy_config({"app": [b.address]}))
     async with session.ws_connect(url(server, "/ws")) as ws:
         await ws.send_str("flood:400")  # 25 MiB the client does not read yet
-        await poll_until(lambda: server.tunnels.open, "tunnel open")
+        await eventually_async(lambda: server.tunnels.open, 30, "tunnel open")
         (tunnel,) = server.tunnels.open
-        await poll_until(lambda: tunnel.bytes_out > 1 << 20, "some bytes relayed")
+        await eventually_async(lambda: tunnel.bytes_out > 1 << 20, 30, "some bytes relayed")
         previous = -1
         for _ in range(300):  # until the relay stalls (30 s at most)
             if tunnel.bytes_out == previous:
@@ -149,7 +144,7 @@ async def test_idle_tunnel_closed(backends, proxy, session) -> None:
     async with session.ws_connect(url(server, "/ws")) as ws:
         msg = await ws.receive(timeout=30)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-    await poll_until(lambda: not server.tunnels.open, "idle tunnel closed")
+    await eventually_async(lambda: not server.tunnels.open, 30, "idle tunnel closed")
 
 
 @pytest.mark.single_process

@@ -21,7 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.integration.proxy.support import Backend, NodeProcess, node_process, poll_until
+from tests.integration.proxy.support import Backend, NodeProcess, node_process
+from tests.support.wait import eventually_async
 
 pytestmark = pytest.mark.asyncio(loop_factories=["asyncio"])
 
@@ -289,8 +290,8 @@ async def test_crashed_worker_restarted_without_touching_the_other(apps, client,
             async with client.get(web(node, "/during")) as response:
                 answers.append(response.status)
         assert answers == [200] * 10
-        await poll_until(
-            lambda: len(node.workers()) == 2 and first not in node.workers(), "restart"
+        await eventually_async(
+            lambda: len(node.workers()) == 2 and first not in node.workers(), 30, "restart"
         )
         assert second in node.workers()
         alive = [await _still_echoes(ws) for ws in sockets]
@@ -326,8 +327,8 @@ async def test_hung_worker_is_killed_and_replaced(apps, client, tmp_path) -> Non
         mark = len(node.events)
         os.kill(first, signal.SIGSTOP)
         await node.event("worker not answering; killing it", after=mark, worker=0)
-        await poll_until(lambda: first not in node.workers(), "the hung worker gone")
-        await poll_until(lambda: len(node.workers()) == 2, "a replacement")
+        await eventually_async(lambda: first not in node.workers(), 30, "the hung worker gone")
+        await eventually_async(lambda: len(node.workers()) == 2, 30, "a replacement")
         assert second in node.workers()
         async with client.get(web(node, "/after")) as response:
             assert response.status == 200

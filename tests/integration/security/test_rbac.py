@@ -20,8 +20,8 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.hactl.cli import cli
-from tests.integration.cluster.helpers import until
 from tests.support.etcd import EtcdCluster, EtcdTLS
+from tests.support.wait import eventually_async
 
 CLUSTER = "sec"
 OTHER = "/haproxy-py/other-cluster/config"
@@ -74,7 +74,7 @@ async def as_root(secured: Secured) -> AsyncIterator[Store]:
 
 async def _denied(call: asyncio.Future[object] | object) -> str:
     with pytest.raises(StoreError) as caught:
-        await call  # type: ignore[misc]
+        await call
     return str(caught.value)
 
 
@@ -98,6 +98,14 @@ async def test_agent_key_reaches_only_its_own_record(secured: Secured, as_root: 
         for key in (s.node("node2"), s.config, s.epoch, s.event(1), s.request("x"), s.leader):
             assert DENIED in await _denied(agent.put(key, b"{}")), key
         assert DENIED in await _denied(agent.put(OTHER, b"x"))
+        # VIP keys are the controller's alone (review C2: node1 made node2 take any address)
+        await as_root.put(s.vip("198.18.0.100"), b'{"node":"node2","state":"assigned"}')
+        for vip in ("198.18.0.100", "198.18.0.31"):
+            assert DENIED in await _denied(agent.put(s.vip(vip), b"{}")), vip
+            assert DENIED in await _denied(agent.delete(s.vip(vip))), vip
+        assert DENIED in await _denied(agent.delete_if(s.vip("198.18.0.100"), 1))
+        assert len((await agent.get_prefix(s.vips_prefix))[0]) == 1  # still readable
+        await as_root.delete(s.vip("198.18.0.100"))
         assert DENIED in await _denied(agent.put("/not-haproxy-py/x", b"x"))
         assert DENIED in await _denied(agent.get("/not-haproxy-py/x"))
         assert DENIED in await _denied(agent.get_prefix(s.events_prefix))
@@ -170,7 +178,7 @@ async def test_a_renewed_certificate_is_used_from_the_next_connection(
                 return False
             return True
 
-        await until(written, within=30)
+        await eventually_async(written, within=30)
 
 
 def _hactl(secured: Secured, identity: str, *args: str) -> Result:

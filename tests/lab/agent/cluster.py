@@ -24,10 +24,11 @@ from pathlib import Path
 
 from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import Store
+from haproxy_py.lab import activate
 from haproxy_py.lab.netns import Plumbing, Proc
 from haproxy_py.lab.watch import TwoOwnersWatcher, Violation
-from tests.lab.agent.support import until
 from tests.support.etcd import EtcdMember, free_ports
+from tests.support.wait import eventually_async
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[3]
@@ -35,6 +36,7 @@ NODE_NAMES = ("n1", "n2")
 PRIORITIES = {"n1": 200, "n2": 100}
 ADMIN = "127.0.0.1:9901"  # inside each node's own namespace, so no two ever collide
 BACKEND_PORT = 8090
+PROXY_PORT = 8080
 
 
 def bridge_etcd(host: str, root: Path) -> EtcdMember:
@@ -176,7 +178,7 @@ access_log = false
 
 [[listeners]]
 name = "web"
-bind = "0.0.0.0:8080"
+bind = "0.0.0.0:{PROXY_PORT}"
 
 [[routes]]
 backend = "app"
@@ -259,9 +261,14 @@ format = "console"
         )
 
     def start_proxy(self, node: Node) -> None:
+        """The proxy as its hardened unit runs it: its listening socket from the side (as
+        haproxy-py.socket passes it), no capability but CAP_NET_BIND_SERVICE."""
         node.proxy = self.lab.spawn(
             node.netns,
-            [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
+            activate.command(
+                [f"0.0.0.0:{PROXY_PORT}"],
+                [str(BIN / "haproxy-py"), "run", "--config", str(node.config)],
+            ),
             label=f"proxy-{node.name}",
             log=self.log(f"proxy-{node.name}"),
         )
@@ -339,6 +346,15 @@ def neighbour(netns: str, address: str) -> str | None:
     return str(entries[0].get("lladdr")) if entries else None
 
 
+# DESIGN.md "Failover paths and their budgets" (the agents here run the default 2 s lease).
+# Asserted times FACTOR: a loaded shared machine still passes, a tenfold regression fails.
+FACTOR = 3.0
+NODE_LOSS = 2.3  # node crash or partition: lease expiry, p95
+PLANNED = 0.1  # hactl failover: the VIP unowned
+RESTART = 0.5  # a daemon restarted alone (a clean stop): what a client of the node may miss
+PROXY_DEATH = 0.5  # a dead or hung proxy, node alive
+
+
 @dataclass
 class Lab:
     c: Cluster
@@ -366,9 +382,15 @@ class Lab:
     def held_by(self, *names: str) -> bool:
         return self.w.holder(self.vip) == frozenset(names)
 
-    def report(self, scenario: str, since: float) -> None:
+    def report(self, scenario: str, since: float, budget: float | None = None) -> None:
+        """Print each time the VIP was unowned after `since`; fail past `budget` x FACTOR."""
         for gap, source, target in self.w.gaps(self.vip, since):
             print(f"GAP {scenario}: {gap * 1000:.0f} ms unowned ({source} -> {target})")
+            if budget is not None:
+                assert gap <= budget * FACTOR, (
+                    f"{scenario}: the VIP was unowned {gap:.3f} s; the design's budget is "
+                    f"{budget} s (asserted x{FACTOR:g})"
+                )
 
     def client_log(self, since: float) -> list[tuple[float, bool, str]]:
         path = self.c.root / "prober.out"
@@ -403,10 +425,19 @@ class Lab:
                 failing_since = None
         return longest
 
-    async def client_follows(self, scenario: str, node: Node, since: float) -> None:
-        """The client reaches the VIP on `node` again, its ARP entry updated by GARP."""
+    async def client_follows(
+        self, scenario: str, node: Node, since: float, budget: float | None = None
+    ) -> None:
+        """The client reaches the VIP on `node` again, its ARP entry updated by GARP, having
+        gone without answers no longer than `budget` x FACTOR when one is given."""
         await wait_or_show(self, lambda: self.served_by(node.name, since), 30, "client answers")
-        print(f"GAP {scenario}: client saw {self.client_gap(since) * 1000:.0f} ms without answers")
+        gap = self.client_gap(since)
+        print(f"GAP {scenario}: client saw {gap * 1000:.0f} ms without answers")
+        if budget is not None:
+            assert gap <= budget * FACTOR, (
+                f"{scenario}: the client went {gap:.3f} s without answers; the design's budget "
+                f"is {budget} s (asserted x{FACTOR:g})"
+            )
         assert neighbour(self.c.client, self.vip) == mac(node.netns)
 
     def roles(self) -> tuple[Node, Node]:
@@ -425,6 +456,6 @@ async def wait_or_show(
 ) -> float:
     """`until`, adding the cluster's logs to the failure."""
     try:
-        return await until(check, limit, what)
+        return await eventually_async(check, limit, what)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.c.logs()}") from None

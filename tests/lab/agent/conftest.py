@@ -11,7 +11,8 @@ import pytest
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store
 from tests.lab.agent.cluster import Lab, Watcher, cluster
-from tests.lab.agent.support import plumbing, until
+from tests.lab.agent.support import plumbing
+from tests.support.wait import eventually_async
 
 
 @pytest.fixture
@@ -28,15 +29,21 @@ async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[L
         lab = Lab(c, watcher, store)
         try:
             try:
-                await until(lambda: len(watcher.holder(c.vip)) == 1, 60, "the VIP on a node")
+                await eventually_async(
+                    lambda: len(watcher.holder(c.vip)) == 1, 60, "the VIP on a node"
+                )
                 (first,) = watcher.holder(c.vip)
                 lab.active = c.nodes[first]
                 lab.standby = next(n for n in c.nodes.values() if n.name != first)
-                await until(lambda: lab.healthy(lab.standby.name), 60, "the standby healthy")  # type: ignore[union-attr]
+                await eventually_async(
+                    lambda: lab.healthy(lab.standby.name), 60, "the standby healthy"
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{c.logs()}") from None
             prober = c.start_prober(300)
-            await until(lambda: lab.served_by(first, 0), 60, "the client answered through the VIP")
+            await eventually_async(
+                lambda: lab.served_by(first, 0), 60, "the client answered through the VIP"
+            )
             yield lab
             c.lab.kill(prober)
         finally:

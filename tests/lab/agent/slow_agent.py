@@ -27,7 +27,7 @@ async def _slow_put(self: Store, key: str, value: bytes, lease: int = 0) -> int:
     return await _put(self, key, value, lease)
 
 
-Store.put = _slow_put  # type: ignore[method-assign]
+Store.put = _slow_put
 
 if __name__ == "__main__":
     main()

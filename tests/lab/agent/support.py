@@ -3,11 +3,9 @@ and polling helpers (poll-until-with-timeout, never fixed sleeps)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import subprocess
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,22 +86,6 @@ def addresses(netns: str, dev: str = "eth0") -> dict[str, int | None]:
             valid = info.get("valid_life_time")
             found[info["local"]] = None if valid in (None, 4294967295) else int(valid)
     return found
-
-
-async def until(
-    check: Callable[[], bool | Awaitable[bool]], limit: float, what: str, every: float = 0.01
-) -> float:
-    """Poll `check` until true; returns the seconds it took; fails naming `what` after `limit` s."""
-    started = time.monotonic()
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > limit:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 The agent's netlink and packet sockets are opened inside a namespace this test
 creates (so VIPs land there, never on the host); etcd and the stand-in proxy
 admin API run on loopback. The test itself plays the controller's part of the
-hand-over protocol by writing `vips/<vip>` keys bound to the node's lease.
+hand-over protocol by writing `vips/<vip>` keys naming the node's lease, as the controller
+does, and reading the node's acknowledgements in its record.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import aiohttp
 import pytest
 from pyroute2.netns import popns, pushns
 
-from agent.cli import agent_etcd, load_settings
+from agent.cli import agent_etcd, parse
 from agent.daemon import Agent
 from agent.garp import ETH_P_ARP, Announcer, parse_arp
 from agent.netlink import Addresses
 from agent.proxy import ProxyClient
 from haproxy_py.cluster.records import ClusterSettings, NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store
-from tests.lab.agent.support import AdminStandIn, addresses, plumbing, until
+from haproxy_py.configfile import load
+from tests.lab.agent.support import AdminStandIn, addresses, plumbing
 from tests.support.etcd import EtcdCluster
+from tests.support.wait import eventually_async
 
 pytestmark = pytest.mark.lab
 
@@ -57,8 +60,15 @@ class Harness:
             record = await self.node()
             assert record is not None
             lease = record.lease
-        value = VipAssignment(vip=vip, node=node, epoch=1, since=time.time()).to_json()
-        assert await self.store.create(self.store.schema.vip(vip), value, lease=lease)
+        value = VipAssignment(vip=vip, node=node, epoch=1, since=time.time(), lease=lease)
+        await self.store.put(self.store.schema.vip(vip), value.to_json())
+
+    async def acknowledged(self, vip: str) -> bool:
+        """n1's record names the VIP key's current revision as let go."""
+        key, record = await self.vip_key(vip), await self.node()
+        return (
+            key is not None and record is not None and record.released.get(vip) == key.mod_revision
+        )
 
     async def vip_key(self, vip: str) -> VipAssignment | None:
         kv = await self.store.get(self.store.schema.vip(vip))
@@ -109,6 +119,7 @@ interface = "eth0"
 priority = 150
 [cluster]
 name = "t"
+vips = ["{net}.100", "{net}.101"]
 [etcd]
 endpoints = {list(etcd.endpoints)!r}
 [agent]
@@ -121,7 +132,7 @@ garp_second_burst = 0.5
 metrics_bind = "127.0.0.1:0"
 """.replace("'", '"')
         )
-        settings, etcd_config, _, _ = load_settings(config)
+        settings, etcd_config = parse(load(config))
         etcd_config = agent_etcd(etcd_config, settings)
         with in_netns(peer.netns):
             capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
@@ -148,7 +159,9 @@ metrics_bind = "127.0.0.1:0"
             address=f"{net}.11",
         )
         try:
-            await until(lambda: _healthy(h), 15, "the node record to say healthy", every=0.05)
+            await eventually_async(
+                lambda: _healthy(h), 15, "the node record to say healthy", every=0.05
+            )
             yield h
         finally:
             agent.stop()
@@ -188,13 +201,14 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
     assert record is not None
     assert (record.address, record.interface, record.priority) == (h.address, "eth0", 150)
     assert record.lease != 0 and record.vips == ()
-    await until(
+    await eventually_async(
         lambda: _figures(h), 10, "backend and readiness figures in the node record", every=0.05
     )
 
     await h.assign(h.vip)
-    took = await until(lambda: h.has(h.vip), 10, "the VIP on the node's interface")
-    print(f"assigned -> address present: {took * 1000:.1f} ms")
+    assigned = time.monotonic()
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node's interface")
+    print(f"assigned -> address present: {(time.monotonic() - assigned) * 1000:.1f} ms")
     lifetime = addresses(h.netns)[h.vip]
     assert lifetime is not None and lifetime <= 1, "a VIP must carry a short kernel lifetime"
 
@@ -204,7 +218,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
         seen.extend(f for f in h.arp_frames() if f[2] == h.vip)
         return {f[0] for f in seen} == {1, 2} and len(seen) >= 4
 
-    await until(announced, 10, "gratuitous ARP requests and replies for the VIP")
+    await eventually_async(announced, 10, "gratuitous ARP requests and replies for the VIP")
     for _op, mac, sender, target in seen:
         assert (mac, sender, target) == (h.mac, h.vip, h.vip)
 
@@ -212,7 +226,7 @@ async def test_registers_holds_and_announces_an_assigned_vip(harness: Harness) -
         record = await h.node()
         return record is not None and record.vips == (h.vip,)
 
-    await until(listed, 10, "the node record to list the VIP")
+    await eventually_async(listed, 10, "the node record to list the VIP")
     # the lifetime keeps being re-armed while keepalives succeed
     await asyncio.sleep(2.5)  # longer than the lifetime: only re-arming keeps it
     assert h.has(h.vip)
@@ -238,18 +252,24 @@ async def test_planned_release_removes_the_address_before_acknowledging(
     h = harness
     h.agent.handover.wait = 30.0  # a slow test host must not cut it
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     current = await h.vip_key(h.vip)
     assert current is not None
     releasing = VipAssignment(
-        vip=h.vip, node="n1", epoch=1, since=current.since, state="releasing", move_to="n2"
+        vip=h.vip,
+        node="n1",
+        epoch=1,
+        since=current.since,
+        state="releasing",
+        move_to="n2",
+        lease=current.lease,
     )
     key = h.store.schema.vip(h.vip)
-    assert await h.store.replace(key, releasing.to_json(), current.mod_revision, current.lease)
+    assert await h.store.replace(key, releasing.to_json(), current.mod_revision)
     started = time.monotonic()
 
     async def acknowledged() -> bool:
-        return await h.vip_key(h.vip) is None
+        return await h.acknowledged(h.vip)
 
     async def at_drain(address: str) -> tuple[bool, VipAssignment | None, NodeRecord | None]:
         kv = await h.store.get(h.store.schema.node("n2"))
@@ -257,14 +277,13 @@ async def test_planned_release_removes_the_address_before_acknowledging(
         return h.has(address), await h.vip_key(address), n2
 
     h.admin.on_address_drain = at_drain
-    await until(acknowledged, 10, "the owner to delete the releasing key")
+    await eventually_async(acknowledged, 10, "the owner to acknowledge the release")
     took = time.monotonic() - started
-    assert not h.has(h.vip), "the key was deleted while the address was still up"
+    assert not h.has(h.vip), "acknowledged while the address was still up"
     print(f"release -> acknowledged: {took * 1000:.1f} ms")
 
     lease = await h.store.grant_lease(5)  # the controller gives the VIP to n2
-    value = VipAssignment(vip=h.vip, node="n2", epoch=2, since=time.time()).to_json()
-    assert await h.store.create(key, value, lease=lease.id)
+    await h.assign(h.vip, node="n2", lease=lease.id)
     await asyncio.sleep(0.2)  # a window in which a drain that does not wait for n2 would show
     n2 = NodeRecord(
         name="n2",
@@ -281,7 +300,7 @@ async def test_planned_release_removes_the_address_before_acknowledging(
         lease=lease.id,
     )
     await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
-    await until(
+    await eventually_async(
         lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
     )
     ((address, (present, owner, holder)),) = h.admin.address_drains
@@ -294,34 +313,34 @@ async def test_planned_release_removes_the_address_before_acknowledging(
 async def test_unhealthy_proxy_drops_the_vip_and_its_key(harness: Harness) -> None:
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     h.admin.healthy = False
     started = time.monotonic()
-    await until(lambda: not h.has(h.vip), 10, "the VIP to go when the proxy fails")
+    await eventually_async(lambda: not h.has(h.vip), 10, "the VIP to go when the proxy fails")
     print(f"proxy unhealthy -> address removed: {(time.monotonic() - started) * 1000:.1f} ms")
 
     async def dropped() -> bool:
         record = await h.node()
-        return await h.vip_key(h.vip) is None and record is not None and not record.healthy
+        return await h.acknowledged(h.vip) and record is not None and not record.healthy
 
-    await until(dropped, 10, "the key deleted and the node record saying unhealthy")
+    await eventually_async(dropped, 10, "the VIP let go of and the node record saying unhealthy")
     # nobody takes the VIP over here: its clients are told to go after a bounded wait
-    await until(
+    await eventually_async(
         lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
     )
     assert [address for address, _ in h.admin.address_drains] == [h.vip]
     # an unhealthy node refuses a VIP given to it anyway
     await h.assign(h.vip)
-    await until(dropped, 10, "the refused assignment to be deleted")
+    await eventually_async(dropped, 10, "the refused assignment to be let go of")
     assert not h.has(h.vip)
     h.admin.healthy = True
-    await until(lambda: _healthy(h), 10, "health to come back")
+    await eventually_async(lambda: _healthy(h), 10, "health to come back")
 
 
 async def test_reconcile_fixes_what_the_kernel_lost_or_gained(harness: Harness) -> None:
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     # another node owns other_vip; a stale copy of it sits on this node's interface
     lease = await h.store.grant_lease(30)
     await h.assign(h.other_vip, node="n2", lease=lease.id)
@@ -330,7 +349,7 @@ async def test_reconcile_fixes_what_the_kernel_lost_or_gained(harness: Harness) 
     await run(
         *ip, "add", f"{h.other_vip}/32", "dev", "eth0", "valid_lft", "60", "preferred_lft", "60"
     )
-    await until(
+    await eventually_async(
         lambda: h.has(h.vip) and not h.has(h.other_vip),
         10,
         "the agent to restore its VIP and remove the one it does not own",
@@ -343,13 +362,13 @@ async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
 ) -> None:
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     before = await h.node()
     assert before is not None
     etcd.members[0].freeze()
     frozen = time.monotonic()
     try:
-        await until(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
+        await eventually_async(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
         fenced = time.monotonic() - frozen
         print(f"etcd frozen -> VIP removed: {fenced * 1000:.1f} ms")
         # the last keepalive was sent before the freeze, so its lease ends at most TTL after it
@@ -364,10 +383,11 @@ async def test_frozen_etcd_makes_the_agent_fence_itself_before_the_lease_ends(
         record = await h.node()
         return record is not None and record.lease not in (0, before.lease) and record.healthy
 
-    await until(registered_again, 20, "the agent to re-register under a new lease")
-    assert await h.vip_key(h.vip) is None, "the assignment must have gone with the old lease"
-    await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
+    await eventually_async(registered_again, 20, "the agent to re-register under a new lease")
+    stale = await h.vip_key(h.vip)
+    assert stale is not None and stale.lease == before.lease and not h.has(h.vip)
+    await h.assign(h.vip)  # the controller gives it again, under the new lease
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP back under the new lease")
 
 
 async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
@@ -376,7 +396,7 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
     h = harness
     h.agent.handover.wait = 30.0  # a slow test host must not cut it
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
 
     async def at_drain(address: str) -> tuple[bool, NodeRecord | None, VipAssignment | None]:
         return h.has(address), await h.node(), await h.vip_key(address)
@@ -387,9 +407,9 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
 
     async def released() -> bool:
         record = await h.node()
-        return record is not None and record.stopping and await h.vip_key(h.vip) is None
+        return record is not None and record.stopping and await h.acknowledged(h.vip)
 
-    await until(released, 10, "the VIP key released, the node record saying stopping")
+    await eventually_async(released, 10, "the VIP let go of, the node record saying stopping")
     print(f"stop -> VIP released: {(time.monotonic() - started) * 1000:.1f} ms")
     assert not h.has(h.vip)
     assert not h.admin.address_drains, "the 1001 waits for the next owner"
@@ -397,9 +417,10 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
     lease = await h.store.grant_lease(5)
     n2 = NodeRecord(name="n2", healthy=True, vips=(h.vip,), lease=lease.id)
     await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+    await h.assign(h.vip, node="n2", lease=lease.id)
     await asyncio.wait_for(h.task, 10)
     ((address, (present, record, key)),) = h.admin.address_drains
-    assert address == h.vip and not present and key is None
+    assert address == h.vip and not present and key is not None and key.node == "n2"
     assert record is not None and record.stopping, "the lease is revoked after the drain"
     assert await h.node() is None, "the node key goes with the revoked lease"
     assert h.admin.drains == 0, "the agent's stop never drains the whole proxy"
@@ -409,7 +430,7 @@ async def test_start_undrains_a_drain_no_operator_recorded(harness: Harness) -> 
     h = harness
     h.admin.draining = True  # as a stop of an older agent leaves it
     h.agent.observers._drain_checked = False  # as at the agent's start
-    await until(lambda: h.admin.undrains == 1, 10, "the proxy undrained")
+    await eventually_async(lambda: h.admin.undrains == 1, 10, "the proxy undrained")
     assert not h.admin.draining
 
 
@@ -418,7 +439,7 @@ async def test_start_keeps_a_drain_an_operator_recorded(harness: Harness) -> Non
     await h.store.put(h.store.schema.config, ClusterSettings(drained=("n1",)).to_json())
     h.admin.draining = True
     h.agent.observers._drain_checked = False
-    await until(_not_healthy(h), 10, "the draining proxy seen as not live")
+    await eventually_async(_not_healthy(h), 10, "the draining proxy seen as not live")
     await asyncio.sleep(0.5)  # probes keep coming; none may undrain
     assert h.admin.undrains == 0 and h.admin.draining
 
@@ -430,16 +451,16 @@ async def test_etcd_restart_fences_then_resumes_under_the_same_lease(
     etcd is down, and takes it back under the same lease once keepalives succeed again."""
     h = harness
     await h.assign(h.vip)
-    await until(lambda: h.has(h.vip), 10, "the VIP on the node")
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
     before = await h.node()
     assert before is not None
     etcd.members[0].kill()
     down = time.monotonic()
     try:
-        await until(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
+        await eventually_async(lambda: not h.has(h.vip), 10, "the agent to drop the VIP")
         print(f"etcd killed -> VIP removed: {(time.monotonic() - down) * 1000:.1f} ms")
     finally:
         etcd.members[0].restart()
-    await until(lambda: h.has(h.vip), 30, "the VIP back after the restart")
+    await eventually_async(lambda: h.has(h.vip), 30, "the VIP back after the restart")
     after = await h.node()
     assert after is not None and after.lease == before.lease

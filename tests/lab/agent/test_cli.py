@@ -13,8 +13,9 @@ import pytest
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.store import Store
 from tests.lab.agent.cluster import BIN, bridge_etcd
-from tests.lab.agent.support import plumbing, until
+from tests.lab.agent.support import plumbing
 from tests.support.etcd import free_ports
+from tests.support.wait import eventually_async
 
 pytestmark = pytest.mark.lab
 
@@ -31,6 +32,7 @@ name = "cli"
 endpoints = ["{endpoint}"]
 [agent]
 metrics_bind = ""
+allowed_vips = ["198.18.254.100"]
 """
     )
     return path
@@ -86,12 +88,15 @@ async def test_expected_failures_are_one_line(tmp_path: Path) -> None:
 
         cfg = config(tmp_path / "a.toml", endpoint, "eth9")
         err = await fails_with(await agent_in(host.netns, cfg), cfg, 1)
-        assert err.startswith("ha-agent: interface 'eth9' not found in this network namespace")
+        last = err.strip().splitlines()[-1]  # after the `starting` line
+        assert last.startswith("ha-agent: interface 'eth9' not found in this network namespace")
         assert "set [node] interface" in err
 
         # etcd unreachable at start is not fatal: the agent waits for it in-process
         cfg = config(tmp_path / "b.toml", endpoint)
         proc = await agent_in(host.netns, cfg)
+        log = cfg.with_suffix(".err")
+        await eventually_async(lambda: "starting" in log.read_text(), 60, "the agent starting")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 3)
         assert proc.returncode is None, "the agent must not exit while etcd is down"
@@ -112,6 +117,13 @@ async def test_expected_failures_are_one_line(tmp_path: Path) -> None:
             f"ha-agent: {tmp_path / 'd.toml'}: agent.health_fall: expected an integer >= 1, got 0"
         )
 
+        # fail closed: without a list of its own the agent would hold whatever etcd names
+        cfg = config(tmp_path / "e.toml", endpoint)
+        cfg.write_text(cfg.read_text().replace('allowed_vips = ["198.18.254.100"]\n', ""))
+        err = await fails_with(await agent_in(host.netns, cfg), cfg, 2)
+        assert err.startswith(f"ha-agent: {cfg}: agent.allowed_vips: missing:"), err
+        assert err.count("\n") == 1, err
+
 
 async def test_sigterm_releases_and_exits_zero(tmp_path: Path) -> None:
     with plumbing(tmp_path, "hvc") as (lab, net):
@@ -129,7 +141,7 @@ async def test_sigterm_releases_and_exits_zero(tmp_path: Path) -> None:
             async def registered() -> bool:
                 return await store.get(store.schema.node("n1")) is not None
 
-            await until(registered, 60, "nodes/n1 in etcd", every=0.05)
+            await eventually_async(registered, 60, "nodes/n1 in etcd", every=0.05)
             proc.send_signal(signal.SIGTERM)
             err = await finish(proc, cfg, 30)
             assert proc.returncode == 0, err

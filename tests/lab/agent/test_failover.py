@@ -21,7 +21,16 @@ import pytest
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import Request
 from haproxy_py.cluster.store import Store, new_request_id
-from tests.lab.agent.cluster import Lab, Watcher, cluster, wait_or_show
+from tests.lab.agent.cluster import (
+    FACTOR,
+    NODE_LOSS,
+    PLANNED,
+    RESTART,
+    Lab,
+    Watcher,
+    cluster,
+    wait_or_show,
+)
 from tests.lab.agent.support import plumbing
 
 pytestmark = pytest.mark.lab
@@ -38,8 +47,8 @@ async def test_kill_9_of_the_active_agent(lab: Lab) -> None:
     lost = lab.w.lost_at(lab.vip, active.name, started)
     assert lost is not None
     print(f"GAP kill -9: kernel removed the VIP {(lost - started) * 1000:.0f} ms after the kill")
-    lab.report("kill -9", started)
-    await lab.client_follows("kill -9", standby, started)
+    lab.report("kill -9", started, NODE_LOSS)
+    await lab.client_follows("kill -9", standby, started, NODE_LOSS)
     lab.check()
 
 
@@ -52,8 +61,8 @@ async def test_etcd_cut_from_the_active_node(lab: Lab) -> None:
     lost = lab.w.lost_at(lab.vip, active.name, started)
     assert lost is not None
     print(f"GAP etcd cut: active fenced itself {(lost - started) * 1000:.0f} ms after the cut")
-    lab.report("etcd cut", started)
-    await lab.client_follows("etcd cut", standby, started)
+    lab.report("etcd cut", started, NODE_LOSS)
+    await lab.client_follows("etcd cut", standby, started, NODE_LOSS)
     lab.c.lab.heal(active.netns)
 
     async def rejoined() -> bool:
@@ -99,8 +108,8 @@ async def test_sigterm_hands_over_at_once(lab: Lab) -> None:
     started = time.monotonic()
     lab.c.lab.kill(active.agent, signal.SIGTERM)
     await wait_or_show(lab, lambda: lab.held_by(standby.name), 30, "the VIP on the standby")
-    lab.report("SIGTERM", started)
-    await lab.client_follows("SIGTERM", standby, started)
+    lab.report("SIGTERM", started, RESTART)
+    await lab.client_follows("SIGTERM", standby, started, RESTART)
     agent = active.agent
     await wait_or_show(lab, lambda: not lab.c.lab.alive(agent), 30, "the agent to exit")
     assert "agent stopped" in lab.c.log(f"agent-{active.name}").read_text()
@@ -143,7 +152,7 @@ async def test_planned_move(lab: Lab) -> None:
         assert answered.result.status == "done", answered.result.message
         await wait_or_show(lab, lambda: lab.held_by(standby.name), 30, "the VIP on the standby")
         print(f"GAP planned move: controller reports gap_ms={answered.result.gap_ms}")
-        lab.report("planned move", started)
+        lab.report("planned move", started, PLANNED)
         await lab.client_follows("planned move", standby, started)
 
         await wait_or_show(
@@ -182,7 +191,7 @@ async def test_frozen_agent_loses_the_vip_and_does_not_take_it_back(lab: Lab) ->
         lost = lab.w.lost_at(lab.vip, active.name, started)
         assert lost is not None
         print(f"GAP agent frozen: kernel removed the VIP {(lost - started) * 1000:.0f} ms after")
-        lab.report("agent frozen", started)
+        lab.report("agent frozen", started, NODE_LOSS)
     finally:
         lab.c.lab.kill(active.agent, signal.SIGCONT)
 
@@ -228,6 +237,7 @@ async def test_active_active_survivor_takes_every_vip(tmp_path: Path) -> None:
                 print(
                     f"GAP active-active kill -9: {gap * 1000:.0f} ms unowned ({source} -> {target})"
                 )
+                assert gap <= NODE_LOSS * FACTOR, f"unowned {gap:.3f} s after a node loss"
             lab.check()
         finally:
             watcher.stop()

@@ -18,16 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import load_settings
+from agent.cli import parse
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import Store
 from haproxy_py.cluster.timing import Timing
+from haproxy_py.configfile import load
 from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import in_netns, ip
 from haproxy_py.lab.watch import parse_addresses
 from tests.lab.agent.cluster import Cluster, Node, Watcher, cluster
-from tests.lab.agent.support import plumbing, until
+from tests.lab.agent.support import plumbing
+from tests.support.wait import eventually_async
 
 pytestmark = pytest.mark.lab
 RTMGRP_IPV4_IFADDR = 0x10
@@ -67,7 +69,9 @@ class Lab:
     async def answered_by(self, node: Node, since: float, limit: float = 30) -> None:
         want = mac(node.netns)
         try:
-            await until(lambda: self.arp.last(self.vip, want, since) is not None, limit, "ARP")
+            await eventually_async(
+                lambda: self.arp.last(self.vip, want, since) is not None, limit, "ARP"
+            )
         except AssertionError:
             raise AssertionError(f"{node.name} never answered ARP\n{self.c.logs()}") from None
 
@@ -79,7 +83,7 @@ class Lab:
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     with plumbing(tmp_path, "hvg") as (plumb, net), cluster(tmp_path, plumb, net) as c:
-        settings, _, _, _ = load_settings(next(iter(c.nodes.values())).config)
+        settings, _ = parse(load(next(iter(c.nodes.values())).config))
         client = f"{net}.50"
         addresses = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
         store = Store(EtcdConfig((c.etcd.endpoint,), timeout=2.0), "lab")
@@ -87,9 +91,11 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
             addresses.start()
             lab = Lab(c, store, arp, addresses, settings.agent.timing)
             try:
-                await until(lambda: bool(arp.of(c.vip)), 60, "an ARP answer for the VIP")
+                await eventually_async(lambda: bool(arp.of(c.vip)), 60, "an ARP answer for the VIP")
                 for node in c.nodes.values():
-                    await until(lambda n=node: lab.healthy(n), 60, f"{node.name} healthy")  # type: ignore[misc]
+                    await eventually_async(
+                        lambda n=node: lab.healthy(n), 60, f"{node.name} healthy"
+                    )
                 yield lab
             finally:
                 addresses.stop()
@@ -157,7 +163,7 @@ async def test_a_foreign_address_after_a_refresh_never_keeps_a_killed_node_answe
         )
         assert last <= refreshed + bound + SEEN, f"answered {last - refreshed:.3f} s after"
         lab.c.start_agent(victim)
-        await until(lambda v=victim: lab.healthy(v), 60, "the restarted agent healthy")  # type: ignore[misc]
+        await eventually_async(lambda v=victim: lab.healthy(v), 60, "the restarted agent healthy")
     print(f"FENCE last answer after refresh: max {max(late) * 1000:.0f} ms over {TRIALS} kills")
     ms = [round(x * 1000) for x in sorted(takeover)]
     print(f"FENCE other node answers after the refresh: p50 {ms[len(ms) // 2]} ms, max {ms[-1]} ms")

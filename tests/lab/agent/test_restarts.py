@@ -15,11 +15,9 @@ import pytest
 
 from haproxy_py.cluster.records import NodeRecord, Request
 from haproxy_py.cluster.store import new_request_id
-from tests.lab.agent.cluster import Lab, Node, wait_or_show
+from tests.lab.agent.cluster import FACTOR, RESTART, Lab, Node, wait_or_show
 
 pytestmark = pytest.mark.lab
-CLEAN_STOP_BUDGET = 0.5  # DESIGN: a clean stop costs clients at most this
-FACTOR = 3  # budgets are asserted with a generous factor: a slow shared host must not fail them
 
 
 async def restart(lab: Lab, node: Node, daemon: str, sig: int) -> None:
@@ -36,7 +34,7 @@ async def restart(lab: Lab, node: Node, daemon: str, sig: int) -> None:
         lab.c.start_controller()
 
 
-def in_service(lab: Lab, node: Node, since: float):  # type: ignore[no-untyped-def]
+def in_service(lab: Lab, node: Node, since: float):
     """The node registered again, live, ready and not stopping (checked after `since`)."""
 
     async def check() -> bool:
@@ -77,7 +75,7 @@ async def test_a_restarted_daemon_returns_its_node_to_service(
     assert lab.held_by(standby.name), "it comes back as the standby (no failback by default)"
     if sig == signal.SIGTERM:  # a clean stop, of the agent or of the proxy
         gap = lab.client_gap(started)
-        assert gap <= CLEAN_STOP_BUDGET * FACTOR, f"clean stop cost clients {gap * 1000:.0f} ms"
+        assert gap <= RESTART * FACTOR, f"clean stop cost clients {gap * 1000:.0f} ms"
     log = lab.c.log(f"proxy-{active.name}").read_text()
     assert "undrained" not in log or daemon != "agent", "the agent never drained the proxy"
     lab.check()
@@ -106,7 +104,7 @@ async def test_an_operators_drain_survives_a_restart_until_undrained(lab: Lab) -
     active, standby = lab.roles()
 
     async def ask(kind: str) -> None:
-        request = Request(id=new_request_id(time.time()), kind=kind, node=active.name)  # type: ignore[arg-type]
+        request = Request(id=new_request_id(time.time()), kind=kind, node=active.name)
         await lab.store.submit(request)
         answered = await lab.store.wait_result(request.id, 30)
         assert answered.result is not None and answered.result.status == "done"

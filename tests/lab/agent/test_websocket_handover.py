@@ -9,6 +9,11 @@ write its node record 0.5 s late, so the old owner's 1001 leaves long after the
 new owner's gratuitous ARP: only the new owner's grace period (mid-stream
 segments dropped, not reset) keeps the clients' packets of that window from
 being answered with a reset, so this cannot pass by timing.
+
+The proxies run as the hardened unit runs them (`haproxy_py.lab.activate`):
+their listening socket comes from outside with IP_TRANSPARENT set, and they hold
+no capability but CAP_NET_BIND_SERVICE, so they could not set IP_TRANSPARENT
+themselves: the 1001s from an address already gone leave on what they inherited.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +35,15 @@ pytestmark = pytest.mark.lab
 MOVES = 4
 CLASSES = (2, 2, 3, 2)  # idle, periodic, continuous, HTTP keep-alive
 SYN_RETRANSMIT = 1.0  # a reconnect that waited for one would take at least this long
+CAP_NET_BIND_SERVICE = 10
+
+
+def capabilities(pid: int) -> int:
+    """The effective capability mask of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no CapEff in /proc/{pid}/status")
 
 
 def since(events: list[dict[str, Any]], at: float, kind: str) -> list[dict[str, Any]]:
@@ -55,6 +70,9 @@ async def test_every_websocket_client_gets_1001_through_planned_moves(lab: Lab) 
         cwd=REPO,
     )
     try:
+        for node in lab.c.nodes.values():
+            assert node.proxy is not None
+            assert capabilities(node.proxy.pid) == 1 << CAP_NET_BIND_SERVICE, node.name
         active, standby = lab.roles()
 
         def everyone_on(node: str, after: float) -> bool:

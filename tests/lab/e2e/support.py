@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,27 +24,24 @@ from haproxy_py.lab.arpwatch import ArpWatch, Claim
 from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
 from haproxy_py.lab.etcdstatus import etcd_status
 from haproxy_py.lab.layout import PROXY_PORT
+from haproxy_py.lab.settle import settled
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
+from tests.support.wait import eventually
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 GAPS = ARTIFACTS / "lab-gaps.jsonl"
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` every 50 ms; fail with `what` when it is still false after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @contextmanager
-def lab_session(tmp: Path, mode: str, name: str, nodes: int = 2) -> Iterator[control.Lab]:
+def lab_session(
+    tmp: Path, mode: str, name: str, nodes: int = 2, profile: str = "default"
+) -> Iterator[control.Lab]:
     """A lab under `tmp` with a fresh prefix; removed afterwards, and proven removed."""
     prefix = "hl" + secrets.token_hex(2) + "-"
     run_dir = tmp / "lab"
-    lab = control.Lab.up(run_dir=run_dir, prefix=prefix, nodes=nodes, mode=mode, say=lambda _: None)
+    lab = control.Lab.up(
+        run_dir=run_dir, prefix=prefix, nodes=nodes, mode=mode, profile=profile, say=lambda _: None
+    )
     try:
         yield lab
     finally:
@@ -64,59 +60,18 @@ def view(lab: control.Lab) -> ClusterView | None:
         return None
 
 
-def settled(lab: control.Lab) -> bool:
-    """Every node healthy, every VIP assigned and answering, every daemon watching etcd, and in
-    active-active every node holding a VIP (so that a rebalance cannot move a VIP in the middle
-    of the next fault)."""
-    if not lab.ready() or not watches_up(lab):
-        return False
-    current = view(lab)
-    if current is None:
-        return False
-    if lab.layout.mode == "active-active":
-        return all(current.vips_of(n.name) for n in lab.layout.nodes)
-    return True
-
-
-def watches_up(lab: control.Lab) -> bool:
-    """No agent or controller is still retrying its etcd watch. After a partition heals, a
-    node registers again at once but its watch comes back only at its next retry (up to a
-    second later); a fault injected meanwhile would measure that backoff, not the fault."""
-    return not any(
-        _watch_down(lab.paths.log(f"{node.name}/{process}"))
-        for node in lab.layout.nodes
-        for process in ("agent", "controller")
-    )
-
-
-def _watch_down(log: Path) -> bool:
-    """Does the daemon's log end with a watch that went down and has not been restored?"""
-    down: set[str] = set()
-    try:
-        lines = log.read_text().splitlines()
-    except FileNotFoundError:
-        return False
-    for line in lines:
-        if '"etcd watch ' not in line:
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "etcd watch down, retrying":
-            down.add(event.get("prefix", ""))
-        elif event.get("event") == "etcd watch restored":
-            down.discard(event.get("prefix", ""))
-    return bool(down)
-
-
 def settle(lab: control.Lab) -> ClusterView:
-    wait_until(
-        lambda: settled(lab), 60, "the lab to settle (nodes healthy, VIPs answering, watches up)"
-    )
-    current = view(lab)
-    assert current is not None
-    return current
+    """Wait until the lab has settled; the cluster as etcd had it then."""
+    found: ClusterView | None = None
+
+    def check() -> bool:
+        nonlocal found
+        found = view(lab) if settled(lab) else None
+        return found is not None
+
+    eventually(check, 60, "the lab to settle (nodes healthy, VIPs answering, watches up)")
+    assert found is not None
+    return found
 
 
 def hactl_json(lab: control.Lab, *args: str) -> Any:

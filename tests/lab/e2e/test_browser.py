@@ -21,8 +21,9 @@ import pytest
 from haproxy_py.lab import control
 from haproxy_py.lab.client import NetnsLoop
 from haproxy_py.lab.layout import PROXY_PORT
+from tests.support.wait import eventually
 
-from .support import ARTIFACTS, lab_session, settle, wait_until
+from .support import ARTIFACTS, lab_session, settle
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -94,8 +95,8 @@ def chromium(lab: control.Lab, tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     try:
         port_file = profile / "DevToolsActivePort"
-        wait_until(port_file.exists, 60, "Chromium's DevTools port")
-        wait_until(lambda: port_file.read_text().strip() != "", 10, "the DevTools port number")
+        eventually(port_file.exists, 60, "Chromium's DevTools port")
+        eventually(lambda: port_file.read_text().strip() != "", 10, "the DevTools port number")
         yield int(port_file.read_text().split()[0]), tmp_path
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -111,7 +112,7 @@ def test_chat_page_reconnects_after_failover(lab: control.Lab, chromium: tuple[i
         session, tools = loop.run(_attach(port))
         try:
             chat = _chat_state(loop, tools)
-            wait_until(
+            eventually(
                 lambda: (
                     (s := chat()) is not None and s["state"] == "connected" and s["node"] == old
                 ),
@@ -119,11 +120,11 @@ def test_chat_page_reconnects_after_failover(lab: control.Lab, chromium: tuple[i
                 f"the page to connect through {old}",
             )
             _say(loop, tools, "hello before")
-            wait_until(lambda: "hello before" in chat()["messages"], 30, "the first message")
+            eventually(lambda: "hello before" in chat()["messages"], 30, "the first message")
 
             lab.kill(old)
             try:
-                wait_until(
+                eventually(
                     lambda: (
                         (s := chat())["node"] not in (None, "?", old) and s["state"] == "connected"
                     ),
@@ -133,7 +134,7 @@ def test_chat_page_reconnects_after_failover(lab: control.Lab, chromium: tuple[i
                 state = chat()
                 assert state["connects"] >= 2
                 _say(loop, tools, "hello after")
-                wait_until(lambda: "hello after" in chat()["messages"], 30, "the second message")
+                eventually(lambda: "hello after" in chat()["messages"], 30, "the second message")
                 shot = loop.run(tools.call("Page.captureScreenshot", format="png"))
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)
                 (ARTIFACTS / "chat-after-failover.png").write_bytes(base64.b64decode(shot["data"]))

@@ -17,8 +17,9 @@ from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import CLUSTER
+from tests.support.wait import eventually
 
-from .support import hactl_json, lab_session, settle, view, wait_until
+from .support import hactl_json, lab_session, settle, view
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 RESYNC = "etcd watch behind compacted history"
@@ -47,7 +48,7 @@ def test_a_node_back_from_behind_a_compaction_misses_nothing(tmp_path: Path) -> 
         cut, other = [n.name for n in lab.layout.nodes if n.name != owner][:2]
 
         lab.partition(cut)
-        wait_until(
+        eventually(
             lambda: _logged(lab, cut, "agent", "etcd watch down"), 30, f"{cut}'s watch to go down"
         )
         # History the cut-off node has not seen, then compacted away.
@@ -59,14 +60,14 @@ def test_a_node_back_from_behind_a_compaction_misses_nothing(tmp_path: Path) -> 
         lab.heal(cut)
 
         for process in ("agent", "controller"):
-            wait_until(
+            eventually(
                 lambda process=process: _logged(lab, cut, process, RESYNC),
                 60,
                 f"{cut}'s {process} to resync after the compaction",
             )
         # It missed nothing: it holds no VIP, failover is still paused, and the very next
         # change reaches it through its watch.
-        wait_until(lambda: (v := view(lab)) is not None and cut in v.nodes, 30, f"{cut} back")
+        eventually(lambda: (v := view(lab)) is not None and cut in v.nodes, 30, f"{cut} back")
         status = hactl_json(lab, "status")
         assert status["paused"] is True
         assert [n["vips"] for n in status["nodes"] if n["name"] == cut] == [[]]
@@ -74,12 +75,10 @@ def test_a_node_back_from_behind_a_compaction_misses_nothing(tmp_path: Path) -> 
         assert done.returncode == 0, done.stdout + done.stderr
         done = lab.hactl("failover", "--to", cut, "--yes")
         assert done.returncode == 0, done.stdout + done.stderr
-        wait_until(
-            lambda: (v := view(lab)) is not None and v.owner(vip) == cut,
-            10,
-            f"{vip} held by {cut}",
+        eventually(
+            lambda: (v := view(lab)) is not None and v.owner(vip) == cut, 10, f"{vip} held by {cut}"
         )
-        wait_until(
+        eventually(
             lambda: (answer := control.whoami(vip)) is not None and answer[0] == cut,
             10,
             f"{cut} to answer on {vip}",

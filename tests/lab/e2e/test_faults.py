@@ -12,6 +12,7 @@ import pytest
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import MODES
+from tests.support.wait import eventually
 
 from .support import (
     absent,
@@ -22,7 +23,6 @@ from .support import (
     record_gap,
     settle,
     view,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
@@ -80,7 +80,7 @@ def _arrange(lab: control.Lab, with_leader: bool | None) -> tuple[str, ClusterVi
             assert done.returncode == 0, done.stdout + done.stderr
         else:  # hand the leadership to another node's controller
             lab.kill(owner, "controller")
-            wait_until(partial(_led_by_other_than, lab, leader), 30, "another controller to lead")
+            eventually(partial(_led_by_other_than, lab, leader), 30, "another controller to lead")
             lab.restart(owner)
         current = settle(lab)
     pytest.fail(f"could not arrange a VIP {'with' if with_leader else 'without'} the leader")
@@ -119,8 +119,8 @@ def _move_and_check(
             node = now.nodes.get(owner.node)
             return owner.node != old and owner.state == "assigned" and bool(node and node.healthy)
 
-        wait_until(moved, 30, f"{vip} to move off {old} onto a healthy node")
-        wait_until(lambda: seen.answered_by(fault_at, old), 30, "answers from the new node")
+        eventually(moved, 30, f"{vip} to move off {old} onto a healthy node")
+        eventually(lambda: seen.answered_by(fault_at, old), 30, "answers from the new node")
         run = seen.finish(fault_at, old)
 
     status = hactl_json(lab, "status")
@@ -166,7 +166,7 @@ def test_controller_leader_killed_keeps_the_vip(lab: control.Lab) -> None:
                 now = view(lab)
                 return bool(now and now.leader and now.leader.id != leader)
 
-            wait_until(new_leader, 30, "a standby controller to lead")
+            eventually(new_leader, 30, "a standby controller to lead")
             run = seen.finish(fault_at, None)
         record_gap(lab.layout.mode, "controller-kill", run, vip, {"old_leader": leader})
         status = hactl_json(lab, "status")
@@ -195,13 +195,13 @@ def test_etcd_member_killed_keeps_the_vip(lab: control.Lab, role: str) -> None:
             fault_at = time.monotonic()
             assert lab.kill(member) == [member]
             # An observation window of a few lease periods without the member.
-            wait_until(lambda: time.monotonic() - fault_at > 6, 10, "six seconds")
+            eventually(lambda: time.monotonic() - fault_at > 6, 10, "six seconds")
             run = seen.finish(fault_at, None)
         record_gap(lab.layout.mode, f"etcd-{role}-kill", run, vip, {"member": member})
         status = hactl_json(lab, "status")
     finally:
         lab.restart(member)
-        wait_until(lab.etcd_healthy, 60, f"{member} to rejoin")
+        eventually(lab.etcd_healthy, 60, f"{member} to rejoin")
     run.check_one_owner()
     if role == "follower":
         assert run.outage.failed == 0, f"{run.outage.failed} client attempts failed"

@@ -12,6 +12,7 @@ import pytest
 from haproxy_py import pki
 from haproxy_py.cluster.agent_config import parse_agent
 from haproxy_py.cluster.config import parse_cluster, parse_controller, parse_etcd, parse_node
+from haproxy_py.cluster.timing import PROFILES
 from haproxy_py.configfile import load
 from haproxy_py.lab import layout as lay
 from haproxy_py.lab.client import Attempt, outage
@@ -54,10 +55,12 @@ def test_layout_survives_a_round_trip(tmp_path: Path) -> None:
     assert doc["nodes"][0] == {"name": "node1", "netns": "hapy-node1", "address": "198.18.200.21"}
 
 
-@pytest.mark.parametrize("mode", lay.MODES)
-def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "profile"), [(m, "default") for m in lay.MODES] + [(lay.MODES[0], "fast")]
+)
+def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str, profile: str) -> None:
     """The file `lab up` writes parses with the proxy's, agent's and controller's own parsers."""
-    layout = lay.plan("hapy-", "198.18.200.0/24", 2, mode, None)
+    layout = lay.plan("hapy-", "198.18.200.0/24", 2, mode, None, profile)
     ca = tmp_path / "pki"
     pki.init_ca(ca)
     for daemon in ("agent", "controller"):
@@ -80,8 +83,12 @@ def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str) -> 
     assert etcd.tls and len(etcd.endpoints) == 3 and etcd.cert is None
     for daemon in ("agent", "controller"):  # each daemon connects as itself
         assert parse_etcd(doc, daemon).cert == ca / f"{daemon}-node1.crt"
-    assert parse_controller(doc, etcd).id == "node1"
-    assert parse_agent(doc).proxy_admin_url == f"http://127.0.0.1:{lay.ADMIN_PORT}"
+    controller = parse_controller(doc, etcd)
+    assert controller.id == "node1"
+    agent = parse_agent(doc)  # its timing check at load passes
+    assert agent.proxy_admin_url == f"http://127.0.0.1:{lay.ADMIN_PORT}"
+    assert agent.timing.lease_ttl == controller.lease_ttl == PROFILES[profile].lease_ttl
+    assert agent.peer_crl == ca / "ca.crl" and agent.peer_port > 0 and cluster.failsafe
 
 
 def _newaddr(address: str) -> bytes:

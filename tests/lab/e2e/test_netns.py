@@ -5,8 +5,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from haproxy_py.lab import netns
 from haproxy_py.lab.netns import NetnsError, Plumbing
 from haproxy_py.lab.watch import TwoOwnersWatcher
+from tests.support.wait import eventually
 
 SERVER = (
     "import socket,sys\n"
@@ -27,15 +27,6 @@ CONNECT = (
     "c=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)\n"
     "assert c.recv(2)==b'hi'\n"
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def reaches(ns: str, address: str, port: int = 7000) -> bool:
@@ -86,7 +77,7 @@ def test_hosts_talk_partition_cuts_peers_but_not_clients(
         node.netns, [sys.executable, "-c", SERVER, "7000"], label="srv", log=tmp_path / "srv.log"
     )
     node_ip = str(node.address.ip)
-    assert wait_until(lambda: reaches(peer.netns, node_ip))
+    eventually(lambda: reaches(peer.netns, node_ip), 15)
     assert reaches(client.netns, node_ip)
 
     plumbing.partition(node.netns, [str(peer.address)])
@@ -94,7 +85,7 @@ def test_hosts_talk_partition_cuts_peers_but_not_clients(
     assert reaches(client.netns, node_ip)
 
     plumbing.heal(node.netns)
-    assert wait_until(lambda: reaches(peer.netns, node_ip))
+    eventually(lambda: reaches(peer.netns, node_ip), 15)
 
 
 @pytest.mark.lab
@@ -128,11 +119,11 @@ def test_teardown_from_the_state_file_alone_removes_everything(tmp_path: Path) -
 
         netns.teardown(state)
         netns.teardown(state)
-        assert wait_until(lambda: not builder.alive(recorded))
+        eventually(lambda: not builder.alive(recorded), 15)
 
         assert netns.leftovers(prefix) == []
         assert not state.exists()
-        assert wait_until(lambda: not Path(f"/proc/{escaped_pid}").exists() or _zombie(escaped_pid))
+        eventually(lambda: not Path(f"/proc/{escaped_pid}").exists() or _zombie(escaped_pid), 15)
     finally:
         builder.teardown()
 
@@ -155,10 +146,10 @@ def test_two_owners_watcher_fires_only_on_a_real_duplicate(plumbing: Plumbing) -
     watcher = TwoOwnersWatcher({"a": a.netns, "b": b.netns}, {vip}, interval=0.002)
     with watcher:
         netns.ip("addr", "add", f"{vip}/32", "dev", "eth0", netns=a.netns)
-        assert wait_until(lambda: watcher.result.sweeps > 20)
+        eventually(lambda: watcher.result.sweeps > 20, 15)
         assert watcher.result.violations == []
         netns.ip("addr", "add", f"{vip}/32", "dev", "eth0", netns=b.netns)
-        assert wait_until(lambda: bool(watcher.result.violations))
+        eventually(lambda: bool(watcher.result.violations), 15)
     violation = watcher.result.violations[0]
     assert violation.vip == vip and set(violation.nodes) == {"a", "b"}
     assert [holders for _, _, holders in watcher.result.changes] == [("a",), ("a", "b")]

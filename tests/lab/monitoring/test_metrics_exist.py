@@ -10,7 +10,6 @@ is assigned anywhere.
 from __future__ import annotations
 
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.lab.agent.cluster import BIN, bridge_etcd
 from tests.lab.agent.support import plumbing
 from tests.support.etcd import free_ports
 from tests.support.monitoring import dashboard_queries, exposed, metric_names, rule_queries
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.lab
 ADMIN = "127.0.0.1:9901"
@@ -47,6 +47,7 @@ endpoints = ["{etcd}"]
 [agent]
 proxy_admin_url = "http://{ADMIN}"
 metrics_bind = "{net}.11:9732"
+allowed_vips = ["{net}.100"]
 
 [admin]
 bind = "{ADMIN}"
@@ -76,17 +77,6 @@ def scrape(url: str) -> str | None:
         return None
 
 
-def until_scraped(fetch: object, what: str) -> str:
-    assert callable(fetch)
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        text = fetch()
-        if text:
-            return str(text)
-        time.sleep(0.2)
-    raise AssertionError(f"no /metrics from {what} within {WAIT} s")
-
-
 def test_every_queried_metric_is_exported_by_a_daemon_or_etcd(tmp_path: Path) -> None:
     with plumbing(tmp_path, "hvm") as (lab, net):
         lab.bridge(f"{net}.1/24")
@@ -112,15 +102,22 @@ def test_every_queried_metric_is_exported_by_a_daemon_or_etcd(tmp_path: Path) ->
                 log=tmp_path / "controller.log",
             )
             texts = {
-                "proxy": until_scraped(
+                "proxy": eventually(
                     lambda: in_netns(host.netns, lambda: scrape(f"http://{ADMIN}/metrics")),
+                    WAIT,
                     "the proxy",
+                    every=0.2,
                 ),
-                "agent": until_scraped(lambda: scrape(f"http://{net}.11:9732/metrics"), "agent"),
-                "controller": until_scraped(
-                    lambda: scrape(f"http://127.0.0.1:{port}/metrics"), "the controller"
+                "agent": eventually(
+                    lambda: scrape(f"http://{net}.11:9732/metrics"), WAIT, "agent", every=0.2
                 ),
-                "etcd": until_scraped(lambda: scrape(f"{etcd.url}/metrics"), "etcd"),
+                "controller": eventually(
+                    lambda: scrape(f"http://127.0.0.1:{port}/metrics"),
+                    WAIT,
+                    "the controller",
+                    every=0.2,
+                ),
+                "etcd": eventually(lambda: scrape(f"{etcd.url}/metrics"), WAIT, "etcd", every=0.2),
             }
         finally:
             etcd.kill()

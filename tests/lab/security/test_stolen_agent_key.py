@@ -2,10 +2,12 @@
 
 Each is refused by etcd (RBAC from the certificates' names, the peer CA) while
 a probe from the client namespace keeps getting answers from the VIP, and a
-node killed afterwards still fails over. Not covered here, because they need
-the agent/controller protocol change of the same issue: keeping another
-node's lease alive (etcd does not authorise LeaseKeepAlive) and a `vips/` key
-naming a foreign address (agents still have write access to `vips/`).
+node killed afterwards still fails over. Agents only read `vips/`, so node1's
+key cannot write or delete any assignment (C2); and even a writer that can
+(etcd's root here, standing in for a stolen controller key) cannot make a node
+take an address its own `allowed_vips` does not list. Keeping another node's
+lease alive (etcd does not authorise LeaseKeepAlive) cannot pin that node's VIP:
+the controller's authenticated probe (`controller.probes`) finds the node gone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from haproxy_py.cluster.records import VipAssignment
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab import control
 from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT, OPERATOR
-from tests.lab.e2e.support import lab_session, observed, settle, view, wait_until
+from tests.lab.e2e.support import lab_session, observed, settle, view
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 DENIED = "permission denied"
@@ -83,6 +87,12 @@ def test_stolen_agent_key_is_confined_while_the_vip_serves(lab: control.Lab) -> 
             _refused(_as_node1(lab, "put", PREFIX + key, "{}"))
         _refused(_as_node1(lab, "put", PREFIX + "requests/0-forged", '{"kind":"drain"}'))
         _refused(_as_node1(lab, "lease", "revoke", f"{_lease_of(lab, 'node2'):x}"))
+        # VIP assignments (C2): neither the served VIP nor a backend's address, put or delete.
+        lease = _lease_of(lab, "node2")
+        node2 = VipAssignment(vip, "node2", epoch=1, since=0.0, lease=lease).to_json().decode()
+        for address in (vip, lab.layout.apps[0].address):
+            _refused(_as_node1(lab, "put", PREFIX + f"vips/{address}", node2))
+            _refused(_as_node1(lab, "del", PREFIX + f"vips/{address}"))
         # etcd administration: lock everyone out (C1 item 4), exfiltrate, reshape the cluster.
         _refused(_as_node1(lab, "auth", "disable"))
         _refused(_as_node1(lab, "user", "add", "mallory", "--no-password"))
@@ -108,7 +118,7 @@ def test_stolen_agent_key_is_confined_while_the_vip_serves(lab: control.Lab) -> 
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert peer.returncode != 0 and "etcd1" not in peer.stdout, peer.stdout
-        wait_until(lambda: time.monotonic() - started > 2, 10, "two seconds of probing")
+        eventually(lambda: time.monotonic() - started > 2, 10, "two seconds of probing")
         run = seen.finish(started, None)
     assert run.outage.failed == 0, f"{run.outage.failed} client attempts failed during the attacks"
     assert not Path(lab.paths.root / "stolen.db").exists()
@@ -136,6 +146,98 @@ def _node_kill_still_fails_over(lab: control.Lab, vip: str) -> None:
             now = view(lab)
             return bool(now and vip in now.vips and now.vips[vip].node not in (old,))
 
-        wait_until(moved, 30, f"{vip} to fail over off the killed {old}")
+        eventually(moved, 30, f"{vip} to fail over off the killed {old}")
     finally:
         lab.restart(old)
+
+
+def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
+    lab: control.Lab,
+) -> None:
+    """#22 item 3: with node1's agent key, keep node2's lease alive with etcdctl, SIGKILL node2
+    whole: the controller's probe over mutual TLS (which only node2's key can answer) fails,
+    the lease is revoked and the VIP moves to node1."""
+    current = settle(lab)
+    vip = lab.layout.vips[0]
+    if current.owner(vip) != "node2":
+        done = lab.hactl("failover", "--vip", vip, "--to", "node2", "-y")
+        assert done.returncode == 0, done.stdout + done.stderr
+        eventually(lambda: (v := view(lab)) is not None and v.owner(vip) == "node2", 30, "move")
+        settle(lab)
+    lease = _lease_of(lab, "node2")
+    p = lab.paths.pki
+    endpoints = ",".join(f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in lab.layout.etcd)
+    argv = ["ip", "netns", "exec", lab.layout.node("node1").netns, "etcdctl"]
+    argv += [f"--endpoints={endpoints}", f"--cacert={p / 'ca.crt'}"]
+    argv += [f"--cert={p / 'agent-node1.crt'}", f"--key={p / 'agent-node1.key'}"]
+    argv += ["lease", "keep-alive", f"{lease:x}"]
+    keeper = subprocess.Popen(
+        argv,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        with observed(lab, vip) as seen:
+            killed_at = time.monotonic()
+            assert lab.kill("node2")
+            eventually(lambda: seen.answered_by(killed_at, "node2"), 30, f"{vip} to move")
+            served_after = time.monotonic() - killed_at
+            run = seen.finish(killed_at, "node2")
+    finally:
+        keeper.terminate()
+        output, _ = keeper.communicate(timeout=10)
+        lab.restart("node2")
+    print(
+        f"lease kept alive by a stolen key, node2 killed: node1 served after {served_after:.2f} s"
+    )
+    assert "keepalived with TTL" in output, output  # the attack did keep the lease alive
+    run.check_one_owner()
+    controller_logs = "".join(
+        lab.paths.log(f"{n.name}/controller").read_text() for n in lab.layout.nodes
+    )
+    assert "failed its authenticated probe" in controller_logs
+    assert served_after < 10.0
+
+
+def test_no_etcd_writer_makes_a_node_take_a_backends_address(lab: control.Lab) -> None:
+    """C2 with full write access to etcd: node2 is told to hold app1's address. It refuses
+    (its allowed_vips lists the VIPs only), says so in its record and in `hactl status`,
+    never adds the address, and the backend and the VIP keep serving."""
+    settle(lab)
+    vip, app = lab.layout.vips[0], lab.layout.apps[0].address
+    node2 = lab.layout.node("node2").netns
+    with observed(lab, vip) as seen:
+        started = time.monotonic()
+
+        async def assign() -> None:
+            async with Store(lab.etcd_config(), CLUSTER) as store:
+                lease = await store.get(store.schema.node("node2"))
+                assert lease is not None
+                value = VipAssignment(app, "node2", epoch=999, since=time.time(), lease=lease.lease)
+                await store.put(store.schema.vip(app), value.to_json())
+
+        asyncio.run(assign())
+        added: list[str] = []
+
+        def refused() -> bool:
+            shown = subprocess.run(
+                ["ip", "-n", node2, "-4", "-o", "addr", "show"], capture_output=True, text=True
+            ).stdout
+            if f" {app}/" in shown:
+                added.append(shown)
+            now = view(lab)
+            record = now.nodes.get("node2") if now else None
+            return record is not None and app in record.refused
+
+        eventually(refused, 20, "node2 to report the refusal in its record")
+        status = lab.hactl("status")
+        assert status.returncode == 0 and f"node2 refuses {app}" in status.stdout, status.stdout
+        eventually(lambda: time.monotonic() - started > 2, 10, "two seconds of probing")
+        run = seen.finish(started, None)
+    assert not added, f"node2 added {app}: {added[0]}"
+    assert run.outage.failed == 0, f"{run.outage.failed} client attempts failed"
+    # the controller clears the key (the VIP is not configured), and app1 stays up for node1
+    eventually(lambda: (v := view(lab)) is not None and app not in v.occupied, 20, "key cleared")

@@ -16,9 +16,11 @@ from haproxy_py.cluster.timing import DEFAULT_FENCE_MARGIN, Timing, defaults, pr
 from haproxy_py.configfile import ConfigError, load
 
 
-def parse(tmp_path: Path, text: str) -> AgentConfig:
+def parse(
+    tmp_path: Path, text: str, vips: str = '[cluster]\nvips = ["198.18.0.100"]\n'
+) -> AgentConfig:
     path = tmp_path / "node.toml"
-    path.write_text(text)
+    path.write_text(vips + text)
     return parse_agent(load(path))
 
 
@@ -148,3 +150,41 @@ def test_client_certificate_and_key_must_match(tmp_path: Path, client_files: Pat
         parse(tmp_path, "[agent]\n" + tls_keys(client_files, key="other.key"))
     assert "agent.proxy_admin_cert: " in str(err.value)
     assert "other.key" in str(err.value)
+
+
+def test_allowed_vips_default_to_the_files_own_cluster_vips(tmp_path: Path) -> None:
+    cfg = parse(tmp_path, "")
+    assert cfg.allowed.allows("198.18.0.100")
+    assert not cfg.allowed.allows("198.18.0.1")
+
+
+def test_allowed_vips_take_addresses_and_prefixes(tmp_path: Path) -> None:
+    cfg = parse(tmp_path, '[agent]\nallowed_vips = ["198.18.0.100", "198.18.1.0/28"]\n')
+    assert [cfg.allowed.allows(a) for a in ("198.18.0.100", "198.18.1.15", "198.18.1.16")] == [
+        True,
+        True,
+        False,
+    ]
+    assert not cfg.allowed.allows("not-an-address")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "agent.allowed_vips: missing: list the VIP addresses or prefixes"),
+        ('[agent]\nallowed_vips = ["198.18.0.300"]\n', "'198.18.0.300' is not an IPv4"),
+        ('[agent]\nallowed_vips = ["198.18.0.1/24"]\n', "is not an IPv4 address or prefix"),
+        (
+            '[node]\naddress = "198.18.0.11"\n[agent]\nallowed_vips = ["198.18.0.0/24"]\n',
+            "covers 198.18.0.11 (this node's own address or an etcd member)",
+        ),
+        (
+            '[etcd]\nendpoints = ["198.18.0.21:2379"]\n[agent]\nallowed_vips = ["198.18.0.21"]\n',
+            "covers 198.18.0.21",
+        ),
+    ],
+)
+def test_a_missing_or_bad_allow_list_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    """Fail closed: without a list of its own the agent would hold whatever etcd names."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(tmp_path, text, vips="")

@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from agent.state import (
     ASSIGNED,
     RELEASING,
+    AckRelease,
     Action,
     AgentCore,
     Assignment,
-    DeleteVip,
     Hysteresis,
     KeepaliveNow,
     PublishNode,
+    Refused,
     Regrant,
     RemoveAddress,
     Revoke,
@@ -28,15 +29,18 @@ from agent.state import (
     StopGarp,
 )
 from haproxy_py.cluster.agent_config import Timing
+from haproxy_py.cluster.allowlist import AllowList
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.5, address_lifetime=1, fence_margin=0.2)
 Op = tuple[Any, ...]
 VIP = "198.18.50.10"
 VIP2 = "198.18.50.11"
+FOREIGN = "198.18.50.1"  # a backend's or the gateway's address: never on the allow-list
+ALLOWED = AllowList.parse(["198.18.50.8/30", VIP2])
 
 
 def core(rise: int = 1, fall: int = 1) -> AgentCore:
-    return AgentCore("n1", TIMING, Hysteresis(rise, fall))
+    return AgentCore("n1", TIMING, Hysteresis(rise, fall), ALLOWED)
 
 
 def ready(c: AgentCore, now: float = 0.0, lease: int = 7) -> None:
@@ -74,7 +78,7 @@ def test_no_vip_before_the_proxy_has_proven_healthy() -> None:
     c.health_sample(True, 0.0)
     actions = c.assignment_event(VIP, assign(), 10, 0.0)
     assert not any(isinstance(a, SetAddress) for a in actions)
-    assert DeleteVip(VIP, 10, "proxy unhealthy") in actions
+    assert AckRelease(VIP, 10, "proxy unhealthy") in actions
     c.health_sample(True, 0.1)
     assert c.health.healthy
 
@@ -185,7 +189,10 @@ def test_unhealthy_proxy_releases_at_once_and_deletes_the_key() -> None:
         PublishNode(),
     ]
     # the key goes once a kernel dump shows the address gone
-    assert c.kernel_addresses(set(), 0.21) == [DeleteVip(VIP, 10, "proxy unhealthy")]
+    assert c.kernel_addresses(set(), 0.21) == [
+        AckRelease(VIP, 10, "proxy unhealthy"),
+        PublishNode(),
+    ]
     # one good sample in between resets the fall count
     c2 = core(fall=2)
     ready(c2)
@@ -200,11 +207,16 @@ def test_planned_release_removes_then_acknowledges() -> None:
     c.assignment_event(VIP, assign(), 10, 0.0)
     actions = c.assignment_event(VIP, assign(state=RELEASING, rev=11), 11, 0.1)
     assert actions == [RemoveAddress(VIP, "releasing"), StopGarp(VIP), PublishNode()]
-    assert c.kernel_addresses(set(), 0.15) == [DeleteVip(VIP, 11, "released")]
-    # the ack is not repeated on every event, but retried by the next full snapshot
+    assert c.kernel_addresses(set(), 0.15) == [AckRelease(VIP, 11, "released"), PublishNode()]
+    assert c.acked == {VIP: 11}  # published in the node record until the key changes
     assert c.assignment_event(VIP2, None, 12, 0.2) == []
-    again = c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3)
-    assert again == [DeleteVip(VIP, 11, "released")]
+    assert c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3) == []
+    # an acknowledged assignment is never held again, even if it turns back to assigned
+    assert c.assignment_event(VIP, assign(rev=11), 13, 0.4) == []
+    assert VIP not in c.held
+    # the controller gave it to n2: the acknowledgement has done its job
+    c.assignment_event(VIP, assign(owner="n2", lease=9, rev=14), 14, 0.5)
+    assert c.acked == {}
 
 
 def test_vip_given_to_another_node_is_removed() -> None:
@@ -247,9 +259,10 @@ def test_stop_removes_addresses_releases_the_keys_then_revokes() -> None:
     assert c.kernel_addresses({VIP}, 0.3) == [
         RemoveAddress(VIP, f"{VIP} is present, must be absent")
     ]
-    assert c.kernel_addresses(set(), 0.4) == [DeleteVip(VIP, 11, "stopping")]
-    # revoked only once the key is gone (the controller reassigns it as a planned move)
-    assert c.assignment_event(VIP, None, 12, 0.5) == [Revoke()]
+    assert c.kernel_addresses(set(), 0.4) == [AckRelease(VIP, 11, "stopping"), PublishNode()]
+    # revoked only once the VIP is someone else's (the controller reassigns it as a planned
+    # move) or its key is gone (nobody could take it)
+    assert c.assignment_event(VIP, assign(owner="n2", lease=9, rev=12), 12, 0.5) == [Revoke()]
     assert c.kernel_addresses(set(), 0.6) == []
 
 
@@ -276,11 +289,11 @@ def test_failed_removal_is_acknowledged_only_once_the_lifetime_ran_out() -> None
     c.assignment_event(VIP, assign(), 10, 0.0)
     c.assignment_event(VIP, assign(state=RELEASING, rev=11), 11, 0.1)
     # every dump still shows it (netlink removal keeps failing): no acknowledgement
-    assert DeleteVip(VIP, 11, "released") not in c.kernel_addresses({VIP}, 0.2)
+    assert AckRelease(VIP, 11, "released") not in c.kernel_addresses({VIP}, 0.2)
     assert c.assignments_snapshot({VIP: assign(state=RELEASING, rev=11)}, 12, 0.3) == []
     # set at 0.0 with lifetime 1: the kernel has dropped it by 1.0 + slack
     assert c.tick(1.0) == []
-    assert c.tick(1.0 + TIMING.kernel_slack) == [DeleteVip(VIP, 11, "released")]
+    assert c.tick(1.0 + TIMING.kernel_slack) == [AckRelease(VIP, 11, "released"), PublishNode()]
 
 
 def test_failed_add_is_forgotten_and_retried() -> None:
@@ -301,7 +314,7 @@ def test_an_address_that_cannot_be_set_for_a_lifetime_is_given_up() -> None:
     c.kernel_addresses(set(), 0.5)
     c.address_failed(VIP, 0.5)
     actions = c.kernel_addresses(set(), 1.1)
-    assert DeleteVip(VIP, 10, "cannot hold the address") in actions
+    assert AckRelease(VIP, 10, "cannot hold the address") in actions
     assert PublishNode() in actions
     assert c.given_up == {VIP: 10}
     # a new assignment (another revision) is tried again
@@ -358,6 +371,7 @@ class Sim:
     stopped: bool = False
     dump: bool = False
     log: list[Action] = field(default_factory=list)
+    acked: set[tuple[str, int]] = field(default_factory=set)
 
     def run(self, actions: list[Action], *, health_turned_bad: bool = False) -> None:
         before = set(self.agent_held)
@@ -369,9 +383,11 @@ class Sim:
                 self.agent_held.pop(a.vip, None)
                 self.kernel.pop(a.vip, None)
                 self.dump = True
-            elif isinstance(a, DeleteVip):
-                assert a.vip not in self.agent_held, "key deleted while the address is still held"
-                assert a.vip not in self.kernel, "key deleted while the kernel still has it"
+            elif isinstance(a, AckRelease):
+                assert a.vip not in self.agent_held, "acknowledged while the address is held"
+                assert a.vip not in self.kernel, "acknowledged while the kernel still has it"
+                self.acked.add((a.vip, a.revision))
+                # the controller answers: the VIP goes to another node (or nobody)
                 cur = self.etcd.get(a.vip)
                 if cur is not None and cur.revision == a.revision and cur.owner == "n1":
                     del self.etcd[a.vip]
@@ -396,6 +412,8 @@ class Sim:
         owner = self.etcd.get(a.vip)
         assert owner is not None and owner.owner == "n1" and owner.state == ASSIGNED
         assert owner.lease == self.lease
+        assert ALLOWED.allows(a.vip), "an address outside the allow-list was set"
+        assert (a.vip, owner.revision) not in self.acked, "an acknowledged assignment held again"
         if a.new:
             assert a.vip not in self.agent_held
         else:
@@ -474,7 +492,7 @@ class Sim:
             assert isinstance(self.log[-1], Revoke) or self.lease is None
 
 
-VIPS = st.sampled_from([VIP, VIP2])
+VIPS = st.sampled_from([VIP, VIP2, FOREIGN])
 ADVANCE = st.tuples(st.just("advance"), st.floats(0.0, 1.0))
 KEEPALIVE = st.tuples(
     st.just("keepalive"),
@@ -539,9 +557,27 @@ def test_wanted_vips_are_held_once_keepalives_flow(ops: list[Op], prelude: bool)
     mine = {
         v
         for v, a in sim.etcd.items()
-        if a.owner == "n1" and a.state == ASSIGNED and a.lease == sim.lease
+        if a.owner == "n1" and a.state == ASSIGNED and a.lease == sim.lease and ALLOWED.allows(v)
     }
     assert set(sim.c.held) == mine
     assert not any(
         a.owner == "n1" and a.state == RELEASING and a.lease == sim.lease for a in sim.etcd.values()
     ), "a releasing VIP must have been acknowledged"
+
+
+def test_a_vip_outside_the_allow_list_is_refused_acknowledged_and_never_set() -> None:
+    c = core()
+    ready(c)
+    actions = c.assignment_event(FOREIGN, assign(), 10, 0.0)
+    assert actions == [
+        Refused(FOREIGN),
+        AckRelease(FOREIGN, 10, "not in this node's allowed_vips"),
+        PublishNode(),
+    ]
+    assert c.refused == {FOREIGN} and FOREIGN not in c.known_vips
+    # refused once: a new revision is acknowledged again, but not logged or listed again
+    again = c.assignment_event(FOREIGN, assign(rev=11), 11, 0.1)
+    assert again == [AckRelease(FOREIGN, 11, "not in this node's allowed_vips"), PublishNode()]
+    assert not any(isinstance(a, SetAddress) for a in c.keepalive_ok(0.2, 2, 0.2))
+    # an address outside the list that the kernel carries is not ours to remove either
+    assert c.kernel_addresses({FOREIGN}, 0.3) == []

@@ -31,7 +31,7 @@ def test_plan_gives_each_node_its_own_agent_role() -> None:
     assert own in agent
     assert all(p.key.startswith(P) for role in desired.roles.values() for p in role)
     writable = {p.key for p in agent if p.access != rbac.READ}
-    assert writable == {P + b"nodes/n1", P + b"vips/"}
+    assert writable == {P + b"nodes/n1"}  # its own record only: VIP keys are read-only
     assert rbac.Permission(rbac.READ, P, rbac.prefix_end(P)) in desired.roles["c-operator"]
     assert {p.key for p in desired.roles["c-operator"] if p.access != rbac.READ} == {
         P + b"requests/"

@@ -31,7 +31,7 @@ from tests.unit.controller.views import (
 POLICY = Policy(release_timeout=5.0, request_history=2, controller="c1")
 
 
-def run(v, now: float = NOW) -> Decision:  # type: ignore[no-untyped-def]
+def run(v, now: float = NOW) -> Decision:
     return decide(v, now, POLICY)
 
 
@@ -334,6 +334,14 @@ class TestDrain:
         )
         assert answer(d).status == "refused"
         assert not [a for a in d.actions if isinstance(a, WriteSettings | ReleaseVip)]
+
+    def test_drain_waits_for_an_assignment_an_earlier_request_made_this_cycle(self) -> None:
+        move = replace(request("move", rid="r0"), created=NOW - 2)
+        drain = request("drain", node_name="c")
+        d = run(view([node("a", healthy=False), node("c")], [], requests=[move, drain]))
+        assert [(a.vip, a.node) for a in d.actions if isinstance(a, AssignVip)] == [(VIP1, "c")]
+        assert not [a for a in d.actions if isinstance(a, WriteSettings)]
+        assert [a.request.id for a in d.actions if isinstance(a, AnswerRequest)] == ["r0"]
 
     def test_drain_of_an_unknown_node_is_refused(self) -> None:
         d = run(view([node("a")], [held(VIP1, "a")], requests=[request("drain", node_name="x")]))

@@ -93,7 +93,7 @@ def views(draw: st.DrawFn) -> ClusterView:
                 node=owner,
                 epoch=i,
                 since=NOW - 100,
-                state=state,  # type: ignore[arg-type]
+                state=state,
                 cause=cause,
                 move_to=draw(st.one_of(st.none(), st.sampled_from(NAMES))),
                 releasing_since=NOW - age if state == "releasing" else None,
@@ -105,7 +105,7 @@ def views(draw: st.DrawFn) -> ClusterView:
     requests = tuple(
         Request(
             id=f"r{i}",
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             vip=vip,
             target=target if kind == "move" else None,
             node=target if kind in ("drain", "undrain") else None,

@@ -18,7 +18,7 @@ def ready(n: NodeRecord, up: int, pools: int = 2, vips: tuple[str, ...] = ()) ->
     return replace(n, ready=up, pools=pools, vips=vips)
 
 
-def run(v, seen: Seen = SETTLED) -> Decision:  # type: ignore[no-untyped-def]
+def run(v, seen: Seen = SETTLED) -> Decision:
     return decide(v, NOW, POLICY, seen)
 
 

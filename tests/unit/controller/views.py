@@ -18,10 +18,14 @@ NOW = 1_800_000_000.0
 VIP1, VIP2, VIP3, VIP4 = "198.18.100.1", "198.18.100.2", "198.18.100.3", "198.18.100.4"
 
 
+def lease_of(name: str) -> int:
+    return 1000 + sum(map(ord, name))
+
+
 def node(
     name: str, priority: int = 100, healthy: bool = True, since: float = NOW - 3600
 ) -> NodeRecord:
-    lease = 1000 + sum(map(ord, name))
+    lease = lease_of(name)
     return NodeRecord(
         name=name,
         priority=priority,
@@ -46,11 +50,12 @@ def held(
         node=owner,
         epoch=1,
         since=NOW - 600,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         cause=cause,
         move_to=move_to,
         request=request,
         releasing_since=releasing_since,
+        lease=lease_of(owner),
         mod_revision=revision,
     )
 
@@ -76,10 +81,10 @@ def settings(
 
 def view(
     nodes: list[NodeRecord],
-    vips: list[VipAssignment] = (),  # type: ignore[assignment]
+    vips: list[VipAssignment] = (),
     config: ClusterSettings | None = None,
-    requests: list[Request] = (),  # type: ignore[assignment]
-    events: list[Event] = (),  # type: ignore[assignment]
+    requests: list[Request] = (),
+    events: list[Event] = (),
     junk_vips: tuple[str, ...] = (),
 ) -> ClusterView:
     return ClusterView(
@@ -104,7 +109,7 @@ def request(
 ) -> Request:
     return Request(
         id=rid,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         vip=vip,
         target=target,
         node=node_name,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import (
     ClusterSettings,
     ClusterView,
@@ -18,7 +15,6 @@ from haproxy_py.cluster.records import (
 )
 from haproxy_py.hactl import intent
 from haproxy_py.hactl.errors import NoLeader, NotFound, Refused
-from haproxy_py.hactl.session import diagnose
 
 VIP = "198.18.0.100"
 
@@ -38,7 +34,7 @@ def _snapshot(**overrides: object) -> ClusterView:
         "settings": ClusterSettings(vips=(VIP,), drained=("node-d",)),
     }
     fields.update(overrides)
-    return ClusterView(**fields)  # type: ignore[arg-type]
+    return ClusterView(**fields)
 
 
 class TestCheckFailover:
@@ -107,30 +103,3 @@ class TestDescribeResult:
         """m6: the audit trail names the etcd identity; the local account is only a hint."""
         assert intent.requester("operator-alice", "root", "vm") == "operator-alice (root@vm)"
         assert intent.requester(None, "root", "vm") == "root@vm"
-
-
-class TestDiagnose:
-    """gRPC's handshake failures become messages that name the failed check."""
-
-    TLS = EtcdConfig(("127.0.0.1:1",), 1.0, Path("/c/ca.crt"), Path("/c/me.crt"), Path("/c/me.key"))
-
-    def test_server_not_trusted(self) -> None:
-        text = diagnose("x: CERTIFICATE_VERIFY_FAILED: unable to get local issuer", self.TLS)
-        assert text.startswith("TLS: etcd's server certificate failed verification")
-        assert "/c/ca.crt" in text
-
-    def test_client_certificate_rejected(self) -> None:
-        text = diagnose("x: Unwrap failed (TSI_DATA_CORRUPTED)", self.TLS)
-        assert text.startswith("TLS: etcd rejected client certificate /c/me.crt")
-
-    def test_no_client_certificate(self) -> None:
-        config = EtcdConfig(("127.0.0.1:1",), 1.0, Path("/c/ca.crt"))
-        text = diagnose("x: Unwrap failed (TSI_DATA_CORRUPTED)", config)
-        assert "requires a client certificate and none was given" in text
-
-    def test_plain_client_against_tls_server(self) -> None:
-        text = diagnose("x: Socket closed", EtcdConfig(("127.0.0.1:1",)))
-        assert "etcd may require TLS" in text
-
-    def test_other_failures_pass_through(self) -> None:
-        assert diagnose("Connection refused", self.TLS) == "Connection refused"

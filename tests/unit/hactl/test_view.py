@@ -34,18 +34,19 @@ def _snapshot(**overrides: object) -> ClusterView:
                 backends_total=2,
                 ready=1,
                 pools=1,
+                lease=11,
             ),
             "node-b": NodeRecord("node-b", address="198.18.0.12", healthy=True, priority=100),
             "node-c": NodeRecord("node-c", address="198.18.0.13", healthy=False),
         },
-        "vips": {VIP: VipAssignment(VIP, "node-a", epoch=3, since=NOW - 90)},
+        "vips": {VIP: VipAssignment(VIP, "node-a", epoch=3, since=NOW - 90, lease=11)},
         "occupied": frozenset({VIP}),
-        "leader": ControllerLeader("ctl-1", since=NOW - 300),
+        "leader": ControllerLeader("ctl-1", since=NOW - 300, lease=5),
         "settings": ClusterSettings(vips=(VIP, "198.18.0.101")),
         "epoch": 3,
     }
     fields.update(overrides)
-    return ClusterView(**fields)  # type: ignore[arg-type]
+    return ClusterView(**fields)
 
 
 def _roles(status: view.StatusView) -> dict[str, str]:
@@ -217,3 +218,34 @@ def test_milliseconds_keep_small_values_visible() -> None:
     """A sub-millisecond gap reads 0.1 ms, not 0 ms; larger ones are whole."""
     assert view.milliseconds(0.086) == "0.1 ms"
     assert view.milliseconds(38.4) == "38 ms"
+
+
+class TestRepairs:
+    def test_states_the_controller_repairs_are_shown_meanwhile(self) -> None:
+        ghost = VipAssignment(VIP, "ghost", epoch=4, since=NOW - 5, lease=99, mod_revision=8)
+        refusing = NodeRecord("node-b", address="198.18.0.12", healthy=True, refused=(VIP,))
+        snapshot = _snapshot(
+            vips={VIP: ghost},
+            leader=ControllerLeader("ghost-controller", since=NOW),
+            nodes={**_snapshot().nodes, "node-b": refusing},
+        )
+        status = view.status_view(snapshot, {})
+        assert [v.state for v in status.vips if v.address == VIP] == ["orphaned"]
+        assert status.repairs == (
+            "vips/198.18.0.100: its assignment to ghost names a lease ghost does not hold; "
+            "the controller reassigns it",
+            "controller/leader has no lease; the next controller to campaign replaces it",
+            "node-b refuses 198.18.0.100: not in its own allowed_vips",
+        )
+        table = click.unstyle(view.status_table(status, NOW))
+        assert "node-b refuses 198.18.0.100" in table and "controller/leader has no lease" in table
+        assert view.status_json(status)["repairs"] == list(status.repairs)
+
+    def test_an_acknowledged_release_shows_as_released(self) -> None:
+        a = VipAssignment(VIP, "node-a", epoch=3, since=NOW, lease=11, mod_revision=20)
+        base = _snapshot()
+        acked = NodeRecord("node-a", healthy=True, lease=11, released={VIP: 20})
+        snapshot = _snapshot(vips={VIP: a}, nodes={**base.nodes, "node-a": acked})
+        status = view.status_view(snapshot, {})
+        assert [v.state for v in status.vips if v.address == VIP] == ["released"]
+        assert status.repairs == ()

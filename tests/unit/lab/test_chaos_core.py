@@ -8,9 +8,17 @@ import pytest
 from click.testing import CliRunner
 
 from haproxy_py.hactl.cli import cli
+from haproxy_py.lab.chaos import verdict
 from haproxy_py.lab.chaos.schedule import KINDS, Fault, ScheduleError, plan
 from haproxy_py.lab.chaos.session import ChaosError, options
-from haproxy_py.lab.chaos.verdict import Outcome, Report, SeqCheck, Violation, outage
+from haproxy_py.lab.chaos.verdict import (
+    Outcome,
+    Report,
+    SeqCheck,
+    Violation,
+    outage,
+    outage_bound,
+)
 
 NODES, VIPS = ("node1", "node2"), ("198.18.200.100", "198.18.200.101")
 
@@ -99,6 +107,14 @@ def test_report_table_json_and_verdict() -> None:
     report.violations.clear()
     report.stopped_early = "interrupted"
     assert not report.passed
+
+
+def test_only_etcd_all_has_an_outage_bound_and_it_is_one_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert [k for k in KINDS if outage_bound(k) is not None] == []  # until the failsafe lands
+    monkeypatch.setattr(verdict, "ETCD_ALL_OUTAGE", 1.0)
+    assert {k: outage_bound(k) for k in KINDS if outage_bound(k) is not None} == {"etcd-all": 1.0}
 
 
 def test_bad_options_get_one_line_before_anything_runs(tmp_path: Path) -> None:

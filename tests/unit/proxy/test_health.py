@@ -12,7 +12,7 @@ from haproxy_py.proxy.health import Checker, Tracker
 
 
 def tracker(**kw: object) -> Tracker:
-    return Tracker(Server(ServerConfig("127.0.0.1", 9001)), HealthConfig(**kw))  # type: ignore[arg-type]
+    return Tracker(Server(ServerConfig("127.0.0.1", 9001)), HealthConfig(**kw))
 
 
 class TestTracker:

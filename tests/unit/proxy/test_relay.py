@@ -14,6 +14,7 @@ from websockets.frames import Close, Frame, Opcode
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.config import ServerConfig
 from haproxy_py.proxy.relay import Tunnel, Tunnels
+from tests.support.wait import eventually_async
 
 
 @dataclass
@@ -37,7 +38,7 @@ async def ends() -> AsyncIterator[Ends]:
     server = Server(ServerConfig("127.0.0.1", 1))
     tunnel = tunnels.add(
         front, back, backend="app", server=server, client_ip="198.18.0.1", listener=None
-    )  # type: ignore[arg-type]
+    )
     client = await asyncio.open_connection(sock=client_end)
     backend = await asyncio.open_connection(sock=backend_end)
     yield Ends(tunnel, tunnels, ended, client, backend)
@@ -82,7 +83,7 @@ async def test_bytes_relayed_and_first_close_code_logged(ends: Ends) -> None:
     assert (ends.tunnel.close_code, ends.tunnel.closed_by) == (4001, "client")
     ends.backend[1].close()
     assert await read_to_eof(ends.client) == b""
-    await asyncio.wait_for(_until(lambda: ends.ended == [ends.tunnel]), 30)
+    await eventually_async(lambda: ends.ended == [ends.tunnel], 30, "the tunnel ended")
 
 
 async def test_drain_closes_an_idle_session_both_ways(ends: Ends) -> None:
@@ -96,7 +97,7 @@ async def test_drain_closes_an_idle_session_both_ways(ends: Ends) -> None:
     ends.backend[1].write(close(1001, masked=False))
     assert await read_to_eof(ends.client) == b""
     assert await read_to_eof(ends.backend) == b""
-    await asyncio.wait_for(_until(lambda: ends.ended == [ends.tunnel]), 30)
+    await eventually_async(lambda: ends.ended == [ends.tunnel], 30, "the tunnel ended")
     assert (ends.tunnel.close_code, ends.tunnel.closed_by) == (1001, "proxy")
 
 
@@ -162,15 +163,6 @@ async def test_small_close_frame_in_one_read_is_seen(ends: Ends) -> None:
     ends.backend[1].write(close(4002, masked=False))
     assert await read_exactly(ends.client, 4) == close(4002, masked=False)
     assert (ends.tunnel.close_code, ends.tunnel.closed_by) == (4002, "backend")
-
-
-async def _until(predicate: object) -> None:
-    """Poll every 10 ms (the callers bound the wait with wait_for)."""
-    assert callable(predicate)
-    for _ in range(100_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
 
 
 async def test_idle_sweep_uses_each_tunnels_own_timeout_and_aborts_once(ends: Ends) -> None:

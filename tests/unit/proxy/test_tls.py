@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from haproxy_py import pki
@@ -31,57 +30,13 @@ from haproxy_py.proxy.tls import (
     parse_listener_tls,
     server_context,
 )
-
-NOW = dt.datetime.now(dt.UTC)  # dates of the certificates made here
-DAY = dt.timedelta(days=1)
+from tests.support.certs import DAY, NOW, make_cert
 
 
 def now() -> dt.datetime:
     """The clock of a check: read when the check runs, since certificates from the PKI are
     valid from a few minutes before they are issued, which may be long after this module loads."""
     return dt.datetime.now(dt.UTC)
-
-
-def make_cert(
-    directory: Path,
-    name: str,
-    *,
-    dns: list[str] | None = None,
-    not_before: dt.datetime = NOW - DAY,
-    not_after: dt.datetime = NOW + 30 * DAY,
-    rsa_key: bool = False,
-) -> tuple[Path, Path]:
-    """A self-signed certificate with chosen dates, for the cases the cluster PKI never makes."""
-    key = (
-        rsa.generate_private_key(65537, 2048)
-        if rsa_key
-        else ec.generate_private_key(ec.SECP256R1())
-    )
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-    )
-    if dns is not None:
-        names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    cert = builder.sign(key, hashes.SHA256())
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 @pytest.fixture
@@ -190,7 +145,7 @@ class TestCheckCertificate:
     def test_key_not_matching(self, ca: Path) -> None:
         err = fails(
             lambda: check_certificate(ca / "alpha.crt", ca / "wild.key", now()),
-            "wild.key: this key does not match the certificate",
+            "wild.key: this key does not belong to the certificate",
             "alpha.crt",
         )
         assert "BEGIN" not in err  # never key material in a message
@@ -203,7 +158,7 @@ class TestCheckCertificate:
 
     def test_not_yet_valid(self, tmp_path: Path) -> None:
         cert_path, key_path = make_cert(tmp_path, "future", not_before=NOW + DAY)
-        fails(lambda: check_certificate(cert_path, key_path, now()), "future.crt: not valid before")
+        fails(lambda: check_certificate(cert_path, key_path, now()), "future.crt: not valid yet")
 
     def test_expired_certificate_in_the_chain(self, ca: Path, tmp_path: Path) -> None:
         old_cert, _ = make_cert(tmp_path, "oldca", not_before=NOW - 90 * DAY, not_after=NOW - DAY)

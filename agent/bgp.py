@@ -1,0 +1,246 @@
+"""The node side of BGP mode: what this node announces, reconciled level-triggered.
+
+Rules (the pure core, `want` and `Liveness`):
+
+1. The node announces while it can serve: the proxy is live (its admin API
+   answers 200), it does not drain, and the agent is not fenced. A refused
+   probe or a drain counts at once; a timeout after `fall` misses in a row.
+2. Which VIPs it may announce is given (by the controller, or the config);
+   health never edits that list, it only opens or closes the live link.
+3. Nothing here withdraws on its own when the agent stops: BIRD keeps what it
+   was told, and the kernel withdraws for a dead proxy (`agent.livelink`).
+
+The shell (`Announcer`) converges three things each tick, from what it reads,
+never from what it remembers: the VIPs on `lo` as /32 (so the kernel accepts
+their traffic, with no ARP on the shared segment), the announce file against
+BIRD's `show static` (rewritten and `configure`d over the control socket only
+when they differ), and the live link's admin state (netlink). See
+`haproxy_py.cluster.birdconf` for why these three levers and why BIRD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.proxy import ProxyClient, ProxyStatus
+from haproxy_py.cluster import bird, birdconf
+
+log = structlog.get_logger(__name__)
+LOOPBACK = 1  # `lo` is interface 1 in every network namespace
+
+
+@dataclass(frozen=True)
+class Want:
+    """What the node should show its BGP peers: the live link's state, the VIP routes, why."""
+
+    serve: bool
+    vips: frozenset[str]
+    reason: str
+
+
+def want(permitted: Iterable[str], live: bool, draining: bool, fenced: bool) -> Want:
+    """(pure: no I/O, no clock) Rule 1 and 2: the routes are the permitted VIPs; the link is
+    up only while the node can serve."""
+    vips = frozenset(permitted)
+    if fenced:
+        return Want(False, vips, "fenced: the agent lost its lease, must not serve")
+    if not live:
+        return Want(False, vips, "proxy is not live, must be to announce")
+    if draining:
+        return Want(False, vips, "proxy drains, withdrawn")
+    return Want(True, vips, f"proxy live: announcing {len(vips)} VIP(s)")
+
+
+class Liveness:
+    """(pure: no I/O, no clock) Probe results -> live, by rule 1's counting."""
+
+    def __init__(self, fall: int) -> None:
+        self.fall = fall
+        self.misses = 0
+        self.live = False
+        self.draining = False
+        self.known = False  # a restarted agent touches nothing until it knows (rule 3)
+
+    def observe(self, status: ProxyStatus) -> bool:
+        if status.live:
+            self.misses, self.live = 0, True
+            self.draining = bool(status.draining)
+        elif status.refused or status.draining:
+            self.misses, self.live = self.fall, False
+            self.draining = bool(status.draining)
+        else:
+            self.misses += 1
+            self.live = self.live and self.misses < self.fall
+        self.known = self.known or status.live or self.misses >= self.fall
+        return self.live
+
+
+@dataclass(frozen=True)
+class Settings:
+    admin_url: str
+    bird_socket: str
+    announce_file: Path
+    live_link: str
+    vips: tuple[str, ...]
+    interval: float = 0.1
+    timeout: float = 0.2
+    fall: int = 3
+
+
+class Announcer:
+    """The I/O shell: probe the proxy, then converge lo, BIRD and the live link."""
+
+    def __init__(self, settings: Settings, ipr: AsyncIPRoute, proxy: ProxyClient) -> None:
+        self.settings = settings
+        self.ipr = ipr
+        self.proxy = proxy
+        self.bird = bird.BirdControl(settings.bird_socket)
+        self.liveness = Liveness(settings.fall)
+        # The seams for the agent daemon: the controller's answer for this node (which VIPs it
+        # may announce) and the lease/failsafe verdict. Standalone: the given VIPs, never fenced.
+        self.permitted: frozenset[str] = frozenset(settings.vips)
+        self.fenced = False
+        self._reason = ""
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Start a probe every `interval`, whether or not the previous one answered, so a hung
+        proxy is withdrawn about `timeout` + (`fall` - 1) x `interval` after it hung (0.4 s by
+        default); an answer older than one already counted is ignored."""
+        newest = 0
+        pending: set[asyncio.Task[None]] = set()
+
+        async def probe(seq: int) -> None:
+            nonlocal newest
+            status = await self.proxy.probe()
+            async with self._lock:
+                if seq < newest:
+                    return
+                newest = seq
+                try:
+                    await self.step(status)
+                except Exception:  # a bug must not stop the announcer; the next probe retries
+                    log.exception("bgp step failed")
+
+        for seq in itertools.count(1):
+            task = asyncio.create_task(probe(seq))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(self.settings.interval)
+
+    async def step(self, status: ProxyStatus) -> Want:
+        self.liveness.observe(status)
+        target = want(self.permitted, self.liveness.live, self.liveness.draining, self.fenced)
+        if target.reason != self._reason:
+            log.info("bgp", reason=target.reason, detail=status.detail)
+            self._reason = target.reason
+        steps = [
+            ("VIPs on lo", self.ensure_loopback(target.vips)),
+            ("BIRD's routes", self.ensure_routes(target.vips)),
+        ]
+        if self.liveness.known:
+            steps.append(("live link", self.ensure_link(target.serve)))
+        for what, call in steps:
+            try:
+                await call
+            except (bird.BirdError, NetlinkError, OSError) as exc:
+                log.warning("bgp converge failed", what=what, error=str(exc))
+        return target
+
+    async def ensure_loopback(self, vips: frozenset[str]) -> None:
+        present = set()
+        async for msg in await self.ipr.addr("dump", index=LOOPBACK):
+            if msg.get("prefixlen") == 32:
+                present.add(msg.get("address"))
+        for vip in sorted(vips - present):
+            await self.ipr.addr("replace", index=LOOPBACK, address=vip, prefixlen=32)
+
+    async def ensure_routes(self, vips: frozenset[str]) -> None:
+        reply = await self.bird.command(f"show static {birdconf.STATIC_PROTOCOL}")
+        loaded = {p.removesuffix("/32") for p in bird.static_routes(reply)}
+        if loaded == vips:
+            return
+        path = self.settings.announce_file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(birdconf.announce_file(vips, self.settings.live_link))
+        os.replace(tmp, path)
+        log.info(
+            "bgp routes", was=sorted(loaded), now=sorted(vips), bird=await self.bird.configure()
+        )
+
+    async def ensure_link(self, up: bool) -> None:
+        async for link in await self.ipr.link("dump"):
+            if link.get("ifname") != self.settings.live_link:
+                continue
+            is_up = bool(link["flags"] & 1)  # IFF_UP
+            if is_up != up:
+                await self.ipr.link("set", index=link["index"], state="up" if up else "down")
+            return
+        # No link: the proxy is not running under agent.livelink; nothing can be announced.
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    p = argparse.ArgumentParser(
+        prog="python -m agent.bgp", description="Announce this node's VIPs over BGP (BIRD)."
+    )
+    p.add_argument(
+        "--admin-url", required=True, help="the proxy's admin API, e.g. http://127.0.0.1:9901"
+    )
+    p.add_argument("--bird-socket", required=True, help="BIRD's control socket (bird -s)")
+    p.add_argument("--announce-file", required=True, type=Path, help="the file bird.conf includes")
+    p.add_argument("--live-link", required=True, help="the TUN device of agent.livelink")
+    p.add_argument("--vip", action="append", required=True, help="a VIP this node may announce")
+    p.add_argument("--interval", type=float, default=0.1)
+    p.add_argument("--timeout", type=float, default=0.2)
+    p.add_argument("--fall", type=int, default=3)
+    a = p.parse_args(argv)
+    try:
+        for vip in a.vip:
+            birdconf.announce_file([vip], a.live_link)
+    except birdconf.BirdConfigError as exc:
+        p.error(str(exc))
+    return Settings(
+        a.admin_url,
+        a.bird_socket,
+        a.announce_file,
+        a.live_link,
+        tuple(a.vip),
+        a.interval,
+        a.timeout,
+        a.fall,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    ipr = AsyncIPRoute()
+    proxy = ProxyClient(settings.admin_url, settings.timeout)
+    try:
+        await Announcer(settings, ipr, proxy).run()
+    finally:
+        await proxy.close()
+        ipr.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the announcer alone (the lab's BGP mode; the agent daemon will embed `Announcer`)."""
+    from haproxy_py.logging import configure
+
+    settings = parse_args(argv)
+    configure("info", json=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""BGP mode: which nodes may announce which VIP (pure: no I/O, no clock).
+
+In BGP mode every node that can serve a VIP announces it and the router
+spreads connections over them; the controller only says who may. Rules:
+
+1. A candidate for a VIP is registered (its lease lives), live, not stopping,
+   not drained by an operator, and allowed for that VIP (`Policy.allowed`;
+   no entry: every node).
+2. Of the candidates, those whose every backend pool has a server up
+   announce.
+3. A backend outage shared by every candidate withdraws nobody: when no
+   candidate is fully ready, the candidates with the best readiness score
+   announce (all of them when every score is 0), so clients get the proxy's
+   503, never a black hole.
+4. Fewer announcers than `Policy.min_announcers`: the best other candidates
+   (readiness, then priority, then name) are added up to it.
+5. While the cluster is paused (maintenance), the previous answer stands.
+
+Invariants (tests/unit/controller/test_announce.py checks them for any
+cluster): announcers are candidates; a VIP with a candidate has an announcer;
+with a fully ready candidate, nobody less ready announces beyond the minimum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from haproxy_py.cluster.records import ClusterSettings, NodeRecord
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_announcers: int = 1
+    allowed: Mapping[str, frozenset[str]] = field(default_factory=dict)  # VIP -> nodes
+
+
+@dataclass(frozen=True)
+class Announcements:
+    """VIP -> the nodes that may announce it, and one sentence per VIP saying why."""
+
+    nodes: Mapping[str, frozenset[str]]
+    reasons: Mapping[str, str]
+
+
+def candidates(
+    vip: str, nodes: Mapping[str, NodeRecord], settings: ClusterSettings, policy: Policy
+) -> list[NodeRecord]:
+    """Rule 1."""
+    allowed = policy.allowed.get(vip)
+    return [
+        n
+        for n in nodes.values()
+        if n.healthy
+        and not n.stopping
+        and n.name not in settings.drained
+        and (allowed is None or n.name in allowed)
+    ]
+
+
+def _fully_ready(node: NodeRecord) -> bool:
+    return node.pools > 0 and node.ready == node.pools
+
+
+def _rank(node: NodeRecord) -> tuple[int, int, str]:
+    return (-node.ready, -node.priority, node.name)
+
+
+def for_vip(
+    vip: str, nodes: Mapping[str, NodeRecord], settings: ClusterSettings, policy: Policy
+) -> tuple[frozenset[str], str]:
+    """Rules 1-4 for one VIP."""
+    pool = sorted(candidates(vip, nodes, settings, policy), key=_rank)
+    if not pool:
+        return frozenset(), "no node is live, undrained and allowed: nobody can announce"
+    chosen = [n for n in pool if _fully_ready(n)]
+    reason = f"{len(chosen)} of {len(pool)} candidates have every backend pool up"
+    if not chosen:
+        best = pool[0].ready
+        chosen = [n for n in pool if n.ready == best]
+        reason = (
+            f"no candidate has every backend pool up (best {best}): the best {len(chosen)} "
+            "keep announcing, clients get 503 rather than no route"
+        )
+    if len(chosen) < policy.min_announcers:
+        extra = [n for n in pool if n not in chosen][: policy.min_announcers - len(chosen)]
+        if extra:
+            chosen += extra
+            reason += (
+                f"; {len(extra)} less ready added to reach the minimum {policy.min_announcers}"
+            )
+    return frozenset(n.name for n in chosen), reason
+
+
+def plan(
+    vips: tuple[str, ...],
+    nodes: Mapping[str, NodeRecord],
+    settings: ClusterSettings,
+    policy: Policy,
+    previous: Mapping[str, frozenset[str]],
+) -> Announcements:
+    """Every VIP's announcers (rule 5: paused, `previous` stands)."""
+    if settings.paused:
+        return Announcements(
+            {v: previous.get(v, frozenset()) for v in vips},
+            {v: "paused: announcers unchanged" for v in vips},
+        )
+    decided = {v: for_vip(v, nodes, settings, policy) for v in vips}
+    return Announcements(
+        {v: d[0] for v, d in decided.items()}, {v: d[1] for v, d in decided.items()}
+    )

@@ -1,0 +1,161 @@
+"""The leader's authenticated liveness probe of every VIP owner: lease liveness is not enough.
+
+etcd does not authorise `LeaseKeepAlive`: any client that can reach etcd can keep any
+lease alive, so a stolen agent key could keep a dead node's lease, and with it its VIPs,
+alive forever. The controllers therefore also ask each VIP owner's peer endpoint
+(`agent.peer`, mutual TLS with the controller's certificate) to echo a fresh nonce, which
+only a server holding that node's key can do.
+
+An owner that answered under its current lease and has since failed every probe for
+`timing.probe_limit` (and at least `MIN_MISSES` in a row: one lost probe or a short stall
+moves nothing) while its lease still reads a
+second or more left (someone refreshed it within the last second, although the node has
+not answered for longer) gets its lease revoked. Its agent's next keepalive then fails, so
+its fence falls within `fence_deadline` of the revoke, as the timing rule states; its VIPs
+are kept from every other node until then (`guard`). An owner that simply died is left to
+the lease expiry path (`controller.expiry`), which is faster. An owner that never answered
+(no peer endpoint, or a controller that started leading after it died) is left to its
+lease, so a misconfigured node is never moved. Probes write nothing to etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from haproxy_py.cluster.peerlink import PeerClient, PeerError
+from haproxy_py.cluster.records import ClusterView
+from haproxy_py.cluster.store import StoreError
+from haproxy_py.cluster.storeapi import KVStore
+from haproxy_py.cluster.timing import Timing, fence_deadline, probe_limit
+
+log = structlog.get_logger(__name__)
+
+MIN_MISSES = 3
+
+
+@dataclass
+class Verdicts:
+    """Consecutive probe failures per node (pure: no I/O, no clock)."""
+
+    limit: float
+    failing: dict[str, tuple[float, int]] = field(default_factory=dict)  # since, misses
+
+    def result(self, node: str, ok: bool, now: float) -> None:
+        if ok:
+            self.failing.pop(node, None)
+            return
+        since, misses = self.failing.get(node, (now, 0))
+        self.failing[node] = (since, misses + 1)
+
+    def overdue(self, node: str, now: float) -> bool:
+        since, misses = self.failing.get(node, (now, 0))
+        return misses >= MIN_MISSES and now - since >= self.limit
+
+    def keep(self, nodes: set[str]) -> None:
+        self.failing = {n: v for n, v in self.failing.items() if n in nodes}
+
+
+class Prober:
+    """Probes VIP owners (standbys too, so a new leader starts with their history); while
+    leading, revokes a lease kept alive without its node and keeps that node's VIPs
+    unassigned until its fence has fallen."""
+
+    def __init__(self, store: KVStore, client: PeerClient, port: int, timing: Timing) -> None:
+        self.store = store
+        self.client = client
+        self.port = port
+        self.timing = timing
+        self.verdicts = Verdicts(probe_limit(timing))
+        self.view: ClusterView | None = None  # the last one the controller read
+        self.embargo: dict[str, float] = {}  # vip -> monotonic time it may be assigned again
+        self.wake: Callable[[], None] = lambda: None
+        self.answered: set[int] = set()  # owner leases whose node has answered a probe
+        self._warned: set[str] = set()
+
+    def guard(self, view: ClusterView, now: float) -> ClusterView:
+        """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
+        self.embargo = {v: until for v, until in self.embargo.items() if until > now}
+        if not self.embargo:
+            return view
+        return dataclasses.replace(view, occupied=view.occupied | frozenset(self.embargo))
+
+    async def run(self, leading: Callable[[], bool]) -> None:
+        while True:
+            await asyncio.sleep(self.timing.keepalive_interval)
+            view = self.view
+            if view is None:
+                continue
+            owners = {a.node: a.lease for a in view.vips.values() if a.lease}
+            self.verdicts.keep(set(owners))
+            names = sorted(owners)
+            results = await asyncio.gather(*(self._probe(view, n) for n in names))
+            now = time.monotonic()
+            for node, ok in zip(names, results, strict=True):
+                self.verdicts.result(node, ok, now)
+                if ok:
+                    self.answered.add(owners[node])
+                elif owners[node] not in self.answered:
+                    self._unprovable(node)
+                elif self.verdicts.overdue(node, now) and leading():
+                    await self._revoke(view, node, owners[node])
+            self.answered &= set(owners.values())
+
+    def _unprovable(self, node: str) -> None:
+        """An owner whose endpoint never answered under its current lease (no peer endpoint
+        configured, an older version, or it died before this controller led) is left to its
+        lease: revoking it could move VIPs off a healthy node."""
+        if node not in self._warned:
+            self._warned.add(node)
+            log.warning("VIP owner has not answered a probe yet; its lease alone counts", node=node)
+
+    async def _probe(self, view: ClusterView, node: str) -> bool:
+        record = view.nodes.get(node)
+        if record is None or record.address is None:
+            return True  # no record: its lease is gone, the expiry path moves its VIPs
+        nonce = secrets.token_hex(16)
+        try:
+            answer = await self.client.post(
+                record.address, self.port, f"agent-{node}", "/alive", {"nonce": nonce}
+            )
+        except PeerError as exc:
+            log.debug("owner probe failed", node=node, error=str(exc))
+            return False
+        return answer == {"nonce": nonce, "node": node}
+
+    async def _revoke(self, view: ClusterView, node: str, lease: int) -> None:
+        try:
+            left, _ = await self.store.lease_time_to_live(lease)
+        except StoreError:
+            return
+        if left < 1:
+            return  # running out by itself: the expiry path is faster and needs no revoke
+        since, misses = self.verdicts.failing[node]
+        try:
+            await self.store.revoke(lease)
+        except StoreError as exc:
+            log.error("cannot revoke the lease of an owner that fails its probes", error=str(exc))
+            return
+        wait = fence_deadline(self.timing)
+        until = time.monotonic() + wait
+        for vip in view.vips_of(node):
+            self.embargo[vip] = until
+        asyncio.get_running_loop().call_later(wait + 0.01, self.wake)  # decide again then
+        self.verdicts.failing.pop(node, None)
+        log.warning(
+            "VIP owner failed its authenticated probe while its lease was kept alive: lease "
+            "revoked; its VIPs move once its fence has fallen",
+            node=node,
+            lease=f"{lease:x}",
+            failing_s=round(time.monotonic() - since, 3),
+            misses=misses,
+            vips=list(view.vips_of(node)),
+            embargo_s=round(fence_deadline(self.timing), 3),
+        )
+        self.wake()

@@ -1,0 +1,100 @@
+"""The keys the active controller writes for itself: `controller/leader` and `config`.
+
+Parsers return None for a value that is not a usable record (see `records`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from haproxy_py.cluster.jsonvalue import choice, dumps, flag, loads, number, text, texts
+
+Mode = Literal["active-standby", "active-active"]
+MODES: tuple[Mode, ...] = ("active-standby", "active-active")
+
+
+@dataclass(frozen=True)
+class ControllerLeader:
+    """`controller/leader`: the active controller, under its own lease."""
+
+    id: str
+    since: float
+    metrics: str | None = None
+    lease: int = 0
+    create_revision: int = 0
+    mod_revision: int = 0
+
+    def to_json(self) -> bytes:
+        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics})
+
+    @classmethod
+    def parse(
+        cls, raw: bytes, lease: int = 0, create_revision: int = 0, mod_revision: int = 0
+    ) -> ControllerLeader | None:
+        obj = loads(raw)
+        if obj is None:
+            return None
+        ident = text(obj, "id")
+        if ident is None:
+            return None
+        return cls(
+            id=ident,
+            since=number(obj, "since", 0.0) or 0.0,
+            metrics=text(obj, "metrics"),
+            lease=lease,
+            create_revision=create_revision,
+            mod_revision=mod_revision,
+        )
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """`config`: what the active controller applies.
+
+    `mode`, `vips`, `failback` and `failback_hold` come from the controller's
+    `[cluster]` config; `paused` and `drained` are changed by requests and
+    survive controller restarts because they live here.
+    """
+
+    mode: Mode = "active-standby"
+    vips: tuple[str, ...] = ()
+    failback: bool = False
+    failback_hold: float = 30.0
+    paused: bool = False
+    drained: tuple[str, ...] = ()
+    mod_revision: int = 0
+
+    def to_json(self) -> bytes:
+        return dumps(
+            {
+                "mode": self.mode,
+                "vips": list(self.vips),
+                "failback": self.failback,
+                "failback_hold": self.failback_hold,
+                "paused": self.paused,
+                "drained": sorted(self.drained),
+            }
+        )
+
+    def same_content(self, other: ClusterSettings | None) -> bool:
+        return other is not None and self.to_json() == other.to_json()
+
+    @classmethod
+    def parse(cls, raw: bytes, mod_revision: int = 0) -> ClusterSettings | None:
+        obj = loads(raw)
+        if obj is None:
+            return None
+        mode = choice(obj, "mode", MODES)
+        if mode is None:
+            return None
+        hold = number(obj, "failback_hold", 30.0)
+        return cls(
+            mode=mode,
+            vips=texts(obj, "vips"),
+            failback=flag(obj, "failback"),
+            failback_hold=hold if hold is not None and hold >= 0 else 30.0,
+            paused=flag(obj, "paused"),
+            drained=tuple(sorted(set(texts(obj, "drained")))),
+            mod_revision=mod_revision,
+        )

@@ -1,0 +1,65 @@
+"""What the daemons need from a store: the etcd key-value contract, as a Protocol.
+
+Two implementations keep it: `store.Store` (etcd through aetcd) and
+`memstore.MemoryStore` (one process, an injected clock). The contract tests
+in `tests/integration/cluster/test_store_contract.py` run against both, so
+code written against `KVStore` behaves the same on either.
+
+The contract, in etcd's terms: every write that changes something advances
+one cluster-wide revision (a transaction is one revision, however many keys
+it touches); conditional writes answer False instead of raising; a key put
+under a lease dies with it; `keepalive` raises `LeaseLost` once the lease is
+gone; `watch` yields every change from a revision on, and one `resync` event
+when that history was compacted (see `store` for the details). Failures are
+`StoreError`s and never carry a client library's types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol
+
+from haproxy_py.cluster.records import ClusterView, KeyValue
+from haproxy_py.cluster.schema import Schema
+from haproxy_py.cluster.store import Compare, Lease, Op, WatchEvent
+
+
+class KVStore(Protocol):
+    """The operations the controller and the agent run; `Store` and `MemoryStore` have them."""
+
+    @property
+    def schema(self) -> Schema: ...
+
+    async def close(self) -> None: ...
+
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]: ...
+
+    async def read_view(self) -> ClusterView: ...
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> bool: ...
+
+    async def create(self, key: str, value: bytes, lease: int = 0) -> bool: ...
+
+    async def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool: ...
+
+    async def delete_if(self, key: str, mod_revision: int) -> bool: ...
+
+    async def grant_lease(self, ttl: int) -> Lease: ...
+
+    async def keepalive(self, lease_id: int) -> int: ...
+
+    async def lease_remaining(self, lease_id: int) -> int: ...
+
+    async def lease_time_to_live(self, lease_id: int) -> tuple[int, int]: ...
+
+    async def revoke(self, lease_id: int) -> None: ...
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[WatchEvent, None]: ...

@@ -1,0 +1,79 @@
+"""The BGP announcer's pure core: when the node shows its VIPs to the router, and why."""
+
+from __future__ import annotations
+
+from agent.bgp import Liveness, want
+from agent.proxy import ProxyStatus
+
+VIPS = ("198.18.5.100", "198.18.5.101")
+LIVE = ProxyStatus(True, "/healthz answered 200", draining=False)
+REFUSED = ProxyStatus(False, "refused", refused=True)
+SLOW = ProxyStatus(False, "timeout")
+DRAINING = ProxyStatus(False, "/healthz answered 503: draining", draining=True)
+
+
+def test_a_live_node_announces_every_permitted_vip() -> None:
+    w = want(VIPS, live=True, draining=False, fenced=False)
+    assert w.serve and w.vips == frozenset(VIPS)
+
+
+def test_health_closes_the_link_but_never_edits_the_vip_list() -> None:
+    for live, draining, fenced in [(False, False, False), (True, True, False), (True, False, True)]:
+        w = want(VIPS, live=live, draining=draining, fenced=fenced)
+        assert not w.serve, w.reason
+        assert w.vips == frozenset(VIPS)
+
+
+def test_fenced_wins_over_everything_and_says_so() -> None:
+    assert want(VIPS, live=True, draining=False, fenced=True).reason.startswith("fenced")
+
+
+def test_a_refused_probe_counts_at_once() -> None:
+    live = Liveness(fall=3)
+    assert live.observe(LIVE)
+    assert not live.observe(REFUSED)
+
+
+def test_a_drain_counts_at_once() -> None:
+    live = Liveness(fall=3)
+    live.observe(LIVE)
+    assert not live.observe(DRAINING)
+    assert live.draining
+
+
+def test_timeouts_count_only_after_fall_misses_in_a_row() -> None:
+    live = Liveness(fall=3)
+    live.observe(LIVE)
+    assert live.observe(SLOW)
+    assert live.observe(SLOW)
+    assert not live.observe(SLOW)
+
+
+def test_an_answer_between_timeouts_starts_the_count_again() -> None:
+    live = Liveness(fall=2)
+    live.observe(LIVE)
+    live.observe(SLOW)
+    live.observe(LIVE)
+    assert live.observe(SLOW)
+
+
+def test_a_node_is_not_live_before_its_first_answer() -> None:
+    live = Liveness(fall=3)
+    assert not live.live
+    assert not live.observe(SLOW)
+
+
+def test_a_restarted_announcer_does_not_know_until_an_answer_or_fall_misses() -> None:
+    live = Liveness(fall=3)
+    live.observe(SLOW)
+    assert not live.known  # one slow probe after a restart must not withdraw a serving node
+    live.observe(SLOW)
+    live.observe(SLOW)
+    assert live.known and not live.live
+
+
+def test_a_first_answer_or_refusal_is_known_at_once() -> None:
+    for status in (LIVE, REFUSED):
+        live = Liveness(fall=3)
+        live.observe(status)
+        assert live.known

@@ -1,0 +1,70 @@
+"""The agent's wiring on the in-memory store: no etcd, no root.
+
+The same daemon as in `tests/integration/cluster/test_agent.py` (there against a
+real etcd), with the kernel edges faked and the store in memory: it registers,
+holds what `vips/` assigns it, and its clean stop takes its record with it.
+This is how a control-plane benchmark can run many agents in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from agent.cli import parse
+from agent.daemon import Agent
+from agent.proxy import ProxyClient
+from haproxy_py.cluster.memstore import MemoryData, MemoryStore
+from haproxy_py.cluster.records import NodeRecord, VipAssignment
+from haproxy_py.configfile import load
+from tests.lab.agent.support import AdminStandIn
+from tests.support.agent_fakes import FakeAddressTable, FakeAnnouncer
+from tests.support.wait import eventually_async
+
+VIP = "198.18.77.100"
+
+
+async def test_registers_holds_and_leaves_on_the_memory_store(tmp_path: Path) -> None:
+    admin = AdminStandIn()
+    url = await admin.start()
+    path = tmp_path / "n1.toml"
+    path.write_text(
+        '[node]\nname = "n1"\naddress = "198.18.77.11"\n[cluster]\nname = "w"\n'
+        f'[agent]\nproxy_admin_url = "{url}"\nhealth_interval = 0.05\nmetrics_bind = ""\n'
+        f'allowed_vips = ["{VIP}"]\n'
+    )
+    settings, _ = parse(load(path))
+    data = MemoryData()
+    store, controller = MemoryStore("w", data=data), MemoryStore("w", data=data)
+    table = FakeAddressTable()
+    proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
+    agent = Agent(settings, store, table, FakeAnnouncer(), proxy)
+    agent.handover.wait = 0.2  # no next owner comes in this test
+    task = asyncio.create_task(agent.run())
+    try:
+
+        async def record() -> NodeRecord | None:
+            kv = await controller.get(controller.schema.node("n1"))
+            node = NodeRecord.parse("n1", kv.value, kv.lease) if kv else None
+            return node if node is not None and node.healthy else None
+
+        registered = await eventually_async(record, 15, "n1 registered and live")
+        assigned = VipAssignment(vip=VIP, node="n1", epoch=1, since=time.time(), cause="initial")
+        key = controller.schema.vip(VIP)
+        assert await controller.create(key, assigned.to_json(), registered.lease)
+        await eventually_async(lambda: VIP in table.present, 15, "the VIP on the interface")
+
+        async def listed() -> bool:
+            node = await record()
+            return node is not None and node.vips == (VIP,)
+
+        await eventually_async(listed, 15, "the record listing the VIP as held")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        assert await controller.get(controller.schema.node("n1")) is None
+        assert VIP not in table.present
+    finally:
+        task.cancel()
+        await proxy.close()
+        await admin.stop()

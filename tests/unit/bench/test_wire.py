@@ -1,0 +1,31 @@
+"""The wire-level split of reconnects: SYN retransmits, kernel, client and server time."""
+
+from __future__ import annotations
+
+from bench.failover.wire import summarize_wire
+
+
+def seg(at: float, out: bool, port: int, flags: int, head: str = "", length: int = 0) -> dict:
+    return {"at": at, "out": out, "client_port": port, "flags": flags, "len": length, "head": head}
+
+
+def test_splits_each_new_connection_and_counts_syn_retransmits() -> None:
+    segments = [
+        seg(0.0, False, 40000, 0x18, "abc", 3),  # a connection older than the capture
+        seg(1.000, True, 40001, 0x02),
+        seg(1.001, False, 40001, 0x12),
+        seg(1.011, True, 40001, 0x18, "GET ", 200),
+        seg(1.041, False, 40001, 0x18, "HTTP/1.1 101", 129),
+        seg(2.000, True, 40002, 0x02),
+        seg(3.000, True, 40002, 0x02),  # retransmitted: nobody answered the first
+        seg(3.001, False, 40002, 0x12),
+        seg(3.002, True, 40002, 0x18, "GET ", 90),
+        seg(3.004, False, 40002, 0x18, "HTTP/1.1 200", 90),  # a health check: no upgrade
+        seg(9.000, True, 40001, 0x02),  # the port used again: a new connection
+        seg(9.001, False, 40001, 0x12),
+    ]
+    summary = summarize_wire(segments)
+    assert summary["connections"] == 3 and summary["syn_retransmits"] == 1
+    assert summary["ms"]["kernel"]["max"] == 1001.0  # the retransmit wait shows here
+    assert summary["ms"]["client"]["count"] == 2 and summary["ms"]["client"]["max"] == 10.0
+    assert summary["ms"]["server"]["count"] == 1 and summary["ms"]["server"]["max"] == 30.0

@@ -1,0 +1,135 @@
+"""The owners' probe verdicts (`controller.probes`): one lost probe never counts; a run of
+misses longer than the limit does; the guard keeps embargoed VIPs from being assigned."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from controller.probes import MIN_MISSES, Prober, Verdicts
+from haproxy_py.cluster.peerlink import PeerError
+from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment
+from haproxy_py.cluster.timing import Timing, probe_limit
+
+TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
+LIMIT = probe_limit(TIMING)
+
+
+def test_one_lost_probe_is_not_a_verdict() -> None:
+    v = Verdicts(LIMIT)
+    v.result("n2", False, 0.0)
+    v.result("n2", True, 0.25)
+    assert not v.overdue("n2", 10.0)
+
+
+def test_misses_for_longer_than_the_limit_are() -> None:
+    v = Verdicts(LIMIT)
+    t = 0.0
+    while t < LIMIT:
+        v.result("n2", False, t)
+        assert not v.overdue("n2", t)
+        t += 0.25
+    v.result("n2", False, t)
+    assert v.overdue("n2", t)
+
+
+def test_few_misses_over_a_long_stall_are_not() -> None:
+    v = Verdicts(LIMIT)
+    v.result("n2", False, 0.0)
+    v.result("n2", False, 5.0)  # the controller itself stalled between its probes
+    assert MIN_MISSES > 2 and not v.overdue("n2", 5.0)
+
+
+def test_forgetting_nodes_that_own_nothing() -> None:
+    v = Verdicts(LIMIT)
+    v.result("n2", False, 0.0)
+    v.keep({"n1"})
+    assert v.failing == {}
+
+
+def test_guard_marks_embargoed_vips_occupied_until_the_fence_fell() -> None:
+    prober = Prober(None, None, 9734, TIMING)  # type: ignore[arg-type]
+    prober.embargo = {"198.18.0.10": 5.0}
+    view = ClusterView("c", 1)
+    assert "198.18.0.10" in prober.guard(view, 4.9).occupied
+    assert prober.guard(view, 5.0).occupied == frozenset()
+
+
+# --- the prober against fakes: when it revokes, and when it must not ------------------------
+
+FAST = Timing(
+    lease_ttl=1,
+    keepalive_interval=0.02,
+    address_lifetime=0.3,
+    fence_margin=0.1,
+    etcd_election_timeout=0.5,
+)
+
+
+class FakeStore:
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+        self.revoked: list[int] = []
+
+    async def lease_time_to_live(self, lease: int) -> tuple[int, int]:
+        return self.ttl, 2
+
+    async def revoke(self, lease: int) -> None:
+        self.revoked.append(lease)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.up = True
+
+    async def post(self, address: str, port: int, expected: str, path: str, body: dict) -> object:
+        if not self.up:
+            raise PeerError("no answer")
+        return {"nonce": body["nonce"], "node": expected.removeprefix("agent-")}
+
+
+def owned_by_n2() -> ClusterView:
+    return ClusterView(
+        "c",
+        1,
+        nodes={"n2": NodeRecord("n2", address="198.18.0.22", lease=7)},
+        vips={"198.18.0.10": VipAssignment("198.18.0.10", "n2", 1, 0.0, lease=7)},
+    )
+
+
+async def run_prober(
+    ttl: int, answered_first: bool, leading: bool = True
+) -> tuple[FakeStore, Prober]:
+    store, client = FakeStore(ttl), FakeClient()
+    prober = Prober(store, client, 9734, FAST)  # type: ignore[arg-type]
+    prober.view = owned_by_n2()
+    client.up = answered_first
+    task = asyncio.create_task(prober.run(lambda: leading))
+    await asyncio.sleep(0.1)
+    client.up = False  # the node is gone; its lease is kept alive (ttl) or runs out (0)
+    await asyncio.sleep(probe_limit(FAST) + 0.3)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return store, prober
+
+
+async def test_an_owner_gone_while_its_lease_is_kept_alive_is_revoked_and_embargoed() -> None:
+    store, prober = await run_prober(ttl=1, answered_first=True)
+    assert store.revoked == [7]
+    assert set(prober.embargo) == {"198.18.0.10"}
+
+
+async def test_a_lease_running_out_by_itself_is_left_to_the_expiry_path() -> None:
+    store, _ = await run_prober(ttl=0, answered_first=True)
+    assert store.revoked == []
+
+
+async def test_an_owner_that_never_answered_is_never_revoked() -> None:
+    store, _ = await run_prober(ttl=1, answered_first=False)
+    assert store.revoked == []
+
+
+async def test_a_standby_probes_but_does_not_revoke() -> None:
+    store, prober = await run_prober(ttl=1, answered_first=True, leading=False)
+    assert store.revoked == [] and prober.answered == {7}
