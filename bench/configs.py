@@ -11,7 +11,6 @@ on stderr, which the harness sends to a file). haproxy logs nothing without a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -20,15 +19,7 @@ def max_clients(fd_limit: int) -> int:
     return (fd_limit - 200) // 2
 
 
-def nginx_conf(
-    *,
-    listen: int,
-    backend: str,
-    workdir: Path,
-    buffer_64k: bool,
-    fd_limit: int,
-    workers: str = "1",
-) -> str:
+def nginx_conf(*, listen: int, backend: str, workdir: Path, buffer_64k: bool, fd_limit: int) -> str:
     """nginx with one worker; `proxy_buffer_size` also sizes the buffers of upgraded connections.
 
     nginx starts reusing connections once fewer than 1/16 of `worker_connections`
@@ -41,7 +32,7 @@ def nginx_conf(
         else ""
     )
     return f"""\
-worker_processes {workers};
+worker_processes 1;
 daemon off;
 master_process on;
 user root;
@@ -105,20 +96,13 @@ backend app
 """
 
 
-def haproxy_py_toml(
-    *, listen: int, admin: int, backend: str, fd_limit: int, workers: str = "1"
-) -> str:
+def haproxy_py_toml(*, listen: int, admin: int, backend: str, fd_limit: int) -> str:
     """The issue's minimal file (access log on, the default) plus the idle test's limit."""
-    proxy = (
-        ""
-        if not workers
-        else f"[proxy]\nworkers = {json.dumps(workers) if workers == 'auto' else workers}\n\n"
-    )
     return f"""\
 [admin]
 bind = "127.0.0.1:{admin}"
 
-{proxy}[proxy.limits]
+[proxy.limits]
 max_connections = {max_clients(fd_limit)}
 
 [[listeners]]

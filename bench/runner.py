@@ -59,12 +59,16 @@ class Backend:
     address: str
 
     @classmethod
-    def start(
-        cls, workdir: Path, name: str = "backend", cpus: str = str(loadgen.LOAD_CPU)
-    ) -> Backend:
+    def start(cls, workdir: Path, name: str = "backend") -> Backend:
         port = free_port()
-        env = {**os.environ, "GOMAXPROCS": str(len(cpus.split(",")))}
-        proc = spawn(name, [str(loadgen.BIN / "echo"), f"-addr={HOST}:{port}"], cpus, workdir, env)
+        env = {**os.environ, "GOMAXPROCS": "1"}
+        proc = spawn(
+            name,
+            [str(loadgen.BIN / "echo"), f"-addr={HOST}:{port}"],
+            loadgen.LOAD_CPU,
+            workdir,
+            env,
+        )
         try:
             wait_listening(proc, HOST, port)
         except StartError:
@@ -101,8 +105,7 @@ class Runner:
                 self._idle(target)
         return self.outcome
 
-    def start_target(self, target: Target, backend: str) -> Running | None:
-        """Start `target` and smoke-test it; None (and a failure recorded) if either fails."""
+    def _start(self, target: Target, backend: str) -> Running | None:
         try:
             running = target.start(backend, self.workdir)
         except TargetFailed as exc:
@@ -124,7 +127,7 @@ class Runner:
         workloads = [w for w in self.options.workloads if w.name in target.tests]
         if target.name in self.outcome.failures or not workloads:
             return
-        running = self.start_target(target, backend.address)
+        running = self._start(target, backend.address)
         if running is None:
             return
         try:
@@ -170,7 +173,7 @@ class Runner:
         return best
 
     def _profile(self, target: Target, backend: Backend) -> None:
-        running = self.start_target(target, backend.address)
+        running = self._start(target, backend.address)
         if running is None:
             return
         try:
@@ -184,7 +187,7 @@ class Runner:
         raw = self.workdir / f"profile-{workload.name}.txt"
         seconds = workload.warmup_s + workload.window_s
         try:
-            sampler = profile.start(running.cpu_pids[-1], seconds, raw)  # the worker
+            sampler = profile.start(running.cpu_pids[0], seconds, raw)
         except FileNotFoundError as exc:
             say(f"profile of {workload.name} skipped: {exc}")
             return
@@ -207,7 +210,7 @@ class Runner:
     def _idle(self, target: Target) -> None:
         backend = Backend.start(self.workdir, f"backend-idle-{target.name}")
         try:
-            running = self.start_target(target, backend.address)
+            running = self._start(target, backend.address)
             if running is None:
                 return
             try:

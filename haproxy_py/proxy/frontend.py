@@ -441,7 +441,8 @@ class ClientConnection(Exchange):
         if server is None:
             self._no_server(backend)
             return
-        server.acquire()
+        server.active += 1
+        server.total += 1
         self.server = self.picked = server
         self.head = request_head(
             self.method,

@@ -2,8 +2,7 @@
 
 Callbacks between the parts go through Protocols declared by the callee
 (`upstream.ResponseSink`, `clientstate.ProxyContext`, `listeners.HeldConnection`,
-`report.Counted`, `admin.AdminSource`, `server.Plane`), so no part imports the server
-or the master.
+`stats.StatsSource`, `admin.AdminSource`), so no part imports the server.
 """
 
 from __future__ import annotations
