@@ -32,14 +32,13 @@ from haproxy_py.cluster.schema import Schema
 from haproxy_py.cluster.store import (
     Compare,
     Delete,
+    GuardedWrites,
     Lease,
     LeaseLost,
     Op,
     Put,
     StoreUnavailable,
     WatchEvent,
-    absent,
-    mod_revision_is,
 )
 
 
@@ -50,7 +49,7 @@ class _Lease:
     keys: set[str] = field(default_factory=set)
 
 
-class MemoryStore:
+class MemoryStore(GuardedWrites):
     """One cluster's keys in a dict; several `MemoryStore`s may share one `MemoryData`."""
 
     def __init__(
@@ -113,15 +112,6 @@ class MemoryStore:
         held = all(data.holds(compare) for compare in compares)
         data.apply(success if held else failure)
         return held
-
-    async def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return await self.txn([absent(key)], [Put(key, value, lease)])
-
-    async def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
-        return await self.txn([mod_revision_is(key, mod_revision)], [Put(key, value, lease)])
-
-    async def delete_if(self, key: str, mod_revision: int) -> bool:
-        return await self.txn([mod_revision_is(key, mod_revision)], [Delete(key)])
 
     # -- leases -------------------------------------------------------------------------------
 

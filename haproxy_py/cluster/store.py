@@ -211,7 +211,28 @@ def _kv(raw: Any) -> KeyValue:
     )
 
 
-class Store:
+class GuardedWrites:
+    """The guarded single-key writes, built on `txn`: one copy for every store."""
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> bool:
+        raise NotImplementedError
+
+    async def create(self, key: str, value: bytes, lease: int = 0) -> bool:
+        """Write `key` only if it does not exist; False if it does."""
+        return await self.txn([absent(key)], [Put(key, value, lease)])
+
+    async def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
+        """Overwrite `key` only if nobody changed it since `mod_revision`."""
+        return await self.txn([mod_revision_is(key, mod_revision)], [Put(key, value, lease)])
+
+    async def delete_if(self, key: str, mod_revision: int) -> bool:
+        """Delete `key` only if nobody changed it since `mod_revision`."""
+        return await self.txn([mod_revision_is(key, mod_revision)], [Delete(key)])
+
+
+class Store(GuardedWrites):
     """One cluster's view of etcd. Use as `async with Store(config, cluster) as store:`."""
 
     def __init__(self, config: EtcdConfig, cluster: str) -> None:
@@ -370,18 +391,6 @@ class Store:
             return bool(succeeded)
 
         return await self._call("transaction", op)
-
-    async def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        """Write `key` only if it does not exist; False if it does."""
-        return await self.txn([absent(key)], [Put(key, value, lease)])
-
-    async def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
-        """Overwrite `key` only if nobody changed it since `mod_revision`."""
-        return await self.txn([mod_revision_is(key, mod_revision)], [Put(key, value, lease)])
-
-    async def delete_if(self, key: str, mod_revision: int) -> bool:
-        """Delete `key` only if nobody changed it since `mod_revision`."""
-        return await self.txn([mod_revision_is(key, mod_revision)], [Delete(key)])
 
     # -- leases -------------------------------------------------------------------------------
 
