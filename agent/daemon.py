@@ -137,6 +137,7 @@ class Agent:
                 self._outage,
             )
             self.etcd.on_ok = self.failsafe.etcd_ok
+            self.etcd.on_failed = self.failsafe.etcd_failed
             self.failsafe.register(self.metrics.registry)
         self._queue: asyncio.Queue[Step] = asyncio.Queue()
         self._stop = asyncio.Event()

@@ -95,10 +95,10 @@ class EtcdState:
         self.metrics = metrics
         self.ok = True
         self.on_ok: Callable[[], None] = lambda: None  # every success (the failsafe's clock)
+        self.on_failed: Callable[[], None] = lambda: None  # every failure
 
     def __call__(self, ok: bool, error: str = "") -> None:
-        if ok:
-            self.on_ok()
+        (self.on_ok if ok else self.on_failed)()
         if ok != self.ok:
             if ok:
                 log.info("etcd reachable again")

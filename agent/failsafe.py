@@ -165,6 +165,7 @@ class Failsafe:
     enabled: bool = True
     members: frozenset[str] = frozenset()  # the other nodes of the last membership seen
     last_ok: float = -math.inf  # the last time an etcd call succeeded
+    last_failed: float = -math.inf  # the last time one failed
     promised: dict[str, float] = field(default_factory=dict)  # holder -> promise ends
     round: Round | None = None
     since: float | None = None  # first refresh granted in this outage
@@ -183,8 +184,18 @@ class Failsafe:
         self.since, self.rounds = None, 0
         return outage
 
+    def etcd_failed(self, now: float) -> None:
+        """An etcd call failed (every endpoint tried)."""
+        self.last_failed = max(self.last_failed, now)
+
     def reachable(self, now: float) -> bool:
         return now - self.last_ok <= failsafe_after(self.timing)
+
+    def reaches_etcd(self, now: float) -> bool:
+        """What a peer answers: reachable, and its latest call did not fail. A peer whose
+        calls lag the holder's would otherwise say "reaches etcd" for up to a keepalive
+        period after etcd went away; either way it promises only what `ask` says."""
+        return self.reachable(now) and self.last_failed <= self.last_ok
 
     def membership(self, names: Iterable[str]) -> None:
         """The nodes registered in etcd as last read (this node left out)."""
@@ -252,7 +263,7 @@ class Failsafe:
         if asker not in self.members:
             raise BadMessage(f"{asker!r} is not in the membership this node last saw")
         holds = tuple(sorted(set(holding) & set(ask.vips)))
-        etcd = self.reachable(now) or not self.enabled
+        etcd = self.reaches_etcd(now) or not self.enabled
         promise = 0.0
         if not etcd and not holds:
             promise = failsafe_promise(self.timing)

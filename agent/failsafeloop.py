@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 Step = Callable[[], Awaitable[list[Action]]]
 ROUND_TIMES = 4096  # round durations kept for the figures logged when etcd returns
 WARM = 5.0  # seconds between calls that keep the peers' connections open (theirs close at 15)
+RETRY = 0.05  # seconds before a refused round is asked again: a fence period holds few rounds
 
 
 class FailsafeLoop:
@@ -65,7 +66,7 @@ class FailsafeLoop:
         self.addresses: dict[str, str] = {}
         self.round_times: list[float] = []  # seconds each granting round took, this outage
         self._refused = False
-        self._warmed = -WARM
+        self._warmed: dict[str, float] = {}  # peer -> when its connection was last used
 
     def register(self, registry: Registry) -> None:
         """`failsafe_seconds`: how long the failsafe has kept this node's VIPs (0: it does
@@ -114,6 +115,10 @@ class FailsafeLoop:
             self.round_times.clear()
             self.outage(outage)
 
+    def etcd_failed(self) -> None:
+        """An etcd call failed (hooked to the agent's etcd state)."""
+        self.failsafe.etcd_failed(time.monotonic())
+
     # --- membership -------------------------------------------------------------------------
 
     async def membership_loop(self) -> None:
@@ -132,31 +137,45 @@ class FailsafeLoop:
             await asyncio.sleep(self.reconcile)
 
     async def _warm(self) -> None:
-        """Keep a checked TLS connection to every peer open (a small call every `WARM` s), so
-        the first round of an outage needs no handshake."""
-        now = time.monotonic()
-        if now - self._warmed < WARM or not self.failsafe.enabled:
+        """Keep a checked TLS connection to every peer open (a small call every `WARM` s; at
+        the next membership read to a peer just seen or whose last call failed), so the
+        first round of an outage needs no handshake."""
+        if not self.failsafe.enabled:
             return
-        self._warmed = now
-        calls = [
-            self.client.post(address, self.port, f"agent-{peer}", "/status", {})
-            for peer, address in self.addresses.items()
-            if peer in self.failsafe.members
+        now = time.monotonic()
+        self._warmed = {p: at for p, at in self._warmed.items() if p in self.failsafe.members}
+        due = [
+            peer
+            for peer in sorted(self.failsafe.members)
+            if peer in self.addresses and now - self._warmed.get(peer, -WARM) >= WARM
         ]
-        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        calls = [
+            self.client.post(self.addresses[peer], self.port, f"agent-{peer}", "/status", {})
+            for peer in due
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        for peer, outcome in zip(due, outcomes, strict=True):
             if isinstance(outcome, PeerError):
-                log.debug("peer not reachable for the failsafe", error=str(outcome))
+                log.debug("peer not reachable for the failsafe", peer=peer, error=str(outcome))
+            elif not isinstance(outcome, BaseException):
+                self._warmed[peer] = now
 
     # --- rounds -----------------------------------------------------------------------------
 
     async def round_loop(self) -> None:
+        """A round every keepalive period while etcd is out; a refused one is asked again
+        after `RETRY`, since a peer whose etcd calls lag this node's says "reaches etcd" for
+        up to a keepalive period, and the fence lapses after a few periods."""
+        pause = self.core.timing.keepalive_interval
         while True:
-            await asyncio.sleep(self.core.timing.keepalive_interval)
+            await asyncio.sleep(pause)
+            pause = self.core.timing.keepalive_interval
             ask = self.failsafe.start(secrets.token_hex(16), self.core.held, time.monotonic())
-            if ask is not None:
-                await self.run_round(ask)
+            if ask is not None and not await self.run_round(ask):
+                pause = RETRY
 
-    async def run_round(self, ask: Ask) -> None:
+    async def run_round(self, ask: Ask) -> bool:
+        """Ask every peer; True when the round granted a refresh."""
         sent = time.monotonic()
         peers = sorted(self.failsafe.members)
         answers = await asyncio.gather(*(self._ask(peer, ask) for peer in peers))
@@ -172,7 +191,7 @@ class FailsafeLoop:
                     "failsafe round refused; VIPs fence on their deadline", why=self.failsafe.failed
                 )
             self._refused = True
-            return
+            return False
         took = time.monotonic() - sent
         if len(self.round_times) < ROUND_TIMES:
             self.round_times.append(took)
@@ -189,6 +208,7 @@ class FailsafeLoop:
             return self.core.failsafe_refresh(at, promise, vips, time.monotonic())
 
         self.post(step)
+        return True
 
     async def _ask(self, peer: str, ask: Ask) -> Answer | str:
         """The peer's answer, or why there is none."""

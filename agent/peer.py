@@ -139,7 +139,7 @@ class PeerServer:
         since = self.failsafe.since
         return {
             "node": self.name,
-            "etcd": self.failsafe.reachable(now),
+            "etcd": self.failsafe.reaches_etcd(now),
             "failsafe_since": None if since is None else round(self.wall() - (now - since), 3),
             "vips": sorted(self.core.held),
         }

@@ -41,6 +41,7 @@ import contextlib
 import operator
 import os
 import secrets
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -70,6 +71,7 @@ from haproxy_py.cluster.storeerrors import (
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+SWITCH_LOG_EVERY = 10.0  # seconds between warnings that the endpoint changed
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class Store(GuardedWrites):
         self._clients: dict[int, _Client] = {}
         self._current = 0
         self._rotated = asyncio.Event()
+        self._switch_logged = -SWITCH_LOG_EVERY
 
     async def __aenter__(self) -> Store:
         return self
@@ -293,7 +296,11 @@ class Store(GuardedWrites):
             return
         old = self.endpoint
         self._current = (self._current + 1) % len(self.config.endpoints)
-        log.warning("etcd endpoint switched", old=old, new=self.endpoint, reason=reason)
+        now = time.monotonic()  # while every member is down this runs every call: warn seldom
+        quiet, self._switch_logged = now - self._switch_logged < SWITCH_LOG_EVERY, now
+        (log.debug if quiet else log.warning)(
+            "etcd endpoint switched", old=old, new=self.endpoint, reason=reason
+        )
         self._rotated.set()
         self._rotated = asyncio.Event()
 

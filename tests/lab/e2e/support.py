@@ -53,6 +53,23 @@ def lab_session(
         assert not run_dir.exists()
 
 
+NOISE = ("etcd endpoint switched", "etcd call failed", "peer call refused")
+
+
+def agent_story(lab: control.Lab, lines: int = 30) -> str:
+    """The agents' own account (their last log events, noise left out): what a failed
+    assertion shows, since CI keeps no lab logs."""
+    parts = []
+    for log in sorted(lab.paths.logs.glob("*-agent.log")):
+        events = [
+            line.strip()[:300]
+            for line in log.read_text(errors="replace").splitlines()
+            if not any(noise in line for noise in NOISE)
+        ]
+        parts.append(f"--- {log.name}\n" + "\n".join(events[-lines:]))
+    return "\n".join(parts)
+
+
 def view(lab: control.Lab) -> ClusterView | None:
     try:
         return lab.view()

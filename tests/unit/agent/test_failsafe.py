@@ -122,6 +122,18 @@ def test_peer_promises_only_when_it_cannot_reach_etcd_and_holds_none() -> None:
     assert peer.promised_until(STALE + PROMISE) == -math.inf  # over
 
 
+def test_peer_whose_latest_etcd_call_failed_vouches_before_the_silence_counts() -> None:
+    """A peer's calls lag the holder's by up to a keepalive period: its latest failure is
+    answer enough, and its next success makes it say "reaches etcd" again."""
+    peer = node("n2")
+    ask = Ask("r1", "n1", (VIP,))
+    peer.etcd_failed(0.1)
+    assert peer.reachable(0.1) and not peer.ask("n1", ask, set(), 0.1).etcd
+    assert peer.promised_until(0.1) == 0.1 + PROMISE
+    peer.etcd_ok(0.2)
+    assert peer.ask("n1", Ask("r2", "n1", (VIP,)), set(), 0.2).etcd
+
+
 def test_peer_refuses_a_holder_that_is_not_its_certificate_or_not_a_member() -> None:
     peer = node("n2")
     with pytest.raises(BadMessage, match="certificate"):

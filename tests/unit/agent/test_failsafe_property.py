@@ -134,6 +134,7 @@ class Sim:
         core, fs = self.cores[n], self.failsafes[n]
         sent = self.now - delay
         if not self.reaches(n):
+            fs.etcd_failed(self.now)
             self.run(n, core.keepalive_failed(self.now))
             return
         fs.etcd_ok(self.now)
