@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -21,6 +22,7 @@ from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.peerlink import PeerClient, PeerError, PeerTls
 from haproxy_py.cluster.timing import Timing, failsafe_after
 from haproxy_py.metrics import Registry
+from tests.support.wait import eventually_async
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 VIP = "198.18.50.10"
@@ -206,3 +208,54 @@ def test_the_failsafe_is_exported_as_metrics(certs: Path) -> None:
     assert "haproxy_py_agent_failsafe_rounds 20" in text
     seconds = float(text.split("\nhaproxy_py_agent_failsafe_seconds ")[1].split()[0])
     assert 5.0 <= seconds < 10.0
+
+
+async def test_a_refused_round_is_asked_again_before_the_next_keepalive_period(
+    certs: Path,
+) -> None:
+    """The first round after etcd went away meets a peer whose keepalives lag the holder's:
+    it says "reaches etcd". Once its own next etcd call fails it vouches, and the holder,
+    which asks again at once rather than a keepalive period later, is granted well before
+    either the next period or the peer's own silence would have allowed (slow timing here:
+    keepalive every 2 s, etcd counted away after 3 s)."""
+    slow = Timing(lease_ttl=16, keepalive_interval=2.0, address_lifetime=8.0, fence_margin=0.5)
+    peer_fs = Failsafe("n2", slow)
+    peer_fs.membership(("n1", "n2"))
+    peer_core = AgentCore("n2", slow, Hysteresis(1, 1), ALLOWED)
+    server = PeerServer("n2", tls(certs, "agent-n2"), peer_fs, peer_core, lambda until: None)
+    port = await server.start("127.0.0.1", 0)
+    holder = AgentCore("n1", slow, Hysteresis(1, 1), ALLOWED)
+    start = time.monotonic()
+    holder.lease_granted(7, start, 16, start)
+    holder.health_sample(True, start)
+    holder.assignment_event(VIP, Assignment("n1", "assigned", 7, 10), 10, start)
+    assert VIP in holder.held
+    granted: list[float] = []
+
+    def post(step: object) -> None:
+        granted.append(time.monotonic() - start)
+
+    loop = FailsafeLoop(
+        holder,
+        None,  # type: ignore[arg-type]  # the store is only read by the membership loop
+        tls(certs, "agent-n1"),
+        port,
+        True,
+        1.0,
+        post,
+        lambda outage: None,
+    )
+    loop.failsafe.membership(("n1", "n2"))
+    loop.addresses = {"n2": "127.0.0.1"}
+    peer_fs.etcd_ok(time.monotonic())  # the peer's last keepalive came through
+    rounds = asyncio.create_task(loop.round_loop())
+    try:
+        await eventually_async(lambda: loop.failsafe.failed, 10, "a refused round")
+        assert "reaches etcd" in str(loop.failsafe.failed) and granted == []
+        peer_fs.etcd_failed(time.monotonic())  # its next call fails: now it vouches
+        await eventually_async(lambda: granted, 10, "a granted round")
+    finally:
+        rounds.cancel()
+        loop.client.close()
+        await server.close()
+    assert granted[0] < 2.8, granted  # first round at 2 s; without the retry: 3 s or 4 s
