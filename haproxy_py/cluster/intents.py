@@ -5,6 +5,7 @@ Parsers return None for a value that is not a usable record (see `records`).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -15,6 +16,11 @@ REQUEST_KINDS: tuple[RequestKind, ...] = ("move", "pause", "resume", "drain", "u
 ResultStatus = Literal["running", "done", "refused", "failed"]
 RESULT_STATUSES: tuple[ResultStatus, ...] = ("running", "done", "refused", "failed")
 FINAL_STATUSES: frozenset[str] = frozenset({"done", "refused", "failed"})
+
+
+def new_request_id(now: float) -> str:
+    """Sortable by time, unique without coordination: `<ms since epoch>-<random hex>`."""
+    return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
