@@ -136,13 +136,19 @@ async def test_watch_behind_compaction_resyncs_and_misses_nothing(etcd: EtcdClus
             compacted = await maintenance.compact(writer)
             await path.restore()
 
-            await eventually_async(lambda: _async(bool(mirror.resyncs)), within=30)
+            # The mirror re-reads, then writes after-resync-1: once that key exists its
+            # re-read is done, so `later` can only reach it as an event.
+            async def resynced() -> bool:
+                return await writer.get(f"{prefix}after-resync-1") is not None
+
+            await eventually_async(resynced, within=30)
             assert mirror.resyncs[0].mod_revision == compacted
             await writer.put(f"{prefix}later", b"after")
 
             async def converged() -> bool:
                 kvs, _ = await writer.get_prefix(prefix)
-                return {kv.key: kv.value for kv in kvs} == mirror.state
+                events = {f"{prefix}after-resync-1", f"{prefix}later"} <= mirror.seen_by_event
+                return events and {kv.key: kv.value for kv in kvs} == mirror.state
 
             await eventually_async(converged, within=20)
         finally:
