@@ -83,6 +83,7 @@ class Observers:
         self._probe_seq = 0
         self._applied_seq = 0
         self._drain_checked = False
+        self.registrar: asyncio.Task[None] | None = None  # a regrant after a lost lease
 
     def start(self, revision: int) -> list[asyncio.Task[None]]:
         """Every loop as a supervised task (restarted after a failure); the watch from
@@ -125,10 +126,26 @@ class Observers:
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, 2.0)
 
+    async def first_registration(self) -> int:
+        """Lease and first snapshot, retrying in-process while etcd is unreachable; the
+        revision read at."""
+        self.post(await self.grant_until_granted())
+        kvs, revision = await self.until_answered("read", self.read_vips)
+        self.post(self.snapshot_step(kvs, revision))
+        self.post(self.kernel_step)
+        return revision
+
     async def regrant(self) -> None:
         """The lease was lost: register again under a new one, then re-read `vips/`."""
         self.post(await self.grant_until_granted())
         await self.post_snapshot()
+
+    def regrant_soon(self) -> None:
+        """`regrant` as a task of its own, unless one is running already."""
+        if self.registrar is None or self.registrar.done():
+            self.registrar = asyncio.create_task(
+                supervised("regrant", self.regrant, once=True), name="regrant"
+            )
 
     def lease_lost_step(self, lease: int) -> Step:
         async def step() -> list[Action]:

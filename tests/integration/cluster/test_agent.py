@@ -189,8 +189,8 @@ async def test_after_a_loop_stall_the_fence_runs_before_any_queued_step(node: No
         seen.append(VIP in node.table.present)
         return []
 
-    node.agent._post(stall)
-    node.agent._post(look)  # queued during the stall, like a late watch event
+    node.agent.actor.post(stall)
+    node.agent.actor.post(look)  # queued during the stall, like a late watch event
     await eventually_async(lambda: bool(seen), 10, "the queued step to run")
     assert seen == [False], "the expired address was still there when the next step ran"
 
