@@ -29,7 +29,7 @@ from agent.proxy import ProxyClient, ProxyStatus
 from agent.registration import Registration
 from agent.state import Action, AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
-from haproxy_py.cluster.records import ClusterSettings, KeyValue, VipAssignment
+from haproxy_py.cluster.records import ClusterPolicy, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import supervised
@@ -268,7 +268,7 @@ class Observers:
             log.warning("proxy is draining; cannot read whether an operator asked", error=str(exc))
             self._drain_checked = False  # look again at the next probe
             return
-        settings = None if kv is None else ClusterSettings.parse(kv.value, kv.mod_revision)
+        settings = None if kv is None else ClusterPolicy.parse(kv.value, kv.mod_revision)
         if settings is not None and self.core.name in settings.drained:
             log.info("proxy is draining, as an operator asked (hactl drain); left so")
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haproxy_py.cluster.records import ClusterSettings, Request
+from haproxy_py.cluster.records import ClusterPolicy, Request
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class RestoreVip:
 class WriteSettings:
     """Store new cluster settings (pause, drain...) in `config`."""
 
-    settings: ClusterSettings
+    settings: ClusterPolicy
     mod_revision: int
 
 

@@ -35,7 +35,7 @@ from controller.metrics import ControllerMetrics
 from controller.probes import Prober
 from controller.vacancy import vacate
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
-from haproxy_py.cluster.records import ClusterSettings, ClusterView
+from haproxy_py.cluster.records import ClusterPolicy, ClusterView
 from haproxy_py.cluster.store import StoreError, StoreUnavailable
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
@@ -43,9 +43,9 @@ from haproxy_py.cluster.tasks import settle, supervised
 log = structlog.get_logger(__name__)
 
 
-def desired_settings(cluster: ClusterConfig, current: ClusterSettings | None) -> ClusterSettings:
+def desired_settings(cluster: ClusterConfig, current: ClusterPolicy | None) -> ClusterPolicy:
     """The config file's policy, keeping the pause and drain state stored in etcd."""
-    base = current or ClusterSettings()
+    base = current or ClusterPolicy()
     return replace(
         base,
         mode=cluster.mode,

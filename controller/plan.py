@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from controller.actions import Action, AssignVip, ClearVip, ReleaseVip, RestoreVip, WriteSettings
 from controller.memory import Seen
 from controller.placement import eligible, not_held_down, preference
-from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord, VipAssignment
+from haproxy_py.cluster.records import ClusterPolicy, ClusterView, NodeRecord, VipAssignment
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Plan:
     """Working state of one decision: what is already claimed, and the sentence parts."""
 
     def __init__(
-        self, view: ClusterView, settings: ClusterSettings, now: float, seen: Seen | None = None
+        self, view: ClusterView, settings: ClusterPolicy, now: float, seen: Seen | None = None
     ) -> None:
         self.view = view
         self.settings = settings
@@ -91,7 +91,7 @@ class Plan:
         self.add(action, f"release {a.vip} from {a.node}{where} ({cause})")
 
 
-def write_settings(plan: Plan, settings: ClusterSettings) -> None:
+def write_settings(plan: Plan, settings: ClusterPolicy) -> None:
     """New settings for the rest of this decision and one write of them.
 
     Several requests in one decision build on each other; only the last write is needed.
@@ -116,7 +116,7 @@ def last_owner(view: ClusterView, vip: str) -> str | None:
 
 
 def cause_of(
-    view: ClusterView, settings: ClusterSettings, source: str | None, target: NodeRecord
+    view: ClusterView, settings: ClusterPolicy, source: str | None, target: NodeRecord
 ) -> str:
     """Why a VIP lands on `target`, judged from what became of its last owner."""
     if source is None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from haproxy_py.cluster.controlkeys import MODES, ClusterSettings, ControllerLeader, Mode
+from haproxy_py.cluster.controlkeys import MODES, ClusterPolicy, ControllerLeader, Mode
 from haproxy_py.cluster.intents import (
     FINAL_STATUSES,
     REQUEST_KINDS,
@@ -49,7 +49,7 @@ __all__ = [
     "REQUEST_KINDS",
     "RESULT_STATUSES",
     "VIP_STATES",
-    "ClusterSettings",
+    "ClusterPolicy",
     "ClusterView",
     "ControllerLeader",
     "Event",
@@ -317,7 +317,7 @@ class ClusterView:
     vips: Mapping[str, VipAssignment] = field(default_factory=dict)
     occupied: frozenset[str] = frozenset()
     leader: ControllerLeader | None = None
-    settings: ClusterSettings | None = None
+    settings: ClusterPolicy | None = None
     requests: tuple[Request, ...] = ()
     events: tuple[Event, ...] = ()
     epoch: int = 0
@@ -396,7 +396,7 @@ class ClusterView:
         events: list[Event] = []
         problems: list[str] = []
         leader: ControllerLeader | None = None
-        settings: ClusterSettings | None = None
+        settings: ClusterPolicy | None = None
         epoch = epoch_rev = config_rev = 0
         for kv in kvs:
             rel = schema.relative(kv.key)
@@ -426,7 +426,7 @@ class ClusterView:
                     kv.value, kv.lease, kv.create_revision, kv.mod_revision
                 )
             elif rel == "config":
-                parsed = settings = ClusterSettings.parse(kv.value, kv.mod_revision)
+                parsed = settings = ClusterPolicy.parse(kv.value, kv.mod_revision)
                 config_rev = kv.mod_revision
             elif rel == "epoch":
                 parsed = epoch = parse_epoch(kv.value)

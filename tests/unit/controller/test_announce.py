@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.announce import Policy, candidates, plan
-from haproxy_py.cluster.records import ClusterSettings, NodeRecord
+from haproxy_py.cluster.records import ClusterPolicy, NodeRecord
 
 from .views import VIP1, VIP2, node
 
 VIPS = (VIP1, VIP2)
-SETTINGS = ClusterSettings(vips=VIPS)
+SETTINGS = ClusterPolicy(vips=VIPS)
 
 
 def ready(name: str, up: int = 2, pools: int = 2, **changes: object) -> NodeRecord:
