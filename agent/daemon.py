@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Settings:
+class AgentFileConfig:
     node: NodeConfig
     cluster: str
     agent: AgentConfig
@@ -53,7 +53,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AgentFileConfig,
         store: KVStore,
         addresses: AddressTable,
         announcer: Announcer,
