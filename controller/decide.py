@@ -33,7 +33,7 @@ from controller.memory import Seen
 from controller.placement import is_eligible, least_loaded, preference, stable
 from controller.plan import Plan, Policy, in_flight
 from controller.requests import handle_request
-from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment, vip_order
+from haproxy_py.cluster.records import Cause, ClusterView, NodeRecord, VipAssignment, vip_order
 
 __all__ = ["Policy", "decide"]
 
@@ -207,7 +207,7 @@ def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> Non
         plan.release(movable[0], "rebalance", emptiest.name)
 
 
-def _leaving(plan: Plan, node: str) -> str:
+def _leaving(plan: Plan, node: str) -> Cause:
     """Why a VIP leaves a registered node that may no longer hold it."""
     if node in plan.settings.drained:
         return "drain"

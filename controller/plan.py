@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from controller.actions import Action, AssignVip, ClearVip, ReleaseVip, RestoreVip, WriteSettings
 from controller.memory import Seen
 from controller.placement import eligible, not_held_down, preference
-from haproxy_py.cluster.records import ClusterPolicy, ClusterView, NodeRecord, VipAssignment
+from haproxy_py.cluster.records import Cause, ClusterPolicy, ClusterView, NodeRecord, VipAssignment
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Plan:
         return counts
 
     def assign(
-        self, vip: str, node: NodeRecord, cause: str | None = None, request: str | None = None
+        self, vip: str, node: NodeRecord, cause: Cause | None = None, request: str | None = None
     ) -> None:
         if vip in node.refused:  # not on that node's own allow-list: it would never hold it
             others = [n for n in self.candidates() if vip not in n.refused]
@@ -84,7 +84,7 @@ class Plan:
         self.add(action, f"assign {vip} to {node.name} ({cause})")
 
     def release(
-        self, a: VipAssignment, cause: str, move_to: str | None = None, request: str | None = None
+        self, a: VipAssignment, cause: Cause, move_to: str | None = None, request: str | None = None
     ) -> None:
         where = f" for {move_to}" if move_to else ""
         action = ReleaseVip(a.vip, a.node, cause, a.mod_revision, move_to, request)
@@ -117,7 +117,7 @@ def last_owner(view: ClusterView, vip: str) -> str | None:
 
 def cause_of(
     view: ClusterView, settings: ClusterPolicy, source: str | None, target: NodeRecord
-) -> str:
+) -> Cause:
     """Why a VIP lands on `target`, judged from what became of its last owner."""
     if source is None:
         return "initial"

@@ -71,6 +71,16 @@ def test_wrong_field_types_fall_back_to_safe_defaults() -> None:
     assert settings is not None and settings.failback_hold == 30.0
 
 
+def test_a_cause_this_version_does_not_know_is_never_passed_on() -> None:
+    """A typed `Cause` holds: an assignment falls back to "initial" (no hand-over grace), an
+    event with an unknown cause is unreadable."""
+    vip = VipAssignment.parse("v", b'{"node": "n1", "state": "assigned", "cause": "gremlins"}')
+    assert vip is not None and vip.cause == "initial"
+    event = b'{"seq": 1, "vip": "v", "to": "n1", "cause": "gremlins"}'
+    assert Event.parse(event) is None
+    assert Event.parse(event.replace(b"gremlins", b"removed from the config")) is not None
+
+
 def test_epoch_parsing() -> None:
     assert parse_epoch(b"42") == 42
     assert parse_epoch(b"x") == 0 and parse_epoch(b"-5") == 0
