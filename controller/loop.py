@@ -103,7 +103,11 @@ class Controller:
         self._last_problems: tuple[str, ...] = ()
         self._etcd_down = False
         self._expiries: dict[int, asyncio.Task[bool]] = {}  # owner lease -> its early revoke
-        self.metrics.bind(self)
+        self.metrics.bind(
+            lambda: self.leading,
+            self.election.lease_remaining,
+            lambda: self.election.last_keepalive_latency,
+        )
 
     def stop(self) -> None:
         self.stopping.set()

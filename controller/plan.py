@@ -7,12 +7,33 @@ later step never acts on the same VIP twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from controller.actions import Action, AssignVip, ClearVip, ReleaseVip, RestoreVip, WriteSettings
-from controller.memory import Seen
 from controller.placement import eligible, not_held_down, preference
 from haproxy_py.cluster.records import Cause, ClusterPolicy, ClusterView, NodeRecord, VipAssignment
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The hold-down verdicts for one decision (pure input to `decide`)."""
+
+    # node -> when its hold-down began: it lost liveness, or registered again under a new
+    # lease (its agent restarted or lost its lease), less than `health_hold` ago
+    held_down: Mapping[str, float] = field(default_factory=dict)
+    # nodes whose readiness score has stayed the same for at least `ready_hold`
+    settled: frozenset[str] | None = None  # None: every node counts as settled
+    # VIPs assigned to a registered node that has not listed them as held for `unheld_limit`
+    unheld: frozenset[str] = frozenset()
+    # VIPs an operator moved less than `failback_hold` ago: rebalancing leaves them alone
+    pinned: frozenset[str] | None = None  # None: every manual placement counts as pinned
+
+    def is_pinned(self, vip: str) -> bool:
+        return self.pinned is None or vip in self.pinned
+
+    def is_settled(self, node: str) -> bool:
+        return self.settled is None or node in self.settled
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
 from haproxy_py.cluster.etcdclient import Client, error_text
+from haproxy_py.cluster.etcdmembers import Alarm, ClusterStatus, Member, MemberStatus
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.cluster.storeerrors import connection_failure
 
@@ -31,41 +31,6 @@ if TYPE_CHECKING:
 ALARM_POLL = 15.0  # seconds between alarm reads of `export_alarms`: one cheap RPC
 DEFRAG_TIMEOUT = 120.0  # defragmenting rewrites the whole database: seconds for a big one
 ALARMS = {1: "NOSPACE", 2: "CORRUPT"}
-
-
-@dataclass(frozen=True)
-class Member:
-    id: int
-    name: str
-    endpoint: str | None  # host:port of its first client URL (None: it advertises none)
-    url: str | None  # that URL as the member advertises it (scheme included)
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    """What one member says about itself; every figure is None when it did not answer."""
-
-    member: Member
-    reachable: bool
-    leader: bool
-    version: str | None = None
-    db_size: int | None = None  # bytes the database file takes (what the quota limits)
-    db_in_use: int | None = None  # bytes in use; the rest is what defragmenting returns
-    raft_index: int | None = None
-    quota: int | None = None  # --quota-backend-bytes, from the member's own /metrics
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Alarm:
-    member: str  # the member's name, or its hex ID if it is no longer listed
-    kind: str  # NOSPACE or CORRUPT
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    members: tuple[MemberStatus, ...]
-    alarms: tuple[Alarm, ...]
 
 
 def _host_port(url: str) -> str:
