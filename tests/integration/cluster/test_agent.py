@@ -24,7 +24,7 @@ from agent.state import Action
 from haproxy_py.cluster.records import NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.configfile import load
-from tests.lab.agent.support import AdminStandIn
+from tests.support.admin_stand_in import AdminStandIn
 from tests.support.agent_fakes import FakeAddressTable, FakeAnnouncer
 from tests.support.etcd import EtcdCluster
 from tests.support.wait import eventually_async

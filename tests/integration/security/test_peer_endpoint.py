@@ -196,7 +196,7 @@ def test_the_failsafe_is_exported_as_metrics(certs: Path) -> None:
         True,
         1.0,
         lambda step: None,
-        lambda o: None,  # type: ignore[arg-type]
+        lambda o: None,
     )
     registry = Registry("haproxy_py_agent")
     loop.register(registry)

@@ -29,7 +29,8 @@ from agent.proxy import ProxyClient
 from haproxy_py.cluster.records import ClusterPolicy, NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store
 from haproxy_py.configfile import load
-from tests.lab.agent.support import AdminStandIn, addresses, plumbing
+from tests.lab.agent.support import addresses, plumbing
+from tests.support.admin_stand_in import AdminStandIn
 from tests.support.etcd import EtcdCluster
 from tests.support.wait import eventually_async
 

@@ -19,7 +19,7 @@ SETTINGS = ClusterPolicy(vips=VIPS)
 
 
 def ready(name: str, up: int = 2, pools: int = 2, **changes: object) -> NodeRecord:
-    return replace(node(name), ready=up, pools=pools, **changes)  # type: ignore[arg-type]
+    return replace(node(name), ready=up, pools=pools, **changes)
 
 
 def cluster(*records: NodeRecord) -> dict[str, NodeRecord]:
@@ -32,7 +32,7 @@ DEFAULT = Policy()
 def announcers(
     nodes: dict[str, NodeRecord], policy: Policy = DEFAULT, **settings: object
 ) -> Mapping[str, frozenset[str]]:
-    return plan(VIPS, nodes, replace(SETTINGS, **settings), policy, {}).nodes  # type: ignore[arg-type]
+    return plan(VIPS, nodes, replace(SETTINGS, **settings), policy, {}).nodes
 
 
 def test_every_fully_ready_node_announces_every_vip() -> None:

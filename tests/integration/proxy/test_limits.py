@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.integration.hardening.raw import no_leak, open_raw, read_all, status_of
+from tests.integration.proxy.raw import no_leak, open_raw, read_all, status_of
 from tests.integration.proxy.support import (
     access_lines,
     config_from_text,
