@@ -1,4 +1,4 @@
-"""The etcd store adapter: with `etcdclient` and `maintenance`, the only modules importing aetcd.
+"""The etcd store adapter: with `etcdclient`, `maintenance` and `rbac`, all that imports aetcd.
 
 Every daemon and hactl talk to etcd through `Store`. It hides aetcd and gRPC
 behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and the exception tree
