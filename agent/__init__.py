@@ -6,11 +6,13 @@ kernel address lifetime that runs out before the lease can (see
 `haproxy_py.cluster` for the hand-over protocol). Modules:
 
     state         the pure decision core (no I/O, time passed in)
-    daemon        the wiring: one actor around the core, supervised tasks, the clean stop
+    daemon        the wiring: the parts built around the core, supervised tasks
+    actor         the one task that runs the observers' steps against the core, in order
     observers     the loops that post steps: keepalive, liveness probes, watch, reconcile, tick
     effects       actions carried out: addresses, GARP, the etcd writer
     registration  `nodes/<name>`: what goes in it and when it is written
     handover      a released VIP's clients told to go once its next owner holds it
+    release       the clean stop: every VIP handed over, then the lease revoked
     failsafe      the failsafe's pure core: rounds, answers, promises (etcd outages)
     failsafeloop  its I/O: membership, rounds over mutual TLS, promises bound to the core
     peer          the peer endpoint (mTLS): failsafe rounds, the controller's probe, status

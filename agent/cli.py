@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import structlog
 
-from agent.daemon import Agent, Settings
+from agent.daemon import Agent, AgentFileConfig
 from agent.effects import AddressTable
 from agent.effects import Announcer as AnnouncerLike
 from agent.garp import Announcer
@@ -39,7 +39,7 @@ NAME = "ha-agent"
 SHUTDOWN_LIMIT = 10.0  # seconds from SIGTERM to exit, at most
 
 
-def parse(doc: Table) -> tuple[Settings, EtcdConfig]:
+def parse(doc: Table) -> tuple[AgentFileConfig, EtcdConfig]:
     """The agent's sections of the node's file: [node], [cluster], [agent], [etcd]."""
     node = parse_node(doc)
     cluster = parse_cluster(doc)
@@ -48,7 +48,7 @@ def parse(doc: Table) -> tuple[Settings, EtcdConfig]:
     peer_tls = None
     if etcd.cacert is not None and etcd.cert is not None and etcd.key is not None:
         peer_tls = PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl)
-    settings = Settings(
+    settings = AgentFileConfig(
         node=node,
         cluster=cluster.name,
         agent=agent,
@@ -60,7 +60,7 @@ def parse(doc: Table) -> tuple[Settings, EtcdConfig]:
     return settings, etcd
 
 
-def agent_etcd(etcd: EtcdConfig, settings: Settings) -> EtcdConfig:
+def agent_etcd(etcd: EtcdConfig, settings: AgentFileConfig) -> EtcdConfig:
     """Every etcd call of the agent gives up within one keepalive period: a keepalive answered
     later could no longer extend the lease safely, and a stuck call would only delay retries."""
     return dataclasses.replace(
@@ -68,7 +68,7 @@ def agent_etcd(etcd: EtcdConfig, settings: Settings) -> EtcdConfig:
     )
 
 
-async def serve(settings: Settings, etcd: EtcdConfig) -> None:
+async def serve(settings: AgentFileConfig, etcd: EtcdConfig) -> None:
     etcd = agent_etcd(etcd, settings)
     interface = settings.node.interface
     try:

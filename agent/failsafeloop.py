@@ -100,6 +100,15 @@ class FailsafeLoop:
         self.client.close()
         await self.server.close()
 
+    async def serve(self, host: str) -> list[asyncio.Task[None]]:
+        """`start`, with a bind failure logged: without the peer endpoint the node still
+        serves, its VIPs then lasting only as long as its lease."""
+        try:
+            return await self.start(host)
+        except OSError as exc:
+            log.error("peer endpoint not started; no failsafe", error=exc.strerror, host=host)
+            return []
+
     def etcd_ok(self) -> None:
         """An etcd call succeeded (hooked to the agent's etcd state)."""
         outage = self.failsafe.etcd_ok(time.monotonic())

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import structlog
 
-from haproxy_py.cluster.agent_config import GarpSettings
+from haproxy_py.cluster.agent_config import GarpConfig
 from haproxy_py.cluster.tasks import supervised
 
 log = structlog.get_logger(__name__)
@@ -60,7 +60,7 @@ def parse_arp(frame: bytes) -> tuple[int, bytes, str, str] | None:
     return op, sender_mac, sender_ip, target_ip
 
 
-def schedule(settings: GarpSettings) -> Iterator[tuple[float, bool]]:
+def schedule(settings: GarpConfig) -> Iterator[tuple[float, bool]]:
     """(seconds to wait before the frame, reply form?) forever, starting with no wait."""
     sent = 0
 
@@ -109,7 +109,7 @@ class Announcer:
         self,
         interface: str,
         mac: bytes,
-        settings: GarpSettings,
+        settings: GarpConfig,
         until: Callable[[str], float] = lambda vip: math.inf,
         on_sent: Callable[[str], None] = lambda vip: None,
         sock: FrameSocket | None = None,

@@ -60,10 +60,12 @@ class Handover:
         self.let_out = let_out  # the fence lets the VIP's closes leave (silent until then)
         self.wait = wait
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.told: set[str] = set()  # every VIP whose clients were told, or are being told
 
     def released(self, vips: Iterable[str]) -> None:
         """Start telling each VIP's clients (once: a VIP already being told is skipped)."""
         for vip in vips:
+            self.told.add(vip)
             if vip in self._tasks:
                 continue
             task = asyncio.create_task(self._tell(vip), name=f"handover {vip}")

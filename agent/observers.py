@@ -29,7 +29,7 @@ from agent.proxy import ProxyClient, ProxyStatus
 from agent.registration import Registration
 from agent.state import Action, AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
-from haproxy_py.cluster.records import ClusterSettings, KeyValue, VipAssignment
+from haproxy_py.cluster.records import ClusterPolicy, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import supervised
@@ -83,6 +83,7 @@ class Observers:
         self._probe_seq = 0
         self._applied_seq = 0
         self._drain_checked = False
+        self.registrar: asyncio.Task[None] | None = None  # a regrant after a lost lease
 
     def start(self, revision: int) -> list[asyncio.Task[None]]:
         """Every loop as a supervised task (restarted after a failure); the watch from
@@ -125,10 +126,26 @@ class Observers:
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, 2.0)
 
+    async def first_registration(self) -> int:
+        """Lease and first snapshot, retrying in-process while etcd is unreachable; the
+        revision read at."""
+        self.post(await self.grant_until_granted())
+        kvs, revision = await self.until_answered("read", self.read_vips)
+        self.post(self.snapshot_step(kvs, revision))
+        self.post(self.kernel_step)
+        return revision
+
     async def regrant(self) -> None:
         """The lease was lost: register again under a new one, then re-read `vips/`."""
         self.post(await self.grant_until_granted())
         await self.post_snapshot()
+
+    def regrant_soon(self) -> None:
+        """`regrant` as a task of its own, unless one is running already."""
+        if self.registrar is None or self.registrar.done():
+            self.registrar = asyncio.create_task(
+                supervised("regrant", self.regrant, once=True), name="regrant"
+            )
 
     def lease_lost_step(self, lease: int) -> Step:
         async def step() -> list[Action]:
@@ -251,7 +268,7 @@ class Observers:
             log.warning("proxy is draining; cannot read whether an operator asked", error=str(exc))
             self._drain_checked = False  # look again at the next probe
             return
-        settings = None if kv is None else ClusterSettings.parse(kv.value, kv.mod_revision)
+        settings = None if kv is None else ClusterPolicy.parse(kv.value, kv.mod_revision)
         if settings is not None and self.core.name in settings.drained:
             log.info("proxy is draining, as an operator asked (hactl drain); left so")
             return

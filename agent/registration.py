@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+from agent.failsafe import Outage
 from agent.state import AgentCore
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.records import NodeRecord
@@ -77,6 +78,12 @@ class Registration:
             refused=tuple(sorted(core.refused)),
             failsafe=self.failsafe,
         )
+
+    def outage_bridged(self, outage: Outage) -> None:
+        """etcd answers again after the failsafe kept VIPs: say so in the node record."""
+        ago = time.monotonic() - time.time()
+        self.failsafe = (outage.since - ago, outage.until - ago, outage.rounds)
+        self.publish()
 
     def publish(self) -> None:
         """Queue one write of the record as it will be at write time (coalesced)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from haproxy_py.cluster.records import ClusterSettings, Request
+from haproxy_py.cluster.records import Cause, ClusterPolicy, Request
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class AssignVip:
     vip: str
     node: str
     lease: int
-    cause: str
+    cause: Cause
     source: str | None = None
     request: str | None = None
     replaces: int = 0
@@ -43,7 +43,7 @@ class ReleaseVip:
 
     vip: str
     node: str
-    cause: str
+    cause: Cause
     mod_revision: int
     move_to: str | None = None
     request: str | None = None
@@ -62,7 +62,7 @@ class RestoreVip:
 class WriteSettings:
     """Store new cluster settings (pause, drain...) in `config`."""
 
-    settings: ClusterSettings
+    settings: ClusterPolicy
     mod_revision: int
 
 

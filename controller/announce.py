@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from haproxy_py.cluster.records import ClusterSettings, NodeRecord
+from haproxy_py.cluster.records import ClusterPolicy, NodeRecord
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Announcements:
 
 
 def candidates(
-    vip: str, nodes: Mapping[str, NodeRecord], settings: ClusterSettings, policy: Policy
+    vip: str, nodes: Mapping[str, NodeRecord], settings: ClusterPolicy, policy: Policy
 ) -> list[NodeRecord]:
     """Rule 1."""
     allowed = policy.allowed.get(vip)
@@ -67,7 +67,7 @@ def _rank(node: NodeRecord) -> tuple[int, int, str]:
 
 
 def for_vip(
-    vip: str, nodes: Mapping[str, NodeRecord], settings: ClusterSettings, policy: Policy
+    vip: str, nodes: Mapping[str, NodeRecord], settings: ClusterPolicy, policy: Policy
 ) -> tuple[frozenset[str], str]:
     """Rules 1-4 for one VIP."""
     pool = sorted(candidates(vip, nodes, settings, policy), key=_rank)
@@ -95,7 +95,7 @@ def for_vip(
 def plan(
     vips: tuple[str, ...],
     nodes: Mapping[str, NodeRecord],
-    settings: ClusterSettings,
+    settings: ClusterPolicy,
     policy: Policy,
     previous: Mapping[str, frozenset[str]],
 ) -> Announcements:

@@ -15,7 +15,8 @@ VIP is never taken from its last candidate: when every node is equally
 unready the VIP stays and clients get the proxy's 503. A node that lost
 liveness recently is not a candidate unless no other node is. A VIP whose
 owner has not listed it as held for a while is released so it can move.
-Those durations are measured by the controller (`controller.memory.Seen`).
+Those durations are measured by the controller (`controller.memory`) and handed
+in as `controller.plan.Seen`.
 
 Safety rules every action obeys (the property tests check them):
 * a VIP is assigned only when nobody holds it (its key absent or vacated:
@@ -29,11 +30,10 @@ Safety rules every action obeys (the property tests check them):
 from __future__ import annotations
 
 from controller.actions import ClearVip, Decision, DeleteRequest, RestoreVip
-from controller.memory import Seen
 from controller.placement import is_eligible, least_loaded, preference, stable
-from controller.plan import Plan, Policy, in_flight
+from controller.plan import Plan, Policy, Seen, in_flight
 from controller.requests import handle_request
-from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment, vip_order
+from haproxy_py.cluster.records import Cause, ClusterView, NodeRecord, VipAssignment, vip_order
 
 __all__ = ["Policy", "decide"]
 
@@ -207,7 +207,7 @@ def _rebalance(plan: Plan, vips: list[str], candidates: list[NodeRecord]) -> Non
         plan.release(movable[0], "rebalance", emptiest.name)
 
 
-def _leaving(plan: Plan, node: str) -> str:
+def _leaving(plan: Plan, node: str) -> Cause:
     """Why a VIP leaves a registered node that may no longer hold it."""
     if node in plan.settings.drained:
         return "drain"

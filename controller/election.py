@@ -21,16 +21,8 @@ from collections.abc import Callable
 import structlog
 
 from haproxy_py.cluster.records import ClusterView, ControllerLeader
-from haproxy_py.cluster.store import (
-    Compare,
-    Delete,
-    LeaseLost,
-    StoreError,
-    StoreUnavailable,
-    created_at,
-    mod_revision_is,
-)
-from haproxy_py.cluster.storeapi import KVStore
+from haproxy_py.cluster.storeapi import Compare, Delete, KVStore, created_at, mod_revision_is
+from haproxy_py.cluster.storeerrors import LeaseLost, StoreError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 

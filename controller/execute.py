@@ -31,17 +31,17 @@ from controller.actions import (
     WriteSettings,
 )
 from haproxy_py.cluster.records import ClusterView, Event, VipAssignment
-from haproxy_py.cluster.store import (
+from haproxy_py.cluster.storeapi import (
     Compare,
     Delete,
-    LeaseLost,
+    KVStore,
     Op,
     Put,
     absent,
     mod_revision_is,
     value_is,
 )
-from haproxy_py.cluster.storeapi import KVStore
+from haproxy_py.cluster.storeerrors import LeaseLost
 
 log = structlog.get_logger(__name__)
 

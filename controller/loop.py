@@ -35,7 +35,7 @@ from controller.metrics import ControllerMetrics
 from controller.probes import Prober
 from controller.vacancy import vacate
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig
-from haproxy_py.cluster.records import ClusterSettings, ClusterView
+from haproxy_py.cluster.records import ClusterPolicy, ClusterView
 from haproxy_py.cluster.store import StoreError, StoreUnavailable
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
@@ -43,9 +43,9 @@ from haproxy_py.cluster.tasks import settle, supervised
 log = structlog.get_logger(__name__)
 
 
-def desired_settings(cluster: ClusterConfig, current: ClusterSettings | None) -> ClusterSettings:
+def desired_settings(cluster: ClusterConfig, current: ClusterPolicy | None) -> ClusterPolicy:
     """The config file's policy, keeping the pause and drain state stored in etcd."""
-    base = current or ClusterSettings()
+    base = current or ClusterPolicy()
     return replace(
         base,
         mode=cluster.mode,
@@ -103,7 +103,11 @@ class Controller:
         self._last_problems: tuple[str, ...] = ()
         self._etcd_down = False
         self._expiries: dict[int, asyncio.Task[bool]] = {}  # owner lease -> its early revoke
-        self.metrics.bind(self)
+        self.metrics.bind(
+            lambda: self.leading,
+            self.election.lease_remaining,
+            lambda: self.election.last_keepalive_latency,
+        )
 
     def stop(self) -> None:
         self.stopping.set()

@@ -11,31 +11,11 @@ so it counts from its first observation: holds only get longer, never shorter.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from controller.plan import Seen
 from haproxy_py.cluster.records import ClusterView
-
-
-@dataclass(frozen=True)
-class Seen:
-    """The hold-down verdicts for one decision (pure input to `decide`)."""
-
-    # node -> when its hold-down began: it lost liveness, or registered again under a new
-    # lease (its agent restarted or lost its lease), less than `health_hold` ago
-    held_down: Mapping[str, float] = field(default_factory=dict)
-    # nodes whose readiness score has stayed the same for at least `ready_hold`
-    settled: frozenset[str] | None = None  # None: every node counts as settled
-    # VIPs assigned to a registered node that has not listed them as held for `unheld_limit`
-    unheld: frozenset[str] = frozenset()
-    # VIPs an operator moved less than `failback_hold` ago: rebalancing leaves them alone
-    pinned: frozenset[str] | None = None  # None: every manual placement counts as pinned
-
-    def is_pinned(self, vip: str) -> bool:
-        return self.pinned is None or vip in self.pinned
-
-    def is_settled(self, node: str) -> bool:
-        return self.settled is None or node in self.settled
 
 
 @dataclass

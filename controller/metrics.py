@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from haproxy_py.metrics import Registry, Sample
 
-if TYPE_CHECKING:
-    from controller.loop import Controller
-
 
 class ControllerMetrics:
-    """Counters bumped by the loop; leadership and lease gauges computed at scrape time."""
+    """Counters bumped by the loop; leadership and lease gauges read from callables the loop
+    binds, at scrape time (0 until then)."""
 
     def __init__(self) -> None:
         self.registry = Registry("haproxy_py_controller")
         r = self.registry
-        self._controller: Controller | None = None
+        self._leading: Callable[[], bool] = lambda: False
+        self._lease_remaining: Callable[[], float] = lambda: 0.0
+        self._keepalive_latency: Callable[[], float] = lambda: 0.0
 
         def is_leader() -> Iterable[Sample]:
-            leading = self._controller is not None and self._controller.leading
-            return [({}, 1.0 if leading else 0.0)]
+            return [({}, 1.0 if self._leading() else 0.0)]
 
         def lease_remaining() -> Iterable[Sample]:
-            c = self._controller
-            return [({}, c.election.lease_remaining() if c else 0.0)]
+            return [({}, self._lease_remaining())]
 
         def keepalive_latency() -> Iterable[Sample]:
-            c = self._controller
-            return [({}, c.election.last_keepalive_latency if c else 0.0)]
+            return [({}, self._keepalive_latency())]
 
         r.gauge("is_leader", "1 while this controller is the elected leader", is_leader)
         self.transitions = r.counter(
@@ -49,5 +45,12 @@ class ControllerMetrics:
         self.cycle_seconds = r.gauge("cycle_seconds", "Duration of the last decision cycle")
         self.cycle_errors = r.counter("cycle_errors_total", "Cycles that failed")
 
-    def bind(self, controller: Controller) -> None:
-        self._controller = controller
+    def bind(
+        self,
+        leading: Callable[[], bool],
+        lease_remaining: Callable[[], float],
+        keepalive_latency: Callable[[], float],
+    ) -> None:
+        self._leading = leading
+        self._lease_remaining = lease_remaining
+        self._keepalive_latency = keepalive_latency

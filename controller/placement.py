@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord
+from haproxy_py.cluster.records import ClusterPolicy, ClusterView, NodeRecord
 
 
 def preference(node: NodeRecord) -> tuple[int, str]:
@@ -22,7 +22,7 @@ def rank(node: NodeRecord) -> tuple[int, int, str]:
     return (-node.ready, *preference(node))
 
 
-def eligible(view: ClusterView, settings: ClusterSettings) -> list[NodeRecord]:
+def eligible(view: ClusterView, settings: ClusterPolicy) -> list[NodeRecord]:
     """Registered, live, undrained nodes, best first."""
     nodes = [n for n in view.nodes.values() if is_eligible(view, settings, n.name)]
     return sorted(nodes, key=rank)
@@ -34,7 +34,7 @@ def not_held_down(candidates: list[NodeRecord], held_down: Mapping[str, float]) 
     return rested or sorted(candidates, key=lambda n: held_down[n.name])
 
 
-def is_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> bool:
+def is_eligible(view: ClusterView, settings: ClusterPolicy, name: str) -> bool:
     return why_not_eligible(view, settings, name) is None
 
 
@@ -50,7 +50,7 @@ def least_loaded(candidates: list[NodeRecord], counts: Mapping[str, int]) -> Nod
     return min(candidates, key=lambda n: (counts.get(n.name, 0), preference(n)))
 
 
-def why_not_eligible(view: ClusterView, settings: ClusterSettings, name: str) -> str | None:
+def why_not_eligible(view: ClusterView, settings: ClusterPolicy, name: str) -> str | None:
     """Why `name` cannot take a VIP, as a phrase; None when it can."""
     node = view.nodes.get(name)
     if node is None:

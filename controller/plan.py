@@ -7,12 +7,33 @@ later step never acts on the same VIP twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from controller.actions import Action, AssignVip, ClearVip, ReleaseVip, RestoreVip, WriteSettings
-from controller.memory import Seen
 from controller.placement import eligible, not_held_down, preference
-from haproxy_py.cluster.records import ClusterSettings, ClusterView, NodeRecord, VipAssignment
+from haproxy_py.cluster.records import Cause, ClusterPolicy, ClusterView, NodeRecord, VipAssignment
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The hold-down verdicts for one decision (pure input to `decide`)."""
+
+    # node -> when its hold-down began: it lost liveness, or registered again under a new
+    # lease (its agent restarted or lost its lease), less than `health_hold` ago
+    held_down: Mapping[str, float] = field(default_factory=dict)
+    # nodes whose readiness score has stayed the same for at least `ready_hold`
+    settled: frozenset[str] | None = None  # None: every node counts as settled
+    # VIPs assigned to a registered node that has not listed them as held for `unheld_limit`
+    unheld: frozenset[str] = frozenset()
+    # VIPs an operator moved less than `failback_hold` ago: rebalancing leaves them alone
+    pinned: frozenset[str] | None = None  # None: every manual placement counts as pinned
+
+    def is_pinned(self, vip: str) -> bool:
+        return self.pinned is None or vip in self.pinned
+
+    def is_settled(self, node: str) -> bool:
+        return self.settled is None or node in self.settled
 
 
 @dataclass(frozen=True)
@@ -28,7 +49,7 @@ class Plan:
     """Working state of one decision: what is already claimed, and the sentence parts."""
 
     def __init__(
-        self, view: ClusterView, settings: ClusterSettings, now: float, seen: Seen | None = None
+        self, view: ClusterView, settings: ClusterPolicy, now: float, seen: Seen | None = None
     ) -> None:
         self.view = view
         self.settings = settings
@@ -68,7 +89,7 @@ class Plan:
         return counts
 
     def assign(
-        self, vip: str, node: NodeRecord, cause: str | None = None, request: str | None = None
+        self, vip: str, node: NodeRecord, cause: Cause | None = None, request: str | None = None
     ) -> None:
         if vip in node.refused:  # not on that node's own allow-list: it would never hold it
             others = [n for n in self.candidates() if vip not in n.refused]
@@ -84,14 +105,14 @@ class Plan:
         self.add(action, f"assign {vip} to {node.name} ({cause})")
 
     def release(
-        self, a: VipAssignment, cause: str, move_to: str | None = None, request: str | None = None
+        self, a: VipAssignment, cause: Cause, move_to: str | None = None, request: str | None = None
     ) -> None:
         where = f" for {move_to}" if move_to else ""
         action = ReleaseVip(a.vip, a.node, cause, a.mod_revision, move_to, request)
         self.add(action, f"release {a.vip} from {a.node}{where} ({cause})")
 
 
-def write_settings(plan: Plan, settings: ClusterSettings) -> None:
+def write_settings(plan: Plan, settings: ClusterPolicy) -> None:
     """New settings for the rest of this decision and one write of them.
 
     Several requests in one decision build on each other; only the last write is needed.
@@ -116,8 +137,8 @@ def last_owner(view: ClusterView, vip: str) -> str | None:
 
 
 def cause_of(
-    view: ClusterView, settings: ClusterSettings, source: str | None, target: NodeRecord
-) -> str:
+    view: ClusterView, settings: ClusterPolicy, source: str | None, target: NodeRecord
+) -> Cause:
     """Why a VIP lands on `target`, judged from what became of its last owner."""
     if source is None:
         return "initial"

@@ -18,6 +18,7 @@ from controller.actions import AnswerRequest, AssignVip
 from controller.placement import eligible, is_eligible, least_loaded, why_not_eligible
 from controller.plan import Plan, Policy, in_flight, write_settings
 from haproxy_py.cluster.records import (
+    Cause,
     Move,
     NodeRecord,
     Request,
@@ -258,5 +259,5 @@ def _progress(plan: Plan, request: Request, policy: Policy) -> None:
     )
 
 
-def _cause(request: Request) -> str:
+def _cause(request: Request) -> Cause:
     return "drain" if request.kind == "drain" else "manual"

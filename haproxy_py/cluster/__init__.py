@@ -1,12 +1,18 @@
 """The cluster model shared by the agent, the controller and hactl.
 
-Everything lives in etcd under `/haproxy-py/<cluster>/`; this package owns the
-key schema (`schema`), the typed records (`records`), config parsing for the
-cluster sections (`config`, `agent_config`, `timing`), the store contract
-(`storeapi.KVStore`) and its two implementations: the etcd adapter (`store`,
-which with `maintenance` is the only code that imports aetcd, and which turns
-gRPC failures into its own errors) and an in-memory twin (`memstore`) for fast
-tests and control-plane benchmarks. `tasks` supervises long-lived tasks.
+Everything lives in etcd under `/haproxy-py/<cluster>/`; this package owns:
+
+    schema, records, intents, controlkeys   key strings and the typed values under them
+    config, agent_config, timing            the node file's cluster sections; the timing rule
+    storeapi      the store contract (`KVStore`), its plain values, the guarded writes
+    store         the etcd adapter: endpoints, TLS reload, leases, watches, gRPC errors
+                  turned into `storeerrors`; with `etcdclient`, `maintenance` and `rbac` the
+                  only code that imports aetcd
+    memstore      the in-memory twin (revisions, leases on an injected clock, watches)
+    requestflow   an operator request's round trip, on any store
+    maintenance, etcdmembers, rbac          etcd's members, alarms, compaction, roles
+    peerlink, allowlist, tasks, bird*, bgp_config   mutual TLS between nodes, the
+                  allow-list, task supervision, BGP mode
 
 The VIP hand-over protocol (the part that must never split-brain):
 

@@ -65,7 +65,7 @@ _KEYS = frozenset(
 
 
 @dataclass(frozen=True)
-class GarpSettings:
+class GarpConfig:
     """Gratuitous ARP cadence: a burst at once, a second burst later, then a slow refresh."""
 
     count: int
@@ -92,7 +92,7 @@ class AgentConfig:
     health_timeout: float
     health_rise: int
     health_fall: int
-    garp: GarpSettings
+    garp: GarpConfig
     metrics_host: str | None
     metrics_port: int
     vip_prefix_length: int
@@ -152,7 +152,7 @@ def parse_agent(doc: Table) -> AgentConfig:
 
     health_interval = agent.number("health_interval", 0.1, min=0.01)
     health_timeout = agent.number("health_timeout", 0.3, min=0.01)
-    garp = GarpSettings(
+    garp = GarpConfig(
         count=agent.integer("garp_count", 3, min=1),
         spacing=agent.number("garp_spacing", 0.02, min=0.0),
         second_burst=agent.number("garp_second_burst", 2.0, min=0.1),

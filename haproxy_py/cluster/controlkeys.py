@@ -49,8 +49,8 @@ class ControllerLeader:
 
 
 @dataclass(frozen=True)
-class ClusterSettings:
-    """`config`: what the active controller applies.
+class ClusterPolicy:
+    """`config`: the policy the active controller applies.
 
     `mode`, `vips`, `failback` and `failback_hold` come from the controller's
     `[cluster]` config; `paused` and `drained` are changed by requests and
@@ -77,11 +77,11 @@ class ClusterSettings:
             }
         )
 
-    def same_content(self, other: ClusterSettings | None) -> bool:
+    def same_content(self, other: ClusterPolicy | None) -> bool:
         return other is not None and self.to_json() == other.to_json()
 
     @classmethod
-    def parse(cls, raw: bytes, mod_revision: int = 0) -> ClusterSettings | None:
+    def parse(cls, raw: bytes, mod_revision: int = 0) -> ClusterPolicy | None:
         obj = loads(raw)
         if obj is None:
             return None

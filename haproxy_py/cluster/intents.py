@@ -5,16 +5,38 @@ Parsers return None for a value that is not a usable record (see `records`).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from haproxy_py.cluster.jsonvalue import choice, dumps, integer, loads, number, text
+
+# Why a VIP changed hands; written into events/ and vips/.
+Cause = Literal[
+    "initial",  # never owned (cluster start, VIP added to the config)
+    "node lost",  # previous owner's lease is gone
+    "proxy unhealthy",  # previous owner dropped it because its proxy failed
+    "released",  # previous owner let go while staying registered and healthy
+    "manual",  # a move request
+    "drain",  # previous owner was drained
+    "failback",  # back to a preferred node after failback_hold
+    "rebalance",  # active-active spreading onto a recovered node
+    "readiness",  # to a node with strictly more backend pools up, after the hold-down
+    "not held",  # the owner did not list it as held for a while (interface gone, netlink failing)
+    "removed from the config",  # the VIP is no longer in the [cluster] vips
+]
+CAUSES: tuple[Cause, ...] = get_args(Cause)
 
 RequestKind = Literal["move", "pause", "resume", "drain", "undrain"]
 REQUEST_KINDS: tuple[RequestKind, ...] = ("move", "pause", "resume", "drain", "undrain")
 ResultStatus = Literal["running", "done", "refused", "failed"]
 RESULT_STATUSES: tuple[ResultStatus, ...] = ("running", "done", "refused", "failed")
 FINAL_STATUSES: frozenset[str] = frozenset({"done", "refused", "failed"})
+
+
+def new_request_id(now: float) -> str:
+    """Sortable by time, unique without coordination: `<ms since epoch>-<random hex>`."""
+    return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -170,7 +192,7 @@ class Event:
     vip: str
     source: str | None
     target: str | None
-    cause: str
+    cause: Cause
     gap_ms: float | None = None
     request: str | None = None
 
@@ -193,7 +215,7 @@ class Event:
         obj = loads(raw)
         if obj is None:
             return None
-        vip, cause = text(obj, "vip"), text(obj, "cause")
+        vip, cause = text(obj, "vip"), choice(obj, "cause", CAUSES)
         seq = integer(obj, "seq", -1)
         if vip is None or cause is None or seq < 0:
             return None

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
-from haproxy_py.cluster.store import Store, StoreError, _Client, _detail
+from haproxy_py.cluster.etcdclient import Client, error_text
+from haproxy_py.cluster.etcdmembers import Alarm, ClusterStatus, Member, MemberStatus
+from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.cluster.storeerrors import connection_failure
 
 if TYPE_CHECKING:
@@ -32,47 +33,12 @@ DEFRAG_TIMEOUT = 120.0  # defragmenting rewrites the whole database: seconds for
 ALARMS = {1: "NOSPACE", 2: "CORRUPT"}
 
 
-@dataclass(frozen=True)
-class Member:
-    id: int
-    name: str
-    endpoint: str | None  # host:port of its first client URL (None: it advertises none)
-    url: str | None  # that URL as the member advertises it (scheme included)
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    """What one member says about itself; every figure is None when it did not answer."""
-
-    member: Member
-    reachable: bool
-    leader: bool
-    version: str | None = None
-    db_size: int | None = None  # bytes the database file takes (what the quota limits)
-    db_in_use: int | None = None  # bytes in use; the rest is what defragmenting returns
-    raft_index: int | None = None
-    quota: int | None = None  # --quota-backend-bytes, from the member's own /metrics
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Alarm:
-    member: str  # the member's name, or its hex ID if it is no longer listed
-    kind: str  # NOSPACE or CORRUPT
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    members: tuple[MemberStatus, ...]
-    alarms: tuple[Alarm, ...]
-
-
 def _host_port(url: str) -> str:
     return url.split("://", 1)[-1].rstrip("/")
 
 
 async def members(store: Store) -> list[Member]:
-    async def op(client: _Client) -> list[Member]:
+    async def op(client: Client) -> list[Member]:
         return [
             Member(
                 id=int(m.id),
@@ -89,7 +55,7 @@ async def members(store: Store) -> list[Member]:
 async def alarms(store: Store, known: list[Member] | None = None) -> list[Alarm]:
     """Active alarms, each named by its member."""
 
-    async def op(client: _Client) -> list[tuple[int, int]]:
+    async def op(client: Client) -> list[tuple[int, int]]:
         return [(int(a.member_id), int(a.alarm_type)) async for a in client.list_alarms()]
 
     names = {m.id: m.name for m in known or []}
@@ -120,7 +86,7 @@ async def export_alarms(store: Store, registry: Registry) -> None:
 async def disarm(store: Store) -> None:
     """Clear NOSPACE on every member (after compacting and defragmenting made room)."""
 
-    async def op(client: _Client) -> None:
+    async def op(client: Client) -> None:
         # etcd clears an alarm only when asked by member and kind (member 0 matches none).
         for alarm in [a async for a in client.list_alarms()]:
             request = rpc.AlarmRequest(
@@ -140,14 +106,14 @@ async def member_status(store: Store, member: Member) -> MemberStatus:
     """Ask the member itself; an unreachable member gives a row with `error` set."""
     if member.endpoint is None:
         return MemberStatus(member, False, False, error="no client URL (not started yet?)")
-    client = _Client(member.endpoint, store._credentials, store.config.timeout)
+    client = Client(member.endpoint, store.credentials, store.config.timeout)
     try:
         await client.connect()
         reply = await client.maintenancestub.Status(
             rpc.StatusRequest(), timeout=store.config.timeout, metadata=client.metadata
         )
     except (rpc.AioRpcError, aetcd_errors.ClientError) as exc:
-        detail = (exc.details() if isinstance(exc, rpc.AioRpcError) else _detail(exc)) or ""
+        detail = (exc.details() if isinstance(exc, rpc.AioRpcError) else error_text(exc)) or ""
         return MemberStatus(member, False, False, error=connection_failure(detail, store.config))
     finally:
         await client.close()
@@ -203,7 +169,7 @@ async def compact(store: Store) -> int:
     """Compact history up to the current revision; returns it. Space returns on defrag."""
     _, revision = await store.get_prefix(store.schema.prefix)
 
-    async def op(client: _Client) -> None:
+    async def op(client: Client) -> None:
         await client.compact(revision, physical=True)
 
     try:
@@ -218,12 +184,13 @@ async def defragment(store: Store, member: Member) -> None:
     """Defragment this one member (it blocks its reads and writes meanwhile)."""
     if member.endpoint is None:
         raise StoreError(f"etcd member {member.name} advertises no client URL")
-    client = _Client(member.endpoint, store._credentials, DEFRAG_TIMEOUT)
+    client = Client(member.endpoint, store.credentials, DEFRAG_TIMEOUT)
     try:
         await client.defragment()
     except aetcd_errors.ClientError as exc:
         raise StoreError(
-            f"defragmenting etcd member {member.name} at {member.endpoint} failed: {_detail(exc)}"
+            f"defragmenting etcd member {member.name} at {member.endpoint} failed: "
+            f"{error_text(exc)}"
         ) from None
     finally:
         await client.close()

@@ -29,17 +29,8 @@ from typing import Any
 
 from haproxy_py.cluster.records import ClusterView, KeyValue
 from haproxy_py.cluster.schema import Schema
-from haproxy_py.cluster.store import (
-    Compare,
-    Delete,
-    GuardedWrites,
-    Lease,
-    LeaseLost,
-    Op,
-    Put,
-    StoreUnavailable,
-    WatchEvent,
-)
+from haproxy_py.cluster.storeapi import Compare, Delete, GuardedWrites, Lease, Op, Put, WatchEvent
+from haproxy_py.cluster.storeerrors import LeaseLost, StoreUnavailable
 
 
 @dataclass

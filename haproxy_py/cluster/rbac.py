@@ -29,8 +29,9 @@ from typing import Any
 import aetcd.exceptions as aetcd_errors
 from aetcd import rpc
 
+from haproxy_py.cluster.etcdclient import Client
 from haproxy_py.cluster.schema import Schema
-from haproxy_py.cluster.store import Store, _Client
+from haproxy_py.cluster.store import Store
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
 ROOT = "root"  # etcd's built-in administrator role, and its user
@@ -143,7 +144,7 @@ async def apply(store: Store, desired: Desired) -> list[str]:
     The store must be connected with the root identity (once auth is on, only root may).
     """
 
-    async def op(client: _Client) -> list[str]:
+    async def op(client: Client) -> list[str]:
         await client.connect()
         auth = rpc.AuthStub(client.channel)
 

@@ -17,11 +17,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from haproxy_py.cluster.controlkeys import MODES, ClusterSettings, ControllerLeader, Mode
+from haproxy_py.cluster.controlkeys import MODES, ClusterPolicy, ControllerLeader, Mode
 from haproxy_py.cluster.intents import (
+    CAUSES,
     FINAL_STATUSES,
     REQUEST_KINDS,
     RESULT_STATUSES,
+    Cause,
     Event,
     Move,
     Request,
@@ -49,7 +51,8 @@ __all__ = [
     "REQUEST_KINDS",
     "RESULT_STATUSES",
     "VIP_STATES",
-    "ClusterSettings",
+    "Cause",
+    "ClusterPolicy",
     "ClusterView",
     "ControllerLeader",
     "Event",
@@ -70,20 +73,6 @@ __all__ = [
 
 VipState = Literal["assigned", "releasing"]
 VIP_STATES: tuple[VipState, ...] = ("assigned", "releasing")
-
-# Why a VIP changed hands; written into events/ and vips/.
-CAUSES = (
-    "initial",  # never owned (cluster start, VIP added to the config)
-    "node lost",  # previous owner's lease is gone
-    "proxy unhealthy",  # previous owner dropped it because its proxy failed
-    "released",  # previous owner let go while staying registered and healthy
-    "manual",  # a move request
-    "drain",  # previous owner was drained
-    "failback",  # back to a preferred node after failback_hold
-    "rebalance",  # active-active spreading onto a recovered node
-    "readiness",  # to a node with strictly more backend pools up, after the hold-down
-    "not held",  # the owner did not list it as held for a while (interface gone, netlink failing)
-)
 
 
 @dataclass(frozen=True)
@@ -230,7 +219,7 @@ class VipAssignment:
     epoch: int
     since: float
     state: VipState = "assigned"
-    cause: str = "initial"
+    cause: Cause = "initial"
     move_to: str | None = None
     request: str | None = None
     releasing_since: float | None = None
@@ -270,7 +259,7 @@ class VipAssignment:
             epoch=integer(obj, "epoch"),
             since=number(obj, "since", 0.0) or 0.0,
             state=state,
-            cause=text(obj, "cause", "initial") or "initial",
+            cause=choice(obj, "cause", CAUSES) or "initial",
             move_to=text(obj, "move_to"),
             request=text(obj, "request"),
             releasing_since=number(obj, "releasing_since"),
@@ -317,7 +306,7 @@ class ClusterView:
     vips: Mapping[str, VipAssignment] = field(default_factory=dict)
     occupied: frozenset[str] = frozenset()
     leader: ControllerLeader | None = None
-    settings: ClusterSettings | None = None
+    settings: ClusterPolicy | None = None
     requests: tuple[Request, ...] = ()
     events: tuple[Event, ...] = ()
     epoch: int = 0
@@ -396,7 +385,7 @@ class ClusterView:
         events: list[Event] = []
         problems: list[str] = []
         leader: ControllerLeader | None = None
-        settings: ClusterSettings | None = None
+        settings: ClusterPolicy | None = None
         epoch = epoch_rev = config_rev = 0
         for kv in kvs:
             rel = schema.relative(kv.key)
@@ -426,7 +415,7 @@ class ClusterView:
                     kv.value, kv.lease, kv.create_revision, kv.mod_revision
                 )
             elif rel == "config":
-                parsed = settings = ClusterSettings.parse(kv.value, kv.mod_revision)
+                parsed = settings = ClusterPolicy.parse(kv.value, kv.mod_revision)
                 config_rev = kv.mod_revision
             elif rel == "epoch":
                 parsed = epoch = parse_epoch(kv.value)

@@ -6,7 +6,7 @@ All keys of one cluster live under `/haproxy-py/<cluster>/`:
     controller/leader   ControllerLeader  under the controller's lease
     vips/<vip>          VipAssignment     no lease; names the owner's lease (controller only)
     requests/<id>       Request (+ result) no lease (hactl writes, controller answers)
-    config              ClusterSettings   no lease (active controller)
+    config              ClusterPolicy     no lease (active controller)
     events/<seq>        Event             no lease, bounded history (seq = epoch, zero-padded)
     epoch               integer text      no lease, +1 on every ownership change
 """

@@ -1,4 +1,4 @@
-"""The etcd store adapter: with its companion `maintenance`, the only module that imports aetcd.
+"""The etcd store adapter: with `etcdclient`, `maintenance` and `rbac`, all that imports aetcd.
 
 Every daemon and hactl talk to etcd through `Store`. It hides aetcd and gRPC
 behind plain values (`KeyValue`, `Lease`, `WatchEvent`) and the exception tree
@@ -38,30 +38,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
-import os
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-# gRPC's C core would print TLS failures to stderr in its own words; this module reports
-# them in ours (set before aetcd loads gRPC; GRPC_VERBOSITY in the environment still wins).
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-
-import aetcd
 import aetcd.exceptions as aetcd_errors
-import grpc
 import structlog
-from aetcd import rpc, watcher
 
 from haproxy_py.cluster.config import EtcdConfig
-from haproxy_py.cluster.records import ClusterView, KeyValue, Request
+from haproxy_py.cluster.etcdclient import (
+    Client,
+    build_compare,
+    build_op,
+    credentials,
+    error_text,
+    key_value,
+    tls_stamp,
+)
+from haproxy_py.cluster.records import ClusterView, KeyValue
 from haproxy_py.cluster.schema import Schema
+from haproxy_py.cluster.storeapi import Compare, GuardedWrites, Lease, Op, WatchEvent
 from haproxy_py.cluster.storeerrors import (
     LeaseLost,
-    RequestTimeout,
     StoreError,
     StoreTlsError,
     StoreUnavailable,
@@ -74,175 +73,15 @@ T = TypeVar("T")
 SWITCH_LOG_EVERY = 10.0  # seconds between warnings that the endpoint changed
 
 
-@dataclass(frozen=True)
-class Lease:
-    """A granted lease: `ttl` is what etcd granted (it may round up)."""
-
-    id: int
-    ttl: int
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """One change under a watched prefix; `resync` means "re-read everything"."""
-
-    kind: Literal["put", "delete", "resync"]
-    key: str
-    value: bytes
-    mod_revision: int
-    lease: int = 0
-
-
-# Transaction building blocks: plain values, translated to aetcd in `txn()`.
-@dataclass(frozen=True)
-class Compare:
-    """`target` of `key` compared with `value`; etcd treats an absent key's revisions as 0."""
-
-    key: str
-    target: Literal["value", "mod", "create", "version"]
-    op: Literal["==", "!=", "<", ">"]
-    value: int | bytes
-
-
-def absent(key: str) -> Compare:
-    return Compare(key, "create", "==", 0)
-
-
-def mod_revision_is(key: str, revision: int) -> Compare:
-    return Compare(key, "mod", "==", revision)
-
-
-def created_at(key: str, revision: int) -> Compare:
-    return Compare(key, "create", "==", revision)
-
-
-def value_is(key: str, value: bytes) -> Compare:
-    return Compare(key, "value", "==", value)
-
-
-@dataclass(frozen=True)
-class Put:
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: str
-
-
-Op = Put | Delete
-
-
-def new_request_id(now: float) -> str:
-    """Sortable by time, unique without coordination: `<ms since epoch>-<random hex>`."""
-    return f"{int(now * 1000):013d}-{secrets.token_hex(4)}"
-
-
-class _Client(aetcd.Client):
-    """aetcd's client on a channel we build: TLS with client certificates, any endpoint.
-
-    aetcd only builds plaintext channels; this replaces its `connect()` with one
-    that builds the channel from our credentials and sets the same stubs.
-    """
-
-    def __init__(
-        self, target: str, credentials: grpc.ChannelCredentials | None, timeout: float
-    ) -> None:
-        super().__init__(timeout=timeout)  # type: ignore[arg-type,unused-ignore]  # float deadlines work
-        self._target = target
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        options = [
-            ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-            # gRPC's default reconnect backoff grows to 120 s: a restarted etcd would be
-            # ignored for minutes. Retry at least every second instead.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
-        if self._credentials is None:
-            self.channel = rpc.insecure_channel(self._target, options=options)
-        else:
-            self.channel = rpc.secure_channel(self._target, self._credentials, options=options)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout)
-        self._connected.set()
-
-
-def _tls_stamp(config: EtcdConfig) -> tuple[tuple[int, int, int], ...]:
-    """What identifies the TLS files' current contents: (inode, size, mtime) of each."""
-    stamps = []
-    for path in (config.cacert, config.cert, config.key):
-        try:
-            st = path.stat() if path is not None else None
-        except OSError:
-            st = None
-        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else (0, 0, 0))
-    return tuple(stamps)
-
-
-def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials | None:
-    if not config.tls:
-        return None
-    try:
-        root = config.cacert.read_bytes() if config.cacert else None
-        key = config.key.read_bytes() if config.key else None
-        cert = config.cert.read_bytes() if config.cert else None
-    except OSError as exc:
-        raise StoreError(f"cannot read etcd TLS file {exc.filename}: {exc.strerror}") from None
-    return grpc.ssl_channel_credentials(
-        root_certificates=root, private_key=key, certificate_chain=cert
-    )
-
-
-def _kv(raw: Any) -> KeyValue:
-    return KeyValue(
-        key=raw.key.decode(errors="replace"),
-        value=bytes(raw.value),
-        create_revision=raw.create_revision,
-        mod_revision=raw.mod_revision,
-        lease=raw.lease,
-    )
-
-
-class GuardedWrites:
-    """The guarded single-key writes, built on `txn`: one copy for every store."""
-
-    async def txn(
-        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
-    ) -> bool:
-        raise NotImplementedError
-
-    async def create(self, key: str, value: bytes, lease: int = 0) -> bool:
-        """Write `key` only if it does not exist; False if it does."""
-        return await self.txn([absent(key)], [Put(key, value, lease)])
-
-    async def replace(self, key: str, value: bytes, mod_revision: int, lease: int = 0) -> bool:
-        """Overwrite `key` only if nobody changed it since `mod_revision`."""
-        return await self.txn([mod_revision_is(key, mod_revision)], [Put(key, value, lease)])
-
-    async def delete_if(self, key: str, mod_revision: int) -> bool:
-        """Delete `key` only if nobody changed it since `mod_revision`."""
-        return await self.txn([mod_revision_is(key, mod_revision)], [Delete(key)])
-
-
 class Store(GuardedWrites):
     """One cluster's view of etcd. Use as `async with Store(config, cluster) as store:`."""
 
     def __init__(self, config: EtcdConfig, cluster: str) -> None:
         self.config = config
         self.schema = Schema(cluster)
-        self._stamp = _tls_stamp(config)
-        self._credentials = _credentials(config)
-        self._clients: dict[int, _Client] = {}
+        self._stamp = tls_stamp(config)
+        self.credentials = credentials(config)
+        self._clients: dict[int, Client] = {}
         self._current = 0
         self._rotated = asyncio.Event()
         self._switch_logged = -SWITCH_LOG_EVERY
@@ -268,25 +107,25 @@ class Store(GuardedWrites):
         """The endpoint the next call goes to."""
         return self.config.endpoints[self._current]
 
-    def _client(self) -> _Client:
+    def _client(self) -> Client:
         index = self._current
         client = self._clients.get(index)
         if client is None:
-            client = _Client(self.config.endpoints[index], self._credentials, self.config.timeout)
+            client = Client(self.config.endpoints[index], self.credentials, self.config.timeout)
             self._clients[index] = client
         return client
 
     async def _reload_tls(self) -> bool:
         """After a failed or refused connection: if the TLS files changed, dial with the new
         ones (True)."""
-        if not self.config.tls or _tls_stamp(self.config) == self._stamp:
+        if not self.config.tls or tls_stamp(self.config) == self._stamp:
             return False
         try:
-            credentials = _credentials(self.config)
+            fresh = credentials(self.config)
         except StoreError as exc:  # half-written files: try again at the next failure
             log.warning("etcd TLS files changed but cannot be read yet", error=str(exc))
             return False
-        self._stamp, self._credentials = _tls_stamp(self.config), credentials
+        self._stamp, self.credentials = tls_stamp(self.config), fresh
         log.info("etcd TLS files changed; reconnecting with them", cert=str(self.config.cert))
         await self.close()
         return True
@@ -313,7 +152,7 @@ class Store(GuardedWrites):
             f"{detail}; check that etcd runs and that the [etcd] endpoints and TLS files are right"
         )
 
-    async def _call(self, what: str, op: Callable[[_Client], Awaitable[T]]) -> T:
+    async def _call(self, what: str, op: Callable[[Client], Awaitable[T]]) -> T:
         """Run `op` on the current endpoint, moving on when an endpoint refuses or stalls."""
         last, tls = "no endpoint tried", None
         for _ in range(len(self.config.endpoints)):
@@ -321,8 +160,8 @@ class Store(GuardedWrites):
             try:
                 return await op(self._client())
             except aetcd_errors.ConnectionFailedError as exc:
-                tls = tls_failure(_detail(exc), self.config)
-                last = f"{endpoint}: {tls or plain_words(_detail(exc), self.config)}"
+                tls = tls_failure(error_text(exc), self.config)
+                last = f"{endpoint}: {tls or plain_words(error_text(exc), self.config)}"
                 await self._reload_tls()
                 self._rotate(f"{what}: {last}")
             except (aetcd_errors.ConnectionTimeoutError, aetcd_errors.WatchTimeoutError):
@@ -332,11 +171,11 @@ class Store(GuardedWrites):
                 if await self._reload_tls():  # refused with the old files: try the new ones
                     return await self._call(what, op)  # (once: the files are current now)
                 raise StoreError(
-                    f"etcd at {endpoint} refused the client ({_detail(exc)}); "
+                    f"etcd at {endpoint} refused the client ({error_text(exc)}); "
                     "check the [etcd] cert and key"
                 ) from None
             except aetcd_errors.ClientError as exc:
-                detail = _detail(exc)
+                detail = error_text(exc)
                 if "lease not found" in detail:
                     raise LeaseLost(f"{what}: the lease is gone ({detail})") from None
                 raise StoreError(f"etcd {what} failed at {endpoint}: {detail}") from None
@@ -345,18 +184,18 @@ class Store(GuardedWrites):
     # -- keys ---------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
-        async def op(client: _Client) -> KeyValue | None:
+        async def op(client: Client) -> KeyValue | None:
             result = await client.get(key.encode())
-            return None if result is None else _kv(result)
+            return None if result is None else key_value(result)
 
         return await self._call("get", op)
 
     async def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """All keys under `prefix` and the revision they were read at (one range request)."""
 
-        async def op(client: _Client) -> tuple[list[KeyValue], int]:
+        async def op(client: Client) -> tuple[list[KeyValue], int]:
             result = await client.get_prefix(prefix.encode())
-            return [_kv(kv) for kv in result], result.header.revision
+            return [key_value(kv) for kv in result], result.header.revision
 
         return await self._call("get_prefix", op)
 
@@ -368,7 +207,7 @@ class Store(GuardedWrites):
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         """Unconditional write; returns the new revision. LeaseLost if `lease` is gone."""
 
-        async def op(client: _Client) -> int:
+        async def op(client: Client) -> int:
             result = await client.put(key.encode(), value, lease=lease or None)
             return int(result.header.revision)
 
@@ -377,7 +216,7 @@ class Store(GuardedWrites):
     async def delete(self, key: str) -> bool:
         """Unconditional delete; True if the key existed."""
 
-        async def op(client: _Client) -> bool:
+        async def op(client: Client) -> bool:
             return await client.delete(key.encode()) is not None
 
         return await self._call("delete", op)
@@ -387,13 +226,13 @@ class Store(GuardedWrites):
     ) -> bool:
         """One etcd transaction; True when every compare held (and `success` ran)."""
 
-        async def op(client: _Client) -> bool:
+        async def op(client: Client) -> bool:
             t = client.transactions
-            built = [_build_compare(t, compare) for compare in compares]
+            built = [build_compare(t, compare) for compare in compares]
             succeeded, _ = await client.transaction(
                 compare=built,
-                success=[_build_op(t, item) for item in success],
-                failure=[_build_op(t, item) for item in failure],
+                success=[build_op(t, item) for item in success],
+                failure=[build_op(t, item) for item in failure],
             )
             return bool(succeeded)
 
@@ -402,7 +241,7 @@ class Store(GuardedWrites):
     # -- leases -------------------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> Lease:
-        async def op(client: _Client) -> Lease:
+        async def op(client: Client) -> Lease:
             lease = await client.lease(ttl)
             return Lease(id=int(lease.id), ttl=int(lease.ttl))
 
@@ -411,7 +250,7 @@ class Store(GuardedWrites):
     async def keepalive(self, lease_id: int) -> int:
         """Refresh the lease; returns the TTL etcd reset it to. LeaseLost when TTL <= 0."""
 
-        async def op(client: _Client) -> int:
+        async def op(client: Client) -> int:
             reply = await client.refresh_lease(lease_id)
             return int(reply.TTL) if reply is not None else 0
 
@@ -423,7 +262,7 @@ class Store(GuardedWrites):
     async def lease_remaining(self, lease_id: int) -> int:
         """Seconds left on the lease as etcd sees it; -1 when it no longer exists."""
 
-        async def op(client: _Client) -> int:
+        async def op(client: Client) -> int:
             info = await client.get_lease_info(lease_id, keys=False)
             return int(info.TTL)
 
@@ -432,7 +271,7 @@ class Store(GuardedWrites):
     async def lease_time_to_live(self, lease_id: int) -> tuple[int, int]:
         """(seconds left, truncated; granted TTL) as etcd's leader sees it; left -1: gone."""
 
-        async def op(client: _Client) -> tuple[int, int]:
+        async def op(client: Client) -> tuple[int, int]:
             info = await client.get_lease_info(lease_id, keys=False)
             return int(info.TTL), int(info.grantedTTL)
 
@@ -441,7 +280,7 @@ class Store(GuardedWrites):
     async def revoke(self, lease_id: int) -> None:
         """Revoke the lease, deleting its keys at once; a lease already gone is fine."""
 
-        async def op(client: _Client) -> None:
+        async def op(client: Client) -> None:
             await client.revoke_lease(lease_id)
 
         with contextlib.suppress(LeaseLost):
@@ -479,7 +318,7 @@ class Store(GuardedWrites):
             backoff = 0.05
             try:
                 async for event in _until_rotated(stream, rotated):
-                    kv = _kv(event.kv)
+                    kv = key_value(event.kv)
                     next_revision = kv.mod_revision + 1
                     kind: Literal["put", "delete"] = "put" if event.kind == "PUT" else "delete"
                     yield WatchEvent(kind, kv.key, kv.value, kv.mod_revision, kv.lease)
@@ -487,54 +326,9 @@ class Store(GuardedWrites):
                 next_revision = int(exc.compacted_revision)
                 yield _resync(prefix, next_revision, start=False)
             except aetcd_errors.ClientError as exc:
-                log.info("etcd watch interrupted", prefix=prefix, error=_detail(exc))
+                log.info("etcd watch interrupted", prefix=prefix, error=error_text(exc))
             finally:
                 await _cancel_quietly(stream)
-
-    # -- requests -----------------------------------------------------------------------------
-
-    async def submit(self, request: Request) -> Request:
-        """Store a new request (create-if-absent); returns it with its mod_revision."""
-        key = self.schema.request(request.id)
-        if not await self.create(key, request.to_json()):
-            raise StoreError(f"request {request.id} already exists")
-        stored = await self.get(key)
-        parsed = Request.parse(request.id, stored.value, stored.mod_revision) if stored else None
-        return parsed or request
-
-    async def wait_result(self, request_id: str, seconds: float) -> Request:
-        """Wait until the request has a final result; RequestTimeout after `seconds`."""
-        key = self.schema.request(request_id)
-        last: Request | None = None
-
-        async def follow() -> Request:
-            nonlocal last
-            kv = await self.get(key)
-            if kv is None:
-                raise StoreError(f"request {request_id} does not exist")
-            last = Request.parse(request_id, kv.value, kv.mod_revision)
-            if last is not None and not last.pending:
-                return last
-            async with contextlib.aclosing(self.watch(key, kv.mod_revision + 1)) as events:
-                async for event in events:
-                    if event.kind == "delete":
-                        raise StoreError(f"request {request_id} was deleted before it finished")
-                    if event.kind == "put" and event.key == key:
-                        last = Request.parse(request_id, event.value, event.mod_revision)
-                        if last is not None and not last.pending:
-                            return last
-            raise AssertionError("watch ended")  # pragma: no cover - watch never ends
-
-        try:
-            async with asyncio.timeout(seconds):
-                return await follow()
-        except TimeoutError:
-            status = last.result.status if last and last.result else "not picked up"
-            raise RequestTimeout(
-                f"request {request_id}: no final result after {seconds:g} s ({status}); "
-                "is a controller running?",
-                last,
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -544,8 +338,8 @@ class _Compacted:
     revision: int
 
 
-def _watch_from(prefix: str, revision: int) -> Callable[[_Client], Awaitable[Any]]:
-    async def op(client: _Client) -> Any:
+def _watch_from(prefix: str, revision: int) -> Callable[[Client], Awaitable[Any]]:
+    async def op(client: Client) -> Any:
         try:
             return await client.watch_prefix(prefix.encode(), start_revision=revision)
         except aetcd_errors.RevisionCompactedError as exc:
@@ -600,23 +394,3 @@ async def _cancel_quietly(stream: Any) -> None:
         await stream.cancel()
     except Exception as exc:  # the stream may already be dead; nothing to clean up then
         log.debug("watch cancel failed", error=repr(exc))
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__
-
-
-_OPERATORS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
-
-
-def _build_compare(t: Any, compare: Compare) -> Any:
-    """aetcd builds a compare from `t.<target>(key) <op> value`."""
-    target = getattr(t, compare.target)(compare.key.encode())
-    return _OPERATORS[compare.op](target, compare.value)
-
-
-def _build_op(t: Any, op: Op) -> Any:
-    if isinstance(op, Put):
-        return t.put(op.key.encode(), op.value, lease=op.lease or None)
-    return t.delete(op.key.encode())

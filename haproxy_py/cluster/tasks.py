@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 BACKOFF = 0.1  # first wait before a restart; doubles up to BACKOFF_LIMIT
 BACKOFF_LIMIT = 5.0
@@ -64,3 +65,29 @@ async def settle(tasks: Sequence[asyncio.Task[Any]], limit: float = SETTLE_LIMIT
     _, pending = await asyncio.wait(tasks, timeout=limit)
     for task in pending:
         log.warning("task did not stop when cancelled", task=task.get_name())
+
+
+async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None (`work` cancelled) once `stop` is set first."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await settle([task, stopped])
+        return None
+    return task.result()
+
+
+async def until_stopped(stop: asyncio.Event, tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Return once `stop` is set or one of `tasks` ends; raise that task's failure."""
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    for task in done:
+        failure = None if task is stopped or task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure

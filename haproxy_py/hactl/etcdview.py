@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from haproxy_py.cluster.maintenance import Alarm, ClusterStatus
+from haproxy_py.cluster.etcdmembers import Alarm, ClusterStatus
 from haproxy_py.hactl.table import Cell, render
 
 QUOTA_WARNING = 0.7  # past this share of the quota, say so: at 100 % etcd refuses every write

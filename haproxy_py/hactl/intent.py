@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import ClusterView, Request, RequestKind, RequestResult
-from haproxy_py.cluster.store import new_request_id
 from haproxy_py.hactl.errors import NoLeader, NotFound, Refused
 from haproxy_py.hactl.view import milliseconds
 

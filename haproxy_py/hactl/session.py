@@ -15,7 +15,9 @@ from typing import TypeVar
 
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView, Request
-from haproxy_py.cluster.store import RequestTimeout, Store, StoreError
+from haproxy_py.cluster.requestflow import submit, wait_result
+from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.storeerrors import RequestTimeout
 from haproxy_py.hactl import intent
 from haproxy_py.hactl.connection import Connection
 from haproxy_py.hactl.errors import TimedOut, Unreachable
@@ -52,9 +54,9 @@ async def submit_and_wait(store: Store, request: Request, wait: float) -> Reques
     still unchanged), so that it cannot surprise anyone by running later.
     """
     request = replace(request, by=intent.requester(_identity(store.config), *_local_account()))
-    stored = await store.submit(request)
+    stored = await submit(store, request)
     try:
-        return await store.wait_result(request.id, wait)
+        return await wait_result(store, request.id, wait)
     except RequestTimeout as exc:
         last = exc.last or stored
         if last.result is None:

@@ -73,7 +73,9 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class ProxySectionConfig:
+    """The `[proxy]` section: timeouts, limits and logging for every listener."""
+
     timeouts: Timeouts
     limits: Limits
     access_log: bool = True
@@ -163,7 +165,7 @@ class BackendConfig:
 @dataclass(frozen=True)
 class ProxyConfig:
     admin: AdminConfig
-    proxy: ProxySettings
+    proxy: ProxySectionConfig
     listeners: tuple[ListenerConfig, ...]
     routes: tuple[RouteConfig, ...]
     backends: dict[str, BackendConfig]
@@ -210,10 +212,10 @@ def _limits(proxy: Table) -> Limits:
     )
 
 
-def parse_settings(doc: Table) -> ProxySettings:
+def parse_proxy_section(doc: Table) -> ProxySectionConfig:
     proxy = doc.table("proxy", {})
     proxy.reject_unknown({"timeouts", "limits", "access_log", "underscores_in_headers"})
-    return ProxySettings(
+    return ProxySectionConfig(
         timeouts=_timeouts(proxy),
         limits=_limits(proxy),
         access_log=proxy.boolean("access_log", True),
@@ -247,7 +249,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: where it points may change
 
 
-def parse_listeners(doc: Table, settings: ProxySettings) -> tuple[ListenerConfig, ...]:
+def parse_listeners(doc: Table, settings: ProxySectionConfig) -> tuple[ListenerConfig, ...]:
     listeners: list[ListenerConfig] = []
     for item in doc.array("listeners"):
         item.reject_unknown(
@@ -327,7 +329,7 @@ def _route_timeouts(item: Table, defaults: Timeouts) -> Timeouts | None:
 
 
 def parse_routes(
-    doc: Table, backends: dict[str, BackendConfig], settings: ProxySettings | None = None
+    doc: Table, backends: dict[str, BackendConfig], settings: ProxySectionConfig | None = None
 ) -> tuple[RouteConfig, ...]:
     defaults = Timeouts() if settings is None else settings.timeouts
     routes: list[RouteConfig] = []
@@ -468,7 +470,7 @@ def parse_backends(doc: Table) -> dict[str, BackendConfig]:
 
 def parse_proxy(doc: Table) -> ProxyConfig:
     """All proxy sections of a loaded config file, or ConfigError naming file and key."""
-    settings = parse_settings(doc)
+    settings = parse_proxy_section(doc)
     backends = parse_backends(doc)
     return ProxyConfig(
         admin=parse_admin(doc),

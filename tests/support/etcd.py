@@ -32,6 +32,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.wait import eventually
+
 ETCD_BINARY = os.environ.get("HAPROXY_PY_TEST_ETCD", "/usr/bin/etcd")
 START_TIMEOUT = 30.0  # generous: the machine is shared; a fresh member is usually up in 0.3 s
 QUOTA_BYTES = 256 * 1024 * 1024  # far above what a test writes, far below the 2 GiB default
@@ -215,6 +217,10 @@ class EtcdMember:
             raise RuntimeError(f"etcd member {self.name} is not running")
         self.proc.send_signal(signal.SIGSTOP)
         self.frozen = True
+        # The stop reaches each thread when it next runs: on a loaded host a request sent
+        # right after kill() could still be answered. Return once every thread is stopped.
+        pid = self.proc.pid
+        eventually(lambda: _all_stopped(pid), 10, f"etcd member {self.name} to stop", every=0.005)
 
     def thaw(self) -> None:
         if self.proc is not None and self.frozen:
@@ -276,3 +282,14 @@ class EtcdCluster:
     def close(self) -> None:
         for member in self.members:
             member.kill()
+
+
+def _all_stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (T) or gone, as /proc shows it."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue  # a thread that just ended
+    return bool(states) and all(state in "TtZX" for state in states)  # Z, X: thread exiting

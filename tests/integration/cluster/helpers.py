@@ -10,9 +10,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
 from controller.loop import Controller
+from haproxy_py.cluster import requestflow
 from haproxy_py.cluster.config import ClusterConfig, ControllerConfig, EtcdConfig
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import ClusterView, Request
-from haproxy_py.cluster.store import Store, new_request_id
+from haproxy_py.cluster.store import Store
 from tests.support.stand_in import StandInAgent
 from tests.support.wait import eventually_async
 
@@ -124,5 +126,5 @@ async def submit(store: Store, kind: str, **fields: str) -> Request:
         created=time.time(),
         **fields,
     )
-    await store.submit(request)
-    return await store.wait_result(request.id, 20)
+    await requestflow.submit(store, request)
+    return await requestflow.wait_result(store, request.id, 20)

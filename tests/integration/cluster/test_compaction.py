@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 
 from haproxy_py.cluster import maintenance
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import Request
-from haproxy_py.cluster.store import Store, WatchEvent, new_request_id
+from haproxy_py.cluster.requestflow import submit, wait_result
+from haproxy_py.cluster.store import Store
+from haproxy_py.cluster.storeapi import WatchEvent
 from tests.integration.cluster.helpers import VIP1, etcd_config
 from tests.support.etcd import EtcdCluster
 from tests.support.stand_in import StandInAgent
@@ -133,13 +136,19 @@ async def test_watch_behind_compaction_resyncs_and_misses_nothing(etcd: EtcdClus
             compacted = await maintenance.compact(writer)
             await path.restore()
 
-            await eventually_async(lambda: _async(bool(mirror.resyncs)), within=30)
+            # The mirror re-reads, then writes after-resync-1: once that key exists its
+            # re-read is done, so `later` can only reach it as an event.
+            async def resynced() -> bool:
+                return await writer.get(f"{prefix}after-resync-1") is not None
+
+            await eventually_async(resynced, within=30)
             assert mirror.resyncs[0].mod_revision == compacted
             await writer.put(f"{prefix}later", b"after")
 
             async def converged() -> bool:
                 kvs, _ = await writer.get_prefix(prefix)
-                return {kv.key: kv.value for kv in kvs} == mirror.state
+                events = {f"{prefix}after-resync-1", f"{prefix}later"} <= mirror.seen_by_event
+                return events and {kv.key: kv.value for kv in kvs} == mirror.state
 
             await eventually_async(converged, within=20)
         finally:
@@ -187,7 +196,7 @@ async def test_controller_watching_through_compaction_acts_on_every_request(
         async with Store(cfg, "c") as store:
             await eventually_async(lambda: _leader_holds(store), within=30)
             await path.cut()  # the controller's only way to etcd
-            paused = await store.submit(Request(new_request_id(time.time()), "pause"))
+            paused = await submit(store, Request(new_request_id(time.time()), "pause"))
             # One more write, so that compaction passes the revision the watch resumes from.
             await store.put(agent.key, agent.record().to_json(), lease=agent.lease)
             await maintenance.compact(store)
@@ -197,11 +206,11 @@ async def test_controller_watching_through_compaction_acts_on_every_request(
                 return "etcd watch behind compacted history" in log_path.read_text()
 
             await eventually_async(resynced, within=30)
-            result = await store.wait_result(paused.id, 20)
+            result = await wait_result(store, paused.id, 20)
             assert result.result is not None and result.result.status == "done"
-            resumed = await store.submit(Request(new_request_id(time.time()), "resume"))
+            resumed = await submit(store, Request(new_request_id(time.time()), "resume"))
             started = time.monotonic()
-            result = await store.wait_result(resumed.id, 20)
+            result = await wait_result(store, resumed.id, 20)
             assert result.result is not None and result.result.status == "done"
             assert time.monotonic() - started < 20  # well inside the 60 s tick
             settings = (await store.read_view()).settings

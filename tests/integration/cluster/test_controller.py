@@ -11,8 +11,10 @@ import pytest
 from controller.actions import Action, AssignVip, ReleaseVip
 from controller.election import Election
 from controller.execute import Executor, Outcome
+from haproxy_py.cluster import requestflow
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import ClusterView, Request
-from haproxy_py.cluster.store import Store, StoreUnavailable, new_request_id
+from haproxy_py.cluster.store import Store, StoreUnavailable
 from haproxy_py.hactl.errors import TimedOut
 from haproxy_py.hactl.session import submit_and_wait
 from tests.integration.cluster.helpers import (
@@ -194,7 +196,7 @@ class TestMoveSurvivesLeaderDeath:
             if hactl_times_out:
                 hactl = asyncio.create_task(submit_and_wait(store, request, wait=5.0))
             else:
-                await store.submit(request)
+                await requestflow.submit(store, request)
             await asyncio.wait_for(released.wait(), 20)
             await asyncio.wait_for(ctls[0].task, 20)
             # with no leader left, a acknowledges in its record and the key stays a's
@@ -204,7 +206,7 @@ class TestMoveSurvivesLeaderDeath:
                     await hactl  # ... and so the request is left for the next leader
             successor = Running(cfg, cluster, "ctl-next", 2)
             try:
-                answered = await store.wait_result(request.id, 20)
+                answered = await requestflow.wait_result(store, request.id, 20)
                 assert answered.result is not None and answered.result.status == "done", (
                     answered.result
                 )

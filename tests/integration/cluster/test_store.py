@@ -13,15 +13,12 @@ import pytest
 
 from haproxy_py import pki
 from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import Request, RequestResult
-from haproxy_py.cluster.store import (
-    RequestTimeout,
-    Store,
-    StoreError,
-    StoreUnavailable,
-    WatchEvent,
-    new_request_id,
-)
+from haproxy_py.cluster.requestflow import submit, wait_result
+from haproxy_py.cluster.store import Store, StoreError, StoreUnavailable
+from haproxy_py.cluster.storeapi import WatchEvent
+from haproxy_py.cluster.storeerrors import RequestTimeout
 from tests.integration.cluster.helpers import etcd_config
 from tests.support.etcd import EtcdCluster, EtcdTLS
 from tests.support.wait import eventually_async
@@ -97,7 +94,7 @@ class TestRequests:
     async def test_submit_and_wait_for_the_result(self, etcd: EtcdCluster) -> None:
         async with Store(etcd_config(etcd.endpoints), "c") as store:
             request = Request(id=new_request_id(time.time()), kind="pause", created=time.time())
-            stored = await store.submit(request)
+            stored = await submit(store, request)
 
             async def answer() -> None:
                 done = RequestResult("done", "paused", finished=time.time())
@@ -107,7 +104,7 @@ class TestRequests:
                     stored.mod_revision,
                 )
 
-            waiter = asyncio.create_task(store.wait_result(request.id, 10))
+            waiter = asyncio.create_task(wait_result(store, request.id, 10))
             await asyncio.sleep(0)  # let the waiter start watching before the answer lands
             await answer()
             result = await waiter
@@ -116,9 +113,9 @@ class TestRequests:
     async def test_no_answer_times_out_clearly(self, etcd: EtcdCluster) -> None:
         async with Store(etcd_config(etcd.endpoints), "c") as store:
             request = Request(id=new_request_id(time.time()), kind="pause")
-            await store.submit(request)
+            await submit(store, request)
             with pytest.raises(RequestTimeout, match="is a controller running"):
-                await store.wait_result(request.id, 0.3)
+                await wait_result(store, request.id, 0.3)
 
 
 async def _async(value: bool) -> bool:

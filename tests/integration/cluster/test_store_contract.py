@@ -20,16 +20,8 @@ import pytest
 from haproxy_py.cluster import maintenance
 from haproxy_py.cluster.memstore import MemoryData, MemoryStore
 from haproxy_py.cluster.records import NodeRecord
-from haproxy_py.cluster.store import (
-    Delete,
-    LeaseLost,
-    Put,
-    Store,
-    WatchEvent,
-    absent,
-    value_is,
-)
-from haproxy_py.cluster.storeapi import KVStore
+from haproxy_py.cluster.store import LeaseLost, Store
+from haproxy_py.cluster.storeapi import Delete, KVStore, Put, WatchEvent, absent, value_is
 from tests.integration.cluster.helpers import etcd_config
 from tests.support.clock import ManualClock
 from tests.support.etcd import EtcdCluster

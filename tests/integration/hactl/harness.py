@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import (
-    ClusterSettings,
+    ClusterPolicy,
     ClusterView,
     ControllerLeader,
     Event,
@@ -170,7 +170,7 @@ def seed_controller_keys(
     etcd: EtcdCluster,
     cluster: str,
     *,
-    settings: ClusterSettings | None,
+    settings: ClusterPolicy | None,
     leader: str | None,
     owners: dict[str, str],
     events: Sequence[Event] = (),

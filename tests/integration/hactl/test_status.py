@@ -14,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from haproxy_py.cluster.records import ClusterSettings, Event
+from haproxy_py.cluster.records import ClusterPolicy, Event
 from haproxy_py.hactl.cli import cli
 from haproxy_py.hactl.errors import (
     EXIT_NO_LEADER,
@@ -40,7 +40,7 @@ def cluster(etcd: EtcdCluster) -> Iterator[EtcdCluster]:
         seed_controller_keys(
             etcd,
             CLUSTER,
-            settings=ClusterSettings(vips=(VIP_A, VIP_B)),
+            settings=ClusterPolicy(vips=(VIP_A, VIP_B)),
             leader="ctl-test",
             owners={VIP_A: "node-a"},
             events=[

@@ -2,14 +2,17 @@
 
 `start(config)` runs it with stderr piped; `read_event(process, "proxy started")`
 reads its JSON log lines until that event; `CONFIG` is a node file with one
-listener (`{bind}`) and one backend server (`{server}`).
+listener (`{bind}`) and one backend server (`{server}`). `running(config, server)`
+does all three and kills the process on the way out if the test did not stop it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 CONFIG = """\
@@ -54,3 +57,18 @@ async def read_event(process: asyncio.subprocess.Process, event: str) -> dict[st
             record = json.loads(line)
             if record.get("event") == event:
                 return record
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: Path, server: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, dict[str, object]]]:
+    """`haproxy-py run` on `CONFIG` for `server`: the process and its "proxy started" event."""
+    await asyncio.to_thread(config.write_text, CONFIG.format(bind="127.0.0.1:0", server=server))
+    process = await start(config)
+    try:
+        yield process, await read_event(process, "proxy started")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

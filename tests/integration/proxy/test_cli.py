@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.proxy.process import CONFIG, read_event, start
+from tests.integration.proxy.process import CONFIG, read_event, running, start
 from tests.integration.proxy.support import Backend
 
 
@@ -17,29 +17,23 @@ from tests.integration.proxy.support import Backend
 async def test_run_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     backend = Backend("cli")
     await backend.start()
-    config = tmp_path / "node.toml"
-    config.write_text(CONFIG.format(bind="127.0.0.1:0", server=backend.address))
-    process = await start(config)
     try:
-        started = await read_event(process, "proxy started")
-        assert started["loop"] == "uvloop"
-        host, port = str(started["listeners"]["web"]).rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /cli HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        async with asyncio.timeout(30):
-            answer = await reader.read(-1)
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 200 OK")
-        assert b"Via: 1.1 cli-node" in answer
-        access = await read_event(process, "http")
-        assert access["path"] == "/cli" and access["status"] == 200
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            assert await process.wait() == 0
+        async with running(tmp_path / "node.toml", backend.address) as (process, started):
+            assert started["loop"] == "uvloop"
+            host, port = str(started["listeners"]["web"]).rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /cli HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(30):
+                answer = await reader.read(-1)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 OK")
+            assert b"Via: 1.1 cli-node" in answer
+            access = await read_event(process, "http")
+            assert access["path"] == "/cli" and access["status"] == 200
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await process.wait() == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
         await backend.stop()
 
 

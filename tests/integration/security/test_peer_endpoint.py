@@ -198,7 +198,7 @@ def test_the_failsafe_is_exported_as_metrics(certs: Path) -> None:
         True,
         1.0,
         lambda step: None,
-        lambda o: None,  # type: ignore[arg-type]
+        lambda o: None,
     )
     registry = Registry("haproxy_py_agent")
     loop.register(registry)
@@ -237,7 +237,7 @@ async def test_a_refused_round_is_asked_again_before_the_next_keepalive_period(
 
     loop = FailsafeLoop(
         holder,
-        None,  # type: ignore[arg-type]  # the store is only read by the membership loop
+        None,  # the store is only read by the membership loop
         tls(certs, "agent-n1"),
         port,
         True,

@@ -26,10 +26,11 @@ from agent.daemon import Agent
 from agent.garp import ETH_P_ARP, Announcer, parse_arp
 from agent.netlink import Addresses
 from agent.proxy import ProxyClient
-from haproxy_py.cluster.records import ClusterSettings, NodeRecord, VipAssignment
+from haproxy_py.cluster.records import ClusterPolicy, NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store
 from haproxy_py.configfile import load
-from tests.lab.agent.support import AdminStandIn, addresses, plumbing
+from tests.lab.agent.support import addresses, plumbing
+from tests.support.admin_stand_in import AdminStandIn
 from tests.support.etcd import EtcdCluster
 from tests.support.wait import eventually_async
 
@@ -436,7 +437,7 @@ async def test_start_undrains_a_drain_no_operator_recorded(harness: Harness) -> 
 
 async def test_start_keeps_a_drain_an_operator_recorded(harness: Harness) -> None:
     h = harness
-    await h.store.put(h.store.schema.config, ClusterSettings(drained=("n1",)).to_json())
+    await h.store.put(h.store.schema.config, ClusterPolicy(drained=("n1",)).to_json())
     h.admin.draining = True
     h.agent.observers._drain_checked = False
     await eventually_async(_not_healthy(h), 10, "the draining proxy seen as not live")

@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import Request
-from haproxy_py.cluster.store import Store, new_request_id
+from haproxy_py.cluster.requestflow import submit, wait_result
+from haproxy_py.cluster.store import Store
 from tests.lab.agent.cluster import (
     FACTOR,
     NODE_LOSS,
@@ -146,8 +148,8 @@ async def test_planned_move(lab: Lab) -> None:
         request = Request(
             id=new_request_id(time.time()), kind="move", vip=lab.vip, target=standby.name
         )
-        await lab.store.submit(request)
-        answered = await lab.store.wait_result(request.id, 30)
+        await submit(lab.store, request)
+        answered = await wait_result(lab.store, request.id, 30)
         assert answered.result is not None
         assert answered.result.status == "done", answered.result.message
         await wait_or_show(lab, lambda: lab.held_by(standby.name), 30, "the VIP on the standby")

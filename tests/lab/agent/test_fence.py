@@ -24,7 +24,7 @@ import pytest
 from agent.fence import Fence
 from agent.garp import ETH_P_ARP, Announcer, arp_frame
 from agent.netlink import Addresses, NetlinkFailure
-from haproxy_py.cluster.agent_config import GarpSettings
+from haproxy_py.cluster.agent_config import GarpConfig
 from haproxy_py.lab.arpwatch import ArpWatch
 from haproxy_py.lab.netns import Host, in_netns, ip
 from tests.lab.agent.support import addresses, plumbing
@@ -354,7 +354,7 @@ def test_the_announcer_sends_no_frame_after_the_vips_deadline(lab: Lab) -> None:
     node_mac = bytes.fromhex(_mac(lab.node.netns).replace(":", ""))
     deadline = {vip: time.monotonic() + 0.5}
     sent: list[float] = []
-    settings = GarpSettings(count=3, spacing=0.1, second_burst=0.4, refresh=0.5)
+    settings = GarpConfig(count=3, spacing=0.1, second_burst=0.4, refresh=0.5)
 
     async def scenario() -> None:
         announcer = Announcer("eth0", node_mac, settings, deadline.__getitem__)

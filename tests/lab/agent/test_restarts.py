@@ -13,8 +13,9 @@ import time
 
 import pytest
 
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import NodeRecord, Request
-from haproxy_py.cluster.store import new_request_id
+from haproxy_py.cluster.requestflow import submit, wait_result
 from tests.lab.agent.cluster import FACTOR, RESTART, Lab, Node, wait_or_show
 
 pytestmark = pytest.mark.lab
@@ -105,8 +106,8 @@ async def test_an_operators_drain_survives_a_restart_until_undrained(lab: Lab) -
 
     async def ask(kind: str) -> None:
         request = Request(id=new_request_id(time.time()), kind=kind, node=active.name)
-        await lab.store.submit(request)
-        answered = await lab.store.wait_result(request.id, 30)
+        await submit(lab.store, request)
+        answered = await wait_result(lab.store, request.id, 30)
         assert answered.result is not None and answered.result.status == "done"
 
     await ask("drain")

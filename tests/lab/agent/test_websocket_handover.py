@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import Request
-from haproxy_py.cluster.store import new_request_id
+from haproxy_py.cluster.requestflow import submit, wait_result
 from haproxy_py.lab.echoclients import read
 from tests.lab.agent.cluster import REPO, Lab, wait_or_show
 
@@ -91,8 +92,8 @@ async def test_every_websocket_client_gets_1001_through_planned_moves(lab: Lab) 
             request = Request(
                 id=new_request_id(time.time()), kind="move", vip=lab.vip, target=target.name
             )
-            await lab.store.submit(request)
-            answered = await lab.store.wait_result(request.id, 30)
+            await submit(lab.store, request)
+            answered = await wait_result(lab.store, request.id, 30)
             assert answered.result is not None and answered.result.status == "done"
             await wait_or_show(
                 lab,

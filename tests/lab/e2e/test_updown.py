@@ -15,6 +15,8 @@ import pytest
 
 from haproxy_py.lab import netns
 
+pytestmark = pytest.mark.lab  # root (also to become an ordinary user), namespaces
+
 HACTL = str(Path(sys.executable).parent / "hactl")
 
 
@@ -28,7 +30,6 @@ def hactl(
     return subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.lab  # root, to become an ordinary user
 def test_not_root_is_one_clear_line(tmp_path: Path) -> None:
     done = hactl(tmp_path / "lab", "up", user=True)
     assert done.returncode == 1
@@ -37,7 +38,6 @@ def test_not_root_is_one_clear_line(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.lab
 def test_missing_etcd_is_one_clear_line(tmp_path: Path) -> None:
     done = hactl(tmp_path / "lab", "up", env={"PATH": f"{Path(HACTL).parent}:/usr/sbin"})
     assert done.returncode == 1
@@ -46,7 +46,6 @@ def test_missing_etcd_is_one_clear_line(tmp_path: Path) -> None:
     assert not (tmp_path / "lab").exists()
 
 
-@pytest.mark.lab
 def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     run_dir = tmp_path / "lab"
     prefix = "hl" + secrets.token_hex(2) + "-"

@@ -233,7 +233,7 @@ def apply(sim: Sim, op: tuple[object, ...]) -> None:
     elif kind == "kill":
         sim.dead.add(str(op[1]))
     elif kind == "replay" and sim.stash:
-        holder, peer, answer = sim.stash[int(op[1]) % len(sim.stash)]  # type: ignore[call-overload]
+        holder, peer, answer = sim.stash[int(op[1]) % len(sim.stash)]
         sim.deliver(holder, peer, answer)
 
 

@@ -13,7 +13,7 @@ from agent.garp import ARP_REPLY, ARP_REQUEST, Announcer, arp_frame, parse_arp, 
 from agent.netlink import missing_capabilities
 from agent.proxy import status_of
 from haproxy_py.cluster import tasks
-from haproxy_py.cluster.agent_config import GarpSettings
+from haproxy_py.cluster.agent_config import GarpConfig
 
 MAC = bytes.fromhex("02aabbccddee")
 
@@ -39,7 +39,7 @@ def test_parse_rejects_what_is_not_arp() -> None:
 
 
 def test_schedule_bursts_then_refreshes_alternating_forms() -> None:
-    settings = GarpSettings(count=3, spacing=0.02, second_burst=2.0, refresh=10.0)
+    settings = GarpConfig(count=3, spacing=0.02, second_burst=2.0, refresh=10.0)
     steps = list(itertools.islice(schedule(settings), 10))
     times = list(itertools.accumulate(wait for wait, _ in steps))
     assert [round(t, 3) for t in times] == [
@@ -59,7 +59,7 @@ def test_schedule_bursts_then_refreshes_alternating_forms() -> None:
 
 
 def test_schedule_with_a_long_burst_never_waits_negative() -> None:
-    settings = GarpSettings(count=5, spacing=1.0, second_burst=2.0, refresh=10.0)
+    settings = GarpConfig(count=5, spacing=1.0, second_burst=2.0, refresh=10.0)
     assert all(wait >= 0 for wait, _ in itertools.islice(schedule(settings), 20))
 
 
@@ -86,7 +86,7 @@ async def test_an_unexpected_send_failure_is_logged_and_the_announcing_restarts(
 ) -> None:
     monkeypatch.setattr(tasks, "BACKOFF", 0.01)
     sock = BrokenOnce()
-    settings = GarpSettings(count=3, spacing=0.01, second_burst=60.0, refresh=60.0)
+    settings = GarpConfig(count=3, spacing=0.01, second_burst=60.0, refresh=60.0)
     announcer = Announcer("eth0", MAC, settings, sock=sock)
     with capture_logs() as entries:
         announcer.start("198.18.0.10")

@@ -18,7 +18,7 @@ from agent.proxy import ProxyClient
 from haproxy_py.cluster.memstore import MemoryData, MemoryStore
 from haproxy_py.cluster.records import NodeRecord, VipAssignment
 from haproxy_py.configfile import load
-from tests.lab.agent.support import AdminStandIn
+from tests.support.admin_stand_in import AdminStandIn
 from tests.support.agent_fakes import FakeAddressTable, FakeAnnouncer
 from tests.support.wait import eventually_async
 

@@ -23,7 +23,7 @@ def settings(tmp_path: Path, **changes: object) -> NodeBgp:
         live_link="havips",
         announce_file=str(tmp_path / "announce.conf"),
     )
-    return NodeBgp(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return NodeBgp(**{**base.__dict__, **changes})
 
 
 def bird_parses(path: Path, text: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from haproxy_py.cluster.records import (
-    ClusterSettings,
+    ClusterPolicy,
     ClusterView,
     ControllerLeader,
     Event,
@@ -27,13 +27,13 @@ NODE = NodeRecord(
     "n1", "198.18.0.11", "eth0", 150, "1.0", True, 12.5, 2, 3, ("198.18.0.100",), 13.0
 )
 VIP = VipAssignment("198.18.0.100", "n1", 7, 10.0, "releasing", "manual", "n2", "r1", 11.0)
-SETTINGS = ClusterSettings("active-active", ("198.18.0.100",), True, 5.0, True, ("n3",))
+SETTINGS = ClusterPolicy("active-active", ("198.18.0.100",), True, 5.0, True, ("n3",))
 
 
 def test_node_vip_and_settings_round_trip() -> None:
     assert NodeRecord.parse("n1", NODE.to_json()) == NODE
     assert VipAssignment.parse("198.18.0.100", VIP.to_json()) == VIP
-    assert ClusterSettings.parse(SETTINGS.to_json()) == SETTINGS
+    assert ClusterPolicy.parse(SETTINGS.to_json()) == SETTINGS
 
 
 def test_request_result_event_and_leader_round_trip() -> None:
@@ -67,8 +67,18 @@ def test_wrong_field_types_fall_back_to_safe_defaults() -> None:
     node = NodeRecord.parse("n", b'{"healthy": "yes", "priority": true, "vips": [1, "a"]}')
     assert node is not None
     assert (node.healthy, node.priority, node.vips) == (False, 100, ("a",))
-    settings = ClusterSettings.parse(b'{"mode": "active-standby", "failback_hold": -3}')
+    settings = ClusterPolicy.parse(b'{"mode": "active-standby", "failback_hold": -3}')
     assert settings is not None and settings.failback_hold == 30.0
+
+
+def test_a_cause_this_version_does_not_know_is_never_passed_on() -> None:
+    """A typed `Cause` holds: an assignment falls back to "initial" (no hand-over grace), an
+    event with an unknown cause is unreadable."""
+    vip = VipAssignment.parse("v", b'{"node": "n1", "state": "assigned", "cause": "gremlins"}')
+    assert vip is not None and vip.cause == "initial"
+    event = b'{"seq": 1, "vip": "v", "to": "n1", "cause": "gremlins"}'
+    assert Event.parse(event) is None
+    assert Event.parse(event.replace(b"gremlins", b"removed from the config")) is not None
 
 
 def test_epoch_parsing() -> None:
@@ -80,7 +90,7 @@ def test_epoch_parsing() -> None:
 def test_no_parser_ever_raises(raw: bytes) -> None:
     NodeRecord.parse("n", raw)
     VipAssignment.parse("v", raw)
-    ClusterSettings.parse(raw)
+    ClusterPolicy.parse(raw)
     Request.parse("r", raw)
     Event.parse(raw)
     ControllerLeader.parse(raw)
@@ -98,7 +108,7 @@ def test_no_parser_raises_on_any_json(obj: object) -> None:
     raw = json.dumps(obj).encode()
     for parse in (NodeRecord.parse, VipAssignment.parse, Request.parse):
         parse("k", raw)
-    ClusterSettings.parse(raw)
+    ClusterPolicy.parse(raw)
     Event.parse(raw)
 
 

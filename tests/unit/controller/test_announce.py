@@ -10,16 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.announce import Policy, candidates, plan
-from haproxy_py.cluster.records import ClusterSettings, NodeRecord
+from haproxy_py.cluster.records import ClusterPolicy, NodeRecord
 
 from .views import VIP1, VIP2, node
 
 VIPS = (VIP1, VIP2)
-SETTINGS = ClusterSettings(vips=VIPS)
+SETTINGS = ClusterPolicy(vips=VIPS)
 
 
 def ready(name: str, up: int = 2, pools: int = 2, **changes: object) -> NodeRecord:
-    return replace(node(name), ready=up, pools=pools, **changes)  # type: ignore[arg-type]
+    return replace(node(name), ready=up, pools=pools, **changes)
 
 
 def cluster(*records: NodeRecord) -> dict[str, NodeRecord]:
@@ -32,7 +32,7 @@ DEFAULT = Policy()
 def announcers(
     nodes: dict[str, NodeRecord], policy: Policy = DEFAULT, **settings: object
 ) -> Mapping[str, frozenset[str]]:
-    return plan(VIPS, nodes, replace(SETTINGS, **settings), policy, {}).nodes  # type: ignore[arg-type]
+    return plan(VIPS, nodes, replace(SETTINGS, **settings), policy, {}).nodes
 
 
 def test_every_fully_ready_node_announces_every_vip() -> None:

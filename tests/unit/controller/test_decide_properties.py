@@ -18,7 +18,7 @@ from controller.actions import (
 )
 from controller.decide import Policy, decide
 from haproxy_py.cluster.records import (
-    ClusterSettings,
+    ClusterPolicy,
     ClusterView,
     Event,
     NodeRecord,
@@ -53,7 +53,7 @@ nodes_st = st.dictionaries(
 )
 
 settings_st = st.builds(
-    ClusterSettings,
+    ClusterPolicy,
     mode=st.sampled_from(["active-standby", "active-active"]),
     vips=st.lists(st.sampled_from(VIPS), min_size=1, max_size=4, unique=True).map(tuple),
     failback=st.booleans(),
@@ -125,7 +125,7 @@ def views(draw: st.DrawFn) -> ClusterView:
     )
 
 
-def final_settings(v: ClusterView, actions: tuple[Action, ...]) -> ClusterSettings:
+def final_settings(v: ClusterView, actions: tuple[Action, ...]) -> ClusterPolicy:
     assert v.settings is not None
     writes = [a.settings for a in actions if isinstance(a, WriteSettings)]
     return writes[-1] if writes else v.settings

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from controller.loop import desired_settings
 from haproxy_py.cluster.config import ClusterConfig
-from haproxy_py.cluster.records import ClusterSettings
+from haproxy_py.cluster.records import ClusterPolicy
 
 FILE = ClusterConfig("c", "active-active", ("198.18.0.1", "198.18.0.2"), True, 12.0)
 
 
 def test_file_policy_wins_but_pause_and_drain_survive() -> None:
     """Restarting a controller with a new config must not undo an operator's pause or drain."""
-    stored = ClusterSettings("active-standby", ("198.18.0.9",), False, 30.0, True, ("n2",), 44)
+    stored = ClusterPolicy("active-standby", ("198.18.0.9",), False, 30.0, True, ("n2",), 44)
     wanted = desired_settings(FILE, stored)
     assert (wanted.mode, wanted.vips, wanted.failback, wanted.failback_hold) == (
         "active-active",

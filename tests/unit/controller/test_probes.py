@@ -48,7 +48,7 @@ def test_forgetting_nodes_that_own_nothing() -> None:
 
 
 def test_guard_marks_embargoed_vips_occupied_until_the_fence_fell() -> None:
-    prober = Prober(None, None, 9734, TIMING)  # type: ignore[arg-type]
+    prober = Prober(None, None, 9734, TIMING)
     prober.embargo = {"198.18.0.10": 5.0}
     view = ClusterView("c", 1)
     assert "198.18.0.10" in prober.guard(view, 4.9).occupied
@@ -101,7 +101,7 @@ async def run_prober(
     ttl: int, answered_first: bool, leading: bool = True
 ) -> tuple[FakeStore, Prober]:
     store, client = FakeStore(ttl), FakeClient()
-    prober = Prober(store, client, 9734, FAST)  # type: ignore[arg-type]
+    prober = Prober(store, client, 9734, FAST)
     prober.view = owned_by_n2()
     client.up = answered_first
     task = asyncio.create_task(prober.run(lambda: leading))

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 from controller.actions import AssignVip, Decision, ReleaseVip
 from controller.decide import Policy, decide
-from controller.memory import Memory, Seen
+from controller.memory import Memory
+from controller.plan import Seen
 from haproxy_py.cluster.records import NodeRecord
 from tests.unit.controller.views import NOW, VIP1, VIP2, held, node, settings, view
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from haproxy_py.cluster.records import (
-    ClusterSettings,
+    ClusterPolicy,
     ClusterView,
     Event,
     Mode,
@@ -67,8 +67,8 @@ def settings(
     hold: float = 30.0,
     paused: bool = False,
     drained: tuple[str, ...] = (),
-) -> ClusterSettings:
-    return ClusterSettings(
+) -> ClusterPolicy:
+    return ClusterPolicy(
         mode=mode,
         vips=vips or (VIP1,),
         failback=failback,
@@ -82,7 +82,7 @@ def settings(
 def view(
     nodes: list[NodeRecord],
     vips: list[VipAssignment] = (),
-    config: ClusterSettings | None = None,
+    config: ClusterPolicy | None = None,
     requests: list[Request] = (),
     events: list[Event] = (),
     junk_vips: tuple[str, ...] = (),

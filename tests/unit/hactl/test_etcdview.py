@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from haproxy_py.cluster.maintenance import Alarm, ClusterStatus, Member, MemberStatus
+from haproxy_py.cluster.etcdmembers import Alarm, ClusterStatus, Member, MemberStatus
 from haproxy_py.hactl.etcdview import etcd_json, etcd_table, etcd_view, size
 
 MIB = 1024 * 1024

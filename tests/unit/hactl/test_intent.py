@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from haproxy_py.cluster.records import (
-    ClusterSettings,
+    ClusterPolicy,
     ClusterView,
     ControllerLeader,
     Move,
@@ -31,7 +31,7 @@ def _snapshot(**overrides: object) -> ClusterView:
         "vips": {VIP: VipAssignment(VIP, "node-a", epoch=1, since=1.0)},
         "occupied": frozenset({VIP}),
         "leader": ControllerLeader("ctl-1", since=1.0),
-        "settings": ClusterSettings(vips=(VIP,), drained=("node-d",)),
+        "settings": ClusterPolicy(vips=(VIP,), drained=("node-d",)),
     }
     fields.update(overrides)
     return ClusterView(**fields)
@@ -58,12 +58,12 @@ class TestCheckFailover:
 
     def test_prompt_names_what_moves(self) -> None:
         """In active-standby every VIP moves together, and the prompt says so."""
-        settings = ClusterSettings(vips=(VIP, "198.18.0.101"))
+        settings = ClusterPolicy(vips=(VIP, "198.18.0.101"))
         snapshot = _snapshot(settings=settings)
         assert intent.failover_prompt(snapshot, VIP, "node-b") == (
             f"Move {VIP} (now on node-a), 198.18.0.101 (now on nobody) to node-b?"
         )
-        spread = _snapshot(settings=ClusterSettings(mode="active-active", vips=settings.vips))
+        spread = _snapshot(settings=ClusterPolicy(mode="active-active", vips=settings.vips))
         assert intent.failover_prompt(spread, VIP, None) == (
             f"Move {VIP} (now on node-a) to the best other healthy node?"
         )

@@ -7,7 +7,7 @@ import json
 import click
 
 from haproxy_py.cluster.records import (
-    ClusterSettings,
+    ClusterPolicy,
     ClusterView,
     ControllerLeader,
     Event,
@@ -42,7 +42,7 @@ def _snapshot(**overrides: object) -> ClusterView:
         "vips": {VIP: VipAssignment(VIP, "node-a", epoch=3, since=NOW - 90, lease=11)},
         "occupied": frozenset({VIP}),
         "leader": ControllerLeader("ctl-1", since=NOW - 300, lease=5),
-        "settings": ClusterSettings(vips=(VIP, "198.18.0.101")),
+        "settings": ClusterPolicy(vips=(VIP, "198.18.0.101")),
         "epoch": 3,
     }
     fields.update(overrides)
@@ -61,7 +61,7 @@ class TestRoles:
 
     def test_drained_node_is_draining_then_down_when_gone(self) -> None:
         """A drained node shows as draining, and stays listed (down) after it deregisters."""
-        settings = ClusterSettings(vips=(VIP,), drained=("node-b", "node-x"))
+        settings = ClusterPolicy(vips=(VIP,), drained=("node-b", "node-x"))
         status = view.status_view(_snapshot(settings=settings), {})
         roles = _roles(status)
         assert roles["node-b"] == "draining"
@@ -138,7 +138,7 @@ class TestStatusTable:
         assert "Maintenance" not in text
 
     def test_paused_and_leaderless_are_called_out(self) -> None:
-        snap = _snapshot(leader=None, settings=ClusterSettings(vips=(VIP,), paused=True))
+        snap = _snapshot(leader=None, settings=ClusterPolicy(vips=(VIP,), paused=True))
         text = click.unstyle(view.status_table(view.status_view(snap, {}), NOW))
         assert text.splitlines()[0].endswith("maintenance: on")
         assert "Maintenance mode: on" in text

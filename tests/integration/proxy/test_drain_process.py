@@ -19,8 +19,8 @@ from haproxy_py.configfile import Table
 from haproxy_py.lab import activate
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.raw import no_leak, open_raw, read_all
-from tests.integration.proxy.process import CONFIG, read_event, start
+from tests.integration.proxy.process import CONFIG, read_event, running
+from tests.integration.proxy.raw import no_leak, open_raw, read_all
 from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
 from tests.support.etcd import free_ports
 from tests.support.wait import eventually_async
@@ -131,29 +131,23 @@ async def test_drain_timeout_closes_what_does_not_answer(proxy) -> None:
 async def test_sigterm_drains_websockets_then_exits(tmp_path: Path) -> None:
     backend = Backend("term")
     await backend.start()
-    config = tmp_path / "node.toml"
-    config.write_text(CONFIG.format(bind="127.0.0.1:0", server=backend.address))
-    process = await start(config)
     try:
-        started = await read_event(process, "proxy started")
-        listener = str(started["listeners"]["web"])
-        async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(f"http://{listener}/ws")
-            await ws.send_str("hi")
-            assert (await ws.receive(timeout=30)).data == "hi"
-            process.send_signal(signal.SIGTERM)
-            msg = await ws.receive(timeout=30)
-            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
-            await ws.close()
-        drained = await read_event(process, "drained")
-        assert drained["closed_at_timeout"] == 0
-        async with asyncio.timeout(30):
-            assert await process.wait() == 0
-        assert backend.ws_close_codes == [1001]
+        async with running(tmp_path / "node.toml", backend.address) as (process, started):
+            listener = str(started["listeners"]["web"])
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(f"http://{listener}/ws")
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=30)).data == "hi"
+                process.send_signal(signal.SIGTERM)
+                msg = await ws.receive(timeout=30)
+                assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+                await ws.close()
+            drained = await read_event(process, "drained")
+            assert drained["closed_at_timeout"] == 0
+            async with asyncio.timeout(30):
+                assert await process.wait() == 0
+            assert backend.ws_close_codes == [1001]
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
         await backend.stop()
 
 

@@ -20,7 +20,7 @@ from haproxy_py.proxy import proxyproto
 from haproxy_py.proxy.accept import trusted
 from haproxy_py.proxy.config import parse_proxy
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.raw import no_leak, open_raw, status_of
+from tests.integration.proxy.raw import no_leak, open_raw, status_of
 from tests.integration.proxy.support import access_lines, proxy_config, raw_exchange
 from tests.support.wait import eventually_async
 

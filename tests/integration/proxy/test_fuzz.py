@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.hardening.raw import no_leak
+from tests.integration.proxy.raw import no_leak
 from tests.integration.proxy.support import proxy_config
 
 KEY = base64.b64encode(b"f" * 16)

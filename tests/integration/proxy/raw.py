@@ -1,4 +1,4 @@
-"""Raw-socket helpers of the hardening tests: open, read to the end, check that nothing leaks."""
+"""Raw-socket helpers: open, read to the end, check that nothing leaks."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from haproxy_py import pki
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.cli import main
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
-from tests.integration.hardening.raw import no_leak
+from tests.integration.proxy.raw import no_leak
 from tests.integration.proxy.support import Backend
 from tests.support.certs import make_cert
 

@@ -13,7 +13,7 @@ import pytest
 
 from haproxy_py.configfile import Table
 from haproxy_py.proxy.config import parse_proxy
-from tests.integration.proxy.process import CONFIG, read_event, start
+from tests.integration.proxy.process import CONFIG, read_event, running
 from tests.integration.proxy.support import Backend, proxy_config
 
 
@@ -29,38 +29,33 @@ async def test_sighup_reloads_without_dropping_and_refuses_a_bad_file(tmp_path: 
     await old.start()
     await new.start()
     config = tmp_path / "node.toml"
-    config.write_text(CONFIG.format(bind="127.0.0.1:0", server=old.address))
-    process = await start(config)
     try:
-        started = await read_event(process, "proxy started")
-        listener = str(started["listeners"]["web"])
-        async with aiohttp.ClientSession() as session:
-            ws = await session.ws_connect(f"http://{listener}/ws")
-            assert await ask(session, listener, "/a") == "old"  # leaves a keep-alive connection
+        async with running(config, old.address) as (process, started):
+            listener = str(started["listeners"]["web"])
+            async with aiohttp.ClientSession() as session:
+                ws = await session.ws_connect(f"http://{listener}/ws")
+                assert await ask(session, listener, "/a") == "old"  # leaves a keep-alive connection
 
-            config.write_text(CONFIG.format(bind="127.0.0.1:0", server=new.address))
-            process.send_signal(signal.SIGHUP)
-            reloaded = await read_event(process, "config reloaded")
-            assert reloaded["generation"] == 2
-            assert await ask(session, listener, "/b") == "new"
-            await ws.send_str("whoami")  # the WebSocket opened before still talks to its server
-            assert (await ws.receive(timeout=30)).data == "old"
+                config.write_text(CONFIG.format(bind="127.0.0.1:0", server=new.address))
+                process.send_signal(signal.SIGHUP)
+                reloaded = await read_event(process, "config reloaded")
+                assert reloaded["generation"] == 2
+                assert await ask(session, listener, "/b") == "new"
+                await ws.send_str("whoami")  # the WebSocket opened before still talks to its server
+                assert (await ws.receive(timeout=30)).data == "old"
 
-            config.write_text(CONFIG.format(bind="127.0.0.1:0", server="nowhere"))
-            process.send_signal(signal.SIGHUP)
-            rejected = await read_event(process, "reload rejected, the running config stays")
-            assert str(rejected["error"]).startswith(f"{config}: backends.app.servers[0]: ")
-            assert await ask(session, listener, "/c") == "new"
-            await ws.send_str("still here")
-            assert (await ws.receive(timeout=30)).data == "still here"
-            await ws.close()
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            assert await process.wait() == 0
+                config.write_text(CONFIG.format(bind="127.0.0.1:0", server="nowhere"))
+                process.send_signal(signal.SIGHUP)
+                rejected = await read_event(process, "reload rejected, the running config stays")
+                assert str(rejected["error"]).startswith(f"{config}: backends.app.servers[0]: ")
+                assert await ask(session, listener, "/c") == "new"
+                await ws.send_str("still here")
+                assert (await ws.receive(timeout=30)).data == "still here"
+                await ws.close()
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await process.wait() == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
         await old.stop()
         await new.stop()
 

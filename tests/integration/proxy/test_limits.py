@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.integration.hardening.raw import no_leak, open_raw, read_all, status_of
+from tests.integration.proxy.raw import no_leak, open_raw, read_all, status_of
 from tests.integration.proxy.support import (
     access_lines,
     config_from_text,
@@ -183,9 +183,12 @@ async def test_server_max_conns_is_503(backends, proxy, session) -> None:
     server = await proxy(
         config_from_text(f'servers = [{{ address = "{b.address}", max_conns = 1 }}]')
     )
-    async with session.get(url(server, "/gated")) as first:
+    # both clients ask for a close, so that no_leak need not wait out the keep-alive timeout
+    gated = session.get(url(server, "/gated"), headers={"Connection": "close"})
+    async with gated as first:
         assert await first.content.readexactly(6) == b"first;"
-        response = await raw_exchange(server, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        response = await raw_exchange(server, request)
         assert status_of(response) == 503
         assert response.endswith(b"no server is available; retry later\n")
         b.gate.set()
