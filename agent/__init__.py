@@ -30,6 +30,7 @@ The `[agent]` section, with its defaults (all times in seconds):
     address_lifetime = 1.0      # fence lifetime of a re-arm (default lease_ttl / 2)
     keepalive_interval = 0.25   # default address_lifetime / 4
     keepalive_timeout = 0.5     # default: the longest the timing rule allows, <= 2 intervals
+    rearm_window = 0.25         # a keepalive answered later arms nothing (<= keepalive_timeout)
     fence_margin = 0.2          # left between the fence falling and the lease expiring
     etcd_election_timeout = 1.0 # etcd's --election-timeout: its minimum lease TTL follows
     etcd_heartbeat_interval = 0.1

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.actions import Action
 from agent.effects import AddressTable, Announcer, Effects, EtcdState, Reopen, Write, Writer
 from agent.failsafe import Outage
 from agent.failsafeloop import FailsafeLoop
@@ -36,7 +37,7 @@ from agent.metrics import AgentMetrics
 from agent.observers import Observers, Step
 from agent.proxy import ProxyClient
 from agent.registration import Registration
-from agent.state import Action, AgentCore
+from agent.state import AgentCore
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.peerlink import PeerTls
@@ -86,7 +87,7 @@ class Agent:
         )
         self.core.known_vips.update(v for v in settings.vips if cfg.allowed.allows(v))
         self.metrics = AgentMetrics(
-            lambda: self.core.deadline - time.monotonic(), lambda: list(self.core.held)
+            lambda: self.core.clock.deadline - time.monotonic(), lambda: list(self.core.held)
         )
         self.etcd = EtcdState(self.metrics)
         self.writer = Writer(self.etcd, self._lease_lost)

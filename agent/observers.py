@@ -22,12 +22,13 @@ from typing import TypeVar
 
 import structlog
 
+from agent.actions import Action
 from agent.effects import EtcdState
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.proxy import ProxyClient, ProxyStatus
 from agent.registration import Registration
-from agent.state import Action, AgentCore, Assignment
+from agent.state import AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.records import ClusterSettings, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError

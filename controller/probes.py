@@ -7,15 +7,17 @@ alive forever. The controllers therefore also ask each VIP owner's peer endpoint
 only a server holding that node's key can do.
 
 An owner that answered under its current lease and has since failed every probe for
-`timing.probe_limit` (and at least `MIN_MISSES` in a row: one lost probe or a short stall
-moves nothing) while its lease still reads a
-second or more left (someone refreshed it within the last second, although the node has
-not answered for longer) gets its lease revoked. Its agent's next keepalive then fails, so
-its fence falls within `fence_deadline` of the revoke, as the timing rule states; its VIPs
-are kept from every other node until then (`guard`). An owner that simply died is left to
-the lease expiry path (`controller.expiry`), which is faster. An owner that never answered
-(no peer endpoint, or a controller that started leading after it died) is left to its
-lease, so a misconfigured node is never moved. Probes write nothing to etcd.
+`timing.probe_limit` (two keepalive periods, and at least `MIN_MISSES` in a row: one lost
+probe or a short stall moves nothing) while its lease still reads a second or more left
+(someone refreshed it within the last second, although the node has not answered for
+longer) gets its lease revoked. Every keepalive etcd renewed was sent before the revoke,
+and the agent arms a fence only within `rearm_window` of such a send, so its fence falls
+within `fence_deadline` (rearm_window + address_lifetime + kernel slack: 1.3 s by default)
+of the revoke's answer, whether the node is dead or alive and cut off from the controllers
+only; its VIPs are kept from every other node until then (`guard`). An owner that simply
+died is left to the lease expiry path (`controller.expiry`), which is faster. An owner that
+never answered (no peer endpoint, or a controller that started leading after it died) is
+left to its lease, so a misconfigured node is never moved. Probes write nothing to etcd.
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ class FakeStore:
 
     async def revoke(self, lease: int) -> None:
         self.revoked.append(lease)
+        self.ttl = -1  # etcd: gone
 
 
 class FakeClient:
