@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -44,17 +45,23 @@ MIN_MISSES = 3
 
 @dataclass
 class Verdicts:
-    """Consecutive probe failures per node (pure: no I/O, no clock)."""
+    """Consecutive probe failures per node, by the time each probe was sent (pure: no I/O,
+    no clock). Rounds overlap, so results may arrive out of order: a failure of a probe sent
+    before the last success counts for nothing."""
 
     limit: float
     failing: dict[str, tuple[float, int]] = field(default_factory=dict)  # since, misses
+    answered: dict[str, float] = field(default_factory=dict)  # send time of the last success
 
-    def result(self, node: str, ok: bool, now: float) -> None:
+    def result(self, node: str, ok: bool, sent: float) -> None:
         if ok:
+            self.answered[node] = max(sent, self.answered.get(node, sent))
             self.failing.pop(node, None)
             return
-        since, misses = self.failing.get(node, (now, 0))
-        self.failing[node] = (since, misses + 1)
+        if sent <= self.answered.get(node, -math.inf):
+            return
+        since, misses = self.failing.get(node, (sent, 0))
+        self.failing[node] = (min(since, sent), misses + 1)
 
     def overdue(self, node: str, now: float) -> bool:
         since, misses = self.failing.get(node, (now, 0))
@@ -62,6 +69,7 @@ class Verdicts:
 
     def keep(self, nodes: set[str]) -> None:
         self.failing = {n: v for n, v in self.failing.items() if n in nodes}
+        self.answered = {n: v for n, v in self.answered.items() if n in nodes}
 
 
 class Prober:
@@ -80,6 +88,7 @@ class Prober:
         self.wake: Callable[[], None] = lambda: None
         self.answered: set[int] = set()  # owner leases whose node has answered a probe
         self._warned: set[str] = set()
+        self._revoking: set[str] = set()
 
     def guard(self, view: ClusterView, now: float) -> ClusterView:
         """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
@@ -89,25 +98,44 @@ class Prober:
         return dataclasses.replace(view, occupied=view.occupied | frozenset(self.embargo))
 
     async def run(self, leading: Callable[[], bool]) -> None:
-        while True:
-            await asyncio.sleep(self.timing.keepalive_interval)
-            view = self.view
-            if view is None:
-                continue
-            owners = {a.node: a.lease for a in view.vips.values() if a.lease}
-            self.verdicts.keep(set(owners))
-            names = sorted(owners)
-            results = await asyncio.gather(*(self._probe(view, n) for n in names))
-            now = time.monotonic()
-            for node, ok in zip(names, results, strict=True):
-                self.verdicts.result(node, ok, now)
-                if ok:
-                    self.answered.add(owners[node])
-                elif owners[node] not in self.answered:
-                    self._unprovable(node)
-                elif self.verdicts.overdue(node, now) and leading():
+        """A round every keepalive period, each probe sent at once: a round waiting for an
+        owner that does not answer (a probe times out after the keepalive timeout) would
+        otherwise stretch the probe period, and the revoke with it."""
+        rounds: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self.timing.keepalive_interval)
+                if self.view is not None:
+                    task = asyncio.create_task(self._round(self.view, leading))
+                    rounds.add(task)
+                    task.add_done_callback(rounds.discard)
+        finally:
+            for task in rounds:
+                task.cancel()
+
+    async def _round(self, view: ClusterView, leading: Callable[[], bool]) -> None:
+        sent = time.monotonic()
+        owners = {a.node: a.lease for a in view.vips.values() if a.lease}
+        self.verdicts.keep(set(owners))
+        names = sorted(owners)
+        results = await asyncio.gather(*(self._probe(view, n) for n in names))
+        for node, ok in zip(names, results, strict=True):
+            self.verdicts.result(node, ok, sent)
+            if ok:
+                self.answered.add(owners[node])
+            elif owners[node] not in self.answered:
+                self._unprovable(node)
+            elif (
+                self.verdicts.overdue(node, time.monotonic())
+                and leading()
+                and node not in self._revoking  # (an overlapping round is at it)
+            ):
+                self._revoking.add(node)
+                try:
                     await self._revoke(view, node, owners[node])
-            self.answered &= set(owners.values())
+                finally:
+                    self._revoking.discard(node)
+        self.answered &= {a.lease for a in (self.view or view).vips.values() if a.lease}
 
     def _unprovable(self, node: str) -> None:
         """An owner whose endpoint never answered under its current lease (no peer endpoint
@@ -138,6 +166,8 @@ class Prober:
             return
         if left < 1:
             return  # running out by itself: the expiry path is faster and needs no revoke
+        if node not in self.verdicts.failing:
+            return  # it answered a probe meanwhile
         since, misses = self.verdicts.failing[node]
         try:
             await self.store.revoke(lease)
@@ -158,6 +188,6 @@ class Prober:
             failing_s=round(time.monotonic() - since, 3),
             misses=misses,
             vips=list(view.vips_of(node)),
-            embargo_s=round(fence_deadline(self.timing), 3),
+            embargo_s=round(wait, 3),
         )
         self.wake()
