@@ -23,7 +23,7 @@ import pytest
 from haproxy_py.cluster.peerlink import PEER_PORT
 from haproxy_py.cluster.records import VipAssignment
 from haproxy_py.cluster.store import Store
-from haproxy_py.lab import control
+from haproxy_py.lab import control, stolen
 from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT, OPERATOR
 from tests.lab.e2e.support import lab_session, observed, settle, view
 from tests.support.wait import eventually
@@ -178,20 +178,8 @@ def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
     the lease is revoked and the VIP moves to node1."""
     vip = _owned_by_node2(lab)
     lease = _lease_of(lab, "node2")
-    p = lab.paths.pki
-    endpoints = ",".join(f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in lab.layout.etcd)
-    argv = ["ip", "netns", "exec", lab.layout.node("node1").netns, "etcdctl"]
-    argv += [f"--endpoints={endpoints}", f"--cacert={p / 'ca.crt'}"]
-    argv += [f"--cert={p / 'agent-node1.crt'}", f"--key={p / 'agent-node1.key'}"]
-    argv += ["lease", "keep-alive", f"{lease:x}"]
     revokes = _revokes(lab)
-    keeper = subprocess.Popen(
-        argv,
-        env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    keeper = stolen.keep_alive(lab, "node1", lease)
     try:
         time.sleep(1.0)
         with observed(lab, vip) as seen:
@@ -201,8 +189,7 @@ def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
             served_after = time.monotonic() - killed_at
             run = seen.finish(killed_at, "node2")
     finally:
-        keeper.terminate()
-        output, _ = keeper.communicate(timeout=10)
+        output = stolen.stop(keeper)
         lab.restart("node2")
     print(
         f"lease kept alive by a stolen key, node2 killed: node1 served after {served_after:.2f} s"
