@@ -90,6 +90,10 @@ class Prober:
         self._warned: set[str] = set()
         self._revoking: set[str] = set()
 
+    def embargo_left(self, now: float) -> float:
+        """How long the longest embargo still runs (0: none)."""
+        return max((until - now for until in self.embargo.values()), default=0.0)
+
     def guard(self, view: ClusterView, now: float) -> ClusterView:
         """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
         self.embargo = {v: until for v, until in self.embargo.items() if until > now}
@@ -97,23 +101,31 @@ class Prober:
             return view
         return dataclasses.replace(view, occupied=view.occupied | frozenset(self.embargo))
 
-    async def run(self, leading: Callable[[], bool]) -> None:
+    async def run(
+        self, leading: Callable[[], bool], lease_left: Callable[[], float] = lambda: math.inf
+    ) -> None:
         """A round every keepalive period, each probe sent at once: a round waiting for an
         owner that does not answer (a probe times out after the keepalive timeout) would
-        otherwise stretch the probe period, and the revoke with it."""
+        otherwise stretch the probe period, and the revoke with it.
+
+        The embargo lives in this process only, so a revoke waits until this controller's own
+        lease (`lease_left`) outlasts it: no other controller can lead, and assign the VIPs,
+        before the embargo ends (and the loop waits it out before resigning)."""
         rounds: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await asyncio.sleep(self.timing.keepalive_interval)
                 if self.view is not None:
-                    task = asyncio.create_task(self._round(self.view, leading))
+                    task = asyncio.create_task(self._round(self.view, leading, lease_left))
                     rounds.add(task)
                     task.add_done_callback(rounds.discard)
         finally:
             for task in rounds:
                 task.cancel()
 
-    async def _round(self, view: ClusterView, leading: Callable[[], bool]) -> None:
+    async def _round(
+        self, view: ClusterView, leading: Callable[[], bool], lease_left: Callable[[], float]
+    ) -> None:
         sent = time.monotonic()
         owners = {a.node: a.lease for a in view.vips.values() if a.lease}
         self.verdicts.keep(set(owners))
@@ -128,6 +140,7 @@ class Prober:
             elif (
                 self.verdicts.overdue(node, time.monotonic())
                 and leading()
+                and lease_left() >= fence_deadline(self.timing)
                 and node not in self._revoking  # (an overlapping round is at it)
             ):
                 self._revoking.add(node)

@@ -9,7 +9,7 @@ import contextlib
 from controller.probes import MIN_MISSES, Prober, Verdicts
 from haproxy_py.cluster.peerlink import PeerError
 from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment
-from haproxy_py.cluster.timing import Timing, probe_limit
+from haproxy_py.cluster.timing import Timing, fence_deadline, probe_limit
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 LIMIT = probe_limit(TIMING)
@@ -119,13 +119,17 @@ def owned_by_n2() -> ClusterView:
 
 
 async def run_prober(
-    ttl: int, answered_first: bool, leading: bool = True, hang: float = 0.0
+    ttl: int,
+    answered_first: bool,
+    leading: bool = True,
+    hang: float = 0.0,
+    lease_left: float = 10.0,
 ) -> tuple[FakeStore, Prober]:
     store, client = FakeStore(ttl), FakeClient(hang)
     prober = Prober(store, client, 9734, FAST)  # type: ignore[arg-type]
     prober.view = owned_by_n2()
     client.up = answered_first
-    task = asyncio.create_task(prober.run(lambda: leading))
+    task = asyncio.create_task(prober.run(lambda: leading, lambda: lease_left))
     await asyncio.sleep(0.1)
     client.up = False  # the node is gone; its lease is kept alive (ttl) or runs out (0)
     await asyncio.sleep(probe_limit(FAST) + hang + 0.3)
@@ -146,6 +150,19 @@ async def test_probes_that_hang_do_not_slow_the_rounds() -> None:
     three misses still land within the limit plus one such wait."""
     store, _ = await run_prober(ttl=1, answered_first=True, hang=10 * FAST.keepalive_interval)
     assert store.revoked == [7]
+
+
+async def test_a_leader_whose_own_lease_ends_before_the_embargo_does_not_revoke() -> None:
+    """Its embargo would die with it while a successor could already assign the VIPs."""
+    store, _ = await run_prober(ttl=1, answered_first=True, lease_left=fence_deadline(FAST) - 0.01)
+    assert store.revoked == []
+
+
+def test_the_embargo_left_is_the_longest_one() -> None:
+    prober = Prober(None, None, 9734, TIMING)  # type: ignore[arg-type]
+    assert prober.embargo_left(1.0) == 0.0
+    prober.embargo = {"198.18.0.10": 5.0, "198.18.0.11": 3.0}
+    assert prober.embargo_left(1.0) == 4.0
 
 
 async def test_a_lease_running_out_by_itself_is_left_to_the_expiry_path() -> None:
