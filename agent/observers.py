@@ -168,7 +168,9 @@ class Observers:
                 self.etcd(False, f"keepalive: {str(exc) or 'no answer in time'}")
                 self.post(self._keepalive_failed_step())
                 continue
-            wait = timing.keepalive_interval
+            # the next leaves an interval after this one left, not after its answer: a new VIP
+            # can be armed at once only within the re-arm window of the last send
+            wait = max(0.0, sent + timing.keepalive_interval - time.monotonic())
             self.etcd(True)
             self.metrics.keepalive_latency.set(time.monotonic() - sent)
             self.post(self._keepalive_ok_step(lease, sent, ttl))

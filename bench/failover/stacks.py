@@ -205,6 +205,9 @@ class HaproxyPy(Stack):
             raise BenchError(
                 f"etcdctl lease keep-alive: {first.strip() or stolen.stop(self.keeper)}"
             )
+        # the controllers probe the node under its current lease first (an owner that never
+        # answered is left to its lease: `controller.probes`)
+        time.sleep(1.0)
 
     def recover(self, scenario: str, node: str) -> None:
         if self.keeper is not None:
