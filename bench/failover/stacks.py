@@ -35,7 +35,8 @@ SCENARIO_TITLES = {
     "proxy": "active node's proxy killed",
     "partition": "partition of the active node",
     "sigterm": "clean stop (SIGTERM) of the active node",
-    "stolen": "SIGKILL of the active node, its etcd lease kept alive with the other's agent key",
+    "stolen": "SIGKILL of the active node, its etcd lease kept alive with the other's agent key "
+    "(the controller leader elsewhere)",
 }
 # Faults of etcd itself (`bench.failover.etcdfaults`): nothing should move, so they are measured
 # apart from the scenarios above; keepalived has no etcd.
@@ -166,14 +167,18 @@ class HaproxyPy(Stack):
         wait_until(steady, SETTLE_TIMEOUT, "haproxy-py to settle (nodes healthy, VIP answering)")
         return self.holders()[0]
 
+    def _leader(self) -> str | None:
+        leader = self.lab.view().leader
+        return leader.id if leader else None
+
     def detail(self) -> str:
         """The controller leader: when it is on the node that dies, a standby controller must
         first win the election before the dead node's VIP can be reassigned."""
         try:
-            leader = self.lab.view().leader
+            leader = self._leader()
         except StoreError:
             return "controller leader: unknown (etcd unreachable)"
-        return f"controller leader: {leader.id if leader else 'none'}"
+        return f"controller leader: {leader or 'none'}"
 
     def inject(self, scenario: str, node: str) -> None:
         if scenario == "planned":
@@ -195,6 +200,10 @@ class HaproxyPy(Stack):
         """ "stolen": the other node's agent key keeps `node`'s lease alive (`lab.stolen`)."""
         if scenario != "stolen":
             return
+        if self._leader() == node:  # measured apart: the case of a leader lost with the node
+            self.terminate(node, ("controller",))  # steps down at once
+            self.lab.start_node(node)
+            wait_until(lambda: self._leader() == self.other(node), 30, "another controller to lead")
         record = self.lab.view().nodes.get(node)
         if record is None or not record.lease:
             raise BenchError(f"{node} has no lease in etcd to keep alive")
