@@ -5,7 +5,9 @@ proxy's health, and holds exactly the VIPs that `vips/` assigns to it, with a
 kernel address lifetime that runs out before the lease can (see
 `haproxy_py.cluster` for the hand-over protocol). Modules:
 
-    state         the pure decision core (no I/O, time passed in)
+    state         the pure decision core: which VIPs to hold, when (no I/O, time passed in)
+    arming        its lease and fence arithmetic: when an arm is allowed, when its fence falls
+    actions       what the core asks the daemon to do
     daemon        the wiring: one actor around the core, supervised tasks, the clean stop
     observers     the loops that post steps: keepalive, liveness probes, watch, reconcile, tick
     effects       actions carried out: addresses, GARP, the etcd writer
