@@ -5,7 +5,9 @@ proxy's health, and holds exactly the VIPs that `vips/` assigns to it, with a
 kernel address lifetime that runs out before the lease can (see
 `haproxy_py.cluster` for the hand-over protocol). Modules:
 
-    state         the pure decision core (no I/O, time passed in)
+    state         the pure decision core: which VIPs to hold, when (no I/O, time passed in)
+    arming        its lease and fence arithmetic: when an arm is allowed, when its fence falls
+    actions       what the core asks the daemon to do
     daemon        the wiring: the parts built around the core, supervised tasks
     actor         the one task that runs the observers' steps against the core, in order
     observers     the loops that post steps: keepalive, liveness probes, watch, reconcile, tick
@@ -32,6 +34,7 @@ The `[agent]` section, with its defaults (all times in seconds):
     address_lifetime = 1.0      # fence lifetime of a re-arm (default lease_ttl / 2)
     keepalive_interval = 0.25   # default address_lifetime / 4
     keepalive_timeout = 0.5     # default: the longest the timing rule allows, <= 2 intervals
+    rearm_window = 0.25         # a keepalive answered later arms nothing (<= keepalive_timeout)
     fence_margin = 0.2          # left between the fence falling and the lease expiring
     etcd_election_timeout = 1.0 # etcd's --election-timeout: its minimum lease TTL follows
     etcd_heartbeat_interval = 0.1

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from agent.actions import Action
 from agent.observers import Step
-from agent.state import Action, AgentCore
+from agent.state import AgentCore
 
 log = structlog.get_logger(__name__)
 

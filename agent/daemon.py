@@ -72,7 +72,7 @@ class Agent:
         self.actor = Actor(self.core, lambda actions: self.effects.run(actions))
         self.core.known_vips.update(v for v in settings.vips if cfg.allowed.allows(v))
         self.metrics = AgentMetrics(
-            lambda: self.core.deadline - time.monotonic(), lambda: list(self.core.held)
+            lambda: self.core.clock.deadline - time.monotonic(), lambda: list(self.core.held)
         )
         self.etcd = EtcdState(self.metrics)
         self.writer = Writer(

@@ -20,13 +20,9 @@ from typing import Protocol
 
 import structlog
 
-from agent.fence import FenceError
-from agent.metrics import AgentMetrics
-from agent.netlink import NetlinkFailure
-from agent.state import (
+from agent.actions import (
     AckRelease,
     Action,
-    AgentCore,
     KeepaliveNow,
     PublishNode,
     Refused,
@@ -37,6 +33,10 @@ from agent.state import (
     StartGarp,
     StopGarp,
 )
+from agent.fence import FenceError
+from agent.metrics import AgentMetrics
+from agent.netlink import NetlinkFailure
+from agent.state import AgentCore
 from haproxy_py.cluster.store import LeaseLost, StoreError
 from haproxy_py.cluster.storeapi import KVStore
 

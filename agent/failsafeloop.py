@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from agent.actions import Action
 from agent.failsafe import Answer, Ask, BadMessage, Failsafe, Outage
 from agent.peer import PeerServer
-from agent.state import Action, AgentCore
+from agent.state import AgentCore
 from haproxy_py.cluster.peerlink import PeerClient, PeerError, PeerTls
 from haproxy_py.cluster.records import NodeRecord
 from haproxy_py.cluster.store import StoreError

@@ -22,12 +22,13 @@ from typing import TypeVar
 
 import structlog
 
+from agent.actions import Action
 from agent.effects import EtcdState
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.proxy import ProxyClient, ProxyStatus
 from agent.registration import Registration
-from agent.state import Action, AgentCore, Assignment
+from agent.state import AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.records import ClusterPolicy, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError
@@ -184,7 +185,9 @@ class Observers:
                 self.etcd(False, f"keepalive: {str(exc) or 'no answer in time'}")
                 self.post(self._keepalive_failed_step())
                 continue
-            wait = timing.keepalive_interval
+            # the next leaves an interval after this one left, not after its answer: a new VIP
+            # can be armed at once only within the re-arm window of the last send
+            wait = max(0.0, sent + timing.keepalive_interval - time.monotonic())
             self.etcd(True)
             self.metrics.keepalive_latency.set(time.monotonic() - sent)
             self.post(self._keepalive_ok_step(lease, sent, ttl))

@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import structlog
 
+from agent.actions import Action
 from agent.effects import Effects
 from agent.handover import Handover
 from agent.observers import Step
-from agent.state import Action, AgentCore
+from agent.state import AgentCore
 from haproxy_py.cluster.store import StoreError
 from haproxy_py.cluster.storeapi import KVStore
 

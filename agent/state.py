@@ -6,9 +6,9 @@ and executes the actions it returns, in order. Keeping it pure lets tests walk
 it through every interleaving, and lets the three safety rules be checked as
 properties:
 
-* an address is only ever given a lifetime that ends (kernel slack included)
-  no later than `lease deadline - fence_margin`, where the deadline counts
-  from the moment the last successful keepalive was *sent*;
+* an address is only ever armed within `rearm_window` of the *send* of the
+  freshest successful keepalive, with a fence that falls (kernel slack
+  included) no later than `lease deadline - fence_margin` (`agent.arming`);
 * an address already held is re-armed only after a new keepalive success, or a
   failsafe grant (`agent.failsafe`) whose promises outlast the new lifetime; while
   this node has promised a failsafe holder to arm nothing, it adds no address;
@@ -39,6 +39,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from agent.actions import (
+    AckRelease,
+    Action,
+    KeepaliveNow,
+    PublishNode,
+    Refused,
+    Regrant,
+    RemoveAddress,
+    Revoke,
+    SetAddress,
+    StartGarp,
+    StopGarp,
+)
+from agent.arming import LeaseClock
 from agent.hysteresis import Hysteresis
 from haproxy_py.cluster.agent_config import Timing
 from haproxy_py.cluster.allowlist import AllowList
@@ -65,99 +79,6 @@ class Assignment:
     cause: str = "initial"
 
 
-# --- actions, executed by the daemon in the order returned ---------------------------------
-
-
-@dataclass(frozen=True)
-class SetAddress:
-    """Add (`new`) or re-arm the address with valid/preferred lifetime `lifetime` seconds.
-
-    `grace`: a VIP taken over in a planned move; mid-stream TCP segments of the
-    previous owner's connections are dropped for a while, not answered with a
-    reset, so the previous owner's clean close reaches its clients first.
-    """
-
-    vip: str
-    lifetime: float
-    new: bool
-    reason: str
-    grace: bool = False
-
-
-@dataclass(frozen=True)
-class RemoveAddress:
-    """Remove the address; `fenced` when it goes for lack of keepalive success; `lost` when
-    it went without a planned release (self-fence, lease lost, an earlier agent's VIP):
-    nobody else tells its clients, so the proxy is asked to close them."""
-
-    vip: str
-    reason: str
-    fenced: bool = False
-    lost: bool = False
-
-
-@dataclass(frozen=True)
-class StartGarp:
-    vip: str
-
-
-@dataclass(frozen=True)
-class StopGarp:
-    vip: str
-
-
-@dataclass(frozen=True)
-class AckRelease:
-    """This node let go of the assignment of `vip` at `revision`: say so in the node record
-    (`released`), which the controller answers by giving the VIP to its next owner."""
-
-    vip: str
-    revision: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Refused:
-    """`vips/<vip>` names this node but the local allow-list does not allow the address."""
-
-    vip: str
-
-
-@dataclass(frozen=True)
-class PublishNode:
-    """Rewrite `nodes/<name>` (health or held VIPs changed)."""
-
-
-@dataclass(frozen=True)
-class KeepaliveNow:
-    """A VIP is waiting for a fresher lease deadline than the last keepalive gave."""
-
-
-@dataclass(frozen=True)
-class Regrant:
-    """The lease is gone: grant a new one and register again."""
-
-
-@dataclass(frozen=True)
-class Revoke:
-    """Stopping: every address is gone and every VIP key released; the lease may go once
-    the VIPs' next owners hold them (etcd then deletes `nodes/<name>`)."""
-
-
-Action = (
-    SetAddress
-    | RemoveAddress
-    | StartGarp
-    | StopGarp
-    | AckRelease
-    | Refused
-    | PublishNode
-    | KeepaliveNow
-    | Regrant
-    | Revoke
-)
-
-
 @dataclass
 class AgentCore:
     """The state machine of one node agent; every public method returns the actions to take."""
@@ -167,7 +88,6 @@ class AgentCore:
     health: Hysteresis
     allowed: AllowList  # the node's own list: nothing outside it is ever held
     lease_id: int | None = None
-    deadline: float = -math.inf
     assignments: dict[str, Assignment] = field(default_factory=dict)
     known_vips: set[str] = field(default_factory=set)
     # vip -> the time by which the kernel will have dropped it without a refresh
@@ -193,6 +113,10 @@ class AgentCore:
     # `fence_margin` before `failsafe_until` (what every peer promised).
     arm_hold: float = -math.inf
     failsafe_until: float = -math.inf
+    clock: LeaseClock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.clock = LeaseClock(self.timing)
 
     @property
     def busy(self) -> bool:
@@ -203,7 +127,8 @@ class AgentCore:
 
     def lease_granted(self, lease_id: int, sent_at: float, ttl: float, now: float) -> list[Action]:
         self.lease_id = lease_id
-        self.deadline = sent_at + ttl
+        self.clock.lost()
+        self.clock.renewed(sent_at, ttl)
         self.fenced = False
         self._keepalive_asked = False
         return [PublishNode(), *self._converge(now)]
@@ -214,14 +139,19 @@ class AgentCore:
             return []
         if ttl <= 0:
             return self.lease_lost(now)
-        self.deadline = max(self.deadline, sent_at + ttl)
+        self.clock.renewed(sent_at, ttl)
         self.fenced = False
         self._keepalive_asked = False
         actions: list[Action] = []
         for vip in sorted(self.held):
-            if self._wanted(vip) and self._may_arm(now):
-                self.held[vip] = self._expiry(now)
+            if not self._wanted(vip):
+                continue
+            if self._may_arm(now):
+                self.held[vip] = self.clock.expiry(now)
                 actions.append(SetAddress(vip, self.timing.address_lifetime, False, "keepalive"))
+            elif not self._keepalive_asked:  # answered too late to arm: ask again at once
+                self._keepalive_asked = True
+                actions.append(KeepaliveNow())
         return actions + self._converge(now)
 
     def failsafe_refresh(
@@ -234,9 +164,9 @@ class AgentCore:
         for vip in sorted(vips & set(self.held)):
             if (
                 self._wanted(vip)
-                and self._expiry(now) <= self.failsafe_until - self.timing.fence_margin
+                and self.clock.expiry(now) <= self.failsafe_until - self.timing.fence_margin
             ):
-                self.held[vip] = self._expiry(now)
+                self.held[vip] = self.clock.expiry(now)
                 actions.append(SetAddress(vip, self.timing.address_lifetime, False, "failsafe"))
         return actions
 
@@ -259,7 +189,7 @@ class AgentCore:
         old = self.lease_id
         self.assignments = {v: a for v, a in self.assignments.items() if a.lease != old}
         self.lease_id = None
-        self.deadline = -math.inf
+        self.clock.lost()
         self._keepalive_asked = False
         self.acked.clear()
         return [*actions, Regrant()]
@@ -319,7 +249,7 @@ class AgentCore:
         for vip in sorted((present & self.known_vips) - set(self.held)):
             lost = vip not in self._removing  # not one this agent let go of
             actions.append(RemoveAddress(vip, f"{vip} is present, must be absent", lost=lost))
-            self._removing.setdefault(vip, self._expiry(now))
+            self._removing.setdefault(vip, self.clock.expiry(now))
         return actions + self._converge(now)
 
     def address_failed(self, vip: str, now: float) -> None:
@@ -422,11 +352,7 @@ class AgentCore:
         return since is not None and now - since > self.timing.address_lifetime
 
     def _may_arm(self, now: float) -> bool:
-        t = self.timing
-        return self.lease_id is not None and self._expiry(now) <= self.deadline - t.fence_margin
-
-    def _expiry(self, now: float) -> float:
-        return now + self.timing.address_lifetime + self.timing.kernel_slack
+        return self.lease_id is not None and self.clock.may_arm(now)
 
     def _converge(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -459,7 +385,7 @@ class AgentCore:
                 if now < self.arm_hold:
                     pass  # promised a failsafe holder to arm nothing yet
                 elif self._may_arm(now):
-                    self.held[vip] = self._expiry(now)
+                    self.held[vip] = self.clock.expiry(now)
                     reason = f"{vip} is absent, must be present"
                     grace = mine is not None and mine.cause in PLANNED
                     lifetime = self.timing.address_lifetime

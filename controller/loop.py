@@ -140,6 +140,8 @@ class Controller:
                 task.cancel()
             # bounded: a task that swallows its cancellation must not hold the stop up
             await settle([*tasks, *self._expiries.values()])
+            if self.prober is not None:  # a successor must not assign what we embargo
+                await asyncio.sleep(self.prober.embargo_left(time.monotonic()))
             await self.election.resign()
             log.info("controller stopped", controller=self.identity)
 
@@ -152,7 +154,7 @@ class Controller:
 
     async def _probe(self, prober: Prober | None) -> None:
         assert prober is not None
-        await prober.run(lambda: self.leading)
+        await prober.run(lambda: self.leading, self.election.lease_remaining)
 
     async def _keep_alive(self) -> None:
         await self.election.keep_alive(self.stopping)

@@ -7,21 +7,24 @@ alive forever. The controllers therefore also ask each VIP owner's peer endpoint
 only a server holding that node's key can do.
 
 An owner that answered under its current lease and has since failed every probe for
-`timing.probe_limit` (and at least `MIN_MISSES` in a row: one lost probe or a short stall
-moves nothing) while its lease still reads a
-second or more left (someone refreshed it within the last second, although the node has
-not answered for longer) gets its lease revoked. Its agent's next keepalive then fails, so
-its fence falls within `fence_deadline` of the revoke, as the timing rule states; its VIPs
-are kept from every other node until then (`guard`). An owner that simply died is left to
-the lease expiry path (`controller.expiry`), which is faster. An owner that never answered
-(no peer endpoint, or a controller that started leading after it died) is left to its
-lease, so a misconfigured node is never moved. Probes write nothing to etcd.
+`timing.probe_limit` (two keepalive periods, and at least `MIN_MISSES` in a row: one lost
+probe or a short stall moves nothing) while its lease still reads a second or more left
+(someone refreshed it within the last second, although the node has not answered for
+longer) gets its lease revoked. Every keepalive etcd renewed was sent before the revoke,
+and the agent arms a fence only within `rearm_window` of such a send, so its fence falls
+within `fence_deadline` (rearm_window + address_lifetime + kernel slack: 1.3 s by default)
+of the revoke's answer, whether the node is dead or alive and cut off from the controllers
+only; its VIPs are kept from every other node until then (`guard`). An owner that simply
+died is left to the lease expiry path (`controller.expiry`), which is faster. An owner that
+never answered (no peer endpoint, or a controller that started leading after it died) is
+left to its lease, so a misconfigured node is never moved. Probes write nothing to etcd.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -42,17 +45,23 @@ MIN_MISSES = 3
 
 @dataclass
 class Verdicts:
-    """Consecutive probe failures per node (pure: no I/O, no clock)."""
+    """Consecutive probe failures per node, by the time each probe was sent (pure: no I/O,
+    no clock). Rounds overlap, so results may arrive out of order: a failure of a probe sent
+    before the last success counts for nothing."""
 
     limit: float
     failing: dict[str, tuple[float, int]] = field(default_factory=dict)  # since, misses
+    answered: dict[str, float] = field(default_factory=dict)  # send time of the last success
 
-    def result(self, node: str, ok: bool, now: float) -> None:
+    def result(self, node: str, ok: bool, sent: float) -> None:
         if ok:
+            self.answered[node] = max(sent, self.answered.get(node, sent))
             self.failing.pop(node, None)
             return
-        since, misses = self.failing.get(node, (now, 0))
-        self.failing[node] = (since, misses + 1)
+        if sent <= self.answered.get(node, -math.inf):
+            return
+        since, misses = self.failing.get(node, (sent, 0))
+        self.failing[node] = (min(since, sent), misses + 1)
 
     def overdue(self, node: str, now: float) -> bool:
         since, misses = self.failing.get(node, (now, 0))
@@ -60,6 +69,7 @@ class Verdicts:
 
     def keep(self, nodes: set[str]) -> None:
         self.failing = {n: v for n, v in self.failing.items() if n in nodes}
+        self.answered = {n: v for n, v in self.answered.items() if n in nodes}
 
 
 class Prober:
@@ -78,6 +88,11 @@ class Prober:
         self.wake: Callable[[], None] = lambda: None
         self.answered: set[int] = set()  # owner leases whose node has answered a probe
         self._warned: set[str] = set()
+        self._revoking: set[str] = set()
+
+    def embargo_left(self, now: float) -> float:
+        """How long the longest embargo still runs (0: none)."""
+        return max((until - now for until in self.embargo.values()), default=0.0)
 
     def guard(self, view: ClusterView, now: float) -> ClusterView:
         """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
@@ -86,26 +101,54 @@ class Prober:
             return view
         return dataclasses.replace(view, occupied=view.occupied | frozenset(self.embargo))
 
-    async def run(self, leading: Callable[[], bool]) -> None:
-        while True:
-            await asyncio.sleep(self.timing.keepalive_interval)
-            view = self.view
-            if view is None:
-                continue
-            owners = {a.node: a.lease for a in view.vips.values() if a.lease}
-            self.verdicts.keep(set(owners))
-            names = sorted(owners)
-            results = await asyncio.gather(*(self._probe(view, n) for n in names))
-            now = time.monotonic()
-            for node, ok in zip(names, results, strict=True):
-                self.verdicts.result(node, ok, now)
-                if ok:
-                    self.answered.add(owners[node])
-                elif owners[node] not in self.answered:
-                    self._unprovable(node)
-                elif self.verdicts.overdue(node, now) and leading():
+    async def run(
+        self, leading: Callable[[], bool], lease_left: Callable[[], float] = lambda: math.inf
+    ) -> None:
+        """A round every keepalive period, each probe sent at once: a round waiting for an
+        owner that does not answer (a probe times out after the keepalive timeout) would
+        otherwise stretch the probe period, and the revoke with it.
+
+        The embargo lives in this process only, so a revoke waits until this controller's own
+        lease (`lease_left`) outlasts it: no other controller can lead, and assign the VIPs,
+        before the embargo ends (and the loop waits it out before resigning)."""
+        rounds: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self.timing.keepalive_interval)
+                if self.view is not None:
+                    task = asyncio.create_task(self._round(self.view, leading, lease_left))
+                    rounds.add(task)
+                    task.add_done_callback(rounds.discard)
+        finally:
+            for task in rounds:
+                task.cancel()
+
+    async def _round(
+        self, view: ClusterView, leading: Callable[[], bool], lease_left: Callable[[], float]
+    ) -> None:
+        sent = time.monotonic()
+        owners = {a.node: a.lease for a in view.vips.values() if a.lease}
+        self.verdicts.keep(set(owners))
+        names = sorted(owners)
+        results = await asyncio.gather(*(self._probe(view, n) for n in names))
+        for node, ok in zip(names, results, strict=True):
+            self.verdicts.result(node, ok, sent)
+            if ok:
+                self.answered.add(owners[node])
+            elif owners[node] not in self.answered:
+                self._unprovable(node)
+            elif (
+                self.verdicts.overdue(node, time.monotonic())
+                and leading()
+                and lease_left() >= fence_deadline(self.timing)
+                and node not in self._revoking  # (an overlapping round is at it)
+            ):
+                self._revoking.add(node)
+                try:
                     await self._revoke(view, node, owners[node])
-            self.answered &= set(owners.values())
+                finally:
+                    self._revoking.discard(node)
+        self.answered &= {a.lease for a in (self.view or view).vips.values() if a.lease}
 
     def _unprovable(self, node: str) -> None:
         """An owner whose endpoint never answered under its current lease (no peer endpoint
@@ -136,6 +179,8 @@ class Prober:
             return
         if left < 1:
             return  # running out by itself: the expiry path is faster and needs no revoke
+        if node not in self.verdicts.failing:
+            return  # it answered a probe meanwhile
         since, misses = self.verdicts.failing[node]
         try:
             await self.store.revoke(lease)
@@ -156,6 +201,6 @@ class Prober:
             failing_s=round(time.monotonic() - since, 3),
             misses=misses,
             vips=list(view.vips_of(node)),
-            embargo_s=round(fence_deadline(self.timing), 3),
+            embargo_s=round(wait, 3),
         )
         self.wake()

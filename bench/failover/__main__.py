@@ -207,7 +207,7 @@ class Run:
         try:
             stack.start()
             for scenario in self.args.scenarios:
-                for repeat in range(self.args.repeats):
+                for repeat in range(self.args.repeats if scenario in stack.scenarios else 0):
                     self._trial(stack, scenario, repeat, loop, None)
             if self.args.ws_repeats:
                 self._fleet_trials(stack, loop)
@@ -229,7 +229,7 @@ class Run:
         try:
             stacks.wait_until(fleet.all_connected, 120, "the WebSocket fleet to connect", 0.2)
             for scenario in self.args.scenarios:
-                for repeat in range(self.args.ws_repeats):
+                for repeat in range(self.args.ws_repeats if scenario in stack.scenarios else 0):
                     self._trial(stack, scenario, repeat, loop, fleet)
         finally:
             loop.run(fleet.stop(), timeout=60)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from abc import ABC, abstractmethod
@@ -21,19 +22,21 @@ from pathlib import Path
 from bench.failover import cut, kaconf
 from haproxy_py.cluster.store import StoreError
 from haproxy_py.cluster.timing import PROFILES
-from haproxy_py.lab import control
+from haproxy_py.lab import control, stolen
 from haproxy_py.lab.layout import ADMIN_PORT, Member
 from haproxy_py.lab.netns import in_netns, ip
 from haproxy_py.lab.settle import wait
 from haproxy_py.lab.watch import AddressReader
 
-SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm")
+SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm", "stolen")
 SCENARIO_TITLES = {
     "planned": "planned move",
     "kill": "SIGKILL of the active node",
     "proxy": "active node's proxy killed",
     "partition": "partition of the active node",
     "sigterm": "clean stop (SIGTERM) of the active node",
+    "stolen": "SIGKILL of the active node, its etcd lease kept alive with the other's agent key "
+    "(the controller leader elsewhere)",
 }
 # Faults of etcd itself (`bench.failover.etcdfaults`): nothing should move, so they are measured
 # apart from the scenarios above; keepalived has no etcd.
@@ -59,6 +62,7 @@ class Stack(ABC):
 
     name: str
     title: str
+    scenarios: tuple[str, ...] = SCENARIOS  # the ones that apply to this stack
 
     def __init__(self, lab: control.Lab) -> None:
         self.lab = lab
@@ -124,6 +128,9 @@ class Stack(ABC):
     def settle(self) -> str:
         """Wait until the stack is in its steady state; return the active node."""
 
+    def prepare(self, scenario: str, node: str) -> None:  # noqa: B027 (most need nothing)
+        """Set up what `scenario` needs before the fault, outside the measured time."""
+
     @abstractmethod
     def inject(self, scenario: str, node: str) -> None:
         """Apply `scenario` to the active `node`."""
@@ -142,6 +149,7 @@ class HaproxyPy(Stack):
         profile = lab.layout.profile
         self.name = name_of(profile)
         self.title = f"haproxy-py {profile} (etcd lease, TTL {lab.layout.timing.lease_ttl} s)"
+        self.keeper: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         for node in self.lab.layout.nodes:
@@ -159,21 +167,25 @@ class HaproxyPy(Stack):
         wait_until(steady, SETTLE_TIMEOUT, "haproxy-py to settle (nodes healthy, VIP answering)")
         return self.holders()[0]
 
+    def _leader(self) -> str | None:
+        leader = self.lab.view().leader
+        return leader.id if leader else None
+
     def detail(self) -> str:
         """The controller leader: when it is on the node that dies, a standby controller must
         first win the election before the dead node's VIP can be reassigned."""
         try:
-            leader = self.lab.view().leader
+            leader = self._leader()
         except StoreError:
             return "controller leader: unknown (etcd unreachable)"
-        return f"controller leader: {leader.id if leader else 'none'}"
+        return f"controller leader: {leader or 'none'}"
 
     def inject(self, scenario: str, node: str) -> None:
         if scenario == "planned":
             done = self.lab.hactl("failover", "--yes", "--vip", self.vip, "--to", self.other(node))
             if done.returncode != 0:
                 raise BenchError(f"hactl failover failed: {(done.stderr or done.stdout).strip()}")
-        elif scenario == "kill":
+        elif scenario in ("kill", "stolen"):
             self.lab.kill(node)
         elif scenario == "proxy":
             self.lab.kill(node, "proxy")
@@ -184,7 +196,32 @@ class HaproxyPy(Stack):
         else:
             raise BenchError(f"unknown scenario {scenario!r}")
 
+    def prepare(self, scenario: str, node: str) -> None:
+        """ "stolen": the other node's agent key keeps `node`'s lease alive (`lab.stolen`)."""
+        if scenario != "stolen":
+            return
+        if self._leader() == node:  # measured apart: the case of a leader lost with the node
+            self.terminate(node, ("controller",))  # steps down at once
+            self.lab.start_node(node)
+            wait_until(lambda: self._leader() == self.other(node), 30, "another controller to lead")
+        record = self.lab.view().nodes.get(node)
+        if record is None or not record.lease:
+            raise BenchError(f"{node} has no lease in etcd to keep alive")
+        self.keeper = stolen.keep_alive(self.lab, self.other(node), record.lease)
+        assert self.keeper.stdout is not None
+        first = self.keeper.stdout.readline()  # etcdctl's first refresh, or its error
+        if "keepalived with TTL" not in first:
+            raise BenchError(
+                f"etcdctl lease keep-alive: {first.strip() or stolen.stop(self.keeper)}"
+            )
+        # the controllers probe the node under its current lease first (an owner that never
+        # answered is left to its lease: `controller.probes`)
+        time.sleep(1.0)
+
     def recover(self, scenario: str, node: str) -> None:
+        if self.keeper is not None:
+            stolen.stop(self.keeper)
+            self.keeper = None
         if scenario == "partition":
             self.heal(node)
         if scenario != "planned":
@@ -201,6 +238,8 @@ class Keepalived(Stack):
     Every fault thus still hits a primary holding the VIP with a healthy backup, configured
     exactly as documented; only which node is which alternates.
     """
+
+    scenarios = tuple(s for s in SCENARIOS if s != "stolen")  # no etcd, so no lease to keep
 
     def __init__(self, lab: control.Lab, profile: kaconf.Profile) -> None:
         super().__init__(lab)

@@ -98,6 +98,7 @@ def run(
     if fleet is not None:
         wait_until(fleet.all_connected, WS_TIMEOUT, "every WebSocket client to be connected")
     trial = Trial(stack.name, scenario, repeat, len(fleet.clients) if fleet else 0, old)
+    stack.prepare(scenario, old)
     trial.detail = stack.detail()
     probe = Probe(stack.vip, PROXY_PORT, interval=probe_interval, timeout=1.0, limit=180)
     running = loop.submit(probe.run())

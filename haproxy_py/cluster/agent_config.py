@@ -7,7 +7,8 @@ could break it never starts, and the error gives the numbers.
 Defaults follow from `lease_ttl` (2 s): `address_lifetime = lease_ttl / 2`,
 `keepalive_interval = address_lifetime / 4`, and `keepalive_timeout` the
 longest both rules allow, at most twice the interval (TTL 2: fence lifetime
-1 s, a keepalive every 0.25 s that may take 0.5 s). `etcd_election_timeout`
+1 s, a keepalive every 0.25 s that may take 0.5 s and arms the fence if it took at most
+`rearm_window`, 0.25 s). `etcd_election_timeout`
 and `etcd_heartbeat_interval` say how etcd runs (its defaults: 1 s, 0.1 s);
 a TTL under etcd's minimum for them is refused (TTL 1 needs 0.5 s).
 """
@@ -39,6 +40,7 @@ _KEYS = frozenset(
         "address_lifetime",
         "fence_margin",
         "keepalive_timeout",
+        "rearm_window",
         "etcd_election_timeout",
         "etcd_heartbeat_interval",
         "reconcile_interval",
@@ -130,6 +132,7 @@ def parse_agent(doc: Table) -> AgentConfig:
         address_lifetime=agent.number("address_lifetime", default_lifetime, min=0.1),
         fence_margin=agent.number("fence_margin", DEFAULT_FENCE_MARGIN, min=0.0),
         keepalive_timeout=agent.number("keepalive_timeout", 0.0, min=0.0),
+        rearm_window=agent.number("rearm_window", 0.0, min=0.0),
         etcd_election_timeout=agent.number(
             "etcd_election_timeout", ETCD_ELECTION_TIMEOUT, min=0.01
         ),

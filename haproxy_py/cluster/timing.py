@@ -5,34 +5,56 @@ One keepalive, on the agent's monotonic clock, `s` = when it was sent:
     s                     the keepalive leaves; etcd renews the lease when it arrives,
                           so the lease cannot end before s + lease_ttl
     s + keepalive_timeout the answer is ignored after this
-    r                     the re-arm, decided no later than s + latest_rearm (the core's rule)
+    r                     a VIP armed (added or re-armed) on the strength of this keepalive:
+                          no later than s + rearm_window (W), checked by the core
+                          against the clock for every arm (`latest_rearm`)
     F = r + address_lifetime + kernel_slack
                           the fence falls: nftables drops ARP, our GARP and traffic for the
                           VIP, checked at packet time (`agent.fence`, FENCE_PRECISION)
     F + KERNEL_FUZZ       the address itself is gone (valid_lft: the second line, silent)
     s + lease_ttl         the earliest the lease can expire and the VIP be assigned elsewhere
 
-Safety: F <= s + lease_ttl - fence_margin for every re-arm. The agent's core
-checks it for each arm (`latest_rearm`), and every address add and GARP frame
-re-checks F against the clock right before its syscall, so a re-arm delayed by
-a freeze never runs late. A keepalive answered within its timeout can re-arm
-only if
+So every fence falls by s + W + address_lifetime + kernel_slack (`fence_deadline`) for
+the last keepalive s that etcd renewed. Every address add and GARP frame re-checks F
+against the clock right before its syscall, so an arm delayed by a freeze never runs late.
+
+Safety, lease path: the fence falls `fence_margin` before etcd can expire the lease:
 
     keepalive_timeout + address_lifetime + kernel_slack + fence_margin <= lease_ttl
+    rearm_window <= keepalive_timeout
+
+So after an owner's lease has expired the controller may assign its VIPs at
+once (`reassign_delay` is 0), and may even revoke a lease that has provably run
+out rather than wait for etcd's 500 ms expiry sweep (`controller.expiry`): etcd
+renews no expired lease.
+
+Safety, revoke path (`controller.probes`: a lease kept alive by a stolen key, or an owner
+cut off from the controllers only): every keepalive etcd renewed was sent before etcd
+applied the revoke, and none after it renews, so from the moment the controller has the
+revoke's answer the owner's fence falls within
+
+    embargo = rearm_window + address_lifetime + kernel_slack      (`fence_deadline`)
+
+and the controller keeps that owner's VIPs from every other node that long. The embargo
+lives in the leader's memory, so it revokes only while its own lease outlasts the embargo
+(no successor can lead sooner) and resigns only once it has passed. The revoke itself comes
+after `probe_limit` (two keepalive periods, three probes in a row) of failed probes; node
+loss with a stolen key therefore takes about a probe period + probe_limit + embargo
+(default 0.25 + 0.5 + 1.3 s; fast 0.125 + 0.25 + 0.8 s), plus an election when the
+leading controller was lost with the node.
 
 Availability: one keepalive that fails only after its whole timeout, then a
 retry, must still land before the fence falls:
 
     keepalive_interval + keepalive_timeout <= address_lifetime
 
+A keepalive answered later than `rearm_window` but within its timeout keeps the lease and
+arms nothing: the agent sends the next one at once.
+
 etcd: a lease TTL under etcd's minimum (1.5 election timeouts, rounded up to a
 second) is silently raised; the failover would then be slower than configured.
 
-So after an owner's lease has expired the controller may assign its VIPs at
-once (`reassign_delay` is 0): the fence fell `fence_margin` before. It may
-even revoke a lease that has provably run out rather than wait for etcd's
-500 ms expiry sweep (`controller.expiry`): etcd renews no expired lease. Without
-the fence, the address alone (kernel check once a second, rescheduled by any
+Without the fence, the address alone (kernel check once a second, rescheduled by any
 address change on the host) would need the controller to wait `unfenced_delay`.
 
 Profiles (`PROFILES`) are the named sets an operator picks (`hactl lab up
@@ -58,6 +80,10 @@ FENCE_SLACK = 0.05
 # can outlive its valid_lft by up to 1.25 s.
 KERNEL_FUZZ = 1.25
 DEFAULT_FENCE_MARGIN = 0.2
+# A keepalive slower than this arms nothing (etcd answers in milliseconds; one this slow is
+# treated like a failed one for the fence). It bounds how long a cut-off owner's fence can
+# outlast a revoke of its lease: the controller's embargo is this plus one fence lifetime.
+REARM_WINDOW = 0.25
 ETCD_ELECTION_TIMEOUT = 1.0  # etcd's defaults
 ETCD_HEARTBEAT_INTERVAL = 0.1
 EPSILON = 1e-9
@@ -68,7 +94,7 @@ class Timing:
     """Lease, keepalive and fence timing, in seconds; `problems` proves it safe.
 
     `keepalive_timeout` 0 means: the longest that both rules allow, at most
-    twice the interval.
+    twice the interval; `rearm_window` 0: REARM_WINDOW, at most the keepalive timeout.
     """
 
     lease_ttl: int
@@ -77,6 +103,7 @@ class Timing:
     fence_margin: float
     kernel_slack: float = FENCE_SLACK
     keepalive_timeout: float = 0.0
+    rearm_window: float = 0.0
     etcd_election_timeout: float = ETCD_ELECTION_TIMEOUT
     etcd_heartbeat_interval: float = ETCD_HEARTBEAT_INTERVAL
 
@@ -85,19 +112,28 @@ class Timing:
             allowed = min(
                 2 * self.keepalive_interval,
                 self.address_lifetime - self.keepalive_interval,
-                latest_rearm(self),
+                _lease_room(self),
             )
             timeout = allowed if allowed > 0 else self.keepalive_interval  # `problems` says why
             object.__setattr__(self, "keepalive_timeout", timeout)
+        if self.rearm_window <= 0:
+            object.__setattr__(self, "rearm_window", min(REARM_WINDOW, self.keepalive_timeout))
 
 
-def latest_rearm(t: Timing) -> float:
-    """How long after a keepalive was sent its success may still re-arm a VIP."""
+def _lease_room(t: Timing) -> float:
+    """How late after its send a keepalive may arm a fence that still falls `fence_margin`
+    before the lease can end."""
     return t.lease_ttl - t.fence_margin - t.address_lifetime - t.kernel_slack
 
 
+def latest_rearm(t: Timing) -> float:
+    """How long after a keepalive was sent its success may still arm a VIP (the core's rule)."""
+    return min(t.rearm_window, _lease_room(t))
+
+
 def fence_deadline(t: Timing) -> float:
-    """The latest the fence falls, counted from the send of the last successful keepalive."""
+    """The latest the fence falls, counted from the send of the last keepalive etcd renewed;
+    after a revoke, the controller's embargo (counted from the revoke's answer)."""
     return latest_rearm(t) + t.address_lifetime + t.kernel_slack
 
 
@@ -145,10 +181,11 @@ def failsafe_after(t: Timing) -> float:
 
 def probe_limit(t: Timing) -> float:
     """How long a VIP owner may fail the controller's authenticated probes before its lease is
-    revoked (`controller.probes`): an address lifetime plus a keepalive period, at least three
-    probes, so one lost probe or a short stall never moves a VIP; a node that cannot answer that
-    long could not have kept its VIP through a keepalive outage either."""
-    return t.address_lifetime + t.keepalive_interval
+    revoked (`controller.probes`): two keepalive periods, three probes in a row (probes run
+    every keepalive period), so one lost probe or a short stall never moves a VIP. Shorter
+    than a fence lifetime because the embargo that follows the revoke adds one; a healthy
+    owner cut off from every controller for this long loses its VIPs."""
+    return 2 * t.keepalive_interval
 
 
 def problems(t: Timing) -> list[str]:
@@ -161,6 +198,12 @@ def problems(t: Timing) -> list[str]:
             f"({t.address_lifetime:g}) + fence slack ({t.kernel_slack:g}) + fence_margin "
             f"({t.fence_margin:g}) = {need:g} s exceeds lease_ttl ({t.lease_ttl} s): the fence "
             "could outlive the lease; raise lease_ttl or lower the others"
+        )
+    if t.rearm_window > t.keepalive_timeout + EPSILON:
+        found.append(
+            f"rearm_window ({t.rearm_window:g}) exceeds keepalive_timeout "
+            f"({t.keepalive_timeout:g}): an answer the agent no longer waits for cannot arm; "
+            "lower rearm_window"
         )
     gap = t.keepalive_interval + t.keepalive_timeout
     if gap > t.address_lifetime + EPSILON:

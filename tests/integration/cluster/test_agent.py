@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.actions import Action
 from agent.cli import agent_etcd, parse
 from agent.daemon import Agent
 from agent.proxy import ProxyClient
-from agent.state import Action
 from haproxy_py.cluster.records import NodeRecord, VipAssignment
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.configfile import load

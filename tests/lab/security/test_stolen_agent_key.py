@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from haproxy_py.cluster.peerlink import PEER_PORT
 from haproxy_py.cluster.records import VipAssignment
 from haproxy_py.cluster.store import Store
-from haproxy_py.lab import control
+from haproxy_py.lab import control, stolen
 from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT, OPERATOR
 from tests.lab.e2e.support import lab_session, observed, settle, view
 from tests.support.wait import eventually
@@ -151,12 +152,8 @@ def _node_kill_still_fails_over(lab: control.Lab, vip: str) -> None:
         lab.restart(old)
 
 
-def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
-    lab: control.Lab,
-) -> None:
-    """#22 item 3: with node1's agent key, keep node2's lease alive with etcdctl, SIGKILL node2
-    whole: the controller's probe over mutual TLS (which only node2's key can answer) fails,
-    the lease is revoked and the VIP moves to node1."""
+def _owned_by_node2(lab: control.Lab) -> str:
+    """The first VIP, moved to node2 if it is elsewhere; the lab settled."""
     current = settle(lab)
     vip = lab.layout.vips[0]
     if current.owner(vip) != "node2":
@@ -164,20 +161,25 @@ def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
         assert done.returncode == 0, done.stdout + done.stderr
         eventually(lambda: (v := view(lab)) is not None and v.owner(vip) == "node2", 30, "move")
         settle(lab)
+    return vip
+
+
+def _revokes(lab: control.Lab) -> int:
+    """How many leases the controllers have revoked for failed probes so far."""
+    logs = "".join(lab.paths.log(f"{n.name}/controller").read_text() for n in lab.layout.nodes)
+    return logs.count("failed its authenticated probe")
+
+
+def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
+    lab: control.Lab,
+) -> None:
+    """#22 item 3: with node1's agent key, keep node2's lease alive with etcdctl, SIGKILL node2
+    whole: the controller's probe over mutual TLS (which only node2's key can answer) fails,
+    the lease is revoked and the VIP moves to node1."""
+    vip = _owned_by_node2(lab)
     lease = _lease_of(lab, "node2")
-    p = lab.paths.pki
-    endpoints = ",".join(f"https://{m.address}:{ETCD_CLIENT_PORT}" for m in lab.layout.etcd)
-    argv = ["ip", "netns", "exec", lab.layout.node("node1").netns, "etcdctl"]
-    argv += [f"--endpoints={endpoints}", f"--cacert={p / 'ca.crt'}"]
-    argv += [f"--cert={p / 'agent-node1.crt'}", f"--key={p / 'agent-node1.key'}"]
-    argv += ["lease", "keep-alive", f"{lease:x}"]
-    keeper = subprocess.Popen(
-        argv,
-        env={"ETCDCTL_API": "3", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    revokes = _revokes(lab)
+    keeper = stolen.keep_alive(lab, "node1", lease)
     try:
         time.sleep(1.0)
         with observed(lab, vip) as seen:
@@ -187,19 +189,53 @@ def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
             served_after = time.monotonic() - killed_at
             run = seen.finish(killed_at, "node2")
     finally:
-        keeper.terminate()
-        output, _ = keeper.communicate(timeout=10)
+        output = stolen.stop(keeper)
         lab.restart("node2")
     print(
         f"lease kept alive by a stolen key, node2 killed: node1 served after {served_after:.2f} s"
     )
     assert "keepalived with TTL" in output, output  # the attack did keep the lease alive
     run.check_one_owner()
-    controller_logs = "".join(
-        lab.paths.log(f"{n.name}/controller").read_text() for n in lab.layout.nodes
-    )
-    assert "failed its authenticated probe" in controller_logs
+    assert _revokes(lab) > revokes
     assert served_after < 10.0
+
+
+def test_an_owner_cut_off_from_the_controllers_only_loses_its_vip_once_fenced(
+    lab: control.Lab,
+) -> None:
+    """The revoke path with a live owner: node2 keeps its own lease alive but drops every
+    probe (its peer port swallows packets, so each probe waits for its timeout). The
+    controller revokes its lease; node2 keeps re-arming until its next keepalive fails, and
+    the VIP moves only after the embargo (`timing.fence_deadline`), never to two nodes."""
+    vip = _owned_by_node2(lab)
+    netns = lab.layout.node("node2").netns
+    cut = f"""add table inet probecut
+add chain inet probecut input {{ type filter hook input priority -400; }}
+add rule inet probecut input tcp dport {PEER_PORT} drop
+"""
+
+    def nft(script: str) -> None:
+        done = subprocess.run(
+            ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, text=True, check=False
+        )
+        assert done.returncode == 0
+
+    revokes, agent_log = _revokes(lab), lab.paths.log("node2/agent")
+    lost = agent_log.read_text().count("lease lost")
+    time.sleep(1.0)  # the controllers probe node2 under its current lease (else: lease alone)
+    try:
+        with observed(lab, vip) as seen:
+            cut_at = time.monotonic()
+            nft(cut)
+            eventually(lambda: seen.answered_by(cut_at, "node2"), 30, f"{vip} to move")
+            served_after = time.monotonic() - cut_at
+            run = seen.finish(cut_at, "node2")
+    finally:
+        nft("delete table inet probecut\n")
+    print(f"node2 cut off from the controllers only: served elsewhere after {served_after:.2f} s")
+    run.check_one_owner()
+    assert _revokes(lab) > revokes
+    assert agent_log.read_text().count("lease lost") > lost  # its keepalive learnt the revoke
 
 
 def test_no_etcd_writer_makes_a_node_take_a_backends_address(lab: control.Lab) -> None:

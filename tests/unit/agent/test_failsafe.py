@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from agent.actions import SetAddress
 from agent.failsafe import Answer, Ask, BadMessage, Failsafe, Grant, Outage
-from agent.state import AgentCore, Assignment, Hysteresis, SetAddress
+from agent.state import AgentCore, Assignment, Hysteresis
 from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.timing import Timing, failsafe_after, failsafe_promise, failsafe_round
 
@@ -203,7 +204,7 @@ def test_a_promise_holds_new_addresses_back_until_it_ends() -> None:
     c = AgentCore("n2", TIMING, Hysteresis(1, 1), ALLOWED)
     c.lease_granted(8, 0.0, 2, 0.0)
     c.health_sample(True, 0.0)
-    c.arm_hold = 0.5
+    c.arm_hold = 0.2
     actions = c.assignment_event(VIP, Assignment("n2", "assigned", 8, 12), 12, 0.1)
     assert not any(isinstance(a, SetAddress) for a in actions) and VIP not in c.held
-    assert c.converge(0.5)[0] == SetAddress(VIP, 1.0, True, f"{VIP} is absent, must be present")
+    assert c.converge(0.2)[0] == SetAddress(VIP, 1.0, True, f"{VIP} is absent, must be present")

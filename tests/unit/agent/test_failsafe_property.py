@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from agent.actions import Action, RemoveAddress, SetAddress
 from agent.failsafe import Answer, Failsafe
-from agent.state import Action, AgentCore, Assignment, Hysteresis, RemoveAddress, SetAddress
+from agent.state import AgentCore, Assignment, Hysteresis
 from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.timing import Timing
 

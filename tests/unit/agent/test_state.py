@@ -10,14 +10,9 @@ from typing import Any
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from agent.state import (
-    ASSIGNED,
-    RELEASING,
+from agent.actions import (
     AckRelease,
     Action,
-    AgentCore,
-    Assignment,
-    Hysteresis,
     KeepaliveNow,
     PublishNode,
     Refused,
@@ -28,8 +23,10 @@ from agent.state import (
     StartGarp,
     StopGarp,
 )
+from agent.state import ASSIGNED, RELEASING, AgentCore, Assignment, Hysteresis
 from haproxy_py.cluster.agent_config import Timing
 from haproxy_py.cluster.allowlist import AllowList
+from haproxy_py.cluster.timing import fence_deadline
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.5, address_lifetime=1, fence_margin=0.2)
 Op = tuple[Any, ...]
@@ -90,6 +87,25 @@ def test_keepalive_rearms_held_addresses_only_after_success() -> None:
     assert c.keepalive_failed(0.5) == []
     assert c.keepalive_ok(0.5, 2, 0.51) == [SetAddress(VIP, 1, False, "keepalive")]
     assert c.held[VIP] == 0.51 + 1 + TIMING.kernel_slack
+
+
+def test_a_keepalive_answered_after_the_rearm_window_arms_nothing_and_asks_again() -> None:
+    """It renewed the lease, but a fence armed on it could outlast a revoke that followed the
+    send by more than the controller's embargo (`timing.fence_deadline`)."""
+    c = core()
+    ready(c)
+    c.assignment_event(VIP, assign(), 10, 0.0)
+    late = 0.5 + TIMING.rearm_window + 0.01
+    assert c.keepalive_ok(0.5, 2, late) == [KeepaliveNow()]
+    assert c.held[VIP] == 0.0 + 1 + TIMING.kernel_slack  # still the old fence
+    assert c.keepalive_ok(late, 2, late + 0.01) == [SetAddress(VIP, 1, False, "keepalive")]
+
+
+def test_a_new_assignment_long_after_the_last_keepalive_waits_for_the_next() -> None:
+    c = core()
+    ready(c)
+    actions = c.assignment_event(VIP, assign(), 10, TIMING.rearm_window + 0.01)
+    assert actions == [KeepaliveNow()] and VIP not in c.held
 
 
 def test_self_fence_when_keepalives_stop() -> None:
@@ -363,6 +379,7 @@ class Sim:
     lease: int | None = None
     next_lease: int = 1
     deadline: float = 0.0  # true lease deadline: send time of the last success + TTL
+    last_sent: float = 0.0  # send time of the last keepalive etcd renewed
     keepalives: int = 0
     rev: int = 1
     etcd: dict[str, Assignment] = field(default_factory=dict)
@@ -409,6 +426,8 @@ class Sim:
         assert self.lease is not None
         gone_by = self.now + a.lifetime + t.kernel_slack
         assert gone_by <= self.deadline - t.fence_margin + 1e-9, "lifetime outlives the lease"
+        # a revoke right after that keepalive: the controller's embargo still covers the fence
+        assert gone_by <= self.last_sent + fence_deadline(t) + 1e-9, "fence outlives the embargo"
         owner = self.etcd.get(a.vip)
         assert owner is not None and owner.owner == "n1" and owner.state == ASSIGNED
         assert owner.lease == self.lease
@@ -425,6 +444,7 @@ class Sim:
         self.lease = self.next_lease
         self.next_lease += 1
         self.deadline = self.now + TIMING.lease_ttl
+        self.last_sent = self.now
         self.keepalives += 1
         self.run(self.c.lease_granted(self.lease, self.now, TIMING.lease_ttl, self.now))
 
@@ -441,6 +461,7 @@ class Sim:
             self.run(self.c.keepalive_ok(sent, 0, self.now))
         else:
             self.deadline = sent + TIMING.lease_ttl
+            self.last_sent = sent
             self.keepalives += 1
             self.run(self.c.keepalive_ok(sent, TIMING.lease_ttl, self.now))
 

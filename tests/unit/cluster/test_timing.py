@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from hypothesis import assume, given
+from hypothesis import Phase, assume, find, given, settings
 from hypothesis import strategies as st
 
+from agent.arming import LeaseClock
 from haproxy_py.cluster.timing import (
     FENCE_SLACK,
     Timing,
@@ -13,6 +16,7 @@ from haproxy_py.cluster.timing import (
     etcd_min_ttl,
     fence_deadline,
     latest_rearm,
+    probe_limit,
     problems,
     reassign_delay,
     unfenced_delay,
@@ -24,17 +28,21 @@ FAST = Timing(1, 0.125, 0.5, 0.2, etcd_election_timeout=0.5, etcd_heartbeat_inte
 
 def test_the_default_profile_in_numbers() -> None:
     assert DEFAULT.keepalive_timeout == 0.5
-    assert latest_rearm(DEFAULT) == pytest.approx(0.75)  # 2 - 0.2 - 1 - 0.05
-    assert fence_deadline(DEFAULT) == pytest.approx(1.8)  # 0.2 s before the lease can end
+    assert DEFAULT.rearm_window == 0.25
+    assert latest_rearm(DEFAULT) == pytest.approx(0.25)
+    # the revoke path's embargo: 0.25 + 1 + 0.05, 0.7 s before the lease could end
+    assert fence_deadline(DEFAULT) == pytest.approx(1.3)
+    assert probe_limit(DEFAULT) == pytest.approx(0.5)
     assert reassign_delay(DEFAULT) == 0.0  # the controller assigns at once
-    # the address alone: 0.75 + 1 + 1.25 - 2 = 1 s the controller would have to wait
-    assert unfenced_delay(DEFAULT) == pytest.approx(1.0)
+    # the address alone: 0.25 + 1 + 1.25 - 2 = 0.5 s the controller would have to wait
+    assert unfenced_delay(DEFAULT) == pytest.approx(0.5)
     assert problems(DEFAULT) == []
 
 
 def test_the_fast_profile_needs_a_fast_etcd() -> None:
     assert problems(FAST) == []
-    assert FAST.keepalive_timeout == 0.25
+    assert FAST.keepalive_timeout == 0.25 == FAST.rearm_window
+    assert fence_deadline(FAST) == pytest.approx(0.8)
     slow_etcd = Timing(1, 0.125, 0.5, 0.2)
     assert ["below etcd's minimum lease TTL (2 s" in p for p in problems(slow_etcd)] == [True]
 
@@ -57,6 +65,11 @@ def test_each_rule_is_refused_with_its_numbers() -> None:
     ]
     flappy = problems(Timing(3, 0.8, 1.0, 0.2, keepalive_timeout=0.3))
     assert len(flappy) == 1 and "= 1.1 s exceeds address_lifetime (1 s)" in flappy[0]
+    deaf = problems(Timing(2, 0.25, 1.0, 0.2, keepalive_timeout=0.3, rearm_window=0.4))
+    assert deaf == [
+        "rearm_window (0.4) exceeds keepalive_timeout (0.3): an answer the agent no longer "
+        "waits for cannot arm; lower rearm_window"
+    ]
 
 
 timings = st.builds(
@@ -67,23 +80,92 @@ timings = st.builds(
     fence_margin=st.floats(0, 2),
     kernel_slack=st.floats(0, 0.5),
     keepalive_timeout=st.floats(0, 10),
+    rearm_window=st.one_of(st.just(0.0), st.floats(0, 1)),  # 0: the derived default
     etcd_election_timeout=st.sampled_from([0.5, 1.0]),
     etcd_heartbeat_interval=st.sampled_from([0.05, 0.1]),
 )
 
 
-@given(timings, st.floats(0, 1e6), st.floats(0, 1))
-def test_an_accepted_timing_never_lets_the_fence_outlive_the_lease(
-    t: Timing, sent: float, answered_after: float
+# --- the arithmetic the agent arms by (`agent.arming`), against both ways a VIP moves on ------
+# A history: keepalives etcd renewed (send offsets), then arms at offsets after the last one.
+# The lease path: every fence falls `fence_margin` before the lease can end. The revoke path:
+# with every renewed keepalive sent before the revoke, every fence falls within the
+# controller's embargo of it. Each bound is also tight: drop one of its terms and a history
+# that breaks it exists (hypothesis finds it), so these tests cannot pass vacuously.
+
+histories = st.tuples(
+    st.lists(st.floats(0, 5), min_size=1, max_size=4),  # gaps between renewed keepalives
+    st.lists(st.floats(0, 2), min_size=1, max_size=4),  # arm times after the last send
+)
+
+
+def fences(t: Timing, history: tuple[list[float], list[float]]) -> tuple[float, list[float]]:
+    """(send time of the last renewed keepalive, the fall time of every fence the agent's
+    arithmetic lets it arm afterwards)."""
+    gaps, arms = history
+    clock, sent = LeaseClock(t), 0.0
+    for gap in gaps:
+        sent += gap
+        clock.renewed(sent, t.lease_ttl)
+    return sent, [clock.expiry(sent + a) for a in arms if clock.may_arm(sent + a)]
+
+
+def lease_bound(t: Timing) -> float:
+    return t.lease_ttl - t.fence_margin
+
+
+def embargo_bound(t: Timing) -> float:
+    return fence_deadline(t)
+
+
+def breaks(t: Timing, history: tuple[list[float], list[float]], bound: float) -> bool:
+    """A fence falls later than `bound` after the last renewed keepalive was sent (for the
+    revoke path: the revoke landed just after it, the worst case)."""
+    last, falls = fences(t, history)
+    return any(f > last + bound + 1e-6 for f in falls)
+
+
+@given(timings, histories)
+def test_an_accepted_timing_never_lets_a_fence_outlive_the_lease(
+    t: Timing, history: tuple[list[float], list[float]]
 ) -> None:
-    """Any keepalive answered within its timeout may re-arm, and the fence it sets falls
-    `fence_margin` before the earliest moment etcd can expire the lease."""
     assume(problems(t) == [])
-    delay = answered_after * t.keepalive_timeout
-    assert delay <= latest_rearm(t) + 1e-9  # the core lets this answer re-arm
-    fence = sent + delay + t.address_lifetime + t.kernel_slack
-    assert fence <= sent + t.lease_ttl - t.fence_margin + 1e-6
+    assert not breaks(t, history, lease_bound(t))
     assert reassign_delay(t) == 0.0
+
+
+@given(timings, histories)
+def test_after_a_revoke_every_fence_falls_within_the_embargo(
+    t: Timing, history: tuple[list[float], list[float]]
+) -> None:
+    assume(problems(t) == [])
+    assert not breaks(t, history, embargo_bound(t))
+    assert embargo_bound(t) <= lease_bound(t) + 1e-9  # never longer than the lease path
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        lambda t: embargo_bound(t) - t.rearm_window,
+        lambda t: embargo_bound(t) - t.address_lifetime,
+        lambda t: embargo_bound(t) - t.kernel_slack,
+    ],
+    ids=["rearm_window", "address_lifetime", "kernel_slack"],
+)
+def test_each_term_of_the_embargo_is_needed(bound: Callable[[Timing], float]) -> None:
+    """Drop one term of the embargo and the search finds an accepted timing and a history
+    whose fence falls later than the weakened bound."""
+    derived = st.builds(
+        lambda ttl, slack: Timing(ttl, defaults(ttl)[1], defaults(ttl)[0], 0.2, slack),
+        st.integers(2, 30),
+        st.floats(0, 0.3),
+    )
+    example = find(
+        st.tuples(derived, histories),
+        lambda ex: problems(ex[0]) == [] and breaks(ex[0], ex[1], bound(ex[0])),
+        settings=settings(max_examples=5000, database=None, phases=[Phase.generate]),
+    )
+    assert breaks(example[0], example[1], bound(example[0]))
 
 
 @given(timings)

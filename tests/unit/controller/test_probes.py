@@ -9,7 +9,7 @@ import contextlib
 from controller.probes import MIN_MISSES, Prober, Verdicts
 from haproxy_py.cluster.peerlink import PeerError
 from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment
-from haproxy_py.cluster.timing import Timing, probe_limit
+from haproxy_py.cluster.timing import Timing, fence_deadline, probe_limit
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
 LIMIT = probe_limit(TIMING)
@@ -38,6 +38,24 @@ def test_few_misses_over_a_long_stall_are_not() -> None:
     v.result("n2", False, 0.0)
     v.result("n2", False, 5.0)  # the controller itself stalled between its probes
     assert MIN_MISSES > 2 and not v.overdue("n2", 5.0)
+
+
+def test_a_late_failure_of_a_probe_sent_before_a_success_counts_for_nothing() -> None:
+    """Rounds overlap: a probe that timed out may be reported after a later one answered."""
+    v = Verdicts(LIMIT)
+    v.result("n2", True, 0.5)
+    for sent in (0.0, 0.25, 0.5):
+        v.result("n2", False, sent)
+    assert v.failing == {} and not v.overdue("n2", 10.0)
+
+
+def test_misses_count_from_the_send_of_the_first() -> None:
+    """An owner that swallows probes (each fails only at its timeout) is overdue once three
+    probes sent `limit` apart have failed, not `limit` after the first timeout."""
+    v = Verdicts(LIMIT)
+    for sent in (0.0, 0.25, 0.5):
+        v.result("n2", False, sent)
+    assert v.overdue("n2", 0.5 + 0.5)  # the third times out 0.5 s after it was sent
 
 
 def test_forgetting_nodes_that_own_nothing() -> None:
@@ -76,14 +94,17 @@ class FakeStore:
 
     async def revoke(self, lease: int) -> None:
         self.revoked.append(lease)
+        self.ttl = -1  # etcd: gone
 
 
 class FakeClient:
-    def __init__(self) -> None:
+    def __init__(self, hang: float = 0.0) -> None:
         self.up = True
+        self.hang = hang  # a down owner swallows probes this long (a timeout), else refuses
 
     async def post(self, address: str, port: int, expected: str, path: str, body: dict) -> object:
         if not self.up:
+            await asyncio.sleep(self.hang)
             raise PeerError("no answer")
         return {"nonce": body["nonce"], "node": expected.removeprefix("agent-")}
 
@@ -98,16 +119,20 @@ def owned_by_n2() -> ClusterView:
 
 
 async def run_prober(
-    ttl: int, answered_first: bool, leading: bool = True
+    ttl: int,
+    answered_first: bool,
+    leading: bool = True,
+    hang: float = 0.0,
+    lease_left: float = 10.0,
 ) -> tuple[FakeStore, Prober]:
-    store, client = FakeStore(ttl), FakeClient()
+    store, client = FakeStore(ttl), FakeClient(hang)
     prober = Prober(store, client, 9734, FAST)
     prober.view = owned_by_n2()
     client.up = answered_first
-    task = asyncio.create_task(prober.run(lambda: leading))
+    task = asyncio.create_task(prober.run(lambda: leading, lambda: lease_left))
     await asyncio.sleep(0.1)
     client.up = False  # the node is gone; its lease is kept alive (ttl) or runs out (0)
-    await asyncio.sleep(probe_limit(FAST) + 0.3)
+    await asyncio.sleep(probe_limit(FAST) + hang + 0.3)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -118,6 +143,26 @@ async def test_an_owner_gone_while_its_lease_is_kept_alive_is_revoked_and_embarg
     store, prober = await run_prober(ttl=1, answered_first=True)
     assert store.revoked == [7]
     assert set(prober.embargo) == {"198.18.0.10"}
+
+
+async def test_probes_that_hang_do_not_slow_the_rounds() -> None:
+    """Each probe to the gone owner waits 10 probe periods before failing; rounds overlap, so
+    three misses still land within the limit plus one such wait."""
+    store, _ = await run_prober(ttl=1, answered_first=True, hang=10 * FAST.keepalive_interval)
+    assert store.revoked == [7]
+
+
+async def test_a_leader_whose_own_lease_ends_before_the_embargo_does_not_revoke() -> None:
+    """Its embargo would die with it while a successor could already assign the VIPs."""
+    store, _ = await run_prober(ttl=1, answered_first=True, lease_left=fence_deadline(FAST) - 0.01)
+    assert store.revoked == []
+
+
+def test_the_embargo_left_is_the_longest_one() -> None:
+    prober = Prober(FakeStore(0), FakeClient(), 9734, TIMING)
+    assert prober.embargo_left(1.0) == 0.0
+    prober.embargo = {"198.18.0.10": 5.0, "198.18.0.11": 3.0}
+    assert prober.embargo_left(1.0) == 4.0
 
 
 async def test_a_lease_running_out_by_itself_is_left_to_the_expiry_path() -> None:
