@@ -1,10 +1,12 @@
-"""`ha-agent` whose writes of its node record lag by DELAY seconds.
+"""`ha-agent` that writes its node record DELAY seconds late whenever the record newly lists
+a VIP as held.
 
 A lab stand-in for a slow etcd round trip of the new owner: between its
 gratuitous ARP (the clients' packets reach it from then on) and its node
 record listing the VIP (the old owner's cue to send its 1001), DELAY seconds
-pass. A hand-over that relies on timing instead of its grace period shows
-resets here.
+pass. Other writes (the old owner's release acknowledgement among them) are not
+delayed, so the move itself is as fast as ever. A hand-over that relies on
+timing instead of its grace period shows resets here.
 
     python -m tests.lab.agent.slow_agent DELAY --config FILE
 """
@@ -12,6 +14,7 @@ resets here.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 
 from agent.cli import main
@@ -19,11 +22,15 @@ from haproxy_py.cluster.store import Store
 
 DELAY = float(sys.argv.pop(1))
 _put = Store.put
+_listed: dict[str, set[str]] = {}  # node key -> the VIPs its last record listed
 
 
 async def _slow_put(self: Store, key: str, value: bytes, lease: int = 0) -> int:
     if key.startswith(self.schema.nodes_prefix):
-        await asyncio.sleep(DELAY)
+        vips = set(json.loads(value).get("vips", ()))
+        if vips - _listed.get(key, set()):
+            await asyncio.sleep(DELAY)
+        _listed[key] = vips
     return await _put(self, key, value, lease)
 
 
