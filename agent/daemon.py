@@ -56,8 +56,9 @@ class Settings:
     agent: AgentConfig
     version: str
     vips: tuple[str, ...] = ()  # the cluster's VIPs if this node's config lists them
-    # a released VIP's clients are told to go once it has a new owner, or after this long
-    handover_wait: float = 1.0
+    # a released VIP's clients are told to go once its new owner holds it, or after this long:
+    # longer than a lost node's VIP takes to move (2.3 s budget), never to an empty address
+    handover_wait: float = 3.0
     failsafe: bool = True  # [cluster] failsafe
     peer_tls: PeerTls | None = None  # this agent's certificates: the peer endpoint needs them
 
@@ -112,6 +113,7 @@ class Agent:
             self,
             reopen,
         )
+        self.registration.shown = lambda vip: vip in self.effects.shown
         self.observers = Observers(
             cfg,
             self.core,

@@ -164,6 +164,10 @@ class Effects:
         self.hooks = hooks
         self.reopen = reopen
         self.released = asyncio.Event()  # stopping: every address gone, every key released
+        # VIPs set and announced (their first gratuitous ARP leaves before anything queued
+        # after it): only these are listed as held in the node record, the cue on which
+        # the previous owner tells the VIP's clients to reconnect
+        self.shown: set[str] = set()
         self._reopened_at = -REOPEN_EVERY
         announcer.on_sent = self._garp_sent
 
@@ -179,12 +183,15 @@ class Effects:
                     continue
                 failed.add(action.vip)
             elif isinstance(action, RemoveAddress):
+                self.shown.discard(action.vip)
                 removed = await self._remove(action) or removed
                 if action.lost:  # no planned release will tell its clients: close them
                     self.hooks.released(action.vip)
             elif isinstance(action, StartGarp) and action.vip not in failed:
                 self.announcer.start(action.vip)
+                self.shown.add(action.vip)
             elif isinstance(action, StopGarp):
+                self.shown.discard(action.vip)
                 self.announcer.stop(action.vip)
             elif isinstance(action, AckRelease):
                 # The node record carries the acknowledgement (PublishNode follows); once

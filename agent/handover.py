@@ -7,8 +7,11 @@ address's connections; unless they are closed, their clients' segments are
 dropped silently and they hang on TCP retransmits. They are closed cleanly
 (`POST /drain?address=VIP`: WebSockets get 1001 Going Away, HTTP keep-alive
 connections a FIN after the response in flight) as soon as another node's
-record in `nodes/` lists the VIP as held: a client told earlier would reconnect
-to an address nobody answers for and wait out a SYN retransmit (1 s).
+record in `nodes/` lists the VIP as held, which it does only once the address is
+set and announced (gratuitous ARP): a client told earlier would reconnect to an
+address nobody answers for and wait out a SYN retransmit (1 s). The wait is
+bounded (`wait`, longer than a lost node's VIP takes to move), for a VIP that
+nobody takes.
 
 The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
 one etcd event of the new owner's write, not on a polling period. Until then
