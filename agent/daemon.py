@@ -30,7 +30,7 @@ import structlog
 from agent.effects import AddressTable, Announcer, Effects, EtcdState, Reopen, Write, Writer
 from agent.failsafe import Outage
 from agent.failsafeloop import FailsafeLoop
-from agent.handover import Handover
+from agent.handover import WAIT, Handover
 from agent.hysteresis import Hysteresis
 from agent.metrics import AgentMetrics
 from agent.observers import Observers, Step
@@ -56,9 +56,8 @@ class Settings:
     agent: AgentConfig
     version: str
     vips: tuple[str, ...] = ()  # the cluster's VIPs if this node's config lists them
-    # a released VIP's clients are told to go once its new owner holds it, or after this long:
-    # longer than a lost node's VIP takes to move (2.3 s budget), never to an empty address
-    handover_wait: float = 3.0
+    # a released VIP's clients are told to go once its new owner holds it, or after this long
+    handover_wait: float = WAIT
     failsafe: bool = True  # [cluster] failsafe
     peer_tls: PeerTls | None = None  # this agent's certificates: the peer endpoint needs them
 

@@ -21,6 +21,7 @@ from typing import Protocol
 import structlog
 
 from agent.fence import FenceError
+from agent.handover import GRACE
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.state import (
@@ -44,10 +45,6 @@ log = structlog.get_logger(__name__)
 
 Write = Callable[[], Awaitable[None]]
 REOPEN_EVERY = 0.5  # look the interface up again by name at most this often
-# After a planned take-over, unknown mid-stream TCP segments to the VIP are dropped this long
-# (not answered with a reset): the previous owner's 1001 reaches its clients first. It sends
-# that within one etcd event of our node record listing the VIP, well inside this.
-GRACE = 2.0
 
 
 class Grace(Protocol):

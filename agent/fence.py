@@ -55,7 +55,7 @@ from haproxy_py.cluster.timing import FENCE_PRECISION as PRECISION
 TABLE = "ha_agent"
 FAMILIES = ("ip", "arp", "netdev")  # each has its own copy of the `vips` and `alive` sets
 LINGER = 5.0  # seconds that a released VIP may send once let out (1001 close frames, FINs)
-OPENED = 10  # seconds a flow opened during a grace period is known as opened (> any grace)
+OPENED = 10  # seconds a flow opened during a grace period is known as opened (>= any grace)
 FLOW = "ip saddr . tcp sport . ip daddr . tcp dport"
 
 

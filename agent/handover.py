@@ -39,6 +39,14 @@ from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 
+# The previous owner waits this long at most for the next owner's record: longer than a lost
+# node's VIP takes to move (2.3 s budget), so no 1001 sends a client to an empty address.
+WAIT = 3.0
+# The next owner drops unknown mid-stream segments this long after a planned take-over: the
+# previous owner's wait, plus 2 s for a starved proxy to send its 1001s. A shorter grace than
+# the wait would answer with resets the clients whose 1001 comes late but comes.
+GRACE = WAIT + 2.0
+
 
 class Drainer(Protocol):
     async def drain_address(self, address: str) -> str: ...
