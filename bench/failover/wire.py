@@ -34,7 +34,7 @@ from bench.failover.stats import summarize
 ETH_P_ALL = 3
 SOL_PACKET, PACKET_STATISTICS, SO_RCVBUFFORCE = 263, 6, 33
 BUFFER = 16 << 20  # bytes of frames the kernel holds for the capture while it catches up
-DRAIN = 2.0
+DRAIN = 10.0  # seconds a stopped capture may take to read what is queued (a starved one is slow)
 SYN, ACK = 0x02, 0x10
 RETRANSMIT_WINDOW = 3.5
 SPANS = (("kernel", "syn", "synack"), ("client", "synack", "request"), ("server", "request", "101"))
