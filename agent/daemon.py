@@ -1,11 +1,10 @@
 """The agent's wiring: the pure core (`agent.state`) and the parts around it.
 
-Observers post steps; the actor (`agent.actor`) runs them against the core
-one at a time; the effects carry out the actions they return (the package
-docstring lists every part). Every long-lived task is supervised: the actor and
-the writer carry the core's consistency, so their failure ends the process
-(systemd restarts it); an observer that fails is logged and started again. A
-clean stop hands every VIP over before the lease goes (`agent.release`).
+Observers post steps, the actor (`agent.actor`) runs them against the core one at
+a time, the effects carry out the actions they return. Every long-lived task is
+supervised: a failed actor or writer ends the process (systemd restarts it), a
+failed observer is started again. A clean stop hands every VIP over before the
+lease goes (`agent.release`).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import structlog
 from agent.actor import Actor
 from agent.effects import AddressTable, Announcer, Effects, EtcdState, Reopen, Write, Writer
 from agent.failsafeloop import FailsafeLoop
-from agent.handover import Handover
+from agent.handover import WAIT, Handover
 from agent.hysteresis import Hysteresis
 from agent.metrics import AgentMetrics
 from agent.observers import Observers
@@ -43,7 +42,7 @@ class AgentFileConfig:
     agent: AgentConfig
     version: str
     vips: tuple[str, ...] = ()  # the cluster's VIPs if this node's config lists them
-    handover_wait: float = 1.0  # a released VIP's clients go at its next owner's, or after this
+    handover_wait: float = WAIT  # a released VIP's clients go once its new owner holds it
     failsafe: bool = True  # [cluster] failsafe
     peer_tls: PeerTls | None = None  # this agent's certificates: the peer endpoint needs them
 
@@ -100,6 +99,7 @@ class Agent:
             self,
             reopen,
         )
+        self.registration.shown = lambda vip: vip in self.effects.shown
         self.observers = Observers(
             cfg,
             self.core,

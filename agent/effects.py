@@ -34,6 +34,7 @@ from agent.actions import (
     StopGarp,
 )
 from agent.fence import FenceError
+from agent.handover import GRACE
 from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.state import AgentCore
@@ -44,10 +45,6 @@ log = structlog.get_logger(__name__)
 
 Write = Callable[[], Awaitable[None]]
 REOPEN_EVERY = 0.5  # look the interface up again by name at most this often
-# After a planned take-over, unknown mid-stream TCP segments to the VIP are dropped this long
-# (not answered with a reset): the previous owner's 1001 reaches its clients first. It sends
-# that within one etcd event of our node record listing the VIP, well inside this.
-GRACE = 2.0
 
 
 class Grace(Protocol):
@@ -164,6 +161,10 @@ class Effects:
         self.hooks = hooks
         self.reopen = reopen
         self.released = asyncio.Event()  # stopping: every address gone, every key released
+        # VIPs set and announced (their first gratuitous ARP leaves before anything queued
+        # after it): only these are listed as held in the node record, the cue on which
+        # the previous owner tells the VIP's clients to reconnect
+        self.shown: set[str] = set()
         self._reopened_at = -REOPEN_EVERY
         announcer.on_sent = self._garp_sent
 
@@ -179,12 +180,15 @@ class Effects:
                     continue
                 failed.add(action.vip)
             elif isinstance(action, RemoveAddress):
+                self.shown.discard(action.vip)
                 removed = await self._remove(action) or removed
                 if action.lost:  # no planned release will tell its clients: close them
                     self.hooks.released(action.vip)
             elif isinstance(action, StartGarp) and action.vip not in failed:
                 self.announcer.start(action.vip)
+                self.shown.add(action.vip)
             elif isinstance(action, StopGarp):
+                self.shown.discard(action.vip)
                 self.announcer.stop(action.vip)
             elif isinstance(action, AckRelease):
                 # The node record carries the acknowledgement (PublishNode follows); once

@@ -29,10 +29,14 @@ one transaction, which also makes the deadline absolute: the element is given
 exactly the time left until `until` (monotonic), minus `PRECISION`.
 
 `grace(vip, seconds)` serves planned moves: on the node that has just taken
-the VIP, TCP segments to it that are neither SYN nor RST and that conntrack
-sees as new (mid-stream segments of connections the old node still owns) are
-dropped instead of answered with a RST, so the old node's 1001 close reaches
-the client first. SYNs pass, so reconnects land at once.
+the VIP, TCP segments to it that are neither SYN nor RST, of flows whose SYN
+this node has not seen since (the `opened` set: mid-stream segments of the
+connections the old node still owns), are dropped instead of answered with a
+RST, so the old node's 1001 close reaches the client first. SYNs pass, so
+reconnects land at once. Conntrack cannot tell these flows apart: an entry of an
+earlier connection with the same addresses and ports (a client behind NAT, a
+port come round again) outlives its socket by seconds to days, and a segment
+matching it is not "new".
 
 Sets and elements survive an agent crash: a restarted agent keeps the table
 (rules are rewritten, elements kept), so an address left behind stays
@@ -51,6 +55,8 @@ from haproxy_py.cluster.timing import FENCE_PRECISION as PRECISION
 TABLE = "ha_agent"
 FAMILIES = ("ip", "arp", "netdev")  # each has its own copy of the `vips` and `alive` sets
 LINGER = 5.0  # seconds that a released VIP may send once let out (1001 close frames, FINs)
+OPENED = 10  # seconds a flow opened during a grace period is known as opened (>= any grace)
+FLOW = "ip saddr . tcp sport . ip daddr . tcp dport"
 
 
 class FenceError(Exception):
@@ -93,6 +99,8 @@ def _schema(interface: str) -> list[str]:
     lines += [
         f"add set {ip} leaving {{ type ipv4_addr; flags timeout; }}",
         f"add set {ip} grace {{ type ipv4_addr; flags timeout; }}",
+        f"add set {ip} opened {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; "
+        f"flags dynamic, timeout; timeout {OPENED}s; size 65536; }}",
     ]
     chains = {
         f"{ip} fence_in": (
@@ -105,19 +113,17 @@ def _schema(interface: str) -> list[str]:
         ),
         f"{ip} grace_in": (
             "type filter hook input priority 0; policy accept;",
-            "ip daddr @grace tcp flags & (syn | rst) == 0 ct state new drop",
+            f"ip daddr @grace tcp flags & (syn | ack) == syn update @opened {{ {FLOW} }}",
+            f"ip daddr @grace tcp flags & (syn | rst) == 0 {FLOW} != @opened counter drop",
         ),
         f"arp {TABLE} fence_out": (
             "type filter hook output priority 0; policy accept;",
             "arp saddr ip @vips arp saddr ip != @alive drop",
         ),
     }
-    for chain, (hook, rule) in chains.items():
-        lines += [
-            f"add chain {chain} {{ {hook} }}",
-            f"flush chain {chain}",
-            f"add rule {chain} {rule}",
-        ]
+    for chain, (hook, *rules) in chains.items():
+        lines += [f"add chain {chain} {{ {hook} }}", f"flush chain {chain}"]
+        lines += [f"add rule {chain} {rule}" for rule in rules]
     return lines + _attach(interface)
 
 
@@ -208,8 +214,10 @@ class Fence:
         self._run(_set_to("ip", "leaving", vip, _ms(seconds)), f"letting {vip}'s closes out")
 
     def grace(self, vip: str, seconds: float) -> None:
-        """For `seconds`, drop mid-stream TCP segments to `vip` that no local socket owns."""
+        """For `seconds` (at most OPENED), drop mid-stream TCP segments to `vip` of flows that
+        did not open here since."""
         _check(vip)
+        seconds = min(seconds, OPENED)
         self._run(_set_to("ip", "grace", vip, _ms(seconds)), f"grace period for {vip}")
 
     def until(self, vip: str) -> float:

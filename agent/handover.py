@@ -7,8 +7,11 @@ address's connections; unless they are closed, their clients' segments are
 dropped silently and they hang on TCP retransmits. They are closed cleanly
 (`POST /drain?address=VIP`: WebSockets get 1001 Going Away, HTTP keep-alive
 connections a FIN after the response in flight) as soon as another node's
-record in `nodes/` lists the VIP as held: a client told earlier would reconnect
-to an address nobody answers for and wait out a SYN retransmit (1 s).
+record in `nodes/` lists the VIP as held, which it does only once the address is
+set and announced (gratuitous ARP): a client told earlier would reconnect to an
+address nobody answers for and wait out a SYN retransmit (1 s). The wait is
+bounded (`wait`, longer than a lost node's VIP takes to move), for a VIP that
+nobody takes.
 
 The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
 one etcd event of the new owner's write, not on a polling period. Until then
@@ -35,6 +38,14 @@ from haproxy_py.cluster.store import StoreError
 from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
+
+# The previous owner waits this long at most for the next owner's record: longer than a lost
+# node's VIP takes to move (2.3 s budget), so no 1001 sends a client to an empty address.
+WAIT = 3.0
+# The next owner drops unknown mid-stream segments this long after a planned take-over: the
+# previous owner's wait, plus 2 s for a starved proxy to send its 1001s. A shorter grace than
+# the wait would answer with resets the clients whose 1001 comes late but comes.
+GRACE = WAIT + 2.0
 
 
 class Drainer(Protocol):

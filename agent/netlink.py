@@ -111,7 +111,7 @@ class Addresses:
             self._ipr.close()
 
     def grace(self, vip: str, seconds: float) -> None:
-        """For `seconds`, drop mid-stream TCP segments to `vip` that no local socket owns.
+        """For `seconds`, drop mid-stream TCP segments to `vip` of flows not opened here since.
 
         For a VIP this node has just taken in a planned move: the old node's
         1001 close reaches its clients before this node could answer them with

@@ -10,8 +10,10 @@
   `hactl status` asks it when etcd does not answer.
 
 Callers are refused without a certificate from the cluster CA (at the handshake), and
-with 403 when the certificate's name is not one of the nodes this agent last saw in etcd.
-Bodies are limited to `MESSAGE_MAX` bytes.
+agents with 403 when the certificate's name is not one of the nodes this agent last saw
+in etcd. Controllers and operators are not held to that membership: a node's controller
+keeps running (and may lead, and probe) while its agent is stopped and its record gone,
+and what they may call here only reads. Bodies are limited to `MESSAGE_MAX` bytes.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class PeerServer:
         async def guarded(request: web.Request) -> web.Response:
             role, node = _role(request)
             members = self.failsafe.members | {self.name}
-            if role not in roles or (role != "operator" and node not in members):
+            if role not in roles or (role == "agent" and node not in members):
                 who = f"{role}-{node}" if role else "no identity"
                 log.warning("peer call refused", caller=who, path=request.path)
                 return _error(403, f"{who} may not call {request.path} here")

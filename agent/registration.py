@@ -43,6 +43,8 @@ class Registration:
         self.healthy_since: float | None = None  # unix time: the controller's failback hold
         self.failed = False  # the last write did not land: the reconcile timer retries
         self.failsafe: tuple[float, float, int] | None = None  # the last outage it bridged
+        # a held VIP is listed once its address is set and announced (`Effects.shown`)
+        self.shown: Callable[[str], bool] = lambda vip: True
         self._pending = False
 
     def health_changed(self, healthy: bool) -> None:
@@ -67,7 +69,7 @@ class Registration:
             healthy_since=self.healthy_since,
             backends_up=self.servers[0],
             backends_total=self.servers[1],
-            vips=tuple(sorted(core.held)),
+            vips=tuple(sorted(v for v in core.held if self.shown(v))),
             updated=time.time(),
             lease=lease,
             ready=ready,

@@ -14,10 +14,13 @@ no equivalent (its old node keeps no state to close), so only haproxy-py runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import ipaddress
 import json
+import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -117,9 +120,10 @@ def render(doc: dict[str, Any]) -> str:
         "",
         "On the client's wire (every connection opened during the moves; p50 / p95 ms):",
         "",
-        "| cause | connections | SYN retransmits | SYN → SYN-ACK | SYN-ACK → upgrade request "
-        "(client) | request → 101 (proxy + backend) | of which the backend's |",
-        "|---|---|---|---|---|---|---|",
+        "| cause | connections (clients' count) | unanswered | SYN retransmits | SYN → SYN-ACK "
+        "| SYN-ACK → upgrade request (client) | request → 101 (proxy + backend) "
+        "| of which the backend's | frames the capture dropped |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cause, wire in doc.get("wire", {}).items():
         spans = " | ".join(
@@ -128,8 +132,10 @@ def render(doc: dict[str, Any]) -> str:
         )
         backend = wire.get("backend_ms", {})
         lines.append(
-            f"| {cause} | {wire['connections']} | {wire['syn_retransmits']} | {spans} "
-            f"| {_ms(backend.get('p50'))} / {_ms(backend.get('p95'))} |"
+            f"| {cause} | {wire['connections']} ({wire.get('reconnects', '-')}) "
+            f"| {wire.get('unanswered', '-')} | {wire['syn_retransmits']} | {spans} "
+            f"| {_ms(backend.get('p50'))} / {_ms(backend.get('p95'))} "
+            f"| {wire.get('capture_dropped', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -179,6 +185,18 @@ def client_hosts(lab: control.Lab, hosts: int) -> list[list[str]]:
     return [addresses[i::FLEETS] for i in range(FLEETS)]
 
 
+def stop_captures(lab: control.Lab, captures: list[Proc]) -> None:
+    """SIGTERM: each capture reads what is still queued and writes its drop count."""
+    for proc in captures:
+        lab.plumbing.kill(proc, signal.SIGTERM)
+    with contextlib.suppress(stacks.BenchError):
+        stacks.wait_until(
+            lambda: not any(lab.plumbing.alive(p) for p in captures), 10, "captures ended"
+        )
+    for proc in captures:
+        lab.plumbing.kill(proc)
+
+
 def measure(
     lab: control.Lab, cause: str, moves: int, work: Path, hosts: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -191,6 +209,7 @@ def measure(
     sources = client_hosts(lab, hosts)
     segments = work / f"wire-{cause.replace(' ', '-')}.out"
     captures: list[Proc] = []
+    opened = math.inf  # when the captures were open: the connections they should all see
 
     def upstream(app: str) -> Path:
         return work / f"wire-{cause.replace(' ', '-')}-{app}.out"
@@ -227,6 +246,7 @@ def measure(
             ]
         ]
         time.sleep(0.5)  # the capture socket is open
+        opened = time.monotonic()
         for move in range(moves):
             active = stack.settle()
             target = stack.other(active)
@@ -241,14 +261,17 @@ def measure(
                 lab.start_node(active, ("agent",))
             print(f"{cause} #{move}: {active} -> {target}", flush=True)
     finally:
-        for proc in [*fleets, *captures]:
+        for proc in fleets:
             lab.plumbing.kill(proc)
+        stop_captures(lab, captures)
         stack.stop()
         stack.close()
     wire = summarize_wire(read(str(segments)))
     backends = [s for app in lab.layout.apps for s in read(str(upstream(app.name)))]
     wire["backend_ms"] = summarize_wire(backends)["ms"]["server"]
-    return summarize_events(_events(outs)), wire
+    events = _events(outs)
+    wire["reconnects"] = sum(1 for e in events if e["event"] == "connected" and e["at"] >= opened)
+    return summarize_events(events), wire
 
 
 def main(argv: list[str] | None = None) -> int:

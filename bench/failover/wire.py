@@ -11,11 +11,17 @@ SYN-ACK (the new owner's kernel), SYN-ACK to the upgrade request (the client
 process) and the request to the `101` (the proxy, its upstream connect and the
 backend's handshake). On a backend's wire, the last span is the backend's
 own share of it (health checks, answered 200, have none).
+
+Flows are keyed by the client's address and port (clients from many addresses
+reuse each other's ports). SIGTERM ends a capture cleanly: what it read is
+written, and a last line gives the frames the kernel dropped because the
+capture fell behind (`dropped`), so a count that falls short says so.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 import sys
@@ -26,6 +32,9 @@ from typing import Any
 from bench.failover.stats import summarize
 
 ETH_P_ALL = 3
+SOL_PACKET, PACKET_STATISTICS, SO_RCVBUFFORCE = 263, 6, 33
+BUFFER = 16 << 20  # bytes of frames the kernel holds for the capture while it catches up
+DRAIN = 10.0  # seconds a stopped capture may take to read what is queued (a starved one is slow)
 SYN, ACK = 0x02, 0x10
 RETRANSMIT_WINDOW = 3.5
 SPANS = (("kernel", "syn", "synack"), ("client", "synack", "request"), ("server", "request", "101"))
@@ -33,16 +42,21 @@ SPANS = (("kernel", "syn", "synack"), ("client", "synack", "request"), ("server"
 
 def capture(vip: str, port: int, seconds: float, out: str) -> None:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER)
     sock.bind(("eth0", 0))
     sock.settimeout(0.2)
     target = socket.inet_aton(vip)
-    opened: dict[int, set[bool]] = {}  # connections whose SYN was seen: directions with data
+    opened: dict[str, set[bool]] = {}  # connections whose SYN was seen: directions with data
     end = time.monotonic() + seconds
+    stop: list[float] = []  # when SIGTERM came: read what is queued (DRAIN s at most), end
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(time.monotonic()))
     with open(out, "w") as sink:
-        while time.monotonic() < end:
+        while time.monotonic() < min(end, stop[0] + DRAIN if stop else end):
             try:
                 frame = sock.recv(65535)
             except TimeoutError:
+                if stop:
+                    break
                 continue
             at = time.monotonic()
             if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != socket.IPPROTO_TCP:
@@ -57,9 +71,10 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
                 continue
             payload = frame[tcp + (offset >> 4) * 4 :]
             client_port = dport if inbound else sport
+            client = f"{socket.inet_ntoa(dst if inbound else src)}:{client_port}"
             if flags & SYN and not inbound:
-                opened[client_port] = set()
-            seen = opened.get(client_port)
+                opened[client] = set()
+            seen = opened.get(client)
             # Only what the summary reads: handshakes, and each direction's first data of a
             # connection opened during the capture (continuous echoes would be gigabytes).
             if seen is None or (not flags & SYN and (not payload or inbound in seen)):
@@ -69,33 +84,42 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
             segment = {
                 "at": at,
                 "out": not inbound,
+                "client": client,
                 "client_port": client_port,
                 "flags": flags,
                 "len": len(payload),
                 "head": payload[:12].decode("latin-1"),
             }
             sink.write(json.dumps(segment) + "\n")
+        # tpacket_stats: frames received, frames dropped (both since the last read)
+        dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
+        sink.write(json.dumps({"dropped": dropped}) + "\n")
 
 
 def summarize_wire(segments: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """SYN retransmits and the wire-time split of every connection opened in the capture
     (pure)."""
     flows: list[list[dict[str, Any]]] = []
-    current: dict[int, list[dict[str, Any]]] = {}  # client port -> its latest connection
-    for segment in sorted(segments, key=lambda s: s["at"]):
-        port = int(segment["client_port"])
-        flow = current.get(port)
+    current: dict[str, list[dict[str, Any]]] = {}  # client -> its latest connection
+    dropped = 0
+    for segment in sorted(segments, key=lambda s: s.get("at", 0.0)):
+        if "dropped" in segment:  # a capture's last line
+            dropped += int(segment["dropped"])
+            continue
+        client = str(segment.get("client", segment["client_port"]))
+        flow = current.get(client)
         if _is_syn(segment) and (flow is None or not _retransmit(flow, segment)):
-            flow = current[port] = []  # a new connection (ports are reused)
+            flow = current[client] = []  # a new connection (ports are reused)
             flows.append(flow)
         if flow is not None:
             flow.append(segment)
     spans: dict[str, list[float]] = {name: [] for name, _, _ in SPANS}
-    connections = retransmits = 0
+    connections = retransmits = unanswered = 0
     for flow in flows:
         syns = [s for s in flow if _is_syn(s)]
         connections += 1
         retransmits += len(syns) - 1
+        unanswered += not any(not s["out"] for s in flow)
         times = {"syn": syns[0]["at"]}
         for name, found in (
             ("synack", lambda s: not s["out"] and s["flags"] & (SYN | ACK) == SYN | ACK),
@@ -110,6 +134,8 @@ def summarize_wire(segments: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {
         "connections": connections,
         "syn_retransmits": retransmits,
+        "unanswered": unanswered,  # connection attempts that got no answer at all
+        "capture_dropped": dropped,
         "ms": {name: summarize(values).as_dict() for name, values in spans.items()},
     }
 

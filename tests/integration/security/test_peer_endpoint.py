@@ -127,6 +127,16 @@ async def test_a_node_outside_the_membership_gets_403(certs: Path, peer: Node) -
     assert peer.core.arm_hold < 0
 
 
+async def test_a_controller_whose_agent_is_stopped_still_probes(certs: Path, peer: Node) -> None:
+    """A stopped agent's record leaves etcd, but its node's controller may lead: refused,
+    its probes would count as failures and the owner's lease would be revoked."""
+    peer.failsafe.membership(("n2", "n3"))  # n1's agent stopped: its record is gone
+    answer = await call(certs, "controller-n1", peer, "/alive", {"nonce": "n1-leads"})
+    assert answer == {"nonce": "n1-leads", "node": "n2"}
+    with pytest.raises(PeerError, match="403"):
+        await call(certs, "agent-n1", peer, "/failsafe", ASK)
+
+
 async def test_asking_in_another_nodes_name_gets_400_and_no_promise(
     certs: Path, peer: Node
 ) -> None:

@@ -132,6 +132,7 @@ class Cluster:
     client: str
     controller: Proc | None = None
     publish_delay: float = 0.0  # > 0: agents write their node record this late (slow_agent)
+    publish_every: bool = False  # every write of it late, not only one newly listing a VIP
 
     @property
     def vip(self) -> str:
@@ -233,6 +234,7 @@ format = "console"
         program = [str(BIN / "ha-agent")]
         if self.publish_delay:
             slow = ["-m", "tests.lab.agent.slow_agent", str(self.publish_delay)]
+            slow += ["every"] if self.publish_every else []
             program = [sys.executable, *slow]
         node.agent = self.lab.spawn(
             node.netns,
@@ -308,6 +310,7 @@ def cluster(
     vips: int = 1,
     mode: str = "active-standby",
     publish_delay: float = 0.0,
+    publish_every: bool = False,
 ) -> Iterator[Cluster]:
     """Build the namespaces, etcd and every process; tear all of it down afterwards."""
     lab.bridge(f"{net}.1/24")
@@ -319,6 +322,7 @@ def cluster(
     etcd = bridge_etcd(f"{net}.1", root / "etcd")
     addresses = tuple(f"{net}.{100 + i}" for i in range(vips))
     c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns, None, publish_delay)
+    c.publish_every = publish_every
     for node in nodes.values():
         node.config.write_text(c.node_config(node.name, node.address))
     etcd.spawn()
@@ -459,3 +463,34 @@ async def wait_or_show(
         return await eventually_async(check, limit, what)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{lab.c.logs()}") from None
+
+
+async def restart(lab: Lab, node: Node, daemon: str, sig: int) -> None:
+    """Stop one daemon of `node` with `sig`, wait for it to exit, start it again."""
+    proc = getattr(node, daemon) if daemon != "controller" else lab.c.controller
+    assert proc is not None
+    lab.c.lab.kill(proc, sig)
+    await wait_or_show(lab, lambda: not lab.c.lab.alive(proc), 30, f"{daemon} to exit")
+    if daemon == "agent":
+        lab.c.start_agent(node)
+    elif daemon == "proxy":
+        lab.c.start_proxy(node)
+    else:
+        lab.c.start_controller()
+
+
+def in_service(lab: Lab, node: Node, since: float):
+    """The node registered again, live, ready and not stopping (checked after `since`)."""
+
+    async def check() -> bool:
+        record: NodeRecord | None = await lab.node(node.name)
+        return (
+            record is not None
+            and record.healthy
+            and not record.stopping
+            and record.ready == record.pools == 1
+            and record.updated is not None
+            and record.updated >= lab.wall(since)
+        )
+
+    return check

@@ -17,11 +17,13 @@ from tests.support.wait import eventually_async
 
 @pytest.fixture
 async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lab]:
-    """Parametrized indirectly, the parameter is the agents' node-record write delay."""
-    delay = float(getattr(request, "param", 0.0))
+    """Parametrized indirectly, the parameter is the agents' node-record write delay (a
+    record newly listing a VIP), or (delay, "every") for every write of the record."""
+    param = getattr(request, "param", 0.0)
+    delay, every = (param[0], param[1] == "every") if isinstance(param, tuple) else (param, False)
     with (
         plumbing(tmp_path, "hvk") as (plumb, net),
-        cluster(tmp_path, plumb, net, publish_delay=delay) as c,
+        cluster(tmp_path, plumb, net, publish_delay=float(delay), publish_every=every) as c,
     ):
         watcher = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
         watcher.start()

@@ -1,29 +1,41 @@
-"""`ha-agent` whose writes of its node record lag by DELAY seconds.
+"""`ha-agent` that writes its node record DELAY seconds late whenever the record newly lists
+a VIP as held (`every`: every write of it, the release acknowledgements too).
 
 A lab stand-in for a slow etcd round trip of the new owner: between its
 gratuitous ARP (the clients' packets reach it from then on) and its node
 record listing the VIP (the old owner's cue to send its 1001), DELAY seconds
-pass. A hand-over that relies on timing instead of its grace period shows
-resets here.
+pass. Other writes (the old owner's release acknowledgement among them) are not
+delayed, so the move itself is as fast as ever. A hand-over that relies on
+timing instead of its grace period shows resets here.
 
-    python -m tests.lab.agent.slow_agent DELAY --config FILE
+A slow etcd for every write (`every`) also delays the old owner's release
+acknowledgement, so the VIP reaches its next owner DELAY seconds after the old
+owner let it go: its clients must not be told to reconnect before that.
+
+    python -m tests.lab.agent.slow_agent DELAY [every] --config FILE
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 
 from agent.cli import main
 from haproxy_py.cluster.store import Store
 
 DELAY = float(sys.argv.pop(1))
+EVERY = sys.argv[1:2] == ["every"] and bool(sys.argv.pop(1))
 _put = Store.put
+_listed: dict[str, set[str]] = {}  # node key -> the VIPs its last record listed
 
 
 async def _slow_put(self: Store, key: str, value: bytes, lease: int = 0) -> int:
     if key.startswith(self.schema.nodes_prefix):
-        await asyncio.sleep(DELAY)
+        vips = set(json.loads(value).get("vips", ()))
+        if EVERY or vips - _listed.get(key, set()):
+            await asyncio.sleep(DELAY)
+        _listed[key] = vips
     return await _put(self, key, value, lease)
 
 

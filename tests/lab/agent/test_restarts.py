@@ -14,42 +14,11 @@ import time
 import pytest
 
 from haproxy_py.cluster.intents import new_request_id
-from haproxy_py.cluster.records import NodeRecord, Request
+from haproxy_py.cluster.records import Request
 from haproxy_py.cluster.requestflow import submit, wait_result
-from tests.lab.agent.cluster import FACTOR, RESTART, Lab, Node, wait_or_show
+from tests.lab.agent.cluster import FACTOR, RESTART, Lab, in_service, restart, wait_or_show
 
 pytestmark = pytest.mark.lab
-
-
-async def restart(lab: Lab, node: Node, daemon: str, sig: int) -> None:
-    """Stop one daemon of `node` with `sig`, wait for it to exit, start it again."""
-    proc = getattr(node, daemon) if daemon != "controller" else lab.c.controller
-    assert proc is not None
-    lab.c.lab.kill(proc, sig)
-    await wait_or_show(lab, lambda: not lab.c.lab.alive(proc), 30, f"{daemon} to exit")
-    if daemon == "agent":
-        lab.c.start_agent(node)
-    elif daemon == "proxy":
-        lab.c.start_proxy(node)
-    else:
-        lab.c.start_controller()
-
-
-def in_service(lab: Lab, node: Node, since: float):
-    """The node registered again, live, ready and not stopping (checked after `since`)."""
-
-    async def check() -> bool:
-        record: NodeRecord | None = await lab.node(node.name)
-        return (
-            record is not None
-            and record.healthy
-            and not record.stopping
-            and record.ready == record.pools == 1
-            and record.updated is not None
-            and record.updated >= lab.wall(since)
-        )
-
-    return check
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

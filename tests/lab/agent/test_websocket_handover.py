@@ -4,11 +4,12 @@ Echo clients of three classes (idle, a frame every 100 ms, send-wait-send) and
 HTTP keep-alive clients stay connected through the VIP while it moves back and
 forth several times. Every connection the move ends must end with a close frame
 1001 (HTTP: a FIN), never a reset, and every client must reconnect to the new
-owner at once (no SYN retransmit). The second run lets each agent
-write its node record 0.5 s late, so the old owner's 1001 leaves long after the
-new owner's gratuitous ARP: only the new owner's grace period (mid-stream
+owner at once (no SYN retransmit). The second run lets each agent write its
+node record listing a VIP it took 0.5 s late, so the old owner's 1001 leaves
+long after the new owner's gratuitous ARP: only the new owner's grace period (mid-stream
 segments dropped, not reset) keeps the clients' packets of that window from
-being answered with a reset, so this cannot pass by timing.
+being answered with a reset, so this cannot pass by timing. The third run's
+2.5 s is close to the old owner's longest wait (3 s): the grace must outlast it.
 
 The proxies run as the hardened unit runs them (`haproxy_py.lab.activate`):
 their listening socket comes from outside with IP_TRANSPARENT set, and they hold
@@ -51,7 +52,9 @@ def since(events: list[dict[str, Any]], at: float, kind: str) -> list[dict[str, 
     return [e for e in events if e["at"] >= at and e["event"] == kind]
 
 
-@pytest.mark.parametrize("lab", [0.0, 0.5], ids=["prompt", "record-late"], indirect=True)
+@pytest.mark.parametrize(
+    "lab", [0.0, 0.5, 2.5], ids=["prompt", "record-late", "record-later"], indirect=True
+)
 async def test_every_websocket_client_gets_1001_through_planned_moves(lab: Lab) -> None:
     out = lab.c.root / "echo.out"
     clients = sum(CLASSES)

@@ -29,3 +29,19 @@ def test_splits_each_new_connection_and_counts_syn_retransmits() -> None:
     assert summary["ms"]["kernel"]["max"] == 1001.0  # the retransmit wait shows here
     assert summary["ms"]["client"]["count"] == 2 and summary["ms"]["client"]["max"] == 10.0
     assert summary["ms"]["server"]["count"] == 1 and summary["ms"]["server"]["max"] == 30.0
+
+
+def test_clients_on_other_addresses_with_the_same_port_are_other_connections() -> None:
+    def at(client: str, when: float, out: bool, flags: int) -> dict:
+        return {**seg(when, out, 40001, flags), "client": f"{client}:40001"}
+
+    segments = [
+        at("198.18.0.150", 1.000, True, 0x02),
+        at("198.18.0.151", 1.010, True, 0x02),  # not a retransmit: another client
+        at("198.18.0.151", 1.011, False, 0x12),
+        at("198.18.0.150", 2.000, True, 0x02),  # a retransmit: the first SYN had no answer
+        {"dropped": 2},  # the capture's last line
+    ]
+    summary = summarize_wire(segments)
+    assert summary["connections"] == 2 and summary["syn_retransmits"] == 1
+    assert summary["unanswered"] == 1 and summary["capture_dropped"] == 2
