@@ -54,7 +54,7 @@ from agent.actions import (
 )
 from agent.arming import LeaseClock
 from agent.hysteresis import Hysteresis
-from haproxy_py.cluster.agent_config import Timing
+from haproxy_py.cluster.timing import Timing
 from haproxy_py.cluster.allowlist import AllowList
 
 ASSIGNED = "assigned"
