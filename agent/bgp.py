@@ -24,8 +24,10 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import math
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,10 +109,16 @@ class Announcer:
         self.proxy = proxy
         self.bird = bird.BirdControl(settings.bird_socket)
         self.liveness = Liveness(settings.fall)
-        # The seams for the agent daemon: the controller's answer for this node (which VIPs it
-        # may announce) and the lease/failsafe verdict. Standalone: the given VIPs, never fenced.
-        self.permitted: frozenset[str] = frozenset(settings.vips)
-        self.fenced = False
+        # The seams for the agent daemon (`agent.bgpside`): the controller's answer for this node
+        # (None: not read yet, BIRD's routes are left as they are) and the lease/failsafe verdict
+        # (None: not known yet, the link is left as it is). Standalone: the given VIPs, never
+        # fenced.
+        self.permitted: frozenset[str] | None = frozenset(settings.vips)
+        self.fenced: Callable[[], bool | None] = lambda: False
+        # Until then (monotonic), VIPs BIRD already announces stay in its routes even when
+        # `permitted` leaves them out: a restarted agent's node is re-registered and its
+        # controller's answer settles meanwhile.
+        self.keep_until = -math.inf
         self._reason = ""
         self._lock = asyncio.Lock()
 
@@ -141,15 +149,19 @@ class Announcer:
 
     async def step(self, status: ProxyStatus) -> Want:
         self.liveness.observe(status)
-        target = want(self.permitted, self.liveness.live, self.liveness.draining, self.fenced)
+        fenced = self.fenced()
+        permitted = self.permitted
+        target = want(permitted or (), self.liveness.live, self.liveness.draining, bool(fenced))
         if target.reason != self._reason:
             log.info("bgp", reason=target.reason, detail=status.detail)
             self._reason = target.reason
-        steps = [
-            ("VIPs on lo", self.ensure_loopback(target.vips)),
-            ("BIRD's routes", self.ensure_routes(target.vips)),
-        ]
-        if self.liveness.known:
+        steps = []
+        if permitted is not None:
+            steps += [
+                ("VIPs on lo", self.ensure_loopback(target.vips)),
+                ("BIRD's routes", self.ensure_routes(target.vips)),
+            ]
+        if self.liveness.known and fenced is not None:
             steps.append(("live link", self.ensure_link(target.serve)))
         for what, call in steps:
             try:
@@ -169,6 +181,8 @@ class Announcer:
     async def ensure_routes(self, vips: frozenset[str]) -> None:
         reply = await self.bird.command(f"show static {birdconf.STATIC_PROTOCOL}")
         loaded = {p.removesuffix("/32") for p in bird.static_routes(reply)}
+        if time.monotonic() < self.keep_until:
+            vips |= loaded
         if loaded == vips:
             return
         path = self.settings.announce_file

@@ -38,6 +38,7 @@ from agent.proxy import ProxyClient
 from agent.registration import Registration
 from agent.state import Action, AgentCore
 from haproxy_py.cluster.agent_config import AgentConfig
+from haproxy_py.cluster.bgp_config import BgpConfig
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.peerlink import PeerTls
 from haproxy_py.cluster.store import StoreError
@@ -60,6 +61,9 @@ class Settings:
     handover_wait: float = 1.0
     failsafe: bool = True  # [cluster] failsafe
     peer_tls: PeerTls | None = None  # this agent's certificates: the peer endpoint needs them
+    # BGP mode (`agent.bgpside`): a clean stop hands nothing over and keeps the lease (it
+    # expires by itself), so BIRD keeps announcing and a restarted agent finds it all in place
+    bgp: BgpConfig | None = None
 
 
 class Agent:
@@ -200,7 +204,8 @@ class Agent:
                 failure = None if task is stopped or task.cancelled() else task.exception()
                 if failure is not None:
                     raise failure
-            await self._release()
+            if self.settings.bgp is None:
+                await self._release()
         finally:
             stopped.cancel()
             drains = self.handover.cancel()

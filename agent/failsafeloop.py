@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -66,6 +66,8 @@ class FailsafeLoop:
         self.round_times: list[float] = []  # seconds each granting round took, this outage
         self._refused = False
         self._warmed = -WARM
+        # what a round asks about: the addresses held, or in BGP mode what is announced
+        self.holding: Callable[[], Iterable[str]] = lambda: self.core.held
 
     def register(self, registry: Registry) -> None:
         """`failsafe_seconds`: how long the failsafe has kept this node's VIPs (0: it does
@@ -152,7 +154,7 @@ class FailsafeLoop:
     async def round_loop(self) -> None:
         while True:
             await asyncio.sleep(self.core.timing.keepalive_interval)
-            ask = self.failsafe.start(secrets.token_hex(16), self.core.held, time.monotonic())
+            ask = self.failsafe.start(secrets.token_hex(16), self.holding(), time.monotonic())
             if ask is not None:
                 await self.run_round(ask)
 

@@ -9,6 +9,7 @@ All keys of one cluster live under `/haproxy-py/<cluster>/`:
     config              ClusterSettings   no lease (active controller)
     events/<seq>        Event             no lease, bounded history (seq = epoch, zero-padded)
     epoch               integer text      no lease, +1 on every ownership change
+    announce/<node>     Announce          no lease; BGP mode: the VIPs the node may announce
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Schema:
         return f"{self.prefix}vips/"
 
     @property
+    def announce_prefix(self) -> str:
+        return f"{self.prefix}announce/"
+
+    @property
     def requests_prefix(self) -> str:
         return f"{self.prefix}requests/"
 
@@ -66,6 +71,9 @@ class Schema:
 
     def vip(self, address: str) -> str:
         return f"{self.vips_prefix}{address}"
+
+    def announce(self, node: str) -> str:
+        return f"{self.announce_prefix}{node}"
 
     def request(self, request_id: str) -> str:
         return f"{self.requests_prefix}{request_id}"

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import pytest
+
+from agent import bgpside
 from agent.bgp import Liveness, want
+from agent.cli import parse
 from agent.proxy import ProxyStatus
+from haproxy_py.cluster.config import parse_cluster
+from haproxy_py.configfile import ConfigError, load
 
 VIPS = ("198.18.5.100", "198.18.5.101")
 LIVE = ProxyStatus(True, "/healthz answered 200", draining=False)
@@ -77,3 +86,42 @@ def test_a_first_answer_or_refusal_is_known_at_once() -> None:
         live = Liveness(fall=3)
         live.observe(status)
         assert live.known
+
+
+class TestFence:
+    """`agent.bgpside.fenced`: the floating IP's lease rule applied to an announcement."""
+
+    MARGIN = 0.2
+
+    def test_announces_while_the_lease_provably_lives(self) -> None:
+        assert bgpside.fenced(10.0, 11.0, -math.inf, self.MARGIN, 0.0) is False
+        assert bgpside.fenced(10.8, 11.0, -math.inf, self.MARGIN, 0.0) is True
+
+    def test_a_failsafe_grant_keeps_it_past_the_lease(self) -> None:
+        assert bgpside.fenced(12.0, 11.0, 12.5, self.MARGIN, 0.0) is False
+        assert bgpside.fenced(12.4, 11.0, 12.5, self.MARGIN, 0.0) is True
+
+    def test_a_restarted_agent_touches_nothing_for_one_lease_then_withdraws(self) -> None:
+        assert bgpside.fenced(1.0, -math.inf, -math.inf, self.MARGIN, 2.0) is None
+        assert bgpside.fenced(2.0, -math.inf, -math.inf, self.MARGIN, 2.0) is True
+
+    def test_a_lost_lease_after_the_start_fences_at_once(self) -> None:
+        assert bgpside.fenced(5.0, -math.inf, -math.inf, self.MARGIN, 2.0) is True
+
+
+def test_bgp_mode_needs_a_bgp_section(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text(
+        '[node]\nname = "n1"\naddress = "198.18.0.5"\n'
+        + '[cluster]\nmode = "bgp"\nvips = ["198.18.9.1"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"there is no \[bgp\] section"):
+        parse(load(path))
+    path.write_text(
+        path.read_text()
+        + 'min_announcers = 2\n[bgp]\nasn = 64513\npeers = [{ name = "r", address = '
+        '"198.18.0.1", asn = 64512 }]\n'
+    )
+    settings, _ = parse(load(path))
+    assert settings.bgp is not None and settings.bgp.node.asn == 64513
+    assert parse_cluster(load(path)).min_announcers == 2
