@@ -4,7 +4,7 @@ The agent keeps its lease, node record, liveness probes and failsafe as in
 the floating-IP modes (it is given no `vips/` key, so its core holds no
 address); this module adds, around `agent.bgp.Announcer`:
 
-* the permission: `announce/<node>`, written by the active controller
+* the permission: `announce/<node>/vips`, written by the active controller
   (`controller.announcesync`), read at start, on every watch event and every
   reconcile period; unreadable or unreachable keeps the last one read;
 * the fence, by the floating IP's rule (`fenced`): the node announces while
@@ -120,8 +120,9 @@ class BgpSide:
     async def _watch(self) -> None:
         while True:
             try:
-                _, revision = await self.store.get_prefix(self._key)
-                async for event in self.store.watch(self._key, revision + 1):
+                mine = self._key.removesuffix("vips")  # announce/<node>/: readable for us
+                _, revision = await self.store.get_prefix(mine)
+                async for event in self.store.watch(mine, revision + 1):
                     if event.key == self._key or event.kind == "resync":
                         self._wake.set()
             except StoreError:

@@ -1,4 +1,4 @@
-"""BGP mode: write `announce/<node>` from `controller.announce`'s answer (the I/O half).
+"""BGP mode: write `announce/<node>/vips` from `controller.announce`'s answer (the I/O half).
 
 Each cycle reads `announce/`, asks the pure `controller.announce.plan` which
 nodes may announce which VIP (the previous answer stands while paused), and
@@ -52,13 +52,16 @@ class AnnounceSync:
         self._said: dict[str, tuple[frozenset[str], str]] = {}  # what was last logged
 
     async def read(self) -> dict[str, Announce]:
-        prefix = self.store.schema.announce_prefix
-        kvs, _ = await self.store.get_prefix(prefix)
+        schema = self.store.schema
+        kvs, _ = await self.store.get_prefix(schema.announce_prefix)
         out = {}
         for kv in kvs:
+            node = schema.announce_node(kv.key)
+            if node is None:
+                continue  # not ours: left alone
             record = Announce.parse(kv.value, kv.mod_revision)
             # unreadable: replaced on the next write, compared on its own revision
-            out[kv.key[len(prefix) :]] = record or Announce((), kv.mod_revision)
+            out[node] = record or Announce((), kv.mod_revision)
         return out
 
     async def sync(self, view: ClusterView, settings: ClusterSettings) -> int:

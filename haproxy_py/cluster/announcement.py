@@ -1,4 +1,5 @@
-"""`announce/<node>` (BGP mode): the VIPs one node may announce, written by the active controller.
+"""`announce/<node>/vips` (BGP mode): the VIPs one node may announce; the active controller
+writes it.
 
 One key per node, not per VIP, so that a node's loss or drain is one write
 whatever the number of VIPs (the revision budget: at most 6 per node per

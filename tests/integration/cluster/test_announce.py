@@ -1,4 +1,4 @@
-"""BGP mode against a real etcd: the controller writes `announce/<node>`, the agent reads it."""
+"""BGP mode on a real etcd: the controller writes `announce/<node>/vips`; the agent reads it."""
 
 from __future__ import annotations
 
@@ -74,12 +74,11 @@ async def bgp_cluster(
 
 async def announced(store: Store) -> dict[str, tuple[str, ...]]:
     kvs, _ = await store.get_prefix(store.schema.announce_prefix)
-    prefix = store.schema.announce_prefix
     out = {}
     for kv in kvs:
-        record = Announce.parse(kv.value)
-        assert record is not None
-        out[kv.key[len(prefix) :]] = record.vips
+        record, node = Announce.parse(kv.value), store.schema.announce_node(kv.key)
+        assert record is not None and node is not None
+        out[node] = record.vips
     return out
 
 

@@ -165,3 +165,43 @@ def test_a_restarted_proxy_is_announced_again(whole: control.Lab) -> None:
     eventually(lambda: not all_paths(whole), SETTLE, "node4 withdrawn")
     whole.restart("node4")
     eventually(lambda: all_paths(whole), SETTLE, "node4 announced again")
+
+
+def test_an_operators_drain_goes_through_etcd_and_undrain_announces_again(
+    whole: control.Lab,
+) -> None:
+    done = whole.hactl("drain", "node2", "--yes")
+    assert done.returncode == 0, done.stderr
+    rest = addresses(whole, "node1", "node3", "node4")
+    eventually(lambda: bgplab.next_hops(whole, whole.layout.vips[0]) == rest, SETTLE, "drained")
+    assert whole.hactl("undrain", "node2").returncode == 0
+    eventually(lambda: all_paths(whole), SETTLE, "node2 announced again after the undrain")
+
+
+def test_a_node_cut_off_alone_from_etcd_withdraws_by_the_failsafe_rule(
+    whole: control.Lab,
+) -> None:
+    whole.partition("node3")  # from etcd and its peers; the router and clients still reach it
+    try:
+        rest = addresses(whole, "node1", "node2", "node4")
+        eventually(
+            lambda: bgplab.next_hops(whole, whole.layout.vips[0]) == rest, SETTLE, "withdrawn"
+        )
+    finally:
+        whole.heal("node3")
+    eventually(lambda: all_paths(whole), SETTLE, "node3 announced again after the heal")
+
+
+def test_with_etcd_down_for_everyone_every_node_keeps_announcing(whole: control.Lab) -> None:
+    members = [m.name for m in whole.layout.etcd]
+    for name in members:
+        whole.kill(name)
+    try:
+        until = time.monotonic() + 3 * whole.layout.timing.lease_ttl  # well past every lease
+        while time.monotonic() < until:
+            assert all_paths(whole), "a node withdrew while etcd was down for every node"
+            time.sleep(0.05)
+    finally:
+        for name in members:
+            whole.restart(name)
+        eventually(whole.etcd_healthy, SETTLE, "etcd back")
