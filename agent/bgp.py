@@ -64,6 +64,40 @@ def want(permitted: Iterable[str], live: bool, draining: bool, fenced: bool) -> 
     return Want(True, vips, f"proxy live: announcing {len(vips)} VIP(s)")
 
 
+GRACEFUL_HOLD = 2.0  # seconds a planned withdrawal announces GRACEFUL_SHUTDOWN first
+
+
+@dataclass(frozen=True)
+class Routes:
+    """What BIRD should announce: every VIP in `vips`, those in `leaving` tagged
+    GRACEFUL_SHUTDOWN (RFC 8326); `started` maps each leaving VIP to when its shutdown began."""
+
+    vips: frozenset[str]
+    leaving: frozenset[str]
+    started: dict[str, float]
+
+
+def routes(
+    permitted: frozenset[str],
+    loaded: frozenset[str],
+    started: dict[str, float],
+    serving: bool,
+    now: float,
+    hold: float = GRACEFUL_HOLD,
+) -> Routes:
+    """(pure) Rule 4, a planned withdrawal: a VIP BIRD announces that is no longer permitted
+    while the node serves (an operator's drain, a VIP removed) first stays announced for
+    `hold` seconds tagged GRACEFUL_SHUTDOWN, so the router moves new connections away
+    before the path goes. Not serving: nothing to be graceful about (the link is down)."""
+    if not serving:
+        return Routes(permitted, frozenset(), {})
+    kept = {v: t for v, t in started.items() if v not in permitted}
+    for vip in loaded - permitted:
+        kept.setdefault(vip, now)
+    kept = {v: t for v, t in kept.items() if now - t < hold}
+    return Routes(permitted, frozenset(kept), kept)
+
+
 class Liveness:
     """(pure: no I/O, no clock) Probe results -> live, by rule 1's counting."""
 
@@ -119,6 +153,8 @@ class Announcer:
         # `permitted` leaves them out: a restarted agent's node is re-registered and its
         # controller's answer settles meanwhile.
         self.keep_until = -math.inf
+        self._leaving: dict[str, float] = {}  # VIP -> when its graceful shutdown began
+        self._tagged: frozenset[str] = frozenset()  # the VIPs written with the community
         self._reason = ""
         self._lock = asyncio.Lock()
 
@@ -159,7 +195,7 @@ class Announcer:
         if permitted is not None:
             steps += [
                 ("VIPs on lo", self.ensure_loopback(target.vips)),
-                ("BIRD's routes", self.ensure_routes(target.vips)),
+                ("BIRD's routes", self.ensure_routes(target.vips, target.serve)),
             ]
         if self.liveness.known and fenced is not None:
             steps.append(("live link", self.ensure_link(target.serve)))
@@ -178,20 +214,35 @@ class Announcer:
         for vip in sorted(vips - present):
             await self.ipr.addr("replace", index=LOOPBACK, address=vip, prefixlen=32)
 
-    async def ensure_routes(self, vips: frozenset[str]) -> None:
+    async def ensure_routes(self, vips: frozenset[str], serve: bool) -> None:
         reply = await self.bird.command(f"show static {birdconf.STATIC_PROTOCOL}")
-        loaded = {p.removesuffix("/32") for p in bird.static_routes(reply)}
-        if time.monotonic() < self.keep_until:
+        loaded = frozenset(p.removesuffix("/32") for p in bird.static_routes(reply))
+        now = time.monotonic()
+        if now < self.keep_until:
             vips |= loaded
-        if loaded == vips:
+        plan = routes(vips, loaded, self._leaving, serve, now)
+        starting = sorted(plan.leaving - set(self._leaving))
+        self._leaving = plan.started
+        if loaded == plan.vips | plan.leaving and plan.leaving == self._tagged:
             return
         path = self.settings.announce_file
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(birdconf.announce_file(vips, self.settings.live_link))
+        tmp.write_text(birdconf.announce_file(plan.vips, self.settings.live_link, plan.leaving))
         os.replace(tmp, path)
+        self._tagged = plan.leaving
         log.info(
-            "bgp routes", was=sorted(loaded), now=sorted(vips), bird=await self.bird.configure()
+            "bgp routes",
+            was=sorted(loaded),
+            now=sorted(plan.vips),
+            graceful_shutdown=sorted(plan.leaving),
+            bird=await self.bird.configure(),
         )
+        for vip in starting:  # its clients go now, and come back through the router's new choice
+            log.info(
+                "planned withdrawal: WebSockets told to go",
+                vip=vip,
+                proxy=await self.proxy.drain_address(vip),
+            )
 
     async def ensure_link(self, up: bool) -> None:
         async for link in await self.ipr.link("dump"):

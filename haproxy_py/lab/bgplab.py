@@ -80,7 +80,7 @@ def router_config(layout: lay.Layout, table: int | None = None) -> str:
             "  hold time 9;",
             *birdconf.RECONNECT,
             "  bfd on;",
-            "  ipv4 { import all; export none; };",
+            f"  ipv4 {{ {birdconf.graceful_shutdown_import()} export none; }};",
             "}",
         ]
     return "\n".join(lines) + "\n"

@@ -167,14 +167,28 @@ def test_a_restarted_proxy_is_announced_again(whole: control.Lab) -> None:
     eventually(lambda: all_paths(whole), SETTLE, "node4 announced again")
 
 
-def test_an_operators_drain_goes_through_etcd_and_undrain_announces_again(
+def test_an_operators_drain_goes_through_etcd_with_a_graceful_shutdown_first(
     whole: control.Lab,
 ) -> None:
+    vip = whole.layout.vips[0]
+    node2 = whole.layout.node("node2").address
+
+    def path_of_node2(detail: str = "") -> str:
+        return bgplab.router_query(whole, f"show route {vip}/32 protocol node2 {detail}").text
+
+    def graceful_shutdown() -> bool:
+        """node2's path is still at the router, tagged GRACEFUL_SHUTDOWN (RFC 8326), and the
+        router's ECMP route already leaves it out."""
+        return "(65535,0)" in path_of_node2("all") and node2 not in bgplab.next_hops(whole, vip)
+
     done = whole.hactl("drain", "node2", "--yes")
     assert done.returncode == 0, done.stderr
-    rest = addresses(whole, "node1", "node3", "node4")
-    eventually(lambda: bgplab.next_hops(whole, whole.layout.vips[0]) == rest, SETTLE, "drained")
-    assert whole.hactl("undrain", "node2").returncode == 0
+    try:
+        eventually(graceful_shutdown, SETTLE, "node2's path tagged GRACEFUL_SHUTDOWN", every=0.01)
+        eventually(lambda: vip not in path_of_node2(), SETTLE, "node2's path gone after the hold")
+        assert node2 not in bgplab.next_hops(whole, vip)
+    finally:
+        assert whole.hactl("undrain", "node2").returncode == 0
     eventually(lambda: all_paths(whole), SETTLE, "node2 announced again after the undrain")
 
 

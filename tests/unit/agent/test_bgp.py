@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from agent import bgpside
-from agent.bgp import Liveness, want
+from agent.bgp import Liveness, routes, want
 from agent.cli import parse
 from agent.proxy import ProxyStatus
+from haproxy_py.cluster import birdconf
 from haproxy_py.cluster.config import parse_cluster
 from haproxy_py.configfile import ConfigError, load
 
@@ -125,3 +126,32 @@ def test_bgp_mode_needs_a_bgp_section(tmp_path: Path) -> None:
     settings, _ = parse(load(path))
     assert settings.bgp is not None and settings.bgp.node.asn == 64513
     assert parse_cluster(load(path)).min_announcers == 2
+
+
+class TestPlannedWithdrawal:
+    """`agent.bgp.routes`: GRACEFUL_SHUTDOWN before a planned withdrawal (RFC 8326)."""
+
+    A, B = VIPS
+    BOTH = frozenset(VIPS)
+
+    def test_a_vip_no_longer_permitted_is_tagged_for_the_hold_then_withdrawn(self) -> None:
+        out = routes(frozenset({self.A}), self.BOTH, {}, serving=True, now=10.0, hold=2.0)
+        assert (out.vips, out.leaving, out.started) == ({self.A}, {self.B}, {self.B: 10.0})
+        out = routes(frozenset({self.A}), self.BOTH, out.started, serving=True, now=11.9, hold=2.0)
+        assert out.leaving == {self.B}  # still within the hold
+        out = routes(frozenset({self.A}), self.BOTH, out.started, serving=True, now=12.0, hold=2.0)
+        assert (out.vips, out.leaving) == ({self.A}, frozenset())
+
+    def test_permitted_again_ends_the_shutdown(self) -> None:
+        out = routes(self.BOTH, self.BOTH, {self.B: 10.0}, serving=True, now=10.5)
+        assert (out.vips, out.leaving, out.started) == (self.BOTH, frozenset(), {})
+
+    def test_a_node_that_cannot_serve_withdraws_at_once(self) -> None:
+        out = routes(frozenset(), self.BOTH, {self.B: 10.0}, serving=False, now=10.1)
+        assert (out.vips, out.leaving) == (frozenset(), frozenset())
+
+
+def test_the_announce_file_tags_leaving_vips_with_graceful_shutdown() -> None:
+    text = birdconf.announce_file([VIPS[0]], "havips", leaving=[VIPS[1]])
+    assert f'route {VIPS[0]}/32 via "havips";' in text
+    assert f'route {VIPS[1]}/32 via "havips" {{ bgp_community.add((65535, 0)); }};' in text
