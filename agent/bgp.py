@@ -155,6 +155,8 @@ class Announcer:
         self.keep_until = -math.inf
         self._leaving: dict[str, float] = {}  # VIP -> when its graceful shutdown began
         self._tagged: frozenset[str] = frozenset()  # the VIPs written with the community
+        self.loaded: frozenset[str] = frozenset()  # BIRD's VIP routes, as last read
+        self.link_up = False  # as last set or seen
         self._reason = ""
         self._lock = asyncio.Lock()
 
@@ -206,6 +208,11 @@ class Announcer:
                 log.warning("bgp converge failed", what=what, error=str(exc))
         return target
 
+    @property
+    def announced(self) -> frozenset[str]:
+        """What the router sees from this node now (as last read and set)."""
+        return self.loaded if self.link_up else frozenset()
+
     async def ensure_loopback(self, vips: frozenset[str]) -> None:
         present = set()
         async for msg in await self.ipr.addr("dump", index=LOOPBACK):
@@ -217,6 +224,7 @@ class Announcer:
     async def ensure_routes(self, vips: frozenset[str], serve: bool) -> None:
         reply = await self.bird.command(f"show static {birdconf.STATIC_PROTOCOL}")
         loaded = frozenset(p.removesuffix("/32") for p in bird.static_routes(reply))
+        self.loaded = loaded
         now = time.monotonic()
         if now < self.keep_until:
             vips |= loaded
@@ -251,7 +259,9 @@ class Announcer:
             is_up = bool(link["flags"] & 1)  # IFF_UP
             if is_up != up:
                 await self.ipr.link("set", index=link["index"], state="up" if up else "down")
+            self.link_up = up
             return
+        self.link_up = False
         # No link: the proxy is not running under agent.livelink; nothing can be announced.
 
 

@@ -26,16 +26,32 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable, Mapping
 
 import structlog
 
 from agent.bgp import Announcer
 from agent.state import AgentCore
+from haproxy_py.cluster import bird
 from haproxy_py.cluster.announcement import Announce
 from haproxy_py.cluster.store import StoreError
 from haproxy_py.cluster.storeapi import KVStore
+from haproxy_py.metrics import Registry, Sample
 
 log = structlog.get_logger(__name__)
+
+
+def session_states(
+    peers: Mapping[str, str], protocols: Mapping[str, bird.Protocol], bfd: Mapping[str, str]
+) -> dict[str, str]:
+    """(pure) Peer name -> "<session>, BFD <state>" from BIRD's answers (`peers`: name ->
+    address); the session's first word only, so the text changes only when the state does."""
+    out = {}
+    for name, address in sorted(peers.items()):
+        p = protocols.get(name)
+        session = "absent" if p is None else ((p.info.split() or [p.state])[0])
+        out[name] = session + (f", BFD {bfd[address]}" if address in bfd else "")
+    return out
 
 
 def fenced(
@@ -58,6 +74,8 @@ class BgpSide:
         store: KVStore,
         reconcile: float,
         restart_grace: float,
+        peers: Mapping[str, str] | None = None,
+        publish: Callable[[dict[str, str]], None] = lambda _: None,
     ) -> None:
         self.announcer = announcer
         self.core = core
@@ -68,6 +86,11 @@ class BgpSide:
         announcer.permitted = None
         announcer.keep_until = started + restart_grace
         announcer.fenced = self.fence
+        self.peers = dict(peers or {})  # BGP peer name -> address
+        self.publish = publish  # the node record's `bgp` (written when it changes)
+        self.states: dict[str, str] = {}
+        self.bfd: dict[str, str] = {}  # peer address -> BFD state, as last read
+        self.established: set[str] = set()  # peers whose session was Established
         self._key = store.schema.announce(core.name)
         self._wake = asyncio.Event()
 
@@ -89,7 +112,7 @@ class BgpSide:
     async def run(self) -> None:
         watch = asyncio.create_task(self._watch(), name="announce-watch")
         try:
-            await asyncio.gather(self._permission(), self.announcer.run())
+            await asyncio.gather(self._permission(), self._sessions(), self.announcer.run())
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -116,6 +139,49 @@ class BgpSide:
             await self.read()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.reconcile)
+
+    async def _sessions(self) -> None:
+        """Every reconcile period: BIRD's sessions and BFD, for the node record and metrics."""
+        while self.peers:
+            try:
+                control = self.announcer.bird
+                protocols = bird.protocols(await control.command("show protocols"))
+                self.bfd = bird.bfd_sessions(await control.command("show bfd sessions"))
+            except bird.BirdError as exc:
+                log.debug("BIRD's sessions not read", error=str(exc))
+                protocols, self.bfd = {}, {}
+                states = {name: "BIRD unreachable" for name in self.peers}
+            else:
+                states = session_states(self.peers, protocols, self.bfd)
+            self.established = {
+                n for n, p in protocols.items() if p.kind == "BGP" and p.info == "Established"
+            }
+            if states != self.states:
+                log.info("bgp sessions", sessions=states)
+                self.states = states
+                self.publish(states)
+            await asyncio.sleep(self.reconcile)
+
+    def register(self, registry: Registry) -> None:
+        """`bgp_session_up{peer}`, `bfd_session_up{peer}`, `bgp_announced_vips` (routes in
+        BIRD while the live link is up; 0 when the node withdraws)."""
+
+        def sessions() -> list[Sample]:
+            return [({"peer": n}, float(n in self.established)) for n in sorted(self.peers)]
+
+        def bfd() -> list[Sample]:
+            return [
+                ({"peer": n}, float(self.bfd.get(a) == "Up")) for n, a in sorted(self.peers.items())
+            ]
+
+        def announced() -> list[Sample]:
+            return [({}, float(len(self.announcer.announced)))]
+
+        registry.gauge(
+            "bgp_session_up", "1 while the BGP session to the peer is Established", sessions
+        )
+        registry.gauge("bfd_session_up", "1 while the BFD session to the peer is Up", bfd)
+        registry.gauge("bgp_announced_vips", "VIP routes this node announces now", announced)
 
     async def _watch(self) -> None:
         while True:

@@ -97,7 +97,17 @@ def bgp_side(
         proxy,
     )
     grace = cfg.timing.lease_ttl + cfg.health_rise * cfg.health_interval + cfg.reconcile_interval
-    side = BgpSide(announcer, agent.core, agent.store, cfg.reconcile_interval, grace)
+    registration = agent.registration
+
+    def publish(states: dict[str, str]) -> None:
+        registration.bgp = states
+        registration.publish()
+
+    peers = {p.name: p.address for p in speaker.node.peers}
+    side = BgpSide(
+        announcer, agent.core, agent.store, cfg.reconcile_interval, grace, peers, publish
+    )
+    side.register(agent.metrics.registry)
     if agent.failsafe is not None:
         agent.failsafe.holding = side.announcing
     return side

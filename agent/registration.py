@@ -42,6 +42,7 @@ class Registration:
         self.healthy_since: float | None = None  # unix time: the controller's failback hold
         self.failed = False  # the last write did not land: the reconcile timer retries
         self.failsafe: tuple[float, float, int] | None = None  # the last outage it bridged
+        self.bgp: dict[str, str] = {}  # BGP mode: peer -> session and BFD state (agent.bgpside)
         self._pending = False
 
     def health_changed(self, healthy: bool) -> None:
@@ -76,6 +77,7 @@ class Registration:
             released=dict(core.acked),
             refused=tuple(sorted(core.refused)),
             failsafe=self.failsafe,
+            bgp=self.bgp,
         )
 
     def publish(self) -> None:

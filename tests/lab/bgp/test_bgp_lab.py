@@ -4,6 +4,7 @@ its proxy dies, also while the node's announcer is killed or frozen."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -219,3 +221,37 @@ def test_with_etcd_down_for_everyone_every_node_keeps_announcing(whole: control.
         for name in members:
             whole.restart(name)
         eventually(whole.etcd_healthy, SETTLE, "etcd back")
+
+
+def test_hactl_status_and_the_agents_metrics_show_announcers_sessions_and_bfd(
+    whole: control.Lab,
+) -> None:
+    vip = whole.layout.vips[0]
+    names = [n.name for n in whole.layout.nodes]
+
+    def status() -> dict[str, Any]:
+        done = whole.hactl("status", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return cast(dict[str, Any], json.loads(done.stdout))
+
+    def settled() -> bool:
+        s = status()
+        sessions = {n["name"]: n["bgp"] for n in s["nodes"]}
+        return s["vips"][0]["announcers"] == names and all(
+            v == {"uplink": "Established, BFD Up"} for v in sessions.values()
+        )
+
+    eventually(settled, SETTLE, "every node announcing, its session and BFD up")
+    table = whole.hactl("status").stdout
+    assert f"{vip}" in table and ", ".join(names) in table
+    assert "bgp: node1 -> uplink: Established, BFD Up" in table
+
+    def metrics() -> str:
+        url = "http://127.0.0.1:9732/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+
+    text = netns.in_netns(whole.layout.node("node1").netns, metrics)
+    assert 'haproxy_py_agent_bgp_session_up{peer="uplink"} 1' in text, text
+    assert 'haproxy_py_agent_bfd_session_up{peer="uplink"} 1' in text
+    assert "haproxy_py_agent_bgp_announced_vips 1" in text

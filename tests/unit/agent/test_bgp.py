@@ -11,7 +11,7 @@ from agent import bgpside
 from agent.bgp import Liveness, routes, want
 from agent.cli import parse
 from agent.proxy import ProxyStatus
-from haproxy_py.cluster import birdconf
+from haproxy_py.cluster import bird, birdconf
 from haproxy_py.cluster.config import parse_cluster
 from haproxy_py.configfile import ConfigError, load
 
@@ -155,3 +155,17 @@ def test_the_announce_file_tags_leaving_vips_with_graceful_shutdown() -> None:
     text = birdconf.announce_file([VIPS[0]], "havips", leaving=[VIPS[1]])
     assert f'route {VIPS[0]}/32 via "havips";' in text
     assert f'route {VIPS[1]}/32 via "havips" {{ bgp_community.add((65535, 0)); }};' in text
+
+
+def test_session_states_name_each_peers_session_and_bfd_state() -> None:
+    protocols = {
+        "tor1": bird.Protocol("tor1", "BGP", "up", "12:00:00", "Established"),
+        "tor2": bird.Protocol("tor2", "BGP", "start", "12:00:01", "Active  Socket: refused"),
+    }
+    bfd = {"198.18.0.1": "Up", "198.18.0.2": "Down"}
+    peers = {"tor1": "198.18.0.1", "tor2": "198.18.0.2", "tor3": "198.18.0.3"}
+    assert bgpside.session_states(peers, protocols, bfd) == {
+        "tor1": "Established, BFD Up",
+        "tor2": "Active, BFD Down",
+        "tor3": "absent",
+    }
