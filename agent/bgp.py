@@ -1,14 +1,17 @@
 """The node side of BGP mode: what this node announces, reconciled level-triggered.
 
-Rules (the pure core, `want` and `Liveness`):
+Rules (the pure core: `want`, `Liveness`, `routes`):
 
 1. The node announces while it can serve: the proxy is live (its admin API
    answers 200), it does not drain, and the agent is not fenced. A refused
    probe or a drain counts at once; a timeout after `fall` misses in a row.
-2. Which VIPs it may announce is given (by the controller, or the config);
+2. Which VIPs it may announce is given (by the controller: `agent.bgpside`);
    health never edits that list, it only opens or closes the live link.
 3. Nothing here withdraws on its own when the agent stops: BIRD keeps what it
    was told, and the kernel withdraws for a dead proxy (`agent.livelink`).
+4. A VIP that leaves the list while the node serves is a planned withdrawal:
+   announced with RFC 8326's GRACEFUL_SHUTDOWN for `GRACEFUL_HOLD` first
+   (`routes`), its WebSockets told to go (1001) when that starts.
 
 The shell (`Announcer`) converges three things each tick, from what it reads,
 never from what it remembers: the VIPs on `lo` as /32 (so the kernel accepts
@@ -20,9 +23,7 @@ when they differ), and the live link's admin state (netlink). See
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -124,11 +125,9 @@ class Liveness:
 
 @dataclass(frozen=True)
 class Settings:
-    admin_url: str
     bird_socket: str
     announce_file: Path
     live_link: str
-    vips: tuple[str, ...]
     interval: float = 0.1
     timeout: float = 0.2
     fall: int = 3
@@ -143,12 +142,11 @@ class Announcer:
         self.proxy = proxy
         self.bird = bird.BirdControl(settings.bird_socket)
         self.liveness = Liveness(settings.fall)
-        # The seams for the agent daemon (`agent.bgpside`): the controller's answer for this node
-        # (None: not read yet, BIRD's routes are left as they are) and the lease/failsafe verdict
-        # (None: not known yet, the link is left as it is). Standalone: the given VIPs, never
-        # fenced.
-        self.permitted: frozenset[str] | None = frozenset(settings.vips)
-        self.fenced: Callable[[], bool | None] = lambda: False
+        # The seams `agent.bgpside` sets: the controller's answer for this node (None: not read
+        # yet, BIRD's routes are left as they are) and the lease/failsafe verdict (None: not
+        # known yet, the link is left as it is).
+        self.permitted: frozenset[str] | None = None
+        self.fenced: Callable[[], bool | None] = lambda: None
         # Until then (monotonic), VIPs BIRD already announces stay in its routes even when
         # `permitted` leaves them out: a restarted agent's node is re-registered and its
         # controller's answer settles meanwhile.
@@ -263,59 +261,3 @@ class Announcer:
             return
         self.link_up = False
         # No link: the proxy is not running under agent.livelink; nothing can be announced.
-
-
-def parse_args(argv: list[str] | None = None) -> Settings:
-    p = argparse.ArgumentParser(
-        prog="python -m agent.bgp", description="Announce this node's VIPs over BGP (BIRD)."
-    )
-    p.add_argument(
-        "--admin-url", required=True, help="the proxy's admin API, e.g. http://127.0.0.1:9901"
-    )
-    p.add_argument("--bird-socket", required=True, help="BIRD's control socket (bird -s)")
-    p.add_argument("--announce-file", required=True, type=Path, help="the file bird.conf includes")
-    p.add_argument("--live-link", required=True, help="the TUN device of agent.livelink")
-    p.add_argument("--vip", action="append", required=True, help="a VIP this node may announce")
-    p.add_argument("--interval", type=float, default=0.1)
-    p.add_argument("--timeout", type=float, default=0.2)
-    p.add_argument("--fall", type=int, default=3)
-    a = p.parse_args(argv)
-    try:
-        for vip in a.vip:
-            birdconf.announce_file([vip], a.live_link)
-    except birdconf.BirdConfigError as exc:
-        p.error(str(exc))
-    return Settings(
-        a.admin_url,
-        a.bird_socket,
-        a.announce_file,
-        a.live_link,
-        tuple(a.vip),
-        a.interval,
-        a.timeout,
-        a.fall,
-    )
-
-
-async def serve(settings: Settings) -> None:
-    ipr = AsyncIPRoute()
-    proxy = ProxyClient(settings.admin_url, settings.timeout)
-    try:
-        await Announcer(settings, ipr, proxy).run()
-    finally:
-        await proxy.close()
-        ipr.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the announcer alone (the lab's BGP mode; the agent daemon will embed `Announcer`)."""
-    from haproxy_py.logging import configure
-
-    settings = parse_args(argv)
-    configure("info", json=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
-
-
-if __name__ == "__main__":
-    main()

@@ -84,11 +84,9 @@ def bgp_side(
     cfg = settings.agent
     announcer = bgp.Announcer(
         bgp.Settings(
-            cfg.proxy_admin_url,
             speaker.control_socket,
             Path(speaker.node.announce_file),
             speaker.node.live_link,
-            (),
             cfg.health_interval,
             cfg.health_timeout,
             cfg.health_fall,
