@@ -65,8 +65,8 @@ def p(values: list[float], q: float) -> float:
 class SimAgent:
     """A node as etcd sees it in BGP mode: a lease kept alive and a record under it."""
 
-    def __init__(self, store: Store, name: str) -> None:
-        self.store, self.name = store, name
+    def __init__(self, etcd: EtcdConfig, name: str) -> None:
+        self.store, self.name = Store(etcd, CLUSTER), name  # its own connection, as an agent's
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -84,6 +84,10 @@ class SimAgent:
     def die(self) -> None:
         if self.task is not None:
             self.task.cancel()
+
+    async def close(self) -> None:
+        self.die()
+        await self.store.close()
 
 
 @dataclass
@@ -198,9 +202,10 @@ async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
 async def one_run(
     endpoints: list[str], controller: int, nodes: int, seconds: float
 ) -> dict[str, Any]:
-    store = Store(EtcdConfig(endpoints=tuple(endpoints), timeout=2.0), CLUSTER)
+    etcd = EtcdConfig(endpoints=tuple(endpoints), timeout=1.0)
+    store = Store(etcd, CLUSTER)
+    agents = [SimAgent(etcd, f"n{i:03d}") for i in range(nodes)]
     try:
-        agents = [SimAgent(store, f"n{i:03d}") for i in range(nodes)]
         for agent in agents:
             await agent.start()
         took = await converged(store, nodes)
@@ -210,8 +215,6 @@ async def one_run(
         churn = await window(store, Usage(controller), seconds, nodes, agents)
         await asyncio.sleep(TTL + 1)
         watch.cancel()
-        for agent in agents:
-            agent.die()
         e, r = watcher.expiry_to_write, watcher.return_to_write
         return {
             "nodes": nodes,
@@ -223,6 +226,8 @@ async def one_run(
             "return_to_write_ms": summary(r),
         }
     finally:
+        for agent in agents:
+            await agent.close()
         await store.close()
 
 
@@ -263,7 +268,8 @@ def report(rows: list[dict[str, Any]], load: tuple[float, float], seconds: float
         "",
         f"`python -m bench.scale`: a real 3-member etcd on loopback, the real `ha-controller`, "
         f"{VIPS} VIPs, N simulated agents (lease TTL {TTL} s, keepalive every {TTL / 4:g} s, "
-        f"record written once). A quiet window of {seconds:g} s, then {seconds:g} s of churn: "
+        "record written once, each agent on its own etcd connection). "
+        f"A quiet window of {seconds:g} s, then {seconds:g} s of churn: "
         f"one agent dies every {CHURN_EVERY:g} s and registers again {BACK_AFTER:g} s later. "
         f"Load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores, shared).",
         "",

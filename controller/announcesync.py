@@ -4,12 +4,14 @@ Each cycle reads `announce/`, asks the pure `controller.announce.plan` which
 nodes may announce which VIP (the previous answer stands while paused), and
 writes only the nodes whose list changed, each in one transaction that
 compares the key's mod revision and the leader fence: a stale view or a lost
-leadership writes nothing. A node that is no longer registered has its key
-deleted; a registered node with nothing to announce gets an empty list.
+leadership writes nothing. What it last read or wrote is cached (`sync`). A
+node that is no longer registered has its key deleted; a registered node with
+nothing to announce gets an empty list.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
@@ -22,6 +24,7 @@ from haproxy_py.cluster.store import Compare, Delete, Put, mod_revision_is
 from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
+RESYNC = 10.0  # seconds between full reads of announce/
 
 
 def by_vip(per_node: Mapping[str, Announce]) -> dict[str, frozenset[str]]:
@@ -50,6 +53,8 @@ class AnnounceSync:
         self.fence = fence
         self.policy = policy
         self._said: dict[str, tuple[frozenset[str], str]] = {}  # what was last logged
+        self._cache: dict[str, Announce] | None = None  # node -> what announce/ holds
+        self._read_at = 0.0
 
     async def read(self) -> dict[str, Announce]:
         schema = self.store.schema
@@ -65,8 +70,16 @@ class AnnounceSync:
         return out
 
     async def sync(self, view: ClusterView, settings: ClusterSettings) -> int:
-        """Bring `announce/` to the plan; the number of keys written."""
-        current = await self.read()
+        """Bring `announce/` to the plan; the number of keys written.
+
+        What was last read or written is kept, so a cycle in which nothing changes reads
+        nothing (at 100 nodes and 1,000 VIPs `announce/` is ~1.5 MB); a key about to be
+        written is read first (its revision guards the write), a failed write drops the
+        cache, and the whole prefix is read again every `RESYNC` s (level-triggered)."""
+        now = time.monotonic()
+        if self._cache is None or now - self._read_at >= RESYNC:
+            self._cache, self._read_at = await self.read(), now
+        current = self._cache
         answer = plan(settings.vips, view.nodes, settings, self.policy, by_vip(current))
         changed: dict[tuple[tuple[str, ...], str], list[str]] = defaultdict(list)
         for vip, reason in answer.reasons.items():
@@ -78,15 +91,25 @@ class AnnounceSync:
         wanted = by_node(answer)
         written = 0
         for node in sorted(set(current) | set(wanted) | set(view.nodes)):
-            have = current.get(node)
             mine = wanted.get(node, ())
+            gone = node not in view.nodes and not mine
+            have = current.get(node)
+            if (have is None) if gone else (have is not None and have.vips == mine):
+                continue  # as the cache says it should be
             key = self.store.schema.announce(node)
-            guard = [mod_revision_is(key, have.mod_revision if have else 0), *self.fence()]
-            if node not in view.nodes and not mine:
-                op: Put | Delete | None = Delete(key) if have is not None else None
+            kv = await self.store.get(key)
+            guard = [mod_revision_is(key, kv.mod_revision if kv else 0), *self.fence()]
+            op: Put | Delete | None = Put(key, Announce(mine).to_json())
+            if gone:
+                op = Delete(key) if kv is not None else None
+            elif kv is not None and Announce.parse(kv.value) == Announce(mine):
+                op = None
+            if op is not None and not await self.store.txn(guard, [op]):
+                self._cache = None  # someone else wrote: read everything again next cycle
+                return written
+            written += op is not None
+            if gone:
+                current.pop(node, None)
             else:
-                unchanged = have is not None and have.vips == mine
-                op = None if unchanged else Put(key, Announce(mine).to_json())
-            if op is not None and await self.store.txn(guard, [op]):
-                written += 1
+                current[node] = Announce(mine)
         return written
