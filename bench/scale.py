@@ -2,10 +2,11 @@
 
 For each node count: a real 3-member etcd on loopback (`tests/support/etcd.py`), the real
 `ha-controller` as a process of its own (so its CPU and memory are its alone), 1,000 VIPs,
-and N simulated agents in this process. A simulated agent is what a real one is to etcd in
-BGP mode: a lease kept alive every TTL/4, its node record under it (live, every pool up),
-written again only when something changes; its kernel, BIRD and proxy are left out (the
-lab tests and `bench.bgp` cover those).
+and N simulated agents in `FLEET`-sized processes of their own (`python -m bench.scale
+--fleet`, told on stdin which agent dies and which returns). A simulated agent is what a
+real one is to etcd in BGP mode: a lease kept alive every TTL/4, its node record under it
+(live, every pool up), written again only when something changes; its kernel, BIRD and
+proxy are left out (the lab tests and `bench.bgp` cover those).
 
 Measured per node count:
 * etcd revisions per node per minute, in a quiet minute (nothing changes) and in a minute
@@ -47,6 +48,7 @@ VIPS = 1000
 TTL = 2
 WINDOW = 60.0  # seconds of the quiet window and of the churn window (--window)
 CHURN_EVERY = 3.0  # one agent dies this often during churn
+FLEET = 25  # simulated agents per process
 BACK_AFTER = 4.0  # and registers again this long after it died (its lease is gone by then)
 
 
@@ -154,24 +156,65 @@ async def revision(store: Store) -> int:
     return (await store.get_prefix(store.schema.config))[1]
 
 
+class Fleet:
+    """Simulated agents in a process of their own, so their keepalives do not wait on this
+    process's watch (or on one another beyond `FLEET`)."""
+
+    def __init__(self, endpoints: list[str], names: list[str]) -> None:
+        argv = [sys.executable, "-m", "bench.scale", "--fleet", ",".join(endpoints), *names]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.names = names
+
+    def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise SystemExit(f"an agent fleet did not start: {line!r}")
+
+    def tell(self, verb: str, name: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{verb} {name}\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+async def fleet_main(endpoints: list[str], names: list[str]) -> None:
+    """The `--fleet` process: start the agents, then obey `die NAME` / `start NAME`."""
+    etcd = EtcdConfig(endpoints=tuple(endpoints), timeout=1.0)
+    agents = {n: SimAgent(etcd, n) for n in names}
+    for agent in agents.values():
+        await agent.start()
+    print("ready", flush=True)
+    while line := await asyncio.to_thread(sys.stdin.readline):
+        verb, name = line.split()
+        if verb == "die":
+            agents[name].die()
+        else:
+            await agents[name].start()
+
+
 async def window(
-    store: Store, usage: Usage, seconds: float, nodes: int, agents: list[SimAgent] | None
+    store: Store, usage: Usage, seconds: float, nodes: int, fleets: list[Fleet] | None
 ) -> dict[str, float]:
-    """Run one window (with churn when `agents` is given); revisions per node per minute."""
+    """Run one window (with churn when `fleets` are given); revisions per node per minute."""
     start = await revision(store)
     ends = time.monotonic() + seconds
     victim = 0
     pending: list[asyncio.Task[None]] = []
     while time.monotonic() < ends:
         usage.sample()
-        if agents is not None:
-            agent = agents[victim % len(agents)]
+        if fleets is not None:
+            fleet = fleets[victim % len(fleets)]
+            name = fleet.names[(victim // len(fleets)) % len(fleet.names)]
             victim += 1
-            agent.die()
+            fleet.tell("die", name)
 
-            async def back(a: SimAgent = agent) -> None:
+            async def back(f: Fleet = fleet, n: str = name) -> None:
                 await asyncio.sleep(BACK_AFTER)
-                await a.start()
+                f.tell("start", n)
 
             pending.append(asyncio.create_task(back()))
             await asyncio.sleep(CHURN_EVERY)
@@ -202,17 +245,17 @@ async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
 async def one_run(
     endpoints: list[str], controller: int, nodes: int, seconds: float
 ) -> dict[str, Any]:
-    etcd = EtcdConfig(endpoints=tuple(endpoints), timeout=1.0)
-    store = Store(etcd, CLUSTER)
-    agents = [SimAgent(etcd, f"n{i:03d}") for i in range(nodes)]
+    store = Store(EtcdConfig(endpoints=tuple(endpoints), timeout=1.0), CLUSTER)
+    names = [f"n{i:03d}" for i in range(nodes)]
+    fleets = [Fleet(endpoints, names[i : i + FLEET]) for i in range(0, nodes, FLEET)]
     try:
-        for agent in agents:
-            await agent.start()
+        for fleet in fleets:
+            await asyncio.to_thread(fleet.ready)
         took = await converged(store, nodes)
         watcher = Watcher(store)
         watch = asyncio.create_task(watcher.run(await revision(store)))
         quiet = await window(store, Usage(controller), seconds, nodes, None)
-        churn = await window(store, Usage(controller), seconds, nodes, agents)
+        churn = await window(store, Usage(controller), seconds, nodes, fleets)
         await asyncio.sleep(TTL + 1)
         watch.cancel()
         e, r = watcher.expiry_to_write, watcher.return_to_write
@@ -226,8 +269,8 @@ async def one_run(
             "return_to_write_ms": summary(r),
         }
     finally:
-        for agent in agents:
-            await agent.close()
+        for fleet in fleets:
+            fleet.stop()
         await store.close()
 
 
@@ -268,7 +311,8 @@ def report(rows: list[dict[str, Any]], load: tuple[float, float], seconds: float
         "",
         f"`python -m bench.scale`: a real 3-member etcd on loopback, the real `ha-controller`, "
         f"{VIPS} VIPs, N simulated agents (lease TTL {TTL} s, keepalive every {TTL / 4:g} s, "
-        "record written once, each agent on its own etcd connection). "
+        f"record written once, each agent on its own etcd connection, {FLEET} agents per "
+        "process). "
         f"A quiet window of {seconds:g} s, then {seconds:g} s of churn: "
         f"one agent dies every {CHURN_EVERY:g} s and registers again {BACK_AFTER:g} s later. "
         f"Load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores, shared).",
@@ -296,7 +340,13 @@ def main() -> None:
     )
     parser.add_argument("--nodes", type=int, action="append", help="node counts (10, 30, 100)")
     parser.add_argument("--window", type=float, default=WINDOW, help="seconds of each window")
+    parser.add_argument("--fleet", help=argparse.SUPPRESS)  # endpoints: run agents (internal)
+    parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fleet:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(fleet_main(args.fleet.split(","), args.names))
+        return
     before = os.getloadavg()[0]
     rows = [measure(n, args.window) for n in (args.nodes or [10, 30, 100])]
     after = os.getloadavg()[0]
