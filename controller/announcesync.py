@@ -25,6 +25,8 @@ from haproxy_py.cluster.storeapi import KVStore
 
 log = structlog.get_logger(__name__)
 RESYNC = 10.0  # seconds between full reads of announce/
+FEW = 4  # more keys to write than this: read the whole prefix once instead of key by key
+BATCH = 32  # writes per transaction (etcd's default limit is 128 operations)
 
 
 def by_vip(per_node: Mapping[str, Announce]) -> dict[str, frozenset[str]]:
@@ -74,8 +76,9 @@ class AnnounceSync:
 
         What was last read or written is kept, so a cycle in which nothing changes reads
         nothing (at 100 nodes and 1,000 VIPs `announce/` is ~1.5 MB); a key about to be
-        written is read first (its revision guards the write), a failed write drops the
-        cache, and the whole prefix is read again every `RESYNC` s (level-triggered)."""
+        written is read first (its revision guards the write), the writes go in
+        transactions of `BATCH`, a failed one drops the cache, and the whole prefix is read
+        again every `RESYNC` s (level-triggered)."""
         now = time.monotonic()
         if self._cache is None or now - self._read_at >= RESYNC:
             self._cache, self._read_at = await self.read(), now
@@ -89,27 +92,49 @@ class AnnounceSync:
             log.info("announcers", vips=len(vips), first=vips[0], nodes=list(nodes), reason=reason)
         self._said = {v: (answer.nodes[v], r) for v, r in answer.reasons.items()}
         wanted = by_node(answer)
-        written = 0
+        todo: dict[str, tuple[str, ...] | None] = {}  # node -> its VIPs, None: delete
         for node in sorted(set(current) | set(wanted) | set(view.nodes)):
             mine = wanted.get(node, ())
             gone = node not in view.nodes and not mine
             have = current.get(node)
-            if (have is None) if gone else (have is not None and have.vips == mine):
-                continue  # as the cache says it should be
-            key = self.store.schema.announce(node)
-            kv = await self.store.get(key)
-            guard = [mod_revision_is(key, kv.mod_revision if kv else 0), *self.fence()]
-            op: Put | Delete | None = Put(key, Announce(mine).to_json())
-            if gone:
-                op = Delete(key) if kv is not None else None
-            elif kv is not None and Announce.parse(kv.value) == Announce(mine):
-                op = None
-            if op is not None and not await self.store.txn(guard, [op]):
+            if not ((have is None) if gone else (have is not None and have.vips == mine)):
+                todo[node] = None if gone else mine
+        if not todo:
+            return 0
+        stored = await self._stored(list(todo))
+        writes: list[tuple[Compare, Put | Delete]] = []
+        for node, target in todo.items():
+            key, have = self.store.schema.announce(node), stored.get(node)
+            guard = mod_revision_is(key, have.mod_revision if have else 0)
+            if target is None and have is not None:
+                writes.append((guard, Delete(key)))
+            elif target is not None and (have is None or have.vips != target):
+                writes.append((guard, Put(key, Announce(target).to_json())))
+        written = 0
+        for start in range(0, len(writes), BATCH):  # a mass expiry: a few transactions
+            batch = writes[start : start + BATCH]
+            guards = [*(w[0] for w in batch), *self.fence()]
+            if not await self.store.txn(guards, [w[1] for w in batch]):
                 self._cache = None  # someone else wrote: read everything again next cycle
                 return written
-            written += op is not None
-            if gone:
+            written += len(batch)
+        for node, target in todo.items():
+            if target is None:
                 current.pop(node, None)
             else:
-                current[node] = Announce(mine)
+                current[node] = Announce(target)
         return written
+
+    async def _stored(self, nodes: list[str]) -> dict[str, Announce]:
+        """What etcd holds for these nodes now (their revisions guard the writes): a read per
+        key for a few, one read of the prefix for many."""
+        if len(nodes) > FEW:
+            everything = await self.read()
+            return {n: everything[n] for n in nodes if n in everything}
+        out = {}
+        for node in nodes:
+            kv = await self.store.get(self.store.schema.announce(node))
+            if kv is not None:  # unreadable: rewritten, compared on its own revision
+                record = Announce.parse(kv.value, kv.mod_revision)
+                out[node] = record or Announce((), kv.mod_revision)
+        return out

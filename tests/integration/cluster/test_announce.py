@@ -152,6 +152,22 @@ class TestController:
             # (the controller's own early revoke of the dead lease, if it wins, is a third)
             assert after - before <= 3
 
+    async def test_many_nodes_lost_at_once_leave_only_the_survivors(
+        self, etcd: EtcdCluster
+    ) -> None:
+        cluster = cluster_config("bgp6", VIP1, VIP2, mode="bgp")
+        names = tuple(f"n{i}" for i in range(8))
+        async with bgp_cluster(etcd, cluster, names) as (store, nodes):
+            await until_announced(store, {n: BOTH for n in names})
+            _, before = await store.get_prefix(store.schema.announce_prefix)
+            for name in names[2:]:
+                nodes[name].crash()
+            await until_announced(store, {"n0": BOTH, "n1": BOTH})
+            _, after = await store.get_prefix(store.schema.announce_prefix)
+            # 6 records expire and the controller deletes their 6 keys (at most one revision
+            # each; batched when they go together: tests/unit/controller/test_announcesync.py)
+            assert after - before <= 6 + 6
+
 
 class FakeAnnouncer:
     """The seams `BgpSide` sets; the real one needs BIRD (tests/lab/bgp)."""
