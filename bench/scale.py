@@ -39,7 +39,7 @@ from typing import Any
 from bench import procfs
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import NodeRecord
-from haproxy_py.cluster.store import Store, StoreError
+from haproxy_py.cluster.store import LeaseLost, Store, StoreError
 from tests.support.etcd import EtcdCluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,15 +72,21 @@ class SimAgent:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.task = asyncio.create_task(self._keepalive(await self._register()))
+
+    async def _register(self) -> int:
         lease = (await self.store.grant_lease(TTL)).id
         record = NodeRecord(name=self.name, address="198.18.0.1", healthy=True, ready=1, pools=1)
         await self.store.put(self.store.schema.node(self.name), record.to_json(), lease)
-        self.task = asyncio.create_task(self._keepalive(lease))
+        return lease
 
     async def _keepalive(self, lease: int) -> None:
         while True:
             with contextlib.suppress(StoreError):  # keep trying, as an agent does
-                await self.store.keepalive(lease)
+                try:
+                    await self.store.keepalive(lease)
+                except LeaseLost:  # it lapsed (a starved process): register again
+                    lease = await self._register()
             await asyncio.sleep(TTL / 4)
 
     def die(self) -> None:
