@@ -1,14 +1,17 @@
 """The node side of BGP mode: what this node announces, reconciled level-triggered.
 
-Rules (the pure core, `want` and `Liveness`):
+Rules (the pure core: `want`, `Liveness`, `routes`):
 
 1. The node announces while it can serve: the proxy is live (its admin API
    answers 200), it does not drain, and the agent is not fenced. A refused
    probe or a drain counts at once; a timeout after `fall` misses in a row.
-2. Which VIPs it may announce is given (by the controller, or the config);
+2. Which VIPs it may announce is given (by the controller: `agent.bgpside`);
    health never edits that list, it only opens or closes the live link.
 3. Nothing here withdraws on its own when the agent stops: BIRD keeps what it
    was told, and the kernel withdraws for a dead proxy (`agent.livelink`).
+4. A VIP that leaves the list while the node serves is a planned withdrawal:
+   announced with RFC 8326's GRACEFUL_SHUTDOWN for `GRACEFUL_HOLD` first
+   (`routes`), its WebSockets told to go (1001) when that starts.
 
 The shell (`Announcer`) converges three things each tick, from what it reads,
 never from what it remembers: the VIPs on `lo` as /32 (so the kernel accepts
@@ -20,12 +23,12 @@ when they differ), and the live link's admin state (netlink). See
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import itertools
+import math
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +65,40 @@ def want(permitted: Iterable[str], live: bool, draining: bool, fenced: bool) -> 
     return Want(True, vips, f"proxy live: announcing {len(vips)} VIP(s)")
 
 
+GRACEFUL_HOLD = 2.0  # seconds a planned withdrawal announces GRACEFUL_SHUTDOWN first
+
+
+@dataclass(frozen=True)
+class Routes:
+    """What BIRD should announce: every VIP in `vips`, those in `leaving` tagged
+    GRACEFUL_SHUTDOWN (RFC 8326); `started` maps each leaving VIP to when its shutdown began."""
+
+    vips: frozenset[str]
+    leaving: frozenset[str]
+    started: dict[str, float]
+
+
+def routes(
+    permitted: frozenset[str],
+    loaded: frozenset[str],
+    started: dict[str, float],
+    serving: bool,
+    now: float,
+    hold: float = GRACEFUL_HOLD,
+) -> Routes:
+    """(pure) Rule 4, a planned withdrawal: a VIP BIRD announces that is no longer permitted
+    while the node serves (an operator's drain, a VIP removed) first stays announced for
+    `hold` seconds tagged GRACEFUL_SHUTDOWN, so the router moves new connections away
+    before the path goes. Not serving: nothing to be graceful about (the link is down)."""
+    if not serving:
+        return Routes(permitted, frozenset(), {})
+    kept = {v: t for v, t in started.items() if v not in permitted}
+    for vip in loaded - permitted:
+        kept.setdefault(vip, now)
+    kept = {v: t for v, t in kept.items() if now - t < hold}
+    return Routes(permitted, frozenset(kept), kept)
+
+
 class Liveness:
     """(pure: no I/O, no clock) Probe results -> live, by rule 1's counting."""
 
@@ -88,11 +125,9 @@ class Liveness:
 
 @dataclass(frozen=True)
 class Settings:
-    admin_url: str
     bird_socket: str
     announce_file: Path
     live_link: str
-    vips: tuple[str, ...]
     interval: float = 0.1
     timeout: float = 0.2
     fall: int = 3
@@ -107,10 +142,19 @@ class Announcer:
         self.proxy = proxy
         self.bird = bird.BirdControl(settings.bird_socket)
         self.liveness = Liveness(settings.fall)
-        # The seams for the agent daemon: the controller's answer for this node (which VIPs it
-        # may announce) and the lease/failsafe verdict. Standalone: the given VIPs, never fenced.
-        self.permitted: frozenset[str] = frozenset(settings.vips)
-        self.fenced = False
+        # The seams `agent.bgpside` sets: the controller's answer for this node (None: not read
+        # yet, BIRD's routes are left as they are) and the lease/failsafe verdict (None: not
+        # known yet, the link is left as it is).
+        self.permitted: frozenset[str] | None = None
+        self.fenced: Callable[[], bool | None] = lambda: None
+        # Until then (monotonic), VIPs BIRD already announces stay in its routes even when
+        # `permitted` leaves them out: a restarted agent's node is re-registered and its
+        # controller's answer settles meanwhile.
+        self.keep_until = -math.inf
+        self._leaving: dict[str, float] = {}  # VIP -> when its graceful shutdown began
+        self._tagged: frozenset[str] = frozenset()  # the VIPs written with the community
+        self.loaded: frozenset[str] = frozenset()  # BIRD's VIP routes, as last read
+        self.link_up = False  # as last set or seen
         self._reason = ""
         self._lock = asyncio.Lock()
 
@@ -141,15 +185,19 @@ class Announcer:
 
     async def step(self, status: ProxyStatus) -> Want:
         self.liveness.observe(status)
-        target = want(self.permitted, self.liveness.live, self.liveness.draining, self.fenced)
+        fenced = self.fenced()
+        permitted = self.permitted
+        target = want(permitted or (), self.liveness.live, self.liveness.draining, bool(fenced))
         if target.reason != self._reason:
             log.info("bgp", reason=target.reason, detail=status.detail)
             self._reason = target.reason
-        steps = [
-            ("VIPs on lo", self.ensure_loopback(target.vips)),
-            ("BIRD's routes", self.ensure_routes(target.vips)),
-        ]
-        if self.liveness.known:
+        steps = []
+        if permitted is not None:
+            steps += [
+                ("VIPs on lo", self.ensure_loopback(target.vips)),
+                ("BIRD's routes", self.ensure_routes(target.vips, target.serve)),
+            ]
+        if self.liveness.known and fenced is not None:
             steps.append(("live link", self.ensure_link(target.serve)))
         for what, call in steps:
             try:
@@ -157,6 +205,11 @@ class Announcer:
             except (bird.BirdError, NetlinkError, OSError) as exc:
                 log.warning("bgp converge failed", what=what, error=str(exc))
         return target
+
+    @property
+    def announced(self) -> frozenset[str]:
+        """What the router sees from this node now (as last read and set)."""
+        return self.loaded if self.link_up else frozenset()
 
     async def ensure_loopback(self, vips: frozenset[str]) -> None:
         present = set()
@@ -166,18 +219,36 @@ class Announcer:
         for vip in sorted(vips - present):
             await self.ipr.addr("replace", index=LOOPBACK, address=vip, prefixlen=32)
 
-    async def ensure_routes(self, vips: frozenset[str]) -> None:
+    async def ensure_routes(self, vips: frozenset[str], serve: bool) -> None:
         reply = await self.bird.command(f"show static {birdconf.STATIC_PROTOCOL}")
-        loaded = {p.removesuffix("/32") for p in bird.static_routes(reply)}
-        if loaded == vips:
+        loaded = frozenset(p.removesuffix("/32") for p in bird.static_routes(reply))
+        self.loaded = loaded
+        now = time.monotonic()
+        if now < self.keep_until:
+            vips |= loaded
+        plan = routes(vips, loaded, self._leaving, serve, now)
+        starting = sorted(plan.leaving - set(self._leaving))
+        self._leaving = plan.started
+        if loaded == plan.vips | plan.leaving and plan.leaving == self._tagged:
             return
         path = self.settings.announce_file
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(birdconf.announce_file(vips, self.settings.live_link))
+        tmp.write_text(birdconf.announce_file(plan.vips, self.settings.live_link, plan.leaving))
         os.replace(tmp, path)
+        self._tagged = plan.leaving
         log.info(
-            "bgp routes", was=sorted(loaded), now=sorted(vips), bird=await self.bird.configure()
+            "bgp routes",
+            was=sorted(loaded),
+            now=sorted(plan.vips),
+            graceful_shutdown=sorted(plan.leaving),
+            bird=await self.bird.configure(),
         )
+        for vip in starting:  # its clients go now, and come back through the router's new choice
+            log.info(
+                "planned withdrawal: WebSockets told to go",
+                vip=vip,
+                proxy=await self.proxy.drain_address(vip),
+            )
 
     async def ensure_link(self, up: bool) -> None:
         async for link in await self.ipr.link("dump"):
@@ -186,61 +257,7 @@ class Announcer:
             is_up = bool(link["flags"] & 1)  # IFF_UP
             if is_up != up:
                 await self.ipr.link("set", index=link["index"], state="up" if up else "down")
+            self.link_up = up
             return
+        self.link_up = False
         # No link: the proxy is not running under agent.livelink; nothing can be announced.
-
-
-def parse_args(argv: list[str] | None = None) -> Settings:
-    p = argparse.ArgumentParser(
-        prog="python -m agent.bgp", description="Announce this node's VIPs over BGP (BIRD)."
-    )
-    p.add_argument(
-        "--admin-url", required=True, help="the proxy's admin API, e.g. http://127.0.0.1:9901"
-    )
-    p.add_argument("--bird-socket", required=True, help="BIRD's control socket (bird -s)")
-    p.add_argument("--announce-file", required=True, type=Path, help="the file bird.conf includes")
-    p.add_argument("--live-link", required=True, help="the TUN device of agent.livelink")
-    p.add_argument("--vip", action="append", required=True, help="a VIP this node may announce")
-    p.add_argument("--interval", type=float, default=0.1)
-    p.add_argument("--timeout", type=float, default=0.2)
-    p.add_argument("--fall", type=int, default=3)
-    a = p.parse_args(argv)
-    try:
-        for vip in a.vip:
-            birdconf.announce_file([vip], a.live_link)
-    except birdconf.BirdConfigError as exc:
-        p.error(str(exc))
-    return Settings(
-        a.admin_url,
-        a.bird_socket,
-        a.announce_file,
-        a.live_link,
-        tuple(a.vip),
-        a.interval,
-        a.timeout,
-        a.fall,
-    )
-
-
-async def serve(settings: Settings) -> None:
-    ipr = AsyncIPRoute()
-    proxy = ProxyClient(settings.admin_url, settings.timeout)
-    try:
-        await Announcer(settings, ipr, proxy).run()
-    finally:
-        await proxy.close()
-        ipr.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run the announcer alone (the lab's BGP mode; the agent daemon will embed `Announcer`)."""
-    from haproxy_py.logging import configure
-
-    settings = parse_args(argv)
-    configure("info", json=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
-
-
-if __name__ == "__main__":
-    main()

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import click
 import structlog
+from pyroute2 import AsyncIPRoute
 
+from agent import bgp
+from agent.bgpside import BgpSide
 from agent.daemon import Agent, AgentFileConfig
 from agent.effects import AddressTable
 from agent.effects import Announcer as AnnouncerLike
@@ -28,10 +31,12 @@ from agent.netlink import Addresses, NetlinkFailure, missing_capabilities
 from agent.proxy import ProxyClient
 from haproxy_py import __version__, certmetrics, daemon
 from haproxy_py.cluster.agent_config import parse_agent
+from haproxy_py.cluster.bgp_config import BgpConfig, parse_bgp
 from haproxy_py.cluster.config import EtcdConfig, parse_cluster, parse_etcd, parse_node
 from haproxy_py.cluster.peerlink import PeerTls
 from haproxy_py.cluster.store import Store
-from haproxy_py.configfile import Table
+from haproxy_py.cluster.tasks import settle
+from haproxy_py.configfile import ConfigError, Table
 from haproxy_py.daemon import Fatal
 
 log = structlog.get_logger("agent")
@@ -40,9 +45,13 @@ SHUTDOWN_LIMIT = 10.0  # seconds from SIGTERM to exit, at most
 
 
 def parse(doc: Table) -> tuple[AgentFileConfig, EtcdConfig]:
-    """The agent's sections of the node's file: [node], [cluster], [agent], [etcd]."""
+    """The agent's sections of the node's file: [node], [cluster], [agent], [etcd], and [bgp]
+    in BGP mode."""
     node = parse_node(doc)
     cluster = parse_cluster(doc)
+    speaker = parse_bgp(doc)
+    if cluster.mode == "bgp" and speaker is None:
+        raise ConfigError(f"{doc.file}: cluster.mode is bgp but there is no [bgp] section")
     agent = parse_agent(doc)
     etcd = parse_etcd(doc, "agent")
     peer_tls = None
@@ -56,6 +65,7 @@ def parse(doc: Table) -> tuple[AgentFileConfig, EtcdConfig]:
         vips=cluster.vips,
         failsafe=cluster.failsafe,
         peer_tls=peer_tls,
+        bgp=speaker if cluster.mode == "bgp" else None,
     )
     return settings, etcd
 
@@ -66,6 +76,43 @@ def agent_etcd(etcd: EtcdConfig, settings: AgentFileConfig) -> EtcdConfig:
     return dataclasses.replace(
         etcd, timeout=min(etcd.timeout, settings.agent.timing.keepalive_timeout)
     )
+
+
+def bgp_side(
+    settings: AgentFileConfig,
+    speaker: BgpConfig,
+    agent: Agent,
+    proxy: ProxyClient,
+    ipr: AsyncIPRoute,
+) -> BgpSide:
+    cfg = settings.agent
+    announcer = bgp.Announcer(
+        bgp.Settings(
+            speaker.control_socket,
+            Path(speaker.node.announce_file),
+            speaker.node.live_link,
+            cfg.health_interval,
+            cfg.health_timeout,
+            cfg.health_fall,
+        ),
+        ipr,
+        proxy,
+    )
+    grace = cfg.timing.lease_ttl + cfg.health_rise * cfg.health_interval + cfg.reconcile_interval
+    registration = agent.registration
+
+    def publish(states: dict[str, str]) -> None:
+        registration.bgp = states
+        registration.publish()
+
+    peers = {p.name: p.address for p in speaker.node.peers}
+    side = BgpSide(
+        announcer, agent.core, agent.store, cfg.reconcile_interval, grace, peers, publish
+    )
+    side.register(agent.metrics.registry)
+    if agent.failsafe is not None:
+        agent.failsafe.holding = side.announcing
+    return side
 
 
 async def serve(settings: AgentFileConfig, etcd: EtcdConfig) -> None:
@@ -112,9 +159,20 @@ async def serve(settings: AgentFileConfig, etcd: EtcdConfig) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    ipr, announcing = None, None
+    speaker = settings.bgp
+    if speaker is not None:
+        ipr = AsyncIPRoute()
+        side = bgp_side(settings, speaker, agent, proxy, ipr)
+        announcing = asyncio.create_task(side.run(), name="bgp")
     try:
         await agent.run()
     finally:
+        if announcing is not None:
+            announcing.cancel()
+            await settle([announcing])
+        if ipr is not None:
+            ipr.close()
         agent.effects.announcer.close()
         agent.effects.addresses.close()
         await proxy.close()

@@ -27,6 +27,7 @@ from agent.registration import Registration
 from agent.release import release_all
 from agent.state import AgentCore
 from haproxy_py.cluster.agent_config import AgentConfig
+from haproxy_py.cluster.bgp_config import BgpConfig
 from haproxy_py.cluster.config import NodeConfig
 from haproxy_py.cluster.peerlink import PeerTls
 from haproxy_py.cluster.storeapi import KVStore
@@ -45,6 +46,7 @@ class AgentFileConfig:
     handover_wait: float = WAIT  # a released VIP's clients go once its new owner holds it
     failsafe: bool = True  # [cluster] failsafe
     peer_tls: PeerTls | None = None  # this agent's certificates: the peer endpoint needs them
+    bgp: BgpConfig | None = None  # BGP mode (`agent.bgpside`): a clean stop hands nothing over
 
 
 class Agent:
@@ -176,7 +178,15 @@ class Agent:
         runner = await self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
         try:
             await until_stopped(self._stop, core_tasks)
-            await self._release()
+            if self.settings.bgp is None:  # BGP: BIRD keeps announcing, the lease expires
+                await release_all(
+                    self.core,
+                    self.actor.post,
+                    self.effects,
+                    self.handover,
+                    self.store,
+                    self.settings.handover_wait,
+                )
         finally:
             drains = self.handover.cancel()
             for task in tasks:
@@ -188,13 +198,3 @@ class Agent:
                 await runner.cleanup()
             if self.failsafe is not None:
                 await self.failsafe.close()
-
-    async def _release(self) -> None:
-        await release_all(
-            self.core,
-            self.actor.post,
-            self.effects,
-            self.handover,
-            self.store,
-            self.settings.handover_wait,
-        )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -68,6 +68,8 @@ class FailsafeLoop:
         self.round_times: list[float] = []  # seconds each granting round took, this outage
         self._refused = False
         self._warmed: dict[str, float] = {}  # peer -> when its connection was last used
+        # what a round asks about: the addresses held, or in BGP mode what is announced
+        self.holding: Callable[[], Iterable[str]] = lambda: self.core.held
 
     def register(self, registry: Registry) -> None:
         """`failsafe_seconds`: how long the failsafe has kept this node's VIPs (0: it does
@@ -180,7 +182,7 @@ class FailsafeLoop:
         while True:
             await asyncio.sleep(pause)
             pause = self.core.timing.keepalive_interval
-            ask = self.failsafe.start(secrets.token_hex(16), self.core.held, time.monotonic())
+            ask = self.failsafe.start(secrets.token_hex(16), self.holding(), time.monotonic())
             if ask is not None and not await self.run_round(ask):
                 pause = RETRY
 

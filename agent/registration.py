@@ -45,6 +45,7 @@ class Registration:
         self.failsafe: tuple[float, float, int] | None = None  # the last outage it bridged
         # a held VIP is listed once its address is set and announced (`Effects.shown`)
         self.shown: Callable[[str], bool] = lambda vip: True
+        self.bgp: dict[str, str] = {}  # BGP mode: peer -> session and BFD state (agent.bgpside)
         self._pending = False
 
     def health_changed(self, healthy: bool) -> None:
@@ -79,6 +80,7 @@ class Registration:
             released=dict(core.acked),
             refused=tuple(sorted(core.refused)),
             failsafe=self.failsafe,
+            bgp=self.bgp,
         )
 
     def outage_bridged(self, outage: Outage) -> None:

@@ -54,8 +54,8 @@ from agent.actions import (
 )
 from agent.arming import LeaseClock
 from agent.hysteresis import Hysteresis
-from haproxy_py.cluster.timing import Timing
 from haproxy_py.cluster.allowlist import AllowList
+from haproxy_py.cluster.timing import Timing
 
 ASSIGNED = "assigned"
 RELEASING = "releasing"

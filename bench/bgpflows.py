@@ -4,11 +4,14 @@ A 4-node BGP lab; `--clients` WebSockets from the client namespace (each
 sends a frame every 100 ms, `haproxy_py.lab.echoclients`), spread over the
 nodes by the router's ECMP. Then node4 is killed (every process: BIRD's
 session drops, the router withdraws at once) and, `--hold` s later, started
-again. Counted: WebSockets that broke (a reset, no close frame) on the nodes
-that stayed, after the removal and after the return. Twice: with the
-router's plain multipath routes (hash-threshold, RFC 2992), then with
-resilient next-hop groups (`haproxy_py.lab.nhmirror`). Writes
-bench/results/bgp-flows.{json,md}.
+again; or, with `--fault drain`, drained by `hactl drain` (GRACEFUL_SHUTDOWN,
+its WebSockets told 1001, then the route goes) and undrained. Counted:
+WebSockets that broke (a reset, no close frame) on the nodes that stayed,
+after the removal and after the return; for a drain also the node's own
+WebSockets closed with 1001 and those that broke, and new connections that
+failed. Twice: with the router's plain multipath routes (hash-threshold,
+RFC 2992), then with resilient next-hop groups (`haproxy_py.lab.nhmirror`).
+Writes bench/results/bgp-flows.{json,md} (bgp-flows-drain.* for a drain).
 """
 
 from __future__ import annotations
@@ -54,7 +57,35 @@ def sessions(lab: Lab) -> dict[str, str]:
     return {n.name: found[n.name].since for n in lab.layout.nodes if n.name in found}
 
 
-def trial(lab: Lab, clients: int, hold: float, out: Path) -> dict[str, Any]:
+def victim_outcome(events: list[dict[str, Any]], start: float, end: float) -> dict[str, int]:
+    """(pure) What happened in [start, end) to the victim's WebSockets, and to new ones."""
+    window = [e for e in events if start <= e["at"] < end]
+    return {
+        "closed_1001": sum(1 for e in window if e["event"] == "closed" and e.get("code") == 1001),
+        "broken_on_victim": sum(
+            1 for e in window if e["event"] == "error" and e.get("via") == VICTIM
+        ),
+        "connect_failed": sum(1 for e in window if e["event"] == "connect_failed"),
+    }
+
+
+def remove(lab: Lab, fault: str) -> None:
+    if fault == "drain":
+        done = lab.hactl("drain", VICTIM, "--yes")
+        if done.returncode != 0:
+            raise SystemExit(f"hactl drain failed: {done.stderr.strip()}")
+    else:
+        lab.kill(VICTIM)
+
+
+def bring_back(lab: Lab, fault: str) -> None:
+    if fault == "drain":
+        lab.hactl("undrain", VICTIM)
+    else:
+        lab.restart(VICTIM)
+
+
+def trial(lab: Lab, clients: int, hold: float, out: Path, fault: str) -> dict[str, Any]:
     seconds = 60 + 2 * hold  # ample: the fleet is stopped when the trial ends
     url = f"http://{lab.layout.vips[0]}:{PROXY_PORT}/echo"
     argv = ["ip", "netns", "exec", lab.layout.client.netns, sys.executable, "-m"]
@@ -69,10 +100,10 @@ def trial(lab: Lab, clients: int, hold: float, out: Path) -> dict[str, Any]:
         time.sleep(2.0)
         steady = sessions(lab)
         kill_at = time.monotonic()
-        lab.kill(VICTIM)
+        remove(lab, fault)
         time.sleep(hold)
         back_at = time.monotonic()
-        lab.restart(VICTIM)
+        bring_back(lab, fault)
         control.wait_for(lambda: bgplab.ready(lab), 30, "node4 back", None)
         time.sleep(hold)
         end_at = time.monotonic()
@@ -92,6 +123,7 @@ def trial(lab: Lab, clients: int, hold: float, out: Path) -> dict[str, Any]:
         "on_victim": per_node.get(VICTIM, 0),
         "broken_on_survivors_after_removal": sum(removed.values()),
         "broken_after_return": sum(added.values()),
+        **victim_outcome(events, kill_at, back_at),
         "detail_removal": removed,
         "detail_return": added,
         # Sessions of the other nodes that went down and up during the trial (BFD under a
@@ -105,15 +137,23 @@ def markdown(doc: dict[str, Any]) -> str:
         "# BGP mode: established WebSockets when the set of nodes changes",
         "",
         f"Run {doc['when']}: 4 nodes, {doc['clients']} WebSockets (a frame every 100 ms each); "
-        f"{VICTIM} killed (all its processes), started again {doc['hold']:g} s later.",
+        + (
+            f"{VICTIM} killed (all its processes), started again {doc['hold']:g} s later."
+            if doc.get("fault", "kill") == "kill"
+            else f"{VICTIM} drained by `hactl drain` (GRACEFUL_SHUTDOWN for 2 s, its "
+            f"WebSockets told 1001, then withdrawn), undrained {doc['hold']:g} s later."
+        ),
         "",
-        "| router | on the killed node | broken on the other nodes after the removal "
+        "| router | on the removed node | its WebSockets closed 1001 / broken "
+        "| new connections failed | broken on the other nodes after the removal "
         "| broken after the node's return | other sessions that flapped |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in doc["routers"].items():
         lines.append(
-            f"| {name} | {r['on_victim']} | {r['broken_on_survivors_after_removal']} "
+            f"| {name} | {r['on_victim']} | {r.get('closed_1001', '-')} / "
+            f"{r.get('broken_on_victim', '-')} | {r.get('connect_failed', '-')} "
+            f"| {r['broken_on_survivors_after_removal']} "
             f"| {r['broken_after_return']} | {', '.join(r['flapped']) or 'none'} |"
         )
     lines += [
@@ -137,8 +177,11 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, default=400)
     parser.add_argument("--hold", type=float, default=5.0)
-    parser.add_argument("--out", type=Path, default=RESULTS / "bgp-flows")
+    parser.add_argument("--fault", choices=["kill", "drain"], default="kill")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS / ("bgp-flows" if args.fault == "kill" else "bgp-flows-drain")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # runs `finally`
     control.down(RUN_DIR)
     lab = control.Lab.up(run_dir=RUN_DIR, prefix=PREFIX, nodes=4, mode="bgp", say=print)
@@ -146,7 +189,7 @@ def main() -> None:
     try:
         control.wait_for(lambda: bgplab.ready(lab), 30, "paths", None)
         routers["plain ECMP (BIRD multipath)"] = trial(
-            lab, args.clients, args.hold, RUN_DIR / "plain.jsonl"
+            lab, args.clients, args.hold, RUN_DIR / "plain.jsonl", args.fault
         )
         print(routers, flush=True)
         bgplab.use_resilient(lab)
@@ -154,7 +197,7 @@ def main() -> None:
             lambda: bgplab.balanced(lab, lab.layout.vips[0]), 60, "balanced buckets", None
         )
         routers["resilient next-hop group"] = trial(
-            lab, args.clients, args.hold, RUN_DIR / "resilient.jsonl"
+            lab, args.clients, args.hold, RUN_DIR / "resilient.jsonl", args.fault
         )
         print(routers, flush=True)
     finally:
@@ -163,6 +206,7 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "clients": args.clients,
         "hold": args.hold,
+        "fault": args.fault,
         "routers": routers,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

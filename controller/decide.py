@@ -48,7 +48,7 @@ def decide(view: ClusterView, now: float, policy: Policy, seen: Seen | None = No
     for request in view.requests:
         if request.pending:
             handle_request(plan, request, policy)
-    if not plan.settings.paused:
+    if not plan.settings.paused and plan.settings.mode != "bgp":  # bgp: controller.announce
         _release_unheld(plan)
         if plan.settings.mode == "active-standby":
             _active_standby(plan)
@@ -264,6 +264,8 @@ def _sentence(plan: Plan) -> str:
     placed = ", ".join(
         f"{vip} on {view.owner(vip) or 'nobody'}" for vip in vip_order(settings.vips)
     )
+    if settings.mode == "bgp":
+        placed = f"{len(settings.vips)} VIPs announced as announce/ says"
     paused = " (paused)" if settings.paused else ""
     return (
         f"nothing to do{paused}: {placed or 'no VIPs configured'}; "

@@ -26,6 +26,8 @@ from dataclasses import replace
 import structlog
 
 from controller.actions import Action, WriteSettings
+from controller.announce import Policy as AnnouncePolicy
+from controller.announcesync import AnnounceSync
 from controller.decide import Policy, decide
 from controller.election import Election
 from controller.execute import Executor
@@ -93,6 +95,9 @@ class Controller:
             release_timeout=config.release_timeout,
             request_history=config.request_history,
             controller=identity,
+        )
+        self.announcements = AnnounceSync(
+            store, self.election.fence, AnnouncePolicy(min_announcers=cluster.min_announcers)
         )
         self.memory = Memory(config.health_hold, config.ready_hold, config.unheld_limit, monotonic)
         self.stopping = asyncio.Event()
@@ -224,6 +229,8 @@ class Controller:
         elif decision.reason != self._last_reason:
             log.info("cycle", controller=self.identity, reason=decision.reason, actions=[])
         self._last_reason = decision.reason
+        if wanted.mode == "bgp":
+            await self.announcements.sync(view, wanted)
 
     async def _execute(self, view: ClusterView, actions: Sequence[Action], reason: str) -> None:
         outcome = await self.executor.run(view, actions, self.unowned_since)

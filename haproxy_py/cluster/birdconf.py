@@ -130,10 +130,30 @@ def node_config(settings: NodeBgp) -> str:
     return "\n".join(lines) + "\n"
 
 
-def announce_file(vips: Iterable[str], live_link: str) -> str:
-    """The static routes for `vips` (sorted, so equal sets give equal files)."""
-    routes = [f'route {_ipv4("vip", v)}/32 via "{live_link}";' for v in sorted(set(vips))]
+GRACEFUL_SHUTDOWN = "(65535, 0)"  # RFC 8326's well-known community
+
+
+def announce_file(vips: Iterable[str], live_link: str, leaving: Iterable[str] = ()) -> str:
+    """The static routes for `vips` (sorted, so equal sets give equal files); those in
+    `leaving` carry RFC 8326's GRACEFUL_SHUTDOWN community: a planned withdrawal is coming,
+    the router should prefer other paths now."""
+    tagged = set(leaving)
+    routes = [
+        f'route {_ipv4("vip", v)}/32 via "{live_link}"'
+        + (f" {{ bgp_community.add({GRACEFUL_SHUTDOWN}); }};" if v in tagged else ";")
+        for v in sorted(set(vips) | tagged)
+    ]
     return "\n".join(["# Written by ha-agent: the VIPs this node may announce.", *routes]) + "\n"
+
+
+def graceful_shutdown_import() -> str:
+    """An upstream router's import filter honouring RFC 8326 (the lab router uses it): a path
+    tagged GRACEFUL_SHUTDOWN gets local preference 0, so ECMP leaves it out while another
+    path exists and keeps it when it is the last one."""
+    return (
+        f"import filter {{ if {GRACEFUL_SHUTDOWN} ~ bgp_community then bgp_local_pref = 0; "
+        "accept; };"
+    )
 
 
 def bfd_protocol(interface: str, bfd: Bfd) -> list[str]:

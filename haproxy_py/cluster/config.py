@@ -69,11 +69,15 @@ class ClusterConfig:
     failback: bool
     failback_hold: float
     failsafe: bool = True
+    # BGP mode: announce each VIP from at least this many live nodes, ready or not
+    min_announcers: int = 1
 
 
 def parse_cluster(doc: Table) -> ClusterConfig:
     cluster = doc.table("cluster", {})
-    cluster.reject_unknown({"name", "mode", "vips", "failback", "failback_hold", "failsafe"})
+    cluster.reject_unknown(
+        {"name", "mode", "vips", "failback", "failback_hold", "failsafe", "min_announcers"}
+    )
     name = cluster.string("name", "default")
     _check_key_part(cluster, "name", name)
     mode = cluster.choice("mode", MODES, "active-standby")
@@ -95,6 +99,7 @@ def parse_cluster(doc: Table) -> ClusterConfig:
         failback=cluster.boolean("failback", mode == "active-active"),
         failback_hold=cluster.number("failback_hold", 30.0, min=0),
         failsafe=cluster.boolean("failsafe", True),
+        min_announcers=cluster.integer("min_announcers", 1, min=1),
     )
 
 

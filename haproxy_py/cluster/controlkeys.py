@@ -10,8 +10,9 @@ from typing import Literal
 
 from haproxy_py.cluster.jsonvalue import choice, dumps, flag, loads, number, text, texts
 
-Mode = Literal["active-standby", "active-active"]
-MODES: tuple[Mode, ...] = ("active-standby", "active-active")
+# bgp: every node that may serve a VIP announces it to its routers (`controller.announce`)
+Mode = Literal["active-standby", "active-active", "bgp"]
+MODES: tuple[Mode, ...] = ("active-standby", "active-active", "bgp")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         # release in its own record, and no VIP key is bound to its lease (etcd: a put or
         # revoke under a lease needs write access to every key attached to it).
         Grant(READ, "vips/"),
+        Grant(READ, "announce/{node}/"),  # BGP mode: what it may announce (and its watch)
     ),
     "controller": (Grant(READWRITE, ""),),
     "operator": (Grant(READ, ""), Grant(READWRITE, "requests/")),

@@ -128,6 +128,9 @@ class NodeRecord:
     # The last etcd outage through which the failsafe kept this node's VIPs: (since, until,
     # rounds), unix times; written when etcd answers again (`agent.failsafeloop`).
     failsafe: tuple[float, float, int] | None = None
+    # BGP mode: peer name -> its session and BFD state, e.g. "Established, BFD Up" (written
+    # only when one changes: `agent.bgpside`)
+    bgp: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return dumps(
@@ -150,6 +153,7 @@ class NodeRecord:
                 "released": dict(sorted(self.released.items())),
                 "refused": list(self.refused),
                 **({} if self.failsafe is None else {"failsafe": _spell(self.failsafe)}),
+                **({"bgp": dict(sorted(self.bgp.items()))} if self.bgp else {}),
             }
         )
 
@@ -181,7 +185,14 @@ class NodeRecord:
             released=revisions(obj, "released"),
             refused=texts(obj, "refused"),
             failsafe=_parse_spell(obj.get("failsafe")),
+            bgp=_states(obj.get("bgp")),
         )
+
+
+def _states(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _spell(spell: tuple[float, float, int]) -> dict[str, float | int]:

@@ -9,6 +9,7 @@ All keys of one cluster live under `/haproxy-py/<cluster>/`:
     config              ClusterPolicy     no lease (active controller)
     events/<seq>        Event             no lease, bounded history (seq = epoch, zero-padded)
     epoch               integer text      no lease, +1 on every ownership change
+    announce/<node>/vips Announce         no lease; BGP mode: the VIPs the node may announce
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Schema:
         return f"{self.prefix}vips/"
 
     @property
+    def announce_prefix(self) -> str:
+        return f"{self.prefix}announce/"
+
+    @property
     def requests_prefix(self) -> str:
         return f"{self.prefix}requests/"
 
@@ -66,6 +71,17 @@ class Schema:
 
     def vip(self, address: str) -> str:
         return f"{self.vips_prefix}{address}"
+
+    def announce(self, node: str) -> str:
+        """`announce/<node>/vips`: the key sits under a prefix of its own, so the agent may
+        watch it (a watch is a range) without a grant on other nodes' keys."""
+        return f"{self.announce_prefix}{node}/vips"
+
+    def announce_node(self, key: str) -> str | None:
+        """The node an `announce/` key belongs to (None for another key)."""
+        rest = key.removeprefix(self.announce_prefix)
+        node, sep, tail = rest.partition("/")
+        return node if key.startswith(self.announce_prefix) and sep and tail == "vips" else None
 
     def request(self, request_id: str) -> str:
         return f"{self.requests_prefix}{request_id}"

@@ -12,6 +12,7 @@ import time
 import click
 
 from haproxy_py.cluster import maintenance
+from haproxy_py.cluster.announcement import Announce
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store
 from haproxy_py.hactl import peers, view
@@ -59,7 +60,9 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
             peers.remember(connection.cluster, snapshot)
             leases = await lease_left(store, snapshot)
             etcd = etcd_view(await maintenance.cluster_status(store))
-            _show(connection, snapshot, view.status_view(snapshot, leases), etcd, output, watch)
+            announcers = await announced(store) if view.bgp_mode(snapshot) else None
+            status_view = view.status_view(snapshot, leases, announcers)
+            _show(connection, snapshot, status_view, etcd, output, watch)
             shown += 1
             if count is not None and shown >= count:
                 return
@@ -71,6 +74,18 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
         except Unreachable:
             _from_the_nodes(connection, output)
             raise
+
+
+async def announced(store: Store) -> dict[str, tuple[str, ...]]:
+    """BGP mode: VIP -> the nodes `announce/` permits to announce it."""
+    kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+    out: dict[str, list[str]] = {}
+    for kv in kvs:
+        node, record = store.schema.announce_node(kv.key), Announce.parse(kv.value)
+        if node is not None and record is not None:
+            for vip in record.vips:
+                out.setdefault(vip, []).append(node)
+    return {vip: tuple(sorted(nodes)) for vip, nodes in out.items()}
 
 
 def _from_the_nodes(connection: Connection, output: str) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -50,6 +50,7 @@ class NodeRow:
     # the last etcd outage through which the failsafe kept its VIPs: (since, until, rounds)
     failsafe: tuple[float, float, int] | None = None
     refused: tuple[str, ...] = ()
+    bgp: Mapping[str, str] = field(default_factory=dict)  # BGP mode: peer -> session, BFD
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class VipRow:
     since: float | None
     cause: str | None
     move_to: str | None
+    announcers: tuple[str, ...] | None = None  # BGP mode: the nodes permitted to announce it
 
 
 @dataclass(frozen=True)
@@ -76,10 +78,19 @@ class StatusView:
     repairs: tuple[str, ...] = ()
 
 
-def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> StatusView:
+def bgp_mode(view: ClusterView) -> bool:
+    return view.settings is not None and view.settings.mode == "bgp"
+
+
+def status_view(
+    view: ClusterView,
+    lease_left: Mapping[str, float | None],
+    announcers: Mapping[str, tuple[str, ...]] | None = None,
+) -> StatusView:
     """Rows for every registered or drained node and every configured or assigned VIP.
 
-    `lease_left` maps node name to the seconds its lease has left (None: unknown).
+    `lease_left` maps node name to the seconds its lease has left (None: unknown);
+    `announcers` (BGP mode) VIP -> the nodes `announce/` permits to announce it.
     """
     settings = view.settings
     drained = set(settings.drained) if settings else set()
@@ -87,6 +98,8 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
     for name in sorted(view.known_nodes()):
         record = view.nodes.get(name)
         vips = view.vips_of(name)
+        if announcers is not None:
+            vips = tuple(v for v in vip_order(announcers) if name in announcers[v])
         healthy = record is not None and record.healthy
         if name in drained:
             role = "draining" if record is not None else "down"
@@ -111,12 +124,17 @@ def status_view(view: ClusterView, lease_left: Mapping[str, float | None]) -> St
                 version=record.version if record else None,
                 failsafe=record.failsafe if record else None,
                 refused=record.refused if record else (),
+                bgp=record.bgp if record else {},
             )
         )
     vip_rows: list[VipRow] = []
     for address in vip_order(view.known_vips()):
         assignment = view.vips.get(address)
-        if assignment is None:
+        if announcers is not None:
+            by = announcers.get(address, ())
+            state = "announced" if by else "withdrawn"
+            vip_rows.append(VipRow(address, None, state, None, None, None, by))
+        elif assignment is None:
             state = "unreadable" if address in view.occupied else "unassigned"
             vip_rows.append(VipRow(address, None, state, None, None, None))
         else:
@@ -187,6 +205,7 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "registered": n.registered,
                 "vips": list(n.vips),
                 "refused": list(n.refused),
+                "bgp": dict(n.bgp),
                 "priority": n.priority,
                 "backends_up": n.backends_up,
                 "backends_total": n.backends_total,
@@ -213,6 +232,7 @@ def status_json(status: StatusView) -> dict[str, Any]:
                 "since": iso(v.since),
                 "cause": v.cause,
                 "move_to": v.move_to,
+                **({} if v.announcers is None else {"announcers": list(v.announcers)}),
             }
             for v in status.vips
         ],
@@ -255,8 +275,14 @@ def status_table(status: StatusView, now: float) -> str:
                     f"{rounds} rounds)"
                 )
             )
+    for n in status.nodes:
+        for peer, state in sorted(n.bgp.items()):
+            parts.append(printable(f"bgp: {n.name} -> {peer}: {state}"))
     parts.append("")
-    if status.vips:
+    if status.vips and status.mode == "bgp":
+        rows = [[v.address, ", ".join(v.announcers or ()) or "nobody"] for v in status.vips]
+        parts.append(render(["VIP", "ANNOUNCED BY"], rows))
+    elif status.vips:
         parts.append(
             render(["VIP", "OWNER", "STATE", "SINCE"], [_vip_cells(v, now) for v in status.vips])
         )

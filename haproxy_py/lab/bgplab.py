@@ -9,15 +9,14 @@ as kernel multipath routes (`merge paths`), hashed on layer 4
 (`fib_multipath_hash_policy = 1`). The client sits behind the router on a
 link of its own, so every connection it opens goes through the ECMP choice.
 Each node runs BIRD (config from `haproxy_py.cluster.birdconf`), its proxy
-under `agent.livelink`, and the announcer `agent.bgp` (label `agent`); the
-VIPs live on the nodes' `lo` and the nodes answer no ARP for them.
+under `agent.livelink`, `ha-agent` and `ha-controller` in `mode = "bgp"`
+against the lab's 3-member etcd (mTLS, RBAC): the controller writes which
+nodes may announce which VIP (`announce/<node>/vips`), each agent drives its BIRD;
+the VIPs live on the nodes' `lo` and the nodes answer no ARP for them.
 
 `use_resilient` (`hactl lab up --mode bgp --resilient-router`) switches the
 router to resilient next-hop groups (`haproxy_py.lab.nhmirror`), which keep
 established flows in place when nodes come and go.
-
-This round the BGP lab has no etcd, agent lease or controller: every node may
-announce every VIP (the announcer's `--vip`), and the nodes decide alone.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ ROUTER_ASN = 64512
 NODE_ASN = 64513
 LIVE_LINK = "havips"
 BFD = birdconf.Bfd(interval_ms=100, multiplier=3)
-PROCESSES = ("bird", "proxy", "agent")  # in start order: the announcer talks to BIRD
+PROCESSES = ("bird", "proxy", "agent", "controller")  # in start order: the agent talks to BIRD
 ROUTER = "router"
 
 Say = Callable[[str], None]
@@ -81,7 +80,7 @@ def router_config(layout: lay.Layout, table: int | None = None) -> str:
             "  hold time 9;",
             *birdconf.RECONNECT,
             "  bfd on;",
-            "  ipv4 { import all; export none; };",
+            f"  ipv4 {{ {birdconf.graceful_shutdown_import()} export none; }};",
             "}",
         ]
     return "\n".join(lines) + "\n"
@@ -149,7 +148,7 @@ def build(lab: Lab, say: Say) -> None:
         raise netns.NetnsError(problem)
     say(f"BGP lab: subnet {layout.subnet} on bridge {layout.prefix}br, router and client behind")
     plumbing.bridge(f"{layout.host_address}/{layout.prefixlen}")
-    for m in (*layout.nodes, *layout.apps):
+    for m in (*layout.etcd, *layout.nodes, *layout.apps):
         plumbing.add_host(m.name, f"{m.address}/{layout.prefixlen}")
     router = plumbing.add_host(ROUTER, f"{router_address(layout)}/{layout.prefixlen}")
     plumbing.add_routed_host(
@@ -175,10 +174,11 @@ def build(lab: Lab, say: Say) -> None:
         label=f"{ROUTER}/bird",
         log=paths.log(f"{ROUTER}/bird"),
     )
+    lab.start_cluster_store(say)
     say("starting the demo app backends")
     for m in layout.apps:
         lab._spawn(m.name, m, lab._app_command(m))
-    say(f"starting {len(layout.nodes)} proxy nodes (BIRD + haproxy-py + BGP announcer)")
+    say(f"starting {len(layout.nodes)} proxy nodes (BIRD + haproxy-py + ha-agent + ha-controller)")
     for i, node in enumerate(layout.nodes):
         config = lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
         paths.config(node.name).write_text(config + "\n" + bgp_section(lab, node))
@@ -208,21 +208,7 @@ def node_command(lab: Lab, node: str, process: str, program: Callable[[str], str
     if process == "proxy":
         proxy = [program("haproxy-py"), "run", "--config", config]
         return [sys.executable, "-m", "agent.livelink", "--device", LIVE_LINK, "--", *proxy]
-    vips = [arg for vip in lab.layout.vips for arg in ("--vip", vip)]
-    return [
-        sys.executable,
-        "-m",
-        "agent.bgp",
-        "--admin-url",
-        f"http://127.0.0.1:{lay.ADMIN_PORT}",
-        "--bird-socket",
-        str(control_socket(lab, node)),
-        "--announce-file",
-        str(announce_path(lab, node)),
-        "--live-link",
-        LIVE_LINK,
-        *vips,
-    ]
+    return [program(f"ha-{process}"), "--config", config]
 
 
 # ---- what the router sees ----

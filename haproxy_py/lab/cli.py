@@ -104,9 +104,8 @@ def up(
         raise HactlError(str(exc)) from None
     if built.layout.mode == "bgp":
         click.echo(bgplab.summary(built))
-    else:
-        status = built.hactl("status")
-        click.echo(status.stdout + status.stderr)
+    status = built.hactl("status")
+    click.echo(status.stdout + status.stderr)
     layout = built.layout
     click.echo(f"VIPs {', '.join(layout.vips)}, port {PROXY_PORT}; try from the client namespace:")
     click.echo(

@@ -182,13 +182,7 @@ class Lab:
         self.plumbing.bridge(f"{layout.host_address}/{layout.prefixlen}")
         for m in layout.members:
             self.plumbing.add_host(m.name, f"{m.address}/{layout.prefixlen}")
-        self._certificates()
-        say("starting a 3-member etcd cluster (mTLS)")
-        for m in layout.etcd:
-            self.start_etcd(m.name)
-        wait_for(self.etcd_healthy, READY_TIMEOUT, "etcd did not become healthy", paths.logs)
-        say("etcd users and roles from the certificates' names; auth enabled")
-        self._authorization()
+        self.start_cluster_store(say)
         say("starting the demo app backends")
         for m in layout.apps:
             self._spawn(m.name, m, self._app_command(m))
@@ -196,7 +190,6 @@ class Lab:
             paths.config(node.name).write_text(
                 lay.node_config(layout, node, paths.pki, priority=200 - 10 * i)
             )
-        paths.context.write_text(lay.context_file(layout, paths.pki))
         say(
             f"starting {len(layout.nodes)} proxy nodes (haproxy-py + ha-agent + ha-controller), "
             f"timing profile {layout.profile} (lease TTL {layout.timing.lease_ttl} s)"
@@ -205,6 +198,17 @@ class Lab:
             self.start_node(node.name)
         wait_for(self.ready, READY_TIMEOUT, "the cluster did not become ready", paths.logs)
         self._start_forwarder()
+
+    def start_cluster_store(self, say: Say) -> None:
+        """Certificates, the 3-member etcd cluster, its users and roles (every mode)."""
+        self._certificates()
+        say("starting a 3-member etcd cluster (mTLS)")
+        for m in self.layout.etcd:
+            self.start_etcd(m.name)
+        wait_for(self.etcd_healthy, READY_TIMEOUT, "etcd did not become healthy", self.paths.logs)
+        say("etcd users and roles from the certificates' names; auth enabled")
+        self._authorization()
+        self.paths.context.write_text(lay.context_file(self.layout, self.paths.pki))
 
     def _certificates(self) -> None:
         """A cluster CA and an etcd peer CA; one identity per daemon, the operator and root."""

@@ -24,8 +24,9 @@ import pytest
 from pyroute2 import Conntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
+from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import Request
-from haproxy_py.cluster.store import new_request_id
+from haproxy_py.cluster.requestflow import submit, wait_result
 from haproxy_py.lab.netns import in_netns, thread_in_netns
 from tests.lab.agent.cluster import Lab, Node, wait_or_show
 from tests.lab.agent.sameport import follow, touch
@@ -37,8 +38,8 @@ SOURCE_PORT = 40123
 
 async def move(lab: Lab, target: Node) -> None:
     request = Request(id=new_request_id(time.time()), kind="move", vip=lab.vip, target=target.name)
-    await lab.store.submit(request)
-    answered = await lab.store.wait_result(request.id, 30)
+    await submit(lab.store, request)
+    answered = await wait_result(lab.store, request.id, 30)
     assert answered.result is not None and answered.result.status == "done", answered
     await wait_or_show(lab, lambda: lab.held_by(target.name), 30, f"the VIP on {target.name}")
 

@@ -4,6 +4,7 @@ its proxy dies, also while the node's announcer is killed or frozen."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -165,3 +167,91 @@ def test_a_restarted_proxy_is_announced_again(whole: control.Lab) -> None:
     eventually(lambda: not all_paths(whole), SETTLE, "node4 withdrawn")
     whole.restart("node4")
     eventually(lambda: all_paths(whole), SETTLE, "node4 announced again")
+
+
+def test_an_operators_drain_goes_through_etcd_with_a_graceful_shutdown_first(
+    whole: control.Lab,
+) -> None:
+    vip = whole.layout.vips[0]
+    node2 = whole.layout.node("node2").address
+
+    def path_of_node2(detail: str = "") -> str:
+        return bgplab.router_query(whole, f"show route {vip}/32 protocol node2 {detail}").text
+
+    def graceful_shutdown() -> bool:
+        """node2's path is still at the router, tagged GRACEFUL_SHUTDOWN (RFC 8326), and the
+        router's ECMP route already leaves it out."""
+        return "(65535,0)" in path_of_node2("all") and node2 not in bgplab.next_hops(whole, vip)
+
+    done = whole.hactl("drain", "node2", "--yes")
+    assert done.returncode == 0, done.stderr
+    try:
+        eventually(graceful_shutdown, SETTLE, "node2's path tagged GRACEFUL_SHUTDOWN", every=0.01)
+        eventually(lambda: vip not in path_of_node2(), SETTLE, "node2's path gone after the hold")
+        assert node2 not in bgplab.next_hops(whole, vip)
+    finally:
+        assert whole.hactl("undrain", "node2").returncode == 0
+    eventually(lambda: all_paths(whole), SETTLE, "node2 announced again after the undrain")
+
+
+def test_a_node_cut_off_alone_from_etcd_withdraws_by_the_failsafe_rule(
+    whole: control.Lab,
+) -> None:
+    whole.partition("node3")  # from etcd and its peers; the router and clients still reach it
+    try:
+        rest = addresses(whole, "node1", "node2", "node4")
+        eventually(
+            lambda: bgplab.next_hops(whole, whole.layout.vips[0]) == rest, SETTLE, "withdrawn"
+        )
+    finally:
+        whole.heal("node3")
+    eventually(lambda: all_paths(whole), SETTLE, "node3 announced again after the heal")
+
+
+def test_with_etcd_down_for_everyone_every_node_keeps_announcing(whole: control.Lab) -> None:
+    members = [m.name for m in whole.layout.etcd]
+    for name in members:
+        whole.kill(name)
+    try:
+        until = time.monotonic() + 3 * whole.layout.timing.lease_ttl  # well past every lease
+        while time.monotonic() < until:
+            assert all_paths(whole), "a node withdrew while etcd was down for every node"
+            time.sleep(0.05)
+    finally:
+        for name in members:
+            whole.restart(name)
+        eventually(whole.etcd_healthy, SETTLE, "etcd back")
+
+
+def test_hactl_status_and_the_agents_metrics_show_announcers_sessions_and_bfd(
+    whole: control.Lab,
+) -> None:
+    vip = whole.layout.vips[0]
+    names = [n.name for n in whole.layout.nodes]
+
+    def status() -> dict[str, Any]:
+        done = whole.hactl("status", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        return cast(dict[str, Any], json.loads(done.stdout))
+
+    def settled() -> bool:
+        s = status()
+        sessions = {n["name"]: n["bgp"] for n in s["nodes"]}
+        return s["vips"][0]["announcers"] == names and all(
+            v == {"uplink": "Established, BFD Up"} for v in sessions.values()
+        )
+
+    eventually(settled, SETTLE, "every node announcing, its session and BFD up")
+    table = whole.hactl("status").stdout
+    assert f"{vip}" in table and ", ".join(names) in table
+    assert "bgp: node1 -> uplink: Established, BFD Up" in table
+
+    def metrics() -> str:
+        url = "http://127.0.0.1:9732/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+
+    text = netns.in_netns(whole.layout.node("node1").netns, metrics)
+    assert 'haproxy_py_agent_bgp_session_up{peer="uplink"} 1' in text, text
+    assert 'haproxy_py_agent_bfd_session_up{peer="uplink"} 1' in text
+    assert "haproxy_py_agent_bgp_announced_vips 1" in text

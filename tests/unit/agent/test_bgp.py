@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from agent.bgp import Liveness, want
+import math
+from pathlib import Path
+
+import pytest
+
+from agent import bgpside
+from agent.bgp import Liveness, routes, want
+from agent.cli import parse
 from agent.proxy import ProxyStatus
+from haproxy_py.cluster import bird, birdconf
+from haproxy_py.cluster.config import parse_cluster
+from haproxy_py.configfile import ConfigError, load
 
 VIPS = ("198.18.5.100", "198.18.5.101")
 LIVE = ProxyStatus(True, "/healthz answered 200", draining=False)
@@ -77,3 +87,85 @@ def test_a_first_answer_or_refusal_is_known_at_once() -> None:
         live = Liveness(fall=3)
         live.observe(status)
         assert live.known
+
+
+class TestFence:
+    """`agent.bgpside.fenced`: the floating IP's lease rule applied to an announcement."""
+
+    MARGIN = 0.2
+
+    def test_announces_while_the_lease_provably_lives(self) -> None:
+        assert bgpside.fenced(10.0, 11.0, -math.inf, self.MARGIN, 0.0) is False
+        assert bgpside.fenced(10.8, 11.0, -math.inf, self.MARGIN, 0.0) is True
+
+    def test_a_failsafe_grant_keeps_it_past_the_lease(self) -> None:
+        assert bgpside.fenced(12.0, 11.0, 12.5, self.MARGIN, 0.0) is False
+        assert bgpside.fenced(12.4, 11.0, 12.5, self.MARGIN, 0.0) is True
+
+    def test_a_restarted_agent_touches_nothing_for_one_lease_then_withdraws(self) -> None:
+        assert bgpside.fenced(1.0, -math.inf, -math.inf, self.MARGIN, 2.0) is None
+        assert bgpside.fenced(2.0, -math.inf, -math.inf, self.MARGIN, 2.0) is True
+
+    def test_a_lost_lease_after_the_start_fences_at_once(self) -> None:
+        assert bgpside.fenced(5.0, -math.inf, -math.inf, self.MARGIN, 2.0) is True
+
+
+def test_bgp_mode_needs_a_bgp_section(tmp_path: Path) -> None:
+    path = tmp_path / "n.toml"
+    path.write_text(
+        '[node]\nname = "n1"\naddress = "198.18.0.5"\n'
+        + '[cluster]\nmode = "bgp"\nvips = ["198.18.9.1"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"there is no \[bgp\] section"):
+        parse(load(path))
+    path.write_text(
+        path.read_text()
+        + 'min_announcers = 2\n[bgp]\nasn = 64513\npeers = [{ name = "r", address = '
+        '"198.18.0.1", asn = 64512 }]\n'
+    )
+    settings, _ = parse(load(path))
+    assert settings.bgp is not None and settings.bgp.node.asn == 64513
+    assert parse_cluster(load(path)).min_announcers == 2
+
+
+class TestPlannedWithdrawal:
+    """`agent.bgp.routes`: GRACEFUL_SHUTDOWN before a planned withdrawal (RFC 8326)."""
+
+    A, B = VIPS
+    BOTH = frozenset(VIPS)
+
+    def test_a_vip_no_longer_permitted_is_tagged_for_the_hold_then_withdrawn(self) -> None:
+        out = routes(frozenset({self.A}), self.BOTH, {}, serving=True, now=10.0, hold=2.0)
+        assert (out.vips, out.leaving, out.started) == ({self.A}, {self.B}, {self.B: 10.0})
+        out = routes(frozenset({self.A}), self.BOTH, out.started, serving=True, now=11.9, hold=2.0)
+        assert out.leaving == {self.B}  # still within the hold
+        out = routes(frozenset({self.A}), self.BOTH, out.started, serving=True, now=12.0, hold=2.0)
+        assert (out.vips, out.leaving) == ({self.A}, frozenset())
+
+    def test_permitted_again_ends_the_shutdown(self) -> None:
+        out = routes(self.BOTH, self.BOTH, {self.B: 10.0}, serving=True, now=10.5)
+        assert (out.vips, out.leaving, out.started) == (self.BOTH, frozenset(), {})
+
+    def test_a_node_that_cannot_serve_withdraws_at_once(self) -> None:
+        out = routes(frozenset(), self.BOTH, {self.B: 10.0}, serving=False, now=10.1)
+        assert (out.vips, out.leaving) == (frozenset(), frozenset())
+
+
+def test_the_announce_file_tags_leaving_vips_with_graceful_shutdown() -> None:
+    text = birdconf.announce_file([VIPS[0]], "havips", leaving=[VIPS[1]])
+    assert f'route {VIPS[0]}/32 via "havips";' in text
+    assert f'route {VIPS[1]}/32 via "havips" {{ bgp_community.add((65535, 0)); }};' in text
+
+
+def test_session_states_name_each_peers_session_and_bfd_state() -> None:
+    protocols = {
+        "tor1": bird.Protocol("tor1", "BGP", "up", "12:00:00", "Established"),
+        "tor2": bird.Protocol("tor2", "BGP", "start", "12:00:01", "Active  Socket: refused"),
+    }
+    bfd = {"198.18.0.1": "Up", "198.18.0.2": "Down"}
+    peers = {"tor1": "198.18.0.1", "tor2": "198.18.0.2", "tor3": "198.18.0.3"}
+    assert bgpside.session_states(peers, protocols, bfd) == {
+        "tor1": "Established, BFD Up",
+        "tor2": "Active, BFD Down",
+        "tor3": "absent",
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.bgp import failing
-from bench.bgpflows import broken, connected
+from bench.bgpflows import broken, connected, victim_outcome
 from haproxy_py.lab.client import Attempt
 
 
@@ -43,3 +43,20 @@ def test_connected_keeps_each_clients_latest_node() -> None:
         {"client": 1, "event": "connected", "via": "node3"},
     ]
     assert connected(events) == {1: "node3", 2: "node2"}
+
+
+def test_victim_outcome_counts_its_1001s_its_breaks_and_failed_connects_in_the_window() -> None:
+    events = [
+        {"at": 1.0, "event": "closed", "code": 1001, "via": "node4"},  # before the window
+        {"at": 2.0, "event": "closed", "code": 1001, "via": "node4"},
+        {"at": 2.1, "event": "closed", "code": 1000, "via": "node4"},
+        {"at": 2.2, "event": "error", "via": "node4"},
+        {"at": 2.3, "event": "error", "via": "node1"},  # another node's: counted elsewhere
+        {"at": 2.4, "event": "connect_failed"},
+        {"at": 5.0, "event": "connect_failed"},  # after the window
+    ]
+    assert victim_outcome(events, 2.0, 5.0) == {
+        "closed_1001": 1,
+        "broken_on_victim": 1,
+        "connect_failed": 1,
+    }

@@ -37,6 +37,10 @@ def test_a_node_config_with_its_announce_file_is_accepted_by_bird(tmp_path: Path
     Path(s.announce_file).write_text(birdconf.announce_file(vips, "havips"))
     done = bird_parses(tmp_path / "bird.conf", birdconf.node_config(s))
     assert done.returncode == 0, done.stderr
+    # with a VIP leaving under RFC 8326's community
+    Path(s.announce_file).write_text(birdconf.announce_file(vips[:1], "havips", vips[1:]))
+    done = bird_parses(tmp_path / "bird.conf", birdconf.node_config(s))
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_node_exports_its_static_vip_routes_with_bfd_to_every_peer(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from controller.announce import Policy, candidates, plan
@@ -111,6 +112,7 @@ records = st.builds(
 )
 
 
+@hypothesis_settings(deadline=None)  # a loaded machine must not fail a pure property
 @given(
     st.lists(records, max_size=6),
     st.integers(0, 4),

@@ -1,0 +1,368 @@
+"""The control plane at 10, 30 and 100 nodes (BGP mode), simulated: `python -m bench.scale`.
+
+For each node count: a real 3-member etcd on loopback (`tests/support/etcd.py`), the real
+`ha-controller` as a process of its own (so its CPU and memory are its alone), 1,000 VIPs,
+and N simulated agents in `FLEET`-sized processes of their own (`python -m bench.scale
+--fleet`, told on stdin which agent dies and which returns). A simulated agent is what a
+real one is to etcd in BGP mode: a lease kept alive every TTL/4, its node record under it
+(live, every pool up), written again only when something changes; its kernel, BIRD and
+proxy are left out (the lab tests and `bench.bgp` cover those).
+
+Measured per node count:
+* etcd revisions per node per minute, in a quiet minute (nothing changes) and in a minute
+  of churn (every `CHURN_EVERY` s one agent dies; it registers again `BACK_AFTER` s later);
+* from a lease expiry (etcd deletes the node's record) to the controller's write of the new
+  announcers (`announce/<node>/vips` deleted), and from a node's return to its key written:
+  p50/p95/max, both read from one etcd watch in this process (same clock);
+* the controller's CPU (share of one core) and resident memory (max) in each window.
+
+Results: `bench/results/scale.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import procfs
+from haproxy_py.cluster.config import EtcdConfig
+from haproxy_py.cluster.records import NodeRecord
+from haproxy_py.cluster.store import LeaseLost, Store, StoreError
+from tests.support.etcd import EtcdCluster
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLUSTER = "scale"
+VIPS = 1000
+TTL = 2
+WINDOW = 60.0  # seconds of the quiet window and of the churn window (--window)
+CHURN_EVERY = 3.0  # one agent dies this often during churn
+FLEET = 25  # simulated agents per process
+BACK_AFTER = 4.0  # and registers again this long after it died (its lease is gone by then)
+
+
+def vips(count: int) -> list[str]:
+    """`count` addresses in 198.18.0.0/15 (written to etcd only; no traffic is sent)."""
+    return [f"198.{18 + i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(1, count + 1)]
+
+
+def p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class SimAgent:
+    """A node as etcd sees it in BGP mode: a lease kept alive and a record under it."""
+
+    def __init__(self, etcd: EtcdConfig, name: str) -> None:
+        self.store, self.name = Store(etcd, CLUSTER), name  # its own connection, as an agent's
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._keepalive(await self._register()))
+
+    async def _register(self) -> int:
+        lease = (await self.store.grant_lease(TTL)).id
+        record = NodeRecord(name=self.name, address="198.18.0.1", healthy=True, ready=1, pools=1)
+        await self.store.put(self.store.schema.node(self.name), record.to_json(), lease)
+        return lease
+
+    async def _keepalive(self, lease: int) -> None:
+        while True:
+            with contextlib.suppress(StoreError):  # keep trying, as an agent does
+                try:
+                    await self.store.keepalive(lease)
+                except LeaseLost:  # it lapsed (a starved process): register again
+                    lease = await self._register()
+            await asyncio.sleep(TTL / 4)
+
+    def die(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def close(self) -> None:
+        self.die()
+        await self.store.close()
+
+
+@dataclass
+class Watcher:
+    """When (this process's clock) each node's record went and its announce key changed."""
+
+    store: Store
+    record_gone: dict[str, float] = field(default_factory=dict)
+    registered: dict[str, float] = field(default_factory=dict)
+    expiry_to_write: list[float] = field(default_factory=list)
+    return_to_write: list[float] = field(default_factory=list)
+
+    async def run(self, revision: int) -> None:
+        schema = self.store.schema
+        async for event in self.store.watch(schema.prefix, revision + 1):
+            now = time.monotonic()
+            if event.key.startswith(schema.nodes_prefix):
+                name = event.key[len(schema.nodes_prefix) :]
+                if event.kind == "delete":
+                    self.record_gone[name] = now
+                else:
+                    self.registered.setdefault(name, now)
+                continue
+            node = schema.announce_node(event.key)
+            if node is None:
+                continue
+            if event.kind == "delete" and node in self.record_gone:
+                self.expiry_to_write.append(now - self.record_gone.pop(node))
+            elif event.kind == "put" and node in self.registered:
+                self.return_to_write.append(now - self.registered.pop(node))
+
+
+def controller_config(path: Path, endpoints: list[str]) -> None:
+    vip_list = ", ".join(json.dumps(v) for v in vips(VIPS))
+    path.write_text(
+        f'[node]\nname = "ctl"\naddress = "127.0.0.1"\n'
+        f'[cluster]\nname = "{CLUSTER}"\nmode = "bgp"\nvips = [{vip_list}]\n'
+        f"[etcd]\nendpoints = {json.dumps(endpoints)}\n"
+        f'[controller]\nid = "ctl"\nmetrics = ""\n'
+        f'[logging]\nlevel = "warning"\n'
+    )
+
+
+class Usage:
+    """The controller's CPU (share of one core) and max RSS over a window."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ticks = procfs.cpu_ticks(pid)
+        self.started = time.monotonic()
+        self.rss = procfs.rss_kib([pid])
+
+    def sample(self) -> None:
+        self.rss = max(self.rss, procfs.rss_kib([self.pid]))
+
+    def result(self) -> dict[str, float]:
+        seconds = time.monotonic() - self.started
+        ticks = procfs.cpu_ticks(self.pid) - self.ticks
+        share = ticks / procfs.clock_ticks_per_second() / seconds
+        return {"cpu_percent": round(100 * share, 1), "rss_mib": round(self.rss / 1024, 1)}
+
+
+async def revision(store: Store) -> int:
+    return (await store.get_prefix(store.schema.config))[1]
+
+
+class Fleet:
+    """Simulated agents in a process of their own, so their keepalives do not wait on this
+    process's watch (or on one another beyond `FLEET`)."""
+
+    def __init__(self, endpoints: list[str], names: list[str]) -> None:
+        argv = [sys.executable, "-m", "bench.scale", "--fleet", ",".join(endpoints), *names]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.names = names
+
+    def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise SystemExit(f"an agent fleet did not start: {line!r}")
+
+    def tell(self, verb: str, name: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{verb} {name}\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+async def fleet_main(endpoints: list[str], names: list[str]) -> None:
+    """The `--fleet` process: start the agents, then obey `die NAME` / `start NAME`."""
+    etcd = EtcdConfig(endpoints=tuple(endpoints), timeout=1.0)
+    agents = {n: SimAgent(etcd, n) for n in names}
+    for agent in agents.values():
+        await agent.start()
+    print("ready", flush=True)
+    while line := await asyncio.to_thread(sys.stdin.readline):
+        verb, name = line.split()
+        if verb == "die":
+            agents[name].die()
+        else:
+            await agents[name].start()
+
+
+async def window(
+    store: Store, usage: Usage, seconds: float, nodes: int, fleets: list[Fleet] | None
+) -> dict[str, float]:
+    """Run one window (with churn when `fleets` are given); revisions per node per minute."""
+    start = await revision(store)
+    ends = time.monotonic() + seconds
+    victim = 0
+    pending: list[asyncio.Task[None]] = []
+    while time.monotonic() < ends:
+        usage.sample()
+        if fleets is not None:
+            fleet = fleets[victim % len(fleets)]
+            name = fleet.names[(victim // len(fleets)) % len(fleet.names)]
+            victim += 1
+            fleet.tell("die", name)
+
+            async def back(f: Fleet = fleet, n: str = name) -> None:
+                await asyncio.sleep(BACK_AFTER)
+                f.tell("start", n)
+
+            pending.append(asyncio.create_task(back()))
+            await asyncio.sleep(CHURN_EVERY)
+        else:
+            await asyncio.sleep(1.0)
+    await asyncio.gather(*pending)
+    delta = await revision(store) - start
+    return {
+        "revisions": delta,
+        "revisions_per_node_minute": round(delta / nodes / (seconds / 60), 3),
+        **usage.result(),
+    }
+
+
+async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
+    """Seconds until every node's announce key lists every VIP."""
+    started = time.monotonic()
+    want = len(vips(VIPS))
+    while time.monotonic() - started < limit:
+        kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+        counts = [len(json.loads(kv.value).get("vips", [])) for kv in kvs]
+        if len(counts) == nodes and all(c == want for c in counts):
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"the controller did not announce every VIP from {nodes} nodes in {limit} s")
+
+
+async def one_run(
+    endpoints: list[str], controller: int, nodes: int, seconds: float
+) -> dict[str, Any]:
+    store = Store(EtcdConfig(endpoints=tuple(endpoints), timeout=1.0), CLUSTER)
+    names = [f"n{i:03d}" for i in range(nodes)]
+    fleets = [Fleet(endpoints, names[i : i + FLEET]) for i in range(0, nodes, FLEET)]
+    try:
+        for fleet in fleets:
+            await asyncio.to_thread(fleet.ready)
+        took = await converged(store, nodes)
+        watcher = Watcher(store)
+        watch = asyncio.create_task(watcher.run(await revision(store)))
+        quiet = await window(store, Usage(controller), seconds, nodes, None)
+        churn = await window(store, Usage(controller), seconds, nodes, fleets)
+        await asyncio.sleep(TTL + 1)
+        watch.cancel()
+        e, r = watcher.expiry_to_write, watcher.return_to_write
+        return {
+            "nodes": nodes,
+            "vips": VIPS,
+            "converged_s": round(took, 2),
+            "quiet": quiet,
+            "churn": churn,
+            "expiry_to_write_ms": summary(e),
+            "return_to_write_ms": summary(r),
+        }
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        await store.close()
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(ms),
+        "p50": round(statistics.median(ms), 1) if ms else float("nan"),
+        "p95": round(p(ms, 0.95), 1),
+        "max": round(max(ms), 1) if ms else float("nan"),
+    }
+
+
+def measure(nodes: int, seconds: float) -> dict[str, Any]:
+    with EtcdCluster.start(size=3) as etcd:
+        work = Path(tempfile.mkdtemp(prefix="hscale-"))
+        try:
+            config = work / "ctl.toml"
+            controller_config(config, etcd.endpoints)
+            program = shutil.which("ha-controller", path=os.path.dirname(sys.executable))
+            log = (work / "controller.log").open("w")
+            proc = subprocess.Popen(
+                [program or "ha-controller", "--config", str(config)], stderr=log, stdout=log
+            )
+            try:
+                return asyncio.run(one_run(etcd.endpoints, proc.pid, nodes, seconds))
+            finally:
+                proc.terminate()
+                proc.wait(20)
+                log.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(rows: list[dict[str, Any]], load: tuple[float, float], seconds: float) -> str:
+    lines = [
+        "# The control plane at 10, 30 and 100 nodes (BGP mode, simulated agents)",
+        "",
+        f"`python -m bench.scale`: a real 3-member etcd on loopback, the real `ha-controller`, "
+        f"{VIPS} VIPs, N simulated agents (lease TTL {TTL} s, keepalive every {TTL / 4:g} s, "
+        f"record written once, each agent on its own etcd connection, {FLEET} agents per "
+        "process). "
+        f"A quiet window of {seconds:g} s, then {seconds:g} s of churn: "
+        f"one agent dies every {CHURN_EVERY:g} s and registers again {BACK_AFTER:g} s later. "
+        f"Load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores, shared).",
+        "",
+        "| nodes | converged | revisions/node/min quiet | churn | expiry -> write p50/p95/max ms "
+        "| return -> write p50/p95/max ms | controller CPU quiet / churn | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        e, b = r["expiry_to_write_ms"], r["return_to_write_ms"]
+        lines.append(
+            f"| {r['nodes']} | {r['converged_s']} s | {r['quiet']['revisions_per_node_minute']} "
+            f"| {r['churn']['revisions_per_node_minute']} "
+            f"| {e['p50']}/{e['p95']}/{e['max']} (n={e['n']}) "
+            f"| {b['p50']}/{b['p95']}/{b['max']} (n={b['n']}) "
+            f"| {r['quiet']['cpu_percent']} % / {r['churn']['cpu_percent']} % "
+            f"| {max(r['quiet']['rss_mib'], r['churn']['rss_mib'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--nodes", type=int, action="append", help="node counts (10, 30, 100)")
+    parser.add_argument("--window", type=float, default=WINDOW, help="seconds of each window")
+    parser.add_argument("--fleet", help=argparse.SUPPRESS)  # endpoints: run agents (internal)
+    parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.fleet:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(fleet_main(args.fleet.split(","), args.names))
+        return
+    before = os.getloadavg()[0]
+    rows = [measure(n, args.window) for n in (args.nodes or [10, 30, 100])]
+    after = os.getloadavg()[0]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(
+        json.dumps({"load": [before, after], "rows": rows}, indent=2) + "\n"
+    )
+    (RESULTS / "scale.md").write_text(report(rows, (before, after), args.window))
+    sys.stdout.write(report(rows, (before, after), args.window))
+
+
+if __name__ == "__main__":
+    main()

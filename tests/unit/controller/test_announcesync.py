@@ -1,0 +1,69 @@
+"""`controller.announcesync` on the in-memory store: what it writes, and in how many steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controller.announce import Policy
+from controller.announcesync import BATCH, AnnounceSync
+from haproxy_py.cluster.announcement import Announce
+from haproxy_py.cluster.memstore import MemoryStore
+from haproxy_py.cluster.records import ClusterPolicy, ClusterView, NodeRecord
+from haproxy_py.cluster.storeapi import Compare, Op
+
+VIPS = ("198.18.9.1", "198.18.9.2")
+SETTINGS = ClusterPolicy(mode="bgp", vips=VIPS)
+
+
+class Counting(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__("s")
+        self.txns = 0
+
+    async def txn(
+        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> bool:
+        self.txns += 1
+        return await super().txn(compares, success, failure)
+
+
+def view(names: Sequence[str]) -> ClusterView:
+    nodes = {n: NodeRecord(name=n, healthy=True, ready=1, pools=1) for n in names}
+    return ClusterView(cluster="s", revision=1, nodes=nodes, settings=SETTINGS)
+
+
+async def stored(store: MemoryStore) -> dict[str, tuple[str, ...]]:
+    kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+    out = {}
+    for kv in kvs:
+        node, record = store.schema.announce_node(kv.key), Announce.parse(kv.value)
+        assert node is not None and record is not None
+        out[node] = record.vips
+    return out
+
+
+async def test_a_mass_change_is_written_in_transactions_of_a_batch() -> None:
+    store = Counting()
+    sync = AnnounceSync(store, lambda: [], Policy())
+    names = [f"n{i:03d}" for i in range(2 * BATCH + 1)]
+    assert await sync.sync(view(names), SETTINGS) == len(names)
+    assert store.txns == 3  # 65 nodes: 32 + 32 + 1
+    assert await stored(store) == {n: VIPS for n in names}
+    store.txns = 0
+    assert await sync.sync(view(names), SETTINGS) == 0  # nothing changed: nothing written
+    assert store.txns == 0
+    assert await sync.sync(view(names[:1]), SETTINGS) == len(names) - 1  # all but one lost
+    assert store.txns == 2
+    assert await stored(store) == {names[0]: VIPS}
+
+
+async def test_a_key_changed_by_someone_else_is_read_again_and_put_right() -> None:
+    store = Counting()
+    sync = AnnounceSync(store, lambda: [], Policy())
+    await sync.sync(view(["a", "b"]), SETTINGS)
+    await store.put(store.schema.announce("a"), Announce(()).to_json())  # behind its back
+    await sync.sync(view(["a", "b"]), SETTINGS)  # the cache says a is fine: a lost write
+    assert await stored(store) == {"a": (), "b": VIPS}
+    sync._read_at = -1e9  # the periodic full read
+    await sync.sync(view(["a", "b"]), SETTINGS)
+    assert await stored(store) == {"a": VIPS, "b": VIPS}
