@@ -30,15 +30,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from haproxy_py import configfile
 from haproxy_py.cluster import bgp_config, bird, birdconf
 from haproxy_py.lab import layout as lay
 from haproxy_py.lab import netns, nhmirror
-
-if TYPE_CHECKING:
-    from haproxy_py.lab.control import Lab
 
 ROUTER_ASN = 64512
 NODE_ASN = 64513
@@ -48,6 +45,31 @@ PROCESSES = ("bird", "proxy", "agent", "controller")  # in start order: the agen
 ROUTER = "router"
 
 Say = Callable[[str], None]
+
+
+class LabPaths(Protocol):
+    @property
+    def etc(self) -> Path: ...
+    @property
+    def pki(self) -> Path: ...
+    def log(self, label: str) -> Path: ...
+    def config(self, node: str) -> Path: ...
+
+
+class Lab(Protocol):
+    """What the BGP lab needs of `control.Lab`, which builds it: declared here, so that the
+    two modules do not import each other."""
+
+    @property
+    def layout(self) -> lay.Layout: ...
+    @property
+    def paths(self) -> LabPaths: ...
+    @property
+    def plumbing(self) -> netns.Plumbing: ...
+    def start_cluster_store(self, say: Say) -> None: ...
+    def start_node(self, name: str, processes: tuple[str, ...] | None = None) -> None: ...
+    def _spawn(self, label: str, member: lay.Member, argv: list[str]) -> None: ...
+    def _app_command(self, app: lay.Member) -> list[str]: ...
 
 
 def router_address(layout: lay.Layout) -> str:
