@@ -77,4 +77,4 @@ async def test_random_bytes_never_hurt_the_node(backends, proxy) -> None:
         answer = await health(server)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     await no_leak(server)
-    assert not server.runtime.backends["app"].servers[0].active
+    assert not server.runtime.backends["app"].servers[0].load()

@@ -50,6 +50,7 @@ async def test_extensions_offered_by_client_reach_backend(backends, proxy, sessi
         assert (await ws.receive_str()) == "z" * 10000
 
 
+@pytest.mark.single_process
 async def test_client_close_code_reaches_backend(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
@@ -76,6 +77,7 @@ async def test_backend_close_code_reaches_client(backends, proxy, session) -> No
         assert ws.close_code == 4002
 
 
+@pytest.mark.single_process
 async def test_refused_upgrade_answer_goes_to_client(backends, proxy) -> None:
     """A backend that answers the Upgrade with a normal response: the client gets that answer."""
     (b,) = await backends(1)
@@ -90,6 +92,7 @@ async def test_refused_upgrade_answer_goes_to_client(backends, proxy) -> None:
     assert not server.tunnels.open
 
 
+@pytest.mark.single_process
 async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
     """While tunnels are open no ClientConnection (parser, request state) stays alive."""
     (b,) = await backends(1)
@@ -99,7 +102,7 @@ async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
         assert len(server.tunnels) == 5
         gc.collect()
         assert not [o for o in gc.get_objects() if isinstance(o, ClientConnection)]
-        assert server.runtime.backends["app"].servers[0].active == 5
+        assert server.runtime.backends["app"].servers[0].load() == 5
         for ws in sockets:
             await ws.send_str("still works")
             assert (await ws.receive_str()) == "still works"
@@ -107,10 +110,11 @@ async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
         for ws in sockets:
             await ws.close()
     await eventually_async(lambda: not server.tunnels.open, 30, "tunnels closed")
-    assert server.runtime.backends["app"].servers[0].active == 0
+    assert server.runtime.backends["app"].servers[0].load() == 0
     assert server.listeners[0].active == 0
 
 
+@pytest.mark.single_process
 async def test_backpressure_bounds_buffering(backends, proxy, session) -> None:
     """A client that stops reading makes the proxy stop reading the backend."""
     (b,) = await backends(1)
@@ -132,6 +136,7 @@ async def test_backpressure_bounds_buffering(backends, proxy, session) -> None:
             assert len(await ws.receive_bytes()) == 65536
 
 
+@pytest.mark.single_process
 async def test_idle_tunnel_closed(backends, proxy, session) -> None:
     (b,) = await backends(1)
     config = proxy_config({"app": [b.address]}, extra="[proxy.timeouts]\nwebsocket_idle = 0.4\n")
@@ -142,6 +147,7 @@ async def test_idle_tunnel_closed(backends, proxy, session) -> None:
     await eventually_async(lambda: not server.tunnels.open, 30, "idle tunnel closed")
 
 
+@pytest.mark.single_process
 @pytest.mark.parametrize("count", [50])
 async def test_many_sessions_spread_and_counted(backends, proxy, session, count: int) -> None:
     """Open WebSockets are spread by least_conn and counted in /status terms."""

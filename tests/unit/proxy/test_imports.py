@@ -2,7 +2,8 @@
 
 Callbacks between the parts go through Protocols declared by the callee
 (`upstream.ResponseSink`, `clientstate.ProxyContext`, `listeners.HeldConnection`,
-`stats.StatsSource`, `admin.AdminSource`), so no part imports the server.
+`report.Counted`, `admin.AdminSource`, `server.Plane`), so no part imports the server
+or the master.
 """
 
 from __future__ import annotations
