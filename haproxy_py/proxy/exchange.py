@@ -412,7 +412,7 @@ class Exchange(ClientState):
             self.status,
             self._backend_name(),
             None if server is None else server.address,
-            round((time.monotonic() - self.started) * 1000, 2),
+            (time.monotonic() - self.started) * 1000,
             self.bytes_in,
             self.bytes_out,
             self.client_ip,
