@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from haproxy_py.proxy.frontend import ClientConnection
+from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.support import access_lines, proxy_config, raw_exchange, url
 from tests.support.wait import eventually_async
 
@@ -29,6 +30,30 @@ async def test_echo_text_and_binary_including_1mib(backends, proxy, session) -> 
         text = "é" * (1 << 19)  # 1 MiB of UTF-8
         await ws.send_str(text)
         assert (await ws.receive_str()) == text
+
+
+async def test_large_reads_share_one_buffer_and_arrive_intact(backends, proxy, session) -> None:
+    """Large reads go into one shared buffer: a write the peer has not taken yet must keep
+    its bytes (a client that reads late), and small messages after them still relay."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    messages = [os.urandom((1 << 20) + i) for i in range(16)]
+    async with session.ws_connect(url(server, "/ws"), max_msg_size=8 << 20) as ws:
+
+        async def send() -> None:
+            for message in messages:
+                await ws.send_bytes(message)
+
+        sending = asyncio.create_task(send())
+        await asyncio.sleep(0.5)  # the echoes pile up in the proxy's write buffers meanwhile
+        for message in messages:
+            assert (await ws.receive_bytes()) == message
+        await sending
+        if isinstance(server, ProxyServer):
+            (tunnel,) = server.tunnels.open
+            assert tunnel.client_half.BUFFERED and tunnel.upstream_half.BUFFERED
+        await ws.send_str("small again")
+        assert (await ws.receive_str()) == "small again"
 
 
 async def test_subprotocol_negotiated_end_to_end(backends, proxy, session) -> None:
