@@ -42,7 +42,7 @@ lint: venv
 WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/test_websocket.py \
   tests/integration/proxy/test_balancing.py tests/integration/proxy/test_errors.py \
   tests/integration/proxy/test_health.py tests/integration/proxy/test_admin.py \
-  tests/integration/adversarial
+  tests/integration/adversarial tests/integration/hardening
 
 test: deps lint
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
