@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 APT_PACKAGES += bird2  # BGP mode: the BGP speaker on each node and the lab's router
 
-.PHONY: deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
+.PHONY: test-workers deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
 
 deps: apt venv
 
@@ -37,8 +37,23 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The data-plane tiers again against a master with two worker processes (every test but
+# those that look inside the one-process proxy); run once, on asyncio, beside the full run.
+WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/test_websocket.py \
+  tests/integration/proxy/test_balancing.py tests/integration/proxy/test_errors.py \
+  tests/integration/proxy/test_health.py tests/integration/proxy/test_admin.py \
+  tests/integration/proxy/test_fuzz.py tests/integration/proxy/test_limits.py \
+  tests/integration/proxy/test_drain.py tests/integration/proxy/test_proxy_protocol.py \
+  tests/integration/proxy/test_admin_access.py tests/integration/proxy/test_admin_auth.py \
+  tests/integration/proxy/test_reload.py tests/integration/proxy/test_tls.py \
+  tests/integration/adversarial
+
 test: deps lint
 	$(VENV)/bin/pytest -q -ra --durations=25 $(PYTEST_ARGS)
+	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -m "not single_process" $(WORKER_TIERS)
+
+test-workers: deps
+	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -m "not single_process" $(WORKER_TIERS)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

@@ -20,13 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import loadgen, profile
+from bench import capacity, loadgen, profile
 from bench.configs import max_clients
 from bench.procs import StartError, stop_all
 from bench.report import document, render
 from bench.results import SUBJECT
-from bench.runner import Options, Runner, say, selected
-from bench.targets import PROXY_CPU, TARGETS, HaproxyPy
+from bench.runner import Backend, Options, Runner, say, selected
+from bench.targets import ALL_CPUS, PROXY_CPU, TARGETS, HaproxyPy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,6 +54,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--no-profile", action="store_true", help="skip the py-spy pass over haproxy-py"
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and process logs")
+    parser.add_argument(
+        "--no-capacity",
+        dest="capacity",
+        action="store_false",
+        help="skip the unpinned capacity ladders (workers = auto against nginx auto)",
+    )
     parser.add_argument(
         "--baseline",
         metavar="DIR",
@@ -152,7 +158,13 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return its result document."""
     by_name = {t.name: t for t in TARGETS}
     if args.baseline:
-        base = HaproxyPy("haproxy-py-base", ("ws-small", "ws-large", "http"), False, args.baseline)
+        base = HaproxyPy(
+            "haproxy-py-base",
+            ("ws-small", "ws-large", "http"),
+            False,
+            workers="",
+            tree=args.baseline,
+        )
         by_name[base.name] = base
     targets = tuple(by_name[n] for n in selected(args.targets, by_name))
     workloads = tuple(loadgen.WORKLOADS[n] for n in selected(args.tests, loadgen.WORKLOADS))
@@ -169,9 +181,14 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     workdir = Path(tempfile.mkdtemp(prefix="haproxy-py-bench-"))
     started, began = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), time.monotonic()
+    load_at_start = os.getloadavg()
     say(f"benchmark: {', '.join(t.name for t in targets)}; {args.reps} reps; work dir {workdir}")
+    runner = Runner(options, workdir)
+    capacity_doc: dict[str, Any] | None = None
     try:
-        outcome = Runner(options, workdir).run()
+        outcome = runner.run()
+        if args.capacity:
+            capacity_doc = _capacity(runner, workdir)
     except StartError as exc:
         raise SystemExit(f"the benchmark backend did not start (run `make bench`): {exc}") from exc
     finally:
@@ -200,7 +217,18 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         duration_s=time.monotonic() - began,
     )
     doc["profiles"] = {test: dataclasses.asdict(p) for test, p in outcome.profiles.items()}
+    doc["capacity"] = capacity_doc
+    doc["load_average"] = [load_at_start, os.getloadavg()]
     return doc
+
+
+def _capacity(runner: Runner, workdir: Path) -> dict[str, Any]:
+    """The unpinned part: every CPU for the proxy (and for the load, which shares them)."""
+    backend = Backend.start(workdir, "backend-capacity", cpus=ALL_CPUS)
+    try:
+        return capacity.run_all(lambda t: runner.start_target(t, backend.address), say)
+    finally:
+        backend.proc.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

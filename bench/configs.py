@@ -11,6 +11,7 @@ on stderr, which the harness sends to a file). haproxy logs nothing without a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -19,7 +20,15 @@ def max_clients(fd_limit: int) -> int:
     return (fd_limit - 200) // 2
 
 
-def nginx_conf(*, listen: int, backend: str, workdir: Path, buffer_64k: bool, fd_limit: int) -> str:
+def nginx_conf(
+    *,
+    listen: int,
+    backend: str,
+    workdir: Path,
+    buffer_64k: bool,
+    fd_limit: int,
+    workers: str = "1",
+) -> str:
     """nginx with one worker; `proxy_buffer_size` also sizes the buffers of upgraded connections.
 
     nginx starts reusing connections once fewer than 1/16 of `worker_connections`
@@ -32,7 +41,7 @@ def nginx_conf(*, listen: int, backend: str, workdir: Path, buffer_64k: bool, fd
         else ""
     )
     return f"""\
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 master_process on;
 user root;
@@ -96,13 +105,20 @@ backend app
 """
 
 
-def haproxy_py_toml(*, listen: int, admin: int, backend: str, fd_limit: int) -> str:
+def haproxy_py_toml(
+    *, listen: int, admin: int, backend: str, fd_limit: int, workers: str = "1"
+) -> str:
     """The issue's minimal file (access log on, the default) plus the idle test's limit."""
+    proxy = (
+        ""
+        if not workers
+        else f"[proxy]\nworkers = {json.dumps(workers) if workers == 'auto' else workers}\n\n"
+    )
     return f"""\
 [admin]
 bind = "127.0.0.1:{admin}"
 
-[proxy.limits]
+{proxy}[proxy.limits]
 max_connections = {max_clients(fd_limit)}
 
 [[listeners]]

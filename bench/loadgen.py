@@ -82,16 +82,20 @@ def program() -> Path:
     return path
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "GOMAXPROCS": "1"}
+def _env(procs: int = 1) -> dict[str, str]:
+    return {**os.environ, "GOMAXPROCS": str(procs)}
 
 
-def run(workload: Workload, address: str, pids: dict[str, list[int]]) -> dict[str, Any]:
-    """One bounded load run; a failure comes back as a result with no messages and the reason."""
-    argv = ["taskset", "-c", str(LOAD_CPU), str(program()), *workload.argv(address, pids)]
+def run(
+    workload: Workload, address: str, pids: dict[str, list[int]], cpus: str = str(LOAD_CPU)
+) -> dict[str, Any]:
+    """One bounded load run on CPU(s) `cpus`; a failure comes back as a result with no
+    messages and the reason."""
+    argv = ["taskset", "-c", cpus, str(program()), *workload.argv(address, pids)]
+    procs = len(cpus.split(","))
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, env=_env(), timeout=workload.limit_s + 15
+            argv, capture_output=True, text=True, env=_env(procs), timeout=workload.limit_s + 15
         )
     except subprocess.TimeoutExpired:
         return {"messages": 0, "first_error": "load generator did not finish in time"}

@@ -51,8 +51,9 @@ class Spawned:
 
 
 def spawn(
-    name: str, argv: list[str], cpu: int, logdir: Path, env: dict[str, str] | None = None
+    name: str, argv: list[str], cpu: int | str, logdir: Path, env: dict[str, str] | None = None
 ) -> Spawned:
+    """Start `argv` on CPU(s) `cpu` (a number, or a taskset list such as "0,1")."""
     log = logdir / f"{name}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(

@@ -235,6 +235,7 @@ def render(doc: Mapping[str, Any]) -> str:
         ],
     )
     out += _idle_section(doc)
+    out += capacity_section(doc.get("capacity"))
     if doc["failures"]:
         out += ["## Targets that could not be measured", ""]
         out += [f"- **{name}**: {reason}" for name, reason in doc["failures"].items()]
@@ -260,4 +261,63 @@ def render(doc: Mapping[str, Any]) -> str:
         f"{reruns} window(s) were measured again because of outside load.",
         "",
     ]
+    if doc.get("load_average"):
+        start, end = doc["load_average"]
+        out += [
+            "Load average of the machine (1/5/15 min) at the start: "
+            + " / ".join(f"{x:.2f}" for x in start)
+            + "; at the end: "
+            + " / ".join(f"{x:.2f}" for x in end)
+            + ".",
+            "",
+        ]
     return "\n".join(out)
+
+
+def capacity_section(cap: Mapping[str, Any] | None) -> list[str]:
+    """The unpinned ladders, their ratio, and haproxy-py's spread over its workers."""
+    if not cap:
+        return []
+    out = [
+        "## Capacity: every core, workers = auto against nginx `worker_processes auto`",
+        "",
+        "Unpinned; the highest offered rate completed at ≥ 95 % without errors with "
+        "p99 ≤ 10 ms (WebSocket 64 B ping-pong on 100 connections; HTTP keep-alive on 50). "
+        "The load generator and the backend share the same cores.",
+        "",
+    ]
+    targets = cap["targets"]
+    rows = []
+    for mode, label in (("ws", "WebSocket msg/s"), ("http", "HTTP req/s")):
+        ratio = cap["ratios"].get(mode)
+        rows.append(
+            [
+                label,
+                *(_num(t["sustained"].get(mode), 0) for t in targets.values()),
+                "–" if ratio is None else f"{ratio:.2f}×",
+                "≥ 0.85×",
+            ]
+        )
+    out += _table(["load", *targets, "ratio", "goal"], rows)
+    out.append("")
+    for name, t in targets.items():
+        for mode, steps in t["ladders"].items():
+            ladder = ", ".join(
+                f"{s['offered']:.0f}→{s['achieved']:.0f} (p99 {s['p99_us'] / 1000:.1f} ms)"
+                for s in steps
+            )
+            out.append(f"- {name} {mode}: {ladder}")
+    out.append("")
+    spread = cap.get("spread")
+    if spread:
+        counts = ", ".join(f"worker {k}: {v:.0f}" for k, v in spread["connections"].items())
+        baseline = ", ".join(f"{v / 1024:.1f} MiB" for v in spread["baseline_kib"].values())
+        out += [
+            f"1,000 idle WebSockets over the workers: {counts}; max/min "
+            f"{spread['ratio']:.2f} (goal ≤ 1.3). RSS before any connection, master then "
+            f"workers: {baseline} (the fixed per-process baseline); growth over all processes "
+            f"{spread['kib_per_conn']:.2f} KiB per WebSocket."
+            + (f" Error: {spread['error']}" if spread.get("error") else ""),
+            "",
+        ]
+    return out

@@ -59,16 +59,12 @@ class Backend:
     address: str
 
     @classmethod
-    def start(cls, workdir: Path, name: str = "backend") -> Backend:
+    def start(
+        cls, workdir: Path, name: str = "backend", cpus: str = str(loadgen.LOAD_CPU)
+    ) -> Backend:
         port = free_port()
-        env = {**os.environ, "GOMAXPROCS": "1"}
-        proc = spawn(
-            name,
-            [str(loadgen.BIN / "echo"), f"-addr={HOST}:{port}"],
-            loadgen.LOAD_CPU,
-            workdir,
-            env,
-        )
+        env = {**os.environ, "GOMAXPROCS": str(len(cpus.split(",")))}
+        proc = spawn(name, [str(loadgen.BIN / "echo"), f"-addr={HOST}:{port}"], cpus, workdir, env)
         try:
             wait_listening(proc, HOST, port)
         except StartError:
@@ -105,7 +101,8 @@ class Runner:
                 self._idle(target)
         return self.outcome
 
-    def _start(self, target: Target, backend: str) -> Running | None:
+    def start_target(self, target: Target, backend: str) -> Running | None:
+        """Start `target` and smoke-test it; None (and a failure recorded) if either fails."""
         try:
             running = target.start(backend, self.workdir)
         except TargetFailed as exc:
@@ -127,7 +124,7 @@ class Runner:
         workloads = [w for w in self.options.workloads if w.name in target.tests]
         if target.name in self.outcome.failures or not workloads:
             return
-        running = self._start(target, backend.address)
+        running = self.start_target(target, backend.address)
         if running is None:
             return
         try:
@@ -173,7 +170,7 @@ class Runner:
         return best
 
     def _profile(self, target: Target, backend: Backend) -> None:
-        running = self._start(target, backend.address)
+        running = self.start_target(target, backend.address)
         if running is None:
             return
         try:
@@ -187,7 +184,7 @@ class Runner:
         raw = self.workdir / f"profile-{workload.name}.txt"
         seconds = workload.warmup_s + workload.window_s
         try:
-            sampler = profile.start(running.cpu_pids[0], seconds, raw)
+            sampler = profile.start(running.cpu_pids[-1], seconds, raw)  # the worker
         except FileNotFoundError as exc:
             say(f"profile of {workload.name} skipped: {exc}")
             return
@@ -210,7 +207,7 @@ class Runner:
     def _idle(self, target: Target) -> None:
         backend = Backend.start(self.workdir, f"backend-idle-{target.name}")
         try:
-            running = self._start(target, backend.address)
+            running = self.start_target(target, backend.address)
             if running is None:
                 return
             try:

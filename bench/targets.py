@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class Running:
     cpu_pids: list[int] = field(default_factory=list)  # processes whose CPU is the proxy's
     mem_pids: list[int] = field(default_factory=list)  # processes whose RSS is the proxy's
     procs: list[Spawned] = field(default_factory=list)
+    admin: str = ""  # haproxy-py's admin API (host:port)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -46,6 +48,8 @@ class Target(abc.ABC):
     name: str
     tests: tuple[str, ...]  # the load tests it takes part in
     idle: bool  # whether it takes part in the idle-memory test
+    workers: str = "1"  # worker processes: a number or "auto" (nginx and haproxy-py)
+    cpus: str = str(PROXY_CPU)  # where it runs (taskset list): the proxy core, or all of them
 
     @abc.abstractmethod
     def start(self, backend: str, workdir: Path) -> Running:
@@ -96,10 +100,11 @@ class Nginx(Target):
                 workdir=home,
                 buffer_64k=self.buffer_64k,
                 fd_limit=fd_limit(),
+                workers=self.workers,
             )
         )
         argv = [nginx, "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")]
-        running = _started(spawn(self.name, argv, PROXY_CPU, workdir), port)
+        running = _started(spawn(self.name, argv, self.cpus, workdir), port)
         master = running.procs[0]
         deadline = time.monotonic() + 10
         while not (workers := children(master.pid)) and time.monotonic() < deadline:
@@ -141,7 +146,9 @@ class HaproxyPy(Target):
         port, admin = free_port(), free_port()
         conf = workdir / f"{self.name}.toml"
         conf.write_text(
-            configs.haproxy_py_toml(listen=port, admin=admin, backend=backend, fd_limit=fd_limit())
+            configs.haproxy_py_toml(
+                listen=port, admin=admin, backend=backend, fd_limit=fd_limit(), workers=self.workers
+            )
         )
         env = None if self.tree is None else {**os.environ, "PYTHONPATH": self.tree}
         try:
@@ -160,10 +167,37 @@ class HaproxyPy(Target):
                 f"haproxy-py check-config failed: {reason[-1] if reason else check.returncode}"
             )
         argv = [str(program), "run", "--config", str(conf)]
-        proc = spawn(self.name, argv, PROXY_CPU, workdir, env)
+        proc = spawn(self.name, argv, self.cpus, workdir, env)
         running = _started(proc, port)
-        running.cpu_pids = running.mem_pids = [proc.pid, *children(proc.pid)]
+        running.admin = f"{HOST}:{admin}"
+        # The master listens before its workers start; its admin API answers once they
+        # all serve, and only then is the process tree (whose CPU and RSS count) complete.
+        if not _answers(f"http://{running.admin}/healthz", 60.0):
+            running.stop()
+            raise TargetFailed(f"{self.name}: the admin API did not answer within 60 s")
+        running.cpu_pids = running.mem_pids = _tree(proc.pid)
         return running
+
+
+def _answers(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status in (200, 503):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the master and its workers)."""
+    pids = [pid]
+    for child in children(pid):
+        pids.extend(_tree(child))
+    return pids
 
 
 TARGETS: tuple[Target, ...] = (
@@ -172,4 +206,11 @@ TARGETS: tuple[Target, ...] = (
     Nginx("nginx-buf64k", ("ws-large",), idle=False, buffer_64k=True),
     Haproxy("haproxy", ("ws-small", "ws-large", "http"), idle=True),
     HaproxyPy("haproxy-py", ("ws-small", "ws-large", "http"), idle=True),
+)
+
+# Capacity: unpinned, as many workers as CPUs (`bench.capacity`).
+ALL_CPUS = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+CAPACITY_TARGETS: tuple[Target, ...] = (
+    Nginx("nginx-auto", (), idle=False, workers="auto", cpus=ALL_CPUS),
+    HaproxyPy("haproxy-py-auto", (), idle=False, workers="auto", cpus=ALL_CPUS),
 )

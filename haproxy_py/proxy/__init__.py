@@ -11,5 +11,12 @@ has the rules for hostile input. After a backend's 101 the two sockets become
 a byte relay (`relay`). aiohttp serves the admin API (`admin`) and runs the
 active health checks (`health`). Access log lines are rendered cheaply and
 written by a thread (`accesslog`). `listeners` binds the sockets;
-`server.ProxyServer` ties it together; `cli` is the `haproxy-py` command.
+`server.ProxyServer` ties one process's data plane together.
+
+`haproxy-py run` (`cli`) starts a `master.Master`: it binds each listener once
+per worker (SO_REUSEPORT), runs the admin API and health checks, and
+supervises `worker` processes, each a `ProxyServer` fed over a `control`
+socketpair; connection counts live in a shared-memory `shared.CountTable`,
+and each process's counters are one `report.TrafficReport` that the master
+sums for `/status` and `/metrics` (`stats`).
 """

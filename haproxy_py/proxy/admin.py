@@ -40,22 +40,34 @@ from aiohttp import web
 from haproxy_py import __version__
 from haproxy_py.metrics import CONTENT_TYPE
 from haproxy_py.proxy import adminauth
-from haproxy_py.proxy.stats import STATUS_CLASSES, StatsSource, build_registry
+from haproxy_py.proxy.report import STATUS_CLASSES, TrafficReport
+from haproxy_py.proxy.stats import build_registry
 from haproxy_py.proxy.tls import admin_server_context
 
 if TYPE_CHECKING:
     from haproxy_py.proxy.listeners import AddressDrain, IPAddress
+    from haproxy_py.proxy.runtime import Runtime
+
+# A listener as the admin API shows it: name, the address bound (None before), accepting.
+ListenerState = tuple[str, tuple[str, int] | None, bool]
 
 
-class AdminSource(StatsSource, Protocol):
-    """What the admin API reads and asks of the proxy (`server.ProxyServer`)."""
+class AdminSource(Protocol):
+    """What the admin API reads and asks of the proxy: `server.ProxyServer` in one
+    process, `master.Master` in front of worker processes."""
 
     draining: bool
     started_at: float
+    runtime: Runtime  # config, backends with their health and shared load
+
+    def listener_states(self) -> list[ListenerState]: ...
+
+    async def traffic(self) -> TrafficReport:
+        """The node's counters and gauges (summed over the workers)."""
 
     def start_drain(self) -> None: ...
 
-    def drain_address(self, address: IPAddress) -> AddressDrain: ...
+    async def address_drain(self, address: IPAddress) -> AddressDrain: ...
 
     async def undrain(self) -> None: ...
 
@@ -103,7 +115,8 @@ def refusal(method: str, headers: Mapping[str, str], hosts: frozenset[str] | Non
 class AdminServer:
     def __init__(self, proxy: AdminSource) -> None:
         self.proxy = proxy
-        self.registry = build_registry(proxy)
+        self._traffic = TrafficReport()  # fetched for the scrape being rendered
+        self.registry = build_registry(lambda: proxy.runtime, lambda: self._traffic)
         self.app = web.Application(middlewares=[self._same_site_only])
         self.refused = 0  # changes refused by the same-site check
         self.app.router.add_get("/healthz", self.healthz)
@@ -179,9 +192,9 @@ class AdminServer:
         if self.proxy.draining:
             return ["draining"]
         return [
-            f"listener {lst.config.name}: not accepting"
-            for lst in self.proxy.listeners
-            if lst.server is None or not lst.server.is_serving()
+            f"listener {name}: not accepting"
+            for name, _, accepting in self.proxy.listener_states()
+            if not accepting
         ]
 
     def readiness(self) -> tuple[int, int, list[str]]:
@@ -217,7 +230,7 @@ class AdminServer:
             return web.json_response({"status": "ok"})
         return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, traffic: TrafficReport) -> dict[str, Any]:
         proxy = self.proxy
         runtime = proxy.runtime
         ok, reasons = self.health()
@@ -231,14 +244,15 @@ class AdminServer:
             "config_generation": runtime.generation,
             "listeners": [
                 {
-                    "name": lst.config.name,
-                    "bind": None if lst.bound is None else "{}:{}".format(*lst.bound),
-                    "connections": lst.active,
+                    "name": name,
+                    "bind": None if bound is None else "{}:{}".format(*bound),
+                    "connections": traffic.listener(name),
                 }
-                for lst in proxy.listeners
+                for name, bound, _ in proxy.listener_states()
             ],
-            "websockets": {"open": len(proxy.tunnels), "total": proxy.tunnels.total},
-            "responses": dict(zip(STATUS_CLASSES, proxy.stats.responses[1:], strict=True)),
+            "workers": traffic.processes,
+            "websockets": {"open": traffic.websockets_open, "total": traffic.websockets_total},
+            "responses": dict(zip(STATUS_CLASSES, traffic.responses, strict=True)),
             "backends": {
                 backend.name: {
                     "balance": backend.config.balance,
@@ -246,8 +260,8 @@ class AdminServer:
                         {
                             "address": t.server.address,
                             "state": "up" if t.server.up else "down",
-                            "active": t.server.active,
-                            "total": t.server.total,
+                            "active": t.server.load(),
+                            "total": traffic.server_total(backend.name, t.server.address),
                             "weight": t.server.weight,
                             "max_conns": t.server.max_conns,
                             "last_error": t.last_error or None,
@@ -272,7 +286,7 @@ class AdminServer:
         except ValueError:
             reason = f"address: expected an IP address such as 198.18.0.100, got {raw!r}"
             return web.json_response({"status": "refused", "reason": reason}, status=400)
-        started = self.proxy.drain_address(address)
+        started = await self.proxy.address_drain(address)
         return web.json_response(
             {
                 "status": "draining address",
@@ -293,15 +307,17 @@ class AdminServer:
         return web.json_response({"status": "serving"})
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.snapshot())
+        return web.json_response(self.snapshot(await self.proxy.traffic()))
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self._traffic = await self.proxy.traffic()
         return web.Response(
             body=self.registry.render().encode(), headers={"Content-Type": CONTENT_TYPE}
         )
 
     async def page(self, request: web.Request) -> web.Response:
-        return web.Response(text=render_page(self.snapshot()), content_type="text/html")
+        snap = self.snapshot(await self.proxy.traffic())
+        return web.Response(text=render_page(snap), content_type="text/html")
 
 
 def render_page(snap: dict[str, Any]) -> str:

@@ -29,6 +29,10 @@ class Server:
     """One backend server's live state, shared by the balancer, health checks and the proxy."""
 
     __slots__ = (
+        "_cells",
+        "_own",
+        "_row",
+        "_width",
         "active",
         "address",
         "config",
@@ -48,8 +52,42 @@ class Server:
         self.address = config.address
         self.host_header = config.address.encode()  # the Host of a request that had none
         self.up = True
-        self.active = 0  # requests in flight + open WebSocket tunnels
+        self.active = 0  # requests in flight + open WebSocket tunnels, of this process
         self.total = 0  # requests and tunnels ever sent here
+        self._cells: memoryview | None = None  # shared counts of every worker (see `share`)
+        self._row = self._own = self._width = 0
+
+    def share(self, cells: memoryview, row: int, width: int, column: int) -> None:
+        """Count in row `row` of a shared table of `width` columns, in cell `column` (-1: only
+        read it); `load()` is then the whole node's count, every worker's connections."""
+        self._cells = cells
+        self._row = row * width
+        self._width = width
+        self._own = row * width + column
+        if column >= 0:
+            cells[self._own] = self.active
+
+    def acquire(self) -> None:
+        """A request or tunnel starts on this server."""
+        self.active += 1
+        self.total += 1
+        cells = self._cells
+        if cells is not None:
+            cells[self._own] += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        cells = self._cells
+        if cells is not None:
+            cells[self._own] -= 1
+
+    def load(self) -> int:
+        """Open requests and tunnels on this server, from every worker process."""
+        cells = self._cells
+        if cells is None:
+            return self.active
+        start = self._row
+        return sum(cells[start : start + self._width])
 
     def configure(self, config: ServerConfig) -> None:
         """Take a reloaded config of the same address (its state carries on)."""
@@ -59,10 +97,10 @@ class Server:
 
     @property
     def full(self) -> bool:
-        return 0 < self.max_conns <= self.active
+        return 0 < self.max_conns <= self.load()
 
     def __repr__(self) -> str:
-        return f"<Server {self.address} up={self.up} active={self.active}>"
+        return f"<Server {self.address} up={self.up} active={self.load()}>"
 
 
 def stable_hash(key: bytes) -> int:
@@ -94,9 +132,12 @@ class LeastConn:
         best_score = 0.0
         for i in range(n):
             server = servers[(start + i) % n]
-            if not (server.up and not server.full and server not in exclude):
+            if not server.up or server in exclude:
                 continue
-            score = server.active / server.weight
+            load = server.active if server._cells is None else server.load()
+            if 0 < server.max_conns <= load:
+                continue
+            score = load / server.weight
             if best is None or score < best_score:
                 best, best_score = server, score
         return best

@@ -12,6 +12,7 @@ cannot start.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import resource
 import signal
 from pathlib import Path
@@ -31,7 +32,7 @@ from haproxy_py.cluster.config import (
 )
 from haproxy_py.configfile import ConfigError, Table, load
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy, trusts_anyone
-from haproxy_py.proxy.server import ProxyServer
+from haproxy_py.proxy.master import Master, worker_count
 
 log = structlog.get_logger(__name__)
 NAME = "haproxy-py"
@@ -73,7 +74,7 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(server: ProxyServer, config_file: Path) -> None:
+async def _serve(server: Master, config_file: Path) -> None:
     """Run until a signal: SIGTERM drains then exits (a second one exits at once), SIGINT
     exits at once, SIGHUP reloads the config file."""
     loop = asyncio.get_running_loop()
@@ -103,7 +104,7 @@ async def _serve(server: ProxyServer, config_file: Path) -> None:
         await server.stop()
 
 
-async def _reload_on_hup(server: ProxyServer, config_file: Path, hup: asyncio.Event) -> None:
+async def _reload_on_hup(server: Master, config_file: Path, hup: asyncio.Event) -> None:
     """Reload on each SIGHUP; a file that fails validation is logged and the old config stays."""
     while True:
         await hup.wait()
@@ -170,5 +171,6 @@ def run(config: Path, check_config: bool, log_level: str | None) -> None:
     daemon.start_logging(logging, log_level)
     _raise_fd_limit()
     _use_uvloop()
-    server = ProxyServer(proxy, node_name)
-    daemon.run(NAME, config, _serve(server, config), start_errors=(OSError,))
+    workers = worker_count(proxy.proxy.workers)
+    master = Master(proxy, node_name, workers, dataclasses.replace(logging, level=log_level))
+    daemon.run(NAME, config, _serve(master, config), start_errors=(OSError,))

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from haproxy_py.proxy.iplimits import IpLimiter
     from haproxy_py.proxy.listeners import Listener
     from haproxy_py.proxy.relay import Tunnels
+    from haproxy_py.proxy.report import Stats
     from haproxy_py.proxy.runtime import Backend, Runtime
-    from haproxy_py.proxy.stats import Stats
 
 # Why reading from the client is paused (several can hold at once).
 PAUSE_UPSTREAM = 1  # the upstream write buffer is full

@@ -66,7 +66,8 @@ class Limits:
     max_header_size: int = 32768
     max_uri_size: int = 8192
     # Per client address (after PROXY protocol); 0: no limit. Over the limit a
-    # connection gets 429 (a WebSocket handshake is refused the same way).
+    # connection gets 429 (a WebSocket handshake is refused the same way). These and a
+    # listener's max_connections are counted by each worker process on its own.
     per_ip_connections: int = 0  # open at once
     per_ip_rate: float = 0.0  # new connections per second (token bucket)
     per_ip_burst: int = 0  # bucket size; 0: the rate rounded up
@@ -80,6 +81,7 @@ class ProxySectionConfig:
     limits: Limits
     access_log: bool = True
     underscores_in_headers: bool = False  # forward header names with `_` (nginx's default off)
+    workers: int | None = None  # worker processes; None: "auto", one per CPU we may run on
 
 
 @dataclass(frozen=True)
@@ -214,13 +216,29 @@ def _limits(proxy: Table) -> Limits:
 
 def parse_proxy_section(doc: Table) -> ProxySectionConfig:
     proxy = doc.table("proxy", {})
-    proxy.reject_unknown({"timeouts", "limits", "access_log", "underscores_in_headers"})
+    proxy.reject_unknown({"timeouts", "limits", "access_log", "underscores_in_headers", "workers"})
     return ProxySectionConfig(
         timeouts=_timeouts(proxy),
         limits=_limits(proxy),
         access_log=proxy.boolean("access_log", True),
         underscores_in_headers=proxy.boolean("underscores_in_headers", False),
+        workers=_workers(proxy),
     )
+
+
+MAX_WORKERS = 256
+
+
+def _workers(proxy: Table) -> int | None:
+    """`workers = "auto"` (None) or a number of worker processes."""
+    value = proxy.data.get("workers", "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        proxy.fail(
+            "workers", f'expected "auto" or an integer from 1 to {MAX_WORKERS}, got {value!r}'
+        )
+    return value
 
 
 def parse_admin(doc: Table) -> AdminConfig:

@@ -128,7 +128,7 @@ class Exchange(ClientState):
                 if timed_out
                 else f"connect failed: {exc.strerror or exc}"
             )
-            server.active -= 1
+            server.release()
             self.server = None
             if timed_out or exc.errno not in LOCAL_ERRNOS:
                 backend.passive_failure(server, error)
@@ -250,7 +250,7 @@ class Exchange(ClientState):
             conn.transport.resume_reading()
         backend, server = self.backend, self.server
         assert backend is not None and server is not None
-        server.active -= 1
+        server.release()
         self.server = None
         if (
             self.upstream_keep_alive
@@ -344,7 +344,7 @@ class Exchange(ClientState):
             conn.transport.abort()
         self._resume(PAUSE_UPSTREAM)
         if self.server is not None:
-            self.server.active -= 1
+            self.server.release()
             self.server = None
 
     def _finish(self) -> None:
@@ -412,7 +412,7 @@ class Exchange(ClientState):
             self.status,
             self._backend_name(),
             None if server is None else server.address,
-            round((time.monotonic() - self.started) * 1000, 2),
+            (time.monotonic() - self.started) * 1000,
             self.bytes_in,
             self.bytes_out,
             self.client_ip,

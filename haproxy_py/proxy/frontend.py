@@ -441,8 +441,7 @@ class ClientConnection(Exchange):
         if server is None:
             self._no_server(backend)
             return
-        server.active += 1
-        server.total += 1
+        server.acquire()
         self.server = self.picked = server
         self.head = request_head(
             self.method,

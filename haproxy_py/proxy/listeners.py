@@ -27,7 +27,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.config import ListenerConfig
@@ -80,20 +80,27 @@ class Passed:
 PASSED = Passed()
 
 
-def bind_socket(host: str, port: int, passed: Passed = PASSED) -> socket.socket:
-    """A listening-ready TCP socket; OSError naming the address and the kernel's reason."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
-    inherited = passed.take((str(sockaddr[0]), int(sockaddr[1])))
+def passed_socket(host: str, port: int, passed: Passed = PASSED) -> socket.socket | None:
+    """A duplicate of the socket systemd passed for host:port (None: none was passed)."""
+    return _take(passed, _resolve(host, port)[1])
+
+
+def bind_socket(
+    host: str, port: int, passed: Passed = PASSED, reuse_port: bool = False
+) -> socket.socket:
+    """A listening-ready TCP socket; OSError naming the address and the kernel's reason.
+
+    `reuse_port`: one of an SO_REUSEPORT group, one per worker process (`master`);
+    a passed socket is taken as it is (only systemd can make it transparent)."""
+    family, sockaddr = _resolve(host, port)
+    inherited = _take(passed, sockaddr)
     if inherited is not None:
-        inherited.setblocking(False)
         return inherited
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         with contextlib.suppress(OSError):  # elsewhere the address must exist before we bind
             sock.setsockopt(socket.IPPROTO_IP, _IP_FREEBIND, 1)
         sock.bind(sockaddr)
@@ -102,6 +109,22 @@ def bind_socket(host: str, port: int, passed: Passed = PASSED) -> socket.socket:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
+
+
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _take(passed: Passed, sockaddr: tuple[Any, ...]) -> socket.socket | None:
+    inherited = passed.take((str(sockaddr[0]), int(sockaddr[1])))
+    if inherited is not None:
+        inherited.setblocking(False)
+    return inherited
 
 
 class HeldConnection(Protocol):

@@ -2,9 +2,9 @@
 
 The HTTP machinery is dropped at the switch: both transports get a `_Half`
 protocol (`transport.set_protocol`) and nothing else stays referenced, so an
-idle tunnel costs two small slotted objects plus the transports. Each
-`data_received` is one `write` on the other socket; reads are as large as the
-event loop makes them (64 KiB uvloop, 256 KiB asyncio). Backpressure: when a
+idle tunnel costs two small slotted objects plus the transports. Each read is
+one `write` on the other socket; reads go into one 64 KiB buffer shared by the
+process's tunnels (`ReadBuffer`), not into a new `bytes` per read. Backpressure: when a
 transport's write buffer passes its high-water mark its own protocol pauses
 reading on the peer that feeds it, and resumes it below the low-water mark.
 
@@ -46,17 +46,48 @@ if TYPE_CHECKING:
 RELAY, DRAINING, STOPPED = "relay", "draining", "stopped"
 # The longest frame with a one-byte length: 2 header bytes, a mask key, 125 payload bytes.
 _SMALL_FRAME_MAX = 2 + 4 + 125
+BUFFERED_FROM = 16 * 1024  # a read this large turns a half into a `_BufferedHalf`
 
 
-class _Half(asyncio.Protocol):
+class ReadBuffer:
+    """The one buffer the large reads of an event loop's tunnels go into: a read is
+    written out before the next one, so no copy into a new `bytes` per read. When a write
+    leaves bytes queued, the transport holds a view of them, and the next read gets a
+    fresh buffer instead (the old one lives on until that write is done)."""
+
+    SIZE = 256 * 1024  # a read of at most this much (as uvloop reads without it)
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(self.SIZE))
+
+    def renew(self) -> None:
+        self.view = memoryview(bytearray(self.SIZE))
+
+
+class _Half(asyncio.BaseProtocol):
     """One direction of a tunnel: bytes read from `transport` are written to `peer`.
 
     `state` is RELAY normally; DRAINING while a drain waits for this direction's
     next frame boundary to put its close frame there; STOPPED once that close is
     written (what this side still sends is read, tracked and dropped).
+
+    A half starts as a `_StreamHalf` (the event loop hands it each read as a new
+    `bytes`: the cheapest for small messages) and turns into a `_BufferedHalf` at
+    its first large read (reads into the shared `ReadBuffer`: no copy of the
+    payload); the two differ only in how reads arrive.
     """
 
-    __slots__ = ("aligned", "frames", "nbytes", "peer", "state", "to_server", "transport", "tunnel")
+    __slots__ = (
+        "aligned",
+        "frames",
+        "nbytes",
+        "peer",
+        "state",
+        "to_server",
+        "transport",
+        "tunnel",
+    )
+    BUFFERED = False
 
     def __init__(
         self, tunnel: Tunnel, transport: asyncio.Transport, peer: asyncio.Transport, to_server: bool
@@ -70,7 +101,7 @@ class _Half(asyncio.Protocol):
         self.aligned = True  # `frames.at_boundary`, kept here for the fast path
         self.state = RELAY
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         n = len(data)
         self.nbytes += n
         if self.state is not RELAY:
@@ -84,14 +115,21 @@ class _Half(asyncio.Protocol):
             length = second & 0x7F
             if length < 126 and n == length + (6 if second & 0x80 else 2):
                 return
+        elif n >= BUFFERED_FROM and not self.BUFFERED:
+            self._read_into_buffer()
         self._track(data)
 
-    def _relay(self, data: bytes) -> None:
+    def _read_into_buffer(self) -> None:
+        """From now on read into the shared buffer (same slots: only the class changes)."""
+        self.__class__ = _BufferedHalf
+        self.transport.set_protocol(self)
+
+    def _relay(self, data: bytes | memoryview) -> None:
         """`data_received` for bytes already counted."""
         self.peer.write(data)
         self._track(data)
 
-    def _track(self, data: bytes) -> None:
+    def _track(self, data: bytes | memoryview) -> None:
         frames = self.frames
         frames.feed(data)
         self.aligned = frames.at_boundary
@@ -111,7 +149,7 @@ class _Half(asyncio.Protocol):
         else:
             self.state = DRAINING
 
-    def _drain_received(self, data: bytes) -> None:
+    def _drain_received(self, data: bytes | memoryview) -> None:
         frames = self.frames
         if self.state is DRAINING:
             upto = frames.feed_to_boundary(data)
@@ -149,6 +187,28 @@ class _Half(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer.close()
         self.tunnel.half_lost()
+
+
+class _StreamHalf(_Half, asyncio.Protocol):
+    """A half whose reads arrive as `bytes` (`data_received`)."""
+
+    __slots__ = ()
+
+
+class _BufferedHalf(_Half, asyncio.BufferedProtocol):
+    """A half whose reads go into the tunnels' shared `ReadBuffer`."""
+
+    __slots__ = ()
+    BUFFERED = True
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.tunnel.registry.reads.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        reads = self.tunnel.registry.reads
+        self.data_received(reads.view[:nbytes])
+        if self.peer.get_write_buffer_size():
+            reads.renew()  # the peer's transport still holds a view of this read
 
 
 class Tunnel:
@@ -199,8 +259,8 @@ class Tunnel:
         self.idle_since = 0.0
         self.idle_timeout = idle_timeout  # 0: never idle
         self.closing_since: float | None = None  # when an idle close began
-        self.client_half = _Half(self, client, upstream, to_server=True)
-        self.upstream_half = _Half(self, upstream, client, to_server=False)
+        self.client_half: _Half = _StreamHalf(self, client, upstream, to_server=True)
+        self.upstream_half: _Half = _StreamHalf(self, upstream, client, to_server=False)
         client.set_protocol(self.client_half)
         upstream.set_protocol(self.upstream_half)
 
@@ -261,6 +321,7 @@ class Tunnels:
         self.total = 0
         self.ended_bytes_in = 0
         self.ended_bytes_out = 0
+        self.reads = ReadBuffer()
         self._all_closed: asyncio.Event | None = None
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -37,6 +38,9 @@ def _servers_of(runtime: Runtime | None, backend: str) -> dict[str, Server] | No
 
 MAX_IDLE_PER_SERVER = 128
 
+# (backend, server address, ok, error): a passive health result for the master to judge.
+PassiveSink = Callable[[str, str, bool, str], None]
+
 
 class Backend:
     """A pool of servers with its balancer, health trackers and idle upstream connections.
@@ -49,8 +53,11 @@ class Backend:
         config: BackendConfig,
         idle_timeout: float = 4.0,
         reuse: dict[str, Server] | None = None,
+        passive: PassiveSink | None = None,
     ) -> None:
         self.name = config.name
+        self.passive = passive  # a worker's: results go to the master, whose checks judge
+        self.on_health: Callable[[str, str, bool], None] | None = None  # the master's push
         self.config = config
         self.idle_timeout = idle_timeout
         self.servers = [_server(s, reuse or {}) for s in config.servers]
@@ -125,16 +132,41 @@ class Backend:
 
     def passive_failure(self, server: Server, error: str) -> None:
         tracker = self.tracker_of[server]
-        if tracker.passive_failure(time.monotonic(), error):
+        if self.passive is not None:
+            if tracker.config.passive:
+                tracker.fail_streak += 1  # so that the next success is reported
+                self.passive(self.name, server.address, False, error)
+        elif tracker.passive_failure(time.monotonic(), error):
             self._health_changed(tracker, error)
 
     def passive_success(self, server: Server) -> None:
         tracker = self.tracker_of[server]
         if tracker.fail_streak:
             tracker.passive_success()
+            if self.passive is not None:
+                self.passive(self.name, server.address, True, "")
+
+    def passive_result(self, address: str, ok: bool, error: str) -> None:
+        """A worker's passive result, judged here in the master."""
+        for server, tracker in self.tracker_of.items():
+            if server.address == address:
+                if ok:
+                    tracker.passive_success()
+                elif tracker.passive_failure(time.monotonic(), error):
+                    self._health_changed(tracker, error)
+
+    def set_up(self, address: str, up: bool) -> None:
+        """The master's verdict, in a worker: take the server in or out."""
+        for server in self.servers:
+            if server.address == address and server.up != up:
+                server.up = up
+                if not up:
+                    self._close_idle(server)
 
     def _health_changed(self, tracker: Tracker, reason: str) -> None:
         server = tracker.server
+        if self.on_health is not None:  # the workers first: the log line says it is done
+            self.on_health(self.name, server.address, server.up)
         log.warning(
             "server up" if server.up else "server down",
             backend=self.name,
@@ -142,9 +174,12 @@ class Backend:
             reason=reason,
         )
         if not server.up:
-            for conn in self.idle[server]:
-                conn.transport.close()
-            self.idle[server].clear()
+            self._close_idle(server)
+
+    def _close_idle(self, server: Server) -> None:
+        for conn in self.idle[server]:
+            conn.transport.close()
+        self.idle[server].clear()
 
     def close_idle(self) -> None:
         for idle in self.idle.values():
@@ -170,6 +205,7 @@ class Runtime:
         node_name: str,
         generation: int,
         previous: Runtime | None = None,
+        passive: PassiveSink | None = None,
     ) -> None:
         self.config = config
         self.generation = generation
@@ -182,7 +218,7 @@ class Runtime:
         self.head_limit = self.limits.max_header_size + self.limits.max_uri_size
         self.router = Router(config.routes)
         self.backends = {
-            name: Backend(b, self.timeouts.upstream_idle, _servers_of(previous, name))
+            name: Backend(b, self.timeouts.upstream_idle, _servers_of(previous, name), passive)
             for name, b in config.backends.items()
         }
         # The shortest WebSocket idle timeout any route sets (the sweeper's pace).

@@ -29,6 +29,8 @@ import dataclasses
 import functools
 import socket
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -50,15 +52,36 @@ from haproxy_py.proxy.listeners import (
     send_from_any_address,
 )
 from haproxy_py.proxy.relay import Tunnel, Tunnels
+from haproxy_py.proxy.report import Stats, TrafficReport, report_of
 from haproxy_py.proxy.runtime import Runtime
-from haproxy_py.proxy.stats import Stats
 
 log = structlog.get_logger(__name__)
 
 
+class Plane(Protocol):
+    """What a worker process gives its `ProxyServer` (`worker.Worker`): listening sockets
+    the master bound, and health and connection counts shared with the master."""
+
+    def passive(self, backend: str, address: str, ok: bool, error: str) -> None:
+        """A passive health result, for the master to judge (`runtime.PassiveSink`)."""
+
+    def socket(self, host: str, port: int) -> socket.socket:
+        """The listening socket for host:port (OSError if the master sent none)."""
+
+    def prepare(self, runtime: Runtime) -> None:
+        """Make a new runtime count in the shared table and take the master's health."""
+
+
 class ProxyServer:
-    def __init__(self, config: ProxyConfig, node_name: str) -> None:
-        self.runtime = Runtime(config, node_name, generation=1)
+    """The whole data plane in one process; with a `plane`, one worker of several (no admin
+    API, no health checks: the master has them)."""
+
+    def __init__(self, config: ProxyConfig, node_name: str, plane: Plane | None = None) -> None:
+        self.plane = plane
+        self._bind: Callable[[str, int], socket.socket] = (
+            bind_socket if plane is None else plane.socket
+        )
+        self.runtime = self._runtime(config, node_name, 1, None)
         self.stats = Stats()
         self.access_log = AccessLog()
         self.tunnels = Tunnels(self._tunnel_ended)
@@ -73,17 +96,17 @@ class ProxyServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[bool] | None = None
         self._address_drains: set[asyncio.TimerHandle] = set()
+        self.closed_at_timeout = 0  # by the last drain
 
     async def start(self) -> None:
         """Bind the listeners and the admin API and start health checks; OSError if a bind fails."""
         self.loop = asyncio.get_running_loop()
-        self.runtime.start()
+        self._start_checks(self.runtime)
         try:
             for listener in self.listeners:
-                await self._listen(
-                    listener, bind_socket(listener.config.host, listener.config.port)
-                )
-            await self.admin.start()
+                await self._listen(listener, self._bind(listener.config.host, listener.config.port))
+            if self.plane is None:
+                await self.admin.start()
         except BaseException:
             await self.stop()
             raise
@@ -92,7 +115,7 @@ class ProxyServer:
             "proxy started",
             node=self.runtime.node_name,
             listeners={lst.config.name: "{}:{}".format(*lst.address) for lst in self.listeners},
-            admin="{}:{}".format(*self.admin.address),
+            admin=None if self.plane is not None else "{}:{}".format(*self.admin.address),
             loop=type(self.loop).__module__.split(".")[0],
         )
 
@@ -116,6 +139,33 @@ class ProxyServer:
             ssl=None if listener.tls is None else listener.tls.context,
             ssl_handshake_timeout=None if listener.tls is None else handshake,
         )
+
+    def _runtime(
+        self, config: ProxyConfig, node_name: str, generation: int, previous: Runtime | None
+    ) -> Runtime:
+        plane = self.plane
+        runtime = Runtime(
+            config, node_name, generation, previous, None if plane is None else plane.passive
+        )
+        if plane is not None:
+            plane.prepare(runtime)
+        return runtime
+
+    def _start_checks(self, runtime: Runtime) -> None:
+        if self.plane is None:  # a worker's master runs the checks
+            runtime.start()
+
+    def listener_states(self) -> list[tuple[str, tuple[str, int] | None, bool]]:
+        return [
+            (lst.config.name, lst.bound, lst.server is not None and lst.server.is_serving())
+            for lst in self.listeners
+        ]
+
+    async def traffic(self) -> TrafficReport:
+        return report_of(self)
+
+    async def address_drain(self, address: IPAddress) -> AddressDrain:
+        return self.drain_address(address)
 
     def address(self, listener: str) -> tuple[str, int]:
         """The bound (host, port) of a listener, by name (useful with port 0)."""
@@ -167,6 +217,7 @@ class ProxyServer:
             for conn in list(listener.connections):
                 conn.transport.abort()
         log.info("drained", closed_at_timeout=leftover)
+        self.closed_at_timeout = leftover
         return leftover == 0
 
     def drain_address(self, address: IPAddress) -> AddressDrain:
@@ -240,7 +291,7 @@ class ProxyServer:
         for listener in self.listeners:
             if listener.server is None or not listener.server.is_serving():
                 host, port = listener.bound or (listener.config.host, listener.config.port)
-                await self._listen(listener, bind_socket(host, port))
+                await self._listen(listener, self._bind(host, port))
         self.draining = False
         log.info("undrained")
 
@@ -265,17 +316,17 @@ class ProxyServer:
                     if old.server is not None:
                         old.server.close()  # the same address with TLS switched: rebind
                     current.pop(lc.name)
-                fresh.append((Listener(lc), bind_socket(lc.host, lc.port)))
+                fresh.append((Listener(lc), self._bind(lc.host, lc.port)))
         except OSError:
             for _, sock in fresh:
                 sock.close()
             raise
         old_runtime = self.runtime
-        config = _admin_as_running(old_runtime.config, config)
-        runtime = Runtime(
-            config, old_runtime.node_name, old_runtime.generation + 1, previous=old_runtime
+        config = admin_as_running(old_runtime.config, config)
+        runtime = self._runtime(
+            config, old_runtime.node_name, old_runtime.generation + 1, old_runtime
         )
-        runtime.start()
+        self._start_checks(runtime)
         self.runtime = runtime
         listeners = []
         for lc in config.listeners:
@@ -312,7 +363,8 @@ class ProxyServer:
             tunnel.client_half.transport.abort()
             tunnel.upstream_half.transport.abort()
         await self.runtime.stop()
-        await self.admin.stop()
+        if self.plane is None:
+            await self.admin.stop()
         for listener in self.listeners:
             if listener.server is not None:
                 await listener.server.wait_closed()
@@ -333,7 +385,7 @@ class ProxyServer:
         self._drops_logged_at, self._drops_unlogged = now, 0
 
     def _tunnel_ended(self, tunnel: Tunnel) -> None:
-        tunnel.server.active -= 1
+        tunnel.server.release()
         tunnel.listener.active -= 1
         self.ip_limits.release(tunnel.client_ip)
         if self.runtime.access_log:
@@ -361,7 +413,7 @@ class ProxyServer:
                     log.info("idle websockets closed", count=closed)
 
 
-def _admin_as_running(old: ProxyConfig, new: ProxyConfig) -> ProxyConfig:
+def admin_as_running(old: ProxyConfig, new: ProxyConfig) -> ProxyConfig:
     """`new` with the admin listener's bind and TLS as they run: those apply from the next
     start (said in the log); who may change the node (tokens, names, CRL) applies now."""
     stale = restart_needed(old.admin, new.admin)

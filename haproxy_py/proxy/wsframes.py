@@ -49,7 +49,7 @@ class FrameTracker:
         """True when everything fed so far ends exactly at the end of a frame (or is nothing)."""
         return self._remaining == 0 and not self._head
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Account for one relayed chunk."""
         remaining = self._remaining
         if remaining >= len(data):
@@ -58,7 +58,7 @@ class FrameTracker:
             return
         self._scan(data, False)
 
-    def feed_to_boundary(self, data: bytes) -> int:
+    def feed_to_boundary(self, data: bytes | memoryview) -> int:
         """Account for `data` only up to the next frame boundary; return how many bytes that is.
 
         The caller relays `data[:n]`; if `at_boundary` is then true, it may
@@ -69,7 +69,7 @@ class FrameTracker:
             return 0
         return self._scan(data, True)
 
-    def _scan(self, data: bytes, stop_at_boundary: bool) -> int:
+    def _scan(self, data: bytes | memoryview, stop_at_boundary: bool) -> int:
         n = len(data)
         pos = 0
         while True:
@@ -88,7 +88,7 @@ class FrameTracker:
                 head = self._head + data[pos : pos + _MAX_HEAD]
                 taken = len(self._head)
             else:
-                head = data[pos : pos + _MAX_HEAD]
+                head = bytes(data[pos : pos + _MAX_HEAD])  # a few bytes, kept past `data`
                 taken = 0
             size = self._header_size(head)
             if size > len(head):

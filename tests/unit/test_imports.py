@@ -135,7 +135,7 @@ def test_the_walk_sees_type_checking_imports_and_relative_ones() -> None:
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\n")
     assert {n.names[0].name for n in _imports(tree, runtime_only=False)} == {"TYPE_CHECKING", "x"}
     assert {n.names[0].name for n in _imports(tree, runtime_only=True)} == {"TYPE_CHECKING"}
-    assert "haproxy_py.proxy.server" in product_graph()["haproxy_py.proxy.cli"]
+    assert "haproxy_py.proxy.master" in product_graph()["haproxy_py.proxy.cli"]
 
 
 def test_the_product_imports_form_no_cycle() -> None:

@@ -10,6 +10,7 @@ import socket
 import time
 
 import aiohttp
+import pytest
 from structlog.testing import capture_logs
 
 from haproxy_py.proxy.server import ProxyServer
@@ -30,14 +31,16 @@ FAST = (
 
 
 async def released(server: ProxyServer) -> None:
-    await eventually_async(
-        lambda: (
-            all(lst.active == 0 for lst in server.listeners)
-            and all(s.active == 0 for b in server.runtime.backends.values() for s in b.servers)
-        ),
-        30,
-        "every client connection and server slot released",
-    )
+    """Every client connection and server slot released (in every worker, if any)."""
+
+    async def free() -> bool:
+        traffic = await server.traffic()
+        servers = [s for b in server.runtime.backends.values() for s in b.servers]
+        return not any(n for _, n in traffic.listener_connections) and not any(
+            s.load() for s in servers
+        )
+
+    await eventually_async(free, 30, "every client connection and server slot released")
 
 
 async def test_endless_header_line_is_431_while_it_arrives(recorder, proxy) -> None:
@@ -199,6 +202,7 @@ async def test_route_timeouts_override_the_defaults(recorder, proxy) -> None:
     assert statuses(got) == [200]  # the default route waits the backend's 1 s out
 
 
+@pytest.mark.single_process  # per-address limits are kept per worker process
 async def test_per_address_connection_limit(recorder, proxy, session) -> None:
     backend = await recorder()
     server = await proxy(config(backend.address, proxy="[proxy.limits]\nper_ip_connections = 2\n"))
@@ -219,6 +223,7 @@ async def test_per_address_connection_limit(recorder, proxy, session) -> None:
     assert 'haproxy_py_per_ip_refused_total{limit="connections"} 2' in metrics
 
 
+@pytest.mark.single_process  # per-address limits are kept per worker process
 async def test_per_address_rate_limit(recorder, proxy, session) -> None:
     backend = await recorder()
     limits = "[proxy.limits]\nper_ip_rate = 0.5\nper_ip_burst = 2\n"
@@ -231,6 +236,7 @@ async def test_per_address_rate_limit(recorder, proxy, session) -> None:
     assert len(backend.seen) == 2
 
 
+@pytest.mark.single_process
 async def test_idle_websocket_that_cannot_flush_is_aborted_once(recorder, proxy) -> None:
     """The sweeper closes an idle tunnel; a close that cannot flush is aborted, and the
     close is logged once, not at every sweep."""

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -101,6 +102,7 @@ def request(draw: st.DrawFn, case: int, k: int) -> bytes:
     return data
 
 
+@pytest.mark.single_process
 async def test_backend_never_sees_a_request_the_proxy_did_not_forward(recorder, proxy) -> None:
     backend = await recorder()
     timeouts = "[proxy.timeouts]\nclient_header = 1\nclient_body = 1\nupstream_header = 2\n"

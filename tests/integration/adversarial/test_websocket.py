@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+import pytest
+
 from tests.integration.adversarial.backend import SPLIT_FRAME
 from tests.integration.adversarial.client import HANDSHAKE, config
 from tests.support.wait import eventually_async
@@ -12,6 +14,7 @@ from tests.support.wait import eventually_async
 CLOSE_1001 = b"\x88\x02\x03\xe9"
 
 
+@pytest.mark.single_process
 async def test_drain_waits_for_a_frame_that_came_with_the_101(recorder, proxy) -> None:
     """Must hold 7 (backend side): 104 bytes of a 1004-byte frame arrive with the 101; the
     drain's 1001 must come after byte 1004, not at byte 104 + whatever follows."""
@@ -30,6 +33,7 @@ async def test_drain_waits_for_a_frame_that_came_with_the_101(recorder, proxy) -
     assert rest == SPLIT_FRAME[104:] + CLOSE_1001
 
 
+@pytest.mark.single_process
 async def test_drain_waits_for_a_frame_the_client_sent_with_its_handshake(recorder, proxy) -> None:
     """Must hold 7 (client side): the early bytes are half a masked frame."""
     backend = await recorder()

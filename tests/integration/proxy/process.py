@@ -48,14 +48,18 @@ async def start(config: Path) -> asyncio.subprocess.Process:
     )
 
 
-async def read_event(process: asyncio.subprocess.Process, event: str) -> dict[str, object]:
+async def read_event(
+    process: asyncio.subprocess.Process, event: str, master: bool = True
+) -> dict[str, object]:
+    """The next log record `event`, of the master only (`master`: its workers' records
+    carry a `worker` key)."""
     assert process.stderr is not None
     async with asyncio.timeout(30):
         while True:
             line = await process.stderr.readline()
             assert line, "process ended before logging " + event
             record = json.loads(line)
-            if record.get("event") == event:
+            if record.get("event") == event and not (master and "worker" in record):
                 return record
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+from haproxy_py.proxy.master import Master
 from haproxy_py.proxy.server import ProxyServer
 from tests.support.wait import eventually_async
 
 
-async def no_leak(server: ProxyServer) -> None:
-    """Every client connection the test made is gone from the proxy's books."""
+async def no_leak(server: ProxyServer | Master) -> None:
+    """Every client connection the test made is gone from the proxy's books (with worker
+    processes: from every worker's report)."""
+    if isinstance(server, Master):
+        await eventually_async(lambda: all_closed(server), 30, "all connections closed")
+        return
     await eventually_async(
         lambda: (
             all(lst.active == 0 and not lst.connections for lst in server.listeners)
@@ -20,7 +25,14 @@ async def no_leak(server: ProxyServer) -> None:
     )
 
 
-async def open_raw(server: ProxyServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def all_closed(server: Master) -> bool:
+    report = await server.traffic()
+    return report.websockets_open == 0 and not any(n for _, n in report.listener_connections)
+
+
+async def open_raw(
+    server: ProxyServer | Master,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = server.address("web")
     return await asyncio.open_connection(host, port)
 

@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import signal
+import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -215,3 +219,99 @@ def access_lines(server: ProxyServer) -> Iterator[list[dict[str, Any]]]:
         log.sync()
         log.sink = original
         entries.extend(json.loads(line) for line in b"".join(written).splitlines())
+
+
+class NodeProcess:
+    """`haproxy-py run` as a real process (a master and its workers), read by its JSON log."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.process: asyncio.subprocess.Process | None = None
+        self.events: list[dict[str, Any]] = []
+        self._new = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self.web: tuple[str, int] = ("", 0)
+        self.admin: tuple[str, int] = ("", 0)
+
+    async def start(self) -> NodeProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "haproxy_py.proxy",
+            "run",
+            "--config",
+            str(self.config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        started = await self.event("proxy started", master=True)
+        host, port = str(started["listeners"]["web"]).rsplit(":", 1)
+        self.web = (host, int(port))
+        host, port = str(started["admin"]).rsplit(":", 1)
+        self.admin = (host, int(port))
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(line))
+                self._new.set()
+
+    async def event(
+        self, name: str, after: int = 0, master: bool = False, **fields: object
+    ) -> dict[str, Any]:
+        """The first log record `name` (from index `after`) with `fields`, of the master
+        only (`master`: no `worker` key); 30 s at most."""
+        async with asyncio.timeout(30):
+            while True:
+                for record in self.events[after:]:
+                    if (
+                        record.get("event") == name
+                        and all(record.get(k) == v for k, v in fields.items())
+                        and not (master and "worker" in record)
+                    ):
+                        return record
+                self._new.clear()
+                assert self.process is not None
+                if self.process.returncode is not None and self._reader is not None:
+                    await self._reader
+                    raise AssertionError(f"process ended before logging {name!r}")
+                await self._new.wait()
+
+    def workers(self) -> list[int]:
+        """PIDs of the master's children (its workers)."""
+        assert self.process is not None
+        pid = self.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        async with asyncio.timeout(60):
+            return await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            children = self.workers()
+            self.process.kill()
+            await self.process.wait()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+@contextlib.asynccontextmanager
+async def node_process(config: Path) -> AsyncIterator[NodeProcess]:
+    node = NodeProcess(config)
+    try:
+        yield await node.start()
+    finally:
+        await node.stop()

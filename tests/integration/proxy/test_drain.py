@@ -11,6 +11,7 @@ from tests.integration.proxy.support import admin_url, proxy_config, url
 from tests.support.wait import eventually_async
 
 
+@pytest.mark.single_process
 async def test_drain_finishes_http_then_closes_tunnels(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))

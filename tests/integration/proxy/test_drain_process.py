@@ -88,6 +88,7 @@ async def test_close_lands_between_frames_of_a_flood(backends, proxy, session) -
     await no_leak(server)
 
 
+@pytest.mark.single_process
 async def test_drain_timeout_closes_what_does_not_answer(proxy) -> None:
     """Neither end answers the close (nor closes): the drain timeout ends the session."""
     backend_got: list[bytes] = []
@@ -277,7 +278,7 @@ async def test_drain_address_sends_from_a_departed_address_only_on_a_transparent
                 assert (await answer.json())["can_send"] is can_send
             if not can_send:
                 warning = await read_event(
-                    process, "no close can leave from an address this node no longer has"
+                    process, "no close can leave from an address this node no longer has", False
                 )
                 assert warning["address"] == "127.0.0.2"
                 assert "haproxy-py.socket" in str(warning["fix"])

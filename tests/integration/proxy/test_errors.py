@@ -38,7 +38,7 @@ async def test_504_when_backend_is_too_slow(backends, proxy) -> None:
     raw = await raw_exchange(server, b"GET /slow?delay=10 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 504 Gateway Timeout")
     assert raw.endswith(b"\r\n\r\nthe backend did not answer in time\n")
-    assert server.runtime.backends["app"].servers[0].active == 0
+    assert server.runtime.backends["app"].servers[0].load() == 0
 
 
 async def test_stale_pooled_connection_is_retried(backends, proxy, session) -> None:

@@ -79,7 +79,7 @@ async def test_connect_failure_tries_next_server_and_marks_down(backends, proxy,
     assert await served_by(session, server, 6) == {b1.name: 6}
     dead_server = server.runtime.backends["app"].servers[0]
     assert not dead_server.up
-    assert dead_server.active == 0
+    assert dead_server.load() == 0
 
 
 async def test_5xx_answers_never_take_a_server_out_by_default(backends, proxy, session) -> None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from ipaddress import ip_network
 
 import aiohttp
+import pytest
 
 from tests.integration.proxy.support import proxy_config, raw_exchange, url
 from tests.support.wait import eventually_async
@@ -102,6 +103,7 @@ async def test_streamed_response_arrives_in_order(backends, proxy, session) -> N
     assert body[:65536] == b"A" * 65536 and body[-65536:] == bytes([65 + 199 % 26]) * 65536
 
 
+@pytest.mark.single_process
 async def test_keep_alive_reuses_both_connections(backends, proxy, session) -> None:
     """Many requests on one client connection use one pooled backend connection."""
     (b,) = await backends(1)
@@ -250,6 +252,7 @@ async def test_slow_request_head_gets_408(backends, proxy) -> None:
     assert raw.startswith(b"HTTP/1.1 408 ")
 
 
+@pytest.mark.single_process
 async def test_connection_limit_answers_503(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(
@@ -285,6 +288,7 @@ async def test_expect_100_continue(backends, proxy) -> None:
     assert b'"body_size": 5' in rest
 
 
+@pytest.mark.single_process
 async def test_slow_reader_backpressure_bounds_buffering(backends, proxy) -> None:
     """A client that stops reading a 50 MiB response makes the proxy stop reading the backend."""
     (b,) = await backends(1)
@@ -340,7 +344,7 @@ async def _dispatched(server) -> None:
     """Wait until the first request of the test is with the backend."""
     backend = server.runtime.backends["app"]
     await eventually_async(
-        lambda: backend.servers[0].active == 1, 30, "request sent to the backend"
+        lambda: backend.servers[0].load() == 1, 30, "request sent to the backend"
     )
 
 

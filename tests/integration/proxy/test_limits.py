@@ -33,6 +33,7 @@ KEY = base64.b64encode(b"k" * 16)
     ],
     ids=["request-line", "header-without-colon", "nul-in-header", "version"],
 )
+@pytest.mark.single_process
 async def test_malformed_request_is_400(backends, proxy, request_bytes: bytes) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
@@ -162,6 +163,7 @@ async def test_bad_websocket_handshake_is_refused_without_a_backend(
     await no_leak(server)
 
 
+@pytest.mark.single_process
 async def test_listener_max_connections_is_503(backends, proxy) -> None:
     (b,) = await backends(1)
     server = await proxy(
@@ -253,6 +255,7 @@ async def raw_backend(answer: bytes) -> AsyncIterator[str]:
         await srv.wait_closed()
 
 
+@pytest.mark.single_process
 async def test_backend_garbage_is_502(proxy) -> None:
     async with raw_backend(b"SSH-2.0-OpenSSH_9.2\r\n\r\n") as address:
         server = await proxy(proxy_config({"app": [address]}))

@@ -55,6 +55,7 @@ def forwarded_for(response: bytes) -> object:
     return headers["x-forwarded-for"]
 
 
+@pytest.mark.single_process
 async def test_v1_and_v2_headers_give_the_client_address(backends, proxy) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}, ON))
@@ -95,6 +96,7 @@ async def test_source_hash_uses_the_header_address(backends, proxy) -> None:
     assert len(set().union(*seen.values())) == 2  # and the clients spread (the TCP peer is one)
 
 
+@pytest.mark.single_process
 async def test_missing_or_bad_header_closes_without_an_answer(backends, proxy) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}, ON))

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from haproxy_py.proxy.frontend import ClientConnection
+from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.support import access_lines, proxy_config, raw_exchange, url
 from tests.support.wait import eventually_async
 
@@ -31,6 +32,30 @@ async def test_echo_text_and_binary_including_1mib(backends, proxy, session) -> 
         assert (await ws.receive_str()) == text
 
 
+async def test_large_reads_share_one_buffer_and_arrive_intact(backends, proxy, session) -> None:
+    """Large reads go into one shared buffer: a write the peer has not taken yet must keep
+    its bytes (a client that reads late), and small messages after them still relay."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    messages = [os.urandom((1 << 20) + i) for i in range(16)]
+    async with session.ws_connect(url(server, "/ws"), max_msg_size=8 << 20) as ws:
+
+        async def send() -> None:
+            for message in messages:
+                await ws.send_bytes(message)
+
+        sending = asyncio.create_task(send())
+        await asyncio.sleep(0.5)  # the echoes pile up in the proxy's write buffers meanwhile
+        for message in messages:
+            assert (await ws.receive_bytes()) == message
+        await sending
+        if isinstance(server, ProxyServer):
+            (tunnel,) = server.tunnels.open
+            assert tunnel.client_half.BUFFERED and tunnel.upstream_half.BUFFERED
+        await ws.send_str("small again")
+        assert (await ws.receive_str()) == "small again"
+
+
 async def test_subprotocol_negotiated_end_to_end(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
@@ -50,6 +75,7 @@ async def test_extensions_offered_by_client_reach_backend(backends, proxy, sessi
         assert (await ws.receive_str()) == "z" * 10000
 
 
+@pytest.mark.single_process
 async def test_client_close_code_reaches_backend(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
@@ -76,6 +102,7 @@ async def test_backend_close_code_reaches_client(backends, proxy, session) -> No
         assert ws.close_code == 4002
 
 
+@pytest.mark.single_process
 async def test_refused_upgrade_answer_goes_to_client(backends, proxy) -> None:
     """A backend that answers the Upgrade with a normal response: the client gets that answer."""
     (b,) = await backends(1)
@@ -90,6 +117,7 @@ async def test_refused_upgrade_answer_goes_to_client(backends, proxy) -> None:
     assert not server.tunnels.open
 
 
+@pytest.mark.single_process
 async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
     """While tunnels are open no ClientConnection (parser, request state) stays alive."""
     (b,) = await backends(1)
@@ -99,7 +127,7 @@ async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
         assert len(server.tunnels) == 5
         gc.collect()
         assert not [o for o in gc.get_objects() if isinstance(o, ClientConnection)]
-        assert server.runtime.backends["app"].servers[0].active == 5
+        assert server.runtime.backends["app"].servers[0].load() == 5
         for ws in sockets:
             await ws.send_str("still works")
             assert (await ws.receive_str()) == "still works"
@@ -107,10 +135,11 @@ async def test_tunnel_keeps_no_http_machinery(backends, proxy, session) -> None:
         for ws in sockets:
             await ws.close()
     await eventually_async(lambda: not server.tunnels.open, 30, "tunnels closed")
-    assert server.runtime.backends["app"].servers[0].active == 0
+    assert server.runtime.backends["app"].servers[0].load() == 0
     assert server.listeners[0].active == 0
 
 
+@pytest.mark.single_process
 async def test_backpressure_bounds_buffering(backends, proxy, session) -> None:
     """A client that stops reading makes the proxy stop reading the backend."""
     (b,) = await backends(1)
@@ -132,6 +161,7 @@ async def test_backpressure_bounds_buffering(backends, proxy, session) -> None:
             assert len(await ws.receive_bytes()) == 65536
 
 
+@pytest.mark.single_process
 async def test_idle_tunnel_closed(backends, proxy, session) -> None:
     (b,) = await backends(1)
     config = proxy_config({"app": [b.address]}, extra="[proxy.timeouts]\nwebsocket_idle = 0.4\n")
@@ -142,6 +172,7 @@ async def test_idle_tunnel_closed(backends, proxy, session) -> None:
     await eventually_async(lambda: not server.tunnels.open, 30, "idle tunnel closed")
 
 
+@pytest.mark.single_process
 @pytest.mark.parametrize("count", [50])
 async def test_many_sessions_spread_and_counted(backends, proxy, session, count: int) -> None:
     """Open WebSockets are spread by least_conn and counted in /status terms."""

@@ -127,6 +127,7 @@ def _render_node(timing: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
         haproxy_py_lease_ttl=timing["lease_ttl"],
         haproxy_py_timing=timing,
         haproxy_py_log_level="info",
+        haproxy_py_proxy_workers="auto",
     )
     return tomllib.loads(text)
 

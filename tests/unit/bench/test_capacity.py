@@ -1,0 +1,31 @@
+"""The capacity ladder's verdicts (pure)."""
+
+from __future__ import annotations
+
+from bench.capacity import Spread, Step, highest
+
+
+def step(offered: float, achieved: float, p99_ms: float, errors: int = 0) -> Step:
+    return Step(offered, achieved, p99_ms * 1000, errors)
+
+
+def test_highest_is_the_last_sustained_step_before_the_first_failure() -> None:
+    steps = [
+        step(4000, 4000, 2),
+        step(8000, 7900, 9.9),
+        step(12000, 12000, 11),
+        step(16000, 16000, 1),
+    ]
+    assert highest(steps) == 8000
+
+
+def test_a_step_short_of_its_rate_or_with_errors_is_not_sustained() -> None:
+    assert not step(8000, 7500, 1).sustained  # under 95 % completed
+    assert not step(8000, 8000, 1, errors=1).sustained
+    assert not step(8000, 8000, 0).sustained  # no latency measured: nothing came back
+    assert highest([step(4000, 3000, 1)]) == 0
+
+
+def test_spread_ratio() -> None:
+    assert Spread({"0": 480, "1": 520}, {}, 0.0).ratio == 520 / 480
+    assert Spread({"0": 0, "1": 1000}, {}, 0.0).ratio == float("inf")
