@@ -38,7 +38,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: deps lint
-	$(VENV)/bin/pytest -q -ra --durations=25 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra --durations=25 -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
