@@ -49,7 +49,7 @@ WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/tes
   tests/integration/adversarial
 
 test: deps lint
-	$(VENV)/bin/pytest -q -ra --durations=25 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -ra --durations=25 -n 2 --dist loadgroup $(PYTEST_ARGS)
 	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -m "not single_process" $(WORKER_TIERS)
 
 test-workers: deps
