@@ -18,8 +18,10 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from agent.fence import LINGER
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.chaos.faults import Heal, Injector
+from haproxy_py.lab.chaos.load import WsStats, ws_load
 from haproxy_py.lab.chaos.run import Options, Run
 from haproxy_py.lab.chaos.schedule import Fault
 from haproxy_py.lab.client import NetnsLoop
@@ -109,6 +111,63 @@ def test_clients_of_a_node_that_lost_its_vip_unplanned_get_1001(
         finally:
             loop.run(session.close())
     assert received == ["CLOSE 1001"] * CLIENTS, f"{old}'s clients after {kind}: {received}"
+
+
+# ---- clients that reach a proxy while it restarts ----
+
+RESTART_CLIENTS = 6
+SERVED_AFTER_RESTART = 15.0  # s after the restarted proxy is live (about 1 s in a quiet lab)
+DOWN = LINGER + 3.0  # s the proxy stays down: past the window its first closes had
+
+
+def test_clients_that_reach_a_restarting_proxy_are_served_once_it_is_back(
+    lab: control.Lab,
+) -> None:
+    """The VIP holder's proxy is stopped (SIGTERM: its WebSockets get 1001 and reconnect at
+    once, into the listening queue, since the VIP is still there) and started again. The
+    queue outlives the proxy, as haproxy-py.socket's does; the VIP has moved meanwhile, so
+    the next proxy answers those clients from an address the node released: they must be
+    told to go, not left waiting for answers the fence drops. The proxy stays down past
+    the window the fence let its first closes out in, and the cluster is paused once the
+    VIP has moved, so that no failback brings the VIP back and hides the hang."""
+    vip = lab.layout.vips[0]
+    old = settle(lab).owner(vip)
+    assert old is not None
+    injector = Injector(lab)
+    stats, stop = WsStats(), asyncio.Event()
+    url = f"http://{vip}:{PROXY_PORT}/echo"
+    with NetnsLoop(lab.layout.client.netns) as loop:
+        load = loop.submit(ws_load([url], RESTART_CLIENTS, 0.1, 300, stop, stats))
+        try:
+            eventually(lambda: stats.echoes >= 3 * RESTART_CLIENTS, 30, "echoes before the stop")
+            injector.inject(Fault(1, "term-proxy", old, 0.0))
+            try:
+                eventually(lambda: _held_elsewhere(lab, vip, old), 30, f"{vip} to leave {old}")
+                _hactl(lab, "pause")
+                time.sleep(DOWN)
+            finally:
+                injector.heal()
+            try:
+                eventually(lambda: _proxy_live(lab, old), 60, f"{old}'s proxy live again")
+                live = time.monotonic()
+                eventually(
+                    lambda: not stats.behind(live),
+                    SERVED_AFTER_RESTART,
+                    "every WebSocket client served again",
+                    detail=lambda: [what for _, _, what in stats.behind(live)],
+                )
+            finally:
+                _hactl(lab, "resume")
+        finally:
+            loop.loop.call_soon_threadsafe(stop.set)
+            load.result(30)
+    assert not stats.problems, stats.problems
+
+
+def _proxy_live(lab: control.Lab, node: str) -> bool:
+    current = view(lab)
+    record = current.nodes.get(node) if current is not None else None
+    return record is not None and record.healthy
 
 
 # ---- manual placements in active-active ----
