@@ -1,5 +1,5 @@
 """`hactl lab chaos` on an active-active lab: a clean run of every fault kind passes, the checker
-is shown able to fail, and the two defects the long run found stay fixed.
+is shown able to fail, and the defects the chaos runs found stay fixed.
 
 The defects (bench/results/chaos.md): WebSocket clients of a node that lost its VIP without a
 planned hand-over hung on TCP retransmits instead of getting 1001; two manual placements on one
@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -23,7 +30,7 @@ from haproxy_py.lab import control, netns
 from haproxy_py.lab.chaos.faults import Heal, Injector
 from haproxy_py.lab.chaos.load import WsStats, ws_load
 from haproxy_py.lab.chaos.run import Options, Run
-from haproxy_py.lab.chaos.schedule import Fault
+from haproxy_py.lab.chaos.schedule import KINDS, Fault
 from haproxy_py.lab.client import NetnsLoop
 from haproxy_py.lab.layout import FAILBACK_HOLD, PROXY_PORT
 from tests.support.wait import eventually
@@ -32,6 +39,8 @@ from .support import lab_session, settle, view
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
+CLEAN_FAULTS = len(KINDS)  # every kind once: about 2 minutes (the long run is `make chaos`)
+CLEAN_CLIENTS = 4
 CLIENTS = 6  # WebSocket clients of the node that loses its VIP
 LAST_WORDS = 20.0  # s after the heal for each client's close (about 2 s in a quiet lab)
 
@@ -40,6 +49,18 @@ LAST_WORDS = 20.0  # s after the heal for each client's close (about 2 s in a qu
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
     with lab_session(tmp_path_factory.mktemp("lab"), "active-active", "chaos") as built:
         yield built
+
+
+@pytest.mark.timeout(1200)  # about 2 minutes on a quiet machine; a bound, not a budget
+def test_a_clean_run_of_every_fault_kind_passes(lab: control.Lab) -> None:
+    settle(lab)
+    options = Options(seed=17, faults=CLEAN_FAULTS, clients=CLEAN_CLIENTS)
+    report = Run(lab, options, print).execute()
+    print(report.text())
+    assert {o.fault.kind for o in report.outcomes} == set(KINDS)
+    assert report.counters["ws_echoes"] > 500 and report.counters["arp_probes"] > 1000
+    assert report.violations == []
+    assert report.passed, report.stopped_early
 
 
 # ---- WebSocket clients after an unplanned loss of the VIP ----
@@ -249,3 +270,61 @@ def test_a_second_host_answering_for_a_vip_is_caught(lab: control.Lab) -> None:
     assert [v.fault for v in caught] == ["#1 pause", "#2 pause"]  # once per fault, attributed
     assert lab.layout.vips[0] in caught[0].evidence
     assert not report.passed
+
+
+# ---- Ctrl-C ----
+
+HACTL = str(Path(sys.executable).parent / "hactl")
+
+
+def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(tmp_path: Path) -> None:
+    """SIGINT in the middle of a run on a lab the command brought up itself, twice (as an
+    impatient operator presses it): it heals the fault in force, stops the load, removes
+    the lab (namespaces, links, processes) and still writes the report so far, marked as
+    interrupted; the exit status is 1. The second SIGINT lands in the clean-up, which
+    must not be cut short by it."""
+    prefix = "hl" + secrets.token_hex(2) + "-"
+    run_dir, report = tmp_path / "lab", tmp_path / "report.json"
+    argv = [HACTL, "lab", "--run-dir", str(run_dir), "chaos", "--mode", "active-standby"]
+    argv += ["--prefix", prefix, "--faults", "50", "--clients", "2", "--seed", "5"]
+    argv += ["--report", str(report)]
+    lines: list[str] = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        assert run.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(run.stdout or ()), daemon=True)
+        reader.start()
+        try:
+            eventually(lambda: any(" #2 " in line for line in lines), 300, "the second fault")
+            interrupted = time.monotonic()
+            run.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            run.send_signal(signal.SIGINT)
+            run.wait(timeout=120)
+            took = time.monotonic() - interrupted
+        finally:
+            if run.poll() is None:
+                run.kill()
+                control.down(run_dir)
+        reader.join(10)
+    output = "".join(lines)
+    assert run.returncode == 1, output
+    assert "STOPPED EARLY: interrupted" in output
+    doc = json.loads(report.read_text())
+    assert doc["stopped_early"] == "interrupted" and len(doc["outcomes"]) >= 1, doc
+    assert netns.leftovers(prefix) == []
+    assert not (run_dir / "netns.json").exists() and not (run_dir / "lab.json").exists()
+    assert _processes_of(run_dir) == []
+    print(f"stopped {took:.1f} s after SIGINT")
+
+
+def _processes_of(run_dir: Path) -> list[str]:
+    """Command lines of the live processes that name the run directory (the lab's daemons)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(run_dir) in text:
+            found.append(text)
+    return found
