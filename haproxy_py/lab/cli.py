@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -286,6 +287,9 @@ def chaos(
         report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, prefix=prefix, say=say)
     except (*_ERRORS, session.ChaosError) as exc:
         raise HactlError(str(exc)) from None
+    # The lab is healed (or gone) and the load stopped: a late Ctrl-C (a second one, pressed
+    # while the first was being handled) must not cut the report or the exit status short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     doc = report.to_json()
     if report_file is not None:
         report_file.write_text(json.dumps(doc, indent=2) + "\n")
