@@ -297,7 +297,7 @@ def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(tmp_path: Path) ->
             eventually(lambda: any(" #2 " in line for line in lines), 300, "the second fault")
             interrupted = time.monotonic()
             run.send_signal(signal.SIGINT)
-            time.sleep(0.3)
+            time.sleep(0.05)
             run.send_signal(signal.SIGINT)
             run.wait(timeout=120)
             took = time.monotonic() - interrupted
