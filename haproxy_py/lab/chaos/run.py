@@ -345,20 +345,24 @@ class Run:
                 self.violation("idle-cpu", f"{label} used {share:.0%} of a core while idle")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop a run (see `hactl lab chaos`)
+
+
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """A Ctrl-C (SIGINT) meanwhile is held back and raised as KeyboardInterrupt at the end:
-    a heal or a clean-up cut in the middle would leave a fault in force. Only the main
-    thread gets signals; elsewhere this does nothing."""
+    """A Ctrl-C (SIGINT) or SIGTERM meanwhile is held back and raised as KeyboardInterrupt
+    at the end: a heal or a clean-up cut in the middle would leave a fault in force. Only
+    the main thread gets signals; elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda sig, _: held.append(sig))
+    previous = {sig: signal.signal(sig, lambda s, _: held.append(s)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if held:
         raise KeyboardInterrupt
 

@@ -277,12 +277,15 @@ def test_a_second_host_answering_for_a_vip_is_caught(lab: control.Lab) -> None:
 HACTL = str(Path(sys.executable).parent / "hactl")
 
 
-def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(tmp_path: Path) -> None:
-    """SIGINT in the middle of a run on a lab the command brought up itself, twice (as an
-    impatient operator presses it): it heals the fault in force, stops the load, removes
-    the lab (namespaces, links, processes) and still writes the report so far, marked as
-    interrupted; the exit status is 1. The second SIGINT lands in the clean-up, which
-    must not be cut short by it."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGINT (Ctrl-C) or SIGTERM in the middle of a run on a lab the command brought up
+    itself, twice (as an impatient operator presses it): it heals the fault in force, stops
+    the load, removes the lab (namespaces, links, processes) and still writes the report so
+    far, marked as interrupted; the exit status is 1. The second signal lands in the
+    clean-up, which must not be cut short by it."""
     prefix = "hl" + secrets.token_hex(2) + "-"
     run_dir, report = tmp_path / "lab", tmp_path / "report.json"
     argv = [HACTL, "lab", "--run-dir", str(run_dir), "chaos", "--mode", "active-standby"]
@@ -296,9 +299,9 @@ def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(tmp_path: Path) ->
         try:
             eventually(lambda: any(" #2 " in line for line in lines), 300, "the second fault")
             interrupted = time.monotonic()
-            run.send_signal(signal.SIGINT)
+            run.send_signal(sig)
             time.sleep(0.05)
-            run.send_signal(signal.SIGINT)
+            run.send_signal(sig)
             run.wait(timeout=120)
             took = time.monotonic() - interrupted
         finally:
@@ -314,7 +317,7 @@ def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(tmp_path: Path) ->
     assert netns.leftovers(prefix) == []
     assert not (run_dir / "netns.json").exists() and not (run_dir / "lab.json").exists()
     assert _processes_of(run_dir) == []
-    print(f"stopped {took:.1f} s after SIGINT")
+    print(f"stopped {took:.1f} s after {sig.name}")
 
 
 def _processes_of(run_dir: Path) -> list[str]:
