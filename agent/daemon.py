@@ -114,6 +114,7 @@ class Agent:
             lambda: self.effects.addresses.expiring(),
             self.effects.reopen_if_recreated,
         )
+        self.observers.proxy_back = lambda: self.handover.proxy_back(self.core.known_vips)
         self.failsafe: FailsafeLoop | None = None
         if settings.peer_tls is not None and cfg.peer_port:
             self.failsafe = FailsafeLoop(
@@ -152,8 +153,6 @@ class Agent:
 
     def released(self, vip: str) -> None:
         self.handover.released([vip])
-
-    # --- lifecycle -------------------------------------------------------------------------
 
     @property
     def stopping(self) -> bool:

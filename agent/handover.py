@@ -20,6 +20,14 @@ opens it right before the drain): nothing sent meanwhile waits unacknowledged
 in front of the 1001. Meanwhile the new owner drops unknown mid-stream TCP
 segments to a VIP it has just taken (its grace period), so a client's packets
 sent before the 1001 arrives are dropped there, never answered with a reset.
+
+A proxy that comes back after it was down (stopped, restarted, killed) is told
+again about every VIP this node does not hold (`proxy_back`): connections that
+reached a VIP while its proxy was stopping or down wait in the listening queue
+of haproxy-py.socket, which outlives the proxy; the next proxy accepts them and
+answers from an address this node may have released meanwhile. Unless they are
+told to go, with the fence let out, those answers are dropped and the clients
+wait for good.
 """
 
 from __future__ import annotations
@@ -82,6 +90,10 @@ class Handover:
             task = asyncio.create_task(self._tell(vip), name=f"handover {vip}")
             self._tasks[vip] = task
             task.add_done_callback(functools.partial(self._done, vip))
+
+    def proxy_back(self, vips: Iterable[str]) -> None:
+        """The proxy is live again after it was down: tell it about the VIPs not held here."""
+        self.released(vip for vip in vips if not self.holding(vip))
 
     def _done(self, vip: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(vip) is task:

@@ -85,6 +85,8 @@ class Observers:
         self._applied_seq = 0
         self._drain_checked = False
         self.registrar: asyncio.Task[None] | None = None  # a regrant after a lost lease
+        self._proxy_was_down = False  # a probe found it not live (not just: not yet probed)
+        self.proxy_back: Callable[[], None] = lambda: None  # live again after it was down
 
     def start(self, revision: int) -> list[asyncio.Task[None]]:
         """Every loop as a supervised task (restarted after a failure); the watch from
@@ -251,6 +253,9 @@ class Observers:
             self.metrics.proxy_healthy.set(1 if healthy else 0)
             if healthy != was:
                 self.registration.health_changed(healthy)
+                if healthy and self._proxy_was_down:
+                    self.proxy_back()
+                self._proxy_was_down = not healthy
                 (log.info if healthy else log.warning)(
                     "proxy live" if healthy else "proxy not live", detail=status.detail
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from pathlib import Path
 
 import click
@@ -265,6 +266,7 @@ def chaos(
     Uses the running lab, or brings one up (and down again) itself.
     """
     from haproxy_py.lab.chaos import session  # here: aiohttp & co. would slow every hactl start
+    from haproxy_py.lab.chaos.run import STOP_SIGNALS
 
     if faults is not None and duration is not None:
         raise HactlError("give --faults or --duration, not both")
@@ -281,10 +283,17 @@ def chaos(
         raise HactlError(str(exc)) from None
     _requirements()
     say = (lambda _: None) if output == "json" else click.echo
+    # SIGTERM (a `timeout`, a cancelled CI job) stops a run as Ctrl-C does: healed, cleaned up,
+    # reported; not left with a fault in force and a lab nobody removes.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         report = session.chaos(run_dir=_dir(), chosen=chosen, mode=mode, prefix=prefix, say=say)
     except (*_ERRORS, session.ChaosError) as exc:
         raise HactlError(str(exc)) from None
+    # The lab is healed (or gone) and the load stopped: a late Ctrl-C (a second one, pressed
+    # while the first was being handled) must not cut the report or the exit status short.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     doc = report.to_json()
     if report_file is not None:
         report_file.write_text(json.dumps(doc, indent=2) + "\n")

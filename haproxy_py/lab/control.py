@@ -36,7 +36,8 @@ from haproxy_py.lab.layout import Layout, Member
 RUN_DIR = Path("/run/haproxy-py/lab")
 DEFAULT_PREFIX = "hapy-"
 PREFERRED_SUBNET = 200  # 198.18.200.0/24 when free: far from the low /24s people pick by hand
-NODE_PROCESSES = ("proxy", "agent", "controller")
+# In start order: `sockets` holds the proxy's listening sockets, as haproxy-py.socket does.
+NODE_PROCESSES = ("sockets", "proxy", "agent", "controller")
 READY_TIMEOUT = 90.0
 
 Say = Callable[[str], None]
@@ -95,11 +96,24 @@ class Paths:
     def log(self, label: str) -> Path:
         return self.logs / (label.replace("/", "-") + ".log")
 
+    def sockets(self, node: str) -> Path:
+        """Where the node's socket holder hands out the proxy's listening sockets."""
+        return self.root / "sockets" / node
+
     def config(self, node: str) -> Path:
         return self.etc / f"{node}.toml"
 
     # What `down` removes: only names the lab itself writes.
-    OWNED = ("netns.json", "lab.json", "context.toml", "forward.port", "pki", "etc", "data")
+    OWNED = (
+        "netns.json",
+        "lab.json",
+        "context.toml",
+        "forward.port",
+        "pki",
+        "etc",
+        "data",
+        "sockets",
+    )
 
 
 def _program(name: str) -> str:
@@ -162,7 +176,7 @@ class Lab:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(paths.logs, ignore_errors=True)
-            for d in (paths.etc, paths.data, paths.logs):
+            for d in (paths.etc, paths.data, paths.logs, paths.root / "sockets"):
                 d.mkdir(parents=True, exist_ok=True)
             layout.save(paths.layout)
             lab._build(say)
@@ -277,9 +291,14 @@ class Lab:
         if self.layout.mode == "bgp":
             return bgplab.node_command(self, node, process, _program)
         config = str(self.paths.config(node))
-        if process == "proxy":  # listening sockets passed as systemd's haproxy-py.socket does
+        holder = str(self.paths.sockets(node))
+        if process == "sockets":
             listen = [f"{vip}:{lay.PROXY_PORT}" for vip in self.layout.vips]
-            return activate.command(listen, [_program("haproxy-py"), "run", "--config", config])
+            return activate.hold_command(holder, listen)
+        if process == "proxy":  # listening sockets passed as systemd's haproxy-py.socket does
+            return activate.from_command(
+                holder, [_program("haproxy-py"), "run", "--config", config]
+            )
         return [_program(f"ha-{process}"), "--config", config]
 
     def running(self, name: str) -> list[str]:

@@ -17,9 +17,12 @@ Invariants, each a `Violation` when broken (see docs/lab.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,10 +200,11 @@ class Run:
             self.violation("fault-failed", str(exc))
         finally:
             healed = time.monotonic()
-            try:
-                self.injector.heal()
-            except FaultError as exc:
-                self.violation("fault-failed", f"heal: {exc}")
+            with uninterrupted():
+                try:
+                    self.injector.heal()
+                except FaultError as exc:
+                    self.violation("fault-failed", f"heal: {exc}")
 
         def successes(vip: str) -> list[float]:
             return sorted(a.start for a in list(probes[vip].attempts) if a.node)
@@ -251,9 +255,16 @@ class Run:
     # ---- the whole run ----
 
     def execute(self) -> Report:
-        """The whole run; the address readers are closed whatever happens."""
+        """The whole run; the address readers are closed whatever happens. Ctrl-C (SIGINT)
+        stops it: the fault in force is healed, the load stopped, and the report so far
+        returned, marked as stopped early."""
+        began = time.monotonic()
         try:
             return self._execute()
+        except KeyboardInterrupt:  # before the load began, or in the final checks
+            self.report.stopped_early = "interrupted"
+            self.report.seconds = self.report.seconds or time.monotonic() - began
+            return self.report
         finally:
             for reader in self.readers.values():
                 reader.close()
@@ -291,17 +302,19 @@ class Run:
             except KeyboardInterrupt:
                 self.report.stopped_early = "interrupted"
             finally:
-                try:
-                    self.injector.heal()
-                except FaultError as exc:
-                    self.violation("fault-failed", f"heal: {exc}")
-                for p in probes.values():
-                    loop.loop.call_soon_threadsafe(p.stop)
-                loop.loop.call_soon_threadsafe(stop.set)
-                attempts = sum(len(r.result(timeout=30)) for r in runs)
-                ws.result(timeout=30)
-                self.judge_arp(arp)
-                self.judge_ws()
+                # the run stops anyway: a Ctrl-C now must not leave a fault in force
+                with contextlib.suppress(KeyboardInterrupt), uninterrupted():
+                    try:
+                        self.injector.heal()
+                    except FaultError as exc:
+                        self.violation("fault-failed", f"heal: {exc}")
+                    for p in probes.values():
+                        loop.loop.call_soon_threadsafe(p.stop)
+                    loop.loop.call_soon_threadsafe(stop.set)
+                    attempts = sum(len(r.result(timeout=30)) for r in runs)
+                    ws.result(timeout=30)
+                    self.judge_arp(arp)
+                    self.judge_ws()
             watched = owners.stop()
         self.report.counters = {
             "http_attempts": attempts,
@@ -330,6 +343,28 @@ class Run:
             share = (ticks - before.get(label, ticks)) / tick / IDLE_SAMPLE
             if share > IDLE_CPU_SHARE:
                 self.violation("idle-cpu", f"{label} used {share:.0%} of a core while idle")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop a run (see `hactl lab chaos`)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) or SIGTERM meanwhile is held back and raised as KeyboardInterrupt
+    at the end: a heal or a clean-up cut in the middle would leave a fault in force. Only
+    the main thread gets signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, _: held.append(s)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 async def _event() -> asyncio.Event:

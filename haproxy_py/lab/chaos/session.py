@@ -3,11 +3,12 @@ brought up (also on Ctrl-C or a failure)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
 from haproxy_py.lab import control
-from haproxy_py.lab.chaos.run import Options, Run, Say
+from haproxy_py.lab.chaos.run import Options, Run, Say, uninterrupted
 from haproxy_py.lab.chaos.schedule import KINDS
 from haproxy_py.lab.chaos.verdict import Report
 
@@ -65,4 +66,5 @@ def chaos(
     try:
         return Run(lab, chosen, say).execute()
     finally:
-        control.down(run_dir, keep_logs=True)
+        with contextlib.suppress(KeyboardInterrupt), uninterrupted():
+            control.down(run_dir, keep_logs=True)

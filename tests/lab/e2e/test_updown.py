@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from haproxy_py.lab import netns
+from haproxy_py.lab import control, netns
 
 pytestmark = pytest.mark.lab  # root (also to become an ordinary user), namespaces
 
@@ -68,7 +68,8 @@ def test_up_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
 
         state = json.loads((run_dir / "netns.json").read_text())
         pids = [p["pid"] for p in state["procs"]]
-        assert len(pids) == 3 + 2 + 2 * 3 + 1  # etcd, apps, node daemons, forwarder
+        # etcd, apps, node daemons and socket holders, forwarder
+        assert len(pids) == 3 + 2 + 2 * len(control.NODE_PROCESSES) + 1
     finally:
         down = hactl(run_dir, "down")
     assert down.returncode == 0 and "lab removed" in down.stdout
