@@ -19,7 +19,6 @@ def _lab_missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _group_for_workers(items)
     missing = _lab_missing()
     # In CI a skipped lab test would count as passing: there they run, and fail if they cannot.
     if missing is None or os.environ.get("CI"):
@@ -28,13 +27,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("lab"):
             item.add_marker(pytest.mark.skip(reason=missing))
 
-
-def _group_for_workers(items: list[pytest.Item]) -> None:
-    """With `-n 2 --dist loadgroup` (make test): the lab tier runs in one worker, one test
-    after another (labs share fixed subnets and CPU-sensitive timings); every other module
-    runs whole in one worker (its module fixtures built once), beside the labs. The lab tier
-    is the longest, so it is collected first and starts at once."""
-    for item in items:
-        lab = item.get_closest_marker("lab") is not None
-        item.add_marker(pytest.mark.xdist_group("lab" if lab else item.nodeid.split("::")[0]))
-    items.sort(key=lambda item: item.get_closest_marker("lab") is None)  # stable: lab first
