@@ -26,4 +26,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("lab"):
             item.add_marker(pytest.mark.skip(reason=missing))
-
