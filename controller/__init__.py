@@ -9,6 +9,9 @@ its state is in etcd (see `haproxy_py.cluster` for the hand-over protocol).
     election    the leader key under its own lease; every write is fenced by it
     execute     actions as compare-and-set transactions
     expiry      an owner's lease revoked once it has provably run out
+    vacancy     when a VIP whose key stays in etcd is nobody's (released, or its lease gone)
+    probes      each VIP owner asked over mutual TLS; a lease a stolen key keeps alive revoked
+    announce, announcesync   BGP mode: which nodes may announce which VIP, and its writes
     loop        the shell: watch, read, decide, execute, log one line per change
     metrics, cli
 
