@@ -71,7 +71,8 @@ async def test_clients_of_a_stopped_agent_reconnect_to_the_new_owner_at_once(lab
     finally:
         lab.c.lab.kill(fleet)
         lab.c.lab.kill(capture, signal.SIGTERM)
-        await wait_or_show(lab, lambda: not lab.c.lab.alive(capture), 10, "the capture ended")
+        # the capture reads what is still queued when stopped (up to 10 s), then ends
+        await wait_or_show(lab, lambda: not lab.c.lab.alive(capture), 30, "the capture ended")
     ours = [s for s in read(str(wire)) if str(s.get("client", source)).startswith(source)]
     summary = summarize_wire(ours)
     print(f"wire: {summary}")

@@ -292,7 +292,13 @@ def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(
     argv += ["--prefix", prefix, "--faults", "50", "--clients", "2", "--seed", "5"]
     argv += ["--report", str(report)]
     lines: list[str] = []
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_as_from_a_terminal,
+    ) as run:
         assert run.stdout is not None
         reader = threading.Thread(target=lambda: lines.extend(run.stdout or ()), daemon=True)
         reader.start()
@@ -318,6 +324,12 @@ def test_ctrl_c_stops_a_run_and_removes_the_lab_it_brought_up(
     assert not (run_dir / "netns.json").exists() and not (run_dir / "lab.json").exists()
     assert _processes_of(run_dir) == []
     print(f"stopped {took:.1f} s after {sig.name}")
+
+
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches a command started at a terminal; a suite run in the background (as
+    `make test` runs the lab tier) passes SIGINT on ignored, which the command honours."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _processes_of(run_dir: Path) -> list[str]:
