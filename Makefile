@@ -47,6 +47,8 @@ WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/tes
   tests/integration/proxy/test_admin_access.py tests/integration/proxy/test_admin_auth.py \
   tests/integration/proxy/test_reload.py tests/integration/proxy/test_tls.py \
   tests/integration/adversarial
+WORKERS_PASS := HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -p no:cacheprovider \
+  -m "not single_process" $(WORKER_TIERS)
 
 # The lab tier (namespaces, one lab at a time) runs beside the rest and the two-worker pass, in
 # a pytest process of its own; its report is printed after theirs.
@@ -54,13 +56,12 @@ test: deps lint
 	@lab=$$(mktemp); \
 	$(VENV)/bin/pytest -q -ra --durations=20 -p no:cacheprovider -m lab $(PYTEST_ARGS) >$$lab 2>&1 & \
 	pid=$$!; $(VENV)/bin/pytest -q -ra --durations=10 -m "not lab" $(PYTEST_ARGS); rest=$$?; \
-	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -p no:cacheprovider \
-	  -m "not single_process" $(WORKER_TIERS); workers=$$?; \
+	$(WORKERS_PASS); workers=$$?; \
 	wait $$pid; labrc=$$?; echo "== the lab tier"; cat $$lab; rm -f $$lab; \
 	[ $$rest -eq 0 -o $$rest -eq 5 ] && [ $$workers -eq 0 ] && [ $$labrc -eq 0 -o $$labrc -eq 5 ]
 
 test-workers: deps
-	HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -m "not single_process" $(WORKER_TIERS)
+	$(WORKERS_PASS)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
