@@ -50,15 +50,19 @@ WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/tes
 WORKERS_PASS := HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -p no:cacheprovider \
   -m "not single_process" $(WORKER_TIERS)
 
-# The lab tier (namespaces, one lab at a time) runs beside the rest and the two-worker pass, in
-# a pytest process of its own; its report is printed after theirs.
+# The lab tier (namespaces, one lab at a time) runs in a pytest process of its own beside the
+# rest, the two-worker pass and the provisioning tests (systemd hosts on a /24 of their own); its
+# report is printed after theirs.
 test: deps lint
 	@lab=$$(mktemp); \
-	$(VENV)/bin/pytest -q -ra --durations=20 -p no:cacheprovider -m lab $(PYTEST_ARGS) >$$lab 2>&1 & \
+	$(VENV)/bin/pytest -q -ra --durations=20 -p no:cacheprovider -m lab --ignore=tests/provision \
+	  $(PYTEST_ARGS) >$$lab 2>&1 & \
 	pid=$$!; $(VENV)/bin/pytest -q -ra --durations=10 -m "not lab" $(PYTEST_ARGS); rest=$$?; \
 	$(WORKERS_PASS); workers=$$?; \
+	$(VENV)/bin/pytest -q -ra -p no:cacheprovider -m lab tests/provision; provision=$$?; \
 	wait $$pid; labrc=$$?; echo "== the lab tier"; cat $$lab; rm -f $$lab; \
-	[ $$rest -eq 0 -o $$rest -eq 5 ] && [ $$workers -eq 0 ] && [ $$labrc -eq 0 -o $$labrc -eq 5 ]
+	[ $$rest -eq 0 -o $$rest -eq 5 ] && [ $$workers -eq 0 ] && [ $$provision -eq 0 ] \
+	  && [ $$labrc -eq 0 -o $$labrc -eq 5 ]
 
 test-workers: deps
 	$(WORKERS_PASS)
