@@ -103,9 +103,11 @@ class Handover:
         nothing more until they acknowledged everything, so nothing is in flight when the
         fence falls (`haproxy_py.proxy.addresshold`)."""
         vips = list(vips)
+        started = time.monotonic()
         outcomes = await asyncio.gather(*(self.proxy.hold_address(vip) for vip in vips))
+        took = round((time.monotonic() - started) * 1000, 1)
         for vip, outcome in zip(vips, outcomes, strict=True):
-            log.info("releasing VIP's clients held", vip=vip, proxy=outcome)
+            log.info("releasing VIP's clients held", vip=vip, proxy=outcome, held_ms=took)
 
     def proxy_back(self, vips: Iterable[str]) -> None:
         """The proxy is live again after it was down: tell it about the VIPs not held here."""

@@ -305,18 +305,23 @@ class Observers:
                 vip, assignment = assignment_of(kv, self.vips_prefix)
                 if event.kind == "delete":
                     assignment = None
-                if self._released(vip, assignment):
-                    await self.before_release(vip)
+                await self._hold_released([(vip, assignment)])
                 self.post(self._event_step(vip, assignment, event.mod_revision))
 
-    def _released(self, vip: str, assignment: Assignment | None) -> bool:
-        """A planned move of a VIP held here: the controller asks this node to let it go."""
-        return (
-            assignment is not None
-            and assignment.state == RELEASING
-            and assignment.owner == self.core.name
+    async def _hold_released(self, seen: list[tuple[str, Assignment | None]]) -> None:
+        """Before the core hears of a planned release of a VIP held here (the controller asks
+        this node to let it go), its clients are held (`Handover.hold`): whichever of the
+        watch and the snapshots brings the news first waits for it."""
+        released = [
+            vip
+            for vip, a in seen
+            if a is not None
+            and a.state == RELEASING
+            and a.owner == self.core.name
             and vip in self.core.held
-        )
+        ]
+        if released:
+            await asyncio.gather(*(self.before_release(vip) for vip in released))
 
     def _event_step(self, vip: str, assignment: Assignment | None, revision: int) -> Step:
         async def step() -> list[Action]:
@@ -334,6 +339,7 @@ class Observers:
             self.etcd(False, f"read: {exc}")
         else:
             self.etcd(True)
+            await self._hold_released([assignment_of(kv, self.vips_prefix) for kv in kvs])
             self.post(self.snapshot_step(kvs, revision))
         self.post(self.kernel_step)
 
