@@ -9,6 +9,9 @@ Per class: clients that got 1001, connections that ended with a reset (no close
 frame), and the time from the 1001 to the reconnected client's first echo
 (p50, p95, max). Results in bench/results/handover.{json,md}. keepalived has
 no equivalent (its old node keeps no state to close), so only haproxy-py runs.
+`--throttle` starves the old node's proxy (a cgroup CPU quota) during each move
+and `--sockets` lists its sockets on the VIP meanwhile: how the resets of a
+loaded machine were reproduced and explained (bench/README.md).
 """
 
 from __future__ import annotations
