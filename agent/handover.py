@@ -19,7 +19,7 @@ the fence keeps this node silent on the VIP's connections (`Fence.let_out`
 opens it right before the drain): nothing sent meanwhile waits unacknowledged
 in front of the 1001. Nor is anything sent before: a planned release first holds
 the VIP's WebSocket clients (`hold`: the proxy sends them nothing more and waits
-until they acknowledged all, at most 1 s), since a segment in flight when the
+until they acknowledged all, at most 2 s), since a segment in flight when the
 fence falls is never acknowledged, and once retransmitted it fills the one
 segment the kernel's window then allows, so the 1001 behind it would never
 leave. Meanwhile the new owner drops unknown mid-stream TCP

@@ -11,8 +11,8 @@ import aiohttp
 
 from haproxy_py.cluster.agent_config import AdminClientTls
 
-# the proxy answers /hold within 1 s (`addresshold.LIMIT`), plus its own load
-HOLD_LIMIT = aiohttp.ClientTimeout(total=3.0)
+# the proxy answers /hold within 2 s (`addresshold.LIMIT`), plus its own load
+HOLD_LIMIT = aiohttp.ClientTimeout(total=4.0)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from haproxy_py.proxy.relay import Tunnel
 
-LIMIT = 1.0  # a client acknowledges within its delayed-ACK time (<= 200 ms), or a retransmit's
+# A client acknowledges within its delayed-ACK time (<= 200 ms); one whose ACK was lost does at
+# our next retransmission, 0.2, 0.4, 0.8, 1.6 s apart: 2 s covers a loss of up to about 1 s.
+LIMIT = 2.0
 RELEASE_AFTER = 10.0  # longer than the agent waits for the next owner (3 s) plus its drain
 POLL = 0.005
 
