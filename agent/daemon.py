@@ -115,6 +115,7 @@ class Agent:
             self.effects.reopen_if_recreated,
         )
         self.observers.proxy_back = lambda: self.handover.proxy_back(self.core.known_vips)
+        self.observers.before_release = lambda vip: self.handover.hold([vip])
         self.failsafe: FailsafeLoop | None = None
         if settings.peer_tls is not None and cfg.peer_port:
             self.failsafe = FailsafeLoop(

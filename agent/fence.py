@@ -16,7 +16,9 @@ element has expired (or was dropped), for a VIP this agent ever fenced:
   Until then the node stays silent on those connections too: TCP keeps what it
   could not send unsent (a dropped segment is not "in flight"), so the 1001
   leaves at once when let out, instead of queueing behind segments sent into a
-  void whose acknowledgements go to the new owner;
+  void whose acknowledgements go to the new owner (what was sent before the
+  fence fell is acknowledged first: a planned release holds the VIP's clients
+  before it drops the VIP, `agent.handover`);
 * `arp` output: the kernel's ARP replies and requests for the VIP are dropped;
 * `netdev` egress on the VIP interface: ARP frames for the VIP sent from
   packet sockets (our own gratuitous ARP), which bypass the `arp` hooks, are

@@ -17,7 +17,12 @@ The next owner is learned from a watch on `nodes/`, so the 1001 leaves within
 one etcd event of the new owner's write, not on a polling period. Until then
 the fence keeps this node silent on the VIP's connections (`Fence.let_out`
 opens it right before the drain): nothing sent meanwhile waits unacknowledged
-in front of the 1001. Meanwhile the new owner drops unknown mid-stream TCP
+in front of the 1001. Nor is anything sent before: a planned release first holds
+the VIP's WebSocket clients (`hold`: the proxy sends them nothing more and waits
+until they acknowledged all, at most 2 s), since a segment in flight when the
+fence falls is never acknowledged, and once retransmitted it fills the one
+segment the kernel's window then allows, so the 1001 behind it would never
+leave. Meanwhile the new owner drops unknown mid-stream TCP
 segments to a VIP it has just taken (its grace period), so a client's packets
 sent before the 1001 arrives are dropped there, never answered with a reset.
 
@@ -59,6 +64,8 @@ GRACE = WAIT + 2.0
 class Drainer(Protocol):
     async def drain_address(self, address: str) -> str: ...
 
+    async def hold_address(self, address: str) -> str: ...
+
 
 class Handover:
     """One task per released VIP: wait (at most `wait` s) for its new holder, then drain it."""
@@ -90,6 +97,17 @@ class Handover:
             task = asyncio.create_task(self._tell(vip), name=f"handover {vip}")
             self._tasks[vip] = task
             task.add_done_callback(functools.partial(self._done, vip))
+
+    async def hold(self, vips: Iterable[str]) -> None:
+        """Before a planned release drops `vips`: the proxy sends their WebSocket clients
+        nothing more until they acknowledged everything, so nothing is in flight when the
+        fence falls (`haproxy_py.proxy.addresshold`)."""
+        vips = list(vips)
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(self.proxy.hold_address(vip) for vip in vips))
+        took = round((time.monotonic() - started) * 1000, 1)
+        for vip, outcome in zip(vips, outcomes, strict=True):
+            log.info("releasing VIP's clients held", vip=vip, proxy=outcome, held_ms=took)
 
     def proxy_back(self, vips: Iterable[str]) -> None:
         """The proxy is live again after it was down: tell it about the VIPs not held here."""

@@ -28,7 +28,7 @@ from agent.metrics import AgentMetrics
 from agent.netlink import NetlinkFailure
 from agent.proxy import ProxyClient, ProxyStatus
 from agent.registration import Registration
-from agent.state import AgentCore, Assignment
+from agent.state import RELEASING, AgentCore, Assignment
 from haproxy_py.cluster.agent_config import AgentConfig
 from haproxy_py.cluster.records import ClusterPolicy, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError
@@ -51,6 +51,10 @@ def assignment_of(kv: KeyValue, prefix: str) -> tuple[str, Assignment | None]:
     return vip, Assignment(
         record.node, record.state, record.lease, record.mod_revision, record.cause
     )
+
+
+async def _nothing(vip: str) -> None:
+    pass
 
 
 class Observers:
@@ -87,6 +91,8 @@ class Observers:
         self.registrar: asyncio.Task[None] | None = None  # a regrant after a lost lease
         self._proxy_was_down = False  # a probe found it not live (not just: not yet probed)
         self.proxy_back: Callable[[], None] = lambda: None  # live again after it was down
+        # a planned release, before the core drops the address (`Handover.hold`)
+        self.before_release: Callable[[str], Awaitable[None]] = _nothing
 
     def start(self, revision: int) -> list[asyncio.Task[None]]:
         """Every loop as a supervised task (restarted after a failure); the watch from
@@ -299,7 +305,23 @@ class Observers:
                 vip, assignment = assignment_of(kv, self.vips_prefix)
                 if event.kind == "delete":
                     assignment = None
+                await self._hold_released([(vip, assignment)])
                 self.post(self._event_step(vip, assignment, event.mod_revision))
+
+    async def _hold_released(self, seen: list[tuple[str, Assignment | None]]) -> None:
+        """Before the core hears of a planned release of a VIP held here (the controller asks
+        this node to let it go), its clients are held (`Handover.hold`): whichever of the
+        watch and the snapshots brings the news first waits for it."""
+        released = [
+            vip
+            for vip, a in seen
+            if a is not None
+            and a.state == RELEASING
+            and a.owner == self.core.name
+            and vip in self.core.held
+        ]
+        if released:
+            await asyncio.gather(*(self.before_release(vip) for vip in released))
 
     def _event_step(self, vip: str, assignment: Assignment | None, revision: int) -> Step:
         async def step() -> list[Action]:
@@ -317,6 +339,7 @@ class Observers:
             self.etcd(False, f"read: {exc}")
         else:
             self.etcd(True)
+            await self._hold_released([assignment_of(kv, self.vips_prefix) for kv in kvs])
             self.post(self.snapshot_step(kvs, revision))
         self.post(self.kernel_step)
 

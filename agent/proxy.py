@@ -11,6 +11,9 @@ import aiohttp
 
 from haproxy_py.cluster.agent_config import AdminClientTls
 
+# the proxy answers /hold within 2 s (`addresshold.LIMIT`), plus its own load
+HOLD_LIMIT = aiohttp.ClientTimeout(total=4.0)
+
 
 @dataclass(frozen=True)
 class ProxyStatus:
@@ -105,16 +108,28 @@ class ProxyClient:
         a clean close for HTTP keep-alive); returns what happened, never raises."""
         return await self._post("/drain", {"address": address})
 
-    async def _post(self, path: str, params: dict[str, str]) -> str:
+    async def hold_address(self, address: str) -> str:
+        """Before `address` leaves this node: ask the proxy to send its WebSocket clients
+        nothing more until they acknowledged everything (`POST /hold`); never raises."""
+        return await self._post("/hold", {"address": address}, HOLD_LIMIT)
+
+    async def _post(
+        self, path: str, params: dict[str, str], bound: aiohttp.ClientTimeout | None = None
+    ) -> str:
         try:
             url = f"{self.base_url}{path}"
-            async with self._session.post(url, params=params, headers=self._auth) as response:
+            async with self._session.post(
+                url, params=params, headers=self._auth, timeout=bound
+            ) as response:
                 if response.status == 404:
                     return f"the proxy has no {path}"
                 body = _json(await response.read())
                 detail = ""
                 if isinstance(body, dict) and "websockets" in body:
-                    detail = f" ({body['websockets']} WebSockets)"
+                    detail = f" ({body['websockets']} WebSockets"
+                    if "unacknowledged" in body:
+                        detail += f", {body['unacknowledged']} with bytes unacknowledged"
+                    detail += ")"
                 return f"{path} answered {response.status}{detail}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{path} unreachable: {type(exc).__name__}"

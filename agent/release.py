@@ -1,6 +1,7 @@
 """The clean stop (SIGTERM): hand every VIP over, then revoke the lease.
 
-The node record already says `stopping`; the core drops every address and
+The node record already says `stopping`; the proxy holds each VIP's WebSocket
+clients until they acknowledged all (`Handover.hold`); the core drops every address and
 releases each VIP's key once the kernel shows it gone, so the controller
 reassigns it at once, as a planned move. Each released VIP's connections are
 closed cleanly when its new owner holds it (`agent.handover`), and only then
@@ -41,6 +42,7 @@ async def release_all(
     connections when its new owner holds it; then revoke the lease."""
     started = time.monotonic()
     held = sorted(core.held)
+    await handover.hold(held)
 
     async def stop_step() -> list[Action]:
         return core.stop(time.monotonic())

@@ -9,6 +9,9 @@ Per class: clients that got 1001, connections that ended with a reset (no close
 frame), and the time from the 1001 to the reconnected client's first echo
 (p50, p95, max). Results in bench/results/handover.{json,md}. keepalived has
 no equivalent (its old node keeps no state to close), so only haproxy-py runs.
+`--throttle` starves the old node's proxy (a cgroup CPU quota) during each move
+and `--sockets` lists its sockets on the VIP meanwhile: how the resets of a
+loaded machine were reproduced and explained (bench/README.md).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +34,7 @@ from typing import Any
 
 from bench.failover import stacks
 from bench.failover.stats import summarize
+from bench.failover.throttle import Throttle, ThrottleError
 from bench.failover.wire import SPANS, summarize_wire
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.echoclients import read
@@ -40,6 +46,10 @@ RESULTS = ROOT / "bench" / "results"
 RUN_DIR = Path("/run/haproxy-py/bench-handover")
 CLASSES = {"idle": 10, "periodic": 20, "continuous": 20}
 CAUSES = ("hactl failover", "agent clean stop")
+CAUSE_OPTIONS = {"failover": CAUSES[0], "stop": CAUSES[1]}
+# When the old node's sockets on the VIP are listed after a move starts (`--sockets`): before
+# and after its let-out, and before the new owner's grace ends.
+SNAPSHOTS = (0.5, 1.5, 3.0, 4.5)
 # Client processes, each with its share of every class: 50 clients are 50 browsers, not one
 # Python loop that would serialize their reconnects behind each other's.
 FLEETS = 5
@@ -99,7 +109,8 @@ def render(doc: dict[str, Any]) -> str:
         "",
         f"{doc['moves']} moves per cause, {sum(CLASSES.values())} clients "
         f"({', '.join(f'{n} {k}' for k, n in CLASSES.items())}) from "
-        f"{doc.get('hosts', 1)} source addresses in {FLEETS} processes; {doc['meta']}",
+        f"{doc.get('hosts', 1)} source addresses in {FLEETS} processes; {doc['meta']}"
+        + (f"; {doc['throttle']}" if "throttle" in doc else ""),
         "",
         "| cause | class | 1001 | reset | 1001 → first echo p50 / p95 / max (ms) "
         "| client loop / TCP / upgrade p95 (ms) | load average |",
@@ -197,10 +208,39 @@ def stop_captures(lab: control.Lab, captures: list[Proc]) -> None:
         lab.plumbing.kill(proc)
 
 
+def snapshot_sockets(netns: str, vip: str, out: Path, started: float) -> threading.Thread:
+    """In the background: `ss -tin` of `netns`'s TCP sockets from `vip` at each of SNAPSHOTS
+    seconds after `started` (unacked, not sent, retransmits and cwnd of each connection)."""
+
+    def run() -> None:
+        with out.open("a") as log:
+            for at in SNAPSHOTS:
+                time.sleep(max(0.0, started + at - time.monotonic()))
+                listing = subprocess.run(
+                    ["ip", "netns", "exec", netns, "ss", "-tinoH", "src", vip],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                log.write(f"--- {at:.1f} s\n{listing.stdout}")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def measure(
-    lab: control.Lab, cause: str, moves: int, work: Path, hosts: int
+    lab: control.Lab,
+    cause: str,
+    moves: int,
+    work: Path,
+    hosts: int,
+    throttle: Throttle | None = None,
+    sockets: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per class (`summarize_events`) and on the wire (`wire.summarize_wire`)."""
+    """Per class (`summarize_events`) and on the wire (`wire.summarize_wire`). With `throttle`,
+    the old node's proxy runs under its CPU quota during each move; with `sockets`, its
+    sockets on the VIP are listed during each move (`snapshot_sockets`)."""
     stack = stacks.HaproxyPy(lab)
     stack.start()
     outs = [work / f"echo-{cause.replace(' ', '-')}-{i}.out" for i in range(FLEETS)]
@@ -250,13 +290,21 @@ def measure(
         for move in range(moves):
             active = stack.settle()
             target = stack.other(active)
+            if throttle is not None:
+                for proc in lab.plumbing.procs(f"{active}/proxy"):
+                    throttle.add(proc.pid)
             started = time.monotonic()
+            if sockets:
+                listing = work / f"ss-{cause.replace(' ', '-')}-{move}.txt"
+                snapshot_sockets(lab.layout.node(active).netns, stack.vip, listing, started)
             if cause == "hactl failover":
                 stack.inject("planned", active)
             else:
                 stack.terminate(active, ("agent",))
             back = functools.partial(_all_back, outs, target, started)
             stacks.wait_until(back, 60, f"move {move}: every client back")
+            if throttle is not None:
+                throttle.release()
             if cause != "hactl failover":
                 lab.start_node(active, ("agent",))
             print(f"{cause} #{move}: {active} -> {target}", flush=True)
@@ -284,8 +332,39 @@ def main(argv: list[str] | None = None) -> int:
         help="client source addresses (default: one per client; 1: all from one address, "
         "which the lab's source-hash balancing sends to one demo backend)",
     )
+    parser.add_argument(
+        "--causes",
+        default=",".join(CAUSE_OPTIONS),
+        help="which causes of a move, comma-separated: failover (hactl failover), "
+        "stop (the agent's clean stop); default both",
+    )
+    parser.add_argument(
+        "--throttle",
+        type=int,
+        metavar="PERCENT",
+        help="hold the old node's proxy to PERCENT of one CPU during each move (a cgroup cpu "
+        "quota on its processes alone): a starved proxy without loading the machine",
+    )
+    parser.add_argument(
+        "--sockets",
+        action="store_true",
+        help="list the old node's TCP sockets on the VIP (ss -tin) during each move, into "
+        "the lab's logs",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    names = [c.strip() for c in args.causes.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CAUSE_OPTIONS]
+    if unknown or not names:
+        print(
+            f"bench.failover.handover: --causes {args.causes!r}: expected a comma-separated "
+            f"list of {', '.join(CAUSE_OPTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.throttle is not None and not 1 <= args.throttle <= 100:
+        print("bench.failover.handover: --throttle: a percentage from 1 to 100", file=sys.stderr)
+        return 2
     problem = control.missing_requirements()
     if problem is not None:
         print(f"bench.failover.handover: {problem}", file=sys.stderr)
@@ -296,19 +375,28 @@ def main(argv: list[str] | None = None) -> int:
         "hosts": args.hosts,
         "meta": time.strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if args.throttle is not None:
+        doc["throttle"] = f"old node's proxy held to {args.throttle} % of one CPU during each move"
     doc["results"] = {}
+    throttle: Throttle | None = None
     try:
+        if args.throttle is not None:
+            throttle = Throttle("hh-handover-bench", args.throttle)
         lab = control.Lab.up(run_dir=RUN_DIR, prefix="hh-", nodes=2, say=print)
         doc["load"], doc["wire"] = {}, {}
-        for cause in CAUSES:
+        for cause in (CAUSE_OPTIONS[name] for name in names):
             before = os.getloadavg()[0]
-            found = measure(lab, cause, args.moves, lab.paths.logs, args.hosts)
+            found = measure(
+                lab, cause, args.moves, lab.paths.logs, args.hosts, throttle, args.sockets
+            )
             doc["results"][cause], doc["wire"][cause] = found
             doc["load"][cause] = f"{before:.1f}-{os.getloadavg()[0]:.1f}"
-    except (control.LabError, stacks.BenchError) as exc:
+    except (control.LabError, stacks.BenchError, ThrottleError) as exc:
         print(f"bench.failover.handover: {exc}", file=sys.stderr)
         return 1
     finally:
+        if throttle is not None:
+            throttle.close()
         control.down(RUN_DIR, keep_logs=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "handover.json").write_text(json.dumps(doc, indent=1) + "\n")

@@ -15,9 +15,12 @@ into draining (as SIGTERM does, without exiting) and `POST /undrain` returns
 it to service.
 `POST /drain?address=VIP` drains only the connections that came in on that
 local address (the node agent asks for it once the VIP has left this node):
-the node stays healthy and keeps serving its other addresses.
+the node stays healthy and keeps serving its other addresses. `POST
+/hold?address=VIP` comes before it, before the VIP leaves: nothing more is
+sent to that address's WebSocket clients until they acknowledged everything
+(`addresshold`), so that the 1001 can leave later whatever the timing.
 
-The two POSTs change the node, so a browser must not be able to send them for
+The POSTs change the node, so a browser must not be able to send them for
 a web page (cross-site request forgery, or DNS rebinding onto the loopback
 port): they are refused (403) unless the Host header names this listener
 (its address, or localhost on loopback) and any Origin is this listener too.
@@ -28,6 +31,7 @@ the node beyond that (tokens, certificate names, revoked certificates) is
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import ipaddress
 import time
@@ -45,6 +49,7 @@ from haproxy_py.proxy.stats import build_registry
 from haproxy_py.proxy.tls import admin_server_context
 
 if TYPE_CHECKING:
+    from haproxy_py.proxy.addresshold import AddressHold
     from haproxy_py.proxy.listeners import AddressDrain, IPAddress
     from haproxy_py.proxy.runtime import Runtime
 
@@ -68,6 +73,8 @@ class AdminSource(Protocol):
     def start_drain(self) -> None: ...
 
     async def address_drain(self, address: IPAddress) -> AddressDrain: ...
+
+    async def address_hold(self, address: IPAddress) -> AddressHold: ...
 
     async def undrain(self) -> None: ...
 
@@ -126,6 +133,7 @@ class AdminServer:
         self.app.router.add_get("/", self.page)
         self.app.router.add_post("/drain", self.drain)
         self.app.router.add_post("/undrain", self.undrain)
+        self.app.router.add_post("/hold", self.hold)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -281,11 +289,9 @@ class AdminServer:
         if raw is None:
             self.proxy.start_drain()
             return web.json_response({"status": "draining"}, status=202)
-        try:
-            address = ipaddress.ip_address(raw)
-        except ValueError:
-            reason = f"address: expected an IP address such as 198.18.0.100, got {raw!r}"
-            return web.json_response({"status": "refused", "reason": reason}, status=400)
+        address = _address(raw)
+        if address is None:
+            return _bad_address(raw)
         started = await self.proxy.address_drain(address)
         return web.json_response(
             {
@@ -297,6 +303,17 @@ class AdminServer:
             },
             status=202,
         )
+
+    async def hold(self, request: web.Request) -> web.Response:
+        """`POST /hold?address=VIP`: before the VIP leaves, stop sending to its WebSocket
+        clients until they acknowledged everything (`addresshold`); answers when they did."""
+        raw = request.query.get("address", "")
+        address = _address(raw)
+        if address is None:
+            return _bad_address(raw)
+        held = await self.proxy.address_hold(address)
+        body = {"status": "held", "address": str(address), **dataclasses.asdict(held)}
+        return web.json_response(body)
 
     async def undrain(self, request: web.Request) -> web.Response:
         try:
@@ -352,3 +369,15 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style
 <th>last error</th></tr>{"".join(rows)}</table>
 </body></html>
 """
+
+
+def _address(raw: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(raw)
+    except ValueError:
+        return None
+
+
+def _bad_address(raw: str) -> web.Response:
+    reason = f"address: expected an IP address such as 198.18.0.100, got {raw!r}"
+    return web.json_response({"status": "refused", "reason": reason}, status=400)

@@ -41,6 +41,7 @@ import structlog
 from haproxy_py.cluster.config import LoggingConfig
 from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy import control
+from haproxy_py.proxy.addresshold import AddressHold
 from haproxy_py.proxy.admin import AdminServer, ListenerState
 from haproxy_py.proxy.config import ListenerConfig, ProxyConfig
 from haproxy_py.proxy.control import Channel, Message
@@ -417,6 +418,12 @@ class Master:
             sum(d.connections for d in drains),
             all(d.can_send for d in drains),
         )
+
+    async def address_hold(self, address: IPAddress) -> AddressHold:
+        holds = [
+            AddressHold(**r["hold"]) for r in await self._each("hold_address", address=address)
+        ]
+        return AddressHold(sum(h.websockets for h in holds), sum(h.unacknowledged for h in holds))
 
     async def reload(self, config: ProxyConfig) -> None:
         """Serve `config` in every worker; OSError (old config whole) if a new bind fails.

@@ -182,7 +182,8 @@ class _Half(asyncio.BaseProtocol):
         self.peer.pause_reading()
 
     def resume_writing(self) -> None:
-        self.peer.resume_reading()
+        if not (self.tunnel.held and self is self.tunnel.client_half):
+            self.peer.resume_reading()  # (a held tunnel reads its backend again only at drain)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer.close()
@@ -222,6 +223,7 @@ class Tunnel:
         "closed_by",
         "closing_since",
         "draining",
+        "held",
         "idle_mark",
         "idle_since",
         "idle_timeout",
@@ -254,6 +256,7 @@ class Tunnel:
         self.close_code: int | None = None  # of the first close frame seen
         self.closed_by: str | None = None  # who sent it
         self.draining = False
+        self.held = False  # nothing more to the client until drain (`hold`)
         self.lost = 0
         self.idle_mark = -1
         self.idle_since = 0.0
@@ -288,7 +291,19 @@ class Tunnel:
         self.draining = True
         self.client_half.drain()
         self.upstream_half.drain()
+        self.release()  # (after the 1001: what the backend sent meanwhile is read and dropped)
         self.settle()
+
+    def hold(self) -> None:
+        """Send the client nothing more until `drain` or `release`: the backend is not read."""
+        if not self.held:
+            self.held = True
+            self.upstream_half.transport.pause_reading()
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.upstream_half.transport.resume_reading()
 
     def settle(self) -> None:
         """While draining: once both ends have sent a close frame, close the sockets."""

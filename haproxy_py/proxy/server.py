@@ -37,6 +37,7 @@ import structlog
 from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.accesslog import AccessLog
+from haproxy_py.proxy.addresshold import AddressHold, hold
 from haproxy_py.proxy.admin import AdminServer
 from haproxy_py.proxy.adminauth import restart_needed
 from haproxy_py.proxy.config import ProxyConfig
@@ -220,6 +221,17 @@ class ProxyServer:
         self.closed_at_timeout = leftover
         return leftover == 0
 
+    def tunnels_on(self, address: IPAddress) -> list[Tunnel]:
+        """The WebSocket tunnels whose client came in on local `address`."""
+        return [t for t in self.tunnels.open if local_ip(t.client_half.transport) == address]
+
+    async def address_hold(self, address: IPAddress) -> AddressHold:
+        """Before `address` leaves this node: its WebSocket clients acknowledged all
+        (`addresshold`)."""
+        held = await hold(self.tunnels_on(address))
+        log.info("holding address", address=str(address), **dataclasses.asdict(held))
+        return held
+
     def drain_address(self, address: IPAddress) -> AddressDrain:
         """Send 1001 to the WebSockets and close the idle HTTP connections on local `address`.
 
@@ -228,7 +240,7 @@ class ProxyServer:
         is still open after the drain timeout is closed. Listeners, other
         addresses and `/healthz` are untouched.
         """
-        tunnels = [t for t in self.tunnels.open if local_ip(t.client_half.transport) == address]
+        tunnels = self.tunnels_on(address)
         conns = [
             (listener, conn)
             for listener in self.listeners

@@ -118,6 +118,9 @@ class Worker:
         if op == "drain_address":
             started: AddressDrain = server.drain_address(message["address"])
             return {"drain": dataclasses.asdict(started)}
+        if op == "hold_address":
+            held = await server.address_hold(message["address"])
+            return {"hold": dataclasses.asdict(held)}
         if op == "stop":
             self.done.set()
             return {}

@@ -17,6 +17,7 @@ import pytest
 from agent.netlink import CAP_NET_ADMIN, CAP_NET_RAW
 from haproxy_py.configfile import Table
 from haproxy_py.lab import activate
+from haproxy_py.proxy import addresshold
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.process import CONFIG, read_event, running
@@ -289,3 +290,49 @@ async def test_drain_address_sends_from_a_departed_address_only_on_a_transparent
         process.kill()
         await process.wait()
         await backend.stop()
+
+
+async def test_hold_sends_nothing_more_until_the_drain_whose_1001_comes_first(
+    backends, proxy, session
+) -> None:
+    """`POST /hold?address=` (before a VIP leaves): answered once every client acknowledged
+    all; the backend's later frames are not sent; the drain's 1001 is the next frame."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    ws = await session.ws_connect(url(server, "/ws"))
+    await ws.send_str("before")
+    assert (await ws.receive(timeout=30)).data == "before"
+    async with session.post(admin_url(server, "/hold?address=127.0.0.1")) as answer:
+        assert answer.status == 200
+        assert await answer.json() == {
+            "status": "held",
+            "address": "127.0.0.1",
+            "websockets": 1,
+            "unacknowledged": 0,
+        }
+    await ws.send_str("while held")
+    with pytest.raises(TimeoutError):
+        await ws.receive(timeout=0.5)
+    async with session.post(admin_url(server, "/drain?address=127.0.0.1")) as answer:
+        assert answer.status == 202
+    msg = await ws.receive(timeout=30)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    await ws.close()
+    await no_leak(server)
+
+
+async def test_a_hold_no_drain_follows_ends_by_itself(
+    backends, proxy, session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VIP stayed (its release was called off): the clients get what was held back."""
+    monkeypatch.setattr(addresshold, "RELEASE_AFTER", 0.5)
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    ws = await session.ws_connect(url(server, "/ws"))
+    async with session.post(admin_url(server, "/hold?address=127.0.0.1")) as answer:
+        assert (await answer.json())["websockets"] == 1
+    await ws.send_str("held")
+    assert (await ws.receive(timeout=30)).data == "held"
+    await ws.close()
+    async with session.post(admin_url(server, "/hold?address=nowhere")) as answer:
+        assert answer.status == 400

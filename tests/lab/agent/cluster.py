@@ -133,6 +133,7 @@ class Cluster:
     controller: Proc | None = None
     publish_delay: float = 0.0  # > 0: agents write their node record this late (slow_agent)
     publish_every: bool = False  # every write of it late, not only one newly listing a VIP
+    drain_delay: float = 0.0  # > 0: a released VIP's drain this late after its let-out
 
     @property
     def vip(self) -> str:
@@ -232,15 +233,26 @@ format = "console"
 
     def start_agent(self, node: Node) -> None:
         program = [str(BIN / "ha-agent")]
-        if self.publish_delay:
+        if self.publish_delay or self.drain_delay:
             slow = ["-m", "tests.lab.agent.slow_agent", str(self.publish_delay)]
             slow += ["every"] if self.publish_every else []
+            slow += [f"drain={self.drain_delay}"] if self.drain_delay else []
             program = [sys.executable, *slow]
         node.agent = self.lab.spawn(
             node.netns,
             [*program, "--config", str(node.config)],
             label=f"agent-{node.name}",
             log=self.log(f"agent-{node.name}"),
+            cwd=REPO,
+        )
+
+    def start_client(self, module: str, *args: str) -> Proc:
+        """`python -m tests.lab.agent.<module> ARGS...` in the client's namespace."""
+        return self.lab.spawn(
+            self.client,
+            [sys.executable, "-m", f"tests.lab.agent.{module}", *args],
+            label=module,
+            log=self.log(module),
             cwd=REPO,
         )
 
@@ -311,6 +323,7 @@ def cluster(
     mode: str = "active-standby",
     publish_delay: float = 0.0,
     publish_every: bool = False,
+    drain_delay: float = 0.0,
 ) -> Iterator[Cluster]:
     """Build the namespaces, etcd and every process; tear all of it down afterwards."""
     lab.bridge(f"{net}.1/24")
@@ -323,6 +336,7 @@ def cluster(
     addresses = tuple(f"{net}.{100 + i}" for i in range(vips))
     c = Cluster(lab, root, net, etcd, addresses, mode, nodes, client.netns, None, publish_delay)
     c.publish_every = publish_every
+    c.drain_delay = drain_delay
     for node in nodes.values():
         node.config.write_text(c.node_config(node.name, node.address))
     etcd.spawn()

@@ -18,12 +18,21 @@ from tests.support.wait import eventually_async
 @pytest.fixture
 async def lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Lab]:
     """Parametrized indirectly, the parameter is the agents' node-record write delay (a
-    record newly listing a VIP), or (delay, "every") for every write of the record."""
+    record newly listing a VIP), or (delay, "every") for every write of the record, or
+    (delay, "every" or "new", drain) to hold back each drain of a released VIP's clients."""
     param = getattr(request, "param", 0.0)
     delay, every = (param[0], param[1] == "every") if isinstance(param, tuple) else (param, False)
+    drain = float(param[2]) if isinstance(param, tuple) and len(param) > 2 else 0.0
     with (
         plumbing(tmp_path, "hvk") as (plumb, net),
-        cluster(tmp_path, plumb, net, publish_delay=float(delay), publish_every=every) as c,
+        cluster(
+            tmp_path,
+            plumb,
+            net,
+            publish_delay=float(delay),
+            publish_every=every,
+            drain_delay=drain,
+        ) as c,
     ):
         watcher = Watcher({n.name: n.netns for n in c.nodes.values()}, (c.vip,))
         watcher.start()

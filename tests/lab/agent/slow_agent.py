@@ -12,7 +12,11 @@ A slow etcd for every write (`every`) also delays the old owner's release
 acknowledgement, so the VIP reaches its next owner DELAY seconds after the old
 owner let it go: its clients must not be told to reconnect before that.
 
-    python -m tests.lab.agent.slow_agent DELAY [every] --config FILE
+`drain=SECONDS` holds back each drain of a released VIP's clients (the 1001s)
+that long after the fence lets them out: a starved proxy, which takes its time
+to write the 1001s, as a deterministic stand-in.
+
+    python -m tests.lab.agent.slow_agent DELAY [every] [drain=SECONDS] --config FILE
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import json
 import sys
 
 from agent.cli import main
+from agent.proxy import ProxyClient
 from haproxy_py.cluster.store import Store
 
 DELAY = float(sys.argv.pop(1))
 EVERY = sys.argv[1:2] == ["every"] and bool(sys.argv.pop(1))
+DRAIN = float(sys.argv.pop(1)[len("drain=") :]) if sys.argv[1].startswith("drain=") else 0.0
 _put = Store.put
 _listed: dict[str, set[str]] = {}  # node key -> the VIPs its last record listed
 
@@ -39,7 +45,17 @@ async def _slow_put(self: Store, key: str, value: bytes, lease: int = 0) -> int:
     return await _put(self, key, value, lease)
 
 
+_drain = ProxyClient.drain_address
+
+
+async def _late_drain(self: ProxyClient, address: str) -> str:
+    await asyncio.sleep(DRAIN)
+    return await _drain(self, address)
+
+
 Store.put = _slow_put
+if DRAIN:
+    ProxyClient.drain_address = _late_drain
 
 if __name__ == "__main__":
     main()

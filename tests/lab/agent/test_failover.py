@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -130,13 +129,7 @@ async def test_planned_move(lab: Lab) -> None:
     the new owner."""
     active, standby = lab.roles()
     events = lab.c.root / "wsclient.out"
-    client = lab.c.lab.spawn(
-        lab.c.client,
-        [sys.executable, "-m", "tests.lab.agent.wsclient", lab.vip, "8080", "120", str(events)],
-        label="wsclient",
-        log=lab.c.log("wsclient"),
-        cwd=REPO,
-    )
+    client = lab.c.start_client("wsclient", lab.vip, "8080", "120", str(events))
     try:
         await wait_or_show(lab, lambda: bool(ws_events(events)), 30, "the WebSocket connected")
         assert ws_events(events)[0]["via"] == active.name

@@ -24,6 +24,10 @@ class Proxy:
         self.events.append(f"drain {address}")
         return "/drain answered 202 (3 WebSockets)"
 
+    async def hold_address(self, address: str) -> str:
+        self.events.append(f"hold {address}")
+        return "/hold answered 200 (3 WebSockets, 0 with bytes unacknowledged)"
+
 
 async def test_a_proxy_back_is_told_about_the_vips_not_held_here() -> None:
     events: list[str] = []

@@ -9,7 +9,11 @@ This is how a control-plane benchmark can run many agents in one process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.cli import parse
@@ -25,14 +29,30 @@ from tests.support.wait import eventually_async
 VIP = "198.18.77.100"
 
 
-async def test_registers_holds_and_leaves_on_the_memory_store(tmp_path: Path) -> None:
+@dataclass
+class OnMemory:
+    """One agent on the memory store, its fake kernel and proxy, and the controller's view."""
+
+    agent: Agent
+    table: FakeAddressTable
+    controller: MemoryStore
+
+    async def live(self) -> NodeRecord | None:
+        """n1's record, once it says the node is live."""
+        kv = await self.controller.get(self.controller.schema.node("n1"))
+        node = NodeRecord.parse("n1", kv.value, kv.lease) if kv else None
+        return node if node is not None and node.healthy else None
+
+
+@contextlib.asynccontextmanager
+async def on_memory(tmp_path: Path, agent_lines: str = "") -> AsyncIterator[OnMemory]:
     admin = AdminStandIn()
     url = await admin.start()
     path = tmp_path / "n1.toml"
     path.write_text(
         '[node]\nname = "n1"\naddress = "198.18.77.11"\n[cluster]\nname = "w"\n'
         f'[agent]\nproxy_admin_url = "{url}"\nhealth_interval = 0.05\nmetrics_bind = ""\n'
-        f'allowed_vips = ["{VIP}"]\n'
+        f'allowed_vips = ["{VIP}"]\n{agent_lines}'
     )
     settings, _ = parse(load(path))
     data = MemoryData()
@@ -40,31 +60,64 @@ async def test_registers_holds_and_leaves_on_the_memory_store(tmp_path: Path) ->
     table = FakeAddressTable()
     proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
     agent = Agent(settings, store, table, FakeAnnouncer(), proxy)
-    agent.handover.wait = 0.2  # no next owner comes in this test
-    task = asyncio.create_task(agent.run())
+    agent.handover.wait = 0.2  # no next owner comes in these tests
     try:
-
-        async def record() -> NodeRecord | None:
-            kv = await controller.get(controller.schema.node("n1"))
-            node = NodeRecord.parse("n1", kv.value, kv.lease) if kv else None
-            return node if node is not None and node.healthy else None
-
-        registered = await eventually_async(record, 15, "n1 registered and live")
-        assigned = VipAssignment(vip=VIP, node="n1", epoch=1, since=time.time(), cause="initial")
-        key = controller.schema.vip(VIP)
-        assert await controller.create(key, assigned.to_json(), registered.lease)
-        await eventually_async(lambda: VIP in table.present, 15, "the VIP on the interface")
-
-        async def listed() -> bool:
-            node = await record()
-            return node is not None and node.vips == (VIP,)
-
-        await eventually_async(listed, 15, "the record listing the VIP as held")
-        agent.stop()
-        await asyncio.wait_for(task, 15)
-        assert await controller.get(controller.schema.node("n1")) is None
-        assert VIP not in table.present
+        yield OnMemory(agent, table, controller)
     finally:
-        task.cancel()
         await proxy.close()
         await admin.stop()
+
+
+async def test_registers_holds_and_leaves_on_the_memory_store(tmp_path: Path) -> None:
+    async with on_memory(tmp_path) as m:
+        task = asyncio.create_task(m.agent.run())
+        try:
+            registered = await eventually_async(m.live, 15, "n1 registered and live")
+            assigned = VipAssignment(
+                vip=VIP, node="n1", epoch=1, since=time.time(), cause="initial"
+            )
+            key = m.controller.schema.vip(VIP)
+            assert await m.controller.create(key, assigned.to_json(), registered.lease)
+            await eventually_async(lambda: VIP in m.table.present, 15, "the VIP on the interface")
+
+            async def listed() -> bool:
+                node = await m.live()
+                return node is not None and node.vips == (VIP,)
+
+            await eventually_async(listed, 15, "the record listing the VIP as held")
+            m.agent.stop()
+            await asyncio.wait_for(task, 15)
+            assert await m.controller.get(m.controller.schema.node("n1")) is None
+            assert VIP not in m.table.present
+        finally:
+            task.cancel()
+
+
+async def test_a_planned_release_drops_the_address_only_after_the_clients_are_held(
+    tmp_path: Path,
+) -> None:
+    """`releasing` reaches the agent by its watch and by its reconcile snapshots (every 0.05
+    s here); whichever comes first, the address stays until the proxy held the VIP's
+    clients (`Handover.hold`, slow here: 0.5 s), so nothing is in flight when it goes."""
+    present_after_hold: list[bool] = []
+    async with on_memory(tmp_path, "reconcile_interval = 0.05\n") as m:
+
+        async def slow_hold(vip: str) -> None:
+            await asyncio.sleep(0.5)
+            present_after_hold.append(vip in m.table.present)
+
+        m.agent.observers.before_release = slow_hold
+        task = asyncio.create_task(m.agent.run())
+        try:
+            lease = (await eventually_async(m.live, 15, "n1 registered and live")).lease
+            assigned = VipAssignment(vip=VIP, node="n1", epoch=1, since=time.time(), lease=lease)
+            key = m.controller.schema.vip(VIP)
+            assert await m.controller.create(key, assigned.to_json())
+            await eventually_async(lambda: VIP in m.table.present, 15, "the VIP on the interface")
+            releasing = dataclasses.replace(assigned, state="releasing", cause="manual")
+            await m.controller.put(key, releasing.to_json())
+            await eventually_async(lambda: VIP not in m.table.present, 15, "the VIP released")
+            assert present_after_hold and all(present_after_hold), present_after_hold
+        finally:
+            m.agent.stop()
+            task.cancel()
