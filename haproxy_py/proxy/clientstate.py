@@ -116,7 +116,7 @@ class ClientState(asyncio.Protocol):
     def _reset_request(self) -> None:
         self.url = b""
         self.headers: Headers = []
-        self.header_bytes = 0
+        self.header_room = self.proxy.runtime.limits.max_header_size  # bytes of lines left
         self.method = b""
         self.version = "1.1"
         self.keep_alive = True

@@ -265,7 +265,8 @@ class Exchange(ClientState):
         self._write_out()
         self.upstream = None
         conn.client = None
-        self._resume(PAUSE_UPSTREAM)
+        if self.paused:
+            self._resume(PAUSE_UPSTREAM)
         if self.upstream_paused:
             self.upstream_paused = False
             conn.transport.resume_reading()

@@ -321,25 +321,21 @@ class ClientConnection(Exchange):
         if self.held is not None:
             self.held.append((self.on_header, (name, value)))
             return
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.proxy.runtime.limits.max_header_size:
+        room = self.header_room = self.header_room - len(name) - len(value) - 4
+        if room < 0:
             raise Reject(431, "request header section too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self.parser is not None
-        self.reading_head = False
         parser = self.parser
-        args = (
-            parser.get_method(),
-            parser.get_http_version(),
-            parser.should_keep_alive(),
-            parser.should_upgrade(),
-        )
+        assert parser is not None
+        self.reading_head = False
+        method, version = parser.get_method(), parser.get_http_version()
+        keep_alive, upgrade = parser.should_keep_alive(), parser.should_upgrade()
         if self.held is not None:
-            self.held.append((self._request_head, args))
+            self.held.append((self._request_head, (method, version, keep_alive, upgrade)))
         else:
-            self._request_head(*args)
+            self._request_head(method, version, keep_alive, upgrade)
 
     def on_body(self, body: bytes) -> None:
         if self.held is not None:
