@@ -1,15 +1,16 @@
 """The access log: one JSON line per HTTP exchange and per WebSocket session, off the hot path.
 
 A request costs rendering one line (a cached timestamp, C-escaped strings, an
-f-string) and a list append. Lines are buffered (nginx's `access_log ...
-buffer=64k flush=1s` is the model) and handed to a writer thread, so a slow
-disk or a journal under pressure never blocks the event loop: when more than
-`max_pending` bytes wait for the writer, new batches are dropped and counted
-(`dropped`), never queued without bound. The lines have the keys, and the
-JSON shape, of the structlog lines the rest of the daemon writes (`event`,
-`level`, `timestamp`), so one log consumer reads both. Each write(2) is at
-most PIPE_BUF bytes of whole lines, so another writer of the same pipe
-cannot cut a line.
+f-string) and a list append; the strings that repeat (method, backend, server,
+client address) are escaped once and looked up after that. Lines are buffered
+(nginx's `access_log ... buffer=64k flush=1s` is the model) and handed to a
+writer thread, so a slow disk or a journal under pressure never blocks the
+event loop: when more than `max_pending` bytes wait for the writer, new
+batches are dropped and counted (`dropped`), never queued without bound. The
+lines have the keys, and the JSON shape, of the structlog lines the rest of
+the daemon writes (`event`, `level`, `timestamp`), so one log consumer reads
+both. Each write(2) is at most PIPE_BUF bytes of whole lines, so another
+writer of the same pipe cannot cut a line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import structlog
 BUFFER = 64 * 1024  # bytes of lines gathered before they are handed to the writer
 FLUSH_AFTER = 1.0  # seconds a line may wait in the buffer
 MAX_PENDING = 4 * 1024 * 1024  # bytes handed over but not yet written: beyond it, drop
+MAX_QUOTED = 4096  # escaped strings kept for reuse (then the cache starts again)
 PIPE_BUF = 4096  # writes up to this size to a pipe are atomic
 
 _STOP = (b"", 0)
@@ -98,6 +100,7 @@ class AccessLog:
         self.flush_after = flush_after
         self.max_pending = max_pending
         self.clock = clock or CachedClock()
+        self._quoted: dict[str, str] = {}
         self.dropped = 0  # lines lost: the writer fell behind, or the sink failed
         self._lines: list[str] = []
         self._size = 0
@@ -123,14 +126,23 @@ class AccessLog:
     ) -> None:
         if not self.enabled:
             return
-        to = "null" if server is None else quote(server)
+        known = self._quoted
+        to = "null" if server is None else known.get(server) or self._quote(server)
         err = "" if error is None else f', "error": {quote(error)}'
         self._add(
-            f'{{"method": {quote(method)}, "path": {quote(path)}, "status": {status}, '
-            f'"backend": {quote(backend)}, "server": {to}, "duration_ms": {duration_ms:.2f}, '
-            f'"bytes_in": {bytes_in}, "bytes_out": {bytes_out}, "client": {quote(client)}{err}, '
-            f'"event": "http", "level": "info", "timestamp": "{self.clock.stamp()}"}}\n'
+            f'{{"method": {known.get(method) or self._quote(method)}, "path": {quote(path)}, '
+            f'"status": {status}, "backend": {known.get(backend) or self._quote(backend)}, '
+            f'"server": {to}, "duration_ms": {duration_ms:.2f}, "bytes_in": {bytes_in}, '
+            f'"bytes_out": {bytes_out}, "client": {known.get(client) or self._quote(client)}'
+            f'{err}, "event": "http", "level": "info", "timestamp": "{self.clock.stamp()}"}}\n'
         )
+
+    def _quote(self, text: str) -> str:
+        """`text` escaped as a JSON string, kept for the next line that names it."""
+        if len(self._quoted) >= MAX_QUOTED:
+            self._quoted.clear()
+        quoted = self._quoted[text] = quote(text)
+        return quoted
 
     def websocket(
         self,

@@ -111,12 +111,17 @@ class ClientState(asyncio.Protocol):
         self.reading_head = True  # between a message's end and the next head's end
         self.head_bytes = 0  # bytes of reads that ended inside the current head
         self.head_limit = proxy.runtime.head_limit
+        # A keep-alive client mostly repeats its headers: the last request's facts and head
+        # to the backend, reused while the headers (and the config generation) are the same.
+        self.last_headers: Headers | None = None
+        self.last_facts: tuple[Runtime, RequestFacts] | None = None
+        self.last_head: tuple[tuple[object, ...], bytes] | None = None
         self._reset_request()
 
     def _reset_request(self) -> None:
         self.url = b""
         self.headers: Headers = []
-        self.header_bytes = 0
+        self.header_room = self.proxy.runtime.limits.max_header_size  # bytes of lines left
         self.method = b""
         self.version = "1.1"
         self.keep_alive = True

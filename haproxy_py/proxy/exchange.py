@@ -31,10 +31,12 @@ from haproxy_py.proxy.clientstate import (
     ClientState,
 )
 from haproxy_py.proxy.headers import (
-    Headers,
     ResponseFacts,
+    header_lines,
+    passes_through,
     response_head,
     simple_response,
+    status_reason,
 )
 from haproxy_py.proxy.requestcheck import Reject
 from haproxy_py.proxy.upstream import CLOSED, UpstreamConnection
@@ -173,25 +175,42 @@ class Exchange(ClientState):
 
     # -- upstream events --------------------------------------------------------------
 
-    def response_head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
-        via = self.proxy.runtime.via
+    def response_head(self, status: int, head: bytes, keep_alive: bool) -> None:
+        runtime = self.proxy.runtime
         if status < 200:
             self._arm(self.timeouts.upstream_header, UPSTREAM)  # the final answer is still due
             if self.version == "1.1":
-                self.out.append(
-                    response_head(status, reason, ResponseFacts(headers), via=via, framing=b"")
-                )
+                self.out.append(self._rewritten(status, head, b""))
             return
         if self.response_started:
             return
         if self.on_deadline == UPSTREAM:
             self.on_deadline = 0  # `flush` arms the read deadline if the body is still due
-        facts = ResponseFacts(headers)
         self.status = status
         self.response_started = True
         self.upstream_keep_alive = keep_alive
-        framing = b""
         no_body = self.method == b"HEAD" or status in (204, 304)
+        if passes_through(head, no_body):
+            # The common answer: the backend's head as it came, the proxy's lines added.
+            tails = runtime.response_tails
+            if not self.keep_alive:
+                tail = tails[1]
+            else:
+                tail = tails[2] if self.version == "1.0" else tails[0]
+            self.out.append(head[:-2] + tail)
+        else:
+            self.out.append(self._reframed(status, head, no_body))
+        backend, server = self.backend, self.server
+        if backend is not None and server is not None:
+            if status >= 500 and backend.config.health.passive_5xx:
+                backend.passive_failure(server, f"answered {status}")
+            else:
+                backend.passive_success(server)
+
+    def _reframed(self, status: int, head: bytes, no_body: bool) -> bytes:
+        """A final head with hop-by-hop lines or other framing: the proxy writes the framing."""
+        facts = ResponseFacts(header_lines(head))
+        framing = b""
         if no_body or (facts.delimited and not facts.chunked):
             if facts.content_length is not None and facts.codings is None:
                 framing = b"Content-Length: " + facts.content_length + b"\r\n"
@@ -208,13 +227,15 @@ class Exchange(ClientState):
             framing += b"Connection: close\r\n"
         elif self.version == "1.0":
             framing += b"Connection: keep-alive\r\n"
-        backend, server = self.backend, self.server
-        if backend is not None and server is not None:
-            if status >= 500 and backend.config.health.passive_5xx:
-                backend.passive_failure(server, f"answered {status}")
-            else:
-                backend.passive_success(server)
-        self.out.append(response_head(status, reason, facts, via=via, framing=framing))
+        return self._rewritten(status, head, framing, facts)
+
+    def _rewritten(
+        self, status: int, head: bytes, framing: bytes, facts: ResponseFacts | None = None
+    ) -> bytes:
+        if facts is None:
+            facts = ResponseFacts(header_lines(head))
+        reason = status_reason(head)
+        return response_head(status, reason, facts, via=self.proxy.runtime.via, framing=framing)
 
     def response_body(self, body: bytes) -> None:
         self.bytes_out += len(body)
@@ -244,7 +265,8 @@ class Exchange(ClientState):
         self._write_out()
         self.upstream = None
         conn.client = None
-        self._resume(PAUSE_UPSTREAM)
+        if self.paused:
+            self._resume(PAUSE_UPSTREAM)
         if self.upstream_paused:
             self.upstream_paused = False
             conn.transport.resume_reading()
@@ -297,16 +319,10 @@ class Exchange(ClientState):
             self.upstream = None
             self._reject(502, "bad gateway", f"backend {backend.name}: switched protocols unasked")
             return
-        facts = ResponseFacts(conn.headers)
+        facts = ResponseFacts(header_lines(conn.head))
         upgrade = facts.upgrade or b"websocket"
-        head = response_head(
-            101,
-            conn.reason,
-            facts,
-            via=self.proxy.runtime.via,
-            framing=b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n",
-        )
-        self.transport.write(head)
+        framing = b"Connection: Upgrade\r\nUpgrade: " + upgrade + b"\r\n"
+        self.transport.write(self._rewritten(101, conn.head, framing, facts))
         self.proxy.stats.responses[1] += 1
         tunnel = self.proxy.tunnels.add(
             self.transport,

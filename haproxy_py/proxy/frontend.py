@@ -321,25 +321,21 @@ class ClientConnection(Exchange):
         if self.held is not None:
             self.held.append((self.on_header, (name, value)))
             return
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.proxy.runtime.limits.max_header_size:
+        room = self.header_room = self.header_room - len(name) - len(value) - 4
+        if room < 0:
             raise Reject(431, "request header section too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        assert self.parser is not None
-        self.reading_head = False
         parser = self.parser
-        args = (
-            parser.get_method(),
-            parser.get_http_version(),
-            parser.should_keep_alive(),
-            parser.should_upgrade(),
-        )
+        assert parser is not None
+        self.reading_head = False
+        method, version = parser.get_method(), parser.get_http_version()
+        keep_alive, upgrade = parser.should_keep_alive(), parser.should_upgrade()
         if self.held is not None:
-            self.held.append((self._request_head, args))
+            self.held.append((self._request_head, (method, version, keep_alive, upgrade)))
         else:
-            self._request_head(*args)
+            self._request_head(method, version, keep_alive, upgrade)
 
     def on_body(self, body: bytes) -> None:
         if self.held is not None:
@@ -396,7 +392,12 @@ class ClientConnection(Exchange):
         self.keep_alive = keep_alive
         self.in_exchange = True
         runtime = self.proxy.runtime
-        facts = self.facts = RequestFacts(self.headers, runtime.underscores)
+        last = self.last_facts
+        if last is not None and last[0] is runtime and self.headers == self.last_headers:
+            facts = self.facts = last[1]
+        else:
+            facts = self.facts = RequestFacts(self.headers, runtime.underscores)
+            self.last_headers, self.last_facts = self.headers, (runtime, facts)
         if upgrade or facts.hosts != 1 or facts.chunked or facts.via or method == b"CONNECT":
             self.upgrade = check_head(method, version, upgrade, facts, self.headers, runtime.via)
         host = None
@@ -443,17 +444,24 @@ class ClientConnection(Exchange):
             return
         server.acquire()
         self.server = self.picked = server
-        self.head = request_head(
-            self.method,
-            self.url,
-            self.facts,
-            host=self.host_header or server.host_header,
-            client_ip=self.client_ip,
-            proto=b"http" if self.listener.tls is None else b"https",
-            via=self.proxy.runtime.via,
-            keep_forwarded_for=self.keep_forwarded_for,
-            upgrade=self.upgrade,
-        )
+        host = self.host_header or server.host_header
+        key = (self.method, self.url, host, self.facts, self.upgrade)
+        last = self.last_head
+        if last is not None and last[0] == key:  # the same facts: the same config generation
+            self.head = last[1]
+        else:
+            self.head = request_head(
+                self.method,
+                self.url,
+                self.facts,
+                host=host,
+                client_ip=self.client_ip,
+                proto=b"http" if self.listener.tls is None else b"https",
+                via=self.proxy.runtime.via,
+                keep_forwarded_for=self.keep_forwarded_for,
+                upgrade=self.upgrade,
+            )
+            self.last_head = (key, self.head)
         conn = backend.acquire(server)
         if conn is not None:
             conn.reused = True

@@ -101,6 +101,17 @@ class RequestFacts:
         return self.upgrade is not None and b"websocket" in upgrade_protocols(self.upgrade)
 
 
+# One header line of a head llhttp accepted: CRLF before it, no space before the colon, the
+# value without its leading whitespace (llhttp keeps trailing whitespace, and so does this).
+_LINE = re.compile(rb"\r\n([^:\r\n]+):[ \t]*([^\r\n]*)")
+
+
+def header_lines(head: bytes) -> Headers:
+    """The (name, value) lines of a raw head (status or request line first), as llhttp
+    hands them to per-header callbacks."""
+    return _LINE.findall(head)
+
+
 def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
@@ -214,6 +225,42 @@ class ResponseFacts:
         self.fields = b"".join(out)
         # Whether the body's end is known without a close (Content-Length or chunked).
         self.delimited = self.chunked or (self.content_length is not None and self.codings is None)
+
+
+# The lines of a response head that ask for rewriting it: hop-by-hop ones, and its framing.
+_RESPONSE_NAMED = re.compile(
+    rb"\r\n(connection|proxy-connection|keep-alive|te|transfer-encoding|upgrade|content-length):",
+    re.IGNORECASE,
+)
+
+
+def passes_through(head: bytes, bodyless: bool) -> bool:
+    """Whether a backend's final response head may reach the client as it came, with only
+    the proxy's lines (`response_tails`) added: HTTP/1.1, no hop-by-hop line, and framed
+    by its one Content-Length (llhttp refuses a second) or without a body."""
+    if not head.startswith(b"HTTP/1.1 "):
+        return False
+    named = _RESPONSE_NAMED.findall(head)
+    if not named:
+        return bodyless
+    return len(named) == 1 and named[0].lower() == b"content-length"
+
+
+def response_tails(via: bytes) -> tuple[bytes, bytes, bytes]:
+    """The lines that end a passed-through head: for a kept-alive HTTP/1.1 client, for a
+    connection that closes after it, for a kept-alive HTTP/1.0 client."""
+    line = b"Via: 1.1 " + via + b"\r\n"
+    return (
+        line + b"\r\n",
+        line + b"Connection: close\r\n\r\n",
+        line + b"Connection: keep-alive\r\n\r\n",
+    )
+
+
+def status_reason(head: bytes) -> bytes:
+    """The reason phrase of a raw response head's status line (empty if it has none)."""
+    parts = head[: head.find(b"\r\n")].split(b" ", 2)
+    return parts[2] if len(parts) > 2 else b""
 
 
 def response_head(

@@ -19,7 +19,7 @@ import structlog
 
 from haproxy_py.proxy.balancer import LeastConn, Server, make_balancer
 from haproxy_py.proxy.config import BackendConfig, ProxyConfig, ServerConfig
-from haproxy_py.proxy.headers import Headers, RequestFacts, cookie_value
+from haproxy_py.proxy.headers import Headers, RequestFacts, cookie_value, response_tails
 from haproxy_py.proxy.health import Checker, Tracker
 from haproxy_py.proxy.routing import Router
 from haproxy_py.proxy.tls import client_context
@@ -211,6 +211,7 @@ class Runtime:
         self.generation = generation
         self.node_name = node_name
         self.via = node_name.encode()
+        self.response_tails = response_tails(self.via)
         self.timeouts = config.proxy.timeouts
         self.limits = config.proxy.limits
         self.access_log = config.proxy.access_log

@@ -2,9 +2,13 @@
 
 It serves one exchange at a time for the `ResponseSink` attached to it (the
 client connection) and hands every parser event straight on (head, body
-chunks, end), so bodies stream. Between exchanges it sits in its backend's
-idle pool; bytes arriving there, or left over after a complete response, are a
-protocol error and close it (the next exchange would start mid-message).
+chunks, end), so bodies stream. The parser makes no call per header: the head
+is handed on as the raw bytes llhttp accepted (CRLF lines, no folding, no space
+before a colon), which the client side passes through whole when nothing in it
+must be rewritten, and splits into lines only when something must. Between
+exchanges it sits in its backend's idle pool; bytes arriving there, or left
+over after a complete response, are a protocol error and close it (the next
+exchange would start mid-message).
 
 The response head is bounded while it arrives (`head_limit` bytes of reads
 that end inside it), as the client's is. A close is told apart from a reset:
@@ -20,6 +24,7 @@ from typing import Protocol, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from haproxy_py.proxy.balancer import Server
+from haproxy_py.proxy.headers import header_lines
 
 CLOSED = "backend closed the connection"
 RESET = "backend reset the connection"
@@ -28,9 +33,7 @@ RESET = "backend reset the connection"
 class ResponseSink(Protocol):
     """What an upstream connection tells the client connection it serves."""
 
-    def response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
-    ) -> None: ...
+    def response_head(self, status: int, head: bytes, keep_alive: bool) -> None: ...
 
     def response_body(self, body: bytes) -> None: ...
 
@@ -51,13 +54,13 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "client",
         "forget",
+        "head",
         "head_bytes",
         "head_limit",
-        "headers",
         "idle_since",
         "in_head",
         "parser",
-        "reason",
+        "raw",
         "reset_parser",
         "reused",
         "server",
@@ -85,8 +88,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_bytes = 0  # bytes of reads that ended inside the head (or completed it)
         self.idle_since = 0.0  # when it went back to the pool
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.raw = b""  # bytes from the start of the head due until the final head is whole
+        self.head = b""  # the last complete head, status line to blank line
 
     def begin(self, client: ResponseSink, skip_body: bool) -> None:
         """Serve one exchange; `skip_body` for HEAD, whose response has no body whatever it says."""
@@ -98,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.in_head = True
         self.head_bytes = 0
+        self.raw = b""
 
     @property
     def received(self) -> bool:
@@ -109,7 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
         """The socket now belongs to a tunnel: drop the HTTP state (and the parser's cycle)."""
         self.client = None
         self.parser = None
-        self.headers = []
+        self.head = self.raw = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -121,6 +125,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.in_head:
             self.head_bytes += len(data)
+        if self.status < 200:  # the final head is still due: keep its bytes
+            self.raw = self.raw + data if self.raw else data
         try:
             parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -149,26 +155,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.in_head = True
-        self.headers = []
-        self.reason = b""
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser, client = self.parser, self.client
         assert parser is not None
         self.in_head = False
-        if self.head_bytes > self.head_limit and _size(self.headers) > self.head_limit:
+        # llhttp accepted the head (CRLF lines), so it ends at the first blank line; a 1xx
+        # head has no body, so the next head starts right after it.
+        raw = self.raw
+        end = raw.index(b"\r\n\r\n") + 4
+        head = self.head = raw if end == len(raw) else raw[:end]
+        status = self.status = parser.get_status_code()
+        self.raw = raw[end:] if status < 200 else b""
+        if len(head) > self.head_limit and _size(header_lines(head)) > self.head_limit:
             # A head that came whole in one large read (only then are the lines counted).
             raise ValueError("response head from backend too large")  # stops the parser
-        status = self.status = parser.get_status_code()
         if status == 101 or client is None:
             return  # the switch happens when the parser stops at the upgrade
-        client.response_head(status, self.reason, self.headers, parser.should_keep_alive())
+        client.response_head(status, head, parser.should_keep_alive())
         if self.skip_body and status >= 200 and self.client is client:
             self.reset_parser = True  # the parser would wait for a body that never comes
             client.response_complete(self)

@@ -147,6 +147,38 @@ async def test_pipelined_requests_answered_in_order(backends, proxy) -> None:
     assert raw.count(b"HTTP/1.1 200 OK") == 3
 
 
+async def test_each_keep_alive_request_reaches_the_backend_with_its_own_headers(
+    backends, proxy
+) -> None:
+    """A client that repeats its headers reuses the last request's facts and head; one that
+    changes a header, the path or the Host gets them anew."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    raw = await raw_exchange(
+        server,
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n"
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n"
+        b"GET /1 HTTP/1.1\r\nHost: x\r\nX-A: 2\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: x\r\nX-A: 2\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: y\r\nX-A: 2\r\nConnection: close\r\n\r\n",
+    )
+    seen = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in _answers(raw)]
+    got = [(s["path"], s["headers"]["host"], s["headers"]["x-a"]) for s in seen]
+    expected = [("/1", "x", "1"), ("/1", "x", "1"), ("/1", "x", "2"), ("/2", "x", "2")]
+    assert got == [*expected, ("/2", "y", "2")]
+
+
+def _answers(raw: bytes) -> list[bytes]:
+    """Split keep-alive answers (each framed by Content-Length) into head and body."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        out.append(head + b"\r\n\r\n" + rest[:length])
+        raw = rest[length:]
+    return out
+
+
 async def test_head_request(backends, proxy) -> None:
     """HEAD gets the head only and the connection stays usable."""
     (b,) = await backends(1)

@@ -20,6 +20,10 @@ RAW = "\n".join(
         f"{ENTRY};data_received (haproxy_py/proxy/relay.py:38) 4",
         f"{ENTRY};uv__read (stream.c:1143);read (libc.so.6) 8",
         f"{ENTRY};parse (parser.c:10);llhttp__internal__run (llhttp.c:9673) 2",
+        # The access log's writer thread, asleep in its queue between batches.
+        "_write_loop (haproxy_py/proxy/accesslog.py:200);_queue_SimpleQueue_get "
+        "(_queuemodule.c.h:177);PyThread_acquire_lock_timed (libpython3.11.so.1.0);"
+        "0x7f76880aed90 (libc.so.6);0x7f76880a3f16 (libc.so.6) 20",
         "not a sample line",
     ]
 )
@@ -27,7 +31,13 @@ RAW = "\n".join(
 
 def test_idle_samples_are_set_apart() -> None:
     p = summarise(RAW)
-    assert (p.samples, p.idle) == (100, 50)
+    assert (p.samples, p.idle) == (120, 70)
+
+
+def test_a_thread_asleep_on_a_lock_is_idle_not_libc_time() -> None:
+    p = summarise(RAW)
+    assert "(libc.so.6)" not in dict(p.self_time)
+    assert all("_write_loop" not in name for name, _ in p.project)
 
 
 def test_self_time_merges_lines_of_one_function() -> None:
