@@ -75,7 +75,9 @@ class KeepaliveNow:
 
 @dataclass(frozen=True)
 class Regrant:
-    """The lease is gone: grant a new one and register again."""
+    """The lease is gone (or lapsed: `agent.arming`): grant a new one and register again."""
+
+    reason: str = "lease lost"
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,8 @@ class Effects:
             elif isinstance(action, KeepaliveNow):
                 self.hooks.keepalive_now()
             elif isinstance(action, Regrant):
+                if action.reason != "lease lost":  # (that one the observer logged)
+                    log.warning("lease given up; registering under a new one", why=action.reason)
                 self.hooks.regrant()
             elif isinstance(action, Revoke):
                 self.released.set()

@@ -34,6 +34,7 @@ from haproxy_py.cluster.records import ClusterPolicy, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import supervised
+from haproxy_py.cluster.timing import granted_ttl
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +106,7 @@ class Observers:
     async def grant(self) -> Step:
         """A new lease (StoreError when etcd does not answer)."""
         sent = time.monotonic()
-        lease = await self.store.grant_lease(self.config.timing.lease_ttl)
+        lease = await self.store.grant_lease(granted_ttl(self.config.timing))
         self.etcd(True)
         log.info("lease granted", lease=f"{lease.id:x}", ttl=lease.ttl)
 
