@@ -88,6 +88,7 @@ class Controller:
             metrics_url,
             clock,
             monotonic,
+            config.lapse,
         )
         self.election.on_change = self._leadership_changed
         self.executor = Executor(store, self.election.fence, config.event_history, clock)
@@ -256,7 +257,7 @@ class Controller:
         # lease -> its owner's lapse (`controller.expiry`), from the record under that lease
         leases = {a.lease: lapse_of(view, a.node, a.lease) for a in view.vips.values() if a.lease}
         if view.leader is not None and view.leader.lease not in (0, self.election.lease):
-            leases.setdefault(view.leader.lease, 0)
+            leases.setdefault(view.leader.lease, view.leader.lapse)
         for lease in set(self._expiries) - set(leases):
             self._expiries.pop(lease).cancel()
         for lease in set(leases) - set(self._expiries):
