@@ -139,16 +139,20 @@ class Observers:
         self.post(self.kernel_step)
         return revision
 
-    async def regrant(self) -> None:
-        """The lease was lost: register again under a new one, then re-read `vips/`."""
+    async def regrant(self, revoke: int = 0) -> None:
+        """The lease was lost: register again under a new one, then re-read `vips/`; a lapsed
+        lease `revoke` is revoked first if etcd answers (else the controllers prove it)."""
+        if revoke:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke(revoke)
         self.post(await self.grant_until_granted())
         await self.post_snapshot()
 
-    def regrant_soon(self) -> None:
+    def regrant_soon(self, revoke: int = 0) -> None:
         """`regrant` as a task of its own, unless one is running already."""
         if self.registrar is None or self.registrar.done():
             self.registrar = asyncio.create_task(
-                supervised("regrant", self.regrant, once=True), name="regrant"
+                supervised("regrant", lambda: self.regrant(revoke), once=True), name="regrant"
             )
 
     def lease_lost_step(self, lease: int) -> Step:

@@ -13,7 +13,7 @@ from haproxy_py.cluster.timing import PROFILES, granted_ttl
 
 FAST = PROFILES["fast"].timing()  # lease_ttl 1, lifetime 0.5, keepalive every 0.125 s
 VIP = "198.18.50.10"
-LAPSED = Regrant("lease lapsed: no keepalive renewed within lease_ttl")
+LAPSED = Regrant("lease lapsed: no keepalive renewed within lease_ttl", revoke=7)
 
 
 def holding(lapse: bool = True) -> AgentCore:
