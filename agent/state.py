@@ -192,12 +192,12 @@ class AgentCore:
         actions = self._drop_all(why, lost=True)
         old = self.lease_id
         self.assignments = {v: a for v, a in self.assignments.items() if a.lease != old}
-        # a lapsed lease may live on in etcd: its fences fell before the lapse, so revoking
-        # it takes nothing from anyone and spares its VIPs the controllers' proof
         self.lease_id = None
         self.clock.lost()
         self._keepalive_asked = False
         self.acked.clear()
+        # a lapsed lease may live on in etcd: its fences fell before the lapse, so revoking
+        # it takes nothing from anyone and spares its VIPs the controllers' proof
         return [*actions, Regrant(why, (old or 0) if why == LAPSED else 0)]
 
     # --- observations --------------------------------------------------------------------

@@ -59,7 +59,12 @@ and no renewal etcd applies afterwards is acted on: the controller revokes the l
 its first 0 reading and assigns at once (`lapse_proven`, `controller.expiry`), about one
 second after the owner's last keepalive, where etcd's own sweep would take up to 0.5 s more.
 The owner declares `lapse` in its node record, so the controller proves nothing from a
-reading of an owner that does not lapse.
+reading of an owner that does not lapse. A lapsed agent revokes the old lease itself when
+etcd answers (its fences fell before the lapse). Leading controllers lapse the same way
+(`[controller] lapse`), so a standby proves a lost leader's lease as fast. For a lapsing
+owner the revoke path above waits until the owner has failed its probes for granted - 1
+s: before that a reading of 1 s left may just be a dead node's lease running out, which
+this path moves with no embargo; after it, such a reading proves a renewal since.
 
 Availability: one keepalive that fails only after its whole timeout, then a
 retry, must still land before the fence falls:
