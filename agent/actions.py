@@ -75,7 +75,10 @@ class KeepaliveNow:
 
 @dataclass(frozen=True)
 class Regrant:
-    """The lease is gone: grant a new one and register again."""
+    """The lease is gone (or lapsed: `agent.arming`): grant a new one and register again."""
+
+    reason: str = "lease lost"
+    revoke: int = 0  # a lapsed lease, given up: revoked first so its VIPs move at once
 
 
 @dataclass(frozen=True)

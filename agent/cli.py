@@ -63,7 +63,7 @@ def parse(doc: Table) -> tuple[AgentFileConfig, EtcdConfig]:
         agent=agent,
         version=__version__,
         vips=cluster.vips,
-        failsafe=cluster.failsafe,
+        failsafe=cluster.failsafe and not agent.timing.lapse,  # (a lapse outruns its rounds)
         peer_tls=peer_tls,
         bgp=speaker if cluster.mode == "bgp" else None,
     )

@@ -146,8 +146,8 @@ class Agent:
     def keepalive_now(self) -> None:
         self.observers.keepalive_now.set()
 
-    def regrant(self) -> None:
-        self.observers.regrant_soon()
+    def regrant(self, revoke: int = 0) -> None:
+        self.observers.regrant_soon(revoke)
 
     def confirm_removals(self) -> None:
         self.actor.post(self.observers.kernel_step)

@@ -34,6 +34,7 @@ from haproxy_py.cluster.records import ClusterPolicy, KeyValue, VipAssignment
 from haproxy_py.cluster.store import LeaseLost, StoreError
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import supervised
+from haproxy_py.cluster.timing import granted_ttl
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +112,7 @@ class Observers:
     async def grant(self) -> Step:
         """A new lease (StoreError when etcd does not answer)."""
         sent = time.monotonic()
-        lease = await self.store.grant_lease(self.config.timing.lease_ttl)
+        lease = await self.store.grant_lease(granted_ttl(self.config.timing))
         self.etcd(True)
         log.info("lease granted", lease=f"{lease.id:x}", ttl=lease.ttl)
 
@@ -144,16 +145,20 @@ class Observers:
         self.post(self.kernel_step)
         return revision
 
-    async def regrant(self) -> None:
-        """The lease was lost: register again under a new one, then re-read `vips/`."""
+    async def regrant(self, revoke: int = 0) -> None:
+        """The lease was lost: register again under a new one, then re-read `vips/`; a lapsed
+        lease `revoke` is revoked first if etcd answers (else the controllers prove it)."""
+        if revoke:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke(revoke)
         self.post(await self.grant_until_granted())
         await self.post_snapshot()
 
-    def regrant_soon(self) -> None:
+    def regrant_soon(self, revoke: int = 0) -> None:
         """`regrant` as a task of its own, unless one is running already."""
         if self.registrar is None or self.registrar.done():
             self.registrar = asyncio.create_task(
-                supervised("regrant", self.regrant, once=True), name="regrant"
+                supervised("regrant", lambda: self.regrant(revoke), once=True), name="regrant"
             )
 
     def lease_lost_step(self, lease: int) -> Step:

@@ -81,6 +81,7 @@ class Registration:
             refused=tuple(sorted(core.refused)),
             failsafe=self.failsafe,
             bgp=self.bgp,
+            lapse=core.timing.lease_ttl if core.timing.lapse else 0,
         )
 
     def outage_bridged(self, outage: Outage) -> None:

@@ -12,6 +12,9 @@ properties:
 * an address already held is re-armed only after a new keepalive success, or a
   failsafe grant (`agent.failsafe`) whose promises outlast the new lifetime; while
   this node has promised a failsafe holder to arm nothing, it adds no address;
+* with `Timing.lapse`, the lease counts as lost once `lease_ttl` has passed since the
+  freshest renewed send: a keepalive answered later renews nothing, and no failsafe
+  grant re-arms past that point;
 * when the proxy stops being live (its admin API refuses or stops answering,
   or it drains) every VIP is removed in the same step and acknowledged as let
   go, so the controller moves them at once;
@@ -65,6 +68,7 @@ RELEASING = "releasing"
 # (1001) once this node holds the VIP, so this node keeps a grace period for those connections.
 PLANNED = frozenset({"manual", "drain", "released", "failback", "rebalance", "readiness"})
 MAX_REFUSED = 16  # refused VIPs listed in the node record, at most (it stays small)
+LAPSED = "lease lapsed: no keepalive renewed within lease_ttl"
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class AgentCore:
             return []
         if ttl <= 0:
             return self.lease_lost(now)
+        if self.clock.lapsed(now):
+            return self.lease_lost(now, LAPSED)
         self.clock.renewed(sent_at, ttl)
         self.fenced = False
         self._keepalive_asked = False
@@ -160,12 +166,10 @@ class AgentCore:
         """Every peer vouched in a round sent at `sent`, promising to arm nothing for `promise`
         s: re-arm the VIPs asked about that are still held and wanted, never a new one."""
         self.failsafe_until = max(self.failsafe_until, sent + promise)
+        until = min(self.failsafe_until, self.clock.deadline if self.timing.lapse else math.inf)
         actions: list[Action] = []
         for vip in sorted(vips & set(self.held)):
-            if (
-                self._wanted(vip)
-                and self.clock.expiry(now) <= self.failsafe_until - self.timing.fence_margin
-            ):
+            if self._wanted(vip) and self.clock.expiry(now) <= until - self.timing.fence_margin:
                 self.held[vip] = self.clock.expiry(now)
                 actions.append(SetAddress(vip, self.timing.address_lifetime, False, "failsafe"))
         return actions
@@ -183,16 +187,18 @@ class AgentCore:
         self._keepalive_asked = False
         return self.tick(now)
 
-    def lease_lost(self, now: float) -> list[Action]:
-        """etcd says the lease is gone: everything bound to it is gone too."""
-        actions = self._drop_all("lease lost", lost=True)
+    def lease_lost(self, now: float, why: str = "lease lost") -> list[Action]:
+        """etcd says the lease is gone, or it lapsed: everything bound to it is gone too."""
+        actions = self._drop_all(why, lost=True)
         old = self.lease_id
         self.assignments = {v: a for v, a in self.assignments.items() if a.lease != old}
         self.lease_id = None
         self.clock.lost()
         self._keepalive_asked = False
         self.acked.clear()
-        return [*actions, Regrant()]
+        # a lapsed lease may live on in etcd: its fences fell before the lapse, so revoking
+        # it takes nothing from anyone and spares its VIPs the controllers' proof
+        return [*actions, Regrant(why, (old or 0) if why == LAPSED else 0)]
 
     # --- observations --------------------------------------------------------------------
 
@@ -280,7 +286,9 @@ class AgentCore:
         return actions
 
     def tick(self, now: float) -> list[Action]:
-        """The fence, then forget removals whose lifetime has run out."""
+        """The lapse, the fence, then forget removals whose lifetime has run out."""
+        if self.lease_id is not None and not self.stopping and self.clock.lapsed(now):
+            return self.lease_lost(now, LAPSED)
         actions = self.fence(now)
         expired = [vip for vip, gone_by in self._removing.items() if now >= gone_by]
         for vip in expired:

@@ -8,7 +8,9 @@ never die: it counts as no leader, and a campaign first deletes it (compare on
 its mod revision), so the election heals itself within one cycle. Every write the leader
 makes compares that create revision, so a deposed leader's late writes fail.
 Stepping down deletes the key and revokes the lease, so a standby takes over
-at once instead of waiting out the TTL.
+at once instead of waiting out the TTL. With `lapse` the lease is granted a second
+longer than `ttl` and counted as `ttl` only: a keepalive answered after that gives the
+lease up, so a standby may revoke it on its first 0 s reading (`controller.expiry`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class Election:
         metrics_url: str | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        lapse: bool = False,
     ) -> None:
         self.store = store
+        self.lapse = lapse
         self.identity = identity
         self.ttl = ttl
         self.keepalive_interval = keepalive_interval
@@ -93,9 +97,9 @@ class Election:
     async def _ensure_lease(self) -> int:
         if self.lease is None:
             sent = self.monotonic()
-            granted = await self.store.grant_lease(self.ttl)
+            granted = await self.store.grant_lease(self.ttl + 1 if self.lapse else self.ttl)
             self.lease = granted.id
-            self.deadline = sent + granted.ttl
+            self.deadline = sent + self._counted(granted.ttl)
         return self.lease
 
     async def campaign(self, stale: ControllerLeader | None = None) -> bool:
@@ -108,7 +112,9 @@ class Election:
             if gone:
                 log.error("leader key without a lease removed", stale_leader=stale.id)
         lease = await self._ensure_lease()
-        record = ControllerLeader(id=self.identity, since=self.clock(), metrics=self.metrics_url)
+        record = ControllerLeader(
+            self.identity, self.clock(), self.metrics_url, lapse=self.ttl if self.lapse else 0
+        )
         if not await self.store.create(self.key, record.to_json(), lease):
             return False
         kv = await self.store.get(self.key)
@@ -140,7 +146,11 @@ class Election:
         try:
             ttl = await self.store.keepalive(self.lease)
             self.last_keepalive_latency = self.monotonic() - sent
-            self.deadline = sent + ttl
+            if self.lapse and self.monotonic() >= self.deadline:
+                self.lease = None  # a standby may have revoked it on a 0 s reading meanwhile
+                self._lose("lease lapsed: no keepalive renewed within lease_ttl")
+                return
+            self.deadline = sent + self._counted(ttl)
         except LeaseLost as exc:
             self.lease = None
             self._lose(str(exc))
@@ -150,6 +160,9 @@ class Election:
                 self._lose("lease deadline passed without a keepalive")
         except StoreError as exc:
             log.warning("lease keepalive failed", error=str(exc))
+
+    def _counted(self, ttl: int) -> float:
+        return min(ttl, self.ttl) if self.lapse else ttl
 
     def lease_remaining(self) -> float:
         return max(0.0, self.deadline - self.monotonic()) if self.lease is not None else 0.0

@@ -1,4 +1,5 @@
-"""Revoke an owner's lease as soon as it has provably run out, not when etcd's sweep finds it.
+"""Revoke an owner's lease as soon as it has provably run out (or lapsed), not when etcd's sweep
+finds it.
 
 etcd checks for expired leases every 500 ms, so a dead node's VIPs wait
 0-0.5 s past its lease's end before anything moves. The controller can do
@@ -17,6 +18,11 @@ So, for `G >= 2`:
 With `G = 1` a fresh lease already reads 0: nothing can be proven, and etcd's
 sweep decides.
 
+An owner that lapses (its node record's `lapse`: it gives the lease up itself that
+long after its last renewed keepalive, `haproxy_py.cluster.timing`) needs no second
+reading: when `lapse_proven(lapse, G)`, the first 0 proves it has lapsed, its fence
+fallen, and that it acts on no later renewal, so the lease is revoked at once.
+
 Then revoking it takes nothing from a live holder: by the timing rule
 (`haproxy_py.cluster.timing`) its fence fell `fence_margin` before the lease
 could end. A failed or slow call breaks the proof, which starts over; etcd's
@@ -31,8 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import StoreError
 from haproxy_py.cluster.storeapi import KVStore
+from haproxy_py.cluster.timing import lapse_proven
 
 COVER = 0.5  # readings further apart than this prove nothing (a refresh reads 1 for G - 1 s)
 WATCH_EVERY = 0.1  # while the lease reads >= 1 s: how late its last second is noticed
@@ -50,6 +58,7 @@ class Verdict(Enum):
 class ExpiryProof:
     """Folds TimeToLive readings into a verdict (pure: no I/O, no clock)."""
 
+    lapse: int = 0  # the owner gives the lease up itself this long after its last keepalive
     dying_since: float | None = None  # receive time of the first 0 of this run
     last_sent: float | None = None
 
@@ -60,6 +69,8 @@ class ExpiryProof:
         self.last_sent = sent
         if ttl is not None and ttl < 0:
             return Verdict.GONE
+        if ttl == 0 and lapse_proven(self.lapse, granted):
+            return Verdict.EXPIRED
         if ttl is None or ttl >= 1 or granted < 2:
             self.dying_since = None
             return Verdict.ALIVE
@@ -77,12 +88,19 @@ class ExpiryProof:
         return min(now + PROVE_EVERY, max(now, self.dying_since + 1.0))
 
 
+def lapse_of(view: ClusterView, node: str, lease: int) -> int:
+    """What `node`'s record under `lease` says of its lapse (0 without such a record)."""
+    record = view.nodes.get(node)
+    return record.lapse if record is not None and record.lease == lease else 0
+
+
 async def revoke_when_expired(
-    store: KVStore, lease_id: int, clock: Callable[[], float] = time.monotonic
+    store: KVStore, lease_id: int, clock: Callable[[], float] = time.monotonic, lapse: int = 0
 ) -> bool:
-    """Watch `lease_id` until it has provably run out, then revoke it: True. False when etcd
-    removed it first. Runs until then; cancel it when the lease no longer matters."""
-    proof = ExpiryProof()
+    """Watch `lease_id` (of an owner that lapses after `lapse` s, 0: not) until it has provably
+    run out, then revoke it: True. False when etcd removed it first. Runs until then; cancel
+    it when the lease no longer matters."""
+    proof = ExpiryProof(lapse)
     while True:
         sent = clock()
         ttl: int | None

@@ -31,7 +31,7 @@ from controller.announcesync import AnnounceSync
 from controller.decide import Policy, decide
 from controller.election import Election
 from controller.execute import Executor
-from controller.expiry import revoke_when_expired
+from controller.expiry import lapse_of, revoke_when_expired
 from controller.memory import Memory
 from controller.metrics import ControllerMetrics
 from controller.probes import Prober
@@ -88,6 +88,7 @@ class Controller:
             metrics_url,
             clock,
             monotonic,
+            config.lapse,
         )
         self.election.on_change = self._leadership_changed
         self.executor = Executor(store, self.election.fence, config.event_history, clock)
@@ -253,13 +254,14 @@ class Controller:
         has provably run out (`controller.expiry`), so a dead node's VIPs move without waiting
         for etcd's sweep. Standbys too: when the leader dies with its node, the standby that
         follows has proved both leases' end by then (a proof started at election takes 1 s)."""
-        leases = {a.lease for a in view.vips.values() if a.lease}
+        # lease -> its owner's lapse (`controller.expiry`), from the record under that lease
+        leases = {a.lease: lapse_of(view, a.node, a.lease) for a in view.vips.values() if a.lease}
         if view.leader is not None and view.leader.lease not in (0, self.election.lease):
-            leases.add(view.leader.lease)
-        for lease in set(self._expiries) - leases:
+            leases.setdefault(view.leader.lease, view.leader.lapse)
+        for lease in set(self._expiries) - set(leases):
             self._expiries.pop(lease).cancel()
-        for lease in leases - set(self._expiries):
-            expiry = revoke_when_expired(self.store, lease, self.monotonic)
+        for lease in set(leases) - set(self._expiries):
+            expiry = revoke_when_expired(self.store, lease, self.monotonic, leases[lease])
             task = asyncio.create_task(expiry, name="expiry")
             self._expiries[lease] = task
             task.add_done_callback(functools.partial(self._lease_revoked, lease))

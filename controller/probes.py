@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from controller.expiry import lapse_of
 from haproxy_py.cluster.peerlink import PeerClient, PeerError
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import StoreError
 from haproxy_py.cluster.storeapi import KVStore
-from haproxy_py.cluster.timing import Timing, fence_deadline, probe_limit
+from haproxy_py.cluster.timing import Timing, fence_deadline, lapse_proven, probe_limit
 
 log = structlog.get_logger(__name__)
 
@@ -173,8 +174,9 @@ class Prober:
         return answer == {"nonce": nonce, "node": node}
 
     async def _revoke(self, view: ClusterView, node: str, lease: int) -> None:
+        asked = time.monotonic()
         try:
-            left, _ = await self.store.lease_time_to_live(lease)
+            left, granted = await self.store.lease_time_to_live(lease)
         except StoreError:
             return
         if left < 1:
@@ -182,6 +184,11 @@ class Prober:
         if node not in self.verdicts.failing:
             return  # it answered a probe meanwhile
         since, misses = self.verdicts.failing[node]
+        if lapse_proven(lapse_of(view, node, lease), granted) and asked - since < granted - 1:
+            # An owner that lapses may just have died: its lease reads 0 within a second and
+            # the expiry path then moves its VIPs with no embargo. Read >= 1 once it has failed
+            # for granted - 1 s, it was renewed after the failures began: revoked.
+            return
         try:
             await self.store.revoke(lease)
         except StoreError as exc:

@@ -11,6 +11,10 @@ longest both rules allow, at most twice the interval (TTL 2: fence lifetime
 `rearm_window`, 0.25 s). `etcd_election_timeout`
 and `etcd_heartbeat_interval` say how etcd runs (its defaults: 1 s, 0.1 s);
 a TTL under etcd's minimum for them is refused (TTL 1 needs 0.5 s).
+`lapse = true` (the fast profile): the agent gives its lease up itself `lease_ttl` after
+its last renewed keepalive and asks etcd for one second more, so the controller can prove
+a lost node's lease over a second after its last keepalive instead of waiting for etcd's
+sweep; it turns the failsafe off (`haproxy_py.cluster.timing`, lapse path).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ _KEYS = frozenset(
         "fence_margin",
         "keepalive_timeout",
         "rearm_window",
+        "lapse",
         "etcd_election_timeout",
         "etcd_heartbeat_interval",
         "reconcile_interval",
@@ -139,6 +144,7 @@ def parse_agent(doc: Table) -> AgentConfig:
         etcd_heartbeat_interval=agent.number(
             "etcd_heartbeat_interval", ETCD_HEARTBEAT_INTERVAL, min=0.001
         ),
+        lapse=agent.boolean("lapse", False),
     )
     problem = timing_problem(timing)
     if problem is not None:

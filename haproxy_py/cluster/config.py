@@ -178,6 +178,9 @@ class ControllerConfig:
     within the node-loss budget. `keepalive_interval + etcd.timeout <=
     lease_ttl`, so one slow keepalive never costs the leadership (losing it
     would only delay decisions: VIPs hang on the nodes' leases, not on this one).
+    `lapse` (the fast profile): the controller asks etcd for `lease_ttl` + 1 s and leads
+    only until `lease_ttl` after its last renewed keepalive, so a standby can prove a lost
+    leader's lease over a second after its last keepalive (`haproxy_py.cluster.timing`).
     """
 
     id: str | None
@@ -192,6 +195,7 @@ class ControllerConfig:
     health_hold: float = 10.0  # a node that lost liveness waits this long to be a candidate again
     ready_hold: float = 5.0  # readiness scores must hold this long before a VIP moves for them
     unheld_limit: float = 3.0  # an assigned VIP its owner does not list as held is then released
+    lapse: bool = False
 
 
 def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
@@ -209,6 +213,7 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
             "health_hold",
             "ready_hold",
             "unheld_limit",
+            "lapse",
         }
     )
     ident = ctl.string("id", None)
@@ -248,6 +253,7 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
         metrics=metrics,
         health_hold=ctl.number("health_hold", 10.0, min=0),
         ready_hold=ctl.number("ready_hold", 5.0, min=0),
+        lapse=ctl.boolean("lapse", False),
         unheld_limit=ctl.number("unheld_limit", 3.0, min=0.5),
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from haproxy_py.cluster.jsonvalue import choice, dumps, flag, loads, number, text, texts
+from haproxy_py.cluster.jsonvalue import choice, dumps, flag, integer, loads, number, text, texts
 
 # bgp: every node that may serve a VIP announces it to its routers (`controller.announce`)
 Mode = Literal["active-standby", "active-active", "bgp"]
@@ -25,9 +25,14 @@ class ControllerLeader:
     lease: int = 0
     create_revision: int = 0
     mod_revision: int = 0
+    # the leader gives its lease up itself this many seconds after its last renewed keepalive
+    # (0: only when etcd ends it), so a standby may revoke it on a 0 s reading
+    # (`controller.expiry`, `haproxy_py.cluster.timing` lapse path)
+    lapse: int = 0
 
     def to_json(self) -> bytes:
-        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics})
+        lapse = {"lapse": self.lapse} if self.lapse else {}
+        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics, **lapse})
 
     @classmethod
     def parse(
@@ -46,6 +51,7 @@ class ControllerLeader:
             lease=lease,
             create_revision=create_revision,
             mod_revision=mod_revision,
+            lapse=integer(obj, "lapse"),
         )
 
 

@@ -131,6 +131,10 @@ class NodeRecord:
     # BGP mode: peer name -> its session and BFD state, e.g. "Established, BFD Up" (written
     # only when one changes: `agent.bgpside`)
     bgp: Mapping[str, str] = field(default_factory=dict)
+    # The agent gives this lease up itself this many seconds after its last renewed keepalive
+    # (0: only when etcd ends it); the controller's expiry proof relies on it
+    # (`haproxy_py.cluster.timing`, lapse path).
+    lapse: int = 0
 
     def to_json(self) -> bytes:
         return dumps(
@@ -154,6 +158,7 @@ class NodeRecord:
                 "refused": list(self.refused),
                 **({} if self.failsafe is None else {"failsafe": _spell(self.failsafe)}),
                 **({"bgp": dict(sorted(self.bgp.items()))} if self.bgp else {}),
+                **({"lapse": self.lapse} if self.lapse else {}),
             }
         )
 
@@ -186,6 +191,7 @@ class NodeRecord:
             refused=texts(obj, "refused"),
             failsafe=_parse_spell(obj.get("failsafe")),
             bgp=_states(obj.get("bgp")),
+            lapse=integer(obj, "lapse"),
         )
 
 

@@ -43,6 +43,29 @@ loss with a stolen key therefore takes about a probe period + probe_limit + emba
 (default 0.25 + 0.5 + 1.3 s; fast 0.125 + 0.25 + 0.8 s), plus an election when the
 leading controller was lost with the node.
 
+Safety, lapse path (`lapse`, the fast profile): the agent asks etcd for lease_ttl + 1 s
+but counts on lease_ttl only. Once lease_ttl has passed since the send of its freshest
+renewed keepalive it gives the lease up itself (`agent.arming`: a keepalive answered later
+renews nothing it acts on; it registers under a new lease), and its failsafe is off, since
+no round may keep a VIP past that point. etcd's `LeaseTimeToLive` reads whole seconds,
+truncated, so a reading of 0 at etcd's time `t` means the last renewal `u` (and every
+renewed send `s <= u`) came more than granted - 1 s before `t`:
+
+    lapse:   s + lease_ttl <= u + (granted - 1) < t     needs   lease_ttl + 1 <= granted
+    fence:   s + fence_deadline + fence_margin <= s + lease_ttl      (the first rule)
+
+So at that reading the agent has already lapsed and its fence fell `fence_margin` before,
+and no renewal etcd applies afterwards is acted on: the controller revokes the lease on
+its first 0 reading and assigns at once (`lapse_proven`, `controller.expiry`), about one
+second after the owner's last keepalive, where etcd's own sweep would take up to 0.5 s more.
+The owner declares `lapse` in its node record, so the controller proves nothing from a
+reading of an owner that does not lapse. A lapsed agent revokes the old lease itself when
+etcd answers (its fences fell before the lapse). Leading controllers lapse the same way
+(`[controller] lapse`), so a standby proves a lost leader's lease as fast. For a lapsing
+owner the revoke path above waits until the owner has failed its probes for granted - 1
+s: before that a reading of 1 s left may just be a dead node's lease running out, which
+this path moves with no embargo; after it, such a reading proves a renewal since.
+
 Availability: one keepalive that fails only after its whole timeout, then a
 retry, must still land before the fence falls:
 
@@ -52,7 +75,8 @@ A keepalive answered later than `rearm_window` but within its timeout keeps the 
 arms nothing: the agent sends the next one at once.
 
 etcd: a lease TTL under etcd's minimum (1.5 election timeouts, rounded up to a
-second) is silently raised; the failover would then be slower than configured.
+second) is silently raised; the failover would then be slower than configured. With
+`lapse`, the TTL asked for (`granted_ttl`) is checked.
 
 Without the fence, the address alone (kernel check once a second, rescheduled by any
 address change on the host) would need the controller to wait `unfenced_delay`.
@@ -60,9 +84,11 @@ address change on the host) would need the controller to wait `unfenced_delay`.
 Profiles (`PROFILES`) are the named sets an operator picks (`hactl lab up
 --profile`, Ansible's `cluster_timing_profile`): `default` runs on etcd's own
 raft timers; `fast` halves the leases for node loss in about 1.5 s, and needs
-etcd's election timeout at 500 ms: twice the keepalives and raft heartbeats,
-and an etcd call slower than 0.5 s (a loaded or distant member) already costs
-a node its VIPs or a controller its leadership.
+etcd's election timeout at 500 ms (for the controllers' 1 s leases): twice the
+keepalives and raft heartbeats, and an etcd call slower than 0.5 s (a loaded or distant
+member) already costs a node its VIPs or a controller its leadership. Its agents lapse
+(above): a node lost is seen one second after its last keepalive, and an etcd outage
+longer than a second costs every node its VIPs (no failsafe).
 """
 
 from __future__ import annotations
@@ -95,6 +121,8 @@ class Timing:
 
     `keepalive_timeout` 0 means: the longest that both rules allow, at most
     twice the interval; `rearm_window` 0: REARM_WINDOW, at most the keepalive timeout.
+    `lapse`: the agent gives its lease up itself `lease_ttl` after its last renewed send,
+    and asks etcd for one second more (`granted_ttl`), so a reading can prove it did.
     """
 
     lease_ttl: int
@@ -106,6 +134,7 @@ class Timing:
     rearm_window: float = 0.0
     etcd_election_timeout: float = ETCD_ELECTION_TIMEOUT
     etcd_heartbeat_interval: float = ETCD_HEARTBEAT_INTERVAL
+    lapse: bool = False
 
     def __post_init__(self) -> None:
         if self.keepalive_timeout <= 0:
@@ -135,6 +164,17 @@ def fence_deadline(t: Timing) -> float:
     """The latest the fence falls, counted from the send of the last keepalive etcd renewed;
     after a revoke, the controller's embargo (counted from the revoke's answer)."""
     return latest_rearm(t) + t.address_lifetime + t.kernel_slack
+
+
+def granted_ttl(t: Timing) -> int:
+    """The TTL the agent asks etcd for: one second more than it counts on when it lapses."""
+    return t.lease_ttl + 1 if t.lapse else t.lease_ttl
+
+
+def lapse_proven(lapse: float, granted: int) -> bool:
+    """A lease of `granted` s whose owner lapses `lapse` s after its last renewed send
+    (0: it does not) has provably lapsed, its fence fallen, once it reads 0 s left."""
+    return 0 < lapse <= granted - 1
 
 
 def etcd_min_ttl(election_timeout: float, heartbeat_interval: float) -> int:
@@ -214,9 +254,10 @@ def problems(t: Timing) -> list[str]:
             "keepalive_interval or keepalive_timeout, or raise address_lifetime"
         )
     floor = etcd_min_ttl(t.etcd_election_timeout, t.etcd_heartbeat_interval)
-    if t.lease_ttl < floor:
+    if granted_ttl(t) < floor:
+        asked = f"{t.lease_ttl} s + 1 s for lapse" if t.lapse else f"{t.lease_ttl} s"
         found.append(
-            f"lease_ttl ({t.lease_ttl} s) is below etcd's minimum lease TTL ({floor} s for "
+            f"lease_ttl ({asked}) is below etcd's minimum lease TTL ({floor} s for "
             f"election timeout {t.etcd_election_timeout:g} s, heartbeat "
             f"{t.etcd_heartbeat_interval:g} s): etcd would grant {floor} s; raise lease_ttl, or "
             "lower etcd's --election-timeout and set etcd_election_timeout to match"
@@ -235,6 +276,7 @@ class Profile:
     etcd_heartbeat_interval: float
     etcd_election_timeout: float
     etcd_timeout: float
+    lapse: bool = False  # the agents lapse (`Timing.lapse`) and run no failsafe
 
     def timing(self) -> Timing:
         """The agent's timing under this profile, every other number at its default."""
@@ -246,12 +288,20 @@ class Profile:
             DEFAULT_FENCE_MARGIN,
             etcd_election_timeout=self.etcd_election_timeout,
             etcd_heartbeat_interval=self.etcd_heartbeat_interval,
+            lapse=self.lapse,
         )
 
     def problems(self) -> list[str]:
-        """The agent's rules (`problems`) and the controller's: keepalive (TTL / 4) + the etcd
-        call timeout <= TTL, so one slow keepalive never costs the leadership."""
+        """The agent's rules (`problems`) and the controller's: a TTL etcd grants as asked, and
+        keepalive (TTL / 4) + the etcd call timeout <= TTL, so one slow keepalive never costs
+        the leadership."""
         found = problems(self.timing())
+        floor = etcd_min_ttl(self.etcd_election_timeout, self.etcd_heartbeat_interval)
+        if self.lease_ttl < floor:
+            found.append(
+                f"the controller's lease_ttl ({self.lease_ttl} s) is below etcd's minimum lease "
+                f"TTL ({floor} s): lower etcd's --election-timeout"
+            )
         keepalive = self.lease_ttl / 4
         if keepalive + self.etcd_timeout > self.lease_ttl + EPSILON:
             found.append(
@@ -277,6 +327,7 @@ PROFILES = {
             etcd_heartbeat_interval=0.05,
             etcd_election_timeout=0.5,
             etcd_timeout=0.5,
+            lapse=True,
         ),
     )
 }

@@ -257,8 +257,10 @@ def node_config(layout: Layout, node: Member, pki: Path, priority: int) -> str:
         "etcd_election_timeout": LAB_ETCD.etcd_election_timeout,
         "etcd_heartbeat_interval": LAB_ETCD.etcd_heartbeat_interval,
     }
+    controller: dict[str, object] = {"id": node.name, "metrics": "", "lease_ttl": timing.lease_ttl}
+    if timing.lapse:  # (the fast profile) both give their leases up themselves
+        agent["lapse"] = controller["lapse"] = True
     parts.append(_section("agent", agent))
-    controller = {"id": node.name, "metrics": "", "lease_ttl": timing.lease_ttl}
     parts.append(_section("controller", controller))
     parts.append(_section("logging", {"level": "info", "format": "json"}))
     return "\n".join(parts)

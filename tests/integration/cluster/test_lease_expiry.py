@@ -47,6 +47,22 @@ async def test_a_dead_lease_is_revoked_right_after_its_end_never_before(
         print(f"EXPIRY revoked {[round(x * 1000) for x in lateness]} ms after the lease's end")
 
 
+async def test_a_lapsing_owners_lease_is_revoked_at_its_first_zero_reading(
+    etcd: EtcdCluster,
+) -> None:
+    """An owner that gives its 2 s lease up 1 s after its last keepalive (`Timing.lapse`):
+    revoked from 1 s after that keepalive, not after the lease's own end."""
+    async with Store(etcd_config(etcd.endpoints), "x") as store:
+        for _ in range(3):
+            lease = (await store.grant_lease(2)).id
+            sent, _ = await refresh(store, lease)
+            assert await revoke_when_expired(store, lease, lapse=1)
+            done = time.monotonic()
+            assert done >= sent + 1.0, "revoked before the owner lapsed"
+            assert done < sent + 2.0, "no sooner than the lease's own end"
+            assert (await store.lease_time_to_live(lease))[0] == -1
+
+
 async def test_a_lease_refreshed_in_its_last_second_is_left_alone(etcd: EtcdCluster) -> None:
     async with Store(etcd_config(etcd.endpoints), "x") as store:
         lease = (await store.grant_lease(2)).id

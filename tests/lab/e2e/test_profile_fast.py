@@ -1,7 +1,8 @@
 """The fast timing profile (`hactl lab up --profile fast`): lease TTL 1 s on an etcd with a
-500 ms election timeout. The daemons accept it, a SIGKILLed active node's VIP moves with never
-two nodes answering ARP, and steady client traffic still writes at most ~6 etcd revisions per
-node per minute (keepalives twice as often write nothing)."""
+500 ms election timeout, agents and controllers that lapse (`haproxy_py.cluster.timing`). The
+daemons accept it, a SIGKILLed or partitioned active node's VIP moves with never two nodes
+answering ARP, and steady client traffic still writes at most ~6 etcd revisions per node per
+minute (keepalives twice as often write nothing)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ def test_the_nodes_run_the_profile(lab: control.Lab) -> None:
     for node in lab.layout.nodes:
         doc = tomllib.loads(Path(lab.paths.config(node.name)).read_text())
         assert doc["agent"]["lease_ttl"] == doc["controller"]["lease_ttl"] == 1
-    settle(lab)  # every node registered under its 1 s lease, healthy, the VIP answering
+        assert doc["agent"]["lapse"] is doc["controller"]["lapse"] is True
+    now = settle(lab)  # every node registered under its 1 s lease, healthy, the VIP answering
+    # each says it lapses, so the controllers prove a lost one on its first 0 s reading
+    assert [r.lapse for r in now.nodes.values()] == [1] * len(lab.layout.nodes)
+    assert now.leader is not None and now.leader.lapse == 1
 
 
 def test_steady_traffic_stays_within_the_write_budget(lab: control.Lab) -> None:
@@ -60,24 +65,30 @@ def test_steady_traffic_stays_within_the_write_budget(lab: control.Lab) -> None:
     assert after - before <= budget, f"etcd revision advanced by {after - before} in {WINDOW:g} s"
 
 
-def test_a_killed_active_node_fails_over_with_one_answerer(lab: control.Lab) -> None:
+@pytest.mark.parametrize("fault", ["kill", "partition"])
+def test_a_lost_active_node_fails_over_with_one_answerer(lab: control.Lab, fault: str) -> None:
+    """SIGKILL of every process of the VIP's node, or its partition from etcd and the other
+    nodes (clients still reach it): served from the other node, never two answering ARP."""
     vip = lab.layout.vips[0]
     old = settle(lab).owner(vip)
     assert old is not None
     try:
         with observed(lab, vip) as seen:
-            fault = time.monotonic()
-            lab.kill(old)
+            fault_at = time.monotonic()
+            if fault == "kill":
+                lab.kill(old)
+            else:
+                lab.partition(old)
 
             def moved() -> bool:
                 now = view(lab)
                 return bool(now and now.owner(vip) not in (None, old))
 
             eventually(moved, 30, "the VIP on the other node")
-            eventually(lambda: seen.answered_by(fault, old), 30, "an answer from the other node")
-            time.sleep(1.0)  # a VIP left answering on the dead node would show here
-            run = seen.finish(fault, old)
+            eventually(lambda: seen.answered_by(fault_at, old), 30, "an answer from the other node")
+            time.sleep(1.0)  # a VIP left answering on the lost node would show here
+            run = seen.finish(fault_at, old)
     finally:
-        lab.restart(old)
+        lab.restart(old)  # (heals a partition first)
     run.check_one_owner()
-    print(f"FAST takeover {run.outage.first_new} s after the kill")
+    print(f"FAST takeover {run.outage.first_new} s after the {fault}")

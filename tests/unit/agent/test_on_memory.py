@@ -121,3 +121,65 @@ async def test_a_planned_release_drops_the_address_only_after_the_clients_are_he
         finally:
             m.agent.stop()
             task.cancel()
+
+
+class SlowKeepalives(MemoryStore):
+    """While `slow`, every keepalive answers after 0.3 s (longer than the agent waits);
+    remembers the leases revoked through it."""
+
+    slow = False
+    revoked: list[int]
+
+    async def keepalive(self, lease_id: int) -> int:
+        if self.slow:
+            await asyncio.sleep(0.3)
+        return await super().keepalive(lease_id)
+
+    async def revoke(self, lease_id: int) -> None:
+        self.revoked.append(lease_id)
+        await super().revoke(lease_id)
+
+
+async def test_a_lapsed_lease_is_revoked_before_the_agent_registers_again(tmp_path: Path) -> None:
+    """`lapse = true`: no keepalive answered in time for lease_ttl (1 s), so the agent gives
+    the lease up, revokes it (etcd still answers other calls) long before its granted 2 s
+    could run out, and registers under a new lease that its record declares."""
+    admin = AdminStandIn()
+    url = await admin.start()
+    path = tmp_path / "n1.toml"
+    path.write_text(
+        '[node]\nname = "n1"\naddress = "198.18.77.11"\n[cluster]\nname = "w"\n'
+        f'[agent]\nproxy_admin_url = "{url}"\nhealth_interval = 0.05\nmetrics_bind = ""\n'
+        f'allowed_vips = ["{VIP}"]\nlease_ttl = 1\nlapse = true\n'
+    )
+    settings, _ = parse(load(path))
+    assert not settings.failsafe  # a lapse outruns any failsafe round
+    data = MemoryData()
+    store, reader = SlowKeepalives("w", data=data), MemoryStore("w", data=data)
+    store.revoked = []
+    proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
+    agent = Agent(settings, store, FakeAddressTable(), FakeAnnouncer(), proxy)
+    task = asyncio.create_task(agent.run())
+    try:
+
+        async def record() -> NodeRecord | None:
+            kv = await reader.get(reader.schema.node("n1"))
+            return NodeRecord.parse("n1", kv.value, kv.lease) if kv else None
+
+        first = await eventually_async(record, 15, "n1 registered")
+        assert first.lapse == 1 and (await reader.lease_time_to_live(first.lease))[1] == 2
+        store.slow = True
+        await eventually_async(lambda: first.lease in store.revoked, 10, "the lapsed lease revoked")
+        store.slow = False
+
+        async def again() -> bool:
+            node = await record()
+            return node is not None and node.lease != first.lease and node.lapse == 1
+
+        await eventually_async(again, 15, "n1 registered under a new lease")
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    finally:
+        task.cancel()
+        await proxy.close()
+        await admin.stop()

@@ -90,6 +90,7 @@ def test_the_ansible_roles_set_the_same_numbers_in_etcd_and_the_nodes(name: str)
         "etcd_timeout": profile.etcd_timeout,
         "etcd_heartbeat_interval": profile.etcd_heartbeat_interval,
         "etcd_election_timeout": profile.etcd_election_timeout,
+        "lapse": profile.lapse,
     }
 
 
@@ -138,8 +139,13 @@ def test_the_node_config_ansible_writes_carries_the_profile(name: str) -> None:
     doc = _render_node(timing, {})
     assert doc["agent"]["lease_ttl"] == doc["controller"]["lease_ttl"] == timing["lease_ttl"]
     assert doc["agent"]["etcd_election_timeout"] == timing["etcd_election_timeout"]
+    assert doc["agent"]["lapse"] is doc["controller"]["lapse"] is timing["lapse"]
     assert doc["etcd"]["timeout"] == timing["etcd_timeout"]
     assert doc["agent"]["allowed_vips"] == ["198.18.0.100"]
     overridden = _render_node(timing, {"etcd": {"timeout": 0.4}, "controller": {"tick": 0.5}})
     assert overridden["etcd"]["timeout"] == 0.4
-    assert overridden["controller"] == {"lease_ttl": timing["lease_ttl"], "tick": 0.5}
+    assert overridden["controller"] == {
+        "lease_ttl": timing["lease_ttl"],
+        "lapse": timing["lapse"],
+        "tick": 0.5,
+    }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import Phase, assume, find, given, settings
@@ -11,10 +14,13 @@ from hypothesis import strategies as st
 from agent.arming import LeaseClock
 from haproxy_py.cluster.timing import (
     FENCE_SLACK,
+    PROFILES,
     Timing,
     defaults,
     etcd_min_ttl,
     fence_deadline,
+    granted_ttl,
+    lapse_proven,
     latest_rearm,
     probe_limit,
     problems,
@@ -184,3 +190,105 @@ def test_derived_defaults_hold_for_every_ttl(ttl: int, margin: float) -> None:
     assert problems(t) == []
     assert t.keepalive_timeout >= t.keepalive_interval
     assert t.kernel_slack == FENCE_SLACK
+
+
+# --- the lapse path (`Timing.lapse`): the controller revokes on the first 0 s reading --------
+# A history of keepalives: each leaves `gap` after the previous answer, is renewed by etcd
+# `renew` after its send and answered to the agent `answer` later; the agent arms at offsets
+# after each answer it acts on. etcd renews every keepalive that reaches it (also one the
+# agent will refuse) while the lease lives. At every first 0 reading (the last renewal more
+# than granted - 1 s before), every fence the agent ever armed must have fallen
+# `fence_margin` earlier: then the controller may revoke and reassign at once.
+
+Keepalive = tuple[float, float, float]  # gap, renew, answer (fractions of the timeout)
+lapse_histories = st.lists(
+    st.tuples(
+        st.tuples(st.floats(0, 1.5), st.floats(0, 1), st.floats(0, 1)),
+        st.lists(st.floats(0, 1.5), max_size=3),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def lapse_breaks(
+    t: Timing,
+    history: list[tuple[Keepalive, list[float]]],
+    granted: int,
+    proven: Callable[[int, int], bool],
+    agent_lapses: bool = True,
+) -> bool:
+    """A 0 reading that `proven` takes as proof comes while a fence has not fallen
+    `fence_margin` before it (or is armed later)."""
+    clock = LeaseClock(t)
+    clock.renewed(0.0, granted)
+    renewals, falls, answered = [0.0], [], 0.0
+    for (gap, renew, answer), arms in history:
+        sent = answered + gap
+        renewed = sent + renew * t.keepalive_timeout
+        if renewed >= renewals[-1] + granted:
+            break  # the lease ran out first: etcd renews it no more
+        renewals.append(renewed)
+        answered = renewed + answer * t.keepalive_timeout
+        if agent_lapses and clock.lapsed(answered):
+            break  # given up: nothing more is acted on, nothing more is sent
+        clock.renewed(sent, granted)
+        falls += [clock.expiry(answered + a) for a in arms if clock.may_arm(answered + a)]
+    zeros = [  # the first instant the lease reads 0 s left, when no renewal came before it
+        zero
+        for u, later in zip(renewals, [*renewals[1:], math.inf], strict=True)
+        if (zero := u + granted - 1 + 1e-6) < later
+    ]
+    return proven(t.lease_ttl, granted) and any(
+        f > zero - t.fence_margin + 1e-6 for zero in zeros for f in falls
+    )
+
+
+lapse_timings = st.builds(lambda t: replace(t, lapse=True), timings).filter(
+    lambda t: problems(t) == []
+)
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_each_profile_keeps_its_path_safe(name: str) -> None:
+    """default: the lease path (fences fall before the lease can end); fast: the lapse path
+    (fences fall before the first 0 reading, which then proves the lapse)."""
+    t = PROFILES[name].timing()
+    assert problems(t) == []
+
+    @given(histories, lapse_histories)
+    @settings(max_examples=300)
+    def check(lease: tuple[list[float], list[float]], lapse: list[Any]) -> None:
+        assert not breaks(t, lease, lease_bound(t))
+        if t.lapse:
+            assert not lapse_breaks(t, lapse, granted_ttl(t), lapse_proven)
+
+    check()
+
+
+@given(lapse_timings, lapse_histories)
+def test_an_accepted_lapsing_timing_is_proven_by_its_first_zero(
+    t: Timing, history: list[Any]
+) -> None:
+    assert not lapse_breaks(t, history, granted_ttl(t), lapse_proven)
+
+
+@pytest.mark.parametrize(
+    "weakened",
+    [
+        # the truncated second dropped: etcd granted lease_ttl, and a 0 reading taken as proof
+        lambda t, h: lapse_breaks(t, h, t.lease_ttl, lambda lapse, g: 0 < lapse <= g),
+        # the lapse dropped: the agent still acts on a keepalive answered after lease_ttl
+        lambda t, h: lapse_breaks(t, h, granted_ttl(t), lapse_proven, agent_lapses=False),
+    ],
+    ids=["truncated_second", "lapse_rule"],
+)
+def test_each_term_of_the_lapse_path_is_needed(
+    weakened: Callable[[Timing, list[Any]], bool],
+) -> None:
+    example = find(
+        st.tuples(st.just(PROFILES["fast"].timing()), lapse_histories),
+        lambda ex: weakened(ex[0], ex[1]),
+        settings=settings(max_examples=5000, database=None, phases=[Phase.generate]),
+    )
+    assert weakened(example[0], example[1])

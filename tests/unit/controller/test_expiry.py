@@ -20,6 +20,16 @@ def test_a_lease_read_at_zero_for_a_second_of_covered_readings_is_expired() -> N
     assert p.reading(1.11, 1.12, 0) is Verdict.EXPIRED
 
 
+def test_a_lapsing_owner_is_proven_by_its_first_zero() -> None:
+    """lapse 1 s of a 2 s lease: a 0 (the last renewal over 1 s ago) proves it; a lapse the
+    reading cannot prove (2 s of 2 s) or none leaves the slow proof."""
+    assert ExpiryProof(lapse=1).reading(0.0, 0.01, 0, granted=2) is Verdict.EXPIRED
+    assert ExpiryProof(lapse=1).reading(0.0, 0.01, 1, granted=2) is Verdict.ALIVE
+    assert ExpiryProof(lapse=2).reading(0.0, 0.01, 0, granted=2) is Verdict.DYING
+    assert ExpiryProof().reading(0.0, 0.01, 0, granted=2) is Verdict.DYING
+    assert ExpiryProof(lapse=1).reading(0.0, 0.01, None, granted=2) is Verdict.ALIVE
+
+
 def test_a_refresh_seen_in_between_starts_over() -> None:
     p = ExpiryProof()
     p.reading(0.0, 0.01, 0)

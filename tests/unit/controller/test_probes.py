@@ -109,11 +109,11 @@ class FakeClient:
         return {"nonce": body["nonce"], "node": expected.removeprefix("agent-")}
 
 
-def owned_by_n2() -> ClusterView:
+def owned_by_n2(lapse: int = 0) -> ClusterView:
     return ClusterView(
         "c",
         1,
-        nodes={"n2": NodeRecord("n2", address="198.18.0.22", lease=7)},
+        nodes={"n2": NodeRecord("n2", address="198.18.0.22", lease=7, lapse=lapse)},
         vips={"198.18.0.10": VipAssignment("198.18.0.10", "n2", 1, 0.0, lease=7)},
     )
 
@@ -124,15 +124,17 @@ async def run_prober(
     leading: bool = True,
     hang: float = 0.0,
     lease_left: float = 10.0,
+    lapse: int = 0,
+    wait: float = 0.3,
 ) -> tuple[FakeStore, Prober]:
     store, client = FakeStore(ttl), FakeClient(hang)
     prober = Prober(store, client, 9734, FAST)
-    prober.view = owned_by_n2()
+    prober.view = owned_by_n2(lapse)
     client.up = answered_first
     task = asyncio.create_task(prober.run(lambda: leading, lambda: lease_left))
     await asyncio.sleep(0.1)
     client.up = False  # the node is gone; its lease is kept alive (ttl) or runs out (0)
-    await asyncio.sleep(probe_limit(FAST) + hang + 0.3)
+    await asyncio.sleep(probe_limit(FAST) + hang + wait)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -143,6 +145,16 @@ async def test_an_owner_gone_while_its_lease_is_kept_alive_is_revoked_and_embarg
     store, prober = await run_prober(ttl=1, answered_first=True)
     assert store.revoked == [7]
     assert set(prober.embargo) == {"198.18.0.10"}
+
+
+async def test_a_lapsing_owner_is_left_to_its_lapse_for_its_first_second() -> None:
+    """It may just have died (its lease reads 0 within a second, then it moves with no
+    embargo); still read >= 1 after a second of failures (granted 2 - 1), it was renewed
+    since they began: revoked."""
+    store, _ = await run_prober(ttl=1, answered_first=True, lapse=1)
+    assert store.revoked == []
+    store, _ = await run_prober(ttl=1, answered_first=True, lapse=1, wait=1.2)
+    assert store.revoked == [7]
 
 
 async def test_probes_that_hang_do_not_slow_the_rounds() -> None:

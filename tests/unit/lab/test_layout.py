@@ -88,6 +88,7 @@ def test_node_config_is_what_every_daemon_accepts(tmp_path: Path, mode: str, pro
     agent = parse_agent(doc)  # its timing check at load passes
     assert agent.proxy_admin_url == f"http://127.0.0.1:{lay.ADMIN_PORT}"
     assert agent.timing.lease_ttl == controller.lease_ttl == PROFILES[profile].lease_ttl
+    assert agent.timing.lapse == PROFILES[profile].lapse
     assert agent.peer_crl == ca / "ca.crl" and agent.peer_port > 0 and cluster.failsafe
 
 
