@@ -94,6 +94,8 @@ class Observers:
         self.proxy_back: Callable[[], None] = lambda: None  # live again after it was down
         # a planned release, before the core drops the address (`Handover.hold`)
         self.before_release: Callable[[str], Awaitable[None]] = _nothing
+        # per VIP: the releasing write (mod revision) whose hold was started, and that hold
+        self._holds: dict[str, tuple[int, asyncio.Future[None]]] = {}
 
     def start(self, revision: int) -> list[asyncio.Task[None]]:
         """Every loop as a supervised task (restarted after a failure); the watch from
@@ -317,16 +319,19 @@ class Observers:
         """Before the core hears of a planned release of a VIP held here (the controller asks
         this node to let it go), its clients are held (`Handover.hold`): whichever of the
         watch and the snapshots brings the news first waits for it."""
-        released = [
-            vip
-            for vip, a in seen
-            if a is not None
-            and a.state == RELEASING
-            and a.owner == self.core.name
-            and vip in self.core.held
-        ]
-        if released:
-            await asyncio.gather(*(self.before_release(vip) for vip in released))
+        waits = []
+        for vip, a in seen:
+            if a is None or a.state != RELEASING or a.owner != self.core.name:
+                continue
+            started = self._holds.get(vip)
+            if started is not None and started[0] == a.revision:
+                waits.append(started[1])  # the other path's hold of this release: wait for it
+            elif vip in self.core.held:
+                hold = asyncio.ensure_future(self.before_release(vip))
+                self._holds[vip] = (a.revision, hold)
+                waits.append(hold)
+        if waits:
+            await asyncio.gather(*(asyncio.shield(w) for w in waits))
 
     def _event_step(self, vip: str, assignment: Assignment | None, revision: int) -> Step:
         async def step() -> list[Action]:
