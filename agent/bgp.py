@@ -118,8 +118,8 @@ def routes(
     passed (at least `drain.hold`); from the timeout on, the connections open are told 1001
     (`close`, at every step: a client that reconnects may land here again while the router
     still sends this node a busy bucket), and the route goes once none is open or
-    `close_grace` has passed. Not serving: nothing to be
-    graceful about (the link is down)."""
+    `close_grace` has passed. Not serving: nothing to be graceful about (the link is
+    down)."""
     if not serving:
         return Routes(permitted, {})
     out = {v: t for v, t in leaving.items() if v not in permitted}
@@ -322,8 +322,8 @@ class Announcer:
 
     def open_connections(self, vips: frozenset[str], fresh: bool) -> dict[str, int]:
         """The kernel's open TCP connections to each of `vips`, read at most once a second
-        unless `fresh` (/proc/net/tcp costs about 1 us per socket; `fresh` only in the few
-        seconds of closing); unreadable: every VIP counted busy."""
+        unless `fresh` (reading /proc/net/tcp grows with the node's sockets; `fresh` only in
+        the few seconds of closing); unreadable: every VIP counted busy."""
         now = time.monotonic()
         if fresh or now - self._counted_at >= COUNT_EVERY or not vips <= set(self._counts):
             try:

@@ -184,10 +184,13 @@ class Fleet:
         self.names = names
 
     def ready(self) -> None:
+        """Wait for the fleet's "ready" (the store's log lines may come first)."""
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
-            raise SystemExit(f"an agent fleet did not start: {line!r}")
+        line = ""
+        for line in self.proc.stdout:
+            if line.strip() == "ready":
+                return
+        raise SystemExit(f"an agent fleet did not start; it said last: {line!r}")
 
     def tell(self, verb: str, name: str) -> None:
         assert self.proc.stdin is not None
