@@ -171,7 +171,11 @@ class Usage:
 
 
 async def revision(store: Store) -> int:
-    return (await store.get_prefix(store.schema.config))[1]
+    for _ in range(30):  # etcd slow to answer under load: ask again, for at most ~30 s
+        with contextlib.suppress(StoreError):
+            return (await store.get_prefix(store.schema.config))[1]
+        await asyncio.sleep(0.1)
+    raise SystemExit("etcd did not answer a read for 30 s")
 
 
 class Fleet:
@@ -255,7 +259,10 @@ async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
     started = time.monotonic()
     want = len(vips(VIPS))
     while time.monotonic() - started < limit:
-        kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+        try:
+            kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+        except StoreError:  # slow under load: look again
+            continue
         counts = [len(json.loads(kv.value).get("vips", [])) for kv in kvs]
         if len(counts) == nodes and all(c == want for c in counts):
             return time.monotonic() - started
