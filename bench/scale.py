@@ -11,10 +11,9 @@ proxy are left out (the lab tests and `bench.bgp` cover those).
 Measured per node count:
 * etcd revisions per node per minute, in a quiet minute (nothing changes) and in a minute
   of churn (every `CHURN_EVERY` s one agent dies; it registers again `BACK_AFTER` s later);
-* from a lease expiry (etcd deletes the node's record) to its permission gone
-  (`announce/<node>/vips` deleted: by etcd in the same revision, since the key is under the
-  node's lease), and from a node's return (its record written) to the controller's write of
-  its key: p50/p95/max, both read from one etcd watch in this process (same clock);
+* from a lease expiry (etcd deletes the node's record) to the controller's write of the new
+  announcers (`announce/<node>/vips` deleted), and from a node's return to its key written:
+  p50/p95/max, both read from one etcd watch in this process (same clock);
 * the controller's CPU (share of one core) and resident memory (max) in each window.
 
 Results: `bench/results/scale.{md,json}`.
@@ -117,14 +116,11 @@ class Watcher:
 
     async def run(self, revision: int) -> None:
         schema = self.store.schema
-        permission_gone: dict[str, float] = {}  # its announce key went first (same revision)
         async for event in self.store.watch(schema.prefix, revision + 1):
             now = time.monotonic()
             if event.key.startswith(schema.nodes_prefix):
                 name = event.key[len(schema.nodes_prefix) :]
-                if event.kind == "delete" and name in permission_gone:
-                    self.expiry_to_write.append(permission_gone.pop(name) - now)  # <= 0
-                elif event.kind == "delete":
+                if event.kind == "delete":
                     self.record_gone[name] = now
                 else:
                     self.registered.setdefault(name, now)
@@ -134,8 +130,6 @@ class Watcher:
                 continue
             if event.kind == "delete" and node in self.record_gone:
                 self.expiry_to_write.append(now - self.record_gone.pop(node))
-            elif event.kind == "delete":
-                permission_gone[node] = now
             elif event.kind == "put" and node in self.registered:
                 self.return_to_write.append(now - self.registered.pop(node))
 
@@ -345,8 +339,7 @@ def report(rows: list[dict[str, Any]], load: tuple[float, float], seconds: float
         f"one agent dies every {CHURN_EVERY:g} s and registers again {BACK_AFTER:g} s later. "
         f"Load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores, shared).",
         "",
-        "| nodes | converged | revisions/node/min quiet | churn | expiry -> permission gone "
-        "p50/p95/max ms "
+        "| nodes | converged | revisions/node/min quiet | churn | expiry -> write p50/p95/max ms "
         "| return -> write p50/p95/max ms | controller CPU quiet / churn | RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]

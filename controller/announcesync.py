@@ -4,13 +4,9 @@ Each cycle reads `announce/`, asks the pure `controller.announce.plan` which
 nodes may announce which VIP (the previous answer stands while paused), and
 writes only the nodes whose list changed, each in one transaction that
 compares the key's mod revision and the leader fence: a stale view or a lost
-leadership writes nothing. What it last read or wrote is cached (`sync`).
-Each key is written under its node's lease (the one in its record), so etcd
-deletes it with the node's record when the lease ends: a node's loss costs
-one revision, not two; a key under another lease (the agent restarted, or a
-key of an older version) is written again under the current one, and a key
-of a node no longer registered that is still there is deleted. A registered
-node with nothing to announce gets an empty list.
+leadership writes nothing. What it last read or wrote is cached (`sync`). A
+node that is no longer registered has its key deleted; a registered node with
+nothing to announce gets an empty list.
 """
 
 from __future__ import annotations
@@ -68,14 +64,6 @@ def outcomes(answer: Announcements) -> dict[tuple[str, ...], tuple[frozenset[str
     return {tuple(sorted(vips)): outcome for outcome, vips in groups.items()}
 
 
-def same(have: Announce | None, want: Announce | None) -> bool:
-    """(pure) Whether a stored key (None: absent) is what is wanted (None: no key): the same
-    VIPs under the same lease."""
-    if have is None or want is None:
-        return have is want
-    return have.vips == want.vips and have.lease == want.lease
-
-
 class AnnounceSync:
     """The leader's writer of `announce/`."""
 
@@ -99,12 +87,12 @@ class AnnounceSync:
             node = schema.announce_node(kv.key)
             if node is None:
                 continue  # not ours: left alone
-            out[node] = self._parse(kv.value, kv.mod_revision, kv.lease, parsed)
+            out[node] = self._parse(kv.value, kv.mod_revision, parsed)
         self._parsed = parsed
         return out
 
     def _parse(
-        self, raw: bytes, mod_revision: int, lease: int, seen: dict[bytes, tuple[str, ...] | None]
+        self, raw: bytes, mod_revision: int, seen: dict[bytes, tuple[str, ...] | None]
     ) -> Announce:
         """`raw` as a record (unreadable: no VIPs, replaced on the next write, compared on its
         own revision), parsed once per distinct value (`_parsed`, `seen`)."""
@@ -113,7 +101,7 @@ class AnnounceSync:
         elif raw not in seen:
             record = Announce.parse(raw)
             seen[raw] = None if record is None else record.vips
-        return Announce(seen[raw] or (), mod_revision, lease)
+        return Announce(seen[raw] or (), mod_revision)
 
     async def sync(self, view: ClusterView, settings: ClusterPolicy) -> int:
         """Bring `announce/` to the plan; the number of keys written.
@@ -137,29 +125,28 @@ class AnnounceSync:
                 )
         self._said = said
         wanted = by_node(answer)
-        todo: dict[str, Announce | None] = {}  # node -> its key, None: delete
-        for node in sorted(set(current) | set(view.nodes)):
-            record = view.nodes.get(node)
-            target = None if record is None else Announce(wanted.get(node, ()), 0, record.lease)
-            if not same(current.get(node), target):
-                todo[node] = target
+        todo: dict[str, tuple[str, ...] | None] = {}  # node -> its VIPs, None: delete
+        for node in sorted(set(current) | set(wanted) | set(view.nodes)):
+            mine = wanted.get(node, ())
+            gone = node not in view.nodes and not mine
+            have = current.get(node)
+            if not ((have is None) if gone else (have is not None and have.vips == mine)):
+                todo[node] = None if gone else mine
         if not todo:
             return 0
         stored = await self._stored(list(todo))
-        writes: list[tuple[list[Compare], Put | Delete]] = []
+        writes: list[tuple[Compare, Put | Delete]] = []
         for node, target in todo.items():
             key, have = self.store.schema.announce(node), stored.get(node)
-            guards = [mod_revision_is(key, have.mod_revision if have else 0)]
+            guard = mod_revision_is(key, have.mod_revision if have else 0)
             if target is None and have is not None:
-                writes.append((guards, Delete(key)))
-            elif target is not None and not same(have, target):
-                # the record still there: its lease lives, so the put cannot name a dead one
-                guards.append(Compare(self.store.schema.node(node), "create", ">", 0))
-                writes.append((guards, Put(key, target.to_json(), target.lease)))
+                writes.append((guard, Delete(key)))
+            elif target is not None and (have is None or have.vips != target):
+                writes.append((guard, Put(key, Announce(target).to_json())))
         written = 0
-        for start in range(0, len(writes), BATCH):  # a mass change: a few transactions
+        for start in range(0, len(writes), BATCH):  # a mass expiry: a few transactions
             batch = writes[start : start + BATCH]
-            guards = [*(g for w in batch for g in w[0]), *self.fence()]
+            guards = [*(w[0] for w in batch), *self.fence()]
             if not await self.store.txn(guards, [w[1] for w in batch]):
                 self._cache = None  # someone else wrote: read everything again next cycle
                 return written
@@ -168,7 +155,7 @@ class AnnounceSync:
             if target is None:
                 current.pop(node, None)
             else:
-                current[node] = target
+                current[node] = Announce(target)
         return written
 
     async def _stored(self, nodes: list[str]) -> dict[str, Announce]:
@@ -181,5 +168,5 @@ class AnnounceSync:
         for node in nodes:
             kv = await self.store.get(self.store.schema.announce(node))
             if kv is not None:
-                out[node] = self._parse(kv.value, kv.mod_revision, kv.lease, self._parsed)
+                out[node] = self._parse(kv.value, kv.mod_revision, self._parsed)
         return out

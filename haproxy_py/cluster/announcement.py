@@ -1,14 +1,11 @@
 """`announce/<node>/vips` (BGP mode): the VIPs one node may announce; the active controller
 writes it.
 
-One key per node, not per VIP, so that a node's drain is one write whatever
-the number of VIPs (the revision budget: at most 6 per node per minute), and
-an agent reads exactly one key (RBAC: `announce/<its name>`). The key is
-bound to the node's lease (`lease`, from etcd, not in the JSON), so a node's
-loss removes its record and its permission in one revision, with no write
-of the controller's. A restarted agent's new lease gets the key written
-again under it as soon as the controller sees the new record (the old lease
-runs for a TTL meanwhile, and BIRD keeps the routes).
+One key per node, not per VIP, so that a node's loss or drain is one write
+whatever the number of VIPs (the revision budget: at most 6 per node per
+minute), and an agent reads exactly one key (RBAC: `announce/<its name>`).
+The key is bound to no lease: a restarted agent finds it unchanged and goes
+on announcing (BIRD kept the routes meanwhile).
 """
 
 from __future__ import annotations
@@ -22,16 +19,15 @@ from haproxy_py.cluster.jsonvalue import dumps, loads, texts
 class Announce:
     vips: tuple[str, ...] = ()
     mod_revision: int = 0
-    lease: int = 0
 
     def to_json(self) -> bytes:
         return dumps({"vips": sorted(self.vips)})
 
     @classmethod
-    def parse(cls, raw: bytes, mod_revision: int = 0, lease: int = 0) -> Announce | None:
+    def parse(cls, raw: bytes, mod_revision: int = 0) -> Announce | None:
         """None for a value that is not an object (an unreadable key: nothing may be
         announced from it)."""
         obj = loads(raw)
         if obj is None:
             return None
-        return cls(tuple(sorted(set(texts(obj, "vips")))), mod_revision, lease)
+        return cls(tuple(sorted(set(texts(obj, "vips")))), mod_revision)

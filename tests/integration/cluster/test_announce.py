@@ -148,9 +148,9 @@ class TestController:
             await until_announced(store, {"a": vips})
             await asyncio.sleep(0.5)
             _, after = await store.get_prefix(store.schema.announce_prefix)
-            # the lease's end (its expiry, or the controller's early revoke of the dead lease)
-            # deletes nodes/b and announce/b, which is under b's lease: one revision
-            assert after - before == 1
+            # the lease's expiry deletes nodes/b; the controller deletes announce/b: 2 revisions
+            # (the controller's own early revoke of the dead lease, if it wins, is a third)
+            assert after - before <= 3
 
     async def test_many_nodes_lost_at_once_leave_only_the_survivors(
         self, etcd: EtcdCluster
@@ -164,8 +164,9 @@ class TestController:
                 nodes[name].crash()
             await until_announced(store, {"n0": BOTH, "n1": BOTH})
             _, after = await store.get_prefix(store.schema.announce_prefix)
-            # 6 leases end, each taking its record and its announce key: one revision each
-            assert after - before <= 6
+            # 6 records expire and the controller deletes their 6 keys (at most one revision
+            # each; batched when they go together: tests/unit/controller/test_announcesync.py)
+            assert after - before <= 6 + 6
 
 
 class FakeAnnouncer:
