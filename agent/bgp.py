@@ -9,15 +9,21 @@ Rules (the pure core: `want`, `Liveness`, `routes`):
    health never edits that list, it only opens or closes the live link.
 3. Nothing here withdraws on its own when the agent stops: BIRD keeps what it
    was told, and the kernel withdraws for a dead proxy (`agent.livelink`).
-4. A VIP that leaves the list while the node serves is a planned withdrawal:
-   announced with RFC 8326's GRACEFUL_SHUTDOWN for `GRACEFUL_HOLD` first
-   (`routes`), its WebSockets told to go (1001) when that starts.
+4. A VIP that leaves the list while the node serves is a planned withdrawal
+   (`routes`): announced with RFC 8326's GRACEFUL_SHUTDOWN while the node goes
+   on serving its established connections on it, until they end or the drain
+   timeout passes; only then are they told to go (1001 at a frame boundary),
+   and the route goes once they closed (or `close_grace` later). A router
+   that keeps the tagged path at the lowest weight in a resilient group (the
+   lab's, `haproxy_py.lab.nhmirror`) keeps those flows on this node meanwhile.
 
 The shell (`Announcer`) converges three things each tick, from what it reads,
 never from what it remembers: the VIPs on `lo` as /32 (so the kernel accepts
 their traffic, with no ARP on the shared segment), the announce file against
 BIRD's `show static` (rewritten and `configure`d over the control socket only
-when they differ), and the live link's admin state (netlink). See
+when they differ), and the live link's admin state (netlink). While a VIP
+leaves, it counts the kernel's open TCP connections to it (`open_connections`,
+from /proc/net/tcp: what the router sees as flows). See
 `haproxy_py.cluster.birdconf` for why these three levers and why BIRD.
 """
 
@@ -27,6 +33,7 @@ import asyncio
 import itertools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +48,8 @@ from haproxy_py.cluster import bird, birdconf
 
 log = structlog.get_logger(__name__)
 LOOPBACK = 1  # `lo` is interface 1 in every network namespace
+PROC_NET_TCP = Path("/proc/net/tcp")  # this network namespace's IPv4 TCP sockets
+COUNT_EVERY = 1.0  # seconds between counts of a leaving VIP's connections
 
 
 @dataclass(frozen=True)
@@ -65,38 +74,86 @@ def want(permitted: Iterable[str], live: bool, draining: bool, fenced: bool) -> 
     return Want(True, vips, f"proxy live: announcing {len(vips)} VIP(s)")
 
 
-GRACEFUL_HOLD = 2.0  # seconds a planned withdrawal announces GRACEFUL_SHUTDOWN first
+@dataclass(frozen=True)
+class Drain:
+    """A planned withdrawal's clock: GRACEFUL_SHUTDOWN for at least `hold` s (the router
+    moves new connections away first); the connections left after `timeout` s are told
+    1001; the route goes when none is open, or `close_grace` s after the 1001."""
+
+    hold: float = 2.0
+    timeout: float = 30.0
+    close_grace: float = 2.0
+
+
+@dataclass(frozen=True)
+class Leaving:
+    """One VIP's planned withdrawal: when it began, and when its connections were told 1001."""
+
+    started: float
+    closing: float | None = None
 
 
 @dataclass(frozen=True)
 class Routes:
-    """What BIRD should announce: every VIP in `vips`, those in `leaving` tagged
-    GRACEFUL_SHUTDOWN (RFC 8326); `started` maps each leaving VIP to when its shutdown began."""
+    """What BIRD should announce: every VIP in `vips`, and those in `leaving` tagged
+    GRACEFUL_SHUTDOWN (RFC 8326); `close`: leaving VIPs whose connections go now (1001)."""
 
     vips: frozenset[str]
-    leaving: frozenset[str]
-    started: dict[str, float]
+    leaving: dict[str, Leaving]
+    close: frozenset[str] = frozenset()
 
 
 def routes(
     permitted: frozenset[str],
     loaded: frozenset[str],
-    started: dict[str, float],
+    leaving: dict[str, Leaving],
     serving: bool,
     now: float,
-    hold: float = GRACEFUL_HOLD,
+    open_: dict[str, int] | None = None,
+    drain: Drain = Drain(),
 ) -> Routes:
     """(pure) Rule 4, a planned withdrawal: a VIP BIRD announces that is no longer permitted
-    while the node serves (an operator's drain, a VIP removed) first stays announced for
-    `hold` seconds tagged GRACEFUL_SHUTDOWN, so the router moves new connections away
-    before the path goes. Not serving: nothing to be graceful about (the link is down)."""
+    while the node serves (an operator's drain, a VIP removed) stays announced, tagged
+    GRACEFUL_SHUTDOWN, while `open_[vip]` connections remain and the drain timeout has not
+    passed (at least `drain.hold`); from the timeout on, the connections open are told 1001
+    (`close`, at every step: a client that reconnects may land here again while the router
+    still sends this node a busy bucket), and the route goes once none is open or
+    `close_grace` has passed. Not serving: nothing to be graceful about (the link is
+    down)."""
     if not serving:
-        return Routes(permitted, frozenset(), {})
-    kept = {v: t for v, t in started.items() if v not in permitted}
+        return Routes(permitted, {})
+    out = {v: t for v, t in leaving.items() if v not in permitted}
     for vip in loaded - permitted:
-        kept.setdefault(vip, now)
-    kept = {v: t for v, t in kept.items() if now - t < hold}
-    return Routes(permitted, frozenset(kept), kept)
+        out.setdefault(vip, Leaving(now))
+    close = set()
+    for vip, state in list(out.items()):
+        busy = (open_ or {}).get(vip, 0) > 0
+        if state.closing is None and busy and now - state.started >= drain.timeout:
+            out[vip] = state = Leaving(state.started, now)
+        if state.closing is not None and busy:
+            close.add(vip)  # again each step: a client that reconnected into a bucket still ours
+        closed = state.closing is not None and now - state.closing >= drain.close_grace
+        if now - state.started >= drain.hold and (not busy or closed):
+            del out[vip]
+    return Routes(permitted, out, frozenset(close))
+
+
+ESTABLISHED, CLOSE_WAIT = "01", "08"  # /proc/net/tcp states of a connection still open
+
+
+def open_connections(proc_net_tcp: str, vips: frozenset[str]) -> dict[str, int]:
+    """(pure) VIP -> TCP connections still open whose local address is the VIP, from the text
+    of /proc/net/tcp (addresses there are the raw 32-bit value in this host's byte order)."""
+    counts = dict.fromkeys(vips, 0)
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] not in (ESTABLISHED, CLOSE_WAIT):
+            continue
+        raw = int(fields[1].partition(":")[0], 16).to_bytes(4, sys.byteorder)
+        address = ".".join(str(b) for b in raw)
+        if address in counts:
+            counts[address] += 1
+    return counts
 
 
 class Liveness:
@@ -131,6 +188,7 @@ class Settings:
     interval: float = 0.1
     timeout: float = 0.2
     fall: int = 3
+    drain: Drain = Drain()
 
 
 class Announcer:
@@ -151,8 +209,11 @@ class Announcer:
         # `permitted` leaves them out: a restarted agent's node is re-registered and its
         # controller's answer settles meanwhile.
         self.keep_until = -math.inf
-        self._leaving: dict[str, float] = {}  # VIP -> when its graceful shutdown began
+        self._leaving: dict[str, Leaving] = {}  # VIPs in a graceful shutdown
         self._tagged: frozenset[str] = frozenset()  # the VIPs written with the community
+        self._counts: dict[str, int] = {}  # leaving VIP -> open connections, as last read
+        self._counted_at = -math.inf
+        self._closing: frozenset[str] = frozenset()  # leaving VIPs told 1001 at the last step
         self.loaded: frozenset[str] = frozenset()  # BIRD's VIP routes, as last read
         self.link_up = False  # as last set or seen
         self._reason = ""
@@ -226,29 +287,52 @@ class Announcer:
         now = time.monotonic()
         if now < self.keep_until:
             vips |= loaded
-        plan = routes(vips, loaded, self._leaving, serve, now)
-        starting = sorted(plan.leaving - set(self._leaving))
-        self._leaving = plan.started
-        if loaded == plan.vips | plan.leaving and plan.leaving == self._tagged:
-            return
-        path = self.settings.announce_file
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(birdconf.announce_file(plan.vips, self.settings.live_link, plan.leaving))
-        os.replace(tmp, path)
-        self._tagged = plan.leaving
-        log.info(
-            "bgp routes",
-            was=sorted(loaded),
-            now=sorted(plan.vips),
-            graceful_shutdown=sorted(plan.leaving),
-            bird=await self.bird.configure(),
-        )
-        for vip in starting:  # its clients go now, and come back through the router's new choice
+        draining = frozenset(self._leaving) | (loaded - vips)
+        closing = any(state.closing is not None for state in self._leaving.values())
+        counts = self.open_connections(draining, closing) if serve and draining else {}
+        plan = routes(vips, loaded, self._leaving, serve, now, counts, self.settings.drain)
+        starting = sorted(set(plan.leaving) - set(self._leaving))
+        self._leaving = plan.leaving
+        tagged = frozenset(plan.leaving)
+        if starting:
+            log.info("planned withdrawal: serving until its connections end", vips=starting)
+        if loaded != plan.vips | tagged or tagged != self._tagged:
+            path = self.settings.announce_file
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(birdconf.announce_file(plan.vips, self.settings.live_link, tagged))
+            os.replace(tmp, path)
+            self._tagged = tagged
             log.info(
-                "planned withdrawal: WebSockets told to go",
-                vip=vip,
-                proxy=await self.proxy.drain_address(vip),
+                "bgp routes",
+                was=sorted(loaded),
+                now=sorted(plan.vips),
+                graceful_shutdown=sorted(tagged),
+                bird=await self.bird.configure(),
             )
+        for vip in sorted(plan.close):  # the drain timeout passed: 1001 at a frame boundary
+            answer = await self.proxy.drain_address(vip)
+            if vip not in self._closing:
+                log.info(
+                    "planned withdrawal: drain timeout, connections told to go",
+                    vip=vip,
+                    still_open=counts.get(vip),
+                    proxy=answer,
+                )
+        self._closing = plan.close
+
+    def open_connections(self, vips: frozenset[str], fresh: bool) -> dict[str, int]:
+        """The kernel's open TCP connections to each of `vips`, read at most once a second
+        unless `fresh` (reading /proc/net/tcp grows with the node's sockets; `fresh` only in
+        the few seconds of closing); unreadable: every VIP counted busy."""
+        now = time.monotonic()
+        if fresh or now - self._counted_at >= COUNT_EVERY or not vips <= set(self._counts):
+            try:
+                self._counts = open_connections(PROC_NET_TCP.read_text(), vips)
+            except OSError as exc:
+                log.warning("open connections not counted", error=str(exc))
+                self._counts = dict.fromkeys(vips, 1)
+            self._counted_at = now
+        return self._counts
 
     async def ensure_link(self, up: bool) -> None:
         async for link in await self.ipr.link("dump"):

@@ -94,6 +94,7 @@ def bgp_side(
             cfg.health_interval,
             cfg.health_timeout,
             cfg.health_fall,
+            bgp.Drain(timeout=speaker.drain_timeout),
         ),
         ipr,
         proxy,

@@ -72,7 +72,13 @@ class SimAgent:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self._keepalive(await self._register()))
+        while True:
+            try:
+                lease = await self._register()
+                break
+            except StoreError:  # etcd slow to answer under load: try again, as an agent does
+                await asyncio.sleep(0.1)
+        self.task = asyncio.create_task(self._keepalive(lease))
 
     async def _register(self) -> int:
         lease = (await self.store.grant_lease(TTL)).id
@@ -159,7 +165,11 @@ class Usage:
 
 
 async def revision(store: Store) -> int:
-    return (await store.get_prefix(store.schema.config))[1]
+    for _ in range(30):  # etcd slow to answer under load: ask again, for at most ~30 s
+        with contextlib.suppress(StoreError):
+            return (await store.get_prefix(store.schema.config))[1]
+        await asyncio.sleep(0.1)
+    raise SystemExit("etcd did not answer a read for 30 s")
 
 
 class Fleet:
@@ -172,10 +182,13 @@ class Fleet:
         self.names = names
 
     def ready(self) -> None:
+        """Wait for the fleet's "ready" (the store's log lines may come first)."""
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != "ready":
-            raise SystemExit(f"an agent fleet did not start: {line!r}")
+        line = ""
+        for line in self.proc.stdout:
+            if line.strip() == "ready":
+                return
+        raise SystemExit(f"an agent fleet did not start; it said last: {line!r}")
 
     def tell(self, verb: str, name: str) -> None:
         assert self.proc.stdin is not None
@@ -240,7 +253,10 @@ async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
     started = time.monotonic()
     want = len(vips(VIPS))
     while time.monotonic() - started < limit:
-        kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+        try:
+            kvs, _ = await store.get_prefix(store.schema.announce_prefix)
+        except StoreError:  # slow under load: look again
+            continue
         counts = [len(json.loads(kv.value).get("vips", [])) for kv in kvs]
         if len(counts) == nodes and all(c == want for c in counts):
             return time.monotonic() - started

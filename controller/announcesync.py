@@ -38,12 +38,30 @@ def by_vip(per_node: Mapping[str, Announce]) -> dict[str, frozenset[str]]:
 
 
 def by_node(answer: Announcements) -> dict[str, tuple[str, ...]]:
-    """(pure) VIP -> nodes, turned into node -> sorted VIPs."""
-    out: dict[str, list[str]] = defaultdict(list)
+    """(pure) VIP -> nodes, turned into node -> sorted VIPs. VIPs decided together share one
+    node set (`plan` decides once per group), so the work is per group and per node, not
+    per VIP and node (100 nodes x 1,000 VIPs): a node in one group shares its sorted tuple."""
+    groups: dict[frozenset[str], list[str]] = defaultdict(list)
     for vip, nodes in answer.nodes.items():
+        groups[nodes].append(vip)
+    runs: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for nodes, vips in groups.items():
+        ordered = tuple(sorted(vips))
         for node in nodes:
-            out[node].append(vip)
-    return {node: tuple(sorted(vips)) for node, vips in out.items()}
+            runs[node].append(ordered)
+    return {
+        node: parts[0] if len(parts) == 1 else tuple(sorted(v for part in parts for v in part))
+        for node, parts in runs.items()
+    }
+
+
+def outcomes(answer: Announcements) -> dict[tuple[str, ...], tuple[frozenset[str], str]]:
+    """(pure) The answer by outcome: sorted VIPs -> (their nodes, why), one entry per group of
+    VIPs decided together, so a cycle compares and logs outcomes, not VIPs."""
+    groups: dict[tuple[frozenset[str], str], list[str]] = defaultdict(list)
+    for vip, nodes in answer.nodes.items():
+        groups[(nodes, answer.reasons[vip])].append(vip)
+    return {tuple(sorted(vips)): outcome for outcome, vips in groups.items()}
 
 
 class AnnounceSync:
@@ -53,22 +71,37 @@ class AnnounceSync:
         self.store = store
         self.fence = fence
         self.policy = policy
-        self._said: dict[str, tuple[frozenset[str], str]] = {}  # what was last logged
+        self._said: dict[tuple[str, ...], tuple[frozenset[str], str]] = {}  # last logged
         self._cache: dict[str, Announce] | None = None  # node -> what announce/ holds
         self._read_at = 0.0
+        # value -> its VIPs, for the values of the last read: nodes permitted the same VIPs
+        # hold the same bytes, so a read of 100 keys of 1,000 VIPs parses one value, not 100
+        self._parsed: dict[bytes, tuple[str, ...] | None] = {}
 
     async def read(self) -> dict[str, Announce]:
         schema = self.store.schema
         kvs, _ = await self.store.get_prefix(schema.announce_prefix)
         out = {}
+        parsed: dict[bytes, tuple[str, ...] | None] = {}
         for kv in kvs:
             node = schema.announce_node(kv.key)
             if node is None:
                 continue  # not ours: left alone
-            record = Announce.parse(kv.value, kv.mod_revision)
-            # unreadable: replaced on the next write, compared on its own revision
-            out[node] = record or Announce((), kv.mod_revision)
+            out[node] = self._parse(kv.value, kv.mod_revision, parsed)
+        self._parsed = parsed
         return out
+
+    def _parse(
+        self, raw: bytes, mod_revision: int, seen: dict[bytes, tuple[str, ...] | None]
+    ) -> Announce:
+        """`raw` as a record (unreadable: no VIPs, replaced on the next write, compared on its
+        own revision), parsed once per distinct value (`_parsed`, `seen`)."""
+        if raw in self._parsed:
+            seen[raw] = self._parsed[raw]
+        elif raw not in seen:
+            record = Announce.parse(raw)
+            seen[raw] = None if record is None else record.vips
+        return Announce(seen[raw] or (), mod_revision)
 
     async def sync(self, view: ClusterView, settings: ClusterPolicy) -> int:
         """Bring `announce/` to the plan; the number of keys written.
@@ -82,14 +115,15 @@ class AnnounceSync:
         if self._cache is None or now - self._read_at >= RESYNC:
             self._cache, self._read_at = await self.read(), now
         current = self._cache
-        answer = plan(settings.vips, view.nodes, settings, self.policy, by_vip(current))
-        changed: dict[tuple[tuple[str, ...], str], list[str]] = defaultdict(list)
-        for vip, reason in answer.reasons.items():
-            if self._said.get(vip) != (answer.nodes[vip], reason):
-                changed[(tuple(sorted(answer.nodes[vip])), reason)].append(vip)
-        for (nodes, reason), vips in changed.items():  # one line per outcome, not per VIP
-            log.info("announcers", vips=len(vips), first=vips[0], nodes=list(nodes), reason=reason)
-        self._said = {v: (answer.nodes[v], r) for v, r in answer.reasons.items()}
+        previous = by_vip(current) if settings.paused else {}  # only a pause reads it
+        answer = plan(settings.vips, view.nodes, settings, self.policy, previous)
+        said = outcomes(answer)
+        for vips, (nodes, reason) in said.items():  # one line per outcome, not per VIP
+            if self._said.get(vips) != (nodes, reason):
+                log.info(
+                    "announcers", vips=len(vips), first=vips[0], nodes=sorted(nodes), reason=reason
+                )
+        self._said = said
         wanted = by_node(answer)
         todo: dict[str, tuple[str, ...] | None] = {}  # node -> its VIPs, None: delete
         for node in sorted(set(current) | set(wanted) | set(view.nodes)):
@@ -133,7 +167,6 @@ class AnnounceSync:
         out = {}
         for node in nodes:
             kv = await self.store.get(self.store.schema.announce(node))
-            if kv is not None:  # unreadable: rewritten, compared on its own revision
-                record = Announce.parse(kv.value, kv.mod_revision)
-                out[node] = record or Announce((), kv.mod_revision)
+            if kv is not None:
+                out[node] = self._parse(kv.value, kv.mod_revision, self._parsed)
         return out

@@ -9,6 +9,7 @@
     live_link = "havips"          # the TUN device agent.livelink opens for the proxy
     announce_file = "/run/haproxy-py/bird-announce.conf"
     control_socket = "/run/bird/bird.ctl"
+    drain_timeout = 30.0          # a planned withdrawal serves established connections this long
 
 `python -m haproxy_py.cluster.bgp_config --config node.toml` prints the node's
 bird.conf (what the Ansible role writes, after `bird -p` accepted it).
@@ -40,6 +41,7 @@ KEYS = frozenset(
         "live_link",
         "announce_file",
         "control_socket",
+        "drain_timeout",
     ]
 )
 
@@ -48,6 +50,9 @@ KEYS = frozenset(
 class BgpConfig:
     node: birdconf.NodeBgp
     control_socket: str
+    # After a GRACEFUL_SHUTDOWN starts, how long the node serves the connections it has before
+    # it tells them to go (1001): as long as the router keeps them on this node, at most.
+    drain_timeout: float = 30.0
 
 
 def parse_bgp(doc: Table) -> BgpConfig | None:
@@ -84,7 +89,11 @@ def parse_bgp(doc: Table) -> BgpConfig | None:
         birdconf.check(settings)
     except birdconf.BirdConfigError as exc:
         raise ConfigError(f"{doc.file}: bgp.{exc}") from None
-    return BgpConfig(settings, bgp.string("control_socket", CONTROL_SOCKET))
+    return BgpConfig(
+        settings,
+        bgp.string("control_socket", CONTROL_SOCKET),
+        bgp.number("drain_timeout", 30.0, min=0.0),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

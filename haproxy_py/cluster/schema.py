@@ -83,6 +83,12 @@ class Schema:
         node, sep, tail = rest.partition("/")
         return node if key.startswith(self.announce_prefix) and sep and tail == "vips" else None
 
+    def view_range(self) -> tuple[str, str]:
+        """[start, end) of every key the cluster view reads: the prefix after `announce/`,
+        which sorts first of the sections (BGP mode's per-node VIP lists, 1.5 MB at 100 nodes
+        x 1,000 VIPs, that no view needs: read on their own by who does)."""
+        return _after(self.announce_prefix), _after(self.prefix)
+
     def request(self, request_id: str) -> str:
         return f"{self.requests_prefix}{request_id}"
 
@@ -92,3 +98,9 @@ class Schema:
     def relative(self, key: str) -> str | None:
         """The part after the cluster prefix, or None for a key of another cluster."""
         return key[len(self.prefix) :] if key.startswith(self.prefix) else None
+
+
+def _after(prefix: str) -> str:
+    """The first key after every key under `prefix` (its last character + 1, as etcd's range
+    end for a prefix; the schema's prefixes end in "/")."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)

@@ -200,8 +200,15 @@ class Store(GuardedWrites):
         return await self._call("get_prefix", op)
 
     async def read_view(self) -> ClusterView:
-        """The whole cluster as one consistent snapshot (see `ClusterView`)."""
-        kvs, revision = await self.get_prefix(self.schema.prefix)
+        """The whole cluster as one consistent snapshot (see `ClusterView`), in one range
+        request that leaves `announce/` out (`Schema.view_range`)."""
+        start, end = self.schema.view_range()
+
+        async def op(client: Client) -> tuple[list[KeyValue], int]:
+            result = await client.get_range(start.encode(), end.encode())
+            return [key_value(kv) for kv in result], result.header.revision
+
+        kvs, revision = await self._call("get_range", op)
         return ClusterView.from_kvs(self.schema, kvs, revision)
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:

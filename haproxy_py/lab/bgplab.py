@@ -41,6 +41,7 @@ ROUTER_ASN = 64512
 NODE_ASN = 64513
 LIVE_LINK = "havips"
 BFD = birdconf.Bfd(interval_ms=100, multiplier=3)
+DRAIN_TIMEOUT = 20.0  # [bgp] drain_timeout of the lab's nodes: a graceful shutdown's serving time
 PROCESSES = ("bird", "proxy", "agent", "controller")  # in start order: the agent talks to BIRD
 ROUTER = "router"
 
@@ -82,7 +83,17 @@ def client_gateway(layout: lay.Layout) -> str:
 
 def router_config(layout: lay.Layout, table: int | None = None) -> str:
     """(pure: no I/O, no clock) The router's bird.conf: a session and BFD per node, ECMP;
-    routes go to the main table, or to `table` for `nhmirror` to program."""
+    routes go to the main table, or to `table` for `nhmirror` to program.
+
+    A path tagged GRACEFUL_SHUTDOWN: with plain multipath, local preference 0 takes it out
+    of the ECMP set (RFC 8326); for `nhmirror`'s resilient groups it stays in the set at the
+    lowest weight, so its busy buckets (established flows) stay on the draining node."""
+    if table:
+        tagged = f"{birdconf.GRACEFUL_SHUTDOWN} ~ bgp_community"
+        weights = f"weight = {nhmirror.DRAINING}; else weight = {nhmirror.SERVING};"
+        import_filter = f"import filter {{ if {tagged} then {weights} accept; }};"
+    else:
+        import_filter = birdconf.graceful_shutdown_import()
     lines = [
         "# Written by `hactl lab up --mode bgp`: the lab's upstream router.",
         f"router id {router_address(layout)};",
@@ -102,7 +113,7 @@ def router_config(layout: lay.Layout, table: int | None = None) -> str:
             "  hold time 9;",
             *birdconf.RECONNECT,
             "  bfd on;",
-            f"  ipv4 {{ {birdconf.graceful_shutdown_import()} export none; }};",
+            f"  ipv4 {{ {import_filter} export none; }};",
             "}",
         ]
     return "\n".join(lines) + "\n"
@@ -118,6 +129,7 @@ def bgp_section(lab: Lab, node: lay.Member) -> str:
         "live_link": LIVE_LINK,
         "announce_file": str(announce_path(lab, node.name)),
         "control_socket": str(control_socket(lab, node.name)),
+        "drain_timeout": DRAIN_TIMEOUT,
     }
     return lay._section("bgp", values)
 

@@ -13,11 +13,14 @@ server sent; `FIN` for an HTTP connection the server closed cleanly) or `error`
 closure). A planned move must give every client `closed` 1001 (or `FIN`) and
 no `error`.
 
-    python -m haproxy_py.lab.echoclients [--sources A,B,...] URL SECONDS OUT IDLE PERIODIC
-        CONTINUOUS [KEEPALIVE]
+    python -m haproxy_py.lab.echoclients [--sources A,B,...] [--lifetime S] URL SECONDS OUT
+        IDLE PERIODIC CONTINUOUS [KEEPALIVE]
 
 With `--sources`, client i connects from address i modulo their number (each
 must be an address of the client's host), as clients on that many hosts would.
+With `--lifetime S`, a WebSocket client ends each connection itself after a
+random time between 0 and 2 S (a close with 1000, event `ended`), as a user
+leaving a page would, and connects again.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import random
 import sys
 import time
 from typing import IO, Any
@@ -86,7 +90,9 @@ async def client(
     kind: str,
     deadline: float,
     record: Recorder,
+    lifetime: float = 0.0,
 ) -> None:
+    draw = random.Random(index)  # the same lifetimes in every run
     while time.monotonic() < deadline:
         phases: dict[str, float] = {"started": time.monotonic()}
         try:
@@ -101,13 +107,19 @@ async def client(
         first_echo = asyncio.Event()
         echoed = asyncio.create_task(_note(first_echo, record, index, kind, via))
         error: str | None = None
+        ends = deadline
+        if lifetime > 0:
+            ends = min(deadline, time.monotonic() + draw.uniform(0, 2 * lifetime))
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout(max(0.0, ends - time.monotonic())):
                 await _converse(ws, kind, first_echo)
         except TimeoutError:
             await ws.close()
             echoed.cancel()
-            return
+            if ends == deadline:
+                return
+            record(index, kind, "ended", via=via)
+            continue
         except (aiohttp.ClientError, OSError) as exc:
             error = type(exc).__name__
         echoed.cancel()
@@ -170,7 +182,12 @@ async def _tcp_up(
 
 
 async def main(
-    url: str, seconds: float, record: Recorder, kinds: list[str], sources: list[str | None]
+    url: str,
+    seconds: float,
+    record: Recorder,
+    kinds: list[str],
+    sources: list[str | None],
+    lifetime: float = 0.0,
 ) -> None:
     deadline = time.monotonic() + seconds
     limits = aiohttp.ClientTimeout(total=None, connect=2.0, sock_connect=2.0)
@@ -200,7 +217,7 @@ async def main(
                     sources[i % len(sources)] if sources else None,
                 )
                 if kind == "keepalive"
-                else client(sessions[i % len(sessions)], url, i, kind, deadline, record)
+                else client(sessions[i % len(sessions)], url, i, kind, deadline, record, lifetime)
                 for i, kind in enumerate(kinds)
             )
         )
@@ -220,9 +237,13 @@ def read(path: str) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    sources: list[str | None] = [*args[1].split(",")] if args[:1] == ["--sources"] else []
-    url, seconds, out, *counts = args[2:] if sources else args
+    options: dict[str, str] = {}
+    while args[:1] in (["--sources"], ["--lifetime"]):
+        options[args[0]], args = args[1], args[2:]
+    sources: list[str | None] = [*options["--sources"].split(",")] if "--sources" in options else []
+    url, seconds, out, *counts = args
     classes = ("idle", "periodic", "continuous", "keepalive")
     kinds = [kind for kind, count in zip(classes, counts, strict=False) for _ in range(int(count))]
     with open(out, "w") as sink:
-        asyncio.run(main(url, float(seconds), Recorder(sink), kinds, sources))
+        lifetime = float(options.get("--lifetime", 0))
+        asyncio.run(main(url, float(seconds), Recorder(sink), kinds, sources, lifetime))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 from agent import bgpside
-from agent.bgp import Liveness, routes, want
+from agent.bgp import Drain, Leaving, Liveness, Routes, open_connections, routes, want
 from agent.cli import parse
 from agent.proxy import ProxyStatus
 from haproxy_py.cluster import bird, birdconf
@@ -129,26 +130,76 @@ def test_bgp_mode_needs_a_bgp_section(tmp_path: Path) -> None:
 
 
 class TestPlannedWithdrawal:
-    """`agent.bgp.routes`: GRACEFUL_SHUTDOWN before a planned withdrawal (RFC 8326)."""
+    """`agent.bgp.routes`: GRACEFUL_SHUTDOWN, established connections served until they end or
+    the drain timeout, then 1001, then the withdrawal (RFC 8326)."""
 
     A, B = VIPS
     BOTH = frozenset(VIPS)
+    DRAIN = Drain(hold=2.0, timeout=10.0, close_grace=2.0)
 
-    def test_a_vip_no_longer_permitted_is_tagged_for_the_hold_then_withdrawn(self) -> None:
-        out = routes(frozenset({self.A}), self.BOTH, {}, serving=True, now=10.0, hold=2.0)
-        assert (out.vips, out.leaving, out.started) == ({self.A}, {self.B}, {self.B: 10.0})
-        out = routes(frozenset({self.A}), self.BOTH, out.started, serving=True, now=11.9, hold=2.0)
-        assert out.leaving == {self.B}  # still within the hold
-        out = routes(frozenset({self.A}), self.BOTH, out.started, serving=True, now=12.0, hold=2.0)
-        assert (out.vips, out.leaving) == ({self.A}, frozenset())
+    def step(self, leaving: dict[str, Leaving], now: float, open_b: int) -> Routes:
+        only_a = frozenset({self.A})
+        return routes(only_a, self.BOTH, leaving, True, now, {self.B: open_b}, self.DRAIN)
+
+    def test_a_vip_with_no_connection_is_tagged_for_the_hold_then_withdrawn(self) -> None:
+        out = self.step({}, 10.0, open_b=0)
+        assert (out.vips, out.leaving, out.close) == ({self.A}, {self.B: Leaving(10.0)}, set())
+        assert self.step(out.leaving, 11.9, open_b=0).leaving == {self.B: Leaving(10.0)}
+        out = self.step(out.leaving, 12.0, open_b=0)
+        assert (out.vips, out.leaving, out.close) == ({self.A}, {}, set())
+
+    def test_connections_that_end_by_themselves_end_the_shutdown_without_a_1001(self) -> None:
+        out = self.step({}, 10.0, open_b=5)
+        for now in (12.0, 15.0, 19.9):
+            out = self.step(out.leaving, now, open_b=5)
+            assert (out.leaving, out.close) == ({self.B: Leaving(10.0)}, set())
+        out = self.step(out.leaving, 19.95, open_b=0)
+        assert (out.leaving, out.close) == ({}, set())
+
+    def test_at_the_drain_timeout_the_rest_are_told_1001_then_the_route_goes(self) -> None:
+        out = self.step({}, 10.0, open_b=5)
+        out = self.step(out.leaving, 20.0, open_b=5)
+        assert (out.leaving, out.close) == ({self.B: Leaving(10.0, 20.0)}, {self.B})
+        out = self.step(out.leaving, 21.0, open_b=2)  # closing, or clients that came back here
+        assert (out.leaving, out.close) == ({self.B: Leaving(10.0, 20.0)}, {self.B})
+        assert self.step(out.leaving, 21.5, open_b=0).leaving == {}  # all closed
+        assert self.step(out.leaving, 22.0, open_b=2).leaving == {}  # or the close grace ended
+
+    def test_a_drain_timeout_of_0_tells_them_at_once_and_still_holds_the_route(self) -> None:
+        drain = Drain(hold=2.0, timeout=0.0, close_grace=2.0)
+        only_a = frozenset({self.A})
+        out = routes(only_a, self.BOTH, {}, True, 10.0, {self.B: 3}, drain)
+        assert out.close == {self.B} and self.B in out.leaving
+        out = routes(only_a, self.BOTH, out.leaving, True, 11.0, {self.B: 0}, drain)
+        assert self.B in out.leaving  # the hold: the router moves new connections first
 
     def test_permitted_again_ends_the_shutdown(self) -> None:
-        out = routes(self.BOTH, self.BOTH, {self.B: 10.0}, serving=True, now=10.5)
-        assert (out.vips, out.leaving, out.started) == (self.BOTH, frozenset(), {})
+        out = routes(self.BOTH, self.BOTH, {self.B: Leaving(10.0)}, serving=True, now=10.5)
+        assert (out.vips, out.leaving) == (self.BOTH, {})
 
     def test_a_node_that_cannot_serve_withdraws_at_once(self) -> None:
-        out = routes(frozenset(), self.BOTH, {self.B: 10.0}, serving=False, now=10.1)
-        assert (out.vips, out.leaving) == (frozenset(), frozenset())
+        out = routes(frozenset(), self.BOTH, {self.B: Leaving(10.0)}, serving=False, now=10.1)
+        assert (out.vips, out.leaving) == (frozenset(), {})
+
+
+def test_open_connections_counts_established_and_close_wait_sockets_per_vip() -> None:
+    def row(local: str, state: str) -> str:
+        address, port = local.split(":")
+        raw = int.from_bytes(bytes(int(x) for x in address.split(".")), sys.byteorder)
+        return f"   0: {raw:08X}:{int(port):04X} 2913C6C6:D431 {state} 00000000:00000000 00:0 0 0"
+
+    text = "\n".join(
+        [
+            "  sl  local_address rem_address   st tx_queue rx_queue ...",
+            row(f"{VIPS[0]}:80", "0A"),  # the listener: not a connection
+            row(f"{VIPS[0]}:80", "01"),
+            row(f"{VIPS[0]}:80", "08"),
+            row(f"{VIPS[0]}:80", "06"),  # TIME_WAIT: over
+            row(f"{VIPS[1]}:80", "01"),
+            row("198.18.0.11:41000", "01"),  # the node's own address (to a backend)
+        ]
+    )
+    assert open_connections(text, frozenset(VIPS)) == {VIPS[0]: 2, VIPS[1]: 1}
 
 
 def test_the_announce_file_tags_leaving_vips_with_graceful_shutdown() -> None:

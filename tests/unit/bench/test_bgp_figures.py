@@ -45,17 +45,20 @@ def test_connected_keeps_each_clients_latest_node() -> None:
     assert connected(events) == {1: "node3", 2: "node2"}
 
 
-def test_victim_outcome_counts_its_1001s_its_breaks_and_failed_connects_in_the_window() -> None:
+def test_victim_outcome_counts_its_ends_1001s_breaks_and_failed_connects_in_the_window() -> None:
     events = [
         {"at": 1.0, "event": "closed", "code": 1001, "via": "node4"},  # before the window
         {"at": 2.0, "event": "closed", "code": 1001, "via": "node4"},
+        {"at": 2.05, "event": "closed", "code": 1001, "via": "node2"},  # another node's
         {"at": 2.1, "event": "closed", "code": 1000, "via": "node4"},
+        {"at": 2.15, "event": "ended", "via": "node4"},  # its client ended it
         {"at": 2.2, "event": "error", "via": "node4"},
         {"at": 2.3, "event": "error", "via": "node1"},  # another node's: counted elsewhere
         {"at": 2.4, "event": "connect_failed"},
         {"at": 5.0, "event": "connect_failed"},  # after the window
     ]
     assert victim_outcome(events, 2.0, 5.0) == {
+        "ended_by_client": 1,
         "closed_1001": 1,
         "broken_on_victim": 1,
         "connect_failed": 1,

@@ -41,6 +41,12 @@ def test_a_minimal_section_takes_address_interface_and_defaults_from_node(tmp_pa
     assert s.bfd is not None and (s.bfd.interval_ms, s.bfd.multiplier) == (100, 3)
     assert s.hold_time == 9 and s.live_link == "havips"
     assert found.control_socket == "/run/bird/bird.ctl"
+    assert found.drain_timeout == 30.0
+
+
+def test_drain_timeout_is_read_in_seconds(tmp_path: Path) -> None:
+    found = parse(tmp_path, NODE + BGP % (tmp_path / "a.conf") + "drain_timeout = 12.5\n")
+    assert found is not None and found.drain_timeout == 12.5
 
 
 def test_no_section_means_no_bgp(tmp_path: Path) -> None:
@@ -58,6 +64,7 @@ def test_bfd_false_turns_it_off(tmp_path: Path) -> None:
         ("asn = 64513", "asn = 0", "bgp.asn: an AS number"),
         ("asn = 64513", "asn = 64513\ntypo = 1", "bgp.typo: unknown key"),
         ("asn = 64513", "asn = 64513\nhold_time = 1", "bgp.hold_time: 3-65535"),
+        ("asn = 64513", "asn = 64513\ndrain_timeout = -1", "bgp.drain_timeout: expected a num"),
         ('address = "198.18.5.2"', 'address = "tor1.ex"', "bgp.peers.tor1.address: an IPv4"),
     ],
 )

@@ -143,3 +143,20 @@ def test_schema_keys() -> None:
     assert s.relative("/haproxy-py/edge2/config") is None
     with pytest.raises(ValueError):
         Schema("a/b")
+
+
+def test_the_view_range_holds_every_section_the_view_reads_and_leaves_announce_out() -> None:
+    schema = Schema("c")
+    start, end = schema.view_range()
+    read = [
+        schema.node("n1"),
+        schema.vip("198.18.0.100"),
+        schema.request("r1"),
+        schema.event(7),
+        schema.leader,
+        schema.config,
+        schema.epoch,
+    ]
+    assert all(start <= key < end for key in read)
+    assert not start <= schema.announce("n1") < end
+    assert not start <= Schema("c2").node("n1") < end  # another cluster's keys

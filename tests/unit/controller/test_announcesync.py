@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controller.announce import Policy
-from controller.announcesync import BATCH, AnnounceSync
+from controller.announce import Announcements, Policy
+from controller.announcesync import BATCH, AnnounceSync, by_node, outcomes
 from haproxy_py.cluster.announcement import Announce
 from haproxy_py.cluster.memstore import MemoryStore
 from haproxy_py.cluster.records import ClusterPolicy, ClusterView, NodeRecord
@@ -67,3 +67,28 @@ async def test_a_key_changed_by_someone_else_is_read_again_and_put_right() -> No
     sync._read_at = -1e9  # the periodic full read
     await sync.sync(view(["a", "b"]), SETTINGS)
     assert await stored(store) == {"a": VIPS, "b": VIPS}
+
+
+def test_by_node_merges_the_groups_a_node_is_in_and_shares_one_groups_tuple() -> None:
+    ab, b = frozenset({"a", "b"}), frozenset({"b"})
+    nodes = {"198.18.9.3": ab, "198.18.9.1": ab, "198.18.9.2": b}
+    reasons = dict.fromkeys(nodes, "why")
+    wanted = by_node(Announcements(nodes, reasons))
+    assert wanted == {
+        "a": ("198.18.9.1", "198.18.9.3"),
+        "b": ("198.18.9.1", "198.18.9.2", "198.18.9.3"),
+    }
+    assert outcomes(Announcements(nodes, reasons)) == {
+        ("198.18.9.1", "198.18.9.3"): (ab, "why"),
+        ("198.18.9.2",): (b, "why"),
+    }
+
+
+async def test_a_full_read_parses_each_distinct_value_once() -> None:
+    store = MemoryStore("s")
+    sync = AnnounceSync(store, lambda: [], Policy())
+    await sync.sync(view(["a", "b", "c"]), SETTINGS)
+    await store.put(store.schema.announce("c"), b"not json")  # unreadable: no VIPs
+    found = await sync.read()
+    assert {n: r.vips for n, r in found.items()} == {"a": VIPS, "b": VIPS, "c": ()}
+    assert found["a"].vips is found["b"].vips  # one parse for the two equal values

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from haproxy_py.lab import bgplab, ecmp
+from haproxy_py.lab import bgplab, ecmp, nhmirror
 from haproxy_py.lab.layout import LayoutError, behind_router, plan
 
 
@@ -42,3 +42,20 @@ def test_spread_is_judged_against_the_mean_of_every_node() -> None:
     skewed = ecmp.judge({"node1": 1300, "node2": 900, "node3": 900, ecmp.FAILED: 3}, nodes)
     assert skewed.mean == 775 and skewed.failed == 3
     assert skewed.worst == pytest.approx(1.0)  # node4 answered nothing: 100 % below the mean
+
+
+def test_the_plain_router_drops_a_graceful_shutdown_path_and_the_resilient_one_weighs_it() -> None:
+    """RFC 8326 on the lab router: local preference 0 (out of plain ECMP), or, for the
+    resilient groups, the lowest weight (kept in the group, its busy buckets stay)."""
+    layout = plan("hb-", "198.18.7.0/24", 4, "bgp", None)
+    plain = bgplab.router_config(layout)
+    assert "bgp_local_pref = 0" in plain and "weight" not in plain
+    resilient = bgplab.router_config(layout, table=nhmirror.TABLE)
+    assert f"kernel table {nhmirror.TABLE};" in resilient
+    assert "then weight = 1; else weight = 255;" in resilient
+    assert "bgp_local_pref" not in resilient
+
+
+def test_nhmirror_writes_each_gateways_weight_into_the_group() -> None:
+    hops = {"198.18.7.21": nhmirror.SERVING, "198.18.7.24": nhmirror.DRAINING}
+    assert nhmirror.members(hops) == "1021,255/1024,1"
