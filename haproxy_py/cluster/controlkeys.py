@@ -8,11 +8,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from haproxy_py.cluster.jsonvalue import choice, dumps, flag, loads, number, text, texts
+from haproxy_py.cluster.jsonvalue import choice, dumps, flag, integer, loads, number, text, texts
 
 # bgp: every node that may serve a VIP announces it to its routers (`controller.announce`)
 Mode = Literal["active-standby", "active-active", "bgp"]
 MODES: tuple[Mode, ...] = ("active-standby", "active-active", "bgp")
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """Where a controller answers the standbys' liveness probe, and the common name of the
+    certificate it answers with (`controller.peer`)."""
+
+    address: str
+    port: int
+    name: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"address": self.address, "port": self.port, "name": self.name}
+
+    @classmethod
+    def parse(cls, obj: object) -> PeerAddress | None:
+        if not isinstance(obj, dict):
+            return None
+        address, name, port = text(obj, "address"), text(obj, "name"), integer(obj, "port")
+        if address is None or name is None or not 0 < port < 65536:
+            return None
+        return cls(address, port, name)
 
 
 @dataclass(frozen=True)
@@ -22,12 +44,14 @@ class ControllerLeader:
     id: str
     since: float
     metrics: str | None = None
+    peer: PeerAddress | None = None  # None: it cannot be probed (no endpoint, older version)
     lease: int = 0
     create_revision: int = 0
     mod_revision: int = 0
 
     def to_json(self) -> bytes:
-        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics})
+        peer = self.peer.to_dict() if self.peer else None
+        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics, "peer": peer})
 
     @classmethod
     def parse(
@@ -43,6 +67,7 @@ class ControllerLeader:
             id=ident,
             since=number(obj, "since", 0.0) or 0.0,
             metrics=text(obj, "metrics"),
+            peer=PeerAddress.parse(obj.get("peer")),
             lease=lease,
             create_revision=create_revision,
             mod_revision=mod_revision,
