@@ -49,9 +49,15 @@ class Embargo:
         )
 
     def guard(self, view: ClusterView, now: float) -> ClusterView:
-        """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
+        """The view (observed first: it may be the first to show a lease gone) with embargoed
+        VIPs occupied and no longer vacated, so nothing assigns them yet, and nothing clears
+        their keys either: a controller leading next must still find them vacated."""
+        self.observe(view, now)
         held = self.held(view, now)
-        return dataclasses.replace(view, occupied=view.occupied | held) if held else view
+        if not held:
+            return view
+        vacated = {v: a for v, a in view.vacated.items() if v not in held}
+        return dataclasses.replace(view, occupied=view.occupied | held, vacated=vacated)
 
     def left(self, now: float) -> float:
         """How long until the last embargo ends (0: none); the loop decides again then."""

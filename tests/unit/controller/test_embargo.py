@@ -8,9 +8,11 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.actions import AssignVip, ClearVip
+from controller.decide import Policy, decide
 from controller.embargo import Embargo
 from haproxy_py.cluster.records import ClusterView
-from tests.unit.controller.views import VIP1, VIP2, held, lease_of, node, view
+from tests.unit.controller.views import VIP1, VIP2, held, lease_of, node, settings, view
 
 WAIT = 1.3
 
@@ -18,7 +20,7 @@ WAIT = 1.3
 def owned(revoked: bool, marked: bool) -> ClusterView:
     """node a holds VIP1 (and b VIP2); a's lease revoked or not, marked or not."""
     nodes = [node("b")] if revoked else [node("a"), node("b")]
-    v = view(nodes, [held(VIP1, "a"), held(VIP2, "b")])
+    v = view(nodes, [held(VIP1, "a"), held(VIP2, "b")], settings(VIP1, VIP2))
     if marked:
         v = replace(v, revoked={lease_of("a"): WAIT})
     return v.vacate([VIP1]) if revoked else v
@@ -33,6 +35,16 @@ def test_a_marked_lease_seen_gone_holds_its_vips_for_the_wait_from_first_sight()
     assert VIP1 in e.guard(later, 11.29).occupied
     assert e.held(later, 11.3) == frozenset() and e.guard(later, 11.3) is later
     assert e.left(10.3) == WAIT - 0.3
+
+
+def test_the_leader_neither_assigns_nor_clears_an_embargoed_key() -> None:
+    """Clearing it would hide it from a controller that leads next, before the fence fell."""
+    e, v = Embargo(WAIT), owned(revoked=True, marked=True)
+    policy = Policy(release_timeout=5.0, request_history=10, controller="c1")
+    during = decide(e.guard(v, 10.0), 0.0, policy)
+    assert not any(isinstance(x, AssignVip | ClearVip) for x in during.actions), during
+    after = decide(e.guard(v, 10.0 + WAIT), 0.0, policy)
+    assert any(isinstance(x, AssignVip) and x.vip == VIP1 for x in after.actions), after
 
 
 def test_a_lease_that_ended_without_a_marker_holds_nothing() -> None:
