@@ -135,6 +135,7 @@ class Controller:
         tasks = [keepalive, asyncio.create_task(supervised("watch", self._watch), name="watch")]
         if self.prober is not None:
             self.prober.wake = self.wake.set
+            self.prober.deposed = self.metrics.depositions.inc
             probes = supervised("probes", lambda: self._probe(self.prober))
             tasks.append(asyncio.create_task(probes, name="probes"))
         cycles = asyncio.create_task(self._cycles(), name="cycles")

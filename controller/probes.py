@@ -140,6 +140,7 @@ class Prober:
         self.verdicts = Verdicts(probe_limit(timing))
         self.view: ClusterView | None = None  # the last one the controller read
         self.wake: Callable[[], None] = lambda: None
+        self.deposed: Callable[[], None] = lambda: None  # counts a deposition (metrics)
         self.deposed_at = -math.inf  # monotonic time of this controller's last deposition
         self.depositions = 0
         self._busy: set[int] = set()  # leases an overlapping round is revoking
@@ -229,6 +230,7 @@ class Prober:
             self._busy.discard(target.lease)
         self.deposed_at = now
         self.depositions += 1
+        self.deposed()
         self.verdicts.failing.pop(target.name, None)
         log.warning(
             "leading controller failed its authenticated probe: its election lease revoked "

@@ -99,6 +99,7 @@ async def test_a_standby_deposes_a_dead_leader_and_moves_the_vip_after_the_embar
             await store.close()
     assert moved.leader is not None and moved.leader.id == "ctl1"
     assert controllers[1].prober is not None and controllers[1].prober.depositions == 1
+    assert controllers[1].metrics.depositions.values.get((), 0) == 1  # and counted for metrics
     marker = await _marker(cfg, a.lease)
     (event,) = [e for e in moved.events if e.target == "b"]
     # the assignment came at least the embargo after the revoke (the marker precedes it)
