@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import json
 import time
+from typing import cast
 
 from controller.loop import Controller
 from controller.probes import Prober
+from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.controlkeys import PeerAddress
-from haproxy_py.cluster.peerlink import PeerError
+from haproxy_py.cluster.peerlink import PeerClient, PeerError
 from haproxy_py.cluster.store import Store
 from haproxy_py.cluster.timing import Timing, fence_deadline
 from tests.integration.cluster.helpers import (
@@ -62,7 +64,7 @@ async def test_a_standby_deposes_a_dead_leader_and_moves_the_vip_after_the_embar
     b = await StandInAgent(cfg, "lost", "b", priority=100, address="198.18.0.2").start()
     controllers = []
     for i, store in enumerate(stores[2:]):
-        prober = Prober(store, peers, 9734, TIMING, f"ctl{i}")  # type: ignore[arg-type]
+        prober = Prober(store, cast(PeerClient, peers), 9734, TIMING, f"ctl{i}")
         ctl = Controller(store, cluster, controller_config(f"ctl{i}"), f"ctl{i}", prober=prober)
         ctl.election.peer = PeerAddress("198.18.0.1", 9735, f"controller-ctl{i}")
         controllers.append(ctl)
@@ -76,7 +78,7 @@ async def test_a_standby_deposes_a_dead_leader_and_moves_the_vip_after_the_embar
         assert leader is not None and leader.id == "ctl0"
         # node a dies whole: its agent and the leading controller, no clean stop...
         await a.crash()
-        controllers[0].election.resign = _nothing  # type: ignore[method-assign]
+        setattr(controllers[0].election, "resign", _nothing)  # noqa: B010 (a method, replaced)
         tasks[0].cancel()
         peers.dead = {"agent-a", "controller-ctl0"}
         killed = time.monotonic()
@@ -113,8 +115,8 @@ async def _nothing() -> None:
     """A killed controller does not step down."""
 
 
-async def _marker(cfg: object, lease: int) -> dict[str, object]:
-    async with Store(cfg, "lost") as store:  # type: ignore[arg-type]
+async def _marker(cfg: EtcdConfig, lease: int) -> dict[str, object]:
+    async with Store(cfg, "lost") as store:
         kv = await store.get(store.schema.revoked(lease))
         assert kv is not None, "no revoked/ marker"
         value: dict[str, object] = json.loads(kv.value)
