@@ -29,13 +29,8 @@ from aiohttp import web
 
 from agent.failsafe import Ask, BadMessage, Failsafe
 from agent.state import AgentCore
-from haproxy_py.cluster.peerlink import (
-    HANDSHAKE_TIMEOUT,
-    MESSAGE_MAX,
-    PeerTls,
-    client_identity,
-    server_context,
-)
+from haproxy_py.cluster.peerlink import MESSAGE_MAX, PeerTls, client_identity
+from haproxy_py.cluster.peerserve import serve
 
 log = structlog.get_logger(__name__)
 
@@ -80,20 +75,8 @@ class PeerServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the port (useful with port 0)."""
-        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=15)
-        await self._runner.setup()
-        assert self._runner.server is not None  # set by setup()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._runner.server,
-            host,
-            port,
-            ssl=server_context(self.tls),
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            reuse_address=True,
-        )
-        sockets = self._server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        self._runner, self._server, bound = await serve(self.app, self.tls, host, port)
+        return bound
 
     async def close(self) -> None:
         if self._server is not None:

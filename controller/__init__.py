@@ -10,7 +10,11 @@ its state is in etcd (see `haproxy_py.cluster` for the hand-over protocol).
     execute     actions as compare-and-set transactions
     expiry      an owner's lease revoked once it has provably run out
     vacancy     when a VIP whose key stays in etcd is nobody's (released, or its lease gone)
-    probes      each VIP owner asked over mutual TLS; a lease a stolen key keeps alive revoked
+    probes      each VIP owner and the leader asked over mutual TLS, by every controller;
+                an overdue owner's lease revoked, an overdue leader deposed
+    revoke      the `revoked/` marker, then the revoke
+    embargo     a revoked owner's VIPs kept from everyone until its fence fell, on any controller
+    peer        our own endpoint the standbys probe while we lead
     announce, announcesync   BGP mode: which nodes may announce which VIP, and its writes
     loop        the shell: watch, read, decide, execute, log one line per change
     metrics, cli

@@ -19,12 +19,16 @@ from pathlib import Path
 
 import click
 import structlog
+from aiohttp import web
+from cryptography import x509
 
+from controller import peer
+from controller.election import Election
 from controller.loop import Controller
 from controller.metrics import ControllerMetrics
 from controller.probes import Prober
 from haproxy_py import __version__, certmetrics, daemon
-from haproxy_py.cluster import maintenance
+from haproxy_py.cluster import maintenance, peerserve
 from haproxy_py.cluster.agent_config import AgentConfig, parse_agent
 from haproxy_py.cluster.config import (
     ClusterConfig,
@@ -33,8 +37,10 @@ from haproxy_py.cluster.config import (
     parse_cluster,
     parse_controller,
     parse_etcd,
+    parse_node,
 )
-from haproxy_py.cluster.peerlink import PeerClient, PeerTls
+from haproxy_py.cluster.controlkeys import PeerAddress
+from haproxy_py.cluster.peerlink import PeerClient, PeerTls, common_name
 from haproxy_py.cluster.store import Store, StoreError
 from haproxy_py.configfile import ConfigError, Table
 from haproxy_py.daemon import Fatal
@@ -53,6 +59,7 @@ class ControllerFileConfig:
     controller: ControllerConfig
     # the agents' timing and peer endpoint, for the owners' probe (None: no probe)
     agent: AgentConfig | None = None
+    address: str | None = None  # `[node] address`: where our own peer endpoint listens
 
     @property
     def identity(self) -> str:
@@ -70,20 +77,43 @@ def parse(doc: Table) -> ControllerFileConfig:
     except ConfigError as exc:  # e.g. the agent's own key files, unreadable to this user
         log.warning("no owner probes: [agent] unreadable here", error=str(exc))
         agent = None
-    return ControllerFileConfig(cluster, etcd, controller, agent)
+    return ControllerFileConfig(cluster, etcd, controller, agent, parse_node(doc).address)
+
+
+def peer_tls(settings: ControllerFileConfig) -> PeerTls | None:
+    """This controller's certificate for the peer calls (None: etcd without client TLS)."""
+    etcd, agent = settings.etcd, settings.agent
+    if etcd.cacert is None or etcd.cert is None or etcd.key is None:
+        return None
+    return PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl if agent else None)
 
 
 def prober(settings: ControllerFileConfig, store: Store) -> Prober | None:
-    """The owners' authenticated probe, when this controller has a certificate and the agents
-    a peer endpoint."""
-    etcd, agent = settings.etcd, settings.agent
-    if agent is None or not agent.peer_port or etcd.cacert is None or etcd.cert is None:
+    """The authenticated probe of owners and leader, when this controller has a certificate
+    and the agents a peer endpoint."""
+    agent, tls = settings.agent, peer_tls(settings)
+    if agent is None or not agent.peer_port or tls is None:
         return None
-    if etcd.key is None:
-        return None
-    tls = PeerTls(etcd.cacert, etcd.cert, etcd.key, agent.peer_crl)
     client = PeerClient(tls, agent.timing.keepalive_timeout)
-    return Prober(store, client, agent.peer_port, agent.timing)
+    return Prober(store, client, agent.peer_port, agent.timing, settings.identity)
+
+
+async def endpoint(
+    settings: ControllerFileConfig, election: Election
+) -> tuple[web.AppRunner, asyncio.AbstractServer] | None:
+    """Our own peer endpoint (`controller.peer`), named in our leader record."""
+    tls, port, address = peer_tls(settings), settings.controller.peer_port, settings.address
+    if tls is None or not port or address is None:
+        return None
+    name = common_name(x509.load_pem_x509_certificate(tls.cert.read_bytes()))
+    if name is None:
+        raise Fatal(f"{tls.cert}: the certificate has no common name")
+    try:
+        runner, server, bound = await peer.start(name, tls, address, port)
+    except OSError as exc:
+        raise Fatal(f"cannot serve the peer endpoint on {address}:{port}: {exc.strerror}") from None
+    election.peer = PeerAddress(address, bound, name)
+    return runner, server
 
 
 async def run(settings: ControllerFileConfig) -> None:
@@ -113,6 +143,7 @@ async def run(settings: ControllerFileConfig) -> None:
         metrics_url=metrics_url,
         prober=prober(settings, store),
     )
+    served = await endpoint(settings, controller.election)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.stop)
@@ -122,6 +153,8 @@ async def run(settings: ControllerFileConfig) -> None:
         await controller.run()
     finally:
         alarms.cancel()
+        if served is not None:
+            await peerserve.close(*served)
         await store.close()
         if runner is not None:
             await runner.cleanup()

@@ -8,9 +8,11 @@ never die: it counts as no leader, and a campaign first deletes it (compare on
 its mod revision), so the election heals itself within one cycle. Every write the leader
 makes compares that create revision, so a deposed leader's late writes fail.
 Stepping down deletes the key and revokes the lease, so a standby takes over
-at once instead of waiting out the TTL. With `lapse` the lease is granted a second
-longer than `ttl` and counted as `ttl` only: a keepalive answered after that gives the
-lease up, so a standby may revoke it on its first 0 s reading (`controller.expiry`).
+at once instead of waiting out the TTL. A standby may also revoke our lease when we fail
+its authenticated probes (`controller.probes`): that is the same as losing it. With
+`lapse` the lease is granted a second longer than `ttl` and counted as `ttl` only: a
+keepalive answered after that gives the lease up, so a standby may revoke it on its first
+0 s reading (`controller.expiry`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 
 import structlog
 
+from haproxy_py.cluster.controlkeys import PeerAddress
 from haproxy_py.cluster.records import ClusterView, ControllerLeader
 from haproxy_py.cluster.storeapi import Compare, Delete, KVStore, created_at, mod_revision_is
 from haproxy_py.cluster.storeerrors import LeaseLost, StoreError, StoreUnavailable
@@ -56,6 +59,7 @@ class Election:
         self.deadline = 0.0  # monotonic time our lease surely lasts until
         self.last_keepalive_latency = 0.0
         self.on_change: Callable[[bool], None] = lambda leading: None
+        self.peer: PeerAddress | None = None  # where the standbys probe us (`controller.peer`)
 
     @property
     def key(self) -> str:
@@ -113,7 +117,11 @@ class Election:
                 log.error("leader key without a lease removed", stale_leader=stale.id)
         lease = await self._ensure_lease()
         record = ControllerLeader(
-            self.identity, self.clock(), self.metrics_url, lapse=self.ttl if self.lapse else 0
+            self.identity,
+            self.clock(),
+            self.metrics_url,
+            self.peer,
+            lapse=self.ttl if self.lapse else 0,
         )
         if not await self.store.create(self.key, record.to_json(), lease):
             return False

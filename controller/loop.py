@@ -30,6 +30,7 @@ from controller.announce import Policy as AnnouncePolicy
 from controller.announcesync import AnnounceSync
 from controller.decide import Policy, decide
 from controller.election import Election
+from controller.embargo import Embargo
 from controller.execute import Executor
 from controller.expiry import lapse_of, revoke_when_expired
 from controller.memory import Memory
@@ -41,6 +42,7 @@ from haproxy_py.cluster.records import ClusterPolicy, ClusterView
 from haproxy_py.cluster.store import StoreError, StoreUnavailable
 from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.cluster.tasks import settle, supervised
+from haproxy_py.cluster.timing import fence_deadline
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +111,8 @@ class Controller:
         self._last_problems: tuple[str, ...] = ()
         self._etcd_down = False
         self._expiries: dict[int, asyncio.Task[bool]] = {}  # owner lease -> its early revoke
+        # VIPs of leases revoked for failed probes, until their fence fell
+        self.embargo = Embargo(fence_deadline(prober.timing) if prober else 0.0)
         self.metrics.bind(
             lambda: self.leading,
             self.election.lease_remaining,
@@ -132,6 +136,7 @@ class Controller:
         tasks = [keepalive, asyncio.create_task(supervised("watch", self._watch), name="watch")]
         if self.prober is not None:
             self.prober.wake = self.wake.set
+            self.prober.deposed = self.metrics.depositions.inc
             probes = supervised("probes", lambda: self._probe(self.prober))
             tasks.append(asyncio.create_task(probes, name="probes"))
         cycles = asyncio.create_task(self._cycles(), name="cycles")
@@ -146,8 +151,6 @@ class Controller:
                 task.cancel()
             # bounded: a task that swallows its cancellation must not hold the stop up
             await settle([*tasks, *self._expiries.values()])
-            if self.prober is not None:  # a successor must not assign what we embargo
-                await asyncio.sleep(self.prober.embargo_left(time.monotonic()))
             await self.election.resign()
             log.info("controller stopped", controller=self.identity)
 
@@ -160,7 +163,7 @@ class Controller:
 
     async def _probe(self, prober: Prober | None) -> None:
         assert prober is not None
-        await prober.run(lambda: self.leading, self.election.lease_remaining)
+        await prober.run(lambda: self.leading, lambda: self.election.lease)
 
     async def _keep_alive(self) -> None:
         await self.election.keep_alive(self.stopping)
@@ -199,6 +202,7 @@ class Controller:
         self._observe(view)
         seen = self.memory.observe(view)
         self._watch_leases(view)
+        self.embargo.observe(view, time.monotonic())  # standbys too: any of us may lead next
         if self.prober is not None:
             self.prober.view = view  # standbys probe too
         if view.problems != self._last_problems:
@@ -222,8 +226,9 @@ class Controller:
             if view.settings is not None or not view.config_mod_revision:
                 return
             view = replace(view, settings=wanted)
-        if self.prober is not None:
-            view = self.prober.guard(view, time.monotonic())
+        view = self.embargo.guard(view, time.monotonic())
+        if left := self.embargo.left(time.monotonic()):  # decide again when it ends
+            asyncio.get_running_loop().call_later(left + 0.01, self.wake.set)
         decision = decide(view, self.clock(), self.policy, seen)
         if decision.actions:
             await self._execute(view, decision.actions, decision.reason)

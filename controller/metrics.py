@@ -44,6 +44,9 @@ class ControllerMetrics:
         self.unowned = r.gauge("vips_unowned", "Configured VIPs that nobody holds right now")
         self.cycle_seconds = r.gauge("cycle_seconds", "Duration of the last decision cycle")
         self.cycle_errors = r.counter("cycle_errors_total", "Cycles that failed")
+        self.depositions = r.counter(
+            "depositions_total", "Leading controllers this one deposed for failed probes"
+        )
 
     def bind(
         self,

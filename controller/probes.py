@@ -1,29 +1,37 @@
-"""The leader's authenticated liveness probe of every VIP owner: lease liveness is not enough.
+"""Authenticated liveness probes of every VIP owner and of the leading controller: lease
+liveness is not enough.
 
 etcd does not authorise `LeaseKeepAlive`: any client that can reach etcd can keep any
 lease alive, so a stolen agent key could keep a dead node's lease, and with it its VIPs,
-alive forever. The controllers therefore also ask each VIP owner's peer endpoint
-(`agent.peer`, mutual TLS with the controller's certificate) to echo a fresh nonce, which
-only a server holding that node's key can do.
+alive forever, and the dead leading controller's election lease with it, so that no
+standby ever leads. Every controller, standbys too, therefore asks each VIP owner's peer
+endpoint (`agent.peer`) and the leader's (`controller.peer`) over mutual TLS to echo a
+fresh nonce, which only a server holding that certificate's key can do.
 
-An owner that answered under its current lease and has since failed every probe for
-`timing.probe_limit` (two keepalive periods, and at least `MIN_MISSES` in a row: one lost
-probe or a short stall moves nothing) while its lease still reads a second or more left
-(someone refreshed it within the last second, although the node has not answered for
-longer) gets its lease revoked. Every keepalive etcd renewed was sent before the revoke,
-and the agent arms a fence only within `rearm_window` of such a send, so its fence falls
-within `fence_deadline` (rearm_window + address_lifetime + kernel slack: 1.3 s by default)
-of the revoke's answer, whether the node is dead or alive and cut off from the controllers
-only; its VIPs are kept from every other node until then (`guard`). An owner that simply
-died is left to the lease expiry path (`controller.expiry`), which is faster. An owner that
-never answered (no peer endpoint, or a controller that started leading after it died) is
-left to its lease, so a misconfigured node is never moved. Probes write nothing to etcd.
+A target that has failed every probe for `timing.probe_limit` (two keepalive periods, and
+at least `MIN_MISSES` in a row: one lost probe or a short stall moves nothing) is overdue:
+
+* an overdue owner whose lease still reads a second or more left (someone refreshed it
+  within the last second although the node has not answered for longer) gets its lease
+  revoked, by the leader, or by a standby while the leader is overdue too (the leader died
+  with the node, or is cut off from it). The revoke writes a `revoked/` marker first, and
+  whoever assigns the owner's VIPs waits the fence deadline from when it first saw the
+  lease gone (`controller.embargo`). An owner that simply died is left to the lease expiry
+  path (`controller.expiry`), which needs no embargo. An owner that has not answered yet
+  under its current lease is probed like any other.
+* an overdue leader is deposed by a standby: its election lease revoked (its leader key
+  goes with it), so the standby wins the next campaign at once. A deposed leader completes
+  no assignment: every write it makes compares its leader key's create revision. A standby
+  deposes at most once per `DEPOSE_EVERY`, so one cut off from a healthy leader costs a
+  leadership change a minute, each logged, never a stream of them.
+
+A false verdict costs a move or a leadership change, never two owners. Probes write
+nothing to etcd; a revoke writes the marker (one put, one expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import secrets
 import time
@@ -33,6 +41,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from controller.expiry import lapse_of
+from controller.revoke import revoke_marked
 from haproxy_py.cluster.peerlink import PeerClient, PeerError
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import StoreError
@@ -42,11 +51,12 @@ from haproxy_py.cluster.timing import Timing, fence_deadline, lapse_proven, prob
 log = structlog.get_logger(__name__)
 
 MIN_MISSES = 3
+DEPOSE_EVERY = 60.0  # seconds between two depositions by one controller
 
 
 @dataclass
 class Verdicts:
-    """Consecutive probe failures per node, by the time each probe was sent (pure: no I/O,
+    """Consecutive probe failures per target, by the time each probe was sent (pure: no I/O,
     no clock). Rounds overlap, so results may arrive out of order: a failure of a probe sent
     before the last success counts for nothing."""
 
@@ -54,160 +64,189 @@ class Verdicts:
     failing: dict[str, tuple[float, int]] = field(default_factory=dict)  # since, misses
     answered: dict[str, float] = field(default_factory=dict)  # send time of the last success
 
-    def result(self, node: str, ok: bool, sent: float) -> None:
+    def result(self, target: str, ok: bool, sent: float) -> None:
         if ok:
-            self.answered[node] = max(sent, self.answered.get(node, sent))
-            self.failing.pop(node, None)
+            self.answered[target] = max(sent, self.answered.get(target, sent))
+            self.failing.pop(target, None)
             return
-        if sent <= self.answered.get(node, -math.inf):
+        if sent <= self.answered.get(target, -math.inf):
             return
-        since, misses = self.failing.get(node, (sent, 0))
-        self.failing[node] = (min(since, sent), misses + 1)
+        since, misses = self.failing.get(target, (sent, 0))
+        self.failing[target] = (min(since, sent), misses + 1)
 
-    def overdue(self, node: str, now: float) -> bool:
-        since, misses = self.failing.get(node, (now, 0))
+    def overdue(self, target: str, now: float) -> bool:
+        since, misses = self.failing.get(target, (now, 0))
         return misses >= MIN_MISSES and now - since >= self.limit
 
-    def keep(self, nodes: set[str]) -> None:
-        self.failing = {n: v for n, v in self.failing.items() if n in nodes}
-        self.answered = {n: v for n, v in self.answered.items() if n in nodes}
+    def keep(self, targets: set[str]) -> None:
+        self.failing = {n: v for n, v in self.failing.items() if n in targets}
+        self.answered = {n: v for n, v in self.answered.items() if n in targets}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One probed process: the certificate name it must answer with, where, and its lease."""
+
+    name: str  # agent-<node> or controller-<name>
+    address: str
+    port: int
+    lease: int
+    node: str = ""  # a VIP owner's node ("" for the leader)
+
+
+def targets(view: ClusterView, agent_port: int, own_lease: int | None) -> list[Target]:
+    """The VIP owners with a registered address, and the leader unless it is us."""
+    out = []
+    owners = {a.node: a.lease for a in view.vips.values() if a.lease}
+    for node, lease in sorted(owners.items()):
+        record = view.nodes.get(node)
+        if record is not None and record.address is not None and record.lease == lease:
+            out.append(Target(f"agent-{node}", record.address, agent_port, lease, node))
+    leader = view.leader
+    if leader is not None and leader.peer is not None and leader.lease not in (0, own_lease):
+        peer = leader.peer
+        out.append(Target(peer.name, peer.address, peer.port, leader.lease))
+    return out
+
+
+@dataclass
+class Plan:
+    """What one round's verdicts call for (pure)."""
+
+    revoke: list[Target]
+    depose: Target | None
+
+
+def plan(found: list[Target], verdicts: Verdicts, now: float, leading: bool) -> Plan:
+    """Owners overdue are revoked by the leader, or by a standby that finds the leader
+    overdue too; an overdue leader is deposed by a standby."""
+    overdue = [t for t in found if verdicts.overdue(t.name, now)]
+    leader = next((t for t in overdue if not t.node), None)
+    owners = [t for t in overdue if t.node] if leading or leader is not None else []
+    return Plan(owners, None if leading else leader)
 
 
 class Prober:
-    """Probes VIP owners (standbys too, so a new leader starts with their history); while
-    leading, revokes a lease kept alive without its node and keeps that node's VIPs
-    unassigned until its fence has fallen."""
+    """Probes the owners and the leader every keepalive period; revokes and deposes by
+    `plan`."""
 
-    def __init__(self, store: KVStore, client: PeerClient, port: int, timing: Timing) -> None:
+    def __init__(
+        self, store: KVStore, client: PeerClient, port: int, timing: Timing, identity: str = ""
+    ) -> None:
         self.store = store
         self.client = client
         self.port = port
         self.timing = timing
+        self.identity = identity
         self.verdicts = Verdicts(probe_limit(timing))
         self.view: ClusterView | None = None  # the last one the controller read
-        self.embargo: dict[str, float] = {}  # vip -> monotonic time it may be assigned again
         self.wake: Callable[[], None] = lambda: None
-        self.answered: set[int] = set()  # owner leases whose node has answered a probe
-        self._warned: set[str] = set()
-        self._revoking: set[str] = set()
-
-    def embargo_left(self, now: float) -> float:
-        """How long the longest embargo still runs (0: none)."""
-        return max((until - now for until in self.embargo.values()), default=0.0)
-
-    def guard(self, view: ClusterView, now: float) -> ClusterView:
-        """The view with embargoed VIPs marked occupied, so nothing assigns them yet."""
-        self.embargo = {v: until for v, until in self.embargo.items() if until > now}
-        if not self.embargo:
-            return view
-        return dataclasses.replace(view, occupied=view.occupied | frozenset(self.embargo))
+        self.deposed: Callable[[], None] = lambda: None  # counts a deposition (metrics)
+        self.deposed_at = -math.inf  # monotonic time of this controller's last deposition
+        self.depositions = 0
+        self._busy: set[int] = set()  # leases an overlapping round is revoking
 
     async def run(
-        self, leading: Callable[[], bool], lease_left: Callable[[], float] = lambda: math.inf
+        self, leading: Callable[[], bool], own_lease: Callable[[], int | None] = lambda: None
     ) -> None:
-        """A round every keepalive period, each probe sent at once: a round waiting for an
-        owner that does not answer (a probe times out after the keepalive timeout) would
-        otherwise stretch the probe period, and the revoke with it.
-
-        The embargo lives in this process only, so a revoke waits until this controller's own
-        lease (`lease_left`) outlasts it: no other controller can lead, and assign the VIPs,
-        before the embargo ends (and the loop waits it out before resigning)."""
+        """A round every keepalive period, each probe sent at once: a round waiting for a
+        target that does not answer (a probe times out after the keepalive timeout) would
+        otherwise stretch the probe period, and the revoke with it."""
         rounds: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await asyncio.sleep(self.timing.keepalive_interval)
                 if self.view is not None:
-                    task = asyncio.create_task(self._round(self.view, leading, lease_left))
+                    found = targets(self.view, self.port, own_lease())
+                    task = asyncio.create_task(self._round(found, leading))
                     rounds.add(task)
                     task.add_done_callback(rounds.discard)
         finally:
             for task in rounds:
                 task.cancel()
 
-    async def _round(
-        self, view: ClusterView, leading: Callable[[], bool], lease_left: Callable[[], float]
-    ) -> None:
+    async def _round(self, found: list[Target], leading: Callable[[], bool]) -> None:
         sent = time.monotonic()
-        owners = {a.node: a.lease for a in view.vips.values() if a.lease}
-        self.verdicts.keep(set(owners))
-        names = sorted(owners)
-        results = await asyncio.gather(*(self._probe(view, n) for n in names))
-        for node, ok in zip(names, results, strict=True):
-            self.verdicts.result(node, ok, sent)
-            if ok:
-                self.answered.add(owners[node])
-            elif owners[node] not in self.answered:
-                self._unprovable(node)
-            elif (
-                self.verdicts.overdue(node, time.monotonic())
-                and leading()
-                and lease_left() >= fence_deadline(self.timing)
-                and node not in self._revoking  # (an overlapping round is at it)
-            ):
-                self._revoking.add(node)
-                try:
-                    await self._revoke(view, node, owners[node])
-                finally:
-                    self._revoking.discard(node)
-        self.answered &= {a.lease for a in (self.view or view).vips.values() if a.lease}
+        results = await asyncio.gather(*(self._probe(t) for t in found))
+        self.verdicts.keep({t.name for t in found})
+        for target, ok in zip(found, results, strict=True):
+            self.verdicts.result(target.name, ok, sent)
+        todo = plan(found, self.verdicts, time.monotonic(), leading())
+        acts = [self._revoke(t) for t in todo.revoke]
+        if todo.depose is not None:
+            acts.append(self._depose(todo.depose))
+        await asyncio.gather(*acts)
 
-    def _unprovable(self, node: str) -> None:
-        """An owner whose endpoint never answered under its current lease (no peer endpoint
-        configured, an older version, or it died before this controller led) is left to its
-        lease: revoking it could move VIPs off a healthy node."""
-        if node not in self._warned:
-            self._warned.add(node)
-            log.warning("VIP owner has not answered a probe yet; its lease alone counts", node=node)
-
-    async def _probe(self, view: ClusterView, node: str) -> bool:
-        record = view.nodes.get(node)
-        if record is None or record.address is None:
-            return True  # no record: its lease is gone, the expiry path moves its VIPs
+    async def _probe(self, target: Target) -> bool:
         nonce = secrets.token_hex(16)
         try:
             answer = await self.client.post(
-                record.address, self.port, f"agent-{node}", "/alive", {"nonce": nonce}
+                target.address, target.port, target.name, "/alive", {"nonce": nonce}
             )
         except PeerError as exc:
-            log.debug("owner probe failed", node=node, error=str(exc))
+            log.debug("probe failed", target=target.name, error=str(exc))
             return False
-        return answer == {"nonce": nonce, "node": node}
+        return isinstance(answer, dict) and answer.get("nonce") == nonce
 
-    async def _revoke(self, view: ClusterView, node: str, lease: int) -> None:
+    async def _revoke(self, target: Target) -> None:
+        if target.lease in self._busy:
+            return
+        self._busy.add(target.lease)
         asked = time.monotonic()
         try:
-            left, granted = await self.store.lease_time_to_live(lease)
-        except StoreError:
-            return
-        if left < 1:
-            return  # running out by itself: the expiry path is faster and needs no revoke
-        if node not in self.verdicts.failing:
-            return  # it answered a probe meanwhile
-        since, misses = self.verdicts.failing[node]
-        if lapse_proven(lapse_of(view, node, lease), granted) and asked - since < granted - 1:
-            # An owner that lapses may just have died: its lease reads 0 within a second and
-            # the expiry path then moves its VIPs with no embargo. Read >= 1 once it has failed
-            # for granted - 1 s, it was renewed after the failures began: revoked.
-            return
-        try:
-            await self.store.revoke(lease)
+            left, granted = await self.store.lease_time_to_live(target.lease)
+            if left < 1 or target.name not in self.verdicts.failing:
+                return  # running out by itself (the expiry path), or it answered meanwhile
+            since, misses = self.verdicts.failing[target.name]
+            lapse = lapse_of(self.view, target.node, target.lease) if self.view else 0
+            if lapse_proven(lapse, granted) and asked - since < granted - 1:
+                # An owner that lapses may just have died: its lease reads 0 within a second
+                # and the expiry path then moves its VIPs with no embargo. Read >= 1 once it
+                # has failed for granted - 1 s, it was renewed after the failures began.
+                return
+            wait = fence_deadline(self.timing)
+            if not await revoke_marked(self.store, target.lease, wait, target.name, self.identity):
+                return
         except StoreError as exc:
             log.error("cannot revoke the lease of an owner that fails its probes", error=str(exc))
             return
-        wait = fence_deadline(self.timing)
-        until = time.monotonic() + wait
-        for vip in view.vips_of(node):
-            self.embargo[vip] = until
-        asyncio.get_running_loop().call_later(wait + 0.01, self.wake)  # decide again then
-        self.verdicts.failing.pop(node, None)
+        finally:
+            self._busy.discard(target.lease)
+        self.verdicts.failing.pop(target.name, None)
         log.warning(
             "VIP owner failed its authenticated probe while its lease was kept alive: lease "
             "revoked; its VIPs move once its fence has fallen",
-            node=node,
-            lease=f"{lease:x}",
+            node=target.node,
+            lease=f"{target.lease:x}",
             failing_s=round(time.monotonic() - since, 3),
             misses=misses,
-            vips=list(view.vips_of(node)),
-            embargo_s=round(wait, 3),
+        )
+        self.wake()
+
+    async def _depose(self, target: Target) -> None:
+        now = time.monotonic()
+        if target.lease in self._busy or now - self.deposed_at < DEPOSE_EVERY:
+            return
+        self._busy.add(target.lease)
+        since, misses = self.verdicts.failing[target.name]
+        try:
+            await self.store.revoke(target.lease)  # no VIP hangs on it: no marker needed
+        except StoreError as exc:
+            log.error("cannot depose a leader that fails its probes", error=str(exc))
+            return
+        finally:
+            self._busy.discard(target.lease)
+        self.deposed_at = now
+        self.depositions += 1
+        self.deposed()
+        self.verdicts.failing.pop(target.name, None)
+        log.warning(
+            "leading controller failed its authenticated probe: its election lease revoked "
+            f"(this controller deposes at most once every {DEPOSE_EVERY:g} s)",
+            leader=target.name,
+            lease=f"{target.lease:x}",
+            failing_s=round(now - since, 3),
+            misses=misses,
+            depositions=self.depositions,
         )
         self.wake()

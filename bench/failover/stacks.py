@@ -28,7 +28,7 @@ from haproxy_py.lab.netns import in_netns, ip
 from haproxy_py.lab.settle import wait
 from haproxy_py.lab.watch import AddressReader
 
-SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm", "stolen")
+SCENARIOS = ("planned", "kill", "proxy", "partition", "sigterm", "stolen", "stolen-leader")
 SCENARIO_TITLES = {
     "planned": "planned move",
     "kill": "SIGKILL of the active node",
@@ -37,6 +37,8 @@ SCENARIO_TITLES = {
     "sigterm": "clean stop (SIGTERM) of the active node",
     "stolen": "SIGKILL of the active node, its etcd lease kept alive with the other's agent key "
     "(the controller leader elsewhere)",
+    "stolen-leader": "SIGKILL of the active node and leading controller, its agent's and its "
+    "controller's etcd leases kept alive with the other's agent key",
 }
 # Faults of etcd itself (`bench.failover.etcdfaults`): nothing should move, so they are measured
 # apart from the scenarios above; keepalived has no etcd.
@@ -149,7 +151,7 @@ class HaproxyPy(Stack):
         profile = lab.layout.profile
         self.name = name_of(profile)
         self.title = f"haproxy-py {profile} (etcd lease, TTL {lab.layout.timing.lease_ttl} s)"
-        self.keeper: subprocess.Popen[str] | None = None
+        self.keepers: list[subprocess.Popen[str]] = []
 
     def start(self) -> None:
         for node in self.lab.layout.nodes:
@@ -185,7 +187,7 @@ class HaproxyPy(Stack):
             done = self.lab.hactl("failover", "--yes", "--vip", self.vip, "--to", self.other(node))
             if done.returncode != 0:
                 raise BenchError(f"hactl failover failed: {(done.stderr or done.stdout).strip()}")
-        elif scenario in ("kill", "stolen"):
+        elif scenario in ("kill", "stolen", "stolen-leader"):
             self.lab.kill(node)
         elif scenario == "proxy":
             self.lab.kill(node, "proxy")
@@ -197,31 +199,38 @@ class HaproxyPy(Stack):
             raise BenchError(f"unknown scenario {scenario!r}")
 
     def prepare(self, scenario: str, node: str) -> None:
-        """ "stolen": the other node's agent key keeps `node`'s lease alive (`lab.stolen`)."""
-        if scenario != "stolen":
+        """ "stolen": the other node's agent key keeps `node`'s lease alive (`lab.stolen`), the
+        controller leading elsewhere; "stolen-leader": `node`'s controller leads, and the same
+        key keeps its election lease alive too."""
+        if not scenario.startswith("stolen"):
             return
-        if self._leader() == node:  # measured apart: the case of a leader lost with the node
-            self.terminate(node, ("controller",))  # steps down at once
-            self.lab.start_node(node)
-            wait_until(lambda: self._leader() == self.other(node), 30, "another controller to lead")
-        record = self.lab.view().nodes.get(node)
+        leader = node if scenario == "stolen-leader" else self.other(node)
+        # the other one steps down at once (SIGTERM), and is up again as a standby
+        if not stolen.hand_leadership(
+            self.lab, leader, lambda n: self.terminate(n, ("controller",))
+        ):
+            raise BenchError(f"{leader}'s controller did not lead, or the other did not start")
+        view = self.lab.view()
+        record = view.nodes.get(node)
         if record is None or not record.lease:
             raise BenchError(f"{node} has no lease in etcd to keep alive")
-        self.keeper = stolen.keep_alive(self.lab, self.other(node), record.lease)
-        assert self.keeper.stdout is not None
-        first = self.keeper.stdout.readline()  # etcdctl's first refresh, or its error
-        if "keepalived with TTL" not in first:
-            raise BenchError(
-                f"etcdctl lease keep-alive: {first.strip() or stolen.stop(self.keeper)}"
-            )
-        # the controllers probe the node under its current lease first (an owner that never
-        # answered is left to its lease: `controller.probes`)
-        time.sleep(1.0)
+        leases = [record.lease]
+        if scenario == "stolen-leader" and view.leader is not None:
+            leases.append(view.leader.lease)
+        for lease in leases:
+            keeper = stolen.keep_alive(self.lab, self.other(node), lease)
+            self.keepers.append(keeper)
+            assert keeper.stdout is not None
+            first = keeper.stdout.readline()  # etcdctl's first refresh, or its error
+            if "keepalived with TTL" not in first:
+                raise BenchError(
+                    f"etcdctl lease keep-alive: {first.strip() or stolen.stop(keeper)}"
+                )
+        time.sleep(1.0)  # the controllers probe the node and the leader a few times first
 
     def recover(self, scenario: str, node: str) -> None:
-        if self.keeper is not None:
-            stolen.stop(self.keeper)
-            self.keeper = None
+        while self.keepers:
+            stolen.stop(self.keepers.pop())
         if scenario == "partition":
             self.heal(node)
         if scenario != "planned":
@@ -239,7 +248,7 @@ class Keepalived(Stack):
     exactly as documented; only which node is which alternates.
     """
 
-    scenarios = tuple(s for s in SCENARIOS if s != "stolen")  # no etcd, so no lease to keep
+    scenarios = tuple(s for s in SCENARIOS if not s.startswith("stolen"))  # no etcd, no lease
 
     def __init__(self, lab: control.Lab, profile: kaconf.Profile) -> None:
         super().__init__(lab)

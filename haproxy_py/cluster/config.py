@@ -15,6 +15,9 @@ from pathlib import Path
 from haproxy_py.cluster.records import MODES, Mode
 from haproxy_py.configfile import Table
 
+# the controller's peer endpoint (`controller.peer`), next to the agents' (peerlink.PEER_PORT)
+CONTROLLER_PEER_PORT = 9735
+
 
 def _check_key_part(table: Table, key: str, value: str | None) -> None:
     """A name that becomes one segment of an etcd key must be non-empty and without '/'."""
@@ -196,6 +199,16 @@ class ControllerConfig:
     ready_hold: float = 5.0  # readiness scores must hold this long before a VIP moves for them
     unheld_limit: float = 3.0  # an assigned VIP its owner does not list as held is then released
     lapse: bool = False
+    # the endpoint the standbys probe this controller at while it leads (`controller.peer`),
+    # on `[node] address`; 0: none (then a leader kept alive by a stolen key is never deposed)
+    peer_port: int = CONTROLLER_PEER_PORT
+
+
+def _peer_port(ctl: Table) -> int:
+    port: int = ctl.integer("peer_port", CONTROLLER_PEER_PORT, min=0)
+    if port > 65535:
+        ctl.fail("peer_port", f"expected a port from 0 (none) to 65535, got {port}")
+    return port
 
 
 def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
@@ -214,6 +227,7 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
             "ready_hold",
             "unheld_limit",
             "lapse",
+            "peer_port",
         }
     )
     ident = ctl.string("id", None)
@@ -255,6 +269,7 @@ def parse_controller(doc: Table, etcd: EtcdConfig) -> ControllerConfig:
         ready_hold=ctl.number("ready_hold", 5.0, min=0),
         lapse=ctl.boolean("lapse", False),
         unheld_limit=ctl.number("unheld_limit", 3.0, min=0.5),
+        peer_port=_peer_port(ctl),
     )
 
 

@@ -16,12 +16,35 @@ MODES: tuple[Mode, ...] = ("active-standby", "active-active", "bgp")
 
 
 @dataclass(frozen=True)
+class PeerAddress:
+    """Where a controller answers the standbys' liveness probe, and the common name of the
+    certificate it answers with (`controller.peer`)."""
+
+    address: str
+    port: int
+    name: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"address": self.address, "port": self.port, "name": self.name}
+
+    @classmethod
+    def parse(cls, obj: object) -> PeerAddress | None:
+        if not isinstance(obj, dict):
+            return None
+        address, name, port = text(obj, "address"), text(obj, "name"), integer(obj, "port")
+        if address is None or name is None or not 0 < port < 65536:
+            return None
+        return cls(address, port, name)
+
+
+@dataclass(frozen=True)
 class ControllerLeader:
     """`controller/leader`: the active controller, under its own lease."""
 
     id: str
     since: float
     metrics: str | None = None
+    peer: PeerAddress | None = None  # None: it cannot be probed (no endpoint, older version)
     lease: int = 0
     create_revision: int = 0
     mod_revision: int = 0
@@ -31,8 +54,11 @@ class ControllerLeader:
     lapse: int = 0
 
     def to_json(self) -> bytes:
+        peer = self.peer.to_dict() if self.peer else None
         lapse = {"lapse": self.lapse} if self.lapse else {}
-        return dumps({"id": self.id, "since": self.since, "metrics": self.metrics, **lapse})
+        return dumps(
+            {"id": self.id, "since": self.since, "metrics": self.metrics, "peer": peer, **lapse}
+        )
 
     @classmethod
     def parse(
@@ -48,6 +74,7 @@ class ControllerLeader:
             id=ident,
             since=number(obj, "since", 0.0) or 0.0,
             metrics=text(obj, "metrics"),
+            peer=PeerAddress.parse(obj.get("peer")),
             lease=lease,
             create_revision=create_revision,
             mod_revision=mod_revision,

@@ -14,7 +14,11 @@ agent writes only its own node record (its release acknowledgements and
 refused VIPs included) and reads the rest it needs.
 etcd applies two rules that shape it: a put or revoke under a lease needs
 write access to every key attached to that lease, and `LeaseKeepAlive` is not
-authorised at all (any user can keep any lease alive).
+authorised at all (any user can keep any lease alive). So an agent can revoke
+no lease but its own, while a controller (readwrite on the whole cluster) can
+revoke an owner's lease (its `nodes/<node>` key) and another controller's
+election lease (`controller/leader`) when they fail their probes
+(`controller.probes`), and writes the `revoked/` marker first.
 
     desired = plan("lab", nodes=["node1"], operators=["alice"], admins=["etcd1"])
     await apply(store, desired)    # store connected as root; idempotent; enables auth

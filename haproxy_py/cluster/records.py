@@ -331,6 +331,8 @@ class ClusterView:
     problems: tuple[str, ...] = ()
     config_mod_revision: int = 0  # of the `config` key, readable or not (0: absent)
     vacated: Mapping[str, VipAssignment] = field(default_factory=dict)
+    # leases with a `revoked/` marker -> the embargo its writer asks for (`controller.embargo`)
+    revoked: Mapping[int, float] = field(default_factory=dict)
 
     def owner(self, vip: str) -> str | None:
         assignment = self.vips.get(vip)
@@ -404,6 +406,7 @@ class ClusterView:
         leader: ControllerLeader | None = None
         settings: ClusterPolicy | None = None
         epoch = epoch_rev = config_rev = 0
+        revoked: dict[int, float] = {}
         for kv in kvs:
             rel = schema.relative(kv.key)
             if rel is None:
@@ -427,6 +430,10 @@ class ClusterView:
                 parsed = Event.parse(kv.value)
                 if parsed is not None:
                     events.append(parsed)
+            elif section == "revoked" and name:
+                parsed = _marker(name, kv.value)
+                if parsed is not None:
+                    revoked[parsed[0]] = parsed[1]
             elif rel == "controller/leader":
                 parsed = leader = ControllerLeader.parse(
                     kv.value, kv.lease, kv.create_revision, kv.mod_revision
@@ -455,4 +462,16 @@ class ClusterView:
             epoch_mod_revision=epoch_rev,
             problems=tuple(problems),
             config_mod_revision=config_rev,
+            revoked=revoked,
         )
+
+
+def _marker(name: str, raw: bytes) -> tuple[int, float] | None:
+    """`revoked/<lease hex>`: (lease, embargo seconds)."""
+    obj = loads(raw)
+    wait = number(obj, "wait") if obj is not None else None
+    try:
+        lease = int(name, 16)
+    except ValueError:
+        return None
+    return (lease, wait) if wait is not None and 0 <= wait <= 60 else None

@@ -10,6 +10,8 @@ All keys of one cluster live under `/haproxy-py/<cluster>/`:
     events/<seq>        Event             no lease, bounded history (seq = epoch, zero-padded)
     epoch               integer text      no lease, +1 on every ownership change
     announce/<node>/vips Announce         no lease; BGP mode: the VIPs the node may announce
+    revoked/<lease hex> RevokeMarker      under a short lease of its own; written by a controller
+                                          before it revokes a lease for failed probes
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class Schema:
     @property
     def events_prefix(self) -> str:
         return f"{self.prefix}events/"
+
+    @property
+    def revoked_prefix(self) -> str:
+        return f"{self.prefix}revoked/"
+
+    def revoked(self, lease: int) -> str:
+        """`revoked/<lease hex>`: the lease was (or is about to be) revoked for failed probes."""
+        return f"{self.revoked_prefix}{lease:x}"
 
     @property
     def leader(self) -> str:

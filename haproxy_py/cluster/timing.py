@@ -35,13 +35,14 @@ revoke's answer the owner's fence falls within
 
     embargo = rearm_window + address_lifetime + kernel_slack      (`fence_deadline`)
 
-and the controller keeps that owner's VIPs from every other node that long. The embargo
-lives in the leader's memory, so it revokes only while its own lease outlasts the embargo
-(no successor can lead sooner) and resigns only once it has passed. The revoke itself comes
-after `probe_limit` (two keepalive periods, three probes in a row) of failed probes; node
-loss with a stolen key therefore takes about a probe period + probe_limit + embargo
-(default 0.25 + 0.5 + 1.3 s; fast 0.125 + 0.25 + 0.8 s), plus an election when the
-leading controller was lost with the node.
+and the controllers keep that owner's VIPs from every other node that long. The revoker
+writes a `revoked/` marker first, and whoever assigns counts the embargo from when it first
+read the lease gone, which is after the revoke (`controller.embargo`), so it holds whoever
+revoked and whoever leads next. The revoke itself comes after `probe_limit` (two keepalive
+periods, three probes in a row) of failed probes; node loss with a stolen key therefore
+takes about a probe period + probe_limit + embargo (default 0.25 + 0.5 + 1.3 s; fast 0.125
++ 0.25 + 0.8 s), also when the leading controller was lost with the node: a standby probes
+the leader as well and deposes it in the same round (`controller.probes`).
 
 Safety, lapse path (`lapse`, the fast profile): the agent asks etcd for lease_ttl + 1 s
 but counts on lease_ttl only. Once lease_ttl has passed since the send of its freshest

@@ -1,5 +1,6 @@
-"""The agent's peer endpoint over real mutual TLS on loopback, with certificates made by
-`haproxy_py.pki`: who is refused, what a replayed answer gets, and how small a round is."""
+"""The agent's peer endpoint (and the controller's) over real mutual TLS on loopback, with
+certificates made by `haproxy_py.pki`: who is refused, what a replayed answer gets, and how
+small a round is."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from agent.failsafe import Answer, Failsafe
 from agent.failsafeloop import FailsafeLoop
 from agent.peer import PeerServer
 from agent.state import AgentCore, Assignment, Hysteresis
+from controller import peer as controller_peer
 from haproxy_py import pki
+from haproxy_py.cluster import peerserve
 from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.peerlink import PeerClient, PeerError, PeerTls
 from haproxy_py.cluster.timing import Timing, failsafe_after
@@ -269,3 +272,28 @@ async def test_a_refused_round_is_asked_again_before_the_next_keepalive_period(
         loop.client.close()
         await server.close()
     assert granted[0] < 2.8, granted  # first round at 2 s; without the retry: 3 s or 4 s
+
+
+async def test_the_leading_controller_answers_standbys_with_its_own_certificate(
+    certs: Path,
+) -> None:
+    """`controller.peer`: the standbys' probe of the leader. Only a server holding the
+    leader's key answers in its name; only controllers may ask."""
+    runner, server, port = await controller_peer.start(
+        "controller-n1", tls(certs, "controller-n1"), "127.0.0.1", 0
+    )
+    standby = PeerClient(tls(certs, "controller-n1"), timeout=2.0)
+    agent = PeerClient(tls(certs, "agent-n2"), timeout=2.0)
+    try:
+        answer = await standby.post("127.0.0.1", port, "controller-n1", "/alive", {"nonce": "x1"})
+        assert answer == {"nonce": "x1", "controller": "controller-n1"}
+        with pytest.raises(PeerError, match="server is 'controller-n1', expected 'agent-n1'"):
+            await standby.post("127.0.0.1", port, "agent-n1", "/alive", {"nonce": "x2"})
+        with pytest.raises(PeerError, match="403"):
+            await agent.post("127.0.0.1", port, "controller-n1", "/alive", {"nonce": "x3"})
+        with pytest.raises(PeerError, match="400"):
+            await standby.post("127.0.0.1", port, "controller-n1", "/alive", {"nonce": ""})
+    finally:
+        standby.close()
+        agent.close()
+        await peerserve.close(runner, server)

@@ -6,8 +6,9 @@ node killed afterwards still fails over. Agents only read `vips/`, so node1's
 key cannot write or delete any assignment (C2); and even a writer that can
 (etcd's root here, standing in for a stolen controller key) cannot make a node
 take an address its own `allowed_vips` does not list. Keeping another node's
-lease alive (etcd does not authorise LeaseKeepAlive) cannot pin that node's VIP:
-the controller's authenticated probe (`controller.probes`) finds the node gone.
+lease alive (etcd does not authorise LeaseKeepAlive) cannot pin that node's VIP,
+nor can keeping its leading controller's election lease alive: the controllers'
+authenticated probe (`controller.probes`) finds the node, and the leader, gone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from haproxy_py.cluster.records import VipAssignment
 from haproxy_py.cluster.store import Store
 from haproxy_py.lab import control, stolen
 from haproxy_py.lab.layout import CLUSTER, ETCD_CLIENT_PORT, ETCD_PEER_PORT, OPERATOR
-from tests.lab.e2e.support import lab_session, observed, settle, view
+from tests.lab.e2e.support import FaultRun, lab_session, observed, settle, view
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
@@ -164,10 +165,38 @@ def _owned_by_node2(lab: control.Lab) -> str:
     return vip
 
 
-def _revokes(lab: control.Lab) -> int:
-    """How many leases the controllers have revoked for failed probes so far."""
+def _count(lab: control.Lab, what: str) -> int:
     logs = "".join(lab.paths.log(f"{n.name}/controller").read_text() for n in lab.layout.nodes)
-    return logs.count("failed its authenticated probe")
+    return logs.count(what)
+
+
+def _revokes(lab: control.Lab) -> int:
+    """How many owners' leases the controllers have revoked for failed probes so far."""
+    return _count(lab, "VIP owner failed its authenticated probe")
+
+
+def _depositions(lab: control.Lab) -> int:
+    return _count(lab, "leading controller failed its authenticated probe")
+
+
+def _kill_node2_keeping(lab: control.Lab, vip: str, leases: list[int]) -> tuple[float, FaultRun]:
+    """node1's agent key keeps `leases` alive while node2 is SIGKILLed whole: how long until
+    the VIP answered from elsewhere, and what the clients and the ARP watcher saw."""
+    keepers = [stolen.keep_alive(lab, "node1", lease) for lease in leases]
+    try:
+        time.sleep(1.0)  # the controllers probe node2 a few times first
+        with observed(lab, vip) as seen:
+            killed_at = time.monotonic()
+            assert lab.kill("node2")
+            eventually(lambda: seen.answered_by(killed_at, "node2"), 30, f"{vip} to move")
+            served_after = time.monotonic() - killed_at
+            run = seen.finish(killed_at, "node2")
+    finally:
+        outputs = [stolen.stop(keeper) for keeper in keepers]
+        lab.restart("node2")
+    # the attack did keep the leases alive
+    assert all("keepalived with TTL" in output for output in outputs), outputs
+    return served_after, run
 
 
 def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
@@ -177,26 +206,40 @@ def test_a_stolen_key_keeping_a_dead_nodes_lease_alive_does_not_pin_its_vip(
     whole: the controller's probe over mutual TLS (which only node2's key can answer) fails,
     the lease is revoked and the VIP moves to node1."""
     vip = _owned_by_node2(lab)
-    lease = _lease_of(lab, "node2")
+    assert stolen.hand_leadership(lab, "node1", lambda node: lab.kill(node, "controller"))
     revokes = _revokes(lab)
-    keeper = stolen.keep_alive(lab, "node1", lease)
-    try:
-        time.sleep(1.0)
-        with observed(lab, vip) as seen:
-            killed_at = time.monotonic()
-            assert lab.kill("node2")
-            eventually(lambda: seen.answered_by(killed_at, "node2"), 30, f"{vip} to move")
-            served_after = time.monotonic() - killed_at
-            run = seen.finish(killed_at, "node2")
-    finally:
-        output = stolen.stop(keeper)
-        lab.restart("node2")
+    served_after, run = _kill_node2_keeping(lab, vip, [_lease_of(lab, "node2")])
     print(
         f"lease kept alive by a stolen key, node2 killed: node1 served after {served_after:.2f} s"
     )
-    assert "keepalived with TTL" in output, output  # the attack did keep the lease alive
     run.check_one_owner()
     assert _revokes(lab) > revokes
+    assert served_after < 10.0
+
+
+def test_a_stolen_key_keeping_a_dead_leaders_and_owners_leases_alive_does_not_pin_its_vip(
+    lab: control.Lab,
+) -> None:
+    """#22 item 3 with the leading controller on the killed node: node1's agent key keeps
+    both node2's agent lease and node2's controller's election lease alive. node1's standby
+    controller finds both failing its probes, deposes the leader, revokes the owner's lease
+    and, leading, moves the VIP once the fence has fallen: served by node1, never by two."""
+    vip = _owned_by_node2(lab)
+    assert stolen.hand_leadership(lab, "node2", lambda node: lab.kill(node, "controller"))
+    settle(lab)
+    before = view(lab)
+    assert before is not None and before.leader is not None and before.leader.id == "node2"
+    revokes, deposed = _revokes(lab), _depositions(lab)
+    leases = [_lease_of(lab, "node2"), before.leader.lease]
+    served_after, run = _kill_node2_keeping(lab, vip, leases)
+    print(
+        "agent and election leases kept alive by a stolen key, node2 (owner and leader) "
+        f"killed: node1 served after {served_after:.2f} s"
+    )
+    run.check_one_owner()
+    assert _revokes(lab) > revokes and _depositions(lab) > deposed
+    after = view(lab)
+    assert after is not None and after.leader is not None and after.leader.id == "node1"
     assert served_after < 10.0
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from haproxy_py.cluster.controlkeys import PeerAddress
 from haproxy_py.cluster.records import (
     ClusterPolicy,
     ClusterView,
@@ -44,6 +45,10 @@ def test_request_result_event_and_leader_round_trip() -> None:
     assert Event.parse(event.to_json()) == event
     leader = ControllerLeader("c1", 5.0, "http://127.0.0.1:9733/metrics")
     assert ControllerLeader.parse(leader.to_json()) == leader
+    probed = ControllerLeader("c1", 5.0, peer=PeerAddress("198.18.0.1", 9735, "controller-n1"))
+    assert ControllerLeader.parse(probed.to_json()) == probed
+    bad_peer = b'{"id": "c1", "peer": {"address": "198.18.0.1", "port": 0, "name": "x"}}'
+    assert ControllerLeader.parse(bad_peer) == ControllerLeader("c1", 0.0)
 
 
 @pytest.mark.parametrize(
@@ -122,15 +127,19 @@ def test_view_sorts_out_keys_and_keeps_unreadable_vips_occupied() -> None:
         KeyValue(s.event(1), Event(1, 1.0, "v2", None, "n1", "initial").to_json(), 6, 6),
         KeyValue(s.epoch, b"1", 6, 6),
         KeyValue("/haproxy-py/other/nodes/x", b"{}", 7, 7),
+        KeyValue(s.revoked(0xABC), b'{"wait": 1.3, "by": "c2"}', 8, 8, lease=11),
+        KeyValue(s.revoked(0xDEF), b'{"by": "c2"}', 8, 8, lease=11),  # no wait: unreadable
     ]
     view = ClusterView.from_kvs(s, kvs, 7)
+    assert view.revoked == {0xABC: 1.3}
     assert list(view.nodes) == ["n1"] and view.nodes["n1"].lease == 9
     assert view.occupied == {"v1", "v2"} and list(view.vips) == ["v2"]
     assert view.vips["v2"].lease == 9 and view.vips["v2"].mod_revision == 4
     assert view.leader is not None and view.leader.create_revision == 5
     assert view.epoch == 1 and view.epoch_mod_revision == 6
     assert view.last_event("v2") is not None and view.vips_of("n1") == ("v2",)
-    assert len(view.problems) == 1 and "vips/v1" in view.problems[0]
+    assert len(view.problems) == 2 and "vips/v1" in view.problems[0]
+    assert "revoked/def" in view.problems[1]
 
 
 def test_schema_keys() -> None:

@@ -1,14 +1,17 @@
-"""The owners' probe verdicts (`controller.probes`): one lost probe never counts; a run of
-misses longer than the limit does; the guard keeps embargoed VIPs from being assigned."""
+"""The probe verdicts (`controller.probes`): one lost probe never counts; a run of misses
+longer than the limit does; who revokes an overdue owner and who deposes an overdue leader."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from controller.probes import MIN_MISSES, Prober, Verdicts
+from controller.probes import DEPOSE_EVERY, MIN_MISSES, Prober, Target, Verdicts, plan
+from haproxy_py.cluster.controlkeys import PeerAddress
+from haproxy_py.cluster.memstore import MemoryStore
 from haproxy_py.cluster.peerlink import PeerError
-from haproxy_py.cluster.records import ClusterView, NodeRecord, VipAssignment
+from haproxy_py.cluster.records import ControllerLeader, NodeRecord, VipAssignment
+from haproxy_py.cluster.store import LeaseLost
 from haproxy_py.cluster.timing import Timing, fence_deadline, probe_limit
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.25, address_lifetime=1.0, fence_margin=0.2)
@@ -65,15 +68,41 @@ def test_forgetting_nodes_that_own_nothing() -> None:
     assert v.failing == {}
 
 
-def test_guard_marks_embargoed_vips_occupied_until_the_fence_fell() -> None:
-    prober = Prober(None, None, 9734, TIMING)
-    prober.embargo = {"198.18.0.10": 5.0}
-    view = ClusterView("c", 1)
-    assert "198.18.0.10" in prober.guard(view, 4.9).occupied
-    assert prober.guard(view, 5.0).occupied == frozenset()
+# --- who acts on an overdue target (pure) ---------------------------------------------------
+
+OWNER = Target("agent-n2", "198.18.0.22", 9734, 7, "n2")
+LEADER = Target("controller-n2", "198.18.0.22", 9735, 9)
 
 
-# --- the prober against fakes: when it revokes, and when it must not ------------------------
+def overdue(*names: str) -> Verdicts:
+    v = Verdicts(LIMIT)
+    for name in names:
+        for sent in (0.0, 0.25, 0.5):
+            v.result(name, False, sent)
+    return v
+
+
+def test_the_leader_revokes_an_overdue_owner() -> None:
+    p = plan([OWNER], overdue("agent-n2"), 1.0, leading=True)
+    assert (p.revoke, p.depose) == ([OWNER], None)
+
+
+def test_a_standby_leaves_an_overdue_owner_to_a_leader_that_answers() -> None:
+    p = plan([OWNER, LEADER], overdue("agent-n2"), 1.0, leading=False)
+    assert (p.revoke, p.depose) == ([], None)
+
+
+def test_a_standby_revokes_the_owner_and_deposes_the_leader_when_both_are_overdue() -> None:
+    p = plan([OWNER, LEADER], overdue("agent-n2", "controller-n2"), 1.0, leading=False)
+    assert (p.revoke, p.depose) == ([OWNER], LEADER)
+
+
+def test_an_overdue_leader_alone_is_deposed_and_no_owner_touched() -> None:
+    p = plan([OWNER, LEADER], overdue("controller-n2"), 1.0, leading=False)
+    assert (p.revoke, p.depose) == ([], LEADER)
+
+
+# --- the prober on the memory store, against a fake peer client ----------------------------
 
 FAST = Timing(
     lease_ttl=1,
@@ -84,109 +113,143 @@ FAST = Timing(
 )
 
 
-class FakeStore:
-    def __init__(self, ttl: int) -> None:
-        self.ttl = ttl
-        self.revoked: list[int] = []
-
-    async def lease_time_to_live(self, lease: int) -> tuple[int, int]:
-        return self.ttl, 2
-
-    async def revoke(self, lease: int) -> None:
-        self.revoked.append(lease)
-        self.ttl = -1  # etcd: gone
-
-
 class FakeClient:
+    """Answers for every name not in `down`; a down target swallows the probe `hang` s (a
+    timeout), or refuses at once."""
+
     def __init__(self, hang: float = 0.0) -> None:
-        self.up = True
-        self.hang = hang  # a down owner swallows probes this long (a timeout), else refuses
+        self.down: set[str] = set()
+        self.hang = hang
 
     async def post(self, address: str, port: int, expected: str, path: str, body: dict) -> object:
-        if not self.up:
+        if expected in self.down:
             await asyncio.sleep(self.hang)
             raise PeerError("no answer")
-        return {"nonce": body["nonce"], "node": expected.removeprefix("agent-")}
+        return {"nonce": body["nonce"]}
 
 
-def owned_by_n2(lapse: int = 0) -> ClusterView:
-    return ClusterView(
-        "c",
-        1,
-        nodes={"n2": NodeRecord("n2", address="198.18.0.22", lease=7, lapse=lapse)},
-        vips={"198.18.0.10": VipAssignment("198.18.0.10", "n2", 1, 0.0, lease=7)},
-    )
+async def cluster(store: MemoryStore, ttl: int = 30, lapse: int = 0) -> tuple[int, int]:
+    """n2 owns a VIP and leads; both leases `ttl` s (kept alive by a stolen key, say)."""
+    owner, leader = (await store.grant_lease(ttl)).id, (await store.grant_lease(ttl)).id
+    s = store.schema
+    record = NodeRecord("n2", address="198.18.0.22", lapse=lapse)
+    await store.put(s.node("n2"), record.to_json(), owner)
+    vip = VipAssignment("198.18.0.10", "n2", 1, 0.0, lease=owner)
+    await store.put(s.vip("198.18.0.10"), vip.to_json())
+    peer = PeerAddress("198.18.0.22", 9735, "controller-n2")
+    await store.put(s.leader, ControllerLeader("n2", 0.0, peer=peer).to_json(), leader)
+    return owner, leader
 
 
 async def run_prober(
-    ttl: int,
-    answered_first: bool,
-    leading: bool = True,
-    hang: float = 0.0,
-    lease_left: float = 10.0,
-    lapse: int = 0,
-    wait: float = 0.3,
-) -> tuple[FakeStore, Prober]:
-    store, client = FakeStore(ttl), FakeClient(hang)
-    prober = Prober(store, client, 9734, FAST)
-    prober.view = owned_by_n2(lapse)
-    client.up = answered_first
-    task = asyncio.create_task(prober.run(lambda: leading, lambda: lease_left))
+    store: MemoryStore, client: FakeClient, leading: bool, down: set[str], wait: float = 0.0
+) -> Prober:
+    prober = Prober(store, client, 9734, FAST, "n1")
+    prober.view = await store.read_view()
+    task = asyncio.create_task(prober.run(lambda: leading))
     await asyncio.sleep(0.1)
-    client.up = False  # the node is gone; its lease is kept alive (ttl) or runs out (0)
-    await asyncio.sleep(probe_limit(FAST) + hang + wait)
+    client.down = down
+    await asyncio.sleep(probe_limit(FAST) + wait + 0.3)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    return store, prober
+    return prober
 
 
-async def test_an_owner_gone_while_its_lease_is_kept_alive_is_revoked_and_embargoed() -> None:
-    store, prober = await run_prober(ttl=1, answered_first=True)
-    assert store.revoked == [7]
-    assert set(prober.embargo) == {"198.18.0.10"}
+async def test_an_overdue_owner_kept_alive_is_revoked_after_its_marker() -> None:
+    store = MemoryStore()
+    owner, leader = await cluster(store)
+    await run_prober(store, FakeClient(), True, {"agent-n2"})
+    after = await store.read_view()
+    assert await store.lease_remaining(owner) < 0 and await store.lease_remaining(leader) > 0
+    assert after.revoked == {owner: fence_deadline(FAST)}
+    assert "n2" not in after.nodes
+
+
+async def keep_alive(store: MemoryStore, lease: int) -> None:
+    """A stolen key renewing `lease` until it is revoked."""
+    with contextlib.suppress(LeaseLost):
+        while True:
+            await store.keepalive(lease)
+            await asyncio.sleep(0.2)
 
 
 async def test_a_lapsing_owner_is_left_to_its_lapse_for_its_first_second() -> None:
     """It may just have died (its lease reads 0 within a second, then it moves with no
     embargo); still read >= 1 after a second of failures (granted 2 - 1), it was renewed
     since they began: revoked."""
-    store, _ = await run_prober(ttl=1, answered_first=True, lapse=1)
-    assert store.revoked == []
-    store, _ = await run_prober(ttl=1, answered_first=True, lapse=1, wait=1.2)
-    assert store.revoked == [7]
+    for wait, revoked in ((0.0, False), (1.2, True)):
+        store = MemoryStore()
+        owner, _ = await cluster(store, ttl=2, lapse=1)
+        stolen = asyncio.create_task(keep_alive(store, owner))
+        try:
+            await run_prober(store, FakeClient(), True, {"agent-n2"}, wait=wait)
+        finally:
+            stolen.cancel()
+        assert (owner in (await store.read_view()).revoked) is revoked, wait
 
 
 async def test_probes_that_hang_do_not_slow_the_rounds() -> None:
     """Each probe to the gone owner waits 10 probe periods before failing; rounds overlap, so
     three misses still land within the limit plus one such wait."""
-    store, _ = await run_prober(ttl=1, answered_first=True, hang=10 * FAST.keepalive_interval)
-    assert store.revoked == [7]
-
-
-async def test_a_leader_whose_own_lease_ends_before_the_embargo_does_not_revoke() -> None:
-    """Its embargo would die with it while a successor could already assign the VIPs."""
-    store, _ = await run_prober(ttl=1, answered_first=True, lease_left=fence_deadline(FAST) - 0.01)
-    assert store.revoked == []
-
-
-def test_the_embargo_left_is_the_longest_one() -> None:
-    prober = Prober(FakeStore(0), FakeClient(), 9734, TIMING)
-    assert prober.embargo_left(1.0) == 0.0
-    prober.embargo = {"198.18.0.10": 5.0, "198.18.0.11": 3.0}
-    assert prober.embargo_left(1.0) == 4.0
+    store = MemoryStore()
+    owner, _ = await cluster(store)
+    hang = 10 * FAST.keepalive_interval
+    await run_prober(store, FakeClient(hang), True, {"agent-n2"}, wait=hang)
+    assert await store.lease_remaining(owner) < 0
 
 
 async def test_a_lease_running_out_by_itself_is_left_to_the_expiry_path() -> None:
-    store, _ = await run_prober(ttl=0, answered_first=True)
-    assert store.revoked == []
+    store = MemoryStore()
+    await cluster(store, ttl=1)  # reads 0 s left: ending by itself
+    await run_prober(store, FakeClient(), True, {"agent-n2"})
+    assert (await store.read_view()).revoked == {}
 
 
-async def test_an_owner_that_never_answered_is_never_revoked() -> None:
-    store, _ = await run_prober(ttl=1, answered_first=False)
-    assert store.revoked == []
+async def test_an_owner_that_never_answered_is_probed_like_any_other() -> None:
+    """#22 (c): an owner killed right after registering again is not left to its lease."""
+    store = MemoryStore()
+    owner, _ = await cluster(store)
+    client = FakeClient()
+    client.down = {"agent-n2"}  # from the first probe on
+    await run_prober(store, client, True, {"agent-n2"})
+    assert await store.lease_remaining(owner) < 0
 
 
-async def test_a_standby_probes_but_does_not_revoke() -> None:
-    store, prober = await run_prober(ttl=1, answered_first=True, leading=False)
-    assert store.revoked == [] and prober.answered == {7}
+async def test_a_standby_leaves_the_owner_to_a_leader_that_answers() -> None:
+    store = MemoryStore()
+    owner, leader = await cluster(store)
+    await run_prober(store, FakeClient(), False, {"agent-n2"})
+    assert await store.lease_remaining(owner) > 0 and await store.lease_remaining(leader) > 0
+
+
+async def test_a_standby_deposes_a_dead_leader_and_revokes_its_owner() -> None:
+    """The leader died with the node, both leases kept alive by a stolen key."""
+    store = MemoryStore()
+    owner, leader = await cluster(store)
+    prober = await run_prober(store, FakeClient(), False, {"agent-n2", "controller-n2"})
+    after = await store.read_view()
+    assert after.leader is None and after.revoked == {owner: fence_deadline(FAST)}
+    assert await store.lease_remaining(leader) < 0 and await store.lease_remaining(owner) < 0
+    assert prober.depositions == 1
+
+
+async def test_a_standby_deposes_at_most_once_per_period() -> None:
+    """A standby cut off from a healthy leader must not depose leader after leader."""
+    store = MemoryStore()
+    await cluster(store)
+    client = FakeClient()
+    prober = await run_prober(store, client, False, {"controller-n2"})
+    assert prober.depositions == 1
+    again = (await store.grant_lease(30)).id
+    peer = PeerAddress("198.18.0.22", 9735, "controller-n2")
+    record = ControllerLeader("n2", 0.0, peer=peer).to_json()
+    await store.put(store.schema.leader, record, again)
+    prober.view = await store.read_view()
+    task = asyncio.create_task(prober.run(lambda: False))
+    await asyncio.sleep(probe_limit(FAST) + 0.3)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert prober.depositions == 1 and await store.lease_remaining(again) > 0
+    assert DEPOSE_EVERY >= 60
