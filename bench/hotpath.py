@@ -21,7 +21,7 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench-loadgen\r\nAccept: */*\r\n\r\n"
@@ -100,11 +100,11 @@ async def measure(exchanges: int = 2000, timed: int = 20000) -> HotPath:
     server = backend.servers[0]
     upstream = UpstreamConnection(server, backend.forget, proxy.runtime.head_limit)
     to_backend = Recorder(("127.0.0.1", 9))
-    upstream.connection_made(to_backend)  # type: ignore[arg-type]
+    upstream.connection_made(cast(asyncio.Transport, to_backend))
     backend.release(server, upstream)
     client = ClientConnection(proxy, proxy.listeners[0])
     to_client = Recorder(("127.0.0.1", 40000))
-    client.connection_made(to_client)  # type: ignore[arg-type]
+    client.connection_made(cast(asyncio.Transport, to_client))
 
     def exchange() -> None:
         client.data_received(REQUEST)
