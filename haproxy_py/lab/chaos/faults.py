@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from haproxy_py.cluster.store import StoreError
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.chaos.schedule import Fault
 from haproxy_py.lab.etcdstatus import etcd_status
@@ -159,7 +160,10 @@ class Injector:
         if kind == "etcd-member":
             return self._etcd_down([self.lab.layout.etcd[-1].name])
         if kind == "etcd-leader":
-            leader = etcd_status(self.lab).leader
+            try:
+                leader = etcd_status(self.lab).leader
+            except StoreError as exc:
+                raise FaultError(f"cannot ask etcd for its leader: {exc}") from None
             if leader is None:
                 raise FaultError("etcd has no leader to stop")
             return self._etcd_down([leader])

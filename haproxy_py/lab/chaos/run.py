@@ -347,7 +347,12 @@ class Run:
 
     def final_checks(self) -> None:
         self.timeline.append((time.monotonic(), "(after the schedule)"))
-        for member, size in etcd_status(self.lab).db_size.items():
+        try:
+            sizes = etcd_status(self.lab).db_size
+        except StoreError as exc:
+            self.violation("etcd-db-size", f"etcd unreadable: {exc}")
+            sizes = {}
+        for member, size in sizes.items():
             if size > ETCD_DB_LIMIT:
                 self.violation("etcd-db-size", f"{member}: {size} bytes > {ETCD_DB_LIMIT}")
         before = _cpu_times(self.lab)
