@@ -405,7 +405,10 @@ class AgentCore:
                     actions.append(KeepaliveNow())
             elif not wanted and vip in self.held:
                 self._removing[vip] = self.held.pop(vip)
-                actions += [RemoveAddress(vip, self._why_not(vip)), StopGarp(vip)]
+                # Taken from this node without a release of its own (the key deleted with a
+                # revoked lease, or given on): nothing else tells the proxy's clients to go.
+                lost = mine is None
+                actions += [RemoveAddress(vip, self._why_not(vip), lost=lost), StopGarp(vip)]
                 changed = True
             if (
                 mine is not None

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 ALARM_POLL = 15.0  # seconds between alarm reads of `export_alarms`: one cheap RPC
 DEFRAG_TIMEOUT = 120.0  # defragmenting rewrites the whole database: seconds for a big one
 ALARMS = {1: "NOSPACE", 2: "CORRUPT"}
+# gRPC status -> the aetcd error the store's endpoint handling expects (as aetcd maps them)
+GRPC_ERRORS: dict[object, type[aetcd_errors.ClientError]] = {
+    rpc.StatusCode.UNAVAILABLE: aetcd_errors.ConnectionFailedError,
+    rpc.StatusCode.DEADLINE_EXCEEDED: aetcd_errors.ConnectionTimeoutError,
+    rpc.StatusCode.UNAUTHENTICATED: aetcd_errors.UnauthenticatedError,
+}
 
 
 def _host_port(url: str) -> str:
@@ -39,6 +45,11 @@ def _host_port(url: str) -> str:
 
 async def members(store: Store) -> list[Member]:
     async def op(client: Client) -> list[Member]:
+        try:
+            listed = [m async for m in client.members()]
+        except rpc.AioRpcError as exc:  # the one aetcd call whose gRPC errors it leaves raw
+            error = GRPC_ERRORS.get(exc.code(), aetcd_errors.ClientError)
+            raise error(exc.details() or str(exc.code())) from exc
         return [
             Member(
                 id=int(m.id),
@@ -46,7 +57,7 @@ async def members(store: Store) -> list[Member]:
                 endpoint=_host_port(m.client_urls[0]) if m.client_urls else None,
                 url=m.client_urls[0] if m.client_urls else None,
             )
-            async for m in client.members()
+            for m in listed
         ]
 
     return await store._call("member list", op)

@@ -415,19 +415,29 @@ class Lab:
     def ready(self) -> bool:
         """Every node registered, healthy and reporting its backends (so that the first
         `hactl status` a user sees is complete), every VIP assigned, and every VIP answering."""
+        return not self.not_ready()
+
+    def not_ready(self, view: ClusterView | None = None) -> str:
+        """What keeps the lab from being `ready` ("" when nothing), read from `view` or etcd."""
         try:
-            view = self.view()
-        except StoreError:
-            return False
+            view = self.view() if view is None else view
+        except StoreError as exc:
+            return f"etcd unreadable: {exc}"
         if view.leader is None:
-            return False
+            return "no controller leads"
         for n in self.layout.nodes:
             record = view.nodes.get(n.name)
-            if record is None or not record.healthy or record.backends_total == 0:
-                return False
-        if any(v not in view.vips or view.vips[v].state != "assigned" for v in self.layout.vips):
-            return False
-        return all(whoami(v) is not None for v in self.layout.vips)
+            if record is None:
+                return f"{n.name} is not registered"
+            if not record.healthy or record.backends_total == 0:
+                return f"{n.name} is not healthy or reports no backends"
+        for vip in self.layout.vips:
+            if vip not in view.vips or view.vips[vip].state != "assigned":
+                return f"{vip} is not assigned"
+        for vip in self.layout.vips:
+            if whoami(vip) is None:
+                return f"{vip} does not answer"
+        return ""
 
     def hactl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `hactl ARGS` against this lab (its context file), capturing the output."""

@@ -32,15 +32,20 @@ def wait(check: Callable[[], bool], limit: float, every: float = 0.05) -> float 
 def healthy(lab: control.Lab) -> bool:
     """Every node healthy, every VIP assigned and answering; in active-active every node holds
     a VIP."""
-    if not lab.ready():
-        return False
+    return not unhealthy(lab)
+
+
+def unhealthy(lab: control.Lab) -> str:
+    """What keeps the lab from being `healthy` ("" when nothing): a violation's evidence."""
     try:
         view = lab.view()
-    except StoreError:
-        return False
-    if lab.layout.mode == "active-active":
-        return all(view.vips_of(n.name) for n in lab.layout.nodes)
-    return True
+    except StoreError as exc:
+        return f"etcd unreadable: {exc}"
+    lacking = lab.not_ready(view)
+    if lacking or lab.layout.mode != "active-active":
+        return lacking
+    idle = [n.name for n in lab.layout.nodes if not view.vips_of(n.name)]
+    return f"{', '.join(idle)} holds no VIP" if idle else ""
 
 
 def settled(lab: control.Lab) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 
+from haproxy_py.cluster.store import StoreError
 from haproxy_py.lab import control, netns
 from haproxy_py.lab.chaos.schedule import Fault
 from haproxy_py.lab.etcdstatus import etcd_status
@@ -20,6 +22,7 @@ from haproxy_py.lab.etcdstatus import etcd_status
 Heal = Callable[[], None]
 EXIT_WAIT = 15.0  # a SIGTERMed daemon gets this long to hand over and exit
 CHURN_PERIOD = 0.1  # the foreign address churner's add/delete period
+HEAL_TRIES = 2  # an operator's heal (resume, undrain) that timed out is tried once more
 RELOAD_FROM, RELOAD_TO = "timeout = 0.5 }", "timeout = 0.6 }"
 
 
@@ -53,10 +56,20 @@ class Injector:
                     )
                 time.sleep(0.05)
 
-    def _hactl(self, *args: str) -> None:
-        done = self.lab.hactl(*args)
-        if done.returncode != 0:
-            raise FaultError(f"hactl {' '.join(args)}: {(done.stderr or done.stdout).strip()}")
+    def _hactl(self, *args: str, tries: int = 1) -> None:
+        """Run an operator's command; one that does not finish in time (a starved machine) is
+        a FaultError, tried again `tries` times in all (heals: pause and drain stay otherwise)."""
+        command, failure = f"hactl {' '.join(args)}", ""
+        for _ in range(tries):
+            try:
+                done = self.lab.hactl(*args)
+            except subprocess.TimeoutExpired as exc:
+                failure = f"{command} did not finish within {exc.timeout:g} s"
+                continue
+            if done.returncode != 0:
+                raise FaultError(f"{command}: {(done.stderr or done.stdout).strip()}")
+            return
+        raise FaultError(failure)
 
     def _restart(self, node: str) -> Heal:
         return lambda: self.lab.start_node(node)
@@ -147,7 +160,10 @@ class Injector:
         if kind == "etcd-member":
             return self._etcd_down([self.lab.layout.etcd[-1].name])
         if kind == "etcd-leader":
-            leader = etcd_status(self.lab).leader
+            try:
+                leader = etcd_status(self.lab).leader
+            except StoreError as exc:
+                raise FaultError(f"cannot ask etcd for its leader: {exc}") from None
             if leader is None:
                 raise FaultError("etcd has no leader to stop")
             return self._etcd_down([leader])
@@ -174,10 +190,10 @@ class Injector:
             return lambda: None
         if kind == "drain":
             self._hactl("drain", target, "-y")
-            return lambda: self._hactl("undrain", target)
+            return lambda: self._hactl("undrain", target, tries=HEAL_TRIES)
         if kind == "pause":
             self._hactl("pause")
-            return lambda: self._hactl("resume")
+            return lambda: self._hactl("resume", tries=HEAL_TRIES)
         if kind == "reload-proxy":
             return self._reload(target)
         raise FaultError(f"no injector for fault kind {kind!r}")

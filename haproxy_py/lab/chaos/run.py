@@ -43,7 +43,7 @@ from haproxy_py.lab.chaos.verdict import (
 from haproxy_py.lab.client import NetnsLoop, Probe
 from haproxy_py.lab.etcdstatus import etcd_status
 from haproxy_py.lab.layout import PROXY_PORT
-from haproxy_py.lab.settle import healthy, wait
+from haproxy_py.lab.settle import healthy, unhealthy, wait
 from haproxy_py.lab.watch import AddressReader, TwoOwnersWatcher
 
 Say = Callable[[str], None]
@@ -87,13 +87,16 @@ def leases(lab: control.Lab) -> dict[str, int]:
         return {}
 
 
-def all_running(lab: control.Lab) -> bool:
-    """Every daemon, etcd member and backend of the lab runs."""
+def not_running(lab: control.Lab) -> list[str]:
+    """The daemons, etcd members and backends of the lab that do not run."""
     layout = lab.layout
-    for node in layout.nodes:
-        if len(lab.running(node.name)) < len(control.NODE_PROCESSES):
-            return False
-    return all(lab.running(m.name) for m in (*layout.etcd, *layout.apps))
+    dead = [
+        f"{node.name}/{process}"
+        for node in layout.nodes
+        for process in control.NODE_PROCESSES
+        if f"{node.name}/{process}" not in lab.running(node.name)
+    ]
+    return dead + [m.name for m in (*layout.etcd, *layout.apps) if not lab.running(m.name)]
 
 
 class Run:
@@ -231,15 +234,27 @@ class Run:
             else max(t - healed for t in back.values() if t is not None)
         )
         renewed = {fault.target: before.get(fault.target)} if fault.kind in NEW_LEASE else {}
+        lacking = ""
 
         def converged_now() -> bool:
+            nonlocal lacking
             now = leases(self.lab)
-            fresh = all(now.get(n) not in (None, old) for n, old in renewed.items())
-            return fresh and all_running(self.lab) and healthy(self.lab)
+            stale = [n for n, old in renewed.items() if now.get(n) in (None, old)]
+            dead = not_running(self.lab)
+            lacking = (
+                f"{', '.join(stale)} not registered under a new lease"
+                if stale
+                else f"not running: {', '.join(dead)}"
+                if dead
+                else unhealthy(self.lab)
+            )
+            return not lacking
 
         converged = wait(converged_now, o.converge)
         if converged is None:
-            self.violation("not-converged", f"not healthy within {o.converge:g} s of the heal")
+            self.violation(
+                "not-converged", f"not healthy within {o.converge:g} s of the heal: {lacking}"
+            )
             if wait(converged_now, SETTLE_LIMIT) is None:
                 return False
         else:
@@ -332,7 +347,12 @@ class Run:
 
     def final_checks(self) -> None:
         self.timeline.append((time.monotonic(), "(after the schedule)"))
-        for member, size in etcd_status(self.lab).db_size.items():
+        try:
+            sizes = etcd_status(self.lab).db_size
+        except StoreError as exc:
+            self.violation("etcd-db-size", f"etcd unreadable: {exc}")
+            sizes = {}
+        for member, size in sizes.items():
             if size > ETCD_DB_LIMIT:
                 self.violation("etcd-db-size", f"{member}: {size} bytes > {ETCD_DB_LIMIT}")
         before = _cpu_times(self.lab)

@@ -427,6 +427,36 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
     assert h.admin.drains == 0, "the agent's stop never drains the whole proxy"
 
 
+@pytest.mark.parametrize("how", ["deleted", "given on"])
+async def test_vip_taken_away_has_its_clients_told_once_the_next_owner_holds_it(
+    harness: Harness, how: str
+) -> None:
+    """The controller takes the VIP from a node that keeps its lease and made no release
+    (its key deleted, as with a lease revoked for failed owner probes; or given on): the
+    proxy still carries the VIP's connections and nothing but this removal tells them to go.
+    The next owner's grace period drops their packets, so untold they hang."""
+    h = harness
+    h.agent.handover.wait = 30.0  # a slow test host must not cut it
+    await h.assign(h.vip)
+    await eventually_async(lambda: h.has(h.vip), 10, "the VIP on the node")
+    lease = await h.store.grant_lease(5)
+    if how == "deleted":
+        assert await h.store.delete(h.store.schema.vip(h.vip))
+    else:
+        await h.assign(h.vip, node="n2", lease=lease.id)
+    await eventually_async(lambda: not h.has(h.vip), 10, "the VIP gone from the node")
+    await asyncio.sleep(0.2)  # a window in which a drain that does not wait for n2 would show
+    assert not h.admin.address_drains, "the 1001 waits for the next owner"
+    n2 = NodeRecord(name="n2", healthy=True, vips=(h.vip,), lease=lease.id)
+    await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+    await eventually_async(
+        lambda: bool(h.admin.address_drains), 10, "the proxy asked to drain the VIP's clients"
+    )
+    assert [address for address, _ in h.admin.address_drains] == [h.vip]
+    record = await h.node()
+    assert record is not None and record.healthy, "the node stays in service"
+
+
 async def test_start_undrains_a_drain_no_operator_recorded(harness: Harness) -> None:
     h = harness
     h.admin.draining = True  # as a stop of an older agent leaves it

@@ -235,12 +235,17 @@ def test_planned_release_removes_then_acknowledges() -> None:
     assert c.acked == {}
 
 
-def test_vip_given_to_another_node_is_removed() -> None:
+def test_vip_taken_away_without_a_release_has_its_clients_closed() -> None:
+    """Given on, or its key deleted with a lease the controller revoked (an owner failing its
+    probes): no release of this node's told the proxy's clients, so the removal must."""
     c = core()
     ready(c)
     c.assignment_event(VIP, assign(), 10, 0.0)
-    actions = c.assignment_event(VIP, assign(owner="n2", lease=9, rev=11), 11, 0.1)
-    assert actions[0] == RemoveAddress(VIP, f"{VIP} belongs to n2, must be absent")
+    c.assignment_event(VIP2, assign(rev=11), 11, 0.0)
+    actions = c.assignment_event(VIP, assign(owner="n2", lease=9, rev=12), 12, 0.1)
+    assert actions[0] == RemoveAddress(VIP, f"{VIP} belongs to n2, must be absent", lost=True)
+    actions = c.assignment_event(VIP2, None, 13, 0.2)
+    assert actions[0] == RemoveAddress(VIP2, f"{VIP2} is unassigned, must be absent", lost=True)
 
 
 def test_late_watch_event_is_ignored() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from haproxy_py.hactl.cli import cli
 from haproxy_py.lab.chaos import verdict
+from haproxy_py.lab.chaos.faults import FaultError, Injector
 from haproxy_py.lab.chaos.schedule import KINDS, Fault, ScheduleError, plan
 from haproxy_py.lab.chaos.session import ChaosError, options
 from haproxy_py.lab.chaos.verdict import (
@@ -127,3 +129,29 @@ def test_bad_options_get_one_line_before_anything_runs(tmp_path: Path) -> None:
     assert unknown.exit_code == 1
     assert unknown.output.startswith("hactl: unknown fault kind 'nap': choose from kill-node, ")
     assert not (tmp_path / "lab").exists()
+
+
+class SlowHactl:
+    """A lab whose `hactl` times out the first `slow` times it runs, then succeeds."""
+
+    def __init__(self, slow: int) -> None:
+        self.slow = slow
+        self.calls: list[tuple[str, ...]] = []
+
+    def hactl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        self.calls.append(args)
+        if len(self.calls) <= self.slow:
+            raise subprocess.TimeoutExpired(["hactl", *args], 60)
+        return subprocess.CompletedProcess(["hactl", *args], 0, "", "")
+
+
+def test_a_timed_out_operator_command_is_a_fault_error_and_a_heal_tries_again() -> None:
+    lab = SlowHactl(slow=1)
+    injector = Injector(lab)  # type: ignore[arg-type]
+    with pytest.raises(FaultError, match=r"^hactl pause did not finish within 60 s$"):
+        injector.inject(Fault(1, "pause", "", 1.0))
+    injector.inject(Fault(2, "pause", "", 1.0))  # the second call goes through
+    lab.slow = len(lab.calls) + 1
+    injector.heal()  # resume: times out once, then succeeds
+    assert lab.calls[-2:] == [("resume",), ("resume",)]
+    assert not injector.pending
