@@ -58,6 +58,7 @@ UNIT_PROGRAMS = {
     "tests/unit/cluster/test_bgp_config.py",  # bird -p
     "tests/unit/cluster/test_birdconf.py",  # bird -p
     "tests/unit/hactl/test_startup.py",  # hactl's import time
+    "tests/unit/lab/test_chaos_core.py",  # subprocess's result and timeout types only
     "tests/unit/test_monitoring.py",  # promtool
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
@@ -147,7 +148,7 @@ class SlowHactl:
 
 def test_a_timed_out_operator_command_is_a_fault_error_and_a_heal_tries_again() -> None:
     lab = SlowHactl(slow=1)
-    injector = Injector(lab)  # type: ignore[arg-type]
+    injector = Injector(cast(Any, lab))
     with pytest.raises(FaultError, match=r"^hactl pause did not finish within 60 s$"):
         injector.inject(Fault(1, "pause", "", 1.0))
     injector.inject(Fault(2, "pause", "", 1.0))  # the second call goes through
