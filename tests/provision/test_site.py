@@ -13,170 +13,47 @@ the timings) are kept in tests/artifacts/provision/.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from haproxy_py.lab import netns
-from tests.provision import rootfs
-from tests.provision.ansible_run import PlaybookRun, run_playbook, write_inventory
-from tests.provision.machines import PREFIX, REPO_MOUNT, Lab
+from tests.provision.ansible_run import run_playbook
+from tests.provision.deploy import (
+    APP,
+    CLUSTER,
+    HACTL,
+    PROBE_ERRORS,
+    PROXIES,
+    SETTLE_TIMEOUT,
+    Deployed,
+    assert_no_key_material,
+    deploy,
+    hactl,
+    second_run_changes_nothing,
+    status,
+    units_active,
+)
+from tests.provision.deploy import unit as _unit
 from tests.support.wait import eventually
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(3600)]
 
-PROXIES = ["node1", "node2", "node3"]
-APP = ["app1"]
 DAEMONS = ["haproxy-py", "ha-agent", "ha-controller"]
-CLUSTER = "prov"
-VIP_OFFSET = 99  # the VIP is the 100th address of the lab subnet, e.g. 198.18.200.100
-SETTLE_TIMEOUT = 90.0
-HACTL = Path(sys.executable).parent / "hactl"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "provision"
 T = TypeVar("T")
-
-
-@dataclass
-class Deployed:
-    lab: Lab
-    inventory: Path
-    extra_vars: dict[str, Any]
-    work: Path
-    vip: str
-    first: PlaybookRun
-    timings: dict[str, float] = field(default_factory=dict)
-    last_status: dict[str, Any] | None = None
-
-    @property
-    def pki(self) -> Path:
-        return Path(str(self.extra_vars["certs_dir"]))
-
-
-# what a probe over ssh or HTTP may raise while the hosts settle: "not yet"
-PROBE_ERRORS = (OSError, subprocess.SubprocessError, ValueError, KeyError)
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(address: str, port: int) -> None:
-    def probe() -> bool | None:
-        with socket.create_connection((address, port), timeout=2):
-            return True
-
-    eventually(probe, 30, f"wheelhouse on {address}:{port}", every=0.5, ignoring=PROBE_ERRORS)
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    work = tmp_path_factory.mktemp("provision")
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    base = rootfs.base_root()
-    repo = rootfs.apt_repo(base)
-    wheels = rootfs.wheelhouse()
-    wheel = rootfs.project_wheel(work / "dist")
-    timings["inputs (cached root, repo, wheels; fresh project wheel)"] = time.monotonic() - started
-    lab = Lab(work, base, repo, PROXIES + APP)
-    try:
-        started = time.monotonic()
-        lab.up()
-        timings["network + 4 containers booted"] = time.monotonic() - started
-        port = _free_port(lab.gateway)
-        lab.plumbing.spawn(
-            None,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(port),
-                "--bind",
-                lab.gateway,
-                "--directory",
-                str(wheels),
-            ],
-            label="wheelhouse",
-            log=work / "wheelhouse.log",
-        )
-        _wait_listening(lab.gateway, port)
-        vip = lab.address(VIP_OFFSET)
-        extra_vars: dict[str, Any] = {
-            "apt_source_line": f"deb [trusted=yes] file:{REPO_MOUNT} ./",
-            "apt_source_exclusive": True,
-            "haproxy_py_wheel": str(wheel),
-            "haproxy_py_pip_no_index": True,
-            "haproxy_py_pip_find_links": f"http://{lab.gateway}:{port}/",
-            "haproxy_py_pip_trusted_host": lab.gateway,
-            "cluster_name": CLUSTER,
-            "cluster_vips": [vip],
-            "cluster_interface": "eth0",
-            "certs_dir": str(work / "pki"),
-            "certs_hactl": str(HACTL),
-        }
-        inventory = write_inventory(lab, work / "inventory.ini", proxies=PROXIES, app=APP)
-        # --diff, as a CI "plan" step would: every key written now must stay out of the log.
-        first = run_playbook(inventory, extra_vars, work, "first-run", "--diff")
-        timings["first playbook run"] = first.seconds
-        yield Deployed(lab, inventory, extra_vars, work, vip, first, timings)
-    finally:
-        _save_journals(lab, work)
-        started = time.monotonic()
-        lab.down()
-        timings["teardown"] = time.monotonic() - started
-        (work / "timings.json").write_text(json.dumps(timings, indent=1))
-        print("\nprovisioning test timings (s):", json.dumps(timings, indent=1))
-        _keep_logs(work)
-    left = netns.leftovers(PREFIX)
-    assert not left, f"teardown left {left}"
-
-
-def _keep_logs(work: Path) -> None:
-    """Copy the logs (never the keys) to tests/artifacts/provision/, which outlives pytest's tmp."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.iterdir():
-        old.unlink()
-    for path in [*work.glob("*.log"), work / "timings.json", work / "inventory.ini"]:
-        if path.is_file():
-            shutil.copy(path, ARTIFACTS / path.name)
-
-
-def _save_journals(lab: Lab, work: Path) -> None:
-    """Keep each machine's journal next to the playbook logs: the first thing to read on failure."""
-    for machine in lab.machines:
-        if machine.proc is None or not lab.plumbing.alive(machine.proc):
-            continue
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = lab.ssh(machine, "journalctl --no-pager -o short-precise -n 2000", check=False)
-            (work / f"journal-{machine.name}.log").write_text(done.stdout + done.stderr)
-
-
-def hactl(d: Deployed, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [str(HACTL), "--config", str(d.pki / "hactl.toml"), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-
-
-def status(d: Deployed) -> dict[str, Any]:
-    done = hactl(d, "status", "-o", "json")
-    if done.returncode != 0:
-        raise ValueError(f"hactl status exit {done.returncode}: {done.stderr.strip()}")
-    return dict(json.loads(done.stdout))
+    with deploy(tmp_path_factory.mktemp("provision"), "site", PROXIES, APP) as d:
+        yield d
 
 
 def vip_owner(d: Deployed) -> str | None:
@@ -197,11 +74,6 @@ def through_vip(d: Deployed) -> str | None:
     return body if response.status == 200 else None
 
 
-def _unit(d: Deployed, machine: Any, unit: str, *props: str) -> dict[str, str]:
-    show = f"systemctl show --property={','.join(props)} {unit}"
-    return dict(line.split("=", 1) for line in d.lab.ssh(machine, show).stdout.splitlines())
-
-
 def test_first_run_provisions_every_host(deployed: Deployed) -> None:
     run = deployed.first
     assert run.returncode == 0, run.explain()
@@ -214,18 +86,7 @@ def test_every_unit_is_active(deployed: Deployed) -> None:
     units.update({name: ["haproxy-py-demo@8081", "haproxy-py-demo@8082"] for name in APP})
     for name, wanted in units.items():
         machine = deployed.lab.machine(name)
-
-        def active(machine: Any = machine, wanted: list[str] = wanted) -> bool | None:
-            done = deployed.lab.ssh(machine, "systemctl is-active " + " ".join(wanted), check=False)
-            return True if done.stdout.split() == ["active"] * len(wanted) else None
-
-        eventually(
-            active,
-            SETTLE_TIMEOUT,
-            f"{name}: units {wanted} active",
-            every=0.5,
-            ignoring=PROBE_ERRORS,
-        )
+        units_active(deployed, machine, wanted)
         enabled = deployed.lab.ssh(machine, "systemctl is-enabled " + " ".join(wanted), check=False)
         assert enabled.stdout.split() == ["enabled"] * len(wanted), enabled.stdout
 
@@ -293,10 +154,7 @@ def test_first_run_with_diff_printed_no_key(deployed: Deployed) -> None:
     """M7: `--diff` on the first run (every key written) shows no private key material."""
     log = deployed.first.log.read_text(errors="replace")
     assert "--- before" in log or "+++ after" in log, "the first run printed no diff at all"
-    assert "PRIVATE KEY" not in log
-    for key in deployed.pki.glob("*.key"):
-        body = "".join(key.read_text().splitlines()[1:-1])
-        assert body[:40] not in log.replace("\n", ""), key.name
+    assert_no_key_material(deployed, deployed.first)
 
 
 def test_etcd_auth_confines_a_node_key(deployed: Deployed) -> None:
@@ -405,7 +263,7 @@ def test_a_client_reaches_a_backend_through_the_vip(deployed: Deployed) -> None:
         every=0.5,
         ignoring=PROBE_ERRORS,
     )
-    assert body.startswith("demo backend app1:"), body
+    assert body is not None and body.startswith("demo backend app1:"), body
 
 
 def test_hactl_failover_moves_the_vip(deployed: Deployed) -> None:
@@ -434,7 +292,7 @@ def test_hactl_failover_moves_the_vip(deployed: Deployed) -> None:
         every=0.5,
         ignoring=PROBE_ERRORS,
     )
-    assert body.startswith("demo backend app1:")
+    assert body is not None and body.startswith("demo backend app1:")
 
 
 def _standby(d: Deployed) -> str:
@@ -519,19 +377,7 @@ def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(deployed: Deploye
 def test_a_rebooted_node_comes_back_with_every_unit(deployed: Deployed) -> None:
     machine = deployed.lab.machine(_standby(deployed))
     deployed.lab.reboot(machine)
-    units = ["etcd", *DAEMONS]
-
-    def active() -> bool | None:
-        done = deployed.lab.ssh(machine, "systemctl is-active " + " ".join(units), check=False)
-        return True if done.stdout.split() == ["active"] * len(units) else None
-
-    eventually(
-        active,
-        SETTLE_TIMEOUT,
-        f"{machine.name}: {units} active after a reboot",
-        every=0.5,
-        ignoring=PROBE_ERRORS,
-    )
+    units_active(deployed, machine, ["etcd", *DAEMONS])
     eventually(
         lambda: vip_owner(deployed),
         SETTLE_TIMEOUT,
@@ -543,12 +389,7 @@ def test_a_rebooted_node_comes_back_with_every_unit(deployed: Deployed) -> None:
 
 
 def test_second_run_changes_nothing(deployed: Deployed) -> None:
-    second = run_playbook(deployed.inventory, deployed.extra_vars, deployed.work, "second-run")
-    deployed.timings["second playbook run"] = second.seconds
-    assert second.returncode == 0, second.explain()
-    changed = {host: r.changed for host, r in second.recap.items() if r.changed}
-    assert not changed, f"changed on the second run: {changed}\n{second.explain()}"
-    assert set(second.recap) >= set(PROXIES + APP)
+    second_run_changes_nothing(deployed, PROXIES + APP)
 
 
 def test_renewed_certificates_are_rolled_out_without_a_restart(deployed: Deployed) -> None:

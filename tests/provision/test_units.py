@@ -7,6 +7,7 @@ units run under systemd in the provisioning test (test_site.py).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,7 +36,11 @@ VARS: dict[str, Any] = {
     "haproxy_py_listeners": [],
     "haproxy_py_cluster_vips": ["198.18.0.100", "198.18.0.101"],
     "haproxy_py_listen_port": 80,
+    "haproxy_py_bgp": False,
+    "haproxy_py_bgp_live_link": "havips",
+    "haproxy_py_bgp_announce_file": "/var/lib/haproxy-py/bird-announce.conf",
 }
+BGP: dict[str, Any] = {"haproxy_py_bgp": True}
 
 
 def render(unit: str, kind: str = "service", **overrides: Any) -> str:
@@ -47,6 +52,7 @@ def render(unit: str, kind: str = "service", **overrides: Any) -> str:
         keep_trailing_newline=False,  # as Ansible: an include loses its last newline
     )
     env.filters["bool"] = bool
+    env.filters["dirname"] = os.path.dirname
     return env.get_template(f"{unit}.{kind}.j2").render(**{**VARS, **overrides})
 
 
@@ -59,13 +65,14 @@ def _directives(text: str) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.parametrize("bgp", [False, True], ids=["floating", "bgp"])
 @pytest.mark.parametrize("unit", UNITS)
-def test_exposure_is_ok(unit: str, tmp_path: Path) -> None:
+def test_exposure_is_ok(unit: str, bgp: bool, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing: apt-get install systemd")
     path = tmp_path / f"{unit}.service"
-    path.write_text(render(unit))
+    path.write_text(render(unit, haproxy_py_bgp=bgp))
     done = subprocess.run(
         [analyze, "security", "--offline=true", "--no-pager", str(path)],
         capture_output=True,
@@ -94,6 +101,28 @@ def test_each_daemon_has_its_own_user_and_only_its_capabilities() -> None:
     assert "agent.key" in proxy["InaccessiblePaths"][0]
     assert proxy["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     assert proxy["Requires"] == ["haproxy-py.socket"]
+
+
+def test_bgp_mode_gives_the_proxy_its_live_link_and_the_agent_the_announce_file() -> None:
+    """The proxy opens the persistent TUN device a root step made for its user, and only that
+    device; it gains no capability. The agent may write the announce file's directory,
+    group-readable (BIRD reads it through its group)."""
+    floating = _directives(render("haproxy-py"))
+    assert "ExecStartPre" not in floating and "DeviceAllow" not in floating
+    proxy = _directives(render("haproxy-py", **BGP))
+    assert proxy["ExecStartPre"] == [
+        "+/opt/haproxy-py/venv/bin/python -m agent.livelink --device havips --persistent haproxy-py"
+    ]
+    assert proxy["ExecStart"] == [
+        "/opt/haproxy-py/venv/bin/python -m agent.livelink --device havips -- "
+        "/opt/haproxy-py/venv/bin/haproxy-py run --config /etc/haproxy-py/node.toml"
+    ]
+    assert proxy["DeviceAllow"] == ["/dev/net/tun rw"] and proxy["PrivateDevices"] == ["yes"]
+    assert proxy["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    agent = _directives(render("ha-agent", **BGP))
+    assert agent["ReadWritePaths"] == ["/var/lib/haproxy-py"]
+    assert agent["UMask"] == ["0027"] and "bird.service" in agent["Wants"][0]
+    assert _directives(render("ha-agent"))["UMask"] == ["0077"]
 
 
 def test_the_proxy_listens_on_sockets_systemd_makes_transparent() -> None:
