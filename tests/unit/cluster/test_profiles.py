@@ -122,6 +122,7 @@ def _render_node(timing: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
         haproxy_py_backends={},
         haproxy_py_cluster_name="c",
         haproxy_py_cluster_mode="active-standby",
+        haproxy_py_bgp=False,
         haproxy_py_cluster_failback=False,
         haproxy_py_cluster_failback_hold=30,
         haproxy_py_pki_dir="/etc/haproxy-py/pki",
