@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from agent.cli import parse
 from agent.daemon import Agent
@@ -36,6 +37,7 @@ class OnMemory:
     agent: Agent
     table: FakeAddressTable
     controller: MemoryStore
+    store: MemoryStore  # the agent's
 
     async def live(self) -> NodeRecord | None:
         """n1's record, once it says the node is live."""
@@ -45,7 +47,9 @@ class OnMemory:
 
 
 @contextlib.asynccontextmanager
-async def on_memory(tmp_path: Path, agent_lines: str = "") -> AsyncIterator[OnMemory]:
+async def on_memory(
+    tmp_path: Path, agent_lines: str = "", agent_store: type[MemoryStore] = MemoryStore
+) -> AsyncIterator[OnMemory]:
     admin = AdminStandIn()
     url = await admin.start()
     path = tmp_path / "n1.toml"
@@ -56,13 +60,13 @@ async def on_memory(tmp_path: Path, agent_lines: str = "") -> AsyncIterator[OnMe
     )
     settings, _ = parse(load(path))
     data = MemoryData()
-    store, controller = MemoryStore("w", data=data), MemoryStore("w", data=data)
+    store, controller = agent_store("w", data=data), MemoryStore("w", data=data)
     table = FakeAddressTable()
     proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
     agent = Agent(settings, store, table, FakeAnnouncer(), proxy)
     agent.handover.wait = 0.2  # no next owner comes in these tests
     try:
-        yield OnMemory(agent, table, controller)
+        yield OnMemory(agent, table, controller, store)
     finally:
         await proxy.close()
         await admin.stop()
@@ -144,42 +148,31 @@ async def test_a_lapsed_lease_is_revoked_before_the_agent_registers_again(tmp_pa
     """`lapse = true`: no keepalive answered in time for lease_ttl (1 s), so the agent gives
     the lease up, revokes it (etcd still answers other calls) long before its granted 2 s
     could run out, and registers under a new lease that its record declares."""
-    admin = AdminStandIn()
-    url = await admin.start()
-    path = tmp_path / "n1.toml"
-    path.write_text(
-        '[node]\nname = "n1"\naddress = "198.18.77.11"\n[cluster]\nname = "w"\n'
-        f'[agent]\nproxy_admin_url = "{url}"\nhealth_interval = 0.05\nmetrics_bind = ""\n'
-        f'allowed_vips = ["{VIP}"]\nlease_ttl = 1\nlapse = true\n'
-    )
-    settings, _ = parse(load(path))
-    assert not settings.failsafe  # a lapse outruns any failsafe round
-    data = MemoryData()
-    store, reader = SlowKeepalives("w", data=data), MemoryStore("w", data=data)
-    store.revoked = []
-    proxy = ProxyClient(settings.agent.proxy_admin_url, settings.agent.health_timeout)
-    agent = Agent(settings, store, FakeAddressTable(), FakeAnnouncer(), proxy)
-    task = asyncio.create_task(agent.run())
-    try:
+    async with on_memory(tmp_path, "lease_ttl = 1\nlapse = true\n", SlowKeepalives) as m:
+        assert not m.agent.settings.failsafe  # a lapse outruns any failsafe round
+        store, reader = cast(SlowKeepalives, m.store), m.controller
+        store.revoked = []
+        task = asyncio.create_task(m.agent.run())
+        try:
 
-        async def record() -> NodeRecord | None:
-            kv = await reader.get(reader.schema.node("n1"))
-            return NodeRecord.parse("n1", kv.value, kv.lease) if kv else None
+            async def record() -> NodeRecord | None:
+                kv = await reader.get(reader.schema.node("n1"))
+                return NodeRecord.parse("n1", kv.value, kv.lease) if kv else None
 
-        first = await eventually_async(record, 15, "n1 registered")
-        assert first.lapse == 1 and (await reader.lease_time_to_live(first.lease))[1] == 2
-        store.slow = True
-        await eventually_async(lambda: first.lease in store.revoked, 10, "the lapsed lease revoked")
-        store.slow = False
+            first = await eventually_async(record, 15, "n1 registered")
+            assert first.lapse == 1 and (await reader.lease_time_to_live(first.lease))[1] == 2
+            store.slow = True
+            await eventually_async(
+                lambda: first.lease in store.revoked, 10, "the lapsed lease revoked"
+            )
+            store.slow = False
 
-        async def again() -> bool:
-            node = await record()
-            return node is not None and node.lease != first.lease and node.lapse == 1
+            async def again() -> bool:
+                node = await record()
+                return node is not None and node.lease != first.lease and node.lapse == 1
 
-        await eventually_async(again, 15, "n1 registered under a new lease")
-        agent.stop()
-        await asyncio.wait_for(task, 15)
-    finally:
-        task.cancel()
-        await proxy.close()
-        await admin.stop()
+            await eventually_async(again, 15, "n1 registered under a new lease")
+            m.agent.stop()
+            await asyncio.wait_for(task, 15)
+        finally:
+            task.cancel()
