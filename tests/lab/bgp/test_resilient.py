@@ -50,8 +50,7 @@ def test_the_vip_route_uses_a_resilient_group_of_every_node(lab: control.Lab) ->
     eventually(lambda: bgplab.ready(lab), 30.0, "every node in the group")
     group = bgplab.resilient_group(lab, vip)
     assert group is not None and group["type"] == "resilient"
-    ids = {nhmirror.object_id(n.address) for n in lab.layout.nodes}
-    assert set(buckets(lab).values()) == ids
+    # A node that joined the group gets idle buckets only after the group's idle timer.
     eventually(lambda: bgplab.balanced(lab, vip), 30.0, "every node holding its share of buckets")
     assert "nhid" in netns.ip("route", "show", f"{vip}/32", netns=lab.layout.prefix + bgplab.ROUTER)
     assert set(ecmp.spread(lab, 90)) == {n.name for n in lab.layout.nodes}
