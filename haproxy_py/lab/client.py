@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -114,8 +115,11 @@ class Probe:
         self._stop = asyncio.Event()
         deadline = time.monotonic() + self.limit
         pending: set[asyncio.Task[None]] = set()
+        # Each attempt ends within `timeout`, which bounds the sockets a black-holed VIP
+        # piles up; a lower cap would pause the probe and hide when the VIP came back.
+        most = math.ceil(self.timeout / self.interval) + 1
         while not self._stop.is_set() and time.monotonic() < deadline:
-            if len(pending) < 100:  # bounded: a black-holed VIP must not pile up sockets
+            if len(pending) < most:
                 task = asyncio.create_task(self._one())
                 pending.add(task)
                 task.add_done_callback(pending.discard)
