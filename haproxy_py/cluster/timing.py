@@ -84,7 +84,7 @@ address change on the host) would need the controller to wait `unfenced_delay`.
 
 Profiles (`PROFILES`) are the named sets an operator picks (`hactl lab up
 --profile`, Ansible's `cluster_timing_profile`): `default` runs on etcd's own
-raft timers; `fast` halves the leases for node loss in about 1.5 s, and needs
+raft timers; `fast` halves the leases for node loss in about 1.1 s, and needs
 etcd's election timeout at 500 ms (for the controllers' 1 s leases): twice the
 keepalives and raft heartbeats, and an etcd call slower than 0.5 s (a loaded or distant
 member) already costs a node its VIPs or a controller its leadership. Its agents lapse

@@ -75,7 +75,7 @@ def _load() -> control.Lab:
     type=click.Choice(list(PROFILES)),
     default="default",
     show_default=True,
-    help="Timing profile: default (lease TTL 2 s) or fast (TTL 1 s: node loss in ~1.5 s).",
+    help="Timing profile: default (lease TTL 2 s) or fast (TTL 1 s: node loss in about 1.1 s).",
 )
 @click.option(
     "--resilient-router",
