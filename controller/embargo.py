@@ -57,7 +57,9 @@ class Embargo:
         if not held:
             return view
         vacated = {v: a for v, a in view.vacated.items() if v not in held}
-        return dataclasses.replace(view, occupied=view.occupied | held, vacated=vacated)
+        return dataclasses.replace(
+            view, occupied=view.occupied | held, vacated=vacated, embargoed=held
+        )
 
     def left(self, now: float) -> float:
         """How long until the last embargo ends (0: none); the loop decides again then."""

@@ -123,8 +123,9 @@ def write_settings(plan: Plan, settings: ClusterPolicy) -> None:
 
 
 def in_flight(plan: Plan, vips: list[str]) -> bool:
-    """Some of these VIPs are already being moved (releasing, or claimed this cycle)."""
-    return any(vip in plan.busy for vip in vips)
+    """Some of these VIPs are already being moved (releasing, claimed this cycle, or waiting
+    out the embargo after their owner's lease was revoked)."""
+    return any(vip in plan.busy or vip in plan.view.embargoed for vip in vips)
 
 
 def last_owner(view: ClusterView, vip: str) -> str | None:

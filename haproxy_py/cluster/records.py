@@ -333,6 +333,8 @@ class ClusterView:
     vacated: Mapping[str, VipAssignment] = field(default_factory=dict)
     # leases with a `revoked/` marker -> the embargo its writer asks for (`controller.embargo`)
     revoked: Mapping[int, float] = field(default_factory=dict)
+    # VIPs of a revoked lease kept from assignment until its fence has fallen (`controller.embargo`)
+    embargoed: frozenset[str] = frozenset()
 
     def owner(self, vip: str) -> str | None:
         assignment = self.vips.get(vip)

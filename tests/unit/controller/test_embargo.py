@@ -8,11 +8,11 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.actions import AssignVip, ClearVip
+from controller.actions import AnswerRequest, AssignVip, ClearVip
 from controller.decide import Policy, decide
 from controller.embargo import Embargo
 from haproxy_py.cluster.records import ClusterView
-from tests.unit.controller.views import VIP1, VIP2, held, lease_of, node, settings, view
+from tests.unit.controller.views import VIP1, VIP2, held, lease_of, node, request, settings, view
 
 WAIT = 1.3
 
@@ -45,6 +45,19 @@ def test_the_leader_neither_assigns_nor_clears_an_embargoed_key() -> None:
     assert not any(isinstance(x, AssignVip | ClearVip) for x in during.actions), during
     after = decide(e.guard(v, 10.0 + WAIT), 0.0, policy)
     assert any(isinstance(x, AssignVip) and x.vip == VIP1 for x in after.actions), after
+
+
+def test_a_move_of_an_embargoed_vip_waits_for_the_embargo_instead_of_being_refused() -> None:
+    """The VIP is being moved already: its key is not unreadable, and the operator's
+    `hactl failover` goes on once the embargo ends."""
+    e, v = Embargo(WAIT), owned(revoked=True, marked=True)
+    v = replace(v, requests=(request("move", vip=VIP1),), nodes={**v.nodes, "c": node("c")})
+    policy = Policy(release_timeout=5.0, request_history=10, controller="c1")
+    during = decide(e.guard(v, 10.0), 0.0, policy)
+    assert not any(isinstance(x, AnswerRequest) for x in during.actions), during
+    after = decide(e.guard(v, 10.0 + WAIT), 0.0, policy)
+    answers = [x.request.result for x in after.actions if isinstance(x, AnswerRequest)]
+    assert answers and all(r is not None and r.status != "refused" for r in answers), after
 
 
 def test_a_lease_that_ended_without_a_marker_holds_nothing() -> None:
