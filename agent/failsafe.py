@@ -6,8 +6,9 @@ grants it returns to the core (`AgentCore.failsafe_refresh`).
 
 The rule (Patroni's `failsafe_mode`, made safe for addresses): while a holder
 cannot reach etcd it may refresh the fence of the VIPs it holds only when, in
-one round, **every** peer of the last membership it saw answers, directly and
-authenticated (`agent.peer`: mutual TLS, the certificate's name checked), that
+one round, **every** node it read registered in etcd in the last `MEMBER_MEMORY`
+seconds answers, directly and authenticated (`agent.peer`: mutual TLS, the
+certificate's name checked), that
 
 * it cannot reach etcd either,
 * it holds none of these VIPs, and
@@ -45,6 +46,9 @@ from haproxy_py.cluster.timing import Timing, failsafe_after, failsafe_promise, 
 NONCE_MAX = 64  # characters of a round's nonce
 VIPS_MAX = 64  # VIPs named in one message: keeps every message small and bounded
 NAME_MAX = 63  # a node name (pki's certificate name limit)
+# A node stays a member this long after it was last read registered: a peer re-registering
+# under a new lease (its record briefly gone) when etcd fails must still be asked to vouch.
+MEMBER_MEMORY = 10.0
 
 
 class BadMessage(ValueError):
@@ -163,7 +167,8 @@ class Failsafe:
     name: str
     timing: Timing
     enabled: bool = True
-    members: frozenset[str] = frozenset()  # the other nodes of the last membership seen
+    members: frozenset[str] = frozenset()  # the other nodes registered in recent reads
+    seen: dict[str, float] = field(default_factory=dict)  # node -> when last read registered
     last_ok: float = -math.inf  # the last time an etcd call succeeded
     last_failed: float = -math.inf  # the last time one failed
     promised: dict[str, float] = field(default_factory=dict)  # holder -> promise ends
@@ -197,9 +202,13 @@ class Failsafe:
         period after etcd went away; either way it promises only what `ask` says."""
         return self.reachable(now) and self.last_failed <= self.last_ok
 
-    def membership(self, names: Iterable[str]) -> None:
-        """The nodes registered in etcd as last read (this node left out)."""
-        self.members = frozenset(names) - {self.name}
+    def membership(self, names: Iterable[str], now: float) -> None:
+        """The nodes registered in etcd as read at `now` (this node left out), with those
+        read within `MEMBER_MEMORY`: one more member only adds a voucher a round needs,
+        and a promise a peer gives, so remembering is never less safe than forgetting."""
+        self.seen.update(dict.fromkeys(names, now))
+        self.seen = {n: t for n, t in self.seen.items() if now - t <= MEMBER_MEMORY}
+        self.members = frozenset(self.seen) - {self.name}
 
     # --- the holder's side --------------------------------------------------------------------
 

@@ -144,7 +144,9 @@ class FailsafeLoop:
                 else:
                     records = [NodeRecord.parse(kv.key[len(prefix) :], kv.value) for kv in kvs]
                     self.addresses = {r.name: r.address for r in records if r and r.address}
-                    self.failsafe.membership(r.name for r in records if r is not None)
+                    self.failsafe.membership(
+                        (r.name for r in records if r is not None), time.monotonic()
+                    )
                     await self._warm()
             await asyncio.sleep(self.reconcile)
 

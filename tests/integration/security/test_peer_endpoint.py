@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.failsafe import Answer, Failsafe
+from agent.failsafe import MEMBER_MEMORY, Answer, Failsafe
 from agent.failsafeloop import FailsafeLoop
 from agent.peer import PeerServer
 from agent.state import AgentCore, Assignment, Hysteresis
@@ -56,7 +56,7 @@ class Node:
 
     def __init__(self, certs: Path) -> None:
         self.failsafe = Failsafe("n2", TIMING)
-        self.failsafe.membership(("n1", "n2", "n3"))
+        self.failsafe.membership(("n1", "n2", "n3"), 0.0)
         self.core = AgentCore("n2", TIMING, Hysteresis(1, 1), ALLOWED)
         self.promises: list[float] = []
         self.server = PeerServer(
@@ -133,7 +133,8 @@ async def test_a_node_outside_the_membership_gets_403(certs: Path, peer: Node) -
 async def test_a_controller_whose_agent_is_stopped_still_probes(certs: Path, peer: Node) -> None:
     """A stopped agent's record leaves etcd, but its node's controller may lead: refused,
     its probes would count as failures and the owner's lease would be revoked."""
-    peer.failsafe.membership(("n2", "n3"))  # n1's agent stopped: its record is gone
+    # n1's agent stopped: its record is gone, and long enough ago to be forgotten
+    peer.failsafe.membership(("n2", "n3"), MEMBER_MEMORY + 1)
     answer = await call(certs, "controller-n1", peer, "/alive", {"nonce": "n1-leads"})
     assert answer == {"nonce": "n1-leads", "node": "n2"}
     with pytest.raises(PeerError, match="403"):
@@ -181,7 +182,7 @@ async def test_an_oversized_or_malformed_body_is_refused(certs: Path, peer: Node
 
 async def test_a_replayed_answer_is_rejected_by_the_holder(certs: Path, peer: Node) -> None:
     holder = Failsafe("n1", TIMING)
-    holder.membership(("n1", "n2"))
+    holder.membership(("n1", "n2"), 0.0)
     first = holder.start("round-1", {VIP}, STALE)
     assert first is not None
     old = Answer.from_dict(await call(certs, "agent-n1", peer, "/failsafe", first.to_dict()))
@@ -233,7 +234,7 @@ async def test_a_refused_round_is_asked_again_before_the_next_keepalive_period(
     keepalive every 2 s, etcd counted away after 3 s)."""
     slow = Timing(lease_ttl=16, keepalive_interval=2.0, address_lifetime=8.0, fence_margin=0.5)
     peer_fs = Failsafe("n2", slow)
-    peer_fs.membership(("n1", "n2"))
+    peer_fs.membership(("n1", "n2"), 0.0)
     peer_core = AgentCore("n2", slow, Hysteresis(1, 1), ALLOWED)
     server = PeerServer("n2", tls(certs, "agent-n2"), peer_fs, peer_core, lambda until: None)
     port = await server.start("127.0.0.1", 0)
@@ -258,7 +259,7 @@ async def test_a_refused_round_is_asked_again_before_the_next_keepalive_period(
         post,
         lambda outage: None,
     )
-    loop.failsafe.membership(("n1", "n2"))
+    loop.failsafe.membership(("n1", "n2"), 0.0)
     loop.addresses = {"n2": "127.0.0.1"}
     peer_fs.etcd_ok(time.monotonic())  # the peer's last keepalive came through
     rounds = asyncio.create_task(loop.round_loop())

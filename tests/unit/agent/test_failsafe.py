@@ -7,7 +7,7 @@ import math
 import pytest
 
 from agent.actions import SetAddress
-from agent.failsafe import Answer, Ask, BadMessage, Failsafe, Grant, Outage
+from agent.failsafe import MEMBER_MEMORY, Answer, Ask, BadMessage, Failsafe, Grant, Outage
 from agent.state import AgentCore, Assignment, Hysteresis
 from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.timing import Timing, failsafe_after, failsafe_promise, failsafe_round
@@ -21,7 +21,7 @@ ALLOWED = AllowList.parse(["198.18.50.0/24"])
 
 def node(name: str, members: tuple[str, ...] = ("n1", "n2", "n3")) -> Failsafe:
     fs = Failsafe(name, TIMING)
-    fs.membership(members)
+    fs.membership(members, 0.0)
     fs.etcd_ok(0.0)
     return fs
 
@@ -53,8 +53,21 @@ def test_no_round_while_etcd_answers_nor_without_vips_or_peers() -> None:
     alone = node("n1", ("n1",))
     assert alone.start("r1", {VIP}, STALE) is None  # nobody to vouch: fence as usual
     off = Failsafe("n1", TIMING, enabled=False)
-    off.membership(("n1", "n2"))
+    off.membership(("n1", "n2"), 0.0)
     assert off.start("r1", {VIP}, STALE) is None
+
+
+def test_a_peer_missing_from_one_read_is_still_asked_to_vouch() -> None:
+    """A peer re-registering under a new lease is briefly absent from `nodes/`; if etcd fails
+    right then, the holder must still ask it (not give up for want of peers), and it is
+    forgotten only after MEMBER_MEMORY."""
+    fs = node("n1", ("n1", "n2"))
+    fs.membership(("n1",), 1.0)  # n2's record gone for a moment
+    assert fs.members == {"n2"}
+    ask = fs.start("r1", {VIP}, 1.0 + STALE)
+    assert ask is not None and fs.round is not None and fs.round.peers == {"n2"}
+    fs.membership(("n1",), MEMBER_MEMORY + 0.5)
+    assert fs.members == frozenset()
 
 
 def test_every_peer_vouching_grants_a_refresh_counted_from_the_send() -> None:
@@ -145,7 +158,7 @@ def test_peer_refuses_a_holder_that_is_not_its_certificate_or_not_a_member() -> 
 
 def test_disabled_peer_never_promises() -> None:
     peer = Failsafe("n2", TIMING, enabled=False)
-    peer.membership(("n1", "n2"))
+    peer.membership(("n1", "n2"), 0.0)
     answer = peer.ask("n1", Ask("r1", "n1", (VIP,)), set(), 100.0)
     assert answer.etcd and answer.promise == 0.0
 

@@ -53,7 +53,7 @@ class Sim:
             core = AgentCore(n, TIMING, Hysteresis(1, 1), ALLOWED)
             self.cores[n] = core
             fs = Failsafe(n, TIMING)
-            fs.membership(NODES)
+            fs.membership(NODES, 0.0)
             self.failsafes[n] = fs
             self.intervals[n] = []
             self._grant(n)
