@@ -182,8 +182,11 @@ class Run:
             self.doc["stacks"].setdefault(name, title)
             self.doc["trials"] += [t for t in old["trials"] if (t["stack"], t["scenario"]) in pairs]
             meta = old["meta"]
-            which = ", ".join(sc for sc in stacks.SCENARIOS if (name, sc) in pairs)
-            kept[name] = f"{which}: run {meta['started']}, load average {meta['load']} at its start"
+            kept[name] = _origins(
+                [sc for sc in stacks.SCENARIOS if (name, sc) in pairs],
+                f"run {meta['started']}, load average {meta['load']} at its start",
+                meta.get("kept", {}).get(name, ""),
+            )
             if name not in self.args.stacks and name in meta.get("stack_s", {}):
                 self.doc["meta"]["stack_s"][name] = meta["stack_s"][name]
             scenarios = {*self.doc["scenarios"], *old["scenarios"]}
@@ -306,6 +309,22 @@ def _render(results: Path) -> int:
     source.write_text(json.dumps(doc, indent=1) + "\n")
     (results / "failover.md").write_text(report.render(doc))
     return 0
+
+
+def _origins(scenarios: list[str], run: str, earlier: str) -> str:
+    """Which run each kept scenario is from: `run`, or for those `run` had kept itself the
+    run its `earlier` note ("a, b: run ...; c: run ...") names."""
+    found: dict[str, list[str]] = {}
+    theirs = dict(
+        (sc, origin)
+        for part in earlier.split("; ")
+        if ": " in part
+        for which, origin in [part.split(": ", 1)]
+        for sc in which.split(", ")
+    )
+    for sc in scenarios:
+        found.setdefault(theirs.get(sc, run), []).append(sc)
+    return "; ".join(f"{', '.join(which)}: {origin}" for origin, which in found.items())
 
 
 def main(argv: list[str] | None = None) -> int:

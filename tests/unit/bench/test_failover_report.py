@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.failover import stacks
+from bench.failover.__main__ import _origins
 from bench.failover.report import render, summarize_trials
 
 
@@ -103,3 +104,12 @@ def test_trials_from_before_the_arp_watcher_show_no_answerer_count() -> None:
     ]
     summary = summarize_trials(old, ["keepalived-nginx"], ["kill"])
     assert summary["keepalived-nginx"]["kill"]["arp_doubles"] is None
+
+
+def test_a_column_kept_twice_still_names_the_run_it_came_from() -> None:
+    first = "run 2026-11-25 19:55 UTC, load average 0.3 at its start"
+    earlier = f"planned, kill: {first}"
+    now = "run 2026-12-03 18:14 UTC, load average 79.2 at its start"
+    assert _origins(["planned", "kill"], now, earlier) == f"planned, kill: {first}"
+    assert _origins(["kill", "stolen"], now, earlier) == f"kill: {first}; stolen: {now}"
+    assert _origins(["kill"], now, "") == f"kill: {now}"
