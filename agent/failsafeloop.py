@@ -41,6 +41,15 @@ WARM = 5.0  # seconds between calls that keep the peers' connections open (their
 RETRY = 0.05  # seconds before a refused round is asked again: a fence period holds few rounds
 
 
+def remembered(
+    known: dict[str, str], read: dict[str, str], members: Iterable[str]
+) -> dict[str, str]:
+    """Each member's address as last read: one the latest read missed (a remembered
+    member, `agent.failsafe.MEMBER_MEMORY`) is still asked where it was."""
+    merged = {**known, **read}
+    return {name: merged[name] for name in members if name in merged}
+
+
 class FailsafeLoop:
     """One agent's failsafe: its peer endpoint, its rounds and its view of the membership."""
 
@@ -143,10 +152,11 @@ class FailsafeLoop:
                     pass  # keep the last membership seen
                 else:
                     records = [NodeRecord.parse(kv.key[len(prefix) :], kv.value) for kv in kvs]
-                    self.addresses = {r.name: r.address for r in records if r and r.address}
                     self.failsafe.membership(
                         (r.name for r in records if r is not None), time.monotonic()
                     )
+                    read = {r.name: r.address for r in records if r and r.address}
+                    self.addresses = remembered(self.addresses, read, self.failsafe.members)
                     await self._warm()
             await asyncio.sleep(self.reconcile)
 

@@ -8,6 +8,7 @@ import pytest
 
 from agent.actions import SetAddress
 from agent.failsafe import MEMBER_MEMORY, Answer, Ask, BadMessage, Failsafe, Grant, Outage
+from agent.failsafeloop import remembered
 from agent.state import AgentCore, Assignment, Hysteresis
 from haproxy_py.cluster.allowlist import AllowList
 from haproxy_py.cluster.timing import Timing, failsafe_after, failsafe_promise, failsafe_round
@@ -68,6 +69,13 @@ def test_a_peer_missing_from_one_read_is_still_asked_to_vouch() -> None:
     assert ask is not None and fs.round is not None and fs.round.peers == {"n2"}
     fs.membership(("n1",), MEMBER_MEMORY + 0.5)
     assert fs.members == frozenset()
+
+
+def test_a_remembered_member_is_asked_at_its_last_read_address() -> None:
+    known = {"n2": "198.18.0.2", "n3": "198.18.0.3"}
+    read = {"n3": "198.18.0.33"}  # n2's record missing from this read
+    assert remembered(known, read, {"n2", "n3"}) == {"n2": "198.18.0.2", "n3": "198.18.0.33"}
+    assert remembered(known, read, {"n3"}) == {"n3": "198.18.0.33"}  # n2 forgotten
 
 
 def test_every_peer_vouching_grants_a_refresh_counted_from_the_send() -> None:
