@@ -5,8 +5,10 @@ nodes may announce which VIP (the previous answer stands while paused), and
 writes only the nodes whose list changed, each in one transaction that
 compares the key's mod revision and the leader fence: a stale view or a lost
 leadership writes nothing. What it last read or wrote is cached (`sync`). A
-node that is no longer registered has its key deleted; a registered node with
-nothing to announce gets an empty list.
+node whose lease ended keeps its key (`controller.announce` rule 6: a death
+and a return then cost no write of the controller's) until `FORGET` s have
+passed, then it is deleted; a registered node with nothing to announce gets an
+empty list.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from controller.announce import Announcements, Policy, plan
+from controller.announce import Announcements, Policy, kept, plan
 from haproxy_py.cluster.announcement import Announce
 from haproxy_py.cluster.records import ClusterPolicy, ClusterView
 from haproxy_py.cluster.storeapi import Compare, Delete, KVStore, Put, mod_revision_is
@@ -26,6 +28,7 @@ log = structlog.get_logger(__name__)
 RESYNC = 10.0  # seconds between full reads of announce/
 FEW = 4  # more keys to write than this: read the whole prefix once instead of key by key
 BATCH = 32  # writes per transaction (etcd's default limit is 128 operations)
+FORGET = 600.0  # seconds after its lease ended that a node's key is deleted (rule 6)
 
 
 def by_vip(per_node: Mapping[str, Announce]) -> dict[str, frozenset[str]]:
@@ -74,6 +77,7 @@ class AnnounceSync:
         self._said: dict[tuple[str, ...], tuple[frozenset[str], str]] = {}  # last logged
         self._cache: dict[str, Announce] | None = None  # node -> what announce/ holds
         self._read_at = 0.0
+        self._gone: dict[str, float] = {}  # node whose lease ended -> since (monotonic)
         # value -> its VIPs, for the values of the last read: nodes permitted the same VIPs
         # hold the same bytes, so a read of 100 keys of 1,000 VIPs parses one value, not 100
         self._parsed: dict[bytes, tuple[str, ...] | None] = {}
@@ -125,13 +129,19 @@ class AnnounceSync:
                 )
         self._said = said
         wanted = by_node(answer)
+        self._gone = {n: self._gone.get(n, now) for n in current if n not in view.nodes}
         todo: dict[str, tuple[str, ...] | None] = {}  # node -> its VIPs, None: delete
-        for node in sorted(set(current) | set(wanted) | set(view.nodes)):
-            mine = wanted.get(node, ())
-            gone = node not in view.nodes and not mine
+        for node in sorted(set(current) | set(view.nodes)):
             have = current.get(node)
-            if not ((have is None) if gone else (have is not None and have.vips == mine)):
-                todo[node] = None if gone else mine
+            if node in view.nodes:
+                target: tuple[str, ...] | None = wanted.get(node, ())
+            elif now - self._gone[node] >= FORGET:
+                target = None
+            else:  # its lease ended: rule 6
+                assert have is not None
+                target = kept(node, have.vips, settings, self.policy)
+            if (have.vips if have is not None else None) != target:
+                todo[node] = target
         if not todo:
             return 0
         stored = await self._stored(list(todo))
