@@ -9,8 +9,8 @@ from controller.announce import Announcements, Policy
 from controller.announcesync import BATCH, FORGET, AnnounceSync, by_node, outcomes
 from haproxy_py.cluster.announcement import Announce
 from haproxy_py.cluster.memstore import MemoryStore
-from haproxy_py.cluster.records import ClusterPolicy, ClusterView, NodeRecord
-from haproxy_py.cluster.storeapi import Compare, Op
+from haproxy_py.cluster.records import ClusterPolicy, ClusterView, KeyValue, NodeRecord
+from haproxy_py.cluster.storeapi import Compare, Op, WatchEvent
 
 VIPS = ("198.18.9.1", "198.18.9.2")
 SETTINGS = ClusterPolicy(mode="bgp", vips=VIPS)
@@ -20,6 +20,11 @@ class Counting(MemoryStore):
     def __init__(self) -> None:
         super().__init__("s")
         self.txns = 0
+        self.gets = 0
+
+    async def get(self, key: str) -> KeyValue | None:
+        self.gets += 1
+        return await super().get(key)
 
     async def txn(
         self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
@@ -120,3 +125,23 @@ async def test_a_full_read_parses_each_distinct_value_once() -> None:
     found = await sync.read()
     assert {n: r.vips for n, r in found.items()} == {"a": VIPS, "b": VIPS, "c": ()}
     assert found["a"].vips is found["b"].vips  # one parse for the two equal values
+
+
+async def test_the_watch_keeps_the_cache_so_a_write_reads_nothing_first() -> None:
+    store = Counting()
+    sync = AnnounceSync(store, lambda: [], Policy())
+    await sync.sync(view(["a", "b"]), SETTINGS)
+    for name in ("a", "b"):  # the events of our own writes
+        kv = await store.get(store.schema.announce(name))
+        assert kv is not None
+        sync.observe(WatchEvent("put", kv.key, kv.value, kv.mod_revision))
+    sync.observe(WatchEvent("put", store.schema.announce("a"), b"{}", 1))  # older: ignored
+    store.gets = 0
+    less = view(["a", "b"])
+    less.nodes["b"] = NodeRecord(name="b", healthy=True, ready=0, pools=1)
+    assert await sync.sync(less, SETTINGS) == 1  # b: a pool down
+    assert store.gets == 0
+    assert await stored(store) == {"a": VIPS, "b": ()}
+    sync.observe(WatchEvent("resync", store.schema.prefix, b"", 0))
+    assert await sync.sync(view(["a", "b"]), SETTINGS) == 1  # read everything again
+    assert await stored(store) == {"a": VIPS, "b": VIPS}
