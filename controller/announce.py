@@ -73,7 +73,9 @@ def kept(
         return vips
     if node in settings.drained:
         return ()
-    configured = set(settings.vips)
+    configured = frozenset(settings.vips)
+    if not policy.allowed and configured.issuperset(vips):
+        return vips  # the usual case, without a step per VIP
     return tuple(
         v
         for v in vips
