@@ -59,10 +59,16 @@ def settled(
     published: Mapping[str, str], seen: Mapping[str, str], since: float, now: float
 ) -> bool:
     """(pure) Whether the states `seen` (unchanged since `since`) replace the `published` ones
-    in the node record: they differ and have held for `SETTLE` s, so the passing states of a
-    session coming up (Connect, OpenSent, BFD Init) cost no etcd write; `hactl status` lags
-    the router by that much."""
-    return seen != published and now - since >= SETTLE
+    in the node record: they differ, and either every session is up (Established, BFD Up:
+    written at once, so an agent's restart beside a running BIRD is one record write with its
+    registration) or they have held for `SETTLE` s, so the passing states of a session coming
+    up (Connect, OpenSent, BFD Init) cost no etcd write; `hactl status` shows a session's loss
+    that much later (the router's BFD acts on it, not etcd)."""
+    up = all(
+        v.split(",")[0] == "Established" and ("BFD" not in v or v.endswith("BFD Up"))
+        for v in seen.values()
+    )
+    return seen != published and (up or now - since >= SETTLE)
 
 
 def fenced(
