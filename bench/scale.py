@@ -57,6 +57,7 @@ WINDOW = 60.0  # seconds of the quiet window and of the churn window (--window)
 CHURN_EVERY = 3.0  # one agent dies this often during churn
 FLEET = 25  # simulated agents per process
 BACK_AFTER = 4.0  # and registers again this long after it died (its lease is gone by then)
+SESSION_UP = 1.0  # seconds from a registration to its BGP session and BFD up
 SPARE = "spare"  # the node of the last window: live, its backends down (ready 0 of 1)
 
 
@@ -73,7 +74,9 @@ def p(values: list[float], q: float) -> float:
 
 
 class SimAgent:
-    """A node as etcd sees it in BGP mode: a lease kept alive and a record under it."""
+    """A node as etcd sees it in BGP mode: a lease kept alive and a record under it, written
+    once at registration (the agent's first probes' verdict) and once more `SESSION_UP` s
+    later, when its BGP session and BFD are up (`agent.bgpside.settled`)."""
 
     def __init__(self, etcd: EtcdConfig, name: str) -> None:
         self.store, self.name = Store(etcd, CLUSTER), name  # its own connection, as an agent's
@@ -90,20 +93,28 @@ class SimAgent:
 
     async def _register(self) -> int:
         lease = (await self.store.grant_lease(TTL)).id
-        ready = 0 if self.name.startswith(SPARE) else 1  # a spare has its backends down
-        record = NodeRecord(
-            name=self.name, address="198.18.0.1", healthy=True, ready=ready, pools=1
-        )
-        await self.store.put(self.store.schema.node(self.name), record.to_json(), lease)
+        await self._write(lease, {})
         return lease
 
+    async def _write(self, lease: int, sessions: dict[str, str]) -> None:
+        ready = 0 if self.name.startswith(SPARE) else 1  # a spare has its backends down
+        record = NodeRecord(
+            name=self.name, address="198.18.0.1", healthy=True, ready=ready, pools=1, bgp=sessions
+        )
+        await self.store.put(self.store.schema.node(self.name), record.to_json(), lease)
+
     async def _keepalive(self, lease: int) -> None:
+        session_at: float | None = time.monotonic() + SESSION_UP
         while True:
             with contextlib.suppress(StoreError):  # keep trying, as an agent does
                 try:
                     await self.store.keepalive(lease)
+                    if session_at is not None and time.monotonic() >= session_at:
+                        await self._write(lease, {"uplink": "Established, BFD Up"})
+                        session_at = None
                 except LeaseLost:  # it lapsed (a starved process): register again
                     lease = await self._register()
+                    session_at = time.monotonic() + SESSION_UP
             await asyncio.sleep(TTL / 4)
 
     def die(self) -> None:
@@ -127,6 +138,7 @@ class Watcher:
     expiry_to_write: list[float] = field(default_factory=list)
     return_to_write: list[float] = field(default_factory=list)
     unanswered: int = 0
+    gone: set[str] = field(default_factory=set)  # records deleted, not written again yet
 
     async def run(self, revision: int) -> None:
         schema = self.store.schema
@@ -136,8 +148,14 @@ class Watcher:
                 self.pending.pop(0)
                 self.unanswered += 1
             if event.key.startswith(schema.nodes_prefix):
-                if not event.key.endswith(SPARE):
-                    self.pending.append(("expiry" if event.kind == "delete" else "return", now))
+                if event.key.endswith(SPARE):
+                    continue
+                if event.kind == "delete":
+                    self.gone.add(event.key)
+                    self.pending.append(("expiry", now))
+                elif event.key in self.gone:  # its return (not its later session write)
+                    self.gone.discard(event.key)
+                    self.pending.append(("return", now))
             elif schema.announce_node(event.key) is not None and self.pending:
                 kind, since = self.pending.pop(0)
                 (self.expiry_to_write if kind == "expiry" else self.return_to_write).append(
@@ -302,6 +320,7 @@ async def one_run(
         for fleet in fleets:
             await asyncio.to_thread(fleet.ready)
         took = await converged(store, nodes, count)
+        await asyncio.sleep(SESSION_UP + TTL)  # the agents' session writes: before the quiet
         quiet = await window(store, Usage(controller), seconds, nodes, None)
         churn = await window(store, Usage(controller), seconds, nodes, fleets)
         # the spare: every death now changes its answer (the minimum is every node)
