@@ -108,7 +108,8 @@ def for_vip(
             "keep announcing, clients get 503 rather than no route"
         )
     if len(chosen) < policy.min_announcers:
-        extra = [n for n in pool if n not in chosen][: policy.min_announcers - len(chosen)]
+        names = {n.name for n in chosen}  # not `n not in chosen`: N x N record compares
+        extra = [n for n in pool if n.name not in names][: policy.min_announcers - len(chosen)]
         if extra:
             chosen += extra
             reason += (
