@@ -389,8 +389,9 @@ def report(rows: list[dict[str, Any]], load: tuple[float, float], seconds: float
         "",
         f"`python -m bench.scale`: a real 3-member etcd on loopback, the real `ha-controller`, "
         f"{count} VIPs, N simulated agents (lease TTL {TTL} s, keepalive every {TTL / 4:g} s, "
-        f"record written once, each agent on its own etcd connection, {FLEET} agents per "
-        "process), `min_announcers` = N. Three windows of "
+        "record written at registration and again when its BGP session is up, each agent on "
+        f"its own etcd connection, {FLEET} agents per process), `min_announcers` = N. "
+        "Three windows of "
         f"{seconds:g} s: quiet; churn (one agent dies every {CHURN_EVERY:g} s and registers "
         f"again {BACK_AFTER:g} s later); the same churn with a spare node whose backends are "
         "down, which the minimum adds for each lost node and drops at its return, so every "
