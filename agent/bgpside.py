@@ -39,6 +39,7 @@ from haproxy_py.cluster.storeapi import KVStore
 from haproxy_py.metrics import Registry, Sample
 
 log = structlog.get_logger(__name__)
+SETTLE = 2.0  # seconds BGP/BFD states must hold before the node record is rewritten for them
 
 
 def session_states(
@@ -52,6 +53,22 @@ def session_states(
         session = "absent" if p is None else ((p.info.split() or [p.state])[0])
         out[name] = session + (f", BFD {bfd[address]}" if address in bfd else "")
     return out
+
+
+def settled(
+    published: Mapping[str, str], seen: Mapping[str, str], since: float, now: float
+) -> bool:
+    """(pure) Whether the states `seen` (unchanged since `since`) replace the `published` ones
+    in the node record: they differ, and either every session is up (Established, BFD Up:
+    written at once, so an agent's restart beside a running BIRD is one record write with its
+    registration) or they have held for `SETTLE` s, so the passing states of a session coming
+    up (Connect, OpenSent, BFD Init) cost no etcd write; `hactl status` shows a session's loss
+    that much later (the router's BFD acts on it, not etcd)."""
+    up = all(
+        v.split(",")[0] == "Established" and ("BFD" not in v or v.endswith("BFD Up"))
+        for v in seen.values()
+    )
+    return seen != published and (up or now - since >= SETTLE)
 
 
 def fenced(
@@ -141,7 +158,10 @@ class BgpSide:
                 await asyncio.wait_for(self._wake.wait(), self.reconcile)
 
     async def _sessions(self) -> None:
-        """Every reconcile period: BIRD's sessions and BFD, for the node record and metrics."""
+        """Every reconcile period: BIRD's sessions and BFD, for the metrics at once and for the
+        node record once they settled (`settled`)."""
+        seen: dict[str, str] | None = None
+        since = 0.0
         while self.peers:
             try:
                 control = self.announcer.bird
@@ -156,7 +176,10 @@ class BgpSide:
             self.established = {
                 n for n, p in protocols.items() if p.kind == "BGP" and p.info == "Established"
             }
-            if states != self.states:
+            now = time.monotonic()
+            if states != seen:
+                seen, since = states, now
+            if settled(self.states, states, since, now):
                 log.info("bgp sessions", sessions=states)
                 self.states = states
                 self.publish(states)

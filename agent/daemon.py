@@ -79,8 +79,10 @@ class Agent:
         self.writer = Writer(
             self.etcd, lambda lease: self.actor.post(self.observers.lease_lost_step(lease))
         )
+        # BGP mode: a return is one record write, once the first probes have a verdict
+        first_wait = cfg.health_interval * (cfg.health_rise + 1) if settings.bgp else 0.0
         self.registration = Registration(
-            settings.node, settings.version, self.core, store, self._enqueue
+            settings.node, settings.version, self.core, store, self._enqueue, first_wait
         )
         self.handover = Handover(
             store,

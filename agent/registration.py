@@ -5,11 +5,15 @@ the controller or an operator decides on changes (liveness, the readiness
 score, the VIPs held, given up, let go of or refused, the backend servers up),
 never for load
 figures such as connection counts, which live in `/metrics`. A write that
-failed is retried by the reconcile timer.
+failed is retried by the reconcile timer. In BGP mode the first write under a
+new lease waits `first_wait` (the first liveness verdict's time), so that a
+node's return is one record that says what its first probes found, not three
+(registered, then the backends counted, then live).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +36,7 @@ class Registration:
         core: AgentCore,
         store: KVStore,
         enqueue: Callable[[Write], None],
+        first_wait: float = 0.0,
     ) -> None:
         self.node = node
         self.version = version
@@ -47,6 +52,8 @@ class Registration:
         self.shown: Callable[[str], bool] = lambda vip: True
         self.bgp: dict[str, str] = {}  # BGP mode: peer -> session and BFD state (agent.bgpside)
         self._pending = False
+        self.first_wait = first_wait
+        self._written = 0  # the lease the record was last written under
 
     def health_changed(self, healthy: bool) -> None:
         self.healthy_since = time.time() if healthy else None
@@ -104,5 +111,10 @@ class Registration:
             self.failed = True  # until the put succeeds
             await self.store.put(self.key, self.record(lease).to_json(), lease=lease)
             self.failed = False
+            self._written = lease
 
-        self.enqueue(write)
+        lease = self.core.lease_id
+        if self.first_wait and lease is not None and lease != self._written:
+            asyncio.get_running_loop().call_later(self.first_wait, self.enqueue, write)
+        else:
+            self.enqueue(write)

@@ -8,13 +8,20 @@ real one is to etcd in BGP mode: a lease kept alive every TTL/4, its node record
 (live, every pool up), written again only when something changes; its kernel, BIRD and
 proxy are left out (the lab tests and `bench.bgp` cover those).
 
-Measured per node count:
-* etcd revisions per node per minute, in a quiet minute (nothing changes) and in a minute
-  of churn (every `CHURN_EVERY` s one agent dies; it registers again `BACK_AFTER` s later);
-* from a lease expiry (etcd deletes the node's record) to the controller's write of the new
-  announcers (`announce/<node>/vips` deleted), and from a node's return to its key written:
-  p50/p95/max, both read from one etcd watch in this process (same clock);
+The controller must keep every node announcing (`min_announcers` = N), which costs nothing
+while every node is ready. Measured per node count, in three windows of `--window` s:
+* quiet (nothing changes), churn (every `CHURN_EVERY` s one agent dies; it registers again
+  `BACK_AFTER` s later), and the same churn with a spare node whose backends are down: the
+  minimum adds it for each lost node and drops it at the node's return, so each death and
+  return needs the controller to write;
+* etcd revisions per node per minute and per death and return, in each window;
+* in the spare window, from a lease expiry (etcd deletes the node's record) to the
+  controller's write of the spare's key, and from the node's return (its record written) to
+  the next write: p50/p95/max, read from one etcd watch in this process (same clock);
 * the controller's CPU (share of one core) and resident memory (max) in each window.
+
+`--profile DIR` runs the controller under cProfile (`DIR/controller-<N>.prof`) and leaves
+the results files alone; `--vips` and `--window` make a smaller run.
 
 Results: `bench/results/scale.{md,json}`.
 """
@@ -50,6 +57,8 @@ WINDOW = 60.0  # seconds of the quiet window and of the churn window (--window)
 CHURN_EVERY = 3.0  # one agent dies this often during churn
 FLEET = 25  # simulated agents per process
 BACK_AFTER = 4.0  # and registers again this long after it died (its lease is gone by then)
+SESSION_UP = 1.0  # seconds from a registration to its BGP session and BFD up
+SPARE = "spare"  # the node of the last window: live, its backends down (ready 0 of 1)
 
 
 def vips(count: int) -> list[str]:
@@ -65,7 +74,9 @@ def p(values: list[float], q: float) -> float:
 
 
 class SimAgent:
-    """A node as etcd sees it in BGP mode: a lease kept alive and a record under it."""
+    """A node as etcd sees it in BGP mode: a lease kept alive and a record under it, written
+    once at registration (the agent's first probes' verdict) and once more `SESSION_UP` s
+    later, when its BGP session and BFD are up (`agent.bgpside.settled`)."""
 
     def __init__(self, etcd: EtcdConfig, name: str) -> None:
         self.store, self.name = Store(etcd, CLUSTER), name  # its own connection, as an agent's
@@ -82,17 +93,28 @@ class SimAgent:
 
     async def _register(self) -> int:
         lease = (await self.store.grant_lease(TTL)).id
-        record = NodeRecord(name=self.name, address="198.18.0.1", healthy=True, ready=1, pools=1)
-        await self.store.put(self.store.schema.node(self.name), record.to_json(), lease)
+        await self._write(lease, {})
         return lease
 
+    async def _write(self, lease: int, sessions: dict[str, str]) -> None:
+        ready = 0 if self.name.startswith(SPARE) else 1  # a spare has its backends down
+        record = NodeRecord(
+            name=self.name, address="198.18.0.1", healthy=True, ready=ready, pools=1, bgp=sessions
+        )
+        await self.store.put(self.store.schema.node(self.name), record.to_json(), lease)
+
     async def _keepalive(self, lease: int) -> None:
+        session_at: float | None = time.monotonic() + SESSION_UP
         while True:
             with contextlib.suppress(StoreError):  # keep trying, as an agent does
                 try:
                     await self.store.keepalive(lease)
+                    if session_at is not None and time.monotonic() >= session_at:
+                        await self._write(lease, {"uplink": "Established, BFD Up"})
+                        session_at = None
                 except LeaseLost:  # it lapsed (a starved process): register again
                     lease = await self._register()
+                    session_at = time.monotonic() + SESSION_UP
             await asyncio.sleep(TTL / 4)
 
     def die(self) -> None:
@@ -106,39 +128,48 @@ class SimAgent:
 
 @dataclass
 class Watcher:
-    """When (this process's clock) each node's record went and its announce key changed."""
+    """From a node's record deleted (its lease's expiry) or written again (its return) to the
+    controller's next write under `announce/`, on this process's clock. Deaths and returns
+    are paired with writes in order; one that no write follows within `BACK_AFTER` s is
+    dropped (`unanswered`)."""
 
     store: Store
-    record_gone: dict[str, float] = field(default_factory=dict)
-    registered: dict[str, float] = field(default_factory=dict)
+    pending: list[tuple[str, float]] = field(default_factory=list)  # ("expiry"|"return", t)
     expiry_to_write: list[float] = field(default_factory=list)
     return_to_write: list[float] = field(default_factory=list)
+    unanswered: int = 0
+    gone: set[str] = field(default_factory=set)  # records deleted, not written again yet
 
     async def run(self, revision: int) -> None:
         schema = self.store.schema
         async for event in self.store.watch(schema.prefix, revision + 1):
             now = time.monotonic()
+            while self.pending and now - self.pending[0][1] > BACK_AFTER:
+                self.pending.pop(0)
+                self.unanswered += 1
             if event.key.startswith(schema.nodes_prefix):
-                name = event.key[len(schema.nodes_prefix) :]
+                if event.key.endswith(SPARE):
+                    continue
                 if event.kind == "delete":
-                    self.record_gone[name] = now
-                else:
-                    self.registered.setdefault(name, now)
-                continue
-            node = schema.announce_node(event.key)
-            if node is None:
-                continue
-            if event.kind == "delete" and node in self.record_gone:
-                self.expiry_to_write.append(now - self.record_gone.pop(node))
-            elif event.kind == "put" and node in self.registered:
-                self.return_to_write.append(now - self.registered.pop(node))
+                    self.gone.add(event.key)
+                    self.pending.append(("expiry", now))
+                elif event.key in self.gone:  # its return (not its later session write)
+                    self.gone.discard(event.key)
+                    self.pending.append(("return", now))
+            elif schema.announce_node(event.key) is not None and self.pending:
+                kind, since = self.pending.pop(0)
+                (self.expiry_to_write if kind == "expiry" else self.return_to_write).append(
+                    now - since
+                )
 
 
-def controller_config(path: Path, endpoints: list[str]) -> None:
-    vip_list = ", ".join(json.dumps(v) for v in vips(VIPS))
+def controller_config(path: Path, endpoints: list[str], count: int, nodes: int) -> None:
+    """Every node must announce (`min_announcers`): a spare steps in for a lost one."""
+    vip_list = ", ".join(json.dumps(v) for v in vips(count))
     path.write_text(
         f'[node]\nname = "ctl"\naddress = "127.0.0.1"\n'
         f'[cluster]\nname = "{CLUSTER}"\nmode = "bgp"\nvips = [{vip_list}]\n'
+        f"min_announcers = {nodes}\n"
         f"[etcd]\nendpoints = {json.dumps(endpoints)}\n"
         f'[controller]\nid = "ctl"\nmetrics = ""\n'
         f'[logging]\nlevel = "warning"\n'
@@ -218,7 +249,8 @@ async def fleet_main(endpoints: list[str], names: list[str]) -> None:
 async def window(
     store: Store, usage: Usage, seconds: float, nodes: int, fleets: list[Fleet] | None
 ) -> dict[str, float]:
-    """Run one window (with churn when `fleets` are given); revisions per node per minute."""
+    """Run one window (with churn when `fleets` are given); revisions per node per minute
+    and per death and return, counted once the last return has settled."""
     start = await revision(store)
     ends = time.monotonic() + seconds
     victim = 0
@@ -240,18 +272,21 @@ async def window(
         else:
             await asyncio.sleep(1.0)
     await asyncio.gather(*pending)
+    if pending:
+        await asyncio.sleep(TTL)  # the last agent's registration and the controller's answer
     delta = await revision(store) - start
     return {
         "revisions": delta,
+        "deaths": victim,
+        "revisions_per_death": round(delta / victim, 2) if victim else 0.0,
         "revisions_per_node_minute": round(delta / nodes / (seconds / 60), 3),
         **usage.result(),
     }
 
 
-async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
-    """Seconds until every node's announce key lists every VIP."""
+async def converged(store: Store, nodes: int, want: int, limit: float = 300.0) -> float:
+    """Seconds until every node's announce key lists all `want` VIPs."""
     started = time.monotonic()
-    want = len(vips(VIPS))
     while time.monotonic() - started < limit:
         try:
             kvs, _ = await store.get_prefix(store.schema.announce_prefix)
@@ -264,8 +299,19 @@ async def converged(store: Store, nodes: int, limit: float = 300.0) -> float:
     raise SystemExit(f"the controller did not announce every VIP from {nodes} nodes in {limit} s")
 
 
+async def keyed(store: Store, node: str, limit: float = 60.0) -> None:
+    """Wait until `node` has an announce key (the controller saw it)."""
+    ends = time.monotonic() + limit
+    while time.monotonic() < ends:
+        with contextlib.suppress(StoreError):  # slow under load: look again
+            if await store.get(store.schema.announce(node)) is not None:
+                return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"the controller wrote no announce key for {node} in {limit} s")
+
+
 async def one_run(
-    endpoints: list[str], controller: int, nodes: int, seconds: float
+    endpoints: list[str], controller: int, nodes: int, count: int, seconds: float
 ) -> dict[str, Any]:
     store = Store(EtcdConfig(endpoints=tuple(endpoints), timeout=1.0), CLUSTER)
     names = [f"n{i:03d}" for i in range(nodes)]
@@ -273,20 +319,26 @@ async def one_run(
     try:
         for fleet in fleets:
             await asyncio.to_thread(fleet.ready)
-        took = await converged(store, nodes)
-        watcher = Watcher(store)
-        watch = asyncio.create_task(watcher.run(await revision(store)))
+        took = await converged(store, nodes, count)
+        await asyncio.sleep(SESSION_UP + TTL)  # the agents' session writes: before the quiet
         quiet = await window(store, Usage(controller), seconds, nodes, None)
         churn = await window(store, Usage(controller), seconds, nodes, fleets)
-        await asyncio.sleep(TTL + 1)
+        # the spare: every death now changes its answer (the minimum is every node)
+        fleets.append(Fleet(endpoints, [SPARE]))
+        await asyncio.to_thread(fleets[-1].ready)
+        await keyed(store, SPARE)
+        watcher = Watcher(store)
+        watch = asyncio.create_task(watcher.run(await revision(store)))
+        spare = await window(store, Usage(controller), seconds, nodes, fleets[:-1])
         watch.cancel()
         e, r = watcher.expiry_to_write, watcher.return_to_write
         return {
             "nodes": nodes,
-            "vips": VIPS,
+            "vips": count,
             "converged_s": round(took, 2),
             "quiet": quiet,
             "churn": churn,
+            "spare": {**spare, "unanswered": watcher.unanswered},
             "expiry_to_write_ms": summary(e),
             "return_to_write_ms": summary(r),
         }
@@ -306,19 +358,21 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def measure(nodes: int, seconds: float) -> dict[str, Any]:
+def measure(nodes: int, count: int, seconds: float, profile: Path | None) -> dict[str, Any]:
+    """One node count on a fresh etcd; with `profile`, the controller runs under cProfile and
+    its stats are written to `profile`."""
     with EtcdCluster.start(size=3) as etcd:
         work = Path(tempfile.mkdtemp(prefix="hscale-"))
         try:
             config = work / "ctl.toml"
-            controller_config(config, etcd.endpoints)
-            program = shutil.which("ha-controller", path=os.path.dirname(sys.executable))
+            controller_config(config, etcd.endpoints, count, nodes)
+            argv = ["-m", "controller", "--config", str(config)]
+            if profile is not None:
+                argv = ["-m", "cProfile", "-o", str(profile), *argv]
             log = (work / "controller.log").open("w")
-            proc = subprocess.Popen(
-                [program or "ha-controller", "--config", str(config)], stderr=log, stdout=log
-            )
+            proc = subprocess.Popen([sys.executable, *argv], stderr=log, stdout=log)
             try:
-                return asyncio.run(one_run(etcd.endpoints, proc.pid, nodes, seconds))
+                return asyncio.run(one_run(etcd.endpoints, proc.pid, nodes, count, seconds))
             finally:
                 proc.terminate()
                 proc.wait(20)
@@ -328,30 +382,39 @@ def measure(nodes: int, seconds: float) -> dict[str, Any]:
 
 
 def report(rows: list[dict[str, Any]], load: tuple[float, float], seconds: float) -> str:
+    count = rows[0]["vips"] if rows else VIPS
+    windows = ("quiet", "churn", "spare")
     lines = [
         "# The control plane at 10, 30 and 100 nodes (BGP mode, simulated agents)",
         "",
         f"`python -m bench.scale`: a real 3-member etcd on loopback, the real `ha-controller`, "
-        f"{VIPS} VIPs, N simulated agents (lease TTL {TTL} s, keepalive every {TTL / 4:g} s, "
-        f"record written once, each agent on its own etcd connection, {FLEET} agents per "
-        "process). "
-        f"A quiet window of {seconds:g} s, then {seconds:g} s of churn: "
-        f"one agent dies every {CHURN_EVERY:g} s and registers again {BACK_AFTER:g} s later. "
+        f"{count} VIPs, N simulated agents (lease TTL {TTL} s, keepalive every {TTL / 4:g} s, "
+        "record written at registration and again when its BGP session is up, each agent on "
+        f"its own etcd connection, {FLEET} agents per process), `min_announcers` = N. "
+        "Three windows of "
+        f"{seconds:g} s: quiet; churn (one agent dies every {CHURN_EVERY:g} s and registers "
+        f"again {BACK_AFTER:g} s later); the same churn with a spare node whose backends are "
+        "down, which the minimum adds for each lost node and drops at its return, so every "
+        "death and return needs the controller to write. "
         f"Load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores, shared).",
         "",
-        "| nodes | converged | revisions/node/min quiet | churn | expiry -> write p50/p95/max ms "
-        "| return -> write p50/p95/max ms | controller CPU quiet / churn | RSS MiB |",
+        "| nodes | converged | revisions/node/min quiet / churn | revisions per death+return "
+        "churn / spare | expiry -> spare's key p50/p95/max ms | return -> spare's key "
+        "p50/p95/max ms | controller CPU quiet / churn / spare | RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e, b = r["expiry_to_write_ms"], r["return_to_write_ms"]
+        churn, spare = r["churn"], r["spare"]
+        cpu = " / ".join(f"{r[w]['cpu_percent']} %" for w in windows)
         lines.append(
-            f"| {r['nodes']} | {r['converged_s']} s | {r['quiet']['revisions_per_node_minute']} "
-            f"| {r['churn']['revisions_per_node_minute']} "
+            f"| {r['nodes']} | {r['converged_s']} s "
+            f"| {r['quiet']['revisions_per_node_minute']} / {churn['revisions_per_node_minute']} "
+            f"| {churn['revisions_per_death']} / {spare['revisions_per_death']} "
             f"| {e['p50']}/{e['p95']}/{e['max']} (n={e['n']}) "
             f"| {b['p50']}/{b['p95']}/{b['max']} (n={b['n']}) "
-            f"| {r['quiet']['cpu_percent']} % / {r['churn']['cpu_percent']} % "
-            f"| {max(r['quiet']['rss_mib'], r['churn']['rss_mib'])} |"
+            f"| {cpu} "
+            f"| {max(r[w]['rss_mib'] for w in windows)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -362,6 +425,13 @@ def main() -> None:
     )
     parser.add_argument("--nodes", type=int, action="append", help="node counts (10, 30, 100)")
     parser.add_argument("--window", type=float, default=WINDOW, help="seconds of each window")
+    parser.add_argument("--vips", type=int, default=VIPS, help="VIPs in the cluster")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="directory: run the controller under cProfile, stats in <dir>/controller-<N>.prof; "
+        "the results files are left as they are",
+    )
     parser.add_argument("--fleet", help=argparse.SUPPRESS)  # endpoints: run agents (internal)
     parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -370,8 +440,16 @@ def main() -> None:
             asyncio.run(fleet_main(args.fleet.split(","), args.names))
         return
     before = os.getloadavg()[0]
-    rows = [measure(n, args.window) for n in (args.nodes or [10, 30, 100])]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    rows = [
+        measure(n, args.vips, args.window, args.profile and args.profile / f"controller-{n}.prof")
+        for n in (args.nodes or [10, 30, 100])
+    ]
     after = os.getloadavg()[0]
+    if args.profile is not None:
+        sys.stdout.write(report(rows, (before, after), args.window))
+        return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(
         json.dumps({"load": [before, after], "rows": rows}, indent=2) + "\n"

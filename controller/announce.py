@@ -15,6 +15,13 @@ spreads connections over them; the controller only says who may. Rules:
 4. Fewer announcers than `Policy.min_announcers`: the best other candidates
    (readiness, then priority, then name) are added up to it.
 5. While the cluster is paused (maintenance), the previous answer stands.
+6. A node whose lease ended keeps its answer (`kept`), narrowed to what rule 1
+   still allows it without a lease: configured, allowed, not drained. It
+   announces nothing meanwhile (an agent announces only while its lease
+   provably lives: `agent.bgpside.fenced`); back under a new lease it goes on
+   with that answer, as a restarted agent does, until the cycle its record
+   wakes decides again. So a death and a return cost etcd the record's two
+   revisions and the controller no write when the answer is the same.
 
 Invariants (tests/unit/controller/test_announce.py checks them for any
 cluster): announcers are candidates; a VIP with a candidate has an announcer;
@@ -58,6 +65,24 @@ def candidates(
     ]
 
 
+def kept(
+    node: str, vips: tuple[str, ...], settings: ClusterPolicy, policy: Policy
+) -> tuple[str, ...]:
+    """Rule 6: what a node that is not registered keeps of its answer `vips`."""
+    if settings.paused:
+        return vips
+    if node in settings.drained:
+        return ()
+    configured = frozenset(settings.vips)
+    if not policy.allowed and configured.issuperset(vips):
+        return vips  # the usual case, without a step per VIP
+    return tuple(
+        v
+        for v in vips
+        if v in configured and ((allowed := policy.allowed.get(v)) is None or node in allowed)
+    )
+
+
 def _fully_ready(node: NodeRecord) -> bool:
     return node.pools > 0 and node.ready == node.pools
 
@@ -83,7 +108,8 @@ def for_vip(
             "keep announcing, clients get 503 rather than no route"
         )
     if len(chosen) < policy.min_announcers:
-        extra = [n for n in pool if n not in chosen][: policy.min_announcers - len(chosen)]
+        names = {n.name for n in chosen}  # not `n not in chosen`: N x N record compares
+        extra = [n for n in pool if n.name not in names][: policy.min_announcers - len(chosen)]
         if extra:
             chosen += extra
             reason += (

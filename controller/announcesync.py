@@ -5,8 +5,10 @@ nodes may announce which VIP (the previous answer stands while paused), and
 writes only the nodes whose list changed, each in one transaction that
 compares the key's mod revision and the leader fence: a stale view or a lost
 leadership writes nothing. What it last read or wrote is cached (`sync`). A
-node that is no longer registered has its key deleted; a registered node with
-nothing to announce gets an empty list.
+node whose lease ended keeps its key (`controller.announce` rule 6: a death
+and a return then cost no write of the controller's) until `FORGET` s have
+passed, then it is deleted; a registered node with nothing to announce gets an
+empty list.
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from controller.announce import Announcements, Policy, plan
+from controller.announce import Announcements, Policy, kept, plan
 from haproxy_py.cluster.announcement import Announce
 from haproxy_py.cluster.records import ClusterPolicy, ClusterView
-from haproxy_py.cluster.storeapi import Compare, Delete, KVStore, Put, mod_revision_is
+from haproxy_py.cluster.storeapi import (
+    Compare,
+    Delete,
+    KVStore,
+    Put,
+    WatchEvent,
+    mod_revision_is,
+)
 
 log = structlog.get_logger(__name__)
 RESYNC = 10.0  # seconds between full reads of announce/
 FEW = 4  # more keys to write than this: read the whole prefix once instead of key by key
 BATCH = 32  # writes per transaction (etcd's default limit is 128 operations)
+FORGET = 600.0  # seconds after its lease ended that a node's key is deleted (rule 6)
 
 
 def by_vip(per_node: Mapping[str, Announce]) -> dict[str, frozenset[str]]:
@@ -74,13 +84,19 @@ class AnnounceSync:
         self._said: dict[tuple[str, ...], tuple[frozenset[str], str]] = {}  # last logged
         self._cache: dict[str, Announce] | None = None  # node -> what announce/ holds
         self._read_at = 0.0
+        self._gone: dict[str, float] = {}  # node whose lease ended -> since (monotonic)
+        self._floor = 0  # the revision the cache was read at: older events are in it
         # value -> its VIPs, for the values of the last read: nodes permitted the same VIPs
         # hold the same bytes, so a read of 100 keys of 1,000 VIPs parses one value, not 100
         self._parsed: dict[bytes, tuple[str, ...] | None] = {}
 
     async def read(self) -> dict[str, Announce]:
+        return (await self._read())[0]
+
+    async def _read(self) -> tuple[dict[str, Announce], int]:
+        """Every key under `announce/`, and the revision read at."""
         schema = self.store.schema
-        kvs, _ = await self.store.get_prefix(schema.announce_prefix)
+        kvs, revision = await self.store.get_prefix(schema.announce_prefix)
         out = {}
         parsed: dict[bytes, tuple[str, ...] | None] = {}
         for kv in kvs:
@@ -89,7 +105,28 @@ class AnnounceSync:
                 continue  # not ours: left alone
             out[node] = self._parse(kv.value, kv.mod_revision, parsed)
         self._parsed = parsed
-        return out
+        return out, revision
+
+    def observe(self, event: WatchEvent) -> None:
+        """An event of the controller's watch: a change under `announce/` (our own writes
+        too) keeps the cache current, with the revision that guards the key's next write, so
+        a write needs no read first. Events older than what the cache holds are ignored; a
+        resync drops the cache (the next cycle reads everything)."""
+        if self._cache is None:
+            return
+        if event.kind == "resync":
+            self._cache = None
+            return
+        node = self.store.schema.announce_node(event.key)
+        if node is None:
+            return
+        have = self._cache.get(node)
+        if event.mod_revision <= max(self._floor, have.mod_revision if have else 0):
+            return
+        if event.kind == "delete":
+            self._cache.pop(node, None)
+        else:
+            self._cache[node] = self._parse(event.value, event.mod_revision, self._parsed)
 
     def _parse(
         self, raw: bytes, mod_revision: int, seen: dict[bytes, tuple[str, ...] | None]
@@ -106,14 +143,15 @@ class AnnounceSync:
     async def sync(self, view: ClusterView, settings: ClusterPolicy) -> int:
         """Bring `announce/` to the plan; the number of keys written.
 
-        What was last read or written is kept, so a cycle in which nothing changes reads
-        nothing (at 100 nodes and 1,000 VIPs `announce/` is ~1.5 MB); a key about to be
-        written is read first (its revision guards the write), the writes go in
+        What was last read or written is kept, and kept current by the watch (`observe`), so
+        a cycle in which nothing changes reads nothing (at 100 nodes and 1,000 VIPs
+        `announce/` is ~1.5 MB) and a write compares the revision the cache holds (a key
+        whose revision it does not know yet is read first); the writes go in
         transactions of `BATCH`, a failed one drops the cache, and the whole prefix is read
         again every `RESYNC` s (level-triggered)."""
         now = time.monotonic()
         if self._cache is None or now - self._read_at >= RESYNC:
-            self._cache, self._read_at = await self.read(), now
+            (self._cache, self._floor), self._read_at = await self._read(), now
         current = self._cache
         previous = by_vip(current) if settings.paused else {}  # only a pause reads it
         answer = plan(settings.vips, view.nodes, settings, self.policy, previous)
@@ -125,16 +163,26 @@ class AnnounceSync:
                 )
         self._said = said
         wanted = by_node(answer)
+        self._gone = {n: self._gone.get(n, now) for n in current if n not in view.nodes}
         todo: dict[str, tuple[str, ...] | None] = {}  # node -> its VIPs, None: delete
-        for node in sorted(set(current) | set(wanted) | set(view.nodes)):
-            mine = wanted.get(node, ())
-            gone = node not in view.nodes and not mine
+        for node in sorted(set(current) | set(view.nodes)):
             have = current.get(node)
-            if not ((have is None) if gone else (have is not None and have.vips == mine)):
-                todo[node] = None if gone else mine
+            if node in view.nodes:
+                target: tuple[str, ...] | None = wanted.get(node, ())
+            elif now - self._gone[node] >= FORGET:
+                target = None
+            else:  # its lease ended: rule 6
+                assert have is not None
+                target = kept(node, have.vips, settings, self.policy)
+            if (have.vips if have is not None else None) != target:
+                todo[node] = target
         if not todo:
             return 0
-        stored = await self._stored(list(todo))
+        # the cache's revisions guard the writes; a key we wrote whose event has not come yet
+        # (revision 0) is read first
+        unknown = [n for n in todo if n in current and not current[n].mod_revision]
+        stored = {n: current[n] for n in todo if n in current and current[n].mod_revision}
+        stored.update(await self._stored(unknown) if unknown else {})
         writes: list[tuple[Compare, Put | Delete]] = []
         for node, target in todo.items():
             key, have = self.store.schema.announce(node), stored.get(node)
@@ -154,8 +202,8 @@ class AnnounceSync:
         for node, target in todo.items():
             if target is None:
                 current.pop(node, None)
-            else:
-                current[node] = Announce(target)
+            elif (have := current.get(node)) is None or have.vips != target:
+                current[node] = Announce(target)  # (unless its event came first)
         return written
 
     async def _stored(self, nodes: list[str]) -> dict[str, Announce]:

@@ -261,11 +261,12 @@ def _sentence(plan: Plan) -> str:
         return "; ".join(plan.reasons)
     view, settings = plan.view, plan.settings
     healthy = sum(1 for n in view.nodes.values() if n.healthy)
-    placed = ", ".join(
-        f"{vip} on {view.owner(vip) or 'nobody'}" for vip in vip_order(settings.vips)
-    )
-    if settings.mode == "bgp":
+    if settings.mode == "bgp":  # not one phrase per VIP: 1,000 VIPs cost 10 ms a cycle
         placed = f"{len(settings.vips)} VIPs announced as announce/ says"
+    else:
+        placed = ", ".join(
+            f"{vip} on {view.owner(vip) or 'nobody'}" for vip in vip_order(settings.vips)
+        )
     paused = " (paused)" if settings.paused else ""
     return (
         f"nothing to do{paused}: {placed or 'no VIPs configured'}; "

@@ -176,7 +176,8 @@ class Controller:
                 revision = (await self.store.read_view()).revision
             except StoreError:
                 await asyncio.sleep(self.config.tick)
-        async for _event in self.store.watch(self.store.schema.prefix, revision + 1):
+        async for event in self.store.watch(self.store.schema.prefix, revision + 1):
+            self.announcements.observe(event)
             self.wake.set()
 
     async def cycle(self) -> None:

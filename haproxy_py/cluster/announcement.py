@@ -5,7 +5,9 @@ One key per node, not per VIP, so that a node's loss or drain is one write
 whatever the number of VIPs (the revision budget: at most 6 per node per
 minute), and an agent reads exactly one key (RBAC: `announce/<its name>`).
 The key is bound to no lease: a restarted agent finds it unchanged and goes
-on announcing (BIRD kept the routes meanwhile).
+on announcing (BIRD kept the routes meanwhile), and a node whose lease ended
+finds it again when it returns (`controller.announce` rule 6), so a death and a
+return cost no write of the controller's while the answer stays the same.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
             peers.remember(connection.cluster, snapshot)
             leases = await lease_left(store, snapshot)
             etcd = etcd_view(await maintenance.cluster_status(store))
-            announcers = await announced(store) if view.bgp_mode(snapshot) else None
+            bgp = view.bgp_mode(snapshot)
+            announcers = await announced(store, set(snapshot.nodes)) if bgp else None
             status_view = view.status_view(snapshot, leases, announcers)
             _show(connection, snapshot, status_view, etcd, output, watch)
             shown += 1
@@ -76,13 +77,14 @@ def status(ctx: click.Context, output: str, watch: float | None, count: int | No
             raise
 
 
-async def announced(store: Store) -> dict[str, tuple[str, ...]]:
-    """BGP mode: VIP -> the nodes `announce/` permits to announce it."""
+async def announced(store: Store, registered: set[str]) -> dict[str, tuple[str, ...]]:
+    """BGP mode: VIP -> the registered nodes `announce/` permits to announce it (a node
+    whose lease ended keeps its key for its return, but announces nothing)."""
     kvs, _ = await store.get_prefix(store.schema.announce_prefix)
     out: dict[str, list[str]] = {}
     for kv in kvs:
         node, record = store.schema.announce_node(kv.key), Announce.parse(kv.value)
-        if node is not None and record is not None:
+        if node is not None and node in registered and record is not None:
             for vip in record.vips:
                 out.setdefault(vip, []).append(node)
     return {vip: tuple(sorted(nodes)) for vip, nodes in out.items()}

@@ -136,7 +136,7 @@ class TestController:
             assert (await submit(store, "undrain", node="c")).result.status == "done"
             await until_announced(store, {"a": (), "b": BOTH, "c": BOTH})
 
-    async def test_a_lost_node_is_one_delete_whatever_the_vip_count(
+    async def test_a_death_and_a_return_cost_the_records_two_revisions_and_no_write(
         self, etcd: EtcdCluster
     ) -> None:
         vips = tuple(sorted(f"198.18.201.{i}" for i in range(1, 41)))
@@ -145,12 +145,22 @@ class TestController:
             await until_announced(store, {"a": vips, "b": vips})
             _, before = await store.get_prefix(store.schema.announce_prefix)
             nodes["b"].crash()
-            await until_announced(store, {"a": vips})
-            await asyncio.sleep(0.5)
+
+            async def gone() -> bool:
+                return await store.get(store.schema.node("b")) is None
+
+            await eventually_async(gone, 20, "b's lease to end")
+            await asyncio.sleep(0.5)  # the controller's cycles for it
             _, after = await store.get_prefix(store.schema.announce_prefix)
-            # the lease's expiry deletes nodes/b; the controller deletes announce/b: 2 revisions
-            # (the controller's own early revoke of the dead lease, if it wins, is a third)
-            assert after - before <= 3
+            # the lease's end deletes nodes/b; announce/b stays for b's return (rule 6)
+            assert after - before == 1
+            assert await announced(store) == {"a": vips, "b": vips}
+            nodes["b"] = await Node(store, "b").start()  # back, under a new lease
+            await asyncio.sleep(0.5)
+            _, back = await store.get_prefix(store.schema.announce_prefix)
+            assert back - after == 1  # its record; the same answer is not written again
+            await nodes["b"].publish(ready=1)  # a pool down: the controller does write
+            await until_announced(store, {"a": vips, "b": ()})
 
     async def test_many_nodes_lost_at_once_leave_only_the_survivors(
         self, etcd: EtcdCluster
@@ -162,11 +172,16 @@ class TestController:
             _, before = await store.get_prefix(store.schema.announce_prefix)
             for name in names[2:]:
                 nodes[name].crash()
-            await until_announced(store, {"n0": BOTH, "n1": BOTH})
+
+            async def survivors() -> bool:
+                return set((await store.read_view()).nodes) == {"n0", "n1"}
+
+            await eventually_async(survivors, 20, "6 leases to end")
+            await asyncio.sleep(0.5)  # the controller's cycles for them
             _, after = await store.get_prefix(store.schema.announce_prefix)
-            # 6 records expire and the controller deletes their 6 keys (at most one revision
-            # each; batched when they go together: tests/unit/controller/test_announcesync.py)
-            assert after - before <= 6 + 6
+            # 6 records expire (one revision each at most); their keys stay for their return
+            assert after - before <= 6
+            assert await announced(store) == {n: BOTH for n in names}
 
 
 class FakeAnnouncer:

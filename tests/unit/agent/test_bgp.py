@@ -220,3 +220,15 @@ def test_session_states_name_each_peers_session_and_bfd_state() -> None:
         "tor2": "Active, BFD Down",
         "tor3": "absent",
     }
+
+
+def test_session_states_are_written_once_they_held_not_on_the_way_up() -> None:
+    up = {"tor1": "Established, BFD Up"}
+    passing = {"tor1": "OpenSent, BFD Init"}
+    assert not bgpside.settled(up, passing, since=10.0, now=10.0)  # just seen
+    assert bgpside.settled(passing, up, since=10.0, now=10.0)  # up: written at once
+    assert bgpside.settled({}, {"tor1": "Established"}, since=10.0, now=10.0)  # no BFD
+    assert not bgpside.settled({}, {"tor1": "Established, BFD Down"}, since=10.0, now=10.0)
+    assert not bgpside.settled({}, passing, since=10.0, now=10.0 + bgpside.SETTLE / 2)
+    assert bgpside.settled({}, passing, since=10.0, now=10.0 + bgpside.SETTLE)
+    assert not bgpside.settled(up, up, since=0.0, now=100.0)  # nothing new to write

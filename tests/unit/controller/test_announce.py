@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from controller.announce import Policy, candidates, plan
+from controller.announce import Policy, candidates, kept, plan
 from haproxy_py.cluster.records import ClusterPolicy, NodeRecord
 
 from .views import VIP1, VIP2, node
@@ -134,3 +134,14 @@ def test_invariants_hold_for_any_cluster(
     if full:  # with a fully ready node, the others announce only to reach the minimum
         assert len(chosen - full) <= max(0, minimum - len(full))
     assert plan(VIPS, nodes, settings, policy, out.nodes) == out  # a fixpoint
+
+
+def test_a_node_without_a_lease_keeps_what_rule_one_still_allows_it() -> None:
+    settings = ClusterPolicy(mode="bgp", vips=(VIP1, VIP2))
+    both = (VIP1, VIP2)
+    assert kept("a", both, settings, Policy()) == both
+    assert kept("a", both, replace(settings, vips=(VIP2,)), Policy()) == (VIP2,)
+    assert kept("a", both, settings, Policy(allowed={VIP1: frozenset({"b"})})) == (VIP2,)
+    assert kept("a", both, replace(settings, drained=("a",)), Policy()) == ()
+    paused = replace(settings, drained=("a",), paused=True)
+    assert kept("a", both, paused, Policy()) == both  # paused: the previous answer stands
