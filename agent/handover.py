@@ -99,9 +99,9 @@ class Handover:
             task.add_done_callback(functools.partial(self._done, vip))
 
     async def hold(self, vips: Iterable[str]) -> None:
-        """Before a planned release drops `vips`: the proxy sends their WebSocket clients
-        nothing more until they acknowledged everything, so nothing is in flight when the
-        fence falls (`haproxy_py.proxy.addresshold`)."""
+        """Before a planned release drops `vips`: the proxy sends their clients nothing more
+        (keep-alive connections are shut) until they acknowledged everything, so nothing is
+        in flight when the fence falls (`haproxy_py.proxy.addresshold`)."""
         vips = list(vips)
         started = time.monotonic()
         outcomes = await asyncio.gather(*(self.proxy.hold_address(vip) for vip in vips))

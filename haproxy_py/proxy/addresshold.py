@@ -1,20 +1,37 @@
-"""Holding a released VIP's WebSocket clients before its fence falls: nothing left in flight.
+"""Holding a released VIP's clients before its fence falls: nothing left in flight.
 
 Whatever this node sends a client right before the VIP leaves it is never
 acknowledged: the client's ACKs reach the VIP's new owner, which drops them (its
 grace period). Once that segment's retransmission timer fires, the kernel gives
 the connection a window of one segment, taken by the retransmission, so the
-1001 written after it never leaves (seen on a starved node: `ss -tin` shows
-`unacked:1 lost:1 cwnd:1 notsent:4`, the 4 bytes being the close frame, until
-the new owner's grace ends and its reset reaches the client).
+1001 (or FIN) written after it never leaves (seen on a starved node: `ss -tin`
+shows `unacked:1 lost:1 cwnd:1 notsent:4`, the 4 bytes being the close frame,
+until the new owner's grace ends and its reset reaches the client).
 
-So before the agent drops a VIP in a planned move, the proxy stops sending on
-its tunnels (the backend side is no longer read: `Tunnel.hold`) and waits until
-every client has acknowledged every byte (the socket's send queue is empty), at
-most `LIMIT`. With nothing in flight when the fence falls, no retransmission
-timer runs and the 1001 leaves at once in a whole window, however late the
-drain comes. The drain (`drain_address`) ends the hold; without one, it ends
-after `RELEASE_AFTER` (the VIP stayed).
+So before the agent drops a VIP in a planned move, the proxy holds the address
+(`POST /hold?address=VIP`), and waits until every client on it has acknowledged
+every byte (the socket's send queue is empty), at most `LIMIT`:
+
+- WebSocket tunnels send nothing more (the backend side is no longer read:
+  `Tunnel.hold`); the drain's 1001 comes later.
+- HTTP keep-alive connections start no new exchange: an idle one is shut at
+  once, one in an exchange after its response (`Connection: close`); the shut
+  sends a FIN and keeps the socket, so the wait covers the FIN too
+  (`ClientConnection.end_keep_alive`).
+- A connection that arrives meanwhile gets a 503 and is shut the same way
+  (`ClientConnection` asks `holds`): its client retries, and reaches the new
+  owner once the address has moved.
+
+With nothing in flight when the fence falls, no retransmission timer runs and
+the 1001 leaves at once in a whole window, however late the drain comes. The
+drain (`drain_address`) ends the hold; without one, it ends after
+`RELEASE_AFTER` (the VIP stayed).
+
+What `LIMIT` is for: a client that never acknowledges (gone, or its path
+dropping everything) must not stop the move. It bounds how much a planned move
+waits for its clients; a client whose ACKs are lost for longer than about 1 s
+(the retransmissions at 0.2, 0.6 and 1.4 s after the first send all unanswered)
+can still be left with bytes in flight when the fence falls.
 """
 
 from __future__ import annotations
@@ -23,10 +40,12 @@ import asyncio
 import fcntl
 import sys
 import termios
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from haproxy_py.proxy.listeners import HeldConnection, IPAddress
     from haproxy_py.proxy.relay import Tunnel
 
 # A client acknowledges within its delayed-ACK time (<= 200 ms); one whose ACK was lost does at
@@ -38,10 +57,45 @@ POLL = 0.005
 
 @dataclass(frozen=True)
 class AddressHold:
-    """What `hold` found: the WebSockets held, and those with bytes still unacknowledged."""
+    """What `hold` found: the WebSockets and HTTP connections held, and how many of them still
+    had bytes unacknowledged (or, HTTP, a response to write) when it answered."""
 
     websockets: int
+    connections: int
     unacknowledged: int
+
+
+class HeldAddresses:
+    """The local addresses held now, each until its drain or `RELEASE_AFTER`."""
+
+    def __init__(self) -> None:
+        self._until: dict[IPAddress, asyncio.TimerHandle] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._until
+
+    def start(self, address: IPAddress, release: Callable[[], None]) -> None:
+        """Hold `address`; `release` runs after `RELEASE_AFTER` unless `end` comes first."""
+        self.end(address)
+
+        def expired() -> None:
+            del self._until[address]
+            release()
+
+        self._until[address] = asyncio.get_running_loop().call_later(RELEASE_AFTER, expired)
+
+    def end(self, address: IPAddress) -> None:
+        handle = self._until.pop(address, None)
+        if handle is not None:
+            handle.cancel()
+
+    def clear(self) -> None:
+        for handle in self._until.values():
+            handle.cancel()
+        self._until.clear()
 
 
 def unacknowledged(transport: asyncio.BaseTransport) -> int:
@@ -57,26 +111,37 @@ def unacknowledged(transport: asyncio.BaseTransport) -> int:
     return count + int.from_bytes(queued, sys.byteorder, signed=True)
 
 
-async def hold(tunnels: list[Tunnel], limit: float = LIMIT) -> AddressHold:
-    """Hold `tunnels` and wait until their clients acknowledged everything, at most `limit` s."""
-    for tunnel in tunnels:
-        tunnel.hold()
+def _pending(transport: asyncio.BaseTransport, busy: bool = False) -> bool:
+    return not transport.is_closing() and (busy or unacknowledged(transport) > 0)
+
+
+async def hold(
+    on_address: Callable[[], tuple[list[Tunnel], list[HeldConnection]]], limit: float = LIMIT
+) -> AddressHold:
+    """Hold what `on_address` lists (asked again each round: a tunnel or connection may be
+    new) and wait until every client acknowledged everything, at most `limit` s."""
     loop = asyncio.get_running_loop()
-    loop.call_later(RELEASE_AFTER, _release, tunnels)
     deadline = loop.time() + limit
-    waiting = tunnels
     while True:
-        waiting = [
-            t
-            for t in waiting
-            if not t.client_half.transport.is_closing() and unacknowledged(t.client_half.transport)
-        ]
+        tunnels, conns = on_address()
+        for tunnel in tunnels:
+            tunnel.hold()
+        for conn in conns:
+            conn.end_keep_alive()
+        waiting = sum(_pending(t.client_half.transport) for t in tunnels) + sum(
+            _pending(c.transport, c.in_exchange) for c in conns
+        )
         if not waiting or loop.time() >= deadline:
-            return AddressHold(len(tunnels), len(waiting))
+            return AddressHold(len(tunnels), len(conns), waiting)
         await asyncio.sleep(POLL)
 
 
-def _release(tunnels: list[Tunnel]) -> None:
+def release(tunnels: Iterable[Tunnel], conns: Iterable[HeldConnection]) -> None:
+    """The hold ended with no drain (the address stayed): the tunnels send again, and the
+    HTTP connections shut meanwhile (their clients did not close them) are closed."""
     for tunnel in tunnels:
         if not tunnel.client_half.transport.is_closing():
             tunnel.release()
+    for conn in conns:
+        if not conn.in_exchange:
+            conn.transport.close()

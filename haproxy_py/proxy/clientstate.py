@@ -29,6 +29,7 @@ from haproxy_py.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from haproxy_py.proxy.accesslog import AccessLog
+    from haproxy_py.proxy.addresshold import HeldAddresses
     from haproxy_py.proxy.iplimits import IpLimiter
     from haproxy_py.proxy.listeners import Listener
     from haproxy_py.proxy.relay import Tunnels
@@ -70,6 +71,10 @@ class ProxyContext(Protocol):
     tunnels: Tunnels
     ip_limits: IpLimiter
     draining: bool
+    held: HeldAddresses  # addresses about to leave this node (`addresshold`): empty but for a move
+
+    def holds(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether the connection came in on an address held now."""
 
     def dropped(self, reason: str, peer: str) -> None:
         """Count (and now and then log) a connection dropped before HTTP."""

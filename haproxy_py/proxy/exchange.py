@@ -62,11 +62,30 @@ class Exchange(ClientState):
     def _close(self) -> None:
         """Close once what is buffered is written; abort if the client will not take it."""
         self.closed = True
+        if self.proxy.held and self.proxy.holds(self.transport) and self.transport.can_write_eof():
+            self._shut()
+            return
         self.transport.close()
         if self.transport.get_write_buffer_size():
             self._arm(self.proxy.runtime.timeouts.send or LINGER, CLOSING)
         else:
             self._stop_timer()
+
+    def _shut(self) -> None:
+        """On a held address: a FIN once what is buffered is written, the socket kept (reading
+        and dropping until the client closes, or the drain), so the hold sees the FIN acked."""
+        self._stop_timer()
+        self.transport.write_eof()
+        self.paused = 0
+        self.transport.resume_reading()
+
+    def end_keep_alive(self) -> None:
+        """Its address is held (`addresshold`): no new exchange; shut now when idle, else after
+        the response in flight (`Connection: close`, if its head is still to come)."""
+        if not self.closed:
+            self.keep_alive = False
+            if not self.in_exchange:
+                self._close()
 
     def _upstream_timeout(self) -> None:
         if self.backend is not None and self.server is not None:

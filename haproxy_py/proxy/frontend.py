@@ -108,6 +108,9 @@ class ClientConnection(Exchange):
             self.proxy.stats.connections_refused += 1
             self._reject(503, "this proxy is at its connection limit or draining; retry later")
             return
+        if self.proxy.held and self.proxy.holds(transport):
+            self._reject(503, "this address is moving to another node; retry")
+            return
         if self.preread is not None:
             self._use_proxy_header(self.preread)
         elif listener.config.proxy_protocol:

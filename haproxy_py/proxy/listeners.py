@@ -134,6 +134,10 @@ class HeldConnection(Protocol):
     in_exchange: bool  # a request is being answered
     keep_alive: bool  # False: close once the response is written
 
+    def end_keep_alive(self) -> None:
+        """Its address is held (`addresshold`): no new exchange; shut now when idle, else
+        after the response in flight."""
+
 
 class Listener:
     """One client-facing listener and the connections it holds open."""

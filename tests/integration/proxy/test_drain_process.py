@@ -308,6 +308,7 @@ async def test_hold_sends_nothing_more_until_the_drain_whose_1001_comes_first(
             "status": "held",
             "address": "127.0.0.1",
             "websockets": 1,
+            "connections": 0,
             "unacknowledged": 0,
         }
     await ws.send_str("while held")
@@ -334,5 +335,7 @@ async def test_a_hold_no_drain_follows_ends_by_itself(
     await ws.send_str("held")
     assert (await ws.receive(timeout=30)).data == "held"
     await ws.close()
+    async with session.get(url(server, "/again")) as again:  # no 503 once the hold ended
+        assert again.status == 200
     async with session.post(admin_url(server, "/hold?address=nowhere")) as answer:
         assert answer.status == 400
