@@ -18,9 +18,9 @@ every byte (the socket's send queue is empty), at most `LIMIT`:
   once, one in an exchange after its response (`Connection: close`); the shut
   sends a FIN and keeps the socket, so the wait covers the FIN too
   (`ClientConnection.end_keep_alive`).
-- A connection that arrives meanwhile gets a 503 and is shut the same way
-  (`ClientConnection` asks `holds`): its client retries, and reaches the new
-  owner once the address has moved.
+- A connection that arrives meanwhile (until `FENCE_WITHIN` after the answer)
+  gets a 503 and is shut the same way (`ClientConnection` asks `holds`): its
+  client retries, and reaches the new owner once the address has moved.
 
 With nothing in flight when the fence falls, no retransmission timer runs and
 the 1001 leaves at once in a whole window, however late the drain comes. The
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import math
 import sys
 import termios
 from collections.abc import Callable, Iterable
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 # our next retransmission, 0.2, 0.4, 0.8, 1.6 s apart: 2 s covers a loss of up to about 1 s.
 LIMIT = 2.0
 RELEASE_AFTER = 10.0  # longer than the agent waits for the next owner (3 s) plus its drain
+# The agent drops the address this soon after the hold answered (a starved one too): till then
+# new connections get their 503; later, the address stayed (a move called off) and serves.
+FENCE_WITHIN = 2.0
 POLL = 0.005
 
 
@@ -66,36 +70,45 @@ class AddressHold:
 
 
 class HeldAddresses:
-    """The local addresses held now, each until its drain or `RELEASE_AFTER`."""
+    """The local addresses held now: from the hold until its answer and `FENCE_WITHIN` after
+    (`in`), each let go at its drain or after `RELEASE_AFTER`."""
 
     def __init__(self) -> None:
-        self._until: dict[IPAddress, asyncio.TimerHandle] = {}
+        self._until: dict[IPAddress, float] = {}
+        self._ends: dict[IPAddress, asyncio.TimerHandle] = {}
 
     def __bool__(self) -> bool:
         return bool(self._until)
 
     def __contains__(self, address: object) -> bool:
-        return address in self._until
+        until = self._until.get(address)  # type: ignore[call-overload]
+        return until is not None and asyncio.get_running_loop().time() < until
 
     def start(self, address: IPAddress, release: Callable[[], None]) -> None:
         """Hold `address`; `release` runs after `RELEASE_AFTER` unless `end` comes first."""
         self.end(address)
 
         def expired() -> None:
-            del self._until[address]
+            self.end(address)
             release()
 
-        self._until[address] = asyncio.get_running_loop().call_later(RELEASE_AFTER, expired)
+        self._until[address] = math.inf
+        self._ends[address] = asyncio.get_running_loop().call_later(RELEASE_AFTER, expired)
+
+    def answered(self, address: IPAddress) -> None:
+        """The hold answered: the address leaves within `FENCE_WITHIN`, or it stayed."""
+        if address in self._until:
+            self._until[address] = asyncio.get_running_loop().time() + FENCE_WITHIN
 
     def end(self, address: IPAddress) -> None:
-        handle = self._until.pop(address, None)
+        self._until.pop(address, None)
+        handle = self._ends.pop(address, None)
         if handle is not None:
             handle.cancel()
 
     def clear(self) -> None:
-        for handle in self._until.values():
-            handle.cancel()
-        self._until.clear()
+        for address in list(self._until):
+            self.end(address)
 
 
 def unacknowledged(transport: asyncio.BaseTransport) -> int:

@@ -60,12 +60,13 @@ class Exchange(ClientState):
         self.transport.abort()
 
     def _close(self) -> None:
-        """Close once what is buffered is written; abort if the client will not take it."""
+        """Close (on a held address: shut, `_shut`) once what is buffered is written; abort
+        if the client will not take it."""
         self.closed = True
         if self.proxy.held and self.proxy.holds(self.transport) and self.transport.can_write_eof():
             self._shut()
-            return
-        self.transport.close()
+        else:
+            self.transport.close()
         if self.transport.get_write_buffer_size():
             self._arm(self.proxy.runtime.timeouts.send or LINGER, CLOSING)
         else:
@@ -74,7 +75,6 @@ class Exchange(ClientState):
     def _shut(self) -> None:
         """On a held address: a FIN once what is buffered is written, the socket kept (reading
         and dropping until the client closes, or the drain), so the hold sees the FIN acked."""
-        self._stop_timer()
         self.transport.write_eof()
         self.paused = 0
         self.transport.resume_reading()

@@ -247,6 +247,7 @@ class ProxyServer:
         connections shut, new ones refused (`addresshold`)."""
         self.held.start(address, lambda: release(*self._on_address(address)))
         held = await hold(functools.partial(self._on_address, address))
+        self.held.answered(address)
         log.info("holding address", address=str(address), **dataclasses.asdict(held))
         return held
 

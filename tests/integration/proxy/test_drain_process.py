@@ -21,7 +21,7 @@ from haproxy_py.proxy import addresshold
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.process import CONFIG, read_event, running
-from tests.integration.proxy.raw import no_leak, open_raw, read_all
+from tests.integration.proxy.raw import keep_alive_exchange, no_leak, open_raw, read_all
 from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
 from tests.support.etcd import free_ports
 from tests.support.wait import eventually_async
@@ -162,22 +162,6 @@ def two_address_config(backend: str) -> ProxyConfig:
         f'[[routes]]\nbackend = "app"\n\n[backends.app]\nservers = ["{backend}"]\n'
     )
     return parse_proxy(Table(tomllib.loads(text), "test.toml", ""))
-
-
-async def keep_alive_exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
-) -> int:
-    """One HTTP/1.1 request on an open connection, left open; returns the status."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    async with asyncio.timeout(30):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
-    return int(head[9:12])
 
 
 async def test_drain_one_address_closes_only_its_connections(backends, proxy, session) -> None:

@@ -11,10 +11,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from haproxy_py.proxy import addresshold
 from haproxy_py.proxy.server import ProxyServer
-from tests.integration.proxy.raw import no_leak, open_raw, read_all, status_of
-from tests.integration.proxy.support import admin_url, proxy_config, url
-from tests.integration.proxy.test_drain_process import keep_alive_exchange
+from tests.integration.proxy.raw import (
+    keep_alive_exchange,
+    no_leak,
+    open_raw,
+    read_all,
+    status_of,
+)
+from tests.integration.proxy.support import admin_url, proxy_config, raw_exchange, url
 
 HOLD = "/hold?address=127.0.0.1"
 
@@ -116,4 +122,22 @@ async def test_a_connection_made_during_the_hold_gets_503_until_the_drain(
     await ws.send_str("served")
     assert (await ws.receive(timeout=30)).data == "served"
     await ws.close()
+    await no_leak(server)
+
+
+@pytest.mark.single_process
+async def test_an_address_still_here_after_the_hold_serves_again(
+    backends, proxy, session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move was called off (the address stayed past `FENCE_WITHIN` after the answer): new
+    connections are served again, long before the hold ends by itself."""
+    monkeypatch.setattr(addresshold, "FENCE_WITHIN", 1.0)
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    assert await post(session, server, HOLD) == held(0)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert status_of(await raw_exchange(server, request)) == 503
+    await asyncio.sleep(1.2)
+    assert status_of(await raw_exchange(server, request)) == 200
+    assert server.held  # (still held: its tunnels would be)
     await no_leak(server)
