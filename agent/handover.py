@@ -18,8 +18,8 @@ one etcd event of the new owner's write, not on a polling period. Until then
 the fence keeps this node silent on the VIP's connections (`Fence.let_out`
 opens it right before the drain): nothing sent meanwhile waits unacknowledged
 in front of the 1001. Nor is anything sent before: a planned release first holds
-the VIP's WebSocket clients (`hold`: the proxy sends them nothing more and waits
-until they acknowledged all, at most 2 s), since a segment in flight when the
+the VIP's clients (`hold`: the proxy sends its WebSockets nothing more, shuts its
+keep-alive connections, and waits until they acknowledged all, at most 2 s), since a segment in flight when the
 fence falls is never acknowledged, and once retransmitted it fills the one
 segment the kernel's window then allows, so the 1001 behind it would never
 leave. Meanwhile the new owner drops unknown mid-stream TCP
