@@ -19,12 +19,13 @@ the fence keeps this node silent on the VIP's connections (`Fence.let_out`
 opens it right before the drain): nothing sent meanwhile waits unacknowledged
 in front of the 1001. Nor is anything sent before: a planned release first holds
 the VIP's clients (`hold`: the proxy sends its WebSockets nothing more, shuts its
-keep-alive connections, and waits until they acknowledged all, at most 2 s), since a segment in flight when the
-fence falls is never acknowledged, and once retransmitted it fills the one
-segment the kernel's window then allows, so the 1001 behind it would never
-leave. Meanwhile the new owner drops unknown mid-stream TCP
-segments to a VIP it has just taken (its grace period), so a client's packets
-sent before the 1001 arrives are dropped there, never answered with a reset.
+keep-alive connections, and waits until they acknowledged all, at most 2 s),
+since a segment in flight when the fence falls is never acknowledged, and once
+retransmitted it fills the one segment the kernel's window then allows, so the
+1001 (or FIN) behind it would never leave. Meanwhile the new owner drops
+unknown mid-stream TCP segments to a VIP it has just taken (its grace period),
+so a client's packets sent before the 1001 arrives are dropped there, never
+answered with a reset.
 
 A proxy that comes back after it was down (stopped, restarted, killed) is told
 again about every VIP this node does not hold (`proxy_back`): connections that
