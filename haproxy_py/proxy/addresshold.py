@@ -69,19 +69,17 @@ class AddressHold:
     unacknowledged: int
 
 
-class HeldAddresses:
-    """The local addresses held now: from the hold until its answer and `FENCE_WITHIN` after
-    (`in`), each let go at its drain or after `RELEASE_AFTER`."""
+class HeldAddresses(dict["IPAddress", float]):
+    """The local addresses held now, each to when it is held till (`holding`: from the hold
+    until `FENCE_WITHIN` after its answer); each let go at its drain or after `RELEASE_AFTER`.
+    A dict, so that the hot path's "anything held?" is a plain truth test."""
 
     def __init__(self) -> None:
-        self._until: dict[IPAddress, float] = {}
+        super().__init__()
         self._ends: dict[IPAddress, asyncio.TimerHandle] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self._until)
-
-    def __contains__(self, address: object) -> bool:
-        until = self._until.get(address)  # type: ignore[call-overload]
+    def holding(self, address: IPAddress | None) -> bool:
+        until = self.get(address) if address is not None else None
         return until is not None and asyncio.get_running_loop().time() < until
 
     def start(self, address: IPAddress, release: Callable[[], None]) -> None:
@@ -92,22 +90,22 @@ class HeldAddresses:
             self.end(address)
             release()
 
-        self._until[address] = math.inf
+        self[address] = math.inf
         self._ends[address] = asyncio.get_running_loop().call_later(RELEASE_AFTER, expired)
 
     def answered(self, address: IPAddress) -> None:
         """The hold answered: the address leaves within `FENCE_WITHIN`, or it stayed."""
-        if address in self._until:
-            self._until[address] = asyncio.get_running_loop().time() + FENCE_WITHIN
+        if address in self:
+            self[address] = asyncio.get_running_loop().time() + FENCE_WITHIN
 
     def end(self, address: IPAddress) -> None:
-        self._until.pop(address, None)
+        self.pop(address, None)
         handle = self._ends.pop(address, None)
         if handle is not None:
             handle.cancel()
 
-    def clear(self) -> None:
-        for address in list(self._until):
+    def end_all(self) -> None:
+        for address in list(self):
             self.end(address)
 
 

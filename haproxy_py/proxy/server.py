@@ -240,7 +240,7 @@ class ProxyServer:
 
     def holds(self, transport: asyncio.BaseTransport) -> bool:
         """Whether this connection came in on an address held now (ask only if `held`)."""
-        return local_ip(transport) in self.held
+        return self.held.holding(local_ip(transport))
 
     async def address_hold(self, address: IPAddress) -> AddressHold:
         """Before `address` leaves this node: its clients acknowledged all, its keep-alive
@@ -382,7 +382,7 @@ class ProxyServer:
         for handle in self._address_drains:
             handle.cancel()
         self._address_drains.clear()
-        self.held.clear()
+        self.held.end_all()
         for listener in self.listeners:
             for conn in list(listener.connections):
                 conn.transport.abort()

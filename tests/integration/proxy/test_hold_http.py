@@ -89,10 +89,10 @@ async def test_hold_answers_only_once_the_client_acknowledged_everything(
         sock.setblocking(False)
         await loop.sock_connect(sock, server.address("web"))
         await loop.sock_sendall(sock, b"GET /stream?n=8&size=65536 HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await asyncio.wait_for(loop.sock_recv(sock, 64), 30)  # the exchange began
         hold = asyncio.create_task(post(session, server, HOLD))
         await asyncio.sleep(0.5)
         assert not hold.done()
-        response = b""
         async with asyncio.timeout(30):
             while chunk := await loop.sock_recv(sock, 65536):
                 response += chunk
