@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.proxy import ProxyClient
 from haproxy_py.proxy import addresshold
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.raw import (
@@ -140,4 +141,21 @@ async def test_an_address_still_here_after_the_hold_serves_again(
     await asyncio.sleep(1.2)
     assert status_of(await raw_exchange(server, request)) == 200
     assert server.held  # (still held: its tunnels would be)
+    await no_leak(server)
+
+
+async def test_the_agent_hears_what_the_hold_held(backends, proxy) -> None:
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    reader, writer = await open_raw(server)
+    assert await keep_alive_exchange(reader, writer, "/one") == 200
+    agent = ProxyClient(admin_url(server, ""), 30)
+    try:
+        assert await agent.hold_address("127.0.0.1") == (
+            "/hold answered 200 (0 WebSockets, 1 HTTP connections, 0 with bytes unacknowledged)"
+        )
+    finally:
+        await agent.close()
+    assert await read_all(reader) == b""
+    writer.close()
     await no_leak(server)
