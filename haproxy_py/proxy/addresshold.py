@@ -57,6 +57,7 @@ RELEASE_AFTER = 10.0  # longer than the agent waits for the next owner (3 s) plu
 # new connections get their 503; later, the address stayed (a move called off) and serves.
 FENCE_WITHIN = 2.0
 POLL = 0.005
+RESCAN = 0.05
 
 
 @dataclass(frozen=True)
@@ -122,29 +123,41 @@ def unacknowledged(transport: asyncio.BaseTransport) -> int:
     return count + int.from_bytes(queued, sys.byteorder, signed=True)
 
 
-def _pending(transport: asyncio.BaseTransport, busy: bool = False) -> bool:
+def _pending(transport: asyncio.BaseTransport, conn: HeldConnection | None) -> bool:
+    """Whether this client still has bytes to acknowledge (an HTTP one: or a response due)."""
+    busy = conn is not None and conn.in_exchange
     return not transport.is_closing() and (busy or unacknowledged(transport) > 0)
 
 
 async def hold(
     on_address: Callable[[], tuple[list[Tunnel], list[HeldConnection]]], limit: float = LIMIT
 ) -> AddressHold:
-    """Hold what `on_address` lists (asked again each round: a tunnel or connection may be
-    new) and wait until every client acknowledged everything, at most `limit` s."""
+    """Hold what `on_address` lists and wait until every client acknowledged everything, at
+    most `limit` s. The address is listed again every `RESCAN` s and before answering (a
+    tunnel or connection may be new); in between only the clients still waited for are
+    looked at, so a node with many connections spends little on a hold."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
+    waiting: list[tuple[asyncio.BaseTransport, HeldConnection | None]] = []
+    counts = (0, 0)
+    rescan_at = 0.0
     while True:
-        tunnels, conns = on_address()
-        for tunnel in tunnels:
-            tunnel.hold()
-        for conn in conns:
-            conn.end_keep_alive()
-        waiting = sum(_pending(t.client_half.transport) for t in tunnels) + sum(
-            _pending(c.transport, c.in_exchange) for c in conns
-        )
-        if not waiting or loop.time() >= deadline:
-            return AddressHold(len(tunnels), len(conns), waiting)
-        await asyncio.sleep(POLL)
+        now = loop.time()
+        fresh = not waiting or now >= rescan_at
+        if fresh:
+            tunnels, conns = on_address()
+            for tunnel in tunnels:
+                tunnel.hold()
+            for conn in conns:
+                conn.end_keep_alive()
+            waiting = [(t.client_half.transport, None) for t in tunnels]
+            waiting += [(c.transport, c) for c in conns]
+            counts, rescan_at = (len(tunnels), len(conns)), now + RESCAN
+        waiting = [(transport, conn) for transport, conn in waiting if _pending(transport, conn)]
+        if (fresh and not waiting) or now >= deadline:
+            return AddressHold(*counts, len(waiting))
+        if waiting:
+            await asyncio.sleep(POLL)
 
 
 def release(tunnels: Iterable[Tunnel], conns: Iterable[HeldConnection]) -> None:

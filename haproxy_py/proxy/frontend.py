@@ -109,6 +109,7 @@ class ClientConnection(Exchange):
             self._reject(503, "this proxy is at its connection limit or draining; retry later")
             return
         if self.proxy.held and self.proxy.holds(transport):
+            self.proxy.stats.connections_refused += 1
             self._reject(503, "this address is moving to another node; retry")
             return
         if self.preread is not None:
