@@ -167,5 +167,5 @@ def release(tunnels: Iterable[Tunnel], conns: Iterable[HeldConnection]) -> None:
         if not tunnel.client_half.transport.is_closing():
             tunnel.release()
     for conn in conns:
-        if not conn.in_exchange:
+        if conn.closed and not conn.in_exchange:
             conn.transport.close()

@@ -133,6 +133,7 @@ class HeldConnection(Protocol):
     transport: asyncio.Transport
     in_exchange: bool  # a request is being answered
     keep_alive: bool  # False: close once the response is written
+    closed: bool  # no request is read any more (closing, or shut on a held address)
 
     def end_keep_alive(self) -> None:
         """Its address is held (`addresshold`): no new exchange; shut now when idle, else

@@ -22,6 +22,7 @@ from tests.integration.proxy.raw import (
     status_of,
 )
 from tests.integration.proxy.support import admin_url, proxy_config, raw_exchange, url
+from tests.support.wait import eventually_async
 
 HOLD = "/hold?address=127.0.0.1"
 
@@ -131,16 +132,27 @@ async def test_an_address_still_here_after_the_hold_serves_again(
     backends, proxy, session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The move was called off (the address stayed past `FENCE_WITHIN` after the answer): new
-    connections are served again, long before the hold ends by itself."""
+    connections are served again; when the hold ends by itself, the connections it shut
+    whose clients kept them are closed, and the new ones stay."""
     monkeypatch.setattr(addresshold, "FENCE_WITHIN", 1.0)
+    monkeypatch.setattr(addresshold, "RELEASE_AFTER", 2.0)
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
-    assert await post(session, server, HOLD) == held(0)
+    shut = await open_raw(server)
+    assert await keep_alive_exchange(*shut, "/one") == 200
+    assert await post(session, server, HOLD) == held(1)
+    assert await read_all(shut[0]) == b""  # (its client keeps its side open)
     request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     assert status_of(await raw_exchange(server, request)) == 503
     await asyncio.sleep(1.2)
-    assert status_of(await raw_exchange(server, request)) == 200
-    assert server.held  # (still held: its tunnels would be)
+    kept = await open_raw(server)
+    assert await keep_alive_exchange(*kept, "/two") == 200
+    (listener,) = server.listeners
+    await eventually_async(lambda: len(listener.connections) == 1, 30, "the shut one closed")
+    assert not server.held
+    assert await keep_alive_exchange(*kept, "/three") == 200
+    for _, writer in (shut, kept):
+        writer.close()
     await no_leak(server)
 
 
