@@ -139,7 +139,8 @@ async def hold(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     waiting: list[tuple[asyncio.BaseTransport, HeldConnection | None]] = []
-    counts = (0, 0)
+    held_tunnels: set[Tunnel] = set()
+    held_conns: set[HeldConnection] = set()  # (some are gone before it answers)
     rescan_at = 0.0
     while True:
         now = loop.time()
@@ -152,10 +153,12 @@ async def hold(
                 conn.end_keep_alive()
             waiting = [(t.client_half.transport, None) for t in tunnels]
             waiting += [(c.transport, c) for c in conns]
-            counts, rescan_at = (len(tunnels), len(conns)), now + RESCAN
+            held_tunnels.update(tunnels)
+            held_conns.update(conns)
+            rescan_at = now + RESCAN
         waiting = [(transport, conn) for transport, conn in waiting if _pending(transport, conn)]
         if (fresh and not waiting) or now >= deadline:
-            return AddressHold(*counts, len(waiting))
+            return AddressHold(len(held_tunnels), len(held_conns), len(waiting))
         if waiting:
             await asyncio.sleep(POLL)
 
