@@ -84,6 +84,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+MOVING = b"Retry-After: 1\r\n"  # a connection made while its address is held (`addresshold`)
+
 
 class ClientConnection(Exchange):
     """One client connection: its transport events and the request side of each exchange."""
@@ -110,7 +112,7 @@ class ClientConnection(Exchange):
             return
         if self.proxy.held and self.proxy.holds(transport):
             self.proxy.stats.connections_refused += 1
-            self._reject(503, "this address is moving to another node; retry")
+            self._reject(503, "this address is moving to another node; retry", extra=MOVING)
             return
         if self.preread is not None:
             self._use_proxy_header(self.preread)

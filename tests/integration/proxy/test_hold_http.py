@@ -115,6 +115,7 @@ async def test_a_connection_made_during_the_hold_gets_503_until_the_drain(
     response = await read_all(reader)  # the 503, then a FIN (no reset)
     assert status_of(response) == 503
     assert b"moving to another node" in response
+    assert b"\r\nRetry-After: 1\r\n" in response
     writer.close()
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await session.ws_connect(url(server, "/ws"))
