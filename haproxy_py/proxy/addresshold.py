@@ -150,7 +150,7 @@ async def hold(
             for tunnel in tunnels:
                 tunnel.hold()
             for conn in conns:
-                conn.end_keep_alive()
+                conn.freeze()
             waiting = [(t.client_half.transport, None) for t in tunnels]
             waiting += [(c.transport, c) for c in conns]
             held_tunnels.update(tunnels)
@@ -165,10 +165,9 @@ async def hold(
 
 def release(tunnels: Iterable[Tunnel], conns: Iterable[HeldConnection]) -> None:
     """The hold ended with no drain (the address stayed): the tunnels send again, and the
-    HTTP connections shut meanwhile (their clients did not close them) are closed."""
+    HTTP connections read their next request."""
     for tunnel in tunnels:
         if not tunnel.client_half.transport.is_closing():
             tunnel.release()
     for conn in conns:
-        if conn.closed and not conn.in_exchange:
-            conn.transport.close()
+        conn.thaw()

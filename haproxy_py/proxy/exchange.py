@@ -22,6 +22,7 @@ from haproxy_py.proxy.clientstate import (
     IDLE,
     LINGER,
     LOCAL_ERRNOS,
+    PAUSE_FROZEN,
     PAUSE_HELD,
     PAUSE_UPSTREAM,
     PAUSE_WAIT,
@@ -60,32 +61,54 @@ class Exchange(ClientState):
         self.transport.abort()
 
     def _close(self) -> None:
-        """Close (on a held address: shut, `_shut`) once what is buffered is written; abort
-        if the client will not take it."""
+        """Close once what is buffered is written; abort if the client will not take it."""
         self.closed = True
-        if self.proxy.held and self.proxy.holds(self.transport) and self.transport.can_write_eof():
-            self._shut()
-        else:
-            self.transport.close()
+        self.transport.close()
         if self.transport.get_write_buffer_size():
             self._arm(self.proxy.runtime.timeouts.send or LINGER, CLOSING)
         else:
             self._stop_timer()
 
-    def _shut(self) -> None:
-        """On a held address: a FIN once what is buffered is written, the socket kept (reading
-        and dropping until the client closes, or the drain), so the hold sees the FIN acked."""
+    def freeze(self) -> None:
+        """Its address is held (`addresshold`): start no next request (the one in flight is
+        answered; what arrives waits in `held`, reading paused), so nothing new can be in
+        flight when the address leaves. The drain then ends it (`leave`): its client, told
+        only then, reconnects to the new owner."""
+        if not self.closed and not self.frozen and (not self.in_exchange or self.request_done):
+            self.frozen = True
+            if self.held is None:
+                self.held = []
+            self._pause(PAUSE_FROZEN)
+
+    def _keep_frozen(self) -> None:
+        """uvloop starts reading after `connection_made`, whatever that paused."""
+        if self.frozen and not self.closed:
+            self.transport.pause_reading()
+
+    def thaw(self) -> None:
+        """The address stayed (no drain came): serve again, the waiting request first."""
+        if self.frozen and not self.closed:
+            self.frozen = False
+            self._resume(PAUSE_FROZEN)
+            if not self.in_exchange:
+                self.loop.call_soon(self._replay)
+
+    def leave(self) -> None:
+        """Its address has moved away: close after the response in flight, at once when idle.
+        A FIN first, and what the client sent meanwhile is read and dropped (closing with it
+        unread would reset the connection); the socket goes when the client closes or at
+        the drain's timeout."""
+        if self.in_exchange:
+            self.keep_alive = False
+            return
+        if self.closed or not self.transport.can_write_eof():
+            self._close()
+            return
+        self.closed = True
+        self._stop_timer()
         self.transport.write_eof()
         self.paused = 0
         self.transport.resume_reading()
-
-    def end_keep_alive(self) -> None:
-        """Its address is held (`addresshold`): no new exchange; shut now when idle, else after
-        the response in flight (`Connection: close`, if its head is still to come)."""
-        if not self.closed:
-            self.keep_alive = False
-            if not self.in_exchange:
-                self._close()
 
     def _upstream_timeout(self) -> None:
         if self.backend is not None and self.server is not None:

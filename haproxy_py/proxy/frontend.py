@@ -84,8 +84,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-MOVING = b"Retry-After: 1\r\n"  # a connection made while its address is held (`addresshold`)
-
 
 class ClientConnection(Exchange):
     """One client connection: its transport events and the request side of each exchange."""
@@ -111,9 +109,8 @@ class ClientConnection(Exchange):
             self._reject(503, "this proxy is at its connection limit or draining; retry later")
             return
         if self.proxy.held and self.proxy.holds(transport):
-            self.proxy.stats.connections_refused += 1
-            self._reject(503, "this address is moving to another node; retry", extra=MOVING)
-            return
+            self.freeze()  # its request waits; the drain tells it to go to the new owner
+            self.loop.call_soon(self._keep_frozen)
         if self.preread is not None:
             self._use_proxy_header(self.preread)
         elif listener.config.proxy_protocol:

@@ -133,11 +133,15 @@ class HeldConnection(Protocol):
     transport: asyncio.Transport
     in_exchange: bool  # a request is being answered
     keep_alive: bool  # False: close once the response is written
-    closed: bool  # no request is read any more (closing, or shut on a held address)
 
-    def end_keep_alive(self) -> None:
-        """Its address is held (`addresshold`): no new exchange; shut now when idle, else
-        after the response in flight."""
+    def freeze(self) -> None:
+        """Its address is held (`addresshold`): read no next request."""
+
+    def thaw(self) -> None:
+        """The hold ended with no drain: serve again."""
+
+    def leave(self) -> None:
+        """Its address moved away: close (a FIN) after the response in flight, or now."""
 
 
 class Listener:

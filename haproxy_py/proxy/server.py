@@ -267,10 +267,7 @@ class ProxyServer:
             tunnel.drain()
         for conn in conns:
             can_send = send_from_any_address(conn.transport) and can_send
-            if conn.in_exchange:
-                conn.keep_alive = False  # close once the response is written
-            else:
-                conn.transport.close()
+            conn.leave()
         if tunnels or conns:
             handle: asyncio.TimerHandle
             handle = self.loop.call_later(
