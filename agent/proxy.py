@@ -111,7 +111,7 @@ class ProxyClient:
 
     async def hold_address(self, address: str) -> str:
         """Before `address` leaves this node: ask the proxy to send its clients nothing more
-        (WebSockets held, keep-alive connections shut) until they acknowledged everything
+        (WebSockets held, keep-alive connections frozen) until they acknowledged everything
         (`POST /hold`); never raises."""
         return await self._post("/hold", {"address": address}, HOLD_LIMIT)
 

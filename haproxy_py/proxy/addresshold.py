@@ -14,13 +14,14 @@ every byte (the socket's send queue is empty), at most `LIMIT`:
 
 - WebSocket tunnels send nothing more (the backend side is no longer read:
   `Tunnel.hold`); the drain's 1001 comes later.
-- HTTP keep-alive connections start no new exchange: an idle one is shut at
-  once, one in an exchange after its response (`Connection: close`); the shut
-  sends a FIN and keeps the socket, so the wait covers the FIN too
-  (`ClientConnection.end_keep_alive`).
+- HTTP keep-alive connections start no new exchange (`ClientConnection.freeze`):
+  the response in flight is answered, a next request waits unread. Closing
+  them now would send their clients back before the address has moved (to
+  this node, or to nobody: a SYN retransmit, 1 s); the drain closes them
+  (`leave`: a FIN with nothing in front of it), and a client whose request
+  waited retries it, as after any keep-alive close, on the new owner.
 - A connection that arrives meanwhile (until `FENCE_WITHIN` after the answer)
-  gets a 503 and is shut the same way (`ClientConnection` asks `holds`): its
-  client retries, and reaches the new owner once the address has moved.
+  waits the same way (`ClientConnection` asks `holds`).
 
 With nothing in flight when the fence falls, no retransmission timer runs and
 the 1001 leaves at once in a whole window, however late the drain comes. The
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 LIMIT = 2.0
 RELEASE_AFTER = 10.0  # longer than the agent waits for the next owner (3 s) plus its drain
 # The agent drops the address this soon after the hold answered (a starved one too): till then
-# new connections get their 503; later, the address stayed (a move called off) and serves.
+# new connections wait for the drain; later, the address stayed (a move called off): served.
 FENCE_WITHIN = 2.0
 POLL = 0.005
 RESCAN = 0.05

@@ -17,9 +17,9 @@ it to service.
 local address (the node agent asks for it once the VIP has left this node):
 the node stays healthy and keeps serving its other addresses. `POST
 /hold?address=VIP` comes before it, before the VIP leaves: nothing more is
-sent to that address's clients (WebSockets held, keep-alive connections shut,
-new ones answered 503) until they acknowledged everything (`addresshold`), so
-that the 1001 or FIN can leave later whatever the timing.
+sent to that address's clients (WebSockets held, keep-alive connections and new
+ones read no next request) until they acknowledged everything (`addresshold`),
+so that the 1001 or FIN can leave later whatever the timing.
 
 The POSTs change the node, so a browser must not be able to send them for
 a web page (cross-site request forgery, or DNS rebinding onto the loopback

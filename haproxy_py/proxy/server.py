@@ -244,7 +244,7 @@ class ProxyServer:
 
     async def address_hold(self, address: IPAddress) -> AddressHold:
         """Before `address` leaves this node: its clients acknowledged all, its keep-alive
-        connections shut, new ones refused (`addresshold`)."""
+        connections and new ones frozen (`addresshold`)."""
         self.held.start(address, lambda: release(*self._on_address(address)))
         held = await hold(functools.partial(self._on_address, address))
         self.held.answered(address)
