@@ -124,6 +124,18 @@ def unacknowledged(transport: asyncio.BaseTransport) -> int:
     return count + int.from_bytes(queued, sys.byteorder, signed=True)
 
 
+def unread(transport: asyncio.BaseTransport) -> int:
+    """Bytes the peer sent that this end has not read yet (0 when it cannot tell)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4))
+    except OSError:
+        return 0
+    return int.from_bytes(waiting, sys.byteorder, signed=True)
+
+
 def _pending(transport: asyncio.BaseTransport, conn: HeldConnection | None) -> bool:
     """Whether this client still has bytes to acknowledge (an HTTP one: or a response due)."""
     busy = conn is not None and conn.in_exchange

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from haproxy_py.proxy import proxyproto
+from haproxy_py.proxy.addresshold import unread
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.clientstate import (
     CLOSING,
@@ -95,18 +96,18 @@ class Exchange(ClientState):
 
     def leave(self) -> None:
         """Its address has moved away: close after the response in flight, at once when idle.
-        A FIN first, and what the client sent meanwhile is read and dropped (closing with it
-        unread would reset the connection); the socket goes when the client closes or at
-        the drain's timeout."""
+        A request that waited (`freeze`) is read and dropped first, after a FIN: closing
+        with it unread would reset the connection (`data_received` then closes)."""
         if self.in_exchange:
             self.keep_alive = False
             return
-        if self.closed or not self.transport.can_write_eof():
+        if self.closed or not self.frozen or not unread(self.transport):
             self._close()
             return
         self.closed = True
         self._stop_timer()
-        self.transport.write_eof()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
         self.paused = 0
         self.transport.resume_reading()
 

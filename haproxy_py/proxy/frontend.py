@@ -165,6 +165,8 @@ class ClientConnection(Exchange):
     def data_received(self, data: bytes) -> None:
         parser = self.parser
         if parser is None or self.closed:
+            if self.frozen:  # its address moved away (`leave`): what waited is read, now go
+                self.transport.close()
             return
         if self.proxy_header is not None:
             data = self._proxy_header_received(data)

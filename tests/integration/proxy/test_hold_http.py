@@ -64,6 +64,7 @@ async def test_a_held_keep_alive_connection_reads_no_request_until_the_drain_clo
     await nothing_for(reader)
     await post(session, server, DRAIN)
     assert await read_all(reader) == b""  # a FIN, no answer, no reset: the client retries
+    await asyncio.wait_for(no_leak(server), 5)  # closed once its request was read and dropped
     writer.close()
     again = await open_raw(server)  # (the drain ended the hold)
     assert await keep_alive_exchange(*again, "/two") == 200
@@ -133,6 +134,7 @@ async def test_a_connection_made_during_the_hold_waits_for_the_drain(
     await nothing_for(reader)
     await post(session, server, DRAIN)
     assert await read_all(reader) == b""  # a FIN, no answer, no reset
+    await asyncio.wait_for(no_leak(server), 5)
     writer.close()
     ws = await session.ws_connect(url(server, "/ws"))  # (the drain ended the hold)
     await ws.send_str("served")
