@@ -200,10 +200,7 @@ class ProxyServer:
         deadline = self.loop.time() + grace
         for listener in self.listeners:
             for conn in list(listener.connections):
-                if not conn.in_exchange:
-                    conn.transport.close()
-                else:
-                    conn.keep_alive = False  # close once the response is written
+                conn.leave()  # now, or once the response in flight is written
         for listener in self.listeners:
             if listener.connections:
                 listener.emptied = asyncio.Event()
