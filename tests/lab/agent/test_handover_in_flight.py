@@ -5,13 +5,15 @@ writes it.
 Whatever the old node sent right before its fence falls is never acknowledged:
 the client's ACKs go to the new owner, which drops them (its grace). Once the
 old node retransmits that segment, TCP allows one segment in flight, the
-retransmission's, so a 1001 written after it never leaves and the client is
-reset when the grace ends. Here that case is made deterministic: the client's
-pure ACKs on its connection are dropped in its own namespace for 0.3 s around
-the stop (a slow or lossy client), its one frame's echo is unacknowledged when
-the agent gets SIGTERM, and every agent holds back its drain 2 s after the fence
-lets the 1001s out (a starved proxy writing them late). Before the fence falls
-the proxy must hold the VIP's clients until they acknowledged all.
+retransmission's, so a 1001 (or FIN) written after it never leaves and the
+client is reset when the grace ends. Here that case is made deterministic: the
+client's pure ACKs on its connection are dropped in its own namespace for 0.3 s
+around the stop (a slow or lossy client), its one frame's echo (or its one
+response on a keep-alive connection) is unacknowledged when the agent gets
+SIGTERM, and every agent holds back its drain 2 s after the fence lets the
+1001s out (a starved proxy writing them late). Before the fence falls the proxy
+must hold the VIP's clients until they acknowledged all, and start no new
+exchange on the keep-alive connection.
 """
 
 from __future__ import annotations
