@@ -18,13 +18,14 @@ one etcd event of the new owner's write, not on a polling period. Until then
 the fence keeps this node silent on the VIP's connections (`Fence.let_out`
 opens it right before the drain): nothing sent meanwhile waits unacknowledged
 in front of the 1001. Nor is anything sent before: a planned release first holds
-the VIP's WebSocket clients (`hold`: the proxy sends them nothing more and waits
-until they acknowledged all, at most 2 s), since a segment in flight when the
-fence falls is never acknowledged, and once retransmitted it fills the one
-segment the kernel's window then allows, so the 1001 behind it would never
-leave. Meanwhile the new owner drops unknown mid-stream TCP
-segments to a VIP it has just taken (its grace period), so a client's packets
-sent before the 1001 arrives are dropped there, never answered with a reset.
+the VIP's clients (`hold`: the proxy sends its WebSockets nothing more, starts no
+new exchange on its keep-alive connections, and waits until they acknowledged
+all, at most 2 s), since a segment in flight when the fence falls is never
+acknowledged, and once retransmitted it fills the one segment the kernel's
+window then allows, so the 1001 (or FIN) behind it would never leave.
+Meanwhile the new owner drops unknown mid-stream TCP segments to a VIP it has
+just taken (its grace period), so a client's packets sent before the 1001
+arrives are dropped there, never answered with a reset.
 
 A proxy that comes back after it was down (stopped, restarted, killed) is told
 again about every VIP this node does not hold (`proxy_back`): connections that
@@ -99,9 +100,9 @@ class Handover:
             task.add_done_callback(functools.partial(self._done, vip))
 
     async def hold(self, vips: Iterable[str]) -> None:
-        """Before a planned release drops `vips`: the proxy sends their WebSocket clients
-        nothing more until they acknowledged everything, so nothing is in flight when the
-        fence falls (`haproxy_py.proxy.addresshold`)."""
+        """Before a planned release drops `vips`: the proxy sends their clients nothing more
+        (no new exchange on keep-alive connections) until they acknowledged everything, so
+        nothing is in flight when the fence falls (`haproxy_py.proxy.addresshold`)."""
         vips = list(vips)
         started = time.monotonic()
         outcomes = await asyncio.gather(*(self.proxy.hold_address(vip) for vip in vips))

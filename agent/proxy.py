@@ -10,9 +10,10 @@ from typing import Any
 import aiohttp
 
 from haproxy_py.cluster.agent_config import AdminClientTls
+from haproxy_py.proxy.addresshold import LIMIT
 
-# the proxy answers /hold within 2 s (`addresshold.LIMIT`), plus its own load
-HOLD_LIMIT = aiohttp.ClientTimeout(total=4.0)
+# the proxy answers /hold within its limit, plus its own load: 2 s more
+HOLD_LIMIT = aiohttp.ClientTimeout(total=LIMIT + 2.0)
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,9 @@ class ProxyClient:
         return await self._post("/drain", {"address": address})
 
     async def hold_address(self, address: str) -> str:
-        """Before `address` leaves this node: ask the proxy to send its WebSocket clients
-        nothing more until they acknowledged everything (`POST /hold`); never raises."""
+        """Before `address` leaves this node: ask the proxy to send its clients nothing more
+        (WebSockets held, keep-alive connections frozen) until they acknowledged everything
+        (`POST /hold`); never raises."""
         return await self._post("/hold", {"address": address}, HOLD_LIMIT)
 
     async def _post(
@@ -128,6 +130,7 @@ class ProxyClient:
                 if isinstance(body, dict) and "websockets" in body:
                     detail = f" ({body['websockets']} WebSockets"
                     if "unacknowledged" in body:
+                        detail += f", {body.get('connections', 0)} HTTP connections"
                         detail += f", {body['unacknowledged']} with bytes unacknowledged"
                     detail += ")"
                 return f"{path} answered {response.status}{detail}"

@@ -1,9 +1,10 @@
 """The clean stop (SIGTERM): hand every VIP over, then revoke the lease.
 
-The node record already says `stopping`; the proxy holds each VIP's WebSocket
-clients until they acknowledged all (`Handover.hold`); the core drops every address and
-releases each VIP's key once the kernel shows it gone, so the controller
-reassigns it at once, as a planned move. Each released VIP's connections are
+The node record already says `stopping`; the proxy holds each VIP's clients
+(WebSockets, keep-alive connections) until they acknowledged all
+(`Handover.hold`); the core drops every address and releases each VIP's key
+once the kernel shows it gone, so the controller reassigns it at once, as a
+planned move. Each released VIP's connections are
 closed cleanly when its new owner holds it (`agent.handover`), and only then
 is the lease revoked: revoking first would delete the node's keys before the
 next owners hold them.

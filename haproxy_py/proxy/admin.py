@@ -17,8 +17,9 @@ it to service.
 local address (the node agent asks for it once the VIP has left this node):
 the node stays healthy and keeps serving its other addresses. `POST
 /hold?address=VIP` comes before it, before the VIP leaves: nothing more is
-sent to that address's WebSocket clients until they acknowledged everything
-(`addresshold`), so that the 1001 can leave later whatever the timing.
+sent to that address's clients (WebSockets held, keep-alive connections and new
+ones read no next request) until they acknowledged everything (`addresshold`),
+so that the 1001 or FIN can leave later whatever the timing.
 
 The POSTs change the node, so a browser must not be able to send them for
 a web page (cross-site request forgery, or DNS rebinding onto the loopback
@@ -305,8 +306,8 @@ class AdminServer:
         )
 
     async def hold(self, request: web.Request) -> web.Response:
-        """`POST /hold?address=VIP`: before the VIP leaves, stop sending to its WebSocket
-        clients until they acknowledged everything (`addresshold`); answers when they did."""
+        """`POST /hold?address=VIP`: before the VIP leaves, stop sending to its clients until
+        they acknowledged everything (`addresshold`); answers when they did."""
         raw = request.query.get("address", "")
         address = _address(raw)
         if address is None:

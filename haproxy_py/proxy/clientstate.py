@@ -29,6 +29,7 @@ from haproxy_py.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from haproxy_py.proxy.accesslog import AccessLog
+    from haproxy_py.proxy.addresshold import HeldAddresses
     from haproxy_py.proxy.iplimits import IpLimiter
     from haproxy_py.proxy.listeners import Listener
     from haproxy_py.proxy.relay import Tunnels
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 PAUSE_UPSTREAM = 1  # the upstream write buffer is full
 PAUSE_WAIT = 2  # no upstream connection yet (body bytes wait in `pending`)
 PAUSE_HELD = 4  # a pipelined request waits for the current response
+PAUSE_FROZEN = 8  # its address is held (`addresshold`): no next request until the drain
 
 # What the connection's one deadline guards (what happens when it passes).
 IDLE = 1  # between requests: close
@@ -70,6 +72,10 @@ class ProxyContext(Protocol):
     tunnels: Tunnels
     ip_limits: IpLimiter
     draining: bool
+    held: HeldAddresses  # addresses about to leave this node (`addresshold`): empty but for a move
+
+    def holds(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether the connection came in on an address held now."""
 
     def dropped(self, reason: str, peer: str) -> None:
         """Count (and now and then log) a connection dropped before HTTP."""
@@ -104,6 +110,7 @@ class ClientState(asyncio.Protocol):
         self.host_seen = b""  # the last Host header and its routing name
         self.host_name = ""
         self.closed = False
+        self.frozen = False  # its address is held: no next request is read (`PAUSE_FROZEN`)
         # The timeouts of the current request's route (the node's until one is routed).
         self.timeouts: Timeouts = proxy.runtime.timeouts
         self.counted_ip: str | None = None  # the address the per-IP limits count this under

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from haproxy_py.proxy import proxyproto
+from haproxy_py.proxy.addresshold import unread
 from haproxy_py.proxy.balancer import Server
 from haproxy_py.proxy.clientstate import (
     CLOSING,
     IDLE,
     LINGER,
     LOCAL_ERRNOS,
+    PAUSE_FROZEN,
     PAUSE_HELD,
     PAUSE_UPSTREAM,
     PAUSE_WAIT,
@@ -67,6 +69,47 @@ class Exchange(ClientState):
             self._arm(self.proxy.runtime.timeouts.send or LINGER, CLOSING)
         else:
             self._stop_timer()
+
+    def freeze(self) -> None:
+        """Its address is held (`addresshold`): start no next request (the one in flight is
+        answered; what arrives waits in `held`, reading paused), so nothing new can be in
+        flight when the address leaves. The drain then ends it (`leave`): its client, told
+        only then, reconnects to the new owner."""
+        if not self.closed and not self.frozen and (not self.in_exchange or self.request_done):
+            self.frozen = True
+            if self.held is None:
+                self.held = []
+            self._pause(PAUSE_FROZEN)
+
+    def _keep_frozen(self) -> None:
+        """uvloop starts reading after `connection_made`, whatever that paused."""
+        if self.frozen and not self.closed:
+            self.transport.pause_reading()
+
+    def thaw(self) -> None:
+        """The address stayed (no drain came): serve again, the waiting request first."""
+        if self.frozen and not self.closed:
+            self.frozen = False
+            self._resume(PAUSE_FROZEN)
+            if not self.in_exchange:
+                self.loop.call_soon(self._replay)
+
+    def leave(self) -> None:
+        """Its address has moved away: close after the response in flight, at once when idle.
+        A request that waited (`freeze`) is read and dropped first, after a FIN: closing
+        with it unread would reset the connection (`data_received` then closes)."""
+        if self.in_exchange:
+            self.keep_alive = False
+            return
+        if self.closed or not self.frozen or not unread(self.transport):
+            self._close()
+            return
+        self.closed = True
+        self._stop_timer()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.paused = 0
+        self.transport.resume_reading()
 
     def _upstream_timeout(self) -> None:
         if self.backend is not None and self.server is not None:

@@ -108,6 +108,9 @@ class ClientConnection(Exchange):
             self.proxy.stats.connections_refused += 1
             self._reject(503, "this proxy is at its connection limit or draining; retry later")
             return
+        if self.proxy.held and self.proxy.holds(transport):
+            self.freeze()  # its request waits; the drain tells it to go to the new owner
+            self.loop.call_soon(self._keep_frozen)
         if self.preread is not None:
             self._use_proxy_header(self.preread)
         elif listener.config.proxy_protocol:
@@ -162,6 +165,8 @@ class ClientConnection(Exchange):
     def data_received(self, data: bytes) -> None:
         parser = self.parser
         if parser is None or self.closed:
+            if self.frozen:  # its address moved away (`leave`): what waited is read, now go
+                self.transport.close()
             return
         if self.proxy_header is not None:
             data = self._proxy_header_received(data)

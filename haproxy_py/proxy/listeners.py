@@ -134,6 +134,15 @@ class HeldConnection(Protocol):
     in_exchange: bool  # a request is being answered
     keep_alive: bool  # False: close once the response is written
 
+    def freeze(self) -> None:
+        """Its address is held (`addresshold`): read no next request."""
+
+    def thaw(self) -> None:
+        """The hold ended with no drain: serve again."""
+
+    def leave(self) -> None:
+        """Its address moved away: close (a FIN) after the response in flight, or now."""
+
 
 class Listener:
     """One client-facing listener and the connections it holds open."""

@@ -423,7 +423,11 @@ class Master:
         holds = [
             AddressHold(**r["hold"]) for r in await self._each("hold_address", address=address)
         ]
-        return AddressHold(sum(h.websockets for h in holds), sum(h.unacknowledged for h in holds))
+        return AddressHold(
+            sum(h.websockets for h in holds),
+            sum(h.connections for h in holds),
+            sum(h.unacknowledged for h in holds),
+        )
 
     async def reload(self, config: ProxyConfig) -> None:
         """Serve `config` in every worker; OSError (old config whole) if a new bind fails.

@@ -37,7 +37,7 @@ import structlog
 from haproxy_py.cluster.tasks import supervised
 from haproxy_py.proxy.accept import HeaderFirstServer
 from haproxy_py.proxy.accesslog import AccessLog
-from haproxy_py.proxy.addresshold import AddressHold, hold
+from haproxy_py.proxy.addresshold import AddressHold, HeldAddresses, hold, release
 from haproxy_py.proxy.admin import AdminServer
 from haproxy_py.proxy.adminauth import restart_needed
 from haproxy_py.proxy.config import ProxyConfig
@@ -89,6 +89,7 @@ class ProxyServer:
         self.listeners = [Listener(c) for c in config.listeners]
         self.admin = AdminServer(self)
         self.draining = False
+        self.held = HeldAddresses()  # addresses about to leave (`addresshold`)
         self.ip_limits = IpLimiter()
         self._drops_logged_at = -1.0
         self._drops_unlogged = 0
@@ -199,10 +200,7 @@ class ProxyServer:
         deadline = self.loop.time() + grace
         for listener in self.listeners:
             for conn in list(listener.connections):
-                if not conn.in_exchange:
-                    conn.transport.close()
-                else:
-                    conn.keep_alive = False  # close once the response is written
+                conn.leave()  # now, or once the response in flight is written
         for listener in self.listeners:
             if listener.connections:
                 listener.emptied = asyncio.Event()
@@ -225,10 +223,28 @@ class ProxyServer:
         """The WebSocket tunnels whose client came in on local `address`."""
         return [t for t in self.tunnels.open if local_ip(t.client_half.transport) == address]
 
+    def connections_on(self, address: IPAddress) -> list[HeldConnection]:
+        """The HTTP client connections that came in on local `address`."""
+        return [
+            conn
+            for listener in self.listeners
+            for conn in listener.connections
+            if local_ip(conn.transport) == address
+        ]
+
+    def _on_address(self, address: IPAddress) -> tuple[list[Tunnel], list[HeldConnection]]:
+        return self.tunnels_on(address), self.connections_on(address)
+
+    def holds(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether this connection came in on an address held now (ask only if `held`)."""
+        return self.held.holding(local_ip(transport))
+
     async def address_hold(self, address: IPAddress) -> AddressHold:
-        """Before `address` leaves this node: its WebSocket clients acknowledged all
-        (`addresshold`)."""
-        held = await hold(self.tunnels_on(address))
+        """Before `address` leaves this node: its clients acknowledged all, its keep-alive
+        connections and new ones frozen (`addresshold`)."""
+        self.held.start(address, lambda: release(*self._on_address(address)))
+        held = await hold(functools.partial(self._on_address, address))
+        self.held.answered(address)
         log.info("holding address", address=str(address), **dataclasses.asdict(held))
         return held
 
@@ -240,23 +256,15 @@ class ProxyServer:
         is still open after the drain timeout is closed. Listeners, other
         addresses and `/healthz` are untouched.
         """
-        tunnels = self.tunnels_on(address)
-        conns = [
-            (listener, conn)
-            for listener in self.listeners
-            for conn in listener.connections
-            if local_ip(conn.transport) == address
-        ]
+        self.held.end(address)
+        tunnels, conns = self._on_address(address)
         can_send = True
         for tunnel in tunnels:
             can_send = send_from_any_address(tunnel.client_half.transport) and can_send
             tunnel.drain()
-        for _, conn in conns:
+        for conn in conns:
             can_send = send_from_any_address(conn.transport) and can_send
-            if conn.in_exchange:
-                conn.keep_alive = False  # close once the response is written
-            else:
-                conn.transport.close()
+            conn.leave()
         if tunnels or conns:
             handle: asyncio.TimerHandle
             handle = self.loop.call_later(
@@ -282,14 +290,14 @@ class ProxyServer:
         self,
         handle: asyncio.TimerHandle,
         tunnels: list[Tunnel],
-        conns: list[tuple[Listener, HeldConnection]],
+        conns: list[HeldConnection],
     ) -> None:
         """The drain timeout of one `drain_address`: close what did not finish."""
         self._address_drains.discard(handle)
         left = [t for t in tunnels if t in self.tunnels.open]
         for tunnel in left:
             tunnel.abort()
-        open_conns = [conn for listener, conn in conns if conn in listener.connections]
+        open_conns = [c for c in conns if any(c in lst.connections for lst in self.listeners)]
         for conn in open_conns:
             conn.transport.abort()
         if left or open_conns:
@@ -368,6 +376,7 @@ class ProxyServer:
         for handle in self._address_drains:
             handle.cancel()
         self._address_drains.clear()
+        self.held.end_all()
         for listener in self.listeners:
             for conn in list(listener.connections):
                 conn.transport.abort()

@@ -45,3 +45,19 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
 def status_of(response: bytes) -> int:
     assert response.startswith(b"HTTP/1.1 "), response[:80]
     return int(response[9:12])
+
+
+async def keep_alive_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> int:
+    """One HTTP/1.1 request on an open connection, left open; returns the status."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(30):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+    return int(head[9:12])

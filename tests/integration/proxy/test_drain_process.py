@@ -21,7 +21,7 @@ from haproxy_py.proxy import addresshold
 from haproxy_py.proxy.config import ProxyConfig, parse_proxy
 from haproxy_py.proxy.server import ProxyServer
 from tests.integration.proxy.process import CONFIG, read_event, running
-from tests.integration.proxy.raw import no_leak, open_raw, read_all
+from tests.integration.proxy.raw import keep_alive_exchange, no_leak, open_raw, read_all
 from tests.integration.proxy.support import Backend, admin_url, proxy_config, url
 from tests.support.etcd import free_ports
 from tests.support.wait import eventually_async
@@ -164,22 +164,6 @@ def two_address_config(backend: str) -> ProxyConfig:
     return parse_proxy(Table(tomllib.loads(text), "test.toml", ""))
 
 
-async def keep_alive_exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
-) -> int:
-    """One HTTP/1.1 request on an open connection, left open; returns the status."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    async with asyncio.timeout(30):
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
-    return int(head[9:12])
-
-
 async def test_drain_one_address_closes_only_its_connections(backends, proxy, session) -> None:
     (b,) = await backends(1)
     server = await proxy(two_address_config(b.address))
@@ -308,6 +292,7 @@ async def test_hold_sends_nothing_more_until_the_drain_whose_1001_comes_first(
             "status": "held",
             "address": "127.0.0.1",
             "websockets": 1,
+            "connections": 0,
             "unacknowledged": 0,
         }
     await ws.send_str("while held")
@@ -334,5 +319,7 @@ async def test_a_hold_no_drain_follows_ends_by_itself(
     await ws.send_str("held")
     assert (await ws.receive(timeout=30)).data == "held"
     await ws.close()
+    async with session.get(url(server, "/again")) as again:  # no 503 once the hold ended
+        assert again.status == 200
     async with session.post(admin_url(server, "/hold?address=nowhere")) as answer:
         assert answer.status == 400
