@@ -9,7 +9,7 @@ place of haproxy-py, its agent and BIRD (`bench.anchorconf` has the configs):
 - `exabgp`: HAProxy and ExaBGP 4.2 with its `healthcheck` process, defaults
   (check every 5 s, 1 s while changing, fall 3, rise 3; a failing node is
   announced with a worse MED, not withdrawn; hold time 180 s);
-- `metallb`: HAProxy and FRR (zebra + bgpd) with MetalLB's session defaults
+- `metallb`: HAProxy and FRR's bgpd with MetalLB's session defaults
   (hold time 90 s, keepalive 30 s, no BFD), the VIP announced while
   `bench.anchorready` finds the node ready.
 
@@ -28,6 +28,7 @@ Everything is removed at the end, also on failure; loops are bounded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import functools
 import json
@@ -85,7 +86,7 @@ ANCHORS = {
         "metallb",
         "MetalLB BGP defaults on FRR",
         "ham-",
-        ("zebra", "speaker", "proxy", "ready"),
+        ("speaker", "proxy", "ready"),
         anchorconf.HOLD_METALLB,
         "metallb/metallb (main, 2026-07): `internal/config/config.go` defaulted `holdTime` "
         "to 90 s and `keepaliveTime` to hold/3 until commit bf4c8d5f7 (2024-09, "
@@ -153,7 +154,6 @@ class AnchorLab(control.Lab):
             self.file(name, "exabgp.conf").write_text(text)
             return
         self.file(name, "vty").mkdir(exist_ok=True)
-        self.file(name, "zebra.conf").write_text(f"hostname {name}\n")
         text = anchorconf.frr_config(hostname=name, node=node.address, router=router, **asns)
         self.file(name, "bgpd.conf").write_text(text)
 
@@ -172,14 +172,14 @@ class AnchorLab(control.Lab):
             argv = [sys.executable, "-m", "bench.anchorready", "--vty", vty]
             argv += ["--asn", str(bgplab.NODE_ASN), "--vip", self.layout.vips[0]]
             return [*argv, "--drain", str(self.drain_file(node))]
-        daemon = "zebra" if process == "zebra" else "bgpd"
         return [
-            f"/usr/lib/frr/{daemon}",
-            *("-f", str(self.file(node, f"{daemon}.conf"))),
-            *("-i", str(self.file(node, f"{daemon}.pid"))),
-            *("-z", str(self.file(node, "vty") / "zserv.api")),
+            "/usr/lib/frr/bgpd",
+            *("-f", str(self.file(node, "bgpd.conf"))),
+            *("-i", str(self.file(node, "bgpd.pid"))),
             *("--vty_socket", vty),
-            *("-P", "0", "-u", "root", "-g", "root"),
+            "-Z",  # no zebra: the node installs no route it learns (the router sends none)
+            "-S",  # as root, no change of user (its vty group would need root in it)
+            *("-P", "0"),  # no TCP vty
         ]
 
 
@@ -229,6 +229,18 @@ class Fault:
     slow: bool  # waits for the BGP hold time: fewer trials, a slower probe
 
 
+def kill_node(lab: AnchorLab, node: str) -> None:
+    """SIGKILL every process in the node's namespace at once (ExaBGP puts its healthcheck
+    in a process group of its own, so the lab's per-group kill would miss it)."""
+    ns = lab.layout.node(node).netns
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=True)
+    pids = [int(p) for p in done.stdout.split()]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):  # none keeps running while the others die
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
 def faults(lab: AnchorLab) -> list[Fault]:
     def restart(node: str) -> None:
         lab.restart(node)
@@ -240,7 +252,12 @@ def faults(lab: AnchorLab) -> list[Fault]:
             restart,
             slow=False,
         ),
-        Fault("node SIGKILL (every process)", lab.kill, restart, slow=False),
+        Fault(
+            "node SIGKILL (every process)",
+            functools.partial(kill_node, lab),
+            restart,
+            slow=False,
+        ),
         Fault(
             "planned drain",
             lambda n: lab.drain_file(n).touch(),
@@ -307,7 +324,9 @@ def trial(lab: AnchorLab, fault: Fault, node: str, loop: NetnsLoop) -> dict[str,
         time.sleep(0.3)
         at, took = time.monotonic(), None
         try:
-            at, took = ecmp.withdrawal(lab, node, functools.partial(fault.cause, node), limit=limit)
+            cause = functools.partial(fault.cause, node)
+            every = 0.05 if fault.slow else 0.001  # a look costs a process: not 3 min of them
+            at, took = ecmp.withdrawal(lab, node, cause, limit=limit, every=every)
         except AssertionError as exc:  # still a next hop: the figure is "not within the limit"
             print(f"  {exc}", flush=True)
         time.sleep(1.5)  # a SYN lost on a cut link fails after the probe's 1 s timeout
