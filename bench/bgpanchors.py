@@ -438,7 +438,24 @@ def ms(s: dict[str, Any]) -> str:
     return f"{s['n']} | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} | {s['max_ms']:.0f}"
 
 
-def markdown(doc: dict[str, Any], ours: dict[str, Any]) -> str:
+def our_drain(found: dict[str, Any]) -> str:
+    """One sentence per router from bench.bgpflows' drain figures."""
+    parts = [
+        f"{router}: {r['broken_on_victim']} of the drained node's {r['on_victim']} WebSockets "
+        f"and {r['broken_on_survivors_after_removal']} of the other nodes' broke, "
+        f"{r['closed_1001']} closed with 1001, {r['connect_failed']} new connections failed, "
+        f"withdrawn {r['withdrawn_after_s']} s after the drain"
+        for router, r in found.get("routers", {}).items()
+    ]
+    if not parts:
+        return ""
+    return (
+        f"haproxy-py (`hactl drain`, `bench/results/bgp-flows-drain.md`, one trial, "
+        f"{found['clients']} WebSockets): " + "; ".join(parts) + "."
+    )
+
+
+def markdown(doc: dict[str, Any], ours: dict[str, Any], drain: dict[str, Any]) -> str:
     anchors = doc.get("anchors", {})
     rows: dict[str, list[str]] = {}
     for our_name, name in OURS.items():
@@ -475,7 +492,15 @@ def markdown(doc: dict[str, Any], ours: dict[str, Any]) -> str:
             *rows[name],
             "",
         ]
+        if name == "planned drain" and our_drain(drain):
+            lines.append(our_drain(drain))
         for key, found in anchors.items():
+            never = found["faults"].get(name, {}).get("never_withdrawn")
+            if never:
+                lines.append(
+                    f"{ANCHORS[key].title}: in {never} trials the router still had the node's path "
+                    "when the trial gave up (not counted in the withdrawal columns)."
+                )
             ws = found["faults"].get(name, {}).get("websockets")
             if ws:
                 lines.append(
@@ -519,7 +544,9 @@ def render(path: Path) -> None:
     doc = json.loads(path.read_text()) if path.exists() else {}
     ours_path = RESULTS / "bgp.json"
     ours = json.loads(ours_path.read_text()) if ours_path.exists() else {}
-    path.with_suffix(".md").write_text(markdown(doc, ours))
+    drain_path = RESULTS / "bgp-flows-drain.json"
+    drain = json.loads(drain_path.read_text()) if drain_path.exists() else {}
+    path.with_suffix(".md").write_text(markdown(doc, ours, drain))
 
 
 def main() -> None:

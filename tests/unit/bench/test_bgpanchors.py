@@ -97,7 +97,7 @@ def test_the_report_puts_ours_beside_each_anchor_per_fault() -> None:
             "metallb": {"host": "vm", "cpus": 2, "ran": "x.", "faults": {"link cut": entry}}
         }
     }
-    text = bgpanchors.markdown(doc, ours)
+    text = bgpanchors.markdown(doc, ours, {})
     section = text.split("## link cut")[1].split("##")[0]
     assert (
         "| haproxy-py (BIRD, BFD 100 ms x 3, hold 9 s) | 5 | 364 | 364 | 364 | 5 | 279" in section
