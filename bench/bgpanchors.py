@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import anchorconf
+from bench import anchorconf, bgpflows
 from bench.bgp import failing, link, signal_label, summary
 from haproxy_py.lab import bgplab, control, echoclients, ecmp, netns
 from haproxy_py.lab.client import NetnsLoop, Probe
@@ -298,24 +298,14 @@ def trial(lab: AnchorLab, fault: Fault, node: str, loop: NetnsLoop) -> dict[str,
     limit = lab.anchor.hold + 30.0 if fault.slow else 30.0
     fleet = None
     events = lab.paths.root / "drain-websockets.jsonl"
-    if fault.name == "planned drain":
-        fleet = websockets(lab, events, limit + 60)
-        control.wait_for(
-            lambda: (
-                len(
-                    {
-                        e["client"]
-                        for e in echoclients.read(str(events))
-                        if e["event"] == "connected"
-                    }
-                )
-                == DRAIN_CLIENTS
-            ),
-            30,
-            "the WebSockets",
-            None,
-        )
+
+    def connected() -> bool:
+        return len(bgpflows.connected(echoclients.read(str(events)))) == DRAIN_CLIENTS
+
     try:
+        if fault.name == "planned drain":
+            fleet = websockets(lab, events, limit + 60)
+            control.wait_for(connected, 30, "the WebSockets", None)
         time.sleep(0.5)
         probe = Probe(
             lab.layout.vips[0], PROXY_PORT, interval=0.05 if fault.slow else 0.005, limit=limit + 10
