@@ -13,7 +13,8 @@ answered, and one of two BGP set-ups, with their documented defaults:
   (`exabgp/configuration/neighbor/__init__.py`, `HoldTime(180)`).
 - **MetalLB's BGP speaker, reproduced with FRR**: the session part of
   MetalLB's `internal/bgp/frr/templates/frr.tmpl` (no ebgp-requires-policy,
-  no network import-check, no default IPv4 unicast), `timers 30 90` (MetalLB's
+  no network import-check, no default IPv4 unicast, graceful restart with
+  preserve-fw-state, FRR's restart time 120 s), `timers 30 90` (MetalLB's
   default hold time 90 s, keepalive hold/3, in `internal/config/config.go`
   until commit bf4c8d5f7, and still in its native mode), no BFD profile (BFD
   off); the VIP's `network` statement is added and removed by
@@ -38,7 +39,7 @@ def haproxy_config(node: str, apps: Sequence[str], port: int = PROXY_PORT) -> st
         [
             "# Written by bench.bgpanchors: the anchors' proxy.",
             "global",
-            "  maxconn 20000",
+            "  maxconn 8000",  # 2 FDs each: within this machine's hard limit of 20,000
             "defaults",
             "  mode http",
             "  timeout connect 2s",
@@ -107,6 +108,7 @@ def frr_config(*, hostname: str, node: str, router: str, local_asn: int, peer_as
             "  no bgp ebgp-requires-policy",
             "  no bgp network import-check",
             "  no bgp default ipv4-unicast",
+            "  bgp graceful-restart preserve-fw-state",
             f"  bgp router-id {node}",
             f"  neighbor {router} remote-as {peer_asn}",
             f"  neighbor {router} timers {KEEPALIVE_METALLB} {HOLD_METALLB}",

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--limit", type=float, default=4 * 3600, help="stop after this many s")
     args = parser.parse_args()
     url = f"http://127.0.0.1:{anchorconf.PROXY_PORT}{anchorconf.CHECK_PATH}"
-    announced: bool | None = None
+    announced = False  # bgpd starts with no `network`
     deadline = time.monotonic() + args.limit
     while time.monotonic() < deadline:
         up = ready(url, args.drain, timeout=1.0)

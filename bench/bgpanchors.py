@@ -93,7 +93,12 @@ ANCHORS = {
         '"Controller: Align with pointered hold/keepalive timers"); since then the FRR '
         "template (`internal/bgp/frr/templates/neighborsession.tmpl`) writes `timers` only "
         "when set, and the native speaker still sets 90 s (`internal/bgp/native/native.go`). "
-        "BFD only with a `bfdProfile` (none by default). `website/content/usage/_index.md`: "
+        "BFD only with a `bfdProfile` (none by default). `internal/bgp/frr/templates/frr.tmpl` "
+        "has `bgp graceful-restart preserve-fw-state` for every router (since 2570fec1e, "
+        "2024-05), so FRR offers graceful restart (restart time 120 s, FRR's default) and a "
+        "router that is a graceful-restart helper (BIRD's default, most routers') keeps a "
+        "node's routes, stale, for up to 120 s after its session drops without a "
+        "NOTIFICATION. `website/content/usage/_index.md`: "
         "with `externalTrafficPolicy: Local` a node attracts traffic only while it runs a "
         "ready pod of the service (modelled by `bench.anchorready`, see there).",
     ),
@@ -226,7 +231,7 @@ class Fault:
     name: str
     cause: Step
     repair: Step
-    slow: bool  # waits for the BGP hold time: fewer trials, a slower probe
+    slow: tuple[str, ...]  # anchors whose figure is a BGP timer: fewer trials, a slower probe
 
 
 def kill_node(lab: AnchorLab, node: str) -> None:
@@ -250,21 +255,28 @@ def faults(lab: AnchorLab) -> list[Fault]:
             "proxy SIGKILL",
             lambda n: signal_label(lab, f"{n}/proxy", signal.SIGKILL),
             restart,
-            slow=False,
+            slow=(),
         ),
         Fault(
             "node SIGKILL (every process)",
             functools.partial(kill_node, lab),
             restart,
-            slow=False,
+            # bgpd offers graceful restart (MetalLB's template): a session lost without a
+            # NOTIFICATION leaves its routes at the router, stale, for the 120 s restart time
+            slow=("metallb",),
         ),
         Fault(
             "planned drain",
             lambda n: lab.drain_file(n).touch(),
-            lambda n: lab.drain_file(n).unlink(),
-            slow=False,
+            lambda n: lab.drain_file(n).unlink(missing_ok=True),
+            slow=(),
         ),
-        Fault("link cut", lambda n: link(lab, n, "down"), lambda n: link(lab, n, "up"), slow=True),
+        Fault(
+            "link cut",
+            lambda n: link(lab, n, "down"),
+            lambda n: link(lab, n, "up"),
+            slow=tuple(ANCHORS),
+        ),
     ]
 
 
@@ -295,7 +307,8 @@ def websockets(lab: AnchorLab, out: Path, seconds: float) -> subprocess.Popen[by
 
 
 def trial(lab: AnchorLab, fault: Fault, node: str, loop: NetnsLoop) -> dict[str, Any]:
-    limit = lab.anchor.hold + 30.0 if fault.slow else 30.0
+    slow = lab.anchor.name in fault.slow
+    limit = lab.anchor.hold + 60.0 if slow else 30.0
     fleet = None
     events = lab.paths.root / "drain-websockets.jsonl"
 
@@ -308,14 +321,14 @@ def trial(lab: AnchorLab, fault: Fault, node: str, loop: NetnsLoop) -> dict[str,
             control.wait_for(connected, 30, "the WebSockets", None)
         time.sleep(0.5)
         probe = Probe(
-            lab.layout.vips[0], PROXY_PORT, interval=0.05 if fault.slow else 0.005, limit=limit + 10
+            lab.layout.vips[0], PROXY_PORT, interval=0.05 if slow else 0.005, limit=limit + 10
         )
         running = loop.submit(probe.run())
         time.sleep(0.3)
         at, took = time.monotonic(), None
         try:
             cause = functools.partial(fault.cause, node)
-            every = 0.05 if fault.slow else 0.001  # a look costs a process: not 3 min of them
+            every = 0.05 if slow else 0.001  # a look costs a process: not 3 min of them
             at, took = ecmp.withdrawal(lab, node, cause, limit=limit, every=every)
         except AssertionError as exc:  # still a next hop: the figure is "not within the limit"
             print(f"  {exc}", flush=True)
@@ -332,9 +345,13 @@ def trial(lab: AnchorLab, fault: Fault, node: str, loop: NetnsLoop) -> dict[str,
 
 
 def settle(lab: AnchorLab) -> None:
-    control.wait_for(
-        lambda: bgplab.ready(lab), lab.anchor.hold + 60.0, "every node's path back", lab.paths.logs
-    )
+    """Every node's path at the router, and again 3 s later: a restarted node's stale route
+    (graceful restart) counts until its new session flushes it, before it announces."""
+    for _ in range(2):
+        control.wait_for(
+            lambda: bgplab.ready(lab), lab.anchor.hold + 60.0, "every node's path back", None
+        )
+        time.sleep(3.0)
 
 
 def run(
@@ -344,7 +361,7 @@ def run(
     only: list[str],
     save: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Every fault in turn; the figures are saved after each fault."""
+    """Every fault in turn, nodes in turn."""
     nodes = [n.name for n in lab.layout.nodes]
     found: dict[str, list[dict[str, Any]]] = {}
     meta: dict[str, dict[str, Any]] = {}
@@ -357,10 +374,9 @@ def run(
                 "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "load": os.getloadavg()[0],
             }
-            for i in range(slow_repeats if fault.slow else repeats):
+            for i in range(slow_repeats if lab.anchor.name in fault.slow else repeats):
                 node = nodes[i % len(nodes)]
                 settle(lab)
-                time.sleep(1.0)
                 trials.append(trial(lab, fault, node, loop))
                 fault.repair(node)
                 t = trials[-1]
@@ -376,7 +392,7 @@ def run(
                     ),
                     flush=True,
                 )
-            save(figures(found, meta))
+                save(figures(found, meta))  # after each trial: a cut-short run keeps its trials
 
 
 def figures(

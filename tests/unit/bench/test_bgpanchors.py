@@ -48,6 +48,7 @@ def test_frr_gets_metallb_s_timers_and_no_bfd_and_announces_nothing_until_ready(
     assert "neighbor 198.18.5.2 timers 30 90" in text
     assert "bfd" not in text and "network" not in text.replace("network import-check", "")
     assert "neighbor 198.18.5.2 activate" in text
+    assert "bgp graceful-restart preserve-fw-state" in text  # MetalLB's template has it
     assert anchorconf.frr_network(64513, "198.18.5.100", True)[-1] == "network 198.18.5.100/32"
     assert anchorconf.frr_network(64513, "198.18.5.100", False)[-1] == "no network 198.18.5.100/32"
 
