@@ -431,6 +431,27 @@ def store(path: Path, anchor: Anchor, doc: dict[str, Any]) -> None:
         path.write_text(json.dumps(found, indent=1) + "\n")
 
 
+NOTES = [
+    "- Proxy SIGKILL, ExaBGP: the healthcheck checks every 5 s and needs 3 failures 1 s apart "
+    "(then MED 1000, which takes the path out of the router's ECMP set): 2-7 s after the "
+    "death. The trials start a fixed time after the node came back, so they cluster at "
+    "5-6 s; the spread understates that range.",
+    "- Proxy SIGKILL, MetalLB: the model's 1 s check plus a `vtysh` call, so 0.1-1.1 s; in a "
+    "real cluster the kubelet, the API server, the EndpointSlice and the speaker's FRR reload "
+    "come on top.",
+    "- Node SIGKILL kills the processes, not the machine: the node's kernel closes ExaBGP's "
+    "TCP session at once (no graceful restart offered), so the router drops the path in "
+    "milliseconds; FRR, as MetalLB configures it, offers graceful restart, so the router "
+    "keeps the dead node's path, stale, for the 120 s restart time. A machine that loses "
+    "power sends nothing: then both wait for the hold time, as in the link cut.",
+    "- Link cut: without BFD the router notices only when the hold time (180 s ExaBGP, 90 s "
+    "MetalLB) runs out, counted from the last keepalive it got (every hold/3).",
+    "- Planned drain: both anchors take the node's path away at once (ExaBGP: MED 500; "
+    "MetalLB: the route withdrawn) while its proxy still serves, so with hash-threshold "
+    "ECMP every WebSocket on the node moves to another node and breaks there, and some on "
+    "the other nodes move too; new connections do not fail.",
+]
+
 OURS = {  # our bench.bgp fault -> the anchors' name for the same fault
     "proxy SIGKILL": "proxy SIGKILL",
     "node SIGKILL (every process)": "node SIGKILL (every process)",
@@ -515,7 +536,13 @@ def markdown(doc: dict[str, Any], ours: dict[str, Any], drain: dict[str, Any]) -
                     f"broke; {ws['broken_elsewhere']} broke on the other nodes."
                 )
         lines.append("")
-    lines += ["## What ran, and what we read", ""]
+    lines += ["## Why", "", *NOTES, "", "## What ran, and what we read", ""]
+    if ours:
+        lines += [
+            f"**haproxy-py**: `bench/results/bgp.md`, run {ours['when']} on {ours['host']} "
+            f"(load average {ours['load']:.1f} at the start), BIRD {ours['bird']} on the nodes.",
+            "",
+        ]
     for key, found in anchors.items():
         anchor = ANCHORS[key]
         lines += [

@@ -89,6 +89,10 @@ def test_the_report_puts_ours_beside_each_anchor_per_fault() -> None:
         return {"n": 5, "p50_ms": ms, "p95_ms": ms, "max_ms": ms}
 
     ours = {
+        "when": "2026-12-03 11:50 UTC",
+        "host": "vm",
+        "load": 21.8,
+        "bird": "2.0.12",
         "withdrawal": {"link cut (BFD)": s(364)},
         "clients_failing": {"link cut (BFD)": s(279)},
     }
@@ -105,3 +109,4 @@ def test_the_report_puts_ours_beside_each_anchor_per_fault() -> None:
     )
     assert "| MetalLB BGP defaults on FRR (hold 90 s) | 5 | 88000 |" in section
     assert "Read: metallb/metallb" in text
+    assert "`bench/results/bgp.md`, run 2026-12-03 11:50 UTC on vm (load average 21.8" in text
