@@ -29,6 +29,7 @@ PROXY_PORT = 8080
 CHECK_PATH = "/whoami"
 HOLD_EXABGP = 180  # ExaBGP's default hold-time (its healthcheck example sets none)
 HOLD_METALLB, KEEPALIVE_METALLB = 90, 30
+RESTART_FRR = 120  # FRR's default graceful-restart restart time, which a helper router honours
 
 
 def haproxy_config(node: str, apps: Sequence[str], port: int = PROXY_PORT) -> str:

@@ -64,6 +64,7 @@ class Anchor:
     prefix: str  # lab namespace prefix
     processes: tuple[str, ...]  # in start order
     hold: int  # the BGP hold time negotiated with the router, s
+    restart: int  # how long the router keeps a lost session's routes (graceful restart), s
     read: str  # what we read for its defaults, quoted in the report
 
 
@@ -74,6 +75,7 @@ ANCHORS = {
         "hax-",
         ("proxy", "speaker"),
         anchorconf.HOLD_EXABGP,
+        0,
         "Debian exabgp 4.2.21: `/usr/share/doc/exabgp/examples/example-healthcheck.conf` "
         "(healthcheck as an ExaBGP process, `curl --fail --max-time 2` of the local web "
         "server, no `hold-time`); `exabgp/application/healthcheck.py`: `--interval` 5 s, "
@@ -88,6 +90,7 @@ ANCHORS = {
         "ham-",
         ("speaker", "proxy", "ready"),
         anchorconf.HOLD_METALLB,
+        anchorconf.RESTART_FRR,
         "metallb/metallb (main, 2026-07): `internal/config/config.go` defaulted `holdTime` "
         "to 90 s and `keepaliveTime` to hold/3 until commit bf4c8d5f7 (2024-09, "
         '"Controller: Align with pointered hold/keepalive timers"); since then the FRR '
@@ -308,7 +311,7 @@ def websockets(lab: AnchorLab, out: Path, seconds: float) -> subprocess.Popen[by
 
 def trial(lab: AnchorLab, fault: Fault, node: str, loop: NetnsLoop) -> dict[str, Any]:
     slow = lab.anchor.name in fault.slow
-    limit = lab.anchor.hold + 60.0 if slow else 30.0
+    limit = lab.anchor.hold + lab.anchor.restart + 60.0 if slow else 30.0
     fleet = None
     events = lab.paths.root / "drain-websockets.jsonl"
 
@@ -349,7 +352,10 @@ def settle(lab: AnchorLab) -> None:
     (graceful restart) counts until its new session flushes it, before it announces."""
     for _ in range(2):
         control.wait_for(
-            lambda: bgplab.ready(lab), lab.anchor.hold + 60.0, "every node's path back", None
+            lambda: bgplab.ready(lab),
+            lab.anchor.hold + lab.anchor.restart + 60.0,
+            "every node's path back",
+            None,
         )
         time.sleep(3.0)
 
