@@ -451,7 +451,9 @@ NOTES = [
     "keeps the dead node's path, stale, for the 120 s restart time. A machine that loses "
     "power sends nothing: then both wait for the hold time, as in the link cut.",
     "- Link cut: without BFD the router notices only when the hold time (180 s ExaBGP, 90 s "
-    "MetalLB) runs out, counted from the last keepalive it got (every hold/3).",
+    "MetalLB) runs out, counted from the last keepalive it got (every hold/3); for MetalLB's "
+    "FRR the router, a graceful-restart helper, then keeps the path, stale, for the 120 s "
+    "restart time as well.",
     "- Planned drain: both anchors take the node's path away at once (ExaBGP: MED 500; "
     "MetalLB: the route withdrawn) while its proxy still serves, so with hash-threshold "
     "ECMP every WebSocket on the node moves to another node and breaks there, and some on "
