@@ -451,7 +451,7 @@ NOTES = [
     "keeps the dead node's path, stale, for the 120 s restart time. A machine that loses "
     "power sends nothing: then both wait for the hold time, as in the link cut.",
     "- Link cut: without BFD the router notices only when the hold time (180 s ExaBGP, 90 s "
-    "MetalLB) runs out, counted from the last keepalive it got (every hold/3); for MetalLB's "
+    "MetalLB) runs out, counted from the last message it got from the node; for MetalLB's "
     "FRR the router, a graceful-restart helper, then keeps the path, stale, for the 120 s "
     "restart time as well.",
     "- Planned drain: both anchors take the node's path away at once (ExaBGP: MED 500; "
