@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 APT_PACKAGES += bird2  # BGP mode: the BGP speaker on each node and the lab's router
 
-.PHONY: test-workers deps apt venv test lint unit demo demo-down bench bench-failover chaos clean
+.PHONY: test-workers deps apt venv test lint unit demo demo-down bench bench-failover bench-anchors chaos clean
 
 deps: apt venv
 
@@ -81,6 +81,7 @@ demo-down: venv
 # The proxy benchmark (bench/README.md): nginx, haproxy, and a Go load generator and echo
 # backend built from Debian's Go and gorilla/websocket packages. BENCH_ARGS passes options.
 BENCH_APT := nginx-light haproxy golang-go golang-github-gorilla-websocket-dev
+BENCH_APT += exabgp frr  # bench-anchors: the BGP anchors (their own services are kept stopped)
 bench: venv
 	command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v go >/dev/null \
 	  && test -d /usr/share/gocode/src/github.com/gorilla/websocket \
@@ -104,6 +105,16 @@ bench-failover: deps
 	$(PY) -m bench.failover --repeats $(REPEATS) --ws-repeats $(WS_REPEATS) $(FAILOVER_ARGS)
 	$(PY) -m bench.failover.handover
 	$(PY) -m bench.failover.etcdfaults
+
+# The BGP anchors under the BGP lab's faults (bench/README.md, root): ExaBGP with its healthcheck
+# and MetalLB's defaults on FRR, each in a lab of its own, both at once; writes
+# bench/results/bgp-anchors.{json,md} beside bench/results/bgp.json. ANCHORS_ARGS passes options.
+bench-anchors: deps
+	command -v exabgp >/dev/null && command -v vtysh >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	       -o DPkg::Lock::Timeout=600 $(BENCH_APT); }
+	$(PY) -m bench.bgpanchors --anchor exabgp $(ANCHORS_ARGS) & exa=$$!; \
+	  $(PY) -m bench.bgpanchors --anchor metallb $(ANCHORS_ARGS); frr=$$?; wait $$exa && exit $$frr
 
 # The long chaos run (docs/lab.md, root): CHAOS_FAULTS seeded random faults under load per
 # mode, each in a lab of its own; writes bench/results/chaos-<mode>.{json,txt}, fails on a violation.

@@ -81,9 +81,13 @@ def client_gateway(layout: lay.Layout) -> str:
     return str(lay.behind_router(ipaddress.IPv4Network(layout.subnet))[1])
 
 
-def router_config(layout: lay.Layout, table: int | None = None) -> str:
+def router_config(
+    layout: lay.Layout, table: int | None = None, *, hold: int | None = 9, bfd: bool = True
+) -> str:
     """(pure: no I/O, no clock) The router's bird.conf: a session and BFD per node, ECMP;
-    routes go to the main table, or to `table` for `nhmirror` to program.
+    routes go to the main table, or to `table` for `nhmirror` to program. `hold` None
+    leaves BIRD's default (240 s), so a node's longer hold time is the one negotiated;
+    `bfd` False: no BFD (both for the anchors' defaults in `bench.bgpanchors`).
 
     A path tagged GRACEFUL_SHUTDOWN: with plain multipath, local preference 0 takes it out
     of the ECMP set (RFC 8326); for `nhmirror`'s resilient groups it stays in the set at the
@@ -103,16 +107,16 @@ def router_config(layout: lay.Layout, table: int | None = None) -> str:
         "  ipv4 { import none; export all; };",
         "  merge paths on limit 16;  # equal BGP paths become one multipath kernel route",
         "}",
-        *birdconf.bfd_protocol("eth0", BFD),
+        *(birdconf.bfd_protocol("eth0", BFD) if bfd else []),
     ]
     for node in layout.nodes:
         lines += [
             f"protocol bgp {node.name} {{",
             f"  local {router_address(layout)} as {ROUTER_ASN};",
             f"  neighbor {node.address} as {NODE_ASN};",
-            "  hold time 9;",
+            *([f"  hold time {hold};"] if hold is not None else []),
             *birdconf.RECONNECT,
-            "  bfd on;",
+            *(["  bfd on;"] if bfd else []),
             f"  ipv4 {{ {import_filter} export none; }};",
             "}",
         ]
@@ -173,9 +177,9 @@ def missing_requirements() -> str | None:
     return None
 
 
-def build(lab: Lab, say: Say) -> None:
-    """Bridge, nodes, apps, the router and the client behind it; then the daemons (the
-    caller waits for `ready`)."""
+def build(lab: Lab, say: Say, router_conf: str | None = None) -> None:
+    """Bridge, nodes, apps, the router (`router_conf`: its bird.conf, default `router_config`)
+    and the client behind it; then the daemons (the caller waits for `ready`)."""
     layout, paths, plumbing = lab.layout, lab.paths, lab.plumbing
     problem = missing_requirements()
     if problem is not None:
@@ -201,7 +205,7 @@ def build(lab: Lab, say: Say) -> None:
         # the source of an ARP request.
         sysctl(node.netns, "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2")
         netns.ip("route", "add", client_net, "via", router_address(layout), netns=node.netns)
-    validated(bird_conf(lab, ROUTER), router_config(layout))
+    validated(bird_conf(lab, ROUTER), router_conf or router_config(layout))
     lab.plumbing.spawn(
         router.netns,
         bird_command(lab, ROUTER),
