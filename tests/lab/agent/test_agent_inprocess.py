@@ -417,8 +417,9 @@ async def test_stop_hands_over_then_drains_per_vip_never_the_whole_proxy(
     # the next owner takes the VIP and says so: only now are the clients told to go
     lease = await h.store.grant_lease(5)
     n2 = NodeRecord(name="n2", healthy=True, vips=(h.vip,), lease=lease.id)
-    await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
+    # in that order, as in a cluster: the controller assigns, then n2's agent lists it
     await h.assign(h.vip, node="n2", lease=lease.id)
+    await h.store.put(h.store.schema.node("n2"), n2.to_json(), lease=lease.id)
     await asyncio.wait_for(h.task, 10)
     ((address, (present, record, key)),) = h.admin.address_drains
     assert address == h.vip and not present and key is not None and key.node == "n2"
