@@ -167,7 +167,6 @@ class Failsafe:
     name: str
     timing: Timing
     enabled: bool = True
-    members: frozenset[str] = frozenset()  # the other nodes registered in recent reads
     seen: dict[str, float] = field(default_factory=dict)  # node -> when last read registered
     last_ok: float = -math.inf  # the last time an etcd call succeeded
     last_failed: float = -math.inf  # the last time one failed
@@ -208,7 +207,11 @@ class Failsafe:
         and a promise a peer gives, so remembering is never less safe than forgetting."""
         self.seen.update(dict.fromkeys(names, now))
         self.seen = {n: t for n, t in self.seen.items() if now - t <= MEMBER_MEMORY}
-        self.members = frozenset(self.seen) - {self.name}
+
+    @property
+    def members(self) -> frozenset[str]:
+        """The other nodes registered in recent reads (`membership`)."""
+        return frozenset(self.seen) - {self.name}
 
     # --- the holder's side --------------------------------------------------------------------
 
