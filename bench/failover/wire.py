@@ -35,7 +35,8 @@ ETH_P_ALL = 3
 SOL_PACKET, PACKET_STATISTICS, SO_RCVBUFFORCE = 263, 6, 33
 BUFFER = 16 << 20  # bytes of frames the kernel holds for the capture while it catches up
 DRAIN = 10.0  # seconds a stopped capture may take to read what is queued (a starved one is slow)
-SYN, ACK = 0x02, 0x10
+SYN, RST, ACK = 0x02, 0x04, 0x10
+GOING_AWAY = b"\x88\x02\x03\xe9"  # a server's close frame, code 1001
 RETRANSMIT_WINDOW = 3.5
 SPANS = (("kernel", "syn", "synack"), ("client", "synack", "request"), ("server", "request", "101"))
 
@@ -75,11 +76,14 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
             if flags & SYN and not inbound:
                 opened[client] = set()
             seen = opened.get(client)
+            ending = inbound and (flags & RST or payload[:4] == GOING_AWAY)
             # Only what the summary reads: handshakes, and each direction's first data of a
-            # connection opened during the capture (continuous echoes would be gigabytes).
-            if seen is None or (not flags & SYN and (not payload or inbound in seen)):
+            # connection opened during the capture (continuous echoes would be gigabytes);
+            # and the ends sent to the client, 1001 or reset, with the node that sent them.
+            first = seen is not None and (flags & SYN or (payload and inbound not in seen))
+            if not (first or ending):
                 continue
-            if payload:
+            if payload and seen is not None:
                 seen.add(inbound)
             segment = {
                 "at": at,
@@ -90,6 +94,8 @@ def capture(vip: str, port: int, seconds: float, out: str) -> None:
                 "len": len(payload),
                 "head": payload[:12].decode("latin-1"),
             }
+            if ending:
+                segment["sender"] = frame[6:12].hex(":")
             sink.write(json.dumps(segment) + "\n")
         # tpacket_stats: frames received, frames dropped (both since the last read)
         dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))[1]
@@ -138,6 +144,23 @@ def summarize_wire(segments: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "capture_dropped": dropped,
         "ms": {name: summarize(values).as_dict() for name, values in spans.items()},
     }
+
+
+def reset_by_closer(segments: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The resets a client got from the very node that had sent it its 1001 (pure): that node
+    had closed its socket before the client's answer to the 1001 reached it."""
+    closer: dict[str, str] = {}  # client -> the node (MAC) that sent its latest 1001
+    found = []
+    for segment in sorted(segments, key=lambda s: s.get("at", 0.0)):
+        sender = segment.get("sender")
+        if sender is None:
+            continue
+        if segment["flags"] & RST:
+            if closer.get(segment["client"]) == sender:
+                found.append(segment)
+        else:
+            closer[segment["client"]] = sender
+    return found
 
 
 def _is_syn(segment: dict[str, Any]) -> bool:

@@ -14,7 +14,8 @@ it gives the close code for the session's log line, and lets a drain put a
 `1001 Going Away` close frame between two frames of each direction. After
 its close the proxy forwards nothing more in that direction; it waits for
 each endpoint's answering close, then closes both sockets, as a WebSocket
-server ending a session would.
+server ending a session would. A drain of an address that left this node
+also sends the client a FIN behind its 1001 and reads on (`Tunnel.drain`).
 The `Tunnels` registry counts open tunnels, closes idle ones (and aborts
 those whose close cannot flush because a peer stopped reading), and drains or
 closes them all. Bytes that crossed the 101 (the backend's in the same read,
@@ -171,11 +172,20 @@ class _Half(asyncio.BaseProtocol):
         self.peer.write(frame)
         self.state = STOPPED
         tunnel = self.tunnel
+        if tunnel.half_close and not self.to_server:
+            self.peer.write_eof()  # the client's FIN, right behind its 1001
         if tunnel.closed_by is None:
             tunnel.close_code, tunnel.closed_by = GOING_AWAY, "proxy"
 
+    def _end_peer(self) -> None:
+        """This side ended: close the other (after flushing what is buffered). Not a client
+        half-closed after its 1001: it stays open to read the client's answer (`drain`)."""
+        tunnel = self.tunnel
+        if not (tunnel.half_close and self.state is STOPPED and self is tunnel.upstream_half):
+            self.peer.close()
+
     def eof_received(self) -> bool:
-        self.peer.close()  # flushes what is buffered, then closes
+        self._end_peer()
         return False
 
     def pause_writing(self) -> None:
@@ -186,7 +196,7 @@ class _Half(asyncio.BaseProtocol):
             self.peer.resume_reading()  # (a held tunnel reads its backend again only at drain)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.peer.close()
+        self._end_peer()
         self.tunnel.half_lost()
 
 
@@ -223,6 +233,7 @@ class Tunnel:
         "closed_by",
         "closing_since",
         "draining",
+        "half_close",
         "held",
         "idle_mark",
         "idle_since",
@@ -256,6 +267,7 @@ class Tunnel:
         self.close_code: int | None = None  # of the first close frame seen
         self.closed_by: str | None = None  # who sent it
         self.draining = False
+        self.half_close = False
         self.held = False  # nothing more to the client until drain (`hold`)
         self.lost = 0
         self.idle_mark = -1
@@ -286,9 +298,16 @@ class Tunnel:
         self.close_code = half.frames.close_code
         self.closed_by = "client" if half is self.client_half else "backend"
 
-    def drain(self) -> None:
-        """Close the session the WebSocket way: 1001 to both ends, each at a frame boundary."""
+    def drain(self, half_close: bool = False) -> None:
+        """Close the session the WebSocket way: 1001 to both ends, each at a frame boundary.
+
+        `half_close`, for an address that left this node: the client gets a FIN right
+        behind its 1001, and its socket stays open, read, until the client's close frame or
+        FIN, or `expire`. Its answer reaches this node only if the address comes back (a
+        move back, a move called off); a socket closed before would answer it with a reset.
+        """
         self.draining = True
+        self.half_close = half_close and self.client_half.transport.can_write_eof()
         self.client_half.drain()
         self.upstream_half.drain()
         self.release()  # (after the 1001: what the backend sent meanwhile is read and dropped)
@@ -322,6 +341,15 @@ class Tunnel:
     def abort(self) -> None:
         self.client_half.transport.abort()
         self.upstream_half.transport.abort()
+
+    def expire(self) -> None:
+        """A drain's timeout: close each socket that has flushed (a FIN, no reset), abort
+        one whose peer stopped reading."""
+        for transport in (self.client_half.transport, self.upstream_half.transport):
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
 
 
 class Tunnels:

@@ -252,16 +252,18 @@ class ProxyServer:
         """Send 1001 to the WebSockets and close the idle HTTP connections on local `address`.
 
         For a VIP that moved away: its clients reconnect to the new owner at
-        once. HTTP exchanges in flight finish (with `Connection: close`); what
-        is still open after the drain timeout is closed. Listeners, other
-        addresses and `/healthz` are untouched.
+        once. A WebSocket client gets a FIN behind its 1001 and is read on
+        until its answer (which comes only if the VIP comes back). HTTP
+        exchanges in flight finish (with `Connection: close`); what is still
+        open after the drain timeout is closed. Listeners, other addresses and
+        `/healthz` are untouched.
         """
         self.held.end(address)
         tunnels, conns = self._on_address(address)
         can_send = True
         for tunnel in tunnels:
             can_send = send_from_any_address(tunnel.client_half.transport) and can_send
-            tunnel.drain()
+            tunnel.drain(half_close=True)
         for conn in conns:
             can_send = send_from_any_address(conn.transport) and can_send
             conn.leave()
@@ -296,7 +298,7 @@ class ProxyServer:
         self._address_drains.discard(handle)
         left = [t for t in tunnels if t in self.tunnels.open]
         for tunnel in left:
-            tunnel.abort()
+            tunnel.expire()
         open_conns = [c for c in conns if any(c in lst.connections for lst in self.listeners)]
         for conn in open_conns:
             conn.transport.abort()

@@ -10,6 +10,8 @@ long after the new owner's gratuitous ARP: only the new owner's grace period (mi
 segments dropped, not reset) keeps the clients' packets of that window from
 being answered with a reset, so this cannot pass by timing. The third run's
 2.5 s is close to the old owner's longest wait (3 s): the grace must outlast it.
+A capture on the client's wire checks the other end: a client's answer to its
+1001 that reaches the old owner (the VIP came back) is read, never reset.
 
 The proxies run as the hardened unit runs them (`haproxy_py.lab.activate`):
 their listening socket comes from outside with IP_TRANSPARENT set, and they hold
@@ -20,6 +22,7 @@ themselves: the 1001s from an address already gone leave on what they inherited.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from bench.failover.wire import reset_by_closer
 from haproxy_py.cluster.intents import new_request_id
 from haproxy_py.cluster.records import Request
 from haproxy_py.cluster.requestflow import submit, wait_result
@@ -56,8 +60,15 @@ def since(events: list[dict[str, Any]], at: float, kind: str) -> list[dict[str, 
     "lab", [0.0, 0.5, 2.5], ids=["prompt", "record-late", "record-later"], indirect=True
 )
 async def test_every_websocket_client_gets_1001_through_planned_moves(lab: Lab) -> None:
-    out = lab.c.root / "echo.out"
+    out, wire = lab.c.root / "echo.out", lab.c.root / "wire.out"
     clients = sum(CLASSES)
+    capture = lab.c.lab.spawn(
+        lab.c.client,
+        [sys.executable, "-m", "bench.failover.wire", lab.vip, "8080", "300", str(wire)],
+        label="wire",
+        log=lab.c.log("wire"),
+        cwd=REPO,
+    )
     fleet = lab.c.lab.spawn(
         lab.c.client,
         [
@@ -125,5 +136,10 @@ async def test_every_websocket_client_gets_1001_through_planned_moves(lab: Lab) 
         assert not other, f"close codes other than 1001: {other}"
     finally:
         lab.c.lab.kill(fleet)
+        lab.c.lab.kill(capture, signal.SIGTERM)
+        await wait_or_show(lab, lambda: not lab.c.lab.alive(capture), 30, "the capture ended")
+    # The VIP came back to each old owner a move later: a socket it had closed would have
+    # answered its client's close frame, retransmitted to it, with a reset.
+    assert not reset_by_closer(read(str(wire))), "reset by the node that had sent the 1001"
     assert source is not None
     lab.check()

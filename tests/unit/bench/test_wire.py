@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.failover.wire import summarize_wire
+from bench.failover.wire import reset_by_closer, summarize_wire
 
 
 def seg(at: float, out: bool, port: int, flags: int, head: str = "", length: int = 0) -> dict:
@@ -45,3 +45,19 @@ def test_clients_on_other_addresses_with_the_same_port_are_other_connections() -
     summary = summarize_wire(segments)
     assert summary["connections"] == 2 and summary["syn_retransmits"] == 1
     assert summary["unanswered"] == 1 and summary["capture_dropped"] == 2
+
+
+def test_a_reset_from_the_node_that_sent_the_1001_is_found_one_from_another_is_not() -> None:
+    def end(client: str, when: float, flags: int, sender: str) -> dict:
+        going_away = "" if flags & 0x04 else "\x88\x02\x03\xe9"
+        return {**seg(when, False, 40001, flags, going_away), "client": client, "sender": sender}
+
+    old, new = "aa:00:00:00:00:01", "aa:00:00:00:00:02"
+    segments = [
+        end("c1", 1.0, 0x19, old),  # 1001 and FIN from the old owner
+        end("c1", 7.0, 0x04, new),  # the new owner's reset after its grace: not the closer's
+        end("c2", 1.0, 0x19, old),
+        end("c2", 2.0, 0x04, old),  # the old owner reset it: the answer came back to it
+        end("c3", 0.5, 0x04, old),  # a reset with no 1001 before it: not this check's
+    ]
+    assert [(s["client"], s["at"]) for s in reset_by_closer(segments)] == [("c2", 2.0)]
