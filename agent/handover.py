@@ -25,7 +25,9 @@ acknowledged, and once retransmitted it fills the one segment the kernel's
 window then allows, so the 1001 (or FIN) behind it would never leave.
 Meanwhile the new owner drops unknown mid-stream TCP segments to a VIP it has
 just taken (its grace period), so a client's packets sent before the 1001
-arrives are dropped there, never answered with a reset.
+arrives are dropped there, never answered with a reset. A VIP that comes back
+before its drain (moved back, or the move called off) is not drained: its hold
+ends at once (`unhold`), or its clients would wait until it ended by itself.
 
 A proxy that comes back after it was down (stopped, restarted, killed) is told
 again about every VIP this node does not hold (`proxy_back`): connections that
@@ -66,6 +68,8 @@ class Drainer(Protocol):
     async def drain_address(self, address: str) -> str: ...
 
     async def hold_address(self, address: str) -> str: ...
+
+    async def unhold_address(self, address: str) -> str: ...
 
 
 class Handover:
@@ -135,8 +139,9 @@ class Handover:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.wait):
                 owner = await self._next_holder(vip)
-        if self.holding(vip):
-            log.info("released VIP came back; its clients stay", vip=vip)
+        if self.holding(vip):  # its hold would keep its clients waiting: end it now
+            outcome = await self.proxy.unhold_address(vip)
+            log.info("released VIP came back; its clients stay", vip=vip, proxy=outcome)
             return
         self.let_out(vip)
         outcome = await self.proxy.drain_address(vip)

@@ -115,6 +115,11 @@ class ProxyClient:
         (`POST /hold`); never raises."""
         return await self._post("/hold", {"address": address}, HOLD_LIMIT)
 
+    async def unhold_address(self, address: str) -> str:
+        """`address` came back after its hold: its clients are served again at once (`POST
+        /unhold`); never raises."""
+        return await self._post("/unhold", {"address": address})
+
     async def _post(
         self, path: str, params: dict[str, str], bound: aiohttp.ClientTimeout | None = None
     ) -> str:

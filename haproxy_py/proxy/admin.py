@@ -19,7 +19,8 @@ the node stays healthy and keeps serving its other addresses. `POST
 /hold?address=VIP` comes before it, before the VIP leaves: nothing more is
 sent to that address's clients (WebSockets held, keep-alive connections and new
 ones read no next request) until they acknowledged everything (`addresshold`),
-so that the 1001 or FIN can leave later whatever the timing.
+so that the 1001 or FIN can leave later whatever the timing. `POST
+/unhold?address=VIP` ends a hold that no drain follows (the VIP stayed).
 
 The POSTs change the node, so a browser must not be able to send them for
 a web page (cross-site request forgery, or DNS rebinding onto the loopback
@@ -76,6 +77,8 @@ class AdminSource(Protocol):
     async def address_drain(self, address: IPAddress) -> AddressDrain: ...
 
     async def address_hold(self, address: IPAddress) -> AddressHold: ...
+
+    async def address_unhold(self, address: IPAddress) -> None: ...
 
     async def undrain(self) -> None: ...
 
@@ -135,6 +138,7 @@ class AdminServer:
         self.app.router.add_post("/drain", self.drain)
         self.app.router.add_post("/undrain", self.undrain)
         self.app.router.add_post("/hold", self.hold)
+        self.app.router.add_post("/unhold", self.unhold)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -315,6 +319,16 @@ class AdminServer:
         held = await self.proxy.address_hold(address)
         body = {"status": "held", "address": str(address), **dataclasses.asdict(held)}
         return web.json_response(body)
+
+    async def unhold(self, request: web.Request) -> web.Response:
+        """`POST /unhold?address=VIP`: the VIP stayed (or came back) after its hold: its
+        clients are served again at once."""
+        raw = request.query.get("address", "")
+        address = _address(raw)
+        if address is None:
+            return _bad_address(raw)
+        await self.proxy.address_unhold(address)
+        return web.json_response({"status": "serving", "address": str(address)})
 
     async def undrain(self, request: web.Request) -> web.Response:
         try:

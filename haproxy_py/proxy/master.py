@@ -429,6 +429,9 @@ class Master:
             sum(h.unacknowledged for h in holds),
         )
 
+    async def address_unhold(self, address: IPAddress) -> None:
+        await self._each("unhold_address", address=address)
+
     async def reload(self, config: ProxyConfig) -> None:
         """Serve `config` in every worker; OSError (old config whole) if a new bind fails.
 

@@ -248,6 +248,14 @@ class ProxyServer:
         log.info("holding address", address=str(address), **dataclasses.asdict(held))
         return held
 
+    async def address_unhold(self, address: IPAddress) -> None:
+        """`address` stayed on this node (moved back, or the move called off): serve what its
+        hold holds now, not when the hold would end by itself."""
+        if address in self.held:
+            self.held.end(address)
+            release(*self._on_address(address))
+            log.info("address held no more", address=str(address))
+
     def drain_address(self, address: IPAddress) -> AddressDrain:
         """Send 1001 to the WebSockets and close the idle HTTP connections on local `address`.
 

@@ -121,6 +121,9 @@ class Worker:
         if op == "hold_address":
             held = await server.address_hold(message["address"])
             return {"hold": dataclasses.asdict(held)}
+        if op == "unhold_address":
+            await server.address_unhold(message["address"])
+            return {}
         if op == "stop":
             self.done.set()
             return {}

@@ -177,9 +177,40 @@ async def test_the_agent_hears_what_the_hold_held(backends, proxy) -> None:
         assert await agent.hold_address("127.0.0.1") == (
             "/hold answered 200 (0 WebSockets, 1 HTTP connections, 0 with bytes unacknowledged)"
         )
+        assert await agent.unhold_address("127.0.0.1") == "/unhold answered 200"
+        assert await agent.hold_address("127.0.0.1") == (
+            "/hold answered 200 (0 WebSockets, 1 HTTP connections, 0 with bytes unacknowledged)"
+        )
         assert await agent.drain_address("127.0.0.1") == "/drain answered 202 (0 WebSockets)"
     finally:
         await agent.close()
     assert await read_all(reader) == b""
     writer.close()
+    await no_leak(server)
+
+
+async def test_unhold_serves_the_address_again_at_once(backends, proxy, session) -> None:
+    """`POST /unhold?address=`: the VIP came back before its drain (moved back, or the move
+    called off): what the hold held is served at once, not when the hold ends by itself."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    ws = await session.ws_connect(url(server, "/ws"))
+    frozen = await open_raw(server)
+    assert await keep_alive_exchange(*frozen, "/one") == 200
+    assert (await post(session, server, HOLD))["websockets"] == 1
+    await ws.send_str("held")
+    waiting = asyncio.create_task(keep_alive_exchange(*frozen, "/two"))
+    with pytest.raises(TimeoutError):
+        await ws.receive(timeout=0.3)
+    assert await post(session, server, "/unhold?address=127.0.0.1") == {
+        "status": "serving",
+        "address": "127.0.0.1",
+    }
+    quick = addresshold.RELEASE_AFTER / 2  # long before the hold would have ended by itself
+    assert (await ws.receive(timeout=quick)).data == "held"
+    assert await asyncio.wait_for(waiting, quick) == 200
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert status_of(await asyncio.wait_for(raw_exchange(server, request), quick)) == 200
+    await ws.close()
+    frozen[1].close()
     await no_leak(server)

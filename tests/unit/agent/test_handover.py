@@ -28,6 +28,10 @@ class Proxy:
         self.events.append(f"hold {address}")
         return "/hold answered 200 (3 WebSockets, 0 with bytes unacknowledged)"
 
+    async def unhold_address(self, address: str) -> str:
+        self.events.append(f"unhold {address}")
+        return "/unhold answered 200"
+
 
 async def test_a_proxy_back_is_told_about_the_vips_not_held_here() -> None:
     events: list[str] = []
@@ -45,3 +49,16 @@ async def test_a_proxy_back_is_told_about_the_vips_not_held_here() -> None:
     told.proxy_back([RELEASED, HELD])
     await told.finish(10)
     assert events == [f"let out {RELEASED}", f"drain {RELEASED}"]
+
+
+async def test_a_released_vip_that_came_back_is_served_at_once_not_drained() -> None:
+    """Its hold would otherwise keep its clients waiting until it ended by itself (10 s)."""
+    events: list[str] = []
+    store = MemoryStore("w")
+    await store.put(store.schema.node("n1"), NodeRecord("n1", True, vips=(HELD,)).to_json())
+    told = Handover(
+        store, Proxy(events), "n1", lambda vip: True, 1.0, lambda vip: events.append("let out")
+    )
+    told.released([HELD])
+    await told.finish(10)
+    assert events == [f"unhold {HELD}"]
