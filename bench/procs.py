@@ -51,7 +51,12 @@ class Spawned:
 
 
 def spawn(
-    name: str, argv: list[str], cpu: int | str, logdir: Path, env: dict[str, str] | None = None
+    name: str,
+    argv: list[str],
+    cpu: int | str,
+    logdir: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Spawned:
     """Start `argv` on CPU(s) `cpu` (a number, or a taskset list such as "0,1")."""
     log = logdir / f"{name}.log"
@@ -62,6 +67,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
         )
     proc = Spawned(name, popen, log)
     _LIVE.append(proc)

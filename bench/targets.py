@@ -167,7 +167,9 @@ class HaproxyPy(Target):
                 f"haproxy-py check-config failed: {reason[-1] if reason else check.returncode}"
             )
         argv = [str(program), "run", "--config", str(conf)]
-        proc = spawn(self.name, argv, self.cpus, workdir, env)
+        # Not from the checkout the harness runs in: `python -m` puts the working directory
+        # first on the path, and a master without `-P` would start that tree's workers.
+        proc = spawn(self.name, argv, self.cpus, workdir, env, cwd=workdir)
         running = _started(proc, port)
         running.admin = f"{HOST}:{admin}"
         # The master listens before its workers start; its admin API answers once they

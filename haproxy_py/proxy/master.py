@@ -233,6 +233,7 @@ class Master:
         slot.started = time.monotonic()
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the working directory's package: the one the master runs
             "-m",
             "haproxy_py.proxy.worker",
             str(theirs.fileno()),

@@ -224,8 +224,9 @@ def access_lines(server: ProxyServer) -> Iterator[list[dict[str, Any]]]:
 class NodeProcess:
     """`haproxy-py run` as a real process (a master and its workers), read by its JSON log."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, cwd: Path | None = None) -> None:
         self.config = config
+        self.cwd = cwd
         self.process: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []
         self._new = asyncio.Event()
@@ -236,11 +237,13 @@ class NodeProcess:
     async def start(self) -> NodeProcess:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # the installed package, wherever `cwd` is
             "-m",
             "haproxy_py.proxy",
             "run",
             "--config",
             str(self.config),
+            cwd=self.cwd,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -309,8 +312,8 @@ class NodeProcess:
 
 
 @contextlib.asynccontextmanager
-async def node_process(config: Path) -> AsyncIterator[NodeProcess]:
-    node = NodeProcess(config)
+async def node_process(config: Path, cwd: Path | None = None) -> AsyncIterator[NodeProcess]:
+    node = NodeProcess(config, cwd)
     try:
         yield await node.start()
     finally:

@@ -334,3 +334,18 @@ async def test_hung_worker_is_killed_and_replaced(apps, client, tmp_path) -> Non
             assert response.status == 200
         for ws in sockets:
             await ws.close()
+
+
+async def test_workers_run_the_masters_package_whatever_the_working_directory(
+    apps, client, tmp_path
+) -> None:
+    """`python -m` puts the working directory first on the path: a `haproxy_py` there (another
+    checkout, a backup) must not become the workers' code."""
+    decoy = tmp_path / "cwd" / "haproxy_py"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy package was imported')\n")
+    config = write(tmp_path / "node.toml", f'["{apps[0].address}"]')
+    async with node_process(config, cwd=decoy.parent) as node:
+        async with client.get(web(node, "/")) as response:
+            assert response.status == 200
+        assert len(node.workers()) == 2
