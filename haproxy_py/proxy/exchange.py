@@ -134,7 +134,7 @@ class Exchange(ClientState):
             self.server = None
             if timed_out or exc.errno not in LOCAL_ERRNOS:
                 backend.passive_failure(server, error)
-            self.tried.append(server)
+            self.tried += (server,)
             if len(self.tried) > backend.config.retries:
                 status = 504 if timed_out else 502
                 text = "the backend did not answer in time" if timed_out else "bad gateway"

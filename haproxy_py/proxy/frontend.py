@@ -72,6 +72,7 @@ from haproxy_py.proxy.clientstate import (
 )
 from haproxy_py.proxy.exchange import Exchange
 from haproxy_py.proxy.headers import (
+    Headers,
     RequestFacts,
     host_without_port,
     request_head,
@@ -80,7 +81,7 @@ from haproxy_py.proxy.headers import (
 from haproxy_py.proxy.requestcheck import IDEMPOTENT, Reject, check_head, split_target
 
 if TYPE_CHECKING:
-    pass
+    from haproxy_py.proxy.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +171,12 @@ class ClientConnection(Exchange):
         if self.upgrade and self.request_done:
             self._upgrade_data(data)  # early WebSocket bytes, before the 101
             return
+        fresh = self.reading_head and not self.head_bytes and not self.in_exchange
+        if fresh and data == self.repeat and self.held is None:
+            parse = self.repeat_parse
+            if parse is not None and parse[0] is self.proxy.runtime:
+                self._repeat(parse)
+                return
         if self.reading_head:
             self.head_bytes += len(data)
         self.in_parser = True
@@ -181,11 +188,53 @@ class ClientConnection(Exchange):
             self._callback_failed(exc.__context__)
         except HttpParserError as exc:
             self._bad_request(f"bad request: {exc}")
+        else:
+            if fresh and self.request_done and self.held is None:
+                self._remember(data)
         finally:
             self.in_parser = False
         if self.reading_head and self.head_bytes > self.head_limit:
             # One endless header line is never handed over by the parser: count what it read.
             self._bad_request("request header section too large", 431)
+
+    def _remember(self, data: bytes) -> None:
+        """`data` held this one request and nothing more (a second would be held, a body
+        counted): keep its parse for a client that sends the same bytes again."""
+        facts = self.facts
+        if (
+            self.in_exchange
+            and self.keep_alive
+            and not self.carried_upgrade
+            and not self.bytes_in
+            and facts is not None
+            and not facts.chunked
+            and data.startswith(b"%b %b " % (self.method, self.url))  # the target as it came
+        ):
+            self.repeat = data
+            self.repeat_parse = (
+                self.proxy.runtime,
+                self.method,
+                self.url,
+                self.version,
+                self.headers,
+            )
+
+    def _repeat(self, parse: tuple[Runtime, bytes, bytes, str, Headers]) -> None:
+        """The parser events of the remembered request, without parsing the same bytes again
+        (its limits and checks passed, and pass again under the same config generation)."""
+        _, method, url, version, headers = parse
+        self._reset_request()
+        self.started = time.monotonic()
+        self.url, self.headers = url, headers
+        self.in_parser = True
+        try:
+            self.reading_head = False
+            self._request_head(method, version, True, False)
+            self.on_message_complete()
+        except Exception as exc:  # as a parser callback's would be
+            self._callback_failed(exc)
+        finally:
+            self.in_parser = False
 
     def _bad_request(self, text: str, status: int = 400) -> None:
         """Garbage after a whole request waits for its response, as a pipelined request would."""
