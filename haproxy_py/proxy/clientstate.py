@@ -96,6 +96,26 @@ _REQUEST: dict[str, object] = {
 }
 
 
+# The fields a request's head sets, up to its routing (`frontend._request_head`).
+ROUTED = (
+    "method",
+    "version",
+    "keep_alive",
+    "in_exchange",
+    "headers",
+    "facts",
+    "upgrade",
+    "carried_upgrade",
+    "host_header",
+    "url",
+    "route",
+    "timeouts",
+    "backend",
+    "hash_key",
+    "retryable",
+)
+
+
 class ProxyContext(Protocol):
     """What a client connection uses of the proxy it belongs to (`server.ProxyServer`)."""
 
@@ -187,10 +207,11 @@ class ClientState(asyncio.Protocol):
         self.last_headers: Headers | None = None
         self.last_facts: tuple[Runtime, RequestFacts] | None = None
         self.last_head: tuple[tuple[object, ...], bytes] | None = None
-        # The last request when it came alone in one read, bodyless and kept alive: the
-        # same bytes again (under the same config generation) replay its parse.
+        # The last request when it came alone in one read, bodyless and kept alive, and
+        # the fields its head set (`ROUTED`): the same bytes again, under the same config
+        # generation, take them without being parsed and routed again.
         self.repeat = b""
-        self.repeat_parse: tuple[Runtime, bytes, bytes, str, Headers] | None = None
+        self.repeat_fields: tuple[Runtime, dict[str, object]] | None = None
         # Written out (or sent up) and emptied within each request: kept for the connection.
         self.pending: list[bytes] = []  # body bytes waiting for an upstream connection
         self.out: list[bytes] = []  # what the last upstream read produced for the client
