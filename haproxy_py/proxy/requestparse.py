@@ -12,6 +12,8 @@ config generation only, since its limits and routing come from it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -25,16 +27,18 @@ log = structlog.get_logger(__name__)
 class RequestParse(Exchange):
     """The parser callbacks of `frontend.ClientConnection` (see the module doc)."""
 
-    def _must_hold(self) -> bool:
-        """Whether parser events now belong to a request pipelined behind the current one."""
-        return self.in_exchange and self.request_done and not self.upgrade
-
-    def on_message_begin(self) -> None:
-        if self.in_exchange and self.held is None and self._must_hold():
+    def _queue(self) -> list[tuple[Callable[..., None], tuple[Any, ...]]] | None:
+        """Where parser events now wait, if they must: a request pipelined behind the
+        current one is held (and reading paused) from its first event on."""
+        if self.held is None and self.in_exchange and self.request_done and not self.upgrade:
             self.held = []
             self._pause(PAUSE_HELD)
-        if self.held is not None:
-            self.held.append((self._message_begin, ()))
+        return self.held
+
+    def on_message_begin(self) -> None:
+        held = self._queue()
+        if held is not None:
+            held.append((self._message_begin, ()))
         else:
             self._message_begin()
 
@@ -155,11 +159,9 @@ class RequestParse(Exchange):
         """Garbage after a whole request waits for its response, as a pipelined request would."""
         if self.closed:
             return
-        if self.held is None and self._must_hold():
-            self.held = []
-            self._pause(PAUSE_HELD)
-        if self.held is not None:
-            self.held.append((self._reject, (status, text)))
+        held = self._queue()
+        if held is not None:
+            held.append((self._reject, (status, text)))
         else:
             self._reject(status, text)
 
@@ -179,11 +181,9 @@ class RequestParse(Exchange):
             for i, (handler, args) in enumerate(events):
                 if self.closed:
                     return
-                if self.held is None and self._must_hold():
-                    self.held = []
-                    self._pause(PAUSE_HELD)
-                if self.held is not None:
-                    self.held.extend(events[i:])
+                held = self._queue()
+                if held is not None:
+                    held.extend(events[i:])
                     return
                 handler(*args)
         except Reject as exc:
