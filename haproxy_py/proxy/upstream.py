@@ -24,7 +24,7 @@ from typing import Protocol, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from haproxy_py.proxy.balancer import Server
-from haproxy_py.proxy.headers import header_lines
+from haproxy_py.proxy.headers import header_lines, passes_through
 
 CLOSED = "backend closed the connection"
 RESET = "backend reset the connection"
@@ -59,6 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         "head_limit",
         "idle_since",
         "in_head",
+        "known",
         "parser",
         "raw",
         "reset_parser",
@@ -90,6 +91,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.raw = b""  # bytes from the start of the head due until the final head is whole
         self.head = b""  # the last complete head, status line to blank line
+        # The last response that came whole in one read with a head that passes through:
+        # its head, its length and status (the same head again frames the same body size).
+        self.known: tuple[bytes, int, int] = (b"", -1, 0)
 
     def begin(self, client: ResponseSink, skip_body: bool) -> None:
         """Serve one exchange; `skip_body` for HEAD, whose response has no body whatever it says."""
@@ -120,9 +124,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
-        if self.client is None or parser is None:
+        client = self.client
+        if client is None or parser is None:
             self.transport.close()  # a backend must not talk while idle
             return
+        fresh = self.in_head and not self.raw  # the read starts a response
+        if fresh:
+            head, size, status = self.known
+            if len(data) == size and data.startswith(head) and not self.skip_body:
+                self._repeat(client, head, status, data)
+                return
         if self.in_head:
             self.head_bytes += len(data)
         if self.status < 200:  # the final head is still due: keep its bytes
@@ -148,6 +159,34 @@ class UpstreamConnection(asyncio.Protocol):
                     client.upstream_failed(self, "response head from backend too large")
                 else:
                     client.flush()
+            elif fresh and not self.skip_body:
+                self._remember(data)
+
+    def _remember(self, data: bytes) -> None:
+        """`data` was one whole response (bytes after it close the connection): keep its
+        head when it is framed by its one Content-Length, for a backend that sends the same
+        head again."""
+        head, status = self.head, self.status
+        if (
+            200 <= status < 300
+            and status != 204
+            and data.startswith(head)
+            and passes_through(head, False)
+            and not self.transport.is_closing()
+        ):
+            self.known = (head, len(data), status)
+
+    def _repeat(self, client: ResponseSink, head: bytes, status: int, data: bytes) -> None:
+        """The parser events of a response whose head is the remembered one, without parsing
+        it again: its Content-Length says the body is the rest of `data`."""
+        self.head_bytes = len(data)
+        self.in_head = False
+        self.head, self.status = head, status
+        client.response_head(status, head, True)
+        if len(data) > len(head):
+            client.response_body(data[len(head) :])
+        if self.client is client:
+            client.response_complete(self)
 
     def on_message_begin(self) -> None:
         if self.client is None:
