@@ -190,8 +190,10 @@ class Exchange(ClientState):
         self.response_started = True
         self.upstream_keep_alive = keep_alive
         no_body = self.method == b"HEAD" or status in (204, 304)
-        if passes_through(head, no_body):
+        if (head is self.passed and not no_body) or passes_through(head, no_body):
             # The common answer: the backend's head as it came, the proxy's lines added.
+            if not no_body:
+                self.passed = head  # a backend repeating its head hands over the same bytes
             tails = runtime.response_tails
             if not self.keep_alive:
                 tail = tails[1]
@@ -377,7 +379,8 @@ class Exchange(ClientState):
             self.loop.call_soon(self._replay)
         else:
             self.held = None
-            self._resume(PAUSE_HELD)
+            if self.paused:
+                self._resume(PAUSE_HELD)
 
     def _reject(
         self, status: int, text: str, detail: str | None = None, *, extra: bytes = b""
@@ -426,7 +429,7 @@ class Exchange(ClientState):
             self.method.decode("latin-1"),
             self.url[:512].decode("latin-1"),
             self.status,
-            self._backend_name(),
+            "-" if self.backend is None else self.backend.name,
             None if server is None else server.address,
             (time.monotonic() - self.started) * 1000,
             self.bytes_in,
