@@ -212,7 +212,7 @@ class ClientState(asyncio.Protocol):
         # generation, take them without being parsed and routed again.
         self.repeat = b""
         self.passed = b""  # the last response head that passed through with a body
-        self.repeat_fields: tuple[Runtime, dict[str, object]] | None = None
+        self.repeat_fields: tuple[Runtime, tuple[object, ...]] | None = None
         # Written out (or sent up) and emptied within each request: kept for the connection.
         self.pending: list[bytes] = []  # body bytes waiting for an upstream connection
         self.out: list[bytes] = []  # what the last upstream read produced for the client

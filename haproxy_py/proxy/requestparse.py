@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -22,6 +23,7 @@ from haproxy_py.proxy.exchange import Exchange
 from haproxy_py.proxy.requestcheck import Reject
 
 log = structlog.get_logger(__name__)
+_routed = attrgetter(*ROUTED)  # the values of those fields, in one call
 
 
 class RequestParse(Exchange):
@@ -132,18 +134,16 @@ class RequestParse(Exchange):
             and not self.bytes_in
             and facts is not None
             and not facts.chunked
-            and data.startswith(b"%b %b " % (self.method, self.url))  # the target as it came
         ):
             self.repeat = data
-            fields = {name: getattr(self, name) for name in ROUTED}
-            self.repeat_fields = (self.proxy.runtime, fields)
+            self.repeat_fields = (self.proxy.runtime, _routed(self))
 
-    def _repeat(self, fields: dict[str, object]) -> None:
+    def _repeat(self, values: tuple[object, ...]) -> None:
         """The remembered request again: what its head set, without parsing and routing the
         same bytes again (its limits and checks passed, and pass again under the same config
         generation), then on to a server as any request."""
         self._reset_request()
-        self.__dict__.update(fields)
+        self.__dict__.update(zip(ROUTED, values, strict=True))
         self.started = time.monotonic()
         self._disarm()
         self.in_parser = True

@@ -24,10 +24,11 @@ from typing import Protocol, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from haproxy_py.proxy.balancer import Server
-from haproxy_py.proxy.headers import header_lines, passes_through
+from haproxy_py.proxy.headers import ResponseFacts, header_lines, passes_through
 
 CLOSED = "backend closed the connection"
 RESET = "backend reset the connection"
+_UNKNOWN: tuple[bytes, int, int, bool | None] = (b"", -1, 0, False)
 
 
 class ResponseSink(Protocol):
@@ -91,9 +92,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.raw = b""  # bytes from the start of the head due until the final head is whole
         self.head = b""  # the last complete head, status line to blank line
-        # The last response that came whole in one read with a head that passes through:
-        # its head, its length and status (the same head again frames the same body size).
-        self.known: tuple[bytes, int, int] = (b"", -1, 0)
+        # The last response that came whole in one read: its head, its length and status,
+        # and whether it is framed by its Content-Length alone (`_framed`; None: not yet
+        # looked at): then the same head again frames a body of the same size.
+        self.known = _UNKNOWN
 
     def begin(self, client: ResponseSink, skip_body: bool) -> None:
         """Serve one exchange; `skip_body` for HEAD, whose response has no body whatever it says."""
@@ -130,10 +132,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         fresh = self.in_head and not self.raw  # the read starts a response
         if fresh:
-            head, size, status = self.known
+            head, size, status, framed = self.known
             if len(data) == size and data.startswith(head) and not self.skip_body:
-                self._repeat(client, head, status, data)
-                return
+                if framed is None:
+                    framed = self._framed()
+                    self.known = (head, size, status, framed)
+                if framed:
+                    self._repeat(client, head, status, data)
+                    return
         if self.in_head:
             self.head_bytes += len(data)
         if self.status < 200:  # the final head is still due: keep its bytes
@@ -159,26 +165,25 @@ class UpstreamConnection(asyncio.Protocol):
                     client.upstream_failed(self, "response head from backend too large")
                 else:
                     client.flush()
-            elif fresh and not self.skip_body:
-                self._remember(data)
+            elif fresh:  # one whole response (bytes after it close the connection)
+                known = self.known
+                if known[1] != len(data) or known[0] != self.head:
+                    self.known = (self.head, len(data), self.status, None)
 
-    def _remember(self, data: bytes) -> None:
-        """`data` was one whole response (bytes after it close the connection): keep its
-        head when it is framed by its one Content-Length, for a backend that sends the same
-        head again."""
-        head, status = self.head, self.status
-        if (
-            200 <= status < 300
-            and status != 204
-            and data.startswith(head)
-            and passes_through(head, False)
-            and not self.transport.is_closing()
-        ):
-            self.known = (head, len(data), status)
+    def _framed(self) -> bool:
+        """Whether the remembered response, sent again, may skip the parser: a final answer
+        with a body, framed by its one Content-Length alone, and exactly that long. (Checked
+        when its head comes again; most heads never do.)"""
+        head, size, status, _ = self.known
+        if 200 <= status < 300 and status != 204 and passes_through(head, False):
+            length = ResponseFacts(header_lines(head)).content_length
+            return length is not None and int(length) == size - len(head)
+        return False
 
     def _repeat(self, client: ResponseSink, head: bytes, status: int, data: bytes) -> None:
         """The parser events of a response whose head is the remembered one, without parsing
-        it again: its Content-Length says the body is the rest of `data`."""
+        it again: its one Content-Length (no other framing) says the body is the rest of
+        `data`."""
         self.head_bytes = len(data)
         self.in_head = False
         self.head, self.status = head, status
