@@ -10,6 +10,11 @@ exchanges it sits in its backend's idle pool; bytes arriving there, or left
 over after a complete response, are a protocol error and close it (the next
 exchange would start mid-message).
 
+A backend mostly repeats its head (only Date changes, once a second): a read
+that holds one whole response whose head is the bytes of the last one, framed
+by its Content-Length alone and of the same size, is handed on without the
+parser (the head was checked by llhttp when it first came).
+
 The response head is bounded while it arrives (`head_limit` bytes of reads
 that end inside it), as the client's is. A close is told apart from a reset:
 a reset in the middle of a close-delimited body is a truncation.
