@@ -6,8 +6,11 @@ backend send them, with transports that only record what is written: no system
 call, so what is measured is the interpreter's share of the per-request cost.
 It prints the Python bytecodes and function calls per exchange (counted with a
 tracer: the same on a loaded machine, where CPU times are not) and the best
-CPU time per exchange. To measure another checkout's proxy, run the file
-itself with that checkout first on the path:
+CPU time per exchange, for the same request and response again and again (as
+the load generator sends them) and, with `--vary`, for a new target and a new
+response head on every exchange (nothing can be taken from the last one). To
+measure another checkout's proxy, run the file itself with that checkout first
+on the path:
 `PYTHONPATH=/path/to/checkout python bench/hotpath.py`.
 """
 
@@ -83,7 +86,7 @@ class HotPath:
     to_backend: bytes  # the last request head the backend got
 
 
-async def measure(exchanges: int = 2000, timed: int = 20000) -> HotPath:
+async def measure(exchanges: int = 2000, timed: int = 20000, vary: bool = False) -> HotPath:
     from haproxy_py.configfile import Table
     from haproxy_py.proxy.accesslog import AccessLog
     from haproxy_py.proxy.config import parse_proxy
@@ -106,10 +109,18 @@ async def measure(exchanges: int = 2000, timed: int = 20000) -> HotPath:
     to_client = Recorder(("127.0.0.1", 40000))
     client.connection_made(cast(asyncio.Transport, to_client))
 
+    requests, responses = [REQUEST], [RESPONSE]
+    if vary:
+        requests = [REQUEST.replace(b" / ", b" /%03d " % n) for n in range(1000)]
+        responses = [RESPONSE.replace(b"17:33", b"17:%02d" % (n % 60)) for n in range(59)]
+    turn = 0
+
     def exchange() -> None:
-        client.data_received(REQUEST)
+        nonlocal turn
+        turn += 1
+        client.data_received(requests[turn % len(requests)])
         assert client.upstream is not None, to_client.written
-        client.upstream.data_received(RESPONSE)
+        client.upstream.data_received(responses[turn % len(responses)])
 
     for _ in range(1000):
         exchange()
@@ -152,10 +163,13 @@ async def measure(exchanges: int = 2000, timed: int = 20000) -> HotPath:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
     parser.add_argument("--top", type=int, default=25, help="functions to list")
+    parser.add_argument(
+        "--vary", action="store_true", help="a new target and response head every exchange"
+    )
     args = parser.parse_args()
     import uvloop
 
-    result = uvloop.run(measure())
+    result = uvloop.run(measure(vary=args.vary))
     for name, n in result.by_function[: args.top]:
         print(f"{n:7.1f}  {name}")
     print(

@@ -1,7 +1,7 @@
 """The proxy data plane (`haproxy-py`): HTTP and WebSocket reverse proxy with load balancing.
 
 The hot path is plain asyncio Protocols, not aiohttp's server or client:
-`frontend.ClientConnection` (built on `exchange` and `clientstate`) parses
+`frontend.ClientConnection` (built on `requestparse`, `exchange` and `clientstate`) parses
 requests with httptools, refuses heads it must not forward (`requestcheck`),
 applies per-address limits (`iplimits`), routes them (`routing`), picks a
 server (`balancer`) and forwards over pooled keep-alive

@@ -62,6 +62,62 @@ LOCAL_ERRNOS = frozenset(
 )
 
 
+# The defaults of a request's fields (see `ClientState`), all immutable.
+_REQUEST: dict[str, object] = {
+    "url": b"",
+    "method": b"",
+    "version": "1.1",
+    "keep_alive": True,
+    "upgrade": False,
+    "carried_upgrade": False,
+    "early": None,
+    "host_header": b"",
+    "route": None,
+    "in_exchange": False,
+    "backend": None,
+    "server": None,
+    "picked": None,
+    "tried": (),
+    "hash_key": None,
+    "facts": None,
+    "head": b"",
+    "upstream": None,
+    "upstream_paused": False,
+    "connect_task": None,
+    "request_done": False,
+    "retryable": False,
+    "retried": False,
+    "response_started": False,
+    "upstream_keep_alive": False,
+    "chunked_out": False,
+    "until_close": False,
+    "status": 0,
+    "started": 0.0,
+    "bytes_in": 0,
+    "bytes_out": 0,
+}
+
+
+# The fields a request's head sets, up to its routing (`frontend._request_head`).
+ROUTED = (
+    "method",
+    "version",
+    "keep_alive",
+    "in_exchange",
+    "headers",
+    "facts",
+    "upgrade",
+    "carried_upgrade",
+    "host_header",
+    "url",
+    "route",
+    "timeouts",
+    "backend",
+    "hash_key",
+    "retryable",
+)
+
+
 class ProxyContext(Protocol):
     """What a client connection uses of the proxy it belongs to (`server.ProxyServer`)."""
 
@@ -83,6 +139,41 @@ class ProxyContext(Protocol):
 
 class ClientState(asyncio.Protocol):
     """A client connection's fields, reading pauses and deadline (see the module doc)."""
+
+    # The fields of the current request: `_REQUEST` holds their defaults, except these.
+    headers: Headers
+    header_room: int  # bytes of header lines left
+    url: bytes
+    method: bytes
+    version: str
+    keep_alive: bool
+    upgrade: bool  # a WebSocket handshake
+    carried_upgrade: bool  # any Upgrade: its upstream connection is never pooled
+    early: list[bytes] | None  # client bytes after a handshake, until the 101
+    host_header: bytes  # the Host the backend gets ("" : the server's address)
+    route: RouteConfig | None
+    in_exchange: bool
+    backend: Backend | None
+    server: Server | None  # while it counts this exchange as active
+    picked: Server | None  # the last server tried, for the log line
+    tried: tuple[Server, ...]
+    hash_key: bytes | None
+    facts: RequestFacts | None
+    head: bytes
+    upstream: UpstreamConnection | None
+    upstream_paused: bool
+    connect_task: asyncio.Task[None] | None
+    request_done: bool
+    retryable: bool
+    retried: bool
+    response_started: bool
+    upstream_keep_alive: bool
+    chunked_out: bool
+    until_close: bool
+    status: int
+    started: float
+    bytes_in: int
+    bytes_out: int
 
     def __init__(
         self,
@@ -123,44 +214,23 @@ class ClientState(asyncio.Protocol):
         self.last_headers: Headers | None = None
         self.last_facts: tuple[Runtime, RequestFacts] | None = None
         self.last_head: tuple[tuple[object, ...], bytes] | None = None
+        # The last request when it came alone in one read, bodyless and kept alive, and
+        # the fields its head set (`ROUTED`): the same bytes again, under the same config
+        # generation, take them without being parsed and routed again.
+        self.repeat = b""
+        self.passed = b""  # the last response head that passed through with a body
+        self.repeat_fields: tuple[Runtime, tuple[object, ...]] | None = None
+        # Written out (or sent up) and emptied within each request: kept for the connection.
+        self.pending: list[bytes] = []  # body bytes waiting for an upstream connection
+        self.out: list[bytes] = []  # what the last upstream read produced for the client
         self._reset_request()
 
     def _reset_request(self) -> None:
-        self.url = b""
-        self.headers: Headers = []
-        self.header_room = self.proxy.runtime.limits.max_header_size  # bytes of lines left
-        self.method = b""
-        self.version = "1.1"
-        self.keep_alive = True
-        self.upgrade = False  # a WebSocket handshake
-        self.carried_upgrade = False  # any Upgrade: its upstream connection is never pooled
-        self.early: list[bytes] | None = None  # client bytes after a handshake, until the 101
-        self.host_header = b""  # the Host the backend gets ("" : the server's address)
-        self.route: RouteConfig | None = None
-        self.in_exchange = False
-        self.backend: Backend | None = None
-        self.server: Server | None = None  # while it counts this exchange as active
-        self.picked: Server | None = None  # the last server tried, for the log line
-        self.tried: list[Server] = []
-        self.hash_key: bytes | None = None
-        self.facts: RequestFacts | None = None
-        self.head = b""
-        self.upstream: UpstreamConnection | None = None
-        self.upstream_paused = False
-        self.connect_task: asyncio.Task[None] | None = None
-        self.pending: list[bytes] = []
-        self.request_done = False
-        self.retryable = False
-        self.retried = False
-        self.response_started = False
-        self.upstream_keep_alive = False
-        self.chunked_out = False
-        self.until_close = False
-        self.out: list[bytes] = []
-        self.status = 0
-        self.started = 0.0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        """Every per-request field back to its default: one dict update (a keep-alive
+        connection does this once per request)."""
+        self.__dict__.update(_REQUEST)
+        self.headers = []
+        self.header_room = self.proxy.runtime.limits.max_header_size
 
     # -- reading-pause bookkeeping ----------------------------------------------------
 

@@ -177,7 +177,7 @@ class Exchange(ClientState):
             self.server = None
             if timed_out or exc.errno not in LOCAL_ERRNOS:
                 backend.passive_failure(server, error)
-            self.tried.append(server)
+            self.tried += (server,)
             if len(self.tried) > backend.config.retries:
                 status = 504 if timed_out else 502
                 text = "the backend did not answer in time" if timed_out else "bad gateway"
@@ -233,8 +233,10 @@ class Exchange(ClientState):
         self.response_started = True
         self.upstream_keep_alive = keep_alive
         no_body = self.method == b"HEAD" or status in (204, 304)
-        if passes_through(head, no_body):
+        if (head is self.passed and not no_body) or passes_through(head, no_body):
             # The common answer: the backend's head as it came, the proxy's lines added.
+            if not no_body:
+                self.passed = head  # a backend repeating its head hands over the same bytes
             tails = runtime.response_tails
             if not self.keep_alive:
                 tail = tails[1]
@@ -420,7 +422,8 @@ class Exchange(ClientState):
             self.loop.call_soon(self._replay)
         else:
             self.held = None
-            self._resume(PAUSE_HELD)
+            if self.paused:
+                self._resume(PAUSE_HELD)
 
     def _reject(
         self, status: int, text: str, detail: str | None = None, *, extra: bytes = b""
@@ -469,7 +472,7 @@ class Exchange(ClientState):
             self.method.decode("latin-1"),
             self.url[:512].decode("latin-1"),
             self.status,
-            self._backend_name(),
+            "-" if self.backend is None else self.backend.name,
             None if server is None else server.address,
             (time.monotonic() - self.started) * 1000,
             self.bytes_in,

@@ -1,9 +1,10 @@
 """The client side of the proxy: one asyncio Protocol per client connection.
 
-`ClientConnection` is built in three layers, one module each: the state, the
+`ClientConnection` is built in four layers, one module each: the state, the
 reading pauses and the deadline timer (`clientstate.ClientState`); the upstream
 half of an exchange, from connecting to the end of the response
-(`exchange.Exchange`); and here, the transport events and the request side.
+(`exchange.Exchange`); the parser callbacks, pipelining and repeated requests
+(`requestparse.RequestParse`); and here, the transport events and routing.
 
 Requests are parsed by httptools; at the end of each head the request is
 checked (`requestcheck`), routed, a server is picked and the head goes out on a
@@ -45,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import structlog
 from httptools import (
@@ -61,7 +62,6 @@ from haproxy_py.proxy.clientstate import (
     CLOSING,
     HEADER,
     IDLE,
-    PAUSE_HELD,
     PAUSE_UPSTREAM,
     PAUSE_WAIT,
     PROXY_HEADER,
@@ -70,7 +70,6 @@ from haproxy_py.proxy.clientstate import (
     TIMER_SLACK,
     UPSTREAM,
 )
-from haproxy_py.proxy.exchange import Exchange
 from haproxy_py.proxy.headers import (
     RequestFacts,
     host_without_port,
@@ -78,14 +77,12 @@ from haproxy_py.proxy.headers import (
     valid_host,
 )
 from haproxy_py.proxy.requestcheck import IDEMPOTENT, Reject, check_head, split_target
-
-if TYPE_CHECKING:
-    pass
+from haproxy_py.proxy.requestparse import RequestParse
 
 log = structlog.get_logger(__name__)
 
 
-class ClientConnection(Exchange):
+class ClientConnection(RequestParse):
     """One client connection: its transport events and the request side of each exchange."""
 
     # -- transport events -------------------------------------------------------------
@@ -175,6 +172,12 @@ class ClientConnection(Exchange):
         if self.upgrade and self.request_done:
             self._upgrade_data(data)  # early WebSocket bytes, before the 101
             return
+        fresh = self.reading_head and not self.head_bytes and not self.in_exchange
+        if fresh and data == self.repeat and self.held is None:
+            known = self.repeat_fields
+            if known is not None and known[0] is self.proxy.runtime:
+                self._repeat(known[1])
+                return
         if self.reading_head:
             self.head_bytes += len(data)
         self.in_parser = True
@@ -186,30 +189,14 @@ class ClientConnection(Exchange):
             self._callback_failed(exc.__context__)
         except HttpParserError as exc:
             self._bad_request(f"bad request: {exc}")
+        else:
+            if fresh and self.request_done and self.held is None:
+                self._remember(data)
         finally:
             self.in_parser = False
         if self.reading_head and self.head_bytes > self.head_limit:
             # One endless header line is never handed over by the parser: count what it read.
             self._bad_request("request header section too large", 431)
-
-    def _bad_request(self, text: str, status: int = 400) -> None:
-        """Garbage after a whole request waits for its response, as a pipelined request would."""
-        if self.closed:
-            return
-        if self.held is None and self._must_hold():
-            self.held = []
-            self._pause(PAUSE_HELD)
-        if self.held is not None:
-            self.held.append((self._reject, (status, text)))
-        else:
-            self._reject(status, text)
-
-    def _callback_failed(self, cause: BaseException | None) -> None:
-        if isinstance(cause, Reject):
-            self._reject(cause.status, cause.text, extra=cause.extra)
-        else:
-            log.error("request handling failed", exc_info=cause, client=self.client_ip)
-            self._reject(500, "internal proxy error")
 
     def eof_received(self) -> bool:
         # A client that half-closes after a whole request still gets its response.
@@ -290,103 +277,6 @@ class ClientConnection(Exchange):
             self.transport.abort()
         else:
             self._drop("no complete PROXY header in time")
-
-    # -- parser callbacks (request side) ----------------------------------------------
-
-    # Each callback either does its work or, while a request is held, queues itself
-    # (`_replay` runs the queue later, when `held` is None again).
-
-    def _must_hold(self) -> bool:
-        """Whether parser events now belong to a request pipelined behind the current one."""
-        return self.in_exchange and self.request_done and not self.upgrade
-
-    def on_message_begin(self) -> None:
-        if self.in_exchange and self.held is None and self._must_hold():
-            self.held = []
-            self._pause(PAUSE_HELD)
-        if self.held is not None:
-            self.held.append((self._message_begin, ()))
-        else:
-            self._message_begin()
-
-    def _message_begin(self) -> None:
-        self._reset_request()
-        self.started = time.monotonic()
-        self._arm(self.proxy.runtime.timeouts.client_header, HEADER)
-
-    def on_url(self, url: bytes) -> None:
-        if self.held is not None:
-            self.held.append((self.on_url, (url,)))
-            return
-        self.url += url
-        if len(self.url) > self.proxy.runtime.limits.max_uri_size:
-            raise Reject(414, "request target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.held is not None:
-            self.held.append((self.on_header, (name, value)))
-            return
-        room = self.header_room = self.header_room - len(name) - len(value) - 4
-        if room < 0:
-            raise Reject(431, "request header section too large")
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        assert parser is not None
-        self.reading_head = False
-        method, version = parser.get_method(), parser.get_http_version()
-        keep_alive, upgrade = parser.should_keep_alive(), parser.should_upgrade()
-        if self.held is not None:
-            self.held.append((self._request_head, (method, version, keep_alive, upgrade)))
-        else:
-            self._request_head(method, version, keep_alive, upgrade)
-
-    def on_body(self, body: bytes) -> None:
-        if self.held is not None:
-            self.held.append((self.on_body, (body,)))
-            return
-        if not self.in_exchange:
-            return
-        self.bytes_in += len(body)
-        assert self.facts is not None and self.route is not None
-        if 0 < self.route.max_body_size < self.bytes_in:
-            raise Reject(413, "request body too large")
-        if self.on_deadline == BODY:
-            self._arm(self.timeouts.client_body, BODY)
-        if self.facts.chunked:
-            self._send_up(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            self._send_up(body)
-
-    def on_message_complete(self) -> None:
-        self.reading_head = True
-        self.head_bytes = 0
-        if self.held is not None:
-            self.held.append((self.on_message_complete, ()))
-            return
-        if not self.in_exchange:
-            return
-        self.request_done = True
-        assert self.facts is not None
-        if self.facts.chunked:
-            self._send_up(b"0\r\n\r\n")
-        if self.upstream is not None and not self.response_started:
-            self._arm(self.timeouts.upstream_header, UPSTREAM)
-        elif self.on_deadline == BODY:
-            self._disarm()
-        if self.upgrade:
-            self._pause(PAUSE_WAIT)  # until the 101 hands the sockets to the relay
-
-    def _upgrade_data(self, data: bytes) -> None:
-        """Bytes after a handshake's head wait for the 101 (reading is paused meanwhile);
-        after an Upgrade that is not WebSocket they are dropped with the connection."""
-        if self.held is not None:
-            self.held.append((self._upgrade_data, (data,)))
-        elif data and self.upgrade and self.in_exchange:
-            if self.early is None:
-                self.early = []
-            self.early.append(data)
 
     # -- the exchange -----------------------------------------------------------------
 
@@ -474,24 +364,3 @@ class ClientConnection(Exchange):
         else:
             self._pause(PAUSE_WAIT)
             self.connect_task = self.loop.create_task(self._connect(backend, server))
-
-    def _replay(self) -> None:
-        """Run a pipelined request's parser events that waited for the previous response."""
-        events, self.held = self.held or [], None
-        self._resume(PAUSE_HELD)
-        self.in_parser = True
-        try:
-            for i, (handler, args) in enumerate(events):
-                if self.closed:
-                    return
-                if self.held is None and self._must_hold():
-                    self.held = []
-                    self._pause(PAUSE_HELD)
-                if self.held is not None:
-                    self.held.extend(events[i:])
-                    return
-                handler(*args)
-        except Reject as exc:
-            self._reject(exc.status, exc.text, extra=exc.extra)
-        finally:
-            self.in_parser = False

@@ -10,6 +10,11 @@ exchanges it sits in its backend's idle pool; bytes arriving there, or left
 over after a complete response, are a protocol error and close it (the next
 exchange would start mid-message).
 
+A backend mostly repeats its head (only Date changes, once a second): a read
+that holds one whole response whose head is the bytes of the last one, framed
+by its Content-Length alone and of the same size, is handed on without the
+parser (the head was checked by llhttp when it first came).
+
 The response head is bounded while it arrives (`head_limit` bytes of reads
 that end inside it), as the client's is. A close is told apart from a reset:
 a reset in the middle of a close-delimited body is a truncation.
@@ -24,10 +29,11 @@ from typing import Protocol, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from haproxy_py.proxy.balancer import Server
-from haproxy_py.proxy.headers import header_lines
+from haproxy_py.proxy.headers import ResponseFacts, header_lines, passes_through
 
 CLOSED = "backend closed the connection"
 RESET = "backend reset the connection"
+_UNKNOWN: tuple[bytes, int, int, bool | None] = (b"", -1, 0, False)
 
 
 class ResponseSink(Protocol):
@@ -59,6 +65,7 @@ class UpstreamConnection(asyncio.Protocol):
         "head_limit",
         "idle_since",
         "in_head",
+        "known",
         "parser",
         "raw",
         "reset_parser",
@@ -90,6 +97,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.raw = b""  # bytes from the start of the head due until the final head is whole
         self.head = b""  # the last complete head, status line to blank line
+        # The last response that came whole in one read: its head, its length and status,
+        # and whether it is framed by its Content-Length alone (`_framed`; None: not yet
+        # looked at): then the same head again frames a body of the same size.
+        self.known = _UNKNOWN
 
     def begin(self, client: ResponseSink, skip_body: bool) -> None:
         """Serve one exchange; `skip_body` for HEAD, whose response has no body whatever it says."""
@@ -120,9 +131,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self.parser
-        if self.client is None or parser is None:
+        client = self.client
+        if client is None or parser is None:
             self.transport.close()  # a backend must not talk while idle
             return
+        fresh = self.in_head and not self.raw  # the read starts a response
+        if fresh:
+            head, size, status, framed = self.known
+            if len(data) == size and data.startswith(head) and not self.skip_body:
+                if framed is None:
+                    framed = self._framed()
+                    self.known = (head, size, status, framed)
+                if framed:
+                    self._repeat(client, head, status, data)
+                    return
         if self.in_head:
             self.head_bytes += len(data)
         if self.status < 200:  # the final head is still due: keep its bytes
@@ -148,6 +170,33 @@ class UpstreamConnection(asyncio.Protocol):
                     client.upstream_failed(self, "response head from backend too large")
                 else:
                     client.flush()
+            elif fresh:  # one whole response (bytes after it close the connection)
+                known = self.known
+                if known[1] != len(data) or known[0] != self.head:
+                    self.known = (self.head, len(data), self.status, None)
+
+    def _framed(self) -> bool:
+        """Whether the remembered response, sent again, may skip the parser: a final answer
+        with a body, framed by its one Content-Length alone, and exactly that long. (Checked
+        when its head comes again; most heads never do.)"""
+        head, size, status, _ = self.known
+        if 200 <= status < 300 and status != 204 and passes_through(head, False):
+            length = ResponseFacts(header_lines(head)).content_length
+            return length is not None and int(length) == size - len(head)
+        return False
+
+    def _repeat(self, client: ResponseSink, head: bytes, status: int, data: bytes) -> None:
+        """The parser events of a response whose head is the remembered one, without parsing
+        it again: its one Content-Length (no other framing) says the body is the rest of
+        `data`."""
+        self.head_bytes = len(data)
+        self.in_head = False
+        self.head, self.status = head, status
+        client.response_head(status, head, True)
+        if len(data) > len(head):
+            client.response_body(data[len(head) :])
+        if self.client is client:
+            client.response_complete(self)
 
     def on_message_begin(self) -> None:
         if self.client is None:

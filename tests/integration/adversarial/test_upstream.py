@@ -80,6 +80,22 @@ async def test_bytes_after_a_complete_response_close_the_connection(recorder, pr
     assert backend.seen[1].conn != backend.seen[0].conn
 
 
+async def test_a_repeated_response_head_still_frames_each_body(recorder, proxy) -> None:
+    """A backend that sends its last response's head again (only the body differs) is not
+    parsed again, yet each answer comes whole and in order with its own body; a new head is
+    parsed, and bytes after a response still close the connection."""
+    backend = await recorder()
+    server = await proxy(config(backend.address))
+    paths = (b"/aa", b"/bb", b"/ccc", b"/dd", b"/ee", b"/extra")
+    keep = [b"GET %b HTTP/1.1\r\nHost: a\r\n\r\n" % path for path in paths]
+    got = responses(await exchange(server, [*keep, request(b"GET", b"/ff")], pause=0.05))
+    bodies = [answer.body.split(b" ", 1)[1] for answer in got[:5]]
+    assert bodies == [b"r%d GET %b" % (i + 1, path) for i, path in enumerate(paths[:5])]
+    assert [(r.status, r.body) for r in got[5:6]] == [(200, b"ok")]
+    assert got[6].body.endswith(b" r1 GET /ff")  # on a new connection: EVIL! was not relayed
+    assert all(r.complete for r in got) and len(got) == 7
+
+
 async def test_oversized_response_head_is_502(recorder, proxy) -> None:
     backend = await recorder()
     server = await proxy(config(backend.address))

@@ -168,6 +168,50 @@ async def test_each_keep_alive_request_reaches_the_backend_with_its_own_headers(
     assert got == [*expected, ("/2", "y", "2")]
 
 
+async def test_the_same_request_again_is_served_as_the_config_now_says(backends, proxy) -> None:
+    """A keep-alive client that sends the same bytes again skips their parse, not the config:
+    after a reload the same request goes where the new config routes it, and is held to its
+    limits; the same bytes in two reads, or followed by a second request, are answered in
+    order."""
+    b0, b1 = await backends(2)
+    server = await proxy(proxy_config({"app": [b0.address], "api": [b1.address]}))
+    reader, writer = await asyncio.open_connection(*server.address("web"))
+    request = b"GET /same?%b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n" % (b"q" * 300)
+
+    async def answers(*reads: bytes, count: int = 1) -> list[str]:
+        for data in reads:
+            writer.write(data)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # each its own read on the proxy's side
+        got = []
+        async with asyncio.timeout(30):
+            for _ in range(count):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+                seen = json.loads(await reader.readexactly(length))
+                got.append(f"{seen['server']} {seen['path'][:5]} {seen['headers']['x-a']}")
+        return got
+
+    try:
+        assert await answers(request) == ["b0 /same 1"]
+        assert await answers(request) == ["b0 /same 1"]
+        await server.reload(proxy_config({"api": [b1.address], "app": [b0.address]}))
+        assert await answers(request) == ["b1 /same 1"]
+        assert await answers(request) == ["b1 /same 1"]
+        assert await answers(request[:20], request[20:]) == ["b1 /same 1"]
+        other = request.replace(b"X-A: 1", b"X-A: 2")
+        assert await answers(request + other, count=2) == ["b1 /same 1", "b1 /same 2"]
+        assert await answers(request) == ["b1 /same 1"]
+        # Its checks are made again under a new config: now its target is too long.
+        limited = "[proxy.limits]\nmax_uri_size = 256\n"
+        await server.reload(proxy_config({"app": [b0.address]}, extra=limited))
+        writer.write(request)
+        async with asyncio.timeout(30):
+            assert (await reader.read(-1)).startswith(b"HTTP/1.1 414 ")
+    finally:
+        writer.close()
+
+
 def _answers(raw: bytes) -> list[bytes]:
     """Split keep-alive answers (each framed by Content-Length) into head and body."""
     out = []

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 import uvloop
 
 from bench.hotpath import measure
 
 
-def test_an_exchange_goes_through_and_is_counted() -> None:
-    result = uvloop.run(measure(exchanges=20, timed=20))
+@pytest.mark.parametrize("vary", [False, True])
+def test_an_exchange_goes_through_and_is_counted(vary: bool) -> None:
+    """The same request again is replayed (its parse skipped); a new target is parsed."""
+    result = uvloop.run(measure(exchanges=20, timed=20, vary=vary))
     assert result.to_client.startswith(b"HTTP/1.1 200 OK\r\n")
     assert result.to_client.endswith(b"Via: 1.1 bench\r\n\r\nHello, world!")
     assert b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in result.to_backend
+    target = result.to_backend.split(b" ", 2)[1]
+    assert (target != b"/") == vary and target[1:].isdigit() == vary
     functions = dict(result.by_function)
-    assert functions["_request_head (frontend.py)"] > 0
+    parsed = "_request_head (frontend.py)" in functions
+    assert parsed == vary and ("_repeat (requestparse.py)" in functions) != vary
     assert "exchange (hotpath.py)" not in functions
     assert result.opcodes > 100 and result.calls > 10 and result.cpu_us > 0
