@@ -46,7 +46,8 @@ WORKER_TIERS := tests/integration/proxy/test_http.py tests/integration/proxy/tes
   tests/integration/proxy/test_drain.py tests/integration/proxy/test_proxy_protocol.py \
   tests/integration/proxy/test_admin_access.py tests/integration/proxy/test_admin_auth.py \
   tests/integration/proxy/test_reload.py tests/integration/proxy/test_tls.py \
-  tests/integration/adversarial
+  tests/integration/proxy/test_drain_process.py tests/integration/proxy/test_drain_moved.py \
+  tests/integration/proxy/test_hold_http.py tests/integration/adversarial
 WORKERS_PASS := HAPROXY_PY_TEST_WORKERS=2 $(VENV)/bin/pytest -q -ra -p no:cacheprovider \
   -m "not single_process" $(WORKER_TIERS)
 
