@@ -274,6 +274,16 @@ def render(doc: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def capacity_ratio(ours: float | None, nginx: float | None, top: float | None) -> str:
+    """haproxy-py's rate over nginx's; a rate at the ladder's top is only a lower bound."""
+    if not ours or not nginx:
+        return "–"
+    ratio = f"{ours / nginx:.2f}×"
+    if ours == top and nginx == top:
+        return "both at the ladder's top"
+    return f"≥ {ratio}" if ours == top else f"≤ {ratio}" if nginx == top else ratio
+
+
 def capacity_section(cap: Mapping[str, Any] | None) -> list[str]:
     """The unpinned ladders, their ratio, and haproxy-py's spread over its workers."""
     if not cap:
@@ -289,12 +299,13 @@ def capacity_section(cap: Mapping[str, Any] | None) -> list[str]:
     targets = cap["targets"]
     rows = []
     for mode, label in (("ws", "WebSocket msg/s"), ("http", "HTTP req/s")):
-        ratio = cap["ratios"].get(mode)
+        top = cap.get("tops", {}).get(mode)
+        sustained = {name: t["sustained"].get(mode) for name, t in targets.items()}
         rows.append(
             [
                 label,
-                *(_num(t["sustained"].get(mode), 0) for t in targets.values()),
-                "–" if ratio is None else f"{ratio:.2f}×",
+                *(("≥ " if v == top else "") + _num(v, 0) for v in sustained.values()),
+                capacity_ratio(sustained.get("haproxy-py-auto"), sustained.get("nginx-auto"), top),
                 "≥ 0.85×",
             ]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench.capacity import Spread, Step, highest
+from bench.report import capacity_ratio
 
 
 def step(offered: float, achieved: float, p99_ms: float, errors: int = 0) -> Step:
@@ -29,3 +30,11 @@ def test_a_step_short_of_its_rate_or_with_errors_is_not_sustained() -> None:
 def test_spread_ratio() -> None:
     assert Spread({"0": 480, "1": 520}, {}, 0.0).ratio == 520 / 480
     assert Spread({"0": 0, "1": 1000}, {}, 0.0).ratio == float("inf")
+
+
+def test_a_rate_at_the_top_of_the_ladder_is_only_a_lower_bound() -> None:
+    assert capacity_ratio(20_000, 25_000, 48_000) == "0.80×"
+    assert capacity_ratio(48_000, 40_000, 48_000) == "≥ 1.20×"
+    assert capacity_ratio(30_000, 48_000, 48_000) == "≤ 0.62×"
+    assert capacity_ratio(48_000, 48_000, 48_000) == "both at the ladder's top"
+    assert capacity_ratio(0, 48_000, 48_000) == "–"
