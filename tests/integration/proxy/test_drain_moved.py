@@ -87,3 +87,17 @@ async def test_a_client_that_never_answers_is_closed_at_the_drain_timeout_withou
         await asyncio.sleep(0.3)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
         assert tcp_state(sock) == TCP_CLOSE_WAIT
+
+
+@pytest.mark.single_process
+async def test_a_whole_drain_does_not_wait_for_a_moved_addresss_client(
+    backends, proxy, session
+) -> None:
+    """SIGTERM after a moved address's drain: its half-closed tunnels close at once."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    with await upgraded(server) as sock:
+        await drain_address(session, server)
+        assert await until_eof(sock) == GOING_AWAY
+        assert await asyncio.wait_for(server.drain(grace=30), 10) is True
+        assert tcp_state(sock) == TCP_CLOSE_WAIT
