@@ -57,19 +57,30 @@ async def drain_address(session: aiohttp.ClientSession, server: ProxyServer) -> 
         assert (await answer.json())["websockets"] == 1
 
 
+async def told_to_go(session: aiohttp.ClientSession, server: ProxyServer) -> socket.socket:
+    """A raw WebSocket client through the proxy, after its address's drain: it got the 1001,
+    then a FIN."""
+    sock = await upgraded(server)
+    await drain_address(session, server)
+    assert await until_eof(sock) == GOING_AWAY
+    return sock
+
+
+def closed_without_reset(sock: socket.socket) -> None:
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    assert tcp_state(sock) == TCP_CLOSE_WAIT  # closed by the proxy, not reset
+
+
 async def test_the_clients_close_after_the_1001_and_fin_is_read_not_reset(
     backends, proxy, session
 ) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
-    with await upgraded(server) as sock:
-        await drain_address(session, server)
-        assert await until_eof(sock) == GOING_AWAY  # the 1001, then a FIN
+    with await told_to_go(session, server) as sock:
         await asyncio.get_running_loop().sock_sendall(sock, CLIENT_CLOSE)
         await asyncio.wait_for(no_leak(server), 30)  # the proxy read it and closed
         await asyncio.sleep(0.3)  # (a reset would be here by now)
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        assert tcp_state(sock) == TCP_CLOSE_WAIT  # closed by the proxy, not reset
+        closed_without_reset(sock)
     assert b.ws_close_codes == [1001]
 
 
@@ -79,14 +90,11 @@ async def test_a_client_that_never_answers_is_closed_at_the_drain_timeout_withou
 ) -> None:
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}, "[proxy.timeouts]\ndrain = 0.5\n"))
-    with await upgraded(server) as sock:
-        await drain_address(session, server)
-        assert await until_eof(sock) == GOING_AWAY
+    with await told_to_go(session, server) as sock:
         assert len(server.tunnels) == 1  # still reading the client after the backend closed
         await asyncio.wait_for(no_leak(server), 30)
         await asyncio.sleep(0.3)
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        assert tcp_state(sock) == TCP_CLOSE_WAIT
+        closed_without_reset(sock)
 
 
 @pytest.mark.single_process
@@ -96,8 +104,6 @@ async def test_a_whole_drain_does_not_wait_for_a_moved_addresss_client(
     """SIGTERM after a moved address's drain: its half-closed tunnels close at once."""
     (b,) = await backends(1)
     server = await proxy(proxy_config({"app": [b.address]}))
-    with await upgraded(server) as sock:
-        await drain_address(session, server)
-        assert await until_eof(sock) == GOING_AWAY
+    with await told_to_go(session, server) as sock:
         assert await asyncio.wait_for(server.drain(grace=30), 10) is True
-        assert tcp_state(sock) == TCP_CLOSE_WAIT
+        closed_without_reset(sock)
