@@ -66,6 +66,7 @@ from haproxy_py.cluster.storeerrors import (
     StoreUnavailable,
     plain_words,
     tls_failure,
+    transient,
 )
 
 log = structlog.get_logger(__name__)
@@ -178,6 +179,8 @@ class Store(GuardedWrites):
                 detail = error_text(exc)
                 if "lease not found" in detail:
                     raise LeaseLost(f"{what}: the lease is gone ({detail})") from None
+                if transient(detail):
+                    raise self._unavailable(f"{what} at {endpoint}: {detail}") from None
                 raise StoreError(f"etcd {what} failed at {endpoint}: {detail}") from None
         raise self._unavailable(last, tls)
 

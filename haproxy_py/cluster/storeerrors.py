@@ -82,6 +82,23 @@ _PLAIN = (  # gRPC's words for a failed connection -> ours
 )
 
 
+# etcd's answers for a call it could not finish in time (no leader, an election under way,
+# a quorum not answering): the member is up, the cluster is not; the caller retries.
+_TRANSIENT = (
+    "context deadline exceeded",
+    "etcdserver: request timed out",
+    "etcdserver: leader changed",
+    "etcdserver: no leader",
+    "etcdserver: too many requests",
+    "timed out waiting for read index",
+)
+
+
+def transient(detail: str) -> bool:
+    """Whether etcd's answer says "not now" rather than "no"."""
+    return any(marker in detail for marker in _TRANSIENT)
+
+
 def connection_failure(detail: str, config: EtcdConfig) -> str:
     """gRPC's text for a failed call, in our words: the TLS check that failed, or what
     happened to the connection (for `maintenance`, which talks to members one by one)."""

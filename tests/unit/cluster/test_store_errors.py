@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from haproxy_py.cluster.config import EtcdConfig
-from haproxy_py.cluster.storeerrors import plain_words, tls_failure
+from haproxy_py.cluster.storeerrors import plain_words, tls_failure, transient
 
 TLS = EtcdConfig(("127.0.0.1:1",), 1.0, Path("/c/ca.crt"), Path("/c/me.crt"), Path("/c/me.key"))
 PLAIN = EtcdConfig(("127.0.0.1:1",))
@@ -50,3 +50,13 @@ def test_connection_failures_in_our_words() -> None:
 def test_etcds_own_words_stay() -> None:
     detail = "StatusCode.PERMISSION_DENIED: etcdserver: permission denied\ndebug text"
     assert plain_words(detail, TLS) == "etcdserver: permission denied"
+
+
+def test_a_cluster_without_a_leader_is_not_now_rather_than_no() -> None:
+    """A member that answers while the cluster cannot commit (its leader frozen) is an
+    outage to wait out, as a silent member is; a refusal is not."""
+    assert transient("context deadline exceeded")
+    assert transient("etcdserver: leader changed")
+    assert transient("etcdserver: request timed out, possibly due to previous leader failure")
+    assert not transient("etcdserver: permission denied")
+    assert not transient("etcdserver: requested lease not found")
