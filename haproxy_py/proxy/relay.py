@@ -440,10 +440,7 @@ class Tunnels:
     def drain_all(self) -> int:
         """Start a WebSocket close (1001 Going Away) on every open tunnel; returns how many."""
         for tunnel in list(self.open):
-            if tunnel.half_close:  # its client already has its 1001 and FIN: stop waiting for it
-                tunnel.expire()
-            else:
-                tunnel.drain()
+            tunnel.drain()
         return len(self.open)
 
     def abort_all(self) -> None:

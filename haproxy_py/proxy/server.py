@@ -97,7 +97,10 @@ class ProxyServer:
         self.loop: asyncio.AbstractEventLoop
         self._sweeper: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[bool] | None = None
-        self._address_drains: set[asyncio.TimerHandle] = set()
+        # A moved address's drain waiting for its timeout, with what it waits for.
+        self._address_drains: dict[
+            asyncio.TimerHandle, tuple[list[Tunnel], list[HeldConnection]]
+        ] = {}
         self.closed_at_timeout = 0  # by the last drain
 
     async def start(self) -> None:
@@ -189,12 +192,17 @@ class ProxyServer:
     async def drain(self, grace: float | None = None) -> bool:
         """Stop accepting, close WebSockets with 1001, finish HTTP; False if `grace` ran out.
 
-        `grace` defaults to the `drain` timeout. What is still open then is closed.
+        `grace` defaults to the `drain` timeout. What is still open then is closed. What
+        came in on addresses that left this node is closed at once: their clients were told
+        to go and cannot answer here.
         """
         if grace is None:
             grace = self.runtime.timeouts.drain
         self.draining = True
         self._stop_accepting()
+        for handle, (tunnels, conns) in list(self._address_drains.items()):
+            handle.cancel()
+            self._address_drained(handle, tunnels, conns)
         closing = self.tunnels.drain_all()
         log.info("draining", websockets=closing, grace=grace)
         deadline = self.loop.time() + grace
@@ -276,11 +284,13 @@ class ProxyServer:
             can_send = send_from_any_address(conn.transport) and can_send
             conn.leave()
         if tunnels or conns:
+            # Leaving anyway: a moved address's clients cannot answer here, so do not wait.
+            delay = 0.0 if self.draining else self.runtime.timeouts.drain
             handle: asyncio.TimerHandle
             handle = self.loop.call_later(
-                self.runtime.timeouts.drain, lambda: self._address_drained(handle, tunnels, conns)
+                delay, lambda: self._address_drained(handle, tunnels, conns)
             )
-            self._address_drains.add(handle)
+            self._address_drains[handle] = (tunnels, conns)
         log.info(
             "draining address",
             address=str(address),
@@ -303,7 +313,7 @@ class ProxyServer:
         conns: list[HeldConnection],
     ) -> None:
         """The drain timeout of one `drain_address`: close what did not finish."""
-        self._address_drains.discard(handle)
+        self._address_drains.pop(handle, None)
         left = [t for t in tunnels if t in self.tunnels.open]
         for tunnel in left:
             tunnel.expire()

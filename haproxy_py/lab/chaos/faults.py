@@ -51,10 +51,21 @@ class Injector:
             deadline = time.monotonic() + EXIT_WAIT
             while any(self.lab.plumbing.alive(p) for p in procs):
                 if time.monotonic() > deadline:
+                    for proc in procs:  # (killed, so that the heal can start it again)
+                        self.lab.plumbing.kill(proc, signal.SIGKILL)
                     raise FaultError(
-                        f"{node}/{process} did not exit within {EXIT_WAIT:g} s of SIGTERM"
+                        f"{node}/{process} did not exit within {EXIT_WAIT:g} s of SIGTERM; "
+                        f"its last words: {self._last_words(f'{node}/{process}')}"
                     )
                 time.sleep(0.05)
+
+    def _last_words(self, label: str, lines: int = 6) -> str:
+        """The end of a process's log, for a fault that says it hung."""
+        try:
+            text = self.lab.paths.log(label).read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc.strerror})"
+        return " | ".join(line[:300] for line in text.splitlines()[-lines:])
 
     def _hactl(self, *args: str, tries: int = 1) -> None:
         """Run an operator's command; one that does not finish in time (a starved machine) is
@@ -148,7 +159,12 @@ class Injector:
             self.lab.kill(target)
             return lambda: self.lab.restart(target)
         if action in ("term", "kill") and process in control.NODE_PROCESSES:
-            self._signal(target, process, signal.SIGTERM if action == "term" else signal.SIGKILL)
+            sig = signal.SIGTERM if action == "term" else signal.SIGKILL
+            try:
+                self._signal(target, process, sig)
+            except FaultError:
+                self.pending.append(self._restart(target))
+                raise
             return self._restart(target)
         if action == "freeze":
             self._signal(target, process, signal.SIGSTOP)

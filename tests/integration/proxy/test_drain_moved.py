@@ -9,6 +9,7 @@ it with a reset; a half-closed one reads it and finishes the close as TCP means 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 
 import aiohttp
@@ -18,9 +19,11 @@ from haproxy_py.proxy.server import ProxyServer
 from tests.integration.adversarial.client import HANDSHAKE
 from tests.integration.proxy.raw import no_leak
 from tests.integration.proxy.support import admin_url, proxy_config
+from tests.support.wait import eventually_async
 
 TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8
 GOING_AWAY = b"\x88\x02\x03\xe9"
+LOCAL = ipaddress.ip_address("127.0.0.1")
 CLIENT_CLOSE = b"\x88\x82\x00\x00\x00\x00\x03\xe9"  # masked (with a zero key), code 1001
 
 
@@ -107,3 +110,46 @@ async def test_a_whole_drain_does_not_wait_for_a_moved_addresss_client(
     with await told_to_go(session, server) as sock:
         assert await asyncio.wait_for(server.drain(grace=30), 10) is True
         closed_without_reset(sock)
+
+
+@pytest.mark.single_process
+async def test_an_address_that_leaves_during_a_whole_drain_is_not_waited_for(
+    backends, proxy, session
+) -> None:
+    """SIGTERM while a client has stopped reading (its 1001 waits behind what it was sent),
+    then the node lets the address go: nothing can reach that client any more, so the drain
+    ends now instead of at its timeout."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    with await upgraded(server) as sock:
+        flood = b"flood:200"  # 12.5 MiB the client does not read
+        await asyncio.get_running_loop().sock_sendall(
+            sock, bytes([0x81, 0x80 | len(flood)]) + b"\0\0\0\0" + flood
+        )
+        await asyncio.sleep(0.5)
+        draining = asyncio.create_task(server.drain(grace=60))
+        await asyncio.sleep(0.2)
+        assert not draining.done()
+        await drain_address(session, server)
+        await asyncio.wait_for(draining, 10)
+        assert not server.tunnels
+
+
+@pytest.mark.single_process
+async def test_a_whole_drain_does_not_wait_for_an_exchange_on_a_moved_address(
+    backends, proxy, session
+) -> None:
+    """An HTTP exchange in flight on an address that left: its response could not be
+    acknowledged, so SIGTERM's drain closes it at once instead of waiting for it."""
+    (b,) = await backends(1)
+    server = await proxy(proxy_config({"app": [b.address]}))
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, server.address("web"))
+        await loop.sock_sendall(sock, b"GET /slow?delay=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await eventually_async(lambda: server.connections_on(LOCAL), 30, "the exchange")
+        async with session.post(admin_url(server, "/drain?address=127.0.0.1")) as answer:
+            assert (await answer.json())["connections"] == 1
+        await asyncio.wait_for(server.drain(grace=60), 10)
+        assert not server.connections_on(LOCAL)

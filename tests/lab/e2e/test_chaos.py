@@ -123,8 +123,8 @@ def test_clients_of_a_node_that_lost_its_vip_unplanned_get_1001(
         session, clients = loop.run(_connect(f"http://{vip}:{PROXY_PORT}/echo", CLIENTS))
         try:
             assert {c.via for c in clients} == {old}
-            injector.inject(Fault(1, kind, old, 0.0))
             try:  # held past the lease: until another node holds the VIP
+                injector.inject(Fault(1, kind, old, 0.0))
                 eventually(lambda: _held_elsewhere(lab, vip, old), 30, f"{vip} to leave {old}")
             finally:
                 injector.heal()
@@ -161,8 +161,8 @@ def test_clients_that_reach_a_restarting_proxy_are_served_once_it_is_back(
         load = loop.submit(ws_load([url], RESTART_CLIENTS, 0.1, 300, stop, stats))
         try:
             eventually(lambda: stats.echoes >= 3 * RESTART_CLIENTS, 30, "echoes before the stop")
-            injector.inject(Fault(1, "term-proxy", old, 0.0))
             try:
+                injector.inject(Fault(1, "term-proxy", old, 0.0))
                 eventually(lambda: _held_elsewhere(lab, vip, old), 30, f"{vip} to leave {old}")
                 _hactl(lab, "pause")
                 time.sleep(DOWN)
@@ -266,7 +266,7 @@ def test_a_second_host_answering_for_a_vip_is_caught(lab: control.Lab) -> None:
     report = run.execute()
     print(report.text())
     caught = [v for v in report.violations if v.invariant == "two-answering"]
-    assert caught, report.violations
+    assert caught, (report.violations, report.stopped_early)
     assert [v.fault for v in caught] == ["#1 pause", "#2 pause"]  # once per fault, attributed
     assert lab.layout.vips[0] in caught[0].evidence
     assert not report.passed
