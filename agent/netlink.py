@@ -134,7 +134,10 @@ class Addresses:
         `until` is the monotonic time by which this node must have stopped
         answering for the VIP (default: `lifetime` from now). Past it, nothing
         is done and NetlinkFailure says so: a re-arm decided before a freeze
-        never runs after its deadline.
+        never runs after its deadline. A freeze between that check and the
+        syscall cannot be prevented (a replace re-creates an address the kernel
+        dropped meanwhile); the fence keeps such an address silent, and it is
+        removed as soon as the agent runs again.
         """
         what = f"setting {vip}/{prefixlen} on {self.interface}"
         if until is None:
@@ -148,6 +151,7 @@ class Addresses:
             raise NetlinkFailure(f"{what}: its deadline passed {-left * 1000:.0f} ms ago; not set")
         valid = max(1, math.floor(min(lifetime, left)))
         self._armed.add(vip)
+        failure: NetlinkFailure | None = None
         try:
             async with _bounded(what):
                 await self._ipr.addr(
@@ -159,7 +163,19 @@ class Addresses:
                     preferred_lft=valid,
                 )
         except NetlinkError as exc:
-            raise _explain(exc, what) from None
+            failure = _explain(exc, what)
+        except NetlinkFailure as exc:
+            failure = exc
+        late = time.monotonic() - until
+        if late > 0:  # stopped between the check and the syscall: set after its deadline
+            with contextlib.suppress(NetlinkFailure):
+                await self.remove(vip, prefixlen)
+            raise NetlinkFailure(
+                f"{what}: the kernel may have set it {late * 1000:.0f} ms after its deadline "
+                "(the agent was stopped or starved); removed again"
+            )
+        if failure is not None:
+            raise failure
 
     async def remove(self, vip: str, prefixlen: int) -> bool:
         """Fence `vip` at once, then delete the address; False when it was not there."""

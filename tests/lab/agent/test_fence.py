@@ -311,6 +311,32 @@ def test_addresses_fence_first_and_refuse_an_add_after_its_deadline(lab: Lab) ->
     assert "ha_agent" not in _tables(lab.node.netns), "a clean close leaves no table"
 
 
+def test_an_address_the_kernel_set_after_its_deadline_is_removed_at_once(lab: Lab) -> None:
+    """The agent stopped (SIGSTOP, starved) after the deadline check and before the syscall:
+    the kernel sets the address late, re-creating it if its lifetime had run out meanwhile.
+    The agent removes it as soon as it runs again, not a lifetime later."""
+    extra = lab.vip.rsplit(".", 1)[0] + ".102"
+
+    async def scenario() -> None:
+        nl = await Addresses.open("eth0")
+        real = nl._ipr.addr
+
+        async def stopped_first(command: str, **kwargs: object) -> object:
+            if command == "replace":
+                await asyncio.sleep(0.3)  # stopped, or starved, right before the syscall
+            return await real(command, **kwargs)
+
+        nl._ipr.addr = stopped_first
+        try:
+            with pytest.raises(NetlinkFailure, match="after its deadline"):
+                await nl.arm(extra, 32, 1, until=time.monotonic() + 0.1)
+            assert extra not in addresses(lab.node.netns)
+        finally:
+            nl.close()
+
+    in_netns(lab.node.netns, lambda: asyncio.run(scenario()))
+
+
 def test_attach_binds_the_garp_chain_to_a_recreated_interface(lab: Lab) -> None:
     """The egress chain belongs to one device; Debian 12's kernel deletes it with the device
     (newer ones re-bind by name): `attach` makes it hold either way."""
