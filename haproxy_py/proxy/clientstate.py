@@ -62,43 +62,8 @@ LOCAL_ERRNOS = frozenset(
 )
 
 
-# The defaults of a request's fields (see `ClientState`), all immutable.
-_REQUEST: dict[str, object] = {
-    "url": b"",
-    "method": b"",
-    "version": "1.1",
-    "keep_alive": True,
-    "upgrade": False,
-    "carried_upgrade": False,
-    "early": None,
-    "host_header": b"",
-    "route": None,
-    "in_exchange": False,
-    "backend": None,
-    "server": None,
-    "picked": None,
-    "tried": (),
-    "hash_key": None,
-    "facts": None,
-    "head": b"",
-    "upstream": None,
-    "upstream_paused": False,
-    "connect_task": None,
-    "request_done": False,
-    "retryable": False,
-    "retried": False,
-    "response_started": False,
-    "upstream_keep_alive": False,
-    "chunked_out": False,
-    "until_close": False,
-    "status": 0,
-    "started": 0.0,
-    "bytes_in": 0,
-    "bytes_out": 0,
-}
-
-
-# The fields a request's head sets, up to its routing (`frontend._request_head`).
+# The fields a request's head sets, up to its routing (`frontend._request_head`): what a
+# repeated request takes again without being parsed (`ClientState.set_routed`), and their types.
 ROUTED = (
     "method",
     "version",
@@ -116,6 +81,23 @@ ROUTED = (
     "hash_key",
     "retryable",
 )
+Routed = tuple[
+    bytes,  # method
+    str,  # version
+    bool,  # keep_alive
+    bool,  # in_exchange
+    Headers,  # headers
+    RequestFacts | None,  # facts
+    bool,  # upgrade
+    bool,  # carried_upgrade
+    bytes,  # host_header
+    bytes,  # url
+    RouteConfig | None,  # route
+    Timeouts,  # timeouts
+    "Backend | None",  # backend (its module imports this one)
+    bytes | None,  # hash_key
+    bool,  # retryable
+]
 
 
 class ProxyContext(Protocol):
@@ -140,7 +122,7 @@ class ProxyContext(Protocol):
 class ClientState(asyncio.Protocol):
     """A client connection's fields, reading pauses and deadline (see the module doc)."""
 
-    # The fields of the current request: `_REQUEST` holds their defaults, except these.
+    # The fields of the current request (`_reset_request` sets their defaults).
     headers: Headers
     header_room: int  # bytes of header lines left
     url: bytes
@@ -219,18 +201,68 @@ class ClientState(asyncio.Protocol):
         # generation, take them without being parsed and routed again.
         self.repeat = b""
         self.passed = b""  # the last response head that passed through with a body
-        self.repeat_fields: tuple[Runtime, tuple[object, ...]] | None = None
+        self.repeat_fields: tuple[Runtime, Routed] | None = None
         # Written out (or sent up) and emptied within each request: kept for the connection.
         self.pending: list[bytes] = []  # body bytes waiting for an upstream connection
         self.out: list[bytes] = []  # what the last upstream read produced for the client
         self._reset_request()
 
     def _reset_request(self) -> None:
-        """Every per-request field back to its default: one dict update (a keep-alive
-        connection does this once per request)."""
-        self.__dict__.update(_REQUEST)
+        """Every per-request field back to its default (a keep-alive connection does this
+        once per request)."""
         self.headers = []
         self.header_room = self.proxy.runtime.limits.max_header_size
+        self.url = b""
+        self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
+        self.upgrade = False
+        self.carried_upgrade = False
+        self.early = None
+        self.host_header = b""
+        self.route = None
+        self.in_exchange = False
+        self.backend = None
+        self.server = None
+        self.picked = None
+        self.tried = ()
+        self.hash_key = None
+        self.facts = None
+        self.head = b""
+        self.upstream = None
+        self.upstream_paused = False
+        self.connect_task = None
+        self.request_done = False
+        self.retryable = False
+        self.retried = False
+        self.response_started = False
+        self.upstream_keep_alive = False
+        self.chunked_out = False
+        self.until_close = False
+        self.status = 0
+        self.started = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def set_routed(self, fields: Routed) -> None:
+        """Take again the fields an earlier request's head set (`ROUTED`, in its order)."""
+        (
+            self.method,
+            self.version,
+            self.keep_alive,
+            self.in_exchange,
+            self.headers,
+            self.facts,
+            self.upgrade,
+            self.carried_upgrade,
+            self.host_header,
+            self.url,
+            self.route,
+            self.timeouts,
+            self.backend,
+            self.hash_key,
+            self.retryable,
+        ) = fields
 
     # -- reading-pause bookkeeping ----------------------------------------------------
 

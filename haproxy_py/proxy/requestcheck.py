@@ -18,6 +18,8 @@ Refusals travel as `Reject`, which a parser callback may raise so the parser sto
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 from httptools import HttpParserError, parse_url
 
 from haproxy_py.proxy.headers import RequestFacts, is_chunked_only, valid_host
@@ -89,6 +91,16 @@ def _passed_here(received_via: bytes, via: bytes) -> bool:
     )
 
 
+class ParsedURL(Protocol):
+    """httptools' parsed URL as it is: an absent part is None (its stubs say bytes, which
+    the compiled module would check at run time)."""
+
+    host: bytes | None
+    port: int | None
+    path: bytes | None
+    query: bytes | None
+
+
 def split_target(url: bytes, method: bytes) -> tuple[bytes, bytes, bytes | None]:
     """(target to forward, path to route on, authority of an absolute-form target or None)."""
     if url.startswith(b"/"):
@@ -98,7 +110,7 @@ def split_target(url: bytes, method: bytes) -> tuple[bytes, bytes, bytes | None]
     if url == b"*" and method == b"OPTIONS":
         return url, b"/", None  # asks about the server as a whole: forwarded as it is
     try:
-        parsed = parse_url(url)
+        parsed = cast(ParsedURL, parse_url(url))
     except HttpParserError:
         raise Reject(400, "bad request target") from None
     path = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")

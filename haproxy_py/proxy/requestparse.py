@@ -14,11 +14,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
-from haproxy_py.proxy.clientstate import BODY, HEADER, PAUSE_HELD, PAUSE_WAIT, ROUTED, UPSTREAM
+from haproxy_py.proxy.clientstate import (
+    BODY,
+    HEADER,
+    PAUSE_HELD,
+    PAUSE_WAIT,
+    ROUTED,
+    UPSTREAM,
+    Routed,
+)
 from haproxy_py.proxy.exchange import Exchange
 from haproxy_py.proxy.requestcheck import Reject
 
@@ -136,14 +144,14 @@ class RequestParse(Exchange):
             and not facts.chunked
         ):
             self.repeat = data
-            self.repeat_fields = (self.proxy.runtime, _routed(self))
+            self.repeat_fields = (self.proxy.runtime, cast(Routed, _routed(self)))
 
-    def _repeat(self, values: tuple[object, ...]) -> None:
+    def _repeat(self, fields: Routed) -> None:
         """The remembered request again: what its head set, without parsing and routing the
         same bytes again (its limits and checks passed, and pass again under the same config
         generation), then on to a server as any request."""
         self._reset_request()
-        self.__dict__.update(zip(ROUTED, values, strict=True))
+        self.set_routed(fields)
         self.started = time.monotonic()
         self._disarm()
         self.in_parser = True
