@@ -7,6 +7,9 @@ APT_PACKAGES := python3-venv python3-dev gcc iproute2 etcd-server etcd-client ng
                 systemd-container debootstrap openssh-client dpkg-dev ruby vagrant \
                 prometheus curl
 STAMP := $(VENV)/.installed
+# The modules setup.py compiles with mypyc (into the tree, beside their sources): an edit
+# to one rebuilds the venv, so `make test` and `make bench` never run an older build.
+COMPILED := $(shell sed -n 's/^ *"\(haproxy_py\/proxy\/[a-z_]*\.py\)",$$/\1/p' setup.py)
 APT_PACKAGES += libnftables1 nftables  # the agent's nftables fence (nft for operators)
 APT_PACKAGES += bird2  # BGP mode: the BGP speaker on each node and the lab's router
 
@@ -26,7 +29,7 @@ apt:
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml setup.py $(COMPILED)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -130,7 +133,7 @@ chaos: deps
 	done
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info *.so haproxy_py/proxy/*.so
 
 # WebSocket conformance: every Autobahn case (kosoku), direct to an echo backend and through
 # the proxy; fails if the proxy fails a case the backend passes. CONFORMANCE_ARGS passes options.

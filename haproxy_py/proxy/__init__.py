@@ -19,4 +19,11 @@ supervises `worker` processes, each a `ProxyServer` fed over a `control`
 socketpair; connection counts live in a shared-memory `shared.CountTable`,
 and each process's counters are one `report.TrafficReport` that the master
 sums for `/status` and `/metrics` (`stats`).
+
+The hot modules are compiled to C by mypyc when the package is built
+(`setup.py`); `compiled` refuses, in a checkout, a build older than its source.
 """
+
+from haproxy_py.proxy.compiled import check_fresh
+
+check_fresh()
