@@ -207,7 +207,19 @@ def wheelhouse() -> Path:
 
 
 # What a wheel of the project is built from (copied, so that the build leaves nothing in the tree).
-PROJECT_FILES = ("setup.cfg", "pyproject.toml", "README.md", "haproxy_py", "agent", "controller")
+# setup.py compiles the hot modules (mypyc, with gcc and python3-dev, both in the Makefile's
+# APT_PACKAGES): the wheel is for this Python, TARGET_PYTHON, as the wheelhouse is.
+PROJECT_FILES = (
+    "setup.py",
+    "setup.cfg",
+    "pyproject.toml",
+    "README.md",
+    "haproxy_py",
+    "agent",
+    "controller",
+)
+# An editable install's extension modules, beside their sources: the wheel builds its own.
+NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.so")
 
 
 def project_wheel(out: Path) -> Path:
@@ -217,7 +229,7 @@ def project_wheel(out: Path) -> Path:
     for name in PROJECT_FILES:
         path = REPO_ROOT / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(path, src / name, ignore=NOT_COPIED)
         elif path.exists():
             shutil.copy(path, src / name)
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)])
