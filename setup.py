@@ -29,12 +29,14 @@ COMPILED = [
     "haproxy_py/proxy/frontend.py",
 ]
 
+GROUP = "haproxy_py_proxy"  # the shared library of the compiled modules: GROUP__mypyc
+
 if os.environ.get("HAPROXY_PY_PURE"):
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    for source in COMPILED:
-        Path(source.removesuffix(".py") + suffix).unlink(missing_ok=True)
+    for module in [source.removesuffix(".py") for source in COMPILED] + [f"{GROUP}__mypyc"]:
+        Path(module + suffix).unlink(missing_ok=True)
     setup()
 else:
     from mypyc.build import mypycify
 
-    setup(ext_modules=mypycify(COMPILED, opt_level="3", group_name="haproxy_py_proxy"))
+    setup(ext_modules=mypycify(COMPILED, opt_level="3", group_name=GROUP))
