@@ -44,7 +44,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -67,7 +67,7 @@ _DNS_RE = re.compile(
     r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 
-San = x509.DNSName | x509.IPAddress
+San: TypeAlias = x509.DNSName | x509.IPAddress  # (the build type-checks without cryptography)
 _Ext = TypeVar("_Ext", bound=x509.ExtensionType)
 
 
