@@ -318,6 +318,10 @@ class Store(GuardedWrites):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
+            if _cancel_dropped():
+                if not isinstance(stream, _Compacted):
+                    await _cancel_quietly(stream)
+                raise asyncio.CancelledError
             if isinstance(stream, _Compacted):
                 next_revision = stream.revision
                 yield _resync(prefix, next_revision, start=True)
@@ -397,6 +401,14 @@ async def _until_rotated(stream: Any, rotated: asyncio.Event) -> AsyncIterator[A
 def _discard_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+def _cancel_dropped() -> bool:
+    """Whether this task was cancelled and a callee dropped the cancel: aetcd waits for a
+    watch's creation with `asyncio.wait_for`, which on Python 3.11 returns the result and
+    drops a cancel that comes as the creation completes. Watching on would never end."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _cancel_quietly(stream: Any) -> None:

@@ -223,7 +223,8 @@ NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.so")
 
 
 def project_wheel(out: Path) -> Path:
-    """A wheel of the project as it is in the work tree now."""
+    """A wheel of the project as it is in the work tree now: built once per content of its
+    sources (the compile takes minutes), kept in the cache, copied to `out`."""
     src = out / "src"
     src.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -232,11 +233,33 @@ def project_wheel(out: Path) -> Path:
             shutil.copytree(path, src / name, ignore=NOT_COPIED)
         elif path.exists():
             shutil.copy(path, src / name)
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)])
-    wheels = sorted(out.glob("haproxy_py-*.whl"))
+    digest = hashlib.sha256()
+    for file in sorted(p for p in src.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(src)}\n".encode() + file.read_bytes())
+    cached = CACHE_DIR / f"project-{digest.hexdigest()[:12]}"
+    with _locked():
+        if not (cached / ".complete").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            cached.mkdir(parents=True)
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-deps",
+                    "-w",
+                    str(cached),
+                    str(src),
+                ]
+            )
+            (cached / ".complete").touch()
+        _replace_stale("project", cached)
+    wheels = sorted(cached.glob("haproxy_py-*.whl"))
     if len(wheels) != 1:
-        raise BuildError(f"expected one project wheel in {out}, found {wheels}")
-    return wheels[0]
+        raise BuildError(f"expected one project wheel in {cached}, found {wheels}")
+    return Path(shutil.copy(wheels[0], out / wheels[0].name))
 
 
 def mount_overlay(lower: Path, work: Path) -> Path:
