@@ -24,7 +24,7 @@ from haproxy_py.lab.arpwatch import ArpWatch, Claim
 from haproxy_py.lab.client import NetnsLoop, Outage, Probe, outage
 from haproxy_py.lab.etcdstatus import etcd_status
 from haproxy_py.lab.layout import PROXY_PORT
-from haproxy_py.lab.settle import settled
+from haproxy_py.lab.settle import settled, unhealthy, watches_up
 from haproxy_py.lab.watch import TwoOwnersWatcher, Watch
 from tests.support.wait import eventually
 
@@ -86,7 +86,12 @@ def settle(lab: control.Lab) -> ClusterView:
         found = view(lab) if settled(lab) else None
         return found is not None
 
-    eventually(check, 60, "the lab to settle (nodes healthy, VIPs answering, watches up)")
+    eventually(
+        check,
+        60,
+        "the lab to settle (nodes healthy, VIPs answering, watches up)",
+        detail=lambda: unhealthy(lab) or ("" if watches_up(lab) else "a watch is still down"),
+    )
     assert found is not None
     return found
 
