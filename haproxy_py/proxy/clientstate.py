@@ -62,25 +62,9 @@ LOCAL_ERRNOS = frozenset(
 )
 
 
-# The fields a request's head sets, up to its routing (`frontend._request_head`): what a
-# repeated request takes again without being parsed (`ClientState.set_routed`), and their types.
-ROUTED = (
-    "method",
-    "version",
-    "keep_alive",
-    "in_exchange",
-    "headers",
-    "facts",
-    "upgrade",
-    "carried_upgrade",
-    "host_header",
-    "url",
-    "route",
-    "timeouts",
-    "backend",
-    "hash_key",
-    "retryable",
-)
+# The fields a request's head sets, up to its routing (`frontend._request_head`), in the
+# order `ClientState.routed` reads them: what a repeated request takes again without being
+# parsed (`ClientState.set_routed`).
 Routed = tuple[
     bytes,  # method
     str,  # version
@@ -197,7 +181,7 @@ class ClientState(asyncio.Protocol):
         self.last_facts: tuple[Runtime, RequestFacts] | None = None
         self.last_head: tuple[tuple[object, ...], bytes] | None = None
         # The last request when it came alone in one read, bodyless and kept alive, and
-        # the fields its head set (`ROUTED`): the same bytes again, under the same config
+        # the fields its head set (`routed`): the same bytes again, under the same config
         # generation, take them without being parsed and routed again.
         self.repeat = b""
         self.passed = b""  # the last response head that passed through with a body
@@ -244,8 +228,28 @@ class ClientState(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
 
+    def routed(self) -> Routed:
+        """The fields this request's head set (`Routed`)."""
+        return (
+            self.method,
+            self.version,
+            self.keep_alive,
+            self.in_exchange,
+            self.headers,
+            self.facts,
+            self.upgrade,
+            self.carried_upgrade,
+            self.host_header,
+            self.url,
+            self.route,
+            self.timeouts,
+            self.backend,
+            self.hash_key,
+            self.retryable,
+        )
+
     def set_routed(self, fields: Routed) -> None:
-        """Take again the fields an earlier request's head set (`ROUTED`, in its order)."""
+        """Take again the fields an earlier request's head set (`routed`)."""
         (
             self.method,
             self.version,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from operator import attrgetter
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
@@ -23,7 +22,6 @@ from haproxy_py.proxy.clientstate import (
     HEADER,
     PAUSE_HELD,
     PAUSE_WAIT,
-    ROUTED,
     UPSTREAM,
     Routed,
 )
@@ -31,7 +29,6 @@ from haproxy_py.proxy.exchange import Exchange
 from haproxy_py.proxy.requestcheck import Reject
 
 log = structlog.get_logger(__name__)
-_routed = attrgetter(*ROUTED)  # the values of those fields, in one call
 
 
 class RequestParse(Exchange):
@@ -144,7 +141,7 @@ class RequestParse(Exchange):
             and not facts.chunked
         ):
             self.repeat = data
-            self.repeat_fields = (self.proxy.runtime, cast(Routed, _routed(self)))
+            self.repeat_fields = (self.proxy.runtime, self.routed())
 
     def _repeat(self, fields: Routed) -> None:
         """The remembered request again: what its head set, without parsing and routing the

@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -195,14 +195,24 @@ def wheelhouse() -> Path:
             f"the containers run Debian 12's Python {TARGET_PYTHON} and this is {version}: "
             f"run the tests from a Python {TARGET_PYTHON} virtualenv so the wheels fit them"
         )
-    path = CACHE_DIR / f"wheels-{_key(version, *requires)}"
+    return _built_once(
+        "wheels",
+        _key(version, *requires),
+        lambda path: run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(path), *requires]),
+    )
+
+
+def _built_once(kind: str, key: str, build: Callable[[Path], object]) -> Path:
+    """CACHE_DIR/`kind`-`key`, filled by `build` unless an earlier build completed it; older
+    artefacts of `kind` are removed."""
+    path = CACHE_DIR / f"{kind}-{key}"
     with _locked():
         if not (path / ".complete").exists():
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True)
-            run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(path), *requires])
+            build(path)
             (path / ".complete").touch()
-        _replace_stale("wheels", path)
+        _replace_stale(kind, path)
     return path
 
 
@@ -236,26 +246,13 @@ def project_wheel(out: Path) -> Path:
     digest = hashlib.sha256()
     for file in sorted(p for p in src.rglob("*") if p.is_file()):
         digest.update(f"{file.relative_to(src)}\n".encode() + file.read_bytes())
-    cached = CACHE_DIR / f"project-{digest.hexdigest()[:12]}"
-    with _locked():
-        if not (cached / ".complete").exists():
-            shutil.rmtree(cached, ignore_errors=True)
-            cached.mkdir(parents=True)
-            run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "wheel",
-                    "-q",
-                    "--no-deps",
-                    "-w",
-                    str(cached),
-                    str(src),
-                ]
-            )
-            (cached / ".complete").touch()
-        _replace_stale("project", cached)
+    cached = _built_once(
+        "project",
+        digest.hexdigest()[:12],
+        lambda path: run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(path), str(src)]
+        ),
+    )
     wheels = sorted(cached.glob("haproxy_py-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one project wheel in {cached}, found {wheels}")
