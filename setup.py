@@ -15,10 +15,11 @@ from pathlib import Path
 
 from setuptools import setup
 
-# The modules on a request's path, whose Python work is the proxy's own cost per
-# request (bench/README.md, bench/hotpath.py). mypyc checks their type hints at
-# run time, and their classes are native (fixed attributes, no subclasses or
-# patching from interpreted code).
+# The modules on a request's path (all of it: no interpreted project code runs in an
+# exchange, bench/hotpath.py) and the WebSocket frame tracker, whose Python work is the
+# proxy's own cost per request or frame (bench/README.md). mypyc checks their type hints
+# at run time, and their classes are native (fixed attributes, no subclasses or patching
+# from interpreted code).
 COMPILED = [
     "haproxy_py/proxy/headers.py",
     "haproxy_py/proxy/requestcheck.py",
@@ -27,6 +28,11 @@ COMPILED = [
     "haproxy_py/proxy/exchange.py",
     "haproxy_py/proxy/requestparse.py",
     "haproxy_py/proxy/frontend.py",
+    "haproxy_py/proxy/balancer.py",
+    "haproxy_py/proxy/accesslog.py",
+    "haproxy_py/proxy/wsframes.py",
+    "haproxy_py/proxy/runtime.py",
+    "haproxy_py/proxy/routing.py",
 ]
 
 GROUP = "haproxy_py_proxy"  # the shared library of the compiled modules: GROUP__mypyc

@@ -109,7 +109,7 @@ class AccessLog:
         self._pending = 0  # bytes queued, not yet written
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
 
     def http(
         self,
@@ -129,10 +129,13 @@ class AccessLog:
         known = self._quoted
         to = "null" if server is None else known.get(server) or self._quote(server)
         err = "" if error is None else f', "error": {quote(error)}'
+        # (No format spec inside the line: compiled, a line without one is joined from its
+        # parts; with one, the whole template is parsed again for every line.)
+        duration = format(duration_ms, ".2f")
         self._add(
             f'{{"method": {known.get(method) or self._quote(method)}, "path": {quote(path)}, '
             f'"status": {status}, "backend": {known.get(backend) or self._quote(backend)}, '
-            f'"server": {to}, "duration_ms": {duration_ms:.2f}, "bytes_in": {bytes_in}, '
+            f'"server": {to}, "duration_ms": {duration}, "bytes_in": {bytes_in}, '
             f'"bytes_out": {bytes_out}, "client": {known.get(client) or self._quote(client)}'
             f'{err}, "event": "http", "level": "info", "timestamp": "{self.clock.stamp()}"}}\n'
         )
@@ -157,9 +160,10 @@ class AccessLog:
     ) -> None:
         if not self.enabled:
             return
+        duration = format(duration_ms, ".2f")
         self._add(
             f'{{"backend": {quote(backend)}, "server": {quote(server)}, '
-            f'"client": {quote(client)}, "duration_ms": {duration_ms:.2f}, '
+            f'"client": {quote(client)}, "duration_ms": {duration}, '
             f'"bytes_in": {bytes_in}, "bytes_out": {bytes_out}, '
             f'"close_code": {"null" if close_code is None else close_code}, '
             f'"closed_by": {"null" if closed_by is None else quote(closed_by)}, '
@@ -190,9 +194,9 @@ class AccessLog:
                 self.dropped += count
                 return
             self._pending += len(data)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._write_loop, name="access-log", daemon=True)
-            self._thread.start()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="access-log", daemon=True)
+            self._writer.start()
         self._queue.put((data, count))
 
     def _write_loop(self) -> None:
@@ -228,7 +232,7 @@ class AccessLog:
         """Wait for what was flushed and stop the writer thread (any thread; a later flush
         starts a new one). Blocking: the event loop flushes, then closes in a thread."""
         self.written(timeout)
-        thread, self._thread = self._thread, None
+        thread, self._writer = self._writer, None
         if thread is not None:
             self._queue.put(_STOP)
             thread.join(timeout)

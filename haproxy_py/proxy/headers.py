@@ -234,16 +234,36 @@ _RESPONSE_NAMED = re.compile(
 )
 
 
+# What the hop-by-hop and framing lines of heads seen lately allow (a backend sends the
+# same few heads again and again, and a search that ignores case costs more than the rest
+# of a head's handling): no such line, only its one Content-Length, or something else.
+_NO_LINE, _LENGTH_ONLY, _OTHER = 0, 1, 2
+_SEEN: dict[bytes, int] = {}
+_SEEN_MAX = 256  # heads remembered (then it starts again)
+_SEEN_SIZE = 1024  # the longest head remembered
+
+
 def passes_through(head: bytes, bodyless: bool) -> bool:
     """Whether a backend's final response head may reach the client as it came, with only
     the proxy's lines (`response_tails`) added: HTTP/1.1, no hop-by-hop line, and framed
     by its one Content-Length (llhttp refuses a second) or without a body."""
     if not head.startswith(b"HTTP/1.1 "):
         return False
+    kind = _SEEN.get(head, -1)
+    if kind < 0:
+        kind = _named_lines(head)
+        if len(head) <= _SEEN_SIZE:
+            if len(_SEEN) >= _SEEN_MAX:
+                _SEEN.clear()
+            _SEEN[head] = kind
+    return bodyless if kind == _NO_LINE else kind == _LENGTH_ONLY
+
+
+def _named_lines(head: bytes) -> int:
     named = _RESPONSE_NAMED.findall(head)
     if not named:
-        return bodyless
-    return len(named) == 1 and named[0].lower() == b"content-length"
+        return _NO_LINE
+    return _LENGTH_ONLY if len(named) == 1 and named[0].lower() == b"content-length" else _OTHER
 
 
 def response_tails(via: bytes) -> tuple[bytes, bytes, bytes]:

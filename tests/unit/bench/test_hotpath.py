@@ -25,5 +25,8 @@ def test_an_exchange_goes_through_and_is_counted(vary: bool) -> None:
     if "frontend" not in compiled:
         parsed = "_request_head (frontend.py)" in functions
         assert parsed == vary and ("_repeat (requestparse.py)" in functions) != vary
+        assert result.opcodes > 100 and result.calls > 10
+    else:  # the whole exchange runs compiled: only the harness's recording transport is seen
+        assert set(functions) == {"write (hotpath.py)", "is_closing (hotpath.py)"}
     assert "exchange (hotpath.py)" not in functions
-    assert result.opcodes > 100 and result.calls > 10 and result.cpu_us > 0
+    assert result.opcodes > 0 and result.calls > 0 and result.cpu_us > 0

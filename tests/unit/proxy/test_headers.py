@@ -7,6 +7,7 @@ from haproxy_py.proxy.headers import (
     ResponseFacts,
     cookie_value,
     host_without_port,
+    passes_through,
     request_head,
     response_head,
     valid_host,
@@ -236,3 +237,36 @@ def test_cookie_value() -> None:
     assert cookie_value([b"a=1; session=abc; b=2"], b"session") == b"abc"
     assert cookie_value([b"a=1", b"session=x"], b"session") == b"x"
     assert cookie_value([b"a=1"], b"session") is None
+
+
+def test_a_head_passes_through_only_with_its_one_content_length_or_no_body() -> None:
+    """Each answer twice: the second comes from the heads remembered, and must not differ."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
+    bare = b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n"
+    for _ in range(2):
+        assert passes_through(ok, False) and passes_through(ok, True)
+        assert passes_through(bare, True) and not passes_through(bare, False)
+        for line in (
+            b"content-length: 5",
+            b"Transfer-Encoding: chunked",
+            b"CONNECTION: close",
+            b"Keep-Alive: timeout=5",
+            b"Upgrade: h2c",
+            b"TE: trailers",
+            b"Proxy-Connection: keep-alive",
+        ):
+            assert not passes_through(ok[:-2] + line + b"\r\n\r\n", False)
+        assert not passes_through(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", False)
+
+
+def test_the_heads_remembered_are_bounded_in_number_and_size() -> None:
+    from haproxy_py.proxy import headers
+
+    filler = b"X-Filler: " + b"a" * headers._SEEN_SIZE + b"\r\n"
+    long_head = b"HTTP/1.1 200 OK\r\n" + filler + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert not passes_through(long_head, False)
+    assert long_head not in headers._SEEN
+    for n in range(2 * headers._SEEN_MAX):
+        head = b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 1\r\n\r\n" % n
+        assert passes_through(head, False)
+        assert len(headers._SEEN) <= headers._SEEN_MAX
