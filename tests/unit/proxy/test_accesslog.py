@@ -14,7 +14,7 @@ import structlog
 
 from haproxy_py.logging import configure
 from haproxy_py.proxy import accesslog
-from haproxy_py.proxy.accesslog import PIPE_BUF, AccessLog, CachedClock, write_fd
+from haproxy_py.proxy.accesslog import PIPE_BUF, AccessLog, CachedClock, two_decimals, write_fd
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +64,15 @@ async def test_lines_have_the_structlog_keys_and_escape_what_they_carry() -> Non
     assert (ws_bare["close_code"], ws_bare["closed_by"]) == (None, None)
     assert all(line.isascii() for line in b"".join(written).decode().splitlines())
     log.close()
+
+
+def test_durations_are_rounded_to_the_nearest_hundredth() -> None:
+    values = [0.0, 0.004, 0.006, 0.125, 1.239, 12.345, 99.999, 86_400_000.0]
+    for value in values + [i * 0.37 + i / 7 for i in range(5000)]:
+        text = two_decimals(value)
+        assert len(text.partition(".")[2]) == 2
+        assert abs(float(text) - value) <= 0.005 + 1e-6
+    assert [two_decimals(v) for v in (0.004, 0.125, 99.999)] == ["0.00", "0.13", "100.00"]
 
 
 def test_the_clock_formats_the_second_once_and_keeps_milliseconds() -> None:
