@@ -184,7 +184,6 @@ class ClientState(asyncio.Protocol):
         # the fields its head set (`routed`): the same bytes again, under the same config
         # generation, take them without being parsed and routed again.
         self.repeat = b""
-        self.passed = b""  # the last response head that passed through with a body
         self.repeat_fields: tuple[Runtime, Routed] | None = None
         # Written out (or sent up) and emptied within each request: kept for the connection.
         self.pending: list[bytes] = []  # body bytes waiting for an upstream connection

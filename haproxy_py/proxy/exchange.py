@@ -233,10 +233,8 @@ class Exchange(ClientState):
         self.response_started = True
         self.upstream_keep_alive = keep_alive
         no_body = self.method == b"HEAD" or status in (204, 304)
-        if (head is self.passed and not no_body) or passes_through(head, no_body):
+        if passes_through(head, no_body):
             # The common answer: the backend's head as it came, the proxy's lines added.
-            if not no_body:
-                self.passed = head  # a backend repeating its head hands over the same bytes
             tails = runtime.response_tails
             if not self.keep_alive:
                 tail = tails[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from haproxy_py.proxy import headers
 from haproxy_py.proxy.headers import (
     RequestFacts,
     ResponseFacts,
@@ -260,8 +261,6 @@ def test_a_head_passes_through_only_with_its_one_content_length_or_no_body() -> 
 
 
 def test_the_heads_remembered_are_bounded_in_number_and_size() -> None:
-    from haproxy_py.proxy import headers
-
     filler = b"X-Filler: " + b"a" * headers._SEEN_SIZE + b"\r\n"
     long_head = b"HTTP/1.1 200 OK\r\n" + filler + b"Transfer-Encoding: chunked\r\n\r\n"
     assert not passes_through(long_head, False)
