@@ -16,10 +16,10 @@ from pathlib import Path
 from setuptools import setup
 
 # The modules on a request's path (all of it: no interpreted project code runs in an
-# exchange, bench/hotpath.py) and the WebSocket frame tracker, whose Python work is the
-# proxy's own cost per request or frame (bench/README.md). mypyc checks their type hints
-# at run time, and their classes are native (fixed attributes, no subclasses or patching
-# from interpreted code).
+# exchange, bench/hotpath.py) and on a WebSocket frame's (the relay and its frame
+# tracker): their Python work is the proxy's own cost per request or frame
+# (bench/README.md). mypyc checks their type hints at run time, and their classes are
+# native (fixed attributes, no subclasses or patching from interpreted code).
 COMPILED = [
     "haproxy_py/proxy/headers.py",
     "haproxy_py/proxy/requestcheck.py",
@@ -31,6 +31,7 @@ COMPILED = [
     "haproxy_py/proxy/balancer.py",
     "haproxy_py/proxy/accesslog.py",
     "haproxy_py/proxy/wsframes.py",
+    "haproxy_py/proxy/relay.py",
     "haproxy_py/proxy/runtime.py",
     "haproxy_py/proxy/routing.py",
 ]

@@ -3,8 +3,9 @@
 The HTTP machinery is dropped at the switch: both transports get a `_Half`
 protocol (`transport.set_protocol`) and nothing else stays referenced, so an
 idle tunnel costs two small slotted objects plus the transports. Each read is
-one `write` on the other socket; reads go into one 64 KiB buffer shared by the
-process's tunnels (`ReadBuffer`), not into a new `bytes` per read. Backpressure: when a
+one `write` on the other socket; once a direction has read 16 KiB at once, its
+reads go into one 256 KiB buffer shared by the process's tunnels (`ReadBuffer`),
+not into a new `bytes` per read. Backpressure: when a
 transport's write buffer passes its high-water mark its own protocol pauses
 reading on the peer that feeds it, and resumes it below the low-water mark.
 
@@ -73,9 +74,12 @@ class _Half(asyncio.BaseProtocol):
     written (what this side still sends is read, tracked and dropped).
 
     A half starts as a `_StreamHalf` (the event loop hands it each read as a new
-    `bytes`: the cheapest for small messages) and turns into a `_BufferedHalf` at
-    its first large read (reads into the shared `ReadBuffer`: no copy of the
-    payload); the two differ only in how reads arrive.
+    `bytes`: the cheapest for small messages) and is replaced by a `_BufferedHalf`
+    at its first large read (reads into the shared `ReadBuffer`: no copy of the
+    payload); the two differ only in how reads arrive. Single inheritance, as mypyc
+    compiles it: uvloop reads into the buffer of any protocol with `get_buffer`
+    (plain asyncio only for an `asyncio.BufferedProtocol`: there, both halves get
+    `data_received`).
     """
 
     __slots__ = (
@@ -88,7 +92,6 @@ class _Half(asyncio.BaseProtocol):
         "transport",
         "tunnel",
     )
-    BUFFERED = False
 
     def __init__(
         self, tunnel: Tunnel, transport: asyncio.Transport, peer: asyncio.Transport, to_server: bool
@@ -116,14 +119,23 @@ class _Half(asyncio.BaseProtocol):
             length = second & 0x7F
             if length < 126 and n == length + (6 if second & 0x80 else 2):
                 return
-        elif n >= BUFFERED_FROM and not self.BUFFERED:
-            self._read_into_buffer()
+        elif n >= BUFFERED_FROM and not isinstance(self, _BufferedHalf):
+            self._read_into_buffer()._track(data)
+            return
         self._track(data)
 
-    def _read_into_buffer(self) -> None:
-        """From now on read into the shared buffer (same slots: only the class changes)."""
-        self.__class__ = _BufferedHalf
-        self.transport.set_protocol(self)
+    def _read_into_buffer(self) -> _BufferedHalf:
+        """From now on read into the shared buffer: the same state in a `_BufferedHalf`."""
+        half = _BufferedHalf(self.tunnel, self.transport, self.peer, self.to_server)
+        half.nbytes, half.frames, half.aligned, half.state = (
+            self.nbytes,
+            self.frames,
+            self.aligned,
+            self.state,
+        )
+        self.tunnel.replace_half(self, half)
+        self.transport.set_protocol(half)
+        return half
 
     def _relay(self, data: bytes | memoryview) -> None:
         """`data_received` for bytes already counted."""
@@ -200,17 +212,16 @@ class _Half(asyncio.BaseProtocol):
         self.tunnel.half_lost()
 
 
-class _StreamHalf(_Half, asyncio.Protocol):
+class _StreamHalf(_Half):
     """A half whose reads arrive as `bytes` (`data_received`)."""
 
     __slots__ = ()
 
 
-class _BufferedHalf(_Half, asyncio.BufferedProtocol):
+class _BufferedHalf(_Half):
     """A half whose reads go into the tunnels' shared `ReadBuffer`."""
 
     __slots__ = ()
-    BUFFERED = True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.tunnel.registry.reads.view
@@ -288,6 +299,19 @@ class Tunnel:
     def bytes_out(self) -> int:
         """From the backend to the client."""
         return self.upstream_half.nbytes
+
+    @property
+    def buffered(self) -> bool:
+        """Whether both directions read into the shared buffer (after a large read each)."""
+        return isinstance(self.client_half, _BufferedHalf) and isinstance(
+            self.upstream_half, _BufferedHalf
+        )
+
+    def replace_half(self, old: _Half, new: _Half) -> None:
+        if old is self.client_half:
+            self.client_half = new
+        else:
+            self.upstream_half = new
 
     def half_lost(self) -> None:
         self.lost += 1

@@ -51,7 +51,7 @@ async def test_large_reads_share_one_buffer_and_arrive_intact(backends, proxy, s
         await sending
         if isinstance(server, ProxyServer):
             (tunnel,) = server.tunnels.open
-            assert tunnel.client_half.BUFFERED and tunnel.upstream_half.BUFFERED
+            assert tunnel.buffered
         await ws.send_str("small again")
         assert (await ws.receive_str()) == "small again"
 
