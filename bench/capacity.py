@@ -3,12 +3,16 @@
 Unpinned, with as many workers as CPUs (haproxy-py `workers = "auto"` against
 nginx `worker_processes auto`), the offered rate climbs a ladder; a step is
 sustained when the load generator completed at least 95 % of it, without
-errors, with a p99 round trip of at most 10 ms. A step that is not sustained
-is measured once more, and if it fails again it ends the ladder (every run
-is bounded). The load generator and the
-backend run unpinned too (the machine has 2 cores: they compete with the
-proxy, as they would not in production), so the figure is what the whole
-machine sustains through each proxy, and the ratio is the comparable part.
+errors, with a p99 round trip of at most 10 ms. Both proxies run at once (the
+one not under load is idle) and climb together, rung by rung: at each rate
+each proxy still climbing is measured in turn, and one whose step was not
+sustained is measured once more after the others; if it fails again, its
+ladder ends (every run is bounded). Taking the rungs in turns keeps a burst of
+load from outside the benchmark, which lasts seconds on this shared machine,
+from deciding a rung for one proxy only. The load generator and the backend
+run unpinned too (the machine has 2 cores: they compete with the proxy, as
+they would not in production), so the figure is what the whole machine
+sustains through each proxy, and the ratio is the comparable part.
 
 Spread: 1,000 idle WebSockets through haproxy-py, counted per worker by its
 admin API (`haproxy_py_worker_connections`); max/min is the evenness of the
@@ -20,7 +24,7 @@ WebSocket.
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,41 +105,32 @@ def measure(mode: str, rate: float, address: str) -> Step:
     )
 
 
-def climb(mode: str, address: str, say: Callable[[str], None]) -> list[Step]:
-    """Up the ladder; a step that is not sustained is measured once more (the machine is
-    shared: one burst from outside should not end the ladder), then ends it."""
-    steps = []
-    for rate in LADDERS[mode]:
-        step = measure(mode, rate, address)
-        if not step.sustained:
-            step = measure(mode, rate, address)
-        say(
-            f"  {mode} {rate}/s: {step.achieved:.0f}/s, p99 {step.p99_us:.0f} us, "
-            f"{step.errors} errors: {'sustained' if step.sustained else 'not sustained'}"
-        )
-        steps.append(step)
-        if not step.sustained:
+def _measure_at(mode: str, addresses: dict[str, str]) -> Callable[[str, float], Step]:
+    return lambda name, rate: measure(mode, rate, addresses[name])
+
+
+def climb_together(
+    names: list[str],
+    rates: Iterable[float],
+    measure: Callable[[str, float], Step],
+    say: Callable[[str], None],
+) -> dict[str, list[Step]]:
+    """Every target up the same ladder in turns (module docstring); each target's steps."""
+    steps: dict[str, list[Step]] = {name: [] for name in names}
+    climbing = list(names)
+    for rate in rates:
+        if not climbing:
             break
+        first = {name: measure(name, rate) for name in climbing}
+        for name in climbing:
+            step = first[name] if first[name].sustained else measure(name, rate)
+            say(
+                f"  {name} {rate:.0f}/s: {step.achieved:.0f}/s, p99 {step.p99_us:.0f} us, "
+                f"{step.errors} errors: {'sustained' if step.sustained else 'not sustained'}"
+            )
+            steps[name].append(step)
+        climbing = [name for name in climbing if steps[name][-1].sustained]
     return steps
-
-
-def capacity(
-    target: Target, start: Callable[[Target], Running | None], say: Callable[[str], None]
-) -> Capacity:
-    result = Capacity(target.name)
-    running = start(target)
-    if running is None:
-        result.error = "did not start"
-        return result
-    try:
-        for mode in LADDERS:
-            say(f"capacity {target.name} {mode}")
-            steps = climb(mode, running.address, say)
-            result.ladders[mode] = [asdict(s) for s in steps]
-            result.sustained[mode] = highest(steps)
-    finally:
-        running.stop()
-    return result
 
 
 def worker_connections(admin: str) -> dict[str, float]:
@@ -172,22 +167,41 @@ def run_all(
     start: Callable[[Target], Running | None], say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Capacity of every capacity target, the ratio, and haproxy-py's spread over workers."""
-    results = {t.name: capacity(t, start, say) for t in CAPACITY_TARGETS}
+    results = {t.name: Capacity(t.name) for t in CAPACITY_TARGETS}
+    running: dict[str, Running] = {}
+    try:
+        for target in CAPACITY_TARGETS:
+            started = start(target)
+            if started is None:
+                results[target.name].error = "did not start"
+            else:
+                running[target.name] = started
+        for mode, rates in LADDERS.items():
+            say(f"capacity {mode}: {', '.join(running)} in turns")
+            addresses = {name: r.address for name, r in running.items()}
+            for name, steps in climb_together(
+                list(addresses), rates, _measure_at(mode, addresses), say
+            ).items():
+                results[name].ladders[mode] = [asdict(s) for s in steps]
+                results[name].sustained[mode] = highest(steps)
+    finally:
+        for started in running.values():
+            started.stop()
     doc: dict[str, Any] = {"targets": {name: asdict(r) for name, r in results.items()}}
-    ours, nginx = results["haproxy-py-auto"], results["nginx-auto"]
     doc["tops"] = {mode: rates[-1] for mode, rates in LADDERS.items()}
+    ours, nginx = results["haproxy-py-auto"], results["nginx-auto"]
     doc["ratios"] = {
         mode: (ours.sustained.get(mode, 0.0) / nginx.sustained[mode])
         if nginx.sustained.get(mode)
         else None
         for mode in LADDERS
     }
-    running = start(CAPACITY_TARGETS[1])
-    if running is not None:
+    fresh = start(CAPACITY_TARGETS[1])  # (its baseline is RSS before any connection)
+    if fresh is not None:
         try:
-            result = spread(running)
+            result = spread(fresh)
         finally:
-            running.stop()
+            fresh.stop()
         doc["spread"] = {**asdict(result), "ratio": result.ratio}
         say(f"spread of {SPREAD_CONNS} WebSockets over workers: {result.connections}")
     return doc

@@ -12,6 +12,8 @@ from typing import Any
 
 from bench.results import GOALS, SUBJECT, IdleRun, LoadRun, evaluate, figures, ratio, summarise
 
+FLOOR = "uvloop-relay"  # bench/barerelay.py
+
 # The figure each test is ranked by, and the targets its ratios are taken against.
 RANKING = {
     "ws-small": ("proxy_cpu_us", ("nginx",)),
@@ -93,6 +95,21 @@ def _stat(doc: Mapping[str, Any], test: str, target: str, metric: str, digits: i
 def _ratio(doc: Mapping[str, Any], test: str, target: str, ref: str) -> str:
     r = doc["ratios"].get(test, {}).get(target, {}).get(ref)
     return "–" if r is None else f"{r:.2f}×"
+
+
+def _floor(doc: Mapping[str, Any]) -> list[str]:
+    """WebSocket 64 B against what the event loop alone costs, when that was measured."""
+    ws = doc["summary"].get("ws-small", {})
+    relay, ours = (ws.get(t, {}).get("proxy_cpu_us") for t in (FLOOR, SUBJECT))
+    if relay is None or ours is None:
+        return []
+    return [
+        f"The floor under WebSocket 64 B: `{FLOOR}` (bytes relayed on uvloop, no proxy work) "
+        f"costs {_num(relay['median'], 2)} µs per message in this run, "
+        f"{_ratio(doc, 'ws-small', FLOOR, 'nginx')} nginx; {SUBJECT} is "
+        f"{ours['median'] / relay['median']:.2f}× it (`bench/README.md`).",
+        "",
+    ]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -180,6 +197,7 @@ def render(doc: Mapping[str, Any]) -> str:
         [f"goal ({SUBJECT})", SUBJECT, "reference", "ratio", "target", "verdict"], goal_rows
     )
     out.append("")
+    out += _floor(doc)
     if doc.get("profiles"):
         out += [
             f"Where {SUBJECT}'s CPU goes under each workload: `profile.md` beside this file.",

@@ -181,6 +181,16 @@ class HaproxyPy(Target):
         return running
 
 
+@dataclass(frozen=True)
+class BareRelay(Target):
+    """The floor under haproxy-py's relay: `bench/barerelay.py`, bytes relayed on uvloop."""
+
+    def start(self, backend: str, workdir: Path) -> Running:
+        port = free_port()
+        argv = [sys.executable, str(Path(__file__).with_name("barerelay.py")), str(port), backend]
+        return _started(spawn(self.name, argv, self.cpus, workdir), port)
+
+
 def _answers(url: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -208,6 +218,7 @@ TARGETS: tuple[Target, ...] = (
     Nginx("nginx-buf64k", ("ws-large",), idle=False, buffer_64k=True),
     Haproxy("haproxy", ("ws-small", "ws-large", "http"), idle=True),
     HaproxyPy("haproxy-py", ("ws-small", "ws-large", "http"), idle=True),
+    BareRelay("uvloop-relay", ("ws-small",), idle=False),
 )
 
 # Capacity: unpinned, as many workers as CPUs (`bench.capacity`).

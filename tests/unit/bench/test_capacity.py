@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.capacity import Spread, Step, highest
+from bench.capacity import Spread, Step, climb_together, highest
 from bench.report import capacity_ratio
 
 
@@ -38,3 +38,26 @@ def test_a_rate_at_the_top_of_the_ladder_is_only_a_lower_bound() -> None:
     assert capacity_ratio(30_000, 48_000, 48_000) == "≤ 0.62×"
     assert capacity_ratio(48_000, 48_000, 48_000) == "both at the ladder's top"
     assert capacity_ratio(0, 48_000, 48_000) == "–"
+
+
+def test_targets_climb_in_turns_and_a_missed_rung_is_measured_again_after_the_others() -> None:
+    """a misses 8000 once (a burst from outside) and 12000 twice; b climbs to the top."""
+    misses = {("a", 8000): 1, ("a", 12000): 2}
+    calls: list[tuple[str, float]] = []
+
+    def measure(name: str, rate: float) -> Step:
+        calls.append((name, rate))
+        missed = misses.get((name, rate), 0)
+        misses[(name, rate)] = missed - 1
+        return step(rate, rate / 2 if missed > 0 else rate, 1)
+
+    steps = climb_together(["a", "b"], [4000, 8000, 12000, 16000], measure, lambda _: None)
+    assert calls == [
+        ("a", 4000), ("b", 4000),
+        ("a", 8000), ("b", 8000), ("a", 8000),
+        ("a", 12000), ("b", 12000), ("a", 12000),
+        ("b", 16000),
+    ]  # fmt: skip
+    assert highest(steps["a"]) == 8000
+    assert highest(steps["b"]) == 16000
+    assert [s.offered for s in steps["a"]] == [4000, 8000, 12000]

@@ -28,8 +28,8 @@ def run(target: str, test: str, rep: int, ticks: int | None, messages: int = 12_
     )
 
 
-def sample_doc() -> dict:
-    runs = [run("direct", "ws-small", 1, None)]
+def sample_doc(more: tuple[LoadRun, ...] = ()) -> dict:
+    runs = [run("direct", "ws-small", 1, None), *more]
     for rep, (ngx, hpy) in enumerate(((54, 66), (60, 72), (57, 69)), start=1):
         runs += [run("nginx", "ws-small", rep, ngx), run("haproxy", "ws-small", rep, hpy)]
     idle = [
@@ -89,3 +89,12 @@ def test_no_idle_section_when_the_idle_test_was_skipped() -> None:
     doc = sample_doc()
     doc["idle"] = []
     assert "idle WebSocket connections" not in render(json.loads(json.dumps(doc)))
+
+
+def test_the_floor_under_websocket_64b_is_stated_when_the_bare_relay_ran() -> None:
+    assert "The floor under WebSocket 64 B" not in render(sample_doc())
+    more = (run("uvloop-relay", "ws-small", 1, 63), run("haproxy-py", "ws-small", 1, 69))
+    text = render(sample_doc(more))
+    # ticks of 10 ms over 12,000 messages: 63 -> 52.5 µs, 69 -> 57.5; nginx's median 57 -> 47.5
+    assert "`uvloop-relay` (bytes relayed on uvloop, no proxy work) costs 52.50 µs" in text
+    assert "1.11× nginx; haproxy-py is 1.10× it" in text
