@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,6 +22,15 @@ protocol static vips {
 """
 
 
+def accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
 def running_bird(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     announce = tmp_path / "announce.conf"
@@ -30,11 +40,12 @@ def running_bird(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     sock = tmp_path / "bird.ctl"
     proc = subprocess.Popen(["bird", "-f", "-c", str(conf), "-s", str(sock)])
     try:
-        for _ in range(100):
-            if sock.exists():
+        # The socket's file appears at bind(), before BIRD listens: wait for a connection.
+        for _ in range(200):
+            if accepts(sock) or proc.poll() is not None:
                 break
             time.sleep(0.05)
-        assert sock.exists(), "bird did not start"
+        assert accepts(sock), "bird did not start"
         yield str(sock), announce
     finally:
         proc.kill()
