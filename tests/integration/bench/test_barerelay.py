@@ -7,6 +7,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def relay() -> Iterator[int]:
             except OSError:
                 if proc.poll() is not None:
                     raise AssertionError("the relay exited") from None
-                threading.Event().wait(0.1)
+                time.sleep(0.1)
         yield port
     finally:
         proc.terminate()
