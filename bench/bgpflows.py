@@ -247,10 +247,7 @@ def main() -> None:
             lab, args.clients, args.hold, RUN_DIR / "plain.jsonl", args.fault, args.lifetime
         )
         print(routers, flush=True)
-        bgplab.use_resilient(lab)
-        control.wait_for(  # idle buckets move to every next hop within nhmirror.IDLE s
-            lambda: bgplab.balanced(lab, lab.layout.vips[0]), 60, "balanced buckets", None
-        )
+        lab.use_resilient_router()
         routers["resilient next-hop group"] = trial(
             lab, args.clients, args.hold, RUN_DIR / "resilient.jsonl", args.fault, args.lifetime
         )

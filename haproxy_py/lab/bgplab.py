@@ -302,7 +302,8 @@ def summary(lab: Lab) -> str:
 
 def use_resilient(lab: Lab) -> None:
     """Switch the running router to flow-keeping ECMP: BIRD exports to `nhmirror.TABLE`, and
-    `nhmirror` programs resilient next-hop groups in the main table from there."""
+    `nhmirror` programs resilient next-hop groups in the main table from there
+    (`control.Lab.use_resilient_router` also waits until the groups have settled)."""
     validated(bird_conf(lab, ROUTER), router_config(lab.layout, table=nhmirror.TABLE))
     router_query(lab, "configure")
     argv = [sys.executable, "-m", "haproxy_py.lab.nhmirror", *lab.layout.vips]
@@ -334,10 +335,19 @@ def buckets(lab: Lab, vip: str) -> dict[int, int]:
     return {b["bucket"]["index"]: b["bucket"]["nhid"] for b in found}
 
 
+def weights(lab: Lab, vip: str) -> dict[int, int]:
+    """Next-hop object id -> its weight in the router's group for `vip` (`ip` omits a 1)."""
+    group = resilient_group(lab, vip) or {}
+    return {m["id"]: m.get("weight", 1) for m in group.get("group", [])}
+
+
 def balanced(lab: Lab, vip: str) -> bool:
-    """Every node's next hop holds its share of the buckets (a returning or newly added one
-    gets idle buckets only after `nhmirror.IDLE` s)."""
+    """Every node's next hop is in the group at full weight and holds its share of the
+    buckets (a next hop that joins or gains weight gets idle buckets only after
+    `nhmirror.IDLE` s)."""
+    ids = {nhmirror.object_id(n.address) for n in lab.layout.nodes}
+    if weights(lab, vip) != dict.fromkeys(ids, nhmirror.SERVING):
+        return False
     counts = collections.Counter(buckets(lab, vip).values())
     share = nhmirror.BUCKETS // len(lab.layout.nodes)
-    ids = {nhmirror.object_id(n.address) for n in lab.layout.nodes}
     return set(counts) == ids and min(counts.values()) >= share

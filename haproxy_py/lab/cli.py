@@ -100,7 +100,7 @@ def up(
             say=click.echo,
         )
         if resilient_router:
-            bgplab.use_resilient(built)
+            built.use_resilient_router()
     except (*_ERRORS, BirdError) as exc:
         raise HactlError(str(exc)) from None
     if built.layout.mode == "bgp":

@@ -29,7 +29,7 @@ from haproxy_py.cluster import rbac
 from haproxy_py.cluster.config import EtcdConfig
 from haproxy_py.cluster.records import ClusterView
 from haproxy_py.cluster.store import Store, StoreError
-from haproxy_py.lab import activate, bgplab, netns
+from haproxy_py.lab import activate, bgplab, netns, nhmirror
 from haproxy_py.lab import layout as lay
 from haproxy_py.lab.layout import Layout, Member
 
@@ -411,6 +411,19 @@ class Lab:
             except OSError:
                 return False
         return True
+
+    def use_resilient_router(self) -> None:
+        """Switch the BGP lab's router to resilient next-hop groups (`bgplab.use_resilient`),
+        and return once every VIP's group holds every node at full weight with its share of
+        buckets: BIRD re-imports the nodes' paths with their new weights one at a time, so a
+        group passes through lopsided weights on its way."""
+        bgplab.use_resilient(self)
+        wait_for(
+            lambda: all(bgplab.balanced(self, vip) for vip in self.layout.vips),
+            nhmirror.IDLE + READY_TIMEOUT,
+            "the router's resilient next-hop groups did not settle",
+            self.paths.logs,
+        )
 
     def ready(self) -> bool:
         """Every node registered, healthy and reporting its backends (so that the first

@@ -31,7 +31,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
     run_dir = tmp_path_factory.mktemp("bgpres") / "lab"
     built = control.Lab.up(run_dir=run_dir, prefix=prefix, nodes=3, mode="bgp", say=lambda _: None)
     try:
-        bgplab.use_resilient(built)
+        built.use_resilient_router()
         yield built
     finally:
         shutil.copytree(built.paths.logs, ARTIFACTS / "lab-logs-bgp-resilient", dirs_exist_ok=True)
@@ -50,7 +50,7 @@ def test_the_vip_route_uses_a_resilient_group_of_every_node(lab: control.Lab) ->
     eventually(lambda: bgplab.ready(lab), 30.0, "every node in the group")
     group = bgplab.resilient_group(lab, vip)
     assert group is not None and group["type"] == "resilient"
-    # A node that joined the group gets idle buckets only after the group's idle timer.
+    # Every node at full weight: the paths' weights from before the switch (1) are gone.
     eventually(lambda: bgplab.balanced(lab, vip), 30.0, "every node holding its share of buckets")
     assert "nhid" in netns.ip("route", "show", f"{vip}/32", netns=lab.layout.prefix + bgplab.ROUTER)
     assert set(ecmp.spread(lab, 90)) == {n.name for n in lab.layout.nodes}
@@ -62,11 +62,9 @@ def held(lab: control.Lab, node: str) -> int:
 
 
 def weight(lab: control.Lab, node: str) -> int | None:
-    """`node`'s weight in the router's group (None: not in it); `ip` omits a weight of 1."""
-    group = bgplab.resilient_group(lab, lab.layout.vips[0]) or {}
+    """`node`'s weight in the router's group (None: not in it)."""
     mine = nhmirror.object_id(lab.layout.node(node).address)
-    found = [m.get("weight", 1) for m in group.get("group", []) if m["id"] == mine]
-    return found[0] if found else None
+    return bgplab.weights(lab, lab.layout.vips[0]).get(mine)
 
 
 def via(events: list[dict[str, Any]]) -> dict[int, str]:
