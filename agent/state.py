@@ -66,6 +66,7 @@ RELEASING = "releasing"
 
 # Causes of a planned move: the previous owner lets go cleanly and closes its clients' connections
 # (1001) once this node holds the VIP, so this node keeps a grace period for those connections.
+# Not "returned": back on the node that had it, whose connections are its own and must flow.
 PLANNED = frozenset({"manual", "drain", "released", "failback", "rebalance", "readiness"})
 MAX_REFUSED = 16  # refused VIPs listed in the node record, at most (it stays small)
 LAPSED = "lease lapsed: no keepalive renewed within lease_ttl"

@@ -143,6 +143,8 @@ def cause_of(
     """Why a VIP lands on `target`, judged from what became of its last owner."""
     if source is None:
         return "initial"
+    if source == target.name:
+        return "returned"
     previous = view.nodes.get(source)
     if previous is None:
         return "node lost"

@@ -17,6 +17,7 @@ Cause = Literal[
     "node lost",  # previous owner's lease is gone
     "proxy unhealthy",  # previous owner dropped it because its proxy failed
     "released",  # previous owner let go while staying registered and healthy
+    "returned",  # back to the node that had it last (under a new lease): its clients are its own
     "manual",  # a move request
     "drain",  # previous owner was drained
     "failback",  # back to a preferred node after failback_hold

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from agent.actions import (
 from agent.state import ASSIGNED, RELEASING, AgentCore, Assignment, Hysteresis
 from haproxy_py.cluster.agent_config import Timing
 from haproxy_py.cluster.allowlist import AllowList
+from haproxy_py.cluster.intents import Cause
 from haproxy_py.cluster.timing import fence_deadline
 
 TIMING = Timing(lease_ttl=2, keepalive_interval=0.5, address_lifetime=1, fence_margin=0.2)
@@ -293,15 +295,21 @@ def test_stop_without_addresses_revokes_at_once() -> None:
     assert c.stop(0.0) == [PublishNode(), Revoke()]
 
 
-def test_a_vip_taken_over_in_a_planned_move_gets_a_grace_period() -> None:
+@pytest.mark.parametrize(
+    ("cause", "grace"),
+    [
+        ("manual", True),  # a planned move: the previous owner's clients get its 1001 first
+        ("node lost", False),
+        ("returned", False),  # back on this node: its connections are its own and must flow
+    ],
+)
+def test_only_a_vip_taken_over_in_a_planned_move_gets_a_grace_period(
+    cause: Cause, grace: bool
+) -> None:
     c = core()
     ready(c)
-    manual = Assignment("n1", ASSIGNED, 7, 10, cause="manual")
-    (first, *_) = c.assignment_event(VIP, manual, 10, 0.0)
-    assert first == SetAddress(VIP, 1, True, f"{VIP} is absent, must be present", grace=True)
-    lost = Assignment("n1", ASSIGNED, 7, 11, cause="node lost")
-    (second, *_) = c.assignment_event(VIP2, lost, 11, 0.0)
-    assert isinstance(second, SetAddress) and not second.grace
+    (first, *_) = c.assignment_event(VIP, Assignment("n1", ASSIGNED, 7, 10, cause=cause), 10, 0.0)
+    assert first == SetAddress(VIP, 1, True, f"{VIP} is absent, must be present", grace=grace)
 
 
 def test_failed_removal_is_acknowledged_only_once_the_lifetime_ran_out() -> None:

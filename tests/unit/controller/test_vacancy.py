@@ -60,6 +60,15 @@ def test_a_stale_vip_goes_to_a_healthy_node_in_one_transaction() -> None:
     assert not any(isinstance(x, ReleaseVip | ClearVip) for x in d.actions)
 
 
+def test_a_vip_given_back_to_the_node_that_held_it_is_returned() -> None:
+    """Its lease revoked, the owner registered again: its clients are still connected there,
+    so the VIP comes back as `returned`, which the agent takes over with no grace period."""
+    again = replace(node("a"), lease=4242)
+    v = view([again], [held(VIP1, "a", revision=33)], settings(VIP1)).vacate([VIP1])
+    (assign,) = [x for x in decide(v, 0.0, POLICY).actions if isinstance(x, AssignVip)]
+    assert (assign.node, assign.source, assign.cause) == ("a", "a", "returned")
+
+
 def test_a_node_refusing_a_vip_is_passed_over() -> None:
     """A VIP outside a node's allow-list goes to another node, never back and forth."""
     refusing = replace(node("a", 200), refused=(VIP1,), released={VIP1: 40})
