@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -307,4 +308,6 @@ class Controller:
             log.info("etcd reachable again", controller=self.identity)
         elif not up and not self._etcd_down:
             log.warning("etcd unreachable", controller=self.identity, error=error)
+        if self.prober is not None and up == self._etcd_down:
+            self.prober.verdicts.trusted_from = time.monotonic() if up else math.inf
         self._etcd_down = not up

@@ -25,7 +25,8 @@ at least `MIN_MISSES` in a row: one lost probe or a short stall moves nothing) i
   deposes at most once per `DEPOSE_EVERY`, so one cut off from a healthy leader costs a
   leadership change a minute, each logged, never a stream of them.
 
-A false verdict costs a move or a leadership change, never two owners. Probes write
+A false verdict costs a move or a leadership change, never two owners. A controller back
+from a partition probes afresh before it judges (`Verdicts.trusted_from`). Probes write
 nothing to etcd; a revoke writes the marker (one put, one expiry).
 """
 
@@ -58,11 +59,17 @@ DEPOSE_EVERY = 60.0  # seconds between two depositions by one controller
 class Verdicts:
     """Consecutive probe failures per target, by the time each probe was sent (pure: no I/O,
     no clock). Rounds overlap, so results may arrive out of order: a failure of a probe sent
-    before the last success counts for nothing."""
+    before the last success counts for nothing.
+
+    Failures count only from `trusted_from` (monotonic): while this controller cannot reach
+    etcd (inf) it is likely cut off from the targets too, and what its probes found then says
+    more about it than about them; so a target is overdue only after failing for `limit`
+    since etcd came back, not at once when a controller returns from a partition."""
 
     limit: float
     failing: dict[str, tuple[float, int]] = field(default_factory=dict)  # since, misses
     answered: dict[str, float] = field(default_factory=dict)  # send time of the last success
+    trusted_from: float = -math.inf
 
     def result(self, target: str, ok: bool, sent: float) -> None:
         if ok:
@@ -76,7 +83,7 @@ class Verdicts:
 
     def overdue(self, target: str, now: float) -> bool:
         since, misses = self.failing.get(target, (now, 0))
-        return misses >= MIN_MISSES and now - since >= self.limit
+        return misses >= MIN_MISSES and now - max(since, self.trusted_from) >= self.limit
 
     def keep(self, targets: set[str]) -> None:
         self.failing = {n: v for n, v in self.failing.items() if n in targets}

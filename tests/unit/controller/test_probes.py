@@ -61,6 +61,21 @@ def test_misses_count_from_the_send_of_the_first() -> None:
     assert v.overdue("n2", 0.5 + 0.5)  # the third times out 0.5 s after it was sent
 
 
+def test_misses_while_etcd_was_out_of_reach_count_only_from_its_return() -> None:
+    """A controller cut off from etcd and peers alike fails every probe; back, it must see
+    the owner fail for `limit` again before it revokes (the owner answers by then)."""
+    v = Verdicts(LIMIT)
+    for sent in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0):
+        v.result("n2", False, sent)
+    assert v.overdue("n2", 2.0)
+    v.trusted_from = float("inf")  # etcd out of reach
+    assert not v.overdue("n2", 10.0)
+    v.trusted_from = 10.0  # back
+    v.result("n2", False, 10.0)
+    assert not v.overdue("n2", 10.0)
+    assert v.overdue("n2", 10.0 + LIMIT)
+
+
 def test_forgetting_nodes_that_own_nothing() -> None:
     v = Verdicts(LIMIT)
     v.result("n2", False, 0.0)
