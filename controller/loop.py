@@ -308,6 +308,6 @@ class Controller:
             log.info("etcd reachable again", controller=self.identity)
         elif not up and not self._etcd_down:
             log.warning("etcd unreachable", controller=self.identity, error=error)
-        if self.prober is not None and up == self._etcd_down:
+        if self.prober is not None and up == self._etcd_down:  # a change, either way
             self.prober.verdicts.trusted_from = time.monotonic() if up else math.inf
         self._etcd_down = not up

@@ -27,9 +27,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[control.Lab]:
         yield built
 
 
-async def _echo(ws: aiohttp.ClientWebSocketResponse, text: str) -> str:
+async def _echo(ws: aiohttp.ClientWebSocketResponse, text: str, within: float = 10) -> str:
+    """What came back for `text` within `within` s ("" if nothing did)."""
     await ws.send_str(text)
-    msg = await ws.receive(timeout=10)
+    try:
+        msg = await ws.receive(timeout=within)
+    except TimeoutError:
+        return ""
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
     return str(msg.data)
 
@@ -111,7 +115,7 @@ def test_a_websocket_flows_on_when_the_vip_comes_back_to_its_own_node(lab: contr
                 )
                 assert hactl_json(lab, "history")[-1]["cause"] == "returned"
                 eventually(lambda: loop.run(whoami(vip, PROXY_PORT, 2)) == owner, 30, "served")
-                sent = loop.run(_echo_within(ws, "after", GRACE - 1.0))
+                sent = loop.run(_echo(ws, "after", GRACE - 1.0))
                 assert sent == "after", f"no echo within {GRACE - 1.0:g} s of the VIP's return"
                 assert not ws.closed
                 loop.run(ws.close())
@@ -132,12 +136,3 @@ def _grace_running(lab: control.Lab, node: str) -> bool:
 async def _revoke(lab: control.Lab, lease: int) -> None:
     async with Store(lab.etcd_config(), CLUSTER) as store:
         await store.revoke(lease)
-
-
-async def _echo_within(ws: aiohttp.ClientWebSocketResponse, text: str, seconds: float) -> str:
-    await ws.send_str(text)
-    try:
-        msg = await ws.receive(timeout=seconds)
-    except TimeoutError:
-        return ""
-    return str(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else repr(msg)
